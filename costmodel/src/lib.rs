@@ -1,0 +1,1 @@
+//! moai-costmodel.

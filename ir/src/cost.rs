@@ -1,0 +1,184 @@
+//! Per-op cost records: the interface between the training graph (which knows what runs) and the cost
+//! model (which knows how long it takes on a device).
+//!
+//! A record is evaluated at concrete sizes (micro-batch, sequence length) and says what kind of kernel it
+//! is, its FLOPs and bytes moved, which phase of the step it belongs to, its decoder layer, and how it
+//! divides under tensor parallelism.
+
+use crate::dtype::DType;
+use serde::{Deserialize, Serialize};
+
+/// Phase of a training step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Forward pass.
+    Forward,
+    /// Backward pass.
+    Backward,
+    /// Forward ops re-run during backward (recomputation).
+    Recompute,
+    /// Optimizer update.
+    Optimizer,
+}
+
+/// How an op divides across a tensor-parallel group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TpSplit {
+    /// Every rank does the whole op (norms, residual adds without sequence parallelism).
+    Replicated,
+    /// Output features split (column-parallel linear): `n / tp`.
+    Column,
+    /// Input features split (row-parallel linear): `k / tp`.
+    Row,
+    /// Attention heads (and KV heads) split.
+    Heads,
+    /// Vocabulary split (embedding, LM head, loss).
+    Vocab,
+    /// Split along the sequence under sequence parallelism, replicated otherwise.
+    Sequence,
+}
+
+/// The kernel family of an op, with the sizes a profile is indexed by.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KernelClass {
+    /// `batch` independent `[m, k] × [k, n]` products.
+    Matmul {
+        /// Batch count.
+        batch: u64,
+        /// Rows of the output.
+        m: u64,
+        /// Columns of the output.
+        n: u64,
+        /// Contraction size.
+        k: u64,
+        /// Compute dtype.
+        dtype: DType,
+    },
+    /// Fused attention (flash-style), forward or backward.
+    Attention {
+        /// Batch.
+        batch: u64,
+        /// Query heads.
+        heads: u64,
+        /// KV heads.
+        kv_heads: u64,
+        /// Sequence length.
+        seq: u64,
+        /// Head dimension.
+        head_dim: u64,
+        /// Causal.
+        causal: bool,
+        /// Backward kernel.
+        backward: bool,
+        /// Compute dtype.
+        dtype: DType,
+    },
+    /// Normalization (RMSNorm, LayerNorm), memory bound.
+    Norm,
+    /// Elementwise or data movement, memory bound.
+    Elementwise,
+    /// Reductions and softmax outside attention.
+    Reduce,
+    /// Embedding gather or its scatter-add backward.
+    Gather,
+    /// Optimizer update over a parameter shard.
+    Optimizer,
+    /// Plain copies (casts of weights, concatenations).
+    Copy,
+}
+
+/// The cost of one op instance at concrete sizes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpCost {
+    /// Kernel family and sizes.
+    pub class: KernelClass,
+    /// Floating-point operations.
+    pub flops: f64,
+    /// Bytes read plus bytes written.
+    pub bytes: f64,
+    /// Phase.
+    pub phase: Phase,
+    /// Decoder layer (None for embedding, final norm, LM head, loss).
+    pub layer: Option<u32>,
+    /// Tensor-parallel split.
+    pub split: TpSplit,
+    /// Short label (e.g. `layers.3.self_attn.q_proj`), for breakdowns.
+    pub label: String,
+}
+
+/// Which part of the model a block is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockKind {
+    /// Token (and position) embedding, before the first decoder layer.
+    Embedding,
+    /// One decoder layer.
+    Decoder(u32),
+    /// Final norm, LM head and loss.
+    Head,
+}
+
+/// Activation bytes of one micro-batch, split by how they divide under tensor parallelism.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ActivationBytes {
+    /// Divided by tp (head-split or column-split tensors).
+    pub tp_sharded: f64,
+    /// Replicated across the tp group, unless sequence parallelism splits them (layer inputs, norms).
+    pub tp_replicated: f64,
+}
+
+impl ActivationBytes {
+    /// Bytes per device under tensor parallelism `tp`, with or without sequence parallelism.
+    pub fn per_device(&self, tp: u64, sequence_parallel: bool) -> f64 {
+        let tp = tp.max(1) as f64;
+        self.tp_sharded / tp + if sequence_parallel { self.tp_replicated / tp } else { self.tp_replicated }
+    }
+}
+
+/// One block of the model (embedding, a decoder layer, or the head) in one training step of one
+/// micro-batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlockProfile {
+    /// Which block.
+    pub kind: BlockKind,
+    /// Forward, backward and recompute ops of one micro-batch (optimizer ops are in
+    /// [`StepProfile::optimizer`]).
+    pub ops: Vec<OpCost>,
+    /// Trainable parameters in this block.
+    pub params: u64,
+    /// Parameters that divide under tensor parallelism (the rest, e.g. norm weights, are replicated).
+    pub tp_sharded_params: u64,
+    /// Activations saved from forward for backward, for one micro-batch, under the recompute policy.
+    pub saved: ActivationBytes,
+    /// Extra transient bytes at this block's own peak (backward temporaries, recomputed activations).
+    pub transient: ActivationBytes,
+    /// Bytes of the activation passed to the next block (what pipeline stages send).
+    pub boundary_bytes: f64,
+}
+
+/// Per-block costs of one training step for one micro-batch at concrete sizes, produced by the training
+/// graph and consumed by the cost model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepProfile {
+    /// Micro-batch size.
+    pub micro_batch: u64,
+    /// Sequence length.
+    pub seq: u64,
+    /// Blocks in execution order: embedding, decoder layers, head.
+    pub blocks: Vec<BlockProfile>,
+    /// Optimizer ops for the whole (unsharded) model.
+    pub optimizer: Vec<OpCost>,
+    /// Static bytes per parameter (weights + gradients + optimizer state) under the precision policy and
+    /// optimizer, before sharding.
+    pub static_bytes_per_param: f64,
+    /// Of those, bytes per parameter of low-precision weight copies (sharded by `distribute_low_prec_param`).
+    pub low_prec_param_bytes_per_param: f64,
+    /// Of those, bytes per parameter of optimizer state and master weights (sharded by
+    /// `distribute_optimizer`).
+    pub optimizer_bytes_per_param: f64,
+    /// Of those, bytes per parameter of gradients.
+    pub grad_bytes_per_param: f64,
+}

@@ -1,0 +1,1 @@
+//! The reference CPU interpreter (f32) for the canonical op set.

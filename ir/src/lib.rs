@@ -1,0 +1,28 @@
+//! moai-ir: the intermediate representation of moai.
+//!
+//! - [`dtype`], [`dim`], [`shape`], [`tensor`]: element types, symbolic dims, shapes, concrete tensors.
+//! - [`op`], [`graph`]: the closed canonical op set and the petgraph-based graph with provenance.
+//! - [`cost`]: the per-op cost records shared with the cost model.
+
+pub mod cost;
+pub mod dim;
+pub mod dtype;
+pub mod error;
+pub mod graph;
+pub mod interp;
+pub mod layers;
+pub mod onnx;
+pub mod op;
+pub mod recognize;
+pub mod shape;
+pub mod stats;
+pub mod tensor;
+pub mod train;
+
+pub use dim::Dim;
+pub use dtype::DType;
+pub use error::{IrError, Result};
+pub use graph::{Graph, Node, NodeId, Provenance, Value};
+pub use op::{BinaryOp, Op, ParamData, ReduceKind, UnaryOp};
+pub use shape::{Shape, TensorType};
+pub use tensor::{Tensor, TensorData};

@@ -1,0 +1,1 @@
+//! Model statistics: parameter counts and bytes by dtype, op histograms, forward FLOPs per token.

@@ -1,0 +1,1 @@
+//! The training graph: loss, reverse-mode autodiff, optimizer updates, precision policies, recomputation, liveness and per-op costs.
