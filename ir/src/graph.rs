@@ -65,6 +65,8 @@ pub struct Graph {
     pub inputs: Vec<NodeId>,
     /// Graph outputs with their names.
     pub outputs: Vec<(String, Value)>,
+    /// Directory of the model file, against which external weight locations resolve.
+    pub source_dir: Option<std::path::PathBuf>,
 }
 
 impl Graph {

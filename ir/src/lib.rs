@@ -23,6 +23,6 @@ pub use dim::Dim;
 pub use dtype::DType;
 pub use error::{IrError, Result};
 pub use graph::{Graph, Node, NodeId, Provenance, Value};
-pub use op::{BinaryOp, Op, ParamData, ReduceKind, UnaryOp};
+pub use op::{BinaryOp, CollectiveKind, Op, ParamData, ReduceKind, UnaryOp};
 pub use shape::{Shape, TensorType};
 pub use tensor::{Tensor, TensorData};

@@ -116,6 +116,22 @@ pub enum ReduceKind {
     Prod,
 }
 
+/// Collectives between ranks of a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectiveKind {
+    /// Sum across the group, result everywhere.
+    AllReduce,
+    /// Concatenate shards along an axis, result everywhere.
+    AllGather,
+    /// Sum then scatter shards along an axis.
+    ReduceScatter,
+    /// Send to the next pipeline stage.
+    Send,
+    /// Receive from the previous pipeline stage.
+    Recv,
+}
+
 /// A canonical operation. Inputs are listed in the doc of each variant, in order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
@@ -243,6 +259,8 @@ pub enum Op {
     Rotary,
     /// Scaled-dot-product attention with grouped KV heads: `[q, k, v]` or `[q, k, v, mask]`;
     /// q `[b, h, s, d]`, k/v `[b, kv_h, s, d]`, additive mask broadcast to `[b, h, s, s]`.
+    /// Outputs `[out [b, h, s, d], lse [b, h, s] f32]`: the log-sum-exp statistics are what fused kernels
+    /// save for backward instead of the score matrix.
     Attention {
         /// Query heads.
         heads: usize,
@@ -252,6 +270,74 @@ pub enum Op {
         scale: f64,
         /// Causal masking applied by the kernel itself.
         causal: bool,
+    },
+    /// Attention backward as fused kernels compute it (softmax recomputed from `lse`):
+    /// `[q, k, v, out, lse, d_out]` (+ `mask` last if the forward had one) → `[d_q, d_k, d_v]`.
+    AttentionBackward {
+        /// Query heads.
+        heads: usize,
+        /// Key/value heads.
+        kv_heads: usize,
+        /// Score scale.
+        scale: f64,
+        /// Causal.
+        causal: bool,
+    },
+    /// RMSNorm backward: `[x, w, d_y]` → `[d_x, d_w]`.
+    RmsNormBackward {
+        /// Epsilon.
+        eps: f64,
+    },
+    /// LayerNorm backward: `[x, w, d_y]` → `[d_x, d_w, d_b]`.
+    LayerNormBackward {
+        /// Epsilon.
+        eps: f64,
+    },
+    /// Rotary backward: `[d_y, cos, sin]` → `d_x`.
+    RotaryBackward,
+    /// Embedding backward (scatter-add of rows): `[ids, d_y]` → `d_table [vocab, hidden]`.
+    EmbeddingBackward {
+        /// Rows of the table.
+        vocab: usize,
+    },
+    /// Cross-entropy backward: `[logits, targets, d_loss]` → `d_logits`.
+    CrossEntropyBackward {
+        /// Ignored target value.
+        ignore_index: i64,
+    },
+    /// AdamW update (decoupled weight decay, bias-corrected at `step`):
+    /// `[param, grad, m, v]` → `[param', m', v']`.
+    AdamW {
+        /// Learning rate.
+        lr: f64,
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Denominator epsilon.
+        eps: f64,
+        /// Decoupled weight decay.
+        weight_decay: f64,
+        /// 1-based step number used for bias correction.
+        step: u64,
+    },
+    /// SGD with momentum: `[param, grad, buf]` → `[param', buf']`.
+    SgdMomentum {
+        /// Learning rate.
+        lr: f64,
+        /// Momentum.
+        momentum: f64,
+        /// L2 weight decay added to the gradient.
+        weight_decay: f64,
+    },
+    /// A collective across a process group (tensor-, data- or pipeline-parallel): `[x]` → `[y]`.
+    Collective {
+        /// Which collective.
+        kind: CollectiveKind,
+        /// Ranks in the group.
+        group_size: u32,
+        /// Axis gathered or scattered (all-gather, reduce-scatter).
+        axis: Option<usize>,
     },
     /// Cross-entropy of logits against integer targets with an ignore index, mean over counted tokens:
     /// `[logits [.., V], targets [..]]` → scalar f32.
@@ -293,6 +379,15 @@ impl Op {
             Op::Rotary => "Rotary".into(),
             Op::Attention { .. } => "Attention".into(),
             Op::CrossEntropy { .. } => "CrossEntropy".into(),
+            Op::AttentionBackward { .. } => "AttentionBackward".into(),
+            Op::RmsNormBackward { .. } => "RmsNormBackward".into(),
+            Op::LayerNormBackward { .. } => "LayerNormBackward".into(),
+            Op::RotaryBackward => "RotaryBackward".into(),
+            Op::EmbeddingBackward { .. } => "EmbeddingBackward".into(),
+            Op::CrossEntropyBackward { .. } => "CrossEntropyBackward".into(),
+            Op::AdamW { .. } => "AdamW".into(),
+            Op::SgdMomentum { .. } => "SgdMomentum".into(),
+            Op::Collective { kind, .. } => format!("Collective.{kind:?}"),
         }
     }
 
