@@ -67,6 +67,9 @@ pub struct Graph {
     pub outputs: Vec<(String, Value)>,
     /// Directory of the model file, against which external weight locations resolve.
     pub source_dir: Option<std::path::PathBuf>,
+    /// Names of [`Op::Param`] nodes that are non-trainable buffers (e.g. a rotary `inv_freq` stored as
+    /// external data): they hold values like parameters but [`Graph::params`] leaves them out.
+    pub buffers: std::collections::BTreeSet<String>,
 }
 
 impl Graph {
@@ -217,9 +220,12 @@ impl Graph {
         dead.len()
     }
 
-    /// Parameter nodes, in index order.
+    /// Trainable parameter nodes (every [`Op::Param`] not named in [`Graph::buffers`]), in index order.
     pub fn params(&self) -> Vec<NodeId> {
-        self.g.node_indices().filter(|n| matches!(self.g[*n].op, Op::Param { .. })).collect()
+        self.g
+            .node_indices()
+            .filter(|n| matches!(&self.g[*n].op, Op::Param { name, .. } if !self.buffers.contains(name)))
+            .collect()
     }
 
     /// The underlying petgraph graph (read-only), for analyses.
