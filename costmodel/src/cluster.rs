@@ -291,10 +291,12 @@ mod tests {
         assert!(c.links.server.mesh);
         let e = Cluster::from_json(r#"{"gpu":"tpu","devices":4}"#, "c.json").unwrap_err();
         assert!(
-            e.to_string().starts_with("cluster file c.json: unknown GPU kind `tpu`"),
+            e.to_string()
+                .starts_with("cluster file c.json: unknown GPU kind `tpu`"),
             "{e}"
         );
-        let e = Cluster::from_json(r#"{"gpu":"h100","devices":4,"color":1}"#, "c.json").unwrap_err();
+        let e =
+            Cluster::from_json(r#"{"gpu":"h100","devices":4,"color":1}"#, "c.json").unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
     }
 

@@ -58,7 +58,9 @@ pub fn point_to_point(bytes: f64, link: &Link) -> f64 {
 fn flat(kind: Collective, bytes: f64, n: u32, link: &Link) -> f64 {
     let bw = link.effective_bytes_per_s(n);
     match kind {
-        Collective::AllReduce => ring_all_reduce(bytes, n, link, bw).min(tree_all_reduce(bytes, n, link, bw)),
+        Collective::AllReduce => {
+            ring_all_reduce(bytes, n, link, bw).min(tree_all_reduce(bytes, n, link, bw))
+        }
         Collective::ReduceScatter | Collective::AllGather => ring_half(bytes, n, link, bw),
         Collective::PointToPoint => point_to_point(bytes, link),
     }
@@ -69,7 +71,13 @@ fn flat(kind: Collective, bytes: f64, n: u32, link: &Link) -> f64 {
 /// devices of one package); across servers it is hierarchical: reduce-scatter inside each server,
 /// the operation across servers on `1/g` of the buffer with all `g` members' network links in
 /// parallel, then all-gather inside.
-pub fn collective_time(cluster: &Cluster, kind: Collective, bytes: f64, size: u32, stride: u32) -> f64 {
+pub fn collective_time(
+    cluster: &Cluster,
+    kind: Collective,
+    bytes: f64,
+    size: u32,
+    stride: u32,
+) -> f64 {
     if size <= 1 || bytes <= 0.0 {
         return 0.0;
     }
@@ -106,7 +114,8 @@ pub fn collective_time(cluster: &Cluster, kind: Collective, bytes: f64, size: u3
                 + flat(Collective::ReduceScatter, shard, servers, net)
         }
         Collective::AllGather => {
-            flat(Collective::AllGather, shard, servers, net) + flat(Collective::AllGather, bytes, per, intra_link)
+            flat(Collective::AllGather, shard, servers, net)
+                + flat(Collective::AllGather, bytes, per, intra_link)
         }
         Collective::PointToPoint => point_to_point(bytes, net),
     }

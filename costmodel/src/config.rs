@@ -229,7 +229,11 @@ pub fn micro_batches_for(batch: u64, dp: u32, micro_batch_size: u32) -> Result<u
 /// Checks that `tp` divides the attention heads, KV heads and FFN width.
 pub fn check_tp_dims(tp: u32, heads: u64, kv_heads: u64, ffn: u64) -> Result<()> {
     let tp64 = tp as u64;
-    for (what, n) in [("attention heads", heads), ("KV heads", kv_heads), ("FFN width", ffn)] {
+    for (what, n) in [
+        ("attention heads", heads),
+        ("KV heads", kv_heads),
+        ("FFN width", ffn),
+    ] {
         if tp64 == 0 || n % tp64 != 0 {
             return Err(CostError::InvalidConfig(format!(
                 "tp {tp} does not divide the {n} {what}"
@@ -314,7 +318,12 @@ impl ParallelConfig {
                     continue;
                 }
                 match (&op.class, op.split) {
-                    (KernelClass::Attention { heads, kv_heads, .. }, _) => {
+                    (
+                        KernelClass::Attention {
+                            heads, kv_heads, ..
+                        },
+                        _,
+                    ) => {
                         if heads % tp != 0 {
                             return bad(format!(
                                 "tp {tp} does not divide the {heads} attention heads ({})",

@@ -73,9 +73,16 @@ impl EfficiencyFile {
             }
         }
         for e in &f.devices {
-            for (name, v) in [("matmul", e.matmul), ("attention", e.attention), ("memory", e.memory)] {
+            for (name, v) in [
+                ("matmul", e.matmul),
+                ("attention", e.attention),
+                ("memory", e.memory),
+            ] {
                 if !(v > 0.0 && v <= 1.0) {
-                    return Err(err(format!("{}: {name} efficiency {v} outside (0, 1]", e.gpu)));
+                    return Err(err(format!(
+                        "{}: {name} efficiency {v} outside (0, 1]",
+                        e.gpu
+                    )));
                 }
             }
             if !(e.launch_overhead_s >= 0.0) {
@@ -87,7 +94,10 @@ impl EfficiencyFile {
 
     /// The entry of a GPU kind.
     pub fn get(&self, gpu: Gpu) -> &Efficiency {
-        self.devices.iter().find(|e| e.gpu == gpu).unwrap_or(&self.devices[0])
+        self.devices
+            .iter()
+            .find(|e| e.gpu == gpu)
+            .unwrap_or(&self.devices[0])
     }
 
     /// Replaces the entry of a GPU kind.
@@ -104,26 +114,28 @@ impl EfficiencyFile {
 pub fn committed() -> &'static EfficiencyFile {
     static FILE: OnceLock<EfficiencyFile> = OnceLock::new();
     FILE.get_or_init(|| {
-        EfficiencyFile::from_json(EFFICIENCY_JSON, "data/efficiency.json").unwrap_or_else(|_| EfficiencyFile {
-            // Unreachable with the shipped file (a unit test parses it); keep a usable fallback.
-            format_version: 1,
-            procedure: "fallback".into(),
-            devices: Gpu::ALL
-                .iter()
-                .map(|g| Efficiency {
-                    gpu: *g,
-                    matmul: 0.5,
-                    attention: 0.4,
-                    memory: 0.7,
-                    launch_overhead_s: 1e-5,
+        EfficiencyFile::from_json(EFFICIENCY_JSON, "data/efficiency.json").unwrap_or_else(|_| {
+            EfficiencyFile {
+                // Unreachable with the shipped file (a unit test parses it); keep a usable fallback.
+                format_version: 1,
+                procedure: "fallback".into(),
+                devices: Gpu::ALL
+                    .iter()
+                    .map(|g| Efficiency {
+                        gpu: *g,
+                        matmul: 0.5,
+                        attention: 0.4,
+                        memory: 0.7,
+                        launch_overhead_s: 1e-5,
+                        source: "fallback".into(),
+                    })
+                    .collect(),
+                allocator: Allocator {
+                    activation_factor: 1.0,
+                    fixed_bytes: 0.0,
                     source: "fallback".into(),
-                })
-                .collect(),
-            allocator: Allocator {
-                activation_factor: 1.0,
-                fixed_bytes: 0.0,
-                source: "fallback".into(),
-            },
+                },
+            }
         })
     })
 }

@@ -31,7 +31,9 @@ pub enum CostError {
         denominator: u64,
     },
     /// A GPU kind for which flavors are not defined.
-    #[error("flavors are defined for mi250, mi210 and mi300x, not {0}; give --gpu {0} --devices N instead")]
+    #[error(
+        "flavors are defined for mi250, mi210 and mi300x, not {0}; give --gpu {0} --devices N instead"
+    )]
     NoFlavorsForGpu(String),
     /// A cluster that cannot exist.
     #[error("invalid cluster: {0}")]

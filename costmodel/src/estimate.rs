@@ -72,7 +72,12 @@ pub struct Estimate {
 /// A cost model the search can call; implementations must be thread-safe.
 pub trait CostModel: Sync {
     /// Predicts one configuration of a model (given as its per-micro-batch step profile) on a cluster.
-    fn estimate(&self, profile: &StepProfile, cluster: &Cluster, cfg: &ParallelConfig) -> Result<Estimate>;
+    fn estimate(
+        &self,
+        profile: &StepProfile,
+        cluster: &Cluster,
+        cfg: &ParallelConfig,
+    ) -> Result<Estimate>;
 }
 
 /// Sums of one phase of one block on one device.
@@ -196,7 +201,13 @@ impl ProfiledCostModel {
     }
 
     /// Reduces a step profile to per-block sums on `gpu` at tensor-parallel degree `tp`.
-    pub fn prepare(&self, profile: &StepProfile, gpu: Gpu, tp: u32, sequence_parallel: bool) -> PreparedProfile {
+    pub fn prepare(
+        &self,
+        profile: &StepProfile,
+        gpu: Gpu,
+        tp: u32,
+        sequence_parallel: bool,
+    ) -> PreparedProfile {
         let spec = gpu.spec();
         let eff = self.efficiency(gpu);
         let timer = OpTimer {
@@ -230,10 +241,14 @@ impl ProfiledCostModel {
                     // (and recomputation); its column-parallel partner all-reduces the input gradient in
                     // backward. The vocab-parallel embedding all-reduces its output.
                     let out_bytes = match &op.class {
-                        KernelClass::Matmul { batch, m, n, dtype, .. } if op.split == TpSplit::Row => {
+                        KernelClass::Matmul {
+                            batch, m, n, dtype, ..
+                        } if op.split == TpSplit::Row => {
                             Some((batch * m * n * dtype.size_bytes()) as f64)
                         }
-                        KernelClass::Gather if op.split == TpSplit::Vocab && op.phase == Phase::Forward => {
+                        KernelClass::Gather
+                            if op.split == TpSplit::Vocab && op.phase == Phase::Forward =>
+                        {
                             Some(op.bytes / 2.0)
                         }
                         _ => None,
@@ -265,8 +280,8 @@ impl ProfiledCostModel {
                     Phase::Optimizer => {}
                 }
             }
-            let params =
-                b.tp_sharded_params as f64 / tp64 as f64 + (b.params - b.tp_sharded_params.min(b.params)) as f64;
+            let params = b.tp_sharded_params as f64 / tp64 as f64
+                + (b.params - b.tp_sharded_params.min(b.params)) as f64;
             let bound = if sequence_parallel {
                 b.boundary_bytes / tp64 as f64
             } else {
@@ -335,7 +350,12 @@ impl ProfiledCostModel {
 }
 
 impl CostModel for ProfiledCostModel {
-    fn estimate(&self, profile: &StepProfile, cluster: &Cluster, cfg: &ParallelConfig) -> Result<Estimate> {
+    fn estimate(
+        &self,
+        profile: &StepProfile,
+        cluster: &Cluster,
+        cfg: &ParallelConfig,
+    ) -> Result<Estimate> {
         cfg.validate_cluster(cluster)?;
         let ranges = cfg.validate_profile(profile)?;
         if profile.blocks.is_empty() {
@@ -360,7 +380,10 @@ impl CostModel for ProfiledCostModel {
             let v = match b.kind {
                 BlockKind::Embedding => 0,
                 BlockKind::Head => nv - 1,
-                BlockKind::Decoder(l) => ranges.iter().position(|(a, z)| l >= *a && l <= *z).unwrap_or(nv - 1),
+                BlockKind::Decoder(l) => ranges
+                    .iter()
+                    .position(|(a, z)| l >= *a && l <= *z)
+                    .unwrap_or(nv - 1),
             };
             fwd[v].add(&b.forward);
             bwd[v].add(&b.backward);
@@ -371,7 +394,10 @@ impl CostModel for ProfiledCostModel {
             let next_v = prep.blocks.get(i + 1).map(|n| match n.kind {
                 BlockKind::Embedding => 0,
                 BlockKind::Head => nv - 1,
-                BlockKind::Decoder(l) => ranges.iter().position(|(a, z)| l >= *a && l <= *z).unwrap_or(nv - 1),
+                BlockKind::Decoder(l) => ranges
+                    .iter()
+                    .position(|(a, z)| l >= *a && l <= *z)
+                    .unwrap_or(nv - 1),
             });
             if next_v.is_some_and(|n| n != v) {
                 boundary = boundary.max(b.boundary_bytes);
@@ -384,7 +410,13 @@ impl CostModel for ProfiledCostModel {
                 0.0
             } else {
                 s.tp_collectives
-                    * collective_time(cluster, Collective::AllReduce, s.tp_bytes / s.tp_collectives, cfg.tp, 1)
+                    * collective_time(
+                        cluster,
+                        Collective::AllReduce,
+                        s.tp_bytes / s.tp_collectives,
+                        cfg.tp,
+                        1,
+                    )
             }
         };
         let mut compute = vec![(0f64, 0f64); nv];
@@ -418,11 +450,16 @@ impl CostModel for ProfiledCostModel {
             let vs: Vec<usize> = (0..nv).filter(|v| v % pp == d).collect();
             let p_dev: f64 = vs.iter().map(|v| params[*v]).sum();
             let b_dev: f64 = vs.iter().map(|v| times[*v].backward_s).sum();
-            let compute_dev: f64 = vs.iter().map(|v| times[*v].forward_s + times[*v].backward_s).sum();
+            let compute_dev: f64 = vs
+                .iter()
+                .map(|v| times[*v].forward_s + times[*v].backward_s)
+                .sum();
             let low_or_base = if profile.low_prec_param_bytes_per_param > 0.0 {
                 profile.low_prec_param_bytes_per_param
             } else {
-                profile.static_bytes_per_param - profile.optimizer_bytes_per_param - profile.grad_bytes_per_param
+                profile.static_bytes_per_param
+                    - profile.optimizer_bytes_per_param
+                    - profile.grad_bytes_per_param
             }
             .max(0.0);
             let grad_bytes = p_dev * profile.grad_bytes_per_param;
@@ -436,7 +473,8 @@ impl CostModel for ProfiledCostModel {
                     exposed += m as f64 * (gather - compute_dev).max(0.0);
                     ar(Collective::ReduceScatter, grad_bytes)
                 } else if cfg.distribute_optimizer {
-                    ar(Collective::ReduceScatter, grad_bytes) + ar(Collective::AllGather, p_dev * low_or_base)
+                    ar(Collective::ReduceScatter, grad_bytes)
+                        + ar(Collective::AllGather, p_dev * low_or_base)
                 } else {
                     ar(Collective::AllReduce, grad_bytes)
                 };
@@ -467,7 +505,10 @@ impl CostModel for ProfiledCostModel {
             let (w, g, o) = static_bytes(profile, cfg, p_dev);
             let acts: f64 = vs
                 .iter()
-                .map(|v| saved[*v] * in_flight(cfg.schedule, cfg.pp, d as u32, m) as f64 / vs.len().max(1) as f64)
+                .map(|v| {
+                    saved[*v] * in_flight(cfg.schedule, cfg.pp, d as u32, m) as f64
+                        / vs.len().max(1) as f64
+                })
                 .sum::<f64>()
                 .max(0.0);
             let acts = if cfg.schedule.chunks() > 1 {
@@ -479,7 +520,10 @@ impl CostModel for ProfiledCostModel {
             };
             let mut trans = vs.iter().map(|v| transient[*v]).fold(0.0, f64::max);
             if cfg.distribute_param && dp > 1 {
-                let blk = vs.iter().map(|v| largest_block_params[*v]).fold(0.0, f64::max);
+                let blk = vs
+                    .iter()
+                    .map(|v| largest_block_params[*v])
+                    .fold(0.0, f64::max);
                 trans += 2.0 * blk * low_or_base;
             }
             if pp > 1 {
@@ -500,8 +544,14 @@ impl CostModel for ProfiledCostModel {
         }
         let (step, crit, exposed_dp, opt) = best;
         let vs: Vec<usize> = (0..nv).filter(|v| v % pp == crit).collect();
-        let compute_s: f64 = vs.iter().map(|v| (compute[*v].0 + compute[*v].1) * m as f64).sum();
-        let tp_comm_s: f64 = vs.iter().map(|v| (comm[*v].0 + comm[*v].1) * m as f64).sum();
+        let compute_s: f64 = vs
+            .iter()
+            .map(|v| (compute[*v].0 + compute[*v].1) * m as f64)
+            .sum();
+        let tp_comm_s: f64 = vs
+            .iter()
+            .map(|v| (comm[*v].0 + comm[*v].1) * m as f64)
+            .sum();
         let exposed_comm_s = tp_comm_s + exposed_dp;
         let bubble_s = (step - compute_s - exposed_comm_s - opt).max(0.0);
         let tokens = cfg.global_batch() as f64 * profile.seq as f64;
@@ -524,10 +574,12 @@ impl CostModel for ProfiledCostModel {
                 profile_ops: prep.profile_ops,
                 roofline_ops: prep.roofline_ops,
                 efficiency: format!("{}: {}", cluster.gpu, eff.source),
-                profile: self
-                    .profiles
-                    .get(&cluster.gpu)
-                    .map(|p| format!("{} ({}, {})", p.file.device_name, p.file.date, p.file.command)),
+                profile: self.profiles.get(&cluster.gpu).map(|p| {
+                    format!(
+                        "{} ({}, {})",
+                        p.file.device_name, p.file.date, p.file.command
+                    )
+                }),
                 allocator: alloc.source.clone(),
             },
         })

@@ -66,7 +66,11 @@ pub fn static_bytes(profile: &StepProfile, cfg: &ParallelConfig, params: f64) ->
         1.0
     };
     let weights = params * (base / z3 + low / low_div);
-    let grads = if cfg.persistent_grads { params * grad / z3 } else { 0.0 };
+    let grads = if cfg.persistent_grads {
+        params * grad / z3
+    } else {
+        0.0
+    };
     (weights, grads, params * opt / opt_div)
 }
 

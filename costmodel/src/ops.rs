@@ -48,7 +48,13 @@ pub fn shard(op: &OpCost, tp: u64, sequence_parallel: bool) -> ShardedOp {
     }
     let f = tp as f64;
     let class = match &op.class {
-        KernelClass::Matmul { batch, m, n, k, dtype } => {
+        KernelClass::Matmul {
+            batch,
+            m,
+            n,
+            k,
+            dtype,
+        } => {
             let (mut m, mut n, mut k) = (*m, *n, *k);
             let prefer_n = !matches!(op.split, TpSplit::Row);
             let n_ok = n % tp == 0;
@@ -119,8 +125,17 @@ impl OpTimer<'_> {
     pub fn time(&self, op: &ShardedOp) -> (f64, Source) {
         let mem = self.memory_time(op.bytes);
         match &op.class {
-            KernelClass::Matmul { batch, m, n, k, dtype } => {
-                if let Some(t) = self.profile.and_then(|p| p.matmul(*dtype, *batch, *m, *n, *k)) {
+            KernelClass::Matmul {
+                batch,
+                m,
+                n,
+                k,
+                dtype,
+            } => {
+                if let Some(t) = self
+                    .profile
+                    .and_then(|p| p.matmul(*dtype, *batch, *m, *n, *k))
+                {
                     return (t, Source::Profile);
                 }
                 let compute = op.flops / (self.spec.peak_flops(*dtype) * self.eff.matmul);
@@ -137,14 +152,18 @@ impl OpTimer<'_> {
                 dtype,
             } => {
                 let group = (heads / (*kv_heads).max(1)).max(1);
-                if let Some(t) = self
-                    .profile
-                    .and_then(|p| p.attention(*dtype, *causal, *backward, group, *batch, *heads, *seq, *head_dim))
-                {
+                if let Some(t) = self.profile.and_then(|p| {
+                    p.attention(
+                        *dtype, *causal, *backward, group, *batch, *heads, *seq, *head_dim,
+                    )
+                }) {
                     return (t, Source::Profile);
                 }
                 let peak = self.spec.peak_flops(*dtype);
-                (((op.flops) / (peak * self.eff.attention)).max(mem), Source::Roofline)
+                (
+                    ((op.flops) / (peak * self.eff.attention)).max(mem),
+                    Source::Roofline,
+                )
             }
             other => {
                 let kind = match other {
@@ -192,9 +211,23 @@ mod tests {
     #[test]
     fn sharding_divides_the_feature_dimension() {
         let s = shard(&mm(TpSplit::Column, 11008, 4096), 8, false);
-        assert!(matches!(s.class, KernelClass::Matmul { n: 1376, k: 4096, .. }));
+        assert!(matches!(
+            s.class,
+            KernelClass::Matmul {
+                n: 1376,
+                k: 4096,
+                ..
+            }
+        ));
         let s = shard(&mm(TpSplit::Row, 4096, 11008), 8, false);
-        assert!(matches!(s.class, KernelClass::Matmul { n: 4096, k: 1376, .. }));
+        assert!(matches!(
+            s.class,
+            KernelClass::Matmul {
+                n: 4096,
+                k: 1376,
+                ..
+            }
+        ));
         let s = shard(&mm(TpSplit::Replicated, 4096, 4096), 8, false);
         assert_eq!(s.flops, mm(TpSplit::Replicated, 4096, 4096).flops);
     }

@@ -104,7 +104,9 @@ pub fn simulate(
         )));
     }
     if m == 0 {
-        return Err(CostError::InvalidConfig("num_micro_batches must be at least 1".into()));
+        return Err(CostError::InvalidConfig(
+            "num_micro_batches must be at least 1".into(),
+        ));
     }
     if pp_us == 1 && v == 1 {
         let busy = m as f64 * (stages[0].forward_s + stages[0].backward_s);
@@ -117,7 +119,9 @@ pub fn simulate(
         });
     }
     let nv = stages.len();
-    let orders: Vec<Vec<Task>> = (0..pp_us).map(|d| device_order(schedule, pp_us, d, m)).collect();
+    let orders: Vec<Vec<Task>> = (0..pp_us)
+        .map(|d| device_order(schedule, pp_us, d, m))
+        .collect();
     let mut fend = vec![f64::NAN; nv * m];
     let mut bend = vec![f64::NAN; nv * m];
     let mut next = vec![0usize; pp_us];
@@ -167,7 +171,9 @@ pub fn simulate(
         }
     }
     let makespan = free.iter().cloned().fold(0.0, f64::max);
-    let critical = (0..pp_us).max_by(|a, b| busy[*a].total_cmp(&busy[*b])).unwrap_or(0);
+    let critical = (0..pp_us)
+        .max_by(|a, b| busy[*a].total_cmp(&busy[*b]))
+        .unwrap_or(0);
     Ok(PipelineResult {
         makespan_s: makespan,
         bubble_s: makespan - busy[critical],
@@ -215,7 +221,12 @@ mod tests {
         ];
         let i = simulate(Schedule::Interleaved(2), &chunk, 4, 8, 0.0).unwrap();
         let p = simulate(Schedule::OneFOneB, &equal(4), 4, 8, 0.0).unwrap();
-        assert!(i.makespan_s < p.makespan_s, "{} {}", i.makespan_s, p.makespan_s);
+        assert!(
+            i.makespan_s < p.makespan_s,
+            "{} {}",
+            i.makespan_s,
+            p.makespan_s
+        );
         // Megatron: bubble (pp-1)/V of a micro-batch's F+B.
         assert!((i.bubble_s - 3.0 * 3.0 / 2.0).abs() < 1e-9, "{i:?}");
     }

@@ -40,7 +40,10 @@ impl Grid {
     pub fn new(axes: Vec<Vec<f64>>, values: &[f64]) -> std::result::Result<Grid, String> {
         let n: usize = axes.iter().map(Vec::len).product();
         if axes.is_empty() || n != values.len() {
-            return Err(format!("grid has {} values, its axes need {n}", values.len()));
+            return Err(format!(
+                "grid has {} values, its axes need {n}",
+                values.len()
+            ));
         }
         for (i, a) in axes.iter().enumerate() {
             if a.is_empty() || a.iter().any(|x| !(*x > 0.0)) || a.windows(2).any(|w| w[0] >= w[1]) {
@@ -51,7 +54,10 @@ impl Grid {
             return Err("times must be positive and finite".into());
         }
         Ok(Grid {
-            log_axes: axes.iter().map(|a| a.iter().map(|x| x.ln()).collect()).collect(),
+            log_axes: axes
+                .iter()
+                .map(|a| a.iter().map(|x| x.ln()).collect())
+                .collect(),
             axes,
             log_values: values.iter().map(|v| v.ln()).collect(),
         })
@@ -248,7 +254,12 @@ impl OpProfile {
         let mut attention = Vec::new();
         for (i, t) in file.attention.iter().enumerate() {
             let g = Grid::new(
-                vec![to_f(&t.batch), to_f(&t.heads), to_f(&t.seq), to_f(&t.head_dim)],
+                vec![
+                    to_f(&t.batch),
+                    to_f(&t.heads),
+                    to_f(&t.seq),
+                    to_f(&t.head_dim),
+                ],
                 &t.time_s,
             )
             .map_err(|e| err(format!("attention[{i}]: {e}")))?;
@@ -256,7 +267,8 @@ impl OpProfile {
         }
         let mut memory = Vec::new();
         for (i, t) in file.memory_bound.iter().enumerate() {
-            let g = Grid::new(vec![t.bytes.clone()], &t.time_s).map_err(|e| err(format!("memory_bound[{i}]: {e}")))?;
+            let g = Grid::new(vec![t.bytes.clone()], &t.time_s)
+                .map_err(|e| err(format!("memory_bound[{i}]: {e}")))?;
             memory.push((t.kind, g));
         }
         Ok(OpProfile {

@@ -101,7 +101,9 @@ impl TruthRow {
         let m = &self.measured;
         m.step_time_s
             .or_else(|| m.tokens_per_s.map(|t| (self.batch * self.seq) as f64 / t))
-            .or_else(|| Some(m.flops_per_step? / (m.tflops_per_gpu? * 1e12 * self.cluster.devices as f64)))
+            .or_else(|| {
+                Some(m.flops_per_step? / (m.tflops_per_gpu? * 1e12 * self.cluster.devices as f64))
+            })
     }
 }
 
@@ -124,7 +126,9 @@ pub fn parse_truth(text: &str, origin: &str) -> Result<Vec<TruthRow>> {
         };
         row.cluster().map_err(|e| err(e.to_string()))?;
         if row.measured.tflops_per_gpu.is_some() && row.measured.flops_per_step.is_none() {
-            return Err(err("measured.tflops_per_gpu needs measured.flops_per_step".into()));
+            return Err(err(
+                "measured.tflops_per_gpu needs measured.flops_per_step".into()
+            ));
         }
         if row.measured_step_time().is_none() && row.measured.peak_memory_bytes.is_none() {
             return Err(err("measured holds nothing to compare with".into()));
@@ -202,7 +206,11 @@ pub fn compare(row: &TruthRow, est: &Estimate) -> Vec<MetricCheck> {
     };
     push("step_time_s", est.step_time_s, m.step_time_s);
     push("tokens_per_s", est.tokens_per_s, m.tokens_per_s);
-    push("peak_memory_bytes", est.peak_memory_bytes as f64, m.peak_memory_bytes);
+    push(
+        "peak_memory_bytes",
+        est.peak_memory_bytes as f64,
+        m.peak_memory_bytes,
+    );
     if let (Some(f), Some(t)) = (m.flops_per_step, m.tflops_per_gpu) {
         push(
             "tflops_per_gpu",
@@ -251,7 +259,10 @@ pub fn validate(
             }),
         }
     }
-    report.mape = sums.into_iter().map(|(k, (s, n))| (k, s / n as f64)).collect();
+    report.mape = sums
+        .into_iter()
+        .map(|(k, (s, n))| (k, s / n as f64))
+        .collect();
     report
 }
 
@@ -326,7 +337,12 @@ mod tests {
     #[test]
     fn tflops_needs_flops() {
         let r = ROW.replace(r#"{"step_time_s":0.1}"#, r#"{"tflops_per_gpu":100}"#);
-        assert!(parse_truth(&r, "t").unwrap_err().to_string().contains("flops_per_step"));
+        assert!(
+            parse_truth(&r, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("flops_per_step")
+        );
         let r = ROW.replace(
             r#"{"step_time_s":0.1}"#,
             r#"{"tflops_per_gpu":100,"flops_per_step":1e13}"#,
