@@ -132,6 +132,19 @@ fn gradient_check_fixture_llama_every_parameter() {
     let ids = token_ids(2, 7, 512);
     let w = gradient_check(&g, fp32(), &ids);
     println!("fixture tiny llama: worst relative gradient error {w:.2e}");
+    // amp-bf16 (eager fp32 RMSNorm, casts; casts do not round in f64) and recomputation give the same gradients.
+    let w = gradient_check(
+        &g,
+        opts(
+            PrecisionPolicy::AmpBf16,
+            OptimizerKind::AdamW,
+            RecomputePolicy::Full,
+        ),
+        &ids,
+    );
+    println!(
+        "fixture tiny llama, amp-bf16 + full recompute: worst relative gradient error {w:.2e}"
+    );
 }
 
 #[test]
@@ -310,4 +323,228 @@ fn precision_policies_place_casts_and_dtypes() {
         (l32 - lamp).abs() < 0.05 * l32.abs(),
         "fp32 loss {l32} vs amp-bf16 {lamp}"
     );
+}
+
+struct Cfg {
+    layers: u64,
+    hidden: u64,
+    vocab: u64,
+    params: u64,
+}
+
+fn manifest(name: &str) -> Cfg {
+    let text = std::fs::read_to_string(models().join("manifest.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let m = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap();
+    let c = &m["config"];
+    Cfg {
+        layers: c["num_hidden_layers"].as_u64().unwrap(),
+        hidden: c["hidden_size"].as_u64().unwrap(),
+        vocab: c["vocab_size"].as_u64().unwrap(),
+        params: m["torch_params"].as_u64().unwrap(),
+    }
+}
+
+fn phase_flops(costs: &[moai_ir::cost::OpCost], phase: Phase, decoder_only: bool) -> f64 {
+    costs
+        .iter()
+        .filter(|c| c.phase == phase && (!decoder_only || c.layer.is_some()))
+        .map(|c| c.flops)
+        .sum()
+}
+
+#[test]
+fn training_flops_per_token_match_6n_plus_12lhs() {
+    for name in ["llama-350m", "llama2-7b", "llama2-13b"] {
+        let g = import(&format!("{name}.onnx"));
+        let c = manifest(name);
+        let (mb, seq) = (2u64, 1024u64);
+        let tg = build_training_graph(&g, &TrainOptions::default()).unwrap();
+        let costs = step_costs(&tg, mb, seq).unwrap();
+        let tokens = (mb * seq) as f64;
+        let train = (phase_flops(&costs, Phase::Forward, false)
+            + phase_flops(&costs, Phase::Backward, false))
+            / tokens;
+        let n = (c.params - c.vocab * c.hidden) as f64;
+        let want = 6.0 * n + 12.0 * (c.layers * c.hidden * seq) as f64;
+        let err = train / want - 1.0;
+        println!(
+            "{name}: training FLOPs/token {train:.4e}, 6N+12Lhs = {want:.4e}, error {:+.2}%",
+            100.0 * err
+        );
+        assert!(err.abs() < 0.02, "{name}: {err}");
+        // Full recomputation adds exactly one forward pass of the decoder layers.
+        let full = build_training_graph(
+            &g,
+            &opts(
+                PrecisionPolicy::AmpBf16,
+                OptimizerKind::AdamW,
+                RecomputePolicy::Full,
+            ),
+        )
+        .unwrap();
+        let fc = step_costs(&full, mb, seq).unwrap();
+        let fwd_layers = phase_flops(&fc, Phase::Forward, true);
+        assert!(fwd_layers > 0.0);
+        assert_eq!(
+            phase_flops(&fc, Phase::Recompute, false),
+            fwd_layers,
+            "{name}"
+        );
+        assert_eq!(
+            phase_flops(&fc, Phase::Backward, false),
+            phase_flops(&costs, Phase::Backward, false),
+            "{name}"
+        );
+        // The fast profile replicates representative layers: same totals per phase as the full graph.
+        for (o, full_costs) in [(TrainOptions::default(), &costs), (full.opts, &fc)] {
+            let prof = step_profile(&g, &o, mb, seq).unwrap();
+            assert_eq!(prof.blocks.len() as u64, c.layers + 2);
+            for ph in [Phase::Forward, Phase::Backward, Phase::Recompute] {
+                let p: f64 = prof
+                    .blocks
+                    .iter()
+                    .flat_map(|b| &b.ops)
+                    .filter(|x| x.phase == ph)
+                    .map(|x| x.flops)
+                    .sum();
+                let f = phase_flops(full_costs, ph, false);
+                assert!(
+                    (p - f).abs() <= 1e-9 * f.max(1.0),
+                    "{name} {ph:?}: profile {p} vs graph {f}"
+                );
+            }
+            let po: f64 = prof.optimizer.iter().map(|x| x.flops).sum();
+            assert!((po - phase_flops(full_costs, Phase::Optimizer, false)).abs() < 1.0);
+        }
+    }
+}
+
+#[test]
+fn static_memory_per_parameter() {
+    let g = import("llama-350m.onnx");
+    let c = manifest("llama-350m");
+    for (p, o, want) in [
+        (PrecisionPolicy::AmpBf16, OptimizerKind::AdamW, 16),
+        (PrecisionPolicy::Bf16, OptimizerKind::AdamW, 12),
+        (PrecisionPolicy::Fp32, OptimizerKind::AdamW, 16),
+        (PrecisionPolicy::AmpBf16, OptimizerKind::Sgd, 12),
+        (PrecisionPolicy::Bf16, OptimizerKind::Sgd, 8),
+    ] {
+        let o = opts(p, o, RecomputePolicy::None);
+        let tg = build_training_graph(&g, &o).unwrap();
+        let r = peak_memory(&tg, 1, 128).unwrap();
+        assert_eq!(r.params, c.params);
+        assert_eq!(r.static_bytes, want * c.params, "{p} {:?}", o.optimizer);
+        let prof = step_profile(&g, &o, 1, 128).unwrap();
+        assert_eq!(prof.static_bytes_per_param, want as f64);
+        let sum = prof.low_prec_param_bytes_per_param
+            + prof.grad_bytes_per_param
+            + prof.optimizer_bytes_per_param;
+        assert_eq!(sum, want as f64);
+        let bp: u64 = prof.blocks.iter().map(|b| b.params).sum();
+        assert_eq!(bp, c.params);
+    }
+}
+
+#[test]
+fn llama_350m_peak_memory_vs_h100_measurements() {
+    let g = import("llama-350m.onnx");
+    let path = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../costmodel/data/truth/source/h100_training_truth_llama-350m.json"
+    ));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let rows: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let gib = (1u64 << 30) as f64;
+    let mut built: HashMap<bool, TrainingGraph> = HashMap::new();
+    println!(
+        "llama-350m, one H100, amp-bf16 + AdamW: liveness peak (no allocator model) vs torch max_memory_allocated"
+    );
+    for row in rows.as_array().unwrap() {
+        let (mb, seq, rc) = (
+            row["micro_batch"].as_u64().unwrap(),
+            row["seq"].as_u64().unwrap(),
+            row["recompute"].as_bool().unwrap(),
+        );
+        let truth = row["peak_alloc_gib"].as_f64().unwrap();
+        let tg = built.entry(rc).or_insert_with(|| {
+            let r = if rc {
+                RecomputePolicy::Full
+            } else {
+                RecomputePolicy::None
+            };
+            build_training_graph(&g, &opts(PrecisionPolicy::AmpBf16, OptimizerKind::AdamW, r))
+                .unwrap()
+        });
+        let r = peak_memory(tg, mb, seq).unwrap();
+        let pred = r.peak_bytes as f64 / gib;
+        let err = pred / truth - 1.0;
+        println!(
+            "  mb={mb:>2} seq={seq} recompute={:<5}: predicted {pred:6.2} GiB, measured {truth:6.2} GiB, error {:+5.1}%  (peak at {} [{:?}]; weights {:.2} grads {:.2} optimizer {:.2} activations {:.2} temporaries {:.2} GiB)",
+            if rc { "full" } else { "none" },
+            100.0 * err,
+            r.peak_node,
+            r.peak_phase,
+            r.at_peak.weights as f64 / gib,
+            r.at_peak.grads as f64 / gib,
+            r.at_peak.optimizer_state as f64 / gib,
+            r.at_peak.activations as f64 / gib,
+            r.at_peak.temporaries as f64 / gib,
+        );
+        assert!(
+            err.abs() < 0.10,
+            "mb={mb} seq={seq} recompute={rc}: {:+.1}%",
+            100.0 * err
+        );
+    }
+}
+
+#[test]
+fn recomputation_trades_memory_for_flops() {
+    let g = llama(&LlamaConfig::planning(4, 512, 8, 8, 1408, 8000));
+    let mut saved = Vec::new();
+    for r in [
+        RecomputePolicy::None,
+        RecomputePolicy::Selective,
+        RecomputePolicy::Full,
+    ] {
+        let tg = build_training_graph(&g, &opts(PrecisionPolicy::AmpBf16, OptimizerKind::AdamW, r))
+            .unwrap();
+        let m = peak_memory(&tg, 4, 512).unwrap();
+        let layer0 = m
+            .blocks
+            .iter()
+            .find(|b| b.block == BlockKind::Decoder(0))
+            .unwrap()
+            .saved_bytes;
+        saved.push((m.saved_activation_bytes, layer0, m.peak_bytes));
+    }
+    assert!(
+        saved[0].1 > saved[1].1 && saved[1].1 > saved[2].1,
+        "{saved:?}"
+    );
+    assert!(saved[0].2 > saved[2].2, "{saved:?}");
+    // Full recomputation keeps exactly the layer input (fp32 residual [4, 512, 512]).
+    assert_eq!(saved[2].1, 4 * 512 * 512 * 4, "{saved:?}");
+}
+
+#[test]
+fn untrainable_graphs_are_rejected() {
+    let mut g = llama(&LlamaConfig::tiny());
+    g.buffers = g
+        .params()
+        .iter()
+        .filter_map(|p| match &g.node(*p).op {
+            Op::Param { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    let e = build_training_graph(&g, &fp32()).unwrap_err().to_string();
+    assert!(e.contains("trainable"), "{e}");
 }

@@ -7,7 +7,7 @@ use crate::dim::Dim;
 use crate::dtype::DType;
 use crate::error::{IrError, Result};
 use crate::graph::{Graph, NodeId, Provenance, Value};
-use crate::op::{Op, ParamData};
+use crate::op::{BinaryOp, Op, ParamData, UnaryOp};
 use crate::shape::{Shape, TensorType};
 use crate::tensor::Tensor;
 use std::collections::{HashMap, HashSet};
@@ -338,6 +338,11 @@ impl<'f> Builder<'f> {
         let mut outs: Vec<TensorType> = n.outputs.clone();
         let in_dt = |b: &Self, i: usize| ins.get(i).map(|v| b.g.ty(*v).dtype);
         let op = n.op.clone();
+        if let (Op::RmsNorm { eps }, PrecisionPolicy::AmpBf16) = (&op, pol) {
+            let y = self.eager_rms_norm(ins[0], ins[1], *eps);
+            self.map.insert(Value::of(old), y);
+            return Ok(());
+        }
         match &op {
             Op::Param { name, data } if trainable => {
                 let wdt = pol.weight_dtype();
@@ -475,6 +480,60 @@ impl<'f> Builder<'f> {
             );
         }
         Ok(())
+    }
+
+    /// A forward node whose output requires a gradient when an input does.
+    fn fwd1(&mut self, op: Op, ins: Vec<Value>, ty: TensorType) -> Value {
+        let rg = ins.iter().any(|v| self.requires_grad.contains(v));
+        let v = self.add1(op, ins, ty);
+        if rg {
+            self.requires_grad.insert(v);
+        }
+        v
+    }
+
+    /// RMSNorm as PyTorch autocast runs Hugging Face's eager module: in fp32, unfused
+    /// (`w · (x · rsqrt(mean(x²) + eps))`), so backward keeps what eager autograd keeps (the input, the
+    /// reciprocal RMS and the fp32 normalized tensor).
+    fn eager_rms_norm(&mut self, x: Value, w: Value, eps: f64) -> Value {
+        let xt = self.ty(x);
+        let x32 = self.cast(x, DType::F32, true);
+        let r = xt.shape.rank();
+        let f32t = TensorType::new(DType::F32, xt.shape.clone());
+        let mut red = xt.shape.clone();
+        if let Some(last) = red.0.last_mut() {
+            *last = Dim::constant(1);
+        }
+        let redt = TensorType::new(DType::F32, red);
+        let two = self.scalar(2.0, DType::F32);
+        let sq = self.fwd1(Op::Binary(BinaryOp::Pow), vec![x32, two], f32t.clone());
+        let ms = self.fwd1(
+            Op::Reduce {
+                kind: crate::op::ReduceKind::Mean,
+                axes: vec![r.saturating_sub(1)],
+                keep_dims: true,
+            },
+            vec![sq],
+            redt.clone(),
+        );
+        let e = self.scalar(eps, DType::F32);
+        let a = self.fwd1(Op::Binary(BinaryOp::Add), vec![ms, e], redt.clone());
+        let rs = self.fwd1(Op::Unary(UnaryOp::Rsqrt), vec![a], redt);
+        let nrm = self.fwd1(Op::Binary(BinaryOp::Mul), vec![x32, rs], f32t);
+        let nrm = self.cast(nrm, xt.dtype, true);
+        let wd = self.ty(w).dtype;
+        let out_dt = if float_rank(wd) > float_rank(xt.dtype) {
+            wd
+        } else {
+            xt.dtype
+        };
+        let w = self.cast(w, out_dt, false);
+        let nrm = self.cast(nrm, out_dt, true);
+        self.fwd1(
+            Op::Binary(BinaryOp::Mul),
+            vec![w, nrm],
+            TensorType::new(out_dt, xt.shape),
+        )
     }
 
     /// Cross-entropy of the logits against the input ids shifted by one (last position ignored).

@@ -99,6 +99,7 @@ pub(super) fn liveness(tg: &TrainingGraph, micro_batch: u64, seq: u64) -> Result
     let mut index: HashMap<Value, usize> = HashMap::new();
     let mut buffers: Vec<Buffer> = Vec::new();
     let mut scratch = vec![0u64; len];
+    let mut noncontig: HashSet<Value> = HashSet::new();
     let bytes_of = |v: Value| -> Result<u64> {
         let t = g.ty(v);
         let n = t.shape.numel().eval(&e).ok_or_else(|| {
@@ -118,7 +119,24 @@ pub(super) fn liveness(tg: &TrainingGraph, micro_batch: u64, seq: u64) -> Result
                 b.end = b.end.max(p);
             }
         }
-        let alias = is_view(&n.op) || matches!(n.op, Op::Collective { group_size: 1, .. });
+        // Views alias their input, except a reshape of a non-contiguous view, which copies (as
+        // PyTorch's `reshape` does after a transpose).
+        let in_noncontig = n.inputs.first().is_some_and(|v| noncontig.contains(v));
+        let alias = match &n.op {
+            Op::Reshape(_) => !in_noncontig,
+            op => is_view(op) || matches!(op, Op::Collective { group_size: 1, .. }),
+        };
+        if alias {
+            let strided = match &n.op {
+                Op::Transpose(p) => p.iter().enumerate().any(|(i, a)| i != *a),
+                Op::Expand(_) => g.ty(n.inputs[0]).shape != n.outputs[0].shape,
+                Op::Slice { axis, .. } => *axis != 0,
+                _ => false,
+            };
+            if strided || in_noncontig {
+                noncontig.insert(Value::of(*id));
+            }
+        }
         for i in 0..n.outputs.len() {
             let v = Value {
                 node: *id,

@@ -339,33 +339,37 @@ pub fn reduce_layers(g: &Graph) -> Result<ReducedModel> {
     let mut out = Graph::new(g.name.clone());
     out.source_dir = g.source_dir.clone();
     out.buffers = g.buffers.clone();
+    // A dropped layer's external outputs stand for its representative's, position by position.
+    let mut alias: HashMap<Value, Value> = HashMap::new();
+    for (l, r) in &layer_rep {
+        if l == r {
+            continue;
+        }
+        let (mine, theirs) = (&ext_out[l], &ext_out[r]);
+        if mine.len() != theirs.len() || mine.iter().zip(theirs).any(|(a, b)| g.ty(*a) != g.ty(*b))
+        {
+            return Err(IrError::Analysis(format!(
+                "layer {l} has the structure of layer {r} but different outputs"
+            )));
+        }
+        alias.extend(mine.iter().copied().zip(theirs.iter().copied()));
+    }
     let mut map: HashMap<Value, Value> = HashMap::new();
-    let mut mapped_layers: HashSet<u32> = HashSet::new();
     for id in &order {
         let n = g.node(*id);
-        if let Some(l) = n.prov.layer {
-            let r = rep[&l];
-            if r != l {
-                if mapped_layers.insert(l) {
-                    let (mine, theirs) = (&ext_out[&l], &ext_out[&r]);
-                    for (a, b) in mine.iter().zip(theirs) {
-                        let nb = *map.get(b).ok_or_else(|| {
-                            IrError::Analysis(format!(
-                                "layer {l}: representative layer {r} output not copied"
-                            ))
-                        })?;
-                        map.insert(*a, nb);
-                    }
-                }
-                continue;
-            }
+        if n.prov.layer.is_some_and(|l| rep[&l] != l) {
+            continue;
         }
         let ins: Vec<Value> = n
             .inputs
             .iter()
             .map(|v| {
+                let v = alias.get(v).unwrap_or(v);
                 map.get(v).copied().ok_or_else(|| {
-                    IrError::Analysis(format!("node `{}` reads a value of a dropped layer that is not its output (at position {})", n.prov.name, pos[id]))
+                    IrError::Analysis(format!(
+                        "node `{}` reads a value of a dropped layer that is not its output (at position {})",
+                        n.prov.name, pos[id]
+                    ))
                 })
             })
             .collect::<Result<_>>()?;
@@ -386,8 +390,13 @@ pub fn reduce_layers(g: &Graph) -> Result<ReducedModel> {
     out.outputs = g
         .outputs
         .iter()
-        .map(|(name, v)| (name.clone(), map[v]))
-        .collect();
+        .map(|(name, v)| {
+            let v = alias.get(v).unwrap_or(v);
+            map.get(v)
+                .map(|nv| (name.clone(), *nv))
+                .ok_or_else(|| IrError::Analysis(format!("output `{name}` was not copied")))
+        })
+        .collect::<Result<_>>()?;
     Ok(ReducedModel {
         graph: out,
         layer_rep,
