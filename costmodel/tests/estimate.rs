@@ -1,1 +1,124 @@
 //! Estimates of fixture models: breakdowns, sources, JSON names.
+
+use crate::support::fixture::{parse_spec, step_profile};
+use moai_costmodel::profile::OpProfile;
+use moai_costmodel::{
+    Cluster, CostModel, Gpu, ParallelConfig, ProfiledCostModel, Recompute, Schedule,
+};
+
+fn llama7b(b: u64, r: Recompute) -> moai_ir::cost::StepProfile {
+    let spec = parse_spec("llama:layers=32,hidden=4096,heads=32,kv_heads=32,ffn=11008,vocab=32000")
+        .unwrap();
+    step_profile(&spec, b, 2048, r, "bf16")
+}
+
+#[test]
+fn breakdown_adds_up_and_json_names_match_design() {
+    let c = Cluster::from_flavor("4xLarge.2048GB", Gpu::Mi250).unwrap();
+    let cfg = ParallelConfig {
+        dp: 16,
+        pp: 2,
+        micro_batch_size: 1,
+        num_micro_batches: 16,
+        distribute_param: true,
+        ..Default::default()
+    };
+    let e = ProfiledCostModel::new()
+        .estimate(&llama7b(1, Recompute::None), &c, &cfg)
+        .unwrap();
+    let b = &e.breakdown;
+    assert!(
+        (b.compute_s + b.exposed_comm_s + b.bubble_s + b.optimizer_s - e.step_time_s).abs()
+            < 1e-9 * e.step_time_s.max(1.0) + 1e-9,
+        "{e:?}"
+    );
+    assert!(b.bubble_s > 0.0);
+    assert!(e.mfu > 0.05 && e.mfu < 0.8, "{}", e.mfu);
+    assert_eq!(e.memory.len(), 2);
+    assert!(
+        e.memory[0].activations_bytes > e.memory[1].activations_bytes,
+        "stage 0 holds more micro-batches"
+    );
+    let v = serde_json::to_value(&e).unwrap();
+    for k in ["step_time_s", "tokens_per_s", "peak_memory_bytes", "mfu"] {
+        assert!(v.get(k).is_some(), "{k}");
+    }
+    for k in ["compute_s", "exposed_comm_s", "bubble_s"] {
+        assert!(v["breakdown"].get(k).is_some(), "{k}");
+    }
+    assert_eq!(e.sources.profile_ops, 0);
+    assert!(e.sources.roofline_ops > 0);
+    assert!(
+        e.sources.efficiency.starts_with("mi250: assumption"),
+        "{}",
+        e.sources.efficiency
+    );
+}
+
+#[test]
+fn measured_profile_is_used_inside_its_grid() {
+    let text = r#"{"format_version": 1, "gpu": "h100", "device_name": "synthetic", "kernel_library": {"torch": "test"},
+        "driver": "none", "date": "2026-11-23", "command": "test fixture",
+        "matmul": [{"dtype": "bf16", "m": [1024, 65536], "n": [64, 65536], "k": [64, 65536],
+                    "time_s": [1e-5, 1e-4, 1e-4, 1e-3, 1e-4, 1e-3, 1e-3, 1e-2]}]}"#;
+    let p = OpProfile::from_json(text, "synthetic").unwrap();
+    let m = ProfiledCostModel::new().with_profile(p);
+    let c = Cluster::new(Gpu::H100, 1).unwrap();
+    let cfg = ParallelConfig {
+        micro_batch_size: 1,
+        ..Default::default()
+    };
+    let e = m.estimate(&llama7b(1, Recompute::None), &c, &cfg).unwrap();
+    assert!(
+        e.sources.profile_ops > 0 && e.sources.roofline_ops > 0,
+        "{:?}",
+        e.sources
+    );
+    assert!(e.sources.profile.as_deref().unwrap().contains("synthetic"));
+}
+
+#[test]
+fn recompute_trades_time_for_memory() {
+    let c = Cluster::new(Gpu::H100, 8).unwrap();
+    let m = ProfiledCostModel::new();
+    let none = ParallelConfig {
+        dp: 8,
+        micro_batch_size: 2,
+        ..Default::default()
+    };
+    let full = ParallelConfig {
+        recompute: Recompute::Full,
+        ..none.clone()
+    };
+    let a = m.estimate(&llama7b(2, Recompute::None), &c, &none).unwrap();
+    let b = m.estimate(&llama7b(2, Recompute::Full), &c, &full).unwrap();
+    assert!(b.step_time_s > a.step_time_s);
+    assert!(b.peak_memory_bytes < a.peak_memory_bytes);
+}
+
+#[test]
+fn interleaving_reduces_bubble_raises_memory() {
+    let c = Cluster::new(Gpu::A100, 8).unwrap();
+    let m = ProfiledCostModel::new();
+    let p = llama7b(1, Recompute::None);
+    let base = ParallelConfig {
+        tp: 2,
+        pp: 4,
+        micro_batch_size: 1,
+        num_micro_batches: 8,
+        ..Default::default()
+    };
+    let inter = ParallelConfig {
+        schedule: Schedule::Interleaved(2),
+        ..base.clone()
+    };
+    let a = m.estimate(&p, &c, &base).unwrap();
+    let b = m.estimate(&p, &c, &inter).unwrap();
+    assert!(
+        b.breakdown.bubble_s < a.breakdown.bubble_s,
+        "{:?} {:?}",
+        a.breakdown,
+        b.breakdown
+    );
+    assert!(b.memory[0].activations_bytes > a.memory[0].activations_bytes);
+}
