@@ -671,4 +671,36 @@ mod onnx {
             );
         }
     }
+
+    #[test]
+    fn forward_flops_match_the_onnx_import() {
+        for entry in manifest() {
+            let name = entry["name"].as_str().unwrap();
+            let imported = import(name);
+            let built = from_hf_config(&config_path(name)).unwrap();
+            for seq in [1, 37, 1024] {
+                let a = moai_ir::stats::flops_per_token(&built, seq).unwrap();
+                let b = moai_ir::stats::flops_per_token(&imported, seq).unwrap();
+                assert!(a > 0.0);
+                assert!(
+                    (a - b).abs() <= 1e-9 * b,
+                    "{name} seq {seq}: built {a} vs imported {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn layer_summaries_match_the_onnx_import() {
+        for entry in manifest() {
+            let name = entry["name"].as_str().unwrap();
+            let summary =
+                |g: &Graph| serde_json::to_value(moai_ir::layers::summarize(g).unwrap()).unwrap();
+            let (built, imported) = (
+                summary(&from_hf_config(&config_path(name)).unwrap()),
+                summary(&import(name)),
+            );
+            assert_eq!(built, imported, "{name}");
+        }
+    }
 }
