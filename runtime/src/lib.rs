@@ -1,1 +1,43 @@
-//! moai-runtime.
+//! moai-runtime: turns a plan's stage programs (`moai_ir::Graph`s in the canonical op set) into code.
+//!
+//! - [`emit`]: MLIR emission (func + linalg/tensor/arith/math on tensors), symbolic dims specialized.
+//! - [`target`]: typed targets (`cpu`, `rocdl:gfx90a|gfx942`, `nvvm:sm_80|sm_90`) and their pipelines.
+//! - `mlir` (feature `mlir`): melior context, verification, lowering, the CPU JIT and GPU binaries.
+//! - [`stage`]: `emit_stage` writes `stage<i>/{forward,backward,optimizer}.{mlir,hsaco,ptx}`.
+//! - [`bundle`]: the `plan.moai` artifact (prost): plan JSON, kernels, launch metadata.
+//! - [`executor`]: the [`Executor`] trait; CPU always (with `mlir`), CUDA/HIP behind features.
+//! - [`collective`]: in-process collectives the CPU executor provides to emitted code.
+//!
+//! Without feature `mlir` every entry point that needs MLIR returns [`RuntimeError::FeatureDisabled`]
+//! saying how to enable it; emission to MLIR text still works.
+
+pub mod bundle;
+pub mod collective;
+pub mod elf;
+pub mod emit;
+pub mod error;
+pub mod executor;
+#[cfg(feature = "mlir")]
+pub mod mlir;
+pub mod split;
+pub mod stage;
+pub mod target;
+
+pub use bundle::{Bundle, KernelEntry, LaunchArg, LaunchInfo, read_bundle, write_bundle};
+pub use emit::{ArgSpec, Dims, EmittedModule, KernelStyle, emit_program};
+pub use error::{Result, RuntimeError};
+pub use executor::{CpuExecutor, CudaExecutor, Executor, HipExecutor, run_ranks};
+pub use split::{run_chain, split_graph};
+pub use stage::{EmittedStage, Program, ProgramKind, StageProgram, compile_program, emit_stage};
+pub use target::{AmdChip, NvSm, Target, Toolkit};
+
+/// The error every MLIR-dependent entry point returns in a build without feature `mlir`.
+#[allow(dead_code)]
+pub(crate) fn no_mlir(what: &str) -> RuntimeError {
+    RuntimeError::FeatureDisabled {
+        what: what.into(),
+        feature: "mlir",
+        hint: "install LLVM/MLIR 22 (Debian: libmlir-22-dev mlir-22-tools llvm-22-dev lld-22, see runtime/README.md) \
+               and build moai-runtime with its default features (`--features mlir`)",
+    }
+}

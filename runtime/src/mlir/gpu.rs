@@ -1,0 +1,305 @@
+//! GPU lowering: bufferize, map onto the GPU and outline kernels (stage 1), merge every kernel of the
+//! program into one `gpu.module @moai_kernels`, then attach the target, convert to ROCDL/NVVM and
+//! serialize with `gpu-module-to-binary` (stage 2) into one HSACO code object or one PTX text per program.
+//! Launch metadata (grid, block, workgroup memory, arguments) is read from the stage-1 module.
+
+use super::Mlir;
+use crate::bundle::{LaunchArg, LaunchInfo};
+use crate::error::{Result, RuntimeError};
+use crate::target::{Target, Toolkit};
+use melior::ir::attribute::AttributeLike;
+use melior::ir::operation::{OperationLike, WalkOrder, WalkResult};
+use std::collections::HashMap;
+
+/// Name of the merged kernel module.
+pub const KERNEL_MODULE: &str = "moai_kernels";
+
+/// A program lowered for a GPU.
+#[derive(Clone, Debug)]
+pub struct GpuBinary {
+    /// HSACO bytes (ROCDL) or PTX text bytes (NVVM).
+    pub binary: Vec<u8>,
+    /// Kernel launches of the entry function, in program order.
+    pub launches: Vec<LaunchInfo>,
+    /// The outlined module before serialization (host code with `gpu.launch_func`, kernels as `gpu.func`).
+    pub outlined_mlir: String,
+}
+
+/// Lowers an emitted module for a GPU target.
+pub fn lower(
+    program: &str,
+    text: &str,
+    target: Target,
+    toolkit: Option<&Toolkit>,
+) -> Result<GpuBinary> {
+    let lowering = |reason: String| RuntimeError::Lowering {
+        program: program.into(),
+        target: target.to_string(),
+        pipeline: "(merge)".into(),
+        reason,
+    };
+    let (stage1, stage2) =
+        split_pipeline(target, toolkit).ok_or_else(|| lowering("not a GPU target".into()))?;
+    let mlir = Mlir::new();
+    let outlined = {
+        let mut m = mlir.parse(program, text)?;
+        mlir.run_pipeline(&mut m, program, target, &stage1)?;
+        m.as_operation().to_string()
+    };
+    let merged = merge_kernel_modules(&outlined);
+    let launches = launch_metadata(&merged);
+    let mut m = mlir.parse(program, &merged)?;
+    mlir.run_pipeline(&mut m, program, target, &stage2)?;
+    let mut objects: Vec<Vec<u8>> = Vec::new();
+    m.as_operation().walk(WalkOrder::PreOrder, |op| {
+        if op.name().as_string_ref().as_str().ok() == Some("gpu.binary") {
+            if let Ok(arr) = op.attribute("objects") {
+                let raw = arr.to_raw();
+                // SAFETY: plain C API accessors on a live attribute of this context.
+                unsafe {
+                    let n = mlir_sys::mlirArrayAttrGetNumElements(raw);
+                    for i in 0..n {
+                        let obj = mlir_sys::mlirArrayAttrGetElement(raw, i);
+                        if mlir_sys::mlirAttributeIsAGPUObjectAttr(obj) {
+                            let s = mlir_sys::mlirGPUObjectAttrGetObject(obj);
+                            objects.push(
+                                std::slice::from_raw_parts(s.data as *const u8, s.length).to_vec(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        WalkResult::Advance
+    });
+    if objects.len() != 1 {
+        return Err(lowering(format!(
+            "expected one serialized kernel object, found {}",
+            objects.len()
+        )));
+    }
+    Ok(GpuBinary {
+        binary: objects.remove(0),
+        launches,
+        outlined_mlir: merged,
+    })
+}
+
+fn split_pipeline(target: Target, toolkit: Option<&Toolkit>) -> Option<(String, String)> {
+    let full = target.pipeline(toolkit);
+    let inner = full.strip_prefix("builtin.module(")?.strip_suffix(')')?;
+    let cut = inner.find(match target {
+        Target::Rocdl { .. } => "rocdl-attach-target",
+        Target::Nvvm { .. } => "nvvm-attach-target",
+        Target::Cpu => return None,
+    })?;
+    let (a, b) = inner.split_at(cut);
+    Some((
+        format!("builtin.module({})", a.trim_end_matches(',')),
+        format!("builtin.module({b})"),
+    ))
+}
+
+/// Moves every top-level `gpu.module` body into one `gpu.module @moai_kernels` and rewrites the
+/// `gpu.launch_func` references.
+pub fn merge_kernel_modules(text: &str) -> String {
+    let mut host = Vec::new();
+    let mut kernels = Vec::new();
+    let mut names = Vec::new();
+    let mut in_mod = false;
+    for line in text.lines() {
+        if !in_mod {
+            if let Some(rest) = line.strip_prefix("  gpu.module @") {
+                in_mod = true;
+                names.push(
+                    rest.split(|c: char| c == ' ' || c == '{')
+                        .next()
+                        .unwrap_or("")
+                        .to_string(),
+                );
+                continue;
+            }
+            host.push(line.to_string());
+        } else if line == "  }" {
+            in_mod = false;
+        } else {
+            kernels.push(line.to_string());
+        }
+    }
+    // host ends with the module's closing brace
+    let close = host.pop().unwrap_or_default();
+    let mut out = String::new();
+    for l in &host {
+        let mut l = l.clone();
+        if l.contains("gpu.launch_func") {
+            for n in &names {
+                l = l.replace(&format!("@{n}::"), &format!("@{KERNEL_MODULE}::"));
+            }
+        }
+        out.push_str(&l);
+        out.push('\n');
+    }
+    if !kernels.is_empty() {
+        out.push_str(&format!("  gpu.module @{KERNEL_MODULE} {{\n"));
+        for l in &kernels {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out.push_str("  }\n");
+    }
+    out.push_str(&close);
+    out.push('\n');
+    out
+}
+
+/// Reads launches (grid and block from constants, arguments by type) and each kernel's workgroup memory.
+pub fn launch_metadata(text: &str) -> Vec<LaunchInfo> {
+    let mut consts: HashMap<String, String> = HashMap::new();
+    let mut shared: HashMap<String, u64> = HashMap::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("gpu.func @") {
+            let name = rest.split('(').next().unwrap_or("").to_string();
+            let mut bytes = 0;
+            if let Some(w) = t.split(" workgroup(").nth(1) {
+                for part in w.split("memref<").skip(1) {
+                    bytes += memref_bytes(part.split(',').next().unwrap_or(""));
+                }
+            }
+            shared.insert(name, bytes);
+        }
+    }
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with("func.func") {
+            consts.clear();
+        }
+        if let Some((lhs, rhs)) = t.split_once(" = arith.constant ") {
+            consts.insert(
+                lhs.to_string(),
+                rhs.split(" : ").next().unwrap_or("").to_string(),
+            );
+        }
+        if let Some(rest) = t.strip_prefix("gpu.launch_func") {
+            let kernel = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .rsplit("::@")
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let triple = |key: &str| -> Vec<u32> {
+                rest.split(key)
+                    .nth(1)
+                    .and_then(|s| s.split(')').next())
+                    .map(|s| {
+                        s.trim_start_matches(" (")
+                            .split(',')
+                            .map(|v| {
+                                consts
+                                    .get(v.trim())
+                                    .and_then(|c| c.parse().ok())
+                                    .unwrap_or(0)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let grid = triple("blocks in");
+            let block = triple("threads in");
+            let mut args = Vec::new();
+            if let Some(a) = rest.split(" args(").nth(1) {
+                let a = a.rsplit_once(')').map(|x| x.0).unwrap_or(a);
+                for part in split_args(a) {
+                    let (name, ty) = part.split_once(" : ").unwrap_or((part.as_str(), ""));
+                    let name = name.trim();
+                    let kind = if ty.starts_with("memref") {
+                        "buffer"
+                    } else {
+                        "scalar"
+                    };
+                    let value = consts
+                        .get(name)
+                        .cloned()
+                        .unwrap_or_else(|| name.to_string());
+                    args.push(LaunchArg {
+                        kind: kind.into(),
+                        ty: ty.trim().to_string(),
+                        value,
+                    });
+                }
+            }
+            let shared_bytes = shared.get(&kernel).copied().unwrap_or(0) as u32;
+            out.push(LaunchInfo {
+                kernel,
+                grid,
+                block,
+                shared_bytes,
+                args,
+                order: out.len() as u32,
+            });
+        }
+    }
+    out
+}
+
+fn split_args(s: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut depth = 0i32;
+    let mut cur = String::new();
+    for c in s.chars() {
+        match c {
+            '<' | '(' | '[' => depth += 1,
+            '>' | ')' | ']' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(cur.trim().to_string());
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    if !cur.trim().is_empty() {
+        parts.push(cur.trim().to_string());
+    }
+    parts
+}
+
+/// Bytes of a `16x64xf32`-style memref shape.
+fn memref_bytes(spec: &str) -> u64 {
+    let mut parts: Vec<&str> = spec.split('x').collect();
+    let elem = parts.pop().unwrap_or("f32").trim_end_matches('>');
+    let size = match elem {
+        "f64" | "i64" => 8,
+        "f16" | "bf16" | "i16" => 2,
+        "i8" | "i1" => 1,
+        _ => 4,
+    };
+    parts
+        .iter()
+        .filter_map(|d| d.parse::<u64>().ok())
+        .product::<u64>()
+        * size
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_modules_and_reads_launches() {
+        let text = "module attributes {gpu.container_module} {\n  func.func @f(%arg0: memref<4xf32>) {\n    %c1 = arith.constant 1 : index\n    %c4 = arith.constant 4 : index\n    gpu.launch_func  @f_kernel::@f_kernel blocks in (%c4, %c1, %c1) threads in (%c4, %c1, %c1)  args(%arg0 : memref<4xf32>, %c4 : index)\n    return\n  }\n  gpu.module @f_kernel {\n    gpu.func @f_kernel(%arg0: memref<4xf32>, %arg1: index) workgroup(%arg2 : memref<16x64xf32, #gpu.address_space<workgroup>>) kernel {\n      gpu.return\n    }\n  }\n}";
+        let m = merge_kernel_modules(text);
+        assert!(m.contains("gpu.module @moai_kernels {"), "{m}");
+        assert!(m.contains("@moai_kernels::@f_kernel"), "{m}");
+        let l = launch_metadata(&m);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].grid, vec![4, 1, 1]);
+        assert_eq!(l[0].shared_bytes, 16 * 64 * 4);
+        assert_eq!(l[0].args.len(), 2);
+        assert_eq!(l[0].args[1].value, "4");
+    }
+}

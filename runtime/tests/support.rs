@@ -1,0 +1,185 @@
+//! Test support: a small graph builder, deterministic random tensors, the reference interpreter, and
+//! comparisons.
+#![allow(dead_code)]
+
+use moai_ir::interp::Interpreter;
+use moai_ir::{DType, Graph, NodeId, Op, ParamData, Provenance, Shape, Tensor, TensorType, Value};
+use moai_runtime::Dims;
+
+/// Deterministic pseudo-random values in [-scale, scale].
+pub fn rand_vec(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = ((s >> 33) as f64) / ((1u64 << 31) as f64);
+            ((u * 2.0 - 1.0) as f32) * scale
+        })
+        .collect()
+}
+
+/// A random f32 tensor.
+pub fn rand_t(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+    Tensor::f32(
+        shape.to_vec(),
+        rand_vec(shape.iter().product(), seed, scale),
+    )
+}
+
+/// Graph-building helper.
+pub struct B {
+    pub g: Graph,
+    pub seed: u64,
+}
+
+pub fn tt(dtype: DType, shape: &[i64]) -> TensorType {
+    TensorType::new(dtype, Shape::from_consts(shape))
+}
+
+impl B {
+    pub fn new(name: &str) -> B {
+        B {
+            g: Graph::new(name),
+            seed: 1,
+        }
+    }
+    pub fn input(&mut self, name: &str, dtype: DType, shape: &[i64]) -> Value {
+        Value::of(self.g.add(
+            Op::Input { name: name.into() },
+            vec![],
+            vec![tt(dtype, shape)],
+            Provenance::default(),
+        ))
+    }
+    pub fn param(&mut self, name: &str, shape: &[i64], scale: f32) -> Value {
+        self.seed += 1;
+        let t = rand_t(
+            &shape.iter().map(|d| *d as usize).collect::<Vec<_>>(),
+            self.seed,
+            scale,
+        );
+        self.param_t(name, t)
+    }
+    pub fn param_t(&mut self, name: &str, t: Tensor) -> Value {
+        let shape: Vec<i64> = t.shape.iter().map(|d| *d as i64).collect();
+        Value::of(self.g.add(
+            Op::Param {
+                name: name.into(),
+                data: ParamData::Inline(t.clone()),
+            },
+            vec![],
+            vec![tt(t.dtype, &shape)],
+            Provenance {
+                name: name.into(),
+                ..Default::default()
+            },
+        ))
+    }
+    pub fn op(&mut self, op: Op, ins: &[Value], outs: Vec<TensorType>) -> NodeId {
+        self.g.add(op, ins.to_vec(), outs, Provenance::default())
+    }
+    pub fn op1(&mut self, op: Op, ins: &[Value], dtype: DType, shape: &[i64]) -> Value {
+        Value::of(self.op(op, ins, vec![tt(dtype, shape)]))
+    }
+    pub fn out(&mut self, name: &str, v: Value) {
+        self.g.outputs.push((name.into(), v));
+    }
+}
+
+/// The arguments of an emitted program, from named inputs and the graph's inline params.
+pub fn args_for(g: &Graph, inputs: &[(&str, Tensor)]) -> Vec<Tensor> {
+    let mut out = Vec::new();
+    for id in &g.inputs {
+        if let Op::Input { name } = &g.node(*id).op {
+            out.push(
+                inputs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, t)| t.clone())
+                    .expect("input given"),
+            );
+        }
+    }
+    for id in g.node_ids() {
+        if let Op::Param { name, data } = &g.node(id).op {
+            let over = inputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.clone());
+            out.push(over.unwrap_or_else(|| match data {
+                ParamData::Inline(t) => t.clone(),
+                ParamData::External { .. } => panic!("external param {name} needs a value"),
+            }));
+        }
+    }
+    out
+}
+
+/// Runs the reference interpreter (inputs and param overrides by name).
+pub fn reference(g: &Graph, inputs: &[(&str, Tensor)]) -> Vec<Tensor> {
+    let mut it = Interpreter::new(g);
+    let input_names: Vec<String> = g
+        .inputs
+        .iter()
+        .filter_map(|id| {
+            if let Op::Input { name } = &g.node(*id).op {
+                Some(name.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    let mut ins = Vec::new();
+    for (n, t) in inputs {
+        if input_names.iter().any(|x| x == n) {
+            ins.push((*n, t.clone()));
+        } else {
+            it.set_param(*n, t.clone());
+        }
+    }
+    it.run(&ins)
+        .expect("reference runs")
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect()
+}
+
+/// Max relative error `|a-b| / max(|b|, floor)` with a floor relative to the tensor's scale.
+pub fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape, b.shape, "shapes differ");
+    let (x, y) = (a.to_f64_vec(), b.to_f64_vec());
+    let scale = y.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+    x.iter()
+        .zip(&y)
+        .map(|(p, q)| {
+            if !p.is_finite() || !q.is_finite() {
+                return if p == q || (p.is_nan() && q.is_nan()) {
+                    0.0
+                } else {
+                    f64::INFINITY
+                };
+            }
+            (p - q).abs() / q.abs().max(1e-3 * scale)
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Asserts every output matches within `tol` relative error; returns the worst error.
+pub fn assert_close(got: &[Tensor], want: &[Tensor], names: &[String], tol: f64) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let mut worst = 0.0f64;
+    for ((a, b), n) in got.iter().zip(want).zip(names) {
+        let e = max_rel(a, b);
+        assert!(e <= tol, "output `{n}`: max relative error {e:e} > {tol:e}");
+        worst = worst.max(e);
+    }
+    worst
+}
+
+pub fn no_dims() -> Dims {
+    Dims::new()
+}
