@@ -41,7 +41,8 @@ pub enum Command {
 /// Where the job runs: a flavor, or a GPU kind and device count.
 #[derive(Debug, Args, Clone)]
 pub struct ClusterArgs {
-    /// Virtual accelerator size, e.g. 4xLarge.2048GB (see `moai-compile flavors`).
+    /// Virtual accelerator size, e.g. 4xLarge.2048GB (see `moai-compile flavors`); the default when
+    /// neither --flavor nor --gpu/--devices is given.
     #[arg(long)]
     pub flavor: Option<String>,
     /// GPU kind: mi250, mi210, mi300x, h100, a100 (default mi250 with --flavor).
