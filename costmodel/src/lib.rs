@@ -1,1 +1,36 @@
-//! moai-costmodel.
+//! moai-costmodel: devices, links, clusters and the flavor catalog; op costs from measured profiles
+//! with a roofline fallback; α-β collectives; the memory model; pipeline schedule simulation; the
+//! estimator behind `moai-compile estimate`, and `validate` against measured truth files.
+//!
+//! ```
+//! use moai_costmodel::{Cluster, Gpu};
+//! let c = Cluster::from_flavor("4xLarge.2048GB", Gpu::Mi250).unwrap();
+//! assert_eq!((c.devices, c.servers), (32, 4));
+//! ```
+
+pub mod cluster;
+pub mod collective;
+pub mod config;
+pub mod device;
+pub mod efficiency;
+pub mod error;
+pub mod estimate;
+pub mod fit;
+pub mod flavor;
+pub mod memory;
+pub mod ops;
+pub mod pipeline;
+pub mod profile;
+pub mod validate;
+
+pub use cluster::{Cluster, Link, Links};
+pub use config::{ParallelConfig, Recompute, Schedule, check_tp_dims, micro_batches_for};
+pub use device::{DeviceSpec, Gpu};
+pub use efficiency::{Allocator, Efficiency, EfficiencyFile};
+pub use error::{CostError, Result};
+pub use estimate::{Breakdown, CostModel, Estimate, ProfiledCostModel, SourceNotes};
+pub use flavor::{FlavorRow, flavors, render_flavors};
+pub use memory::StageMemory;
+pub use ops::Source;
+pub use profile::OpProfile;
+pub use validate::{TruthRow, ValidationReport, validate};

@@ -1,0 +1,316 @@
+//! Links and clusters: how many devices, how they are grouped in servers, and the links between them.
+//!
+//! Defaults (per device, per direction):
+//! - MI250: the two GCDs of one package share 4 Infinity Fabric links, 200 GB/s (`pair`); inside a
+//!   4-package server a ring across packages is limited by single 50 GB/s links (`server`).
+//! - MI210: one 50 GB/s Infinity Fabric link to a bridge neighbour (`pair`); an 8-card server is two
+//!   4-card bridge hives joined over PCIe4 x16 (about 32 GB/s, `server`). Assumption: the data sheet
+//!   gives only the links, not the server topology.
+//! - MI300X: 7 Infinity Fabric links of 64 GB/s, fully connected 8-GPU node: a group of `g` devices
+//!   uses `g-1` links each (`server` is a mesh link).
+//! - H100: NVLink/NVSwitch 450 GB/s; A100: 300 GB/s.
+//! - Between servers (documented assumption of DESIGN.md): 4×200 Gb/s per AMD server (12.5 GB/s per
+//!   device of 8), 8×200 Gb/s InfiniBand per H100/A100 server (25 GB/s per GPU).
+//!
+//! Latencies (α) are assumptions from typical NCCL/RCCL measurements: 5 µs inside a server, 15 µs
+//! between servers; achievable bus bandwidth is 80% of the link figure (`efficiency`).
+//!
+//! A cluster file (JSON) overrides any of this:
+//! ```json
+//! {"gpu": "mi250", "devices": 32, "devices_per_server": 8,
+//!  "memory_per_device_bytes": 68719476736,
+//!  "links": {"pair":    {"bytes_per_s": 200e9, "latency_s": 5e-6, "efficiency": 0.8},
+//!            "server":  {"bytes_per_s": 50e9,  "latency_s": 5e-6, "efficiency": 0.8, "mesh": false},
+//!            "network": {"bytes_per_s": 12.5e9, "latency_s": 15e-6, "efficiency": 0.8}}}
+//! ```
+//! Every field but `gpu` and `devices` is optional; missing ones take the defaults above.
+
+use crate::device::Gpu;
+use crate::error::{CostError, Result};
+use serde::{Deserialize, Serialize};
+
+/// One class of link, per device and per direction.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    /// Bandwidth per device per direction, bytes/s (for a mesh: per peer link).
+    pub bytes_per_s: f64,
+    /// Latency of one message (α), seconds.
+    pub latency_s: f64,
+    /// Achievable fraction of the bandwidth for collectives.
+    #[serde(default = "default_link_efficiency")]
+    pub efficiency: f64,
+    /// Fully connected mesh of per-peer links: a group of `g` devices uses `g-1` links each.
+    #[serde(default)]
+    pub mesh: bool,
+}
+
+fn default_link_efficiency() -> f64 {
+    0.8
+}
+
+impl Link {
+    /// A link with the default efficiency, not a mesh.
+    pub const fn new(bytes_per_s: f64, latency_s: f64) -> Link {
+        Link {
+            bytes_per_s,
+            latency_s,
+            efficiency: 0.8,
+            mesh: false,
+        }
+    }
+
+    /// Effective bandwidth (bytes/s per device per direction) for a group of `group` devices.
+    pub fn effective_bytes_per_s(&self, group: u32) -> f64 {
+        let links = if self.mesh {
+            group.saturating_sub(1).max(1) as f64
+        } else {
+            1.0
+        };
+        self.bytes_per_s * self.efficiency * links
+    }
+}
+
+/// The three link classes of a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Links {
+    /// Between the two closest devices (MI250: the two GCDs of one package); equal to `server` elsewhere.
+    pub pair: Link,
+    /// Inside a server, the bottleneck link of a ring (or a mesh link).
+    pub server: Link,
+    /// Between servers, the network bandwidth available to one device.
+    pub network: Link,
+}
+
+impl Links {
+    /// The documented defaults of a GPU kind (see the module docs).
+    pub fn default_for(gpu: Gpu) -> Links {
+        const INTRA: f64 = 5e-6;
+        const INTER: f64 = 15e-6;
+        let amd_net = Link::new(4.0 * 200e9 / 8.0 / 8.0, INTER);
+        let ib_net = Link::new(8.0 * 200e9 / 8.0 / 8.0, INTER);
+        match gpu {
+            Gpu::Mi250 => Links {
+                pair: Link::new(200e9, INTRA),
+                server: Link::new(50e9, INTRA),
+                network: amd_net,
+            },
+            Gpu::Mi210 => Links {
+                pair: Link::new(50e9, INTRA),
+                server: Link::new(32e9, INTRA),
+                network: amd_net,
+            },
+            Gpu::Mi300x => {
+                let mesh = Link {
+                    mesh: true,
+                    ..Link::new(64e9, INTRA)
+                };
+                Links {
+                    pair: mesh,
+                    server: mesh,
+                    network: amd_net,
+                }
+            }
+            Gpu::H100 => {
+                let nv = Link::new(450e9, INTRA);
+                Links {
+                    pair: nv,
+                    server: nv,
+                    network: ib_net,
+                }
+            }
+            Gpu::A100 => {
+                let nv = Link::new(300e9, INTRA);
+                Links {
+                    pair: nv,
+                    server: nv,
+                    network: ib_net,
+                }
+            }
+        }
+    }
+}
+
+/// Devices per server for every kind moai knows (8 GCDs = 4 MI250; 8 MI210; 8 MI300X; 8 H100; 8 A100).
+pub const DEVICES_PER_SERVER: u32 = 8;
+
+/// A set of identical devices in servers, with its links.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// GPU kind.
+    pub gpu: Gpu,
+    /// Number of devices (MI250: GCDs).
+    pub devices: u32,
+    /// Devices in one server.
+    pub devices_per_server: u32,
+    /// Number of servers (the last may be partly used).
+    pub servers: u32,
+    /// The flavor this cluster came from, if any.
+    pub flavor: Option<String>,
+    /// Memory of one device, bytes.
+    pub memory_per_device_bytes: u64,
+    /// Links.
+    pub links: Links,
+}
+
+impl Cluster {
+    /// `devices` devices of kind `gpu` in servers of 8, with the default links.
+    pub fn new(gpu: Gpu, devices: u32) -> Result<Cluster> {
+        if devices == 0 {
+            return Err(CostError::InvalidCluster(
+                "a cluster needs at least one device (--devices 0)".into(),
+            ));
+        }
+        let per = DEVICES_PER_SERVER.min(devices);
+        Ok(Cluster {
+            gpu,
+            devices,
+            devices_per_server: per,
+            servers: devices.div_ceil(per),
+            flavor: None,
+            memory_per_device_bytes: gpu.spec().hbm_bytes,
+            links: Links::default_for(gpu),
+        })
+    }
+
+    /// The cluster of a flavor (see [`crate::flavor`]) on a GPU kind.
+    pub fn from_flavor(name: &str, gpu: Gpu) -> Result<Cluster> {
+        let (flavor, devices) = crate::flavor::devices_for(name, gpu)?;
+        let mut c = Cluster::new(gpu, devices)?;
+        c.flavor = Some(flavor.name.to_string());
+        Ok(c)
+    }
+
+    /// Parses a cluster file (format in the module docs); `origin` names it in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<Cluster> {
+        let err = |reason: String| CostError::ClusterFile {
+            path: origin.to_string(),
+            reason,
+        };
+        let f: ClusterFile = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
+        let gpu: Gpu = f.gpu.parse().map_err(|e: CostError| err(e.to_string()))?;
+        let mut c = Cluster::new(gpu, f.devices).map_err(|e| err(e.to_string()))?;
+        if let Some(per) = f.devices_per_server {
+            if per == 0 {
+                return Err(err("devices_per_server must be at least 1".into()));
+            }
+            c.devices_per_server = per.min(c.devices);
+            c.servers = c.devices.div_ceil(c.devices_per_server);
+        }
+        if let Some(m) = f.memory_per_device_bytes {
+            c.memory_per_device_bytes = m;
+        }
+        if let Some(l) = f.links {
+            let d = c.links;
+            c.links = Links {
+                pair: l.pair.unwrap_or(d.pair),
+                server: l.server.unwrap_or(d.server),
+                network: l.network.unwrap_or(d.network),
+            };
+        }
+        for (name, link) in [
+            ("pair", c.links.pair),
+            ("server", c.links.server),
+            ("network", c.links.network),
+        ] {
+            if !(link.bytes_per_s > 0.0 && link.latency_s >= 0.0 && link.efficiency > 0.0) {
+                return Err(err(format!(
+                    "link `{name}` needs bytes_per_s > 0, latency_s >= 0, efficiency > 0"
+                )));
+            }
+        }
+        c.flavor = f.flavor;
+        Ok(c)
+    }
+
+    /// Reads a cluster file from disk.
+    pub fn load(path: &std::path::Path) -> Result<Cluster> {
+        let text = std::fs::read_to_string(path).map_err(|e| CostError::ClusterFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Cluster::from_json(&text, &path.display().to_string())
+    }
+
+    /// Number of servers a group of `size` consecutive ranks spaced `stride` apart touches, and the
+    /// members per server (assuming the group is aligned).
+    pub fn group_layout(&self, size: u32, stride: u32) -> (u32, u32) {
+        let per = self.devices_per_server.max(1);
+        let span = size.saturating_mul(stride.max(1));
+        if span <= per {
+            (1, size)
+        } else {
+            let in_server = (per / stride.max(1)).max(1).min(size);
+            (size.div_ceil(in_server), in_server)
+        }
+    }
+}
+
+/// The JSON form of a cluster file (see module docs).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    gpu: String,
+    devices: u32,
+    devices_per_server: Option<u32>,
+    memory_per_device_bytes: Option<u64>,
+    flavor: Option<String>,
+    links: Option<LinksFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinksFile {
+    pair: Option<Link>,
+    server: Option<Link>,
+    network: Option<Link>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Cluster::new(Gpu::Mi250, 32).unwrap();
+        assert_eq!((c.servers, c.devices_per_server), (4, 8));
+        assert_eq!(c.links.network.bytes_per_s, 12.5e9);
+        let h = Cluster::new(Gpu::H100, 1).unwrap();
+        assert_eq!((h.servers, h.devices_per_server), (1, 1));
+        assert_eq!(h.links.network.bytes_per_s, 25e9);
+        assert!(Cluster::new(Gpu::H100, 0).is_err());
+    }
+
+    #[test]
+    fn cluster_file_overrides() {
+        let c = Cluster::from_json(
+            r#"{"gpu":"mi300x","devices":16,"links":{"network":{"bytes_per_s":50e9,"latency_s":1e-5}}}"#,
+            "c.json",
+        )
+        .unwrap();
+        assert_eq!(c.links.network.bytes_per_s, 50e9);
+        assert!(c.links.server.mesh);
+        let e = Cluster::from_json(r#"{"gpu":"tpu","devices":4}"#, "c.json").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cluster file c.json: unknown GPU kind `tpu`"),
+            "{e}"
+        );
+        let e =
+            Cluster::from_json(r#"{"gpu":"h100","devices":4,"color":1}"#, "c.json").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn mesh_bandwidth_grows_with_group() {
+        let l = Links::default_for(Gpu::Mi300x).server;
+        assert!((l.effective_bytes_per_s(8) - 7.0 * 64e9 * 0.8).abs() < 1.0);
+    }
+
+    #[test]
+    fn layout() {
+        let c = Cluster::new(Gpu::A100, 64).unwrap();
+        assert_eq!(c.group_layout(8, 1), (1, 8));
+        assert_eq!(c.group_layout(8, 8), (8, 1));
+        assert_eq!(c.group_layout(16, 2), (4, 4));
+    }
+}

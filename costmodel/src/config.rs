@@ -1,0 +1,502 @@
+//! A parallel configuration (one candidate of the search space) and its validation.
+
+use crate::cluster::Cluster;
+use crate::error::{CostError, Result};
+use moai_ir::cost::{KernelClass, Phase, StepProfile, TpSplit};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
+
+/// Pipeline schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Schedule {
+    /// All forwards, then all backwards.
+    Gpipe,
+    /// One forward, one backward (PipeDream-flush / Megatron default).
+    #[default]
+    OneFOneB,
+    /// Megatron's interleaved 1F1B with `V` model chunks per device.
+    Interleaved(u32),
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Schedule::Gpipe => f.write_str("gpipe"),
+            Schedule::OneFOneB => f.write_str("1f1b"),
+            Schedule::Interleaved(v) => write!(f, "interleaved:{v}"),
+        }
+    }
+}
+
+impl FromStr for Schedule {
+    type Err = CostError;
+    fn from_str(s: &str) -> Result<Schedule> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "gpipe" => Ok(Schedule::Gpipe),
+            "1f1b" => Ok(Schedule::OneFOneB),
+            _ => {
+                let v = t
+                    .strip_prefix("interleaved:")
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .filter(|v| *v >= 1)
+                    .ok_or_else(|| {
+                        CostError::InvalidConfig(format!(
+                            "unknown schedule `{s}` (expected gpipe, 1f1b or interleaved:V with V >= 1)"
+                        ))
+                    })?;
+                Ok(Schedule::Interleaved(v))
+            }
+        }
+    }
+}
+
+impl Serialize for Schedule {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Schedule, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Schedule {
+    /// Model chunks per device (1 except for interleaved).
+    pub fn chunks(self) -> u32 {
+        match self {
+            Schedule::Interleaved(v) => v.max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// Activation recomputation policy, named as in `moai_ir::train`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recompute {
+    /// Save every activation backward needs.
+    #[default]
+    None,
+    /// Recompute the attention core (Megatron's selective recomputation).
+    Selective,
+    /// Save only each decoder layer's input; recompute the layer in backward.
+    Full,
+}
+
+impl FromStr for Recompute {
+    type Err = CostError;
+    fn from_str(s: &str) -> Result<Recompute> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" | "false" => Ok(Recompute::None),
+            "selective" => Ok(Recompute::Selective),
+            "full" | "true" => Ok(Recompute::Full),
+            _ => Err(CostError::InvalidConfig(format!(
+                "unknown recompute `{s}` (expected none, selective or full)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Recompute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Recompute::None => "none",
+            Recompute::Selective => "selective",
+            Recompute::Full => "full",
+        })
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+/// One parallel configuration. JSON names follow DESIGN.md's `plan` object; `stages` are inclusive
+/// decoder-layer ranges `[first, last]`, `pp · V` of them for `interleaved:V`, or empty for an even
+/// split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParallelConfig {
+    /// Data-parallel degree.
+    #[serde(default = "one")]
+    pub dp: u32,
+    /// Tensor-parallel degree.
+    #[serde(default = "one")]
+    pub tp: u32,
+    /// Pipeline-parallel degree (stages).
+    #[serde(default = "one")]
+    pub pp: u32,
+    /// Samples per micro-batch (batch per device).
+    #[serde(default = "one")]
+    pub micro_batch_size: u32,
+    /// Micro-batches per step per pipeline (gradient-accumulation steps without pipelining).
+    #[serde(default = "one")]
+    pub num_micro_batches: u32,
+    /// Recomputation policy (the step profile must have been built with it).
+    #[serde(default)]
+    pub recompute: Recompute,
+    /// ZeRO-3 / FSDP: weights, gradients and optimizer state sharded over dp.
+    #[serde(default)]
+    pub distribute_param: bool,
+    /// Low-precision weight copies sharded over dp.
+    #[serde(default)]
+    pub distribute_low_prec_param: bool,
+    /// ZeRO-1: optimizer state sharded over dp.
+    #[serde(default)]
+    pub distribute_optimizer: bool,
+    /// Megatron sequence parallelism (norms and dropout split along the sequence).
+    #[serde(default)]
+    pub sequence_parallel: bool,
+    /// Pipeline schedule.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Decoder-layer ranges per (virtual) stage; empty for an even split.
+    #[serde(default, with = "stage_ranges")]
+    pub stages: Vec<(u32, u32)>,
+    /// Gradient buffers live across steps (Megatron, DeepSpeed, DDP). `false` models PyTorch's
+    /// `zero_grad(set_to_none=True)`, where gradients do not exist at the start of backward.
+    #[serde(default = "yes")]
+    pub persistent_grads: bool,
+    /// Data-parallel gradient reduction overlaps with backward (DDP buckets, Megatron
+    /// `--overlap-grad-reduce`); `false` reduces after the pipeline flush.
+    #[serde(default = "yes")]
+    pub overlap_grad_reduce: bool,
+}
+
+mod stage_ranges {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Stage {
+        layers: [u32; 2],
+    }
+
+    pub fn serialize<S: Serializer>(v: &[(u32, u32)], s: S) -> Result<S::Ok, S::Error> {
+        v.iter()
+            .map(|(a, b)| Stage { layers: [*a, *b] })
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u32, u32)>, D::Error> {
+        Ok(Vec::<Stage>::deserialize(d)?
+            .into_iter()
+            .map(|s| (s.layers[0], s.layers[1]))
+            .collect())
+    }
+}
+
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        ParallelConfig {
+            dp: 1,
+            tp: 1,
+            pp: 1,
+            micro_batch_size: 1,
+            num_micro_batches: 1,
+            recompute: Recompute::None,
+            distribute_param: false,
+            distribute_low_prec_param: false,
+            distribute_optimizer: false,
+            sequence_parallel: false,
+            schedule: Schedule::OneFOneB,
+            stages: Vec::new(),
+            persistent_grads: true,
+            overlap_grad_reduce: true,
+        }
+    }
+}
+
+/// Micro-batches per pipeline for a global batch: `batch / (dp · micro_batch_size)`, or an error when
+/// that does not divide.
+pub fn micro_batches_for(batch: u64, dp: u32, micro_batch_size: u32) -> Result<u32> {
+    let per = dp as u64 * micro_batch_size as u64;
+    if per == 0 || batch == 0 || batch % per != 0 {
+        return Err(CostError::InvalidConfig(format!(
+            "micro-batch size {micro_batch_size} × dp {dp} = {per} does not divide the batch size {batch}"
+        )));
+    }
+    Ok((batch / per) as u32)
+}
+
+/// Checks that `tp` divides the attention heads, KV heads and FFN width.
+pub fn check_tp_dims(tp: u32, heads: u64, kv_heads: u64, ffn: u64) -> Result<()> {
+    let tp64 = tp as u64;
+    for (what, n) in [
+        ("attention heads", heads),
+        ("KV heads", kv_heads),
+        ("FFN width", ffn),
+    ] {
+        if tp64 == 0 || n % tp64 != 0 {
+            return Err(CostError::InvalidConfig(format!(
+                "tp {tp} does not divide the {n} {what}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl ParallelConfig {
+    /// Global batch (samples per step): `dp · micro_batch_size · num_micro_batches`.
+    pub fn global_batch(&self) -> u64 {
+        self.dp as u64 * self.micro_batch_size as u64 * self.num_micro_batches as u64
+    }
+
+    /// Checks the configuration against the cluster alone.
+    pub fn validate_cluster(&self, cluster: &Cluster) -> Result<()> {
+        let bad = |m: String| Err(CostError::InvalidConfig(m));
+        for (name, v) in [
+            ("dp", self.dp),
+            ("tp", self.tp),
+            ("pp", self.pp),
+            ("micro_batch_size", self.micro_batch_size),
+            ("num_micro_batches", self.num_micro_batches),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        let prod = self.dp as u64 * self.tp as u64 * self.pp as u64;
+        if cluster.devices as u64 % prod != 0 {
+            return bad(format!(
+                "{} devices are not divisible by dp·tp·pp = {}·{}·{} = {prod}",
+                cluster.devices, self.dp, self.tp, self.pp
+            ));
+        }
+        if prod != cluster.devices as u64 {
+            return bad(format!(
+                "dp·tp·pp = {}·{}·{} = {prod} does not use all {} devices",
+                self.dp, self.tp, self.pp, cluster.devices
+            ));
+        }
+        if self.tp > cluster.devices_per_server || cluster.devices_per_server % self.tp != 0 {
+            return bad(format!(
+                "tp {} crosses a server ({} devices per server); tensor parallelism must stay inside one",
+                self.tp, cluster.devices_per_server
+            ));
+        }
+        if let Schedule::Interleaved(v) = self.schedule {
+            if self.pp < 2 {
+                return bad(format!("schedule interleaved:{v} needs pp >= 2"));
+            }
+            if self.num_micro_batches % self.pp != 0 {
+                return bad(format!(
+                    "schedule interleaved:{v} needs the {} micro-batches to be a multiple of pp {}",
+                    self.num_micro_batches, self.pp
+                ));
+            }
+        }
+        if self.sequence_parallel && self.tp == 1 {
+            return bad("sequence_parallel needs tp >= 2".into());
+        }
+        Ok(())
+    }
+
+    /// Checks the configuration against a step profile: micro-batch size, tp divisibility of every
+    /// split op, recomputation consistency, stage ranges. Returns the per-(virtual-)stage layer ranges.
+    pub fn validate_profile(&self, profile: &StepProfile) -> Result<Vec<(u32, u32)>> {
+        let bad = |m: String| Err(CostError::InvalidConfig(m));
+        if profile.micro_batch != self.micro_batch_size as u64 {
+            return bad(format!(
+                "micro_batch_size {} differs from the step profile's micro-batch {}",
+                self.micro_batch_size, profile.micro_batch
+            ));
+        }
+        let tp = self.tp as u64;
+        let mut has_recompute = false;
+        for block in &profile.blocks {
+            for op in &block.ops {
+                has_recompute |= op.phase == Phase::Recompute;
+                if tp == 1 || op.phase != Phase::Forward {
+                    continue;
+                }
+                match (&op.class, op.split) {
+                    (
+                        KernelClass::Attention {
+                            heads, kv_heads, ..
+                        },
+                        _,
+                    ) => {
+                        if heads % tp != 0 {
+                            return bad(format!(
+                                "tp {tp} does not divide the {heads} attention heads ({})",
+                                op.label
+                            ));
+                        }
+                        if kv_heads % tp != 0 {
+                            return bad(format!(
+                                "tp {tp} does not divide the {kv_heads} KV heads ({})",
+                                op.label
+                            ));
+                        }
+                    }
+                    (KernelClass::Matmul { n, .. }, TpSplit::Column) if n % tp != 0 => {
+                        return bad(format!(
+                            "tp {tp} does not divide the {n} output features of {}",
+                            op.label
+                        ));
+                    }
+                    (KernelClass::Matmul { k, .. }, TpSplit::Row) if k % tp != 0 => {
+                        return bad(format!(
+                            "tp {tp} does not divide the {k} input features of {}",
+                            op.label
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if self.recompute == Recompute::None && has_recompute {
+            return bad("recompute is none but the step profile holds recomputed ops".into());
+        }
+        if self.recompute == Recompute::Full && !has_recompute {
+            return bad("recompute is full but the step profile holds no recomputed ops".into());
+        }
+        let layers = profile
+            .blocks
+            .iter()
+            .filter(|b| matches!(b.kind, moai_ir::cost::BlockKind::Decoder(_)))
+            .count() as u32;
+        let vstages = self.pp * self.schedule.chunks();
+        if vstages > layers.max(1) {
+            return bad(format!(
+                "{vstages} pipeline stages (pp·chunks) exceed the {layers} decoder layers"
+            ));
+        }
+        if self.stages.is_empty() {
+            return Ok(even_stages(layers, vstages));
+        }
+        if self.stages.len() as u32 != vstages {
+            return bad(format!(
+                "{} stage ranges given, pp·chunks = {vstages} needed",
+                self.stages.len()
+            ));
+        }
+        let mut next = 0;
+        for (i, (a, b)) in self.stages.iter().enumerate() {
+            if *a != next || b < a {
+                return bad(format!(
+                    "stage {i} covers layers [{a}, {b}]; stages must cover layers 0..{} in order without gaps",
+                    layers.saturating_sub(1)
+                ));
+            }
+            next = b + 1;
+        }
+        if next != layers {
+            return bad(format!(
+                "stages end at layer {} but the model has {layers} layers",
+                next.saturating_sub(1)
+            ));
+        }
+        Ok(self.stages.clone())
+    }
+}
+
+/// An even split of `layers` decoder layers into `stages` inclusive ranges (earlier stages take the
+/// remainder).
+pub fn even_stages(layers: u32, stages: u32) -> Vec<(u32, u32)> {
+    let stages = stages.max(1);
+    let base = layers / stages;
+    let extra = layers % stages;
+    let mut out = Vec::with_capacity(stages as usize);
+    let mut start = 0;
+    for i in 0..stages {
+        let n = base + u32::from(i < extra);
+        out.push((start, (start + n).saturating_sub(1)));
+        start += n;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Gpu;
+
+    #[test]
+    fn schedule_roundtrip() {
+        for s in ["gpipe", "1f1b", "interleaved:2"] {
+            assert_eq!(s.parse::<Schedule>().unwrap().to_string(), s);
+        }
+        assert!("interleaved:0".parse::<Schedule>().is_err());
+        assert!(
+            "zigzag"
+                .parse::<Schedule>()
+                .unwrap_err()
+                .to_string()
+                .contains("unknown schedule `zigzag`")
+        );
+    }
+
+    #[test]
+    fn cluster_checks() {
+        let c = Cluster::new(Gpu::Mi250, 32).unwrap();
+        let cfg = ParallelConfig {
+            dp: 3,
+            ..Default::default()
+        };
+        assert_eq!(
+            cfg.validate_cluster(&c).unwrap_err().to_string(),
+            "invalid configuration: 32 devices are not divisible by dp·tp·pp = 3·1·1 = 3"
+        );
+        let cfg = ParallelConfig {
+            dp: 2,
+            tp: 16,
+            ..Default::default()
+        };
+        assert!(
+            cfg.validate_cluster(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("crosses a server")
+        );
+        let cfg = ParallelConfig {
+            dp: 32,
+            ..Default::default()
+        };
+        assert!(cfg.validate_cluster(&c).is_ok());
+    }
+
+    #[test]
+    fn batch_and_dims() {
+        assert_eq!(micro_batches_for(256, 16, 2).unwrap(), 8);
+        assert!(
+            micro_batches_for(256, 3, 1)
+                .unwrap_err()
+                .to_string()
+                .contains("does not divide the batch size 256")
+        );
+        assert!(
+            check_tp_dims(3, 32, 8, 11008)
+                .unwrap_err()
+                .to_string()
+                .contains("tp 3 does not divide the 32 attention heads")
+        );
+        assert!(check_tp_dims(8, 32, 8, 11008).is_ok());
+    }
+
+    #[test]
+    fn even() {
+        assert_eq!(even_stages(10, 3), vec![(0, 3), (4, 6), (7, 9)]);
+    }
+
+    #[test]
+    fn json_names() {
+        let c: ParallelConfig = serde_json::from_str(
+            r#"{"dp":2,"pp":2,"schedule":"interleaved:2","stages":[{"layers":[0,1]}],"recompute":"full"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.schedule, Schedule::Interleaved(2));
+        assert_eq!(c.stages, vec![(0, 1)]);
+        assert_eq!(c.recompute, Recompute::Full);
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(text.contains(r#""stages":[{"layers":[0,1]}]"#), "{text}");
+    }
+}

@@ -1,0 +1,250 @@
+//! Devices: the GPU kinds moai plans for and their peak figures.
+//!
+//! Peak bf16 matrix throughput, HBM size and bandwidth come from `data/hardware_peaks.csv` (a copy of
+//! `shared/data/hardware_peaks.csv`: vendor datasheets and ROCm architecture pages), parsed once. The
+//! fp32 peaks are not in that table; they are datasheet figures recorded in [`FP32_PEAKS`].
+
+use crate::error::{CostError, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+/// The hardware table, embedded at build time.
+pub const HARDWARE_PEAKS_CSV: &str = include_str!("../data/hardware_peaks.csv");
+
+/// fp32 peaks (FLOP/s) per GPU kind, from vendor datasheets (not in the CSV): A100 SXM 19.5 TFLOP/s
+/// (non-tensor), H100 SXM5 66.9 TFLOP/s, MI250 GCD 45.3 TFLOP/s (half of the OAM's 90.5 matrix fp32),
+/// MI210 45.3 TFLOP/s (matrix fp32), MI300X 163.4 TFLOP/s (matrix fp32).
+pub const FP32_PEAKS: [(Gpu, f64); 5] = [
+    (Gpu::A100, 19.5e12),
+    (Gpu::H100, 66.9e12),
+    (Gpu::Mi250, 45.3e12),
+    (Gpu::Mi210, 45.3e12),
+    (Gpu::Mi300x, 163.4e12),
+];
+
+/// A GPU kind. For MI250 the device moai plans on is one GCD (graphics compute die): an MI250 package
+/// holds two, each with its own 64 GB of HBM, and the runtime sees each as a GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gpu {
+    /// One GCD of an AMD Instinct MI250 (gfx90a).
+    Mi250,
+    /// AMD Instinct MI210 (one gfx90a GCD per card).
+    Mi210,
+    /// AMD Instinct MI300X (gfx942).
+    Mi300x,
+    /// NVIDIA H100 SXM5 80 GB.
+    H100,
+    /// NVIDIA A100 SXM 80 GB.
+    A100,
+}
+
+impl Gpu {
+    /// Every kind, in catalog order.
+    pub const ALL: [Gpu; 5] = [Gpu::Mi250, Gpu::Mi210, Gpu::Mi300x, Gpu::H100, Gpu::A100];
+
+    /// The lowercase name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Gpu::Mi250 => "mi250",
+            Gpu::Mi210 => "mi210",
+            Gpu::Mi300x => "mi300x",
+            Gpu::H100 => "h100",
+            Gpu::A100 => "a100",
+        }
+    }
+
+    /// True for AMD devices.
+    pub fn is_amd(self) -> bool {
+        matches!(self, Gpu::Mi250 | Gpu::Mi210 | Gpu::Mi300x)
+    }
+
+    /// The device's peak figures.
+    pub fn spec(self) -> &'static DeviceSpec {
+        let table = device_table();
+        // The table holds every kind (checked by `device_table`'s construction and by tests).
+        &table[Gpu::ALL.iter().position(|g| *g == self).unwrap_or(0)]
+    }
+}
+
+impl fmt::Display for Gpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Gpu {
+    type Err = CostError;
+    fn from_str(s: &str) -> Result<Gpu> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "mi250" => Ok(Gpu::Mi250),
+            "mi210" => Ok(Gpu::Mi210),
+            "mi300x" => Ok(Gpu::Mi300x),
+            "h100" => Ok(Gpu::H100),
+            "a100" => Ok(Gpu::A100),
+            _ => Err(CostError::UnknownGpu(s.to_string())),
+        }
+    }
+}
+
+/// Peak figures of one device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    /// Which kind.
+    pub gpu: Gpu,
+    /// Name as the data sheet gives it.
+    pub name: String,
+    /// Peak dense bf16 matrix throughput, FLOP/s.
+    pub peak_bf16_flops: f64,
+    /// Peak fp32 throughput, FLOP/s.
+    pub peak_fp32_flops: f64,
+    /// HBM capacity in bytes (the data sheet's "GB" read as GiB, as the runtimes report it).
+    pub hbm_bytes: u64,
+    /// HBM bandwidth, bytes/s.
+    pub hbm_bytes_per_s: f64,
+    /// Interconnect as the data sheet describes it.
+    pub interconnect: String,
+    /// Where the figures come from.
+    pub source: String,
+}
+
+impl DeviceSpec {
+    /// Peak FLOP/s for a compute dtype (bf16/f16/f8 use the bf16 matrix peak, everything else fp32).
+    pub fn peak_flops(&self, dtype: moai_ir::DType) -> f64 {
+        use moai_ir::DType::*;
+        match dtype {
+            BF16 | F16 | F8E4M3FN | F8E4M3FNUZ | F8E5M2 | F8E5M2FNUZ => self.peak_bf16_flops,
+            _ => self.peak_fp32_flops,
+        }
+    }
+}
+
+/// Splits one CSV line, honouring double quotes.
+pub(crate) fn split_csv_line(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    fields.push(cur);
+    fields
+}
+
+/// Parses the hardware table (`device,unit,bf16_dense_tflops,hbm_GB,hbm_TBps,...`) into one spec per
+/// GPU kind, in [`Gpu::ALL`] order. MI250 uses the `GCD` row.
+pub fn parse_hardware_csv(csv: &str) -> Result<Vec<DeviceSpec>> {
+    let bad = |reason: String| CostError::Profile {
+        origin: "hardware_peaks.csv".into(),
+        reason,
+    };
+    let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
+    let header = split_csv_line(lines.next().ok_or_else(|| bad("empty table".into()))?);
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h.trim() == name)
+            .ok_or_else(|| bad(format!("missing column `{name}`")))
+    };
+    let (c_dev, c_unit, c_tf, c_gb, c_bw, c_ic, c_src) = (
+        col("device")?,
+        col("unit")?,
+        col("bf16_dense_tflops")?,
+        col("hbm_GB")?,
+        col("hbm_TBps")?,
+        col("interconnect")?,
+        col("source")?,
+    );
+    let mut out: Vec<Option<DeviceSpec>> = vec![None; Gpu::ALL.len()];
+    for (i, line) in lines.enumerate() {
+        let f = split_csv_line(line);
+        let get = |c: usize| f.get(c).map(|s| s.trim().to_string()).unwrap_or_default();
+        let num = |c: usize| {
+            get(c)
+                .parse::<f64>()
+                .map_err(|_| bad(format!("row {}: column {c} is not a number", i + 2)))
+        };
+        let dev = get(c_dev).to_ascii_uppercase();
+        let unit = get(c_unit).to_ascii_uppercase();
+        let gpu = if dev.starts_with("A100") {
+            Gpu::A100
+        } else if dev.starts_with("H100") {
+            Gpu::H100
+        } else if dev.starts_with("MI250") && unit == "GCD" {
+            Gpu::Mi250
+        } else if dev.starts_with("MI210") {
+            Gpu::Mi210
+        } else if dev.starts_with("MI300X") {
+            Gpu::Mi300x
+        } else {
+            continue;
+        };
+        let mut interconnect = get(c_ic);
+        if interconnect == "as above" {
+            // The GCD row refers to the OAM row before it.
+            interconnect = "Infinity Fabric 50 GB/s per direction per link; two GCDs of one package joined by 4 links (200 GB/s per direction)".into();
+        }
+        let fp32 = FP32_PEAKS
+            .iter()
+            .find(|(g, _)| *g == gpu)
+            .map(|(_, p)| *p)
+            .unwrap_or(0.0);
+        let idx = Gpu::ALL.iter().position(|g| *g == gpu).unwrap_or(0);
+        out[idx] = Some(DeviceSpec {
+            gpu,
+            name: format!("{} ({})", get(c_dev), get(c_unit)),
+            peak_bf16_flops: num(c_tf)? * 1e12,
+            peak_fp32_flops: fp32,
+            hbm_bytes: (num(c_gb)? * (1u64 << 30) as f64) as u64,
+            hbm_bytes_per_s: num(c_bw)? * 1e12,
+            interconnect,
+            source: get(c_src),
+        });
+    }
+    out.into_iter()
+        .zip(Gpu::ALL)
+        .map(|(s, g)| s.ok_or_else(|| bad(format!("no row for {g}"))))
+        .collect()
+}
+
+fn device_table() -> &'static [DeviceSpec] {
+    static TABLE: OnceLock<Vec<DeviceSpec>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        // The embedded table is part of the build; a parse failure is a packaging bug caught by tests.
+        parse_hardware_csv(HARDWARE_PEAKS_CSV).unwrap_or_default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_table_has_every_gpu() {
+        let t = parse_hardware_csv(HARDWARE_PEAKS_CSV).unwrap();
+        assert_eq!(t.len(), 5);
+        assert_eq!(Gpu::Mi250.spec().peak_bf16_flops, 181.0e12);
+        assert_eq!(Gpu::Mi250.spec().hbm_bytes, 64 << 30);
+        assert_eq!(Gpu::H100.spec().peak_bf16_flops, 989.4e12);
+        assert_eq!(Gpu::Mi300x.spec().hbm_bytes_per_s, 5.3e12);
+        assert_eq!(Gpu::A100.spec().gpu, Gpu::A100);
+    }
+
+    #[test]
+    fn parses_names_and_rejects_others() {
+        assert_eq!("MI300X".parse::<Gpu>().unwrap(), Gpu::Mi300x);
+        let e = "v100".parse::<Gpu>().unwrap_err();
+        assert!(e.to_string().contains("unknown GPU kind `v100`"));
+    }
+
+    #[test]
+    fn csv_quotes() {
+        assert_eq!(split_csv_line(r#"a,"b,c",d"#), vec!["a", "b,c", "d"]);
+    }
+}

@@ -1,0 +1,353 @@
+//! Validation against measurements: the truth-file format and the predicted-vs-measured report.
+//!
+//! A truth file holds one JSON object per line (blank lines are skipped):
+//! ```json
+//! {"name": "llama-350m b4 s1024", "model": "llama:layers=24,hidden=1024,heads=16,kv_heads=16,ffn=2816,vocab=32000",
+//!  "cluster": {"gpu": "h100", "devices": 1}, "batch": 4, "seq": 1024,
+//!  "precision": "amp-bf16", "optimizer": "adamw",
+//!  "config": {"dp": 1, "tp": 1, "pp": 1, "micro_batch_size": 4, "num_micro_batches": 1, "recompute": "none"},
+//!  "measured": {"step_time_s": 0.08846, "tokens_per_s": 46301.2, "peak_memory_bytes": 12834357248},
+//!  "source": "shared/data/h100_training_truth_llama-350m.json"}
+//! ```
+//! `model` is a path (relative to the truth file) or a model spec; `config` takes the fields of
+//! [`ParallelConfig`]; `measured` may hold any of `step_time_s`, `tokens_per_s`, `peak_memory_bytes`
+//! and `tflops_per_gpu` (which needs `flops_per_step`, the FLOPs the publication counts per step).
+
+use crate::cluster::Cluster;
+use crate::config::ParallelConfig;
+use crate::device::Gpu;
+use crate::error::{CostError, Result};
+use crate::estimate::{CostModel, Estimate};
+use moai_ir::cost::StepProfile;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The cluster of a truth row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TruthCluster {
+    /// GPU kind (`h100`, `a100`, `mi250`, ...).
+    pub gpu: String,
+    /// Devices.
+    pub devices: u32,
+}
+
+/// What was measured (or published).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Measured {
+    /// Seconds per step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_time_s: Option<f64>,
+    /// Tokens per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    /// Peak allocated bytes per device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<f64>,
+    /// Achieved TFLOP/s per GPU as the source counts FLOPs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tflops_per_gpu: Option<f64>,
+    /// FLOPs per step as the source counts them (needed with `tflops_per_gpu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flops_per_step: Option<f64>,
+}
+
+fn default_precision() -> String {
+    "amp-bf16".into()
+}
+fn default_optimizer() -> String {
+    "adamw".into()
+}
+
+/// One line of a truth file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TruthRow {
+    /// Short label for the report.
+    pub name: String,
+    /// Model path or spec.
+    pub model: String,
+    /// Cluster.
+    pub cluster: TruthCluster,
+    /// Global batch (samples per step).
+    pub batch: u64,
+    /// Sequence length.
+    pub seq: u64,
+    /// Precision policy name (`amp-bf16`, `bf16`, `fp32`).
+    #[serde(default = "default_precision")]
+    pub precision: String,
+    /// Optimizer name (`adamw`, `sgd`).
+    #[serde(default = "default_optimizer")]
+    pub optimizer: String,
+    /// Parallel configuration of the measured run.
+    pub config: ParallelConfig,
+    /// Measurements.
+    pub measured: Measured,
+    /// Where the measurement comes from.
+    pub source: String,
+}
+
+impl TruthRow {
+    /// The row's cluster with default links.
+    pub fn cluster(&self) -> Result<Cluster> {
+        let gpu: Gpu = self.cluster.gpu.parse()?;
+        Cluster::new(gpu, self.cluster.devices)
+    }
+
+    /// The measured step time, directly or derived from throughput or TFLOP/s.
+    pub fn measured_step_time(&self) -> Option<f64> {
+        let m = &self.measured;
+        m.step_time_s
+            .or_else(|| m.tokens_per_s.map(|t| (self.batch * self.seq) as f64 / t))
+            .or_else(|| {
+                Some(m.flops_per_step? / (m.tflops_per_gpu? * 1e12 * self.cluster.devices as f64))
+            })
+    }
+}
+
+/// Parses a truth file's text; `origin` names it in errors.
+pub fn parse_truth(text: &str, origin: &str) -> Result<Vec<TruthRow>> {
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: TruthRow = serde_json::from_str(line).map_err(|e| CostError::Truth {
+            path: origin.to_string(),
+            line: i + 1,
+            reason: e.to_string(),
+        })?;
+        let err = |reason: String| CostError::Truth {
+            path: origin.to_string(),
+            line: i + 1,
+            reason,
+        };
+        row.cluster().map_err(|e| err(e.to_string()))?;
+        if row.measured.tflops_per_gpu.is_some() && row.measured.flops_per_step.is_none() {
+            return Err(err(
+                "measured.tflops_per_gpu needs measured.flops_per_step".into()
+            ));
+        }
+        if row.measured_step_time().is_none() && row.measured.peak_memory_bytes.is_none() {
+            return Err(err("measured holds nothing to compare with".into()));
+        }
+        if row.config.global_batch() != row.batch {
+            return Err(err(format!(
+                "config gives a batch of dp·micro_batch_size·num_micro_batches = {}, the row says {}",
+                row.config.global_batch(),
+                row.batch
+            )));
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Reads a truth file.
+pub fn read_truth(path: &std::path::Path) -> Result<Vec<TruthRow>> {
+    let text = std::fs::read_to_string(path).map_err(|e| CostError::Truth {
+        path: path.display().to_string(),
+        line: 0,
+        reason: e.to_string(),
+    })?;
+    parse_truth(&text, &path.display().to_string())
+}
+
+/// One compared quantity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricCheck {
+    /// `step_time_s`, `tokens_per_s`, `peak_memory_bytes` or `tflops_per_gpu`.
+    pub metric: String,
+    /// Predicted value.
+    pub predicted: f64,
+    /// Measured value.
+    pub measured: f64,
+    /// `100 · (predicted − measured) / measured`.
+    pub error_pct: f64,
+}
+
+/// The comparison of one row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RowReport {
+    /// Row label.
+    pub name: String,
+    /// Compared quantities.
+    pub checks: Vec<MetricCheck>,
+    /// The estimate, if one was made.
+    pub estimate: Option<Estimate>,
+    /// Why the row could not be estimated.
+    pub error: Option<String>,
+}
+
+/// Predicted vs measured over a truth file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ValidationReport {
+    /// Per row.
+    pub rows: Vec<RowReport>,
+    /// Mean absolute percentage error per metric.
+    pub mape: BTreeMap<String, f64>,
+}
+
+/// The predicted value of each measured metric of a row.
+pub fn compare(row: &TruthRow, est: &Estimate) -> Vec<MetricCheck> {
+    let m = &row.measured;
+    let mut out = Vec::new();
+    let mut push = |metric: &str, predicted: f64, measured: Option<f64>| {
+        if let Some(measured) = measured {
+            out.push(MetricCheck {
+                metric: metric.into(),
+                predicted,
+                measured,
+                error_pct: 100.0 * (predicted - measured) / measured,
+            });
+        }
+    };
+    push("step_time_s", est.step_time_s, m.step_time_s);
+    push("tokens_per_s", est.tokens_per_s, m.tokens_per_s);
+    push(
+        "peak_memory_bytes",
+        est.peak_memory_bytes as f64,
+        m.peak_memory_bytes,
+    );
+    if let (Some(f), Some(t)) = (m.flops_per_step, m.tflops_per_gpu) {
+        push(
+            "tflops_per_gpu",
+            f / est.step_time_s / row.cluster.devices as f64 / 1e12,
+            Some(t),
+        );
+    }
+    out
+}
+
+/// Estimates every row (with the step profile `profile_for` builds for it) and compares with the
+/// measurements. Rows that cannot be estimated are reported with their error and left out of the
+/// means.
+pub fn validate(
+    rows: &[TruthRow],
+    profile_for: &dyn Fn(&TruthRow) -> Result<StepProfile>,
+    model: &dyn CostModel,
+) -> ValidationReport {
+    let mut report = ValidationReport::default();
+    let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    for row in rows {
+        let result = row.cluster().and_then(|c| {
+            let p = profile_for(row)?;
+            model.estimate(&p, &c, &row.config)
+        });
+        match result {
+            Ok(est) => {
+                let checks = compare(row, &est);
+                for c in &checks {
+                    let e = sums.entry(c.metric.clone()).or_default();
+                    e.0 += c.error_pct.abs();
+                    e.1 += 1;
+                }
+                report.rows.push(RowReport {
+                    name: row.name.clone(),
+                    checks,
+                    estimate: Some(est),
+                    error: None,
+                });
+            }
+            Err(e) => report.rows.push(RowReport {
+                name: row.name.clone(),
+                checks: vec![],
+                estimate: None,
+                error: Some(e.to_string()),
+            }),
+        }
+    }
+    report.mape = sums
+        .into_iter()
+        .map(|(k, (s, n))| (k, s / n as f64))
+        .collect();
+    report
+}
+
+fn show(metric: &str, v: f64) -> String {
+    match metric {
+        "peak_memory_bytes" => format!("{:.2} GiB", v / (1u64 << 30) as f64),
+        "step_time_s" => format!("{:.4} s", v),
+        "tokens_per_s" => format!("{:.0}", v),
+        _ => format!("{v:.1}"),
+    }
+}
+
+impl fmt::Display for ValidationReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<34} {:<18} {:>14} {:>14} {:>8}",
+            "row", "metric", "predicted", "measured", "error"
+        )?;
+        for r in &self.rows {
+            if let Some(e) = &r.error {
+                writeln!(f, "{:<34} error: {e}", r.name)?;
+            }
+            for c in &r.checks {
+                writeln!(
+                    f,
+                    "{:<34} {:<18} {:>14} {:>14} {:>+7.1}%",
+                    r.name,
+                    c.metric,
+                    show(&c.metric, c.predicted),
+                    show(&c.metric, c.measured),
+                    c.error_pct
+                )?;
+            }
+        }
+        for (k, v) in &self.mape {
+            writeln!(f, "MAPE {k}: {v:.1}%")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROW: &str = r#"{"name":"r","model":"llama:layers=2,hidden=64,heads=4,vocab=100","cluster":{"gpu":"h100","devices":1},"batch":4,"seq":16,"config":{"micro_batch_size":4},"measured":{"step_time_s":0.1},"source":"t"}"#;
+
+    #[test]
+    fn parses_and_names_the_line() {
+        let rows = parse_truth(&format!("{ROW}\n\n{ROW}\n"), "t.jsonl").unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].measured_step_time(), Some(0.1));
+        let e = parse_truth(&format!("{ROW}\n{{\"name\": 1}}\n"), "t.jsonl").unwrap_err();
+        assert!(e.to_string().starts_with("t.jsonl:2: "), "{e}");
+        let bad_gpu = ROW.replace("h100", "v100");
+        assert!(
+            parse_truth(&bad_gpu, "t.jsonl")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown GPU kind `v100`")
+        );
+        let bad_batch = ROW.replace("\"batch\":4", "\"batch\":8");
+        assert!(
+            parse_truth(&bad_batch, "t.jsonl")
+                .unwrap_err()
+                .to_string()
+                .contains("the row says 8")
+        );
+    }
+
+    #[test]
+    fn tflops_needs_flops() {
+        let r = ROW.replace(r#"{"step_time_s":0.1}"#, r#"{"tflops_per_gpu":100}"#);
+        assert!(
+            parse_truth(&r, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("flops_per_step")
+        );
+        let r = ROW.replace(
+            r#"{"step_time_s":0.1}"#,
+            r#"{"tflops_per_gpu":100,"flops_per_step":1e13}"#,
+        );
+        let rows = parse_truth(&r, "t").unwrap();
+        assert!((rows[0].measured_step_time().unwrap() - 0.1).abs() < 1e-12);
+    }
+}

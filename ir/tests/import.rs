@@ -1,0 +1,256 @@
+//! ONNX import: the five fixture models, parameter counts against the manifest, bad inputs.
+
+use moai_ir::onnx::{ImportOptions, import, import_with, read_external};
+use moai_ir::{DType, Graph, IrError, Op, ParamData};
+use onnx_protobuf::tensor_proto::DataLocation;
+use onnx_protobuf::tensor_shape_proto::{Dimension, dimension};
+use onnx_protobuf::{
+    GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto,
+    ValueInfoProto, type_proto,
+};
+use std::path::{Path, PathBuf};
+
+fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+}
+
+fn manifest() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(models_dir().join("manifest.json")).expect("models/manifest.json");
+    serde_json::from_str(&text).expect("manifest is JSON")
+}
+
+fn param_count(g: &Graph) -> u64 {
+    g.params().iter().map(|p| g.node(*p).outputs[0].shape.numel().as_const().expect("constant param shape") as u64).sum()
+}
+
+#[test]
+fn all_models_import_with_exact_parameter_counts() {
+    for m in manifest() {
+        let file = models_dir().join(m["file"].as_str().unwrap());
+        let imp = import_with(&file, &ImportOptions { recognize: false }).unwrap_or_else(|e| panic!("{e}"));
+        let want = m["torch_params"].as_u64().unwrap();
+        let got = param_count(&imp.graph);
+        eprintln!("{}: {} nodes, {} params, {:.1} ms", m["name"], imp.graph.len(), got, imp.import_ms);
+        assert_eq!(got, want, "{}: parameter count", m["name"]);
+        assert_eq!(imp.opset, 20);
+        assert_eq!(imp.onnx_ops.values().sum::<usize>() as u64, m["nodes"].as_u64().unwrap());
+    }
+}
+
+
+/// A fresh temporary directory for one test.
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("moai-ir-import-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn value_info(name: &str, elem: i32, dims: &[&str]) -> ValueInfoProto {
+    let mut shape = TensorShapeProto::new();
+    for d in dims {
+        let mut dim = Dimension::new();
+        dim.value = Some(match d.parse::<i64>() {
+            Ok(v) => dimension::Value::DimValue(v),
+            Err(_) => dimension::Value::DimParam(d.to_string()),
+        });
+        shape.dim.push(dim);
+    }
+    let mut t = type_proto::Tensor::new();
+    t.elem_type = elem;
+    t.shape = Some(shape).into();
+    let mut tp = TypeProto::new();
+    tp.value = Some(type_proto::Value::TensorType(t));
+    let mut vi = ValueInfoProto::new();
+    vi.name = name.into();
+    vi.type_ = Some(tp).into();
+    vi
+}
+
+fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.into();
+    n.name = name.into();
+    n.input = inputs.iter().map(|s| s.to_string()).collect();
+    n.output = outputs.iter().map(|s| s.to_string()).collect();
+    n
+}
+
+fn model(nodes: Vec<NodeProto>, inputs: Vec<ValueInfoProto>, outputs: Vec<ValueInfoProto>, inits: Vec<TensorProto>, opset: i64) -> ModelProto {
+    let mut g = GraphProto::new();
+    g.name = "crafted".into();
+    g.node = nodes;
+    g.input = inputs;
+    g.output = outputs;
+    g.initializer = inits;
+    let mut m = ModelProto::new();
+    m.ir_version = 9;
+    let mut o = OperatorSetIdProto::new();
+    o.version = opset;
+    m.opset_import.push(o);
+    m.graph = Some(g).into();
+    m
+}
+
+/// An f32 `[4, 4]` weight stored externally at `location`.
+fn external_weight(name: &str, location: &str) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.data_type = 1;
+    t.dims = vec![4, 4];
+    t.data_location = DataLocation::EXTERNAL.into();
+    for (k, v) in [("location", location), ("offset", "0"), ("length", "64")] {
+        let mut e = StringStringEntryProto::new();
+        e.key = k.into();
+        e.value = v.into();
+        t.external_data.push(e);
+    }
+    t
+}
+
+/// `y = x · w` with `w` external at `location`.
+fn matmul_model(location: &str) -> ModelProto {
+    model(
+        vec![node("MatMul", "mm", &["x", "w"], &["y"])],
+        vec![value_info("x", 1, &["batch", "4"])],
+        vec![value_info("y", 1, &["batch", "4"])],
+        vec![external_weight("w", location)],
+        20,
+    )
+}
+
+fn write(dir: &Path, file: &str, m: &ModelProto) -> PathBuf {
+    let p = dir.join(file);
+    std::fs::write(&p, m.write_to_bytes().expect("serialize")).expect("write model");
+    p
+}
+
+/// Imports and expects an error; checks it is one line naming the file.
+fn import_err(path: &Path) -> String {
+    let e = import(path).expect_err("import must fail");
+    let msg = e.to_string();
+    assert!(!msg.contains('\n'), "one-line error: {msg}");
+    assert!(msg.contains(&path.display().to_string()), "error names the file: {msg}");
+    msg
+}
+
+#[test]
+fn empty_file_is_rejected() {
+    let d = temp_dir("empty");
+    let p = d.join("empty.onnx");
+    std::fs::write(&p, b"").unwrap();
+    assert!(import_err(&p).contains("no graph"));
+}
+
+#[test]
+fn random_bytes_are_rejected() {
+    let d = temp_dir("random");
+    let p = d.join("random.onnx");
+    // A deterministic xorshift byte stream.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let bytes: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&p, bytes).unwrap();
+    let msg = import_err(&p);
+    assert!(msg.contains("not a valid ONNX model") || msg.contains("no graph"), "{msg}");
+}
+
+#[test]
+fn truncated_protobuf_is_rejected() {
+    let d = temp_dir("truncated");
+    let full = std::fs::read(models_dir().join("tiny-llama.onnx")).unwrap();
+    let p = d.join("truncated.onnx");
+    std::fs::write(&p, &full[..full.len() / 2]).unwrap();
+    assert!(import_err(&p).contains("not a valid ONNX model"));
+}
+
+#[test]
+fn every_unsupported_op_is_listed_with_an_example_node() {
+    let d = temp_dir("unsupported");
+    let m = model(
+        vec![
+            node("Relu", "ok", &["x"], &["a"]),
+            node("FancyConv", "conv_1", &["a"], &["b"]),
+            node("FancyConv", "conv_2", &["b"], &["c"]),
+            node("Hardmax", "hm_1", &["c"], &["y"]),
+        ],
+        vec![value_info("x", 1, &["batch", "4"])],
+        vec![value_info("y", 1, &["batch", "4"])],
+        vec![],
+        20,
+    );
+    let p = write(&d, "unsupported.onnx", &m);
+    let msg = import_err(&p);
+    assert!(msg.contains("FancyConv (e.g. node `conv_1`)"), "{msg}");
+    assert!(msg.contains("Hardmax (e.g. node `hm_1`)"), "{msg}");
+    assert!(!msg.contains("Relu"), "{msg}");
+    match import(&p) {
+        Err(IrError::Unsupported { ops, .. }) => assert_eq!(ops.len(), 2),
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+}
+
+#[test]
+fn old_opset_is_rejected() {
+    let d = temp_dir("opset");
+    let m = model(
+        vec![node("Relu", "r", &["x"], &["y"])],
+        vec![value_info("x", 1, &["batch", "4"])],
+        vec![value_info("y", 1, &["batch", "4"])],
+        vec![],
+        11,
+    );
+    let p = write(&d, "old.onnx", &m);
+    let msg = import_err(&p);
+    assert!(msg.contains("opset 11") && msg.contains("13"), "{msg}");
+}
+
+#[test]
+fn model_without_inputs_is_rejected() {
+    let d = temp_dir("noinputs");
+    let mut c = node("Constant", "c", &[], &["y"]);
+    let mut a = onnx_protobuf::AttributeProto::new();
+    a.name = "value_float".into();
+    a.f = 1.0;
+    a.type_ = onnx_protobuf::attribute_proto::AttributeType::FLOAT.into();
+    c.attribute.push(a);
+    let m = model(vec![c], vec![], vec![value_info("y", 1, &[])], vec![], 20);
+    let p = write(&d, "noinputs.onnx", &m);
+    assert!(import_err(&p).contains("no inputs"));
+}
+
+#[test]
+fn external_data_may_not_escape_the_model_directory() {
+    let d = temp_dir("escape");
+    for (file, location) in [("up.onnx", "../x"), ("abs.onnx", "/etc/passwd"), ("deep.onnx", "a/../../x")] {
+        let p = write(&d, file, &matmul_model(location));
+        let msg = import_err(&p);
+        assert!(msg.contains(location) && msg.contains("external data"), "{msg}");
+    }
+}
+
+#[test]
+fn external_weights_are_referenced_and_read_only_on_demand() {
+    let d = temp_dir("external");
+    let p = write(&d, "ext.onnx", &matmul_model("weights.bin"));
+    // Import succeeds without the file: planning never reads weights.
+    let imp = import(&p).expect("import without weight file");
+    let g = &imp.graph;
+    let w = g.params()[0];
+    let Op::Param { name, data } = &g.node(w).op else { panic!("param") };
+    assert_eq!(data, &ParamData::External { location: "weights.bin".into(), offset: 0, length: 64 });
+    let dir = g.source_dir.clone().expect("source dir");
+    let err = read_external(&dir, name, data, DType::F32, &[4, 4]).expect_err("missing file");
+    let msg = err.to_string();
+    assert!(msg.contains("weights.bin") && msg.contains("missing") && !msg.contains('\n'), "{msg}");
+    // With the file present the values come back.
+    let bytes: Vec<u8> = (0..16).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    std::fs::write(d.join("weights.bin"), bytes).unwrap();
+    let t = read_external(&dir, name, data, DType::F32, &[4, 4]).expect("read");
+    assert_eq!(t.to_f64_vec()[5], 5.0);
+}

@@ -1,0 +1,3 @@
+//! Integration tests of moai-ir (one binary; each area is a module).
+
+mod import;

@@ -1,0 +1,104 @@
+//! GPT-2 / GPT-3: token and learned position embeddings, LayerNorm, fused `c_attn` split by `Slice`,
+//! GELU (tanh) MLP, biased linears; module scopes as in `transformers` (`transformer.h.N.attn.c_attn`).
+
+use super::{Builder, Init, attention, bsn, c, lm_head, split_heads};
+use crate::arch::ArchConfig;
+use moai_ir::{BinaryOp, DType, Dim, Op, Shape, UnaryOp, Value};
+
+/// Adds the whole model to `b`.
+pub(super) fn build(b: &mut Builder, cfg: &ArchConfig) {
+    let (h, dt) = (cfg.hidden, b.dtype);
+    let seq = Dim::sym("seq");
+    let ids = b.input_ids();
+    b.at("transformer.wte", None);
+    let wte = b.param("transformer.wte.weight", &[cfg.vocab, h], Init::Normal);
+    let tok = b.op(Op::Embedding, &[wte, ids], dt, bsn(h));
+    b.at("transformer.wpe", None);
+    let wpe = b.param("transformer.wpe.weight", &[cfg.max_pos, h], Init::Normal);
+    b.at("transformer", None);
+    let pos = b.op(
+        Op::Range {
+            start: Dim::constant(0),
+            end: seq.clone(),
+            step: 1,
+            dtype: DType::I64,
+        },
+        &[],
+        DType::I64,
+        vec![seq.clone()],
+    );
+    let pos = b.op(
+        Op::Reshape(Shape(vec![c(1), seq.clone()])),
+        &[pos],
+        DType::I64,
+        vec![c(1), seq.clone()],
+    );
+    b.at("transformer.wpe", None);
+    let pos = b.op(
+        Op::Embedding,
+        &[wpe, pos],
+        dt,
+        vec![c(1), seq.clone(), c(h)],
+    );
+    b.at("transformer", None);
+    let mut x = b.op(Op::Binary(BinaryOp::Add), &[tok, pos], dt, bsn(h));
+    for layer in 0..cfg.layers {
+        x = block(b, cfg, layer, x);
+    }
+    let x = layer_norm(b, "transformer.ln_f", None, x, h, cfg.eps);
+    let logits = lm_head(b, x, wte, h, cfg.vocab, cfg.tied);
+    b.g.outputs.push(("logits".into(), logits));
+}
+
+fn layer_norm(
+    b: &mut Builder,
+    scope: &str,
+    layer: Option<usize>,
+    x: Value,
+    h: usize,
+    eps: f64,
+) -> Value {
+    b.at(scope, layer);
+    let w = b.param(&format!("{scope}.weight"), &[h], Init::Ones);
+    let bias = b.param(&format!("{scope}.bias"), &[h], Init::Zeros);
+    let dt = b.dtype;
+    b.op(Op::LayerNorm { eps }, &[x, w, bias], dt, bsn(h))
+}
+
+fn block(b: &mut Builder, cfg: &ArchConfig, n: usize, x: Value) -> Value {
+    let (h, d, heads, dt) = (cfg.hidden, cfg.head_dim, cfg.heads, b.dtype);
+    let l = Some(n);
+    let p = format!("transformer.h.{n}");
+    let lead = super::bs();
+
+    let hs = layer_norm(b, &format!("{p}.ln_1"), l, x, h, cfg.eps);
+    b.at(format!("{p}.attn.c_attn"), l);
+    let qkv = b.linear(hs, &lead, h, 3 * h, true);
+    b.at(format!("{p}.attn"), l);
+    let mut parts = Vec::with_capacity(3);
+    for i in 0..3 {
+        let slice = Op::Slice {
+            axis: 2,
+            start: c(i * h),
+            end: c((i + 1) * h),
+            step: 1,
+        };
+        let s = b.op(slice, &[qkv], dt, bsn(h));
+        parts.push(split_heads(b, s, heads, d));
+    }
+    let a = attention(b, parts[0], parts[1], parts[2], heads, heads, d);
+    b.at(format!("{p}.attn.c_proj"), l);
+    let o = b.linear(a, &lead, h, h, true);
+    b.at(p.clone(), l);
+    let x = b.op(Op::Binary(BinaryOp::Add), &[x, o], dt, bsn(h));
+
+    let hs = layer_norm(b, &format!("{p}.ln_2"), l, x, h, cfg.eps);
+    b.at(format!("{p}.mlp.c_fc"), l);
+    let f = b.linear(hs, &lead, h, cfg.ffn, true);
+    b.at(format!("{p}.mlp.act"), l);
+    let f = b.op(Op::Unary(UnaryOp::GeluTanh), &[f], dt, bsn(cfg.ffn));
+    b.at(format!("{p}.mlp.c_proj"), l);
+    let m = b.linear(f, &lead, cfg.ffn, h, true);
+    b.at(p, l);
+    b.op(Op::Binary(BinaryOp::Add), &[x, m], dt, bsn(h))
+}

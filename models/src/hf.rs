@@ -1,0 +1,306 @@
+//! Hugging Face `config.json` front end for the `llama`, `mistral`, `qwen2` and `gpt2` model types.
+//!
+//! Required keys are the ones that fix the parameter shapes (`hidden_size`, `intermediate_size`,
+//! `num_hidden_layers`, `num_attention_heads`, `vocab_size`; GPT-2: `n_embd`, `n_layer`, `n_head`,
+//! `vocab_size`). Optional keys take the defaults of the `transformers` config classes:
+//! `num_key_value_heads` (= heads), `head_dim` (= hidden / heads), `rms_norm_eps` (1e-6),
+//! `tie_word_embeddings` (false; GPT-2: true), `max_position_embeddings`, `rope_theta`, `attention_bias`,
+//! `mlp_bias`, `sliding_window` (Mistral; Qwen2 only with `use_sliding_window`), `torch_dtype`;
+//! GPT-2: `n_inner` (4 · n_embd), `n_positions` (1024), `layer_norm_epsilon` (1e-5). `null` means absent.
+
+use crate::arch::{ArchConfig, Family};
+use crate::error::{ErrorKind, ModelError};
+use moai_ir::DType;
+use serde_json::{Map, Value};
+
+const MODEL_TYPES: &str = "llama, mistral, qwen2, gpt2";
+
+/// Parses a config's JSON text; `origin` names it in errors (a path or a model name), `name` becomes the
+/// graph name.
+pub fn parse(json: &str, origin: &str, name: &str) -> Result<ArchConfig, ModelError> {
+    parse_inner(json, name).map_err(|kind| ModelError::new(origin, kind))
+}
+
+fn parse_inner(json: &str, name: &str) -> Result<ArchConfig, ErrorKind> {
+    let value: Value = serde_json::from_str(json).map_err(|e| ErrorKind::Json {
+        line: e.line(),
+        column: e.column(),
+        message: strip_position(&e.to_string()),
+    })?;
+    let obj = match &value {
+        Value::Object(m) => m,
+        other => {
+            return Err(ErrorKind::NotAnObject {
+                found: json_type(other),
+            });
+        }
+    };
+    let c = Cfg(obj);
+    let model_type = c.string("model_type")?.ok_or(ErrorKind::MissingKey {
+        key: "model_type".into(),
+    })?;
+    let family = match model_type {
+        "llama" => Family::Llama,
+        "mistral" => Family::Mistral,
+        "qwen2" => Family::Qwen2,
+        "gpt2" => Family::Gpt,
+        other => {
+            return Err(ErrorKind::UnknownModelType {
+                model_type: other.chars().take(100).collect(),
+                known: MODEL_TYPES.into(),
+            });
+        }
+    };
+    let dtype = match c.string("torch_dtype")? {
+        Some(s) => crate::spec::parse_dtype("torch_dtype", s)?,
+        None => DType::F32,
+    };
+    let name = name.to_string();
+    let cfg = if family == Family::Gpt {
+        let hidden = c.required_int("n_embd")?;
+        let heads = c.required_int("n_head")?;
+        if !hidden.is_multiple_of(heads) {
+            return Err(ErrorKind::Inconsistent(format!(
+                "n_head {heads} does not divide n_embd {hidden}"
+            )));
+        }
+        ArchConfig {
+            name,
+            family,
+            layers: c.required_int("n_layer")?,
+            hidden,
+            heads,
+            kv_heads: heads,
+            head_dim: hidden / heads,
+            ffn: c.int("n_inner")?.unwrap_or(hidden.saturating_mul(4)),
+            vocab: c.required_int("vocab_size")?,
+            max_pos: c.int("n_positions")?.unwrap_or(1024),
+            tied: c.bool("tie_word_embeddings")?.unwrap_or(true),
+            eps: c.float("layer_norm_epsilon")?.unwrap_or(1e-5),
+            qkv_bias: true,
+            o_bias: true,
+            mlp_bias: true,
+            rope_theta: 10_000.0,
+            sliding_window: None,
+            dtype,
+        }
+    } else {
+        let hidden = c.required_int("hidden_size")?;
+        let heads = c.required_int("num_attention_heads")?;
+        let head_dim = match c.int("head_dim")? {
+            Some(d) => d,
+            None if hidden.is_multiple_of(heads) => hidden / heads,
+            None => {
+                return Err(ErrorKind::Inconsistent(format!(
+                    "num_attention_heads {heads} does not divide hidden_size {hidden}"
+                )));
+            }
+        };
+        let attention_bias = c.bool("attention_bias")?.unwrap_or(false);
+        let sliding_window = match family {
+            Family::Mistral => c.int("sliding_window")?,
+            Family::Qwen2 if c.bool("use_sliding_window")?.unwrap_or(false) => {
+                c.int("sliding_window")?
+            }
+            _ => None,
+        };
+        let default_pos = match family {
+            Family::Mistral => 4096 * 32,
+            Family::Qwen2 => 32768,
+            _ => 2048,
+        };
+        ArchConfig {
+            name,
+            family,
+            layers: c.required_int("num_hidden_layers")?,
+            hidden,
+            heads,
+            kv_heads: c.int("num_key_value_heads")?.unwrap_or(heads),
+            head_dim,
+            ffn: c.required_int("intermediate_size")?,
+            vocab: c.required_int("vocab_size")?,
+            max_pos: c.int("max_position_embeddings")?.unwrap_or(default_pos),
+            tied: c.bool("tie_word_embeddings")?.unwrap_or(false),
+            eps: c.float("rms_norm_eps")?.unwrap_or(1e-6),
+            qkv_bias: family == Family::Qwen2 || attention_bias,
+            o_bias: family == Family::Llama && attention_bias,
+            mlp_bias: family == Family::Llama && c.bool("mlp_bias")?.unwrap_or(false),
+            rope_theta: c
+                .float("rope_theta")?
+                .unwrap_or(if family == Family::Qwen2 {
+                    1_000_000.0
+                } else {
+                    10_000.0
+                }),
+            sliding_window,
+            dtype,
+        }
+    };
+    cfg.validate().map_err(|e| rename_keys(e, family))?;
+    Ok(cfg)
+}
+
+/// Validation speaks in spec keys; say the config's key instead.
+fn rename_keys(e: ErrorKind, family: Family) -> ErrorKind {
+    match e {
+        ErrorKind::BadValue {
+            key,
+            value,
+            expected,
+        } => {
+            let hf = match (family, key.as_str()) {
+                (Family::Gpt, "layers") => "n_layer",
+                (Family::Gpt, "hidden") => "n_embd",
+                (Family::Gpt, "heads") => "n_head",
+                (Family::Gpt, "ffn") => "n_inner",
+                (Family::Gpt, "max_pos") => "n_positions",
+                (Family::Gpt, "eps") => "layer_norm_epsilon",
+                (_, "layers") => "num_hidden_layers",
+                (_, "hidden") => "hidden_size",
+                (_, "heads") => "num_attention_heads",
+                (_, "kv_heads") => "num_key_value_heads",
+                (_, "ffn") => "intermediate_size",
+                (_, "max_pos") => "max_position_embeddings",
+                (_, "eps") => "rms_norm_eps",
+                (_, "vocab") => "vocab_size",
+                _ => key.as_str(),
+            }
+            .to_string();
+            ErrorKind::BadValue {
+                key: hf,
+                value,
+                expected,
+            }
+        }
+        other => other,
+    }
+}
+
+/// serde_json appends " at line L column C"; the error says the position itself.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Typed access to config keys; `null` reads as absent.
+struct Cfg<'a>(&'a Map<String, Value>);
+
+impl<'a> Cfg<'a> {
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.0.get(key).filter(|v| !v.is_null())
+    }
+
+    fn bad(key: &str, v: &Value, expected: &str) -> ErrorKind {
+        let mut value = v.to_string();
+        if value.len() > 60 {
+            value = format!("{}...", value.chars().take(60).collect::<String>());
+        }
+        ErrorKind::BadValue {
+            key: key.into(),
+            value,
+            expected: expected.into(),
+        }
+    }
+
+    fn int(&self, key: &str) -> Result<Option<usize>, ErrorKind> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        match v.as_u64() {
+            Some(n) if n > 0 => usize::try_from(n)
+                .map(Some)
+                .map_err(|_| Self::bad(key, v, "a positive integer")),
+            _ => Err(Self::bad(key, v, "a positive integer")),
+        }
+    }
+
+    fn required_int(&self, key: &str) -> Result<usize, ErrorKind> {
+        self.int(key)?
+            .ok_or(ErrorKind::MissingKey { key: key.into() })
+    }
+
+    fn float(&self, key: &str) -> Result<Option<f64>, ErrorKind> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        match v.as_f64() {
+            Some(x) if x.is_finite() && x > 0.0 => Ok(Some(x)),
+            _ => Err(Self::bad(key, v, "a positive number")),
+        }
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>, ErrorKind> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        v.as_bool()
+            .map(Some)
+            .ok_or_else(|| Self::bad(key, v, "true or false"))
+    }
+
+    fn string(&self, key: &str) -> Result<Option<&'a str>, ErrorKind> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        v.as_str()
+            .map(Some)
+            .ok_or_else(|| Self::bad(key, v, "a string"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_llama_config() {
+        let c = parse(
+            r#"{"model_type":"llama","hidden_size":64,"intermediate_size":176,"num_hidden_layers":2,
+               "num_attention_heads":4,"num_key_value_heads":2,"vocab_size":512}"#,
+            "t",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.kv_heads, c.head_dim, c.eps, c.tied),
+            (2, 16, 1e-6, false)
+        );
+        assert_eq!(c.params(), 158_016);
+    }
+
+    #[test]
+    fn json_errors_have_positions() {
+        let e = parse("{\n \"model_type\": \"llama\",\n oops }", "cfg.json", "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("cfg.json: invalid JSON at line 3, column 2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_config_key() {
+        let e = parse(
+            r#"{"model_type":"gpt2","n_embd":64,"n_layer":0,"n_head":4,"vocab_size":10}"#,
+            "g.json",
+            "g",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "g.json: `n_layer` must be a positive integer, got `0`");
+    }
+}

@@ -1,0 +1,615 @@
+//! Integration tests of moai-models: sample configs against the fixture manifest, graph structure, bad
+//! inputs, random weights.
+
+use moai_ir::{DType, Dim, Graph, Op, ParamData, Value};
+use moai_models::{
+    ArchConfig, Family, Weights, from_hf_config, from_hf_config_str, from_spec, looks_like_spec,
+};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn config_path(name: &str) -> PathBuf {
+    models_dir().join("configs").join(name).join("config.json")
+}
+
+fn manifest() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(models_dir().join("manifest.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&text)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Trainable parameter elements of a graph, from the Param nodes' types.
+fn graph_params(g: &Graph) -> u64 {
+    g.params()
+        .into_iter()
+        .map(|p| {
+            g.node(p).outputs[0]
+                .shape
+                .as_consts()
+                .expect("parameter shapes are constant")
+                .iter()
+                .product::<i64>() as u64
+        })
+        .sum()
+}
+
+/// Canonical op histogram of the nodes tagged with decoder layer `layer`.
+fn layer_histogram(g: &Graph, layer: u32) -> BTreeMap<String, usize> {
+    let mut h = BTreeMap::new();
+    for id in g.node_ids() {
+        let n = g.node(id);
+        if n.prov.layer == Some(layer) {
+            *h.entry(n.op.kind_name()).or_insert(0) += 1;
+        }
+    }
+    h
+}
+
+fn hist(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+mod configs {
+    use super::*;
+
+    #[test]
+    fn manifest_configs_build_graphs_with_torch_parameter_counts() {
+        for entry in manifest() {
+            let name = entry["name"].as_str().unwrap();
+            let path = config_path(name);
+            // The sample config carries every key of the manifest's config, unchanged.
+            let sample: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            for (k, v) in entry["config"].as_object().unwrap() {
+                assert_eq!(&sample[k], v, "{name}: key {k} differs from manifest.json");
+            }
+            let torch = entry["torch_params"].as_u64().unwrap();
+            let cfg = ArchConfig::from_hf_config(&path).unwrap();
+            assert_eq!(cfg.name, name);
+            assert_eq!(cfg.params(), torch, "{name}: closed-form count");
+            let g = from_hf_config(&path).unwrap();
+            assert_eq!(g.name, name);
+            assert_eq!(graph_params(&g), torch, "{name}: graph Param nodes");
+        }
+    }
+
+    #[test]
+    fn public_mistral_and_qwen2_configs_match_published_counts() {
+        // Published parameter counts of mistralai/Mistral-7B-v0.1 and Qwen/Qwen2-0.5B.
+        for (name, expected, family) in [
+            ("mistral-7b", 7_241_732_096u64, Family::Mistral),
+            ("qwen2-0.5b", 494_032_768, Family::Qwen2),
+        ] {
+            let cfg = ArchConfig::from_hf_config(&config_path(name)).unwrap();
+            assert_eq!(cfg.family, family);
+            let g = cfg.build().unwrap();
+            assert_eq!(graph_params(&g), expected, "{name}");
+            assert_eq!(cfg.params(), expected, "{name}");
+        }
+        let m = ArchConfig::from_hf_config(&config_path("mistral-7b")).unwrap();
+        assert_eq!(
+            (m.kv_heads, m.sliding_window, m.dtype),
+            (8, Some(4096), DType::BF16)
+        );
+        let q = ArchConfig::from_hf_config(&config_path("qwen2-0.5b")).unwrap();
+        assert_eq!(
+            (q.qkv_bias, q.o_bias, q.tied, q.sliding_window),
+            (true, false, true, None)
+        );
+    }
+
+    #[test]
+    fn specs_and_configs_describe_the_same_models() {
+        let cases = [
+            (
+                "llama2-7b",
+                "llama:layers=32,hidden=4096,heads=32,ffn=11008,vocab=32000,dtype=bf16",
+            ),
+            (
+                "llama2-13b",
+                "llama:layers=40,hidden=5120,heads=40,vocab=32000,dtype=bf16",
+            ),
+            (
+                "tiny-llama",
+                "llama:layers=2,hidden=64,heads=4,kv_heads=2,ffn=176,vocab=512",
+            ),
+            (
+                "gpt2-xl",
+                "gpt:layers=48,hidden=1600,heads=25,vocab=50257,dtype=bf16",
+            ),
+            (
+                "mistral-7b",
+                "mistral:layers=32,hidden=4096,heads=32,kv_heads=8,ffn=14336,vocab=32000,dtype=bf16",
+            ),
+            (
+                "qwen2-0.5b",
+                "qwen2:layers=24,hidden=896,heads=14,kv_heads=2,ffn=4864,vocab=151936,tied=true,dtype=bf16",
+            ),
+        ];
+        for (name, spec) in cases {
+            let from_cfg = ArchConfig::from_hf_config(&config_path(name)).unwrap();
+            let from_spec = ArchConfig::from_spec(spec).unwrap();
+            assert_eq!(from_spec.params(), from_cfg.params(), "{name}");
+            let (a, b) = (from_spec.build().unwrap(), from_cfg.build().unwrap());
+            assert_eq!(a.len(), b.len(), "{name}: node count");
+            assert_eq!(layer_histogram(&a, 0), layer_histogram(&b, 0), "{name}");
+        }
+    }
+
+    #[test]
+    fn config_text_entry_point_uses_the_given_name() {
+        let json = std::fs::read_to_string(config_path("tiny-llama")).unwrap();
+        let g = from_hf_config_str(&json, "my-tiny").unwrap();
+        assert_eq!(g.name, "my-tiny");
+        assert_eq!(graph_params(&g), 158_016);
+    }
+}
+
+mod structure {
+    use super::*;
+
+    #[test]
+    fn llama_graph_has_the_canonical_interface() {
+        let g = from_spec("llama:layers=3,hidden=64,heads=4,kv_heads=2,ffn=176,vocab=512,name=t")
+            .unwrap();
+        assert_eq!(g.name, "t");
+        assert_eq!(g.inputs.len(), 1);
+        let input = g.node(g.inputs[0]);
+        assert_eq!(
+            input.op,
+            Op::Input {
+                name: "input_ids".into()
+            }
+        );
+        assert_eq!(input.outputs[0].dtype, DType::I64);
+        assert_eq!(
+            input.outputs[0].shape.0,
+            vec![Dim::sym("batch"), Dim::sym("seq")]
+        );
+        assert_eq!(g.outputs.len(), 1);
+        let (name, logits) = &g.outputs[0];
+        assert_eq!(name, "logits");
+        assert_eq!(
+            g.ty(*logits).shape.0,
+            vec![Dim::sym("batch"), Dim::sym("seq"), Dim::constant(512)]
+        );
+        assert_eq!(g.topo_order().len(), g.len(), "acyclic");
+    }
+
+    #[test]
+    fn llama_layers_have_the_fused_form_and_scopes() {
+        let g = from_spec("llama:layers=3,hidden=64,heads=4,kv_heads=2,ffn=176,vocab=512").unwrap();
+        let expected = hist(&[
+            ("Param", 9),
+            ("RmsNorm", 2),
+            ("Linear", 7),
+            ("Reshape", 4),
+            ("Transpose", 4),
+            ("Rotary", 2),
+            ("Attention", 1),
+            ("Binary.Add", 2),
+            ("Binary.Mul", 1),
+            ("Unary.Silu", 1),
+        ]);
+        for layer in 0..3 {
+            assert_eq!(layer_histogram(&g, layer), expected, "layer {layer}");
+        }
+        for id in g.node_ids() {
+            let n = g.node(id);
+            if let Some(l) = n.prov.layer {
+                assert!(
+                    n.prov.scope.starts_with(&format!("model.layers.{l}")),
+                    "{:?}",
+                    n.prov
+                );
+            }
+            if let Op::Attention {
+                heads,
+                kv_heads,
+                scale,
+                causal,
+            } = &n.op
+            {
+                assert_eq!((*heads, *kv_heads, *causal), (4, 2, true));
+                assert!((scale - 0.25).abs() < 1e-12);
+                assert_eq!(n.outputs[1].dtype, DType::F32, "lse statistics");
+            }
+        }
+        let q = g
+            .node_ids()
+            .find(|id| {
+                g.node(*id).prov.scope == "model.layers.1.self_attn.q_proj"
+                    && g.node(*id).op == Op::Linear { bias: false }
+            })
+            .expect("q_proj linear");
+        let w = g.node(g.node(q).inputs[1].node);
+        assert!(
+            matches!(&w.op, Op::Param { name, .. } if name == "model.layers.1.self_attn.q_proj.weight")
+        );
+        assert_eq!(
+            w.outputs[0].shape.as_consts(),
+            Some(vec![64, 64]),
+            "stored [in, out]"
+        );
+    }
+
+    #[test]
+    fn qwen2_has_qkv_biases_only() {
+        let g = from_spec("qwen2:layers=1,hidden=64,heads=4,kv_heads=2,ffn=128,vocab=100").unwrap();
+        let biased: Vec<String> = g
+            .node_ids()
+            .filter(|id| g.node(*id).op == Op::Linear { bias: true })
+            .map(|id| g.node(id).prov.scope.clone())
+            .collect();
+        assert_eq!(
+            biased,
+            [
+                "model.layers.0.self_attn.q_proj",
+                "model.layers.0.self_attn.k_proj",
+                "model.layers.0.self_attn.v_proj"
+            ]
+        );
+    }
+
+    #[test]
+    fn gpt_layers_have_the_fused_form_and_tied_head() {
+        let g = from_spec("gpt:layers=2,hidden=64,heads=4,vocab=100,max_pos=32").unwrap();
+        let expected = hist(&[
+            ("Param", 12),
+            ("LayerNorm", 2),
+            ("Linear", 4),
+            ("Slice", 3),
+            ("Reshape", 4),
+            ("Transpose", 4),
+            ("Attention", 1),
+            ("Binary.Add", 2),
+            ("Unary.GeluTanh", 1),
+        ]);
+        assert_eq!(layer_histogram(&g, 1), expected);
+        for id in g.node_ids() {
+            let n = g.node(id);
+            if let Some(l) = n.prov.layer {
+                assert!(
+                    n.prov.scope.starts_with(&format!("transformer.h.{l}")),
+                    "{:?}",
+                    n.prov
+                );
+            }
+        }
+        // The LM head reads the token embedding's Param node, transposed to [hidden, vocab].
+        let logits = g.outputs[0].1;
+        let head = g.node(logits.node);
+        assert_eq!(head.op, Op::Linear { bias: false });
+        let t = g.node(head.inputs[1].node);
+        assert_eq!(t.op, Op::Transpose(vec![1, 0]));
+        let table = g.node(t.inputs[0].node);
+        assert!(matches!(&table.op, Op::Param { name, .. } if name == "transformer.wte.weight"));
+        let embedding_users: Vec<_> = g.users(t.inputs[0].node);
+        assert_eq!(
+            embedding_users.len(),
+            2,
+            "embedding lookup and LM head share one Param node"
+        );
+        let untied =
+            ArchConfig::from_spec("gpt:layers=2,hidden=64,heads=4,vocab=100,max_pos=32,tied=false")
+                .unwrap();
+        assert_eq!(untied.params(), graph_params(&g) + 64 * 100);
+        assert_eq!(graph_params(&untied.build().unwrap()), untied.params());
+    }
+
+    #[test]
+    fn synthetic_parameters_declare_their_byte_length() {
+        let g = from_spec("llama:layers=1,hidden=32,heads=2,ffn=64,vocab=50,dtype=bf16").unwrap();
+        for p in g.params() {
+            let n = g.node(p);
+            let Op::Param {
+                data:
+                    ParamData::External {
+                        location,
+                        offset,
+                        length,
+                    },
+                ..
+            } = &n.op
+            else {
+                panic!("synthetic graphs hold no inline weights")
+            };
+            assert_eq!(
+                (location.as_str(), *offset),
+                (moai_models::SYNTHETIC_LOCATION, 0)
+            );
+            assert_eq!(n.outputs[0].dtype, DType::BF16);
+            assert_eq!(*length as i64, n.outputs[0].bytes().as_const().unwrap());
+        }
+    }
+
+    #[test]
+    fn every_value_used_is_typed_consistently() {
+        // Every input of a binary op, linear, norm has a last axis equal to what the op expects.
+        let g = from_spec("mistral:layers=2,hidden=64,heads=8,kv_heads=2,ffn=96,vocab=40").unwrap();
+        for id in g.node_ids() {
+            let n = g.node(id);
+            if let Op::Linear { .. } = n.op {
+                let x = g.ty(n.inputs[0]).shape.0.last().unwrap().clone();
+                let w = g.ty(n.inputs[1]).shape.0.clone();
+                assert_eq!(x, w[0], "{:?}", n.prov);
+                assert_eq!(n.outputs[0].shape.0.last().unwrap(), &w[1], "{:?}", n.prov);
+            }
+            if let Op::Binary(_) = n.op {
+                let a: Vec<Value> = n.inputs.clone();
+                assert_eq!(
+                    g.ty(a[0]).shape.0.last(),
+                    g.ty(a[1]).shape.0.last(),
+                    "{:?}",
+                    n.prov
+                );
+            }
+        }
+    }
+}
+
+mod bad_input {
+    use super::*;
+
+    fn spec_err(spec: &str) -> String {
+        let e = from_spec(spec).unwrap_err().to_string();
+        assert!(!e.contains('\n'), "one line: {e}");
+        e
+    }
+
+    #[test]
+    fn spec_errors_are_one_clear_line() {
+        let base = "layers=2,hidden=64,heads=4,vocab=10";
+        let cases: Vec<(String, &str)> = vec![
+            (
+                format!("bert:{base}"),
+                "unknown model family `bert` (known: llama, mistral, qwen2, gpt (gpt2, gpt3))",
+            ),
+            (
+                format!("llama:{base},foo=1"),
+                "unknown key `foo` for family `llama`",
+            ),
+            (
+                format!("gpt:{base},kv_heads=2"),
+                "unknown key `kv_heads` for family `gpt`",
+            ),
+            (
+                format!("llama:{base},layers=3"),
+                "key `layers` given more than once",
+            ),
+            (
+                "llama:layers=two,hidden=64,heads=4,vocab=10".into(),
+                "`layers` must be a positive integer, got `two`",
+            ),
+            (
+                "llama:layers=2,hidden=64,heads=4,vocab=-10".into(),
+                "`vocab` must be a positive integer, got `-10`",
+            ),
+            (
+                "llama:layers=2,hidden=64.5,heads=4,vocab=10".into(),
+                "`hidden` must be a positive integer, got `64.5`",
+            ),
+            (
+                "llama:layers=0,hidden=64,heads=4,vocab=10".into(),
+                "`layers` must be a positive integer, got `0`",
+            ),
+            (
+                "llama:layers=2,hidden=64,heads=5,vocab=10".into(),
+                "heads 5 does not divide hidden 64",
+            ),
+            (
+                "gpt:layers=2,hidden=64,heads=6,vocab=10".into(),
+                "heads 6 does not divide hidden 64",
+            ),
+            (
+                format!("llama:{base},kv_heads=3"),
+                "kv_heads 3 does not divide heads 4",
+            ),
+            (
+                "llama:layers=2,hidden=64,vocab=10".into(),
+                "missing required key `heads`",
+            ),
+            ("gpt:".into(), "missing required key `layers`"),
+            (
+                format!("llama:{base},,ffn=8"),
+                "entry 5 `` is not `key=value`",
+            ),
+            (
+                format!("llama:{base},tied=yes"),
+                "`tied` must be `true` or `false`, got `yes`",
+            ),
+            (
+                format!("llama:{base},eps=0"),
+                "`eps` must be a positive number, got `0`",
+            ),
+            (
+                format!("llama:{base},dtype=int8"),
+                "`dtype` must be one of bf16, f16, f32, got `int8`",
+            ),
+            (
+                "llama:layers=99999,hidden=64,heads=4,vocab=10".into(),
+                "`layers` must be an integer in 1..=4096, got `99999`",
+            ),
+            (
+                "llama:layers=2,hidden=64,heads=4,vocab=99999999999999999999999".into(),
+                "`vocab` must be a positive integer",
+            ),
+            (
+                format!("llama:{base},head_dim=15"),
+                "head_dim 15 must be even",
+            ),
+            (
+                "llama".into(),
+                "not a model spec: expected `family:key=value,...`",
+            ),
+        ];
+        for (spec, want) in cases {
+            let e = spec_err(&spec);
+            assert!(
+                e.starts_with(&format!("spec `{spec}`: ")),
+                "origin missing: {e}"
+            );
+            assert!(e.contains(want), "spec {spec}:\n got  {e}\n want {want}");
+        }
+    }
+
+    #[test]
+    fn spec_detection_separates_specs_from_paths() {
+        assert!(looks_like_spec(
+            "llama:layers=32,hidden=4096,heads=32,kv_heads=8,ffn=11008,vocab=32000"
+        ));
+        assert!(looks_like_spec(
+            "gpt:layers=48,hidden=6144,heads=64,vocab=51200"
+        ));
+        assert!(
+            looks_like_spec("bert:layers=2"),
+            "unknown families are still specs, for a clear error"
+        );
+        assert!(!looks_like_spec("models/llama2-7b.onnx"));
+        assert!(!looks_like_spec("./config.json"));
+        assert!(!looks_like_spec("D:\\m\\config.json"));
+    }
+
+    fn cfg_err(json: &str) -> String {
+        let e = from_hf_config_str(json, "cfg").unwrap_err().to_string();
+        assert!(!e.contains('\n'), "one line: {e}");
+        e
+    }
+
+    #[test]
+    fn config_errors_are_one_clear_line() {
+        let llama = r#""hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":10"#;
+        let cases: Vec<(String, &str)> = vec![
+            (format!("{{\"model_type\":\"bert\",{llama}}}"), "cfg: unsupported model_type `bert` (supported: llama, mistral, qwen2, gpt2)"),
+            (format!("{{{llama}}}"), "cfg: missing required key `model_type`"),
+            (
+                r#"{"model_type":"llama","hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":10}"#.into(),
+                "cfg: missing required key `intermediate_size`",
+            ),
+            (r#"{"model_type":"gpt2","n_embd":64,"n_head":4,"vocab_size":10}"#.into(), "cfg: missing required key `n_layer`"),
+            ("{\n  \"model_type\": \"llama\",\n  \"hidden_size\": 64,,\n}".into(), "cfg: invalid JSON at line 3, column 21: "),
+            ("[1, 2]".into(), "cfg: config must be a JSON object, found an array"),
+            ("".into(), "cfg: invalid JSON at line 1, column 0: EOF while parsing a value"),
+            (
+                format!("{{\"model_type\":\"llama\",{}}}", llama.replace("\"hidden_size\":64", "\"hidden_size\":\"64\"")),
+                "cfg: `hidden_size` must be a positive integer, got `\"64\"`",
+            ),
+            (format!("{{\"model_type\":\"llama\",{llama},\"num_key_value_heads\":3}}"), "cfg: kv_heads 3 does not divide heads 4"),
+            (
+                format!("{{\"model_type\":\"llama\",{}}}", llama.replace("\"num_attention_heads\":4", "\"num_attention_heads\":5")),
+                "cfg: num_attention_heads 5 does not divide hidden_size 64",
+            ),
+            (format!("{{\"model_type\":\"llama\",{llama},\"rms_norm_eps\":-1}}"), "cfg: `rms_norm_eps` must be a positive number, got `-1`"),
+            (format!("{{\"model_type\":\"llama\",{llama},\"tie_word_embeddings\":1}}"), "cfg: `tie_word_embeddings` must be true or false, got `1`"),
+            (format!("{{\"model_type\":\"llama\",{llama},\"torch_dtype\":\"int8\"}}"), "cfg: `torch_dtype` must be one of bf16, f16, f32, got `int8`"),
+            (r#"{"model_type":7}"#.into(), "cfg: `model_type` must be a string, got `7`"),
+        ];
+        for (json, want) in cases {
+            let e = cfg_err(&json);
+            assert!(
+                e.starts_with(want),
+                "config {json}:\n got  {e}\n want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_file_errors_name_the_path() {
+        let missing = models_dir().join("configs/does-not-exist/config.json");
+        let e = from_hf_config(&missing).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: cannot read: ", missing.display())),
+            "{e}"
+        );
+        let dir = std::env::temp_dir().join(format!("moai-models-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("config.json");
+        std::fs::write(&bad, "{\"model_type\": \"llama\"\n").unwrap();
+        let e = from_hf_config(&bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}: invalid JSON at line 2, column 0",
+                bad.display()
+            )),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+mod weights {
+    use super::*;
+
+    const TINY: &str = "llama:layers=2,hidden=32,heads=4,kv_heads=2,ffn=64,vocab=40";
+
+    #[test]
+    fn random_weights_are_inline_seeded_and_shaped() {
+        let cfg = ArchConfig::from_spec(TINY).unwrap();
+        let a = cfg
+            .build_with(Weights::Random { seed: 1, std: 0.02 })
+            .unwrap();
+        let b = cfg
+            .build_with(Weights::Random { seed: 1, std: 0.02 })
+            .unwrap();
+        let c = cfg
+            .build_with(Weights::Random { seed: 2, std: 0.02 })
+            .unwrap();
+        let tensors = |g: &Graph| -> Vec<moai_ir::Tensor> {
+            g.params()
+                .into_iter()
+                .map(|p| match &g.node(p).op {
+                    Op::Param {
+                        data: ParamData::Inline(t),
+                        ..
+                    } => t.clone(),
+                    other => panic!("not inline: {other:?}"),
+                })
+                .collect()
+        };
+        let (ta, tb, tc) = (tensors(&a), tensors(&b), tensors(&c));
+        assert_eq!(ta, tb, "same seed, same weights");
+        assert_ne!(ta, tc, "different seed, different weights");
+        for (p, t) in a.params().into_iter().zip(&ta) {
+            let shape: Vec<usize> = a.node(p).outputs[0]
+                .shape
+                .as_consts()
+                .unwrap()
+                .iter()
+                .map(|d| *d as usize)
+                .collect();
+            assert_eq!(t.shape, shape);
+            let name = match &a.node(p).op {
+                Op::Param { name, .. } => name.clone(),
+                _ => unreachable!(),
+            };
+            let vals = t.to_f64_vec();
+            if name.ends_with("layernorm.weight") || name == "model.norm.weight" {
+                assert!(vals.iter().all(|v| *v == 1.0), "{name}");
+            } else {
+                let std = (vals.iter().map(|v| v * v).sum::<f64>() / vals.len() as f64).sqrt();
+                assert!((0.01..0.03).contains(&std), "{name}: std {std}");
+            }
+        }
+    }
+
+    #[test]
+    fn random_weights_refuse_large_models() {
+        let cfg =
+            ArchConfig::from_spec("llama:layers=32,hidden=4096,heads=32,vocab=32000").unwrap();
+        let e = cfg
+            .build_with(Weights::Random { seed: 0, std: 0.02 })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("random initialization of 6738415616 parameters exceeds the limit"),
+            "{e}"
+        );
+    }
+}
