@@ -21,7 +21,7 @@ pub fn export_context(model: &Model, cluster: &Cluster, req: &PlanRequest) -> Ex
         kv_heads: s.kv_heads as u64,
         ffn: s.ffn as u64,
         vocab: s.vocab as u64,
-        llama_style: s.ffn_gated(),
+        llama_style: matches!(s.mlp, moai_ir::layers::MlpKind::Gated),
         tied_embeddings: s.tied_embeddings,
         global_batch: req.batch,
         seq: req.seq,

@@ -31,7 +31,18 @@ pub struct Model {
     /// Wall time to load, import and recognize, milliseconds.
     pub load_ms: f64,
     /// The ONNX import record (op histogram, opset), for ONNX models.
-    pub onnx: Option<moai_ir::onnx::Imported>,
+    pub onnx: Option<OnnxInfo>,
+}
+
+/// What the ONNX import recorded besides the graph.
+#[derive(Clone, Debug)]
+pub struct OnnxInfo {
+    /// ONNX op histogram.
+    pub ops: std::collections::BTreeMap<String, usize>,
+    /// Default-domain opset.
+    pub opset: i64,
+    /// Import wall time (decode, shapes, folding, recognition), ms.
+    pub import_ms: f64,
 }
 
 impl Model {
@@ -47,7 +58,8 @@ impl Model {
         let lower = src.to_ascii_lowercase();
         let (graph, source, onnx) = if lower.ends_with(".onnx") {
             let imported = moai_ir::onnx::import(path)?;
-            (imported.graph.clone(), ModelSource::Onnx(path.to_path_buf()), Some(imported))
+            let info = OnnxInfo { ops: imported.onnx_ops, opset: imported.opset, import_ms: imported.import_ms };
+            (imported.graph, ModelSource::Onnx(path.to_path_buf()), Some(info))
         } else if lower.ends_with(".json") {
             let g = moai_models::from_hf_config(path)?;
             (g, ModelSource::HfConfig(path.to_path_buf()), None)

@@ -139,7 +139,7 @@ struct BlockProxy {
 fn block_proxy(p: &StepProfile, cluster: &Cluster, tp: u32, sp: bool) -> BlockProxy {
     let spec = cluster.gpu.spec();
     let peak = spec.peak_flops(moai_ir::DType::BF16);
-    let bw = spec.hbm_bytes_per_s();
+    let bw = spec.hbm_bytes_per_s;
     let mut out = BlockProxy { time: Vec::new(), saved: Vec::new(), params: Vec::new() };
     for b in &p.blocks {
         let t: f64 = b.ops.iter().map(|o| (o.flops / peak).max(o.bytes / bw)).sum::<f64>() / tp as f64;
@@ -196,7 +196,7 @@ pub fn search(
     let mut tp_keys: Vec<(u32, bool)> = candidates.iter().map(|c| (c.tp, c.sequence_parallel)).collect();
     tp_keys.sort();
     tp_keys.dedup();
-    let mlp = if model.summary.ffn_gated() { MlpKind::Gated } else { MlpKind::Gelu };
+    let mlp = if matches!(model.summary.mlp, moai_ir::layers::MlpKind::Gated) { MlpKind::Gated } else { MlpKind::Gelu };
     let any_profile = profiles.values().next().expect("at least one profile").clone();
     let sharding = ShardingLog {
         runs: tp_keys
@@ -353,7 +353,7 @@ fn no_fit_error(model: &Model, cluster: &Cluster, req: &PlanRequest, ev: &[Evalu
 fn layer_costs(p: &StepProfile, cluster: &Cluster, tp: u32) -> LayerCosts {
     let spec = cluster.gpu.spec();
     let peak = spec.peak_flops(moai_ir::DType::BF16);
-    let bw = spec.hbm_bytes_per_s();
+    let bw = spec.hbm_bytes_per_s;
     let layer = p.blocks.iter().find(|b| matches!(b.kind, BlockKind::Decoder(_)));
     let mut linear: BTreeMap<String, f64> = BTreeMap::new();
     let (mut attn, mut norm, mut elementwise) = (0.0, 0.0, 0.0);
@@ -380,7 +380,8 @@ fn layer_costs(p: &StepProfile, cluster: &Cluster, tp: u32) -> LayerCosts {
             }
         }
     }
-    let link_bw = cluster.links.intra.effective_bytes_per_s(tp.max(1));
+    let link = if tp <= 2 { cluster.links.pair } else { cluster.links.server };
+    let link_bw = link.effective_bytes_per_s(tp.max(1));
     let t = tp.max(1) as f64;
     let ring = 2.0 * (t - 1.0) / t * hidden_bytes / link_bw;
     LayerCosts {
