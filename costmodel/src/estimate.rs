@@ -282,11 +282,9 @@ impl ProfiledCostModel {
             }
             let params = b.tp_sharded_params as f64 / tp64 as f64
                 + (b.params - b.tp_sharded_params.min(b.params)) as f64;
-            let bound = if sequence_parallel {
-                b.boundary_bytes / tp64 as f64
-            } else {
-                b.boundary_bytes
-            };
+            // Megatron's scatter/gather optimisation: each tensor-parallel rank sends 1/tp of the
+            // boundary activation between stages (and all-gathers it inside the server).
+            let bound = b.boundary_bytes / tp64 as f64;
             blocks.push(BlockSums {
                 kind: b.kind,
                 forward: fwd,

@@ -5,8 +5,8 @@ use moai_ir::{DType, Graph, IrError, Op, ParamData};
 use onnx_protobuf::tensor_proto::DataLocation;
 use onnx_protobuf::tensor_shape_proto::{Dimension, dimension};
 use onnx_protobuf::{
-    GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto,
-    ValueInfoProto, type_proto,
+    GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, type_proto,
 };
 use std::path::{Path, PathBuf};
 
@@ -15,28 +15,47 @@ fn models_dir() -> PathBuf {
 }
 
 fn manifest() -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(models_dir().join("manifest.json")).expect("models/manifest.json");
+    let text =
+        std::fs::read_to_string(models_dir().join("manifest.json")).expect("models/manifest.json");
     serde_json::from_str(&text).expect("manifest is JSON")
 }
 
 fn param_count(g: &Graph) -> u64 {
-    g.params().iter().map(|p| g.node(*p).outputs[0].shape.numel().as_const().expect("constant param shape") as u64).sum()
+    g.params()
+        .iter()
+        .map(|p| {
+            g.node(*p).outputs[0]
+                .shape
+                .numel()
+                .as_const()
+                .expect("constant param shape") as u64
+        })
+        .sum()
 }
 
 #[test]
 fn all_models_import_with_exact_parameter_counts() {
     for m in manifest() {
         let file = models_dir().join(m["file"].as_str().unwrap());
-        let imp = import_with(&file, &ImportOptions { recognize: false }).unwrap_or_else(|e| panic!("{e}"));
+        let imp = import_with(&file, &ImportOptions { recognize: false })
+            .unwrap_or_else(|e| panic!("{e}"));
         let want = m["torch_params"].as_u64().unwrap();
         let got = param_count(&imp.graph);
-        eprintln!("{}: {} nodes, {} params, {:.1} ms", m["name"], imp.graph.len(), got, imp.import_ms);
+        eprintln!(
+            "{}: {} nodes, {} params, {:.1} ms",
+            m["name"],
+            imp.graph.len(),
+            got,
+            imp.import_ms
+        );
         assert_eq!(got, want, "{}: parameter count", m["name"]);
         assert_eq!(imp.opset, 20);
-        assert_eq!(imp.onnx_ops.values().sum::<usize>() as u64, m["nodes"].as_u64().unwrap());
+        assert_eq!(
+            imp.onnx_ops.values().sum::<usize>() as u64,
+            m["nodes"].as_u64().unwrap()
+        );
     }
 }
-
 
 /// A fresh temporary directory for one test.
 fn temp_dir(tag: &str) -> PathBuf {
@@ -75,7 +94,13 @@ fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
     n
 }
 
-fn model(nodes: Vec<NodeProto>, inputs: Vec<ValueInfoProto>, outputs: Vec<ValueInfoProto>, inits: Vec<TensorProto>, opset: i64) -> ModelProto {
+fn model(
+    nodes: Vec<NodeProto>,
+    inputs: Vec<ValueInfoProto>,
+    outputs: Vec<ValueInfoProto>,
+    inits: Vec<TensorProto>,
+    opset: i64,
+) -> ModelProto {
     let mut g = GraphProto::new();
     g.name = "crafted".into();
     g.node = nodes;
@@ -129,7 +154,10 @@ fn import_err(path: &Path) -> String {
     let e = import(path).expect_err("import must fail");
     let msg = e.to_string();
     assert!(!msg.contains('\n'), "one-line error: {msg}");
-    assert!(msg.contains(&path.display().to_string()), "error names the file: {msg}");
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "error names the file: {msg}"
+    );
     msg
 }
 
@@ -157,7 +185,10 @@ fn random_bytes_are_rejected() {
         .collect();
     std::fs::write(&p, bytes).unwrap();
     let msg = import_err(&p);
-    assert!(msg.contains("not a valid ONNX model") || msg.contains("no graph"), "{msg}");
+    assert!(
+        msg.contains("not a valid ONNX model") || msg.contains("no graph"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -227,10 +258,17 @@ fn model_without_inputs_is_rejected() {
 #[test]
 fn external_data_may_not_escape_the_model_directory() {
     let d = temp_dir("escape");
-    for (file, location) in [("up.onnx", "../x"), ("abs.onnx", "/etc/passwd"), ("deep.onnx", "a/../../x")] {
+    for (file, location) in [
+        ("up.onnx", "../x"),
+        ("abs.onnx", "/etc/passwd"),
+        ("deep.onnx", "a/../../x"),
+    ] {
         let p = write(&d, file, &matmul_model(location));
         let msg = import_err(&p);
-        assert!(msg.contains(location) && msg.contains("external data"), "{msg}");
+        assert!(
+            msg.contains(location) && msg.contains("external data"),
+            "{msg}"
+        );
     }
 }
 
@@ -242,15 +280,138 @@ fn external_weights_are_referenced_and_read_only_on_demand() {
     let imp = import(&p).expect("import without weight file");
     let g = &imp.graph;
     let w = g.params()[0];
-    let Op::Param { name, data } = &g.node(w).op else { panic!("param") };
-    assert_eq!(data, &ParamData::External { location: "weights.bin".into(), offset: 0, length: 64 });
+    let Op::Param { name, data } = &g.node(w).op else {
+        panic!("param")
+    };
+    assert_eq!(
+        data,
+        &ParamData::External {
+            location: "weights.bin".into(),
+            offset: 0,
+            length: 64
+        }
+    );
     let dir = g.source_dir.clone().expect("source dir");
     let err = read_external(&dir, name, data, DType::F32, &[4, 4]).expect_err("missing file");
     let msg = err.to_string();
-    assert!(msg.contains("weights.bin") && msg.contains("missing") && !msg.contains('\n'), "{msg}");
+    assert!(
+        msg.contains("weights.bin") && msg.contains("missing") && !msg.contains('\n'),
+        "{msg}"
+    );
     // With the file present the values come back.
     let bytes: Vec<u8> = (0..16).flat_map(|i| (i as f32).to_le_bytes()).collect();
     std::fs::write(d.join("weights.bin"), bytes).unwrap();
     let t = read_external(&dir, name, data, DType::F32, &[4, 4]).expect("read");
     assert_eq!(t.to_f64_vec()[5], 5.0);
+}
+/// Counts canonical ops by kind name.
+fn histogram(g: &Graph) -> std::collections::BTreeMap<String, usize> {
+    let mut h = std::collections::BTreeMap::new();
+    for n in g.node_ids() {
+        *h.entry(g.node(n).op.kind_name()).or_insert(0) += 1;
+    }
+    h
+}
+
+#[test]
+fn recognition_fuses_every_layer_of_every_model() {
+    for m in manifest() {
+        let file = models_dir().join(m["file"].as_str().unwrap());
+        let imp = import(&file).unwrap_or_else(|e| panic!("{e}"));
+        let g = &imp.graph;
+        let h = histogram(g);
+        let c = |k: &str| h.get(k).copied().unwrap_or(0);
+        let cfg = &m["config"];
+        let gpt = cfg["model_type"] == "gpt2";
+        let layers = cfg[if gpt { "n_layer" } else { "num_hidden_layers" }]
+            .as_u64()
+            .unwrap() as usize;
+        eprintln!(
+            "{}: {:?} in {:.1} ms",
+            m["name"], imp.recognition, imp.import_ms
+        );
+        assert!(
+            imp.recognition.unrecognized.is_empty(),
+            "{}: {:?}",
+            m["name"],
+            imp.recognition.unrecognized
+        );
+        assert_eq!(c("Attention"), layers, "{}", m["name"]);
+        assert_eq!(c("Softmax"), 0);
+        assert_eq!(
+            c("MatMul"),
+            if gpt { 0 } else { 1 },
+            "{}: only the rotary frequency product stays a MatMul",
+            m["name"]
+        );
+        if gpt {
+            assert_eq!(c("LayerNorm"), 2 * layers + 1);
+            assert_eq!(c("Linear"), 4 * layers + 1);
+            assert_eq!(c("Unary.GeluTanh"), layers);
+            assert_eq!(c("Embedding"), 2, "token and position embeddings");
+        } else {
+            assert_eq!(c("RmsNorm"), 2 * layers + 1);
+            assert_eq!(c("Linear"), 7 * layers + 1);
+            assert_eq!(c("Rotary"), 2 * layers);
+            assert_eq!(c("Unary.Silu"), layers);
+            assert_eq!(c("Embedding"), 1);
+        }
+        let heads = cfg[if gpt { "n_head" } else { "num_attention_heads" }]
+            .as_u64()
+            .unwrap() as usize;
+        let kv = if gpt {
+            heads
+        } else {
+            cfg["num_key_value_heads"].as_u64().unwrap() as usize
+        };
+        for n in g.node_ids() {
+            if let Op::Attention {
+                heads: h,
+                kv_heads,
+                causal,
+                ..
+            } = g.node(n).op
+            {
+                assert_eq!((h, kv_heads, causal), (heads, kv, true), "{}", m["name"]);
+            }
+        }
+        assert_eq!(g.outputs[0].0, "logits");
+        assert_eq!(
+            param_count(g),
+            m["torch_params"].as_u64().unwrap(),
+            "recognition keeps every parameter"
+        );
+    }
+}
+
+#[test]
+#[ignore]
+fn dump_graph() {
+    let f = std::env::var("DUMP").unwrap();
+    let rec = std::env::var("REC").is_ok();
+    let imp = import_with(Path::new(&f), &ImportOptions { recognize: rec }).unwrap();
+    let g = &imp.graph;
+    for id in g.topo_order() {
+        let n = g.node(id);
+        let op = match &n.op {
+            Op::Constant(t) if t.numel() < 8 => format!("Constant{:?}", t.data),
+            Op::Constant(_) => "Constant".into(),
+            Op::Param { name, .. } => format!("Param({name})"),
+            o => format!("{o:?}"),
+        };
+        println!(
+            "{:?} {} {:?} -> {} | {} {:?}",
+            id.index(),
+            op,
+            n.inputs.iter().map(|v| v.node.index()).collect::<Vec<_>>(),
+            n.outputs
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            n.prov.scope,
+            n.prov.layer
+        );
+    }
+    println!("{:?}", imp.recognition);
 }

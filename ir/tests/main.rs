@@ -1,3 +1,5 @@
 //! Integration tests of moai-ir (one binary; each area is a module).
 
 mod import;
+mod interp;
+mod train;

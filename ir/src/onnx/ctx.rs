@@ -81,7 +81,9 @@ impl<'m> Ctx<'m> {
             return Ok(v.clone());
         }
         let Some(t) = self.inits.get(name).copied() else {
-            return Err(format!("input `{name}` is not produced by any node, initializer or graph input"));
+            return Err(format!(
+                "input `{name}` is not produced by any node, initializer or graph input"
+            ));
         };
         self.initializer(t)
     }
@@ -99,19 +101,40 @@ impl<'m> Ctx<'m> {
             let data = match proto::external_ref(t) {
                 Some(r) => {
                     let (location, offset, length) = r?;
-                    super::external::validate_location(&location).map_err(|e| format!("external data for `{}`: {e}", t.name))?;
-                    let need = shape.iter().map(|d| *d as u64).product::<u64>() * dtype.size_bytes();
-                    ParamData::External { location, offset, length: length.unwrap_or(need) }
+                    super::external::validate_location(&location)
+                        .map_err(|e| format!("external data for `{}`: {e}", t.name))?;
+                    let need =
+                        shape.iter().map(|d| *d as u64).product::<u64>() * dtype.size_bytes();
+                    ParamData::External {
+                        location,
+                        offset,
+                        length: length.unwrap_or(need),
+                    }
                 }
                 None => ParamData::Inline(proto::decode_tensor(t)?),
             };
-            let ty = TensorType::new(dtype, Shape(shape.iter().map(|d| Dim::constant(*d as i64)).collect()));
+            let ty = TensorType::new(
+                dtype,
+                Shape(shape.iter().map(|d| Dim::constant(*d as i64)).collect()),
+            );
             let mut scope = self.plan.scope_of(&group);
             if scope.is_empty() {
                 scope = self.prov.scope.clone();
             }
-            let prov = Provenance { name: group.clone(), layer: proto::layer_of_scope(&scope), scope };
-            let id = self.g.add(Op::Param { name: group.clone(), data }, vec![], vec![ty], prov);
+            let prov = Provenance {
+                name: group.clone(),
+                layer: proto::layer_of_scope(&scope),
+                scope,
+            };
+            let id = self.g.add(
+                Op::Param {
+                    name: group.clone(),
+                    data,
+                },
+                vec![],
+                vec![ty],
+                prov,
+            );
             if kind != InitKind::Param {
                 self.g.buffers.insert(group);
             }
@@ -123,8 +146,16 @@ impl<'m> Ctx<'m> {
             Val::K(Rc::new(Known::from_tensor(&tensor)))
         } else {
             let ty = tensor_type_of(&tensor);
-            let prov = Provenance { name: t.name.clone(), ..Default::default() };
-            Val::T(Value::of(self.g.add(Op::Constant(tensor), vec![], vec![ty], prov)))
+            let prov = Provenance {
+                name: t.name.clone(),
+                ..Default::default()
+            };
+            Val::T(Value::of(self.g.add(
+                Op::Constant(tensor),
+                vec![],
+                vec![ty],
+                prov,
+            )))
         };
         self.vals.insert(t.name.as_str(), v.clone());
         Ok(v)
@@ -140,7 +171,8 @@ impl<'m> Ctx<'m> {
 
     /// Input `i`, required.
     pub fn req(&mut self, node: &NodeProto, i: usize) -> Result<Val, String> {
-        self.input(node, i)?.ok_or_else(|| format!("missing input {i}"))
+        self.input(node, i)?
+            .ok_or_else(|| format!("missing input {i}"))
     }
 
     /// Input `i` as a known value (None when not known at import time).
@@ -152,13 +184,23 @@ impl<'m> Ctx<'m> {
     }
 
     /// Input `i` as a known value, required (shape operands).
-    pub fn req_known(&mut self, node: &NodeProto, i: usize, what: &str) -> Result<Rc<Known>, String> {
-        self.known(node, i)?.ok_or_else(|| format!("{what} (input {i}) must be known at import time (a constant or a shape computation)"))
+    pub fn req_known(
+        &mut self,
+        node: &NodeProto,
+        i: usize,
+        what: &str,
+    ) -> Result<Rc<Known>, String> {
+        self.known(node, i)?
+            .ok_or_else(|| format!("{what} (input {i}) must be known at import time (a constant or a shape computation)"))
     }
 
     /// Input `i` as a graph value (known values become constant nodes).
     pub fn tensor(&mut self, node: &NodeProto, i: usize) -> Result<Value, String> {
-        let name = node.input.get(i).filter(|n| !n.is_empty()).ok_or_else(|| format!("missing input {i}"))?;
+        let name = node
+            .input
+            .get(i)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| format!("missing input {i}"))?;
         match self.val(name)? {
             Val::T(v) => Ok(v),
             Val::K(k) => {
@@ -177,8 +219,16 @@ impl<'m> Ctx<'m> {
     pub fn constant(&mut self, k: &Known) -> Result<Value, String> {
         let t = k.to_tensor()?;
         let ty = tensor_type_of(&t);
-        let prov = Provenance { name: format!("{}_const", self.prov.name), ..self.prov.clone() };
-        Ok(Value::of(self.g.add(Op::Constant(t), vec![], vec![ty], prov)))
+        let prov = Provenance {
+            name: format!("{}_const", self.prov.name),
+            ..self.prov.clone()
+        };
+        Ok(Value::of(self.g.add(
+            Op::Constant(t),
+            vec![],
+            vec![ty],
+            prov,
+        )))
     }
 
     /// The type of a value.
@@ -199,7 +249,10 @@ impl<'m> Ctx<'m> {
 
 /// The tensor type of a concrete tensor.
 pub(crate) fn tensor_type_of(t: &crate::tensor::Tensor) -> TensorType {
-    TensorType::new(t.dtype, Shape(t.shape.iter().map(|d| Dim::constant(*d as i64)).collect()))
+    TensorType::new(
+        t.dtype,
+        Shape(t.shape.iter().map(|d| Dim::constant(*d as i64)).collect()),
+    )
 }
 
 /// NumPy broadcasting of symbolic shapes.
@@ -208,8 +261,16 @@ pub(crate) fn broadcast(a: &Shape, b: &Shape) -> Result<Shape, String> {
     let one = Dim::constant(1);
     let mut out = Vec::with_capacity(r);
     for i in 0..r {
-        let x = if i + a.rank() >= r { &a.0[i + a.rank() - r] } else { &one };
-        let y = if i + b.rank() >= r { &b.0[i + b.rank() - r] } else { &one };
+        let x = if i + a.rank() >= r {
+            &a.0[i + a.rank() - r]
+        } else {
+            &one
+        };
+        let y = if i + b.rank() >= r {
+            &b.0[i + b.rank() - r]
+        } else {
+            &one
+        };
         out.push(if x == y || *y == one {
             x.clone()
         } else if *x == one {
@@ -225,5 +286,9 @@ pub(crate) fn broadcast(a: &Shape, b: &Shape) -> Result<Shape, String> {
 pub(crate) fn norm_axis(axis: i64, rank: usize) -> Result<usize, String> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
-    if (0..r).contains(&a) { Ok(a as usize) } else { Err(format!("axis {axis} is out of range for rank {rank}")) }
+    if (0..r).contains(&a) {
+        Ok(a as usize)
+    } else {
+        Err(format!("axis {axis} is out of range for rank {rank}"))
+    }
 }

@@ -18,12 +18,20 @@ pub fn validate_location(location: &str) -> std::result::Result<(), String> {
         return Err(format!("location `{location}` contains a NUL byte"));
     }
     let p = Path::new(location);
-    let drive = location.len() >= 2 && location.as_bytes()[1] == b':' && location.as_bytes()[0].is_ascii_alphabetic();
+    let drive = location.len() >= 2
+        && location.as_bytes()[1] == b':'
+        && location.as_bytes()[0].is_ascii_alphabetic();
     if p.is_absolute() || location.starts_with('/') || location.starts_with('\\') || drive {
-        return Err(format!("location `{location}` is an absolute path; it must be relative to the model's directory"));
+        return Err(format!(
+            "location `{location}` is an absolute path; it must be relative to the model's directory"
+        ));
     }
-    if location.split(['/', '\\']).any(|c| c == "..") || p.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(format!("location `{location}` escapes the model's directory (`..`)"));
+    if location.split(['/', '\\']).any(|c| c == "..")
+        || p.components().any(|c| matches!(c, Component::ParentDir))
+    {
+        return Err(format!(
+            "location `{location}` escapes the model's directory (`..`)"
+        ));
     }
     Ok(())
 }
@@ -32,38 +40,77 @@ pub fn validate_location(location: &str) -> std::result::Result<(), String> {
 /// model file, [`crate::Graph::source_dir`]). Inline data is returned as is. The file must stay inside the
 /// directory (after resolving links), and `offset`/`length` must lie inside the file and match the
 /// tensor's size.
-pub fn read_external(graph_source_dir: &Path, name: &str, data: &ParamData, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+pub fn read_external(
+    graph_source_dir: &Path,
+    name: &str,
+    data: &ParamData,
+    dtype: DType,
+    shape: &[usize],
+) -> Result<Tensor> {
     let (location, offset, length) = match data {
         ParamData::Inline(t) => return Ok(t.clone()),
-        ParamData::External { location, offset, length } => (location, *offset, *length),
+        ParamData::External {
+            location,
+            offset,
+            length,
+        } => (location, *offset, *length),
     };
-    let err = |path: &Path, reason: String| IrError::ExternalData { path: path.to_path_buf(), tensor: name.to_string(), reason };
+    let err = |path: &Path, reason: String| IrError::ExternalData {
+        path: path.to_path_buf(),
+        tensor: name.to_string(),
+        reason,
+    };
     validate_location(location).map_err(|r| err(graph_source_dir, r))?;
     let numel: u64 = shape.iter().map(|d| *d as u64).product();
     let want = numel * dtype.size_bytes();
     if length != want {
-        return Err(err(graph_source_dir, format!("declared length {length} bytes, but {dtype}{shape:?} needs {want}")));
+        return Err(err(
+            graph_source_dir,
+            format!("declared length {length} bytes, but {dtype}{shape:?} needs {want}"),
+        ));
     }
     let path = graph_source_dir.join(location);
     let mut file = std::fs::File::open(&path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            err(&path, format!("weight file `{}` is missing", path.display()))
+            err(
+                &path,
+                format!("weight file `{}` is missing", path.display()),
+            )
         } else {
-            err(&path, format!("cannot open weight file `{}`: {e}", path.display()))
+            err(
+                &path,
+                format!("cannot open weight file `{}`: {e}", path.display()),
+            )
         }
     })?;
-    let dir = graph_source_dir.canonicalize().map_err(|e| err(graph_source_dir, format!("model directory: {e}")))?;
+    let dir = graph_source_dir
+        .canonicalize()
+        .map_err(|e| err(graph_source_dir, format!("model directory: {e}")))?;
     let real = path.canonicalize().map_err(|e| err(&path, e.to_string()))?;
     if !real.starts_with(&dir) {
-        return Err(err(&path, format!("`{location}` resolves outside the model's directory")));
+        return Err(err(
+            &path,
+            format!("`{location}` resolves outside the model's directory"),
+        ));
     }
-    let size = file.metadata().map_err(|e| err(&path, e.to_string()))?.len();
+    let size = file
+        .metadata()
+        .map_err(|e| err(&path, e.to_string()))?
+        .len();
     if offset.checked_add(length).is_none_or(|end| end > size) {
-        return Err(err(&path, format!("bytes {offset}..{} are outside the file ({size} bytes)", offset.saturating_add(length))));
+        return Err(err(
+            &path,
+            format!(
+                "bytes {offset}..{} are outside the file ({size} bytes)",
+                offset.saturating_add(length)
+            ),
+        ));
     }
-    file.seek(SeekFrom::Start(offset)).map_err(|e| err(&path, e.to_string()))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| err(&path, e.to_string()))?;
     let mut buf = vec![0u8; length as usize];
-    file.read_exact(&mut buf).map_err(|e| err(&path, e.to_string()))?;
+    file.read_exact(&mut buf)
+        .map_err(|e| err(&path, e.to_string()))?;
     super::proto::decode_bytes(&buf, dtype, shape).map_err(|r| err(&path, r))
 }
 
@@ -86,15 +133,40 @@ mod tests {
     fn reads_bounds_checked() {
         let dir = std::env::temp_dir().join(format!("moai-ext-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let bytes: Vec<u8> = [1.0f32, 2.0, 3.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let bytes: Vec<u8> = [1.0f32, 2.0, 3.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         std::fs::write(dir.join("w.bin"), &bytes).unwrap();
-        let ok = ParamData::External { location: "w.bin".into(), offset: 4, length: 8 };
+        let ok = ParamData::External {
+            location: "w.bin".into(),
+            offset: 4,
+            length: 8,
+        };
         let t = read_external(&dir, "w", &ok, DType::F32, &[2]).unwrap();
         assert_eq!(t.data, crate::tensor::TensorData::F32(vec![2.0, 3.0]));
-        let past = ParamData::External { location: "w.bin".into(), offset: 8, length: 8 };
-        assert!(read_external(&dir, "w", &past, DType::F32, &[2]).unwrap_err().to_string().contains("outside the file"));
-        let missing = ParamData::External { location: "nope.bin".into(), offset: 0, length: 8 };
-        assert!(read_external(&dir, "w", &missing, DType::F32, &[2]).unwrap_err().to_string().contains("missing"));
+        let past = ParamData::External {
+            location: "w.bin".into(),
+            offset: 8,
+            length: 8,
+        };
+        assert!(
+            read_external(&dir, "w", &past, DType::F32, &[2])
+                .unwrap_err()
+                .to_string()
+                .contains("outside the file")
+        );
+        let missing = ParamData::External {
+            location: "nope.bin".into(),
+            offset: 0,
+            length: 8,
+        };
+        assert!(
+            read_external(&dir, "w", &missing, DType::F32, &[2])
+                .unwrap_err()
+                .to_string()
+                .contains("missing")
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

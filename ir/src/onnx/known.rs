@@ -39,12 +39,20 @@ impl Known {
 
     /// An i64 vector of dims.
     pub fn dims(v: Vec<Dim>) -> Known {
-        Known { dtype: DType::I64, shape: vec![v.len()], data: KData::Int(v) }
+        Known {
+            dtype: DType::I64,
+            shape: vec![v.len()],
+            data: KData::Int(v),
+        }
     }
 
     /// An i64 scalar.
     pub fn scalar_dim(d: Dim) -> Known {
-        Known { dtype: DType::I64, shape: vec![], data: KData::Int(vec![d]) }
+        Known {
+            dtype: DType::I64,
+            shape: vec![],
+            data: KData::Int(vec![d]),
+        }
     }
 
     /// From a concrete tensor.
@@ -55,7 +63,11 @@ impl Known {
             TensorData::I64(v) => KData::Int(v.iter().map(|x| Dim::constant(*x)).collect()),
             TensorData::Bool(v) => KData::Bool(v.clone()),
         };
-        Known { dtype: t.dtype, shape: t.shape.clone(), data }
+        Known {
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            data,
+        }
     }
 
     /// The elements as dims (integers and booleans).
@@ -63,9 +75,10 @@ impl Known {
         match &self.data {
             KData::Int(v) => Some(v.clone()),
             KData::Bool(v) => Some(v.iter().map(|b| Dim::constant(*b as i64)).collect()),
-            KData::Float(v) => {
-                v.iter().map(|x| (x.fract() == 0.0 && x.abs() < 9.0e15).then(|| Dim::constant(*x as i64))).collect()
-            }
+            KData::Float(v) => v
+                .iter()
+                .map(|x| (x.fract() == 0.0 && x.abs() < 9.0e15).then(|| Dim::constant(*x as i64)))
+                .collect(),
         }
     }
 
@@ -94,27 +107,44 @@ impl Known {
         let data = match &self.data {
             KData::Int(v) => TensorData::I64(
                 v.iter()
-                    .map(|d| d.as_const().ok_or_else(|| format!("symbolic value `{d}` used as tensor data")))
+                    .map(|d| {
+                        d.as_const()
+                            .ok_or_else(|| format!("symbolic value `{d}` used as tensor data"))
+                    })
                     .collect::<Result<_, _>>()?,
             ),
             KData::Float(v) if self.dtype == DType::F64 => TensorData::F64(v.clone()),
             KData::Float(v) => TensorData::F32(v.iter().map(|x| *x as f32).collect()),
             KData::Bool(v) => TensorData::Bool(v.clone()),
         };
-        Ok(Tensor { dtype: self.dtype, shape: self.shape.clone(), data })
+        Ok(Tensor {
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+            data,
+        })
     }
 
     /// Converts the element type (ONNX Cast semantics for the cases shape subgraphs use).
     pub fn cast(&self, to: DType) -> Result<Known, String> {
         let data = if to.is_float() {
-            KData::Float(self.as_f64s().ok_or("cannot cast a symbolic value to a float")?.into_iter().map(|x| round_to(x, to)).collect())
+            KData::Float(
+                self.as_f64s()
+                    .ok_or("cannot cast a symbolic value to a float")?
+                    .into_iter()
+                    .map(|x| round_to(x, to))
+                    .collect(),
+            )
         } else if to == DType::Bool {
             KData::Bool(match &self.data {
                 KData::Float(v) => v.iter().map(|x| *x != 0.0).collect(),
                 KData::Bool(v) => v.clone(),
                 KData::Int(v) => v
                     .iter()
-                    .map(|d| d.as_const().map(|x| x != 0).ok_or("cannot cast a symbolic value to bool"))
+                    .map(|d| {
+                        d.as_const()
+                            .map(|x| x != 0)
+                            .ok_or("cannot cast a symbolic value to bool")
+                    })
                     .collect::<Result<_, _>>()?,
             })
         } else {
@@ -123,7 +153,11 @@ impl Known {
                 _ => self.as_dims().ok_or("cannot cast to an integer")?,
             })
         };
-        Ok(Known { dtype: to, shape: self.shape.clone(), data })
+        Ok(Known {
+            dtype: to,
+            shape: self.shape.clone(),
+            data,
+        })
     }
 
     /// Element `i` as a one-element known value of the same type.
@@ -137,12 +171,20 @@ impl Known {
 
     /// Gathers elements by flat indices into a new shape.
     pub fn gather_flat(&self, idx: &[usize], shape: Vec<usize>) -> Known {
-        Known { dtype: self.dtype, shape, data: self.pick(idx) }
+        Known {
+            dtype: self.dtype,
+            shape,
+            data: self.pick(idx),
+        }
     }
 
     /// Same data, new shape.
     pub fn reshaped(&self, shape: Vec<usize>) -> Known {
-        Known { dtype: self.dtype, shape, data: self.data.clone() }
+        Known {
+            dtype: self.dtype,
+            shape,
+            data: self.data.clone(),
+        }
     }
 }
 
@@ -170,8 +212,16 @@ pub(crate) fn broadcast_concrete(a: &[usize], b: &[usize]) -> Option<Vec<usize>>
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for i in 0..r {
-        let x = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let y = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        let x = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let y = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
         out[i] = if x == y || y == 1 {
             x
         } else if x == 1 {
@@ -211,10 +261,15 @@ pub(crate) fn binary(op: &str, a: &Known, b: &Known) -> Option<Known> {
     }
     let ia = broadcast_index(&a.shape, &shape);
     let ib = broadcast_index(&b.shape, &shape);
-    let cmp = matches!(op, "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual");
+    let cmp = matches!(
+        op,
+        "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual"
+    );
     let logic = matches!(op, "And" | "Or" | "Xor");
     if logic {
-        let (KData::Bool(x), KData::Bool(y)) = (&a.data, &b.data) else { return None };
+        let (KData::Bool(x), KData::Bool(y)) = (&a.data, &b.data) else {
+            return None;
+        };
         let v = ia
             .iter()
             .zip(&ib)
@@ -224,7 +279,11 @@ pub(crate) fn binary(op: &str, a: &Known, b: &Known) -> Option<Known> {
                 _ => x[*i] ^ y[*j],
             })
             .collect();
-        return Some(Known { dtype: DType::Bool, shape, data: KData::Bool(v) });
+        return Some(Known {
+            dtype: DType::Bool,
+            shape,
+            data: KData::Bool(v),
+        });
     }
     match (&a.data, &b.data) {
         (KData::Float(_), _) | (_, KData::Float(_)) => {
@@ -247,12 +306,24 @@ pub(crate) fn binary(op: &str, a: &Known, b: &Known) -> Option<Known> {
                     _ => return None,
                 })
             };
-            let v: Vec<f64> = ia.iter().zip(&ib).map(|(i, j)| f(x[*i], y[*j])).collect::<Option<_>>()?;
+            let v: Vec<f64> = ia
+                .iter()
+                .zip(&ib)
+                .map(|(i, j)| f(x[*i], y[*j]))
+                .collect::<Option<_>>()?;
             if cmp {
-                Some(Known { dtype: DType::Bool, shape, data: KData::Bool(v.iter().map(|z| *z != 0.0).collect()) })
+                Some(Known {
+                    dtype: DType::Bool,
+                    shape,
+                    data: KData::Bool(v.iter().map(|z| *z != 0.0).collect()),
+                })
             } else {
                 let dtype = if a.dtype.is_float() { a.dtype } else { b.dtype };
-                Some(Known { dtype, shape, data: KData::Float(v.into_iter().map(|z| round_to(z, dtype)).collect()) })
+                Some(Known {
+                    dtype,
+                    shape,
+                    data: KData::Float(v.into_iter().map(|z| round_to(z, dtype)).collect()),
+                })
             }
         }
         _ => {
@@ -292,10 +363,18 @@ pub(crate) fn binary(op: &str, a: &Known, b: &Known) -> Option<Known> {
                     _ => return None,
                 })
             };
-            let v: Vec<KElem> = ia.iter().zip(&ib).map(|(i, j)| f(&x[*i], &y[*j])).collect::<Option<_>>()?;
+            let v: Vec<KElem> = ia
+                .iter()
+                .zip(&ib)
+                .map(|(i, j)| f(&x[*i], &y[*j]))
+                .collect::<Option<_>>()?;
             if cmp {
                 let bools = v.into_iter().map(|e| matches!(e, KElem::B(true))).collect();
-                Some(Known { dtype: DType::Bool, shape, data: KData::Bool(bools) })
+                Some(Known {
+                    dtype: DType::Bool,
+                    shape,
+                    data: KData::Bool(bools),
+                })
             } else {
                 let dims = v
                     .into_iter()
@@ -304,7 +383,11 @@ pub(crate) fn binary(op: &str, a: &Known, b: &Known) -> Option<Known> {
                         KElem::B(_) => None,
                     })
                     .collect::<Option<_>>()?;
-                Some(Known { dtype: a.dtype, shape, data: KData::Int(dims) })
+                Some(Known {
+                    dtype: a.dtype,
+                    shape,
+                    data: KData::Int(dims),
+                })
             }
         }
     }
@@ -330,11 +413,19 @@ fn decide_lt(p: &Dim, q: &Dim) -> Option<bool> {
 pub(crate) fn unary(op: &str, a: &Known) -> Option<Known> {
     if op == "Not" {
         let KData::Bool(v) = &a.data else { return None };
-        return Some(Known { dtype: DType::Bool, shape: a.shape.clone(), data: KData::Bool(v.iter().map(|b| !b).collect()) });
+        return Some(Known {
+            dtype: DType::Bool,
+            shape: a.shape.clone(),
+            data: KData::Bool(v.iter().map(|b| !b).collect()),
+        });
     }
     if op == "Neg" {
         if let KData::Int(v) = &a.data {
-            return Some(Known { dtype: a.dtype, shape: a.shape.clone(), data: KData::Int(v.iter().map(|d| d.scale(-1)).collect()) });
+            return Some(Known {
+                dtype: a.dtype,
+                shape: a.shape.clone(),
+                data: KData::Int(v.iter().map(|d| d.scale(-1)).collect()),
+            });
         }
     }
     if op == "Abs" {
@@ -348,9 +439,15 @@ pub(crate) fn unary(op: &str, a: &Known) -> Option<Known> {
             }
         }
     }
-    let KData::Float(v) = &a.data else { return None };
+    let KData::Float(v) = &a.data else {
+        return None;
+    };
     if op == "IsNaN" {
-        return Some(Known { dtype: DType::Bool, shape: a.shape.clone(), data: KData::Bool(v.iter().map(|x| x.is_nan()).collect()) });
+        return Some(Known {
+            dtype: DType::Bool,
+            shape: a.shape.clone(),
+            data: KData::Bool(v.iter().map(|x| x.is_nan()).collect()),
+        });
     }
     let f = |x: f64| -> Option<f64> {
         Some(match op {
@@ -370,8 +467,15 @@ pub(crate) fn unary(op: &str, a: &Known) -> Option<Known> {
             _ => return None,
         })
     };
-    let out = v.iter().map(|x| f(*x).map(|y| round_to(y, a.dtype))).collect::<Option<_>>()?;
-    Some(Known { dtype: a.dtype, shape: a.shape.clone(), data: KData::Float(out) })
+    let out = v
+        .iter()
+        .map(|x| f(*x).map(|y| round_to(y, a.dtype)))
+        .collect::<Option<_>>()?;
+    Some(Known {
+        dtype: a.dtype,
+        shape: a.shape.clone(),
+        data: KData::Float(out),
+    })
 }
 
 #[cfg(test)]
@@ -384,16 +488,26 @@ mod tests {
         let a = Known::dims(vec![s.clone(), Dim::constant(4)]);
         let one = Known::scalar_dim(Dim::constant(1));
         let sum = binary("Add", &a, &one).unwrap();
-        assert_eq!(sum.as_dims().unwrap(), vec![s.add(&Dim::constant(1)), Dim::constant(5)]);
+        assert_eq!(
+            sum.as_dims().unwrap(),
+            vec![s.add(&Dim::constant(1)), Dim::constant(5)]
+        );
         let lt = binary("Less", &a, &sum).unwrap();
         assert_eq!(lt.data, KData::Bool(vec![true, true]));
-        assert!(binary("Equal", &a, &Known::scalar_dim(Dim::constant(7))).is_none(), "seq == 7 is undecidable");
+        assert!(
+            binary("Equal", &a, &Known::scalar_dim(Dim::constant(7))).is_none(),
+            "seq == 7 is undecidable"
+        );
         assert_eq!(broadcast_index(&[2, 1], &[2, 3]), vec![0, 0, 0, 1, 1, 1]);
     }
 
     #[test]
     fn casts_round_through_bf16() {
-        let k = Known { dtype: DType::F32, shape: vec![], data: KData::Float(vec![0.1]) };
+        let k = Known {
+            dtype: DType::F32,
+            shape: vec![],
+            data: KData::Float(vec![0.1]),
+        };
         let b = k.cast(DType::BF16).unwrap();
         assert_eq!(b.scalar_f64().unwrap(), half::bf16::from_f64(0.1).to_f64());
         assert!(Known::scalar_dim(Dim::sym("seq")).cast(DType::F32).is_err());

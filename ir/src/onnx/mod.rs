@@ -14,6 +14,7 @@ mod ops;
 mod params;
 mod proto;
 
+pub(crate) use ctx::broadcast;
 pub use external::{read_external, validate_location};
 pub use ops::supported_ops;
 pub use proto::layer_of_scope;
@@ -71,10 +72,18 @@ pub fn import(path: &Path) -> Result<Imported> {
 /// Imports an ONNX model with options (e.g. without recognition, to get the primitive graph).
 pub fn import_with(path: &Path, opts: &ImportOptions) -> Result<Imported> {
     let t0 = Instant::now();
-    let bytes = std::fs::read(path).map_err(|source| IrError::Io { path: path.to_path_buf(), source })?;
-    let model = ModelProto::parse_from_bytes(&bytes)
-        .map_err(|e| IrError::Parse { path: path.to_path_buf(), reason: e.to_string() })?;
-    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let bytes = std::fs::read(path).map_err(|source| IrError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let model = ModelProto::parse_from_bytes(&bytes).map_err(|e| IrError::Parse {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
     let (mut graph, onnx_ops, opset) = build(&model, path, &name)?;
     graph.source_dir = Some(match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -87,17 +96,33 @@ pub fn import_with(path: &Path, opts: &ImportOptions) -> Result<Imported> {
     };
     let import_ms = t0.elapsed().as_secs_f64() * 1e3;
     tracing::info!(model = %name, nodes = graph.len(), import_ms, "imported");
-    Ok(Imported { graph, onnx_ops, opset, import_ms, recognition })
+    Ok(Imported {
+        graph,
+        onnx_ops,
+        opset,
+        import_ms,
+        recognition,
+    })
 }
 
 fn invalid(path: &Path, reason: impl Into<String>) -> IrError {
-    IrError::Invalid { path: path.to_path_buf(), reason: reason.into() }
+    IrError::Invalid {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 /// Decodes an ONNX model already parsed from `path` into a primitive graph.
-fn build(model: &ModelProto, path: &Path, name: &str) -> Result<(Graph, BTreeMap<String, usize>, i64)> {
+fn build(
+    model: &ModelProto,
+    path: &Path,
+    name: &str,
+) -> Result<(Graph, BTreeMap<String, usize>, i64)> {
     let Some(gp) = model.graph.as_ref() else {
-        return Err(invalid(path, "the file holds no graph (empty file or not an ONNX model)"));
+        return Err(invalid(
+            path,
+            "the file holds no graph (empty file or not an ONNX model)",
+        ));
     };
     let opset = model
         .opset_import
@@ -106,7 +131,12 @@ fn build(model: &ModelProto, path: &Path, name: &str) -> Result<(Graph, BTreeMap
         .map(|o| o.version)
         .ok_or_else(|| invalid(path, "the model imports no default-domain (ai.onnx) opset"))?;
     if opset < MIN_OPSET {
-        return Err(invalid(path, format!("opset {opset} is too old: moai imports opset {MIN_OPSET} or newer (upgrade the model with onnx.version_converter)")));
+        return Err(invalid(
+            path,
+            format!(
+                "opset {opset} is too old: moai imports opset {MIN_OPSET} or newer (upgrade the model with onnx.version_converter)"
+            ),
+        ));
     }
     // Every unsupported op type, with one example node each.
     let mut unsupported: Vec<(String, String)> = Vec::new();
@@ -115,19 +145,34 @@ fn build(model: &ModelProto, path: &Path, name: &str) -> Result<(Graph, BTreeMap
         *onnx_ops.entry(n.op_type.clone()).or_insert(0) += 1;
         let default_domain = n.domain.is_empty() || n.domain == "ai.onnx";
         if !default_domain || ops::builder(&n.op_type).is_none() {
-            let op = if default_domain { n.op_type.clone() } else { format!("{}.{}", n.domain, n.op_type) };
+            let op = if default_domain {
+                n.op_type.clone()
+            } else {
+                format!("{}.{}", n.domain, n.op_type)
+            };
             if !unsupported.iter().any(|(o, _)| *o == op) {
                 unsupported.push((op, node_name(n, i)));
             }
         }
     }
     if !unsupported.is_empty() {
-        return Err(IrError::Unsupported { path: path.to_path_buf(), ops: unsupported });
+        return Err(IrError::Unsupported {
+            path: path.to_path_buf(),
+            ops: unsupported,
+        });
     }
-    let init_names: std::collections::HashSet<&str> = gp.initializer.iter().map(|t| t.name.as_str()).collect();
-    let inputs: Vec<_> = gp.input.iter().filter(|i| !init_names.contains(i.name.as_str())).collect();
+    let init_names: std::collections::HashSet<&str> =
+        gp.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs: Vec<_> = gp
+        .input
+        .iter()
+        .filter(|i| !init_names.contains(i.name.as_str()))
+        .collect();
     if inputs.is_empty() {
-        return Err(invalid(path, "the graph has no inputs (expected e.g. `input_ids` [batch, seq])"));
+        return Err(invalid(
+            path,
+            "the graph has no inputs (expected e.g. `input_ids` [batch, seq])",
+        ));
     }
     if gp.output.is_empty() {
         return Err(invalid(path, "the graph has no outputs"));
@@ -136,20 +181,42 @@ fn build(model: &ModelProto, path: &Path, name: &str) -> Result<(Graph, BTreeMap
     let scopes = plan.scopes.clone();
     let mut cx = Ctx::new(name, &gp.initializer, plan);
     for inp in &inputs {
-        let ty = input_type(inp).map_err(|r| invalid(path, format!("graph input `{}`: {r}", inp.name)))?;
-        let prov = Provenance { name: inp.name.clone(), ..Default::default() };
-        let id = cx.g.add(Op::Input { name: inp.name.clone() }, vec![], vec![ty], prov);
+        let ty = input_type(inp)
+            .map_err(|r| invalid(path, format!("graph input `{}`: {r}", inp.name)))?;
+        let prov = Provenance {
+            name: inp.name.clone(),
+            ..Default::default()
+        };
+        let id = cx.g.add(
+            Op::Input {
+                name: inp.name.clone(),
+            },
+            vec![],
+            vec![ty],
+            prov,
+        );
         cx.bind(&inp.name, Val::T(Value::of(id)));
     }
     for (i, n) in gp.node.iter().enumerate() {
         let nname = node_name(n, i);
         let scope = scopes[i].clone();
-        cx.prov = Provenance { name: nname.clone(), layer: proto::layer_of_scope(&scope), scope };
+        cx.prov = Provenance {
+            name: nname.clone(),
+            layer: proto::layer_of_scope(&scope),
+            scope,
+        };
         cx.node_index = i;
-        let node_err = |reason: String| IrError::Node { path: path.to_path_buf(), node: nname.clone(), op_type: n.op_type.clone(), reason };
+        let node_err = |reason: String| IrError::Node {
+            path: path.to_path_buf(),
+            node: nname.clone(),
+            op_type: n.op_type.clone(),
+            reason,
+        };
         for inp in n.input.iter().filter(|s| !s.is_empty()) {
             if !cx.has(inp) {
-                return Err(node_err(format!("input `{inp}` is not produced by an earlier node (the graph must be topologically sorted)")));
+                return Err(node_err(format!(
+                    "input `{inp}` is not produced by an earlier node (the graph must be topologically sorted)"
+                )));
             }
         }
         let build = ops::builder(&n.op_type).ok_or_else(|| node_err("unsupported".into()))?;
@@ -162,12 +229,22 @@ fn build(model: &ModelProto, path: &Path, name: &str) -> Result<(Graph, BTreeMap
     }
     for o in &gp.output {
         if !cx.has(&o.name) {
-            return Err(invalid(path, format!("graph output `{}` is not produced by any node", o.name)));
+            return Err(invalid(
+                path,
+                format!("graph output `{}` is not produced by any node", o.name),
+            ));
         }
         let v = match cx.val(&o.name).map_err(|r| invalid(path, r))? {
             Val::T(v) => v,
-            Val::K(k) => cx.constant(&k).map_err(|r| invalid(path, format!("output `{}`: {r}", o.name)))?,
-            Val::Seq { .. } => return Err(invalid(path, format!("graph output `{}` is a sequence", o.name))),
+            Val::K(k) => cx
+                .constant(&k)
+                .map_err(|r| invalid(path, format!("output `{}`: {r}", o.name)))?,
+            Val::Seq { .. } => {
+                return Err(invalid(
+                    path,
+                    format!("graph output `{}` is a sequence", o.name),
+                ));
+            }
         };
         cx.g.outputs.push((o.name.clone(), v));
     }
@@ -191,8 +268,11 @@ fn input_type(vi: &onnx_protobuf::ValueInfoProto) -> std::result::Result<TensorT
     use onnx_protobuf::tensor_shape_proto::dimension::Value as DV;
     use onnx_protobuf::type_proto::Value as TV;
     let tp = vi.type_.as_ref().ok_or("no type")?;
-    let Some(TV::TensorType(t)) = &tp.value else { return Err("not a tensor".into()) };
-    let dtype = DType::from_onnx(t.elem_type).ok_or_else(|| format!("unsupported element type code {}", t.elem_type))?;
+    let Some(TV::TensorType(t)) = &tp.value else {
+        return Err("not a tensor".into());
+    };
+    let dtype = DType::from_onnx(t.elem_type)
+        .ok_or_else(|| format!("unsupported element type code {}", t.elem_type))?;
     let shape = t.shape.as_ref().ok_or("no shape")?;
     let dims = shape
         .dim

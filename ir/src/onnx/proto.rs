@@ -10,14 +10,21 @@ const EXTERNAL: i32 = 1;
 
 /// The element type of an ONNX tensor.
 pub(crate) fn tensor_dtype(t: &TensorProto) -> Result<DType, String> {
-    DType::from_onnx(t.data_type).ok_or_else(|| format!("tensor `{}` has unsupported element type code {}", t.name, t.data_type))
+    DType::from_onnx(t.data_type).ok_or_else(|| {
+        format!(
+            "tensor `{}` has unsupported element type code {}",
+            t.name, t.data_type
+        )
+    })
 }
 
 /// The dims of a tensor as `usize`, rejecting negative ones.
 pub(crate) fn tensor_shape(t: &TensorProto) -> Result<Vec<usize>, String> {
     t.dims
         .iter()
-        .map(|d| usize::try_from(*d).map_err(|_| format!("tensor `{}` has a negative dim {d}", t.name)))
+        .map(|d| {
+            usize::try_from(*d).map_err(|_| format!("tensor `{}` has a negative dim {d}", t.name))
+        })
         .collect()
 }
 
@@ -65,7 +72,12 @@ pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor, String> {
 fn decode_raw(raw: &[u8], dtype: DType, n: usize) -> Result<TensorData, String> {
     let size = dtype.size_bytes() as usize;
     if raw.len() != n * size {
-        return Err(format!("raw data has {} bytes, expected {} ({} × {dtype})", raw.len(), n * size, n));
+        return Err(format!(
+            "raw data has {} bytes, expected {} ({} × {dtype})",
+            raw.len(),
+            n * size,
+            n
+        ));
     }
     let le = |i: usize| -> [u8; 8] {
         let mut b = [0u8; 8];
@@ -73,26 +85,68 @@ fn decode_raw(raw: &[u8], dtype: DType, n: usize) -> Result<TensorData, String> 
         b
     };
     Ok(match dtype {
-        DType::F32 => TensorData::F32((0..n).map(|i| f32::from_le_bytes(le(i)[..4].try_into().unwrap_or([0; 4]))).collect()),
+        DType::F32 => TensorData::F32(
+            (0..n)
+                .map(|i| f32::from_le_bytes(le(i)[..4].try_into().unwrap_or([0; 4])))
+                .collect(),
+        ),
         DType::F64 => TensorData::F64((0..n).map(|i| f64::from_le_bytes(le(i))).collect()),
-        DType::F16 => TensorData::F32((0..n).map(|i| half::f16::from_bits(u16::from_le_bytes([raw[2 * i], raw[2 * i + 1]])).to_f32()).collect()),
-        DType::BF16 => TensorData::F32((0..n).map(|i| half::bf16::from_bits(u16::from_le_bytes([raw[2 * i], raw[2 * i + 1]])).to_f32()).collect()),
-        DType::I64 | DType::U64 => TensorData::I64((0..n).map(|i| i64::from_le_bytes(le(i))).collect()),
-        DType::I32 => TensorData::I64((0..n).map(|i| i32::from_le_bytes(le(i)[..4].try_into().unwrap_or([0; 4])) as i64).collect()),
-        DType::U32 => TensorData::I64((0..n).map(|i| u32::from_le_bytes(le(i)[..4].try_into().unwrap_or([0; 4])) as i64).collect()),
-        DType::I16 => TensorData::I64((0..n).map(|i| i16::from_le_bytes([raw[2 * i], raw[2 * i + 1]]) as i64).collect()),
-        DType::U16 => TensorData::I64((0..n).map(|i| u16::from_le_bytes([raw[2 * i], raw[2 * i + 1]]) as i64).collect()),
+        DType::F16 => TensorData::F32(
+            (0..n)
+                .map(|i| {
+                    half::f16::from_bits(u16::from_le_bytes([raw[2 * i], raw[2 * i + 1]])).to_f32()
+                })
+                .collect(),
+        ),
+        DType::BF16 => TensorData::F32(
+            (0..n)
+                .map(|i| {
+                    half::bf16::from_bits(u16::from_le_bytes([raw[2 * i], raw[2 * i + 1]])).to_f32()
+                })
+                .collect(),
+        ),
+        DType::I64 | DType::U64 => {
+            TensorData::I64((0..n).map(|i| i64::from_le_bytes(le(i))).collect())
+        }
+        DType::I32 => TensorData::I64(
+            (0..n)
+                .map(|i| i32::from_le_bytes(le(i)[..4].try_into().unwrap_or([0; 4])) as i64)
+                .collect(),
+        ),
+        DType::U32 => TensorData::I64(
+            (0..n)
+                .map(|i| u32::from_le_bytes(le(i)[..4].try_into().unwrap_or([0; 4])) as i64)
+                .collect(),
+        ),
+        DType::I16 => TensorData::I64(
+            (0..n)
+                .map(|i| i16::from_le_bytes([raw[2 * i], raw[2 * i + 1]]) as i64)
+                .collect(),
+        ),
+        DType::U16 => TensorData::I64(
+            (0..n)
+                .map(|i| u16::from_le_bytes([raw[2 * i], raw[2 * i + 1]]) as i64)
+                .collect(),
+        ),
         DType::I8 => TensorData::I64(raw.iter().map(|b| *b as i8 as i64).collect()),
         DType::U8 => TensorData::I64(raw.iter().map(|b| *b as i64).collect()),
         DType::Bool => TensorData::Bool(raw.iter().map(|b| *b != 0).collect()),
         DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ => {
-            return Err(format!("inline {dtype} data is not decoded (only external f8 weights are supported)"));
+            return Err(format!(
+                "inline {dtype} data is not decoded (only external f8 weights are supported)"
+            ));
         }
     })
 }
 
 fn decode_typed(t: &TensorProto, dtype: DType, n: usize) -> Result<TensorData, String> {
-    let check = |len: usize| if len == n { Ok(()) } else { Err(format!("has {len} values, expected {n}")) };
+    let check = |len: usize| {
+        if len == n {
+            Ok(())
+        } else {
+            Err(format!("has {len} values, expected {n}"))
+        }
+    };
     Ok(match dtype {
         DType::F32 => {
             check(t.float_data.len())?;
@@ -109,7 +163,11 @@ fn decode_typed(t: &TensorProto, dtype: DType, n: usize) -> Result<TensorData, S
                     .iter()
                     .map(|b| {
                         let bits = *b as u16;
-                        if dtype == DType::F16 { half::f16::from_bits(bits).to_f32() } else { half::bf16::from_bits(bits).to_f32() }
+                        if dtype == DType::F16 {
+                            half::f16::from_bits(bits).to_f32()
+                        } else {
+                            half::bf16::from_bits(bits).to_f32()
+                        }
                     })
                     .collect(),
             )
@@ -137,7 +195,11 @@ fn decode_typed(t: &TensorProto, dtype: DType, n: usize) -> Result<TensorData, S
 /// Decodes little-endian bytes of an external file into a tensor (used by `read_external`).
 pub(crate) fn decode_bytes(raw: &[u8], dtype: DType, shape: &[usize]) -> Result<Tensor, String> {
     let n = shape.iter().product();
-    Ok(Tensor { dtype, shape: shape.to_vec(), data: decode_raw(raw, dtype, n)? })
+    Ok(Tensor {
+        dtype,
+        shape: shape.to_vec(),
+        data: decode_raw(raw, dtype, n)?,
+    })
 }
 
 /// Looks up an attribute.
@@ -167,7 +229,10 @@ pub(crate) fn attr_s(node: &NodeProto, name: &str) -> Option<String> {
 
 /// Node metadata value.
 pub(crate) fn metadata<'a>(node: &'a NodeProto, key: &str) -> Option<&'a str> {
-    node.metadata_props.iter().find(|p| p.key == key).map(|p| p.value.as_str())
+    node.metadata_props
+        .iter()
+        .find(|p| p.key == key)
+        .map(|p| p.value.as_str())
 }
 
 /// Parses the exporter's Python-list name-scope string (`['', 'model', 'model.layers.0', 'pow_1']`)
@@ -213,7 +278,12 @@ fn parse_py_list(s: &str) -> Vec<String> {
 pub fn layer_of_scope(scope: &str) -> Option<u32> {
     let parts: Vec<&str> = scope.split('.').collect();
     parts.windows(2).find_map(|w| {
-        matches!(w[0], "layers" | "h" | "layer" | "blocks" | "block" | "decoder_layers").then(|| w[1].parse().ok()).flatten()
+        matches!(
+            w[0],
+            "layers" | "h" | "layer" | "blocks" | "block" | "decoder_layers"
+        )
+        .then(|| w[1].parse().ok())
+        .flatten()
     })
 }
 
@@ -225,7 +295,10 @@ mod tests {
     fn scopes_and_layers() {
         let s = "['', 'model', 'model.layers.12', 'model.layers.12.self_attn', 'linear']";
         assert_eq!(innermost_scope(s), "model.layers.12.self_attn");
-        assert_eq!(innermost_scope("['_empty_nn_module_stack_from_metadata_hook', 'sym_size_int_10']"), "");
+        assert_eq!(
+            innermost_scope("['_empty_nn_module_stack_from_metadata_hook', 'sym_size_int_10']"),
+            ""
+        );
         assert_eq!(innermost_scope("['', 'lm_head', 'linear']"), "lm_head");
         assert_eq!(layer_of_scope("model.layers.12.self_attn"), Some(12));
         assert_eq!(layer_of_scope("transformer.h.3.mlp.c_fc"), Some(3));

@@ -13,8 +13,13 @@ pub(super) fn build(b: &mut Builder, cfg: &ArchConfig) {
     let table = b.param("model.embed_tokens.weight", &[cfg.vocab, h], Init::Normal);
     let mut x = b.op(Op::Embedding, &[table, ids], dt, bsn(h));
     let (cos, sin) = rotary_tables(b, cfg);
+    let mut rot = RotaryTables {
+        cos,
+        sin,
+        unsqueezed: None,
+    };
     for layer in 0..cfg.layers {
-        x = decoder_layer(b, cfg, layer, x, cos, sin);
+        x = decoder_layer(b, cfg, layer, x, &mut rot);
     }
     b.at("model.norm", None);
     let w = b.param("model.norm.weight", &[h], Init::Ones);
@@ -23,21 +28,14 @@ pub(super) fn build(b: &mut Builder, cfg: &ArchConfig) {
     b.g.outputs.push(("logits".into(), logits));
 }
 
-/// `cos`, `sin` of shape `[1, 1, seq, head_dim]`, computed once from the positions `0..seq`
-/// (`model.rotary_emb`): `freqs = positions ⊗ inv_freq`, `emb = concat(freqs, freqs)`.
+/// `cos`, `sin` of shape `[1, seq, head_dim]`, computed once from the positions `0..seq`
+/// (`model.rotary_emb`), as `transformers` computes them and the ONNX import yields them:
+/// `freqs = (inv_freq [1, d/2, 1] @ positions [1, 1, seq])ᵀ`, `emb = concat(freqs, freqs)`, then `cos`,
+/// `sin` cast to the model's dtype. Each layer unsqueezes them to `[1, 1, seq, head_dim]`.
 fn rotary_tables(b: &mut Builder, cfg: &ArchConfig) -> (Value, Value) {
     let d = cfg.head_dim;
     let seq = Dim::sym("seq");
-    b.at("model.rotary_emb", None);
-    let inv: Vec<f32> = (0..d / 2)
-        .map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64)) as f32)
-        .collect();
-    let inv = b.op(
-        Op::Constant(Tensor::f32(vec![1, d / 2], inv)),
-        &[],
-        DType::F32,
-        vec![c(1), c(d / 2)],
-    );
+    b.at("model", None);
     let pos = b.op(
         Op::Range {
             start: Dim::constant(0),
@@ -49,39 +47,86 @@ fn rotary_tables(b: &mut Builder, cfg: &ArchConfig) -> (Value, Value) {
         DType::I64,
         vec![seq.clone()],
     );
-    let pos = b.op(Op::Cast(DType::F32), &[pos], DType::F32, vec![seq.clone()]);
     let pos = b.op(
-        Op::Reshape(Shape(vec![seq.clone(), c(1)])),
+        Op::Reshape(Shape(vec![c(1), seq.clone()])),
         &[pos],
+        DType::I64,
+        vec![c(1), seq.clone()],
+    );
+    b.at("model.rotary_emb", None);
+    let s3 = vec![c(1), c(1), seq.clone()];
+    let pos = b.op(
+        Op::Reshape(Shape(s3.clone())),
+        &[pos],
+        DType::I64,
+        s3.clone(),
+    );
+    let pos = b.op(Op::Cast(DType::F32), &[pos], DType::F32, s3);
+    let inv: Vec<f32> = (0..d / 2)
+        .map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64)) as f32)
+        .collect();
+    let inv = b.op(
+        Op::Constant(Tensor::f32(vec![1, d / 2, 1], inv)),
+        &[],
         DType::F32,
-        vec![seq.clone(), c(1)],
+        vec![c(1), c(d / 2), c(1)],
     );
     let freqs = b.op(
         Op::MatMul,
-        &[pos, inv],
+        &[inv, pos],
         DType::F32,
-        vec![seq.clone(), c(d / 2)],
+        vec![c(1), c(d / 2), seq.clone()],
     );
+    let freqs = b.op(
+        Op::Transpose(vec![0, 2, 1]),
+        &[freqs],
+        DType::F32,
+        vec![c(1), seq.clone(), c(d / 2)],
+    );
+    let table_shape = vec![c(1), seq.clone(), c(d)];
     let emb = b.op(
-        Op::Concat { axis: 1 },
+        Op::Concat { axis: 2 },
         &[freqs, freqs],
         DType::F32,
-        vec![seq.clone(), c(d)],
+        table_shape.clone(),
     );
-    let out_shape = vec![c(1), c(1), seq.clone(), c(d)];
     let mut table = |u: UnaryOp| {
-        let mut t = b.op(Op::Unary(u), &[emb], DType::F32, vec![seq.clone(), c(d)]);
-        if b.dtype != DType::F32 {
-            t = b.op(Op::Cast(b.dtype), &[t], b.dtype, vec![seq.clone(), c(d)]);
+        let t = b.op(Op::Unary(u), &[emb], DType::F32, table_shape.clone());
+        if b.dtype == DType::F32 {
+            t
+        } else {
+            b.op(Op::Cast(b.dtype), &[t], b.dtype, table_shape.clone())
         }
-        b.op(
-            Op::Reshape(Shape(out_shape.clone())),
-            &[t],
-            b.dtype,
-            out_shape.clone(),
-        )
     };
     (table(UnaryOp::Cos), table(UnaryOp::Sin))
+}
+
+/// The rotary tables and their `[1, 1, seq, d]` views. Like the ONNX export (whose graph shares one
+/// `unsqueeze` of `cos`/`sin` between all layers after common-subexpression elimination), the views are
+/// made once, inside the first decoder layer's `self_attn` scope, and reused by the later layers.
+struct RotaryTables {
+    cos: Value,
+    sin: Value,
+    unsqueezed: Option<(Value, Value)>,
+}
+
+impl RotaryTables {
+    /// The `[1, 1, seq, d]` views, made in the current scope on first use.
+    fn views(&mut self, b: &mut Builder, d: usize) -> (Value, Value) {
+        if let Some(v) = self.unsqueezed {
+            return v;
+        }
+        let shape = vec![c(1), c(1), Dim::sym("seq"), c(d)];
+        let dt = b.dtype;
+        let cos = b.op(
+            Op::Reshape(Shape(shape.clone())),
+            &[self.cos],
+            dt,
+            shape.clone(),
+        );
+        let sin = b.op(Op::Reshape(Shape(shape.clone())), &[self.sin], dt, shape);
+        *self.unsqueezed.insert((cos, sin))
+    }
 }
 
 fn decoder_layer(
@@ -89,8 +134,7 @@ fn decoder_layer(
     cfg: &ArchConfig,
     n: usize,
     x: Value,
-    cos: Value,
-    sin: Value,
+    rot: &mut RotaryTables,
 ) -> Value {
     let (h, d, dt) = (cfg.hidden, cfg.head_dim, b.dtype);
     let (heads, kv) = (cfg.heads, cfg.kv_heads);
@@ -110,6 +154,7 @@ fn decoder_layer(
     let v = b.linear(hs, &lead, h, kv * d, cfg.qkv_bias);
 
     b.at(format!("{p}.self_attn"), l);
+    let (cos, sin) = rot.views(b, d);
     let q4 = split_heads(b, q, heads, d);
     let k4 = split_heads(b, k, kv, d);
     let v4 = split_heads(b, v, kv, d);

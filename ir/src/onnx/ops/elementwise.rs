@@ -74,7 +74,11 @@ pub(crate) fn binary(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
         let (ta, tb) = (cx.ty(a), cx.ty(b));
         let shape = broadcast(&ta.shape, &tb.shape)?;
         let dtype = match bop {
-            BinaryOp::Equal | BinaryOp::Less | BinaryOp::LessOrEqual | BinaryOp::Greater | BinaryOp::GreaterOrEqual => DType::Bool,
+            BinaryOp::Equal
+            | BinaryOp::Less
+            | BinaryOp::LessOrEqual
+            | BinaryOp::Greater
+            | BinaryOp::GreaterOrEqual => DType::Bool,
             _ => ta.dtype,
         };
         a = cx.add(Op::Binary(bop), vec![a, b], TensorType::new(dtype, shape));
@@ -114,7 +118,9 @@ pub(crate) fn gelu(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
 
 /// `Where(cond, a, b)`.
 pub(crate) fn where_(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
-    if let (Some(c), Some(a), Some(b)) = (cx.known(node, 0)?, cx.known(node, 1)?, cx.known(node, 2)?) {
+    if let (Some(c), Some(a), Some(b)) =
+        (cx.known(node, 0)?, cx.known(node, 1)?, cx.known(node, 2)?)
+    {
         if let Some(k) = fold_where(&c, &a, &b) {
             return Ok(vec![Val::K(Rc::new(k))]);
         }
@@ -124,7 +130,11 @@ pub(crate) fn where_(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
     let b = cx.tensor(node, 2)?;
     let shape = broadcast(&broadcast(&cx.shape(c), &cx.shape(a))?, &cx.shape(b))?;
     let dtype = cx.ty(a).dtype;
-    Ok(vec![Val::T(cx.add(Op::Where, vec![c, a, b], TensorType::new(dtype, shape)))])
+    Ok(vec![Val::T(cx.add(
+        Op::Where,
+        vec![c, a, b],
+        TensorType::new(dtype, shape),
+    ))])
 }
 
 fn fold_where(c: &Known, a: &Known, b: &Known) -> Option<Known> {
@@ -132,15 +142,43 @@ fn fold_where(c: &Known, a: &Known, b: &Known) -> Option<Known> {
     if shape.iter().product::<usize>() > MAX_FOLD {
         return None;
     }
-    let KData::Bool(cv) = &c.data else { return None };
-    let (ic, ia, ib) = (broadcast_index(&c.shape, &shape), broadcast_index(&a.shape, &shape), broadcast_index(&b.shape, &shape));
+    let KData::Bool(cv) = &c.data else {
+        return None;
+    };
+    let (ic, ia, ib) = (
+        broadcast_index(&c.shape, &shape),
+        broadcast_index(&a.shape, &shape),
+        broadcast_index(&b.shape, &shape),
+    );
     let data = match (&a.data, &b.data) {
-        (KData::Int(x), KData::Int(y)) => KData::Int((0..ic.len()).map(|i| if cv[ic[i]] { x[ia[i]].clone() } else { y[ib[i]].clone() }).collect()),
-        (KData::Float(x), KData::Float(y)) => KData::Float((0..ic.len()).map(|i| if cv[ic[i]] { x[ia[i]] } else { y[ib[i]] }).collect()),
-        (KData::Bool(x), KData::Bool(y)) => KData::Bool((0..ic.len()).map(|i| if cv[ic[i]] { x[ia[i]] } else { y[ib[i]] }).collect()),
+        (KData::Int(x), KData::Int(y)) => KData::Int(
+            (0..ic.len())
+                .map(|i| {
+                    if cv[ic[i]] {
+                        x[ia[i]].clone()
+                    } else {
+                        y[ib[i]].clone()
+                    }
+                })
+                .collect(),
+        ),
+        (KData::Float(x), KData::Float(y)) => KData::Float(
+            (0..ic.len())
+                .map(|i| if cv[ic[i]] { x[ia[i]] } else { y[ib[i]] })
+                .collect(),
+        ),
+        (KData::Bool(x), KData::Bool(y)) => KData::Bool(
+            (0..ic.len())
+                .map(|i| if cv[ic[i]] { x[ia[i]] } else { y[ib[i]] })
+                .collect(),
+        ),
         _ => return None,
     };
-    Some(Known { dtype: a.dtype, shape, data })
+    Some(Known {
+        dtype: a.dtype,
+        shape,
+        data,
+    })
 }
 
 /// `Cast` and `CastLike`.
@@ -153,7 +191,8 @@ pub(crate) fn cast(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
         }
     } else {
         let code = attr_i(node, "to").ok_or("missing attribute `to`")?;
-        DType::from_onnx(code as i32).ok_or_else(|| format!("unsupported target type code {code}"))?
+        DType::from_onnx(code as i32)
+            .ok_or_else(|| format!("unsupported target type code {code}"))?
     };
     match cx.req(node, 0)? {
         Val::K(k) => Ok(vec![Val::K(Rc::new(k.cast(to)?))]),

@@ -19,7 +19,9 @@ fn kval(k: Known) -> Val {
 }
 
 fn concrete(shape: &Shape) -> Option<Vec<usize>> {
-    shape.as_consts().map(|v| v.into_iter().map(|d| d as usize).collect())
+    shape
+        .as_consts()
+        .map(|v| v.into_iter().map(|d| d as usize).collect())
 }
 
 /// `Constant`.
@@ -37,17 +39,27 @@ pub(crate) fn constant(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
         return Ok(vec![Val::T(cx.add(Op::Constant(t), vec![], ty))]);
     }
     if let Some(a) = attr(node, "value_float") {
-        return Ok(vec![kval(Known { dtype: DType::F32, shape: vec![], data: KData::Float(vec![a.f as f64]) })]);
+        return Ok(vec![kval(Known {
+            dtype: DType::F32,
+            shape: vec![],
+            data: KData::Float(vec![a.f as f64]),
+        })]);
     }
     if let Some(a) = attr(node, "value_floats") {
         let v: Vec<f64> = a.floats.iter().map(|x| *x as f64).collect();
-        return Ok(vec![kval(Known { dtype: DType::F32, shape: vec![v.len()], data: KData::Float(v) })]);
+        return Ok(vec![kval(Known {
+            dtype: DType::F32,
+            shape: vec![v.len()],
+            data: KData::Float(v),
+        })]);
     }
     if let Some(a) = attr(node, "value_int") {
         return Ok(vec![kval(Known::scalar_dim(Dim::constant(a.i)))]);
     }
     if let Some(a) = attr(node, "value_ints") {
-        return Ok(vec![kval(Known::dims(a.ints.iter().map(|x| Dim::constant(*x)).collect()))]);
+        return Ok(vec![kval(Known::dims(
+            a.ints.iter().map(|x| Dim::constant(*x)).collect(),
+        ))]);
     }
     Err("Constant without a supported value attribute (value, value_float(s), value_int(s))".into())
 }
@@ -63,7 +75,9 @@ pub(crate) fn shape(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
     let clamp = |x: i64| if x < 0 { (x + r).max(0) } else { x.min(r) } as usize;
     let start = clamp(attr_i(node, "start").unwrap_or(0));
     let end = clamp(attr_i(node, "end").unwrap_or(r));
-    Ok(vec![kval(Known::dims(dims[start..end.max(start)].to_vec()))])
+    Ok(vec![kval(Known::dims(
+        dims[start..end.max(start)].to_vec(),
+    ))])
 }
 
 /// `Size`.
@@ -78,12 +92,22 @@ pub(crate) fn size(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
 
 /// `ConstantOfShape`.
 pub(crate) fn constant_of_shape(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
-    let dims = cx.req_known(node, 0, "shape")?.as_dims().ok_or("shape must be integers")?;
+    let dims = cx
+        .req_known(node, 0, "shape")?
+        .as_dims()
+        .ok_or("shape must be integers")?;
     let fill = match attr(node, "value").and_then(|a| a.t.as_ref()) {
         Some(t) => Known::from_tensor(&proto::decode_tensor(t)?),
-        None => Known { dtype: DType::F32, shape: vec![1], data: KData::Float(vec![0.0]) },
+        None => Known {
+            dtype: DType::F32,
+            shape: vec![1],
+            data: KData::Float(vec![0.0]),
+        },
     };
-    let consts: Option<Vec<usize>> = dims.iter().map(|d| d.as_const().map(|c| c as usize)).collect();
+    let consts: Option<Vec<usize>> = dims
+        .iter()
+        .map(|d| d.as_const().map(|c| c as usize))
+        .collect();
     if let Some(s) = &consts {
         let n: usize = s.iter().product();
         if n <= MAX_FOLD {
@@ -92,7 +116,11 @@ pub(crate) fn constant_of_shape(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, 
     }
     let scalar = cx.constant(&fill.reshaped(vec![]))?;
     let ty = TensorType::new(fill.dtype, Shape(dims.clone()));
-    Ok(vec![Val::T(cx.add(Op::Expand(Shape(dims)), vec![scalar], ty))])
+    Ok(vec![Val::T(cx.add(
+        Op::Expand(Shape(dims)),
+        vec![scalar],
+        ty,
+    ))])
 }
 
 /// `Gather`.
@@ -100,13 +128,19 @@ pub(crate) fn gather(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
     let axis_attr = attr_i(node, "axis").unwrap_or(0);
     if let (Some(data), Some(idx)) = (cx.known(node, 0)?, cx.known(node, 1)?) {
         let axis = norm_axis(axis_attr, data.shape.len())?;
-        let ids = idx.as_ints().ok_or("Gather indices must be constant integers")?;
+        let ids = idx
+            .as_ints()
+            .ok_or("Gather indices must be constant integers")?;
         let n = data.shape[axis] as i64;
         let ids: Vec<usize> = ids
             .iter()
             .map(|i| {
                 let j = if *i < 0 { i + n } else { *i };
-                if (0..n).contains(&j) { Ok(j as usize) } else { Err(format!("index {i} out of range for axis of size {n}")) }
+                if (0..n).contains(&j) {
+                    Ok(j as usize)
+                } else {
+                    Err(format!("index {i} out of range for axis of size {n}"))
+                }
             })
             .collect::<Result<_, _>>()?;
         let outer: usize = data.shape[..axis].iter().product();
@@ -134,7 +168,11 @@ pub(crate) fn gather(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
     let mut dims = td.shape.0[..axis].to_vec();
     dims.extend(ti.shape.0.iter().cloned());
     dims.extend(td.shape.0[axis + 1..].iter().cloned());
-    Ok(vec![Val::T(cx.add(Op::Gather { axis }, vec![data, idx], TensorType::new(td.dtype, Shape(dims))))])
+    Ok(vec![Val::T(cx.add(
+        Op::Gather { axis },
+        vec![data, idx],
+        TensorType::new(td.dtype, Shape(dims)),
+    ))])
 }
 
 /// `Concat`.
@@ -152,13 +190,19 @@ pub(crate) fn concat(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
         let axis = norm_axis(axis_attr, rank)?;
         let outer: usize = knowns[0].shape[..axis].iter().product();
         let mut shape = knowns[0].shape.clone();
-        shape[axis] = knowns.iter().map(|k| k.shape.get(axis).copied().unwrap_or(0)).sum();
+        shape[axis] = knowns
+            .iter()
+            .map(|k| k.shape.get(axis).copied().unwrap_or(0))
+            .sum();
         let mut data: Option<KData> = None;
         for o in 0..outer {
             for k in &knowns {
                 let chunk: usize = k.shape[axis..].iter().product();
                 let idx: Vec<usize> = (o * chunk..(o + 1) * chunk).collect();
-                let part = k.gather_flat(&idx, vec![idx.len()]).cast(knowns[0].dtype)?.data;
+                let part = k
+                    .gather_flat(&idx, vec![idx.len()])
+                    .cast(knowns[0].dtype)?
+                    .data;
                 data = Some(match (data, part) {
                     (None, p) => p,
                     (Some(KData::Int(mut a)), KData::Int(b)) => {
@@ -178,9 +222,15 @@ pub(crate) fn concat(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
             }
         }
         let data = data.unwrap_or(KData::Int(vec![]));
-        return Ok(vec![kval(Known { dtype: knowns[0].dtype, shape, data })]);
+        return Ok(vec![kval(Known {
+            dtype: knowns[0].dtype,
+            shape,
+            data,
+        })]);
     }
-    let vals: Vec<Value> = (0..node.input.len()).map(|i| cx.tensor(node, i)).collect::<Result<_, _>>()?;
+    let vals: Vec<Value> = (0..node.input.len())
+        .map(|i| cx.tensor(node, i))
+        .collect::<Result<_, _>>()?;
     let t0 = cx.ty(vals[0]);
     let axis = norm_axis(axis_attr, t0.shape.rank())?;
     let mut dims = t0.shape.0.clone();
@@ -188,12 +238,19 @@ pub(crate) fn concat(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
     for v in &vals {
         let s = cx.shape(*v);
         if s.rank() != dims.len() {
-            return Err(format!("Concat inputs of different ranks: {} and {}", t0.shape, s));
+            return Err(format!(
+                "Concat inputs of different ranks: {} and {}",
+                t0.shape, s
+            ));
         }
         total = total.add(&s.0[axis]);
     }
     dims[axis] = total;
-    Ok(vec![Val::T(cx.add(Op::Concat { axis }, vals, TensorType::new(t0.dtype, Shape(dims))))])
+    Ok(vec![Val::T(cx.add(
+        Op::Concat { axis },
+        vals,
+        TensorType::new(t0.dtype, Shape(dims)),
+    ))])
 }
 
 fn axes_of(cx: &mut Ctx, node: &NodeProto, i: usize) -> Result<Option<Vec<i64>>, String> {
@@ -213,7 +270,11 @@ fn reshape_to(cx: &mut Ctx, v: Val, dims: Vec<Dim>) -> Result<Val, String> {
         Val::K(k) => {
             let shape: Vec<usize> = dims
                 .iter()
-                .map(|d| d.as_const().map(|c| c as usize).ok_or("symbolic shape for a known value"))
+                .map(|d| {
+                    d.as_const()
+                        .map(|c| c as usize)
+                        .ok_or("symbolic shape for a known value")
+                })
                 .collect::<Result<_, _>>()?;
             if shape.iter().product::<usize>() != k.numel() {
                 return Err(format!("cannot reshape {:?} to {:?}", k.shape, shape));
@@ -226,7 +287,11 @@ fn reshape_to(cx: &mut Ctx, v: Val, dims: Vec<Dim>) -> Result<Val, String> {
                 return Ok(Val::T(x));
             }
             let shape = Shape(dims);
-            Ok(Val::T(cx.add(Op::Reshape(shape.clone()), vec![x], TensorType::new(ty.dtype, shape))))
+            Ok(Val::T(cx.add(
+                Op::Reshape(shape.clone()),
+                vec![x],
+                TensorType::new(ty.dtype, shape),
+            )))
         }
         Val::Seq { .. } => Err("cannot reshape a sequence".into()),
     }
@@ -246,7 +311,10 @@ pub(crate) fn unsqueeze(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> 
     let mut dims = dims_of(cx, &x)?;
     let axes = axes_of(cx, node, 1)?.ok_or("Unsqueeze needs axes")?;
     let r = dims.len() + axes.len();
-    let mut axes: Vec<usize> = axes.iter().map(|a| norm_axis(*a, r)).collect::<Result<_, _>>()?;
+    let mut axes: Vec<usize> = axes
+        .iter()
+        .map(|a| norm_axis(*a, r))
+        .collect::<Result<_, _>>()?;
     axes.sort();
     for a in axes {
         dims.insert(a, Dim::constant(1));
@@ -260,7 +328,10 @@ pub(crate) fn squeeze(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
     let dims = dims_of(cx, &x)?;
     let one = Dim::constant(1);
     let axes: Vec<usize> = match axes_of(cx, node, 1)? {
-        Some(a) => a.iter().map(|a| norm_axis(*a, dims.len())).collect::<Result<_, _>>()?,
+        Some(a) => a
+            .iter()
+            .map(|a| norm_axis(*a, dims.len()))
+            .collect::<Result<_, _>>()?,
         None => (0..dims.len()).filter(|i| dims[*i] == one).collect(),
     };
     for a in &axes {
@@ -268,7 +339,12 @@ pub(crate) fn squeeze(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
             return Err(format!("cannot squeeze axis {a} of size {}", dims[*a]));
         }
     }
-    let out = dims.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d.clone()).collect();
+    let out = dims
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !axes.contains(i))
+        .map(|(_, d)| d.clone())
+        .collect();
     Ok(vec![reshape_to(cx, x, out)?])
 }
 
@@ -276,13 +352,20 @@ pub(crate) fn squeeze(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
 pub(crate) fn reshape(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
     let x = cx.req(node, 0)?;
     let dims = dims_of(cx, &x)?;
-    let target = cx.req_known(node, 1, "shape")?.as_dims().ok_or("shape must be integers")?;
+    let target = cx
+        .req_known(node, 1, "shape")?
+        .as_dims()
+        .ok_or("shape must be integers")?;
     let allow_zero = attr_i(node, "allowzero").unwrap_or(0) != 0;
     let mut out = Vec::with_capacity(target.len());
     let mut infer = None;
     for (i, d) in target.iter().enumerate() {
         match d.as_const() {
-            Some(0) if !allow_zero => out.push(dims.get(i).cloned().ok_or("0 in shape beyond the input's rank")?),
+            Some(0) if !allow_zero => out.push(
+                dims.get(i)
+                    .cloned()
+                    .ok_or("0 in shape beyond the input's rank")?,
+            ),
             Some(-1) => {
                 if infer.replace(i).is_some() {
                     return Err("more than one -1 in shape".into());
@@ -295,16 +378,26 @@ pub(crate) fn reshape(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
     }
     let numel = dims.iter().fold(Dim::constant(1), |a, d| a.mul(d));
     if let Some(i) = infer {
-        let rest = out.iter().enumerate().filter(|(j, _)| *j != i).fold(Dim::constant(1), |a, (_, d)| a.mul(d));
+        let rest = out
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .fold(Dim::constant(1), |a, (_, d)| a.mul(d));
         let q = numel.floor_div(&rest);
         if q.mul(&rest) != numel {
-            return Err(format!("cannot infer -1: {numel} elements are not a multiple of {rest}"));
+            return Err(format!(
+                "cannot infer -1: {numel} elements are not a multiple of {rest}"
+            ));
         }
         out[i] = q;
     } else {
         let total = out.iter().fold(Dim::constant(1), |a, d| a.mul(d));
         if total != numel && total.sub(&numel).as_const().is_some() {
-            return Err(format!("cannot reshape {} elements to {}", numel, Shape(out.clone())));
+            return Err(format!(
+                "cannot reshape {} elements to {}",
+                numel,
+                Shape(out.clone())
+            ));
         }
     }
     Ok(vec![reshape_to(cx, x, out)?])
@@ -315,15 +408,25 @@ pub(crate) fn flatten(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
     let x = cx.req(node, 0)?;
     let dims = dims_of(cx, &x)?;
     let axis = attr_i(node, "axis").unwrap_or(1);
-    let a = if axis < 0 { axis + dims.len() as i64 } else { axis } as usize;
+    let a = if axis < 0 {
+        axis + dims.len() as i64
+    } else {
+        axis
+    } as usize;
     let prod = |s: &[Dim]| s.iter().fold(Dim::constant(1), |acc, d| acc.mul(d));
-    let out = vec![prod(&dims[..a.min(dims.len())]), prod(&dims[a.min(dims.len())..])];
+    let out = vec![
+        prod(&dims[..a.min(dims.len())]),
+        prod(&dims[a.min(dims.len())..]),
+    ];
     Ok(vec![reshape_to(cx, x, out)?])
 }
 
 /// `Expand`.
 pub(crate) fn expand(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
-    let target = cx.req_known(node, 1, "shape")?.as_dims().ok_or("shape must be integers")?;
+    let target = cx
+        .req_known(node, 1, "shape")?
+        .as_dims()
+        .ok_or("shape must be integers")?;
     let x = cx.req(node, 0)?;
     let dims = dims_of(cx, &x)?;
     let out = super::super::ctx::broadcast(&Shape(dims.clone()), &Shape(target))?;
@@ -364,10 +467,21 @@ fn clamp_bound(b: &Dim, d: &Dim) -> Dim {
 pub(crate) fn slice(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
     let x = cx.req(node, 0)?;
     let dims = dims_of(cx, &x)?;
-    let starts = cx.req_known(node, 1, "starts")?.as_dims().ok_or("starts must be integers")?;
-    let ends = cx.req_known(node, 2, "ends")?.as_dims().ok_or("ends must be integers")?;
+    let starts = cx
+        .req_known(node, 1, "starts")?
+        .as_dims()
+        .ok_or("starts must be integers")?;
+    let ends = cx
+        .req_known(node, 2, "ends")?
+        .as_dims()
+        .ok_or("ends must be integers")?;
     let axes: Vec<usize> = match cx.known(node, 3)? {
-        Some(k) => k.as_ints().ok_or("axes must be constant")?.iter().map(|a| norm_axis(*a, dims.len())).collect::<Result<_, _>>()?,
+        Some(k) => k
+            .as_ints()
+            .ok_or("axes must be constant")?
+            .iter()
+            .map(|a| norm_axis(*a, dims.len()))
+            .collect::<Result<_, _>>()?,
         None => (0..starts.len()).collect(),
     };
     let steps: Vec<i64> = match cx.known(node, 4)? {
@@ -389,7 +503,9 @@ pub(crate) fn slice(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
             for j in 0..axes.len() {
                 let step = steps[j];
                 if step <= 0 {
-                    return Err(format!("step {step} is not supported on tensors (positive steps only)"));
+                    return Err(format!(
+                        "step {step} is not supported on tensors (positive steps only)"
+                    ));
                 }
                 let ty = cx.ty(v);
                 let d = &ty.shape.0[axes[j]];
@@ -398,10 +514,22 @@ pub(crate) fn slice(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
                 if start.as_const() == Some(0) && end == *d && step == 1 {
                     continue;
                 }
-                let len = end.sub(&start).add(&Dim::constant(step - 1)).floor_div(&Dim::constant(step));
+                let len = end
+                    .sub(&start)
+                    .add(&Dim::constant(step - 1))
+                    .floor_div(&Dim::constant(step));
                 let mut shape = ty.shape.clone();
                 shape.0[axes[j]] = len;
-                v = cx.add(Op::Slice { axis: axes[j], start, end, step }, vec![v], TensorType::new(ty.dtype, shape));
+                v = cx.add(
+                    Op::Slice {
+                        axis: axes[j],
+                        start,
+                        end,
+                        step,
+                    },
+                    vec![v],
+                    TensorType::new(ty.dtype, shape),
+                );
             }
             Ok(vec![Val::T(v)])
         }
@@ -410,12 +538,24 @@ pub(crate) fn slice(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
 }
 
 fn slice_known(k: &Known, axis: usize, start: &Dim, end: &Dim, step: i64) -> Result<Known, String> {
-    let (s, e) = (start.as_const().ok_or("symbolic slice bound on a known value")?, end.as_const().ok_or("symbolic slice bound on a known value")?);
+    let (s, e) = (
+        start
+            .as_const()
+            .ok_or("symbolic slice bound on a known value")?,
+        end.as_const()
+            .ok_or("symbolic slice bound on a known value")?,
+    );
     let n = k.shape[axis] as i64;
     if step == 0 {
         return Err("slice step 0".into());
     }
-    let norm = |x: i64, lo: i64, hi: i64| if x < 0 { (x + n).clamp(lo, hi) } else { x.clamp(lo, hi) };
+    let norm = |x: i64, lo: i64, hi: i64| {
+        if x < 0 {
+            (x + n).clamp(lo, hi)
+        } else {
+            x.clamp(lo, hi)
+        }
+    };
     let picks: Vec<usize> = if step > 0 {
         let (a, b) = (norm(s, 0, n), norm(e, 0, n));
         (a..b).step_by(step as usize).map(|i| i as usize).collect()
@@ -456,23 +596,42 @@ pub(crate) fn range(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
         if let (Some(a), Some(b), Some(c)) = (a, b, c) {
             let n = (((b - a) / c).ceil().max(0.0)) as usize;
             if n <= MAX_FOLD {
-                return Ok(vec![kval(Known { dtype, shape: vec![n], data: KData::Float((0..n).map(|i| a + c * i as f64).collect()) })]);
+                return Ok(vec![kval(Known {
+                    dtype,
+                    shape: vec![n],
+                    data: KData::Float((0..n).map(|i| a + c * i as f64).collect()),
+                })]);
             }
         }
         let (a, b, c) = (s.as_dims(), l.as_dims(), d.as_ints());
-        let (Some(a), Some(b), Some(c)) = (a, b, c) else { return Err("float Range with symbolic bounds needs integral values".into()) };
+        let (Some(a), Some(b), Some(c)) = (a, b, c) else {
+            return Err("float Range with symbolic bounds needs integral values".into());
+        };
         return range_node(cx, a[0].clone(), b[0].clone(), c[0], dtype);
     }
-    let a = s.as_dims().and_then(|v| v.first().cloned()).ok_or("start must be a scalar")?;
-    let b = l.as_dims().and_then(|v| v.first().cloned()).ok_or("limit must be a scalar")?;
-    let c = d.as_ints().and_then(|v| v.first().copied()).ok_or("delta must be a constant scalar")?;
+    let a = s
+        .as_dims()
+        .and_then(|v| v.first().cloned())
+        .ok_or("start must be a scalar")?;
+    let b = l
+        .as_dims()
+        .and_then(|v| v.first().cloned())
+        .ok_or("limit must be a scalar")?;
+    let c = d
+        .as_ints()
+        .and_then(|v| v.first().copied())
+        .ok_or("delta must be a constant scalar")?;
     if c == 0 {
         return Err("Range delta is 0".into());
     }
     if let (Some(x), Some(y)) = (a.as_const(), b.as_const()) {
         let n = ((y - x) as f64 / c as f64).ceil().max(0.0) as usize;
         if n <= MAX_FOLD {
-            return Ok(vec![kval(Known { dtype, shape: vec![n], data: KData::Int((0..n).map(|i| Dim::constant(x + c * i as i64)).collect()) })]);
+            return Ok(vec![kval(Known {
+                dtype,
+                shape: vec![n],
+                data: KData::Int((0..n).map(|i| Dim::constant(x + c * i as i64)).collect()),
+            })]);
         }
     }
     range_node(cx, a, b, c, dtype)
@@ -482,9 +641,22 @@ fn range_node(cx: &mut Ctx, start: Dim, end: Dim, step: i64, dtype: DType) -> Re
     if step <= 0 {
         return Err("symbolic Range needs a positive step".into());
     }
-    let len = end.sub(&start).add(&Dim::constant(step - 1)).floor_div(&Dim::constant(step)).maximum(&Dim::constant(0));
+    let len = end
+        .sub(&start)
+        .add(&Dim::constant(step - 1))
+        .floor_div(&Dim::constant(step))
+        .maximum(&Dim::constant(0));
     let ty = TensorType::new(dtype, Shape(vec![len]));
-    Ok(vec![Val::T(cx.add(Op::Range { start, end, step, dtype }, vec![], ty))])
+    Ok(vec![Val::T(cx.add(
+        Op::Range {
+            start,
+            end,
+            step,
+            dtype,
+        },
+        vec![],
+        ty,
+    ))])
 }
 
 /// `Transpose`.
@@ -493,7 +665,10 @@ pub(crate) fn transpose(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> 
     let dims = dims_of(cx, &x)?;
     let r = dims.len();
     let perm: Vec<usize> = match attr_ints(node, "perm") {
-        Some(p) => p.iter().map(|a| norm_axis(*a, r)).collect::<Result<_, _>>()?,
+        Some(p) => p
+            .iter()
+            .map(|a| norm_axis(*a, r))
+            .collect::<Result<_, _>>()?,
         None => (0..r).rev().collect(),
     };
     let mut seen = vec![false; r];
@@ -510,24 +685,39 @@ pub(crate) fn transpose(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> 
             let oshape: Vec<usize> = perm.iter().map(|p| k.shape[*p]).collect();
             let ost = strides(&oshape);
             let flat: Vec<usize> = (0..k.numel())
-                .map(|f| (0..r).map(|i| ((f / ost[i]) % oshape[i]) * st[perm[i]]).sum())
+                .map(|f| {
+                    (0..r)
+                        .map(|i| ((f / ost[i]) % oshape[i]) * st[perm[i]])
+                        .sum()
+                })
                 .collect();
             Ok(vec![kval(k.gather_flat(&flat, oshape))])
         }
         Val::T(v) => {
             let dtype = cx.ty(v).dtype;
-            Ok(vec![Val::T(cx.add(Op::Transpose(perm), vec![v], TensorType::new(dtype, Shape(out))))])
+            Ok(vec![Val::T(cx.add(
+                Op::Transpose(perm),
+                vec![v],
+                TensorType::new(dtype, Shape(out)),
+            ))])
         }
         Val::Seq { .. } => Err("cannot transpose a sequence".into()),
     }
 }
 
 /// Split boundaries along a dim from a `split` input (sizes or one chunk size) or equal parts.
-fn split_parts(dim: &Dim, split: Option<&Known>, parts: Option<usize>) -> Result<Vec<(Dim, Dim)>, String> {
+fn split_parts(
+    dim: &Dim,
+    split: Option<&Known>,
+    parts: Option<usize>,
+) -> Result<Vec<(Dim, Dim)>, String> {
     let sizes: Vec<Dim> = match split {
         Some(k) if !k.shape.is_empty() => k.as_dims().ok_or("split sizes must be integers")?,
         Some(k) => {
-            let c = k.as_ints().and_then(|v| v.first().copied()).ok_or("split size must be constant")?;
+            let c = k
+                .as_ints()
+                .and_then(|v| v.first().copied())
+                .ok_or("split size must be constant")?;
             let n = dim.as_const().ok_or("scalar split of a symbolic dim")?;
             if c <= 0 {
                 return Err(format!("split size {c}"));
@@ -542,7 +732,9 @@ fn split_parts(dim: &Dim, split: Option<&Known>, parts: Option<usize>) -> Result
             let p = parts.ok_or("split needs sizes or a number of outputs")?;
             let n = dim.as_const().ok_or("equal split of a symbolic dim")?;
             let c = (n + p as i64 - 1) / p as i64;
-            (0..p).map(|i| Dim::constant(c.min(n - c * i as i64).max(0))).collect()
+            (0..p)
+                .map(|i| Dim::constant(c.min(n - c * i as i64).max(0)))
+                .collect()
         }
     };
     let mut out = Vec::new();
@@ -558,11 +750,26 @@ fn split_parts(dim: &Dim, split: Option<&Known>, parts: Option<usize>) -> Result
     Ok(out)
 }
 
-fn slice_part(cx: &mut Ctx, v: Value, axis: usize, part: &(Dim, Dim), squeeze: bool) -> Result<Val, String> {
+fn slice_part(
+    cx: &mut Ctx,
+    v: Value,
+    axis: usize,
+    part: &(Dim, Dim),
+    squeeze: bool,
+) -> Result<Val, String> {
     let ty = cx.ty(v);
     let mut shape = ty.shape.clone();
     shape.0[axis] = part.1.sub(&part.0);
-    let s = cx.add(Op::Slice { axis, start: part.0.clone(), end: part.1.clone(), step: 1 }, vec![v], TensorType::new(ty.dtype, shape.clone()));
+    let s = cx.add(
+        Op::Slice {
+            axis,
+            start: part.0.clone(),
+            end: part.1.clone(),
+            step: 1,
+        },
+        vec![v],
+        TensorType::new(ty.dtype, shape.clone()),
+    );
     if squeeze {
         shape.0.remove(axis);
         return reshape_to(cx, Val::T(s), shape.0);
@@ -576,14 +783,27 @@ pub(crate) fn split(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
     let ty = cx.ty(v);
     let axis = norm_axis(attr_i(node, "axis").unwrap_or(0), ty.shape.rank())?;
     let split_known = match attr_ints(node, "split") {
-        Some(s) => Some(Rc::new(Known::dims(s.iter().map(|x| Dim::constant(*x)).collect()))),
+        Some(s) => Some(Rc::new(Known::dims(
+            s.iter().map(|x| Dim::constant(*x)).collect(),
+        ))),
         None => cx.known(node, 1)?,
     };
-    let parts = split_parts(&ty.shape.0[axis], split_known.as_deref(), Some(node.output.len()))?;
+    let parts = split_parts(
+        &ty.shape.0[axis],
+        split_known.as_deref(),
+        Some(node.output.len()),
+    )?;
     if parts.len() != node.output.len() {
-        return Err(format!("{} parts for {} outputs", parts.len(), node.output.len()));
+        return Err(format!(
+            "{} parts for {} outputs",
+            parts.len(),
+            node.output.len()
+        ));
     }
-    parts.iter().map(|p| slice_part(cx, v, axis, p, false)).collect()
+    parts
+        .iter()
+        .map(|p| slice_part(cx, v, axis, p, false))
+        .collect()
 }
 
 /// `SplitToSequence`: the parts become slices when `SequenceAt` picks them.
@@ -596,25 +816,51 @@ pub(crate) fn split_to_sequence(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, 
     let (parts, keep_dims) = match &split_known {
         Some(k) => (split_parts(&ty.shape.0[axis], Some(k), None)?, true),
         None => {
-            let n = ty.shape.0[axis].as_const().ok_or("SplitToSequence without split on a symbolic axis")?;
-            (split_parts(&ty.shape.0[axis], None, Some(n as usize))?, keep)
+            let n = ty.shape.0[axis]
+                .as_const()
+                .ok_or("SplitToSequence without split on a symbolic axis")?;
+            (
+                split_parts(&ty.shape.0[axis], None, Some(n as usize))?,
+                keep,
+            )
         }
     };
-    Ok(vec![Val::Seq { input: v, axis, parts, keep_dims }])
+    Ok(vec![Val::Seq {
+        input: v,
+        axis,
+        parts,
+        keep_dims,
+    }])
 }
 
 /// `SequenceAt` with a constant position.
 pub(crate) fn sequence_at(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
-    let Val::Seq { input, axis, parts, keep_dims } = cx.req(node, 0)? else {
+    let Val::Seq {
+        input,
+        axis,
+        parts,
+        keep_dims,
+    } = cx.req(node, 0)?
+    else {
         return Err("SequenceAt input 0 is not a sequence".into());
     };
-    let pos = cx.req_known(node, 1, "position")?.as_ints().and_then(|v| v.first().copied()).ok_or("position must be a constant")?;
+    let pos = cx
+        .req_known(node, 1, "position")?
+        .as_ints()
+        .and_then(|v| v.first().copied())
+        .ok_or("position must be a constant")?;
     let n = parts.len() as i64;
     let p = if pos < 0 { pos + n } else { pos };
     if !(0..n).contains(&p) {
         return Err(format!("position {pos} out of range for a sequence of {n}"));
     }
-    Ok(vec![slice_part(cx, input, axis, &parts[p as usize], !keep_dims)?])
+    Ok(vec![slice_part(
+        cx,
+        input,
+        axis,
+        &parts[p as usize],
+        !keep_dims,
+    )?])
 }
 
 #[cfg(test)]
@@ -636,8 +882,20 @@ mod tests {
 
     #[test]
     fn split_parts_add_up() {
-        let p = split_parts(&Dim::constant(12), Some(&Known::dims(vec![Dim::constant(4); 3])), None).unwrap();
+        let p = split_parts(
+            &Dim::constant(12),
+            Some(&Known::dims(vec![Dim::constant(4); 3])),
+            None,
+        )
+        .unwrap();
         assert_eq!(p[2], (Dim::constant(8), Dim::constant(12)));
-        assert!(split_parts(&Dim::constant(12), Some(&Known::dims(vec![Dim::constant(5); 2])), None).is_err());
+        assert!(
+            split_parts(
+                &Dim::constant(12),
+                Some(&Known::dims(vec![Dim::constant(5); 2])),
+                None
+            )
+            .is_err()
+        );
     }
 }

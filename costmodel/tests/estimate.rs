@@ -1,0 +1,1 @@
+//! Estimates of fixture models: breakdowns, sources, JSON names.

@@ -1,0 +1,1018 @@
+//! Reverse-mode autodiff over the canonical ops, with recomputation.
+//!
+//! Backward nodes are emitted in reverse forward order. Fused ops get their fused backward ops
+//! ([`Op::AttentionBackward`] from the saved `lse`, norm, rotary, embedding and cross-entropy backward);
+//! primitives get broadcasting-aware formulas in primitive ops. Saved values are read through
+//! [`Builder::fetch`], which applies the recomputation policy: `full` reruns a decoder layer's forward
+//! (phase [`Phase::Recompute`]) the first time its backward needs one of its values; `selective` reruns
+//! only attention.
+
+use super::build::{Builder, Ctx, Role};
+use super::options::RecomputePolicy;
+use crate::cost::{BlockKind, Phase};
+use crate::dim::Dim;
+use crate::dtype::DType;
+use crate::error::{IrError, Result};
+use crate::graph::{NodeId, Value};
+use crate::op::{BinaryOp, Op, ReduceKind, UnaryOp};
+use crate::shape::{Shape, TensorType};
+
+fn err(node: &str, what: impl std::fmt::Display) -> IrError {
+    IrError::Analysis(format!("autodiff at `{node}`: {what}"))
+}
+
+/// Symbolic NumPy broadcast of two shapes.
+pub(super) fn bshape(a: &Shape, b: &Shape) -> Option<Shape> {
+    let r = a.rank().max(b.rank());
+    let one = Dim::constant(1);
+    let mut out = Vec::with_capacity(r);
+    for i in 0..r {
+        let da = if i + a.rank() >= r {
+            a.0[i + a.rank() - r].clone()
+        } else {
+            one.clone()
+        };
+        let db = if i + b.rank() >= r {
+            b.0[i + b.rank() - r].clone()
+        } else {
+            one.clone()
+        };
+        out.push(if da == db || db == one {
+            da
+        } else if da == one {
+            db
+        } else {
+            return None;
+        });
+    }
+    Some(Shape(out))
+}
+
+impl Builder<'_> {
+    fn bin(&mut self, op: BinaryOp, a: Value, b: Value) -> Result<Value> {
+        let (ta, tb) = (self.ty(a), self.ty(b));
+        let sh = bshape(&ta.shape, &tb.shape)
+            .ok_or_else(|| err(&self.ctx.scope, format!("cannot broadcast {ta} with {tb}")))?;
+        let dt = if matches!(
+            op,
+            BinaryOp::Equal
+                | BinaryOp::Less
+                | BinaryOp::LessOrEqual
+                | BinaryOp::Greater
+                | BinaryOp::GreaterOrEqual
+        ) {
+            DType::Bool
+        } else {
+            ta.dtype
+        };
+        Ok(self.add1(Op::Binary(op), vec![a, b], TensorType::new(dt, sh)))
+    }
+    fn un(&mut self, op: UnaryOp, a: Value) -> Value {
+        let t = self.ty(a);
+        self.add1(Op::Unary(op), vec![a], t)
+    }
+    fn mul(&mut self, a: Value, b: Value) -> Result<Value> {
+        self.bin(BinaryOp::Mul, a, b)
+    }
+    fn mulc(&mut self, a: Value, c: f64) -> Result<Value> {
+        let k = self.scalar(c, self.ty(a).dtype);
+        self.bin(BinaryOp::Mul, a, k)
+    }
+    fn addc(&mut self, a: Value, c: f64) -> Result<Value> {
+        let k = self.scalar(c, self.ty(a).dtype);
+        self.bin(BinaryOp::Add, a, k)
+    }
+    /// `c - a`.
+    fn rsubc(&mut self, c: f64, a: Value) -> Result<Value> {
+        let k = self.scalar(c, self.ty(a).dtype);
+        self.bin(BinaryOp::Sub, k, a)
+    }
+    fn where_(&mut self, c: Value, a: Value, b: Value) -> Result<Value> {
+        let (tc, ta, tb) = (self.ty(c), self.ty(a), self.ty(b));
+        let sh = bshape(&tc.shape, &ta.shape)
+            .and_then(|s| bshape(&s, &tb.shape))
+            .ok_or_else(|| err(&self.ctx.scope, "Where operands do not broadcast"))?;
+        Ok(self.add1(Op::Where, vec![c, a, b], TensorType::new(ta.dtype, sh)))
+    }
+    fn transpose(&mut self, a: Value, perm: Vec<usize>) -> Value {
+        let t = self.ty(a);
+        let sh = Shape(perm.iter().map(|p| t.shape.0[*p].clone()).collect());
+        self.add1(Op::Transpose(perm), vec![a], TensorType::new(t.dtype, sh))
+    }
+    fn reshape(&mut self, a: Value, sh: Shape) -> Value {
+        let t = self.ty(a);
+        if t.shape == sh {
+            return a;
+        }
+        self.add1(
+            Op::Reshape(sh.clone()),
+            vec![a],
+            TensorType::new(t.dtype, sh),
+        )
+    }
+    fn matmul(&mut self, a: Value, b: Value) -> Result<Value> {
+        let (ta, tb) = (self.ty(a), self.ty(b));
+        let (ra, rb) = (ta.shape.rank(), tb.shape.rank());
+        if ra < 2 || rb < 2 {
+            return Err(err(
+                &self.ctx.scope,
+                "MatMul backward needs operands of rank ≥ 2",
+            ));
+        }
+        let mut sh = bshape(
+            &Shape(ta.shape.0[..ra - 2].to_vec()),
+            &Shape(tb.shape.0[..rb - 2].to_vec()),
+        )
+        .ok_or_else(|| err(&self.ctx.scope, "MatMul batch axes do not broadcast"))?;
+        sh.0.push(ta.shape.0[ra - 2].clone());
+        sh.0.push(tb.shape.0[rb - 1].clone());
+        Ok(self.add1(Op::MatMul, vec![a, b], TensorType::new(ta.dtype, sh)))
+    }
+    fn swap_last(&mut self, a: Value) -> Value {
+        let r = self.ty(a).shape.rank();
+        let mut p: Vec<usize> = (0..r).collect();
+        p.swap(r - 2, r - 1);
+        self.transpose(a, p)
+    }
+    fn sum_axes(&mut self, a: Value, axes: Vec<usize>, keep: bool) -> Value {
+        let t = self.ty(a);
+        let mut sh = Vec::new();
+        for (i, d) in t.shape.0.iter().enumerate() {
+            if axes.contains(&i) {
+                if keep {
+                    sh.push(Dim::constant(1));
+                }
+            } else {
+                sh.push(d.clone());
+            }
+        }
+        self.add1(
+            Op::Reduce {
+                kind: ReduceKind::Sum,
+                axes,
+                keep_dims: keep,
+            },
+            vec![a],
+            TensorType::new(t.dtype, Shape(sh)),
+        )
+    }
+
+    /// Reduces a gradient of a broadcast result back to the operand's shape.
+    fn unbroadcast(&mut self, g: Value, target: &Shape) -> Value {
+        let gs = self.ty(g).shape;
+        if &gs == target {
+            return g;
+        }
+        let lead = gs.rank().saturating_sub(target.rank());
+        let one = Dim::constant(1);
+        let mut axes: Vec<usize> = (0..lead).collect();
+        for (i, d) in target.0.iter().enumerate() {
+            if *d == one && gs.0[lead + i] != one {
+                axes.push(lead + i);
+            }
+        }
+        let s = if axes.is_empty() {
+            g
+        } else {
+            self.sum_axes(g, axes, true)
+        };
+        self.reshape(s, target.clone())
+    }
+
+    /// Adds `g` to the gradient of `v`.
+    fn acc(&mut self, v: Value, g: Value) -> Result<()> {
+        let vt = self.ty(v);
+        let g = if self.ty(g).dtype != vt.dtype {
+            self.cast(g, vt.dtype, true)
+        } else {
+            g
+        };
+        let g = if self.ty(g).shape != vt.shape {
+            self.unbroadcast(g, &vt.shape)
+        } else {
+            g
+        };
+        let new = match self.grads.get(&v) {
+            Some(prev) => {
+                let p = *prev;
+                self.bin(BinaryOp::Add, p, g)?
+            }
+            None => g,
+        };
+        self.grads.insert(v, new);
+        Ok(())
+    }
+
+    /// A forward value as backward reads it, after the recomputation policy.
+    pub(super) fn fetch(&mut self, v: Value) -> Value {
+        if let Some(r) = self.recomputed.get(&v) {
+            return *r;
+        }
+        let node = self.g.node(v.node);
+        if self.meta[v.node.index()].phase != Phase::Forward
+            || matches!(
+                node.op,
+                Op::Param { .. } | Op::Constant(_) | Op::Input { .. }
+            )
+        {
+            return v;
+        }
+        match self.opts.recompute {
+            RecomputePolicy::None => v,
+            RecomputePolicy::Selective => {
+                if !matches!(node.op, Op::Attention { .. }) {
+                    return v;
+                }
+                let (op, ins, outs) = (node.op.clone(), node.inputs.clone(), node.outputs.clone());
+                let saved = self.ctx.clone();
+                self.ctx = Ctx {
+                    phase: Phase::Recompute,
+                    origin: Some(v.node),
+                    role: Role::Plain,
+                    ..saved.clone()
+                };
+                let ins: Vec<Value> = ins.into_iter().map(|i| self.fetch(i)).collect();
+                let id = self.add(op, ins, outs.clone());
+                self.ctx = saved;
+                for i in 0..outs.len() {
+                    self.recomputed.insert(
+                        Value {
+                            node: v.node,
+                            output: i as u32,
+                        },
+                        Value {
+                            node: id,
+                            output: i as u32,
+                        },
+                    );
+                }
+                self.recomputed[&v]
+            }
+            RecomputePolicy::Full => {
+                let Some(l) = node.prov.layer else { return v };
+                if !self.recomputed_layers.insert(l) {
+                    return self.recomputed.get(&v).copied().unwrap_or(v);
+                }
+                let nodes = self.layer_nodes.get(&l).cloned().unwrap_or_default();
+                let saved = self.ctx.clone();
+                for n in nodes {
+                    let nd = self.g.node(n);
+                    if matches!(nd.op, Op::Param { .. } | Op::Constant(_) | Op::Input { .. }) {
+                        continue;
+                    }
+                    let (op, ins, outs, scope) = (
+                        nd.op.clone(),
+                        nd.inputs.clone(),
+                        nd.outputs.clone(),
+                        nd.prov.scope.clone(),
+                    );
+                    let role = self.meta[n.index()].role;
+                    self.ctx = Ctx {
+                        phase: Phase::Recompute,
+                        block: BlockKind::Decoder(l),
+                        layer: Some(l),
+                        scope,
+                        origin: Some(n),
+                        role,
+                    };
+                    let ins: Vec<Value> = ins
+                        .into_iter()
+                        .map(|i| self.recomputed.get(&i).copied().unwrap_or(i))
+                        .collect();
+                    let id = self.add(op, ins, outs.clone());
+                    for i in 0..outs.len() {
+                        self.recomputed.insert(
+                            Value {
+                                node: n,
+                                output: i as u32,
+                            },
+                            Value {
+                                node: id,
+                                output: i as u32,
+                            },
+                        );
+                    }
+                }
+                self.ctx = saved;
+                self.recomputed.get(&v).copied().unwrap_or(v)
+            }
+        }
+    }
+
+    /// Emits the backward pass of `loss` over the forward nodes.
+    pub(super) fn backward(&mut self, loss: Value) -> Result<()> {
+        self.ctx = Ctx {
+            phase: Phase::Backward,
+            block: BlockKind::Head,
+            layer: None,
+            scope: "loss".into(),
+            origin: Some(loss.node),
+            role: Role::Plain,
+        };
+        if !self.requires_grad.contains(&loss) {
+            return Err(IrError::Analysis(
+                "the loss does not depend on any trainable parameter".into(),
+            ));
+        }
+        let seed = self.scalar(1.0, DType::F32);
+        self.grads.insert(loss, seed);
+        let order: Vec<NodeId> = self.fwd_nodes.clone();
+        for id in order.into_iter().rev() {
+            let n = self.g.node(id);
+            let nout = n.outputs.len();
+            let gys: Vec<Option<Value>> = (0..nout)
+                .map(|i| {
+                    self.grads
+                        .get(&Value {
+                            node: id,
+                            output: i as u32,
+                        })
+                        .copied()
+                })
+                .collect();
+            if gys.iter().all(Option::is_none) {
+                continue;
+            }
+            let m = &self.meta[id.index()];
+            self.ctx = Ctx {
+                phase: Phase::Backward,
+                block: m.block,
+                layer: n.prov.layer,
+                scope: n.prov.scope.clone(),
+                origin: Some(id),
+                role: Role::Plain,
+            };
+            self.diff(id, &gys)?;
+        }
+        Ok(())
+    }
+
+    fn needs(&self, v: Value) -> bool {
+        self.requires_grad.contains(&v)
+    }
+
+    /// Emits the backward of one forward node given its output gradients.
+    fn diff(&mut self, id: NodeId, gys: &[Option<Value>]) -> Result<()> {
+        let n = self.g.node(id).clone();
+        let name = if n.prov.scope.is_empty() {
+            n.prov.name.clone()
+        } else {
+            format!("{} ({})", n.prov.scope, n.op.kind_name())
+        };
+        let ins = n.inputs.clone();
+        let y = Value::of(id);
+        let Some(g) = gys[0] else {
+            // Only a secondary output (e.g. attention's lse) has a gradient: nothing flows back.
+            return Ok(());
+        };
+        let need: Vec<bool> = ins.iter().map(|v| self.needs(*v)).collect();
+        match &n.op {
+            Op::Param { .. } | Op::Input { .. } | Op::Constant(_) | Op::Range { .. } => {}
+            Op::Cast(_) => {
+                let g = self.cast(g, self.ty(ins[0]).dtype, true);
+                self.acc(ins[0], g)?;
+            }
+            Op::Linear { bias } => {
+                let (x, w) = (ins[0], ins[1]);
+                let (tx, tw) = (self.ty(x), self.ty(w));
+                if need[0] {
+                    self.ctx.role = Role::LinearDx;
+                    let wv = self.fetch(w);
+                    let wt = self.transpose(wv, vec![1, 0]);
+                    let dx = self.matmul(g, wt)?;
+                    self.ctx.role = Role::Plain;
+                    self.acc(x, dx)?;
+                }
+                if need[1] {
+                    let rows = tx.shape.0[..tx.shape.rank() - 1]
+                        .iter()
+                        .fold(Dim::constant(1), |a, d| a.mul(d));
+                    let (i, o) = (tw.shape.0[0].clone(), tw.shape.0[1].clone());
+                    self.ctx.role = Role::LinearDw;
+                    let xv = self.fetch(x);
+                    let x2 = self.reshape(xv, Shape(vec![rows.clone(), i]));
+                    let xt = self.transpose(x2, vec![1, 0]);
+                    let g2 = self.reshape(g, Shape(vec![rows, o]));
+                    let dw = self.matmul(xt, g2)?;
+                    self.ctx.role = Role::Plain;
+                    self.acc(w, dw)?;
+                }
+                if *bias && need.get(2).copied().unwrap_or(false) {
+                    let r = self.ty(g).shape.rank();
+                    let db = self.sum_axes(g, (0..r - 1).collect(), false);
+                    self.acc(ins[2], db)?;
+                }
+            }
+            Op::MatMul => {
+                let (a, b) = (ins[0], ins[1]);
+                let (ta, tb) = (self.ty(a), self.ty(b));
+                if need[0] {
+                    let bv = self.fetch(b);
+                    let bt = self.swap_last(bv);
+                    let da = self.matmul(g, bt)?;
+                    let da = self.unbroadcast(da, &ta.shape);
+                    self.acc(a, da)?;
+                }
+                if need[1] {
+                    let av = self.fetch(a);
+                    let at = self.swap_last(av);
+                    let db = self.matmul(at, g)?;
+                    let db = self.unbroadcast(db, &tb.shape);
+                    self.acc(b, db)?;
+                }
+            }
+            Op::Embedding => {
+                if need[0] {
+                    let tt = self.ty(ins[0]);
+                    let vocab = tt.shape.0[0]
+                        .as_const()
+                        .ok_or_else(|| err(&name, "embedding table rows are symbolic"))?
+                        as usize;
+                    let ids = self.fetch(ins[1]);
+                    let d = self.add1(Op::EmbeddingBackward { vocab }, vec![ids, g], tt);
+                    self.acc(ins[0], d)?;
+                }
+            }
+            Op::Gather { axis } => {
+                if need[0] {
+                    let tt = self.ty(ins[0]);
+                    if *axis != 0 || tt.shape.rank() != 2 {
+                        return Err(err(
+                            &name,
+                            "gradient of Gather is only supported for row lookups in a 2-D table",
+                        ));
+                    }
+                    let vocab = tt.shape.0[0]
+                        .as_const()
+                        .ok_or_else(|| err(&name, "gathered table rows are symbolic"))?
+                        as usize;
+                    let ids = self.fetch(ins[1]);
+                    let d = self.add1(Op::EmbeddingBackward { vocab }, vec![ids, g], tt);
+                    self.acc(ins[0], d)?;
+                }
+            }
+            Op::RmsNorm { eps } => {
+                let (x, w) = (self.fetch(ins[0]), self.fetch(ins[1]));
+                let (tx, tw) = (self.ty(ins[0]), self.ty(ins[1]));
+                let b = self.add(
+                    Op::RmsNormBackward { eps: *eps },
+                    vec![x, w, g],
+                    vec![tx, tw],
+                );
+                if need[0] {
+                    self.acc(ins[0], Value { node: b, output: 0 })?;
+                }
+                if need[1] {
+                    self.acc(ins[1], Value { node: b, output: 1 })?;
+                }
+            }
+            Op::LayerNorm { eps } => {
+                let (x, w) = (self.fetch(ins[0]), self.fetch(ins[1]));
+                let (tx, tw, tb) = (self.ty(ins[0]), self.ty(ins[1]), self.ty(ins[2]));
+                let b = self.add(
+                    Op::LayerNormBackward { eps: *eps },
+                    vec![x, w, g],
+                    vec![tx, tw, tb],
+                );
+                for i in 0..3 {
+                    if need[i] {
+                        self.acc(
+                            ins[i],
+                            Value {
+                                node: b,
+                                output: i as u32,
+                            },
+                        )?;
+                    }
+                }
+            }
+            Op::Rotary => {
+                if need[1] || need[2] {
+                    return Err(err(
+                        &name,
+                        "rotary cos/sin must not depend on trainable parameters",
+                    ));
+                }
+                if need[0] {
+                    let (c, s) = (self.fetch(ins[1]), self.fetch(ins[2]));
+                    let tx = self.ty(ins[0]);
+                    let d = self.add1(Op::RotaryBackward, vec![g, c, s], tx);
+                    self.acc(ins[0], d)?;
+                }
+            }
+            Op::Attention {
+                heads,
+                kv_heads,
+                scale,
+                causal,
+            } => {
+                if need.get(3).copied().unwrap_or(false) {
+                    return Err(err(
+                        &name,
+                        "attention masks must not depend on trainable parameters",
+                    ));
+                }
+                let mut bins: Vec<Value> = ins[..3].iter().map(|v| self.fetch(*v)).collect();
+                let out = self.fetch(Value {
+                    node: id,
+                    output: 0,
+                });
+                let lse = self.fetch(Value {
+                    node: id,
+                    output: 1,
+                });
+                bins.extend([out, lse, g]);
+                if let Some(m) = ins.get(3) {
+                    bins.push(self.fetch(*m));
+                }
+                let outs = vec![self.ty(ins[0]), self.ty(ins[1]), self.ty(ins[2])];
+                let b = self.add(
+                    Op::AttentionBackward {
+                        heads: *heads,
+                        kv_heads: *kv_heads,
+                        scale: *scale,
+                        causal: *causal,
+                    },
+                    bins,
+                    outs,
+                );
+                for i in 0..3 {
+                    if need[i] {
+                        self.acc(
+                            ins[i],
+                            Value {
+                                node: b,
+                                output: i as u32,
+                            },
+                        )?;
+                    }
+                }
+            }
+            Op::CrossEntropy { ignore_index } => {
+                if need[0] {
+                    let (lg, t) = (self.fetch(ins[0]), self.fetch(ins[1]));
+                    let tl = self.ty(ins[0]);
+                    let d = self.add1(
+                        Op::CrossEntropyBackward {
+                            ignore_index: *ignore_index,
+                        },
+                        vec![lg, t, g],
+                        tl,
+                    );
+                    self.acc(ins[0], d)?;
+                }
+            }
+            Op::Unary(u) => {
+                if need[0] {
+                    let d = self.unary_grad(*u, ins[0], y, g, &name)?;
+                    self.acc(ins[0], d)?;
+                }
+            }
+            Op::Binary(bop) => self.binary_grad(*bop, &ins, &need, y, g, &name)?,
+            Op::Where => {
+                let zero = self.scalar(0.0, self.ty(g).dtype);
+                let c = self.fetch(ins[0]);
+                if need[1] {
+                    let d = self.where_(c, g, zero)?;
+                    self.acc(ins[1], d)?;
+                }
+                if need[2] {
+                    let d = self.where_(c, zero, g)?;
+                    self.acc(ins[2], d)?;
+                }
+            }
+            Op::Reduce {
+                kind,
+                axes,
+                keep_dims,
+            } => {
+                if need[0] {
+                    let tx = self.ty(ins[0]);
+                    let axes: Vec<usize> = if axes.is_empty() {
+                        (0..tx.shape.rank()).collect()
+                    } else {
+                        axes.clone()
+                    };
+                    let mut g = g;
+                    if !keep_dims {
+                        let ks = Shape(
+                            tx.shape
+                                .0
+                                .iter()
+                                .enumerate()
+                                .map(|(i, d)| {
+                                    if axes.contains(&i) {
+                                        Dim::constant(1)
+                                    } else {
+                                        d.clone()
+                                    }
+                                })
+                                .collect(),
+                        );
+                        g = self.reshape(g, ks);
+                    }
+                    match kind {
+                        ReduceKind::Sum => {}
+                        ReduceKind::Mean => {
+                            let cnt = axes
+                                .iter()
+                                .fold(Dim::constant(1), |a, i| a.mul(&tx.shape.0[*i]));
+                            let c = cnt.as_const().ok_or_else(|| {
+                                err(&name, format!("mean over a symbolic count {cnt}"))
+                            })?;
+                            g = self.mulc(g, 1.0 / c as f64)?;
+                        }
+                        k => {
+                            return Err(err(
+                                &name,
+                                format!("gradient of Reduce.{k:?} is not supported"),
+                            ));
+                        }
+                    }
+                    let e = self.add1(
+                        Op::Expand(tx.shape.clone()),
+                        vec![g],
+                        TensorType::new(self.ty(g).dtype, tx.shape.clone()),
+                    );
+                    self.acc(ins[0], e)?;
+                }
+            }
+            Op::Softmax { axis } => {
+                if need[0] {
+                    let yv = self.fetch(y);
+                    let gy = self.mul(g, yv)?;
+                    let s = self.sum_axes(gy, vec![*axis], true);
+                    let t = self.bin(BinaryOp::Sub, g, s)?;
+                    let d = self.mul(yv, t)?;
+                    self.acc(ins[0], d)?;
+                }
+            }
+            Op::LogSoftmax { axis } => {
+                if need[0] {
+                    let yv = self.fetch(y);
+                    let p = self.un(UnaryOp::Exp, yv);
+                    let s = self.sum_axes(g, vec![*axis], true);
+                    let ps = self.mul(p, s)?;
+                    let d = self.bin(BinaryOp::Sub, g, ps)?;
+                    self.acc(ins[0], d)?;
+                }
+            }
+            Op::Reshape(_) => {
+                if need[0] {
+                    let sh = self.ty(ins[0]).shape;
+                    let d = self.reshape(g, sh);
+                    self.acc(ins[0], d)?;
+                }
+            }
+            Op::Transpose(perm) => {
+                if need[0] {
+                    let mut inv = vec![0; perm.len()];
+                    for (i, p) in perm.iter().enumerate() {
+                        inv[*p] = i;
+                    }
+                    let d = self.transpose(g, inv);
+                    self.acc(ins[0], d)?;
+                }
+            }
+            Op::Expand(_) => {
+                if need[0] {
+                    let sh = self.ty(ins[0]).shape;
+                    let d = self.unbroadcast(g, &sh);
+                    self.acc(ins[0], d)?;
+                }
+            }
+            Op::Concat { axis } => {
+                let mut off = Dim::constant(0);
+                for (i, v) in ins.iter().enumerate() {
+                    let t = self.ty(*v);
+                    let len = t.shape.0[*axis].clone();
+                    if need[i] {
+                        let d = self.add1(
+                            Op::Slice {
+                                axis: *axis,
+                                start: off.clone(),
+                                end: off.add(&len),
+                                step: 1,
+                            },
+                            vec![g],
+                            t,
+                        );
+                        self.acc(*v, d)?;
+                    }
+                    off = off.add(&len);
+                }
+            }
+            Op::Slice {
+                axis,
+                start,
+                end,
+                step,
+            } => {
+                if need[0] {
+                    if *step != 1 {
+                        return Err(err(&name, "gradient of a strided slice is not supported"));
+                    }
+                    let tx = self.ty(ins[0]);
+                    let dim = tx.shape.0[*axis].clone();
+                    let dt = self.ty(g).dtype;
+                    let mut parts = Vec::new();
+                    let zero = Dim::constant(0);
+                    for (len, before) in [(start.clone(), true), (dim.sub(end), false)] {
+                        if len == zero {
+                            continue;
+                        }
+                        let mut sh = tx.shape.clone();
+                        sh.0[*axis] = len;
+                        let z = self.scalar(0.0, dt);
+                        let z = self.add1(Op::Expand(sh.clone()), vec![z], TensorType::new(dt, sh));
+                        parts.push((before, z));
+                    }
+                    let mut pieces: Vec<Value> =
+                        parts.iter().filter(|p| p.0).map(|p| p.1).collect();
+                    pieces.push(g);
+                    pieces.extend(parts.iter().filter(|p| !p.0).map(|p| p.1));
+                    let d = if pieces.len() == 1 {
+                        g
+                    } else {
+                        self.add1(
+                            Op::Concat { axis: *axis },
+                            pieces,
+                            TensorType::new(dt, tx.shape.clone()),
+                        )
+                    };
+                    self.acc(ins[0], d)?;
+                }
+            }
+            Op::CumSum {
+                axis,
+                exclusive,
+                reverse,
+            } => {
+                if need[0] {
+                    let t = self.ty(g);
+                    let d = self.add1(
+                        Op::CumSum {
+                            axis: *axis,
+                            exclusive: *exclusive,
+                            reverse: !reverse,
+                        },
+                        vec![g],
+                        t,
+                    );
+                    self.acc(ins[0], d)?;
+                }
+            }
+            Op::Trilu { upper, k } => {
+                if need[0] {
+                    let t = self.ty(g);
+                    let d = self.add1(
+                        Op::Trilu {
+                            upper: *upper,
+                            k: *k,
+                        },
+                        vec![g],
+                        t,
+                    );
+                    self.acc(ins[0], d)?;
+                }
+            }
+            other => {
+                return Err(err(
+                    &name,
+                    format!("no gradient rule for {}", other.kind_name()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn unary_grad(
+        &mut self,
+        u: UnaryOp,
+        x: Value,
+        y: Value,
+        g: Value,
+        name: &str,
+    ) -> Result<Value> {
+        use UnaryOp::*;
+        let dt = self.ty(g).dtype;
+        Ok(match u {
+            Neg => self.un(Neg, g),
+            Exp => {
+                let yv = self.fetch(y);
+                self.mul(g, yv)?
+            }
+            Log => {
+                let xv = self.fetch(x);
+                self.bin(BinaryOp::Div, g, xv)?
+            }
+            Sqrt => {
+                let yv = self.fetch(y);
+                let h = self.mulc(g, 0.5)?;
+                self.bin(BinaryOp::Div, h, yv)?
+            }
+            Rsqrt => {
+                let yv = self.fetch(y);
+                let y2 = self.mul(yv, yv)?;
+                let y3 = self.mul(y2, yv)?;
+                let t = self.mulc(y3, -0.5)?;
+                self.mul(g, t)?
+            }
+            Reciprocal => {
+                let yv = self.fetch(y);
+                let y2 = self.mul(yv, yv)?;
+                let t = self.mul(g, y2)?;
+                self.un(Neg, t)
+            }
+            Tanh => {
+                let yv = self.fetch(y);
+                let y2 = self.mul(yv, yv)?;
+                let t = self.rsubc(1.0, y2)?;
+                self.mul(g, t)?
+            }
+            Sigmoid => {
+                let yv = self.fetch(y);
+                let om = self.rsubc(1.0, yv)?;
+                let t = self.mul(yv, om)?;
+                self.mul(g, t)?
+            }
+            Silu => {
+                // silu'(x) = s·(1 + x·(1 − s)), s = sigmoid(x)
+                let xv = self.fetch(x);
+                let s = self.un(Sigmoid, xv);
+                let om = self.rsubc(1.0, s)?;
+                let xo = self.mul(xv, om)?;
+                let t = self.addc(xo, 1.0)?;
+                let st = self.mul(s, t)?;
+                self.mul(g, st)?
+            }
+            Gelu => {
+                // Φ(x) + x·φ(x)
+                let xv = self.fetch(x);
+                let xs = self.mulc(xv, std::f64::consts::FRAC_1_SQRT_2)?;
+                let e = self.un(Erf, xs);
+                let e1 = self.addc(e, 1.0)?;
+                let cdf = self.mulc(e1, 0.5)?;
+                let x2 = self.mul(xv, xv)?;
+                let ex = self.mulc(x2, -0.5)?;
+                let ex = self.un(Exp, ex);
+                let pdf = self.mulc(ex, 1.0 / (2.0 * std::f64::consts::PI).sqrt())?;
+                let xp = self.mul(xv, pdf)?;
+                let d = self.bin(BinaryOp::Add, cdf, xp)?;
+                self.mul(g, d)?
+            }
+            GeluTanh => {
+                // 0.5(1+t) + 0.5x(1−t²)·c(1+3a x²), t = tanh(c(x + a x³))
+                let (c, a) = ((2.0 / std::f64::consts::PI).sqrt(), 0.044715);
+                let xv = self.fetch(x);
+                let x2 = self.mul(xv, xv)?;
+                let x3 = self.mul(x2, xv)?;
+                let ax3 = self.mulc(x3, a)?;
+                let inner = self.bin(BinaryOp::Add, xv, ax3)?;
+                let u = self.mulc(inner, c)?;
+                let t = self.un(Tanh, u);
+                let t1 = self.addc(t, 1.0)?;
+                let left = self.mulc(t1, 0.5)?;
+                let t2 = self.mul(t, t)?;
+                let omt2 = self.rsubc(1.0, t2)?;
+                let k = self.mulc(x2, 3.0 * a * c)?;
+                let k = self.addc(k, c)?;
+                let r = self.mul(omt2, k)?;
+                let r = self.mul(r, xv)?;
+                let r = self.mulc(r, 0.5)?;
+                let d = self.bin(BinaryOp::Add, left, r)?;
+                self.mul(g, d)?
+            }
+            Relu => {
+                let xv = self.fetch(x);
+                let z = self.scalar(0.0, dt);
+                let c = self.bin(BinaryOp::Greater, xv, z)?;
+                self.where_(c, g, z)?
+            }
+            Cos => {
+                let xv = self.fetch(x);
+                let s = self.un(Sin, xv);
+                let t = self.mul(g, s)?;
+                self.un(Neg, t)
+            }
+            Sin => {
+                let xv = self.fetch(x);
+                let c = self.un(Cos, xv);
+                self.mul(g, c)?
+            }
+            Erf => {
+                let xv = self.fetch(x);
+                let x2 = self.mul(xv, xv)?;
+                let nx2 = self.un(Neg, x2);
+                let e = self.un(Exp, nx2);
+                let d = self.mulc(e, std::f64::consts::FRAC_2_SQRT_PI)?;
+                self.mul(g, d)?
+            }
+            Abs => {
+                let xv = self.fetch(x);
+                let z = self.scalar(0.0, dt);
+                let c = self.bin(BinaryOp::GreaterOrEqual, xv, z)?;
+                let ng = self.un(Neg, g);
+                self.where_(c, g, ng)?
+            }
+            Not | IsNan => return Err(err(name, format!("{u:?} has no gradient"))),
+        })
+    }
+
+    fn binary_grad(
+        &mut self,
+        op: BinaryOp,
+        ins: &[Value],
+        need: &[bool],
+        y: Value,
+        g: Value,
+        name: &str,
+    ) -> Result<()> {
+        use BinaryOp::*;
+        let (a, b) = (ins[0], ins[1]);
+        match op {
+            Add => {
+                if need[0] {
+                    self.acc(a, g)?;
+                }
+                if need[1] {
+                    self.acc(b, g)?;
+                }
+            }
+            Sub => {
+                if need[0] {
+                    self.acc(a, g)?;
+                }
+                if need[1] {
+                    let n = self.un(UnaryOp::Neg, g);
+                    self.acc(b, n)?;
+                }
+            }
+            Mul => {
+                if need[0] {
+                    let bv = self.fetch(b);
+                    let d = self.mul(g, bv)?;
+                    self.acc(a, d)?;
+                }
+                if need[1] {
+                    let av = self.fetch(a);
+                    let d = self.mul(g, av)?;
+                    self.acc(b, d)?;
+                }
+            }
+            Div => {
+                let bv = self.fetch(b);
+                if need[0] {
+                    let d = self.bin(Div, g, bv)?;
+                    self.acc(a, d)?;
+                }
+                if need[1] {
+                    let yv = self.fetch(y);
+                    let gy = self.mul(g, yv)?;
+                    let t = self.bin(Div, gy, bv)?;
+                    let d = self.un(UnaryOp::Neg, t);
+                    self.acc(b, d)?;
+                }
+            }
+            Pow => {
+                if need[1] {
+                    return Err(err(
+                        name,
+                        "gradient of Pow with respect to the exponent is not supported",
+                    ));
+                }
+                if need[0] {
+                    let (av, bv) = (self.fetch(a), self.fetch(b));
+                    let bm1 = self.addc(bv, -1.0)?;
+                    let p = self.bin(Pow, av, bm1)?;
+                    let bp = self.mul(p, bv)?;
+                    let d = self.mul(g, bp)?;
+                    self.acc(a, d)?;
+                }
+            }
+            Max | Min => {
+                let (av, bv) = (self.fetch(a), self.fetch(b));
+                let c = self.bin(
+                    if op == Max {
+                        GreaterOrEqual
+                    } else {
+                        LessOrEqual
+                    },
+                    av,
+                    bv,
+                )?;
+                let z = self.scalar(0.0, self.ty(g).dtype);
+                if need[0] {
+                    let d = self.where_(c, g, z)?;
+                    self.acc(a, d)?;
+                }
+                if need[1] {
+                    let d = self.where_(c, z, g)?;
+                    self.acc(b, d)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,152 @@
+//! Training options: precision policy, optimizer, recomputation policy, hyper-parameters.
+
+use crate::dtype::DType;
+use crate::error::IrError;
+use std::fmt;
+use std::str::FromStr;
+
+/// Which dtypes weights, gradients, optimizer state and compute use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PrecisionPolicy {
+    /// fp32 master weights, gradients and optimizer state; bf16 compute (autocast-style casts).
+    #[default]
+    AmpBf16,
+    /// bf16 weights, gradients and compute; fp32 optimizer moments.
+    Bf16,
+    /// Everything fp32.
+    Fp32,
+}
+
+impl PrecisionPolicy {
+    /// Dtype of the stored weights (and their gradients).
+    pub fn weight_dtype(self) -> DType {
+        match self {
+            PrecisionPolicy::Bf16 => DType::BF16,
+            _ => DType::F32,
+        }
+    }
+    /// Dtype of matmul/attention compute.
+    pub fn compute_dtype(self) -> DType {
+        match self {
+            PrecisionPolicy::Fp32 => DType::F32,
+            _ => DType::BF16,
+        }
+    }
+}
+
+/// The optimizer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OptimizerKind {
+    /// AdamW (two fp32 moments per parameter).
+    #[default]
+    AdamW,
+    /// SGD with momentum (one fp32 buffer per parameter).
+    Sgd,
+}
+
+/// What the backward pass recomputes instead of keeping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RecomputePolicy {
+    /// Keep every activation backward needs.
+    #[default]
+    None,
+    /// Recompute the attention core (Megatron's selective recomputation): only attention's inputs are
+    /// kept; its output and statistics are recomputed in backward.
+    Selective,
+    /// Keep only each decoder layer's inputs; rerun the layer's forward in backward.
+    Full,
+}
+
+/// Options of the training step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TrainOptions {
+    /// Precision policy.
+    pub precision: PrecisionPolicy,
+    /// Optimizer.
+    pub optimizer: OptimizerKind,
+    /// Recomputation policy.
+    pub recompute: RecomputePolicy,
+}
+
+/// Optimizer hyper-parameters (PyTorch defaults, `step` 1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hyper {
+    /// Learning rate.
+    pub lr: f64,
+    /// AdamW β1.
+    pub beta1: f64,
+    /// AdamW β2.
+    pub beta2: f64,
+    /// AdamW ε.
+    pub eps: f64,
+    /// Weight decay (decoupled for AdamW, L2 for SGD).
+    pub weight_decay: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// 1-based step for AdamW bias correction.
+    pub step: u64,
+}
+
+impl Default for Hyper {
+    fn default() -> Hyper {
+        Hyper {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            momentum: 0.9,
+            step: 1,
+        }
+    }
+}
+
+macro_rules! names {
+    ($t:ty, $what:literal, $($v:path => $s:literal),+) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $($v => $s),+ })
+            }
+        }
+        impl FromStr for $t {
+            type Err = IrError;
+            fn from_str(s: &str) -> Result<$t, IrError> {
+                match s {
+                    $($s => Ok($v),)+
+                    _ => Err(IrError::Analysis(format!(
+                        concat!("unknown ", $what, " `{}` (expected one of: {})"),
+                        s,
+                        [$($s),+].join(", ")
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+names!(PrecisionPolicy, "precision", PrecisionPolicy::AmpBf16 => "amp-bf16", PrecisionPolicy::Bf16 => "bf16", PrecisionPolicy::Fp32 => "fp32");
+names!(OptimizerKind, "optimizer", OptimizerKind::AdamW => "adamw", OptimizerKind::Sgd => "sgd");
+names!(RecomputePolicy, "recompute policy", RecomputePolicy::None => "none", RecomputePolicy::Selective => "selective", RecomputePolicy::Full => "full");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_names_round_trip() {
+        for p in [
+            PrecisionPolicy::AmpBf16,
+            PrecisionPolicy::Bf16,
+            PrecisionPolicy::Fp32,
+        ] {
+            assert_eq!(p.to_string().parse::<PrecisionPolicy>().unwrap(), p);
+        }
+        assert_eq!("sgd".parse::<OptimizerKind>().unwrap(), OptimizerKind::Sgd);
+        assert_eq!(
+            "full".parse::<RecomputePolicy>().unwrap(),
+            RecomputePolicy::Full
+        );
+        let e = "fp16".parse::<PrecisionPolicy>().unwrap_err().to_string();
+        assert!(e.contains("fp16") && e.contains("amp-bf16"), "{e}");
+    }
+}
