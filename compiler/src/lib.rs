@@ -1,1 +1,36 @@
-//! moai-compiler.
+//! moai-compiler: the planner. Search space, per-candidate compilation (egg tensor-parallel rewrites,
+//! stage partitioning), parallel evaluation, selection, plans and exports. The `moai-compile` binary is a
+//! thin layer over this library.
+//!
+//! ```no_run
+//! use moai_compiler::{Cluster, Gpu, Model, PlanRequest, plan};
+//! let model = Model::load("models/llama2-13b.onnx").unwrap();
+//! let cluster = Cluster::from_flavor("4xLarge.2048GB", Gpu::Mi250).unwrap();
+//! let report = plan(&model, &cluster, &PlanRequest::new(256, 1024)).unwrap();
+//! println!("{}", report.output.plan.summary_line());
+//! ```
+
+pub mod api;
+pub mod cli;
+pub mod emit;
+pub mod error;
+pub mod export;
+pub mod fit;
+pub mod inspect;
+pub mod model;
+pub mod partition;
+pub mod plan;
+pub mod report;
+pub mod request;
+pub mod search;
+pub mod shard;
+pub mod space;
+pub mod validate;
+
+pub use api::{estimate, plan, plan_with};
+pub use error::{PlanError, Result};
+pub use model::{Model, ModelSource};
+pub use moai_costmodel::{Cluster, CostModel, Estimate, Gpu, ParallelConfig, ProfiledCostModel, Recompute, Schedule};
+pub use plan::PlanOutput;
+pub use report::PlanReport;
+pub use request::{Constraints, PlanRequest};

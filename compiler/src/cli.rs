@@ -1,0 +1,248 @@
+//! Command-line arguments of `moai-compile` (clap derive). The binary is a thin layer over the library;
+//! these types only parse and validate flags.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// moai-compile: find the fastest parallel training plan that fits, predict its step time and memory,
+/// compile its stages, and export launch configs.
+#[derive(Debug, Parser)]
+#[command(name = "moai-compile", version, about, long_about = None,
+    after_help = "MODEL is an .onnx file, a Hugging Face config.json, or a spec such as\n  \
+llama:layers=32,hidden=4096,heads=32,kv_heads=8,ffn=11008,vocab=32000\n  \
+gpt:layers=48,hidden=6144,heads=64,vocab=51200\n\
+`moai-compile MODEL ...` without a subcommand runs `plan`.")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log verbosity (error, warn, info, debug, trace); logs go to stderr.
+    #[arg(long, global = true, default_value = "info")]
+    pub log: String,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Search the plan space and print the best plan (the default command).
+    Plan(PlanArgs),
+    /// Predict step time, throughput and memory of one configuration.
+    Estimate(EstimateArgs),
+    /// Summarize a model: parameters, layers, sizes, FLOPs per token, op histograms.
+    Inspect(InspectArgs),
+    /// List the flavor catalog.
+    Flavors(FlavorsArgs),
+    /// Compare predictions against measurements in a JSON-lines truth file.
+    Validate(ValidateArgs),
+    /// Best plan per flavor over a range of flavors, with scaling efficiency.
+    Sweep(SweepArgs),
+}
+
+/// Where the job runs: a flavor, or a GPU kind and device count.
+#[derive(Debug, Args, Clone)]
+pub struct ClusterArgs {
+    /// Virtual accelerator size, e.g. 4xLarge.2048GB (see `moai-compile flavors`); the default when
+    /// neither --flavor nor --gpu/--devices is given.
+    #[arg(long)]
+    pub flavor: Option<String>,
+    /// GPU kind: mi250, mi210, mi300x, h100, a100 (default mi250 with --flavor).
+    #[arg(long)]
+    pub gpu: Option<String>,
+    /// Number of devices (with --gpu, instead of --flavor).
+    #[arg(long)]
+    pub devices: Option<u64>,
+    /// JSON file overriding link bandwidths and latencies of the cluster.
+    #[arg(long)]
+    pub cluster_file: Option<PathBuf>,
+}
+
+/// Training job shape shared by plan and estimate.
+#[derive(Debug, Args, Clone)]
+pub struct JobArgs {
+    /// Global batch size in sequences.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: u64,
+    /// Sequence length in tokens.
+    #[arg(long, default_value_t = 1024)]
+    pub seq_len: u64,
+    /// Precision policy: amp-bf16, bf16, fp32.
+    #[arg(long, default_value = "amp-bf16")]
+    pub precision: String,
+    /// Optimizer: adamw, sgd.
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: String,
+    /// Print one JSON object on stdout (logs stay on stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Configuration flags: in `estimate` they define the configuration, in `plan` they constrain the search.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConfigArgs {
+    /// Data-parallel degree.
+    #[arg(long)]
+    pub dp: Option<u64>,
+    /// Tensor-parallel degree.
+    #[arg(long)]
+    pub tp: Option<u64>,
+    /// Pipeline-parallel degree (number of stages).
+    #[arg(long)]
+    pub pp: Option<u64>,
+    /// Micro-batch size (sequences per device per micro-batch).
+    #[arg(long)]
+    pub micro_batch_size: Option<u64>,
+    /// Recomputation: none, selective, full (plan: a comma list of allowed values).
+    #[arg(long)]
+    pub recompute: Option<String>,
+    /// ZeRO stage: 0 (none), 1 (optimizer state sharded), 3 (parameters, gradients, optimizer sharded).
+    #[arg(long)]
+    pub zero: Option<u8>,
+    /// Sequence parallelism (with tp > 1).
+    #[arg(long)]
+    pub sequence_parallel: bool,
+    /// Pipeline schedule: gpipe, 1f1b, interleaved:V (plan: a comma list).
+    #[arg(long)]
+    pub schedule: Option<String>,
+}
+
+/// `plan` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct PlanArgs {
+    /// Model: .onnx, config.json or spec string.
+    pub model: String,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub job: JobArgs,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Output directory for plan.json and the emitted artifacts.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Artifacts to write into --out: plan,report,mlir,hsaco,ptx,megatron,deepspeed.
+    #[arg(long, value_delimiter = ',')]
+    pub emit: Vec<String>,
+    /// Worker threads for the search (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Stop the search after this many seconds and return the best plan found so far.
+    #[arg(long)]
+    pub time_budget: Option<f64>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// `estimate` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct EstimateArgs {
+    /// Model: .onnx, config.json or spec string.
+    pub model: String,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub job: JobArgs,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `inspect` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct InspectArgs {
+    /// Model: .onnx, config.json or spec string.
+    pub model: String,
+    /// Sequence length for FLOPs per token.
+    #[arg(long, default_value_t = 1024)]
+    pub seq_len: u64,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `flavors` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct FlavorsArgs {
+    /// Only this GPU kind.
+    #[arg(long)]
+    pub gpu: Option<String>,
+}
+
+/// `validate` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct ValidateArgs {
+    /// JSON-lines truth file (one measured run per line).
+    pub truth: PathBuf,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sweep` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct SweepArgs {
+    /// Model: .onnx, config.json or spec string.
+    pub model: String,
+    /// Flavors: a range `A..B` of the catalog or a comma list.
+    #[arg(long)]
+    pub flavors: String,
+    /// GPU kind.
+    #[arg(long)]
+    pub gpu: Option<String>,
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Write an SVG plot of throughput vs devices here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Worker threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Inserts the implicit `plan` subcommand: `moai-compile MODEL ...` means `moai-compile plan MODEL ...`.
+pub fn with_default_subcommand(mut args: Vec<String>) -> Vec<String> {
+    const SUBS: &[&str] = &["plan", "estimate", "inspect", "flavors", "validate", "sweep", "help"];
+    // The first argument that is not a global option decides.
+    let mut i = 1;
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--log" {
+            i += 2;
+            continue;
+        }
+        if a.starts_with("--log=") {
+            i += 1;
+            continue;
+        }
+        break;
+    }
+    if let Some(first) = args.get(i) {
+        let is_flag = first.starts_with('-');
+        if !is_flag && !SUBS.contains(&first.as_str()) {
+            args.insert(i, "plan".to_string());
+        }
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn plan_is_the_default_subcommand() {
+        assert_eq!(with_default_subcommand(v(&["m", "x.onnx", "--flavor", "A"]))[1], "plan");
+        assert_eq!(with_default_subcommand(v(&["m", "inspect", "x.onnx"]))[1], "inspect");
+        assert_eq!(with_default_subcommand(v(&["m", "--help"]))[1], "--help");
+        assert_eq!(with_default_subcommand(v(&["m", "--log", "debug", "x.onnx"]))[3], "plan");
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

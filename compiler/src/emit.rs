@@ -1,0 +1,95 @@
+//! Writes a plan's artifacts into `--out DIR`: `plan.json`, Megatron-LM arguments, a DeepSpeed config,
+//! torchrun launch scripts, and (through the runtime) compiled stage programs. Everything is rendered in
+//! memory first; nothing is written when any artifact fails.
+
+use crate::error::{PlanError, Result};
+use crate::export::{ExportContext, deepspeed_config, megatron_command_line, torchrun_script};
+use crate::model::Model;
+use crate::report::PlanReport;
+use crate::request::PlanRequest;
+use moai_costmodel::Cluster;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+/// The export context of a model and job.
+pub fn export_context(model: &Model, cluster: &Cluster, req: &PlanRequest) -> ExportContext {
+    let s = &model.summary;
+    ExportContext {
+        layers: s.layers as u32,
+        hidden: s.hidden as u64,
+        heads: s.heads as u64,
+        kv_heads: s.kv_heads as u64,
+        ffn: s.ffn as u64,
+        vocab: s.vocab as u64,
+        llama_style: matches!(s.mlp, moai_ir::layers::MlpKind::Gated),
+        tied_embeddings: s.tied_embeddings,
+        global_batch: req.batch,
+        seq: req.seq,
+        precision: req.precision.to_string(),
+        optimizer: req.optimizer.to_string(),
+        servers: cluster.servers as u64,
+        devices_per_server: (cluster.devices as u64).min(cluster.devices_per_server as u64),
+    }
+}
+
+/// The `plan.json` document: the `--json` object plus the explanation, alternatives and rejections.
+/// Wall-clock timings are left out so the file is byte-identical across runs and thread counts.
+pub fn plan_document(report: &PlanReport) -> serde_json::Value {
+    let mut v = serde_json::to_value(&report.output).expect("plan output serializes");
+    if let Some(search) = v.get_mut("search").and_then(|s| s.as_object_mut()) {
+        search.remove("compile_ms");
+        search.remove("cost_ms");
+    }
+    v["explanation"] = json!(report.explanation);
+    v["alternatives"] = serde_json::to_value(&report.alternatives).expect("alternatives serialize");
+    v["rejected"] = serde_json::to_value(&report.rejected).expect("rejections serialize");
+    v
+}
+
+/// Renders every requested artifact, then writes them all. `plan.json` is always written.
+pub fn write_outputs(
+    out: &Path,
+    model: &Model,
+    cluster: &Cluster,
+    req: &PlanRequest,
+    report: &PlanReport,
+    emits: &[String],
+) -> Result<()> {
+    let cx = export_context(model, cluster, req);
+    let plan = &report.output.plan;
+    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    let doc = serde_json::to_string_pretty(&plan_document(report)).expect("json") + "\n";
+    files.push(("plan.json".into(), doc.into_bytes()));
+    for e in emits {
+        match e.as_str() {
+            "plan" => {}
+            "megatron" => {
+                let line = megatron_command_line(plan, &cx);
+                files.push(("megatron_args.txt".into(), format!("{line}\n").into_bytes()));
+                for rank in 0..cluster.servers as u64 {
+                    files.push((
+                        PathBuf::from(format!("launch/server{rank}.sh")),
+                        torchrun_script(plan, &cx, rank).into_bytes(),
+                    ));
+                }
+            }
+            "deepspeed" => {
+                let cfg = serde_json::to_string_pretty(&deepspeed_config(plan, &cx)).expect("json") + "\n";
+                files.push(("deepspeed_config.json".into(), cfg.into_bytes()));
+            }
+            other => {
+                return Err(PlanError::InvalidArgument(format!(
+                    "--emit {other}: not available yet in this build (plan, megatron and deepspeed are)"
+                )));
+            }
+        }
+    }
+    for (rel, bytes) in files {
+        let path = out.join(&rel);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| PlanError::Io { path: dir.display().to_string(), source })?;
+        }
+        std::fs::write(&path, bytes).map_err(|source| PlanError::Io { path: path.display().to_string(), source })?;
+    }
+    Ok(())
+}

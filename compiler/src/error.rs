@@ -1,0 +1,41 @@
+//! Errors of the planner library.
+
+use thiserror::Error;
+
+/// What can go wrong loading a model, planning or estimating. Each message is one line naming the
+/// input that was wrong.
+#[derive(Debug, Error)]
+pub enum PlanError {
+    /// The model could not be loaded (file, config or spec).
+    #[error(transparent)]
+    Ir(#[from] moai_ir::IrError),
+    /// A spec string or Hugging Face config was wrong.
+    #[error(transparent)]
+    Models(#[from] moai_models::ModelError),
+    /// The cost model rejected the cluster or configuration.
+    #[error(transparent)]
+    Cost(#[from] moai_costmodel::CostError),
+    /// A flag value was wrong.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The model is not one the planner understands (e.g. no decoder layers found).
+    #[error("{0}")]
+    UnsupportedModel(String),
+    /// No configuration fits in memory.
+    #[error("{0}")]
+    NoFeasiblePlan(String),
+    /// The search was interrupted before any candidate was evaluated.
+    #[error("interrupted before any candidate was evaluated")]
+    Interrupted,
+    /// Writing outputs failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, PlanError>;

@@ -1,0 +1,147 @@
+//! The plan and the JSON objects `plan --json` and `estimate --json` print (DESIGN.md's contract).
+
+use serde::{Deserialize, Serialize};
+
+/// The model part of the output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Model name.
+    pub name: String,
+    /// Trainable parameters.
+    pub params: u64,
+    /// Decoder layers.
+    pub layers: u32,
+}
+
+/// The cluster part of the output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// Flavor name, when the cluster came from one.
+    pub flavor: Option<String>,
+    /// GPU kind.
+    pub gpu: String,
+    /// Devices (GCDs for MI250).
+    pub devices: u64,
+    /// Servers.
+    pub servers: u64,
+    /// Memory per device.
+    pub memory_per_device_bytes: u64,
+}
+
+/// Search statistics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchInfo {
+    /// Candidates in the space (after constraints).
+    pub candidates: u64,
+    /// Candidates whose predicted peak memory fits.
+    pub feasible: u64,
+    /// Wall time to compile all candidates (sharding, partitioning, profiles).
+    pub compile_ms: f64,
+    /// Wall time to cost the surviving candidates.
+    pub cost_ms: f64,
+}
+
+/// One pipeline stage: an inclusive range of decoder layers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageInfo {
+    /// First and last decoder layer (inclusive); the first stage also holds the embedding, the last the head.
+    pub layers: [u32; 2],
+}
+
+/// A parallel training configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanConfig {
+    /// Data-parallel degree.
+    pub dp: u64,
+    /// Tensor-parallel degree.
+    pub tp: u64,
+    /// Pipeline-parallel degree.
+    pub pp: u64,
+    /// Micro-batches per step per data-parallel replica.
+    pub num_micro_batches: u64,
+    /// Sequences per micro-batch per device.
+    pub micro_batch_size: u64,
+    /// Recomputation policy.
+    pub recompute: String,
+    /// ZeRO-3 / FSDP: parameters, gradients and optimizer state sharded over dp.
+    pub distribute_param: bool,
+    /// Low-precision (bf16) weight copies sharded over dp.
+    pub distribute_low_prec_param: bool,
+    /// ZeRO-1: optimizer state (and fp32 master weights) sharded over dp.
+    pub distribute_optimizer: bool,
+    /// Megatron sequence parallelism.
+    pub sequence_parallel: bool,
+    /// Pipeline schedule (`gpipe`, `1f1b`, `interleaved:V`).
+    pub schedule: String,
+    /// Stages.
+    pub stages: Vec<StageInfo>,
+}
+
+/// Step time breakdown.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Breakdown {
+    /// Compute on the critical path.
+    pub compute_s: f64,
+    /// Communication not hidden behind compute.
+    pub exposed_comm_s: f64,
+    /// Pipeline bubble.
+    pub bubble_s: f64,
+    /// Optimizer step.
+    pub optimizer_s: f64,
+}
+
+/// Predictions for a configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Predicted {
+    /// Seconds per training step.
+    pub step_time_s: f64,
+    /// Tokens per second, whole cluster.
+    pub tokens_per_s: f64,
+    /// Peak allocated bytes on the most loaded device.
+    pub peak_memory_bytes: u64,
+    /// Model FLOPs utilization (6·N·tokens plus attention, without recomputation, over peak).
+    pub mfu: f64,
+    /// Where the time goes.
+    pub breakdown: Breakdown,
+}
+
+/// What `plan --json` and `estimate --json` print.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanOutput {
+    /// Model.
+    pub model: ModelInfo,
+    /// Cluster.
+    pub cluster: ClusterInfo,
+    /// Search statistics (absent for `estimate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchInfo>,
+    /// Chosen (or estimated) configuration.
+    pub plan: PlanConfig,
+    /// Predictions.
+    pub predicted: Predicted,
+}
+
+impl PlanConfig {
+    /// The MoAI-style one-line summary (`No PP, No TP, recomputation : ...`).
+    pub fn summary_line(&self) -> String {
+        let pp = if self.pp == 1 {
+            "No PP".to_string()
+        } else {
+            format!("num_stages : {}, num_micro_batches : {}, schedule : {}", self.pp, self.num_micro_batches, self.schedule)
+        };
+        let tp = if self.tp == 1 {
+            "No TP".to_string()
+        } else {
+            format!("TP : {}{}", self.tp, if self.sequence_parallel { " (sequence parallel)" } else { "" })
+        };
+        let mb = if self.pp == 1 {
+            format!(", num_micro_batches : {}", self.num_micro_batches)
+        } else {
+            String::new()
+        };
+        format!(
+            "{pp}, {tp}, DP : {}, batch_per_device : {}{mb}, recomputation : {}, distribute_param : {}, distribute_low_prec_param : {}, distribute_optimizer : {}",
+            self.dp, self.micro_batch_size, self.recompute, self.distribute_param, self.distribute_low_prec_param, self.distribute_optimizer
+        )
+    }
+}

@@ -1,0 +1,166 @@
+//! From a search result to what users read: the plan JSON, the explanation of why the plan won, the
+//! rejection counts, and the platform's own choice for comparison.
+
+use crate::model::Model;
+use crate::plan::{Breakdown, ClusterInfo, ModelInfo, PlanConfig, PlanOutput, Predicted, SearchInfo, StageInfo};
+use crate::request::PlanRequest;
+use crate::search::{Evaluated, SearchResult};
+use moai_costmodel::{Cluster, Estimate, ParallelConfig};
+use std::collections::BTreeMap;
+
+/// The planner's full answer.
+#[derive(Clone, Debug)]
+pub struct PlanReport {
+    /// The chosen plan, as `--json` prints it.
+    pub output: PlanOutput,
+    /// The best few feasible alternatives after the winner, fastest first.
+    pub alternatives: Vec<PlanOutput>,
+    /// Rejected candidates by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Why the plan won: against the runner-up, in words.
+    pub explanation: String,
+    /// The raw search result (every candidate), for reports and research.
+    pub search: SearchResult,
+}
+
+/// Output objects for a model, cluster and configuration.
+pub fn model_info(model: &Model) -> ModelInfo {
+    ModelInfo { name: model.name.clone(), params: model.summary.params, layers: model.summary.layers as u32 }
+}
+
+/// The cluster part of the output.
+pub fn cluster_info(c: &Cluster) -> ClusterInfo {
+    ClusterInfo {
+        flavor: c.flavor.clone(),
+        gpu: c.gpu.to_string(),
+        devices: c.devices as u64,
+        servers: c.servers as u64,
+        memory_per_device_bytes: c.memory_per_device_bytes,
+    }
+}
+
+/// The plan part of the output.
+pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
+    let ranges =
+        if cfg.stages.is_empty() { moai_costmodel::config::even_stages(layers, cfg.pp) } else { cfg.stages.clone() };
+    PlanConfig {
+        dp: cfg.dp as u64,
+        tp: cfg.tp as u64,
+        pp: cfg.pp as u64,
+        num_micro_batches: cfg.num_micro_batches as u64,
+        micro_batch_size: cfg.micro_batch_size as u64,
+        recompute: cfg.recompute.to_string(),
+        distribute_param: cfg.distribute_param,
+        distribute_low_prec_param: cfg.distribute_low_prec_param,
+        distribute_optimizer: cfg.distribute_optimizer,
+        sequence_parallel: cfg.sequence_parallel,
+        schedule: cfg.schedule.to_string(),
+        stages: ranges.into_iter().map(|(lo, hi)| StageInfo { layers: [lo, hi] }).collect(),
+    }
+}
+
+/// The predicted part of the output.
+pub fn predicted(e: &Estimate) -> Predicted {
+    Predicted {
+        step_time_s: e.step_time_s,
+        tokens_per_s: e.tokens_per_s,
+        peak_memory_bytes: e.peak_memory_bytes,
+        mfu: e.mfu,
+        breakdown: Breakdown {
+            compute_s: e.breakdown.compute_s,
+            exposed_comm_s: e.breakdown.exposed_comm_s,
+            bubble_s: e.breakdown.bubble_s,
+            optimizer_s: e.breakdown.optimizer_s,
+        },
+    }
+}
+
+/// The output object of one evaluated candidate.
+pub fn output_of(model: &Model, cluster: &Cluster, ev: &Evaluated, search: Option<SearchInfo>) -> Option<PlanOutput> {
+    let e = ev.estimate()?;
+    Some(PlanOutput {
+        model: model_info(model),
+        cluster: cluster_info(cluster),
+        search,
+        plan: plan_config(&ev.config, model.summary.layers as u32),
+        predicted: predicted(e),
+    })
+}
+
+/// Builds the report from a finished search.
+pub fn build_report(model: &Model, cluster: &Cluster, _req: &PlanRequest, result: SearchResult) -> PlanReport {
+    let feasible = result.ranking.len() as u64;
+    let info = SearchInfo {
+        candidates: result.evaluated.len() as u64,
+        feasible,
+        compile_ms: round1(result.compile_ms),
+        cost_ms: round1(result.cost_ms),
+    };
+    let best = &result.evaluated[result.best];
+    let output = output_of(model, cluster, best, Some(info)).expect("the best candidate was costed");
+    let alternatives: Vec<PlanOutput> =
+        result.ranking.iter().skip(1).take(5).filter_map(|&i| output_of(model, cluster, &result.evaluated[i], None)).collect();
+    let explanation = explain(&output, alternatives.first(), &result.rejected, result.stopped_early.as_deref());
+    PlanReport { output, alternatives, rejected: result.rejected.clone(), explanation, search: result }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn describe(p: &PlanConfig) -> String {
+    let mut parts = vec![format!("dp={} tp={} pp={}", p.dp, p.tp, p.pp), format!("micro-batch {}×{}", p.micro_batch_size, p.num_micro_batches)];
+    parts.push(format!("recompute {}", p.recompute));
+    let zero = if p.distribute_param { "ZeRO-3" } else if p.distribute_optimizer { "ZeRO-1" } else { "no ZeRO" };
+    parts.push(zero.to_string());
+    if p.sequence_parallel {
+        parts.push("sequence parallel".into());
+    }
+    if p.pp > 1 {
+        parts.push(p.schedule.clone());
+    }
+    parts.join(", ")
+}
+
+/// Why the winner won, in a few sentences.
+pub fn explain(best: &PlanOutput, runner_up: Option<&PlanOutput>, rejected: &BTreeMap<String, u64>, stopped: Option<&str>) -> String {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let mut s = format!(
+        "Chosen: {} — {:.3} s/step, {:.0} tokens/s, peak {:.1} GiB per device, MFU {:.1}%.",
+        describe(&best.plan),
+        best.predicted.step_time_s,
+        best.predicted.tokens_per_s,
+        gib(best.predicted.peak_memory_bytes),
+        best.predicted.mfu * 100.0
+    );
+    if let Some(r) = runner_up {
+        let b = &best.predicted.breakdown;
+        let o = &r.predicted.breakdown;
+        let diffs = [
+            ("compute", o.compute_s - b.compute_s),
+            ("exposed communication", o.exposed_comm_s - b.exposed_comm_s),
+            ("pipeline bubble", o.bubble_s - b.bubble_s),
+            ("optimizer", o.optimizer_s - b.optimizer_s),
+        ];
+        let (what, by) = diffs.iter().cloned().fold(("", f64::NEG_INFINITY), |acc, d| if d.1 > acc.1 { d } else { acc });
+        let slower = (r.predicted.step_time_s / best.predicted.step_time_s - 1.0) * 100.0;
+        s.push_str(&format!(
+            " Runner-up: {} — {:.1}% slower, losing most on {what} (+{:.3} s/step), peak {:.1} GiB.",
+            describe(&r.plan),
+            slower,
+            by.max(0.0),
+            gib(r.predicted.peak_memory_bytes)
+        ));
+    } else {
+        s.push_str(" No other candidate fits.");
+    }
+    if !rejected.is_empty() {
+        let total: u64 = rejected.values().sum();
+        let parts: Vec<String> = rejected.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        s.push_str(&format!(" Rejected {total}: {}.", parts.join("; ")));
+    }
+    if let Some(why) = stopped {
+        s.push_str(&format!(" The search stopped early ({why}): this is the best plan among those evaluated."));
+    }
+    s
+}
