@@ -173,7 +173,7 @@ mod tests {
                 dp: 4,
                 tp: 2,
                 pp: 4,
-                num_micro_batches: 16,
+                num_micro_batches: 64,
                 micro_batch_size: 1,
                 recompute: "full".into(),
                 distribute_param: false,
@@ -241,7 +241,7 @@ mod tests {
         let c = deepspeed_config(&p, &cx);
         assert_eq!(c["zero_optimization"]["stage"], 1);
         assert_eq!(c["train_micro_batch_size_per_gpu"], 1);
-        assert_eq!(c["gradient_accumulation_steps"], 16);
+        assert_eq!(c["gradient_accumulation_steps"], 64);
         // train_batch_size = micro * accumulation * dp, as DeepSpeed checks.
         assert_eq!(c["train_batch_size"].as_u64().unwrap(), p.micro_batch_size * p.num_micro_batches * p.dp);
         let keys: std::collections::HashSet<&str> = include_str!("../data/deepspeed_config_keys.txt")

@@ -117,7 +117,8 @@ mod tests {
             let n = (hi - lo + 1) as f64;
             StageCost { time_s: n, memory_bytes: if s == 0 { 2.0 * n } else { n } }
         };
-        let p = partition(12, 2, 14.0, &cost);
-        assert_eq!(p, vec![(0, 6), (7, 11)], "stage 0 is capped at 7 layers");
+        // Unconstrained, 6 + 6 is fastest; a cap of 10 bytes allows stage 0 at most 5 layers.
+        assert_eq!(partition(12, 2, 14.0, &cost), vec![(0, 5), (6, 11)]);
+        assert_eq!(partition(12, 2, 10.0, &cost), vec![(0, 4), (5, 11)], "stage 0 is capped at 5 layers");
     }
 }

@@ -168,7 +168,7 @@ mod tests {
             assert_eq!(c.dp as u64 * c.micro_batch_size as u64 * c.num_micro_batches as u64, 256);
             assert!(c.tp <= 8 && 40 % c.tp == 0);
         }
-        assert!(s.rejected.contains_key("tp does not divide heads, KV heads or FFN width"), "tp=16/32: {:?}", s.rejected);
+        assert!(s.rejected.contains_key("tp > 8 devices per server"), "tp=16/32: {:?}", s.rejected);
     }
 
     #[test]
