@@ -34,7 +34,7 @@ where
 }
 
 fn init_logging(level: &str) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("warn,moai_compiler={level},moai_costmodel={level},moai_ir={level},moai_runtime={level},moai_models={level}"))
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("warn,moai_compile={level},moai_compiler={level},moai_costmodel={level},moai_ir={level},moai_runtime={level},moai_models={level}"))
         .map_err(|e| anyhow!("--log {level}: {e}"))?;
     tracing_subscriber::fmt().with_ansi(false).with_writer(std::io::stderr).with_env_filter(filter).event_format(PlatformFormat).init();
     Ok(())
