@@ -1,5 +1,5 @@
-//! Integration tests of moai-costmodel (one binary). Profiles come from the test fixture in
-//! `support/fixture.rs` until `moai_ir::train::step_profile` is wired.
+//! Integration tests of moai-costmodel (one binary). Validation and the fit use the real training
+//! graph (`real.rs`); invariants and error tests use the small analytic fixture in `support/fixture.rs`.
 
 mod support;
 
@@ -7,4 +7,5 @@ mod errors;
 mod estimate;
 mod fit;
 mod props;
+mod real;
 mod validation;

@@ -2,7 +2,6 @@
 
 pub mod fixture;
 
-use moai_costmodel::fit::FitSample;
 use moai_costmodel::validate::{TruthRow, read_truth};
 use moai_costmodel::{CostError, Result};
 use moai_ir::cost::StepProfile;
@@ -30,19 +29,4 @@ pub fn profile_for(row: &TruthRow) -> Result<StepProfile> {
 /// Truth rows of a shipped file.
 pub fn truth(rel: &str) -> Vec<TruthRow> {
     read_truth(&data(rel)).unwrap()
-}
-
-/// Fit samples of a shipped truth file.
-pub fn samples(rel: &str) -> Vec<FitSample> {
-    truth(rel)
-        .iter()
-        .map(|r| FitSample {
-            name: r.name.clone(),
-            profile: profile_for(r).unwrap(),
-            cluster: r.cluster().unwrap(),
-            config: r.config.clone(),
-            step_time_s: r.measured_step_time(),
-            peak_memory_bytes: r.measured.peak_memory_bytes,
-        })
-        .collect()
 }

@@ -1,0 +1,47 @@
+//! Validation with the real training graph: models built from specs by `moai_models::from_spec`, step
+//! profiles from `moai_ir::train::step_profile` (the product path `moai-compile validate` uses).
+
+use crate::support::truth;
+use moai_costmodel::fit::FitSample;
+use moai_costmodel::validate::TruthRow;
+use moai_costmodel::{CostError, Recompute, Result};
+use moai_ir::cost::StepProfile;
+use moai_ir::train::{RecomputePolicy, TrainOptions, step_profile};
+
+/// The training graph's step profile of a truth row.
+pub fn real_profile(row: &TruthRow) -> Result<StepProfile> {
+    let graph =
+        moai_models::from_spec(&row.model).map_err(|e| CostError::StepProfile(e.to_string()))?;
+    let opts = TrainOptions {
+        precision: row
+            .precision
+            .parse()
+            .map_err(|e| CostError::StepProfile(format!("{e}")))?,
+        optimizer: row
+            .optimizer
+            .parse()
+            .map_err(|e| CostError::StepProfile(format!("{e}")))?,
+        recompute: match row.config.recompute {
+            Recompute::None => RecomputePolicy::None,
+            Recompute::Selective => RecomputePolicy::Selective,
+            Recompute::Full => RecomputePolicy::Full,
+        },
+    };
+    step_profile(&graph, &opts, row.config.micro_batch_size as u64, row.seq)
+        .map_err(|e| CostError::StepProfile(e.to_string()))
+}
+
+/// Fit samples with real profiles.
+pub fn real_samples(rel: &str) -> Vec<FitSample> {
+    truth(rel)
+        .iter()
+        .map(|r| FitSample {
+            name: r.name.clone(),
+            profile: real_profile(r).unwrap(),
+            cluster: r.cluster().unwrap(),
+            config: r.config.clone(),
+            step_time_s: r.measured_step_time(),
+            peak_memory_bytes: r.measured.peak_memory_bytes,
+        })
+        .collect()
+}
