@@ -8,6 +8,8 @@ use moai_ir::DType;
 pub const MAX_LAYERS: usize = 4096;
 /// Largest accepted size of any other dimension (hidden, ffn, vocab, heads, positions): 2^24.
 pub const MAX_DIM: usize = 1 << 24;
+/// Largest accepted parameter count, 2^50 (about 10^15; byte sizes then stay far inside 64 bits).
+pub const MAX_PARAMS: u64 = 1 << 50;
 
 /// The architecture family, which fixes the layer structure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -164,9 +166,16 @@ impl ArchConfig {
                 expected: "non-empty".into(),
             });
         }
-        // Every tensor's element count must fit the IR's i64 dims; the total must fit u64.
-        self.checked_params()
-            .ok_or_else(|| ErrorKind::Inconsistent("parameter count overflows 64 bits".into()))?;
+        // Every tensor's byte size must fit the IR's i64 dims: bound the total.
+        match self.checked_params() {
+            Some(n) if n <= MAX_PARAMS => {}
+            n => {
+                let n = n.map_or("more than 2^63".to_string(), |n| n.to_string());
+                return Err(ErrorKind::Inconsistent(format!(
+                    "{n} parameters exceed the limit of 2^50"
+                )));
+            }
+        }
         Ok(())
     }
 

@@ -18,7 +18,7 @@ mod error;
 mod hf;
 mod spec;
 
-pub use arch::{ArchConfig, Family, MAX_DIM, MAX_LAYERS};
+pub use arch::{ArchConfig, Family, MAX_DIM, MAX_LAYERS, MAX_PARAMS};
 pub use build::{MAX_RANDOM_PARAMS, SYNTHETIC_LOCATION, Weights};
 pub use error::{ErrorKind, ModelError};
 pub use spec::looks_like_spec;

@@ -465,6 +465,32 @@ mod bad_input {
     }
 
     #[test]
+    fn huge_models_are_rejected_or_built_without_overflow() {
+        let e = spec_err("llama:layers=1,hidden=16777216,heads=1,ffn=16777216,vocab=16777216");
+        assert!(e.ends_with("parameters exceed the limit of 2^50"), "{e}");
+        let e = spec_err(
+            "llama:layers=4096,hidden=16777216,heads=16777216,head_dim=16777216,ffn=16777216,vocab=16777216",
+        );
+        assert!(
+            e.ends_with("more than 2^63 parameters exceed the limit of 2^50"),
+            "{e}"
+        );
+        // Just inside the limits: synthetic parameters of tens of terabytes, byte lengths exact.
+        let cfg = ArchConfig::from_spec(
+            "llama:layers=1,hidden=1048576,heads=8,ffn=1048576,vocab=1048576",
+        )
+        .unwrap();
+        let g = cfg.build().unwrap();
+        assert_eq!(graph_params(&g), cfg.params());
+        let bytes: i64 = g
+            .params()
+            .into_iter()
+            .map(|p| g.node(p).outputs[0].bytes().as_const().unwrap())
+            .sum();
+        assert_eq!(bytes as u64, cfg.params() * 4);
+    }
+
+    #[test]
     fn spec_detection_separates_specs_from_paths() {
         assert!(looks_like_spec(
             "llama:layers=32,hidden=4096,heads=32,kv_heads=8,ffn=11008,vocab=32000"
