@@ -183,6 +183,131 @@ pub fn simulate(
     })
 }
 
+/// One task of a simulated step: a forward or backward pass of one micro-batch on one virtual stage.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// Pipeline device that ran the task.
+    pub device: usize,
+    /// Virtual stage (`chunk·pp + device`).
+    pub vstage: usize,
+    /// Micro-batch index.
+    pub micro_batch: usize,
+    /// Forward (`true`) or backward pass.
+    pub forward: bool,
+    /// Start time in seconds from the step's start.
+    pub start_s: f64,
+    /// End time in seconds.
+    pub end_s: f64,
+}
+
+/// Like [`simulate`], but returns every task with its start and end time (for timeline charts).
+/// Without pipelining the micro-batches run forward then backward on device 0, one after another.
+pub fn timeline(
+    schedule: Schedule,
+    stages: &[StageTimes],
+    pp: u32,
+    micro_batches: u32,
+    p2p_s: f64,
+) -> Result<Vec<TaskEvent>> {
+    let pp_us = pp.max(1) as usize;
+    let v = schedule.chunks() as usize;
+    let m = micro_batches as usize;
+    if stages.len() != pp_us * v {
+        return Err(CostError::InvalidConfig(format!(
+            "pipeline timeline needs pp·chunks = {} stage times, got {}",
+            pp_us * v,
+            stages.len()
+        )));
+    }
+    if m == 0 {
+        return Err(CostError::InvalidConfig(
+            "num_micro_batches must be at least 1".into(),
+        ));
+    }
+    let nv = stages.len();
+    let orders: Vec<Vec<Task>> = if pp_us == 1 && v == 1 {
+        vec![
+            (0..m)
+                .flat_map(|mb| {
+                    [
+                        Task {
+                            forward: true,
+                            vstage: 0,
+                            mb,
+                        },
+                        Task {
+                            forward: false,
+                            vstage: 0,
+                            mb,
+                        },
+                    ]
+                })
+                .collect(),
+        ]
+    } else {
+        (0..pp_us)
+            .map(|d| device_order(schedule, pp_us, d, m))
+            .collect()
+    };
+    let mut fend = vec![f64::NAN; nv * m];
+    let mut bend = vec![f64::NAN; nv * m];
+    let mut next = vec![0usize; pp_us];
+    let mut free = vec![0f64; pp_us];
+    let mut events = Vec::new();
+    let mut remaining: usize = orders.iter().map(Vec::len).sum();
+    while remaining > 0 {
+        let mut progressed = false;
+        for d in 0..pp_us {
+            while let Some(t) = orders[d].get(next[d]) {
+                let ready = if t.forward {
+                    if t.vstage == 0 {
+                        0.0
+                    } else {
+                        fend[(t.vstage - 1) * m + t.mb] + p2p_s
+                    }
+                } else if t.vstage + 1 == nv {
+                    fend[t.vstage * m + t.mb]
+                } else {
+                    bend[(t.vstage + 1) * m + t.mb] + p2p_s
+                };
+                if ready.is_nan() {
+                    break;
+                }
+                let dur = if t.forward {
+                    stages[t.vstage].forward_s
+                } else {
+                    stages[t.vstage].backward_s
+                };
+                let start = free[d].max(ready);
+                let end = start + dur;
+                free[d] = end;
+                if t.forward {
+                    fend[t.vstage * m + t.mb] = end;
+                } else {
+                    bend[t.vstage * m + t.mb] = end;
+                }
+                events.push(TaskEvent {
+                    device: d,
+                    vstage: t.vstage,
+                    micro_batch: t.mb,
+                    forward: t.forward,
+                    start_s: start,
+                    end_s: end,
+                });
+                next[d] += 1;
+                remaining -= 1;
+                progressed = true;
+            }
+        }
+        if !progressed {
+            return Err(CostError::InvalidConfig(format!(
+                "schedule {schedule} deadlocks with pp {pp} and {m} micro-batches"
+            )));
+        }
+    }
+    Ok(events)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +361,21 @@ mod tests {
         let a = simulate(Schedule::OneFOneB, &equal(2), 2, 4, 0.0).unwrap();
         let b = simulate(Schedule::OneFOneB, &equal(2), 2, 4, 0.1).unwrap();
         assert!(b.makespan_s > a.makespan_s);
+    }
+
+    #[test]
+    fn timeline_matches_simulate() {
+        for (s, st, pp) in [
+            (Schedule::OneFOneB, equal(4), 4),
+            (Schedule::Gpipe, equal(4), 4),
+            (Schedule::OneFOneB, equal(1), 1),
+        ] {
+            let r = simulate(s, &st, pp, 8, 0.05).unwrap();
+            let ev = timeline(s, &st, pp, 8, 0.05).unwrap();
+            assert_eq!(ev.len(), 2 * 8 * st.len());
+            let end = ev.iter().map(|e| e.end_s).fold(0.0, f64::max);
+            assert!((end - r.makespan_s).abs() < 1e-9, "{end} {}", r.makespan_s);
+        }
     }
 
     #[test]
