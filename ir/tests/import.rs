@@ -1,6 +1,8 @@
 //! ONNX import: the five fixture models, parameter counts against the manifest, bad inputs.
 
+use moai_ir::layers::{Family, LayerSource, MlpKind, NormKind, detect_layers, summarize};
 use moai_ir::onnx::{ImportOptions, import, import_with, read_external};
+use moai_ir::stats::inspect;
 use moai_ir::{DType, Graph, IrError, Op, ParamData};
 use onnx_protobuf::tensor_proto::DataLocation;
 use onnx_protobuf::tensor_shape_proto::{Dimension, dimension};
@@ -382,6 +384,167 @@ fn recognition_fuses_every_layer_of_every_model() {
             "recognition keeps every parameter"
         );
     }
+}
+
+fn cfg_u64(cfg: &serde_json::Value, keys: &[&str]) -> u64 {
+    keys.iter()
+        .find_map(|k| cfg[*k].as_u64())
+        .unwrap_or_else(|| panic!("config lacks {keys:?}"))
+}
+
+#[test]
+fn summaries_match_the_manifest_configs() {
+    for m in manifest() {
+        let file = models_dir().join(m["file"].as_str().unwrap());
+        let imp = import(&file).unwrap_or_else(|e| panic!("{e}"));
+        let s = summarize(&imp.graph).unwrap();
+        let cfg = &m["config"];
+        let gpt = cfg["model_type"] == "gpt2";
+        let name = m["name"].as_str().unwrap();
+        assert_eq!(s.name, name);
+        assert_eq!(s.layer_source, LayerSource::Metadata);
+        assert_eq!(
+            s.layers as u64,
+            cfg_u64(cfg, &["num_hidden_layers", "n_layer"]),
+            "{name}"
+        );
+        assert_eq!(s.hidden, cfg_u64(cfg, &["hidden_size", "n_embd"]), "{name}");
+        assert_eq!(
+            s.heads,
+            cfg_u64(cfg, &["num_attention_heads", "n_head"]),
+            "{name}"
+        );
+        let kv = if gpt {
+            s.heads
+        } else {
+            cfg_u64(cfg, &["num_key_value_heads"])
+        };
+        assert_eq!(s.kv_heads, kv, "{name}");
+        assert_eq!(s.head_dim * s.heads, s.hidden, "{name}");
+        let ffn = if gpt {
+            4 * s.hidden
+        } else {
+            cfg_u64(cfg, &["intermediate_size"])
+        };
+        assert_eq!(s.ffn, ffn, "{name}");
+        assert_eq!(s.vocab, cfg_u64(cfg, &["vocab_size"]), "{name}");
+        assert_eq!(s.params, m["torch_params"].as_u64().unwrap(), "{name}");
+        assert_eq!(
+            s.family,
+            if gpt { Family::Gpt2 } else { Family::Llama },
+            "{name}"
+        );
+        assert_eq!(s.tied_embeddings, gpt, "{name}: GPT-2 ties wte and lm_head");
+        assert_eq!(s.mlp, if gpt { MlpKind::Gelu } else { MlpKind::Gated });
+        assert_eq!(
+            s.norm,
+            if gpt {
+                NormKind::LayerNorm
+            } else {
+                NormKind::RmsNorm
+            }
+        );
+        assert!(
+            s.layer_params.windows(2).all(|w| w[0] == w[1]),
+            "{name}: identical layers"
+        );
+        assert_eq!(
+            s.layer_params.iter().sum::<u64>() + s.embedding_params + s.head_params,
+            s.params
+        );
+    }
+}
+
+/// Writes a copy of a model with all node metadata removed.
+fn strip_metadata(src: &Path, dir: &Path) -> PathBuf {
+    let mut m = ModelProto::parse_from_bytes(&std::fs::read(src).unwrap()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    for n in &mut g.node {
+        n.metadata_props.clear();
+    }
+    write(dir, src.file_name().unwrap().to_str().unwrap(), &m)
+}
+
+#[test]
+fn layers_are_found_structurally_without_metadata() {
+    let d = temp_dir("stripped");
+    for file in ["tiny-llama.onnx", "llama-350m.onnx", "gpt2-xl.onnx"] {
+        let with = import(&models_dir().join(file)).unwrap();
+        let stripped = import(&strip_metadata(&models_dir().join(file), &d)).unwrap();
+        let g = &stripped.graph;
+        assert!(
+            g.node_ids()
+                .all(|n| g.node(n).op.is_source() || g.node(n).prov.layer.is_none())
+        );
+        let (a, b) = (
+            summarize(&with.graph).unwrap(),
+            summarize(&stripped.graph).unwrap(),
+        );
+        assert_eq!(b.layer_source, LayerSource::Structural, "{file}");
+        assert_eq!(b.layers, a.layers, "{file}");
+        assert_eq!(
+            b.layer_params, a.layer_params,
+            "{file}: same per-layer parameters"
+        );
+        assert_eq!(
+            (b.hidden, b.heads, b.kv_heads, b.ffn, b.vocab, b.params),
+            (a.hidden, a.heads, a.kv_heads, a.ffn, a.vocab, a.params)
+        );
+        let la = detect_layers(&stripped.graph);
+        assert_eq!(la.count, a.layers);
+    }
+}
+
+#[test]
+fn inspect_report_has_the_documented_shape() {
+    let imp = import(&models_dir().join("llama-350m.onnx")).unwrap();
+    let r = inspect(&imp, 1024).unwrap();
+    let json = serde_json::to_value(&r).unwrap();
+    let model = json["model"].as_object().unwrap();
+    let keys: Vec<&str> = model.keys().map(|k| k.as_str()).collect();
+    for k in [
+        "name",
+        "params",
+        "layers",
+        "hidden",
+        "heads",
+        "kv_heads",
+        "vocab",
+        "ffn",
+        "flops_per_token",
+        "param_bytes_by_dtype",
+        "onnx_ops",
+        "canonical_ops",
+        "import_ms",
+    ] {
+        assert!(keys.contains(&k), "missing {k}");
+    }
+    assert_eq!(keys.len(), 13);
+    assert_eq!(
+        json["model"]["param_bytes_by_dtype"]["bf16"]
+            .as_u64()
+            .unwrap(),
+        2 * r.model.params
+    );
+    assert_eq!(json["model"]["onnx_ops"]["MatMul"].as_u64().unwrap(), 218);
+    assert_eq!(
+        json["model"]["canonical_ops"]["Attention"]
+            .as_u64()
+            .unwrap(),
+        24
+    );
+    // 2·(non-embedding parameters) for the matmuls, plus 4·s·hidden per layer for attention
+    // (plus the small rotary frequency product).
+    let s = summarize(&imp.graph).unwrap();
+    let expect = 2.0 * (s.params - s.embedding_params) as f64
+        + 4.0 * 1024.0 * s.hidden as f64 * s.layers as f64;
+    let got = r.model.flops_per_token;
+    assert!(
+        (got - expect).abs() / expect < 1e-3,
+        "flops/token {got} vs {expect}"
+    );
+    // Longer sequences cost more attention FLOPs per token.
+    assert!(inspect(&imp, 4096).unwrap().model.flops_per_token > got);
 }
 
 #[test]
