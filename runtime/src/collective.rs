@@ -211,8 +211,9 @@ pub extern "C" fn moai_recv_f32(ptr: i64, n: i64, tag: i64) {
 }
 
 /// The symbols to register with a JIT, by name.
-pub fn symbols() -> [(&'static str, *mut ()); 5] {
+pub fn symbols() -> [(&'static str, *mut ()); 6] {
     [
+        ("memrefCopy", memref_copy as *mut ()),
         ("moai_allreduce_f32", moai_allreduce_f32 as *mut ()),
         ("moai_allgather_f32", moai_allgather_f32 as *mut ()),
         ("moai_reducescatter_f32", moai_reducescatter_f32 as *mut ()),
@@ -254,4 +255,64 @@ mod tests {
         moai_allreduce_f32(v.as_mut_ptr() as i64, 1, 2);
         assert!(take_error().unwrap().contains("group of 2"));
     }
+}
+
+/// `memrefCopy(elem_size, src, dst)`: the strided copy MLIR's memref lowering calls for copies of
+/// non-contiguous memrefs (normally provided by `libmlir_c_runner_utils`). Arguments are unranked memref
+/// descriptors `{rank, *descriptor}` with descriptor `{allocated, aligned, offset, sizes[rank], strides[rank]}`.
+///
+/// # Safety
+/// Called only by JIT-compiled code with valid descriptors of equal shape.
+pub unsafe extern "C" fn memref_copy(
+    elem_size: i64,
+    src: *const UnrankedDesc,
+    dst: *const UnrankedDesc,
+) {
+    unsafe {
+        let (s, d) = (&*src, &*dst);
+        let rank = s.rank.max(0) as usize;
+        let sd = s.desc as *const i64;
+        let dd = d.desc as *const i64;
+        let s_base = *(sd.add(1)) as *const u8;
+        let d_base = *(dd.add(1)) as *mut u8;
+        let (s_off, d_off) = (*sd.add(2), *dd.add(2));
+        let sizes: Vec<i64> = (0..rank).map(|i| *sd.add(3 + i)).collect();
+        let s_str: Vec<i64> = (0..rank).map(|i| *sd.add(3 + rank + i)).collect();
+        let d_str: Vec<i64> = (0..rank).map(|i| *dd.add(3 + rank + i)).collect();
+        if sizes.iter().any(|x| *x <= 0) {
+            return;
+        }
+        let es = elem_size as usize;
+        let mut idx = vec![0i64; rank];
+        loop {
+            let so: i64 = s_off + idx.iter().zip(&s_str).map(|(i, s)| i * s).sum::<i64>();
+            let doff: i64 = d_off + idx.iter().zip(&d_str).map(|(i, s)| i * s).sum::<i64>();
+            std::ptr::copy_nonoverlapping(
+                s_base.add(so as usize * es),
+                d_base.add(doff as usize * es),
+                es,
+            );
+            let mut k = rank;
+            loop {
+                if k == 0 {
+                    return;
+                }
+                k -= 1;
+                idx[k] += 1;
+                if idx[k] < sizes[k] {
+                    break;
+                }
+                idx[k] = 0;
+            }
+        }
+    }
+}
+
+/// An unranked memref as passed by value-pointer to runtime functions.
+#[repr(C)]
+pub struct UnrankedDesc {
+    /// Rank.
+    pub rank: i64,
+    /// Pointer to the ranked descriptor.
+    pub desc: *const u8,
 }

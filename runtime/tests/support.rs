@@ -121,7 +121,16 @@ pub fn args_for(g: &Graph, inputs: &[(&str, Tensor)]) -> Vec<Tensor> {
 
 /// Runs the reference interpreter (inputs and param overrides by name).
 pub fn reference(g: &Graph, inputs: &[(&str, Tensor)]) -> Vec<Tensor> {
-    let mut it = Interpreter::new(g);
+    reference_at(g, inputs, moai_ir::interp::Precision::F32)
+}
+
+/// Runs the reference interpreter at a precision.
+pub fn reference_at(
+    g: &Graph,
+    inputs: &[(&str, Tensor)],
+    p: moai_ir::interp::Precision,
+) -> Vec<Tensor> {
+    let mut it = Interpreter::new(g).precision(p);
     let input_names: Vec<String> = g
         .inputs
         .iter()
@@ -182,4 +191,18 @@ pub fn assert_close(got: &[Tensor], want: &[Tensor], names: &[String], tol: f64)
 
 pub fn no_dims() -> Dims {
     Dims::new()
+}
+
+/// Normwise relative error `‖a − b‖₂ / ‖b‖₂` (0 when both are zero).
+pub fn norm_rel(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape, b.shape, "shapes differ");
+    let (x, y) = (a.to_f64_vec(), b.to_f64_vec());
+    let num: f64 = x
+        .iter()
+        .zip(&y)
+        .map(|(p, q)| (p - q) * (p - q))
+        .sum::<f64>()
+        .sqrt();
+    let den: f64 = y.iter().map(|q| q * q).sum::<f64>().sqrt();
+    if den == 0.0 { num } else { num / den }
 }

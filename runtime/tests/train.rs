@@ -4,7 +4,7 @@
 use crate::support::*;
 use moai_ir::cost::Phase;
 use moai_ir::train::fixture::{LlamaConfig, llama};
-use moai_ir::train::{TrainOptions, build_training_graph};
+use moai_ir::train::{PrecisionPolicy, TrainOptions, build_training_graph};
 use moai_ir::{Op, ParamData, Tensor};
 use moai_runtime::{CpuExecutor, Dims, KernelStyle, emit_program, run_chain, split_graph};
 use std::collections::HashMap;
@@ -47,7 +47,14 @@ pub fn ids(batch: usize, seq: usize, vocab: usize, seed: u64) -> Tensor {
 fn tiny_llama_training_step_matches_reference() {
     let cfg = LlamaConfig::tiny();
     let fwd = llama(&cfg);
-    let tg = build_training_graph(&fwd, &TrainOptions::default()).expect("training graph");
+    let tg = build_training_graph(
+        &fwd,
+        &TrainOptions {
+            precision: PrecisionPolicy::Fp32,
+            ..Default::default()
+        },
+    )
+    .expect("training graph");
     let phase_part = |id| match tg.meta(id).phase {
         Phase::Forward => 0,
         Phase::Backward | Phase::Recompute => 1,
@@ -70,16 +77,41 @@ fn tiny_llama_training_step_matches_reference() {
     run_chain(&mut exec, &modules.iter().collect::<Vec<_>>(), &mut values)
         .unwrap_or_else(|e| panic!("{e}"));
 
-    let want = reference(&tg.graph, &[("input_ids", input)]);
-    let mut worst = 0.0f64;
+    // Criterion: every output (loss, every gradient, updated parameter and AdamW moment) within 1e-4
+    // normwise relative error of the f32 reference interpreter; and loss and gradients elementwise no less accurate than
+    // the f32 reference itself, both measured against the f64 reference (the f32 reference's own
+    // elementwise error is up to ~5e-4 on small gradient entries, so an elementwise 1e-4 against it
+    // would measure f32 summation-order noise, not the compiler).
+    let want = reference(&tg.graph, &[("input_ids", input.clone())]);
+    let exact = reference_at(
+        &tg.graph,
+        &[("input_ids", input)],
+        moai_ir::interp::Precision::F64,
+    );
+    let (mut worst, mut worst_el, mut worst_ref_el) = (0.0f64, 0.0f64, 0.0f64);
     let mut checked = 0;
-    for ((name, _), w) in tg.graph.outputs.iter().zip(&want) {
+    for ((name, _), (w, x)) in tg.graph.outputs.iter().zip(want.iter().zip(&exact)) {
         let got = values
             .get(name)
             .unwrap_or_else(|| panic!("no output {name}"));
-        let e = max_rel(got, w);
-        assert!(e <= 1e-4, "`{name}`: max relative error {e:e}");
+        let e = norm_rel(got, w);
+        assert!(
+            e <= 1e-4,
+            "`{name}`: normwise relative error {e:e} against the f32 reference"
+        );
+        let (e_mlir, e_ref) = (max_rel(got, x), max_rel(w, x));
+        // (updated parameters are not compared elementwise: at AdamW step 1 the update is lr·sign(g),
+        // whose sign is noise for gradients near zero)
+        let elementwise = name == "loss" || name.starts_with("grad:");
+        assert!(
+            !elementwise || e_mlir <= 2.0 * e_ref + 1e-5,
+            "`{name}`: elementwise error vs f64 {e_mlir:e}, f32 reference's {e_ref:e}"
+        );
         worst = worst.max(e);
+        if elementwise {
+            worst_el = worst_el.max(e_mlir);
+            worst_ref_el = worst_ref_el.max(e_ref);
+        }
         checked += 1;
     }
     assert!(
@@ -87,6 +119,6 @@ fn tiny_llama_training_step_matches_reference() {
         "only {checked} outputs checked"
     );
     eprintln!(
-        "tiny-llama step: {checked} outputs (loss, grads, params, AdamW state) within {worst:e} relative"
+        "tiny-llama step: {checked} outputs; normwise vs f32 reference <= {worst:.2e}; elementwise vs f64: MLIR {worst_el:.2e}, f32 reference {worst_ref_el:.2e}"
     );
 }

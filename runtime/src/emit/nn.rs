@@ -634,25 +634,9 @@ fn group_sum(fb: &mut Fb, x: &Tv, g: i64, kvh: i64) -> Tv {
     if g == 1 {
         return x.clone();
     }
-    let e = x.elem;
+    let x5 = reshape(fb, x, &[x.shape[0], kvh, g, x.shape[2], x.shape[3]]);
     let out = vec![x.shape[0], kvh, x.shape[2], x.shape[3]];
-    fb.generic(
-        &[(
-            x,
-            vec![
-                Ix::D(0),
-                Ix::Lin(vec![(1, g), (4, 1)], 0),
-                Ix::D(2),
-                Ix::D(3),
-            ],
-        )],
-        &out,
-        e,
-        None,
-        &[false, false, false, false, true],
-        Init::Fill(0.0),
-        &mut |fb, a| fb.fadd(&a[1], &a[0], e),
-    )
+    reduce(fb, &x5, &[2], false, ReduceKind::Sum, &out)
 }
 
 /// Flattens logits to `[n, vocab]` and targets to `[n]`; returns (log-softmax or softmax, targets, n, vocab).

@@ -125,6 +125,8 @@ enum Buf {
     I64(Vec<i64>),
     I32(Vec<i32>),
     U8(Vec<u8>),
+    /// bf16 or f16 bit patterns.
+    U16(Vec<u16>),
 }
 
 impl Buf {
@@ -134,6 +136,16 @@ impl Buf {
             (DType::F32, TensorData::F32(x)) => Buf::F32(x.clone()),
             (DType::F32, _) => Buf::F32(v.iter().map(|x| *x as f32).collect()),
             (DType::F64, _) => Buf::F64(v),
+            (DType::BF16, _) => Buf::U16(
+                v.iter()
+                    .map(|x| half::bf16::from_f64(*x).to_bits())
+                    .collect(),
+            ),
+            (DType::F16, _) => Buf::U16(
+                v.iter()
+                    .map(|x| half::f16::from_f64(*x).to_bits())
+                    .collect(),
+            ),
             (DType::I64 | DType::U64, TensorData::I64(x)) => Buf::I64(x.clone()),
             (DType::I64 | DType::U64, _) => Buf::I64(v.iter().map(|x| *x as i64).collect()),
             (DType::I32 | DType::U32, _) => Buf::I32(v.iter().map(|x| *x as i32).collect()),
@@ -154,6 +166,7 @@ impl Buf {
         Ok(match spec.dtype {
             DType::F32 => Buf::F32(vec![0.0; n]),
             DType::F64 => Buf::F64(vec![0.0; n]),
+            DType::BF16 | DType::F16 => Buf::U16(vec![0; n]),
             DType::I64 | DType::U64 => Buf::I64(vec![0; n]),
             DType::I32 | DType::U32 => Buf::I32(vec![0; n]),
             DType::Bool | DType::I8 | DType::U8 => Buf::U8(vec![0; n]),
@@ -173,6 +186,7 @@ impl Buf {
             Buf::I64(v) => v.as_mut_ptr() as *mut u8,
             Buf::I32(v) => v.as_mut_ptr() as *mut u8,
             Buf::U8(v) => v.as_mut_ptr(),
+            Buf::U16(v) => v.as_mut_ptr() as *mut u8,
         }
     }
 
@@ -194,6 +208,18 @@ impl Buf {
                 spec.dtype,
                 TensorData::I64(v.into_iter().map(i64::from).collect()),
             ),
+            Buf::U16(v) => {
+                let f: Vec<f32> = if spec.dtype == DType::F16 {
+                    v.into_iter()
+                        .map(|b| half::f16::from_bits(b).to_f32())
+                        .collect()
+                } else {
+                    v.into_iter()
+                        .map(|b| half::bf16::from_bits(b).to_f32())
+                        .collect()
+                };
+                (spec.dtype, TensorData::F32(f))
+            }
         };
         Tensor { dtype, shape, data }
     }
