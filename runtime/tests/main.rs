@@ -9,3 +9,5 @@ mod cpu;
 mod gpu;
 #[cfg(feature = "mlir")]
 mod train;
+#[cfg(feature = "mlir")]
+mod bundle;
