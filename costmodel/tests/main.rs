@@ -8,4 +8,5 @@ mod estimate;
 mod fit;
 mod props;
 mod real;
+mod seed;
 mod validation;
