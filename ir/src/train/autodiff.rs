@@ -249,7 +249,10 @@ impl Builder<'_> {
                 self.recomputed[&v]
             }
             RecomputePolicy::Full => {
-                let Some(l) = node.prov.layer else { return v };
+                // Only the layer's own backward reruns it; other blocks read the kept layer output.
+                let Some(l) = node.prov.layer.filter(|l| self.ctx.layer == Some(*l)) else {
+                    return v;
+                };
                 if !self.recomputed_layers.insert(l) {
                     return self.recomputed.get(&v).copied().unwrap_or(v);
                 }

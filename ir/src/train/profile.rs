@@ -402,3 +402,111 @@ pub fn reduce_layers(g: &Graph) -> Result<ReducedModel> {
         layer_rep,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::fixture::{LlamaConfig, llama};
+    use crate::train::{RecomputePolicy, peak_memory};
+
+    #[test]
+    fn identical_layers_reduce_to_one_and_profile_matches_the_full_graph() {
+        let g = llama(&LlamaConfig::planning(4, 256, 4, 2, 688, 1000));
+        let red = reduce_layers(&g).unwrap();
+        assert_eq!(red.layer_rep, vec![(0, 0), (1, 0), (2, 0), (3, 0)]);
+        assert!(red.graph.len() < g.len());
+        for r in [
+            RecomputePolicy::None,
+            RecomputePolicy::Selective,
+            RecomputePolicy::Full,
+        ] {
+            let o = TrainOptions {
+                recompute: r,
+                ..TrainOptions::default()
+            };
+            let prof = step_profile(&g, &o, 2, 128).unwrap();
+            assert_eq!(prof.blocks.len(), 6);
+            let tg = build_training_graph(&g, &o).unwrap();
+            let mem = peak_memory(&tg, 2, 128).unwrap();
+            // Middle layers: their saved activations (including their output, the next layer's input) agree.
+            for l in 1..3u32 {
+                let full = mem
+                    .blocks
+                    .iter()
+                    .find(|b| b.block == BlockKind::Decoder(l))
+                    .unwrap()
+                    .saved_bytes as f64;
+                let pb = prof
+                    .blocks
+                    .iter()
+                    .find(|b| b.kind == BlockKind::Decoder(l))
+                    .unwrap();
+                assert_eq!(
+                    pb.saved.tp_sharded + pb.saved.tp_replicated,
+                    full,
+                    "{r}: layer {l}"
+                );
+                assert_eq!(
+                    pb.ops.iter().filter(|o| o.layer == Some(l)).count(),
+                    pb.ops.len()
+                );
+                assert!(
+                    pb.ops
+                        .iter()
+                        .any(|o| o.label.starts_with(&format!("layers.{l}.")))
+                );
+                assert!(
+                    pb.boundary_bytes > 0.0
+                        && pb.transient.tp_sharded + pb.transient.tp_replicated > 0.0
+                );
+            }
+            let q = prof.blocks[1]
+                .ops
+                .iter()
+                .find(|o| o.label.contains("q_proj:Linear"))
+                .unwrap();
+            assert_eq!(q.split, TpSplit::Column);
+            let down = prof.blocks[1]
+                .ops
+                .iter()
+                .find(|o| o.label.contains("down_proj:Linear"))
+                .unwrap();
+            assert_eq!(down.split, TpSplit::Row);
+            let att = prof.blocks[1]
+                .ops
+                .iter()
+                .find(|o| o.label.ends_with(":Attention"))
+                .unwrap();
+            assert_eq!(att.split, TpSplit::Heads);
+            let head = prof.blocks.last().unwrap();
+            assert!(head.ops.iter().any(|o| o.split == TpSplit::Vocab));
+        }
+    }
+
+    #[test]
+    fn selective_recompute_keeps_attention_inputs_only() {
+        let g = llama(&LlamaConfig::planning(2, 256, 4, 4, 688, 1000));
+        let none = step_profile(&g, &TrainOptions::default(), 1, 256).unwrap();
+        let sel = step_profile(
+            &g,
+            &TrainOptions {
+                recompute: RecomputePolicy::Selective,
+                ..TrainOptions::default()
+            },
+            1,
+            256,
+        )
+        .unwrap();
+        let (a, b) = (&none.blocks[1], &sel.blocks[1]);
+        // The attention output [1, 4, 256, 64] bf16 and its f32 lse [1, 4, 256] are no longer kept.
+        assert_eq!(
+            a.saved.tp_sharded - b.saved.tp_sharded,
+            (256 * 256 * 2 + 4 * 256 * 4) as f64
+        );
+        assert!(
+            b.ops
+                .iter()
+                .any(|o| o.phase == Phase::Recompute && o.label.ends_with(":Attention"))
+        );
+    }
+}
