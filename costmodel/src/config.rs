@@ -218,7 +218,7 @@ impl Default for ParallelConfig {
 /// that does not divide.
 pub fn micro_batches_for(batch: u64, dp: u32, micro_batch_size: u32) -> Result<u32> {
     let per = dp as u64 * micro_batch_size as u64;
-    if per == 0 || batch == 0 || batch % per != 0 {
+    if per == 0 || batch == 0 || !batch.is_multiple_of(per) {
         return Err(CostError::InvalidConfig(format!(
             "micro-batch size {micro_batch_size} × dp {dp} = {per} does not divide the batch size {batch}"
         )));
@@ -264,7 +264,7 @@ impl ParallelConfig {
             }
         }
         let prod = self.dp as u64 * self.tp as u64 * self.pp as u64;
-        if cluster.devices as u64 % prod != 0 {
+        if !(cluster.devices as u64).is_multiple_of(prod) {
             return bad(format!(
                 "{} devices are not divisible by dp·tp·pp = {}·{}·{} = {prod}",
                 cluster.devices, self.dp, self.tp, self.pp
@@ -276,7 +276,9 @@ impl ParallelConfig {
                 self.dp, self.tp, self.pp, cluster.devices
             ));
         }
-        if self.tp > cluster.devices_per_server || cluster.devices_per_server % self.tp != 0 {
+        if self.tp > cluster.devices_per_server
+            || !cluster.devices_per_server.is_multiple_of(self.tp)
+        {
             return bad(format!(
                 "tp {} crosses a server ({} devices per server); tensor parallelism must stay inside one",
                 self.tp, cluster.devices_per_server
@@ -286,7 +288,7 @@ impl ParallelConfig {
             if self.pp < 2 {
                 return bad(format!("schedule interleaved:{v} needs pp >= 2"));
             }
-            if self.num_micro_batches % self.pp != 0 {
+            if !self.num_micro_batches.is_multiple_of(self.pp) {
                 return bad(format!(
                     "schedule interleaved:{v} needs the {} micro-batches to be a multiple of pp {}",
                     self.num_micro_batches, self.pp

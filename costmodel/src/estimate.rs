@@ -331,10 +331,10 @@ impl ProfiledCostModel {
             fs.to_bits(),
             bs.to_bits(),
         );
-        if let Ok(cache) = self.cache.read() {
-            if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
-                return p.clone();
-            }
+        if let Ok(cache) = self.cache.read()
+            && let Some((_, p)) = cache.iter().find(|(k, _)| *k == key)
+        {
+            return p.clone();
         }
         let p = Arc::new(self.prepare(profile, gpu, tp, sp));
         if let Ok(mut cache) = self.cache.write() {

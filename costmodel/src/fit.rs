@@ -85,10 +85,10 @@ pub struct EfficiencyFit {
     pub residuals: Vec<(String, f64, f64)>,
 }
 
-fn objective(
-    samples: &[FitSample],
-    file: &EfficiencyFile,
-) -> Result<(f64, Vec<(String, f64, f64)>)> {
+/// Per-sample (name, predicted, measured) step times.
+type Residuals = Vec<(String, f64, f64)>;
+
+fn objective(samples: &[FitSample], file: &EfficiencyFile) -> Result<(f64, Residuals)> {
     let model = ProfiledCostModel::with_efficiencies(file.clone());
     let mut sum = 0.0;
     let mut res = Vec::new();
@@ -242,17 +242,6 @@ pub fn fit_allocator(samples: &[FitSample], base: &EfficiencyFile) -> Result<All
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rounding() {
-        assert_eq!(round_sig(0.123456, 4), 0.1235);
-        assert_eq!(round_sig(1.23456e-5, 3), 1.23e-5);
-    }
-}
-
 /// Starting values (and prior centres) of the H100 fit: typical achieved fractions for PyTorch eager
 /// training kernels (cuBLAS bf16 GEMM about 60% of peak, FlashAttention-2 about 40%, elementwise
 /// kernels about 70% of HBM bandwidth, about 10 µs of host time per op).
@@ -330,4 +319,15 @@ pub fn refit(
                       `fit::fitted_coefficients_match_committed` (MOAI_WRITE_FIT=1 rewrites this file)"
         .into();
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding() {
+        assert_eq!(round_sig(0.123456, 4), 0.1235);
+        assert_eq!(round_sig(1.23456e-5, 3), 1.23e-5);
+    }
 }

@@ -196,10 +196,10 @@ pub fn flavors() -> Vec<FlavorRow> {
 /// Renders the `moai-compile flavors [--gpu K]` table. `gpu = None` shows all AMD kinds; h100/a100
 /// are an error (no flavors).
 pub fn render_flavors(gpu: Option<Gpu>) -> Result<String> {
-    if let Some(g) = gpu {
-        if !g.is_amd() {
-            return Err(CostError::NoFlavorsForGpu(g.name().into()));
-        }
+    if let Some(g) = gpu
+        && !g.is_amd()
+    {
+        return Err(CostError::NoFlavorsForGpu(g.name().into()));
     }
     let mut out = String::new();
     let kinds: Vec<Gpu> = match gpu {

@@ -8,6 +8,8 @@
 //! assert_eq!((c.devices, c.servers), (32, 4));
 //! ```
 
+#![allow(clippy::neg_cmp_op_on_partial_ord)] // `!(x > 0.0)` deliberately rejects NaN too.
+
 pub mod cluster;
 pub mod collective;
 pub mod config;
