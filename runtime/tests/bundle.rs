@@ -2,13 +2,15 @@
 
 use crate::gpu::matmul_graph;
 use moai_runtime::{
-    AmdChip, Dims, KernelStyle, NvSm, Program, ProgramKind, StageProgram, Target, emit_program, emit_stage, read_bundle,
-    write_bundle,
+    AmdChip, Dims, KernelStyle, NvSm, Program, ProgramKind, StageProgram, Target, emit_program,
+    emit_stage, read_bundle, write_bundle,
 };
 use std::path::PathBuf;
 
 fn out_dir(name: &str) -> PathBuf {
-    let base = std::env::var("MOAI_TEST_OUT").map(PathBuf::from).unwrap_or_else(|_| std::env::temp_dir());
+    let base = std::env::var("MOAI_TEST_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
     let d = base.join(format!("moai-runtime-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
@@ -18,21 +20,34 @@ fn out_dir(name: &str) -> PathBuf {
 fn emit_stage_writes_files_and_bundle_round_trips() {
     let sp = StageProgram {
         stage: 0,
-        programs: vec![Program { kind: ProgramKind::Forward, graph: matmul_graph(256, 256, 256) }],
+        programs: vec![Program {
+            kind: ProgramKind::Forward,
+            graph: matmul_graph(256, 256, 256),
+        }],
         dims: Dims::new(),
     };
     let dir = out_dir("bundle");
     let mut kernels = Vec::new();
     for t in [
-        Target::Rocdl { chip: AmdChip::Gfx90a },
-        Target::Rocdl { chip: AmdChip::Gfx942 },
+        Target::Rocdl {
+            chip: AmdChip::Gfx90a,
+        },
+        Target::Rocdl {
+            chip: AmdChip::Gfx942,
+        },
         Target::Nvvm { sm: NvSm::Sm90 },
     ] {
         let sub = dir.join(t.to_string().replace(':', "_"));
         let st = emit_stage(&sp, t, &sub).unwrap_or_else(|e| panic!("{t}: {e}"));
         let bin = sub.join(format!("stage0/forward.{}", t.binary_extension()));
         assert!(sub.join("stage0/forward.mlir").exists());
-        assert!(std::fs::metadata(&bin).map(|m| m.len() > 0).unwrap_or(false), "{}", bin.display());
+        assert!(
+            std::fs::metadata(&bin)
+                .map(|m| m.len() > 0)
+                .unwrap_or(false),
+            "{}",
+            bin.display()
+        );
         kernels.extend(st.kernels);
     }
     let plan = r#"{"plan":{"dp":1,"tp":1,"pp":1}}"#;
@@ -42,7 +57,11 @@ fn emit_stage_writes_files_and_bundle_round_trips() {
     assert_eq!(b.plan_json, plan);
     assert_eq!(b.kernels, kernels);
     assert_eq!(b.kernels.len(), 3);
-    assert!(b.kernels.iter().all(|k| k.launches.iter().any(|l| l.shared_bytes == 8192 && l.block == vec![16, 16, 1])));
+    assert!(b.kernels.iter().all(|k| {
+        k.launches
+            .iter()
+            .any(|l| l.shared_bytes == 8192 && l.block == vec![16, 16, 1])
+    }));
     assert!(read_bundle(&dir.join("stage0")).is_err());
     if std::env::var("MOAI_TEST_OUT").is_err() {
         let _ = std::fs::remove_dir_all(&dir);

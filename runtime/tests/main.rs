@@ -4,10 +4,12 @@
 mod support;
 
 #[cfg(feature = "mlir")]
+mod bundle;
+#[cfg(feature = "mlir")]
 mod cpu;
 #[cfg(feature = "mlir")]
 mod gpu;
 #[cfg(feature = "mlir")]
-mod train;
+mod tp;
 #[cfg(feature = "mlir")]
-mod bundle;
+mod train;
