@@ -3,7 +3,7 @@
 # Chromium (report screenshot test). Idempotent; skips what is already installed.
 set -euo pipefail
 pkgs=(libmlir-22-dev mlir-22-tools llvm-22-dev libclang-22-dev lld-22 libpolly-22-dev
-      libzstd-dev libz3-dev libxml2-dev zlib1g-dev)
+      libzstd-dev libz3-dev libxml2-dev zlib1g-dev chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -77,9 +77,12 @@ pub fn write_outputs(
                 let cfg = serde_json::to_string_pretty(&deepspeed_config(plan, &cx)).expect("json") + "\n";
                 files.push(("deepspeed_config.json".into(), cfg.into_bytes()));
             }
+            "report" => {
+                files.push(("report.html".into(), crate::html::render(report, cluster, req).into_bytes()));
+            }
             other => {
                 return Err(PlanError::InvalidArgument(format!(
-                    "--emit {other}: not available yet in this build (plan, megatron and deepspeed are)"
+                    "--emit {other}: not available yet in this build (plan, megatron, deepspeed and report are)"
                 )));
             }
         }

@@ -1,4 +1,6 @@
 //! Integration tests of moai-compiler: the library API and the `moai-compile` command line.
 
+mod bad_inputs;
 mod cli;
 mod planner;
+mod report;

@@ -1,0 +1,1 @@
+//! `moai-compile sweep`: the best plan of one model on a range of cluster flavors.

@@ -1,0 +1,81 @@
+//! `--emit report`: a self-contained HTML page with the four charts; rendered by headless Chromium
+//! when it is installed (required in CI).
+
+use crate::cli::moai;
+use std::path::Path;
+use std::process::Command;
+
+const SMALL: &str = "llama:layers=8,hidden=512,heads=8,kv_heads=8,ffn=1376,vocab=8000";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("moai-report-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn write_report(out: &Path) -> String {
+    let o = out.to_str().expect("utf-8 temp path");
+    let r = moai(&[
+        "plan", SMALL, "--gpu", "h100", "--devices", "8", "--batch-size", "64", "--seq-len", "256", "--pp", "2",
+        "--emit", "report", "--out", o,
+    ]);
+    assert!(r.status.success(), "plan failed: {}", String::from_utf8_lossy(&r.stderr));
+    std::fs::read_to_string(out.join("report.html")).expect("report.html written")
+}
+
+#[test]
+fn report_has_the_four_charts_and_no_external_resources() {
+    let out = tmp("html");
+    let html = write_report(&out);
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    for heading in ["Pipeline timeline", "Candidates: throughput vs peak memory", "Memory per pipeline stage", "Rejected candidates"] {
+        assert!(html.contains(heading), "missing section {heading}");
+    }
+    assert_eq!(html.matches("<svg").count(), 3, "three inline SVG charts");
+    // pp=2: two timeline rows, forward and backward tasks of 2 stages.
+    assert!(html.contains(">stage 1</text>"));
+    assert!(html.contains("#4a7fd4") && html.contains("#f0a040"));
+    assert!(html.contains("capacity"));
+    assert!(html.contains(">chosen</text>"));
+    for bad in ["<script", "<link", "url(", "https://", "src=\""] {
+        assert!(!html.contains(bad), "report must be self-contained, found {bad}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn report_renders_in_headless_chromium() {
+    if !Path::new(CHROMIUM).exists() {
+        assert!(std::env::var("CI").is_err(), "{CHROMIUM} is required in CI (scripts/install-deps.sh installs it)");
+        eprintln!("note: {CHROMIUM} not found; skipping the screenshot check locally");
+        return;
+    }
+    let out = tmp("png");
+    write_report(&out);
+    let png = out.join("report.png");
+    let profile = out.join("chromium-profile");
+    let status = Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg("--window-size=1400,1800")
+        .arg(format!("file://{}", out.join("report.html").display()))
+        .output()
+        .expect("runs chromium");
+    assert!(status.status.success(), "chromium failed: {}", String::from_utf8_lossy(&status.stderr));
+    let bytes = std::fs::read(&png).expect("screenshot written");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
+    assert!(bytes.len() > 20_000, "screenshot too small ({} bytes) to hold the charts", bytes.len());
+    let _ = std::fs::remove_dir_all(&out);
+}
