@@ -118,6 +118,7 @@ pub fn compile_program(
     }
 }
 
+#[cfg_attr(not(feature = "mlir"), allow(dead_code))]
 fn signature_json(m: &EmittedModule) -> String {
     serde_json::json!({"inputs": m.inputs, "outputs": m.outputs}).to_string()
 }
