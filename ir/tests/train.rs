@@ -548,3 +548,20 @@ fn untrainable_graphs_are_rejected() {
     let e = build_training_graph(&g, &fp32()).unwrap_err().to_string();
     assert!(e.contains("trainable"), "{e}");
 }
+
+#[test]
+fn llama2_13b_builds_and_profiles() {
+    let g = import("llama2-13b.onnx");
+    let t0 = std::time::Instant::now();
+    let tg = build_training_graph(&g, &TrainOptions::default()).unwrap();
+    let t1 = t0.elapsed();
+    let t0 = std::time::Instant::now();
+    let prof = step_profile(&g, &TrainOptions::default(), 1, 4096).unwrap();
+    let t2 = t0.elapsed();
+    println!(
+        "llama2-13b (test profile, opt-level 1): build_training_graph {t1:?} ({} nodes), step_profile {t2:?}",
+        tg.schedule.len()
+    );
+    assert_eq!(tg.layers, 40);
+    assert_eq!(prof.blocks.len(), 42);
+}
