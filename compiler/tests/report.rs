@@ -79,3 +79,23 @@ fn report_renders_in_headless_chromium() {
     assert!(bytes.len() > 20_000, "screenshot too small ({} bytes) to hold the charts", bytes.len());
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn sweep_prints_a_row_per_flavor_and_a_plot() {
+    let out = tmp("sweep");
+    std::fs::create_dir_all(&out).unwrap();
+    let svg = out.join("sweep.svg");
+    let r = moai(&[
+        "--log", "warn", "sweep", SMALL, "--flavors", "Small.64GB..Large.256GB", "--batch-size", "32", "--seq-len", "256",
+        "--plot", svg.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "sweep failed: {}", String::from_utf8_lossy(&r.stderr));
+    for f in ["Small.64GB", "Medium.128GB", "Large.256GB"] {
+        assert!(text.lines().any(|l| l.starts_with(f)), "row for {f} missing:\n{text}");
+    }
+    assert!(text.contains("100.0%"), "the first fitting flavor is the scaling baseline:\n{text}");
+    let plot = std::fs::read_to_string(&svg).expect("plot written");
+    assert!(plot.contains("<polyline") && plot.contains("ideal scaling"));
+    let _ = std::fs::remove_dir_all(&out);
+}

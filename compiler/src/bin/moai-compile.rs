@@ -254,8 +254,27 @@ fn cmd_validate(a: ValidateArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_sweep(_a: SweepArgs) -> Result<()> {
-    bail!("`sweep` is not implemented yet (issue 7); run `plan` once per flavor meanwhile")
+fn cmd_sweep(a: SweepArgs) -> Result<()> {
+    let flavors = moai_compiler::sweep::expand_flavors(&a.flavors)?;
+    let gpu = match &a.gpu {
+        Some(g) => parse_gpu(g)?,
+        None => Gpu::Mi250,
+    };
+    let mut req = request_from(&a.job)?;
+    if a.threads == Some(0) {
+        bail!("--threads 0: must be at least 1");
+    }
+    req.threads = a.threads;
+    req.validate()?;
+    let model = Model::load(&a.model)?;
+    let rows = moai_compiler::sweep::sweep(&model, &flavors, gpu, &req)?;
+    print!("{}", moai_compiler::sweep::table(&rows));
+    if let Some(p) = &a.plot {
+        std::fs::write(p, moai_compiler::sweep::plot_svg(&rows))
+            .map_err(|e| anyhow::anyhow!("--plot {}: {e}", p.display()))?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
 }
 
 /// An indicatif progress bar on stderr (hidden when stderr is not a terminal).
