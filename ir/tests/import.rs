@@ -546,35 +546,3 @@ fn inspect_report_has_the_documented_shape() {
     // Longer sequences cost more attention FLOPs per token.
     assert!(inspect(&imp, 4096).unwrap().model.flops_per_token > got);
 }
-
-#[test]
-#[ignore]
-fn dump_graph() {
-    let f = std::env::var("DUMP").unwrap();
-    let rec = std::env::var("REC").is_ok();
-    let imp = import_with(Path::new(&f), &ImportOptions { recognize: rec }).unwrap();
-    let g = &imp.graph;
-    for id in g.topo_order() {
-        let n = g.node(id);
-        let op = match &n.op {
-            Op::Constant(t) if t.numel() < 8 => format!("Constant{:?}", t.data),
-            Op::Constant(_) => "Constant".into(),
-            Op::Param { name, .. } => format!("Param({name})"),
-            o => format!("{o:?}"),
-        };
-        println!(
-            "{:?} {} {:?} -> {} | {} {:?}",
-            id.index(),
-            op,
-            n.inputs.iter().map(|v| v.node.index()).collect::<Vec<_>>(),
-            n.outputs
-                .iter()
-                .map(|t| t.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-            n.prov.scope,
-            n.prov.layer
-        );
-    }
-    println!("{:?}", imp.recognition);
-}
