@@ -99,7 +99,15 @@ td,th{{border:1px solid #bbb;padding:3px 8px;text-align:left}} .fig{{border:1px 
     let _ = writeln!(h, "<p>{}</p>", esc(&report.explanation));
 
     h.push_str("<h2>Pipeline timeline</h2>\n");
-    match est.map(|e| timeline(cfg.schedule, &stage_times(cfg, e), cfg.pp, cfg.num_micro_batches, 0.0)) {
+    match est.map(|e| {
+        timeline(
+            cfg.schedule,
+            &stage_times(cfg, e),
+            cfg.pp,
+            cfg.num_micro_batches,
+            0.0,
+        )
+    }) {
         Some(Ok(ev)) => {
             h.push_str(&gantt(&ev, cfg.pp.max(1) as usize));
             let _ = writeln!(
@@ -124,7 +132,9 @@ td,th{{border:1px solid #bbb;padding:3px 8px;text-align:left}} .fig{{border:1px 
         h.push_str(&memory_bars(e, capacity));
     }
 
-    h.push_str("<h2>Rejected candidates</h2>\n<table><tr><th>reason</th><th>candidates</th></tr>\n");
+    h.push_str(
+        "<h2>Rejected candidates</h2>\n<table><tr><th>reason</th><th>candidates</th></tr>\n",
+    );
     for (reason, n) in &report.rejected {
         let _ = writeln!(h, "<tr><td>{}</td><td>{n}</td></tr>", esc(reason));
     }
@@ -140,7 +150,9 @@ fn gantt(ev: &[TaskEvent], devices: usize) -> String {
     let end = ev.iter().map(|e| e.end_s).fold(0.0, f64::max).max(1e-12);
     let height = devices as f64 * row + 40.0;
     let sx = |t: f64| left + t / end * (w - left - 10.0);
-    let mut s = format!("<svg class=\"fig\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{height}\">\n");
+    let mut s = format!(
+        "<svg class=\"fig\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{height}\">\n"
+    );
     for d in 0..devices {
         let y = 10.0 + d as f64 * row;
         let _ = writeln!(
@@ -189,7 +201,9 @@ fn scatter(report: &PlanReport, capacity: f64) -> String {
         .iter()
         .filter_map(|e| match &e.outcome {
             Outcome::Feasible(x) => Some((x.peak_memory_bytes as f64 / GIB, x.tokens_per_s, true)),
-            Outcome::OutOfMemory(x) => Some((x.peak_memory_bytes as f64 / GIB, x.tokens_per_s, false)),
+            Outcome::OutOfMemory(x) => {
+                Some((x.peak_memory_bytes as f64 / GIB, x.tokens_per_s, false))
+            }
             _ => None,
         })
         .collect();
@@ -198,7 +212,9 @@ fn scatter(report: &PlanReport, capacity: f64) -> String {
     let ymax = pts.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.05;
     let sx = |x: f64| l + (x / xmax).min(1.0) * (w - l - 20.0);
     let sy = |y: f64| hgt - b - y / ymax * (hgt - b - 20.0);
-    let mut s = format!("<svg class=\"fig\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{hgt}\">\n");
+    let mut s = format!(
+        "<svg class=\"fig\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{hgt}\">\n"
+    );
     let _ = writeln!(
         s,
         "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#000\"/><line x1=\"{l}\" y1=\"20\" x2=\"{l}\" y2=\"{}\" stroke=\"#000\"/>",
@@ -279,7 +295,11 @@ fn memory_bars(e: &Estimate, capacity: f64) -> String {
     let n = e.memory.len().max(1) as f64;
     let (w, hgt, l, b) = (900.0, 420.0, 80.0, 60.0);
     let total = |m: &moai_costmodel::StageMemory| {
-        m.weights_bytes + m.grads_bytes + m.optimizer_bytes + m.activations_bytes + m.transients_bytes
+        m.weights_bytes
+            + m.grads_bytes
+            + m.optimizer_bytes
+            + m.activations_bytes
+            + m.transients_bytes
     };
     let ymax = e
         .memory
@@ -290,7 +310,9 @@ fn memory_bars(e: &Estimate, capacity: f64) -> String {
         * 1.08;
     let sy = |g: f64| hgt - b - g / ymax * (hgt - b - 20.0);
     let bw = ((w - l - 20.0) / n * 0.6).min(90.0);
-    let mut s = format!("<svg class=\"fig\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{hgt}\">\n");
+    let mut s = format!(
+        "<svg class=\"fig\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{hgt}\">\n"
+    );
     let _ = writeln!(
         s,
         "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#000\"/>",

@@ -22,9 +22,15 @@ pub struct SweepRow {
 pub fn expand_flavors(spec: &str) -> Result<Vec<String>> {
     let catalog: Vec<&str> = moai_costmodel::flavors().iter().map(|f| f.name).collect();
     let find = |n: &str| {
-        catalog.iter().position(|c| c.eq_ignore_ascii_case(n.trim())).ok_or_else(|| {
-            PlanError::InvalidArgument(format!("--flavors: unknown flavor `{}` (see `moai-compile flavors`)", n.trim()))
-        })
+        catalog
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(n.trim()))
+            .ok_or_else(|| {
+                PlanError::InvalidArgument(format!(
+                    "--flavors: unknown flavor `{}` (see `moai-compile flavors`)",
+                    n.trim()
+                ))
+            })
     };
     if let Some((a, b)) = spec.split_once("..") {
         let (i, j) = (find(a)?, find(b)?);
@@ -37,8 +43,11 @@ pub fn expand_flavors(spec: &str) -> Result<Vec<String>> {
         }
         return Ok(catalog[i..=j].iter().map(|s| s.to_string()).collect());
     }
-    let list: Vec<String> =
-        spec.split(',').filter(|s| !s.trim().is_empty()).map(|s| find(s).map(|i| catalog[i].to_string())).collect::<Result<_>>()?;
+    let list: Vec<String> = spec
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| find(s).map(|i| catalog[i].to_string()))
+        .collect::<Result<_>>()?;
     if list.is_empty() {
         return Err(PlanError::InvalidArgument("--flavors: empty list".into()));
     }
@@ -47,33 +56,56 @@ pub fn expand_flavors(spec: &str) -> Result<Vec<String>> {
 
 /// Plans the model on each flavor. A flavor where nothing fits (or that has no mapping for the GPU
 /// kind) becomes a row with the reason, not an error.
-pub fn sweep(model: &Model, flavors: &[String], gpu: Gpu, req: &PlanRequest) -> Result<Vec<SweepRow>> {
+pub fn sweep(
+    model: &Model,
+    flavors: &[String],
+    gpu: Gpu,
+    req: &PlanRequest,
+) -> Result<Vec<SweepRow>> {
     let mut rows = Vec::new();
     for f in flavors {
         let cluster = match Cluster::from_flavor(f, gpu) {
             Ok(c) => c,
             Err(e) => {
-                rows.push(SweepRow { flavor: f.clone(), devices: 0, best: Err(e.to_string()) });
+                rows.push(SweepRow {
+                    flavor: f.clone(),
+                    devices: 0,
+                    best: Err(e.to_string()),
+                });
                 continue;
             }
         };
         let best = match crate::plan(model, &cluster, req) {
             Ok(r) => {
                 let p = &r.output.predicted;
-                Ok((r.output.plan.summary_line(), p.tokens_per_s, p.step_time_s, p.peak_memory_bytes, p.mfu))
+                Ok((
+                    r.output.plan.summary_line(),
+                    p.tokens_per_s,
+                    p.step_time_s,
+                    p.peak_memory_bytes,
+                    p.mfu,
+                ))
             }
             Err(PlanError::NoFeasiblePlan(why)) => Err(format!("nothing fits: {why}")),
             Err(e) => return Err(e),
         };
-        rows.push(SweepRow { flavor: f.clone(), devices: cluster.devices as u64, best });
+        rows.push(SweepRow {
+            flavor: f.clone(),
+            devices: cluster.devices as u64,
+            best,
+        });
     }
     Ok(rows)
 }
 
 /// Scaling efficiency of each row against the first row that fits: `(tps/devices)/(tps0/devices0)`.
 pub fn efficiencies(rows: &[SweepRow]) -> Vec<Option<f64>> {
-    let base = rows.iter().find_map(|r| r.best.as_ref().ok().map(|b| b.1 / r.devices.max(1) as f64));
-    rows.iter().map(|r| Some(r.best.as_ref().ok()?.1 / r.devices.max(1) as f64 / base?)).collect()
+    let base = rows
+        .iter()
+        .find_map(|r| r.best.as_ref().ok().map(|b| b.1 / r.devices.max(1) as f64));
+    rows.iter()
+        .map(|r| Some(r.best.as_ref().ok()?.1 / r.devices.max(1) as f64 / base?))
+        .collect()
 }
 
 /// The sweep as a text table.
@@ -108,29 +140,75 @@ pub fn table(rows: &[SweepRow]) -> String {
 
 /// SVG plot of tokens/s vs devices, with the ideal-scaling line from the first fitting flavor.
 pub fn plot_svg(rows: &[SweepRow]) -> String {
-    let pts: Vec<(f64, f64)> =
-        rows.iter().filter_map(|r| r.best.as_ref().ok().map(|b| (r.devices as f64, b.1))).collect();
+    let pts: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| r.best.as_ref().ok().map(|b| (r.devices as f64, b.1)))
+        .collect();
     let (w, h, l, b) = (800.0, 500.0, 90.0, 50.0);
     let xmax = pts.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
     let ideal_max = pts.first().map(|p0| p0.1 / p0.0 * xmax).unwrap_or(1.0);
     let ymax = pts.iter().map(|p| p.1).fold(ideal_max, f64::max).max(1e-9) * 1.05;
     let sx = |x: f64| l + x / xmax * (w - l - 20.0);
     let sy = |y: f64| h - b - y / ymax * (h - b - 20.0);
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"#fff\"/>\n");
-    let _ = writeln!(s, "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#000\"/><line x1=\"{l}\" y1=\"20\" x2=\"{l}\" y2=\"{}\" stroke=\"#000\"/>", h - b, w - 20.0, h - b, h - b);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"#fff\"/>\n"
+    );
+    let _ = writeln!(
+        s,
+        "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#000\"/><line x1=\"{l}\" y1=\"20\" x2=\"{l}\" y2=\"{}\" stroke=\"#000\"/>",
+        h - b,
+        w - 20.0,
+        h - b,
+        h - b
+    );
     for i in 0..=4 {
         let (gx, gy) = (xmax * i as f64 / 4.0, ymax * i as f64 / 4.0);
-        let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{gx:.0}</text><text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{gy:.0}</text>", sx(gx), h - b + 15.0, l - 4.0, sy(gy) + 4.0);
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{gx:.0}</text><text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{gy:.0}</text>",
+            sx(gx),
+            h - b + 15.0,
+            l - 4.0,
+            sy(gy) + 4.0
+        );
     }
-    let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" font-size=\"12\" text-anchor=\"middle\">devices</text><text x=\"16\" y=\"{}\" font-size=\"12\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">tokens/s</text>", (l + w) / 2.0, h - 12.0, h / 2.0, h / 2.0);
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"{}\" font-size=\"12\" text-anchor=\"middle\">devices</text><text x=\"16\" y=\"{}\" font-size=\"12\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">tokens/s</text>",
+        (l + w) / 2.0,
+        h - 12.0,
+        h / 2.0,
+        h / 2.0
+    );
     if let Some(p0) = pts.first() {
-        let _ = writeln!(s, "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#888\" stroke-dasharray=\"6,4\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"#888\" text-anchor=\"end\">ideal scaling</text>", sx(0.0), sy(0.0), sx(xmax), sy(ideal_max), sx(xmax) - 4.0, sy(ideal_max) + 14.0);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#888\" stroke-dasharray=\"6,4\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"#888\" text-anchor=\"end\">ideal scaling</text>",
+            sx(0.0),
+            sy(0.0),
+            sx(xmax),
+            sy(ideal_max),
+            sx(xmax) - 4.0,
+            sy(ideal_max) + 14.0
+        );
         let _ = p0;
     }
-    let path: Vec<String> = pts.iter().map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1))).collect();
-    let _ = writeln!(s, "<polyline points=\"{}\" fill=\"none\" stroke=\"#4a7fd4\" stroke-width=\"2\"/>", path.join(" "));
+    let path: Vec<String> = pts
+        .iter()
+        .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1)))
+        .collect();
+    let _ = writeln!(
+        s,
+        "<polyline points=\"{}\" fill=\"none\" stroke=\"#4a7fd4\" stroke-width=\"2\"/>",
+        path.join(" ")
+    );
     for p in &pts {
-        let _ = writeln!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#4a7fd4\"/>", sx(p.0), sy(p.1));
+        let _ = writeln!(
+            s,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#4a7fd4\"/>",
+            sx(p.0),
+            sy(p.1)
+        );
     }
     s.push_str("</svg>\n");
     s
@@ -144,16 +222,36 @@ mod tests {
     fn ranges_and_lists_expand() {
         let all: Vec<&str> = moai_costmodel::flavors().iter().map(|f| f.name).collect();
         let r = expand_flavors(&format!("{}..{}", all[0], all[2])).unwrap();
-        assert_eq!(r, all[..3].iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            r,
+            all[..3].iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        );
         assert!(expand_flavors(&format!("{}..{}", all[2], all[0])).is_err());
         assert!(expand_flavors("Nope.1GB..Small.64GB").is_err());
-        assert_eq!(expand_flavors(&format!("{},{}", all[1], all[0])).unwrap().len(), 2);
+        assert_eq!(
+            expand_flavors(&format!("{},{}", all[1], all[0]))
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]
     fn efficiency_is_per_device_throughput_ratio() {
-        let row = |d, t: f64| SweepRow { flavor: "f".into(), devices: d, best: Ok((String::new(), t, 1.0, 0, 0.5)) };
-        let rows = vec![SweepRow { flavor: "x".into(), devices: 4, best: Err("nothing fits".into()) }, row(8, 800.0), row(16, 1200.0)];
+        let row = |d, t: f64| SweepRow {
+            flavor: "f".into(),
+            devices: d,
+            best: Ok((String::new(), t, 1.0, 0, 0.5)),
+        };
+        let rows = vec![
+            SweepRow {
+                flavor: "x".into(),
+                devices: 4,
+                best: Err("nothing fits".into()),
+            },
+            row(8, 800.0),
+            row(16, 1200.0),
+        ];
         let e = efficiencies(&rows);
         assert_eq!(e[0], None);
         assert!((e[1].unwrap() - 1.0).abs() < 1e-12);

@@ -17,10 +17,28 @@ fn tmp(name: &str) -> std::path::PathBuf {
 fn write_report(out: &Path) -> String {
     let o = out.to_str().expect("utf-8 temp path");
     let r = moai(&[
-        "plan", SMALL, "--gpu", "h100", "--devices", "8", "--batch-size", "64", "--seq-len", "256", "--pp", "2",
-        "--emit", "report", "--out", o,
+        "plan",
+        SMALL,
+        "--gpu",
+        "h100",
+        "--devices",
+        "8",
+        "--batch-size",
+        "64",
+        "--seq-len",
+        "256",
+        "--pp",
+        "2",
+        "--emit",
+        "report",
+        "--out",
+        o,
     ]);
-    assert!(r.status.success(), "plan failed: {}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        r.status.success(),
+        "plan failed: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     std::fs::read_to_string(out.join("report.html")).expect("report.html written")
 }
 
@@ -29,7 +47,12 @@ fn report_has_the_four_charts_and_no_external_resources() {
     let out = tmp("html");
     let html = write_report(&out);
     assert!(html.starts_with("<!DOCTYPE html>"));
-    for heading in ["Pipeline timeline", "Candidates: throughput vs peak memory", "Memory per pipeline stage", "Rejected candidates"] {
+    for heading in [
+        "Pipeline timeline",
+        "Candidates: throughput vs peak memory",
+        "Memory per pipeline stage",
+        "Rejected candidates",
+    ] {
         assert!(html.contains(heading), "missing section {heading}");
     }
     assert_eq!(html.matches("<svg").count(), 3, "three inline SVG charts");
@@ -39,7 +62,10 @@ fn report_has_the_four_charts_and_no_external_resources() {
     assert!(html.contains("capacity"));
     assert!(html.contains(">chosen</text>"));
     for bad in ["<script", "<link", "url(", "https://", "src=\""] {
-        assert!(!html.contains(bad), "report must be self-contained, found {bad}");
+        assert!(
+            !html.contains(bad),
+            "report must be self-contained, found {bad}"
+        );
     }
     let _ = std::fs::remove_dir_all(&out);
 }
@@ -47,7 +73,10 @@ fn report_has_the_four_charts_and_no_external_resources() {
 #[test]
 fn report_renders_in_headless_chromium() {
     if !Path::new(CHROMIUM).exists() {
-        assert!(std::env::var("CI").is_err(), "{CHROMIUM} is required in CI (scripts/install-deps.sh installs it)");
+        assert!(
+            std::env::var("CI").is_err(),
+            "{CHROMIUM} is required in CI (scripts/install-deps.sh installs it)"
+        );
         eprintln!("note: {CHROMIUM} not found; skipping the screenshot check locally");
         return;
     }
@@ -73,10 +102,18 @@ fn report_renders_in_headless_chromium() {
         .arg(format!("file://{}", out.join("report.html").display()))
         .output()
         .expect("runs chromium");
-    assert!(status.status.success(), "chromium failed: {}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let bytes = std::fs::read(&png).expect("screenshot written");
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
-    assert!(bytes.len() > 20_000, "screenshot too small ({} bytes) to hold the charts", bytes.len());
+    assert!(
+        bytes.len() > 20_000,
+        "screenshot too small ({} bytes) to hold the charts",
+        bytes.len()
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -86,15 +123,35 @@ fn sweep_prints_a_row_per_flavor_and_a_plot() {
     std::fs::create_dir_all(&out).unwrap();
     let svg = out.join("sweep.svg");
     let r = moai(&[
-        "--log", "warn", "sweep", SMALL, "--flavors", "Small.64GB..Large.256GB", "--batch-size", "32", "--seq-len", "256",
-        "--plot", svg.to_str().unwrap(),
+        "--log",
+        "warn",
+        "sweep",
+        SMALL,
+        "--flavors",
+        "Small.64GB..Large.256GB",
+        "--batch-size",
+        "32",
+        "--seq-len",
+        "256",
+        "--plot",
+        svg.to_str().unwrap(),
     ]);
     let text = String::from_utf8_lossy(&r.stdout);
-    assert!(r.status.success(), "sweep failed: {}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        r.status.success(),
+        "sweep failed: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     for f in ["Small.64GB", "Medium.128GB", "Large.256GB"] {
-        assert!(text.lines().any(|l| l.starts_with(f)), "row for {f} missing:\n{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with(f)),
+            "row for {f} missing:\n{text}"
+        );
     }
-    assert!(text.contains("100.0%"), "the first fitting flavor is the scaling baseline:\n{text}");
+    assert!(
+        text.contains("100.0%"),
+        "the first fitting flavor is the scaling baseline:\n{text}"
+    );
     let plot = std::fs::read_to_string(&svg).expect("plot written");
     assert!(plot.contains("<polyline") && plot.contains("ideal scaling"));
     let _ = std::fs::remove_dir_all(&out);
