@@ -30,7 +30,12 @@ pub fn plan_with(
 }
 
 /// Predicts one configuration (the `estimate` command).
-pub fn estimate(model: &Model, cluster: &Cluster, config: &ParallelConfig, req: &PlanRequest) -> Result<PlanOutput> {
+pub fn estimate(
+    model: &Model,
+    cluster: &Cluster,
+    config: &ParallelConfig,
+    req: &PlanRequest,
+) -> Result<PlanOutput> {
     estimate_with(model, cluster, config, req, &ProfiledCostModel::new())
 }
 

@@ -200,7 +200,9 @@ pub struct SweepArgs {
 
 /// Inserts the implicit `plan` subcommand: `moai-compile MODEL ...` means `moai-compile plan MODEL ...`.
 pub fn with_default_subcommand(mut args: Vec<String>) -> Vec<String> {
-    const SUBS: &[&str] = &["plan", "estimate", "inspect", "flavors", "validate", "sweep", "help"];
+    const SUBS: &[&str] = &[
+        "plan", "estimate", "inspect", "flavors", "validate", "sweep", "help",
+    ];
     // The first argument that is not a global option decides.
     let mut i = 1;
     while i < args.len() {
@@ -234,10 +236,19 @@ mod tests {
 
     #[test]
     fn plan_is_the_default_subcommand() {
-        assert_eq!(with_default_subcommand(v(&["m", "x.onnx", "--flavor", "A"]))[1], "plan");
-        assert_eq!(with_default_subcommand(v(&["m", "inspect", "x.onnx"]))[1], "inspect");
+        assert_eq!(
+            with_default_subcommand(v(&["m", "x.onnx", "--flavor", "A"]))[1],
+            "plan"
+        );
+        assert_eq!(
+            with_default_subcommand(v(&["m", "inspect", "x.onnx"]))[1],
+            "inspect"
+        );
         assert_eq!(with_default_subcommand(v(&["m", "--help"]))[1], "--help");
-        assert_eq!(with_default_subcommand(v(&["m", "--log", "debug", "x.onnx"]))[3], "plan");
+        assert_eq!(
+            with_default_subcommand(v(&["m", "--log", "debug", "x.onnx"]))[3],
+            "plan"
+        );
     }
 
     #[test]

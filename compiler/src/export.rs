@@ -51,10 +51,24 @@ pub fn megatron_args(plan: &PlanConfig, cx: &ExportContext) -> Vec<(String, Opti
     kv("--hidden-size", cx.hidden.to_string());
     kv("--ffn-hidden-size", cx.ffn.to_string());
     kv("--num-attention-heads", cx.heads.to_string());
-    kv("--optimizer", if cx.optimizer == "sgd" { "sgd".into() } else { "adam".into() });
-    if let Some(v) = plan.schedule.strip_prefix("interleaved:").and_then(|v| v.parse::<u64>().ok()) {
+    kv(
+        "--optimizer",
+        if cx.optimizer == "sgd" {
+            "sgd".into()
+        } else {
+            "adam".into()
+        },
+    );
+    if let Some(v) = plan
+        .schedule
+        .strip_prefix("interleaved:")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         let per_stage = cx.layers as u64 / plan.pp.max(1);
-        kv("--num-layers-per-virtual-pipeline-stage", (per_stage / v.max(1)).max(1).to_string());
+        kv(
+            "--num-layers-per-virtual-pipeline-stage",
+            (per_stage / v.max(1)).max(1).to_string(),
+        );
     }
     match plan.recompute.as_str() {
         "full" => {
@@ -181,7 +195,11 @@ mod tests {
                 distribute_optimizer: true,
                 sequence_parallel: true,
                 schedule: "interleaved:2".into(),
-                stages: (0..4).map(|i| StageInfo { layers: [i * 10, i * 10 + 9] }).collect(),
+                stages: (0..4)
+                    .map(|i| StageInfo {
+                        layers: [i * 10, i * 10 + 9],
+                    })
+                    .collect(),
             },
             ExportContext {
                 layers: 40,
@@ -204,15 +222,22 @@ mod tests {
 
     #[test]
     fn megatron_names_are_accepted_by_its_parser() {
-        let accepted: std::collections::HashSet<&str> = include_str!("../data/megatron_arguments.txt")
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .map(str::trim)
-            .collect();
-        assert!(accepted.len() > 200, "the list of Megatron-LM options looks incomplete");
+        let accepted: std::collections::HashSet<&str> =
+            include_str!("../data/megatron_arguments.txt")
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+        assert!(
+            accepted.len() > 200,
+            "the list of Megatron-LM options looks incomplete"
+        );
         let (p, cx) = sample();
         for (name, _) in megatron_args(&p, &cx) {
-            assert!(accepted.contains(name.as_str()), "{name} is not a Megatron-LM option");
+            assert!(
+                accepted.contains(name.as_str()),
+                "{name} is not a Megatron-LM option"
+            );
         }
     }
 
@@ -243,17 +268,27 @@ mod tests {
         assert_eq!(c["train_micro_batch_size_per_gpu"], 1);
         assert_eq!(c["gradient_accumulation_steps"], 64);
         // train_batch_size = micro * accumulation * dp, as DeepSpeed checks.
-        assert_eq!(c["train_batch_size"].as_u64().unwrap(), p.micro_batch_size * p.num_micro_batches * p.dp);
-        let keys: std::collections::HashSet<&str> = include_str!("../data/deepspeed_config_keys.txt")
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .map(str::trim)
-            .collect();
+        assert_eq!(
+            c["train_batch_size"].as_u64().unwrap(),
+            p.micro_batch_size * p.num_micro_batches * p.dp
+        );
+        let keys: std::collections::HashSet<&str> =
+            include_str!("../data/deepspeed_config_keys.txt")
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
         for (k, v) in c.as_object().unwrap() {
-            assert!(keys.contains(k.as_str()), "{k} is not a DeepSpeed config key");
+            assert!(
+                keys.contains(k.as_str()),
+                "{k} is not a DeepSpeed config key"
+            );
             if k == "zero_optimization" {
                 for zk in v.as_object().unwrap().keys() {
-                    assert!(keys.contains(format!("zero_optimization.{zk}").as_str()), "zero_optimization.{zk}");
+                    assert!(
+                        keys.contains(format!("zero_optimization.{zk}").as_str()),
+                        "zero_optimization.{zk}"
+                    );
                 }
             }
         }
@@ -263,6 +298,10 @@ mod tests {
     fn torchrun_script_names_the_server() {
         let (p, cx) = sample();
         let s = torchrun_script(&p, &cx, 3);
-        assert!(s.contains("--node-rank 3") && s.contains("--nnodes 4") && s.contains("--nproc-per-node 8"));
+        assert!(
+            s.contains("--node-rank 3")
+                && s.contains("--nnodes 4")
+                && s.contains("--nproc-per-node 8")
+        );
     }
 }

@@ -58,13 +58,25 @@ impl Model {
         let lower = src.to_ascii_lowercase();
         let (graph, source, onnx) = if lower.ends_with(".onnx") {
             let imported = moai_ir::onnx::import(path)?;
-            let info = OnnxInfo { ops: imported.onnx_ops, opset: imported.opset, import_ms: imported.import_ms };
-            (imported.graph, ModelSource::Onnx(path.to_path_buf()), Some(info))
+            let info = OnnxInfo {
+                ops: imported.onnx_ops,
+                opset: imported.opset,
+                import_ms: imported.import_ms,
+            };
+            (
+                imported.graph,
+                ModelSource::Onnx(path.to_path_buf()),
+                Some(info),
+            )
         } else if lower.ends_with(".json") {
             let g = moai_models::from_hf_config(path)?;
             (g, ModelSource::HfConfig(path.to_path_buf()), None)
         } else if moai_models::looks_like_spec(src) {
-            (moai_models::from_spec(src)?, ModelSource::Spec(src.to_string()), None)
+            (
+                moai_models::from_spec(src)?,
+                ModelSource::Spec(src.to_string()),
+                None,
+            )
         } else if path.exists() {
             return Err(PlanError::InvalidArgument(format!(
                 "{src}: unknown model format (expected an .onnx file, a Hugging Face config.json, or a spec such as llama:layers=32,hidden=4096,heads=32,ffn=11008,vocab=32000)"
@@ -80,7 +92,18 @@ impl Model {
                 "{src}: no decoder layers found; the planner needs a decoder-only transformer"
             )));
         }
-        let name = if summary.name.is_empty() { graph.name.clone() } else { summary.name.clone() };
-        Ok(Model { name, graph, summary, source, load_ms: t0.elapsed().as_secs_f64() * 1e3, onnx })
+        let name = if summary.name.is_empty() {
+            graph.name.clone()
+        } else {
+            summary.name.clone()
+        };
+        Ok(Model {
+            name,
+            graph,
+            summary,
+            source,
+            load_ms: t0.elapsed().as_secs_f64() * 1e3,
+            onnx,
+        })
     }
 }

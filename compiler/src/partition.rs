@@ -17,7 +17,12 @@ pub struct StageCost {
 /// fits in `memory_cap`, the one with the smallest slowest-stage time wins (ties: smallest largest
 /// memory, then earliest split points). If none fits, the split with the smallest largest memory is
 /// returned, so the caller's memory check rejects it with the best available numbers.
-pub fn partition(layers: u32, stages: u32, memory_cap: f64, cost: &dyn Fn(u32, u32, u32) -> StageCost) -> Vec<(u32, u32)> {
+pub fn partition(
+    layers: u32,
+    stages: u32,
+    memory_cap: f64,
+    cost: &dyn Fn(u32, u32, u32) -> StageCost,
+) -> Vec<(u32, u32)> {
     let (l, s) = (layers as usize, stages as usize);
     if s <= 1 || l == 0 {
         return vec![(0, layers.saturating_sub(1))];
@@ -39,7 +44,11 @@ pub fn partition(layers: u32, stages: u32, memory_cap: f64, cost: &dyn Fn(u32, u
         }
     };
     let mut best: Vec<Vec<Option<Cell>>> = vec![vec![None; l + 1]; s + 1];
-    best[0][0] = Some(Cell { max_time: 0.0, max_mem: 0.0, prev: 0 });
+    best[0][0] = Some(Cell {
+        max_time: 0.0,
+        max_mem: 0.0,
+        prev: 0,
+    });
     for k in 1..=s {
         // Stage k-1 holds layers i..j-1; leave at least one layer per remaining stage.
         for j in k..=(l - (s - k)) {
@@ -47,7 +56,11 @@ pub fn partition(layers: u32, stages: u32, memory_cap: f64, cost: &dyn Fn(u32, u
             for i in (k - 1)..j {
                 let Some(p) = best[k - 1][i] else { continue };
                 let c = cost((k - 1) as u32, i as u32, (j - 1) as u32);
-                let cand = Cell { max_time: p.max_time.max(c.time_s), max_mem: p.max_mem.max(c.memory_bytes), prev: i };
+                let cand = Cell {
+                    max_time: p.max_time.max(c.time_s),
+                    max_mem: p.max_mem.max(c.memory_bytes),
+                    prev: i,
+                };
                 let fits = cand.max_mem <= memory_cap;
                 cur = match cur {
                     None => Some(cand),
@@ -73,7 +86,11 @@ pub fn partition(layers: u32, stages: u32, memory_cap: f64, cost: &dyn Fn(u32, u
 mod tests {
     use super::*;
 
-    fn uniform(extra_first: f64, extra_last: f64, layers: u32) -> impl Fn(u32, u32, u32) -> StageCost {
+    fn uniform(
+        extra_first: f64,
+        extra_last: f64,
+        layers: u32,
+    ) -> impl Fn(u32, u32, u32) -> StageCost {
         move |_s, lo, hi| {
             let mut t = (hi - lo + 1) as f64;
             if lo == 0 {
@@ -82,7 +99,10 @@ mod tests {
             if hi == layers - 1 {
                 t += extra_last;
             }
-            StageCost { time_s: t, memory_bytes: t }
+            StageCost {
+                time_s: t,
+                memory_bytes: t,
+            }
         }
     }
 
@@ -95,7 +115,11 @@ mod tests {
     #[test]
     fn heavy_head_gets_fewer_layers() {
         let p = partition(40, 2, f64::INFINITY, &uniform(0.0, 4.0, 40));
-        assert_eq!(p, vec![(0, 21), (22, 39)], "the head costs 4 layers: 22 + 18+4");
+        assert_eq!(
+            p,
+            vec![(0, 21), (22, 39)],
+            "the head costs 4 layers: 22 + 18+4"
+        );
     }
 
     #[test]
@@ -115,10 +139,17 @@ mod tests {
         // Stage 0 holds more in-flight micro-batches: its memory per layer is doubled.
         let cost = |s: u32, lo: u32, hi: u32| {
             let n = (hi - lo + 1) as f64;
-            StageCost { time_s: n, memory_bytes: if s == 0 { 2.0 * n } else { n } }
+            StageCost {
+                time_s: n,
+                memory_bytes: if s == 0 { 2.0 * n } else { n },
+            }
         };
         // Unconstrained, 6 + 6 is fastest; a cap of 10 bytes allows stage 0 at most 5 layers.
         assert_eq!(partition(12, 2, 14.0, &cost), vec![(0, 5), (6, 11)]);
-        assert_eq!(partition(12, 2, 10.0, &cost), vec![(0, 4), (5, 11)], "stage 0 is capped at 5 layers");
+        assert_eq!(
+            partition(12, 2, 10.0, &cost),
+            vec![(0, 4), (5, 11)],
+            "stage 0 is capped at 5 layers"
+        );
     }
 }

@@ -127,12 +127,23 @@ impl PlanConfig {
         let pp = if self.pp == 1 {
             "No PP".to_string()
         } else {
-            format!("num_stages : {}, num_micro_batches : {}, schedule : {}", self.pp, self.num_micro_batches, self.schedule)
+            format!(
+                "num_stages : {}, num_micro_batches : {}, schedule : {}",
+                self.pp, self.num_micro_batches, self.schedule
+            )
         };
         let tp = if self.tp == 1 {
             "No TP".to_string()
         } else {
-            format!("TP : {}{}", self.tp, if self.sequence_parallel { " (sequence parallel)" } else { "" })
+            format!(
+                "TP : {}{}",
+                self.tp,
+                if self.sequence_parallel {
+                    " (sequence parallel)"
+                } else {
+                    ""
+                }
+            )
         };
         let mb = if self.pp == 1 {
             format!(", num_micro_batches : {}", self.num_micro_batches)
@@ -141,7 +152,12 @@ impl PlanConfig {
         };
         format!(
             "{pp}, {tp}, DP : {}, batch_per_device : {}{mb}, recomputation : {}, distribute_param : {}, distribute_low_prec_param : {}, distribute_optimizer : {}",
-            self.dp, self.micro_batch_size, self.recompute, self.distribute_param, self.distribute_low_prec_param, self.distribute_optimizer
+            self.dp,
+            self.micro_batch_size,
+            self.recompute,
+            self.distribute_param,
+            self.distribute_low_prec_param,
+            self.distribute_optimizer
         )
     }
 }

@@ -2,7 +2,9 @@
 //! rejection counts, and the platform's own choice for comparison.
 
 use crate::model::Model;
-use crate::plan::{Breakdown, ClusterInfo, ModelInfo, PlanConfig, PlanOutput, Predicted, SearchInfo, StageInfo};
+use crate::plan::{
+    Breakdown, ClusterInfo, ModelInfo, PlanConfig, PlanOutput, Predicted, SearchInfo, StageInfo,
+};
 use crate::request::PlanRequest;
 use crate::search::{Evaluated, SearchResult};
 use moai_costmodel::{Cluster, Estimate, ParallelConfig};
@@ -25,7 +27,11 @@ pub struct PlanReport {
 
 /// Output objects for a model, cluster and configuration.
 pub fn model_info(model: &Model) -> ModelInfo {
-    ModelInfo { name: model.name.clone(), params: model.summary.params, layers: model.summary.layers as u32 }
+    ModelInfo {
+        name: model.name.clone(),
+        params: model.summary.params,
+        layers: model.summary.layers as u32,
+    }
 }
 
 /// The cluster part of the output.
@@ -41,8 +47,11 @@ pub fn cluster_info(c: &Cluster) -> ClusterInfo {
 
 /// The plan part of the output.
 pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
-    let ranges =
-        if cfg.stages.is_empty() { moai_costmodel::config::even_stages(layers, cfg.pp) } else { cfg.stages.clone() };
+    let ranges = if cfg.stages.is_empty() {
+        moai_costmodel::config::even_stages(layers, cfg.pp)
+    } else {
+        cfg.stages.clone()
+    };
     PlanConfig {
         dp: cfg.dp as u64,
         tp: cfg.tp as u64,
@@ -55,7 +64,10 @@ pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
         distribute_optimizer: cfg.distribute_optimizer,
         sequence_parallel: cfg.sequence_parallel,
         schedule: cfg.schedule.to_string(),
-        stages: ranges.into_iter().map(|(lo, hi)| StageInfo { layers: [lo, hi] }).collect(),
+        stages: ranges
+            .into_iter()
+            .map(|(lo, hi)| StageInfo { layers: [lo, hi] })
+            .collect(),
     }
 }
 
@@ -76,7 +88,12 @@ pub fn predicted(e: &Estimate) -> Predicted {
 }
 
 /// The output object of one evaluated candidate.
-pub fn output_of(model: &Model, cluster: &Cluster, ev: &Evaluated, search: Option<SearchInfo>) -> Option<PlanOutput> {
+pub fn output_of(
+    model: &Model,
+    cluster: &Cluster,
+    ev: &Evaluated,
+    search: Option<SearchInfo>,
+) -> Option<PlanOutput> {
     let e = ev.estimate()?;
     Some(PlanOutput {
         model: model_info(model),
@@ -88,7 +105,12 @@ pub fn output_of(model: &Model, cluster: &Cluster, ev: &Evaluated, search: Optio
 }
 
 /// Builds the report from a finished search.
-pub fn build_report(model: &Model, cluster: &Cluster, _req: &PlanRequest, result: SearchResult) -> PlanReport {
+pub fn build_report(
+    model: &Model,
+    cluster: &Cluster,
+    _req: &PlanRequest,
+    result: SearchResult,
+) -> PlanReport {
     let feasible = result.ranking.len() as u64;
     let info = SearchInfo {
         candidates: result.evaluated.len() as u64,
@@ -97,11 +119,28 @@ pub fn build_report(model: &Model, cluster: &Cluster, _req: &PlanRequest, result
         cost_ms: round1(result.cost_ms),
     };
     let best = &result.evaluated[result.best];
-    let output = output_of(model, cluster, best, Some(info)).expect("the best candidate was costed");
-    let alternatives: Vec<PlanOutput> =
-        result.ranking.iter().skip(1).take(5).filter_map(|&i| output_of(model, cluster, &result.evaluated[i], None)).collect();
-    let explanation = explain(&output, alternatives.first(), &result.rejected, result.stopped_early.as_deref());
-    PlanReport { output, alternatives, rejected: result.rejected.clone(), explanation, search: result }
+    let output =
+        output_of(model, cluster, best, Some(info)).expect("the best candidate was costed");
+    let alternatives: Vec<PlanOutput> = result
+        .ranking
+        .iter()
+        .skip(1)
+        .take(5)
+        .filter_map(|&i| output_of(model, cluster, &result.evaluated[i], None))
+        .collect();
+    let explanation = explain(
+        &output,
+        alternatives.first(),
+        &result.rejected,
+        result.stopped_early.as_deref(),
+    );
+    PlanReport {
+        output,
+        alternatives,
+        rejected: result.rejected.clone(),
+        explanation,
+        search: result,
+    }
 }
 
 fn round1(x: f64) -> f64 {
@@ -109,9 +148,18 @@ fn round1(x: f64) -> f64 {
 }
 
 fn describe(p: &PlanConfig) -> String {
-    let mut parts = vec![format!("dp={} tp={} pp={}", p.dp, p.tp, p.pp), format!("micro-batch {}×{}", p.micro_batch_size, p.num_micro_batches)];
+    let mut parts = vec![
+        format!("dp={} tp={} pp={}", p.dp, p.tp, p.pp),
+        format!("micro-batch {}×{}", p.micro_batch_size, p.num_micro_batches),
+    ];
     parts.push(format!("recompute {}", p.recompute));
-    let zero = if p.distribute_param { "ZeRO-3" } else if p.distribute_optimizer { "ZeRO-1" } else { "no ZeRO" };
+    let zero = if p.distribute_param {
+        "ZeRO-3"
+    } else if p.distribute_optimizer {
+        "ZeRO-1"
+    } else {
+        "no ZeRO"
+    };
     parts.push(zero.to_string());
     if p.sequence_parallel {
         parts.push("sequence parallel".into());
@@ -123,7 +171,12 @@ fn describe(p: &PlanConfig) -> String {
 }
 
 /// Why the winner won, in a few sentences.
-pub fn explain(best: &PlanOutput, runner_up: Option<&PlanOutput>, rejected: &BTreeMap<String, u64>, stopped: Option<&str>) -> String {
+pub fn explain(
+    best: &PlanOutput,
+    runner_up: Option<&PlanOutput>,
+    rejected: &BTreeMap<String, u64>,
+    stopped: Option<&str>,
+) -> String {
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let mut s = format!(
         "Chosen: {} — {:.3} s/step, {:.0} tokens/s, peak {:.1} GiB per device, MFU {:.1}%.",
@@ -142,7 +195,11 @@ pub fn explain(best: &PlanOutput, runner_up: Option<&PlanOutput>, rejected: &BTr
             ("pipeline bubble", o.bubble_s - b.bubble_s),
             ("optimizer", o.optimizer_s - b.optimizer_s),
         ];
-        let (what, by) = diffs.iter().cloned().fold(("", f64::NEG_INFINITY), |acc, d| if d.1 > acc.1 { d } else { acc });
+        let (what, by) =
+            diffs.iter().cloned().fold(
+                ("", f64::NEG_INFINITY),
+                |acc, d| if d.1 > acc.1 { d } else { acc },
+            );
         let slower = (r.predicted.step_time_s / best.predicted.step_time_s - 1.0) * 100.0;
         s.push_str(&format!(
             " Runner-up: {} — {:.1}% slower, losing most on {what} (+{:.3} s/step), peak {:.1} GiB.",
@@ -160,7 +217,9 @@ pub fn explain(best: &PlanOutput, runner_up: Option<&PlanOutput>, rejected: &BTr
         s.push_str(&format!(" Rejected {total}: {}.", parts.join("; ")));
     }
     if let Some(why) = stopped {
-        s.push_str(&format!(" The search stopped early ({why}): this is the best plan among those evaluated."));
+        s.push_str(&format!(
+            " The search stopped early ({why}): this is the best plan among those evaluated."
+        ));
     }
     s
 }

@@ -31,14 +31,22 @@ impl Constraints {
     /// Parses a comma list of recomputation policies (`none,full`).
     pub fn parse_recompute_list(s: &str) -> Result<Vec<Recompute>> {
         s.split(',')
-            .map(|p| p.trim().parse::<Recompute>().map_err(|e| PlanError::InvalidArgument(format!("--recompute: {e}"))))
+            .map(|p| {
+                p.trim()
+                    .parse::<Recompute>()
+                    .map_err(|e| PlanError::InvalidArgument(format!("--recompute: {e}")))
+            })
             .collect()
     }
 
     /// Parses a comma list of schedules (`1f1b,interleaved:2`).
     pub fn parse_schedule_list(s: &str) -> Result<Vec<Schedule>> {
         s.split(',')
-            .map(|p| p.trim().parse::<Schedule>().map_err(|e| PlanError::InvalidArgument(format!("--schedule: {e}"))))
+            .map(|p| {
+                p.trim()
+                    .parse::<Schedule>()
+                    .map_err(|e| PlanError::InvalidArgument(format!("--schedule: {e}")))
+            })
             .collect()
     }
 
@@ -92,18 +100,26 @@ impl PlanRequest {
     /// Checks the job's own numbers.
     pub fn validate(&self) -> Result<()> {
         if self.batch == 0 {
-            return Err(PlanError::InvalidArgument("--batch-size 0: the global batch must be at least 1".into()));
+            return Err(PlanError::InvalidArgument(
+                "--batch-size 0: the global batch must be at least 1".into(),
+            ));
         }
         if self.seq == 0 {
-            return Err(PlanError::InvalidArgument("--seq-len 0: the sequence length must be at least 1".into()));
+            return Err(PlanError::InvalidArgument(
+                "--seq-len 0: the sequence length must be at least 1".into(),
+            ));
         }
         if let Some(t) = self.time_budget {
             if t.is_zero() {
-                return Err(PlanError::InvalidArgument("--time-budget must be positive".into()));
+                return Err(PlanError::InvalidArgument(
+                    "--time-budget must be positive".into(),
+                ));
             }
         }
         if self.threads == Some(0) {
-            return Err(PlanError::InvalidArgument("--threads 0: need at least one thread".into()));
+            return Err(PlanError::InvalidArgument(
+                "--threads 0: need at least one thread".into(),
+            ));
         }
         Ok(())
     }

@@ -104,7 +104,11 @@ pub struct SearchResult {
 /// Training options for one recomputation policy.
 pub fn train_options(req: &PlanRequest, r: Recompute) -> TrainOptions {
     let recompute: RecomputePolicy = r.to_string().parse().expect("recompute names are shared");
-    TrainOptions { precision: req.precision, optimizer: req.optimizer, recompute }
+    TrainOptions {
+        precision: req.precision,
+        optimizer: req.optimizer,
+        recompute,
+    }
 }
 
 /// Profiles of the model for every (micro-batch size, recomputation) a set of candidates needs.
@@ -116,7 +120,12 @@ pub fn profiles_for(
     let built: Vec<Result<((u32, Recompute), Arc<StepProfile>)>> = keys
         .par_iter()
         .map(|&(mbs, r)| {
-            let p = moai_ir::train::step_profile(&model.graph, &train_options(req, r), mbs as u64, req.seq)?;
+            let p = moai_ir::train::step_profile(
+                &model.graph,
+                &train_options(req, r),
+                mbs as u64,
+                req.seq,
+            )?;
             Ok(((mbs, r), Arc::new(p)))
         })
         .collect();
@@ -125,7 +134,12 @@ pub fn profiles_for(
 
 fn model_shape(model: &Model) -> ModelShape {
     let s = &model.summary;
-    ModelShape { layers: s.layers as u32, heads: s.heads as u64, kv_heads: s.kv_heads as u64, ffn: s.ffn as u64 }
+    ModelShape {
+        layers: s.layers as u32,
+        heads: s.heads as u64,
+        kv_heads: s.kv_heads as u64,
+        ffn: s.ffn as u64,
+    }
 }
 
 /// Roofline-style proxy times and memory per block, used to balance stages. The real prediction is the
@@ -140,9 +154,18 @@ fn block_proxy(p: &StepProfile, cluster: &Cluster, tp: u32, sp: bool) -> BlockPr
     let spec = cluster.gpu.spec();
     let peak = spec.peak_flops(moai_ir::DType::BF16);
     let bw = spec.hbm_bytes_per_s;
-    let mut out = BlockProxy { time: Vec::new(), saved: Vec::new(), params: Vec::new() };
+    let mut out = BlockProxy {
+        time: Vec::new(),
+        saved: Vec::new(),
+        params: Vec::new(),
+    };
     for b in &p.blocks {
-        let t: f64 = b.ops.iter().map(|o| (o.flops / peak).max(o.bytes / bw)).sum::<f64>() / tp as f64;
+        let t: f64 = b
+            .ops
+            .iter()
+            .map(|o| (o.flops / peak).max(o.bytes / bw))
+            .sum::<f64>()
+            / tp as f64;
         out.time.push(t);
         out.saved.push(b.saved.per_device(tp as u64, sp));
         out.params.push(b.params as f64 / tp as f64);
@@ -155,7 +178,9 @@ fn in_flight(schedule: Schedule, stage: u32, pp: u32, nmb: u32) -> f64 {
     match schedule {
         Schedule::Gpipe => nmb as f64,
         Schedule::OneFOneB => (pp - stage).min(nmb) as f64,
-        Schedule::Interleaved(v) => ((pp - stage) as f64 + (pp as f64) * (v as f64 - 1.0) / v as f64).min(nmb as f64),
+        Schedule::Interleaved(v) => {
+            ((pp - stage) as f64 + (pp as f64) * (v as f64 - 1.0) / v as f64).min(nmb as f64)
+        }
     }
 }
 
@@ -180,31 +205,52 @@ pub fn search(
             "no configuration of {} on {} devices satisfies the constraints: {}",
             model.name,
             cluster.devices,
-            if reasons.is_empty() { "the flags exclude every candidate".to_string() } else { reasons.join(", ") }
+            if reasons.is_empty() {
+                "the flags exclude every candidate".to_string()
+            } else {
+                reasons.join(", ")
+            }
         )));
     }
     tracing::info!("Parallel Graph Compile start...");
     progress.start("compile", candidates.len() as u64);
 
     // Training profiles for every (micro-batch, recompute) in the space.
-    let mut keys: Vec<(u32, Recompute)> = candidates.iter().map(|c| (c.micro_batch_size, c.recompute)).collect();
+    let mut keys: Vec<(u32, Recompute)> = candidates
+        .iter()
+        .map(|c| (c.micro_batch_size, c.recompute))
+        .collect();
     keys.sort_by_key(|(m, r)| (*m, *r as u8));
     keys.dedup();
     let profiles = profiles_for(model, req, &keys)?;
 
     // egg sharding per (tp, sequence_parallel): the collectives of one layer.
-    let mut tp_keys: Vec<(u32, bool)> = candidates.iter().map(|c| (c.tp, c.sequence_parallel)).collect();
+    let mut tp_keys: Vec<(u32, bool)> = candidates
+        .iter()
+        .map(|c| (c.tp, c.sequence_parallel))
+        .collect();
     tp_keys.sort();
     tp_keys.dedup();
-    let mlp = if matches!(model.summary.mlp, moai_ir::layers::MlpKind::Gated) { MlpKind::Gated } else { MlpKind::Gelu };
-    let any_profile = profiles.values().next().expect("at least one profile").clone();
+    let mlp = if matches!(model.summary.mlp, moai_ir::layers::MlpKind::Gated) {
+        MlpKind::Gated
+    } else {
+        MlpKind::Gelu
+    };
+    let any_profile = profiles
+        .values()
+        .next()
+        .expect("at least one profile")
+        .clone();
     let sharding = ShardingLog {
         runs: tp_keys
             .par_iter()
             .map(|&(tp, sp)| {
                 let costs = layer_costs(&any_profile, cluster, tp);
                 let s = shard_layer(mlp, &costs, sp);
-                ((tp, sp), (s.stop_reason.clone(), s.egraph_nodes, s.collectives()))
+                (
+                    (tp, sp),
+                    (s.stop_reason.clone(), s.egraph_nodes, s.collectives()),
+                )
             })
             .collect(),
     };
@@ -214,7 +260,8 @@ pub fn search(
 
     // Stage partitioning and memory lower bound, per candidate.
     let capacity = cluster.memory_per_device_bytes as f64 * req.memory_fraction;
-    let proxies: Mutex<HashMap<(u32, Recompute, u32, bool), Arc<BlockProxy>>> = Mutex::new(HashMap::new());
+    let proxies: Mutex<HashMap<(u32, Recompute, u32, bool), Arc<BlockProxy>>> =
+        Mutex::new(HashMap::new());
     let compiled: Vec<std::result::Result<ParallelConfig, String>> = candidates
         .par_iter()
         .map(|c| {
@@ -243,16 +290,25 @@ pub fn search(
         match r {
             Ok(cfg) => {
                 survivors.push(i);
-                evaluated.push(Evaluated { config: cfg, outcome: Outcome::NotEvaluated });
+                evaluated.push(Evaluated {
+                    config: cfg,
+                    outcome: Outcome::NotEvaluated,
+                });
             }
             Err(reason) => {
                 *rejected.entry(reason.clone()).or_insert(0) += 1;
-                evaluated.push(Evaluated { config: c, outcome: Outcome::Rejected(reason) });
+                evaluated.push(Evaluated {
+                    config: c,
+                    outcome: Outcome::Rejected(reason),
+                });
             }
         }
     }
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
-    tracing::info!("Elapsed Time to compile all candidates = {} [ms]", compile_ms.round() as u64);
+    tracing::info!(
+        "Elapsed Time to compile all candidates = {} [ms]",
+        compile_ms.round() as u64
+    );
     tracing::info!("The number of possible candidates is {}.", survivors.len());
 
     // Cost the survivors.
@@ -265,7 +321,9 @@ pub fn search(
     let outcomes: Vec<(usize, Outcome)> = survivors
         .par_iter()
         .map(|&i| {
-            let out = if INTERRUPTED.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+            let out = if INTERRUPTED.load(Ordering::Relaxed)
+                || deadline.is_some_and(|d| Instant::now() >= d)
+            {
                 stopped.store(true, Ordering::Relaxed);
                 Outcome::NotEvaluated
             } else {
@@ -285,26 +343,46 @@ pub fn search(
     progress.finish();
     for (i, o) in outcomes {
         match &o {
-            Outcome::OutOfMemory(_) => *rejected.entry("predicted peak memory exceeds the device".into()).or_insert(0) += 1,
+            Outcome::OutOfMemory(_) => {
+                *rejected
+                    .entry("predicted peak memory exceeds the device".into())
+                    .or_insert(0) += 1
+            }
             Outcome::Rejected(r) => *rejected.entry(r.clone()).or_insert(0) += 1,
-            Outcome::NotEvaluated => *rejected.entry("not evaluated (time budget or interrupt)".into()).or_insert(0) += 1,
+            Outcome::NotEvaluated => {
+                *rejected
+                    .entry("not evaluated (time budget or interrupt)".into())
+                    .or_insert(0) += 1
+            }
             Outcome::Feasible(_) => {}
         }
         evaluated[i].outcome = o;
     }
     let cost_ms = t1.elapsed().as_secs_f64() * 1e3;
-    tracing::info!("Elapsed Time to compute cost for survived candidates = {} [ms]", cost_ms.round() as u64);
+    tracing::info!(
+        "Elapsed Time to compute cost for survived candidates = {} [ms]",
+        cost_ms.round() as u64
+    );
     let stopped_early = if INTERRUPTED.load(Ordering::Relaxed) {
         Some("interrupted".to_string())
     } else if stopped.load(Ordering::Relaxed) {
-        Some(format!("time budget of {:.1} s reached", req.time_budget.map(|d| d.as_secs_f64()).unwrap_or(0.0)))
+        Some(format!(
+            "time budget of {:.1} s reached",
+            req.time_budget.map(|d| d.as_secs_f64()).unwrap_or(0.0)
+        ))
     } else {
         None
     };
 
-    let mut ranking: Vec<usize> =
-        (0..evaluated.len()).filter(|&i| matches!(evaluated[i].outcome, Outcome::Feasible(_))).collect();
-    ranking.sort_by(|&a, &b| rank_key(&evaluated[a]).partial_cmp(&rank_key(&evaluated[b])).expect("finite").then(a.cmp(&b)));
+    let mut ranking: Vec<usize> = (0..evaluated.len())
+        .filter(|&i| matches!(evaluated[i].outcome, Outcome::Feasible(_)))
+        .collect();
+    ranking.sort_by(|&a, &b| {
+        rank_key(&evaluated[a])
+            .partial_cmp(&rank_key(&evaluated[b]))
+            .expect("finite")
+            .then(a.cmp(&b))
+    });
     let Some(&best) = ranking.first() else {
         if costed.load(Ordering::Relaxed) == 0 && stopped_early.is_some() {
             return Err(PlanError::Interrupted);
@@ -332,8 +410,17 @@ fn rank_key(e: &Evaluated) -> (f64, f64) {
     }
 }
 
-fn no_fit_error(model: &Model, cluster: &Cluster, req: &PlanRequest, ev: &[Evaluated]) -> PlanError {
-    let least = ev.iter().filter_map(|e| e.estimate()).map(|e| e.peak_memory_bytes).min();
+fn no_fit_error(
+    model: &Model,
+    cluster: &Cluster,
+    req: &PlanRequest,
+    ev: &[Evaluated],
+) -> PlanError {
+    let least = ev
+        .iter()
+        .filter_map(|e| e.estimate())
+        .map(|e| e.peak_memory_bytes)
+        .min();
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let where_ = match &cluster.flavor {
         Some(f) => format!("{f} ({} × {})", cluster.devices, cluster.gpu),
@@ -344,7 +431,9 @@ fn no_fit_error(model: &Model, cluster: &Cluster, req: &PlanRequest, ev: &[Evalu
         model.name,
         req.batch,
         req.seq,
-        least.map(|b| format!("{:.1} GiB", gib(b))).unwrap_or_else(|| "unknown (every candidate was rejected before costing)".into()),
+        least
+            .map(|b| format!("{:.1} GiB", gib(b)))
+            .unwrap_or_else(|| "unknown (every candidate was rejected before costing)".into()),
         cluster.memory_per_device_bytes as f64 * req.memory_fraction / (1u64 << 30) as f64,
     ))
 }
@@ -354,7 +443,10 @@ fn layer_costs(p: &StepProfile, cluster: &Cluster, tp: u32) -> LayerCosts {
     let spec = cluster.gpu.spec();
     let peak = spec.peak_flops(moai_ir::DType::BF16);
     let bw = spec.hbm_bytes_per_s;
-    let layer = p.blocks.iter().find(|b| matches!(b.kind, BlockKind::Decoder(_)));
+    let layer = p
+        .blocks
+        .iter()
+        .find(|b| matches!(b.kind, BlockKind::Decoder(_)));
     let mut linear: BTreeMap<String, f64> = BTreeMap::new();
     let (mut attn, mut norm, mut elementwise) = (0.0, 0.0, 0.0);
     let mut hidden_bytes = 0.0_f64;
@@ -364,7 +456,13 @@ fn layer_costs(p: &StepProfile, cluster: &Cluster, tp: u32) -> LayerCosts {
             let t = (o.flops / peak).max(o.bytes / bw);
             match &o.class {
                 moai_ir::cost::KernelClass::Matmul { .. } => {
-                    let name = o.label.rsplit('.').next().unwrap_or("").trim_end_matches("_proj").to_string();
+                    let name = o
+                        .label
+                        .rsplit('.')
+                        .next()
+                        .unwrap_or("")
+                        .trim_end_matches("_proj")
+                        .to_string();
                     let key = match name.as_str() {
                         "c_attn" | "qkv" => "q".to_string(),
                         "c_proj" if o.label.contains("attn") => "o".to_string(),
@@ -380,7 +478,11 @@ fn layer_costs(p: &StepProfile, cluster: &Cluster, tp: u32) -> LayerCosts {
             }
         }
     }
-    let link = if tp <= 2 { cluster.links.pair } else { cluster.links.server };
+    let link = if tp <= 2 {
+        cluster.links.pair
+    } else {
+        cluster.links.server
+    };
     let link_bw = link.effective_bytes_per_s(tp.max(1));
     let t = tp.max(1) as f64;
     let ring = 2.0 * (t - 1.0) / t * hidden_bytes / link_bw;
@@ -440,7 +542,10 @@ fn compile_candidate(
             add(nb - 1);
         }
         let inflight = in_flight(c.schedule, stage, c.pp, c.num_micro_batches);
-        StageCost { time_s: time, memory_bytes: params * per_param + saved * inflight }
+        StageCost {
+            time_s: time,
+            memory_bytes: params * per_param + saved * inflight,
+        }
     };
     let stages = if c.pp > 1 && !matches!(c.schedule, Schedule::Interleaved(_)) {
         partition(layers, c.pp, capacity, &stage_cost)
@@ -448,7 +553,11 @@ fn compile_candidate(
         Vec::new()
     };
     // Memory lower bound: static memory of the heaviest stage alone.
-    let ranges = if stages.is_empty() { moai_costmodel::config::even_stages(layers, c.pp) } else { stages.clone() };
+    let ranges = if stages.is_empty() {
+        moai_costmodel::config::even_stages(layers, c.pp)
+    } else {
+        stages.clone()
+    };
     let static_max = ranges
         .iter()
         .map(|&(lo, hi)| {
@@ -466,7 +575,9 @@ fn compile_candidate(
         })
         .fold(0.0, f64::max);
     if static_max > capacity {
-        return Err("static memory (weights, gradients, optimizer state) exceeds the device".into());
+        return Err(
+            "static memory (weights, gradients, optimizer state) exceeds the device".into(),
+        );
     }
     cfg.stages = stages;
     Ok(cfg)

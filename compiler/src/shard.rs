@@ -6,7 +6,10 @@
 //! the cheapest program for the candidate's tensor-parallel degree. The extracted term lists the
 //! collectives of one layer, which the planner counts and the runtime lowers.
 
-use egg::{CostFunction, EGraph, Id, Language, RecExpr, Rewrite, Runner, StopReason, define_language, rewrite};
+use egg::{
+    CostFunction, EGraph, Id, Language, RecExpr, Rewrite, Runner, StopReason, define_language,
+    rewrite,
+};
 use std::time::Duration;
 
 define_language! {
@@ -54,8 +57,12 @@ pub fn layer_term(mlp: MlpKind) -> RecExpr<LayerLang> {
         MlpKind::Gated => "(linear down (act (linear gate (norm h)) (linear up (norm h))))",
         MlpKind::Gelu => "(linear fc2 (gelu (linear fc1 (norm h))))",
     };
-    let attn = "(add x (linear o (attn (linear q (norm x)) (linear k (norm x)) (linear v (norm x)))))";
-    let s = format!("(add {attn} {})", mlp_s.replace(" h)", &format!(" {attn})")));
+    let attn =
+        "(add x (linear o (attn (linear q (norm x)) (linear k (norm x)) (linear v (norm x)))))";
+    let s = format!(
+        "(add {attn} {})",
+        mlp_s.replace(" h)", &format!(" {attn})"))
+    );
     s.parse().expect("the layer term is well formed")
 }
 
@@ -114,7 +121,13 @@ impl CostFn<'_> {
     fn linear(&self, expr: &LayerLang, w: Id, egraph_syms: &dyn Fn(Id) -> Option<String>) -> f64 {
         let _ = expr;
         egraph_syms(w)
-            .and_then(|name| self.c.linear.iter().find(|(n, _)| *n == name).map(|(_, t)| *t))
+            .and_then(|name| {
+                self.c
+                    .linear
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, t)| *t)
+            })
             .unwrap_or(0.0)
     }
 }
@@ -167,7 +180,12 @@ pub fn shard_layer(mlp: MlpKind, costs: &LayerCosts, sequence_parallel: bool) ->
     let expr = layer_term(mlp);
     if costs.tp <= 1 {
         let cost = unsharded_cost(&expr, costs);
-        return ShardedLayer { term: expr, cost, stop_reason: "tp=1: nothing to shard".into(), egraph_nodes: 0 };
+        return ShardedLayer {
+            term: expr,
+            cost,
+            stop_reason: "tp=1: nothing to shard".into(),
+            egraph_nodes: 0,
+        };
     }
     let runner: Runner<LayerLang, ()> = Runner::default()
         .with_iter_limit(16)
@@ -189,10 +207,18 @@ pub fn shard_layer(mlp: MlpKind, costs: &LayerCosts, sequence_parallel: bool) ->
             _ => None,
         })
     };
-    let cf = TpCost { c: costs, names: &weight_name };
+    let cf = TpCost {
+        c: costs,
+        names: &weight_name,
+    };
     let extractor = egg::Extractor::new(egraph, cf);
     let (cost, term) = extractor.find_best(root);
-    ShardedLayer { term, cost, stop_reason: stop, egraph_nodes: egraph.total_size() }
+    ShardedLayer {
+        term,
+        cost,
+        stop_reason: stop,
+        egraph_nodes: egraph.total_size(),
+    }
 }
 
 struct TpCost<'a> {
@@ -207,13 +233,17 @@ impl CostFunction<LayerLang> for TpCost<'_> {
         let own = CostFn { c: self.c };
         let me = match enode {
             LayerLang::Linear([w, _]) => own.linear(enode, *w, self.names),
-            LayerLang::LinearCol([w, _]) | LayerLang::LinearRow([w, _]) => own.linear(enode, *w, self.names) / tp,
+            LayerLang::LinearCol([w, _]) | LayerLang::LinearRow([w, _]) => {
+                own.linear(enode, *w, self.names) / tp
+            }
             LayerLang::Attn(_) => self.c.attn,
             LayerLang::AttnHeads(_) => self.c.attn / tp,
             LayerLang::Norm(_) => self.c.norm,
             LayerLang::NormSeq(_) => self.c.norm / tp,
             LayerLang::Act(_) | LayerLang::Gelu(_) | LayerLang::Add(_) => self.c.elementwise,
-            LayerLang::ActShard(_) | LayerLang::GeluShard(_) | LayerLang::AddSeq(_) => self.c.elementwise / tp,
+            LayerLang::ActShard(_) | LayerLang::GeluShard(_) | LayerLang::AddSeq(_) => {
+                self.c.elementwise / tp
+            }
             LayerLang::AllReduce(_) => self.c.allreduce,
             LayerLang::ReduceScatter(_) | LayerLang::AllGather(_) => self.c.reduce_scatter,
             LayerLang::GatherCols(_) => self.c.gather_cols,
@@ -244,8 +274,11 @@ mod tests {
     fn costs(tp: u64) -> LayerCosts {
         LayerCosts {
             tp,
-            linear: ["q", "k", "v", "o"].iter().map(|n| (n.to_string(), 1.0)).chain(
-                ["gate", "up", "down"].iter().map(|n| (n.to_string(), 2.7))).collect(),
+            linear: ["q", "k", "v", "o"]
+                .iter()
+                .map(|n| (n.to_string(), 1.0))
+                .chain(["gate", "up", "down"].iter().map(|n| (n.to_string(), 2.7)))
+                .collect(),
             attn: 1.5,
             norm: 0.05,
             elementwise: 0.05,
@@ -259,10 +292,19 @@ mod tests {
     fn megatron_sharding_is_extracted() {
         let s = shard_layer(MlpKind::Gated, &costs(4), false);
         let c = s.collectives();
-        assert_eq!(c.all_reduce, 2, "one all-reduce after attention, one after the MLP: {}", s.term);
+        assert_eq!(
+            c.all_reduce, 2,
+            "one all-reduce after attention, one after the MLP: {}",
+            s.term
+        );
         assert_eq!(c.gather_cols, 0, "{}", s.term);
         let text = s.term.to_string();
-        assert!(text.contains("attn-heads") && text.contains("linear-row o") && text.contains("linear-row down"), "{text}");
+        assert!(
+            text.contains("attn-heads")
+                && text.contains("linear-row o")
+                && text.contains("linear-row down"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -56,7 +56,10 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
             continue;
         }
         if tp > cluster.devices_per_server {
-            reject(format!("tp > {} devices per server", cluster.devices_per_server), 1);
+            reject(
+                format!("tp > {} devices per server", cluster.devices_per_server),
+                1,
+            );
             continue;
         }
         let t = tp as u64;
@@ -92,7 +95,11 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                 let schedules: Vec<Schedule> = if pp == 1 {
                     vec![Schedule::OneFOneB]
                 } else if c.schedules.is_empty() {
-                    vec![Schedule::OneFOneB, Schedule::Gpipe, Schedule::Interleaved(2)]
+                    vec![
+                        Schedule::OneFOneB,
+                        Schedule::Gpipe,
+                        Schedule::Interleaved(2),
+                    ]
                 } else {
                     c.schedules.clone()
                 };
@@ -103,7 +110,10 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                             continue;
                         }
                         if nmb % pp != 0 {
-                            reject("interleaved schedule needs micro-batches divisible by pp".into(), 1);
+                            reject(
+                                "interleaved schedule needs micro-batches divisible by pp".into(),
+                                1,
+                            );
                             continue;
                         }
                     }
@@ -155,7 +165,12 @@ mod tests {
     use moai_costmodel::Gpu;
 
     fn shape13b() -> ModelShape {
-        ModelShape { layers: 40, heads: 40, kv_heads: 40, ffn: 13824 }
+        ModelShape {
+            layers: 40,
+            heads: 40,
+            kv_heads: 40,
+            ffn: 13824,
+        }
     }
 
     #[test]
@@ -165,18 +180,35 @@ mod tests {
         assert!(s.candidates.len() >= 1000, "{}", s.candidates.len());
         for c in &s.candidates {
             assert_eq!(c.dp * c.tp * c.pp, 32);
-            assert_eq!(c.dp as u64 * c.micro_batch_size as u64 * c.num_micro_batches as u64, 256);
+            assert_eq!(
+                c.dp as u64 * c.micro_batch_size as u64 * c.num_micro_batches as u64,
+                256
+            );
             assert!(c.tp <= 8 && 40 % c.tp == 0);
         }
-        assert!(s.rejected.contains_key("tp > 8 devices per server"), "tp=16/32: {:?}", s.rejected);
+        assert!(
+            s.rejected.contains_key("tp > 8 devices per server"),
+            "tp=16/32: {:?}",
+            s.rejected
+        );
     }
 
     #[test]
     fn constraints_fix_dimensions() {
         let cluster = Cluster::from_flavor("4xLarge.2048GB", Gpu::Mi250).unwrap();
-        let c = Constraints { tp: Some(1), pp: Some(1), recompute: vec![Recompute::Full], zero: Some(3), ..Default::default() };
+        let c = Constraints {
+            tp: Some(1),
+            pp: Some(1),
+            recompute: vec![Recompute::Full],
+            zero: Some(3),
+            ..Default::default()
+        };
         let s = enumerate(shape13b(), &cluster, 256, &c);
         assert!(!s.candidates.is_empty());
-        assert!(s.candidates.iter().all(|c| c.tp == 1 && c.pp == 1 && c.dp == 32 && c.distribute_param && c.recompute == Recompute::Full));
+        assert!(s.candidates.iter().all(|c| c.tp == 1
+            && c.pp == 1
+            && c.dp == 32
+            && c.distribute_param
+            && c.recompute == Recompute::Full));
     }
 }

@@ -15,7 +15,10 @@ use std::sync::Mutex;
 pub fn validate_file(path: &Path) -> Result<ValidationReport> {
     let rows = read_truth(path)?;
     if rows.is_empty() {
-        return Err(PlanError::InvalidArgument(format!("{}: no truth rows", path.display())));
+        return Err(PlanError::InvalidArgument(format!(
+            "{}: no truth rows",
+            path.display()
+        )));
     }
     let base = path.parent().unwrap_or(Path::new("."));
     let models: Mutex<HashMap<String, std::sync::Arc<Model>>> = Mutex::new(HashMap::new());
@@ -24,16 +27,31 @@ pub fn validate_file(path: &Path) -> Result<ValidationReport> {
             return Ok(m.clone());
         }
         let local = base.join(spec);
-        let src = if local.exists() { local.display().to_string() } else { spec.to_string() };
-        let m = std::sync::Arc::new(Model::load(&src).map_err(|e| CostError::StepProfile(e.to_string()))?);
-        models.lock().expect("model cache").insert(spec.to_string(), m.clone());
+        let src = if local.exists() {
+            local.display().to_string()
+        } else {
+            spec.to_string()
+        };
+        let m = std::sync::Arc::new(
+            Model::load(&src).map_err(|e| CostError::StepProfile(e.to_string()))?,
+        );
+        models
+            .lock()
+            .expect("model cache")
+            .insert(spec.to_string(), m.clone());
         Ok(m)
     };
     let profile_for = |row: &moai_costmodel::TruthRow| {
         let model = load(&row.model)?;
         let mut req = PlanRequest::new(row.batch, row.seq);
-        req.precision = row.precision.parse().map_err(|e| CostError::StepProfile(format!("{}: precision: {e}", row.name)))?;
-        req.optimizer = row.optimizer.parse().map_err(|e| CostError::StepProfile(format!("{}: optimizer: {e}", row.name)))?;
+        req.precision = row
+            .precision
+            .parse()
+            .map_err(|e| CostError::StepProfile(format!("{}: precision: {e}", row.name)))?;
+        req.optimizer = row
+            .optimizer
+            .parse()
+            .map_err(|e| CostError::StepProfile(format!("{}: optimizer: {e}", row.name)))?;
         moai_ir::train::step_profile(
             &model.graph,
             &train_options(&req, row.config.recompute),

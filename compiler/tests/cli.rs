@@ -5,11 +5,18 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 pub fn moai(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moai-compile")).args(args).current_dir(repo()).output().expect("runs moai-compile")
+    Command::new(env!("CARGO_BIN_EXE_moai-compile"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("runs moai-compile")
 }
 
 /// Runs a command expected to fail; returns its stderr after checking the one-line, non-zero contract.
@@ -19,7 +26,11 @@ pub fn fails(args: &[&str]) -> String {
     assert!(!out.status.success(), "{args:?} should fail; stderr: {err}");
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
-    assert_eq!(error_lines.len(), 1, "{args:?}: expected one error line, got: {err}");
+    assert_eq!(
+        error_lines.len(),
+        1,
+        "{args:?}: expected one error line, got: {err}"
+    );
     error_lines[0].to_string()
 }
 
@@ -27,43 +38,122 @@ const SMALL: &str = "llama:layers=4,hidden=256,heads=8,kv_heads=8,ffn=688,vocab=
 
 #[test]
 fn unknown_flavor_suggests_the_nearest() {
-    let e = fails(&["estimate", SMALL, "--flavor", "4xLarge.2084GB", "--batch-size", "32", "--seq-len", "128"]);
+    let e = fails(&[
+        "estimate",
+        SMALL,
+        "--flavor",
+        "4xLarge.2084GB",
+        "--batch-size",
+        "32",
+        "--seq-len",
+        "128",
+    ]);
     assert!(e.contains("4xLarge.2048GB"), "{e}");
 }
 
 #[test]
 fn unknown_gpu_kind() {
-    let e = fails(&["estimate", SMALL, "--gpu", "tpu", "--devices", "8", "--batch-size", "32", "--seq-len", "128"]);
+    let e = fails(&[
+        "estimate",
+        SMALL,
+        "--gpu",
+        "tpu",
+        "--devices",
+        "8",
+        "--batch-size",
+        "32",
+        "--seq-len",
+        "128",
+    ]);
     assert!(e.contains("tpu"), "{e}");
 }
 
 #[test]
 fn flavor_without_whole_device_mapping() {
-    let e = fails(&["estimate", SMALL, "--flavor", "Small.64GB", "--gpu", "mi300x", "--batch-size", "32"]);
+    let e = fails(&[
+        "estimate",
+        SMALL,
+        "--flavor",
+        "Small.64GB",
+        "--gpu",
+        "mi300x",
+        "--batch-size",
+        "32",
+    ]);
     assert!(e.to_lowercase().contains("mi300x"), "{e}");
 }
 
 #[test]
 fn devices_not_divisible_by_parallel_degrees() {
-    let e = fails(&["estimate", SMALL, "--gpu", "h100", "--devices", "8", "--tp", "2", "--pp", "3", "--batch-size", "32"]);
+    let e = fails(&[
+        "estimate",
+        SMALL,
+        "--gpu",
+        "h100",
+        "--devices",
+        "8",
+        "--tp",
+        "2",
+        "--pp",
+        "3",
+        "--batch-size",
+        "32",
+    ]);
     assert!(e.contains("divisible"), "{e}");
 }
 
 #[test]
 fn micro_batch_that_does_not_divide_the_batch() {
-    let e = fails(&["estimate", SMALL, "--gpu", "h100", "--devices", "1", "--batch-size", "10", "--micro-batch-size", "4", "--seq-len", "128"]);
+    let e = fails(&[
+        "estimate",
+        SMALL,
+        "--gpu",
+        "h100",
+        "--devices",
+        "1",
+        "--batch-size",
+        "10",
+        "--micro-batch-size",
+        "4",
+        "--seq-len",
+        "128",
+    ]);
     assert!(e.contains("micro-batch-size 4"), "{e}");
 }
 
 #[test]
 fn batch_not_divisible_by_dp() {
-    let e = fails(&["estimate", SMALL, "--gpu", "h100", "--devices", "8", "--batch-size", "12", "--seq-len", "128"]);
+    let e = fails(&[
+        "estimate",
+        SMALL,
+        "--gpu",
+        "h100",
+        "--devices",
+        "8",
+        "--batch-size",
+        "12",
+        "--seq-len",
+        "128",
+    ]);
     assert!(e.contains("not divisible by dp 8"), "{e}");
 }
 
 #[test]
 fn tp_that_does_not_divide_the_heads() {
-    let e = fails(&["estimate", "llama:layers=4,hidden=240,heads=6,kv_heads=6,ffn=640,vocab=1000", "--gpu", "h100", "--devices", "4", "--tp", "4", "--batch-size", "8", "--seq-len", "128"]);
+    let e = fails(&[
+        "estimate",
+        "llama:layers=4,hidden=240,heads=6,kv_heads=6,ffn=640,vocab=1000",
+        "--gpu",
+        "h100",
+        "--devices",
+        "4",
+        "--tp",
+        "4",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "128",
+    ]);
     assert!(e.contains("heads"), "{e}");
 }
 
@@ -75,9 +165,35 @@ fn missing_model_file() {
 
 #[test]
 fn emit_without_out_and_unknown_emit() {
-    let e = fails(&[SMALL, "--gpu", "h100", "--devices", "1", "--batch-size", "8", "--seq-len", "128", "--emit", "megatron"]);
+    let e = fails(&[
+        SMALL,
+        "--gpu",
+        "h100",
+        "--devices",
+        "1",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "128",
+        "--emit",
+        "megatron",
+    ]);
     assert!(e.contains("--out"), "{e}");
-    let e = fails(&[SMALL, "--gpu", "h100", "--devices", "1", "--batch-size", "8", "--seq-len", "128", "--emit", "pdf", "--out", "/tmp/x"]);
+    let e = fails(&[
+        SMALL,
+        "--gpu",
+        "h100",
+        "--devices",
+        "1",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "128",
+        "--emit",
+        "pdf",
+        "--out",
+        "/tmp/x",
+    ]);
     assert!(e.contains("pdf"), "{e}");
 }
 
@@ -93,9 +209,26 @@ fn flavors_lists_the_catalog() {
 
 #[test]
 fn estimate_json_has_the_design_fields() {
-    let out = moai(&["estimate", SMALL, "--gpu", "h100", "--devices", "2", "--batch-size", "8", "--seq-len", "128", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    let out = moai(&[
+        "estimate",
+        SMALL,
+        "--gpu",
+        "h100",
+        "--devices",
+        "2",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "128",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
     assert!(v.get("search").is_none());
     for k in ["step_time_s", "tokens_per_s", "peak_memory_bytes", "mfu"] {
         assert!(v["predicted"][k].is_number(), "{k} in {v}");

@@ -5,7 +5,13 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 fn model_path(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("models").join(name).display().to_string()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("models")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 fn llama13b() -> &'static Model {
@@ -20,8 +26,15 @@ fn llama13b_on_4xlarge_beats_the_platform_choice() {
     let req = PlanRequest::new(256, 1024);
     let report = plan(model, &cluster, &req).expect("a plan");
     let search = report.output.search.as_ref().unwrap();
-    assert!(search.candidates >= 1000, "only {} candidates", search.candidates);
-    assert!(report.output.predicted.peak_memory_bytes <= 64 * (1u64 << 30), "plan must fit 64 GB GCDs");
+    assert!(
+        search.candidates >= 1000,
+        "only {} candidates",
+        search.candidates
+    );
+    assert!(
+        report.output.predicted.peak_memory_bytes <= 64 * (1u64 << 30),
+        "plan must fit 64 GB GCDs"
+    );
     // The platform's choice: No PP, No TP, full recomputation, distribute_param.
     let platform = ParallelConfig {
         dp: 32,
@@ -35,7 +48,8 @@ fn llama13b_on_4xlarge_beats_the_platform_choice() {
         distribute_optimizer: true,
         ..ParallelConfig::default()
     };
-    let base = estimate(model, &cluster, &platform, &req).expect("the platform's configuration is estimable");
+    let base = estimate(model, &cluster, &platform, &req)
+        .expect("the platform's configuration is estimable");
     assert!(
         report.output.predicted.step_time_s <= base.predicted.step_time_s * (1.0 + 1e-9),
         "chosen {:.3} s vs platform {:.3} s",
@@ -53,7 +67,9 @@ fn plan_json_is_identical_at_any_thread_count() {
         let mut req = PlanRequest::new(256, 1024);
         req.threads = Some(threads);
         let report = plan(model, &cluster, &req).unwrap();
-        docs.push(serde_json::to_string_pretty(&moai_compiler::emit::plan_document(&report)).unwrap());
+        docs.push(
+            serde_json::to_string_pretty(&moai_compiler::emit::plan_document(&report)).unwrap(),
+        );
     }
     assert_eq!(docs[0], docs[1]);
 }
@@ -65,7 +81,8 @@ fn a_model_that_fits_nowhere_names_the_smallest_flavor() {
     let req = PlanRequest::new(256, 1024);
     let err = plan(model, &cluster, &req).expect_err("13B does not train on one GCD");
     assert!(err.to_string().contains("fits nowhere"), "{err}");
-    let f = moai_compiler::fit::smallest_fitting_flavor(model, &cluster, &req).expect("some flavor fits");
+    let f = moai_compiler::fit::smallest_fitting_flavor(model, &cluster, &req)
+        .expect("some flavor fits");
     assert!(f.contains("Large"), "{f}");
 }
 
@@ -80,5 +97,10 @@ fn h100_llama350m_picks_the_fastest_measured_configuration() {
     req.constraints.recompute = vec![Recompute::None, Recompute::Full];
     let report = plan(&model, &cluster, &req).unwrap();
     let p = &report.output.plan;
-    assert_eq!((p.micro_batch_size, p.recompute.as_str()), (16, "none"), "{}", report.explanation);
+    assert_eq!(
+        (p.micro_batch_size, p.recompute.as_str()),
+        (16, "none"),
+        "{}",
+        report.explanation
+    );
 }
