@@ -16,7 +16,14 @@ fn import_llama2_13b(c: &mut Criterion) {
     });
     let primitive = moai_ir::onnx::ImportOptions { recognize: false };
     group.bench_function("llama2-13b-without-recognition", |b| {
-        b.iter(|| std::hint::black_box(moai_ir::onnx::import_with(&path, &primitive).expect("imports").graph.len()))
+        b.iter(|| {
+            std::hint::black_box(
+                moai_ir::onnx::import_with(&path, &primitive)
+                    .expect("imports")
+                    .graph
+                    .len(),
+            )
+        })
     });
     group.finish();
 }

@@ -7,8 +7,12 @@ use moai_compiler::{Cluster, CostModel, Gpu, Model, PlanRequest, ProfiledCostMod
 use std::path::PathBuf;
 
 fn bench_search(c: &mut Criterion) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let model = Model::load(&root.join("models/llama2-13b.onnx").display().to_string()).expect("llama2-13b imports");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let model = Model::load(&root.join("models/llama2-13b.onnx").display().to_string())
+        .expect("llama2-13b imports");
     let cluster = Cluster::from_flavor("4xLarge.2048GB", Gpu::Mi250).unwrap();
     let req = PlanRequest::new(256, 1024);
     let cost = ProfiledCostModel::new();
@@ -21,7 +25,11 @@ fn bench_search(c: &mut Criterion) {
         b.iter(|| search(&model, &cluster, &req, &cost, &NoProgress).expect("a plan"))
     });
     // Cost evaluation only, over the compiled candidates (profiles prepared once).
-    let keys: Vec<_> = first.evaluated.iter().map(|e| (e.config.micro_batch_size, e.config.recompute)).collect();
+    let keys: Vec<_> = first
+        .evaluated
+        .iter()
+        .map(|e| (e.config.micro_batch_size, e.config.recompute))
+        .collect();
     let mut uniq = keys.clone();
     uniq.sort_by_key(|(m, r)| (*m, *r as u8));
     uniq.dedup();

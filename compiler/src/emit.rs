@@ -74,11 +74,15 @@ pub fn write_outputs(
                 }
             }
             "deepspeed" => {
-                let cfg = serde_json::to_string_pretty(&deepspeed_config(plan, &cx)).expect("json") + "\n";
+                let cfg = serde_json::to_string_pretty(&deepspeed_config(plan, &cx)).expect("json")
+                    + "\n";
                 files.push(("deepspeed_config.json".into(), cfg.into_bytes()));
             }
             "report" => {
-                files.push(("report.html".into(), crate::html::render(report, cluster, req).into_bytes()));
+                files.push((
+                    "report.html".into(),
+                    crate::html::render(report, cluster, req).into_bytes(),
+                ));
             }
             other => {
                 return Err(PlanError::InvalidArgument(format!(
@@ -90,9 +94,15 @@ pub fn write_outputs(
     for (rel, bytes) in files {
         let path = out.join(&rel);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| PlanError::Io { path: dir.display().to_string(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| PlanError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
         }
-        std::fs::write(&path, bytes).map_err(|source| PlanError::Io { path: path.display().to_string(), source })?;
+        std::fs::write(&path, bytes).map_err(|source| PlanError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
     }
     Ok(())
 }

@@ -24,15 +24,17 @@ pub mod plan;
 pub mod report;
 pub mod request;
 pub mod search;
-pub mod sweep;
 pub mod shard;
 pub mod space;
+pub mod sweep;
 pub mod validate;
 
 pub use api::{estimate, plan, plan_with};
 pub use error::{PlanError, Result};
+pub use moai_costmodel::{
+    Cluster, CostModel, Estimate, Gpu, ParallelConfig, ProfiledCostModel, Recompute, Schedule,
+};
 pub use model::{Model, ModelSource};
-pub use moai_costmodel::{Cluster, CostModel, Estimate, Gpu, ParallelConfig, ProfiledCostModel, Recompute, Schedule};
 pub use plan::PlanOutput;
 pub use report::PlanReport;
 pub use request::{Constraints, PlanRequest};

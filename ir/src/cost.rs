@@ -134,7 +134,12 @@ impl ActivationBytes {
     /// Bytes per device under tensor parallelism `tp`, with or without sequence parallelism.
     pub fn per_device(&self, tp: u64, sequence_parallel: bool) -> f64 {
         let tp = tp.max(1) as f64;
-        self.tp_sharded / tp + if sequence_parallel { self.tp_replicated / tp } else { self.tp_replicated }
+        self.tp_sharded / tp
+            + if sequence_parallel {
+                self.tp_replicated / tp
+            } else {
+                self.tp_replicated
+            }
     }
 }
 

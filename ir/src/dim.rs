@@ -137,7 +137,9 @@ impl Dim {
         if k == 0 {
             return Dim::constant(0);
         }
-        Dim { terms: self.terms.iter().map(|(m, c)| (m.clone(), c * k)).collect() }
+        Dim {
+            terms: self.terms.iter().map(|(m, c)| (m.clone(), c * k)).collect(),
+        }
     }
 
     /// `self * other`.
@@ -167,7 +169,10 @@ impl Dim {
         if let Some(q) = self.exact_div(other) {
             return q;
         }
-        Dim::atom(Atom::FloorDiv(Box::new(self.clone()), Box::new(other.clone())))
+        Dim::atom(Atom::FloorDiv(
+            Box::new(self.clone()),
+            Box::new(other.clone()),
+        ))
     }
 
     /// `self mod other`, simplified when the division is exact.
@@ -213,7 +218,10 @@ impl Dim {
         }
         // With only symbol atoms and non-negative coefficients on non-constant terms, the difference is
         // smallest when every symbol is 1.
-        let polynomial = d.terms.keys().all(|m| m.iter().all(|(a, _)| matches!(a, Atom::Sym(_))));
+        let polynomial = d
+            .terms
+            .keys()
+            .all(|m| m.iter().all(|(a, _)| matches!(a, Atom::Sym(_))));
         let increasing = d.terms.iter().all(|(m, c)| m.is_empty() || *c > 0);
         polynomial && increasing && d.eval(&|_| Some(1)).is_some_and(|v| v >= 0)
     }
@@ -345,7 +353,11 @@ impl fmt::Display for Dim {
                 parts.push(mag.to_string());
             }
             for (a, e) in mono {
-                parts.push(if *e == 1 { a.to_string() } else { format!("{a}^{e}") });
+                parts.push(if *e == 1 {
+                    a.to_string()
+                } else {
+                    format!("{a}^{e}")
+                });
             }
             write!(f, "{}", parts.join("*"))?;
         }
@@ -379,7 +391,11 @@ impl<'de> Deserialize<'de> for Dim {
         Ok(match Repr::deserialize(d)? {
             Repr::Int(v) => Dim::constant(v),
             Repr::Sym(s) if s.chars().all(|c| c.is_alphanumeric() || c == '_') => Dim::sym(&s),
-            Repr::Sym(s) => return Err(serde::de::Error::custom(format!("cannot parse dim expression `{s}`"))),
+            Repr::Sym(s) => {
+                return Err(serde::de::Error::custom(format!(
+                    "cannot parse dim expression `{s}`"
+                )));
+            }
         })
     }
 }
@@ -415,7 +431,10 @@ mod tests {
         let s = Dim::sym("seq");
         assert_eq!(s.maximum(&Dim::constant(0)), s);
         assert_eq!(s.minimum(&Dim::constant(0)), Dim::constant(0));
-        assert_eq!(s.add(&Dim::constant(1)).maximum(&s), s.add(&Dim::constant(1)));
+        assert_eq!(
+            s.add(&Dim::constant(1)).maximum(&s),
+            s.add(&Dim::constant(1))
+        );
         assert!(s.maximum(&Dim::constant(7)).as_const().is_none());
     }
 

@@ -133,6 +133,10 @@ mod tests {
         assert_eq!(DType::from_onnx(16), Some(DType::BF16));
         assert_eq!(DType::from_onnx(1).unwrap().size_bytes(), 4);
         assert_eq!(DType::from_onnx(17).unwrap().size_bytes(), 1);
-        assert_eq!(DType::from_onnx(8), None, "strings are not tensors moai handles");
+        assert_eq!(
+            DType::from_onnx(8),
+            None,
+            "strings are not tensors moai handles"
+        );
     }
 }

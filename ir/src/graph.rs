@@ -75,13 +75,27 @@ pub struct Graph {
 impl Graph {
     /// An empty graph.
     pub fn new(name: impl Into<String>) -> Graph {
-        Graph { name: name.into(), ..Default::default() }
+        Graph {
+            name: name.into(),
+            ..Default::default()
+        }
     }
 
     /// Adds a node; its inputs must already exist.
-    pub fn add(&mut self, op: Op, inputs: Vec<Value>, outputs: Vec<TensorType>, prov: Provenance) -> NodeId {
+    pub fn add(
+        &mut self,
+        op: Op,
+        inputs: Vec<Value>,
+        outputs: Vec<TensorType>,
+        prov: Provenance,
+    ) -> NodeId {
         let is_input = matches!(op, Op::Input { .. });
-        let id = self.g.add_node(Node { op, inputs: inputs.clone(), outputs, prov });
+        let id = self.g.add_node(Node {
+            op,
+            inputs: inputs.clone(),
+            outputs,
+            prov,
+        });
         for (slot, v) in inputs.iter().enumerate() {
             self.g.add_edge(v.node, id, slot as u32);
         }
@@ -133,13 +147,18 @@ impl Graph {
         for id in self.g.node_indices() {
             indeg.insert(id, self.g.edges_directed(id, Direction::Incoming).count());
         }
-        let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<NodeId>> =
-            indeg.iter().filter(|(_, d)| **d == 0).map(|(id, _)| std::cmp::Reverse(*id)).collect();
+        let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<NodeId>> = indeg
+            .iter()
+            .filter(|(_, d)| **d == 0)
+            .map(|(id, _)| std::cmp::Reverse(*id))
+            .collect();
         let mut order = Vec::with_capacity(indeg.len());
         while let Some(std::cmp::Reverse(id)) = ready.pop() {
             order.push(id);
             for e in self.g.edges_directed(id, Direction::Outgoing) {
-                let d = indeg.get_mut(&e.target()).expect("edge target is a live node");
+                let d = indeg
+                    .get_mut(&e.target())
+                    .expect("edge target is a live node");
                 *d -= 1;
                 if *d == 0 {
                     ready.push(std::cmp::Reverse(e.target()));
@@ -151,7 +170,11 @@ impl Graph {
 
     /// The nodes that consume any output of `id` (each once, sorted).
     pub fn users(&self, id: NodeId) -> Vec<NodeId> {
-        let mut u: Vec<NodeId> = self.g.edges_directed(id, Direction::Outgoing).map(|e| e.target()).collect();
+        let mut u: Vec<NodeId> = self
+            .g
+            .edges_directed(id, Direction::Outgoing)
+            .map(|e| e.target())
+            .collect();
         u.sort();
         u.dedup();
         u
@@ -213,7 +236,11 @@ impl Graph {
                 stack.extend(self.g[n].inputs.iter().map(|v| v.node));
             }
         }
-        let dead: Vec<NodeId> = self.g.node_indices().filter(|n| !live.contains(n)).collect();
+        let dead: Vec<NodeId> = self
+            .g
+            .node_indices()
+            .filter(|n| !live.contains(n))
+            .collect();
         for n in &dead {
             self.g.remove_node(*n);
         }
@@ -245,9 +272,24 @@ mod tests {
     fn replace_and_dead_code() {
         let mut g = Graph::new("t");
         let t = TensorType::new(DType::F32, Shape::from_consts(&[2]));
-        let x = g.add(Op::Input { name: "x".into() }, vec![], vec![t.clone()], Provenance::default());
-        let a = g.add(Op::Unary(UnaryOp::Neg), vec![Value::of(x)], vec![t.clone()], Provenance::default());
-        let b = g.add(Op::Binary(BinaryOp::Add), vec![Value::of(a), Value::of(a)], vec![t.clone()], Provenance::default());
+        let x = g.add(
+            Op::Input { name: "x".into() },
+            vec![],
+            vec![t.clone()],
+            Provenance::default(),
+        );
+        let a = g.add(
+            Op::Unary(UnaryOp::Neg),
+            vec![Value::of(x)],
+            vec![t.clone()],
+            Provenance::default(),
+        );
+        let b = g.add(
+            Op::Binary(BinaryOp::Add),
+            vec![Value::of(a), Value::of(a)],
+            vec![t.clone()],
+            Provenance::default(),
+        );
         g.outputs.push(("y".into(), Value::of(b)));
         assert_eq!(g.topo_order(), vec![x, a, b]);
         assert_eq!(g.use_count(Value::of(a)), 2);

@@ -393,6 +393,9 @@ impl Op {
 
     /// True for ops with no inputs whose value is known without running the graph.
     pub fn is_source(&self) -> bool {
-        matches!(self, Op::Input { .. } | Op::Param { .. } | Op::Constant(_) | Op::Range { .. })
+        matches!(
+            self,
+            Op::Input { .. } | Op::Param { .. } | Op::Constant(_) | Op::Range { .. }
+        )
     }
 }

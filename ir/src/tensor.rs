@@ -32,22 +32,38 @@ impl Tensor {
     /// An f32 tensor.
     pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        Tensor { dtype: DType::F32, shape, data: TensorData::F32(data) }
+        Tensor {
+            dtype: DType::F32,
+            shape,
+            data: TensorData::F32(data),
+        }
     }
 
     /// An f64 tensor.
     pub fn f64(shape: Vec<usize>, data: Vec<f64>) -> Tensor {
-        Tensor { dtype: DType::F64, shape, data: TensorData::F64(data) }
+        Tensor {
+            dtype: DType::F64,
+            shape,
+            data: TensorData::F64(data),
+        }
     }
 
     /// An i64 tensor.
     pub fn i64(shape: Vec<usize>, data: Vec<i64>) -> Tensor {
-        Tensor { dtype: DType::I64, shape, data: TensorData::I64(data) }
+        Tensor {
+            dtype: DType::I64,
+            shape,
+            data: TensorData::I64(data),
+        }
     }
 
     /// A bool tensor.
     pub fn bool(shape: Vec<usize>, data: Vec<bool>) -> Tensor {
-        Tensor { dtype: DType::Bool, shape, data: TensorData::Bool(data) }
+        Tensor {
+            dtype: DType::Bool,
+            shape,
+            data: TensorData::Bool(data),
+        }
     }
 
     /// A scalar i64.

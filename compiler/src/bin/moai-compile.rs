@@ -2,9 +2,15 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
-use moai_compiler::cli::{Cli, ClusterArgs, Command, ConfigArgs, EstimateArgs, FlavorsArgs, InspectArgs, JobArgs, PlanArgs, ValidateArgs, SweepArgs, with_default_subcommand};
+use moai_compiler::cli::{
+    Cli, ClusterArgs, Command, ConfigArgs, EstimateArgs, FlavorsArgs, InspectArgs, JobArgs,
+    PlanArgs, SweepArgs, ValidateArgs, with_default_subcommand,
+};
 use moai_compiler::search::{INTERRUPTED, Progress};
-use moai_compiler::{Cluster, Constraints, Gpu, Model, ParallelConfig, PlanRequest, ProfiledCostModel, Recompute, Schedule};
+use moai_compiler::{
+    Cluster, Constraints, Gpu, Model, ParallelConfig, PlanRequest, ProfiledCostModel, Recompute,
+    Schedule,
+};
 use std::fmt;
 use std::io::Write;
 use std::path::Path;
@@ -25,7 +31,12 @@ where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &tracing::Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
         let level = event.metadata().level().as_str().to_ascii_lowercase();
         write!(w, "[{level}] ")?;
         ctx.field_format().format_fields(w.by_ref(), event)?;
@@ -36,7 +47,12 @@ where
 fn init_logging(level: &str) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(format!("warn,moai_compile={level},moai_compiler={level},moai_costmodel={level},moai_ir={level},moai_runtime={level},moai_models={level}"))
         .map_err(|e| anyhow!("--log {level}: {e}"))?;
-    tracing_subscriber::fmt().with_ansi(false).with_writer(std::io::stderr).with_env_filter(filter).event_format(PlatformFormat).init();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .event_format(PlatformFormat)
+        .init();
     Ok(())
 }
 
@@ -82,9 +98,15 @@ fn parse_gpu(s: &str) -> Result<Gpu> {
 
 fn cluster_from(a: &ClusterArgs) -> Result<Cluster> {
     let mut c = match (&a.flavor, &a.gpu, a.devices) {
-        (Some(_), _, Some(_)) => bail!("--flavor and --devices are exclusive: a flavor fixes the device count"),
+        (Some(_), _, Some(_)) => {
+            bail!("--flavor and --devices are exclusive: a flavor fixes the device count")
+        }
         (Some(f), g, None) => {
-            let gpu = g.as_deref().map(parse_gpu).transpose()?.unwrap_or(Gpu::Mi250);
+            let gpu = g
+                .as_deref()
+                .map(parse_gpu)
+                .transpose()?
+                .unwrap_or(Gpu::Mi250);
             Cluster::from_flavor(f, gpu)?
         }
         (None, Some(g), Some(n)) => {
@@ -92,7 +114,9 @@ fn cluster_from(a: &ClusterArgs) -> Result<Cluster> {
             Cluster::new(parse_gpu(g)?, n)?
         }
         (None, Some(_), None) => bail!("--gpu needs --devices N (or use --flavor NAME)"),
-        (None, None, Some(_)) => bail!("--devices needs --gpu K (one of mi250, mi210, mi300x, h100, a100)"),
+        (None, None, Some(_)) => {
+            bail!("--devices needs --gpu K (one of mi250, mi210, mi300x, h100, a100)")
+        }
         (None, None, None) => {
             tracing::info!("no --flavor given: using the default flavor {DEFAULT_FLAVOR} on mi250");
             Cluster::from_flavor(DEFAULT_FLAVOR, Gpu::Mi250)?
@@ -101,7 +125,12 @@ fn cluster_from(a: &ClusterArgs) -> Result<Cluster> {
     if let Some(path) = &a.cluster_file {
         let overridden = Cluster::load(path)?;
         if overridden.gpu != c.gpu {
-            bail!("{}: cluster file is for {}, but the job runs on {}", path.display(), overridden.gpu, c.gpu);
+            bail!(
+                "{}: cluster file is for {}, but the job runs on {}",
+                path.display(),
+                overridden.gpu,
+                c.gpu
+            );
         }
         c.links = overridden.links;
     }
@@ -110,8 +139,14 @@ fn cluster_from(a: &ClusterArgs) -> Result<Cluster> {
 
 fn request_from(job: &JobArgs) -> Result<PlanRequest> {
     let mut r = PlanRequest::new(job.batch_size, job.seq_len);
-    r.precision = job.precision.parse().map_err(|e| anyhow!("--precision {}: {e}", job.precision))?;
-    r.optimizer = job.optimizer.parse().map_err(|e| anyhow!("--optimizer {}: {e}", job.optimizer))?;
+    r.precision = job
+        .precision
+        .parse()
+        .map_err(|e| anyhow!("--precision {}: {e}", job.precision))?;
+    r.optimizer = job
+        .optimizer
+        .parse()
+        .map_err(|e| anyhow!("--optimizer {}: {e}", job.optimizer))?;
     r.validate()?;
     Ok(r)
 }
@@ -121,7 +156,9 @@ fn constraints_from(c: &ConfigArgs) -> Result<Constraints> {
         match v {
             None => Ok(None),
             Some(0) => bail!("--{name} 0: must be at least 1"),
-            Some(x) => Ok(Some(u32::try_from(x).map_err(|_| anyhow!("--{name} {x}: too large"))?)),
+            Some(x) => Ok(Some(
+                u32::try_from(x).map_err(|_| anyhow!("--{name} {x}: too large"))?,
+            )),
         }
     };
     Ok(Constraints {
@@ -129,10 +166,20 @@ fn constraints_from(c: &ConfigArgs) -> Result<Constraints> {
         tp: to_u32("tp", c.tp)?,
         pp: to_u32("pp", c.pp)?,
         micro_batch_size: to_u32("micro-batch-size", c.micro_batch_size)?,
-        recompute: c.recompute.as_deref().map(Constraints::parse_recompute_list).transpose()?.unwrap_or_default(),
+        recompute: c
+            .recompute
+            .as_deref()
+            .map(Constraints::parse_recompute_list)
+            .transpose()?
+            .unwrap_or_default(),
         zero: c.zero.map(Constraints::check_zero).transpose()?,
         sequence_parallel: c.sequence_parallel.then_some(true),
-        schedules: c.schedule.as_deref().map(Constraints::parse_schedule_list).transpose()?.unwrap_or_default(),
+        schedules: c
+            .schedule
+            .as_deref()
+            .map(Constraints::parse_schedule_list)
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -142,11 +189,18 @@ fn config_from(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Paralle
     let pp = c.pp.unwrap_or(1);
     let model_par = tp * pp;
     if cluster.devices % model_par != 0 {
-        bail!("{} devices are not divisible by tp {tp} × pp {pp}", cluster.devices);
+        bail!(
+            "{} devices are not divisible by tp {tp} × pp {pp}",
+            cluster.devices
+        );
     }
     let dp = c.dp.unwrap_or(cluster.devices / model_par);
     if dp * model_par != cluster.devices {
-        bail!("{} devices are not divisible into dp {dp} × tp {tp} × pp {pp} (= {})", cluster.devices, dp * model_par);
+        bail!(
+            "{} devices are not divisible into dp {dp} × tp {tp} × pp {pp} (= {})",
+            cluster.devices,
+            dp * model_par
+        );
     }
     if batch % dp as u64 != 0 {
         bail!("--batch-size {batch} is not divisible by dp {dp}");
@@ -154,7 +208,9 @@ fn config_from(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Paralle
     let mbs = c.micro_batch_size.unwrap_or(1);
     let per_replica = batch / dp as u64;
     if per_replica % mbs as u64 != 0 {
-        bail!("--micro-batch-size {mbs} does not divide the {per_replica} sequences per data-parallel replica (batch {batch} / dp {dp})");
+        bail!(
+            "--micro-batch-size {mbs} does not divide the {per_replica} sequences per data-parallel replica (batch {batch} / dp {dp})"
+        );
     }
     if c.recompute.len() > 1 {
         bail!("--recompute: estimate takes one value (none, selective or full)");
@@ -316,7 +372,9 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("[warn] interrupted: finishing with the best plan found so far (Ctrl-C again to abort)");
+        eprintln!(
+            "[warn] interrupted: finishing with the best plan found so far (Ctrl-C again to abort)"
+        );
     });
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -329,7 +387,13 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
     } else {
         bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     }
-    let report = match moai_compiler::plan_with(&model, &cluster, &req, &ProfiledCostModel::new(), &Bar(bar)) {
+    let report = match moai_compiler::plan_with(
+        &model,
+        &cluster,
+        &req,
+        &ProfiledCostModel::new(),
+        &Bar(bar),
+    ) {
         Ok(r) => r,
         Err(moai_compiler::PlanError::NoFeasiblePlan(msg)) => {
             let hint = moai_compiler::fit::smallest_fitting_flavor(&model, &cluster, &req)
@@ -359,11 +423,27 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
 }
 
 fn parse_emits(list: &[String]) -> Result<Vec<String>> {
-    const KNOWN: &[&str] = &["plan", "report", "mlir", "hsaco", "ptx", "megatron", "deepspeed"];
+    const KNOWN: &[&str] = &[
+        "plan",
+        "report",
+        "mlir",
+        "hsaco",
+        "ptx",
+        "megatron",
+        "deepspeed",
+    ];
     let mut out = Vec::new();
-    for e in list.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
+    for e in list
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         if !KNOWN.contains(&e) {
-            bail!("--emit {e}: unknown artifact (expected any of {})", KNOWN.join(","));
+            bail!(
+                "--emit {e}: unknown artifact (expected any of {})",
+                KNOWN.join(",")
+            );
         }
         out.push(e.to_string());
     }
