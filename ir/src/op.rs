@@ -130,6 +130,9 @@ pub enum CollectiveKind {
     Send,
     /// Receive from the previous pipeline stage.
     Recv,
+    /// Identity in the forward pass whose gradient is an all-reduce over the group: where a replicated
+    /// activation enters a tensor-parallel region (Megatron-LM's `copy_to_tensor_model_parallel_region`).
+    CopyToGroup,
 }
 
 /// A canonical operation. Inputs are listed in the doc of each variant, in order.

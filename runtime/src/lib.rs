@@ -3,6 +3,9 @@
 //! - [`emit`]: MLIR emission (func + linalg/tensor/arith/math on tensors), symbolic dims specialized.
 //! - [`target`]: typed targets (`cpu`, `rocdl:gfx90a|gfx942`, `nvvm:sm_80|sm_90`) and their pipelines.
 //! - `mlir` (feature `mlir`): melior context, verification, lowering, the CPU JIT and GPU binaries.
+//! - [`shard`]: one tensor-parallel rank's forward program (Megatron-style column/row/head split).
+//! - [`pipeline`]: a training step cut into pipeline stages' forward/backward/optimizer programs, and
+//!   running them stage by stage on the CPU with every tensor-parallel rank on its own thread.
 //! - [`stage`]: `emit_stage` writes `stage<i>/{forward,backward,optimizer}.{mlir,hsaco,ptx}`.
 //! - [`bundle`]: the `plan.moai` artifact (prost): plan JSON, kernels, launch metadata.
 //! - [`executor`]: the [`Executor`] trait; CPU always (with `mlir`), CUDA/HIP behind features.
@@ -19,6 +22,8 @@ pub mod error;
 pub mod executor;
 #[cfg(feature = "mlir")]
 pub mod mlir;
+pub mod pipeline;
+pub mod shard;
 pub mod split;
 pub mod stage;
 pub mod target;
@@ -27,6 +32,8 @@ pub use bundle::{Bundle, KernelEntry, LaunchArg, LaunchInfo, read_bundle, write_
 pub use emit::{ArgSpec, Dims, EmittedModule, KernelStyle, emit_program};
 pub use error::{Result, RuntimeError};
 pub use executor::{CpuExecutor, CudaExecutor, Executor, HipExecutor, run_ranks};
+pub use pipeline::{StageLayout, run_step, stage_programs, step_order};
+pub use shard::shard_tensor_parallel;
 pub use split::{run_chain, split_graph};
 pub use stage::{EmittedStage, Program, ProgramKind, StageProgram, compile_program, emit_stage};
 pub use target::{AmdChip, NvSm, Target, Toolkit};

@@ -14,7 +14,7 @@ use crate::dim::Dim;
 use crate::dtype::DType;
 use crate::error::{IrError, Result};
 use crate::graph::{NodeId, Value};
-use crate::op::{BinaryOp, Op, ReduceKind, UnaryOp};
+use crate::op::{BinaryOp, CollectiveKind, Op, ReduceKind, UnaryOp};
 use crate::shape::{Shape, TensorType};
 
 fn err(node: &str, what: impl std::fmt::Display) -> IrError {
@@ -772,6 +772,36 @@ impl Builder<'_> {
                         Op::Trilu {
                             upper: *upper,
                             k: *k,
+                        },
+                        vec![g],
+                        t,
+                    );
+                    self.acc(ins[0], d)?;
+                }
+            }
+            // Tensor parallelism (Megatron-LM's f and g): an all-reduce of partial sums feeds replicated
+            // computation, whose gradient is already whole on every rank (identity); where a replicated
+            // value enters a tensor-parallel region, each rank holds a partial gradient (all-reduce).
+            Op::Collective {
+                kind: CollectiveKind::AllReduce,
+                ..
+            } => {
+                if need[0] {
+                    self.acc(ins[0], g)?;
+                }
+            }
+            Op::Collective {
+                kind: CollectiveKind::CopyToGroup,
+                group_size,
+                ..
+            } => {
+                if need[0] {
+                    let t = self.ty(g);
+                    let d = self.add1(
+                        Op::Collective {
+                            kind: CollectiveKind::AllReduce,
+                            group_size: *group_size,
+                            axis: None,
                         },
                         vec![g],
                         t,

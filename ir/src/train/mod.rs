@@ -15,7 +15,7 @@ pub mod fixture;
 mod memory;
 mod options;
 mod profile;
-mod tp;
+pub mod tp;
 
 pub use build::{ParamInfo, TrainingGraph, build_training_graph, build_training_graph_with};
 pub use cost::{OpCount, node_cost, step_costs};

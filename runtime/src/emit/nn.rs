@@ -457,10 +457,17 @@ pub(super) fn emit(em: &mut Emitter<'_>, id: NodeId, outs: &Outs) -> Result<Vec<
             axis,
         } => {
             let x = &ins[0];
-            if x.elem != Elem::F32 {
-                return Err(em.err(id, "collectives are emitted for f32 tensors only"));
+            if kind == CollectiveKind::CopyToGroup
+                || (group_size == 1 && kind == CollectiveKind::AllReduce)
+            {
+                // identity in the forward pass (its gradient, an all-reduce, is its own node)
+                vec![x.clone()]
+            } else {
+                if x.elem != Elem::F32 {
+                    return Err(em.err(id, "collectives are emitted for f32 tensors only"));
+                }
+                vec![collective(em, x, kind, group_size, axis, &outs[0].0)]
             }
-            vec![collective(em, x, kind, group_size, axis, &outs[0].0)]
         }
         other => {
             return Err(em.err(
@@ -735,6 +742,7 @@ fn collective(
     let i64c = |fb: &mut Fb, v: i64| fb.cst(v as f64, Elem::I64);
     let g = group as i64;
     let (sym, result) = match kind {
+        CollectiveKind::CopyToGroup => return x.clone(),
         CollectiveKind::AllReduce | CollectiveKind::Send | CollectiveKind::Recv => {
             let c = if kind == CollectiveKind::Recv {
                 fresh_out(fb, out)
