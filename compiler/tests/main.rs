@@ -2,5 +2,6 @@
 
 mod bad_inputs;
 mod cli;
+mod interrupt;
 mod planner;
 mod report;

@@ -1,0 +1,172 @@
+//! Ctrl-C during a search: the binary prints the best plan found so far, writes it to `--out`, and exits 0.
+//!
+//! The search is made long by its input, not by any test hook: 512 devices and a global batch of 262144
+//! sequences give about 4400 candidates with up to 256 micro-batches each, which take about 33 s to cost on
+//! one thread (`--threads 1`, measured on a 2-core box). SIGINT is sent once the cost phase has started
+//! (its log line is on stderr) and a few candidates have had time to be costed. If the search ends before
+//! the signal arrives, the output lacks the interruption notes and the test fails rather than passing.
+
+use super::cli::repo;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Kills the child if the test fails before it exits.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn ctrl_c_prints_and_writes_the_best_plan_so_far() {
+    let out_dir = std::env::temp_dir().join(format!("moai-interrupt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let child = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
+        .args([
+            "plan",
+            "models/llama2-13b.onnx",
+            "--gpu",
+            "mi250",
+            "--devices",
+            "512",
+            "--batch-size",
+            "262144",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts moai-compile");
+    let mut guard = Guard(child);
+    let pid = guard.0.id();
+
+    // Forward stderr lines to this thread; keep them all for the assertions.
+    let stderr = guard.0.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdout = guard.0.stdout.take().expect("piped stdout");
+    let stdout_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+
+    let mut err_lines = Vec::new();
+    let start = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) => {
+                let started = line.contains("SelectBestGraphFromCandidates start");
+                err_lines.push(line);
+                if started {
+                    break;
+                }
+            }
+            Err(e) => panic!(
+                "the cost phase did not start ({e:?} after {:?}); stderr so far:\n{}",
+                start.elapsed(),
+                err_lines.join("\n")
+            ),
+        }
+    }
+    // Let the first candidates be costed (each takes milliseconds), then interrupt.
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent_at = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("runs kill");
+    assert!(kill.success(), "kill -INT {pid} failed");
+
+    // The interrupted search must end promptly, far sooner than the full search would.
+    let status = loop {
+        if let Some(s) = guard.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            sent_at.elapsed() < Duration::from_secs(30),
+            "moai-compile still running 30 s after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let elapsed_after_signal = sent_at.elapsed();
+    reader.join().expect("stderr reader");
+    err_lines.extend(rx.try_iter());
+    let err = err_lines.join("\n");
+    let out = stdout_reader.join().expect("stdout reader");
+
+    assert!(!err.contains("panicked"), "panicked:\n{err}");
+    assert!(
+        err.contains("[warn] interrupted: finishing with the best plan found so far"),
+        "no interrupt notice on stderr (did the search end before the signal?):\n{err}"
+    );
+    assert!(
+        status.success(),
+        "exit status {status:?}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    assert!(
+        out.contains(
+            "The search stopped early (interrupted): this is the best plan among those evaluated."
+        ),
+        "stdout lacks the early-stop note:\n{out}"
+    );
+    let chosen = out
+        .lines()
+        .find(|l| l.starts_with("step time "))
+        .unwrap_or_else(|| panic!("no prediction line in stdout:\n{out}"));
+    assert!(
+        elapsed_after_signal < Duration::from_secs(30),
+        "{elapsed_after_signal:?}"
+    );
+
+    // --out holds the same plan, with the interruption recorded.
+    let plan_path = out_dir.join("plan.json");
+    let plan: Value = serde_json::from_str(
+        &std::fs::read_to_string(&plan_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", plan_path.display())),
+    )
+    .expect("plan.json parses");
+    assert!(
+        out.contains(&format!("wrote {}", plan_path.display())),
+        "{out}"
+    );
+    let explanation = plan["explanation"].as_str().expect("explanation");
+    assert!(
+        explanation.contains("The search stopped early (interrupted)"),
+        "{explanation}"
+    );
+    let not_evaluated = plan["rejected"]["not evaluated (time budget or interrupt)"]
+        .as_u64()
+        .expect("a count of candidates left unevaluated");
+    let candidates = plan["search"]["candidates"].as_u64().expect("candidates");
+    assert!(
+        not_evaluated > 0 && not_evaluated < candidates,
+        "{not_evaluated} of {candidates} not evaluated"
+    );
+    let step = plan["predicted"]["step_time_s"]
+        .as_f64()
+        .expect("step time");
+    assert!(
+        chosen.starts_with(&format!("step time {step:.3} s")),
+        "stdout '{chosen}' vs plan.json step time {step}"
+    );
+    assert_eq!(plan["cluster"]["devices"].as_u64(), Some(512));
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
