@@ -5,8 +5,8 @@
 use crate::report::PlanReport;
 use crate::request::PlanRequest;
 use crate::search::Outcome;
-use moai_costmodel::pipeline::{StageTimes, TaskEvent, timeline};
-use moai_costmodel::{Cluster, Estimate, ParallelConfig, Recompute};
+use moai_costmodel::pipeline::{TaskEvent, timeline};
+use moai_costmodel::{Cluster, Estimate, ParallelConfig};
 use std::fmt::Write;
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -19,38 +19,19 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Per-virtual-stage forward/backward seconds of one micro-batch, apportioned from the estimate: the
-/// critical device's compute time per micro-batch is spread over devices by their resident weights
-/// (a proxy for their layer share) and split forward/backward by the recomputation policy.
-pub fn stage_times(cfg: &ParallelConfig, est: &Estimate) -> Vec<StageTimes> {
-    let pp = cfg.pp.max(1) as usize;
-    let chunks = cfg.schedule.chunks().max(1) as usize;
-    let m = cfg.num_micro_batches.max(1) as f64;
-    let per_mb = est.breakdown.compute_s / m;
-    let weights: Vec<f64> = (0..pp)
-        .map(|d| {
-            est.memory
-                .get(d)
-                .map(|s| s.weights_bytes)
-                .filter(|w| *w > 0.0)
-                .unwrap_or(1.0)
-        })
-        .collect();
-    let wmax = weights.iter().cloned().fold(0.0, f64::max).max(1.0);
-    let fwd_share = match cfg.recompute {
-        Recompute::None => 1.0 / 3.0,
-        Recompute::Selective => 0.32,
-        Recompute::Full => 0.25,
-    };
-    (0..pp * chunks)
-        .map(|v| {
-            let dev = per_mb * weights[v % pp] / wmax / chunks as f64;
-            StageTimes {
-                forward_s: dev * fwd_share,
-                backward_s: dev * (1.0 - fwd_share),
-            }
-        })
-        .collect()
+/// The pipeline timeline of a costed plan: the cost model's own pipeline simulation replayed task by task
+/// from the per-virtual-stage forward/backward times and point-to-point latency it ran on.
+pub fn plan_timeline(
+    cfg: &ParallelConfig,
+    est: &Estimate,
+) -> moai_costmodel::Result<Vec<TaskEvent>> {
+    timeline(
+        cfg.schedule,
+        &est.stage_times,
+        cfg.pp,
+        cfg.num_micro_batches,
+        est.p2p_s,
+    )
 }
 
 /// Renders the report page for a plan.
@@ -99,21 +80,13 @@ td,th{{border:1px solid #bbb;padding:3px 8px;text-align:left}} .fig{{border:1px 
     let _ = writeln!(h, "<p>{}</p>", esc(&report.explanation));
 
     h.push_str("<h2>Pipeline timeline</h2>\n");
-    match est.map(|e| {
-        timeline(
-            cfg.schedule,
-            &stage_times(cfg, e),
-            cfg.pp,
-            cfg.num_micro_batches,
-            0.0,
-        )
-    }) {
+    match est.map(|e| plan_timeline(cfg, e)) {
         Some(Ok(ev)) => {
             h.push_str(&gantt(&ev, cfg.pp.max(1) as usize));
             let _ = writeln!(
                 h,
                 "<p>Schedule {}, {} micro-batches of {}. Blue: forward, orange: backward, gaps: pipeline bubble. \
-                 Stage times are the estimate's compute time apportioned by each stage's weights.</p>",
+                 Stage times and the point-to-point latency are those the cost model's pipeline simulation ran on.</p>",
                 cfg.schedule, cfg.num_micro_batches, cfg.micro_batch_size
             );
         }
@@ -392,27 +365,43 @@ mod tests {
     }
 
     #[test]
-    fn stage_times_follow_weights_and_schedule() {
+    fn timeline_replays_the_estimate_simulation() {
+        use moai_costmodel::pipeline::{StageTimes, simulate};
         let cfg = ParallelConfig {
             pp: 2,
             num_micro_batches: 4,
             ..ParallelConfig::default()
         };
-        let mut e = Estimate::default();
-        e.breakdown.compute_s = 4.0;
-        e.memory = vec![
-            moai_costmodel::StageMemory {
-                weights_bytes: 2.0,
-                ..Default::default()
-            },
-            moai_costmodel::StageMemory {
-                weights_bytes: 1.0,
-                ..Default::default()
-            },
-        ];
-        let t = stage_times(&cfg, &e);
-        assert_eq!(t.len(), 2);
-        assert!((t[0].forward_s + t[0].backward_s - 1.0).abs() < 1e-12);
-        assert!((t[1].forward_s + t[1].backward_s - 0.5).abs() < 1e-12);
+        let e = Estimate {
+            stage_times: vec![
+                StageTimes {
+                    forward_s: 1.0,
+                    backward_s: 2.0,
+                },
+                StageTimes {
+                    forward_s: 0.5,
+                    backward_s: 1.0,
+                },
+            ],
+            p2p_s: 0.1,
+            ..Estimate::default()
+        };
+        let ev = plan_timeline(&cfg, &e).unwrap();
+        assert_eq!(
+            ev.len(),
+            2 * 2 * 4,
+            "forward and backward of 4 micro-batches on 2 stages"
+        );
+        let end = ev.iter().map(|t| t.end_s).fold(0.0, f64::max);
+        let sim = simulate(cfg.schedule, &e.stage_times, 2, 4, 0.1).unwrap();
+        assert!(
+            (end - sim.makespan_s).abs() < 1e-12,
+            "{end} vs {}",
+            sim.makespan_s
+        );
+        let svg = gantt(&ev, 2);
+        assert!(svg.contains(&format!("{end:.3} s</text>")), "{svg}");
+        // No stage times (an estimate from before they were recorded): an error, not a panic.
+        assert!(plan_timeline(&cfg, &Estimate::default()).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! `--emit report`: a self-contained HTML page with the four charts; rendered by headless Chromium
-//! when it is installed (required in CI).
+//! when it is installed (required in CI). The screenshot of the Chromium test is docs/report.png:
+//! `MOAI_UPDATE_DOCS=1 cargo test --release -p moai-compiler --test main report_renders` rewrites it.
 
 use crate::cli::moai;
 use std::path::Path;
@@ -14,26 +15,38 @@ fn tmp(name: &str) -> std::path::PathBuf {
     d
 }
 
-fn write_report(out: &Path) -> String {
+/// The small plan of the structure test: 8 H100s, two pipeline stages.
+const SMALL_PLAN: &[&str] = &[
+    "plan",
+    SMALL,
+    "--gpu",
+    "h100",
+    "--devices",
+    "8",
+    "--batch-size",
+    "64",
+    "--seq-len",
+    "256",
+    "--pp",
+    "2",
+];
+
+/// The plan of docs/report.png: llama2-13b on 4xLarge.2048GB with four pipeline stages, so that the
+/// timeline shows the 1F1B warm-up and cool-down bubbles.
+const DOCS_PLAN: &[&str] = &[
+    "plan",
+    "models/llama2-13b.onnx",
+    "--flavor",
+    "4xLarge.2048GB",
+    "--pp",
+    "4",
+];
+
+fn write_report(out: &Path, plan: &[&str]) -> String {
     let o = out.to_str().expect("utf-8 temp path");
-    let r = moai(&[
-        "plan",
-        SMALL,
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--batch-size",
-        "64",
-        "--seq-len",
-        "256",
-        "--pp",
-        "2",
-        "--emit",
-        "report",
-        "--out",
-        o,
-    ]);
+    let mut args = plan.to_vec();
+    args.extend(["--no-progress", "--emit", "report", "--out", o]);
+    let r = moai(&args);
     assert!(
         r.status.success(),
         "plan failed: {}",
@@ -45,7 +58,7 @@ fn write_report(out: &Path) -> String {
 #[test]
 fn report_has_the_four_charts_and_no_external_resources() {
     let out = tmp("html");
-    let html = write_report(&out);
+    let html = write_report(&out, SMALL_PLAN);
     assert!(html.starts_with("<!DOCTYPE html>"));
     for heading in [
         "Pipeline timeline",
@@ -81,7 +94,8 @@ fn report_renders_in_headless_chromium() {
         return;
     }
     let out = tmp("png");
-    write_report(&out);
+    let html = write_report(&out, DOCS_PLAN);
+    assert!(html.contains(">stage 3</text>"), "four timeline rows");
     let png = out.join("report.png");
     let profile = out.join("chromium-profile");
     let status = Command::new(CHROMIUM)
@@ -114,6 +128,11 @@ fn report_renders_in_headless_chromium() {
         "screenshot too small ({} bytes) to hold the charts",
         bytes.len()
     );
+    // MOAI_UPDATE_DOCS=1 refreshes the screenshot the README shows.
+    if std::env::var_os("MOAI_UPDATE_DOCS").is_some() {
+        let docs = crate::cli::repo().join("docs/report.png");
+        std::fs::write(&docs, &bytes).unwrap_or_else(|e| panic!("{}: {e}", docs.display()));
+    }
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -67,6 +67,13 @@ pub struct Estimate {
     pub memory: Vec<StageMemory>,
     /// Which sources were used.
     pub sources: SourceNotes,
+    /// Forward and backward seconds of one micro-batch on each virtual stage (`pp × chunks` entries, stage
+    /// `v` on device `v % pp`), tensor-parallel communication included: what the pipeline simulation ran on.
+    #[serde(default)]
+    pub stage_times: Vec<StageTimes>,
+    /// Point-to-point seconds between adjacent pipeline stages used by the simulation (0 without pp).
+    #[serde(default)]
+    pub p2p_s: f64,
 }
 
 /// A cost model the search can call; implementations must be thread-safe.
@@ -580,6 +587,8 @@ impl CostModel for ProfiledCostModel {
                 }),
                 allocator: alloc.source.clone(),
             },
+            stage_times: times,
+            p2p_s: p2p,
         })
     }
 }
