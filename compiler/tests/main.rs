@@ -5,3 +5,4 @@ mod cli;
 mod interrupt;
 mod planner;
 mod report;
+mod sweep;
