@@ -73,3 +73,47 @@ fn ptx_targets_the_requested_sm() {
         );
     }
 }
+
+/// Every program of a tiny-llama training step (forward, backward, AdamW) lowers for every GPU target.
+#[test]
+fn tiny_llama_step_lowers_for_every_gpu_target() {
+    use moai_ir::cost::Phase;
+    use moai_ir::train::fixture::{LlamaConfig, llama};
+    use moai_ir::train::{PrecisionPolicy, TrainOptions, build_training_graph};
+    let tg = build_training_graph(
+        &llama(&LlamaConfig::tiny()),
+        &TrainOptions {
+            precision: PrecisionPolicy::Fp32,
+            ..Default::default()
+        },
+    )
+    .expect("training graph");
+    let part = |id| match tg.meta(id).phase {
+        Phase::Forward => 0,
+        Phase::Backward | Phase::Recompute => 1,
+        Phase::Optimizer => 2,
+    };
+    let parts = moai_runtime::split_graph(&tg.graph, 3, &part).expect("split");
+    let dims: Dims = [("batch".to_string(), 2), ("seq".to_string(), 8)].into();
+    let targets = [
+        Target::Rocdl {
+            chip: AmdChip::Gfx90a,
+        },
+        Target::Rocdl {
+            chip: AmdChip::Gfx942,
+        },
+        Target::Nvvm { sm: NvSm::Sm80 },
+        Target::Nvvm { sm: NvSm::Sm90 },
+    ];
+    for target in targets {
+        for (g, name) in parts.iter().zip(["forward", "backward", "optimizer"]) {
+            let (m, entry) = compile_program(g, &dims, name, target, None)
+                .unwrap_or_else(|e| panic!("{name} for {target}: {e}"));
+            let e = entry.expect("GPU targets give a binary");
+            assert!(!e.launches.is_empty(), "{name} for {target}: no launches");
+            if name != "optimizer" {
+                assert!(m.tiled_kernels > 0, "{name}: no tiled contraction");
+            }
+        }
+    }
+}

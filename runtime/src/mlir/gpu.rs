@@ -101,29 +101,54 @@ fn split_pipeline(target: Target, toolkit: Option<&Toolkit>) -> Option<(String, 
 }
 
 /// Moves every top-level `gpu.module` body into one `gpu.module @moai_kernels` and rewrites the
-/// `gpu.launch_func` references.
+/// `gpu.launch_func` references. Kernel outlining names every kernel after its parent function and only
+/// uniquifies the *modules*, so functions that collide in the merged module are renamed (`_1`, `_2`, ...).
 pub fn merge_kernel_modules(text: &str) -> String {
     let mut host = Vec::new();
     let mut kernels = Vec::new();
-    let mut names = Vec::new();
-    let mut in_mod = false;
+    let mut module: Option<String> = None;
+    let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut renamed: HashMap<(String, String), String> = HashMap::new();
     for line in text.lines() {
-        if !in_mod {
-            if let Some(rest) = line.strip_prefix("  gpu.module @") {
-                in_mod = true;
-                names.push(
-                    rest.split(|c: char| c == ' ' || c == '{')
-                        .next()
-                        .unwrap_or("")
-                        .to_string(),
-                );
-                continue;
+        match &module {
+            None => {
+                if let Some(rest) = line.strip_prefix("  gpu.module @") {
+                    module = Some(
+                        rest.split(|c: char| c == ' ' || c == '{')
+                            .next()
+                            .unwrap_or("")
+                            .to_string(),
+                    );
+                    continue;
+                }
+                host.push(line.to_string());
             }
-            host.push(line.to_string());
-        } else if line == "  }" {
-            in_mod = false;
-        } else {
-            kernels.push(line.to_string());
+            Some(m) => {
+                if line == "  }" {
+                    module = None;
+                    continue;
+                }
+                let mut line = line.to_string();
+                if let Some(rest) = line.trim_start().strip_prefix("gpu.func @") {
+                    let f = rest.split('(').next().unwrap_or("").to_string();
+                    let mut unique = f.clone();
+                    let mut k = 0;
+                    while taken.contains(&unique) {
+                        k += 1;
+                        unique = format!("{f}_{k}");
+                    }
+                    taken.insert(unique.clone());
+                    if unique != f {
+                        line = line.replacen(
+                            &format!("gpu.func @{f}("),
+                            &format!("gpu.func @{unique}("),
+                            1,
+                        );
+                    }
+                    renamed.insert((m.clone(), f), unique);
+                }
+                kernels.push(line);
+            }
         }
     }
     // host ends with the module's closing brace
@@ -131,9 +156,20 @@ pub fn merge_kernel_modules(text: &str) -> String {
     let mut out = String::new();
     for l in &host {
         let mut l = l.clone();
-        if l.contains("gpu.launch_func") {
-            for n in &names {
-                l = l.replace(&format!("@{n}::"), &format!("@{KERNEL_MODULE}::"));
+        if let Some(at) = l.find("gpu.launch_func") {
+            let rest = &l[at..];
+            if let Some(sym) = rest
+                .split_whitespace()
+                .find(|t| t.starts_with('@') && t.contains("::@"))
+            {
+                let sym = sym.to_string();
+                if let Some((m, f)) = sym.trim_start_matches('@').split_once("::@") {
+                    let f = renamed
+                        .get(&(m.to_string(), f.to_string()))
+                        .cloned()
+                        .unwrap_or(f.to_string());
+                    l = l.replacen(&sym, &format!("@{KERNEL_MODULE}::@{f}"), 1);
+                }
             }
         }
         out.push_str(&l);
