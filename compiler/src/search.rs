@@ -200,7 +200,11 @@ pub fn search(
     let mut candidates = space.candidates;
     tracing::info!("The number of candidates is {}.", candidates.len());
     if candidates.is_empty() {
-        let reasons: Vec<String> = rejected.iter().map(|(r, n)| format!("{r} ({n})")).collect();
+        let reasons: Vec<String> = if space.conflicts.is_empty() {
+            rejected.iter().map(|(r, n)| format!("{r} ({n})")).collect()
+        } else {
+            space.conflicts
+        };
         return Err(PlanError::NoFeasiblePlan(format!(
             "no configuration of {} on {} devices satisfies the constraints: {}",
             model.name,

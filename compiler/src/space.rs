@@ -27,6 +27,9 @@ pub struct Space {
     pub candidates: Vec<ParallelConfig>,
     /// Combinations rejected before evaluation, by reason.
     pub rejected: BTreeMap<String, u64>,
+    /// Fixed dimensions (flags) that no candidate can meet, each naming the flag and the numbers; any
+    /// one of them leaves the space empty. See [`constraint_conflicts`].
+    pub conflicts: Vec<String>,
 }
 
 /// Micro-batch sizes the search tries.
@@ -36,9 +39,77 @@ fn divisors(n: u32) -> Vec<u32> {
     (1..=n).filter(|d| n % d == 0).collect()
 }
 
+/// Why the fixed dimensions of `c` can never be met on `devices` devices for this model and batch, one
+/// sentence each naming the flag and the numbers (empty when every fixed value is possible on its own).
+/// Each conflict alone excludes every candidate.
+pub fn constraint_conflicts(
+    shape: ModelShape,
+    devices: u32,
+    batch: u64,
+    c: &Constraints,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(t) = c.tp {
+        if devices % t != 0 {
+            out.push(format!("--tp {t} does not divide the {devices} devices"));
+        }
+        let t = t as u64;
+        for (n, what) in [
+            (shape.heads, "attention heads"),
+            (shape.kv_heads, "KV heads"),
+        ] {
+            if n % t != 0 {
+                out.push(format!("--tp {t} does not divide the {n} {what}"));
+            }
+        }
+        if shape.ffn % t != 0 {
+            out.push(format!(
+                "--tp {t} does not divide the FFN width {}",
+                shape.ffn
+            ));
+        }
+    }
+    if let Some(p) = c.pp {
+        if devices % p != 0 {
+            out.push(format!("--pp {p} does not divide the {devices} devices"));
+        }
+    }
+    if let Some(d) = c.dp {
+        if devices % d != 0 {
+            out.push(format!("--dp {d} does not divide the {devices} devices"));
+        }
+        if batch % d as u64 != 0 {
+            out.push(format!("--dp {d} does not divide the batch of {batch}"));
+        }
+    }
+    let fixed: Vec<(&str, u32)> = [("dp", c.dp), ("tp", c.tp), ("pp", c.pp)]
+        .into_iter()
+        .filter_map(|(n, v)| v.map(|v| (n, v)))
+        .collect();
+    if fixed.len() > 1 && fixed.iter().all(|(_, v)| devices % v == 0) {
+        let product: u64 = fixed.iter().map(|(_, v)| *v as u64).product();
+        let names: Vec<String> = fixed.iter().map(|(n, v)| format!("{n} {v}")).collect();
+        if devices as u64 % product != 0 || (fixed.len() == 3 && product != devices as u64) {
+            out.push(format!(
+                "{} (= {product}) do not fit the {devices} devices",
+                names.join(" × ")
+            ));
+        }
+    }
+    if let Some(m) = c.micro_batch_size {
+        if batch % m as u64 != 0 {
+            out.push(format!(
+                "--micro-batch-size {m} does not divide the batch of {batch}"
+            ));
+        }
+    }
+    out
+}
+
 /// Enumerates the space for a job of `batch` sequences on `cluster`.
 pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constraints) -> Space {
     let mut space = Space::default();
+    space.conflicts = constraint_conflicts(shape, cluster.devices, batch, c);
     let mut reject = |reason: String, n: u64| *space.rejected.entry(reason).or_insert(0) += n;
     let devices = cluster.devices;
     let recomputes: Vec<Recompute> = if c.recompute.is_empty() {
@@ -64,7 +135,10 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
         }
         let t = tp as u64;
         if shape.heads % t != 0 || shape.kv_heads % t != 0 || shape.ffn % t != 0 {
-            reject("tp does not divide heads, KV heads or FFN width".into(), 1);
+            // A fixed --tp was already named with the numbers by `constraint_conflicts`.
+            if c.tp.is_none() {
+                reject("tp does not divide heads, KV heads or FFN width".into(), 1);
+            }
             continue;
         }
         for pp in divisors(devices / tp) {
@@ -84,11 +158,20 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                 continue;
             }
             let per_replica = batch / dp as u64;
-            for mbs in MICRO_BATCH_SIZES {
-                if c.micro_batch_size.is_some_and(|m| m != mbs) {
-                    continue;
-                }
+            let sizes = match c.micro_batch_size {
+                Some(m) => vec![m],
+                None => MICRO_BATCH_SIZES.to_vec(),
+            };
+            for mbs in sizes {
                 if mbs as u64 > per_replica || per_replica % mbs as u64 != 0 {
+                    if c.micro_batch_size.is_some() && batch % mbs as u64 == 0 {
+                        reject(
+                            format!(
+                                "--micro-batch-size {mbs} does not divide the sequences per data-parallel replica"
+                            ),
+                            1,
+                        );
+                    }
                     continue;
                 }
                 let nmb = (per_replica / mbs as u64) as u32;
@@ -210,5 +293,112 @@ mod tests {
             && c.dp == 32
             && c.distribute_param
             && c.recompute == Recompute::Full));
+    }
+
+    #[test]
+    fn fixed_dimensions_that_cannot_be_met_are_named() {
+        let shape = ModelShape {
+            layers: 4,
+            heads: 8,
+            kv_heads: 8,
+            ffn: 688,
+        };
+        let cluster = Cluster::new(Gpu::H100, 8).unwrap();
+        let tp3 = Constraints {
+            tp: Some(3),
+            ..Default::default()
+        };
+        let s = enumerate(shape, &cluster, 32, &tp3);
+        assert!(s.candidates.is_empty());
+        for want in [
+            "--tp 3 does not divide the 8 devices",
+            "--tp 3 does not divide the 8 attention heads",
+            "--tp 3 does not divide the 8 KV heads",
+            "--tp 3 does not divide the FFN width 688",
+        ] {
+            assert!(
+                s.conflicts.iter().any(|c| c == want) || s.rejected.contains_key(want),
+                "{want}: {:?}",
+                s.rejected
+            );
+        }
+        // On 6 devices tp 3 divides the devices but still not the heads.
+        let six = Cluster::new(Gpu::H100, 6).unwrap();
+        let s = enumerate(shape, &six, 30, &tp3);
+        assert!(s.candidates.is_empty());
+        assert_eq!(
+            s.conflicts,
+            vec![
+                "--tp 3 does not divide the 8 attention heads",
+                "--tp 3 does not divide the 8 KV heads",
+                "--tp 3 does not divide the FFN width 688"
+            ]
+        );
+        assert!(
+            !s.rejected
+                .contains_key("tp does not divide heads, KV heads or FFN width")
+        );
+
+        let cases = [
+            (
+                Constraints {
+                    pp: Some(3),
+                    ..Default::default()
+                },
+                "--pp 3 does not divide the 8 devices",
+            ),
+            (
+                Constraints {
+                    dp: Some(3),
+                    ..Default::default()
+                },
+                "--dp 3 does not divide the 8 devices",
+            ),
+            (
+                Constraints {
+                    dp: Some(4),
+                    tp: Some(4),
+                    ..Default::default()
+                },
+                "dp 4 × tp 4 (= 16) do not fit the 8 devices",
+            ),
+            (
+                Constraints {
+                    micro_batch_size: Some(3),
+                    ..Default::default()
+                },
+                "--micro-batch-size 3 does not divide the batch of 32",
+            ),
+            (
+                Constraints {
+                    micro_batch_size: Some(16),
+                    dp: Some(8),
+                    ..Default::default()
+                },
+                "--micro-batch-size 16 does not divide the sequences per data-parallel replica",
+            ),
+        ];
+        for (c, want) in cases {
+            let s = enumerate(shape, &cluster, 32, &c);
+            assert!(s.candidates.is_empty(), "{want}");
+            assert!(
+                s.conflicts.iter().any(|c| c == want) || s.rejected.contains_key(want),
+                "{want}: {:?}",
+                s.rejected
+            );
+        }
+        // A micro-batch size outside the default list is still searched when asked for.
+        let s = enumerate(
+            shape,
+            &cluster,
+            48,
+            &Constraints {
+                micro_batch_size: Some(3),
+                dp: Some(2),
+                ..Default::default()
+            },
+        );
+        assert!(!s.candidates.is_empty());
+        assert!(s.candidates.iter().all(|c| c.micro_batch_size == 3));
     }
 }
