@@ -29,7 +29,9 @@ pub mod stage;
 pub mod target;
 
 pub use bundle::{Bundle, KernelEntry, LaunchArg, LaunchInfo, read_bundle, write_bundle};
-pub use emit::{ArgSpec, Dims, EmittedModule, KernelStyle, emit_program};
+pub use emit::{
+    ArgSpec, Dims, EmittedModule, KernelStyle, MathLowering, emit_program, emit_program_with,
+};
 pub use error::{Result, RuntimeError};
 pub use executor::{CpuExecutor, CudaExecutor, Executor, HipExecutor, run_ranks};
 pub use pipeline::{StageLayout, run_step, stage_programs, step_order};

@@ -55,3 +55,78 @@ fn elementwise_softmax_reduce_match_reference() {
     b.out("mean", r);
     check(&b.g, &[("x", rand_t(&[2, 3, 8], 3, 2.0))], 1e-5);
 }
+
+/// The device-library-free math GPU kernels use (LLVM intrinsics, polynomial sine/cosine), run on the
+/// CPU JIT against the reference interpreter: angles up to ±4096 rad (rotary tables at seq 4096).
+#[test]
+fn portable_math_matches_reference() {
+    use moai_runtime::{MathLowering, emit_program_with};
+    let n = 4096usize;
+    let mut b = B::new("math");
+    let pos = b.input("pos", DType::F32, &[n as i64]);
+    let ang = b.input("ang", DType::F32, &[n as i64]);
+    let sh = [n as i64];
+    let mut names = Vec::new();
+    for (u, x) in [
+        (UnaryOp::Exp, ang),
+        (UnaryOp::Log, pos),
+        (UnaryOp::Sqrt, pos),
+        (UnaryOp::Rsqrt, pos),
+        (UnaryOp::Sin, ang),
+        (UnaryOp::Cos, ang),
+    ] {
+        let y = b.op1(Op::Unary(u), &[x], DType::F32, &sh);
+        let name = format!("{u:?}").to_lowercase();
+        b.out(&name, y);
+        names.push(name);
+    }
+    let p = b.op1(Op::Binary(BinaryOp::Pow), &[pos, pos], DType::F32, &sh);
+    b.out("pow", p);
+    names.push("pow".into());
+    // positives in [0.01, 8]; angles in [-4096, 4096] (exp of them clipped to [-30, 30] below)
+    let posv: Vec<f32> = (0..n).map(|i| 0.01 + 8.0 * i as f32 / n as f32).collect();
+    let angv: Vec<f32> = (0..n)
+        .map(|i| -4096.0 + 8192.0 * (i as f32 + 0.37) / n as f32)
+        .collect();
+    let inputs = [
+        ("pos", Tensor::f32(vec![n], posv)),
+        ("ang", Tensor::f32(vec![n], angv)),
+    ];
+    let m = emit_program_with(
+        &b.g,
+        &no_dims(),
+        "math",
+        KernelStyle::Linalg,
+        MathLowering::Portable,
+    )
+    .expect("emits");
+    assert!(!m.text.contains("math.sin") && !m.text.contains("math.exp"));
+    let got = CpuExecutor::new()
+        .run(&m, &args_for(&b.g, &inputs))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let want = reference_at(&b.g, &inputs, moai_ir::interp::Precision::F64);
+    for ((name, g), w) in names.iter().zip(&got).zip(&want) {
+        let (g, w) = (g.to_f64_vec(), w.to_f64_vec());
+        let mut worst = 0.0f64;
+        for (a, e) in g.iter().zip(&w) {
+            let err = if name == "sin" || name == "cos" {
+                (a - e).abs()
+            } else if e.is_finite() && e.abs() < 1e30 {
+                (a - e).abs() / e.abs().max(1e-30)
+            } else {
+                0.0
+            };
+            worst = worst.max(err);
+        }
+        let tol = match name.as_str() {
+            "sin" | "cos" => 1e-6, // absolute
+            "exp" | "pow" => 1e-5, // relative; grows with |x|·ε
+            _ => 1e-6,
+        };
+        assert!(
+            worst <= tol,
+            "{name}: worst error {worst:e} (tolerance {tol:e})"
+        );
+        eprintln!("portable {name}: worst error {worst:.2e}");
+    }
+}

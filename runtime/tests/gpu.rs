@@ -74,7 +74,8 @@ fn ptx_targets_the_requested_sm() {
     }
 }
 
-/// Every program of a tiny-llama training step (forward, backward, AdamW) lowers for every GPU target.
+/// Every program of a tiny-llama training step (forward, backward, AdamW) lowers for every GPU target,
+/// without device-library calls (HSACO linking would fail on `__ocml_*`; PTX would not load with `__nv_*`).
 #[test]
 fn tiny_llama_step_lowers_for_every_gpu_target() {
     use moai_ir::cost::Phase;
@@ -94,7 +95,8 @@ fn tiny_llama_step_lowers_for_every_gpu_target() {
         Phase::Optimizer => 2,
     };
     let parts = moai_runtime::split_graph(&tg.graph, 3, &part).expect("split");
-    let dims: Dims = [("batch".to_string(), 2), ("seq".to_string(), 8)].into();
+    // seq 128: the rotary tables are not constant-folded, so sine and cosine reach the kernels
+    let dims: Dims = [("batch".to_string(), 2), ("seq".to_string(), 128)].into();
     let targets = [
         Target::Rocdl {
             chip: AmdChip::Gfx90a,
@@ -111,6 +113,14 @@ fn tiny_llama_step_lowers_for_every_gpu_target() {
                 .unwrap_or_else(|e| panic!("{name} for {target}: {e}"));
             let e = entry.expect("GPU targets give a binary");
             assert!(!e.launches.is_empty(), "{name} for {target}: no launches");
+            if let Target::Nvvm { .. } = target {
+                // no libdevice (`__nv_*`) calls left unresolved in the PTX
+                let ptx = String::from_utf8(e.binary.clone()).expect("PTX is text");
+                assert!(
+                    !ptx.contains(".extern .func") && !ptx.contains("__nv_"),
+                    "{name} for {target}: PTX calls an external function"
+                );
+            }
             if name != "optimizer" {
                 assert!(m.tiled_kernels > 0, "{name}: no tiled contraction");
             }

@@ -234,6 +234,8 @@ fn half_bits_f16(v: f32) -> u16 {
 pub struct Fb {
     /// Lines of the body.
     pub lines: Vec<String>,
+    /// Emit f32 transcendental functions without device libraries (see [`Fb::math`]).
+    pub portable_math: bool,
     next: usize,
     indent: usize,
 }
@@ -243,6 +245,7 @@ impl Fb {
     pub fn new(indent: usize) -> Fb {
         Fb {
             lines: Vec::new(),
+            portable_math: false,
             next: 0,
             indent,
         }
@@ -351,7 +354,271 @@ impl Fb {
     }
     /// `e^a`.
     pub fn exp(&mut self, a: &str, e: Elem) -> String {
-        self.op1("math.exp", a, e.mlir())
+        self.math("exp", a, e)
+    }
+
+    /// `f(x)` for `f` in `exp`, `log`, `sqrt`, `sin`, `cos`: the `math` dialect op, or, with
+    /// [`Fb::portable_math`] on f32, plain `arith` code that needs no device library (`__ocml_*` for
+    /// ROCDL, libdevice's `__nv_*` for NVVM, neither of which ships with Debian's LLVM; both GPU
+    /// conversions also turn LLVM's math intrinsics into such calls): Cody-Waite range reduction with
+    /// Cephes' single-precision polynomials, exponent bits set directly, Newton's iteration for roots.
+    /// Denormal inputs to `log` and `sqrt` are not handled (they are flushed like GPU fast math does).
+    pub fn math(&mut self, f: &str, x: &str, e: Elem) -> String {
+        if !self.portable_math || e != Elem::F32 {
+            return self.op1(&format!("math.{f}"), x, e.mlir());
+        }
+        match f {
+            "exp" => self.exp_f32(x),
+            "log" => self.log_f32(x),
+            "sqrt" => {
+                let r = self.rsqrt_f32(x);
+                self.fmul(x, &r, e)
+            }
+            "sin" => self.sincos(x, 0),
+            "cos" => self.sincos(x, 1),
+            other => self.op1(&format!("math.{other}"), x, e.mlir()),
+        }
+    }
+
+    /// `a · b + c` (`math.fma`, or with portable math on f32 a multiply and an add).
+    pub fn fma(&mut self, a: &str, b: &str, c: &str, e: Elem) -> String {
+        if self.portable_math && e == Elem::F32 {
+            let m = self.fmul(a, b, e);
+            return self.fadd(&m, c, e);
+        }
+        let n = self.fresh("fma");
+        self.line(format!("{n} = math.fma {a}, {b}, {c} : {}", e.mlir()));
+        n
+    }
+
+    /// `x^y` (portable: `exp(y·log|x|)`, negated for a negative base with an odd integer exponent).
+    pub fn powf(&mut self, x: &str, y: &str, e: Elem) -> String {
+        if !self.portable_math || e != Elem::F32 {
+            return self.op2("math.powf", x, y, e.mlir());
+        }
+        let ax = self.op1("math.absf", x, e.mlir());
+        let l = self.log_f32(&ax);
+        let t = self.fmul(y, &l, e);
+        let r = self.exp_f32(&t);
+        let zero = self.cst(0.0, e);
+        let two = self.cst(2.0, e);
+        let half = self.op2("arith.remf", y, &two, e.mlir());
+        let odd = self.op2("arith.cmpf one,", &half, &zero, e.mlir());
+        let neg = self.op2("arith.cmpf olt,", x, &zero, e.mlir());
+        let flip = self.op2("arith.andi", &odd, &neg, "i1");
+        let nr = self.op1("arith.negf", &r, e.mlir());
+        self.select(&flip, &nr, &r, e.mlir())
+    }
+
+    fn i32c(&mut self, v: i64) -> String {
+        self.cst(v as f64, Elem::I32)
+    }
+
+    /// Horner evaluation of `cs[0] + z·(cs[1] + z·(...))`.
+    fn horner(&mut self, z: &str, cs: &[f64]) -> String {
+        let e = Elem::F32;
+        let mut acc = self.cst(cs[cs.len() - 1], e);
+        for c in cs[..cs.len() - 1].iter().rev() {
+            let m = self.fmul(&acc, z, e);
+            let k = self.cst(*c, e);
+            acc = self.fadd(&m, &k, e);
+        }
+        acc
+    }
+
+    /// Round to nearest even for |t| < 2^22 (adding and removing 1.5·2^23).
+    fn round_f32(&mut self, t: &str) -> String {
+        let e = Elem::F32;
+        let magic = self.cst(12582912.0, e);
+        let a = self.fadd(t, &magic, e);
+        self.fsub(&a, &magic, e)
+    }
+
+    /// f32 `e^x`: `x = n·ln2 + r`, `e^r` by Cephes' expf polynomial, `2^n` from exponent bits.
+    fn exp_f32(&mut self, x: &str) -> String {
+        let e = Elem::F32;
+        let (lo, hi) = (self.cst(-87.33654, e), self.cst(88.72283, e));
+        let xc = self.fmax(x, &lo, e);
+        let xc = self.op2("arith.minimumf", &xc, &hi, e.mlir());
+        let l2e = self.cst(std::f64::consts::LOG2_E, e);
+        let t = self.fmul(&xc, &l2e, e);
+        let n = self.round_f32(&t);
+        let mut r = xc;
+        for part in [0.693359375, -2.12194440e-4] {
+            let c = self.cst(part, e);
+            let p = self.fmul(&n, &c, e);
+            r = self.fsub(&r, &p, e);
+        }
+        let z = self.fmul(&r, &r, e);
+        let p = self.horner(
+            &r,
+            &[
+                5.0000001201e-1,
+                1.6666665459e-1,
+                4.1665795894e-2,
+                8.3334519073e-3,
+                1.3981999507e-3,
+                1.9875691500e-4,
+            ],
+        );
+        let zp = self.fmul(&z, &p, e);
+        let one = self.cst(1.0, e);
+        let r1 = self.fadd(&r, &one, e);
+        let er = self.fadd(&r1, &zp, e);
+        // 2^n as (n + 127) << 23, in two halves so n = 128 (x near 88.7) does not overflow the exponent
+        let ni = self.op1("arith.fptosi", &n, "f32 to i32");
+        let two = self.i32c(2);
+        let n1 = self.op2("arith.divsi", &ni, &two, "i32");
+        let n2 = self.op2("arith.subi", &ni, &n1, "i32");
+        let mut out = er;
+        for k in [n1, n2] {
+            let b = self.i32c(127);
+            let kb = self.op2("arith.addi", &k, &b, "i32");
+            let s23 = self.i32c(23);
+            let bits = self.op2("arith.shli", &kb, &s23, "i32");
+            let scale = self.op1("arith.bitcast", &bits, "i32 to f32");
+            out = self.fmul(&out, &scale, e);
+        }
+        // below the clamp the true value is (nearly) zero
+        let under = self.op2("arith.cmpf olt,", x, &lo, e.mlir());
+        let zero = self.cst(0.0, e);
+        let out = self.select(&under, &zero, &out, e.mlir());
+        let over = self.op2("arith.cmpf ogt,", x, &hi, e.mlir());
+        let inf = self.cst(f64::INFINITY, e);
+        let out = self.select(&over, &inf, &out, e.mlir());
+        // NaN in, NaN out
+        let nan = self.op2("arith.cmpf uno,", x, x, e.mlir());
+        self.select(&nan, x, &out, e.mlir())
+    }
+
+    /// f32 `ln x`: `x = m·2^k` with m in [√½, √2), `ln m` by Cephes' logf polynomial.
+    fn log_f32(&mut self, x: &str) -> String {
+        let e = Elem::F32;
+        let bits = self.op1("arith.bitcast", x, "f32 to i32");
+        let s23 = self.i32c(23);
+        let ex = self.op2("arith.shrsi", &bits, &s23, "i32");
+        let b127 = self.i32c(127);
+        let k0 = self.op2("arith.subi", &ex, &b127, "i32");
+        let mmask = self.i32c(0x007F_FFFF);
+        let mb = self.op2("arith.andi", &bits, &mmask, "i32");
+        let one_bits = self.i32c(0x3F80_0000);
+        let mb = self.op2("arith.ori", &mb, &one_bits, "i32");
+        let m = self.op1("arith.bitcast", &mb, "i32 to f32");
+        let sqrt2 = self.cst(std::f64::consts::SQRT_2, e);
+        let big = self.op2("arith.cmpf ogt,", &m, &sqrt2, e.mlir());
+        let half = self.cst(0.5, e);
+        let mh = self.fmul(&m, &half, e);
+        let m = self.select(&big, &mh, &m, e.mlir());
+        let one_i = self.i32c(1);
+        let k1 = self.op2("arith.addi", &k0, &one_i, "i32");
+        let k = self.select(&big, &k1, &k0, "i32");
+        let one = self.cst(1.0, e);
+        let f = self.fsub(&m, &one, e);
+        let z = self.fmul(&f, &f, e);
+        let p = self.horner(
+            &f,
+            &[
+                3.3333331174e-1,
+                -2.4999993993e-1,
+                2.0000714765e-1,
+                -1.6668057665e-1,
+                1.4249322787e-1,
+                -1.2420140846e-1,
+                1.1676998740e-1,
+                -1.1514610310e-1,
+                7.0376836292e-2,
+            ],
+        );
+        let fz = self.fmul(&f, &z, e);
+        let y = self.fmul(&fz, &p, e);
+        let hz = self.fmul(&z, &half, e);
+        let y = self.fsub(&y, &hz, e);
+        let lf = self.fadd(&f, &y, e);
+        let kf = self.op1("arith.sitofp", &k, "i32 to f32");
+        let ln2 = self.cst(std::f64::consts::LN_2, e);
+        let kl = self.fmul(&kf, &ln2, e);
+        let out = self.fadd(&lf, &kl, e);
+        // log 0 = -inf, log of a negative = NaN, log inf = inf, NaN stays NaN
+        let zero = self.cst(0.0, e);
+        let is0 = self.op2("arith.cmpf oeq,", x, &zero, e.mlir());
+        let ninf = self.cst(f64::NEG_INFINITY, e);
+        let out = self.select(&is0, &ninf, &out, e.mlir());
+        let isneg = self.op2("arith.cmpf ult,", x, &zero, e.mlir());
+        let nan = self.cst(f64::NAN, e);
+        let out = self.select(&isneg, &nan, &out, e.mlir());
+        let inf = self.cst(f64::INFINITY, e);
+        let isinf = self.op2("arith.cmpf oeq,", x, &inf, e.mlir());
+        self.select(&isinf, &inf, &out, e.mlir())
+    }
+
+    /// f32 `1/√x`: the classic bit-level seed and three Newton steps.
+    fn rsqrt_f32(&mut self, x: &str) -> String {
+        let e = Elem::F32;
+        let bits = self.op1("arith.bitcast", x, "f32 to i32");
+        let one = self.i32c(1);
+        let hb = self.op2("arith.shrsi", &bits, &one, "i32");
+        let magic = self.i32c(0x5F37_59DF);
+        let yb = self.op2("arith.subi", &magic, &hb, "i32");
+        let mut y = self.op1("arith.bitcast", &yb, "i32 to f32");
+        let half = self.cst(0.5, e);
+        let hx = self.fmul(x, &half, e);
+        let three_halves = self.cst(1.5, e);
+        for _ in 0..3 {
+            let yy = self.fmul(&y, &y, e);
+            let t = self.fmul(&hx, &yy, e);
+            let c = self.fsub(&three_halves, &t, e);
+            y = self.fmul(&y, &c, e);
+        }
+        y
+    }
+
+    /// f32 sine (`shift` 0) or cosine (`shift` 1): `x = j·π/2 + r`, |r| ≤ π/4, quadrant `(j + shift) mod 4`.
+    fn sincos(&mut self, x: &str, shift: i64) -> String {
+        let e = Elem::F32;
+        let two_over_pi = self.cst(std::f64::consts::FRAC_2_PI, e);
+        let t = self.fmul(x, &two_over_pi, e);
+        let j = self.round_f32(&t);
+        // π/2 in three parts; j·PIO2_1 is exact for |j| < 2^16
+        let mut r = x.to_string();
+        for part in [1.5703125, 4.837512969970703125e-4, 7.549789948768648e-8] {
+            let c = self.cst(part, e);
+            let p = self.fmul(&j, &c, e);
+            r = self.fsub(&r, &p, e);
+        }
+        let z = self.fmul(&r, &r, e);
+        // sin r = r + r·z·(s1 + z·(s2 + z·s3))
+        let ps = self.horner(&z, &[-1.6666654611e-1, 8.3321608736e-3, -1.9515295891e-4]);
+        let rz = self.fmul(&r, &z, e);
+        let sr = self.fmul(&rz, &ps, e);
+        let s = self.fadd(&r, &sr, e);
+        // cos r = 1 − z/2 + z²·(c1 + z·(c2 + z·c3))
+        let pc = self.horner(
+            &z,
+            &[
+                4.166664568298827e-2,
+                -1.388731625493765e-3,
+                2.443315711809948e-5,
+            ],
+        );
+        let z2 = self.fmul(&z, &z, e);
+        let hi = self.fmul(&z2, &pc, e);
+        let half = self.cst(0.5, e);
+        let hz = self.fmul(&z, &half, e);
+        let one = self.cst(1.0, e);
+        let c0 = self.fsub(&one, &hz, e);
+        let c = self.fadd(&c0, &hi, e);
+        // quadrant
+        let ji = self.op1("arith.fptosi", &j, "f32 to i32");
+        let sh = self.i32c(shift);
+        let q = self.op2("arith.addi", &ji, &sh, "i32");
+        let (m1, m2, zero) = (self.i32c(1), self.i32c(2), self.i32c(0));
+        let b1 = self.op2("arith.andi", &q, &m1, "i32");
+        let b2 = self.op2("arith.andi", &q, &m2, "i32");
+        let swap = self.op2("arith.cmpi ne,", &b1, &zero, "i32");
+        let neg = self.op2("arith.cmpi ne,", &b2, &zero, "i32");
+        let v = self.select(&swap, &c, &s, e.mlir());
+        let nv = self.op1("arith.negf", &v, e.mlir());
+        self.select(&neg, &nv, &v, e.mlir())
     }
 
     /// `tensor.empty()` of a shape.

@@ -81,6 +81,7 @@ impl Contraction<'_> {
         let (a, b) = (self.a.0, self.b.0);
         let name = format!("moai_mm{id}");
         let mut h = Fb::new(1);
+        h.portable_math = true; // a GPU kernel: no device-library calls
         h.line(format!(
             "func.func private @{name}(%A: {}, %B: {}) -> {out_ty} {{",
             a.ty(),
@@ -204,13 +205,7 @@ impl Contraction<'_> {
         let mut outs = Vec::new();
         for i in 0..4 {
             for j in 0..4 {
-                let f = h.fresh("fma");
-                h.line(format!(
-                    "{f} = math.fma {}, {}, {} : {et}",
-                    av[i],
-                    bv[j],
-                    iaccs[i * 4 + j]
-                ));
+                let f = h.fma(&av[i], &bv[j], &iaccs[i * 4 + j], e);
                 outs.push(f);
             }
         }

@@ -79,6 +79,26 @@ pub struct EmittedModule {
     pub calls: Vec<String>,
 }
 
+/// How transcendental functions (`exp`, `log`, `sqrt`, `sin`, `cos`, `pow`, `fma`) are emitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MathLowering {
+    /// `math` dialect ops (the CPU lowers them to LLVM intrinsics and libm).
+    Dialect,
+    /// On f32, code that needs no GPU device library: LLVM intrinsics both GPU backends select to
+    /// instructions, and polynomial sine/cosine (see [`builder::Fb::math`]).
+    Portable,
+}
+
+impl KernelStyle {
+    /// The math lowering this style uses: portable for GPU kernels.
+    pub fn math(self) -> MathLowering {
+        match self {
+            KernelStyle::Linalg => MathLowering::Dialect,
+            KernelStyle::GpuTiled => MathLowering::Portable,
+        }
+    }
+}
+
 /// Emits `graph` as an MLIR module whose entry function is `func_name`. Arguments: the graph inputs in
 /// declaration order, then every `Param` node (parameters and buffers) in node-index order, then outputs.
 pub fn emit_program(
@@ -86,6 +106,17 @@ pub fn emit_program(
     dims: &Dims,
     func_name: &str,
     style: KernelStyle,
+) -> Result<EmittedModule> {
+    emit_program_with(graph, dims, func_name, style, style.math())
+}
+
+/// [`emit_program`] with an explicit math lowering (e.g. portable math run on the CPU to test it).
+pub fn emit_program_with(
+    graph: &Graph,
+    dims: &Dims,
+    func_name: &str,
+    style: KernelStyle,
+    math: MathLowering,
 ) -> Result<EmittedModule> {
     if func_name.is_empty()
         || !func_name
@@ -100,12 +131,14 @@ pub fn emit_program(
             reason: "function name must be an identifier ([A-Za-z_][A-Za-z0-9_]*)".into(),
         });
     }
+    let mut fb = Fb::new(2);
+    fb.portable_math = math == MathLowering::Portable;
     let mut em = Emitter {
         graph,
         dims,
         program: func_name.to_string(),
         style,
-        fb: Fb::new(2),
+        fb,
         vals: HashMap::new(),
         helpers: Vec::new(),
         calls: BTreeSet::new(),

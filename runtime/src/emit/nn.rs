@@ -199,7 +199,7 @@ pub(super) fn emit(em: &mut Emitter<'_>, id: NodeId, outs: &Outs) -> Result<Vec<
                 &[b, h, sq, 1],
                 lse_elem,
                 &mut |fb, a| {
-                    let l = fb.op1("math.log", &a[1], e.mlir());
+                    let l = fb.math("log", &a[1], e);
                     let r = fb.fadd(&a[0], &l, e);
                     super::ops::cast(fb, &r, e, lse_elem)
                 },
@@ -417,7 +417,7 @@ pub(super) fn emit(em: &mut Emitter<'_>, id: NodeId, outs: &Outs) -> Result<Vec<
                 let k2 = fb.cst(bc2, e);
                 let mh = fb.fdiv(&a[1], &k1, e);
                 let vh = fb.fdiv(&a[2], &k2, e);
-                let sq = fb.op1("math.sqrt", &vh, e.mlir());
+                let sq = fb.math("sqrt", &vh, e);
                 let ep = fb.cst(eps, e);
                 let den = fb.fadd(&sq, &ep, e);
                 let q = fb.fdiv(&mh, &den, e);
@@ -503,7 +503,7 @@ fn rms_inv(fb: &mut Fb, x: &Tv, eps: f64) -> Tv {
         let ms = fb.fdiv(&a[0], &hc, e);
         let ep = fb.cst(eps, e);
         let t = fb.fadd(&ms, &ep, e);
-        let s = fb.op1("math.sqrt", &t, e.mlir());
+        let s = fb.math("sqrt", &t, e);
         let one = fb.cst(1.0, e);
         fb.fdiv(&one, &s, e)
     })
@@ -529,7 +529,7 @@ fn ln_stats(fb: &mut Fb, x: &Tv, eps: f64) -> (Tv, Tv) {
         let var = fb.fdiv(&a[0], &hc, e);
         let ep = fb.cst(eps, e);
         let t = fb.fadd(&var, &ep, e);
-        let s = fb.op1("math.sqrt", &t, e.mlir());
+        let s = fb.math("sqrt", &t, e);
         let one = fb.cst(1.0, e);
         fb.fdiv(&one, &s, e)
     });

@@ -298,10 +298,10 @@ fn unary(fb: &mut Fb, u: UnaryOp, x: &str, e: Elem) -> String {
     match u {
         UnaryOp::Neg => fb.op1("arith.negf", x, et),
         UnaryOp::Exp => fb.exp(x, e),
-        UnaryOp::Log => fb.op1("math.log", x, et),
-        UnaryOp::Sqrt => fb.op1("math.sqrt", x, et),
+        UnaryOp::Log => fb.math("log", x, e),
+        UnaryOp::Sqrt => fb.math("sqrt", x, e),
         UnaryOp::Rsqrt => {
-            let s = fb.op1("math.sqrt", x, et);
+            let s = fb.math("sqrt", x, e);
             let one = fb.cst(1.0, e);
             fb.fdiv(&one, &s, e)
         }
@@ -345,8 +345,8 @@ fn unary(fb: &mut Fb, u: UnaryOp, x: &str, e: Elem) -> String {
             let p = fb.cmp(true, "ogt", x, &z, et);
             fb.select(&p, x, &z, et)
         }
-        UnaryOp::Cos => fb.op1("math.cos", x, et),
-        UnaryOp::Sin => fb.op1("math.sin", x, et),
+        UnaryOp::Cos => fb.math("cos", x, e),
+        UnaryOp::Sin => fb.math("sin", x, e),
         UnaryOp::Erf => erf(fb, x, e),
         UnaryOp::Abs => fb.op1("math.absf", x, et),
         UnaryOp::Not => x.to_string(),
@@ -363,7 +363,7 @@ fn binary(fb: &mut Fb, b: BinaryOp, x: &str, y: &str, e: Elem) -> String {
         BinaryOp::Sub => fb.op2(pick("arith.subf", "arith.subi"), x, y, et),
         BinaryOp::Mul => fb.op2(pick("arith.mulf", "arith.muli"), x, y, et),
         BinaryOp::Div => fb.op2(pick("arith.divf", "arith.divsi"), x, y, et),
-        BinaryOp::Pow => fb.op2("math.powf", x, y, et),
+        BinaryOp::Pow => fb.powf(x, y, e),
         BinaryOp::Max => fb.op2(pick("arith.maximumf", "arith.maxsi"), x, y, et),
         BinaryOp::Min => fb.op2(pick("arith.minimumf", "arith.minsi"), x, y, et),
         BinaryOp::Equal => fb.cmp(f, pick("oeq", "eq"), x, y, et),
@@ -608,7 +608,7 @@ pub(crate) fn softmax(fb: &mut Fb, x: &Tv, axis: usize, log: bool) -> Tv {
     if log {
         map(fb, &[x, &m, &s], &x.shape, e, &mut |fb, a| {
             let d = fb.fsub(&a[0], &a[1], e);
-            let l = fb.op1("math.log", &a[2], e.mlir());
+            let l = fb.math("log", &a[2], e);
             fb.fsub(&d, &l, e)
         })
     } else {
