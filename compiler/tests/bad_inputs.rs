@@ -74,8 +74,40 @@ fn bad_input_matrix() {
             vec![SMALL, "--gpu", "h100", "--devices", "8", "--seq-len", "0"],
             "seq",
         ),
-        (vec![SMALL, "--tp", "3"], "constraints"),
-        (vec![SMALL, "--micro-batch-size", "5"], "5"),
+        (
+            vec![SMALL, "--tp", "3"],
+            "--tp 3 does not divide the 8 devices, --tp 3 does not divide the 8 attention heads",
+        ),
+        (
+            vec![
+                SMALL,
+                "--gpu",
+                "h100",
+                "--devices",
+                "6",
+                "--batch-size",
+                "30",
+                "--tp",
+                "3",
+            ],
+            "--tp 3 does not divide the 8 attention heads",
+        ),
+        (
+            vec![SMALL, "--pp", "3"],
+            "--pp 3 does not divide the 8 devices",
+        ),
+        (
+            vec![SMALL, "--dp", "3"],
+            "--dp 3 does not divide the 8 devices",
+        ),
+        (
+            vec![SMALL, "--dp", "4", "--tp", "4"],
+            "dp 4 × tp 4 (= 16) do not fit the 8 devices",
+        ),
+        (
+            vec![SMALL, "--micro-batch-size", "5"],
+            "--micro-batch-size 5 does not divide the batch of 32",
+        ),
         (vec![SMALL, "--recompute", "sometimes"], "sometimes"),
         (vec![SMALL, "--schedule", "zigzag"], "zigzag"),
         (vec![SMALL, "--zero", "2"], "2"),
