@@ -36,7 +36,7 @@ pub struct Space {
 pub const MICRO_BATCH_SIZES: [u32; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
 
 fn divisors(n: u32) -> Vec<u32> {
-    (1..=n).filter(|d| n % d == 0).collect()
+    (1..=n).filter(|d| n.is_multiple_of(*d)).collect()
 }
 
 /// Why the fixed dimensions of `c` can never be met on `devices` devices for this model and batch, one
@@ -50,7 +50,7 @@ pub fn constraint_conflicts(
 ) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(t) = c.tp {
-        if devices % t != 0 {
+        if !devices.is_multiple_of(t) {
             out.push(format!("--tp {t} does not divide the {devices} devices"));
         }
         let t = t as u64;
@@ -58,27 +58,27 @@ pub fn constraint_conflicts(
             (shape.heads, "attention heads"),
             (shape.kv_heads, "KV heads"),
         ] {
-            if n % t != 0 {
+            if !n.is_multiple_of(t) {
                 out.push(format!("--tp {t} does not divide the {n} {what}"));
             }
         }
-        if shape.ffn % t != 0 {
+        if !shape.ffn.is_multiple_of(t) {
             out.push(format!(
                 "--tp {t} does not divide the FFN width {}",
                 shape.ffn
             ));
         }
     }
-    if let Some(p) = c.pp {
-        if devices % p != 0 {
-            out.push(format!("--pp {p} does not divide the {devices} devices"));
-        }
+    if let Some(p) = c.pp
+        && !devices.is_multiple_of(p)
+    {
+        out.push(format!("--pp {p} does not divide the {devices} devices"));
     }
     if let Some(d) = c.dp {
-        if devices % d != 0 {
+        if !devices.is_multiple_of(d) {
             out.push(format!("--dp {d} does not divide the {devices} devices"));
         }
-        if batch % d as u64 != 0 {
+        if !batch.is_multiple_of(d as u64) {
             out.push(format!("--dp {d} does not divide the batch of {batch}"));
         }
     }
@@ -86,30 +86,34 @@ pub fn constraint_conflicts(
         .into_iter()
         .filter_map(|(n, v)| v.map(|v| (n, v)))
         .collect();
-    if fixed.len() > 1 && fixed.iter().all(|(_, v)| devices % v == 0) {
+    if fixed.len() > 1 && fixed.iter().all(|(_, v)| devices.is_multiple_of(*v)) {
         let product: u64 = fixed.iter().map(|(_, v)| *v as u64).product();
         let names: Vec<String> = fixed.iter().map(|(n, v)| format!("{n} {v}")).collect();
-        if devices as u64 % product != 0 || (fixed.len() == 3 && product != devices as u64) {
+        if !(devices as u64).is_multiple_of(product)
+            || (fixed.len() == 3 && product != devices as u64)
+        {
             out.push(format!(
                 "{} (= {product}) do not fit the {devices} devices",
                 names.join(" × ")
             ));
         }
     }
-    if let Some(m) = c.micro_batch_size {
-        if batch % m as u64 != 0 {
-            out.push(format!(
-                "--micro-batch-size {m} does not divide the batch of {batch}"
-            ));
-        }
+    if let Some(m) = c.micro_batch_size
+        && !batch.is_multiple_of(m as u64)
+    {
+        out.push(format!(
+            "--micro-batch-size {m} does not divide the batch of {batch}"
+        ));
     }
     out
 }
 
 /// Enumerates the space for a job of `batch` sequences on `cluster`.
 pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constraints) -> Space {
-    let mut space = Space::default();
-    space.conflicts = constraint_conflicts(shape, cluster.devices, batch, c);
+    let mut space = Space {
+        conflicts: constraint_conflicts(shape, cluster.devices, batch, c),
+        ..Space::default()
+    };
     let mut reject = |reason: String, n: u64| *space.rejected.entry(reason).or_insert(0) += n;
     let devices = cluster.devices;
     let recomputes: Vec<Recompute> = if c.recompute.is_empty() {
@@ -134,7 +138,10 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
             continue;
         }
         let t = tp as u64;
-        if shape.heads % t != 0 || shape.kv_heads % t != 0 || shape.ffn % t != 0 {
+        if !shape.heads.is_multiple_of(t)
+            || !shape.kv_heads.is_multiple_of(t)
+            || !shape.ffn.is_multiple_of(t)
+        {
             // A fixed --tp was already named with the numbers by `constraint_conflicts`.
             if c.tp.is_none() {
                 reject("tp does not divide heads, KV heads or FFN width".into(), 1);
@@ -153,7 +160,7 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
             if c.dp.is_some_and(|d| d != dp) {
                 continue;
             }
-            if batch % dp as u64 != 0 {
+            if !batch.is_multiple_of(dp as u64) {
                 reject("dp does not divide the batch".into(), 1);
                 continue;
             }
@@ -163,8 +170,8 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                 None => MICRO_BATCH_SIZES.to_vec(),
             };
             for mbs in sizes {
-                if mbs as u64 > per_replica || per_replica % mbs as u64 != 0 {
-                    if c.micro_batch_size.is_some() && batch % mbs as u64 == 0 {
+                if mbs as u64 > per_replica || !per_replica.is_multiple_of(mbs as u64) {
+                    if c.micro_batch_size.is_some() && batch.is_multiple_of(mbs as u64) {
                         reject(
                             format!(
                                 "--micro-batch-size {mbs} does not divide the sequences per data-parallel replica"
@@ -188,11 +195,11 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                 };
                 for schedule in schedules {
                     if let Schedule::Interleaved(v) = schedule {
-                        if shape.layers % (pp * v) != 0 {
+                        if !shape.layers.is_multiple_of(pp * v) {
                             reject("interleaved chunks do not divide the layers".into(), 1);
                             continue;
                         }
-                        if nmb % pp != 0 {
+                        if !nmb.is_multiple_of(pp) {
                             reject(
                                 "interleaved schedule needs micro-batches divisible by pp".into(),
                                 1,
