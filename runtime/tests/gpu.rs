@@ -78,13 +78,23 @@ fn ptx_targets_the_requested_sm() {
 /// without device-library calls (HSACO linking would fail on `__ocml_*`; PTX would not load with `__nv_*`).
 #[test]
 fn tiny_llama_step_lowers_for_every_gpu_target() {
+    lowers_for_every_gpu_target(moai_ir::train::PrecisionPolicy::Fp32);
+}
+
+/// The same under mixed precision (bf16 compute, fp32 master weights), as plans train.
+#[test]
+fn tiny_llama_amp_bf16_step_lowers_for_every_gpu_target() {
+    lowers_for_every_gpu_target(moai_ir::train::PrecisionPolicy::AmpBf16);
+}
+
+fn lowers_for_every_gpu_target(precision: moai_ir::train::PrecisionPolicy) {
     use moai_ir::cost::Phase;
     use moai_ir::train::fixture::{LlamaConfig, llama};
-    use moai_ir::train::{PrecisionPolicy, TrainOptions, build_training_graph};
+    use moai_ir::train::{TrainOptions, build_training_graph};
     let tg = build_training_graph(
         &llama(&LlamaConfig::tiny()),
         &TrainOptions {
-            precision: PrecisionPolicy::Fp32,
+            precision,
             ..Default::default()
         },
     )
@@ -118,7 +128,11 @@ fn tiny_llama_step_lowers_for_every_gpu_target() {
                 let ptx = String::from_utf8(e.binary.clone()).expect("PTX is text");
                 assert!(
                     !ptx.contains(".extern .func") && !ptx.contains("__nv_"),
-                    "{name} for {target}: PTX calls an external function"
+                    "{name} for {target}: PTX calls an external function: {:?}",
+                    ptx.lines()
+                        .filter(|l| l.contains(".extern") || l.contains("__nv_"))
+                        .take(5)
+                        .collect::<Vec<_>>()
                 );
             }
             if name != "optimizer" {

@@ -364,6 +364,11 @@ impl Fb {
     /// Cephes' single-precision polynomials, exponent bits set directly, Newton's iteration for roots.
     /// Denormal inputs to `log` and `sqrt` are not handled (they are flushed like GPU fast math does).
     pub fn math(&mut self, f: &str, x: &str, e: Elem) -> String {
+        if self.portable_math && self.is_half(e) {
+            let x = self.widen(x, e);
+            let y = self.math(f, &x, Elem::F32);
+            return self.narrow(&y, e);
+        }
         if !self.portable_math || e != Elem::F32 {
             return self.op1(&format!("math.{f}"), x, e.mlir());
         }
@@ -380,11 +385,23 @@ impl Fb {
         }
     }
 
-    /// `a · b + c` (`math.fma`, or with portable math on f32 a multiply and an add).
+    /// `a · b + c` (`math.fma`, or with portable math a contractable multiply and add).
     pub fn fma(&mut self, a: &str, b: &str, c: &str, e: Elem) -> String {
+        if self.portable_math && self.is_half(e) {
+            let (a, b, c) = (self.widen(a, e), self.widen(b, e), self.widen(c, e));
+            let y = self.fma(&a, &b, &c, Elem::F32);
+            return self.narrow(&y, e);
+        }
         if self.portable_math && e == Elem::F32 {
-            let m = self.fmul(a, b, e);
-            return self.fadd(&m, c, e);
+            // `contract` lets the backends fuse the pair into one FMA instruction
+            let (m, n) = (self.fresh("v"), self.fresh("fma"));
+            self.line(format!(
+                "{m} = arith.mulf {a}, {b} fastmath<contract> : f32"
+            ));
+            self.line(format!(
+                "{n} = arith.addf {m}, {c} fastmath<contract> : f32"
+            ));
+            return n;
         }
         let n = self.fresh("fma");
         self.line(format!("{n} = math.fma {a}, {b}, {c} : {}", e.mlir()));
@@ -393,6 +410,11 @@ impl Fb {
 
     /// `x^y` (portable: `exp(y·log|x|)`, negated for a negative base with an odd integer exponent).
     pub fn powf(&mut self, x: &str, y: &str, e: Elem) -> String {
+        if self.portable_math && self.is_half(e) {
+            let (x, y) = (self.widen(x, e), self.widen(y, e));
+            let r = self.powf(&x, &y, Elem::F32);
+            return self.narrow(&r, e);
+        }
         if !self.portable_math || e != Elem::F32 {
             return self.op2("math.powf", x, y, e.mlir());
         }
@@ -408,6 +430,20 @@ impl Fb {
         let flip = self.op2("arith.andi", &odd, &neg, "i1");
         let nr = self.op1("arith.negf", &r, e.mlir());
         self.select(&flip, &nr, &r, e.mlir())
+    }
+
+    fn is_half(&self, e: Elem) -> bool {
+        matches!(e, Elem::BF16 | Elem::F16)
+    }
+
+    /// A 16-bit float extended to f32.
+    fn widen(&mut self, x: &str, e: Elem) -> String {
+        self.op1("arith.extf", x, &format!("{} to f32", e.mlir()))
+    }
+
+    /// An f32 rounded to a 16-bit float.
+    fn narrow(&mut self, x: &str, e: Elem) -> String {
+        self.op1("arith.truncf", x, &format!("f32 to {}", e.mlir()))
     }
 
     fn i32c(&mut self, v: i64) -> String {
