@@ -149,9 +149,12 @@ impl Target {
 
 /// Maps what is not already a hand-tiled kernel (elementwise ops, reductions, layout changes) onto the GPU:
 /// linalg to parallel loops, tiled into 16×16 thread blocks, then outlined into kernels.
+/// Tiles have constant bounds with an in-bounds check inside (`no-min-max-bounds`): a partial tile's
+/// `affine.min` bound would keep the loop from mapping, leaving it on the host.
 const GPU_MAPPING: &str = "convert-linalg-to-parallel-loops,\
-    func.func(scf-parallel-loop-tiling{parallel-loop-tile-sizes=16,16},gpu-map-parallel-loops),\
-    convert-parallel-loops-to-gpu,canonicalize,lower-affine,gpu-kernel-outlining,canonicalize,cse";
+    func.func(scf-parallel-loop-tiling{parallel-loop-tile-sizes=16,16 no-min-max-bounds=true},\
+    gpu-map-parallel-loops),convert-parallel-loops-to-gpu,canonicalize,lower-affine,\
+    gpu-launch-sink-index-computations,gpu-kernel-outlining,canonicalize,cse";
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

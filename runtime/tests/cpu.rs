@@ -74,6 +74,7 @@ fn portable_math_matches_reference() {
         (UnaryOp::Rsqrt, pos),
         (UnaryOp::Sin, ang),
         (UnaryOp::Cos, ang),
+        (UnaryOp::Abs, ang),
     ] {
         let y = b.op1(Op::Unary(u), &[x], DType::F32, &sh);
         let name = format!("{u:?}").to_lowercase();

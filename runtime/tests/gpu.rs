@@ -141,3 +141,58 @@ fn lowers_for_every_gpu_target(precision: moai_ir::train::PrecisionPolicy) {
         }
     }
 }
+
+/// Nothing of a training step is left to host code: after mapping and outlining, the host function only
+/// allocates, makes views and launches kernels (no loops, copies, loads or stores on device memory), so the
+/// bundle's launch list is the whole computation.
+#[test]
+fn every_computation_of_the_step_is_a_kernel() {
+    use moai_ir::cost::Phase;
+    use moai_ir::train::fixture::{LlamaConfig, llama};
+    use moai_ir::train::{PrecisionPolicy, TrainOptions, build_training_graph};
+    use moai_runtime::{KernelStyle, Toolkit, emit_program};
+    let tg = build_training_graph(
+        &llama(&LlamaConfig::tiny()),
+        &TrainOptions {
+            precision: PrecisionPolicy::AmpBf16,
+            ..Default::default()
+        },
+    )
+    .expect("training graph");
+    let part = |id| match tg.meta(id).phase {
+        Phase::Forward => 0,
+        Phase::Backward | Phase::Recompute => 1,
+        Phase::Optimizer => 2,
+    };
+    let parts = moai_runtime::split_graph(&tg.graph, 3, &part).expect("split");
+    let dims: Dims = [("batch".to_string(), 2), ("seq".to_string(), 128)].into();
+    let tk = Toolkit::temporary(None).expect("ld.lld");
+    let target = Target::Rocdl {
+        chip: AmdChip::Gfx90a,
+    };
+    for (g, name) in parts.iter().zip(["forward", "backward", "optimizer"]) {
+        let m = emit_program(g, &dims, name, KernelStyle::GpuTiled).expect("emits");
+        let b = moai_runtime::mlir::gpu::lower(name, &m.text, target, Some(&tk))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let host = b
+            .outlined_mlir
+            .split("gpu.module @moai_kernels")
+            .next()
+            .expect("host part");
+        for op in [
+            "scf.for",
+            "scf.parallel",
+            "memref.copy",
+            "memref.load",
+            "memref.store",
+            "linalg.",
+        ] {
+            assert!(!host.contains(op), "{name}: host code still has `{op}`");
+        }
+        assert_eq!(
+            host.matches("gpu.launch_func").count(),
+            b.launches.len(),
+            "{name}: every launch is in the metadata"
+        );
+    }
+}

@@ -236,6 +236,9 @@ pub struct Fb {
     pub lines: Vec<String>,
     /// Emit f32 transcendental functions without device libraries (see [`Fb::math`]).
     pub portable_math: bool,
+    /// GPU kernels: a reduction to a scalar gets a unit parallel loop so it maps to a kernel (a loop
+    /// nest without parallel dims would stay on the host).
+    pub gpu: bool,
     next: usize,
     indent: usize,
 }
@@ -246,6 +249,7 @@ impl Fb {
         Fb {
             lines: Vec::new(),
             portable_math: false,
+            gpu: false,
             next: 0,
             indent,
         }
@@ -357,7 +361,7 @@ impl Fb {
         self.math("exp", a, e)
     }
 
-    /// `f(x)` for `f` in `exp`, `log`, `sqrt`, `sin`, `cos`: the `math` dialect op, or, with
+    /// `f(x)` for `f` in `exp`, `log`, `sqrt`, `sin`, `cos`, `absf`: the `math` dialect op, or, with
     /// [`Fb::portable_math`] on f32, plain `arith` code that needs no device library (`__ocml_*` for
     /// ROCDL, libdevice's `__nv_*` for NVVM, neither of which ships with Debian's LLVM; both GPU
     /// conversions also turn LLVM's math intrinsics into such calls): Cody-Waite range reduction with
@@ -381,6 +385,12 @@ impl Fb {
             }
             "sin" => self.sincos(x, 0),
             "cos" => self.sincos(x, 1),
+            "absf" => {
+                let bits = self.op1("arith.bitcast", x, "f32 to i32");
+                let mask = self.i32c(0x7FFF_FFFF);
+                let b = self.op2("arith.andi", &bits, &mask, "i32");
+                self.op1("arith.bitcast", &b, "i32 to f32")
+            }
             other => self.op1(&format!("math.{other}"), x, e.mlir()),
         }
     }
@@ -418,14 +428,16 @@ impl Fb {
         if !self.portable_math || e != Elem::F32 {
             return self.op2("math.powf", x, y, e.mlir());
         }
-        let ax = self.op1("math.absf", x, e.mlir());
+        let ax = self.math("absf", x, e);
         let l = self.log_f32(&ax);
         let t = self.fmul(y, &l, e);
         let r = self.exp_f32(&t);
+        // y is odd when y/2 is not a whole number (no `remf`: it is a device-library call too)
         let zero = self.cst(0.0, e);
-        let two = self.cst(2.0, e);
-        let half = self.op2("arith.remf", y, &two, e.mlir());
-        let odd = self.op2("arith.cmpf one,", &half, &zero, e.mlir());
+        let one_half = self.cst(0.5, e);
+        let half = self.fmul(y, &one_half, e);
+        let whole = self.round_f32(&half);
+        let odd = self.op2("arith.cmpf one,", &half, &whole, e.mlir());
         let neg = self.op2("arith.cmpf olt,", x, &zero, e.mlir());
         let flip = self.op2("arith.andi", &odd, &neg, "i1");
         let nr = self.op1("arith.negf", &r, e.mlir());
@@ -671,6 +683,12 @@ impl Fb {
 
     /// `tensor.empty` filled with a constant.
     pub fn filled(&mut self, shape: &[i64], elem: Elem, v: f64) -> Tv {
+        if self.gpu && shape.is_empty() {
+            // a 0-d fill would be a host store: a one-thread kernel instead
+            return self.generic(&[], shape, elem, None, &[], Init::Empty, &mut |fb, _| {
+                fb.cst(v, elem)
+            });
+        }
         let e = self.empty(shape, elem);
         let c = self.cst(v, elem);
         let n = self.fresh("f");
@@ -710,7 +728,41 @@ impl Fb {
             Init::Fill(v) => self.filled(out_shape, out_elem, v),
             Init::From(t) => t.clone(),
         };
-        let dims: Vec<String> = (0..n_loops).map(|i| format!("d{i}")).collect();
+        // a scalar result on a GPU (a full reduction or scalar arithmetic): computed as a [1] tensor over
+        // an extra unit parallel loop `u`, so that it becomes a kernel instead of host code
+        let unit = self.gpu && out_shape.is_empty() && reduction.iter().all(|r| *r);
+        let init_tv = if unit {
+            let n = self.fresh("u");
+            self.line(format!(
+                "{n} = tensor.expand_shape {} [] output_shape [1] : {} into {}",
+                init_tv.name,
+                tensor_ty(&[], out_elem),
+                tensor_ty(&[1], out_elem)
+            ));
+            Tv {
+                name: n,
+                shape: vec![1],
+                elem: out_elem,
+            }
+        } else {
+            init_tv
+        };
+        let mut dims: Vec<String> = (0..n_loops).map(|i| format!("d{i}")).collect();
+        let mut iters: Vec<&str> = reduction
+            .iter()
+            .map(|r| if *r { "\"reduction\"" } else { "\"parallel\"" })
+            .collect();
+        if self.gpu {
+            // parallel loops outermost, so reduction loops run inside the kernel, not around launches
+            let mut order: Vec<usize> = (0..n_loops).collect();
+            order.sort_by_key(|i| reduction[*i]);
+            dims = order.iter().map(|i| dims[*i].clone()).collect();
+            iters = order.iter().map(|i| iters[*i]).collect();
+        }
+        if unit {
+            dims.insert(0, "u".into());
+            iters.insert(0, "\"parallel\"");
+        }
         let dl = dims.join(", ");
         let map = |ix: &[Ix]| {
             format!(
@@ -720,13 +772,13 @@ impl Fb {
         };
         let out_ix = out_ix.unwrap_or_else(|| ident(out_shape.len()));
         let mut maps: Vec<String> = ins.iter().map(|(_, ix)| map(ix)).collect();
-        maps.push(map(&out_ix));
-        let iters: Vec<&str> = reduction
-            .iter()
-            .map(|r| if *r { "\"reduction\"" } else { "\"parallel\"" })
-            .collect();
+        if unit {
+            maps.push(format!("affine_map<({dl}) -> (u)>"));
+        } else {
+            maps.push(map(&out_ix));
+        }
         let n = self.fresh("g");
-        let out_ty = tensor_ty(out_shape, out_elem);
+        let out_ty = tensor_ty(&init_tv.shape, out_elem);
         let ins_txt = if ins.is_empty() {
             String::new()
         } else {
@@ -765,6 +817,18 @@ impl Fb {
         self.line(format!("linalg.yield {y} : {}", out_elem.mlir()));
         self.pop();
         self.line(format!("}} -> {out_ty}"));
+        if unit {
+            let c = self.fresh("s");
+            self.line(format!(
+                "{c} = tensor.collapse_shape {n} [] : {out_ty} into {}",
+                tensor_ty(&[], out_elem)
+            ));
+            return Tv {
+                name: c,
+                shape: vec![],
+                elem: out_elem,
+            };
+        }
         Tv {
             name: n,
             shape: out_shape.to_vec(),

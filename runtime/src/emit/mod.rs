@@ -133,6 +133,7 @@ pub fn emit_program_with(
     }
     let mut fb = Fb::new(2);
     fb.portable_math = math == MathLowering::Portable;
+    fb.gpu = style == KernelStyle::GpuTiled;
     let mut em = Emitter {
         graph,
         dims,

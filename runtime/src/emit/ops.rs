@@ -239,7 +239,7 @@ pub(crate) fn tanh(fb: &mut Fb, x: &str, e: Elem) -> String {
 /// `erf` by Abramowitz–Stegun 7.1.26 (|error| < 1.5e-7).
 pub(crate) fn erf(fb: &mut Fb, x: &str, e: Elem) -> String {
     let et = e.mlir();
-    let ax = fb.op1("math.absf", x, et);
+    let ax = fb.math("absf", x, e);
     let p = fb.cst(0.3275911, e);
     let one = fb.cst(1.0, e);
     let px = fb.fmul(&p, &ax, e);
@@ -348,7 +348,7 @@ fn unary(fb: &mut Fb, u: UnaryOp, x: &str, e: Elem) -> String {
         UnaryOp::Cos => fb.math("cos", x, e),
         UnaryOp::Sin => fb.math("sin", x, e),
         UnaryOp::Erf => erf(fb, x, e),
-        UnaryOp::Abs => fb.op1("math.absf", x, et),
+        UnaryOp::Abs => fb.math("absf", x, e),
         UnaryOp::Not => x.to_string(),
         UnaryOp::IsNan => fb.cmp(true, "uno", x, x, et),
     }

@@ -38,11 +38,14 @@ pub fn lower(
         pipeline: "(merge)".into(),
         reason,
     };
-    let (stage1, stage2) =
+    let (stage0, stage1, stage2) =
         split_pipeline(target, toolkit).ok_or_else(|| lowering("not a GPU target".into()))?;
     let mlir = Mlir::new();
     let outlined = {
         let mut m = mlir.parse(program, text)?;
+        mlir.run_pipeline(&mut m, program, target, &stage0)?;
+        let copies = copies_to_linalg(&m.as_operation().to_string());
+        let mut m = mlir.parse(program, &copies)?;
         mlir.run_pipeline(&mut m, program, target, &stage1)?;
         m.as_operation().to_string()
     };
@@ -85,19 +88,70 @@ pub fn lower(
     })
 }
 
-fn split_pipeline(target: Target, toolkit: Option<&Toolkit>) -> Option<(String, String)> {
+/// The GPU pipeline in three parts: bufferization; mapping loops onto the GPU and outlining kernels;
+/// attaching the target, conversion and serialization.
+fn split_pipeline(target: Target, toolkit: Option<&Toolkit>) -> Option<(String, String, String)> {
     let full = target.pipeline(toolkit);
     let inner = full.strip_prefix("builtin.module(")?.strip_suffix(')')?;
-    let cut = inner.find(match target {
+    let map_at = inner.find("convert-linalg-to-parallel-loops")?;
+    let attach_at = inner.find(match target {
         Target::Rocdl { .. } => "rocdl-attach-target",
         Target::Nvvm { .. } => "nvvm-attach-target",
         Target::Cpu => return None,
     })?;
-    let (a, b) = inner.split_at(cut);
+    let wrap = |p: &str| format!("builtin.module({})", p.trim_end_matches(','));
     Some((
-        format!("builtin.module({})", a.trim_end_matches(',')),
-        format!("builtin.module({b})"),
+        wrap(&inner[..map_at]),
+        wrap(&inner[map_at..attach_at]),
+        wrap(&inner[attach_at..]),
     ))
+}
+
+/// Rewrites every `memref.copy` of the bufferized module as `linalg.copy` (0-d copies through a
+/// one-element view), so that copies become GPU kernels like every other loop nest instead of host
+/// code touching device memory.
+pub fn copies_to_linalg(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut fresh = 0;
+    for line in text.lines() {
+        let t = line.trim_start();
+        let pad = &line[..line.len() - t.len()];
+        let parsed = t.strip_prefix("memref.copy ").and_then(|rest| {
+            let (operands, types) = rest.split_once(" : ")?;
+            let (a, b) = operands.split_once(", ")?;
+            let (ta, tb) = types.split_once(" to ")?;
+            Some((a, b, ta, tb))
+        });
+        let Some((a, b, ta, tb)) = parsed else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let scalar = |ty: &str| ty.starts_with("memref<") && !ty[7..].contains('x');
+        if scalar(ta) && scalar(tb) {
+            let one = |ty: &str| ty.replacen("memref<", "memref<1x", 1);
+            let (va, vb) = (format!("%moai_cp{fresh}a"), format!("%moai_cp{fresh}b"));
+            fresh += 1;
+            out.push_str(&format!(
+                "{pad}{va} = memref.expand_shape {a} [] output_shape [1] : {ta} into {}\n",
+                one(ta)
+            ));
+            out.push_str(&format!(
+                "{pad}{vb} = memref.expand_shape {b} [] output_shape [1] : {tb} into {}\n",
+                one(tb)
+            ));
+            out.push_str(&format!(
+                "{pad}linalg.copy ins({va} : {}) outs({vb} : {})\n",
+                one(ta),
+                one(tb)
+            ));
+        } else {
+            out.push_str(&format!(
+                "{pad}linalg.copy ins({a} : {ta}) outs({b} : {tb})\n"
+            ));
+        }
+    }
+    out
 }
 
 /// Moves every top-level `gpu.module` body into one `gpu.module @moai_kernels` and rewrites the
