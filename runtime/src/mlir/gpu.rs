@@ -107,6 +107,43 @@ fn split_pipeline(target: Target, toolkit: Option<&Toolkit>) -> Option<(String, 
     ))
 }
 
+/// Drops kernels whose text equals an earlier kernel's but for the name (every decoder layer of a stage
+/// outlines the same kernels), returning the kept lines and `dropped name → kept name`. Fewer kernels
+/// make serialization (LLVM code generation per kernel) proportionally faster.
+fn dedupe_kernels(lines: &[String]) -> (Vec<String>, HashMap<String, String>) {
+    let mut out = Vec::with_capacity(lines.len());
+    let mut alias = HashMap::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let Some(rest) = lines[i].strip_prefix("    gpu.func @") else {
+            out.push(lines[i].clone());
+            i += 1;
+            continue;
+        };
+        let name = rest.split('(').next().unwrap_or("").to_string();
+        let end = (i..lines.len())
+            .find(|j| lines[*j] == "    }")
+            .unwrap_or(lines.len() - 1);
+        let mut key = lines[i].replacen(&format!("@{name}("), "@(", 1);
+        for l in &lines[i + 1..=end] {
+            key.push('\n');
+            key.push_str(l);
+        }
+        match seen.get(&key) {
+            Some(kept) => {
+                alias.insert(name, kept.clone());
+            }
+            None => {
+                seen.insert(key, name);
+                out.extend(lines[i..=end].iter().cloned());
+            }
+        }
+        i = end + 1;
+    }
+    (out, alias)
+}
+
 /// Rewrites every `memref.copy` of the bufferized module as `linalg.copy` (0-d copies through a
 /// one-element view), so that copies become GPU kernels like every other loop nest instead of host
 /// code touching device memory.
@@ -203,6 +240,12 @@ pub fn merge_kernel_modules(text: &str) -> String {
                 }
                 kernels.push(line);
             }
+        }
+    }
+    let (kernels, alias) = dedupe_kernels(&kernels);
+    for v in renamed.values_mut() {
+        if let Some(a) = alias.get(v) {
+            *v = a.clone();
         }
     }
     // host ends with the module's closing brace
@@ -391,5 +434,56 @@ mod tests {
         assert_eq!(l[0].shared_bytes, 16 * 64 * 4);
         assert_eq!(l[0].args.len(), 2);
         assert_eq!(l[0].args[1].value, "4");
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    const OUTLINED: &str = "module {
+  func.func @f(%arg0: memref<4xf32>) {
+    gpu.launch_func  @f_kernel::@f_kernel blocks in (%c1, %c1, %c1) threads in (%c4, %c1, %c1)  args(%arg0 : memref<4xf32>)
+    gpu.launch_func  @f_kernel_0::@f_kernel blocks in (%c1, %c1, %c1) threads in (%c4, %c1, %c1)  args(%arg0 : memref<4xf32>)
+    gpu.launch_func  @f_kernel_1::@f_kernel blocks in (%c1, %c1, %c1) threads in (%c4, %c1, %c1)  args(%arg0 : memref<4xf32>)
+    return
+  }
+  gpu.module @f_kernel {
+    gpu.func @f_kernel(%arg0: memref<4xf32>) kernel {
+      gpu.return
+    }
+  }
+  gpu.module @f_kernel_0 {
+    gpu.func @f_kernel(%arg0: memref<4xf32>) kernel {
+      %c0 = arith.constant 0 : index
+      gpu.return
+    }
+  }
+  gpu.module @f_kernel_1 {
+    gpu.func @f_kernel(%arg0: memref<4xf32>) kernel {
+      gpu.return
+    }
+  }
+}";
+
+    #[test]
+    fn outlined_kernels_are_renamed_apart_and_duplicates_dropped() {
+        let m = merge_kernel_modules(OUTLINED);
+        assert_eq!(m.matches("gpu.module @").count(), 1);
+        // two distinct bodies: the third kernel is the first one again
+        assert_eq!(m.matches("gpu.func @").count(), 2, "{m}");
+        assert!(m.contains("gpu.func @f_kernel("));
+        assert!(m.contains("gpu.func @f_kernel_1("));
+        let launches: Vec<&str> = m
+            .lines()
+            .filter(|l| l.contains("gpu.launch_func"))
+            .collect();
+        assert!(launches[0].contains("@moai_kernels::@f_kernel "));
+        assert!(launches[1].contains("@moai_kernels::@f_kernel_1 "));
+        assert!(
+            launches[2].contains("@moai_kernels::@f_kernel "),
+            "{}",
+            launches[2]
+        );
     }
 }
