@@ -158,10 +158,10 @@ impl Dim {
 
     /// `floor(self / other)`, simplified when the division is exact term by term.
     pub fn floor_div(&self, other: &Dim) -> Dim {
-        if let (Some(a), Some(b)) = (self.as_const(), other.as_const()) {
-            if b != 0 {
-                return Dim::constant(a.div_euclid(b));
-            }
+        if let (Some(a), Some(b)) = (self.as_const(), other.as_const())
+            && b != 0
+        {
+            return Dim::constant(a.div_euclid(b));
         }
         if other.as_const() == Some(1) {
             return self.clone();
@@ -177,10 +177,10 @@ impl Dim {
 
     /// `self mod other`, simplified when the division is exact.
     pub fn rem(&self, other: &Dim) -> Dim {
-        if let (Some(a), Some(b)) = (self.as_const(), other.as_const()) {
-            if b != 0 {
-                return Dim::constant(a.rem_euclid(b));
-            }
+        if let (Some(a), Some(b)) = (self.as_const(), other.as_const())
+            && b != 0
+        {
+            return Dim::constant(a.rem_euclid(b));
         }
         if self.exact_div(other).is_some() {
             return Dim::constant(0);

@@ -77,7 +77,10 @@ fn structural(g: &Graph) -> Option<LayerAssignment> {
         .copied()
         .filter(|n| is_norm(&g.node(*n).op))
         .collect();
-    if attentions == 0 || norms.len() < attentions + 1 || (norms.len() - 1) % attentions != 0 {
+    if attentions == 0
+        || norms.len() < attentions + 1
+        || !(norms.len() - 1).is_multiple_of(attentions)
+    {
         return None;
     }
     let per = (norms.len() - 1) / attentions;
@@ -120,10 +123,10 @@ fn structural(g: &Graph) -> Option<LayerAssignment> {
     for &n in order.iter().rev() {
         if k[&n] == 0 && !reads_input[&n] {
             let users: Vec<Option<&u32>> = g.users(n).iter().map(|u| of.get(u)).collect();
-            if let Some(Some(l)) = users.first() {
-                if users.iter().all(|u| *u == Some(*l)) {
-                    of.insert(n, **l);
-                }
+            if let Some(Some(l)) = users.first()
+                && users.iter().all(|u| *u == Some(*l))
+            {
+                of.insert(n, **l);
             }
         }
     }

@@ -245,15 +245,13 @@ impl<'a, T: Float> Exec<'a, T> {
             };
             let got = &ex.vals[&Value::of(*id)].shape;
             for (d, n) in node.outputs[0].shape.0.iter().zip(got) {
-                if let Some(want) = ex.eval_dim(d) {
-                    if want != *n as i64 {
-                        return Err(IrError::Exec {
-                            node: name.clone(),
-                            reason: format!(
-                                "input dim {n} does not match the declared {d} = {want}"
-                            ),
-                        });
-                    }
+                if let Some(want) = ex.eval_dim(d)
+                    && want != *n as i64
+                {
+                    return Err(IrError::Exec {
+                        node: name.clone(),
+                        reason: format!("input dim {n} does not match the declared {d} = {want}"),
+                    });
                 }
             }
         }
@@ -924,7 +922,7 @@ fn attn_dims<T>(
     if h != heads
         || kk.shape[1] != kvh
         || kvh == 0
-        || heads % kvh != 0
+        || !heads.is_multiple_of(kvh)
         || kk.shape[0] != b
         || kk.shape[3] != d
     {

@@ -419,25 +419,24 @@ pub(crate) fn unary(op: &str, a: &Known) -> Option<Known> {
             data: KData::Bool(v.iter().map(|b| !b).collect()),
         });
     }
-    if op == "Neg" {
-        if let KData::Int(v) = &a.data {
-            return Some(Known {
-                dtype: a.dtype,
-                shape: a.shape.clone(),
-                data: KData::Int(v.iter().map(|d| d.scale(-1)).collect()),
-            });
-        }
+    if op == "Neg"
+        && let KData::Int(v) = &a.data
+    {
+        return Some(Known {
+            dtype: a.dtype,
+            shape: a.shape.clone(),
+            data: KData::Int(v.iter().map(|d| d.scale(-1)).collect()),
+        });
     }
-    if op == "Abs" {
-        if let Some(v) = a.as_ints() {
-            if matches!(a.data, KData::Int(_)) {
-                return Some(Known {
-                    dtype: a.dtype,
-                    shape: a.shape.clone(),
-                    data: KData::Int(v.iter().map(|x| Dim::constant(x.abs())).collect()),
-                });
-            }
-        }
+    if op == "Abs"
+        && let Some(v) = a.as_ints()
+        && matches!(a.data, KData::Int(_))
+    {
+        return Some(Known {
+            dtype: a.dtype,
+            shape: a.shape.clone(),
+            data: KData::Int(v.iter().map(|x| Dim::constant(x.abs())).collect()),
+        });
     }
     let KData::Float(v) = &a.data else {
         return None;

@@ -277,7 +277,7 @@ impl Eval<'_> {
                 let n = x.shape[*axis];
                 let mut v = x.v.clone();
                 for f in 0..x.v.len() {
-                    if (f / st[*axis]) % n != 0 {
+                    if !(f / st[*axis]).is_multiple_of(n) {
                         continue;
                     }
                     let idx: Vec<usize> = if *reverse {

@@ -251,10 +251,8 @@ impl<'f> Builder<'f> {
         if t.dtype == dt {
             return v;
         }
-        if !fresh {
-            if let Some(c) = self.casts.get(&(v, dt)) {
-                return *c;
-            }
+        if !fresh && let Some(c) = self.casts.get(&(v, dt)) {
+            return *c;
         }
         let role = self.ctx.role;
         if matches!(self.g.node(v.node).op, Op::Param { .. }) {

@@ -243,19 +243,19 @@ fn static_split(opts: &TrainOptions) -> (f64, f64, f64) {
 
 fn relayer(o: &OpCost, relabel: Option<(u32, u32)>) -> OpCost {
     let mut o = o.clone();
-    if let Some((from, to)) = relabel {
-        if from != to {
-            o.layer = Some(to);
+    if let Some((from, to)) = relabel
+        && from != to
+    {
+        o.layer = Some(to);
+        o.label = o
+            .label
+            .replacen(&format!("layers.{from}."), &format!("layers.{to}."), 1);
+        if o.label.ends_with(&format!("layers.{from}"))
+            || o.label.contains(&format!("layers.{from}:"))
+        {
             o.label = o
                 .label
-                .replacen(&format!("layers.{from}."), &format!("layers.{to}."), 1);
-            if o.label.ends_with(&format!("layers.{from}"))
-                || o.label.contains(&format!("layers.{from}:"))
-            {
-                o.label = o
-                    .label
-                    .replacen(&format!("layers.{from}"), &format!("layers.{to}"), 1);
-            }
+                .replacen(&format!("layers.{from}"), &format!("layers.{to}"), 1);
         }
     }
     o

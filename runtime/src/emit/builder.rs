@@ -628,7 +628,7 @@ impl Fb {
         let j = self.round_f32(&t);
         // π/2 in three parts; j·PIO2_1 is exact for |j| < 2^16
         let mut r = x.to_string();
-        for part in [1.5703125, 4.837512969970703125e-4, 7.549789948768648e-8] {
+        for part in [1.5703125, 4.837_512_969_970_703e-4, 7.549789948768648e-8] {
             let c = self.cst(part, e);
             let p = self.fmul(&j, &c, e);
             r = self.fsub(&r, &p, e);

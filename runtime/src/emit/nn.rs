@@ -482,7 +482,7 @@ pub(super) fn emit(em: &mut Emitter<'_>, id: NodeId, outs: &Outs) -> Result<Vec<
 }
 
 fn group(em: &Emitter<'_>, id: NodeId, heads: usize, kv: usize) -> Result<i64> {
-    if kv == 0 || heads % kv != 0 {
+    if kv == 0 || !heads.is_multiple_of(kv) {
         return Err(em.err(
             id,
             &format!("{heads} heads are not a multiple of {kv} KV heads"),

@@ -55,20 +55,20 @@ pub fn lower(
     mlir.run_pipeline(&mut m, program, target, &stage2)?;
     let mut objects: Vec<Vec<u8>> = Vec::new();
     m.as_operation().walk(WalkOrder::PreOrder, |op| {
-        if op.name().as_string_ref().as_str().ok() == Some("gpu.binary") {
-            if let Ok(arr) = op.attribute("objects") {
-                let raw = arr.to_raw();
-                // SAFETY: plain C API accessors on a live attribute of this context.
-                unsafe {
-                    let n = mlir_sys::mlirArrayAttrGetNumElements(raw);
-                    for i in 0..n {
-                        let obj = mlir_sys::mlirArrayAttrGetElement(raw, i);
-                        if mlir_sys::mlirAttributeIsAGPUObjectAttr(obj) {
-                            let s = mlir_sys::mlirGPUObjectAttrGetObject(obj);
-                            objects.push(
-                                std::slice::from_raw_parts(s.data as *const u8, s.length).to_vec(),
-                            );
-                        }
+        if op.name().as_string_ref().as_str().ok() == Some("gpu.binary")
+            && let Ok(arr) = op.attribute("objects")
+        {
+            let raw = arr.to_raw();
+            // SAFETY: plain C API accessors on a live attribute of this context.
+            unsafe {
+                let n = mlir_sys::mlirArrayAttrGetNumElements(raw);
+                for i in 0..n {
+                    let obj = mlir_sys::mlirArrayAttrGetElement(raw, i);
+                    if mlir_sys::mlirAttributeIsAGPUObjectAttr(obj) {
+                        let s = mlir_sys::mlirGPUObjectAttrGetObject(obj);
+                        objects.push(
+                            std::slice::from_raw_parts(s.data as *const u8, s.length).to_vec(),
+                        );
                     }
                 }
             }
@@ -204,12 +204,7 @@ pub fn merge_kernel_modules(text: &str) -> String {
         match &module {
             None => {
                 if let Some(rest) = line.strip_prefix("  gpu.module @") {
-                    module = Some(
-                        rest.split(|c: char| c == ' ' || c == '{')
-                            .next()
-                            .unwrap_or("")
-                            .to_string(),
-                    );
+                    module = Some(rest.split([' ', '{']).next().unwrap_or("").to_string());
                     continue;
                 }
                 host.push(line.to_string());

@@ -90,10 +90,10 @@ pub(crate) fn binary(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
 pub(crate) fn unary(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
     let op = node.op_type.as_str();
     let uop = unary_op(op).ok_or_else(|| format!("{op} is not a unary op"))?;
-    if let Some(k) = cx.known(node, 0)? {
-        if let Some(r) = known::unary(op, &k) {
-            return Ok(vec![Val::K(Rc::new(r))]);
-        }
+    if let Some(k) = cx.known(node, 0)?
+        && let Some(r) = known::unary(op, &k)
+    {
+        return Ok(vec![Val::K(Rc::new(r))]);
     }
     let x = cx.tensor(node, 0)?;
     let mut ty = cx.ty(x);
@@ -120,10 +120,9 @@ pub(crate) fn gelu(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
 pub(crate) fn where_(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
     if let (Some(c), Some(a), Some(b)) =
         (cx.known(node, 0)?, cx.known(node, 1)?, cx.known(node, 2)?)
+        && let Some(k) = fold_where(&c, &a, &b)
     {
-        if let Some(k) = fold_where(&c, &a, &b) {
-            return Ok(vec![Val::K(Rc::new(k))]);
-        }
+        return Ok(vec![Val::K(Rc::new(k))]);
     }
     let c = cx.tensor(node, 0)?;
     let a = cx.tensor(node, 1)?;

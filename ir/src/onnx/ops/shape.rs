@@ -432,11 +432,11 @@ pub(crate) fn expand(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> {
     let out = super::super::ctx::broadcast(&Shape(dims.clone()), &Shape(target))?;
     match x {
         Val::K(k) => {
-            if let Some(s) = concrete(&out) {
-                if s.iter().product::<usize>() <= MAX_FOLD {
-                    let idx = broadcast_index(&k.shape, &s);
-                    return Ok(vec![kval(k.gather_flat(&idx, s))]);
-                }
+            if let Some(s) = concrete(&out)
+                && s.iter().product::<usize>() <= MAX_FOLD
+            {
+                let idx = broadcast_index(&k.shape, &s);
+                return Ok(vec![kval(k.gather_flat(&idx, s))]);
             }
             let v = cx.tensor(node, 0)?;
             let ty = TensorType::new(k.dtype, out.clone());
