@@ -173,17 +173,6 @@ fn block_proxy(p: &StepProfile, cluster: &Cluster, tp: u32, sp: bool) -> BlockPr
     out
 }
 
-/// In-flight micro-batches held by pipeline stage `stage` of `pp` under a schedule.
-fn in_flight(schedule: Schedule, stage: u32, pp: u32, nmb: u32) -> f64 {
-    match schedule {
-        Schedule::Gpipe => nmb as f64,
-        Schedule::OneFOneB => (pp - stage).min(nmb) as f64,
-        Schedule::Interleaved(v) => {
-            ((pp - stage) as f64 + (pp as f64) * (v as f64 - 1.0) / v as f64).min(nmb as f64)
-        }
-    }
-}
-
 /// Runs the whole search.
 pub fn search(
     model: &Model,
@@ -545,7 +534,8 @@ fn compile_candidate(
         if hi == layers - 1 && nb > layers as usize + 1 {
             add(nb - 1);
         }
-        let inflight = in_flight(c.schedule, stage, c.pp, c.num_micro_batches);
+        let inflight =
+            moai_costmodel::memory::in_flight(c.schedule, c.pp, stage, c.num_micro_batches) as f64;
         StageCost {
             time_s: time,
             memory_bytes: params * per_param + saved * inflight,
