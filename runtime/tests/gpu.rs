@@ -88,23 +88,7 @@ fn tiny_llama_amp_bf16_step_lowers_for_every_gpu_target() {
 }
 
 fn lowers_for_every_gpu_target(precision: moai_ir::train::PrecisionPolicy) {
-    use moai_ir::cost::Phase;
-    use moai_ir::train::fixture::{LlamaConfig, llama};
-    use moai_ir::train::{TrainOptions, build_training_graph};
-    let tg = build_training_graph(
-        &llama(&LlamaConfig::tiny()),
-        &TrainOptions {
-            precision,
-            ..Default::default()
-        },
-    )
-    .expect("training graph");
-    let part = |id| match tg.meta(id).phase {
-        Phase::Forward => 0,
-        Phase::Backward | Phase::Recompute => 1,
-        Phase::Optimizer => 2,
-    };
-    let parts = moai_runtime::split_graph(&tg.graph, 3, &part).expect("split");
+    let (_, parts) = tiny_llama_step(precision);
     // seq 128: the rotary tables are not constant-folded, so sine and cosine reach the kernels
     let dims: Dims = [("batch".to_string(), 2), ("seq".to_string(), 128)].into();
     let targets = [
@@ -147,24 +131,8 @@ fn lowers_for_every_gpu_target(precision: moai_ir::train::PrecisionPolicy) {
 /// bundle's launch list is the whole computation.
 #[test]
 fn every_computation_of_the_step_is_a_kernel() {
-    use moai_ir::cost::Phase;
-    use moai_ir::train::fixture::{LlamaConfig, llama};
-    use moai_ir::train::{PrecisionPolicy, TrainOptions, build_training_graph};
     use moai_runtime::{KernelStyle, Toolkit, emit_program};
-    let tg = build_training_graph(
-        &llama(&LlamaConfig::tiny()),
-        &TrainOptions {
-            precision: PrecisionPolicy::AmpBf16,
-            ..Default::default()
-        },
-    )
-    .expect("training graph");
-    let part = |id| match tg.meta(id).phase {
-        Phase::Forward => 0,
-        Phase::Backward | Phase::Recompute => 1,
-        Phase::Optimizer => 2,
-    };
-    let parts = moai_runtime::split_graph(&tg.graph, 3, &part).expect("split");
+    let (_, parts) = tiny_llama_step(moai_ir::train::PrecisionPolicy::AmpBf16);
     let dims: Dims = [("batch".to_string(), 2), ("seq".to_string(), 128)].into();
     let tk = Toolkit::temporary(None).expect("ld.lld");
     let target = Target::Rocdl {

@@ -206,3 +206,62 @@ pub fn norm_rel(a: &Tensor, b: &Tensor) -> f64 {
     let den: f64 = y.iter().map(|q| q * q).sum::<f64>().sqrt();
     if den == 0.0 { num } else { num / den }
 }
+
+/// Tiny-llama's training step under `precision`, and its forward / backward / optimizer programs
+/// (the graph split by phase).
+pub fn tiny_llama_step(
+    precision: moai_ir::train::PrecisionPolicy,
+) -> (moai_ir::train::TrainingGraph, Vec<Graph>) {
+    use moai_ir::cost::Phase;
+    use moai_ir::train::fixture::{LlamaConfig, llama};
+    use moai_ir::train::{TrainOptions, build_training_graph};
+    let tg = build_training_graph(
+        &llama(&LlamaConfig::tiny()),
+        &TrainOptions {
+            precision,
+            ..Default::default()
+        },
+    )
+    .expect("training graph");
+    let part = |id| match tg.meta(id).phase {
+        Phase::Forward => 0,
+        Phase::Backward | Phase::Recompute => 1,
+        Phase::Optimizer => 2,
+    };
+    let parts = moai_runtime::split_graph(&tg.graph, 3, &part).expect("split");
+    (tg, parts)
+}
+
+/// Checks a training step's outputs against the f32 reference (normwise ≤ 1e-4) and, for the loss and
+/// gradients, elementwise against the f64 reference: no less accurate than the f32 reference itself.
+/// `got(name)` gives the computed output. Returns (outputs checked, worst normwise, worst elementwise).
+pub fn check_step_outputs(
+    g: &Graph,
+    want: &[Tensor],
+    exact: &[Tensor],
+    got: &dyn Fn(&str) -> Tensor,
+) -> (usize, f64, f64) {
+    let (mut worst, mut worst_el, mut checked) = (0.0f64, 0.0f64, 0);
+    for ((name, _), (w, x)) in g.outputs.iter().zip(want.iter().zip(exact)) {
+        let t = got(name);
+        let e = norm_rel(&t, w);
+        assert!(
+            e <= 1e-4,
+            "`{name}`: normwise relative error {e:e} against the f32 reference"
+        );
+        // (updated parameters are not compared elementwise: at AdamW step 1 the update is lr·sign(g),
+        // whose sign is noise for gradients near zero)
+        let elementwise = name == "loss" || name.starts_with("grad:");
+        let (e_mlir, e_ref) = (max_rel(&t, x), max_rel(w, x));
+        assert!(
+            !elementwise || e_mlir <= 2.0 * e_ref + 1e-5,
+            "`{name}`: elementwise error vs f64 {e_mlir:e}, f32 reference's {e_ref:e}"
+        );
+        worst = worst.max(e);
+        if elementwise {
+            worst_el = worst_el.max(e_mlir);
+        }
+        checked += 1;
+    }
+    (checked, worst, worst_el)
+}
