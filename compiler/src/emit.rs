@@ -1,7 +1,10 @@
 //! Writes a plan's artifacts into `--out DIR`: `plan.json`, Megatron-LM arguments, a DeepSpeed config,
-//! torchrun launch scripts, and (through the runtime) compiled stage programs. Everything is rendered in
-//! memory first; nothing is written when any artifact fails.
+//! torchrun launch scripts, a self-contained HTML report, and (through the runtime, [`crate::codegen`])
+//! the plan's compiled stage programs `stage<i>/{forward,backward,optimizer}.{mlir,hsaco,ptx}` with the
+//! `plan.moai` bundle. Everything is rendered in memory first; nothing is written when any artifact
+//! fails.
 
+use crate::codegen::{CodegenRequest, compile_plan};
 use crate::error::{PlanError, Result};
 use crate::export::{ExportContext, deepspeed_config, megatron_command_line, torchrun_script};
 use crate::model::Model;
@@ -57,12 +60,15 @@ pub fn write_outputs(
 ) -> Result<()> {
     let cx = export_context(model, cluster, req);
     let plan = &report.output.plan;
+    let codegen = CodegenRequest::from_emits(emits, cluster.gpu)?;
     let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     let doc = serde_json::to_string_pretty(&plan_document(report)).expect("json") + "\n";
     files.push(("plan.json".into(), doc.into_bytes()));
+    let mut bundle = None;
     for e in emits {
         match e.as_str() {
             "plan" => {}
+            "mlir" | "hsaco" | "ptx" => {} // compiled once below, for all three
             "megatron" => {
                 let line = megatron_command_line(plan, &cx);
                 files.push(("megatron_args.txt".into(), format!("{line}\n").into_bytes()));
@@ -86,9 +92,19 @@ pub fn write_outputs(
             }
             other => {
                 return Err(PlanError::InvalidArgument(format!(
-                    "--emit {other}: not available yet in this build (plan, megatron, deepspeed and report are)"
+                    "--emit {other}: unknown artifact (expected any of plan,report,mlir,hsaco,ptx,megatron,deepspeed)"
                 )));
             }
+        }
+    }
+    if let Some(want) = codegen {
+        let mut compiled = compile_plan(model, req, plan, cluster.gpu, want)?;
+        files.append(&mut compiled.files);
+        if want.binary {
+            let mut with_code = plan_document(report);
+            with_code["codegen"] = compiled.describe();
+            let text = serde_json::to_string_pretty(&with_code).expect("json") + "\n";
+            bundle = Some((text, compiled.kernels));
         }
     }
     for (rel, bytes) in files {
@@ -104,5 +120,11 @@ pub fn write_outputs(
             source,
         })?;
     }
+    if let Some((plan_json, kernels)) = bundle {
+        moai_runtime::write_bundle(&out.join(BUNDLE), &plan_json, kernels)?;
+    }
     Ok(())
 }
+
+/// The bundle's file name inside `--out`: plan JSON, every kernel binary, launch metadata (prost).
+pub const BUNDLE: &str = "plan.moai";

@@ -15,6 +15,9 @@ pub enum PlanError {
     /// The cost model rejected the cluster or configuration.
     #[error(transparent)]
     Cost(#[from] moai_costmodel::CostError),
+    /// Emitting or lowering the plan's stage programs failed (`--emit mlir,hsaco,ptx`).
+    #[error(transparent)]
+    Runtime(#[from] moai_runtime::RuntimeError),
     /// A flag value was wrong.
     #[error("{0}")]
     InvalidArgument(String),

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod codegen;
 pub mod emit;
 pub mod error;
 pub mod export;

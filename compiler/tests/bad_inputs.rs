@@ -113,6 +113,14 @@ fn bad_input_matrix() {
         (vec![SMALL, "--zero", "2"], "2"),
         (vec![SMALL, "--emit", "pdf"], "pdf"),
         (vec![SMALL, "--emit", "report"], "--out"),
+        (
+            vec![SMALL, "--gpu", "h100", "--devices", "8", "--emit", "hsaco"],
+            "--emit ptx",
+        ),
+        (
+            vec![SMALL, "--flavor", "Large.256GB", "--emit", "mlir,ptx"],
+            "--emit hsaco",
+        ),
         (vec![SMALL, "--time-budget", "-1"], "-1"),
         (vec![SMALL, "--threads", "0"], "threads"),
         (vec![SMALL, "--cluster-file", &missing], "nope.json"),
@@ -132,7 +140,8 @@ fn bad_input_matrix() {
             full.extend(job);
         }
         let o = out.to_str().unwrap().to_string();
-        if !args.contains(&"--emit") || args.contains(&"pdf") {
+        // every case gets --out except the one about --emit without it
+        if *args != [SMALL, "--emit", "report"] {
             full.extend(["--out", &o]);
         }
         let line = std::panic::catch_unwind(|| fails(&full));

@@ -2,6 +2,7 @@
 
 mod bad_inputs;
 mod cli;
+mod codegen;
 mod interrupt;
 mod planner;
 mod report;

@@ -357,6 +357,8 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
         bail!("--emit needs --out DIR to write into");
     }
     let cluster = cluster_from(&a.cluster)?;
+    // --emit hsaco on NVIDIA, ptx on AMD, or a binary without the `mlir` feature: fail before searching
+    moai_compiler::codegen::CodegenRequest::from_emits(&emits, cluster.gpu)?;
     let mut req = request_from(&a.job)?;
     req.constraints = constraints_from(&a.config)?;
     req.threads = a.threads;

@@ -1,0 +1,525 @@
+//! Code generation for the chosen plan (`--emit mlir,hsaco,ptx`): tensor-parallel rank 0's pipeline-stage
+//! programs (forward, backward, optimizer) emitted as MLIR and lowered through moai-runtime to the job's
+//! GPU: HSACO code objects for AMD (MI250/MI210 → gfx90a, MI300X → gfx942), PTX for NVIDIA (A100 →
+//! sm_80, H100 → sm_90).
+//!
+//! Every tensor-parallel rank runs the same code on its own weight shard, so one rank's programs are the
+//! whole of the plan's code. What the programs contain, and what they leave to the launcher, is listed by
+//! [`CompiledPlan::notes`].
+//!
+//! Precision: the kernels are emitted from the **fp32** training step whatever the plan's precision.
+//! moai-runtime's kernels are validated against the reference interpreter in fp32 only, and its bf16
+//! contractions would accumulate in bf16 where mixed precision (PyTorch AMP, cuBLAS/rocBLAS) accumulates
+//! in fp32; rather than ship kernels whose numerics nobody checked, an amp-bf16 or bf16 plan gets fp32
+//! kernels and a printed warning saying so (also recorded in the bundle's `codegen.precision`).
+
+use crate::error::{PlanError, Result};
+use crate::model::Model;
+use crate::plan::PlanConfig;
+use crate::request::PlanRequest;
+use moai_costmodel::Gpu;
+use moai_ir::cost::TpSplit;
+use moai_ir::train::tp::linear_class;
+use moai_ir::train::{PrecisionPolicy, RecomputePolicy, TrainOptions};
+use moai_ir::{Graph, Op};
+use moai_runtime::{
+    AmdChip, Dims, EmittedModule, KernelEntry, NvSm, Program, StageLayout, StageProgram, Target,
+    emit_program,
+};
+use rayon::prelude::*;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+/// True when this build can lower to GPU binaries (moai-runtime's `mlir` feature, LLVM/MLIR 22).
+pub const GPU_LOWERING: bool = cfg!(feature = "mlir");
+
+/// How to get a build that lowers to GPU binaries.
+pub const ENABLE_MLIR_HINT: &str = "install LLVM/MLIR 22 (Debian: libmlir-22-dev mlir-22-tools llvm-22-dev lld-22, see runtime/README.md) and rebuild with the default features: `cargo build --release -p moai-compiler --features mlir`";
+
+/// Which code artifacts `--emit` asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CodegenRequest {
+    /// Write `stage<i>/<program>.mlir` (the emitted module, GPU-styled for a GPU target).
+    pub mlir: bool,
+    /// Lower to the target's binary: `stage<i>/<program>.{hsaco,ptx}` and the `plan.moai` bundle.
+    pub binary: bool,
+}
+
+impl CodegenRequest {
+    /// The code artifacts among `emits` for a job on `gpu`, checked before anything is searched or
+    /// written: `hsaco` on an NVIDIA GPU or `ptx` on an AMD one is an error naming the right choice, and
+    /// a binary in a build without the `mlir` feature is an error saying how to enable it.
+    /// `None` when no code artifact was asked for.
+    pub fn from_emits(emits: &[String], gpu: Gpu) -> Result<Option<CodegenRequest>> {
+        let target = target_for(gpu);
+        let mut want = CodegenRequest::default();
+        for e in emits {
+            match e.as_str() {
+                "mlir" => want.mlir = true,
+                "hsaco" | "ptx" => {
+                    if e != target.binary_extension() {
+                        return Err(PlanError::InvalidArgument(mismatch(e, gpu, target)));
+                    }
+                    if !GPU_LOWERING {
+                        return Err(PlanError::InvalidArgument(format!(
+                            "--emit {e} needs moai-compile built with the `mlir` feature, and this build has it off: {ENABLE_MLIR_HINT}"
+                        )));
+                    }
+                    want.binary = true;
+                }
+                _ => {}
+            }
+        }
+        Ok((want.mlir || want.binary).then_some(want))
+    }
+}
+
+fn mismatch(asked: &str, gpu: Gpu, target: Target) -> String {
+    let (vendor, what) = match target {
+        Target::Rocdl { .. } => ("AMD", "HSACO code objects"),
+        Target::Nvvm { .. } => ("NVIDIA", "PTX"),
+        Target::Cpu => ("CPU", "host code"),
+    };
+    let chip = target.to_string();
+    let chip = chip.split(':').next_back().unwrap_or(&chip);
+    format!(
+        "--emit {asked}: the job runs on {gpu} ({vendor} {chip}), which takes {what}; use --emit {}",
+        target.binary_extension()
+    )
+}
+
+/// The code-generation target of a GPU kind: MI250/MI210 → `rocdl:gfx90a`, MI300X → `rocdl:gfx942`,
+/// A100 → `nvvm:sm_80`, H100 → `nvvm:sm_90`.
+pub fn target_for(gpu: Gpu) -> Target {
+    match gpu {
+        Gpu::Mi250 | Gpu::Mi210 => Target::Rocdl {
+            chip: AmdChip::Gfx90a,
+        },
+        Gpu::Mi300x => Target::Rocdl {
+            chip: AmdChip::Gfx942,
+        },
+        Gpu::A100 => Target::Nvvm { sm: NvSm::Sm80 },
+        Gpu::H100 => Target::Nvvm { sm: NvSm::Sm90 },
+    }
+}
+
+/// The plan's code, rendered in memory.
+#[derive(Clone, Debug)]
+pub struct CompiledPlan {
+    /// The target compiled for.
+    pub target: Target,
+    /// Files relative to `--out` (`stage0/forward.mlir`, `stage0/forward.hsaco`, ...) and their bytes.
+    pub files: Vec<(PathBuf, Vec<u8>)>,
+    /// One bundle entry per program (empty without `binary`).
+    pub kernels: Vec<KernelEntry>,
+    /// What the emitted code does and does not contain (printed on stderr, one line each).
+    pub notes: Vec<String>,
+    /// Wall time per program: `(stage, program, seconds)`.
+    pub timings: Vec<(u32, &'static str, f64)>,
+    /// Precision the kernels compute in (fp32; see the module docs).
+    pub precision: PrecisionPolicy,
+    /// Tensor-parallel degree and the rank whose programs these are (0).
+    pub tp: (u64, u64),
+}
+
+impl CompiledPlan {
+    /// What the bundle records about the code next to the plan: target, rank, precision, notes.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "target": self.target.to_string(),
+            "tp": self.tp.0,
+            "rank": self.tp.1,
+            "precision": self.precision.to_string(),
+            "notes": self.notes,
+        })
+    }
+}
+
+/// The precision the kernels are emitted in for a plan trained in `plan`, with the warning to print
+/// when they differ.
+pub fn kernel_precision(plan: PrecisionPolicy) -> (PrecisionPolicy, Option<String>) {
+    match plan {
+        PrecisionPolicy::Fp32 => (PrecisionPolicy::Fp32, None),
+        other => (
+            PrecisionPolicy::Fp32,
+            Some(format!(
+                "the plan trains in {other}, but the kernels are emitted in fp32: moai-runtime's kernels are validated in fp32 only and its bf16 matmuls would accumulate in bf16 (mixed precision accumulates in fp32); same math as the plan's step, without bf16 speed or memory savings"
+            )),
+        ),
+    }
+}
+
+/// Gives every linear layer's weight the name of its module (`model.layers.0.self_attn.q_proj.weight`)
+/// where its own name does not say which tensor-parallel class it is in but the module does. ONNX imports
+/// fold a transposed initializer into a constant named after the folded value (`val_92`), and the
+/// runtime's tensor-parallel split classes linears by weight name; without this it would keep them whole.
+/// Returns how many weights were renamed.
+pub fn name_linear_weights(g: &mut Graph) -> usize {
+    let mut renames = Vec::new();
+    for id in g.topo_order() {
+        let n = g.node(id);
+        if !matches!(n.op, Op::Linear { .. }) || n.prov.scope.is_empty() {
+            continue;
+        }
+        let mut w = n.inputs[1];
+        while let Op::Cast(_) = g.node(w.node).op {
+            w = g.node(w.node).inputs[0];
+        }
+        let Op::Param { name, .. } = &g.node(w.node).op else {
+            continue;
+        };
+        let by_module = linear_class(&n.prov.scope);
+        let splits = |c: TpSplit| matches!(c, TpSplit::Column | TpSplit::Row);
+        if splits(by_module) && linear_class(name) != by_module {
+            renames.push((w.node, format!("{}.weight", n.prov.scope)));
+        }
+    }
+    renames.sort();
+    renames.dedup_by_key(|(node, _)| *node);
+    for (node, new) in &renames {
+        if let Op::Param { name, .. } = &mut g.node_mut(*node).op {
+            *name = new.clone();
+        }
+    }
+    renames.len()
+}
+
+/// Pipeline layout of a plan: layers per stage from its inclusive ranges.
+pub fn stage_counts(plan: &PlanConfig) -> Result<Vec<u32>> {
+    let mut counts = Vec::with_capacity(plan.stages.len());
+    for (i, s) in plan.stages.iter().enumerate() {
+        let [lo, hi] = s.layers;
+        if hi < lo {
+            return Err(PlanError::InvalidArgument(format!(
+                "plan stage {i}: layer range {lo}..={hi} is empty"
+            )));
+        }
+        counts.push(hi - lo + 1);
+    }
+    if counts.is_empty() {
+        return Err(PlanError::InvalidArgument(
+            "plan has no pipeline stages".into(),
+        ));
+    }
+    Ok(counts)
+}
+
+fn recompute_policy(s: &str) -> Result<RecomputePolicy> {
+    match s {
+        "none" => Ok(RecomputePolicy::None),
+        "selective" => Ok(RecomputePolicy::Selective),
+        "full" => Ok(RecomputePolicy::Full),
+        other => Err(PlanError::InvalidArgument(format!(
+            "plan recompute `{other}`: expected none, selective or full"
+        ))),
+    }
+}
+
+/// What the emitted programs leave out of the plan, in words (honest about the parallel dimensions the
+/// kernels do not implement themselves).
+fn notes(plan: &PlanConfig, req: &PlanRequest, target: Target) -> Vec<String> {
+    let mut n = vec![if plan.tp > 1 {
+        format!(
+            "code is tensor-parallel rank 0's: each of the {} tp ranks runs these same kernels on its own weight shard (the tp all-reduces are calls into the runtime)",
+            plan.tp
+        )
+    } else {
+        "no tensor parallelism: one device runs each stage's kernels".to_string()
+    }];
+    n.push(format!(
+        "programs are per micro-batch ({} sequences × {} tokens); the step's {} micro-batch{}, the pipeline schedule ({}) and the transfers between stages are the launcher's",
+        plan.micro_batch_size,
+        req.seq,
+        plan.num_micro_batches,
+        if plan.num_micro_batches == 1 { "" } else { "es" },
+        plan.schedule
+    ));
+    if plan.dp > 1 {
+        let zero = if plan.distribute_param {
+            " (with ZeRO-3 parameter gathering)"
+        } else if plan.distribute_optimizer {
+            " (with ZeRO-1 optimizer-state sharding)"
+        } else {
+            ""
+        };
+        n.push(format!(
+            "data parallelism (dp={}) is not in the kernels: the gradient all-reduce across replicas{zero} is the launcher's; the optimizer program updates this rank's whole shard",
+            plan.dp
+        ));
+    }
+    if plan.sequence_parallel {
+        n.push("sequence parallelism is not emitted: activations stay replicated across tp ranks and the tp collectives are all-reduces (same results, more activation memory)".into());
+    }
+    if target.is_gpu() {
+        n.push(format!(
+            "kernels for {target}: matmuls and attention as workgroup-tiled kernels, the rest as 16×16-thread elementwise/reduction kernels"
+        ));
+    }
+    n
+}
+
+/// Builds rank 0's stage programs of `plan` for `model` and emits them for `gpu`: MLIR text, and with
+/// `want.binary` the lowered binaries with their launch metadata. Progress and timing go to the log
+/// (stderr), one line per program.
+pub fn compile_plan(
+    model: &Model,
+    req: &PlanRequest,
+    plan: &PlanConfig,
+    gpu: Gpu,
+    want: CodegenRequest,
+) -> Result<CompiledPlan> {
+    let target = target_for(gpu);
+    let counts = stage_counts(plan)?;
+    let tp = u32::try_from(plan.tp)
+        .map_err(|_| PlanError::InvalidArgument(format!("plan tp {}: too large", plan.tp)))?;
+    let (precision, fallback) = kernel_precision(req.precision);
+    let opts = TrainOptions {
+        precision,
+        optimizer: req.optimizer,
+        recompute: recompute_policy(&plan.recompute)?,
+    };
+    let dims: Dims = [
+        ("batch".to_string(), plan.micro_batch_size as i64),
+        ("seq".to_string(), req.seq as i64),
+    ]
+    .into();
+    let mut notes = notes(plan, req, target);
+    for line in &notes {
+        tracing::info!("codegen: {line}");
+    }
+    if let Some(w) = fallback {
+        tracing::warn!("codegen: {w}");
+        notes.push(w);
+    }
+
+    let t0 = Instant::now();
+    let rank = if tp > 1 {
+        let mut named = model.graph.clone();
+        let renamed = name_linear_weights(&mut named);
+        if renamed > 0 {
+            tracing::info!(
+                "codegen: {renamed} linear weights named after their modules for the tensor-parallel split (the import had folded their names away)"
+            );
+        }
+        let rank = moai_runtime::shard_tensor_parallel(&named, tp, 0)?;
+        let collectives = rank
+            .node_ids()
+            .filter(|id| matches!(rank.node(*id).op, Op::Collective { .. }))
+            .count();
+        if collectives == 0 {
+            return Err(PlanError::UnsupportedModel(format!(
+                "{}: the tensor-parallel split (tp={tp}) found no linear layer to split; refusing to emit the unsplit model as rank 0's code",
+                model.name
+            )));
+        }
+        rank
+    } else {
+        model.graph.clone()
+    };
+    let tg = moai_ir::train::build_training_graph(&rank, &opts)?;
+    let layout = StageLayout::from_counts(&counts)?;
+    let stages = moai_runtime::stage_programs(&tg, &layout, &dims)?;
+    let n = stages.len();
+    tracing::info!(
+        "codegen: {} training step ({}, {}, recompute {}) split into {n} stage{} in {:.1} s; emitting its programs for {target}",
+        model.name,
+        precision,
+        req.optimizer,
+        plan.recompute,
+        if n == 1 { "" } else { "s" },
+        t0.elapsed().as_secs_f64(),
+    );
+
+    let style = moai_runtime::stage::style_for(target);
+    let mut out = CompiledPlan {
+        target,
+        files: Vec::new(),
+        kernels: Vec::new(),
+        notes,
+        timings: Vec::new(),
+        precision,
+        tp: (plan.tp, 0),
+    };
+    let jobs: Vec<(&StageProgram, &Program)> = stages
+        .iter()
+        .flat_map(|sp| sp.programs.iter().map(move |p| (sp, p)))
+        .collect();
+    let total = jobs.len();
+    let done = AtomicUsize::new(0);
+    let ext = target.binary_extension();
+    // programs are independent: lower them on the worker threads (--threads), results in program order
+    let compile = |(sp, p): &(&StageProgram, &Program)| -> Result<Compiled> {
+        let kind = p.kind.name();
+        let fname = format!("stage{}_{kind}", sp.stage);
+        let started = Instant::now();
+        let (module, entry) = if want.binary {
+            tracing::info!(
+                "codegen: stage{} {kind}: emitting MLIR and lowering it to {ext} ...",
+                sp.stage
+            );
+            moai_runtime::compile_program(&p.graph, &sp.dims, &fname, target, None)?
+        } else {
+            (emit_program(&p.graph, &sp.dims, &fname, style)?, None)
+        };
+        let secs = started.elapsed().as_secs_f64();
+        let k = done.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut summary = format!(
+            "codegen [{k}/{total}] stage{} {kind}: {} tiled contractions",
+            sp.stage, module.tiled_kernels
+        );
+        if let Some(e) = &entry {
+            summary += &format!(
+                ", {} kernel launches, {} KiB {ext}",
+                e.launches.len(),
+                e.binary.len().div_ceil(1024)
+            );
+        }
+        tracing::info!("{summary} in {secs:.1} s");
+        Ok((module, entry, secs))
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(req.threads.unwrap_or(0))
+        .build()
+        .map_err(|e| PlanError::InvalidArgument(format!("--threads: {e}")))?;
+    let results: Vec<Result<Compiled>> =
+        pool.install(|| jobs.par_iter().with_max_len(1).map(compile).collect());
+    for ((sp, p), r) in jobs.iter().zip(results) {
+        let (module, entry, secs) = r?;
+        let kind = p.kind.name();
+        let dir = PathBuf::from(format!("stage{}", sp.stage));
+        if want.mlir {
+            out.files
+                .push((dir.join(format!("{kind}.mlir")), module.text.into_bytes()));
+        }
+        if let Some(mut e) = entry {
+            out.files
+                .push((dir.join(format!("{kind}.{ext}")), e.binary.clone()));
+            e.stage = sp.stage;
+            e.program = kind.to_string();
+            out.kernels.push(e);
+        }
+        out.timings.push((sp.stage, kind, secs));
+    }
+    Ok(out)
+}
+
+/// One program's emitted module, its binary (GPU) and the seconds it took.
+type Compiled = (EmittedModule, Option<KernelEntry>, f64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn emits(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn targets_follow_the_gpu() {
+        assert_eq!(target_for(Gpu::Mi250).to_string(), "rocdl:gfx90a");
+        assert_eq!(target_for(Gpu::Mi210).to_string(), "rocdl:gfx90a");
+        assert_eq!(target_for(Gpu::Mi300x).to_string(), "rocdl:gfx942");
+        assert_eq!(target_for(Gpu::A100).to_string(), "nvvm:sm_80");
+        assert_eq!(target_for(Gpu::H100).to_string(), "nvvm:sm_90");
+    }
+
+    #[test]
+    fn wrong_binary_kind_names_the_gpu_and_the_right_choice() {
+        let e = CodegenRequest::from_emits(&emits(&["hsaco"]), Gpu::H100)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("h100") && e.contains("sm_90") && e.contains("--emit ptx"),
+            "{e}"
+        );
+        let e = CodegenRequest::from_emits(&emits(&["mlir", "ptx"]), Gpu::Mi300x)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mi300x") && e.contains("gfx942") && e.contains("--emit hsaco"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn code_artifacts_are_recognized() {
+        assert_eq!(
+            CodegenRequest::from_emits(&emits(&["plan", "report"]), Gpu::Mi250).unwrap(),
+            None
+        );
+        assert_eq!(
+            CodegenRequest::from_emits(&emits(&["mlir"]), Gpu::A100).unwrap(),
+            Some(CodegenRequest {
+                mlir: true,
+                binary: false
+            })
+        );
+        let r = CodegenRequest::from_emits(&emits(&["mlir", "hsaco"]), Gpu::Mi250);
+        if GPU_LOWERING {
+            assert_eq!(
+                r.unwrap(),
+                Some(CodegenRequest {
+                    mlir: true,
+                    binary: true
+                })
+            );
+        } else {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("--features mlir"), "{e}");
+        }
+    }
+
+    #[test]
+    fn stage_counts_from_ranges() {
+        use crate::plan::StageInfo;
+        let mut p = crate::plan::PlanConfig {
+            dp: 1,
+            tp: 1,
+            pp: 2,
+            num_micro_batches: 1,
+            micro_batch_size: 1,
+            recompute: "none".into(),
+            distribute_param: false,
+            distribute_low_prec_param: false,
+            distribute_optimizer: false,
+            sequence_parallel: false,
+            schedule: "1f1b".into(),
+            stages: vec![
+                StageInfo { layers: [0, 20] },
+                StageInfo { layers: [21, 39] },
+            ],
+        };
+        assert_eq!(stage_counts(&p).unwrap(), vec![21, 19]);
+        p.stages[1].layers = [21, 20];
+        assert!(stage_counts(&p).is_err());
+        assert!(recompute_policy("sometimes").is_err());
+    }
+
+    #[test]
+    fn folded_weight_names_are_restored_from_the_module() {
+        use moai_ir::train::fixture::{LlamaConfig, llama};
+        let mut g = llama(&LlamaConfig::tiny());
+        let mut folded = 0;
+        for id in g.node_ids().collect::<Vec<_>>() {
+            if let Op::Param { name, .. } = &mut g.node_mut(id).op {
+                if name.contains("_proj") {
+                    *name = format!("val_{}", id.index());
+                    folded += 1;
+                }
+            }
+        }
+        assert!(folded >= 14, "{folded}");
+        assert_eq!(name_linear_weights(&mut g), folded);
+        let names: Vec<String> = g
+            .node_ids()
+            .filter_map(|id| match &g.node(id).op {
+                Op::Param { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(names.contains(&"model.layers.1.mlp.down_proj.weight".to_string()));
+        assert!(!names.iter().any(|n| n.starts_with("val_")), "{names:?}");
+        assert_eq!(name_linear_weights(&mut g), 0);
+    }
+}

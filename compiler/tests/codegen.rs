@@ -1,0 +1,291 @@
+//! `--emit mlir,hsaco,ptx` through the binary: the chosen plan's stage programs on disk per stage, the
+//! binaries for the job's GPU, and the `plan.moai` bundle read back with `moai_runtime::read_bundle`.
+
+use crate::cli::{fails, moai};
+use moai_runtime::elf::{self, EM_AMDGPU};
+use moai_runtime::{AmdChip, Bundle, read_bundle};
+use std::path::{Path, PathBuf};
+
+const PROGRAMS: [&str; 3] = ["forward", "backward", "optimizer"];
+
+fn out_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("moai-codegen-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Runs `plan` with `args` into a fresh `--out`; returns the directory and stderr.
+fn plan_into(name: &str, args: &[&str]) -> (PathBuf, String) {
+    let dir = out_dir(name);
+    let d = dir.to_str().unwrap().to_string();
+    let mut full = vec![
+        "plan",
+        "models/tiny-llama.onnx",
+        "--no-progress",
+        "--out",
+        &d,
+    ];
+    full.extend(args);
+    let o = moai(&full);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{full:?} failed: {err}");
+    (dir, err)
+}
+
+fn plan_json(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("plan.json")).unwrap()).unwrap()
+}
+
+/// Checks the bundle against the files on disk: one entry per program in stage order, binaries equal to
+/// the files, launch metadata present (grid, block, arguments), the plan inside equal to `plan.json`.
+fn check_bundle(dir: &Path, stages: u32, ext: &str, target: &str) -> Bundle {
+    let b = read_bundle(&dir.join("plan.moai")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(b.kernels.len(), 3 * stages as usize);
+    for (i, k) in b.kernels.iter().enumerate() {
+        let (stage, program) = (i as u32 / 3, PROGRAMS[i % 3]);
+        assert_eq!((k.stage, k.program.as_str()), (stage, program), "entry {i}");
+        assert_eq!(k.target, target);
+        let file = dir.join(format!("stage{stage}/{program}.{ext}"));
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            k.binary,
+            "{}",
+            file.display()
+        );
+        assert!(!k.launches.is_empty(), "{}: no launches", k.name);
+        for l in &k.launches {
+            assert!(!l.kernel.is_empty());
+            assert_eq!(l.grid.len(), 3, "{}: grid {:?}", l.kernel, l.grid);
+            assert_eq!(l.block.len(), 3, "{}: block {:?}", l.kernel, l.block);
+            assert!(l.grid.iter().chain(&l.block).all(|x| *x > 0), "{l:?}");
+            assert!(!l.args.is_empty(), "{}: no arguments", l.kernel);
+        }
+        let sig: serde_json::Value = serde_json::from_str(&k.signature_json).unwrap();
+        assert!(sig["inputs"].as_array().is_some_and(|a| !a.is_empty()));
+    }
+    let mut inside: serde_json::Value = serde_json::from_str(&b.plan_json).unwrap();
+    let code = inside
+        .as_object_mut()
+        .unwrap()
+        .remove("codegen")
+        .expect("codegen record");
+    assert_eq!(code["target"], target);
+    assert_eq!(code["rank"], 0);
+    assert_eq!(code["precision"], "fp32");
+    assert_eq!(inside, plan_json(dir), "bundle's plan vs plan.json");
+    b
+}
+
+/// The default flavor (4xLarge.2048GB on MI250, gfx90a) with tp=2 and two pipeline stages: every stage's
+/// MLIR and HSACO, AMDGPU code objects for gfx90a whose symbols are the launched kernels, the tp
+/// all-reduces as runtime calls, the bundle complete, and the honest notes on stderr.
+#[test]
+fn tiny_llama_tp2_two_stages_emits_gfx90a_hsaco_and_bundle() {
+    let (dir, err) = plan_into(
+        "tp2pp2",
+        &[
+            "--tp",
+            "2",
+            "--pp",
+            "2",
+            "--batch-size",
+            "32",
+            "--micro-batch-size",
+            "2",
+            "--seq-len",
+            "64",
+            "--emit",
+            "mlir,hsaco",
+        ],
+    );
+    let plan = plan_json(&dir);
+    assert_eq!(
+        (plan["plan"]["tp"].as_u64(), plan["plan"]["pp"].as_u64()),
+        (Some(2), Some(2))
+    );
+    for s in 0..2 {
+        for p in PROGRAMS {
+            let mlir = std::fs::read_to_string(dir.join(format!("stage{s}/{p}.mlir")))
+                .unwrap_or_else(|e| panic!("stage{s}/{p}.mlir: {e}"));
+            assert!(
+                mlir.contains(&format!("@stage{s}_{p}")),
+                "stage{s}/{p}.mlir"
+            );
+            if p != "optimizer" {
+                assert!(
+                    mlir.contains("gpu.launch"),
+                    "stage{s}/{p}.mlir has no tiled kernel"
+                );
+            }
+            assert!(
+                !mlir.contains("bf16"),
+                "stage{s}/{p}.mlir: kernels are fp32"
+            );
+            if p != "optimizer" {
+                assert!(
+                    mlir.contains("moai_allreduce_f32"),
+                    "stage{s}/{p}.mlir has no tp all-reduce"
+                );
+            }
+        }
+        assert!(!dir.join(format!("stage{s}/forward.ptx")).exists());
+    }
+    let b = check_bundle(&dir, 2, "hsaco", "rocdl:gfx90a");
+    for k in &b.kernels {
+        let info = elf::parse(&k.binary).unwrap_or_else(|| panic!("{}: not ELF64", k.name));
+        assert_eq!(info.machine, EM_AMDGPU, "{}", k.name);
+        assert_eq!(info.flags & 0xff, AmdChip::Gfx90a.elf_mach(), "{}", k.name);
+        for l in &k.launches {
+            assert!(
+                info.symbols.iter().any(|s| s == &l.kernel),
+                "{}: launched kernel {} is not in the code object",
+                k.name,
+                l.kernel
+            );
+        }
+    }
+    // the forward of a tp=2 stage: tiled contractions (q/k/v/o, gate/up/down, attention products)
+    let fwd = &b.kernels[0];
+    assert!(
+        fwd.launches.iter().filter(|l| l.shared_bytes > 0).count() >= 7,
+        "{} launches with workgroup memory",
+        fwd.launches.iter().filter(|l| l.shared_bytes > 0).count()
+    );
+    for want in ["rank 0", "[6/6]", "in fp32", "tp all-reduces"] {
+        assert!(err.contains(want), "stderr lacks `{want}`: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// MI300X gets gfx942 code objects; `--emit hsaco` alone writes no MLIR files.
+#[test]
+fn mi300x_gets_gfx942_code_objects() {
+    let (dir, _) = plan_into(
+        "mi300x",
+        &[
+            "--gpu",
+            "mi300x",
+            "--devices",
+            "1",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "32",
+            "--emit",
+            "hsaco",
+        ],
+    );
+    let b = check_bundle(&dir, 1, "hsaco", "rocdl:gfx942");
+    for k in &b.kernels {
+        let info = elf::parse(&k.binary).expect("ELF64");
+        assert_eq!(info.flags & 0xff, AmdChip::Gfx942.elf_mach(), "{}", k.name);
+    }
+    assert!(!dir.join("stage0/forward.mlir").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// H100 gets PTX for sm_90 whose entry points are the launched kernels.
+#[test]
+fn h100_gets_sm90_ptx() {
+    let (dir, _) = plan_into(
+        "h100",
+        &[
+            "--gpu",
+            "h100",
+            "--devices",
+            "1",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "32",
+            "--emit",
+            "ptx",
+        ],
+    );
+    let b = check_bundle(&dir, 1, "ptx", "nvvm:sm_90");
+    for k in &b.kernels {
+        let ptx = String::from_utf8(k.binary.clone()).expect("PTX is text");
+        assert!(ptx.contains(".target sm_90"), "{}", k.name);
+        for l in &k.launches {
+            assert!(
+                ptx.contains(&format!(".entry {}(", l.kernel)),
+                "{}: no entry {}",
+                k.name,
+                l.kernel
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--emit mlir` alone (A100): the GPU-styled modules of every program, no binaries, no bundle.
+#[test]
+fn mlir_alone_writes_gpu_styled_modules_only() {
+    let (dir, err) = plan_into(
+        "mlir",
+        &[
+            "--gpu",
+            "a100",
+            "--devices",
+            "2",
+            "--pp",
+            "2",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "32",
+            "--emit",
+            "mlir",
+        ],
+    );
+    for s in 0..2 {
+        for p in PROGRAMS {
+            let mlir = std::fs::read_to_string(dir.join(format!("stage{s}/{p}.mlir")))
+                .unwrap_or_else(|e| panic!("stage{s}/{p}.mlir: {e}"));
+            assert!(
+                mlir.contains(&format!("@stage{s}_{p}")),
+                "stage{s}/{p}.mlir"
+            );
+            if p != "optimizer" {
+                assert!(
+                    mlir.contains("gpu.launch"),
+                    "stage{s}/{p}.mlir has no tiled kernel"
+                );
+            }
+            assert!(!dir.join(format!("stage{s}/{p}.ptx")).exists());
+        }
+    }
+    assert!(!dir.join("plan.moai").exists());
+    assert!(err.contains("nvvm:sm_80"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The wrong binary kind for the GPU fails before searching, naming the GPU and the right choice.
+#[test]
+fn wrong_binary_kind_for_the_gpu() {
+    let e = fails(&[
+        "plan",
+        "models/tiny-llama.onnx",
+        "--gpu",
+        "h100",
+        "--devices",
+        "8",
+        "--emit",
+        "hsaco",
+        "--out",
+        "/nonexistent/never-written",
+    ]);
+    assert!(e.contains("h100") && e.contains("--emit ptx"), "{e}");
+    let e = fails(&[
+        "plan",
+        "models/tiny-llama.onnx",
+        "--emit",
+        "mlir,ptx",
+        "--out",
+        "/nonexistent/never-written",
+    ]);
+    assert!(
+        e.contains("mi250") && e.contains("gfx90a") && e.contains("--emit hsaco"),
+        "{e}"
+    );
+}
