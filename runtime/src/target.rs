@@ -120,7 +120,10 @@ impl Target {
             Target::Cpu => format!(
                 "builtin.module({front},buffer-deallocation-pipeline,convert-bufferization-to-memref,\
                  convert-linalg-to-loops,lower-affine,expand-strided-metadata,convert-scf-to-cf,\
-                 convert-math-to-llvm,convert-math-to-libm,finalize-memref-to-llvm,convert-arith-to-llvm,\
+                 math-extend-to-supported-types,arith-emulate-unsupported-floats{{source-types=bf16,f16 target-type=f32}},\
+                 arith-expand{{include-bf16=true}},convert-math-to-llvm,\
+                 convert-math-to-libm,\
+                 finalize-memref-to-llvm,convert-arith-to-llvm,\
                  convert-index-to-llvm,convert-cf-to-llvm,\
                  convert-func-to-llvm{{use-bare-ptr-memref-call-conv=1}},reconcile-unrealized-casts)"
             ),

@@ -131,3 +131,32 @@ fn portable_math_matches_reference() {
         eprintln!("portable {name}: worst error {worst:.2e}");
     }
 }
+
+/// A bf16 matmul with a long reduction accumulates in f32 and rounds once, like mixed-precision
+/// matmuls (and like the reference): summing 1024 products in bf16 would be off by percents.
+#[test]
+fn bf16_matmul_accumulates_in_f32() {
+    let (m, k, n) = (4i64, 1024i64, 4i64);
+    let mut b = B::new("mm16");
+    let x = b.input("x", DType::BF16, &[m, k]);
+    let w = b.input("w", DType::BF16, &[k, n]);
+    let y = b.op1(Op::MatMul, &[x, w], DType::BF16, &[m, n]);
+    b.out("y", y);
+    // positive operands so the sum grows and bf16 accumulation would visibly stall
+    let pos = |shape: &[usize], seed| {
+        let mut t = rand_t(shape, seed, 1.0);
+        if let moai_ir::TensorData::F32(v) = &mut t.data {
+            for x in v.iter_mut() {
+                *x = half::bf16::from_f32(x.abs() + 0.5).to_f32();
+            }
+        }
+        t.dtype = DType::BF16;
+        t
+    };
+    let inputs = [
+        ("x", pos(&[m as usize, k as usize], 3)),
+        ("w", pos(&[k as usize, n as usize], 4)),
+    ];
+    let e = check(&b.g, &inputs, 8e-3);
+    eprintln!("bf16 matmul (K = {k}) max rel err vs reference {e:e}");
+}

@@ -87,3 +87,49 @@ fn tiny_llama_training_step_matches_reference() {
         "tiny-llama step: {checked} outputs; normwise vs f32 reference <= {worst:.2e}; loss and gradients elementwise vs f64 <= {worst_el:.2e}"
     );
 }
+
+/// The same step under bf16 mixed precision (bf16 compute, fp32 master weights and optimizer state), as
+/// the planner's plans train: normwise within bf16 rounding of the reference interpreter, which rounds
+/// every bf16 result the same way.
+#[test]
+fn tiny_llama_amp_bf16_training_step_matches_reference() {
+    let cfg = LlamaConfig::tiny();
+    let (tg, parts) = tiny_llama_step(PrecisionPolicy::AmpBf16);
+    let dims: Dims = [("batch".to_string(), 2), ("seq".to_string(), 8)].into();
+    let modules: Vec<_> = parts
+        .iter()
+        .zip(["forward", "backward", "optimizer"])
+        .map(|(g, n)| {
+            emit_program(g, &dims, n, KernelStyle::Linalg).unwrap_or_else(|e| panic!("{n}: {e}"))
+        })
+        .collect();
+    let input = ids(2, 8, cfg.vocab, 11);
+    let mut values = initial_values(&tg.graph);
+    values.insert("input_ids".into(), input.clone());
+    run_chain(
+        &mut CpuExecutor::new(),
+        &modules.iter().collect::<Vec<_>>(),
+        &mut values,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let want = reference(&tg.graph, &[("input_ids", input)]);
+    let mut worst = (0.0f64, String::new());
+    for ((name, _), w) in tg.graph.outputs.iter().zip(&want) {
+        let e = norm_rel(&values[name], w);
+        if e > worst.0 {
+            worst = (e, name.clone());
+        }
+    }
+    let loss = norm_rel(&values["loss"], &want[0]);
+    eprintln!(
+        "tiny-llama amp-bf16 step: loss {loss:.2e}; worst normwise {:.2e} at `{}`",
+        worst.0, worst.1
+    );
+    assert!(loss <= 1e-2, "loss: relative error {loss:e}");
+    assert!(
+        worst.0 <= 2e-2,
+        "`{}`: normwise relative error {:e}",
+        worst.1,
+        worst.0
+    );
+}

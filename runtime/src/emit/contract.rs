@@ -28,22 +28,38 @@ pub struct Contraction<'a> {
 
 impl Contraction<'_> {
     /// CPU form.
+    /// 16-bit floats accumulate in f32 and are rounded once at the end, as mixed-precision matmuls do.
     pub fn emit_linalg(&self, fb: &mut Fb) -> Tv {
         let r = self.out.len();
         let mut red = vec![false; r];
         red.push(true);
         let e = self.elem;
-        fb.generic(
+        let acc = accumulator(e);
+        let sum = fb.generic(
             &[(self.a.0, self.a.1.clone()), (self.b.0, self.b.1.clone())],
             &self.out,
-            e,
+            acc,
             None,
             &red,
             Init::Fill(0.0),
             &mut |fb, a| {
-                let p = fb.fmul(&a[0], &a[1], e);
-                fb.fadd(&a[2], &p, e)
+                let (x, y) = (widen(fb, &a[0], e), widen(fb, &a[1], e));
+                let p = fb.fmul(&x, &y, acc);
+                fb.fadd(&a[2], &p, acc)
             },
+        );
+        if acc == e {
+            return sum;
+        }
+        let ident: Vec<Ix> = (0..r).map(Ix::D).collect();
+        fb.generic(
+            &[(&sum, ident)],
+            &self.out,
+            e,
+            None,
+            &vec![false; r],
+            Init::Empty,
+            &mut |fb, a| fb.op1("arith.truncf", &a[0], &format!("f32 to {}", e.mlir())),
         )
     }
 
@@ -112,6 +128,9 @@ impl Contraction<'_> {
         ));
         h.push();
         let zero = h.cst(0.0, e);
+        let acc_e = accumulator(e);
+        let acc_t = acc_e.mlir();
+        let acc_zero = h.cst(0.0, acc_e);
         let c0 = h.idx(0);
         let c1 = h.idx(1);
         let c4 = h.idx(4);
@@ -141,10 +160,10 @@ impl Contraction<'_> {
         h.line(format!(
             "{res}:16 = scf.for {k0} = {c0} to {ck} step {ctk} iter_args({}) -> ({}) {{",
             accs.iter()
-                .map(|a| format!("{a} = {zero}"))
+                .map(|a| format!("{a} = {acc_zero}"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            vec![et; 16].join(", ")
+            vec![acc_t; 16].join(", ")
         ));
         h.push();
         let per_thread = TILE_MN * TILE_K / (THREADS * THREADS);
@@ -186,7 +205,7 @@ impl Contraction<'_> {
                 .map(|(x, a)| format!("{x} = {a}"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            vec![et; 16].join(", ")
+            vec![acc_t; 16].join(", ")
         ));
         h.push();
         let mut av = Vec::new();
@@ -196,23 +215,23 @@ impl Contraction<'_> {
             let row = h.op2("arith.addi", &ty4, &ci, "index");
             let x = h.fresh("x");
             h.line(format!("{x} = memref.load %As[{kk}, {row}] : {wg}"));
-            av.push(x);
+            av.push(widen(&mut h, &x, e));
             let col = h.op2("arith.addi", &tx4, &ci, "index");
             let y = h.fresh("y");
             h.line(format!("{y} = memref.load %Bs[{kk}, {col}] : {wg}"));
-            bv.push(y);
+            bv.push(widen(&mut h, &y, e));
         }
         let mut outs = Vec::new();
         for i in 0..4 {
             for j in 0..4 {
-                let f = h.fma(&av[i], &bv[j], &iaccs[i * 4 + j], e);
+                let f = h.fma(&av[i], &bv[j], &iaccs[i * 4 + j], acc_e);
                 outs.push(f);
             }
         }
         h.line(format!(
             "scf.yield {} : {}",
             outs.join(", "),
-            vec![et; 16].join(", ")
+            vec![acc_t; 16].join(", ")
         ));
         h.pop();
         h.line("}");
@@ -223,7 +242,7 @@ impl Contraction<'_> {
                 .map(|i| format!("{inner}#{i}"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            vec![et; 16].join(", ")
+            vec![acc_t; 16].join(", ")
         ));
         h.pop();
         h.line("}");
@@ -243,9 +262,9 @@ impl Contraction<'_> {
                 let mut idx = bvars.clone();
                 idx.push(gm);
                 idx.push(gn);
+                let v = narrow(&mut h, &format!("{res}#{}", i * 4 + j), e);
                 h.line(format!(
-                    "memref.store {res}#{}, %Cm[{}] : {out_mr}",
-                    i * 4 + j,
+                    "memref.store {v}, %Cm[{}] : {out_mr}",
                     idx.join(", ")
                 ));
                 h.pop();
@@ -276,6 +295,30 @@ impl Contraction<'_> {
             elem: e,
         }
     }
+}
+
+/// The type a contraction accumulates in: f32 for 16-bit floats, the element type otherwise.
+fn accumulator(e: Elem) -> Elem {
+    match e {
+        Elem::BF16 | Elem::F16 => Elem::F32,
+        other => other,
+    }
+}
+
+/// `x` extended to the accumulator type (unchanged when they are the same).
+fn widen(fb: &mut Fb, x: &str, e: Elem) -> String {
+    if accumulator(e) == e {
+        return x.to_string();
+    }
+    fb.op1("arith.extf", x, &format!("{} to f32", e.mlir()))
+}
+
+/// An accumulator value rounded back to `e` (unchanged when they are the same).
+fn narrow(fb: &mut Fb, x: &str, e: Elem) -> String {
+    if accumulator(e) == e {
+        return x.to_string();
+    }
+    fb.op1("arith.truncf", x, &format!("f32 to {}", e.mlir()))
 }
 
 /// Loads `t[ix]` where loop dims are (batch vars, M-or-N var, K var), zero outside `[0, lim) × [0, K)`.
