@@ -8,10 +8,10 @@
 //! [`CompiledPlan::notes`].
 //!
 //! Precision: the kernels are emitted from the **fp32** training step whatever the plan's precision.
-//! moai-runtime's kernels are validated against the reference interpreter in fp32 only, and its bf16
-//! contractions would accumulate in bf16 where mixed precision (PyTorch AMP, cuBLAS/rocBLAS) accumulates
-//! in fp32; rather than ship kernels whose numerics nobody checked, an amp-bf16 or bf16 plan gets fp32
-//! kernels and a printed warning saying so (also recorded in the bundle's `codegen.precision`).
+//! moai-runtime's kernels are validated against the reference interpreter in fp32 only; rather than
+//! ship bf16 kernels whose numerics no test has checked, an amp-bf16 or bf16 plan gets fp32 kernels and
+//! a printed warning saying so (also recorded in the bundle's `codegen.precision`). [`kernel_precision`]
+//! is the one place to change once bf16 kernels are validated.
 
 use crate::error::{PlanError, Result};
 use crate::model::Model;
@@ -21,7 +21,7 @@ use moai_costmodel::Gpu;
 use moai_ir::cost::TpSplit;
 use moai_ir::train::tp::linear_class;
 use moai_ir::train::{PrecisionPolicy, RecomputePolicy, TrainOptions};
-use moai_ir::{Graph, Op};
+use moai_ir::{Graph, NodeId, Op, ParamData, Provenance, Tensor, TensorData, Value};
 use moai_runtime::{
     AmdChip, Dims, EmittedModule, KernelEntry, NvSm, Program, StageLayout, StageProgram, Target,
     emit_program,
@@ -144,45 +144,97 @@ pub fn kernel_precision(plan: PrecisionPolicy) -> (PrecisionPolicy, Option<Strin
         other => (
             PrecisionPolicy::Fp32,
             Some(format!(
-                "the plan trains in {other}, but the kernels are emitted in fp32: moai-runtime's kernels are validated in fp32 only and its bf16 matmuls would accumulate in bf16 (mixed precision accumulates in fp32); same math as the plan's step, without bf16 speed or memory savings"
+                "the plan trains in {other}, but the kernels are emitted in fp32 (moai-runtime's kernels are validated against the reference in fp32 only): the same training step computed in fp32, without bf16's speed or memory savings"
             )),
         ),
     }
 }
 
-/// Gives every linear layer's weight the name of its module (`model.layers.0.self_attn.q_proj.weight`)
-/// where its own name does not say which tensor-parallel class it is in but the module does. ONNX imports
-/// fold a transposed initializer into a constant named after the folded value (`val_92`), and the
-/// runtime's tensor-parallel split classes linears by weight name; without this it would keep them whole.
-/// Returns how many weights were renamed.
-pub fn name_linear_weights(g: &mut Graph) -> usize {
-    let mut renames = Vec::new();
+/// Makes every tensor-parallel linear layer's weight a parameter named after its module
+/// (`model.layers.0.self_attn.q_proj.weight`) stored `[in, out]`, the form the runtime's tensor-parallel
+/// split recognizes (it classes linears by weight name and slices parameters). ONNX imports give two
+/// other forms: a transposed initializer folded into a constant named after the folded value (`val_92`:
+/// renamed), and, for external weights, `Transpose(W[out, in])` (replaced by one `[in, out]` parameter,
+/// so the emitted programs take that weight pre-transposed, like the folded ones; external data is not
+/// read for code generation and keeps its file reference). Returns (renamed, pre-transposed).
+pub fn canonical_linear_weights(g: &mut Graph) -> (usize, usize) {
+    let splits = |c: TpSplit| matches!(c, TpSplit::Column | TpSplit::Row);
+    let mut users = std::collections::HashMap::<NodeId, usize>::new();
+    for id in g.node_ids() {
+        for v in &g.node(id).inputs {
+            *users.entry(v.node).or_default() += 1;
+        }
+    }
+    let (mut renamed, mut transposed) = (0, 0);
     for id in g.topo_order() {
-        let n = g.node(id);
-        if !matches!(n.op, Op::Linear { .. }) || n.prov.scope.is_empty() {
+        let n = g.node(id).clone();
+        if !matches!(n.op, Op::Linear { .. }) || !splits(linear_class(&n.prov.scope)) {
             continue;
         }
-        let mut w = n.inputs[1];
-        while let Op::Cast(_) = g.node(w.node).op {
-            w = g.node(w.node).inputs[0];
-        }
-        let Op::Param { name, .. } = &g.node(w.node).op else {
-            continue;
-        };
-        let by_module = linear_class(&n.prov.scope);
-        let splits = |c: TpSplit| matches!(c, TpSplit::Column | TpSplit::Row);
-        if splits(by_module) && linear_class(name) != by_module {
-            renames.push((w.node, format!("{}.weight", n.prov.scope)));
+        let new_name = format!("{}.weight", n.prov.scope);
+        let w = n.inputs[1];
+        let wn = g.node(w.node).clone();
+        match &wn.op {
+            Op::Param { name, .. } if linear_class(name) != linear_class(&n.prov.scope) => {
+                if let Op::Param { name, .. } = &mut g.node_mut(w.node).op {
+                    *name = new_name;
+                }
+                renamed += 1;
+            }
+            Op::Transpose(perm) if perm == &[1, 0] => {
+                let src = wn.inputs[0];
+                let Op::Param { data, .. } = &g.node(src.node).op else {
+                    continue;
+                };
+                if users.get(&src.node) != Some(&1) {
+                    continue; // shared (tied) weight: leave it whole
+                }
+                let data = match data {
+                    ParamData::Inline(t) => ParamData::Inline(transpose2(t)),
+                    external => external.clone(),
+                };
+                let prov = Provenance {
+                    name: new_name.clone(),
+                    scope: n.prov.scope.clone(),
+                    layer: n.prov.layer,
+                };
+                let ty = g.ty(w).clone();
+                let p = g.add(
+                    Op::Param {
+                        name: new_name,
+                        data,
+                    },
+                    vec![],
+                    vec![ty],
+                    prov,
+                );
+                g.replace_uses(w, Value::of(p));
+                transposed += 1;
+            }
+            _ => {}
         }
     }
-    renames.sort();
-    renames.dedup_by_key(|(node, _)| *node);
-    for (node, new) in &renames {
-        if let Op::Param { name, .. } = &mut g.node_mut(*node).op {
-            *name = new.clone();
-        }
+    if transposed > 0 {
+        g.remove_dead();
     }
-    renames.len()
+    (renamed, transposed)
+}
+
+/// A 2-D tensor transposed.
+fn transpose2(t: &Tensor) -> Tensor {
+    fn tr<T: Copy>(v: &[T], r: usize, c: usize) -> Vec<T> {
+        (0..r * c).map(|k| v[(k % r) * c + k / r]).collect()
+    }
+    let (r, c) = (t.shape[0], t.shape[1]);
+    let mut out = t.clone();
+    out.shape = vec![c, r];
+    out.data = match &t.data {
+        TensorData::F32(v) => TensorData::F32(tr(v, r, c)),
+        TensorData::F64(v) => TensorData::F64(tr(v, r, c)),
+        TensorData::I64(v) => TensorData::I64(tr(v, r, c)),
+        TensorData::Bool(v) => TensorData::Bool(tr(v, r, c)),
+    };
+    out
 }
 
 /// Pipeline layout of a plan: layers per stage from its inclusive ranges.
@@ -294,14 +346,14 @@ pub fn compile_plan(
     }
 
     let t0 = Instant::now();
+    let mut named = model.graph.clone();
+    let (renamed, transposed) = canonical_linear_weights(&mut named);
+    if renamed + transposed > 0 {
+        tracing::info!(
+            "codegen: linear weights are [in, out] parameters named `<module>.weight`: {renamed} folded ones renamed, {transposed} transposed ones taken pre-transposed"
+        );
+    }
     let rank = if tp > 1 {
-        let mut named = model.graph.clone();
-        let renamed = name_linear_weights(&mut named);
-        if renamed > 0 {
-            tracing::info!(
-                "codegen: {renamed} linear weights named after their modules for the tensor-parallel split (the import had folded their names away)"
-            );
-        }
         let rank = moai_runtime::shard_tensor_parallel(&named, tp, 0)?;
         let collectives = rank
             .node_ids()
@@ -315,7 +367,7 @@ pub fn compile_plan(
         }
         rank
     } else {
-        model.graph.clone()
+        named
     };
     let tg = moai_ir::train::build_training_graph(&rank, &opts)?;
     let layout = StageLayout::from_counts(&counts)?;
@@ -510,7 +562,7 @@ mod tests {
             }
         }
         assert!(folded >= 14, "{folded}");
-        assert_eq!(name_linear_weights(&mut g), folded);
+        assert_eq!(canonical_linear_weights(&mut g), (folded, 0));
         let names: Vec<String> = g
             .node_ids()
             .filter_map(|id| match &g.node(id).op {
@@ -520,6 +572,73 @@ mod tests {
             .collect();
         assert!(names.contains(&"model.layers.1.mlp.down_proj.weight".to_string()));
         assert!(!names.iter().any(|n| n.starts_with("val_")), "{names:?}");
-        assert_eq!(name_linear_weights(&mut g), 0);
+        assert_eq!(canonical_linear_weights(&mut g), (0, 0));
+    }
+
+    #[test]
+    fn transposed_weights_become_in_out_parameters() {
+        use moai_ir::train::fixture::{LlamaConfig, llama};
+        let mut g = llama(&LlamaConfig::tiny());
+        // rewrite q_proj of layer 0 as the ONNX import gives external weights: Transpose(W[out, in])
+        let lin = g
+            .node_ids()
+            .find(|id| {
+                matches!(g.node(*id).op, Op::Linear { .. })
+                    && g.node(*id).prov.scope == "model.layers.0.self_attn.q_proj"
+            })
+            .expect("q_proj");
+        let w = g.node(lin).inputs[1];
+        let Op::Param {
+            data: ParamData::Inline(t),
+            ..
+        } = g.node(w.node).op.clone()
+        else {
+            panic!("inline weight")
+        };
+        let t_out_in = transpose2(&t);
+        let ty_out_in = moai_ir::TensorType {
+            dtype: t.dtype,
+            shape: moai_ir::Shape(
+                t_out_in
+                    .shape
+                    .iter()
+                    .map(|d| moai_ir::Dim::constant(*d as i64))
+                    .collect(),
+            ),
+        };
+        let p = g.add(
+            Op::Param {
+                name: "onnx::W".into(),
+                data: ParamData::Inline(t_out_in),
+            },
+            vec![],
+            vec![ty_out_in],
+            Provenance::default(),
+        );
+        let tr = g.add(
+            Op::Transpose(vec![1, 0]),
+            vec![Value::of(p)],
+            vec![g.ty(w).clone()],
+            Provenance::default(),
+        );
+        g.replace_uses(w, Value::of(tr));
+        g.remove_dead();
+        assert_eq!(canonical_linear_weights(&mut g), (0, 1));
+        let w = g.node(lin).inputs[1];
+        match &g.node(w.node).op {
+            Op::Param {
+                name,
+                data: ParamData::Inline(back),
+            } => {
+                assert_eq!(name, "model.layers.0.self_attn.q_proj.weight");
+                assert_eq!(back, &t, "values transposed back to [in, out]");
+            }
+            other => panic!("{other:?}"),
+        }
+        let rank = moai_runtime::shard_tensor_parallel(&g, 2, 0).expect("splits");
+        assert!(
+            rank.node_ids()
+                .any(|id| matches!(rank.node(id).op, Op::Collective { .. }))
+        );
     }
 }
