@@ -289,3 +289,42 @@ fn wrong_binary_kind_for_the_gpu() {
         "{e}"
     );
 }
+
+/// llama2-13b from ONNX (external weights, `Transpose(W)` in the graph) under tp=4, pp=2, `--emit mlir`:
+/// rank 0's programs hold a quarter of each split weight and the tp all-reduces.
+#[test]
+fn llama13b_onnx_tp4_split_reaches_the_emitted_code() {
+    let dir = out_dir("13b-tp4");
+    let d = dir.to_str().unwrap().to_string();
+    let o = moai(&[
+        "plan",
+        "models/llama2-13b.onnx",
+        "--tp",
+        "4",
+        "--pp",
+        "2",
+        "--emit",
+        "mlir",
+        "--out",
+        &d,
+        "--no-progress",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    let fwd = std::fs::read_to_string(dir.join("stage0/forward.mlir")).unwrap();
+    assert!(fwd.contains("moai_allreduce_f32"), "no tp all-reduce");
+    // q_proj [in 5120, out 5120 / 4]; gate/up [5120, 13824 / 4]; down [13824 / 4, 5120]
+    for ty in [
+        "memref<5120x1280xf32>",
+        "memref<5120x3456xf32>",
+        "memref<3456x5120xf32>",
+    ] {
+        assert!(fwd.contains(ty), "no {ty} in stage0/forward.mlir");
+    }
+    assert!(
+        !fwd.contains("memref<5120x13824xf32>"),
+        "an unsplit MLP weight"
+    );
+    assert!(err.contains("pre-transposed"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
