@@ -125,8 +125,8 @@ pub struct PlanArgs {
     /// sm_90 for h100) compile the chosen plan's code: tensor-parallel rank 0's forward, backward and
     /// optimizer programs per pipeline stage, as out/stage<i>/{forward,backward,optimizer}.{mlir,hsaco,ptx};
     /// hsaco/ptx also write the bundle out/plan.moai (plan, kernels, launch metadata). Kernels are fp32
-    /// whatever --precision. Lowering takes about a minute for llama2-13b (40 layers in one stage) on 2
-    /// cores; progress and timings are logged per program.
+    /// whatever --precision. Lowering llama2-13b's default plan (40 layers in one stage) takes about 30 s
+    /// on 2 cores; progress and timings are logged per program.
     #[arg(long, value_delimiter = ',')]
     pub emit: Vec<String>,
     /// Worker threads for the search and for lowering --emit hsaco/ptx programs (default: all cores).
