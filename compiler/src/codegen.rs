@@ -17,6 +17,7 @@ use crate::error::{PlanError, Result};
 use crate::model::Model;
 use crate::plan::PlanConfig;
 use crate::request::PlanRequest;
+use crate::search::INTERRUPTED;
 use moai_costmodel::Gpu;
 use moai_ir::cost::TpSplit;
 use moai_ir::train::tp::linear_class;
@@ -401,8 +402,17 @@ pub fn compile_plan(
     let done = AtomicUsize::new(0);
     let ext = target.binary_extension();
     // programs are independent: lower them on the worker threads (--threads), results in program order
+    // Ctrl-C during lowering (a new one: a search stopped by Ctrl-C still gets its code) skips the
+    // programs not yet started; the second Ctrl-C exits at once (the binary's handler)
+    let interrupted_before = INTERRUPTED.load(Ordering::SeqCst);
     let compile = |(sp, p): &(&StageProgram, &Program)| -> Result<Compiled> {
         let kind = p.kind.name();
+        if !interrupted_before && INTERRUPTED.load(Ordering::SeqCst) {
+            return Err(PlanError::CodegenInterrupted(format!(
+                "stage{} {kind}",
+                sp.stage
+            )));
+        }
         let fname = format!("stage{}_{kind}", sp.stage);
         let started = Instant::now();
         let (module, entry) = if want.binary {

@@ -18,6 +18,11 @@ pub enum PlanError {
     /// Emitting or lowering the plan's stage programs failed (`--emit mlir,hsaco,ptx`).
     #[error(transparent)]
     Runtime(#[from] moai_runtime::RuntimeError),
+    /// Ctrl-C while the plan's stage programs were being lowered; nothing was written.
+    #[error(
+        "interrupted (Ctrl-C) while compiling the plan's stage programs, before {0}; nothing was written"
+    )]
+    CodegenInterrupted(String),
     /// A flag value was wrong.
     #[error("{0}")]
     InvalidArgument(String),

@@ -328,3 +328,76 @@ fn llama13b_onnx_tp4_split_reaches_the_emitted_code() {
     assert!(err.contains("pre-transposed"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Ctrl-C while the stage programs are being lowered: the programs not yet started are skipped, the
+/// command fails with one line saying so, and nothing is written to `--out`. SIGINT is sent when the
+/// first of tiny-llama's six tp=2 / pp=2 programs has been lowered (its progress line is on stderr).
+#[test]
+fn ctrl_c_during_lowering_writes_nothing() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = out_dir("sigint");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
+        .args([
+            "plan",
+            "models/tiny-llama.onnx",
+            "--tp",
+            "2",
+            "--pp",
+            "2",
+            "--batch-size",
+            "32",
+            "--micro-batch-size",
+            "2",
+            "--seq-len",
+            "64",
+            "--threads",
+            "1",
+            "--emit",
+            "hsaco",
+            "--no-progress",
+            "--out",
+        ])
+        .arg(&dir)
+        .current_dir(crate::cli::repo())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starts moai-compile");
+    let stderr = child.stderr.take().expect("piped");
+    let mut lines = Vec::new();
+    let mut signalled = false;
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        if !signalled && line.contains("codegen [1/6]") {
+            let ok = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .expect("runs kill")
+                .success();
+            assert!(ok, "kill -INT failed");
+            signalled = true;
+        }
+        lines.push(line);
+    }
+    let status = child.wait().expect("waits");
+    let err = lines.join("\n");
+    assert!(signalled, "no program finished lowering:\n{err}");
+    assert!(!status.success(), "exit {status:?}:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !err.contains("codegen [6/6]"),
+        "all six programs were lowered:\n{err}"
+    );
+    let errors: Vec<&str> = lines
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.starts_with("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains("interrupted (Ctrl-C) while compiling"),
+        "{}",
+        errors[0]
+    );
+    assert!(!dir.exists(), "{} was written", dir.display());
+}
