@@ -564,11 +564,11 @@ mod tests {
         let mut g = llama(&LlamaConfig::tiny());
         let mut folded = 0;
         for id in g.node_ids().collect::<Vec<_>>() {
-            if let Op::Param { name, .. } = &mut g.node_mut(id).op {
-                if name.contains("_proj") {
-                    *name = format!("val_{}", id.index());
-                    folded += 1;
-                }
+            if let Op::Param { name, .. } = &mut g.node_mut(id).op
+                && name.contains("_proj")
+            {
+                *name = format!("val_{}", id.index());
+                folded += 1;
             }
         }
         assert!(folded >= 14, "{folded}");

@@ -19,11 +19,11 @@ pub fn export_context(model: &Model, cluster: &Cluster, req: &PlanRequest) -> Ex
     let s = &model.summary;
     ExportContext {
         layers: s.layers as u32,
-        hidden: s.hidden as u64,
-        heads: s.heads as u64,
-        kv_heads: s.kv_heads as u64,
-        ffn: s.ffn as u64,
-        vocab: s.vocab as u64,
+        hidden: s.hidden,
+        heads: s.heads,
+        kv_heads: s.kv_heads,
+        ffn: s.ffn,
+        vocab: s.vocab,
         llama_style: matches!(s.mlp, moai_ir::layers::MlpKind::Gated),
         tied_embeddings: s.tied_embeddings,
         global_batch: req.batch,
