@@ -97,8 +97,27 @@ pub fn write_outputs(
             }
         }
     }
+    let mut code_summary = None;
     if let Some(want) = codegen {
         let mut compiled = compile_plan(model, req, plan, cluster.gpu, want)?;
+        code_summary = Some(format!(
+            "codegen: wrote {} program files under {}/stage<i>/{}",
+            compiled.files.len(),
+            out.display(),
+            if want.binary {
+                format!(
+                    " and {BUNDLE} ({} programs, {} kernel launches)",
+                    compiled.kernels.len(),
+                    compiled
+                        .kernels
+                        .iter()
+                        .map(|k| k.launches.len())
+                        .sum::<usize>()
+                )
+            } else {
+                String::new()
+            }
+        ));
         files.append(&mut compiled.files);
         if want.binary {
             let mut with_code = plan_document(report);
@@ -122,6 +141,9 @@ pub fn write_outputs(
     }
     if let Some((plan_json, kernels)) = bundle {
         moai_runtime::write_bundle(&out.join(BUNDLE), &plan_json, kernels)?;
+    }
+    if let Some(line) = code_summary {
+        tracing::info!("{line}");
     }
     Ok(())
 }
