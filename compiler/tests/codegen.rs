@@ -80,6 +80,7 @@ fn check_bundle(dir: &Path, stages: u32, ext: &str, target: &str) -> Bundle {
 /// MLIR and HSACO, AMDGPU code objects for gfx90a whose symbols are the launched kernels, the tp
 /// all-reduces as runtime calls, the bundle complete, and the honest notes on stderr.
 #[test]
+#[cfg_attr(not(feature = "mlir"), ignore = "lowering needs the mlir feature")]
 fn tiny_llama_tp2_two_stages_emits_gfx90a_hsaco_and_bundle() {
     let (dir, err) = plan_into(
         "tp2pp2",
@@ -159,6 +160,7 @@ fn tiny_llama_tp2_two_stages_emits_gfx90a_hsaco_and_bundle() {
 
 /// MI300X gets gfx942 code objects; `--emit hsaco` alone writes no MLIR files.
 #[test]
+#[cfg_attr(not(feature = "mlir"), ignore = "lowering needs the mlir feature")]
 fn mi300x_gets_gfx942_code_objects() {
     let (dir, _) = plan_into(
         "mi300x",
@@ -186,6 +188,7 @@ fn mi300x_gets_gfx942_code_objects() {
 
 /// H100 gets PTX for sm_90 whose entry points are the launched kernels.
 #[test]
+#[cfg_attr(not(feature = "mlir"), ignore = "lowering needs the mlir feature")]
 fn h100_gets_sm90_ptx() {
     let (dir, _) = plan_into(
         "h100",
@@ -333,6 +336,7 @@ fn llama13b_onnx_tp4_split_reaches_the_emitted_code() {
 /// command fails with one line saying so, and nothing is written to `--out`. SIGINT is sent when the
 /// first of tiny-llama's six tp=2 / pp=2 programs has been lowered (its progress line is on stderr).
 #[test]
+#[cfg_attr(not(feature = "mlir"), ignore = "lowering needs the mlir feature")]
 fn ctrl_c_during_lowering_writes_nothing() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
