@@ -44,6 +44,15 @@ pub fn shard_tensor_parallel(g: &Graph, tp: u32, rank: u32) -> Result<Graph> {
     for id in g.topo_order() {
         s.node(id)?;
     }
+    if tp > 1 && s.entered.is_empty() {
+        return Err(err(
+            g,
+            "",
+            "no linear layer could be split (none is named like a q/k/v/o or gate/up/down projection, \
+             by weight or by module): tensor parallelism would only replicate the model"
+                .into(),
+        ));
+    }
     for (name, v) in &g.outputs {
         let nv = s.value(*v);
         if s.axis.contains_key(&nv) {
@@ -208,7 +217,7 @@ impl Sharder<'_> {
     fn is_weight(&self, v: Value) -> bool {
         match &self.src.node(v.node).op {
             Op::Param { .. } => true,
-            Op::Cast(_) => self.is_weight(self.src.node(v.node).inputs[0]),
+            Op::Cast(_) | Op::Transpose(_) => self.is_weight(self.src.node(v.node).inputs[0]),
             _ => false,
         }
     }
@@ -308,9 +317,7 @@ impl Sharder<'_> {
     fn linear(&mut self, id: NodeId, bias: bool) -> Result<()> {
         let n = self.src.node(id).clone();
         let src_w = n.inputs[1];
-        let class = moai_ir::train::tp::param_name(self.src, src_w)
-            .map(linear_class)
-            .unwrap_or(TpSplit::Replicated);
+        let class = self.linear_split(id, src_w);
         let x = self.value(n.inputs[0]);
         let x_axis = self.axis.get(&x).copied();
         let last = n.outputs[0].shape.0.len() - 1;
@@ -386,6 +393,24 @@ impl Sharder<'_> {
         Ok(())
     }
 
+    /// How a linear layer divides: by its weight's name, or by its module's name where the weight's says
+    /// nothing (ONNX exports fold weights into constants named like `val_92`).
+    fn linear_split(&self, id: NodeId, w: Value) -> TpSplit {
+        let mut v = w;
+        let by_weight = loop {
+            let n = self.src.node(v.node);
+            match &n.op {
+                Op::Param { name, .. } => break linear_class(name),
+                Op::Cast(_) | Op::Transpose(_) => v = n.inputs[0],
+                _ => break TpSplit::Replicated,
+            }
+        };
+        match by_weight {
+            TpSplit::Replicated => linear_class(&self.src.node(id).prov.scope),
+            c => c,
+        }
+    }
+
     /// `x` marked as entering a tensor-parallel region (one marker per value).
     fn enter(&mut self, x: Value, prov: &Provenance) -> Value {
         if let Some(v) = self.entered.get(&x) {
@@ -440,6 +465,17 @@ impl Sharder<'_> {
                 let ty = self.split_ty(user, &n.outputs[0], axis)?;
                 self.out
                     .add(Op::Cast(*dt), vec![inner], vec![ty], n.prov.clone())
+            }
+            // a weight stored [out, in] and transposed for the linear layer
+            Op::Transpose(perm) => {
+                let inner = self.slice(user, n.inputs[0], perm[axis])?;
+                let ty = self.split_ty(user, &n.outputs[0], axis)?;
+                self.out.add(
+                    Op::Transpose(perm.clone()),
+                    vec![inner],
+                    vec![ty],
+                    n.prov.clone(),
+                )
             }
             other => {
                 return Err(self.fail(
