@@ -93,8 +93,12 @@ fn tiny_llama_training_step_matches_reference() {
 /// every bf16 result the same way.
 #[test]
 fn tiny_llama_amp_bf16_training_step_matches_reference() {
+    half_precision_step(PrecisionPolicy::AmpBf16);
+}
+
+fn half_precision_step(policy: PrecisionPolicy) {
     let cfg = LlamaConfig::tiny();
-    let (tg, parts) = tiny_llama_step(PrecisionPolicy::AmpBf16);
+    let (tg, parts) = tiny_llama_step(policy);
     let dims: Dims = [("batch".to_string(), 2), ("seq".to_string(), 8)].into();
     let modules: Vec<_> = parts
         .iter()
@@ -122,7 +126,7 @@ fn tiny_llama_amp_bf16_training_step_matches_reference() {
     }
     let loss = norm_rel(&values["loss"], &want[0]);
     eprintln!(
-        "tiny-llama amp-bf16 step: loss {loss:.2e}; worst normwise {:.2e} at `{}`",
+        "tiny-llama {policy} step: loss {loss:.2e}; worst normwise {:.2e} at `{}`",
         worst.0, worst.1
     );
     assert!(loss <= 1e-2, "loss: relative error {loss:e}");

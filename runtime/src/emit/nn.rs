@@ -391,39 +391,46 @@ pub(super) fn emit(em: &mut Emitter<'_>, id: NodeId, outs: &Outs) -> Result<Vec<
         } => {
             float_in(em, 0)?;
             let (p, g, m, v) = (&ins[0], &ins[1], &ins[2], &ins[3]);
-            let e = p.elem;
+            // moments keep their own type (fp32 under bf16 policies); the update is computed in it
+            let (ep, eg, e) = (p.elem, g.elem, m.elem);
             let bc1 = 1.0 - beta1.powi(step as i32);
             let bc2 = 1.0 - beta2.powi(step as i32);
             let shape = p.shape.clone();
             let nm = map(&mut em.fb, &[m, g], &shape, e, &mut |fb, a| {
+                let gi = convert(fb, &a[1], eg, e);
                 let b1 = fb.cst(beta1, e);
                 let c1 = fb.cst(1.0 - beta1, e);
                 let x = fb.fmul(&b1, &a[0], e);
-                let y = fb.fmul(&c1, &a[1], e);
+                let y = fb.fmul(&c1, &gi, e);
                 fb.fadd(&x, &y, e)
             });
-            let nv = map(&mut em.fb, &[v, g], &shape, e, &mut |fb, a| {
+            let nv = map(&mut em.fb, &[v, g], &shape, v.elem, &mut |fb, a| {
+                let e = v.elem;
+                let gi = convert(fb, &a[1], eg, e);
                 let b2 = fb.cst(beta2, e);
                 let c2 = fb.cst(1.0 - beta2, e);
                 let x = fb.fmul(&b2, &a[0], e);
-                let gg = fb.fmul(&a[1], &a[1], e);
+                let gg = fb.fmul(&gi, &gi, e);
                 let y = fb.fmul(&c2, &gg, e);
                 fb.fadd(&x, &y, e)
             });
-            let np = map(&mut em.fb, &[p, &nm, &nv], &shape, e, &mut |fb, a| {
+            let np = map(&mut em.fb, &[p, &nm, &nv], &shape, ep, &mut |fb, a| {
+                let pi = convert(fb, &a[0], ep, e);
+                let vi = convert(fb, &a[2], v.elem, e);
                 let dec = fb.cst(1.0 - lr * weight_decay, e);
-                let decayed = fb.fmul(&a[0], &dec, e);
+                let decayed = fb.fmul(&pi, &dec, e);
                 let k1 = fb.cst(bc1, e);
                 let k2 = fb.cst(bc2, e);
                 let mh = fb.fdiv(&a[1], &k1, e);
-                let vh = fb.fdiv(&a[2], &k2, e);
+                let vh = fb.fdiv(&vi, &k2, e);
                 let sq = fb.math("sqrt", &vh, e);
-                let ep = fb.cst(eps, e);
-                let den = fb.fadd(&sq, &ep, e);
+                let eps_c = fb.cst(eps, e);
+                let den = fb.fadd(&sq, &eps_c, e);
                 let q = fb.fdiv(&mh, &den, e);
                 let l = fb.cst(lr, e);
                 let upd = fb.fmul(&l, &q, e);
-                fb.fsub(&decayed, &upd, e)
+                let np = fb.fsub(&decayed, &upd, e);
+                convert(fb, &np, e, ep)
             });
             vec![np, nm, nv]
         }
@@ -462,9 +469,21 @@ pub(super) fn emit(em: &mut Emitter<'_>, id: NodeId, outs: &Outs) -> Result<Vec<
             {
                 // identity in the forward pass (its gradient, an all-reduce, is its own node)
                 vec![x.clone()]
+            } else if matches!(x.elem, Elem::BF16 | Elem::F16) {
+                // 16-bit activations are reduced in f32 (the runtime's collectives are f32)
+                let e = x.elem;
+                let shape = x.shape.clone();
+                let wide = map(&mut em.fb, &[x], &shape, Elem::F32, &mut |fb, a| {
+                    convert(fb, &a[0], e, Elem::F32)
+                });
+                let r = collective(em, &wide, kind, group_size, axis, &outs[0].0);
+                let oshape = r.shape.clone();
+                vec![map(&mut em.fb, &[&r], &oshape, e, &mut |fb, a| {
+                    convert(fb, &a[0], Elem::F32, e)
+                })]
             } else {
                 if x.elem != Elem::F32 {
-                    return Err(em.err(id, "collectives are emitted for f32 tensors only"));
+                    return Err(em.err(id, "collectives are emitted for float tensors only"));
                 }
                 vec![collective(em, x, kind, group_size, axis, &outs[0].0)]
             }
@@ -796,4 +815,17 @@ fn collective(
     em.calls.insert(sym.to_string());
     let _ = KernelStyle::Linalg;
     result
+}
+
+/// `x` converted between float types (extended or rounded; unchanged when equal).
+fn convert(fb: &mut Fb, x: &str, from: Elem, to: Elem) -> String {
+    if from == to {
+        return x.to_string();
+    }
+    let op = if from.bits() < to.bits() {
+        "arith.extf"
+    } else {
+        "arith.truncf"
+    };
+    fb.op1(op, x, &format!("{} to {}", from.mlir(), to.mlir()))
 }
