@@ -124,9 +124,10 @@ pub struct PlanArgs {
     /// mlir, hsaco (AMD GPUs: gfx90a for mi250/mi210, gfx942 for mi300x) and ptx (NVIDIA: sm_80 for a100,
     /// sm_90 for h100) compile the chosen plan's code: tensor-parallel rank 0's forward, backward and
     /// optimizer programs per pipeline stage, as out/stage<i>/{forward,backward,optimizer}.{mlir,hsaco,ptx};
-    /// hsaco/ptx also write the bundle out/plan.moai (plan, kernels, launch metadata). Kernels are fp32
-    /// whatever --precision. Lowering llama2-13b's default plan (40 layers in one stage) takes about 30 s
-    /// on 2 cores; progress and timings are logged per program.
+    /// hsaco/ptx also write the bundle out/plan.moai (plan, kernels, launch metadata). Kernels compute in
+    /// --precision for fp32 and amp-bf16 (fp32 for pure bf16, with a warning). Lowering llama2-13b's
+    /// default plan (40 layers in one stage) takes about 40 s on 2 cores; progress and timings are logged
+    /// per program.
     #[arg(long, value_delimiter = ',')]
     pub emit: Vec<String>,
     /// Worker threads for the search and for lowering --emit hsaco/ptx programs (default: all cores).

@@ -7,11 +7,11 @@
 //! whole of the plan's code. What the programs contain, and what they leave to the launcher, is listed by
 //! [`CompiledPlan::notes`].
 //!
-//! Precision: the kernels are emitted from the **fp32** training step whatever the plan's precision.
-//! moai-runtime's kernels are validated against the reference interpreter in fp32 only; rather than
-//! ship bf16 kernels whose numerics no test has checked, an amp-bf16 or bf16 plan gets fp32 kernels and
-//! a printed warning saying so (also recorded in the bundle's `codegen.precision`). [`kernel_precision`]
-//! is the one place to change once bf16 kernels are validated.
+//! Precision: the kernels are emitted in the plan's precision for fp32 and amp-bf16 plans (bf16 compute
+//! with f32 accumulation in contractions and f32 all-reduces, fp32 master weights and optimizer state;
+//! both validated against the reference interpreter by moai-runtime's tests on the CPU). A pure-bf16 plan
+//! gets fp32 kernels and a printed warning (also recorded in the bundle's `codegen.precision`), since no
+//! test checks pure-bf16 numerics yet. [`kernel_precision`] is the one place that decides.
 
 use crate::error::{PlanError, Result};
 use crate::model::Model;
@@ -118,7 +118,7 @@ pub struct CompiledPlan {
     pub notes: Vec<String>,
     /// Wall time per program: `(stage, program, seconds)`.
     pub timings: Vec<(u32, &'static str, f64)>,
-    /// Precision the kernels compute in (fp32; see the module docs).
+    /// Precision the kernels compute in (see the module docs).
     pub precision: PrecisionPolicy,
     /// Tensor-parallel degree and the rank whose programs these are (0).
     pub tp: (u64, u64),
@@ -141,12 +141,13 @@ impl CompiledPlan {
 /// when they differ.
 pub fn kernel_precision(plan: PrecisionPolicy) -> (PrecisionPolicy, Option<String>) {
     match plan {
-        PrecisionPolicy::Fp32 => (PrecisionPolicy::Fp32, None),
-        other => (
+        PrecisionPolicy::Fp32 | PrecisionPolicy::AmpBf16 => (plan, None),
+        PrecisionPolicy::Bf16 => (
             PrecisionPolicy::Fp32,
-            Some(format!(
-                "the plan trains in {other}, but the kernels are emitted in fp32 (moai-runtime's kernels are validated against the reference in fp32 only): the same training step computed in fp32, without bf16's speed or memory savings"
-            )),
+            Some(
+                "the plan trains in pure bf16, but the kernels are emitted in fp32 (moai-runtime validates fp32 and amp-bf16 steps against the reference, not pure bf16): the same training step computed in fp32, without bf16's speed or memory savings"
+                    .to_string(),
+            ),
         ),
     }
 }

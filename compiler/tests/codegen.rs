@@ -71,7 +71,10 @@ fn check_bundle(dir: &Path, stages: u32, ext: &str, target: &str) -> Bundle {
         .expect("codegen record");
     assert_eq!(code["target"], target);
     assert_eq!(code["rank"], 0);
-    assert_eq!(code["precision"], "fp32");
+    assert_eq!(
+        code["precision"], "amp-bf16",
+        "the default plan trains in amp-bf16"
+    );
     assert_eq!(inside, plan_json(dir), "bundle's plan vs plan.json");
     b
 }
@@ -118,9 +121,11 @@ fn tiny_llama_tp2_two_stages_emits_gfx90a_hsaco_and_bundle() {
                     "stage{s}/{p}.mlir has no tiled kernel"
                 );
             }
-            assert!(
-                !mlir.contains("bf16"),
-                "stage{s}/{p}.mlir: kernels are fp32"
+            // amp-bf16: bf16 compute; the optimizer updates fp32 master weights
+            assert_eq!(
+                mlir.contains("bf16"),
+                p != "optimizer",
+                "stage{s}/{p}.mlir: an amp-bf16 plan's forward and backward compute in bf16"
             );
             if p != "optimizer" {
                 assert!(
@@ -152,7 +157,7 @@ fn tiny_llama_tp2_two_stages_emits_gfx90a_hsaco_and_bundle() {
         "{} launches with workgroup memory",
         fwd.launches.iter().filter(|l| l.shared_bytes > 0).count()
     );
-    for want in ["rank 0", "[6/6]", "in fp32", "tp all-reduces"] {
+    for want in ["rank 0", "[6/6]", "amp-bf16", "tp all-reduces"] {
         assert!(err.contains(want), "stderr lacks `{want}`: {err}");
     }
     let _ = std::fs::remove_dir_all(&dir);
