@@ -82,6 +82,24 @@ fn check_bundle(dir: &Path, stages: u32, ext: &str, target: &str) -> Bundle {
 /// The default flavor (4xLarge.2048GB on MI250, gfx90a) with tp=2 and two pipeline stages: every stage's
 /// MLIR and HSACO, AMDGPU code objects for gfx90a whose symbols are the launched kernels, the tp
 /// all-reduces as runtime calls, the bundle complete, and the honest notes on stderr.
+/// `stage<s>/<p>.mlir`, checked to hold the program's entry function and, for forward and backward, a
+/// tiled GPU kernel.
+fn stage_mlir(dir: &Path, s: u32, p: &str) -> String {
+    let mlir = std::fs::read_to_string(dir.join(format!("stage{s}/{p}.mlir")))
+        .unwrap_or_else(|e| panic!("stage{s}/{p}.mlir: {e}"));
+    assert!(
+        mlir.contains(&format!("@stage{s}_{p}")),
+        "stage{s}/{p}.mlir"
+    );
+    if p != "optimizer" {
+        assert!(
+            mlir.contains("gpu.launch"),
+            "stage{s}/{p}.mlir has no tiled kernel"
+        );
+    }
+    mlir
+}
+
 #[test]
 #[cfg_attr(not(feature = "mlir"), ignore = "lowering needs the mlir feature")]
 fn tiny_llama_tp2_two_stages_emits_gfx90a_hsaco_and_bundle() {
@@ -109,18 +127,7 @@ fn tiny_llama_tp2_two_stages_emits_gfx90a_hsaco_and_bundle() {
     );
     for s in 0..2 {
         for p in PROGRAMS {
-            let mlir = std::fs::read_to_string(dir.join(format!("stage{s}/{p}.mlir")))
-                .unwrap_or_else(|e| panic!("stage{s}/{p}.mlir: {e}"));
-            assert!(
-                mlir.contains(&format!("@stage{s}_{p}")),
-                "stage{s}/{p}.mlir"
-            );
-            if p != "optimizer" {
-                assert!(
-                    mlir.contains("gpu.launch"),
-                    "stage{s}/{p}.mlir has no tiled kernel"
-                );
-            }
+            let mlir = stage_mlir(&dir, s, p);
             // amp-bf16: bf16 compute; the optimizer updates fp32 master weights
             assert_eq!(
                 mlir.contains("bf16"),
@@ -248,18 +255,7 @@ fn mlir_alone_writes_gpu_styled_modules_only() {
     );
     for s in 0..2 {
         for p in PROGRAMS {
-            let mlir = std::fs::read_to_string(dir.join(format!("stage{s}/{p}.mlir")))
-                .unwrap_or_else(|e| panic!("stage{s}/{p}.mlir: {e}"));
-            assert!(
-                mlir.contains(&format!("@stage{s}_{p}")),
-                "stage{s}/{p}.mlir"
-            );
-            if p != "optimizer" {
-                assert!(
-                    mlir.contains("gpu.launch"),
-                    "stage{s}/{p}.mlir has no tiled kernel"
-                );
-            }
+            stage_mlir(&dir, s, p);
             assert!(!dir.join(format!("stage{s}/{p}.ptx")).exists());
         }
     }
