@@ -125,7 +125,7 @@ pub struct PlanArgs {
     /// sm_90 for h100) compile the chosen plan's code: tensor-parallel rank 0's forward, backward and
     /// optimizer programs per pipeline stage, as out/stage<i>/{forward,backward,optimizer}.{mlir,hsaco,ptx};
     /// hsaco/ptx also write the bundle out/plan.moai (plan, kernels, launch metadata). Kernels compute in
-    /// --precision for fp32 and amp-bf16 (fp32 for pure bf16, with a warning). Lowering llama2-13b's
+    /// --precision. Lowering llama2-13b's
     /// default plan (40 layers in one stage) takes about 40 s on 2 cores; progress and timings are logged
     /// per program.
     #[arg(long, value_delimiter = ',')]

@@ -7,11 +7,10 @@
 //! whole of the plan's code. What the programs contain, and what they leave to the launcher, is listed by
 //! [`CompiledPlan::notes`].
 //!
-//! Precision: the kernels are emitted in the plan's precision for fp32 and amp-bf16 plans (bf16 compute
-//! with f32 accumulation in contractions and f32 all-reduces, fp32 master weights and optimizer state;
-//! both validated against the reference interpreter by moai-runtime's tests on the CPU). A pure-bf16 plan
-//! gets fp32 kernels and a printed warning (also recorded in the bundle's `codegen.precision`), since no
-//! test checks pure-bf16 numerics yet. [`kernel_precision`] is the one place that decides.
+//! Precision: the kernels are emitted in the plan's precision (fp32, amp-bf16, bf16): 16-bit contractions
+//! accumulate in f32, 16-bit activations are all-reduced in f32, optimizer moments stay fp32. Each
+//! policy's training step is checked against the reference interpreter by moai-runtime's tests on the CPU.
+//! [`kernel_precision`] is the one place that decides (and would name a fallback).
 
 use crate::error::{PlanError, Result};
 use crate::model::Model;
@@ -140,16 +139,8 @@ impl CompiledPlan {
 /// The precision the kernels are emitted in for a plan trained in `plan`, with the warning to print
 /// when they differ.
 pub fn kernel_precision(plan: PrecisionPolicy) -> (PrecisionPolicy, Option<String>) {
-    match plan {
-        PrecisionPolicy::Fp32 | PrecisionPolicy::AmpBf16 => (plan, None),
-        PrecisionPolicy::Bf16 => (
-            PrecisionPolicy::Fp32,
-            Some(
-                "the plan trains in pure bf16, but the kernels are emitted in fp32 (moai-runtime validates fp32 and amp-bf16 steps against the reference, not pure bf16): the same training step computed in fp32, without bf16's speed or memory savings"
-                    .to_string(),
-            ),
-        ),
-    }
+    // every policy's step is validated against the reference interpreter by moai-runtime's tests
+    (plan, None)
 }
 
 /// Makes every tensor-parallel linear layer's weight a parameter named after its module

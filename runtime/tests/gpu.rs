@@ -87,6 +87,12 @@ fn tiny_llama_amp_bf16_step_lowers_for_every_gpu_target() {
     lowers_for_every_gpu_target(moai_ir::train::PrecisionPolicy::AmpBf16);
 }
 
+/// And in pure bf16 (bf16 weights and gradients, fp32 moments).
+#[test]
+fn tiny_llama_bf16_step_lowers_for_every_gpu_target() {
+    lowers_for_every_gpu_target(moai_ir::train::PrecisionPolicy::Bf16);
+}
+
 fn lowers_for_every_gpu_target(precision: moai_ir::train::PrecisionPolicy) {
     let (_, parts) = tiny_llama_step(precision);
     // seq 128: the rotary tables are not constant-folded, so sine and cosine reach the kernels

@@ -96,6 +96,12 @@ fn tiny_llama_amp_bf16_training_step_matches_reference() {
     half_precision_step(PrecisionPolicy::AmpBf16);
 }
 
+/// Pure bf16 (bf16 weights, gradients and compute; fp32 optimizer moments).
+#[test]
+fn tiny_llama_bf16_training_step_matches_reference() {
+    half_precision_step(PrecisionPolicy::Bf16);
+}
+
 fn half_precision_step(policy: PrecisionPolicy) {
     let cfg = LlamaConfig::tiny();
     let (tg, parts) = tiny_llama_step(policy);
@@ -117,9 +123,22 @@ fn half_precision_step(policy: PrecisionPolicy) {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let want = reference(&tg.graph, &[("input_ids", input)]);
+    // bf16 rounding: 2e-2 normwise, twice that for AdamW's second moments (squares of gradients double
+    // their relative error)
+    let tolerance = |name: &str| {
+        if name.ends_with(".exp_avg_sq") {
+            4e-2
+        } else {
+            2e-2
+        }
+    };
     let mut worst = (0.0f64, String::new());
     for ((name, _), w) in tg.graph.outputs.iter().zip(&want) {
         let e = norm_rel(&values[name], w);
+        assert!(
+            e <= tolerance(name),
+            "`{name}`: normwise relative error {e:e}"
+        );
         if e > worst.0 {
             worst = (e, name.clone());
         }
@@ -130,10 +149,4 @@ fn half_precision_step(policy: PrecisionPolicy) {
         worst.0, worst.1
     );
     assert!(loss <= 1e-2, "loss: relative error {loss:e}");
-    assert!(
-        worst.0 <= 2e-2,
-        "`{}`: normwise relative error {:e}",
-        worst.1,
-        worst.0
-    );
 }

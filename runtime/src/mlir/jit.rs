@@ -16,6 +16,12 @@ pub struct JitProgram {
     outputs: Vec<ArgSpec>,
 }
 
+/// `__truncsfbf2`: f32 → bf16, round to nearest even. On x86-64 a `bfloat` is returned in the low 16 bits
+/// of xmm0, which is where the bit pattern lands when returned as the low half of an f32.
+extern "C" fn truncsfbf2(x: f32) -> f32 {
+    f32::from_bits(u32::from(half::bf16::from_f32(x).to_bits()))
+}
+
 impl JitProgram {
     /// Parses, verifies, lowers (CPU pipeline) and JIT-compiles an emitted module.
     pub fn compile(m: &EmittedModule) -> Result<JitProgram> {
@@ -29,6 +35,9 @@ impl JitProgram {
                 // SAFETY: the symbols are `extern "C"` functions with the signatures the emitter declares.
                 unsafe { engine.register_symbol(name, ptr) };
             }
+            // SAFETY: the compiler-rt/libgcc conversion LLVM's x86 backend may call for f32 → bf16, which
+            // this process does not otherwise export (libgcc < 13); same C signature.
+            unsafe { engine.register_symbol("__truncsfbf2", truncsfbf2 as *mut ()) };
             engine
         };
         Ok(JitProgram {
