@@ -191,7 +191,7 @@ impl Sharder<'_> {
             }
             _ => {}
         }
-        let Some(axis) = self.result_axis(id, &n.op, &ins, &split)? else {
+        let Some(axis) = self.result_axis(id, &n.op, &split)? else {
             // nothing split flows in: copy (params are copied whole here; slices are made by linears)
             let new = self
                 .out
@@ -252,13 +252,7 @@ impl Sharder<'_> {
     }
 
     /// The split axis of a non-linear node's (single) output, `None` when nothing split flows in.
-    fn result_axis(
-        &self,
-        id: NodeId,
-        op: &Op,
-        ins: &[Value],
-        split: &[Option<usize>],
-    ) -> Result<Option<usize>> {
+    fn result_axis(&self, id: NodeId, op: &Op, split: &[Option<usize>]) -> Result<Option<usize>> {
         let Some(first) = split.iter().position(Option::is_some) else {
             return Ok(None);
         };
@@ -301,7 +295,6 @@ impl Sharder<'_> {
                         }
                     }
                 }
-                let _ = ins;
                 Ok(Some(a))
             }
             other => Err(self.fail(
