@@ -82,6 +82,23 @@ fn check_bundle(dir: &Path, stages: u32, ext: &str, target: &str) -> Bundle {
 /// The default flavor (4xLarge.2048GB on MI250, gfx90a) with tp=2 and two pipeline stages: every stage's
 /// MLIR and HSACO, AMDGPU code objects for gfx90a whose symbols are the launched kernels, the tp
 /// all-reduces as runtime calls, the bundle complete, and the honest notes on stderr.
+/// tiny-llama planned on one `gpu` (batch 2, seq 32) with `--emit emit`; returns the output directory.
+fn one_device_plan(gpu: &str, emit: &str) -> PathBuf {
+    let args = [
+        "--gpu",
+        gpu,
+        "--devices",
+        "1",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "32",
+        "--emit",
+        emit,
+    ];
+    plan_into(gpu, &args).0
+}
+
 /// `stage<s>/<p>.mlir`, checked to hold the program's entry function and, for forward and backward, a
 /// tiled GPU kernel.
 fn stage_mlir(dir: &Path, s: u32, p: &str) -> String {
@@ -174,21 +191,7 @@ fn tiny_llama_tp2_two_stages_emits_gfx90a_hsaco_and_bundle() {
 #[test]
 #[cfg_attr(not(feature = "mlir"), ignore = "lowering needs the mlir feature")]
 fn mi300x_gets_gfx942_code_objects() {
-    let (dir, _) = plan_into(
-        "mi300x",
-        &[
-            "--gpu",
-            "mi300x",
-            "--devices",
-            "1",
-            "--batch-size",
-            "2",
-            "--seq-len",
-            "32",
-            "--emit",
-            "hsaco",
-        ],
-    );
+    let dir = one_device_plan("mi300x", "hsaco");
     let b = check_bundle(&dir, 1, "hsaco", "rocdl:gfx942");
     for k in &b.kernels {
         let info = elf::parse(&k.binary).expect("ELF64");
@@ -202,21 +205,7 @@ fn mi300x_gets_gfx942_code_objects() {
 #[test]
 #[cfg_attr(not(feature = "mlir"), ignore = "lowering needs the mlir feature")]
 fn h100_gets_sm90_ptx() {
-    let (dir, _) = plan_into(
-        "h100",
-        &[
-            "--gpu",
-            "h100",
-            "--devices",
-            "1",
-            "--batch-size",
-            "2",
-            "--seq-len",
-            "32",
-            "--emit",
-            "ptx",
-        ],
-    );
+    let dir = one_device_plan("h100", "ptx");
     let b = check_bundle(&dir, 1, "ptx", "nvvm:sm_90");
     for k in &b.kernels {
         let ptx = String::from_utf8(k.binary.clone()).expect("PTX is text");
