@@ -42,25 +42,38 @@ pub fn ids(batch: usize, seq: usize, vocab: usize, seed: u64) -> Tensor {
     )
 }
 
-#[test]
-fn tiny_llama_training_step_matches_reference() {
-    let cfg = LlamaConfig::tiny();
-    let (tg, parts) = tiny_llama_step(PrecisionPolicy::Fp32);
+/// The step's forward, backward and optimizer programs emitted, JIT-compiled and run in order on
+/// `input_ids` (batch 2, seq 8) from the graph's initial values; every value by name afterwards.
+fn run_on_cpu(
+    g: &moai_ir::Graph,
+    parts: &[moai_ir::Graph],
+    input: &Tensor,
+) -> HashMap<String, Tensor> {
     let dims: Dims = [("batch".to_string(), 2), ("seq".to_string(), 8)].into();
-    let names = ["forward", "backward", "optimizer"];
     let modules: Vec<_> = parts
         .iter()
-        .zip(names)
+        .zip(["forward", "backward", "optimizer"])
         .map(|(g, n)| {
             emit_program(g, &dims, n, KernelStyle::Linalg).unwrap_or_else(|e| panic!("{n}: {e}"))
         })
         .collect();
-    let input = ids(2, 8, cfg.vocab, 11);
-    let mut values = initial_values(&tg.graph);
+    let mut values = initial_values(g);
     values.insert("input_ids".into(), input.clone());
-    let mut exec = CpuExecutor::new();
-    run_chain(&mut exec, &modules.iter().collect::<Vec<_>>(), &mut values)
-        .unwrap_or_else(|e| panic!("{e}"));
+    run_chain(
+        &mut CpuExecutor::new(),
+        &modules.iter().collect::<Vec<_>>(),
+        &mut values,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    values
+}
+
+#[test]
+fn tiny_llama_training_step_matches_reference() {
+    let cfg = LlamaConfig::tiny();
+    let (tg, parts) = tiny_llama_step(PrecisionPolicy::Fp32);
+    let input = ids(2, 8, cfg.vocab, 11);
+    let values = run_on_cpu(&tg.graph, &parts, &input);
 
     // Criterion: every output (loss, every gradient, updated parameter and AdamW moment) within 1e-4
     // normwise relative error of the f32 reference interpreter; and loss and gradients elementwise no less accurate than
@@ -105,23 +118,8 @@ fn tiny_llama_bf16_training_step_matches_reference() {
 fn half_precision_step(policy: PrecisionPolicy) {
     let cfg = LlamaConfig::tiny();
     let (tg, parts) = tiny_llama_step(policy);
-    let dims: Dims = [("batch".to_string(), 2), ("seq".to_string(), 8)].into();
-    let modules: Vec<_> = parts
-        .iter()
-        .zip(["forward", "backward", "optimizer"])
-        .map(|(g, n)| {
-            emit_program(g, &dims, n, KernelStyle::Linalg).unwrap_or_else(|e| panic!("{n}: {e}"))
-        })
-        .collect();
     let input = ids(2, 8, cfg.vocab, 11);
-    let mut values = initial_values(&tg.graph);
-    values.insert("input_ids".into(), input.clone());
-    run_chain(
-        &mut CpuExecutor::new(),
-        &modules.iter().collect::<Vec<_>>(),
-        &mut values,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let values = run_on_cpu(&tg.graph, &parts, &input);
     let want = reference(&tg.graph, &[("input_ids", input)]);
     // bf16 rounding: 2e-2 normwise, twice that for AdamW's second moments (squares of gradients double
     // their relative error)
