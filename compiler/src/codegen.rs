@@ -347,18 +347,8 @@ pub fn compile_plan(
         );
     }
     let rank = if tp > 1 {
-        let rank = moai_runtime::shard_tensor_parallel(&named, tp, 0)?;
-        let collectives = rank
-            .node_ids()
-            .filter(|id| matches!(rank.node(*id).op, Op::Collective { .. }))
-            .count();
-        if collectives == 0 {
-            return Err(PlanError::UnsupportedModel(format!(
-                "{}: the tensor-parallel split (tp={tp}) found no linear layer to split; refusing to emit the unsplit model as rank 0's code",
-                model.name
-            )));
-        }
-        rank
+        // errors itself when no linear layer splits (never unsplit code as rank 0's)
+        moai_runtime::shard_tensor_parallel(&named, tp, 0)?
     } else {
         named
     };

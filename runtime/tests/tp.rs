@@ -272,3 +272,19 @@ fn onnx_tiny_llama_forward_under_tp2_matches_reference() {
         assert!(e <= 1e-3, "rank {r}: logits max relative error {e:e}");
     }
 }
+
+/// A model whose linear layers name no known projection is refused under tp > 1, not replicated.
+#[test]
+fn nothing_to_split_is_an_error() {
+    let mut b = B::new("anon");
+    let x = b.input("x", DType::F32, &[4, 8]);
+    let w = b.param("mixer.weight", &[8, 8], 0.5);
+    let y = b.op1(Op::Linear { bias: false }, &[x, w], DType::F32, &[4, 8]);
+    b.out("y", y);
+    let e = shard_tensor_parallel(&b.g, 2, 0).unwrap_err().to_string();
+    assert!(e.contains("no linear layer could be split"), "{e}");
+    assert!(
+        shard_tensor_parallel(&b.g, 1, 0).is_ok(),
+        "tp = 1 needs no split"
+    );
+}
