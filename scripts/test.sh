@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-cargo test --workspace --release
+# the `mlir` features (MLIR emission, kernel lowering, the CPU JIT) need the LLVM/MLIR 22 packages installed above
+cargo test --workspace --release --features moai-runtime/mlir,moai-compiler/mlir,moai-benches/mlir

@@ -168,6 +168,9 @@ pub struct ParallelConfig {
     /// `--overlap-grad-reduce`); `false` reduces after the pipeline flush.
     #[serde(default = "yes")]
     pub overlap_grad_reduce: bool,
+    /// The software stack the configuration runs on (and is exported to); see [`crate::Stack`].
+    #[serde(default)]
+    pub stack: crate::stack::Stack,
 }
 
 mod stage_ranges {
@@ -210,6 +213,7 @@ impl Default for ParallelConfig {
             stages: Vec::new(),
             persistent_grads: true,
             overlap_grad_reduce: true,
+            stack: crate::stack::Stack::Megatron,
         }
     }
 }

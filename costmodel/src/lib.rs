@@ -23,6 +23,7 @@ pub mod memory;
 pub mod ops;
 pub mod pipeline;
 pub mod profile;
+pub mod stack;
 pub mod validate;
 
 pub use cluster::{Cluster, Link, Links};
@@ -35,4 +36,5 @@ pub use flavor::{FlavorRow, flavors, render_flavors};
 pub use memory::StageMemory;
 pub use ops::Source;
 pub use profile::OpProfile;
+pub use stack::Stack;
 pub use validate::{TruthRow, ValidationReport, validate};
