@@ -35,7 +35,7 @@ use std::time::Instant;
 pub const GPU_LOWERING: bool = cfg!(feature = "mlir");
 
 /// How to get a build that lowers to GPU binaries.
-pub const ENABLE_MLIR_HINT: &str = "install LLVM/MLIR 22 (Debian: libmlir-22-dev mlir-22-tools llvm-22-dev lld-22, see runtime/README.md) and rebuild with the default features: `cargo build --release -p moai-compiler --features mlir`";
+pub const ENABLE_MLIR_HINT: &str = "install LLVM/MLIR 22 (Debian: libmlir-22-dev mlir-22-tools llvm-22-dev lld-22, see runtime/README.md) and rebuild with the `mlir` feature: `cargo build --release -p moai-compiler --features mlir`";
 
 /// Which code artifacts `--emit` asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

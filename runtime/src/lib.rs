@@ -47,6 +47,6 @@ pub(crate) fn no_mlir(what: &str) -> RuntimeError {
         what: what.into(),
         feature: "mlir",
         hint: "install LLVM/MLIR 22 (Debian: libmlir-22-dev mlir-22-tools llvm-22-dev lld-22, see runtime/README.md) \
-               and build moai-runtime with its default features (`--features mlir`)",
+               and build moai-runtime with its `mlir` feature (`--features mlir`)",
     }
 }
