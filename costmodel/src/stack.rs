@@ -8,7 +8,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The training software stack (the engine a plan is exported to and costed for).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Stack {
     /// Megatron-LM (Megatron-Core): fused kernels, distributed optimizer, overlapped gradient reduce.
