@@ -47,6 +47,9 @@ pub fn emit_engine(emit: &str) -> Option<Stack> {
     }
 }
 
+/// Files to write (path relative to `--out`, contents).
+pub type OutFiles = Vec<(PathBuf, Vec<u8>)>;
+
 /// What became of each requested engine export: the files written, or the one line saying why the
 /// engine does not run the plan as planned and which engine does. Recorded in `plan.json` as
 /// `"exports"`.
@@ -56,10 +59,7 @@ pub fn engine_exports(
     req: &PlanRequest,
     plan: &crate::plan::PlanConfig,
     emits: &[String],
-) -> (
-    Vec<(PathBuf, Vec<u8>)>,
-    serde_json::Map<String, serde_json::Value>,
-) {
+) -> (OutFiles, serde_json::Map<String, serde_json::Value>) {
     let cx = export_context(model, cluster, req);
     let mut files = Vec::new();
     let mut notes = serde_json::Map::new();

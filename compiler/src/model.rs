@@ -198,26 +198,34 @@ impl Model {
         let mut linear_biases = 0usize;
         let mut linears = 0usize;
         for id in g.topo_order() {
-            match &g.node(id).op {
+            let node = g.node(id);
+            let inv_freq = match &node.op {
+                moai_ir::Op::Param {
+                    name,
+                    data: moai_ir::ParamData::Inline(t),
+                } if name.ends_with("inv_freq") => Some(t),
+                moai_ir::Op::Constant(t) if node.prov.name.ends_with("inv_freq") => Some(t),
+                _ => None,
+            };
+            if rope_theta.is_none()
+                && let Some(t) = inv_freq
+            {
+                // inv_freq[i] = theta^(-2i/d): theta = inv_freq[1]^(-d/2), d = 2·len.
+                let v = t.to_f64_vec();
+                if v.len() >= 2 && v[1] > 0.0 && v[1] < 1.0 {
+                    let theta = v[1].powf(-(v.len() as f64));
+                    // Read back as the integer it was written from (f32 tables carry ~1e-6 error).
+                    let rounded = theta.round();
+                    if ((theta - rounded) / rounded).abs() < 1e-4 {
+                        rope_theta = Some(rounded);
+                    }
+                }
+            }
+            match &node.op {
                 moai_ir::Op::RmsNorm { eps: e } | moai_ir::Op::LayerNorm { eps: e }
                     if eps.is_none() =>
                 {
                     eps = Some(*e)
-                }
-                moai_ir::Op::Param {
-                    name,
-                    data: moai_ir::ParamData::Inline(t),
-                } if name.ends_with("inv_freq") && rope_theta.is_none() => {
-                    // inv_freq[i] = theta^(-2i/d): theta = inv_freq[1]^(-d/2), d = 2·len.
-                    let v = t.to_f64_vec();
-                    if v.len() >= 2 && v[1] > 0.0 && v[1] < 1.0 {
-                        let theta = v[1].powf(-(v.len() as f64));
-                        // Read back as the integer it was written from (f32 tables carry ~1e-6 error).
-                        let rounded = theta.round();
-                        if ((theta - rounded) / rounded).abs() < 1e-4 {
-                            rope_theta = Some(rounded);
-                        }
-                    }
                 }
                 moai_ir::Op::Linear { bias, .. } => {
                     linears += 1;

@@ -189,6 +189,12 @@ pub fn explain(
         gib(best.predicted.peak_memory_bytes),
         best.predicted.mfu * 100.0
     );
+    let engine = best.plan.engine;
+    s.push_str(&format!(
+        " It is costed for and runs on {}: export it with --emit {}.",
+        crate::export::engine_title(engine),
+        engine.name()
+    ));
     if let Some(r) = runner_up {
         let b = &best.predicted.breakdown;
         let o = &r.predicted.breakdown;

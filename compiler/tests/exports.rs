@@ -174,8 +174,8 @@ fn megatron_validate(
     let s = |k: &str| a.get(k).copied().flatten();
     let tp = int("--tensor-model-parallel-size").unwrap_or(1);
     let pp = int("--pipeline-model-parallel-size").unwrap_or(1);
-    // arguments.py:431 world size divisible by the model-parallel size.
-    if world % (tp * pp) != 0 {
+    // arguments.py:432 world size divisible by the model-parallel size.
+    if !world.is_multiple_of(tp * pp) {
         return Err(format!(
             "world size {world} is not divisible by tp·pp {}",
             tp * pp
@@ -184,20 +184,20 @@ fn megatron_validate(
     let dp = world / (tp * pp);
     let micro = int("--micro-batch-size").ok_or("--micro-batch-size missing")?;
     let global = int("--global-batch-size").ok_or("--global-batch-size missing")?;
-    // arguments.py (global batch): divisible by micro-batch × data-parallel size.
-    if global % (micro * dp) != 0 {
+    // megatron/core/num_microbatches_calculator.py: the global batch is divisible by micro-batch × data-parallel size.
+    if !global.is_multiple_of(micro * dp) {
         return Err(format!(
             "global batch {global} not divisible by micro {micro} × dp {dp}"
         ));
     }
     let layers = int("--num-layers").ok_or("--num-layers missing")? as u32;
     let heads = int("--num-attention-heads").ok_or("--num-attention-heads missing")?;
-    if heads % tp != 0 {
+    if !heads.is_multiple_of(tp) {
         return Err(format!("tp {tp} does not divide {heads} heads"));
     }
     if has("--group-query-attention") {
         let groups = int("--num-query-groups").ok_or("--num-query-groups missing")?;
-        if groups % tp != 0 || heads % groups != 0 {
+        if !groups.is_multiple_of(tp) || !heads.is_multiple_of(groups) {
             return Err(format!(
                 "{groups} query groups vs tp {tp} and {heads} heads"
             ));
@@ -205,7 +205,7 @@ fn megatron_validate(
     } else if has("--num-query-groups") {
         return Err("--num-query-groups without --group-query-attention is ignored".into());
     }
-    // arguments.py:935 at most one of the virtual-pipeline options.
+    // arguments.py:933 at most one of the virtual-pipeline options.
     let vp_opts = [
         "--num-layers-per-virtual-pipeline-stage",
         "--num-virtual-stages-per-pipeline-rank",
@@ -223,8 +223,8 @@ fn megatron_validate(
             return Err("layout with first/last stage layers".into());
         }
         let sizes = parse_layout(layout)?;
-        // arguments.py:945 the layout's stages are a multiple of pp.
-        if sizes.len() as u32 % pp32 != 0 {
+        // arguments.py:946 the layout's stages are a multiple of pp.
+        if !(sizes.len() as u32).is_multiple_of(pp32) {
             return Err(format!("{} layout stages, pp {pp}", sizes.len()));
         }
         if sizes.iter().sum::<u32>() != layers {
@@ -234,12 +234,12 @@ fn megatron_validate(
         (sizes, chunks)
     } else if let Some(per) = int("--num-layers-per-virtual-pipeline-stage") {
         let per = per as u32;
-        // arguments.py:955 uneven splits need --num-virtual-stages-per-pipeline-rank.
+        // arguments.py:956 uneven splits need --num-virtual-stages-per-pipeline-rank.
         if first.is_some() || last.is_some() {
             return Err("--num-layers-per-virtual-pipeline-stage with uneven first/last".into());
         }
-        // arguments.py:965-968
-        if layers % pp32 != 0 || (layers / pp32) % per != 0 {
+        // arguments.py:973
+        if !layers.is_multiple_of(pp32) || !(layers / pp32).is_multiple_of(per) {
             return Err(format!("{layers} layers, pp {pp}, {per} per virtual stage"));
         }
         let chunks = layers / pp32 / per;
@@ -258,12 +258,12 @@ fn megatron_validate(
         if (rest == 0) != (stages == 0) {
             return Err(format!("{rest} middle layers for {stages} middle stages"));
         }
-        if stages > 0 && rest % stages != 0 {
+        if stages > 0 && !rest.is_multiple_of(stages) {
             return Err(format!(
                 "{rest} middle layers not divisible by {stages} middle stages"
             ));
         }
-        let mid = if stages > 0 { rest / stages } else { 0 };
+        let mid = rest.checked_div(stages).unwrap_or(0);
         let mut sizes = Vec::new();
         sizes.push(first.unwrap_or(mid));
         for _ in 0..pp32.saturating_sub(2) {
@@ -274,8 +274,8 @@ fn megatron_validate(
         }
         (sizes, 1)
     } else {
-        // arguments.py:989 even split.
-        if layers % pp32 != 0 {
+        // arguments.py:998 even split.
+        if !layers.is_multiple_of(pp32) {
             return Err(format!(
                 "Number of layers should be divisible by the pipeline-model-parallel size ({layers}, {pp})"
             ));
@@ -1299,4 +1299,40 @@ fn model_directories_and_unmodeled_fields() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_model_directory_with_an_onnx_file_takes_settings_from_its_config() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let dir = std::env::temp_dir().join(format!("moai-hfdir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(root.join("models/tiny-llama.onnx"), dir.join("model.onnx")).unwrap();
+    std::fs::copy(
+        root.join("models/configs/tiny-llama/config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    let m = Model::load(dir.to_str().unwrap()).unwrap();
+    assert!(
+        matches!(&m.source, moai_compiler::ModelSource::HfDir { onnx: Some(p), .. } if p.ends_with("model.onnx")),
+        "{:?}",
+        m.source
+    );
+    assert!(m.onnx.is_some(), "the graph comes from the ONNX file");
+    let arch = m.arch.as_ref().expect("the config is read");
+    let s = m.settings();
+    assert_eq!(s.rope_theta, Some(arch.rope_theta));
+    assert_eq!(s.norm_eps, Some(arch.eps));
+    // Two ONNX files: which one is meant is not guessed.
+    std::fs::copy(dir.join("model.onnx"), dir.join("other.onnx")).unwrap();
+    let e = Model::load(dir.to_str().unwrap()).unwrap_err().to_string();
+    assert!(
+        e.contains("2 ONNX files in the directory (model.onnx, other.onnx)"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

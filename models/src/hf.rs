@@ -216,14 +216,14 @@ fn check_unmodeled(c: &Cfg<'_>, family: Family) -> Result<(), ErrorKind> {
             "scaled rotary positions; moai models plain rotary positions (rope_theta)".into(),
         ));
     }
-    if let Some(v) = c.get("partial_rotary_factor") {
-        if v.as_f64() != Some(1.0) {
-            return Err(unmodeled(
-                "partial_rotary_factor",
-                v,
-                "rotary on part of each head; moai rotates whole heads".into(),
-            ));
-        }
+    if let Some(v) = c.get("partial_rotary_factor")
+        && v.as_f64() != Some(1.0)
+    {
+        return Err(unmodeled(
+            "partial_rotary_factor",
+            v,
+            "rotary on part of each head; moai rotates whole heads".into(),
+        ));
     }
     for key in ["qk_layernorm", "use_qk_norm", "qk_norm"] {
         if let Some(v) = c.get(key).filter(|v| active(v)) {
@@ -243,15 +243,24 @@ fn check_unmodeled(c: &Cfg<'_>, family: Family) -> Result<(), ErrorKind> {
             ));
         }
     }
-    if let Some(v @ Value::Array(types)) = c.get("layer_types") {
-        if types.iter().any(|t| t.as_str() != Some("full_attention")) {
-            return Err(unmodeled(
-                "layer_types",
-                v,
-                "layers with other than full attention; moai models full attention in every layer"
-                    .into(),
-            ));
-        }
+    if let Some(v @ Value::Array(types)) = c.get("layer_types")
+        && types.iter().any(|t| t.as_str() != Some("full_attention"))
+    {
+        return Err(unmodeled(
+            "layer_types",
+            v,
+            "layers with other than full attention; moai models full attention in every layer"
+                .into(),
+        ));
+    }
+    if family == Family::Gpt
+        && let Some(v) = c.get("add_cross_attention").filter(|v| active(v))
+    {
+        return Err(unmodeled(
+            "add_cross_attention",
+            v,
+            "cross-attention blocks; moai plans decoder-only models".into(),
+        ));
     }
     if matches!(family, Family::Mistral | Family::Qwen2) {
         for key in ["attention_bias", "mlp_bias"] {

@@ -946,3 +946,17 @@ fn the_sample_configs_are_still_accepted() {
         }
     }
 }
+
+#[test]
+fn gpt2_cross_attention_is_refused() {
+    let gpt = r#""model_type":"gpt2","n_embd":64,"n_layer":2,"n_head":4,"vocab_size":100"#;
+    let e = refused(&format!(r#"{{{gpt},"add_cross_attention":true}}"#));
+    assert!(
+        e.contains("`add_cross_attention` = true is not modeled"),
+        "{e}"
+    );
+    assert!(
+        ArchConfig::from_hf_config_str(&format!(r#"{{{gpt},"add_cross_attention":false}}"#), "m")
+            .is_ok()
+    );
+}
