@@ -32,8 +32,10 @@ pub struct ModelSettings {
     pub activation: Activation,
     /// Biases on the query/key/value projections (Qwen2).
     pub qkv_bias: bool,
-    /// Biases on the attention output and MLP projections.
-    pub linear_bias: bool,
+    /// Biases on the attention output projection.
+    pub out_bias: bool,
+    /// Biases on the MLP projections.
+    pub mlp_bias: bool,
     /// Rotary base (`rope_theta`); `None` when the model does not say (an ONNX graph).
     pub rope_theta: Option<f64>,
     /// Normalization epsilon; `None` when unknown.
@@ -42,6 +44,13 @@ pub struct ModelSettings {
     pub max_positions: Option<u64>,
     /// Head dimension.
     pub head_dim: u64,
+}
+
+impl ModelSettings {
+    /// Biases on every linear layer besides the QKV projections (Megatron-LM's `add_bias_linear`).
+    pub fn linear_bias(&self) -> bool {
+        self.out_bias && self.mlp_bias
+    }
 }
 
 /// What the exporters need to know about the model and job besides the plan.
@@ -337,10 +346,10 @@ pub fn megatron_args(
     kv(&mut a, "--global-batch-size", cx.global_batch.to_string());
     kv(&mut a, "--seq-length", cx.seq.to_string());
     let max_pos = s.max_positions.unwrap_or(cx.seq).max(cx.seq);
-    if !s.llama_style && s.max_positions.is_some_and(|m| m < cx.seq) {
+    if let Some(m) = s.max_positions.filter(|m| !s.llama_style && *m < cx.seq) {
         return Err(format!(
-            "--seq-len {} exceeds the model's {} learned positions",
-            cx.seq, max_pos
+            "--seq-len {} exceeds the model's {m} learned positions",
+            cx.seq
         ));
     }
     kv(&mut a, "--max-position-embeddings", max_pos.to_string());
@@ -464,7 +473,17 @@ pub fn megatron_args(
     if let Some(eps) = s.norm_eps {
         kv(&mut a, "--norm-epsilon", format!("{eps:e}"));
     }
-    if !s.linear_bias {
+    if s.out_bias != s.mlp_bias {
+        return Err(format!(
+            "biases on the {} projections only cannot be expressed with Megatron-LM's bias flags (--disable-bias-linear covers both)",
+            if s.out_bias {
+                "attention output"
+            } else {
+                "MLP"
+            }
+        ));
+    }
+    if !s.linear_bias() {
         flag(&mut a, "--disable-bias-linear");
         if s.qkv_bias {
             flag(&mut a, "--add-qkv-bias");
@@ -787,7 +806,8 @@ mod tests {
                     llama_style: true,
                     activation: Activation::Swiglu,
                     qkv_bias: false,
-                    linear_bias: false,
+                    out_bias: false,
+                    mlp_bias: false,
                     rope_theta: Some(10000.0),
                     norm_eps: Some(1e-5),
                     max_positions: Some(4096),

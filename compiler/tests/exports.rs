@@ -408,7 +408,7 @@ fn torchrun_validate(script: &str) -> Result<(u64, u64, u64, Vec<String>), Strin
     Ok((nnodes, nproc, rank, program))
 }
 
-/// DeepSpeed's config rules (keys from deepspeed_config_keys.txt; runtime/config.py _batch_assertion;
+/// DeepSpeed's config rules (keys from deepspeed_config_keys.txt; runtime/config.py:919-934 _batch_assertion;
 /// ZeRO stage 0-3; bf16 and fp16 exclusive) at commit 38327e07; returns the ZeRO stage.
 fn deepspeed_validate(c: &serde_json::Value, dp_world: u64) -> Result<u8, String> {
     let keys: HashSet<String> = rows(&data("deepspeed_config_keys.txt"))
@@ -651,7 +651,7 @@ fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                 assert_eq!(run.zero, zero_of(&p));
                 assert_eq!(run.sequence_parallel, p.sequence_parallel);
                 assert_eq!(run.qkv_bias, cx.settings.qkv_bias, "{flat}");
-                assert_eq!(run.linear_bias, cx.settings.linear_bias, "{flat}");
+                assert_eq!(run.linear_bias, cx.settings.linear_bias(), "{flat}");
                 stack_cfg(
                     run.tp,
                     run.pp,
@@ -1334,5 +1334,49 @@ fn a_model_directory_with_an_onnx_file_takes_settings_from_its_config() {
         e.contains("2 ONNX files in the directory (model.onnx, other.onnx)"),
         "{e}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn biases_megatron_cannot_express_are_refused_not_dropped() {
+    let dir = std::env::temp_dir().join(format!("moai-bias-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = |extra: &str| {
+        let p = dir.join(format!("llama{}.json", extra.len()));
+        std::fs::write(
+            &p,
+            format!(
+                r#"{{"model_type":"llama","hidden_size":512,"intermediate_size":1376,"num_hidden_layers":4,
+                   "num_attention_heads":8,"vocab_size":1000{extra}}}"#
+            ),
+        )
+        .unwrap();
+        Model::load(p.to_str().unwrap()).unwrap()
+    };
+    let cluster = h100(8);
+    let req = PlanRequest::new(16, 512);
+    for (extra, want) in [
+        (
+            r#","attention_bias":true"#,
+            Err("attention output projections only"),
+        ),
+        (r#","mlp_bias":true"#, Err("MLP projections only")),
+        (r#","attention_bias":true,"mlp_bias":true"#, Ok(false)),
+        ("", Ok(true)),
+    ] {
+        let m = cfg(extra);
+        let report = plan(&m, &cluster, &req).unwrap();
+        let cx = export_context(&m, &cluster, &req);
+        match (megatron_args(&report.output.plan, &cx), want) {
+            (Err(e), Err(w)) => assert!(e.contains(w), "{extra}: {e}"),
+            (Ok(args), Ok(disabled)) => {
+                let has = args.iter().any(|(k, _)| k == "--disable-bias-linear");
+                assert_eq!(has, disabled, "{extra}");
+                let run = megatron_validate(&args, 8, false).unwrap();
+                assert_eq!(run.linear_bias, !disabled);
+            }
+            (got, w) => panic!("{extra}: got {got:?}, want {w:?}"),
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
