@@ -656,6 +656,14 @@ fn trainer_args(plan: &PlanConfig, cx: &ExportContext, checkpointing_flag: bool)
     if cx.precision != "fp32" {
         v.push("--bf16".into());
     }
+    v.push(format!(
+        "--optim {}",
+        if cx.optimizer == "sgd" {
+            "sgd"
+        } else {
+            "adamw_torch"
+        }
+    ));
     if checkpointing_flag && plan.recompute == "full" {
         v.push("--gradient_checkpointing".into());
     }
