@@ -286,6 +286,10 @@ fn megatron_validate(
         // arguments.py:1001 (overlap_p2p_comm defaults on: pp > 1).
         return Err("interleaved schedule needs pp > 1".into());
     }
+    if chunks > 1 && pp < 3 && has("--no-overlap-p2p-communication") {
+        // arguments.py:1005 without p2p overlap, interleaving needs pp > 2.
+        return Err("interleaved schedule without p2p overlap needs pp > 2".into());
+    }
     let recompute = match s("--recompute-granularity") {
         None => Recompute::None,
         Some("selective") => {
@@ -309,6 +313,31 @@ fn megatron_validate(
     let sequence_parallel = has("--sequence-parallel");
     if sequence_parallel && tp == 1 {
         return Err("--sequence-parallel with tp 1 is dropped by Megatron-LM".into());
+    }
+    let dist_opt = has("--use-distributed-optimizer");
+    if has("--overlap-param-gather") && !(dist_opt || has("--use-megatron-fsdp")) {
+        // arguments.py:1025
+        return Err(
+            "--overlap-param-gather needs the distributed optimizer or Megatron-FSDP".into(),
+        );
+    }
+    if has("--use-torch-fsdp2") {
+        // arguments.py:1031-1045
+        if pp > 1 {
+            return Err("--use-torch-fsdp2 is not supported with pipeline parallelism".into());
+        }
+        if dist_opt {
+            return Err("--use-torch-fsdp2 is not supported with the distributed optimizer".into());
+        }
+        if !has("--untie-embeddings-and-output-weights") {
+            return Err("--use-torch-fsdp2 requires --untie-embeddings-and-output-weights".into());
+        }
+    }
+    if has("--use-megatron-fsdp") && s("--megatron-fsdp-version") == Some("2") && dist_opt {
+        // arguments.py:1124
+        return Err(
+            "--megatron-fsdp-version 2 is not compatible with --use-distributed-optimizer".into(),
+        );
     }
     let fsdp = has("--use-megatron-fsdp");
     let zero = if fsdp {
@@ -1033,6 +1062,66 @@ fn the_rules_reject_what_megatron_rejects() {
         megatron_validate(&base(&ok), 24, true)
             .unwrap_err()
             .contains("CUDA_DEVICE_MAX_CONNECTIONS")
+    );
+    // Distributed optimizer against the FSDP flags.
+    let mut v = base(&[]);
+    v[1].1 = Some("1".into());
+    let with = |extra: &[(&str, Option<&str>)]| {
+        let mut w = v.clone();
+        w.extend(
+            extra
+                .iter()
+                .map(|(k, x)| (k.to_string(), x.map(String::from))),
+        );
+        megatron_validate(&w, 8, false)
+    };
+    assert!(with(&[]).is_ok());
+    assert!(
+        with(&[
+            ("--use-torch-fsdp2", None),
+            ("--use-distributed-optimizer", None),
+            ("--untie-embeddings-and-output-weights", None)
+        ])
+        .unwrap_err()
+        .contains("distributed optimizer")
+    );
+    assert!(
+        with(&[("--use-torch-fsdp2", None)])
+            .unwrap_err()
+            .contains("untie")
+    );
+    assert!(
+        with(&[
+            ("--use-megatron-fsdp", None),
+            ("--megatron-fsdp-version", Some("2")),
+            ("--use-distributed-optimizer", None),
+            ("--ckpt-format", Some("fsdp_dtensor"))
+        ])
+        .unwrap_err()
+        .contains("version 2")
+    );
+    assert!(
+        with(&[
+            ("--use-megatron-fsdp", None),
+            ("--use-distributed-optimizer", None),
+            ("--ckpt-format", Some("fsdp_dtensor"))
+        ])
+        .is_ok()
+    );
+    assert!(
+        with(&[("--overlap-param-gather", None)])
+            .unwrap_err()
+            .contains("distributed optimizer")
+    );
+    // Interleaving on pp 2 needs the (default) p2p overlap.
+    let mut il = base(&[("--num-layers-per-virtual-pipeline-stage", Some("4"))]);
+    il[1].1 = Some("2".into());
+    assert!(megatron_validate(&il, 8, false).is_ok());
+    il.push(("--no-overlap-p2p-communication".into(), None));
+    assert!(
+        megatron_validate(&il, 8, false)
+            .unwrap_err()
+            .contains("pp > 2")
     );
     // Layouts.
     assert_eq!(parse_layout("Et*11|t*11|t*10L").unwrap(), vec![11, 11, 10]);
