@@ -858,7 +858,22 @@ fn tp_pp_interleaved_and_sequence_parallel() {
 }
 
 #[test]
-fn zero1_and_every_recompute_mode() {
+fn plain_dp_zero1_and_every_recompute_mode() {
+    // Plain data parallelism (no ZeRO): Megatron-LM's DDP and DeepSpeed stage 0.
+    let c = case(
+        spec_model(),
+        h100(8),
+        64,
+        Constraints {
+            zero: Some(0),
+            tp: Some(1),
+            pp: Some(1),
+            ..Default::default()
+        },
+    );
+    let (p, written) = check_case(&c);
+    assert!(p.dp == 8 && !p.distribute_optimizer && !p.distribute_param);
+    assert!(written.contains(&Stack::Megatron) && !written.contains(&Stack::Fsdp));
     for r in [Recompute::None, Recompute::Selective, Recompute::Full] {
         let c = case(
             spec_model(),
