@@ -121,7 +121,16 @@ impl Model {
             }
         } else if lower.ends_with(".onnx") {
             let (g, info) = import_onnx(path)?;
-            (g, ModelSource::Onnx(path.to_path_buf()), Some(info), None)
+            // An export directory (optimum, transformers) keeps the config beside the graph: settings
+            // the graph does not record come from it, and its unmodeled fields are refused.
+            let sibling = path
+                .parent()
+                .map(|d| d.join("config.json"))
+                .filter(|c| c.is_file());
+            let arch = sibling
+                .map(|c| moai_models::ArchConfig::from_hf_config(&c))
+                .transpose()?;
+            (g, ModelSource::Onnx(path.to_path_buf()), Some(info), arch)
         } else if lower.ends_with(".json") {
             let arch = moai_models::ArchConfig::from_hf_config(path)?;
             (
@@ -152,6 +161,9 @@ impl Model {
             return Err(PlanError::UnsupportedModel(format!(
                 "{src}: no decoder layers found; the planner needs a decoder-only transformer"
             )));
+        }
+        if let (Some(a), Some(_)) = (&arch, &onnx) {
+            check_config_matches_graph(src, a, &summary)?;
         }
         let name = if summary.name.is_empty() {
             graph.name.clone()
@@ -250,6 +262,30 @@ impl Model {
             head_dim: s.head_dim,
         }
     }
+}
+
+/// A config read beside an ONNX graph must describe that graph.
+fn check_config_matches_graph(
+    src: &str,
+    a: &moai_models::ArchConfig,
+    s: &ModelSummary,
+) -> Result<()> {
+    let pairs = [
+        ("num_hidden_layers", a.layers as u64, s.layers as u64),
+        ("hidden_size", a.hidden as u64, s.hidden),
+        ("num_attention_heads", a.heads as u64, s.heads),
+        ("num_key_value_heads", a.kv_heads as u64, s.kv_heads),
+        ("intermediate_size", a.ffn as u64, s.ffn),
+        ("vocab_size", a.vocab as u64, s.vocab),
+    ];
+    for (key, config, graph) in pairs {
+        if config != graph {
+            return Err(PlanError::InvalidArgument(format!(
+                "{src}: the config.json beside the ONNX graph says {key} {config}, the graph has {graph}; they describe different models"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The `.onnx` files directly in a directory, sorted.

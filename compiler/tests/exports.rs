@@ -1484,3 +1484,37 @@ fn biases_megatron_cannot_express_are_refused_not_dropped() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_config_beside_an_onnx_file_must_describe_it() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let dir = std::env::temp_dir().join(format!("moai-sibling-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let onnx = dir.join("model.onnx");
+    std::fs::copy(root.join("models/tiny-llama.onnx"), &onnx).unwrap();
+    let config =
+        std::fs::read_to_string(root.join("models/configs/tiny-llama/config.json")).unwrap();
+    std::fs::write(dir.join("config.json"), &config).unwrap();
+    let m = Model::load(onnx.to_str().unwrap()).unwrap();
+    assert!(m.arch.is_some(), "the sibling config is read");
+    // A config for another model is an error, not a silent mix.
+    let mut v: serde_json::Value = serde_json::from_str(&config).unwrap();
+    v["num_hidden_layers"] = serde_json::json!(7);
+    std::fs::write(dir.join("config.json"), v.to_string()).unwrap();
+    let e = Model::load(onnx.to_str().unwrap()).unwrap_err().to_string();
+    assert!(
+        e.contains("says num_hidden_layers 7, the graph has 2"),
+        "{e}"
+    );
+    // And its unmodeled fields are refused.
+    v["num_hidden_layers"] = serde_json::json!(2);
+    v["num_local_experts"] = serde_json::json!(4);
+    std::fs::write(dir.join("config.json"), v.to_string()).unwrap();
+    let e = Model::load(onnx.to_str().unwrap()).unwrap_err().to_string();
+    assert!(e.contains("`num_local_experts` = 4 is not modeled"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
