@@ -564,21 +564,13 @@ pub fn deepspeed_config(
     }))
 }
 
-/// The Hugging Face decoder-layer class FSDP wraps, by model style.
-fn layer_class(cx: &ExportContext) -> &'static str {
-    if cx.settings.llama_style {
-        "LlamaDecoderLayer"
-    } else {
-        "GPT2Block"
-    }
-}
-
 /// The FSDP config (Hugging Face Trainer's `--fsdp_config` file) for a ZeRO-3 plan, or one line
-/// saying why PyTorch FSDP cannot run it as planned.
+/// saying why PyTorch FSDP cannot run it as planned. Each decoder layer is one FSDP unit.
 pub fn fsdp_config(plan: &PlanConfig, cx: &ExportContext) -> Result<serde_json::Value, String> {
     check_generic(Stack::Fsdp, plan, cx)?;
+    // No transformer_layer_cls_to_wrap: the Trainer then wraps the model's own decoder-layer class
+    // (`_no_split_modules`), right for every family.
     Ok(json!({
-        "transformer_layer_cls_to_wrap": [layer_class(cx)],
         "backward_prefetch": "backward_pre",
         "forward_prefetch": false,
         "use_orig_params": true,
