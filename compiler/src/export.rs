@@ -95,7 +95,9 @@ impl ExportContext {
     /// Processes started on server `rank`: a full server's devices, or the remainder on the last one.
     pub fn procs_on(&self, rank: u64) -> u64 {
         let per = self.devices_per_server.max(1);
-        self.devices.saturating_sub(rank * per).min(per)
+        self.devices
+            .saturating_sub(rank.saturating_mul(per))
+            .min(per)
     }
 }
 
@@ -148,8 +150,16 @@ impl PlanDims {
         }
     }
 
-    /// The dimensions of an output plan; `None` when its schedule or recomputation name is unknown.
+    /// The dimensions of an output plan; an error when its schedule or recomputation name is unknown or
+    /// its ranks are not the cluster's devices.
     pub fn of_plan(p: &PlanConfig, cx: &ExportContext) -> Result<PlanDims, String> {
+        let ranks = p.dp.checked_mul(p.tp).and_then(|x| x.checked_mul(p.pp));
+        if ranks != Some(cx.devices) {
+            return Err(format!(
+                "the plan's dp·tp·pp = {}·{}·{} does not equal the {} devices",
+                p.dp, p.tp, p.pp, cx.devices
+            ));
+        }
         Ok(PlanDims {
             dp: p.dp,
             tp: p.tp,
@@ -277,16 +287,19 @@ pub fn assign_engine(
 
 /// Decoder layers per (virtual) stage, in layer order (`pp · V` entries for `interleaved:V`).
 fn stage_sizes(plan: &PlanConfig, layers: u32, chunks: u32) -> Vec<u32> {
-    let vstages = (plan.pp as u32).max(1) * chunks;
-    if plan.stages.len() as u32 == vstages {
+    let vstages = u32::try_from(plan.pp)
+        .unwrap_or(u32::MAX)
+        .max(1)
+        .saturating_mul(chunks);
+    if plan.stages.len() == vstages as usize {
         plan.stages
             .iter()
-            .map(|s| s.layers[1].saturating_sub(s.layers[0]) + 1)
+            .map(|s| s.layers[1].saturating_sub(s.layers[0]).saturating_add(1))
             .collect()
     } else {
         moai_costmodel::config::even_stages(layers, vstages)
             .into_iter()
-            .map(|(a, b)| b - a + 1)
+            .map(|(a, b)| b.saturating_sub(a).saturating_add(1))
             .collect()
     }
 }
@@ -357,7 +370,7 @@ pub fn megatron_args(
     kv(&mut a, "--hidden-size", cx.hidden.to_string());
     kv(&mut a, "--ffn-hidden-size", cx.ffn.to_string());
     kv(&mut a, "--num-attention-heads", cx.heads.to_string());
-    if s.head_dim * cx.heads != cx.hidden {
+    if s.head_dim.checked_mul(cx.heads) != Some(cx.hidden) {
         kv(&mut a, "--kv-channels", s.head_dim.to_string());
     }
     if cx.kv_heads != cx.heads {
@@ -868,6 +881,7 @@ mod tests {
         );
         // 9/9/8/8 has unequal middle stages: an explicit layout.
         p.pp = 4;
+        p.dp = 3;
         cx.layers = 34;
         p.stages = [[0, 8], [9, 17], [18, 25], [26, 33]]
             .into_iter()
@@ -908,5 +922,12 @@ mod tests {
         cx.devices = 12;
         assert_eq!(cx.servers(), 2);
         assert_eq!((cx.procs_on(0), cx.procs_on(1)), (8, 4));
+        // A plan whose ranks are not the cluster's devices is not exported.
+        let (mut p, cx) = sample();
+        p.dp = 5;
+        let e = megatron_args(&p, &cx).unwrap_err();
+        assert!(e.contains("does not equal the 32 devices"), "{e}");
+        p.pp = u64::MAX;
+        assert!(deepspeed_config(&p, &cx).is_err());
     }
 }
