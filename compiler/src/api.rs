@@ -21,12 +21,28 @@ pub fn plan_with(
     cost: &dyn CostModel,
     progress: &dyn Progress,
 ) -> Result<PlanReport> {
+    check_model_job(model, req)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(req.threads.unwrap_or(0))
         .build()
         .map_err(|e| crate::error::PlanError::InvalidArgument(format!("--threads: {e}")))?;
     let result = pool.install(|| search(model, cluster, req, cost, progress))?;
     Ok(build_report(model, cluster, req, result))
+}
+
+/// Refuses a job the model's graph does not describe: a sliding attention window (recorded from the
+/// config) that the sequence exceeds, which moai does not model (at or below the window the attention
+/// is full attention, which it does).
+pub fn check_model_job(model: &Model, req: &PlanRequest) -> Result<()> {
+    if let Some(w) = model.arch.as_ref().and_then(|a| a.sliding_window)
+        && req.seq > w as u64
+    {
+        return Err(crate::error::PlanError::UnsupportedModel(format!(
+            "{}: `sliding_window` = {w} is active at --seq-len {} and moai does not model sliding-window attention (plan with --seq-len {w} or less)",
+            model.name, req.seq
+        )));
+    }
+    Ok(())
 }
 
 /// Predicts one configuration (the `estimate` command).
@@ -48,6 +64,7 @@ pub fn estimate_with(
     cost: &dyn CostModel,
 ) -> Result<PlanOutput> {
     req.validate()?;
+    check_model_job(model, req)?;
     config.validate_cluster(cluster)?;
     let s = &model.summary;
     moai_costmodel::check_tp_dims(config.tp, s.heads as u64, s.kv_heads as u64, s.ffn as u64)?;
@@ -71,5 +88,75 @@ pub fn estimate_with(
         search: None,
         plan: plan_config(config, s.layers as u32),
         predicted: predicted(&e),
+        fits: e.peak_memory_bytes as f64 <= usable_memory(cluster, req),
     })
+}
+
+/// The bytes a plan may use on one device: the device memory times the request's memory fraction (the
+/// rest is headroom for the allocator and runtime). The search and `estimate` use the same bound.
+pub fn usable_memory(cluster: &Cluster, req: &PlanRequest) -> f64 {
+    cluster.memory_per_device_bytes as f64 * req.memory_fraction
+}
+
+/// The cheapest change to a configuration that does not fit: the fastest plan the planner's own
+/// search finds under `fixed` (the flags the user gave), or, when those flags leave nothing that fits,
+/// under no flags at all. Returns the plan and the changes from `config`, one phrase each.
+pub fn cheapest_fitting_change(
+    model: &Model,
+    cluster: &Cluster,
+    req: &PlanRequest,
+    config: &ParallelConfig,
+    fixed: &crate::request::Constraints,
+) -> Option<(PlanOutput, Vec<String>, bool)> {
+    let mut r = req.clone();
+    r.constraints = fixed.clone();
+    let (report, kept_flags) = match plan(model, cluster, &r) {
+        Ok(rep) => (rep, true),
+        Err(_) => {
+            r.constraints = crate::request::Constraints {
+                engine: fixed.engine,
+                ..Default::default()
+            };
+            (plan(model, cluster, &r).ok()?, false)
+        }
+    };
+    let best = report.output;
+    let from = plan_config(config, model.summary.layers as u32);
+    let to = &best.plan;
+    let mut changes = Vec::new();
+    let mut diff = |name: &str, a: String, b: String| {
+        if a != b {
+            changes.push(format!("{name} {a} → {b}"));
+        }
+    };
+    diff("dp", from.dp.to_string(), to.dp.to_string());
+    diff("tp", from.tp.to_string(), to.tp.to_string());
+    diff("pp", from.pp.to_string(), to.pp.to_string());
+    diff(
+        "micro-batch size",
+        from.micro_batch_size.to_string(),
+        to.micro_batch_size.to_string(),
+    );
+    diff("recompute", from.recompute.clone(), to.recompute.clone());
+    let zero = |p: &crate::plan::PlanConfig| {
+        if p.distribute_param {
+            "3"
+        } else if p.distribute_optimizer {
+            "1"
+        } else {
+            "0"
+        }
+        .to_string()
+    };
+    diff("zero", zero(&from), zero(to));
+    diff(
+        "sequence parallel",
+        from.sequence_parallel.to_string(),
+        to.sequence_parallel.to_string(),
+    );
+    if to.pp > 1 || from.pp > 1 {
+        diff("schedule", from.schedule.clone(), to.schedule.clone());
+    }
+    diff("engine", from.engine.to_string(), to.engine.to_string());
+    Some((best, changes, kept_flags))
 }

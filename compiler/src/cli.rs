@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// compile its stages, and export launch configs.
 #[derive(Debug, Parser)]
 #[command(name = "moai-compile", version, about, long_about = None,
-    after_help = "MODEL is an .onnx file, a Hugging Face config.json, or a spec such as\n  \
+    after_help = "MODEL is an .onnx file, a Hugging Face config.json or model directory, or a spec such as\n  \
 llama:layers=32,hidden=4096,heads=32,kv_heads=8,ffn=11008,vocab=32000\n  \
 gpt:layers=48,hidden=6144,heads=64,vocab=51200\n\
 `moai-compile MODEL ...` without a subcommand runs `plan`.")]
@@ -103,12 +103,17 @@ pub struct ConfigArgs {
     /// Pipeline schedule: gpipe, 1f1b, interleaved:V (plan: a comma list).
     #[arg(long)]
     pub schedule: Option<String>,
+    /// Engine the plan runs on and is costed for: megatron, deepspeed or fsdp. plan: only what that
+    /// engine runs is searched; without it each candidate goes to the first engine that runs it
+    /// (Megatron-LM, then DeepSpeed, then FSDP) and the output names the engine.
+    #[arg(long)]
+    pub engine: Option<String>,
 }
 
 /// `plan` arguments.
 #[derive(Debug, Args, Clone)]
 pub struct PlanArgs {
-    /// Model: .onnx, config.json or spec string.
+    /// Model: .onnx, config.json, Hugging Face model directory or spec string.
     pub model: String,
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -119,7 +124,12 @@ pub struct PlanArgs {
     /// Output directory for plan.json and the emitted artifacts.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Artifacts to write into --out: plan,report,mlir,hsaco,ptx,megatron,deepspeed.
+    /// Artifacts to write into --out: plan,report,mlir,hsaco,ptx,megatron,deepspeed,fsdp.
+    ///
+    /// megatron, deepspeed and fsdp are engine exports (arguments or config plus a torchrun launch
+    /// script per server starting exactly the plan's ranks); an engine that does not run the plan as
+    /// planned is not written, with one line (stderr and plan.json's "exports") saying why and which
+    /// engine does.
     ///
     /// mlir, hsaco (AMD GPUs: gfx90a for mi250/mi210, gfx942 for mi300x) and ptx (NVIDIA: sm_80 for a100,
     /// sm_90 for h100) compile the chosen plan's code: tensor-parallel rank 0's forward, backward and
@@ -141,10 +151,15 @@ pub struct PlanArgs {
     pub no_progress: bool,
 }
 
-/// `estimate` arguments.
+/// `estimate` arguments. A configuration whose predicted peak memory exceeds the usable device memory
+/// still exits 0: the JSON says `"fits": false`, and the text says by how many GiB and the cheapest
+/// change that fits (the planner's search under the flags given).
 #[derive(Debug, Args, Clone)]
+#[command(
+    after_help = "Exit status 0 also when the configuration does not fit in memory: read \"fits\" in --json, or the DOES NOT FIT line with the overflow and the cheapest change that fits."
+)]
 pub struct EstimateArgs {
-    /// Model: .onnx, config.json or spec string.
+    /// Model: .onnx, config.json, Hugging Face model directory or spec string.
     pub model: String,
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -157,7 +172,7 @@ pub struct EstimateArgs {
 /// `inspect` arguments.
 #[derive(Debug, Args, Clone)]
 pub struct InspectArgs {
-    /// Model: .onnx, config.json or spec string.
+    /// Model: .onnx, config.json, Hugging Face model directory or spec string.
     pub model: String,
     /// Sequence length for FLOPs per token.
     #[arg(long, default_value_t = 1024)]
@@ -188,7 +203,7 @@ pub struct ValidateArgs {
 /// `sweep` arguments.
 #[derive(Debug, Args, Clone)]
 pub struct SweepArgs {
-    /// Model: .onnx, config.json or spec string.
+    /// Model: .onnx, config.json, Hugging Face model directory or spec string.
     pub model: String,
     /// Flavors: a range `A..B` of the catalog or a comma list.
     #[arg(long)]

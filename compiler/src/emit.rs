@@ -1,16 +1,18 @@
-//! Writes a plan's artifacts into `--out DIR`: `plan.json`, Megatron-LM arguments, a DeepSpeed config,
-//! torchrun launch scripts, a self-contained HTML report, and (through the runtime, [`crate::codegen`])
+//! Writes a plan's artifacts into `--out DIR`: `plan.json`, the engine exports (Megatron-LM arguments,
+//! a DeepSpeed config, an FSDP config, torchrun launch scripts; an engine that does not run the plan as
+//! planned gets one line in `plan.json`'s `exports` instead), a self-contained HTML report, and (through the runtime, [`crate::codegen`])
 //! the plan's compiled stage programs `stage<i>/{forward,backward,optimizer}.{mlir,hsaco,ptx}` with the
 //! `plan.moai` bundle. Everything is rendered in memory first; nothing is written when any artifact
 //! fails.
 
 use crate::codegen::{CodegenRequest, compile_plan};
 use crate::error::{PlanError, Result};
-use crate::export::{ExportContext, deepspeed_config, megatron_command_line, torchrun_script};
+use crate::export::{ExportContext, export_files, refusal};
 use crate::model::Model;
 use crate::report::PlanReport;
 use crate::request::PlanRequest;
 use moai_costmodel::Cluster;
+use moai_costmodel::Stack;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -24,15 +26,67 @@ pub fn export_context(model: &Model, cluster: &Cluster, req: &PlanRequest) -> Ex
         kv_heads: s.kv_heads,
         ffn: s.ffn,
         vocab: s.vocab,
-        llama_style: matches!(s.mlp, moai_ir::layers::MlpKind::Gated),
         tied_embeddings: s.tied_embeddings,
+        settings: model.settings(),
         global_batch: req.batch,
         seq: req.seq,
         precision: req.precision.to_string(),
         optimizer: req.optimizer.to_string(),
-        servers: cluster.servers as u64,
-        devices_per_server: (cluster.devices as u64).min(cluster.devices_per_server as u64),
+        devices: cluster.devices as u64,
+        devices_per_server: (cluster.devices_per_server as u64).max(1),
     }
+}
+
+/// The engine an `--emit` artifact exports to, if it is an engine export.
+pub fn emit_engine(emit: &str) -> Option<Stack> {
+    match emit {
+        "megatron" => Some(Stack::Megatron),
+        "deepspeed" => Some(Stack::Deepspeed),
+        "fsdp" => Some(Stack::Fsdp),
+        _ => None,
+    }
+}
+
+/// Files to write (path relative to `--out`, contents).
+pub type OutFiles = Vec<(PathBuf, Vec<u8>)>;
+
+/// What became of each requested engine export: the files written, or the one line saying why the
+/// engine does not run the plan as planned and which engine does. Recorded in `plan.json` as
+/// `"exports"`.
+pub fn engine_exports(
+    model: &Model,
+    cluster: &Cluster,
+    req: &PlanRequest,
+    plan: &crate::plan::PlanConfig,
+    emits: &[String],
+) -> (OutFiles, serde_json::Map<String, serde_json::Value>) {
+    let cx = export_context(model, cluster, req);
+    let mut files = Vec::new();
+    let mut notes = serde_json::Map::new();
+    for e in emits {
+        let Some(engine) = emit_engine(e) else {
+            continue;
+        };
+        match export_files(engine, plan, &cx) {
+            Ok(fs) => {
+                let names: Vec<String> = fs.iter().map(|(n, _)| n.clone()).collect();
+                notes.insert(
+                    engine.name().into(),
+                    json!({"written": true, "files": names, "costed_for": plan.engine == engine}),
+                );
+                files.extend(
+                    fs.into_iter()
+                        .map(|(n, c)| (PathBuf::from(n), c.into_bytes())),
+                );
+            }
+            Err(why) => {
+                let line = refusal(engine, &why, plan, &cx);
+                tracing::warn!("{line}");
+                notes.insert(engine.name().into(), json!({"written": false, "why": line}));
+            }
+        }
+    }
+    (files, notes)
 }
 
 /// The `plan.json` document: the `--json` object plus the explanation, alternatives and rejections.
@@ -58,32 +112,23 @@ pub fn write_outputs(
     report: &PlanReport,
     emits: &[String],
 ) -> Result<()> {
-    let cx = export_context(model, cluster, req);
     let plan = &report.output.plan;
     let codegen = CodegenRequest::from_emits(emits, cluster.gpu)?;
     let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
-    let doc = serde_json::to_string_pretty(&plan_document(report)).expect("json") + "\n";
+    let (mut exported, notes) = engine_exports(model, cluster, req, plan, emits);
+    let mut document = plan_document(report);
+    if !notes.is_empty() {
+        document["exports"] = serde_json::Value::Object(notes);
+    }
+    let doc = serde_json::to_string_pretty(&document).expect("json") + "\n";
     files.push(("plan.json".into(), doc.into_bytes()));
+    files.append(&mut exported);
     let mut bundle = None;
     for e in emits {
         match e.as_str() {
             "plan" => {}
             "mlir" | "hsaco" | "ptx" => {} // compiled once below, for all three
-            "megatron" => {
-                let line = megatron_command_line(plan, &cx);
-                files.push(("megatron_args.txt".into(), format!("{line}\n").into_bytes()));
-                for rank in 0..cluster.servers as u64 {
-                    files.push((
-                        PathBuf::from(format!("launch/server{rank}.sh")),
-                        torchrun_script(plan, &cx, rank).into_bytes(),
-                    ));
-                }
-            }
-            "deepspeed" => {
-                let cfg = serde_json::to_string_pretty(&deepspeed_config(plan, &cx)).expect("json")
-                    + "\n";
-                files.push(("deepspeed_config.json".into(), cfg.into_bytes()));
-            }
+            "megatron" | "deepspeed" | "fsdp" => {} // engine exports, above
             "report" => {
                 files.push((
                     "report.html".into(),
@@ -92,7 +137,7 @@ pub fn write_outputs(
             }
             other => {
                 return Err(PlanError::InvalidArgument(format!(
-                    "--emit {other}: unknown artifact (expected any of plan,report,mlir,hsaco,ptx,megatron,deepspeed)"
+                    "--emit {other}: unknown artifact (expected any of plan,report,mlir,hsaco,ptx,megatron,deepspeed,fsdp)"
                 )));
             }
         }

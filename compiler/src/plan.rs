@@ -75,6 +75,9 @@ pub struct PlanConfig {
     pub schedule: String,
     /// Stages.
     pub stages: Vec<StageInfo>,
+    /// The engine the plan was costed for and is exported to (`megatron`, `deepspeed`, `fsdp`).
+    #[serde(default)]
+    pub engine: moai_costmodel::Stack,
 }
 
 /// Step time breakdown.
@@ -105,6 +108,10 @@ pub struct Predicted {
     pub breakdown: Breakdown,
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// What `plan --json` and `estimate --json` print.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlanOutput {
@@ -119,6 +126,10 @@ pub struct PlanOutput {
     pub plan: PlanConfig,
     /// Predictions.
     pub predicted: Predicted,
+    /// Whether the predicted peak memory fits the usable device memory (always true for a chosen plan;
+    /// `estimate` reports configurations that do not fit with `false`).
+    #[serde(default = "yes")]
+    pub fits: bool,
 }
 
 impl PlanConfig {

@@ -68,6 +68,7 @@ pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
             .into_iter()
             .map(|(lo, hi)| StageInfo { layers: [lo, hi] })
             .collect(),
+        engine: cfg.stack,
     }
 }
 
@@ -101,6 +102,7 @@ pub fn output_of(
         search,
         plan: plan_config(&ev.config, model.summary.layers as u32),
         predicted: predicted(e),
+        fits: matches!(ev.outcome, crate::search::Outcome::Feasible(_)),
     })
 }
 
@@ -167,6 +169,7 @@ fn describe(p: &PlanConfig) -> String {
     if p.pp > 1 {
         parts.push(p.schedule.clone());
     }
+    parts.push(format!("on {}", crate::export::engine_title(p.engine)));
     parts.join(", ")
 }
 
@@ -186,6 +189,12 @@ pub fn explain(
         gib(best.predicted.peak_memory_bytes),
         best.predicted.mfu * 100.0
     );
+    let engine = best.plan.engine;
+    s.push_str(&format!(
+        " It is costed for and runs on {}: export it with --emit {}.",
+        crate::export::engine_title(engine),
+        engine.name()
+    ));
     if let Some(r) = runner_up {
         let b = &best.predicted.breakdown;
         let o = &r.predicted.breakdown;

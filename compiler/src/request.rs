@@ -25,6 +25,9 @@ pub struct Constraints {
     pub sequence_parallel: Option<bool>,
     /// Allowed schedules (empty: gpipe, 1f1b and interleaved:2).
     pub schedules: Vec<Schedule>,
+    /// The engine (`--engine`): only configurations it runs are searched, and they are costed for it.
+    /// `None`: each candidate goes to the first engine that runs it (Megatron-LM, DeepSpeed, FSDP).
+    pub engine: Option<moai_costmodel::Stack>,
 }
 
 impl Constraints {

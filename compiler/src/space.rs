@@ -223,7 +223,7 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                                     reject("sequence parallelism needs tp > 1".into(), 1);
                                     continue;
                                 }
-                                candidates.push(ParallelConfig {
+                                let cfg = ParallelConfig {
                                     dp,
                                     tp,
                                     pp,
@@ -237,7 +237,12 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                                     schedule,
                                     stages: Vec::new(),
                                     ..ParallelConfig::default()
-                                });
+                                };
+                                // Only what an engine runs; the stack it is costed for is that engine.
+                                match crate::export::assign_engine(c.engine, cfg, cluster) {
+                                    Ok(cfg) => candidates.push(cfg),
+                                    Err(why) => reject(why, 1),
+                                }
                             }
                         }
                     }

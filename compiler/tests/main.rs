@@ -3,6 +3,7 @@
 mod bad_inputs;
 mod cli;
 mod codegen;
+mod exports;
 mod interrupt;
 mod planner;
 mod report;

@@ -85,6 +85,16 @@ pub enum ErrorKind {
         expected: String,
     },
     /// A required key is absent.
+    /// A config field that changes the architecture in a way moai does not model.
+    #[error("`{key}` = {value} is not modeled: {why}")]
+    Unmodeled {
+        /// The config key.
+        key: String,
+        /// Its value, as JSON.
+        value: String,
+        /// What it changes and what moai supports instead.
+        why: String,
+    },
     #[error("missing required key `{key}`")]
     MissingKey {
         /// The key.

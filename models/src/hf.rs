@@ -51,6 +51,7 @@ fn parse_inner(json: &str, name: &str) -> Result<ArchConfig, ErrorKind> {
             });
         }
     };
+    check_unmodeled(&c, family)?;
     let dtype = match c.string("torch_dtype")? {
         Some(s) => crate::spec::parse_dtype("torch_dtype", s)?,
         None => DType::F32,
@@ -138,6 +139,156 @@ fn parse_inner(json: &str, name: &str) -> Result<ArchConfig, ErrorKind> {
     };
     cfg.validate().map_err(|e| rename_keys(e, family))?;
     Ok(cfg)
+}
+
+/// Keys of mixture-of-experts configs (Mixtral, DeepSeek, Qwen2-MoE, ...).
+const EXPERT_KEYS: &[&str] = &[
+    "num_local_experts",
+    "n_routed_experts",
+    "num_experts",
+    "moe_num_experts",
+    "num_experts_per_tok",
+    "n_shared_experts",
+    "moe_intermediate_size",
+    "shared_expert_intermediate_size",
+];
+
+/// Refuses config fields that change the architecture in ways moai does not model, naming the field:
+/// experts, an activation other than the family's, rotary scaling, partial rotary, QK norms, logit
+/// soft-capping, per-layer attention types other than full, and biases the family does not have.
+/// (A sliding window is recorded and refused by the planner only when the sequence exceeds it.)
+fn check_unmodeled(c: &Cfg<'_>, family: Family) -> Result<(), ErrorKind> {
+    let fam = family.name();
+    let unmodeled = |key: &str, v: &Value, why: String| ErrorKind::Unmodeled {
+        key: key.into(),
+        value: short(v),
+        why,
+    };
+    let active = |v: &Value| match v {
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|x| x != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        Value::Null => false,
+    };
+    for key in EXPERT_KEYS {
+        if let Some(v) = c.get(key).filter(|v| active(v)) {
+            return Err(unmodeled(
+                key,
+                v,
+                format!("mixture-of-experts layers; moai plans dense {fam} decoders only"),
+            ));
+        }
+    }
+    let act_key = if family == Family::Gpt {
+        "activation_function"
+    } else {
+        "hidden_act"
+    };
+    let allowed: &[&str] = if family == Family::Gpt {
+        &["gelu_new", "gelu_pytorch_tanh"]
+    } else {
+        &["silu", "swish"]
+    };
+    if let Some(v) = c.get(act_key) {
+        let ok = v.as_str().is_some_and(|a| allowed.contains(&a));
+        if !ok {
+            return Err(unmodeled(
+                act_key,
+                v,
+                format!(
+                    "the {fam} builder's MLP activation is {} ({})",
+                    allowed[0],
+                    if family == Family::Gpt {
+                        "GELU, tanh approximation"
+                    } else {
+                        "SwiGLU"
+                    }
+                ),
+            ));
+        }
+    }
+    if let Some(v) = c.get("rope_scaling").filter(|v| active(v)) {
+        return Err(unmodeled(
+            "rope_scaling",
+            v,
+            "scaled rotary positions; moai models plain rotary positions (rope_theta)".into(),
+        ));
+    }
+    if let Some(v) = c.get("partial_rotary_factor")
+        && v.as_f64() != Some(1.0)
+    {
+        return Err(unmodeled(
+            "partial_rotary_factor",
+            v,
+            "rotary on part of each head; moai rotates whole heads".into(),
+        ));
+    }
+    for key in ["qk_layernorm", "use_qk_norm", "qk_norm"] {
+        if let Some(v) = c.get(key).filter(|v| active(v)) {
+            return Err(unmodeled(
+                key,
+                v,
+                "normalization of queries and keys; moai's attention has none".into(),
+            ));
+        }
+    }
+    for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if let Some(v) = c.get(key).filter(|v| active(v)) {
+            return Err(unmodeled(
+                key,
+                v,
+                "logit soft-capping; moai's attention and head have none".into(),
+            ));
+        }
+    }
+    if let Some(v @ Value::Array(types)) = c.get("layer_types")
+        && types.iter().any(|t| t.as_str() != Some("full_attention"))
+    {
+        return Err(unmodeled(
+            "layer_types",
+            v,
+            "layers with other than full attention; moai models full attention in every layer"
+                .into(),
+        ));
+    }
+    if family == Family::Gpt
+        && let Some(v) = c.get("add_cross_attention").filter(|v| active(v))
+    {
+        return Err(unmodeled(
+            "add_cross_attention",
+            v,
+            "cross-attention blocks; moai plans decoder-only models".into(),
+        ));
+    }
+    if matches!(family, Family::Mistral | Family::Qwen2) {
+        for key in ["attention_bias", "mlp_bias"] {
+            if let Some(v) = c.get(key).filter(|v| active(v)) {
+                return Err(unmodeled(
+                    key,
+                    v,
+                    format!(
+                        "{fam} has {}; moai builds {fam} as transformers does",
+                        if family == Family::Qwen2 {
+                            "biases on q/k/v only"
+                        } else {
+                            "no biases"
+                        }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn short(v: &Value) -> String {
+    let mut value = v.to_string();
+    if value.len() > 60 {
+        value = format!("{}...", value.chars().take(60).collect::<String>());
+    }
+    value
 }
 
 /// Validation speaks in spec keys; say the config's key instead.

@@ -818,3 +818,145 @@ mod onnx {
         assert!(max_err < 1e-4, "max |built - onnxruntime| = {max_err}");
     }
 }
+
+// ---- config fields that change the architecture are modeled or refused, never dropped ----
+
+fn refused(json: &str) -> String {
+    ArchConfig::from_hf_config_str(json, "m")
+        .expect_err("the config must be refused")
+        .to_string()
+}
+
+const MISTRAL: &str = r#""model_type":"mistral","hidden_size":4096,"intermediate_size":14336,"num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,"vocab_size":32000"#;
+const LLAMA: &str = r#""model_type":"llama","hidden_size":256,"intermediate_size":688,"num_hidden_layers":2,"num_attention_heads":8,"vocab_size":1000"#;
+const QWEN2: &str = r#""model_type":"qwen2","hidden_size":256,"intermediate_size":688,"num_hidden_layers":2,"num_attention_heads":8,"num_key_value_heads":2,"vocab_size":1000"#;
+
+#[test]
+fn experts_in_a_mistral_config_are_refused_by_name() {
+    let e = refused(&format!(
+        r#"{{{MISTRAL},"num_local_experts":8,"num_experts_per_tok":2}}"#
+    ));
+    assert_eq!(
+        e,
+        "m: `num_local_experts` = 8 is not modeled: mixture-of-experts layers; moai plans dense mistral decoders only"
+    );
+    for key in ["n_routed_experts", "num_experts", "moe_intermediate_size"] {
+        let e = refused(&format!(r#"{{{LLAMA},"{key}":4}}"#));
+        assert!(e.contains(&format!("`{key}` = 4 is not modeled")), "{e}");
+    }
+    // Zero or null experts are a dense model.
+    assert!(
+        ArchConfig::from_hf_config_str(&format!(r#"{{{MISTRAL},"num_local_experts":null}}"#), "m")
+            .is_ok()
+    );
+    assert!(
+        ArchConfig::from_hf_config_str(&format!(r#"{{{LLAMA},"num_experts":0}}"#), "m").is_ok()
+    );
+}
+
+#[test]
+fn activations_other_than_the_familys_are_refused() {
+    let e = refused(&format!(r#"{{{LLAMA},"hidden_act":"gelu"}}"#));
+    assert!(
+        e.starts_with(
+            "m: `hidden_act` = \"gelu\" is not modeled: the llama builder's MLP activation is silu"
+        ),
+        "{e}"
+    );
+    assert!(
+        ArchConfig::from_hf_config_str(&format!(r#"{{{LLAMA},"hidden_act":"silu"}}"#), "m").is_ok()
+    );
+    let gpt = r#""model_type":"gpt2","n_embd":64,"n_layer":2,"n_head":4,"vocab_size":100"#;
+    let e = refused(&format!(r#"{{{gpt},"activation_function":"relu"}}"#));
+    assert!(
+        e.contains("`activation_function` = \"relu\" is not modeled"),
+        "{e}"
+    );
+    assert!(
+        ArchConfig::from_hf_config_str(
+            &format!(r#"{{{gpt},"activation_function":"gelu_new"}}"#),
+            "m"
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn rope_scaling_qk_norm_and_unsupported_biases_are_refused() {
+    let cases = [
+        (
+            format!(r#"{{{LLAMA},"rope_scaling":{{"rope_type":"llama3","factor":8.0}}}}"#),
+            "rope_scaling",
+        ),
+        (
+            format!(r#"{{{LLAMA},"partial_rotary_factor":0.5}}"#),
+            "partial_rotary_factor",
+        ),
+        (format!(r#"{{{LLAMA},"use_qk_norm":true}}"#), "use_qk_norm"),
+        (
+            format!(r#"{{{LLAMA},"final_logit_softcapping":30.0}}"#),
+            "final_logit_softcapping",
+        ),
+        (
+            format!(r#"{{{LLAMA},"layer_types":["full_attention","sliding_attention"]}}"#),
+            "layer_types",
+        ),
+        (
+            format!(r#"{{{MISTRAL},"attention_bias":true}}"#),
+            "attention_bias",
+        ),
+        (format!(r#"{{{QWEN2},"mlp_bias":true}}"#), "mlp_bias"),
+    ];
+    for (json, key) in cases {
+        let e = refused(&json);
+        assert!(
+            e.contains(&format!("`{key}` = ")) && e.contains("is not modeled"),
+            "{key}: {e}"
+        );
+    }
+    // Modeled: Llama's attention/MLP biases, Qwen2's QKV bias, a null rope_scaling, full-attention layer types.
+    let c = ArchConfig::from_hf_config_str(
+        &format!(r#"{{{LLAMA},"attention_bias":true,"mlp_bias":true,"rope_scaling":null}}"#),
+        "m",
+    )
+    .unwrap();
+    assert!(c.qkv_bias && c.o_bias && c.mlp_bias);
+    let q = ArchConfig::from_hf_config_str(
+        &format!(r#"{{{QWEN2},"layer_types":["full_attention","full_attention"]}}"#),
+        "m",
+    )
+    .unwrap();
+    assert!(q.qkv_bias && !q.o_bias && !q.mlp_bias);
+}
+
+#[test]
+fn the_sample_configs_are_still_accepted() {
+    for name in [
+        "llama2-7b",
+        "llama2-13b",
+        "mistral-7b",
+        "qwen2-0.5b",
+        "gpt2-xl",
+        "llama-350m",
+        "tiny-llama",
+    ] {
+        let p = config_path(name);
+        if p.exists() {
+            ArchConfig::from_hf_config(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn gpt2_cross_attention_is_refused() {
+    let gpt = r#""model_type":"gpt2","n_embd":64,"n_layer":2,"n_head":4,"vocab_size":100"#;
+    let e = refused(&format!(r#"{{{gpt},"add_cross_attention":true}}"#));
+    assert!(
+        e.contains("`add_cross_attention` = true is not modeled"),
+        "{e}"
+    );
+    assert!(
+        ArchConfig::from_hf_config_str(&format!(r#"{{{gpt},"add_cross_attention":false}}"#), "m")
+            .is_ok()
+    );
+}

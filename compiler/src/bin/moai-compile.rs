@@ -180,7 +180,18 @@ fn constraints_from(c: &ConfigArgs) -> Result<Constraints> {
             .map(Constraints::parse_schedule_list)
             .transpose()?
             .unwrap_or_default(),
+        engine: c.engine.as_deref().map(parse_engine).transpose()?,
     })
+}
+
+/// `--engine`: an engine plans are exported to (eager is a cost-model stack, not an export engine).
+fn parse_engine(s: &str) -> Result<moai_costmodel::Stack> {
+    match s.parse::<moai_costmodel::Stack>() {
+        Ok(moai_costmodel::Stack::Eager) | Err(_) => {
+            bail!("--engine {s}: expected megatron, deepspeed or fsdp")
+        }
+        Ok(e) => Ok(e),
+    }
 }
 
 /// The configuration `estimate` evaluates: flags, with the rest derived.
@@ -219,7 +230,7 @@ fn config_from(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Paralle
         bail!("--schedule: estimate takes one value (gpipe, 1f1b or interleaved:V)");
     }
     let zero = c.zero.unwrap_or(0);
-    Ok(ParallelConfig {
+    let cfg = ParallelConfig {
         dp,
         tp,
         pp,
@@ -233,7 +244,9 @@ fn config_from(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Paralle
         schedule: c.schedules.first().copied().unwrap_or(Schedule::OneFOneB),
         stages: Vec::new(),
         ..ParallelConfig::default()
-    })
+    };
+    // The engine it runs on: --engine when that engine runs it, else the first that does.
+    moai_compiler::export::assign_engine(c.engine, cfg, cluster).map_err(|e| anyhow!("{e}"))
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
@@ -275,7 +288,39 @@ fn cmd_estimate(a: EstimateArgs) -> Result<()> {
         print_json(&out)?;
     } else {
         println!("{}", out.plan.summary_line());
+        println!(
+            "engine: {}",
+            moai_compiler::export::engine_title(out.plan.engine)
+        );
         print_prediction(&out);
+        if !out.fits {
+            let usable = moai_compiler::api::usable_memory(&cluster, &req);
+            let peak = out.predicted.peak_memory_bytes as f64;
+            println!(
+                "DOES NOT FIT: needs {:.2} GiB of {:.2} GiB usable per device ({:.2} GiB over)",
+                peak / (1u64 << 30) as f64,
+                usable / (1u64 << 30) as f64,
+                (peak - usable) / (1u64 << 30) as f64
+            );
+            match moai_compiler::api::cheapest_fitting_change(&model, &cluster, &req, &cfg, &cons) {
+                Some((best, changes, kept)) => println!(
+                    "cheapest change that fits{}: {} ({:.3} s/step, peak {:.2} GiB)",
+                    if kept {
+                        ""
+                    } else {
+                        " (the flags given leave nothing that fits)"
+                    },
+                    if changes.is_empty() {
+                        "none".to_string()
+                    } else {
+                        changes.join(", ")
+                    },
+                    best.predicted.step_time_s,
+                    gib(best.predicted.peak_memory_bytes)
+                ),
+                None => println!("no configuration of this model fits this cluster"),
+            }
+        }
     }
     Ok(())
 }
@@ -433,6 +478,7 @@ fn parse_emits(list: &[String]) -> Result<Vec<String>> {
         "ptx",
         "megatron",
         "deepspeed",
+        "fsdp",
     ];
     let mut out = Vec::new();
     for e in list
