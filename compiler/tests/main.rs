@@ -3,7 +3,9 @@
 mod bad_inputs;
 mod cli;
 mod codegen;
+mod current;
 mod interrupt;
 mod planner;
 mod report;
+mod smi;
 mod sweep;
