@@ -322,10 +322,10 @@ impl fmt::Display for Source {
         match self {
             Source::Flag => f.write_str("from the command line"),
             Source::ClusterFile(p) => write!(f, "from the cluster file {}", p.display()),
-            Source::Environment => f.write_str("from the environment (MOAI_FLAVOR)"),
+            Source::Environment => f.write_str("from MOAI_FLAVOR in the environment"),
             Source::ConfigFile(p) => write!(f, "from the config file {}", p.display()),
             Source::BuiltinDefault => f.write_str(
-                "the built-in default: no --flavor, MOAI_FLAVOR or config file (choose one with `moai-compile use`)",
+                "the built-in default; no --flavor, MOAI_FLAVOR or config file: choose one with `moai-compile use`",
             ),
         }
     }

@@ -110,7 +110,7 @@ fn moai_flavor_overrides_the_file_and_the_flag_overrides_both() {
     let (devices, _, first) = plan_without_flavor(&cfg, &[("MOAI_FLAVOR", "xLarge.512GB")]);
     assert_eq!(devices, 8);
     assert!(
-        first.ends_with("(from the environment (MOAI_FLAVOR))"),
+        first.ends_with("(from MOAI_FLAVOR in the environment)"),
         "{first}"
     );
     let o = run(

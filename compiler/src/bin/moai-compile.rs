@@ -275,9 +275,9 @@ fn cmd_use(a: UseArgs) -> Result<()> {
     if let Some(msg) = &switched {
         println!("{msg}");
         tracing::info!("saved in {}", sw.path.display());
-        if let Some(f) = &env.moai_flavor {
-            tracing::warn!("MOAI_FLAVOR={f} overrides the config file while it is set");
-        }
+    }
+    if let Some(f) = &env.moai_flavor {
+        tracing::warn!("MOAI_FLAVOR={f} overrides the config file while it is set");
     }
     if a.flavor.is_none() {
         if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
