@@ -250,11 +250,13 @@ fn flavors_stars_the_current_flavor_and_use_lists_without_a_terminal() {
 }
 
 /// The interactive selection in a pseudo-terminal (`script` from util-linux runs the binary on one):
-/// starting from xLarge.512GB, typing `8` switches to 4xLarge.2048GB and the list shows the star on it;
-/// `q` quits.
+/// starting from xLarge.512GB, typing `8` at the prompt switches to 4xLarge.2048GB and the list shows the
+/// star on it; `q` quits. Each answer is typed only once the program has printed its prompt.
 #[test]
 fn interactive_use_in_a_pseudo_terminal() {
-    use std::io::Write;
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
     let d = tmp("pty");
     let cfg = d.join("config.toml");
     ok(&run(&cfg, &[], &["use", "xLarge.512GB"]));
@@ -265,38 +267,58 @@ fn interactive_use_in_a_pseudo_terminal() {
         .args(["-q", "-e", "-c", &format!("'{bin}' use"), "/dev/null"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("`script` (util-linux) runs: it provides the pseudo-terminal of this test");
-    {
-        let mut stdin = child.stdin.take().expect("stdin");
-        // Wait for the first prompt so the answers are typed at it, as a user would.
-        std::thread::sleep(std::time::Duration::from_millis(1500));
-        stdin.write_all(b"8\n").unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        stdin.write_all(b"q\n").unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    let start = std::time::Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            break;
+    let seen = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let seen = Arc::clone(&seen);
+        let mut stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]).replace('\r', "");
+                seen.lock().unwrap().push_str(&text);
+            }
+        })
+    };
+    let prompt = "Selection (1-13, q, Q): ";
+    let wait_for = |prompts: usize, child: &mut std::process::Child| {
+        let start = Instant::now();
+        while seen.lock().unwrap().matches(prompt).count() < prompts {
+            if start.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                panic!("no prompt #{prompts}: {}", seen.lock().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if start.elapsed() > std::time::Duration::from_secs(30) {
+    };
+    let mut stdin = child.stdin.take().expect("stdin");
+    wait_for(1, &mut child);
+    stdin.write_all(b"8\n").unwrap();
+    wait_for(2, &mut child);
+    stdin.write_all(b"q\n").unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
             let _ = child.kill();
-            panic!("`use` did not quit on q within 30 s");
+            panic!("`use` did not quit on q: {}", seen.lock().unwrap());
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let o = child.wait_with_output().expect("output");
-    let out = String::from_utf8_lossy(&o.stdout).replace('\r', "");
-    assert!(o.status.success(), "{out}");
+    drop(stdin);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let out = seen.lock().unwrap().clone();
+    assert!(status.success(), "{out}");
     assert!(
-        out.contains("Current MoAI Accelerator: xLarge.512GB\n"),
+        out.starts_with("Current MoAI Accelerator: xLarge.512GB\n"),
         "{out}"
     );
-    assert!(out.contains("4. xLarge.512GB  *\n"), "{out}");
-    assert!(out.contains("Selection (1-13, q, Q): "), "{out}");
+    assert!(out.contains("\n4. xLarge.512GB  *\n"), "{out}");
     let after = out
         .split("The MoAI Accelerator model is successfully switched to \"4xLarge.2048GB\".")
         .nth(1)
@@ -310,11 +332,8 @@ fn interactive_use_in_a_pseudo_terminal() {
         after.contains("\n4. xLarge.512GB\n"),
         "the old star is gone: {out}"
     );
-    assert_eq!(
-        after.matches("Selection (1-13, q, Q): ").count(),
-        1,
-        "{out}"
-    );
+    assert_eq!(after.matches('*').count(), 1, "{out}");
+    assert_eq!(after.matches(prompt).count(), 1, "{out}");
     let text = std::fs::read_to_string(&cfg).unwrap();
     assert!(text.contains("flavor = \"4xLarge.2048GB\""), "{text}");
 }

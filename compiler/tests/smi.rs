@@ -186,6 +186,66 @@ fn smi_json_matches_the_shape_and_the_cost_model() {
     assert_eq!(util, busiest);
 }
 
+/// A tp=2, pp=2 plan on 8 H100s: ranks map to stages and tp/dp ranks in Megatron's order, each stage's
+/// devices show that stage's predicted peak, and the total is nvidia-smi's 81,559 MiB per H100.
+#[test]
+fn smi_of_a_pipeline_plan_on_h100s() {
+    let d = std::env::temp_dir().join(format!("moai-smi-pp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    stdout_ok(&[
+        "plan",
+        "llama:layers=8,hidden=512,heads=8,kv_heads=8,ffn=1376,vocab=8000",
+        "--gpu",
+        "h100",
+        "--devices",
+        "8",
+        "--tp",
+        "2",
+        "--pp",
+        "2",
+        "--batch-size",
+        "64",
+        "--seq-len",
+        "256",
+        "--no-progress",
+        "--out",
+        d.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout_ok(&[
+        "smi",
+        d.to_str().unwrap(),
+        "--json",
+        "--breakdown",
+    ]))
+    .unwrap();
+    assert_eq!(v["accelerator"]["flavor"], "custom: 8 h100");
+    assert_eq!(v["accelerator"]["memory_total_mib"], 8 * 81_559);
+    let devices = v["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 8);
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("plan.json")).unwrap()).unwrap();
+    let stages = plan["predicted"]["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 2);
+    for (rank, dev) in devices.iter().enumerate() {
+        let stage = rank / 4;
+        assert_eq!(dev["stage"], stage);
+        assert_eq!(dev["tp_rank"], rank % 2);
+        assert_eq!(dev["dp_rank"], (rank / 2) % 2);
+        let peak = stages[stage]["peak_bytes"].as_u64().unwrap();
+        assert_eq!(dev["memory_used_mib"], (peak + (1 << 19)) >> 20);
+        let w = stages[stage]["weights_bytes"].as_u64().unwrap();
+        assert_eq!(dev["breakdown"]["weights"], (w + (1 << 19)) >> 20);
+    }
+    let sum: u64 = devices
+        .iter()
+        .map(|d| d["memory_used_mib"].as_u64().unwrap())
+        .sum();
+    assert_eq!(v["accelerator"]["memory_used_mib"], sum);
+    // Each stage shows its own figures: the stages hold different layers (the last one the LM head).
+    assert_ne!(stages[0]["peak_bytes"], stages[1]["peak_bytes"]);
+    assert_ne!(devices[0]["memory_used_mib"], devices[4]["memory_used_mib"]);
+}
+
 #[test]
 fn smi_without_a_plan_shows_the_current_flavor_before_a_job() {
     let text = stdout_ok(&["smi"]);
