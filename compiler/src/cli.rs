@@ -36,13 +36,17 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Best plan per flavor over a range of flavors, with scaling efficiency.
     Sweep(SweepArgs),
+    /// Switch the current flavor (the virtual accelerator later commands use without --flavor).
+    Use(UseArgs),
+    /// The virtual accelerator and its devices: memory and utilization, predicted for a plan.
+    Smi(SmiArgs),
 }
 
 /// Where the job runs: a flavor, or a GPU kind and device count.
 #[derive(Debug, Args, Clone)]
 pub struct ClusterArgs {
-    /// Virtual accelerator size, e.g. 4xLarge.2048GB (see `moai-compile flavors`); the default when
-    /// neither --flavor nor --gpu/--devices is given.
+    /// Virtual accelerator size, e.g. 4xLarge.2048GB (see `moai-compile flavors`). Without --flavor
+    /// and --gpu/--devices: MOAI_FLAVOR, else the current flavor (`moai-compile use`), else 4xLarge.2048GB.
     #[arg(long)]
     pub flavor: Option<String>,
     /// GPU kind: mi250, mi210, mi300x, h100, a100 (default mi250 with --flavor).
@@ -51,9 +55,19 @@ pub struct ClusterArgs {
     /// Number of devices (with --gpu, instead of --flavor).
     #[arg(long)]
     pub devices: Option<u64>,
-    /// JSON file overriding link bandwidths and latencies of the cluster.
+    /// JSON file defining the cluster: gpu, devices, devices_per_server, memory_per_device_bytes,
+    /// flavor and link bandwidths/latencies (README: "Cluster files"); --flavor/--gpu/--devices must
+    /// agree with it.
     #[arg(long)]
     pub cluster_file: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// The cluster these flags name, or the current flavor (`MOAI_FLAVOR`, the config file of
+    /// `moai-compile use`, the built-in default) when they name none; logs where it came from.
+    pub fn resolve(&self) -> crate::current::Result<moai_costmodel::Cluster> {
+        crate::current::resolve_cluster(self, &crate::current::Env::from_process())
+    }
 }
 
 /// Training job shape shared by plan and estimate.
@@ -190,6 +204,30 @@ pub struct FlavorsArgs {
     pub gpu: Option<String>,
 }
 
+/// `use` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct UseArgs {
+    /// Flavor to switch to. Without it: on a terminal, a numbered list to choose from; otherwise the
+    /// current flavor and the list.
+    pub flavor: Option<String>,
+    /// GPU kind the flavor maps to (mi250, mi210, mi300x); kept until changed.
+    #[arg(long)]
+    pub gpu: Option<String>,
+}
+
+/// `smi` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct SmiArgs {
+    /// A plan.json or the --out directory holding it; without it, the current flavor before any job.
+    pub plan: Option<PathBuf>,
+    /// Per device: weights, gradients, optimizer state, activations and transients.
+    #[arg(long)]
+    pub breakdown: bool,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `validate` arguments.
 #[derive(Debug, Args, Clone)]
 pub struct ValidateArgs {
@@ -224,7 +262,7 @@ pub struct SweepArgs {
 /// Inserts the implicit `plan` subcommand: `moai-compile MODEL ...` means `moai-compile plan MODEL ...`.
 pub fn with_default_subcommand(mut args: Vec<String>) -> Vec<String> {
     const SUBS: &[&str] = &[
-        "plan", "estimate", "inspect", "flavors", "validate", "sweep", "help",
+        "plan", "estimate", "inspect", "flavors", "validate", "sweep", "use", "smi", "help",
     ];
     // The first argument that is not a global option decides.
     let mut i = 1;

@@ -89,10 +89,18 @@ pub fn engine_exports(
     (files, notes)
 }
 
-/// The `plan.json` document: the `--json` object plus the explanation, alternatives and rejections.
-/// Wall-clock timings are left out so the file is byte-identical across runs and thread counts.
+/// The version of the `plan.json` format; `moai-compile smi` reads only this version. 2: `format_version`,
+/// `cluster.devices_per_server` and `predicted.stages` (per-stage memory and compute) were added.
+pub const PLAN_FORMAT_VERSION: u64 = 2;
+
+/// The `plan.json` document: `format_version`, the `--json` object plus the explanation, alternatives and
+/// rejections. Wall-clock timings are left out so the file is byte-identical across runs and thread
+/// counts.
 pub fn plan_document(report: &PlanReport) -> serde_json::Value {
     let mut v = serde_json::to_value(&report.output).expect("plan output serializes");
+    if let Some(o) = v.as_object_mut() {
+        o.insert("format_version".into(), json!(PLAN_FORMAT_VERSION));
+    }
     if let Some(search) = v.get_mut("search").and_then(|s| s.as_object_mut()) {
         search.remove("compile_ms");
         search.remove("cost_ms");

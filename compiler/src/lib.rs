@@ -13,6 +13,7 @@
 pub mod api;
 pub mod cli;
 pub mod codegen;
+pub mod current;
 pub mod emit;
 pub mod error;
 pub mod export;
@@ -26,6 +27,7 @@ pub mod report;
 pub mod request;
 pub mod search;
 pub mod shard;
+pub mod smi;
 pub mod space;
 pub mod sweep;
 pub mod validate;

@@ -26,6 +26,9 @@ pub struct ClusterInfo {
     pub servers: u64,
     /// Memory per device.
     pub memory_per_device_bytes: u64,
+    /// Devices in one server (the last server may be partly used).
+    #[serde(default)]
+    pub devices_per_server: u64,
 }
 
 /// Search statistics.
@@ -106,6 +109,32 @@ pub struct Predicted {
     pub mfu: f64,
     /// Where the time goes.
     pub breakdown: Breakdown,
+    /// Per pipeline stage (every device of a stage alike): the cost model's memory breakdown and compute
+    /// time, what `moai-compile smi` shows per device.
+    #[serde(default)]
+    pub stages: Vec<StagePrediction>,
+}
+
+/// The cost model's prediction for the devices of one pipeline stage (bytes rounded to whole bytes).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StagePrediction {
+    /// Pipeline rank.
+    pub stage: u64,
+    /// Weights resident at the peak.
+    pub weights_bytes: u64,
+    /// Gradients resident at the peak.
+    pub grads_bytes: u64,
+    /// Optimizer state.
+    pub optimizer_bytes: u64,
+    /// Saved activations of the in-flight micro-batches.
+    pub activations_bytes: u64,
+    /// Transient buffers at the peak.
+    pub transients_bytes: u64,
+    /// Predicted peak allocated bytes (the allocator model applied to the parts above).
+    pub peak_bytes: u64,
+    /// Kernel seconds per step (forward, backward, recomputation, optimizer), without communication
+    /// or waiting.
+    pub compute_s: f64,
 }
 
 fn yes() -> bool {

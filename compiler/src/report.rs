@@ -4,6 +4,7 @@
 use crate::model::Model;
 use crate::plan::{
     Breakdown, ClusterInfo, ModelInfo, PlanConfig, PlanOutput, Predicted, SearchInfo, StageInfo,
+    StagePrediction,
 };
 use crate::request::PlanRequest;
 use crate::search::{Evaluated, SearchResult};
@@ -42,6 +43,7 @@ pub fn cluster_info(c: &Cluster) -> ClusterInfo {
         devices: c.devices as u64,
         servers: c.servers as u64,
         memory_per_device_bytes: c.memory_per_device_bytes,
+        devices_per_server: c.devices_per_server as u64,
     }
 }
 
@@ -85,6 +87,24 @@ pub fn predicted(e: &Estimate) -> Predicted {
             bubble_s: e.breakdown.bubble_s,
             optimizer_s: e.breakdown.optimizer_s,
         },
+        stages: e
+            .memory
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let b = |x: f64| x.max(0.0).round() as u64;
+                StagePrediction {
+                    stage: m.stage as u64,
+                    weights_bytes: b(m.weights_bytes),
+                    grads_bytes: b(m.grads_bytes),
+                    optimizer_bytes: b(m.optimizer_bytes),
+                    activations_bytes: b(m.activations_bytes),
+                    transients_bytes: b(m.transients_bytes),
+                    peak_bytes: b(m.peak_bytes),
+                    compute_s: e.device_compute_s.get(i).copied().unwrap_or(0.0),
+                }
+            })
+            .collect(),
     }
 }
 

@@ -11,8 +11,25 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// A config-file path that never exists: every binary the tests spawn gets it as MOAI_CONFIG, so no test
+/// reads or writes the machine's real ~/.config/moai/config.toml, and none depends on what it holds.
+pub fn no_config() -> PathBuf {
+    std::env::temp_dir()
+        .join(format!("moai-tests-{}", std::process::id()))
+        .join("no-such-dir")
+        .join("config.toml")
+}
+
+/// Isolates a spawned moai-compile from the user's current flavor: MOAI_CONFIG points at [`no_config`]
+/// and MOAI_FLAVOR / XDG_CONFIG_HOME are removed. Tests of the current flavor set their own afterwards.
+pub fn isolate(c: &mut Command) -> &mut Command {
+    c.env("MOAI_CONFIG", no_config())
+        .env_remove("MOAI_FLAVOR")
+        .env_remove("XDG_CONFIG_HOME")
+}
+
 pub fn moai(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moai-compile"))
+    isolate(&mut Command::new(env!("CARGO_BIN_EXE_moai-compile")))
         .args(args)
         .current_dir(repo())
         .output()

@@ -331,7 +331,7 @@ fn ctrl_c_during_lowering_writes_nothing() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let dir = out_dir("sigint");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
+    let mut child = crate::cli::isolate(&mut Command::new(env!("CARGO_BIN_EXE_moai-compile")))
         .args([
             "plan",
             "models/tiny-llama.onnx",

@@ -27,7 +27,7 @@ impl Drop for Guard {
 fn ctrl_c_prints_and_writes_the_best_plan_so_far() {
     let out_dir = std::env::temp_dir().join(format!("moai-interrupt-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out_dir);
-    let child = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
+    let child = crate::cli::isolate(&mut Command::new(env!("CARGO_BIN_EXE_moai-compile")))
         .args([
             "plan",
             "models/llama2-13b.onnx",

@@ -23,7 +23,10 @@
 //!            "server":  {"bytes_per_s": 50e9,  "latency_s": 5e-6, "efficiency": 0.8, "mesh": false},
 //!            "network": {"bytes_per_s": 12.5e9, "latency_s": 15e-6, "efficiency": 0.8}}}
 //! ```
-//! Every field but `gpu` and `devices` is optional; missing ones take the defaults above.
+//! Every field but `gpu` and `devices` is optional; missing ones take the defaults above. Every field is
+//! honoured (the file defines the whole cluster: kind, device count, server size, memory per device,
+//! links) or rejected by name: an unknown field, a value out of range ([`CLUSTER_FILE_LIMITS`]: e.g. an
+//! `efficiency` outside (0, 1]) or a `flavor` whose device count is not `devices` is an error naming it.
 
 use crate::device::Gpu;
 use crate::error::{CostError, Result};
@@ -31,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 /// One class of link, per device and per direction.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Link {
     /// Bandwidth per device per direction, bytes/s (for a mesh: per peer link).
     pub bytes_per_s: f64,
@@ -180,23 +184,44 @@ impl Cluster {
         Ok(c)
     }
 
-    /// Parses a cluster file (format in the module docs); `origin` names it in errors.
+    /// Parses a cluster file (format in the module docs); `origin` names it in errors. Every field is
+    /// honoured or rejected by name: unknown fields are errors, and each value is range-checked against
+    /// [`CLUSTER_FILE_LIMITS`].
     pub fn from_json(text: &str, origin: &str) -> Result<Cluster> {
         let err = |reason: String| CostError::ClusterFile {
             path: origin.to_string(),
             reason,
         };
         let f: ClusterFile = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
-        let gpu: Gpu = f.gpu.parse().map_err(|e: CostError| err(e.to_string()))?;
+        let gpu: Gpu = f
+            .gpu
+            .parse()
+            .map_err(|e: CostError| err(format!("`gpu`: {e}")))?;
+        let lim = &CLUSTER_FILE_LIMITS;
+        if f.devices == 0 || f.devices > lim.max_devices {
+            return Err(err(format!(
+                "`devices` {} is out of range (1 to {})",
+                f.devices, lim.max_devices
+            )));
+        }
         let mut c = Cluster::new(gpu, f.devices).map_err(|e| err(e.to_string()))?;
         if let Some(per) = f.devices_per_server {
-            if per == 0 {
-                return Err(err("devices_per_server must be at least 1".into()));
+            if per == 0 || per > lim.max_devices_per_server {
+                return Err(err(format!(
+                    "`devices_per_server` {per} is out of range (1 to {})",
+                    lim.max_devices_per_server
+                )));
             }
             c.devices_per_server = per.min(c.devices);
             c.servers = c.devices.div_ceil(c.devices_per_server);
         }
         if let Some(m) = f.memory_per_device_bytes {
+            if !(lim.min_memory_per_device_bytes..=lim.max_memory_per_device_bytes).contains(&m) {
+                return Err(err(format!(
+                    "`memory_per_device_bytes` {m} is out of range ({} to {} bytes, 1 GiB to 16 TiB)",
+                    lim.min_memory_per_device_bytes, lim.max_memory_per_device_bytes
+                )));
+            }
             c.memory_per_device_bytes = m;
         }
         if let Some(l) = f.links {
@@ -212,13 +237,19 @@ impl Cluster {
             ("server", c.links.server),
             ("network", c.links.network),
         ] {
-            if !(link.bytes_per_s > 0.0 && link.latency_s >= 0.0 && link.efficiency > 0.0) {
+            check_link(name, &link).map_err(err)?;
+        }
+        if let Some(name) = &f.flavor {
+            let (flavor, devices) =
+                crate::flavor::devices_for(name, gpu).map_err(|e| err(format!("`flavor`: {e}")))?;
+            if devices != c.devices {
                 return Err(err(format!(
-                    "link `{name}` needs bytes_per_s > 0, latency_s >= 0, efficiency > 0"
+                    "`flavor` {} is {devices} {gpu} devices, but `devices` is {}",
+                    flavor.name, c.devices
                 )));
             }
+            c.flavor = Some(flavor.name.to_string());
         }
-        c.flavor = f.flavor;
         Ok(c)
     }
 
@@ -243,6 +274,61 @@ impl Cluster {
             (size.div_ceil(in_server), in_server)
         }
     }
+}
+
+/// The ranges a cluster file's values must lie in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClusterFileLimits {
+    /// Most devices in a cluster.
+    pub max_devices: u32,
+    /// Most devices in one server (a scale-up domain such as an NVL72 rack counts as one server).
+    pub max_devices_per_server: u32,
+    /// Least memory per device, bytes.
+    pub min_memory_per_device_bytes: u64,
+    /// Most memory per device, bytes.
+    pub max_memory_per_device_bytes: u64,
+    /// Least link bandwidth, bytes/s (per device per direction).
+    pub min_bytes_per_s: f64,
+    /// Most link bandwidth, bytes/s.
+    pub max_bytes_per_s: f64,
+    /// Most latency of one message, seconds.
+    pub max_latency_s: f64,
+}
+
+/// The limits `Cluster::from_json` enforces: 1 to 1,048,576 devices, 1 to 1,024 per server, 1 GiB to
+/// 16 TiB per device, links of 1 MB/s to 100 TB/s with 0 to 1 s latency and an efficiency in (0, 1].
+pub const CLUSTER_FILE_LIMITS: ClusterFileLimits = ClusterFileLimits {
+    max_devices: 1 << 20,
+    max_devices_per_server: 1024,
+    min_memory_per_device_bytes: 1 << 30,
+    max_memory_per_device_bytes: 1 << 44,
+    min_bytes_per_s: 1e6,
+    max_bytes_per_s: 1e14,
+    max_latency_s: 1.0,
+};
+
+/// Range-checks one link of a cluster file; the error names the link and the field.
+fn check_link(name: &str, l: &Link) -> std::result::Result<(), String> {
+    let lim = &CLUSTER_FILE_LIMITS;
+    if !(l.bytes_per_s >= lim.min_bytes_per_s && l.bytes_per_s <= lim.max_bytes_per_s) {
+        return Err(format!(
+            "`links.{name}.bytes_per_s` {} is out of range ({:e} to {:e} bytes/s)",
+            l.bytes_per_s, lim.min_bytes_per_s, lim.max_bytes_per_s
+        ));
+    }
+    if !(l.latency_s >= 0.0 && l.latency_s <= lim.max_latency_s) {
+        return Err(format!(
+            "`links.{name}.latency_s` {} is out of range (0 to {} s)",
+            l.latency_s, lim.max_latency_s
+        ));
+    }
+    if !(l.efficiency > 0.0 && l.efficiency <= 1.0) {
+        return Err(format!(
+            "`links.{name}.efficiency` {} is out of range (a fraction in (0, 1])",
+            l.efficiency
+        ));
+    }
+    Ok(())
 }
 
 /// The JSON form of a cluster file (see module docs).
@@ -292,12 +378,106 @@ mod tests {
         let e = Cluster::from_json(r#"{"gpu":"tpu","devices":4}"#, "c.json").unwrap_err();
         assert!(
             e.to_string()
-                .starts_with("cluster file c.json: unknown GPU kind `tpu`"),
+                .starts_with("cluster file c.json: `gpu`: unknown GPU kind `tpu`"),
             "{e}"
         );
         let e =
             Cluster::from_json(r#"{"gpu":"h100","devices":4,"color":1}"#, "c.json").unwrap_err();
-        assert!(e.to_string().contains("unknown field"), "{e}");
+        assert!(e.to_string().contains("unknown field `color`"), "{e}");
+    }
+
+    #[test]
+    fn cluster_file_fields_are_honoured() {
+        let c = Cluster::from_json(
+            r#"{"gpu":"mi250","devices":12,"devices_per_server":4,"memory_per_device_bytes":34359738368,
+                "flavor":"Large.256GB"}"#,
+            "c.json",
+        );
+        // Large.256GB is 4 GCDs, not 12.
+        let e = c.unwrap_err().to_string();
+        assert!(
+            e.contains("`flavor` Large.256GB is 4 mi250 devices, but `devices` is 12"),
+            "{e}"
+        );
+        let c = Cluster::from_json(
+            r#"{"gpu":"mi250","devices":12,"devices_per_server":4,"memory_per_device_bytes":34359738368}"#,
+            "c.json",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.devices,
+                c.devices_per_server,
+                c.servers,
+                c.memory_per_device_bytes
+            ),
+            (12, 4, 3, 32 << 30)
+        );
+        let c = Cluster::from_json(
+            r#"{"gpu":"mi300x","devices":16,"flavor":"8xlarge.4096gb"}"#,
+            "c.json",
+        )
+        .unwrap();
+        assert_eq!(c.flavor.as_deref(), Some("8xLarge.4096GB"));
+    }
+
+    #[test]
+    fn cluster_file_values_are_range_checked() {
+        let bad = [
+            (r#"{"gpu":"h100","devices":0}"#, "`devices` 0"),
+            (
+                r#"{"gpu":"h100","devices":4294967295}"#,
+                "`devices` 4294967295",
+            ),
+            (
+                r#"{"gpu":"h100","devices":8,"devices_per_server":0}"#,
+                "`devices_per_server` 0",
+            ),
+            (
+                r#"{"gpu":"h100","devices":8,"devices_per_server":5000}"#,
+                "`devices_per_server` 5000",
+            ),
+            (
+                r#"{"gpu":"h100","devices":8,"memory_per_device_bytes":0}"#,
+                "`memory_per_device_bytes` 0",
+            ),
+            (
+                r#"{"gpu":"h100","devices":8,"memory_per_device_bytes":18446744073709551615}"#,
+                "`memory_per_device_bytes` 18446744073709551615",
+            ),
+            (
+                r#"{"gpu":"h100","devices":8,"links":{"network":{"bytes_per_s":25e9,"latency_s":1e-5,"efficiency":50}}}"#,
+                "`links.network.efficiency` 50",
+            ),
+            (
+                r#"{"gpu":"h100","devices":8,"links":{"pair":{"bytes_per_s":0,"latency_s":1e-5}}}"#,
+                "`links.pair.bytes_per_s` 0",
+            ),
+            (
+                r#"{"gpu":"h100","devices":8,"links":{"server":{"bytes_per_s":1e11,"latency_s":-1}}}"#,
+                "`links.server.latency_s` -1",
+            ),
+            (
+                r#"{"gpu":"h100","devices":8,"links":{"server":{"bytes_per_s":1e11,"latency_s":1e-5,"efficency":0.5}}}"#,
+                "unknown field `efficency`",
+            ),
+            (
+                r#"{"gpu":"h100","devices":8,"links":{"wan":{"bytes_per_s":1e11,"latency_s":1e-5}}}"#,
+                "unknown field `wan`",
+            ),
+            (
+                r#"{"gpu":"h100","devices":8,"flavor":"Large.256GB"}"#,
+                "`flavor`",
+            ),
+            (r#"{"gpu":"h200","devices":8}"#, "`gpu`"),
+            (r#"{"devices":8}"#, "missing field `gpu`"),
+        ];
+        for (text, want) in bad {
+            let e = Cluster::from_json(text, "c.json").unwrap_err().to_string();
+            assert!(e.starts_with("cluster file c.json: "), "{text}: {e}");
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 
     #[test]

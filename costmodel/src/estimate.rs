@@ -74,6 +74,11 @@ pub struct Estimate {
     /// Point-to-point seconds between adjacent pipeline stages used by the simulation (0 without pp).
     #[serde(default)]
     pub p2p_s: f64,
+    /// Kernel seconds per step of each pipeline device (forward, backward and recomputation of all its
+    /// micro-batches, plus its optimizer step), without communication or waiting: a device's predicted
+    /// utilization is this over `step_time_s`.
+    #[serde(default)]
+    pub device_compute_s: Vec<f64>,
 }
 
 /// A cost model the search can call; implementations must be thread-safe.
@@ -450,6 +455,7 @@ impl CostModel for ProfiledCostModel {
         let dp = cfg.dp.max(1);
         let alloc = self.allocator();
         let mut memory = Vec::with_capacity(pp);
+        let mut device_compute_s = Vec::with_capacity(pp);
         let mut best = (f64::MIN, 0usize, 0f64, 0f64);
         for d in 0..pp {
             let vs: Vec<usize> = (0..nv).filter(|v| v % pp == d).collect();
@@ -501,6 +507,12 @@ impl CostModel for ProfiledCostModel {
                 0.0
             };
             let opt = (prep.optimizer_s * frac).max(prep.optimizer_kernels * launch);
+            device_compute_s.push(
+                vs.iter()
+                    .map(|v| (compute[*v].0 + compute[*v].1) * m as f64)
+                    .sum::<f64>()
+                    + opt,
+            );
             let end = sim.end_s.get(d).copied().unwrap_or(sim.makespan_s) + exposed + opt;
             if end > best.0 {
                 best = (end, d, exposed, opt);
@@ -589,6 +601,7 @@ impl CostModel for ProfiledCostModel {
             },
             stage_times: times,
             p2p_s: p2p,
+            device_compute_s,
         })
     }
 }

@@ -196,6 +196,14 @@ pub fn flavors() -> Vec<FlavorRow> {
 /// Renders the `moai-compile flavors [--gpu K]` table. `gpu = None` shows all AMD kinds; h100/a100
 /// are an error (no flavors).
 pub fn render_flavors(gpu: Option<Gpu>) -> Result<String> {
+    render_flavors_marked(gpu, None)
+}
+
+/// The flavor table with the current flavor starred (`*` after its name, as the platform's
+/// `moreh-switch-model` list shows it); `current = None` stars nothing. An unknown `current` is an
+/// error (it would silently star nothing).
+pub fn render_flavors_marked(gpu: Option<Gpu>, current: Option<&str>) -> Result<String> {
+    let current = current.map(flavor).transpose()?;
     if let Some(g) = gpu
         && !g.is_amd()
     {
@@ -206,7 +214,7 @@ pub fn render_flavors(gpu: Option<Gpu>) -> Result<String> {
         Some(g) => vec![g],
         None => vec![Gpu::Mi250, Gpu::Mi210, Gpu::Mi300x],
     };
-    out.push_str(&format!("{:<18} {:>8}", "flavor", "memory"));
+    out.push_str(&format!("{:<18}   {:>8}", "flavor", "memory"));
     for k in &kinds {
         let label = match k {
             Gpu::Mi250 => "mi250 (GCDs/pkgs/servers)".to_string(),
@@ -216,7 +224,12 @@ pub fn render_flavors(gpu: Option<Gpu>) -> Result<String> {
     }
     out.push('\n');
     for row in flavors() {
-        out.push_str(&format!("{:<18} {:>6}GB", row.name, row.memory_gb));
+        let star = if current.is_some_and(|c| c.name == row.name) {
+            '*'
+        } else {
+            ' '
+        };
+        out.push_str(&format!("{:<18} {star} {:>6}GB", row.name, row.memory_gb));
         for k in &kinds {
             let m = row.mappings.iter().find(|m| m.gpu == *k);
             let cell = match m.and_then(|m| m.devices.zip(m.servers)) {
@@ -249,6 +262,9 @@ pub fn render_flavors(gpu: Option<Gpu>) -> Result<String> {
         .map(|k| format!("{k} {} GB", k.spec().hbm_bytes >> 30))
         .collect();
     out.push_str(&format!("memory per device: {}\n", mems.join(", ")));
+    if let Some(c) = current {
+        out.push_str(&format!("* current flavor: {}\n", c.name));
+    }
     Ok(out)
 }
 
@@ -291,6 +307,20 @@ mod tests {
         assert!(text.contains("32 GCDs / 16 / 4"), "{text}");
         assert!(text.contains("none (1/4 device)"), "{text}");
         assert!(render_flavors(Some(Gpu::A100)).is_err());
+        assert!(!text.contains('*'), "{text}");
+    }
+
+    #[test]
+    fn current_flavor_is_starred() {
+        let text = render_flavors_marked(Some(Gpu::Mi250), Some("8xlarge.4096GB")).unwrap();
+        let starred: Vec<&str> = text.lines().filter(|l| l.contains(" * ")).collect();
+        assert_eq!(starred.len(), 1, "{text}");
+        assert!(starred[0].starts_with("8xLarge.4096GB "), "{text}");
+        assert!(
+            text.ends_with("* current flavor: 8xLarge.4096GB\n"),
+            "{text}"
+        );
+        assert!(render_flavors_marked(None, Some("9xLarge")).is_err());
     }
 
     #[test]

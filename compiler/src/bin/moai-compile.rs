@@ -4,7 +4,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use moai_compiler::cli::{
     Cli, ClusterArgs, Command, ConfigArgs, EstimateArgs, FlavorsArgs, InspectArgs, JobArgs,
-    PlanArgs, SweepArgs, ValidateArgs, with_default_subcommand,
+    PlanArgs, SmiArgs, SweepArgs, UseArgs, ValidateArgs, with_default_subcommand,
 };
 use moai_compiler::search::{INTERRUPTED, Progress};
 use moai_compiler::{
@@ -19,9 +19,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, format::Writer};
 use tracing_subscriber::registry::LookupSpan;
-
-/// The flavor used when neither --flavor nor --gpu/--devices is given.
-const DEFAULT_FLAVOR: &str = "4xLarge.2048GB";
 
 /// Prints `[info] message` like the platform's logs.
 struct PlatformFormat;
@@ -89,6 +86,8 @@ fn run(cmd: Command) -> Result<()> {
         Command::Flavors(a) => cmd_flavors(a),
         Command::Validate(a) => cmd_validate(a),
         Command::Sweep(a) => cmd_sweep(a),
+        Command::Use(a) => cmd_use(a),
+        Command::Smi(a) => cmd_smi(a),
     }
 }
 
@@ -96,45 +95,9 @@ fn parse_gpu(s: &str) -> Result<Gpu> {
     s.parse::<Gpu>().map_err(|e| anyhow!("--gpu: {e}"))
 }
 
+/// The cluster of the flags, or the current flavor (see `moai_compiler::current`).
 fn cluster_from(a: &ClusterArgs) -> Result<Cluster> {
-    let mut c = match (&a.flavor, &a.gpu, a.devices) {
-        (Some(_), _, Some(_)) => {
-            bail!("--flavor and --devices are exclusive: a flavor fixes the device count")
-        }
-        (Some(f), g, None) => {
-            let gpu = g
-                .as_deref()
-                .map(parse_gpu)
-                .transpose()?
-                .unwrap_or(Gpu::Mi250);
-            Cluster::from_flavor(f, gpu)?
-        }
-        (None, Some(g), Some(n)) => {
-            let n = u32::try_from(n).map_err(|_| anyhow!("--devices {n}: too many devices"))?;
-            Cluster::new(parse_gpu(g)?, n)?
-        }
-        (None, Some(_), None) => bail!("--gpu needs --devices N (or use --flavor NAME)"),
-        (None, None, Some(_)) => {
-            bail!("--devices needs --gpu K (one of mi250, mi210, mi300x, h100, a100)")
-        }
-        (None, None, None) => {
-            tracing::info!("no --flavor given: using the default flavor {DEFAULT_FLAVOR} on mi250");
-            Cluster::from_flavor(DEFAULT_FLAVOR, Gpu::Mi250)?
-        }
-    };
-    if let Some(path) = &a.cluster_file {
-        let overridden = Cluster::load(path)?;
-        if overridden.gpu != c.gpu {
-            bail!(
-                "{}: cluster file is for {}, but the job runs on {}",
-                path.display(),
-                overridden.gpu,
-                c.gpu
-            );
-        }
-        c.links = overridden.links;
-    }
-    Ok(c)
+    Ok(a.resolve()?)
 }
 
 fn request_from(job: &JobArgs) -> Result<PlanRequest> {
@@ -327,7 +290,71 @@ fn cmd_estimate(a: EstimateArgs) -> Result<()> {
 
 fn cmd_flavors(a: FlavorsArgs) -> Result<()> {
     let gpu = a.gpu.as_deref().map(parse_gpu).transpose()?;
-    print!("{}", moai_costmodel::render_flavors(gpu)?);
+    // The star is a courtesy: a broken config file is a warning here, never a failure.
+    let current = match moai_compiler::current::current(&moai_compiler::current::Env::from_process())
+    {
+        Ok(c) => Some(c.flavor),
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
+    };
+    print!(
+        "{}",
+        moai_costmodel::render_flavors_marked(gpu, current.as_deref())?
+    );
+    Ok(())
+}
+
+fn cmd_use(a: UseArgs) -> Result<()> {
+    use moai_compiler::current::{Env, Switcher};
+    use std::io::IsTerminal;
+    let env = Env::from_process();
+    let gpu = a.gpu.as_deref().map(parse_gpu).transpose()?;
+    let mut sw = Switcher::open(&env)?;
+    let switched = match (&a.flavor, gpu) {
+        (Some(f), g) => Some(sw.switch(f, g)?),
+        (None, Some(g)) => Some(sw.switch(&sw.flavor.clone(), Some(g))?),
+        (None, None) => None,
+    };
+    if let Some(msg) = &switched {
+        println!("{msg}");
+        tracing::info!("saved in {}", sw.path.display());
+    }
+    if let Some(f) = &env.moai_flavor {
+        tracing::warn!("MOAI_FLAVOR={f} overrides the config file while it is set");
+    }
+    if a.flavor.is_none() {
+        if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+            sw.interactive(&mut std::io::stdin().lock(), &mut std::io::stdout().lock())?;
+        } else {
+            if switched.is_some() {
+                println!();
+            }
+            print!("{}", sw.listing());
+        }
+    }
+    Ok(())
+}
+
+fn cmd_smi(a: SmiArgs) -> Result<()> {
+    let (report, source) = match &a.plan {
+        Some(p) => moai_compiler::smi::from_plan_file(p, a.breakdown)?,
+        None => {
+            let cur =
+                moai_compiler::current::current(&moai_compiler::current::Env::from_process())?;
+            tracing::info!("flavor {} on {} ({})", cur.flavor, cur.gpu, cur.source);
+            moai_compiler::smi::for_current(&cur)?
+        }
+    };
+    if a.json {
+        print_json(&report)?;
+    } else {
+        print!(
+            "{}",
+            moai_compiler::smi::render(&report, &source, a.breakdown)
+        );
+    }
     Ok(())
 }
 
