@@ -4,6 +4,7 @@ mod bad_inputs;
 mod cli;
 mod codegen;
 mod interrupt;
+mod partition;
 mod planner;
 mod report;
 mod sweep;
