@@ -140,10 +140,7 @@ mod tests {
         assert_eq!(c.len(), p.blocks.len());
         for (b, bc) in p.blocks.iter().zip(&c) {
             assert_eq!(b.kind, bc.kind);
-            assert!(
-                bc.forward_s > 0.0 && bc.backward_s > 0.0,
-                "{bc:?}"
-            );
+            assert!(bc.forward_s > 0.0 && bc.backward_s > 0.0, "{bc:?}");
             assert_eq!(bc.params, b.params as f64);
         }
         let total: f64 = c.iter().map(|b| b.static_bytes).sum();
