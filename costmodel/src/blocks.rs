@@ -1,7 +1,7 @@
 //! Per-block costs and memory for stage partitioning and memory pruning: what the planner needs from the
 //! cost model before it knows the stages.
 //!
-//! [`CostModel::block_costs`](crate::CostModel::block_costs) returns one [`BlockCost`] per block of the
+//! [`CostModel::block_costs`] returns one [`BlockCost`] per block of the
 //! step profile (embedding, each decoder layer, head). The default implementation reduces the profile with
 //! `ProfiledCostModel::prepare` (the same per-op times the estimator uses, tensor-parallel collectives
 //! priced by [`collective_time`]) and the static bytes with [`static_bytes`], so the planner cuts stages by
