@@ -413,6 +413,9 @@ struct LayerSums {
 
 impl LayerSums {
     fn new(blocks: &[BlockCost], layers: u32) -> std::result::Result<LayerSums, String> {
+        if layers == 0 {
+            return Err("the model has no decoder layers".into());
+        }
         let mut per_layer = vec![[0.0; 3]; layers as usize];
         let (mut first, mut last) = ([0.0; 3], [0.0; 3]);
         for b in blocks {
@@ -445,7 +448,10 @@ impl LayerSums {
 
     /// (seconds, saved bytes, static bytes) of a stage holding layers `lo..=hi`.
     fn stage(&self, lo: u32, hi: u32) -> [f64; 3] {
-        let (lo, hi) = (lo as usize, hi as usize);
+        // Clamped to the model's layers (`new` ensures there is one); an empty range (lo = hi + 1) sums to
+        // nothing of its own.
+        let hi = (hi as usize).min(self.prefix.len() - 2);
+        let lo = (lo as usize).min(hi + 1);
         let mut v = [0.0; 3];
         for (k, x) in v.iter_mut().enumerate() {
             *x = self.prefix[hi + 1][k] - self.prefix[lo][k];
@@ -468,9 +474,6 @@ fn compile_candidate(
     layers: u32,
     capacity: f64,
 ) -> std::result::Result<ParallelConfig, String> {
-    if layers == 0 {
-        return Err("the model has no decoder layers".into());
-    }
     let sums = LayerSums::new(blocks, layers)?;
     let mut cfg = c.clone();
     let stage_cost = |stage: u32, lo: u32, hi: u32| -> StageCost {
