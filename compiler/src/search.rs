@@ -508,3 +508,75 @@ fn compile_candidate(
     cfg.stages = stages;
     Ok(cfg)
 }
+
+#[cfg(test)]
+mod block_cost_tests {
+    use super::*;
+
+    /// Embedding, `layers` decoder layers of 1 s each (layer `slow` of `slow_s`), head; static bytes 10
+    /// per block, saved bytes 1.
+    fn blocks(layers: u32, slow: u32, slow_s: f64) -> Vec<BlockCost> {
+        let b = |kind, t: f64| BlockCost {
+            kind,
+            forward_s: t / 3.0,
+            backward_s: 2.0 * t / 3.0,
+            params: 1.0,
+            static_bytes: 10.0,
+            saved_bytes: 1.0,
+        };
+        let mut v = vec![b(BlockKind::Embedding, 0.5)];
+        v.extend(
+            (0..layers).map(|l| b(BlockKind::Decoder(l), if l == slow { slow_s } else { 1.0 })),
+        );
+        v.push(b(BlockKind::Head, 2.0));
+        v
+    }
+
+    fn pipeline(pp: u32) -> ParallelConfig {
+        ParallelConfig {
+            pp,
+            num_micro_batches: 4,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn stage_sums_charge_embedding_first_and_head_last() {
+        let s = LayerSums::new(&blocks(4, 9, 1.0), 4).unwrap();
+        let t = |lo, hi| s.stage(lo, hi)[0];
+        assert!((t(0, 3) - 6.5).abs() < 1e-12);
+        assert!((t(0, 1) - 2.5).abs() < 1e-12);
+        assert!((t(2, 3) - 4.0).abs() < 1e-12);
+        assert_eq!(s.stage(1, 2)[2], 20.0);
+        assert_eq!(
+            s.stage(4, 3)[0],
+            2.0,
+            "an empty last range holds only the head"
+        );
+    }
+
+    #[test]
+    fn the_split_follows_the_block_costs() {
+        let even = compile_candidate(&pipeline(2), &blocks(8, 9, 1.0), 8, f64::INFINITY).unwrap();
+        assert_eq!(
+            even.stages,
+            vec![(0, 4), (5, 7)],
+            "the head weighs 2 layers"
+        );
+        let slow = compile_candidate(&pipeline(2), &blocks(8, 1, 6.0), 8, f64::INFINITY).unwrap();
+        assert_eq!(slow.stages, vec![(0, 1), (2, 7)], "layer 1 takes 6 s");
+    }
+
+    #[test]
+    fn static_bytes_bound_prunes_and_bad_layers_are_named() {
+        // 10 blocks × 10 bytes on one device.
+        let c = ParallelConfig::default();
+        assert!(compile_candidate(&c, &blocks(8, 9, 1.0), 8, 100.0).is_ok());
+        let e = compile_candidate(&c, &blocks(8, 9, 1.0), 8, 99.0).unwrap_err();
+        assert!(e.contains("static memory"), "{e}");
+        let e = compile_candidate(&c, &blocks(9, 9, 1.0), 8, 1e9).unwrap_err();
+        assert!(e.contains("decoder layer 8 of a 8-layer model"), "{e}");
+        let e = compile_candidate(&c, &blocks(1, 9, 1.0), 0, 1e9).unwrap_err();
+        assert!(e.contains("no decoder layers"), "{e}");
+    }
+}
