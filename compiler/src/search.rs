@@ -116,18 +116,23 @@ pub fn profiles_for(
     profiles_within(model, req, keys, None)
 }
 
-/// Like [`profiles_for`], but builds no profile once `bounds` say stop: the map then lacks those keys.
+/// Like [`profiles_for`], but once `bounds` say stop, builds no more profiles (after the first one, which
+/// is always built so that a cut-short search can still cost something): the map then lacks those keys.
 fn profiles_within(
     model: &Model,
     req: &PlanRequest,
     keys: &[(u32, Recompute)],
     bounds: Option<&WorkBounds>,
 ) -> Result<HashMap<(u32, Recompute), Arc<StepProfile>>> {
-    let built: Vec<Result<Option<((u32, Recompute), Arc<StepProfile>)>>> = keys
+    let done = AtomicU64::new(0);
+    type Built = Option<((u32, Recompute), Arc<StepProfile>)>;
+    let built: Vec<Result<Built>> = keys
         .par_iter()
         .with_max_len(1)
         .map(|&(mbs, r)| {
-            if bounds.is_some_and(|b| b.check().is_some()) {
+            if bounds.is_some_and(|b| b.check_within(PROFILES_SHARE).is_some())
+                && done.load(Ordering::SeqCst) >= 1
+            {
                 return Ok(None);
             }
             let p = moai_ir::train::step_profile(
@@ -136,6 +141,7 @@ fn profiles_within(
                 mbs as u64,
                 req.seq,
             )?;
+            done.fetch_add(1, Ordering::SeqCst);
             Ok(Some(((mbs, r), Arc::new(p))))
         })
         .collect();
@@ -207,6 +213,7 @@ pub fn search(
 
     // Stage partitioning and memory lower bound, per candidate.
     let capacity = cluster.memory_per_device_bytes as f64 * req.memory_fraction;
+    let compiled_ok = AtomicU64::new(0);
     let compiled: Vec<std::result::Result<ParallelConfig, String>> = candidates
         .par_iter()
         .map(|c| {
@@ -215,7 +222,9 @@ pub fn search(
                 progress.tick();
                 return Err(NOT_EVALUATED.to_string());
             };
-            if bounds.check().is_some() {
+            if bounds.check_within(COMPILE_SHARE).is_some()
+                && compiled_ok.load(Ordering::SeqCst) >= COMPILE_GRACE
+            {
                 progress.tick();
                 return Err(NOT_EVALUATED.to_string());
             }
@@ -223,6 +232,9 @@ pub fn search(
                 .block_costs(profile, cluster, c)
                 .map_err(|e| format!("cost model: {e}"))
                 .and_then(|blocks| compile_candidate(c, &blocks, shape.layers, capacity));
+            if r.is_ok() {
+                compiled_ok.fetch_add(1, Ordering::SeqCst);
+            }
             progress.tick();
             r
         })
@@ -266,18 +278,27 @@ pub fn search(
     tracing::info!("SelectBestGraphFromCandidates start...");
     let t1 = Instant::now();
     let costed = AtomicU64::new(0);
+    let feasible = AtomicU64::new(0);
+    let after_stop = AtomicU64::new(0);
     progress.start("cost", survivors.len() as u64);
     let outcomes: Vec<(usize, Outcome)> = survivors
         .par_iter()
         .map(|&i| {
-            let out = if bounds.check().is_some() {
+            // once stopped, cost only until one candidate fits (at most COST_GRACE more)
+            let stop = bounds.check().is_some()
+                && (feasible.load(Ordering::SeqCst) > 0
+                    || after_stop.fetch_add(1, Ordering::SeqCst) >= COST_GRACE);
+            let out = if stop {
                 Outcome::NotEvaluated
             } else {
                 let c = &evaluated[i].config;
                 let profile = &profiles[&(c.micro_batch_size, c.recompute)];
                 costed.fetch_add(1, Ordering::Relaxed);
                 match cost.estimate(profile, cluster, c) {
-                    Ok(e) if (e.peak_memory_bytes as f64) <= capacity => Outcome::Feasible(e),
+                    Ok(e) if (e.peak_memory_bytes as f64) <= capacity => {
+                        feasible.fetch_add(1, Ordering::SeqCst);
+                        Outcome::Feasible(e)
+                    }
                     Ok(e) => Outcome::OutOfMemory(e),
                     Err(err) => Outcome::Rejected(format!("cost model: {err}")),
                 }
@@ -360,6 +381,22 @@ pub fn search(
         bounds,
     })
 }
+
+/// The share of the time budget training profiles may use (their candidates are compiled and costed in
+/// the rest).
+const PROFILES_SHARE: f64 = 0.4;
+
+/// The share of the time budget profiles and candidate compilation may use together (the survivors are
+/// costed in the rest).
+const COMPILE_SHARE: f64 = 0.6;
+
+/// Candidates compiled after the time budget or an interrupt stopped the compile phase, when fewer had
+/// survived before: a search cut short still has candidates to cost.
+const COMPILE_GRACE: u64 = 64;
+
+/// Candidates costed after a stop while none fits yet: a search cut short still returns a plan when one
+/// of the first few fits.
+const COST_GRACE: u64 = 256;
 
 /// The rejection reason of candidates left unfinished by the time budget or an interrupt.
 pub const NOT_EVALUATED: &str = "not evaluated (time budget or interrupt)";
