@@ -6,7 +6,7 @@
 use crate::error::{PlanError, Result};
 use crate::model::Model;
 use crate::partition::{StageCost, partition};
-use crate::request::PlanRequest;
+use crate::request::{PlanRequest, StopReason, WorkBounds};
 use crate::space::{ModelShape, enumerate};
 use moai_costmodel::{
     BlockCost, Cluster, CostModel, Estimate, ParallelConfig, Recompute, Schedule,
@@ -16,11 +16,8 @@ use moai_ir::train::{RecomputePolicy, TrainOptions};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-
-/// Set by a Ctrl-C handler: the search stops evaluating and returns the best plan so far.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Progress callbacks of a long search (the CLI draws a bar; libraries may ignore them).
 pub trait Progress: Sync {
@@ -90,8 +87,14 @@ pub struct SearchResult {
     pub cost_ms: f64,
     /// Candidates that survived pruning and were costed.
     pub costed: u64,
-    /// The search stopped early (time budget or interrupt).
+    /// The search stopped early (time budget or interrupt), in words for the explanation.
     pub stopped_early: Option<String>,
+    /// Why the search stopped early, when it did.
+    pub stopped_by: Option<StopReason>,
+    /// The bounds the search ran under (the request's cancellation token and the deadline of its time
+    /// budget, counted from the start of the search); code generation after the search continues under
+    /// the same bounds.
+    pub bounds: Arc<WorkBounds>,
 }
 
 /// Training options for one recomputation policy.
@@ -110,19 +113,45 @@ pub fn profiles_for(
     req: &PlanRequest,
     keys: &[(u32, Recompute)],
 ) -> Result<HashMap<(u32, Recompute), Arc<StepProfile>>> {
-    let built: Vec<Result<((u32, Recompute), Arc<StepProfile>)>> = keys
+    profiles_within(model, req, keys, None)
+}
+
+/// Like [`profiles_for`], but once `bounds` say stop, builds no more profiles (after the first one, which
+/// is always built so that a cut-short search can still cost something): the map then lacks those keys.
+fn profiles_within(
+    model: &Model,
+    req: &PlanRequest,
+    keys: &[(u32, Recompute)],
+    bounds: Option<&WorkBounds>,
+) -> Result<HashMap<(u32, Recompute), Arc<StepProfile>>> {
+    let done = AtomicU64::new(0);
+    type Built = Option<((u32, Recompute), Arc<StepProfile>)>;
+    let built: Vec<Result<Built>> = keys
         .par_iter()
+        .with_max_len(1)
         .map(|&(mbs, r)| {
+            if bounds.is_some_and(|b| b.check_within(PROFILES_SHARE).is_some())
+                && done.load(Ordering::SeqCst) >= 1
+            {
+                return Ok(None);
+            }
             let p = moai_ir::train::step_profile(
                 &model.graph,
                 &train_options(req, r),
                 mbs as u64,
                 req.seq,
             )?;
-            Ok(((mbs, r), Arc::new(p)))
+            done.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(((mbs, r), Arc::new(p))))
         })
         .collect();
-    built.into_iter().collect()
+    let mut out = HashMap::new();
+    for b in built {
+        if let Some((k, p)) = b? {
+            out.insert(k, p);
+        }
+    }
+    Ok(out)
 }
 
 fn model_shape(model: &Model) -> ModelShape {
@@ -145,6 +174,9 @@ pub fn search(
 ) -> Result<SearchResult> {
     req.validate()?;
     let t0 = Instant::now();
+    // The time budget and Ctrl-C bound every phase below: each unit of work (a profile, a candidate's
+    // compilation, a candidate's costing) starts only while `bounds.check()` is None.
+    let bounds = Arc::new(WorkBounds::new(req, t0));
     let shape = model_shape(model);
     let space = enumerate(shape, cluster, req.batch, &req.constraints);
     let mut rejected = space.rejected.clone();
@@ -177,18 +209,32 @@ pub fn search(
         .collect();
     keys.sort_by_key(|(m, r)| (*m, *r as u8));
     keys.dedup();
-    let profiles = profiles_for(model, req, &keys)?;
+    let profiles = profiles_within(model, req, &keys, Some(&bounds))?;
 
     // Stage partitioning and memory lower bound, per candidate.
     let capacity = cluster.memory_per_device_bytes as f64 * req.memory_fraction;
+    let compiled_ok = AtomicU64::new(0);
     let compiled: Vec<std::result::Result<ParallelConfig, String>> = candidates
         .par_iter()
         .map(|c| {
-            let profile = &profiles[&(c.micro_batch_size, c.recompute)];
+            // unfinished work (time budget, Ctrl-C) leaves the candidate not evaluated
+            let Some(profile) = profiles.get(&(c.micro_batch_size, c.recompute)) else {
+                progress.tick();
+                return Err(NOT_EVALUATED.to_string());
+            };
+            if bounds.check_within(COMPILE_SHARE).is_some()
+                && compiled_ok.load(Ordering::SeqCst) >= COMPILE_GRACE
+            {
+                progress.tick();
+                return Err(NOT_EVALUATED.to_string());
+            }
             let r = cost
                 .block_costs(profile, cluster, c)
                 .map_err(|e| format!("cost model: {e}"))
                 .and_then(|blocks| compile_candidate(c, &blocks, shape.layers, capacity));
+            if r.is_ok() {
+                compiled_ok.fetch_add(1, Ordering::SeqCst);
+            }
             progress.tick();
             r
         })
@@ -198,6 +244,13 @@ pub fn search(
     let mut evaluated: Vec<Evaluated> = Vec::with_capacity(candidates.len());
     for (i, (c, r)) in candidates.drain(..).zip(compiled).enumerate() {
         match r {
+            Err(reason) if reason == NOT_EVALUATED => {
+                *rejected.entry(reason).or_insert(0) += 1;
+                evaluated.push(Evaluated {
+                    config: c,
+                    outcome: Outcome::NotEvaluated,
+                });
+            }
             Ok(cfg) => {
                 survivors.push(i);
                 evaluated.push(Evaluated {
@@ -224,24 +277,28 @@ pub fn search(
     // Cost the survivors.
     tracing::info!("SelectBestGraphFromCandidates start...");
     let t1 = Instant::now();
-    let deadline = req.time_budget.map(|b| t0 + b);
-    let stopped = AtomicBool::new(false);
     let costed = AtomicU64::new(0);
+    let feasible = AtomicU64::new(0);
+    let after_stop = AtomicU64::new(0);
     progress.start("cost", survivors.len() as u64);
     let outcomes: Vec<(usize, Outcome)> = survivors
         .par_iter()
         .map(|&i| {
-            let out = if INTERRUPTED.load(Ordering::Relaxed)
-                || deadline.is_some_and(|d| Instant::now() >= d)
-            {
-                stopped.store(true, Ordering::Relaxed);
+            // once stopped, cost only until one candidate fits (at most COST_GRACE more)
+            let stop = bounds.check().is_some()
+                && (feasible.load(Ordering::SeqCst) > 0
+                    || after_stop.fetch_add(1, Ordering::SeqCst) >= COST_GRACE);
+            let out = if stop {
                 Outcome::NotEvaluated
             } else {
                 let c = &evaluated[i].config;
                 let profile = &profiles[&(c.micro_batch_size, c.recompute)];
                 costed.fetch_add(1, Ordering::Relaxed);
                 match cost.estimate(profile, cluster, c) {
-                    Ok(e) if (e.peak_memory_bytes as f64) <= capacity => Outcome::Feasible(e),
+                    Ok(e) if (e.peak_memory_bytes as f64) <= capacity => {
+                        feasible.fetch_add(1, Ordering::SeqCst);
+                        Outcome::Feasible(e)
+                    }
                     Ok(e) => Outcome::OutOfMemory(e),
                     Err(err) => Outcome::Rejected(format!("cost model: {err}")),
                 }
@@ -259,11 +316,7 @@ pub fn search(
                     .or_insert(0) += 1
             }
             Outcome::Rejected(r) => *rejected.entry(r.clone()).or_insert(0) += 1,
-            Outcome::NotEvaluated => {
-                *rejected
-                    .entry("not evaluated (time budget or interrupt)".into())
-                    .or_insert(0) += 1
-            }
+            Outcome::NotEvaluated => *rejected.entry(NOT_EVALUATED.into()).or_insert(0) += 1,
             Outcome::Feasible(_) => {}
         }
         evaluated[i].outcome = o;
@@ -273,16 +326,14 @@ pub fn search(
         "Elapsed Time to compute cost for survived candidates = {} [ms]",
         cost_ms.round() as u64
     );
-    let stopped_early = if INTERRUPTED.load(Ordering::Relaxed) {
-        Some("interrupted".to_string())
-    } else if stopped.load(Ordering::Relaxed) {
-        Some(format!(
+    let stopped_by = bounds.stopped();
+    let stopped_early = stopped_by.map(|r| match r {
+        StopReason::Interrupt => "interrupted".to_string(),
+        StopReason::TimeBudget => format!(
             "time budget of {:.1} s reached",
             req.time_budget.map(|d| d.as_secs_f64()).unwrap_or(0.0)
-        ))
-    } else {
-        None
-    };
+        ),
+    });
 
     let mut ranking: Vec<usize> = (0..evaluated.len())
         .filter(|&i| matches!(evaluated[i].outcome, Outcome::Feasible(_)))
@@ -294,8 +345,26 @@ pub fn search(
             .then(a.cmp(&b))
     });
     let Some(&best) = ranking.first() else {
-        if costed.load(Ordering::Relaxed) == 0 && stopped_early.is_some() {
-            return Err(PlanError::Interrupted);
+        if let Some(why) = stopped_by {
+            // nothing feasible among what was finished: say what stopped it, not "fits nowhere"
+            let costed = costed.load(Ordering::Relaxed);
+            if costed == 0 && why == StopReason::Interrupt {
+                return Err(PlanError::Interrupted);
+            }
+            let (what, hint) = match why {
+                StopReason::Interrupt => ("interrupted (Ctrl-C)".to_string(), ""),
+                StopReason::TimeBudget => (
+                    format!(
+                        "the time budget of {:.1} s ran out",
+                        req.time_budget.map(|d| d.as_secs_f64()).unwrap_or(0.0)
+                    ),
+                    "; give --time-budget more seconds",
+                ),
+            };
+            return Err(PlanError::Stopped(format!(
+                "{what} after {costed} of {} candidates were costed, none of them fitting{hint}",
+                evaluated.len()
+            )));
         }
         return Err(no_fit_error(model, cluster, req, &evaluated));
     };
@@ -308,8 +377,29 @@ pub fn search(
         cost_ms,
         costed: costed.load(Ordering::Relaxed),
         stopped_early,
+        stopped_by,
+        bounds,
     })
 }
+
+/// The share of the time budget training profiles may use (their candidates are compiled and costed in
+/// the rest).
+const PROFILES_SHARE: f64 = 0.4;
+
+/// The share of the time budget profiles and candidate compilation may use together (the survivors are
+/// costed in the rest).
+const COMPILE_SHARE: f64 = 0.6;
+
+/// Candidates compiled after the time budget or an interrupt stopped the compile phase, when fewer had
+/// survived before: a search cut short still has candidates to cost.
+const COMPILE_GRACE: u64 = 64;
+
+/// Candidates costed after a stop while none fits yet: a search cut short still returns a plan when one
+/// of the first few fits.
+const COST_GRACE: u64 = 256;
+
+/// The rejection reason of candidates left unfinished by the time budget or an interrupt.
+pub const NOT_EVALUATED: &str = "not evaluated (time budget or interrupt)";
 
 /// Lower is better: step time, then peak memory (headroom breaks ties).
 fn rank_key(e: &Evaluated) -> (f64, f64) {
