@@ -243,6 +243,10 @@ fn bad_input_matrix() {
         }
     }
     let other: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["inspect", SMALL, "--seq-len", "18446744073709551615"],
+            "--seq-len 18446744073709551615: at most 16777216",
+        ),
         (vec!["validate", &bad_truth], "truth.jsonl"),
         (vec!["validate", &missing], "nope.json"),
         (

@@ -188,7 +188,7 @@ fn config_from(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Paralle
     // in u64: tp × pp and dp × tp × pp of 32-bit flags cannot overflow
     let model_par = tp as u64 * pp as u64;
     let devices = cluster.devices as u64;
-    if devices % model_par != 0 {
+    if !devices.is_multiple_of(model_par) {
         bail!(
             "{} devices are not divisible by tp {tp} × pp {pp}",
             cluster.devices
@@ -301,6 +301,10 @@ fn cmd_flavors(a: FlavorsArgs) -> Result<()> {
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
     if a.seq_len == 0 {
         bail!("--seq-len 0: the sequence length must be at least 1");
+    }
+    let max = moai_compiler::request::MAX_SEQ;
+    if a.seq_len > max {
+        bail!("--seq-len {}: at most {max} tokens (2^24)", a.seq_len);
     }
     let model = Model::load(&a.model)?;
     let report = moai_compiler::inspect::inspect(&model, a.seq_len)?;
