@@ -158,9 +158,9 @@ fn model_shape(model: &Model) -> ModelShape {
     let s = &model.summary;
     ModelShape {
         layers: s.layers as u32,
-        heads: s.heads as u64,
-        kv_heads: s.kv_heads as u64,
-        ffn: s.ffn as u64,
+        heads: s.heads,
+        kv_heads: s.kv_heads,
+        ffn: s.ffn,
     }
 }
 
