@@ -302,3 +302,99 @@ fn time_budget_covers_code_generation() {
     }
     let _ = std::fs::remove_dir_all(&out_dir);
 }
+
+/// Ctrl-C during `--emit mlir` code generation (no LLVM needed): the programs finished are written, the
+/// ones not started are named as not written on stderr and in `plan.json`'s `codegen`, the plan is printed
+/// and written, exit 0. llama2-13b's two-stage programs take about 0.3 s each to emit on one thread; SIGINT
+/// is sent when the first is done, so at least the last ones are never started.
+#[test]
+fn ctrl_c_during_mlir_emission_keeps_the_plan_and_finished_programs() {
+    let out_dir = std::env::temp_dir().join(format!("moai-interrupt-cg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let child = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
+        .args([
+            "plan",
+            "models/llama2-13b.onnx",
+            "--pp",
+            "2",
+            "--threads",
+            "1",
+            "--emit",
+            "mlir",
+            "--no-progress",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts moai-compile");
+    let mut guard = Guard(child);
+    let pid = guard.0.id().to_string();
+    let stderr = guard.0.stderr.take().expect("piped stderr");
+    let mut stdout = guard.0.stdout.take().expect("piped stdout");
+    let stdout_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let mut lines = Vec::new();
+    let mut signalled = false;
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        if !signalled && line.contains("codegen [1/6]") {
+            let ok = Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .expect("runs kill")
+                .success();
+            assert!(ok, "kill -INT {pid} failed");
+            signalled = true;
+        }
+        lines.push(line);
+    }
+    let status = guard.0.wait().expect("waits");
+    let out = stdout_reader.join().expect("stdout reader");
+    let err = lines.join("\n");
+    assert!(signalled, "no program was emitted:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(status.success(), "exit {status:?}:\n{err}");
+    assert!(
+        !err.contains("codegen [6/6]"),
+        "all six programs were emitted:\n{err}"
+    );
+    assert!(
+        err.contains("codegen stopped (interrupt)") && err.contains("not written: stage"),
+        "{err}"
+    );
+    assert!(
+        out.contains("wrote "),
+        "the plan was not reported as written:\n{out}"
+    );
+    let plan: Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join("plan.json")).expect("plan.json written"),
+    )
+    .expect("plan.json parses");
+    assert_eq!(plan["codegen"]["complete"], false, "{}", plan["codegen"]);
+    assert_eq!(plan["codegen"]["stopped_by"], "interrupt");
+    let missing: Vec<&str> = plan["codegen"]["not_written"]
+        .as_array()
+        .expect("not_written")
+        .iter()
+        .map(|m| m.as_str().expect("a path"))
+        .collect();
+    assert!(!missing.is_empty() && missing.len() < 6, "{missing:?}");
+    for m in &missing {
+        assert!(
+            !out_dir.join(m).exists(),
+            "{m} is listed as not written but exists"
+        );
+    }
+    assert!(
+        out_dir.join("stage0/forward.mlir").exists(),
+        "the finished program was not written"
+    );
+    // the search itself had finished before the signal
+    assert_eq!(plan["search"]["complete"], true, "{}", plan["search"]);
+    let _ = std::fs::remove_dir_all(&out_dir);
+}

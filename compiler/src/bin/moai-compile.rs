@@ -393,7 +393,7 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
             std::process::exit(130);
         }
         eprintln!(
-            "[warn] interrupted: finishing with the best plan found so far (Ctrl-C again to abort)"
+            "[warn] interrupted: finishing with the best plan found so far and the programs already compiled (Ctrl-C again to abort)"
         );
     });
     let bar = indicatif::ProgressBar::new(0);
