@@ -75,6 +75,14 @@ pub fn estimate_with(
             config.dp, config.micro_batch_size, config.num_micro_batches, req.batch
         )));
     }
+    let max_mb = crate::space::MAX_PIPELINE_MICRO_BATCHES;
+    if config.pp > 1 && config.num_micro_batches as u64 > max_mb {
+        // the pipeline schedule is simulated per micro-batch: bound its time and memory
+        return Err(crate::error::PlanError::InvalidArgument(format!(
+            "{} micro-batches in a {}-stage pipeline: at most {max_mb}",
+            config.num_micro_batches, config.pp
+        )));
+    }
     let profile = moai_ir::train::step_profile(
         &model.graph,
         &train_options(req, config.recompute),

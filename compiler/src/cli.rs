@@ -73,10 +73,10 @@ impl ClusterArgs {
 /// Training job shape shared by plan and estimate.
 #[derive(Debug, Args, Clone)]
 pub struct JobArgs {
-    /// Global batch size in sequences.
+    /// Global batch size in sequences (1 to 2^40; batch × sequence length at most 2^50 tokens).
     #[arg(long, default_value_t = 256)]
     pub batch_size: u64,
-    /// Sequence length in tokens.
+    /// Sequence length in tokens (1 to 2^24).
     #[arg(long, default_value_t = 1024)]
     pub seq_len: u64,
     /// Precision policy: amp-bf16, bf16, fp32.
@@ -154,10 +154,13 @@ pub struct PlanArgs {
     /// per program.
     #[arg(long, value_delimiter = ',')]
     pub emit: Vec<String>,
-    /// Worker threads for the search and for lowering --emit hsaco/ptx programs (default: all cores).
+    /// Worker threads for the search and for lowering --emit hsaco/ptx programs (default: all cores; at
+    /// most cores × 4).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Stop the search after this many seconds and return the best plan found so far.
+    /// Stop after this many seconds (at most 604800) and return the best plan found so far. Counted from
+    /// the start of the search, it covers every phase: profiles, candidate compilation, costing and
+    /// --emit code generation (programs not started are reported as not written). Ctrl-C does the same.
     #[arg(long)]
     pub time_budget: Option<f64>,
     /// Hide the progress bar.

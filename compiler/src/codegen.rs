@@ -15,8 +15,7 @@
 use crate::error::{PlanError, Result};
 use crate::model::Model;
 use crate::plan::PlanConfig;
-use crate::request::PlanRequest;
-use crate::search::INTERRUPTED;
+use crate::request::{PlanRequest, StopReason, WorkBounds};
 use moai_costmodel::Gpu;
 use moai_ir::cost::TpSplit;
 use moai_ir::train::tp::linear_class;
@@ -121,6 +120,11 @@ pub struct CompiledPlan {
     pub precision: PrecisionPolicy,
     /// Tensor-parallel degree and the rank whose programs these are (0).
     pub tp: (u64, u64),
+    /// Programs left unfinished because the time budget ran out or Ctrl-C stopped the work, as the files
+    /// they would have been (`stage1/backward.hsaco`); empty when every program was compiled.
+    pub not_written: Vec<String>,
+    /// Why programs were left unfinished, when some were.
+    pub stopped_by: Option<StopReason>,
 }
 
 impl CompiledPlan {
@@ -307,15 +311,52 @@ fn notes(plan: &PlanConfig, req: &PlanRequest, target: Target) -> Vec<String> {
 /// Builds rank 0's stage programs of `plan` for `model` and emits them for `gpu`: MLIR text, and with
 /// `want.binary` the lowered binaries with their launch metadata. Progress and timing go to the log
 /// (stderr), one line per program.
+///
+/// `bounds` (the search's: its time budget and the request's cancellation token) stop the work between
+/// programs: the programs finished are returned, the others are listed in
+/// [`CompiledPlan::not_written`] with the reason in [`CompiledPlan::stopped_by`].
 pub fn compile_plan(
     model: &Model,
     req: &PlanRequest,
     plan: &PlanConfig,
     gpu: Gpu,
     want: CodegenRequest,
+    bounds: &WorkBounds,
 ) -> Result<CompiledPlan> {
     let target = target_for(gpu);
     let counts = stage_counts(plan)?;
+    let ext = if want.binary {
+        target.binary_extension()
+    } else {
+        "mlir"
+    };
+    // stopped before the step is built (e.g. a search cut short): no program is compiled
+    let unstarted = |why: StopReason| {
+        let (precision, _) = kernel_precision(req.precision);
+        let not_written: Vec<String> = (0..counts.len())
+            .flat_map(|i| {
+                ["forward", "backward", "optimizer"].map(|k| format!("stage{i}/{k}.{ext}"))
+            })
+            .collect();
+        tracing::warn!(
+            "codegen: stopped ({why}) before compiling any of the {} programs",
+            not_written.len()
+        );
+        CompiledPlan {
+            target,
+            files: Vec::new(),
+            kernels: Vec::new(),
+            notes: Vec::new(),
+            timings: Vec::new(),
+            precision,
+            tp: (plan.tp, 0),
+            not_written,
+            stopped_by: Some(why),
+        }
+    };
+    if let Some(why) = bounds.check() {
+        return Ok(unstarted(why));
+    }
     let tp = u32::try_from(plan.tp)
         .map_err(|_| PlanError::InvalidArgument(format!("plan tp {}: too large", plan.tp)))?;
     let (precision, fallback) = kernel_precision(req.precision);
@@ -355,6 +396,9 @@ pub fn compile_plan(
     let tg = moai_ir::train::build_training_graph(&rank, &opts)?;
     let layout = StageLayout::from_counts(&counts)?;
     let stages = moai_runtime::stage_programs(&tg, &layout, &dims)?;
+    if let Some(why) = bounds.check() {
+        return Ok(unstarted(why));
+    }
     let n = stages.len();
     tracing::info!(
         "codegen: {} training step ({}, {}, recompute {}) split into {n} stage{} in {:.1} s; emitting its programs for {target}",
@@ -375,6 +419,8 @@ pub fn compile_plan(
         timings: Vec::new(),
         precision,
         tp: (plan.tp, 0),
+        not_written: Vec::new(),
+        stopped_by: None,
     };
     let jobs: Vec<(&StageProgram, &Program)> = stages
         .iter()
@@ -382,18 +428,13 @@ pub fn compile_plan(
         .collect();
     let total = jobs.len();
     let done = AtomicUsize::new(0);
-    let ext = target.binary_extension();
-    // programs are independent: lower them on the worker threads (--threads), results in program order
-    // Ctrl-C during lowering (a new one: a search stopped by Ctrl-C still gets its code) skips the
-    // programs not yet started; the second Ctrl-C exits at once (the binary's handler)
-    let interrupted_before = INTERRUPTED.load(Ordering::SeqCst);
-    let compile = |(sp, p): &(&StageProgram, &Program)| -> Result<Compiled> {
+    // programs are independent: lower them on the worker threads (--threads), results in program order.
+    // The time budget or Ctrl-C skips the programs not yet started (they are reported as not written);
+    // a second Ctrl-C exits at once (the binary's handler).
+    let compile = |(sp, p): &(&StageProgram, &Program)| -> Result<Skipped<Compiled>> {
         let kind = p.kind.name();
-        if !interrupted_before && INTERRUPTED.load(Ordering::SeqCst) {
-            return Err(PlanError::CodegenInterrupted(format!(
-                "stage{} {kind}",
-                sp.stage
-            )));
+        if let Some(why) = bounds.check() {
+            return Ok(Err(why));
         }
         let fname = format!("stage{}_{kind}", sp.stage);
         let started = Instant::now();
@@ -420,17 +461,25 @@ pub fn compile_plan(
             );
         }
         tracing::info!("{summary} in {secs:.1} s");
-        Ok((module, entry, secs))
+        Ok(Ok((module, entry, secs)))
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(req.threads.unwrap_or(0))
         .build()
         .map_err(|e| PlanError::InvalidArgument(format!("--threads: {e}")))?;
-    let results: Vec<Result<Compiled>> =
+    let results: Vec<Result<Skipped<Compiled>>> =
         pool.install(|| jobs.par_iter().with_max_len(1).map(compile).collect());
     for ((sp, p), r) in jobs.iter().zip(results) {
-        let (module, entry, secs) = r?;
         let kind = p.kind.name();
+        let (module, entry, secs) = match r? {
+            Ok(c) => c,
+            Err(why) => {
+                out.stopped_by.get_or_insert(why);
+                out.not_written
+                    .push(format!("stage{}/{kind}.{ext}", sp.stage));
+                continue;
+            }
+        };
         let dir = PathBuf::from(format!("stage{}", sp.stage));
         if want.mlir {
             out.files
@@ -447,6 +496,9 @@ pub fn compile_plan(
     }
     Ok(out)
 }
+
+/// A unit of work done, or skipped for the reason the work stopped.
+type Skipped<T> = std::result::Result<T, StopReason>;
 
 /// One program's emitted module, its binary (GPU) and the seconds it took.
 type Compiled = (EmittedModule, Option<KernelEntry>, f64);

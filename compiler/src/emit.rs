@@ -152,7 +152,25 @@ pub fn write_outputs(
     }
     let mut code_summary = None;
     if let Some(want) = codegen {
-        let mut compiled = compile_plan(model, req, plan, cluster.gpu, want)?;
+        let mut compiled =
+            compile_plan(model, req, plan, cluster.gpu, want, &report.search.bounds)?;
+        if let Some(why) = compiled.stopped_by {
+            // keep what is finished: plan.json says which programs are missing, no bundle is written
+            tracing::warn!(
+                "codegen stopped ({why}): {} program files written, not written: {}; {BUNDLE} not written",
+                compiled.files.len(),
+                compiled.not_written.join(", ")
+            );
+            let mut doc = plan_document(report);
+            doc["codegen"] = json!({
+                "complete": false,
+                "stopped_by": why.as_str(),
+                "not_written": compiled.not_written,
+            });
+            files[0].1 = (serde_json::to_string_pretty(&doc).expect("json") + "\n").into_bytes();
+            files.append(&mut compiled.files);
+            return write_files(out, files);
+        }
         code_summary = Some(format!(
             "codegen: wrote {} program files under {}/stage<i>/{}",
             compiled.files.len(),
@@ -179,6 +197,18 @@ pub fn write_outputs(
             bundle = Some((text, compiled.kernels));
         }
     }
+    write_files(out, files)?;
+    if let Some((plan_json, kernels)) = bundle {
+        moai_runtime::write_bundle(&out.join(BUNDLE), &plan_json, kernels)?;
+    }
+    if let Some(line) = code_summary {
+        tracing::info!("{line}");
+    }
+    Ok(())
+}
+
+/// Writes rendered files under `out`, creating directories.
+fn write_files(out: &Path, files: Vec<(PathBuf, Vec<u8>)>) -> Result<()> {
     for (rel, bytes) in files {
         let path = out.join(&rel);
         if let Some(dir) = path.parent() {
@@ -191,12 +221,6 @@ pub fn write_outputs(
             path: path.display().to_string(),
             source,
         })?;
-    }
-    if let Some((plan_json, kernels)) = bundle {
-        moai_runtime::write_bundle(&out.join(BUNDLE), &plan_json, kernels)?;
-    }
-    if let Some(line) = code_summary {
-        tracing::info!("{line}");
     }
     Ok(())
 }

@@ -18,11 +18,6 @@ pub enum PlanError {
     /// Emitting or lowering the plan's stage programs failed (`--emit mlir,hsaco,ptx`).
     #[error(transparent)]
     Runtime(#[from] moai_runtime::RuntimeError),
-    /// Ctrl-C while the plan's stage programs were being lowered; nothing was written.
-    #[error(
-        "interrupted (Ctrl-C) while compiling the plan's stage programs, before {0}; nothing was written"
-    )]
-    CodegenInterrupted(String),
     /// A flag value was wrong.
     #[error("{0}")]
     InvalidArgument(String),
@@ -32,6 +27,9 @@ pub enum PlanError {
     /// No configuration fits in memory.
     #[error("{0}")]
     NoFeasiblePlan(String),
+    /// The time budget or an interrupt stopped the search before any evaluated candidate fitted.
+    #[error("{0}")]
+    Stopped(String),
     /// The search was interrupted before any candidate was evaluated.
     #[error("interrupted before any candidate was evaluated")]
     Interrupted,

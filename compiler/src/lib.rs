@@ -1,5 +1,5 @@
-//! moai-compiler: the planner. Search space, per-candidate compilation (egg tensor-parallel rewrites,
-//! stage partitioning), parallel evaluation, selection, plans and exports. The `moai-compile` binary is a
+//! moai-compiler: the planner. Search space, per-candidate compilation (stage partitioning on the cost
+//! model's per-block costs), parallel evaluation, selection, plans and exports. The `moai-compile` binary is a
 //! thin layer over this library.
 //!
 //! ```no_run
@@ -26,7 +26,6 @@ pub mod plan;
 pub mod report;
 pub mod request;
 pub mod search;
-pub mod shard;
 pub mod smi;
 pub mod space;
 pub mod sweep;
@@ -35,7 +34,8 @@ pub mod validate;
 pub use api::{estimate, plan, plan_with};
 pub use error::{PlanError, Result};
 pub use moai_costmodel::{
-    Cluster, CostModel, Estimate, Gpu, ParallelConfig, ProfiledCostModel, Recompute, Schedule,
+    BlockCost, Cluster, CostModel, Estimate, Gpu, ParallelConfig, ProfiledCostModel, Recompute,
+    Schedule,
 };
 pub use model::{Model, ModelSource};
 pub use plan::PlanOutput;

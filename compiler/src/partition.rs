@@ -53,8 +53,8 @@ pub fn partition(
         // Stage k-1 holds layers i..j-1; leave at least one layer per remaining stage.
         for j in k..=(l - (s - k)) {
             let mut cur: Option<Cell> = None;
-            for i in (k - 1)..j {
-                let Some(p) = best[k - 1][i] else { continue };
+            for (i, prev) in best[k - 1].iter().enumerate().take(j).skip(k - 1) {
+                let Some(p) = *prev else { continue };
                 let c = cost((k - 1) as u32, i as u32, (j - 1) as u32);
                 let cand = Cell {
                     max_time: p.max_time.max(c.time_s),

@@ -42,6 +42,17 @@ pub struct SearchInfo {
     pub compile_ms: f64,
     /// Wall time to cost the surviving candidates.
     pub cost_ms: f64,
+    /// Every candidate was compiled and costed (false when the time budget or an interrupt cut the search
+    /// short).
+    #[serde(default = "complete_default")]
+    pub complete: bool,
+    /// Why the search stopped early: `time-budget` or `interrupt` (absent when complete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
+}
+
+fn complete_default() -> bool {
+    true
 }
 
 /// One pipeline stage: an inclusive range of decoder layers.

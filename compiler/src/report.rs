@@ -139,6 +139,8 @@ pub fn build_report(
         feasible,
         compile_ms: round1(result.compile_ms),
         cost_ms: round1(result.cost_ms),
+        complete: result.stopped_by.is_none(),
+        stopped_by: result.stopped_by.map(|r| r.as_str().to_string()),
     };
     let best = &result.evaluated[result.best];
     let output =

@@ -4,7 +4,175 @@
 use crate::error::{PlanError, Result};
 use moai_costmodel::{Recompute, Schedule};
 use moai_ir::train::{OptimizerKind, PrecisionPolicy};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+/// The largest global batch a request may ask for, in sequences (2^40). A plan expresses a batch as
+/// dp × micro-batch size × micro-batches, each a `u32`; 2^40 keeps every product the planner and the cost
+/// model form (tokens per step, bytes per micro-batch) far from `u64` and `f64`-exact limits.
+pub const MAX_BATCH: u64 = 1 << 40;
+
+/// The longest sequence a request may ask for, in tokens (2^24 = 16,777,216).
+pub const MAX_SEQ: u64 = 1 << 24;
+
+/// The most tokens one step may hold (batch × sequence length, 2^50): exact in `f64`.
+pub const MAX_TOKENS_PER_STEP: u64 = 1 << 50;
+
+/// The longest time budget, in seconds (one week): a finite bound that any `Duration` holds.
+pub const MAX_TIME_BUDGET_S: f64 = 7.0 * 24.0 * 3600.0;
+
+/// The most model chunks per pipeline stage an interleaved schedule may ask for (`interleaved:V`).
+pub const MAX_INTERLEAVE: u32 = 1024;
+
+/// Worker threads allowed per core of the machine (`--threads` at most cores × this).
+pub const THREADS_PER_CORE: usize = 4;
+
+/// The cores of this machine (1 when the OS does not say).
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Checks a `--time-budget` in seconds: finite, positive, at most [`MAX_TIME_BUDGET_S`].
+pub fn time_budget_from_secs(secs: f64) -> Result<Duration> {
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(PlanError::InvalidArgument(format!(
+            "--time-budget {secs}: must be a positive, finite number of seconds"
+        )));
+    }
+    if secs > MAX_TIME_BUDGET_S {
+        return Err(PlanError::InvalidArgument(format!(
+            "--time-budget {secs:e}: at most {MAX_TIME_BUDGET_S} seconds (one week)"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Checks a `--threads` count: at least 1, at most the machine's cores × [`THREADS_PER_CORE`].
+pub fn check_threads(threads: usize) -> Result<usize> {
+    let cores = available_cores();
+    let max = cores.saturating_mul(THREADS_PER_CORE);
+    if threads == 0 {
+        return Err(PlanError::InvalidArgument(
+            "--threads 0: need at least one thread".into(),
+        ));
+    }
+    if threads > max {
+        return Err(PlanError::InvalidArgument(format!(
+            "--threads {threads}: at most {max} ({cores} cores × {THREADS_PER_CORE})"
+        )));
+    }
+    Ok(threads)
+}
+
+/// A cancellation flag shared by a request and whoever may cancel it (the binary's Ctrl-C handler).
+/// Clones share the flag. The search, and the code generation after it, stop at the next unit of work
+/// once it is set and keep what is finished.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token not yet cancelled.
+    pub fn new() -> CancelToken {
+        CancelToken::default()
+    }
+
+    /// Cancels; returns whether it was already cancelled (a second Ctrl-C).
+    pub fn cancel(&self) -> bool {
+        self.0.swap(true, Ordering::SeqCst)
+    }
+
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Why a search (or the code generation after it) stopped before finishing its work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StopReason {
+    /// The request's time budget ran out.
+    TimeBudget,
+    /// The request's [`CancelToken`] was cancelled (Ctrl-C).
+    Interrupt,
+}
+
+impl StopReason {
+    /// The name in `--json` (`"stopped_by"`): `time-budget` or `interrupt`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::TimeBudget => "time-budget",
+            StopReason::Interrupt => "interrupt",
+        }
+    }
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The bounds of one run of work: the request's cancellation token and its time budget, counted from the
+/// start of the run. Remembers the first reason it reported, so every phase and the final result agree
+/// on why the work was cut short.
+#[derive(Debug)]
+pub struct WorkBounds {
+    cancel: CancelToken,
+    start: Instant,
+    budget: Option<Duration>,
+    /// 0: never stopped; 1 + `StopReason as u8` once a check reported a stop.
+    stopped: AtomicU8,
+}
+
+impl WorkBounds {
+    /// Bounds of a run started at `start` under `req`.
+    pub fn new(req: &PlanRequest, start: Instant) -> WorkBounds {
+        WorkBounds {
+            cancel: req.cancel.clone(),
+            start,
+            budget: req.time_budget,
+            stopped: AtomicU8::new(0),
+        }
+    }
+
+    /// `Some(reason)` when the work must stop now: the token was cancelled, or the whole time budget has
+    /// passed.
+    pub fn check(&self) -> Option<StopReason> {
+        self.check_within(1.0)
+    }
+
+    /// Like [`WorkBounds::check`], for a phase that may use only the first `fraction` of the time budget
+    /// (so that later phases keep time to finish what it produced). Each call looks at the clock and the
+    /// token afresh; the first reason ever reported is kept for [`WorkBounds::stopped`].
+    pub fn check_within(&self, fraction: f64) -> Option<StopReason> {
+        let now = if self.cancel.is_cancelled() {
+            StopReason::Interrupt
+        } else if self
+            .budget
+            .is_some_and(|b| self.start.elapsed().as_secs_f64() >= b.as_secs_f64() * fraction)
+        {
+            StopReason::TimeBudget
+        } else {
+            return None;
+        };
+        let _ = self
+            .stopped
+            .compare_exchange(0, 1 + now as u8, Ordering::SeqCst, Ordering::SeqCst);
+        Some(now)
+    }
+
+    /// The first reason a check reported, if any did: the work was cut short.
+    pub fn stopped(&self) -> Option<StopReason> {
+        match self.stopped.load(Ordering::SeqCst) {
+            0 => None,
+            1 => Some(StopReason::TimeBudget),
+            _ => Some(StopReason::Interrupt),
+        }
+    }
+}
 
 /// Constraints that fix or restrict dimensions of the search (every field optional).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -42,13 +210,23 @@ impl Constraints {
             .collect()
     }
 
-    /// Parses a comma list of schedules (`1f1b,interleaved:2`).
+    /// Parses a comma list of schedules (`1f1b,interleaved:2`); interleaving takes at most
+    /// [`MAX_INTERLEAVE`] chunks per stage.
     pub fn parse_schedule_list(s: &str) -> Result<Vec<Schedule>> {
         s.split(',')
             .map(|p| {
-                p.trim()
+                let sched = p
+                    .trim()
                     .parse::<Schedule>()
-                    .map_err(|e| PlanError::InvalidArgument(format!("--schedule: {e}")))
+                    .map_err(|e| PlanError::InvalidArgument(format!("--schedule: {e}")))?;
+                if let Schedule::Interleaved(v) = sched
+                    && v > MAX_INTERLEAVE
+                {
+                    return Err(PlanError::InvalidArgument(format!(
+                        "--schedule interleaved:{v}: at most {MAX_INTERLEAVE} chunks per stage"
+                    )));
+                }
+                Ok(sched)
             })
             .collect()
     }
@@ -77,12 +255,16 @@ pub struct PlanRequest {
     pub optimizer: OptimizerKind,
     /// Search constraints.
     pub constraints: Constraints,
-    /// Stop evaluating after this long and return the best plan so far.
+    /// Stop after this long, counted from the start of the search and covering every phase (profiles,
+    /// candidate compilation, costing, code generation), and return the best plan so far.
     pub time_budget: Option<Duration>,
     /// Worker threads (None: all cores).
     pub threads: Option<usize>,
     /// Fraction of device memory a plan may use (the rest is headroom for the allocator and runtime).
     pub memory_fraction: f64,
+    /// Cancels the search and the code generation (the binary's Ctrl-C handler sets it); what is finished
+    /// is kept.
+    pub cancel: CancelToken,
 }
 
 impl PlanRequest {
@@ -97,33 +279,137 @@ impl PlanRequest {
             time_budget: None,
             threads: None,
             memory_fraction: 0.95,
+            cancel: CancelToken::new(),
         }
     }
 
-    /// Checks the job's own numbers.
+    /// Checks the job's own numbers against their ranges: batch in 1..=[`MAX_BATCH`], sequence length in
+    /// 1..=[`MAX_SEQ`], batch × sequence length at most [`MAX_TOKENS_PER_STEP`], a positive time budget of
+    /// at most [`MAX_TIME_BUDGET_S`], threads in 1..=cores × [`THREADS_PER_CORE`], a memory fraction in
+    /// (0, 1].
     pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(PlanError::InvalidArgument(m));
         if self.batch == 0 {
-            return Err(PlanError::InvalidArgument(
-                "--batch-size 0: the global batch must be at least 1".into(),
+            return bad("--batch-size 0: the global batch must be at least 1".into());
+        }
+        if self.batch > MAX_BATCH {
+            return bad(format!(
+                "--batch-size {}: at most {MAX_BATCH} sequences (2^40)",
+                self.batch
             ));
         }
         if self.seq == 0 {
-            return Err(PlanError::InvalidArgument(
-                "--seq-len 0: the sequence length must be at least 1".into(),
+            return bad("--seq-len 0: the sequence length must be at least 1".into());
+        }
+        if self.seq > MAX_SEQ {
+            return bad(format!(
+                "--seq-len {}: at most {MAX_SEQ} tokens (2^24)",
+                self.seq
+            ));
+        }
+        if self.batch.saturating_mul(self.seq) > MAX_TOKENS_PER_STEP {
+            return bad(format!(
+                "--batch-size {} × --seq-len {}: at most {MAX_TOKENS_PER_STEP} tokens per step (2^50)",
+                self.batch, self.seq
             ));
         }
         if let Some(t) = self.time_budget {
             if t.is_zero() {
-                return Err(PlanError::InvalidArgument(
-                    "--time-budget must be positive".into(),
+                return bad("--time-budget must be positive".into());
+            }
+            if t.as_secs_f64() > MAX_TIME_BUDGET_S {
+                return bad(format!(
+                    "--time-budget {}: at most {MAX_TIME_BUDGET_S} seconds (one week)",
+                    t.as_secs_f64()
                 ));
             }
         }
-        if self.threads == Some(0) {
-            return Err(PlanError::InvalidArgument(
-                "--threads 0: need at least one thread".into(),
+        if let Some(n) = self.threads {
+            check_threads(n)?;
+        }
+        if !(self.memory_fraction > 0.0 && self.memory_fraction <= 1.0) {
+            return bad(format!(
+                "memory fraction {}: must be in (0, 1]",
+                self.memory_fraction
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_checked_with_the_value() {
+        let ok = PlanRequest::new(256, 1024);
+        assert!(ok.validate().is_ok());
+        let err = |r: PlanRequest| r.validate().unwrap_err().to_string();
+        assert!(err(PlanRequest::new(MAX_BATCH + 1, 1)).contains("at most 1099511627776"));
+        assert!(PlanRequest::new(MAX_BATCH, 1).validate().is_ok());
+        assert!(err(PlanRequest::new(1, MAX_SEQ + 1)).contains("at most 16777216"));
+        assert!(err(PlanRequest::new(1 << 30, 1 << 21)).contains("tokens per step"));
+        assert!(err(PlanRequest::new(u64::MAX, u64::MAX)).contains("--batch-size"));
+        let mut r = PlanRequest::new(8, 8);
+        r.threads = Some(available_cores() * THREADS_PER_CORE + 1);
+        assert!(err(r).contains("at most"));
+        assert!(check_threads(1).is_ok());
+        assert!(check_threads(0).is_err());
+        assert!(check_threads(usize::MAX).is_err());
+    }
+
+    #[test]
+    fn time_budgets_are_finite_and_bounded() {
+        for bad in [
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            1e300,
+            MAX_TIME_BUDGET_S + 1.0,
+        ] {
+            assert!(time_budget_from_secs(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            time_budget_from_secs(2.5).unwrap(),
+            Duration::from_millis(2500)
+        );
+        assert!(time_budget_from_secs(MAX_TIME_BUDGET_S).is_ok());
+    }
+
+    #[test]
+    fn cancel_tokens_are_shared_and_bounds_remember_the_first_reason() {
+        let req = PlanRequest::new(8, 8);
+        let b = WorkBounds::new(&req, Instant::now());
+        assert_eq!(b.check(), None);
+        assert_eq!(b.stopped(), None);
+        let other = req.cancel.clone();
+        assert!(!other.cancel(), "first cancel");
+        assert!(req.cancel.cancel(), "second cancel sees the first");
+        assert_eq!(b.check(), Some(StopReason::Interrupt));
+        assert_eq!(b.stopped(), Some(StopReason::Interrupt));
+
+        let mut req = PlanRequest::new(8, 8);
+        req.time_budget = Some(Duration::from_millis(100));
+        let started = Instant::now() - Duration::from_millis(60);
+        let b = WorkBounds::new(&req, started);
+        assert_eq!(b.check(), None, "60 of 100 ms used");
+        assert_eq!(b.check_within(0.5), Some(StopReason::TimeBudget));
+        assert_eq!(b.stopped(), Some(StopReason::TimeBudget));
+        assert_eq!(
+            b.check(),
+            None,
+            "a phase's share does not stop later phases"
+        );
+        req.cancel.cancel();
+        assert_eq!(b.check(), Some(StopReason::Interrupt));
+        assert_eq!(
+            b.stopped(),
+            Some(StopReason::TimeBudget),
+            "the first reason is kept"
+        );
+        assert_eq!(StopReason::TimeBudget.as_str(), "time-budget");
+        assert_eq!(StopReason::Interrupt.to_string(), "interrupt");
     }
 }

@@ -1,24 +1,23 @@
-//! The search: compile every candidate (tensor-parallel sharding with egg, stage partitioning, training
-//! profiles), prune by memory lower bounds, cost the survivors in parallel with rayon, and select the
-//! fastest plan that fits. Deterministic: the same request gives the same plan at any thread count.
+//! The search: compile every candidate (training profiles, stage partitioning on the cost model's
+//! per-block costs), prune by the cost model's static-memory lower bound, cost the survivors in parallel
+//! with rayon, and select the fastest plan that fits. Deterministic: the same request gives the same plan
+//! at any thread count.
 
 use crate::error::{PlanError, Result};
 use crate::model::Model;
 use crate::partition::{StageCost, partition};
-use crate::request::PlanRequest;
-use crate::shard::{LayerCollectives, LayerCosts, MlpKind, shard_layer};
+use crate::request::{PlanRequest, StopReason, WorkBounds};
 use crate::space::{ModelShape, enumerate};
-use moai_costmodel::{Cluster, CostModel, Estimate, ParallelConfig, Recompute, Schedule};
+use moai_costmodel::{
+    BlockCost, Cluster, CostModel, Estimate, ParallelConfig, Recompute, Schedule,
+};
 use moai_ir::cost::{BlockKind, StepProfile};
 use moai_ir::train::{RecomputePolicy, TrainOptions};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-
-/// Set by a Ctrl-C handler: the search stops evaluating and returns the best plan so far.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Progress callbacks of a long search (the CLI draws a bar; libraries may ignore them).
 pub trait Progress: Sync {
@@ -71,13 +70,6 @@ impl Evaluated {
     }
 }
 
-/// Statistics of the egg sharding runs.
-#[derive(Clone, Debug, Default)]
-pub struct ShardingLog {
-    /// (tp, sequence_parallel) → (stop reason, e-graph nodes, collectives per layer).
-    pub runs: BTreeMap<(u32, bool), (String, usize, LayerCollectives)>,
-}
-
 /// Everything the search found.
 #[derive(Clone, Debug)]
 pub struct SearchResult {
@@ -95,10 +87,14 @@ pub struct SearchResult {
     pub cost_ms: f64,
     /// Candidates that survived pruning and were costed.
     pub costed: u64,
-    /// The search stopped early (time budget or interrupt).
+    /// The search stopped early (time budget or interrupt), in words for the explanation.
     pub stopped_early: Option<String>,
-    /// egg runs.
-    pub sharding: ShardingLog,
+    /// Why the search stopped early, when it did.
+    pub stopped_by: Option<StopReason>,
+    /// The bounds the search ran under (the request's cancellation token and the deadline of its time
+    /// budget, counted from the start of the search); code generation after the search continues under
+    /// the same bounds.
+    pub bounds: Arc<WorkBounds>,
 }
 
 /// Training options for one recomputation policy.
@@ -117,60 +113,55 @@ pub fn profiles_for(
     req: &PlanRequest,
     keys: &[(u32, Recompute)],
 ) -> Result<HashMap<(u32, Recompute), Arc<StepProfile>>> {
-    let built: Vec<Result<((u32, Recompute), Arc<StepProfile>)>> = keys
+    profiles_within(model, req, keys, None)
+}
+
+/// Like [`profiles_for`], but once `bounds` say stop, builds no more profiles (after the first one, which
+/// is always built so that a cut-short search can still cost something): the map then lacks those keys.
+fn profiles_within(
+    model: &Model,
+    req: &PlanRequest,
+    keys: &[(u32, Recompute)],
+    bounds: Option<&WorkBounds>,
+) -> Result<HashMap<(u32, Recompute), Arc<StepProfile>>> {
+    let done = AtomicU64::new(0);
+    type Built = Option<((u32, Recompute), Arc<StepProfile>)>;
+    let built: Vec<Result<Built>> = keys
         .par_iter()
+        .with_max_len(1)
         .map(|&(mbs, r)| {
+            if bounds.is_some_and(|b| b.check_within(PROFILES_SHARE).is_some())
+                && done.load(Ordering::SeqCst) >= 1
+            {
+                return Ok(None);
+            }
             let p = moai_ir::train::step_profile(
                 &model.graph,
                 &train_options(req, r),
                 mbs as u64,
                 req.seq,
             )?;
-            Ok(((mbs, r), Arc::new(p)))
+            done.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(((mbs, r), Arc::new(p))))
         })
         .collect();
-    built.into_iter().collect()
+    let mut out = HashMap::new();
+    for b in built {
+        if let Some((k, p)) = b? {
+            out.insert(k, p);
+        }
+    }
+    Ok(out)
 }
 
 fn model_shape(model: &Model) -> ModelShape {
     let s = &model.summary;
     ModelShape {
         layers: s.layers as u32,
-        heads: s.heads as u64,
-        kv_heads: s.kv_heads as u64,
-        ffn: s.ffn as u64,
+        heads: s.heads,
+        kv_heads: s.kv_heads,
+        ffn: s.ffn,
     }
-}
-
-/// Roofline-style proxy times and memory per block, used to balance stages. The real prediction is the
-/// cost model's; the proxy only has to rank splits.
-struct BlockProxy {
-    time: Vec<f64>,
-    saved: Vec<f64>,
-    params: Vec<f64>,
-}
-
-fn block_proxy(p: &StepProfile, cluster: &Cluster, tp: u32, sp: bool) -> BlockProxy {
-    let spec = cluster.gpu.spec();
-    let peak = spec.peak_flops(moai_ir::DType::BF16);
-    let bw = spec.hbm_bytes_per_s;
-    let mut out = BlockProxy {
-        time: Vec::new(),
-        saved: Vec::new(),
-        params: Vec::new(),
-    };
-    for b in &p.blocks {
-        let t: f64 = b
-            .ops
-            .iter()
-            .map(|o| (o.flops / peak).max(o.bytes / bw))
-            .sum::<f64>()
-            / tp as f64;
-        out.time.push(t);
-        out.saved.push(b.saved.per_device(tp as u64, sp));
-        out.params.push(b.params as f64 / tp as f64);
-    }
-    out
 }
 
 /// Runs the whole search.
@@ -183,6 +174,9 @@ pub fn search(
 ) -> Result<SearchResult> {
     req.validate()?;
     let t0 = Instant::now();
+    // The time budget and Ctrl-C bound every phase below: each unit of work (a profile, a candidate's
+    // compilation, a candidate's costing) starts only while `bounds.check()` is None.
+    let bounds = Arc::new(WorkBounds::new(req, t0));
     let shape = model_shape(model);
     let space = enumerate(shape, cluster, req.batch, &req.constraints);
     let mut rejected = space.rejected.clone();
@@ -215,63 +209,32 @@ pub fn search(
         .collect();
     keys.sort_by_key(|(m, r)| (*m, *r as u8));
     keys.dedup();
-    let profiles = profiles_for(model, req, &keys)?;
-
-    // egg sharding per (tp, sequence_parallel): the collectives of one layer.
-    let mut tp_keys: Vec<(u32, bool)> = candidates
-        .iter()
-        .map(|c| (c.tp, c.sequence_parallel))
-        .collect();
-    tp_keys.sort();
-    tp_keys.dedup();
-    let mlp = if matches!(model.summary.mlp, moai_ir::layers::MlpKind::Gated) {
-        MlpKind::Gated
-    } else {
-        MlpKind::Gelu
-    };
-    let any_profile = profiles
-        .values()
-        .next()
-        .expect("at least one profile")
-        .clone();
-    let sharding = ShardingLog {
-        runs: tp_keys
-            .par_iter()
-            .map(|&(tp, sp)| {
-                let costs = layer_costs(&any_profile, cluster, tp);
-                let s = shard_layer(mlp, &costs, sp);
-                (
-                    (tp, sp),
-                    (s.stop_reason.clone(), s.egraph_nodes, s.collectives()),
-                )
-            })
-            .collect(),
-    };
-    for ((tp, sp), (stop, nodes, coll)) in &sharding.runs {
-        tracing::debug!(tp, sp, stop = %stop, nodes, ?coll, "sharded decoder layer");
-    }
+    let profiles = profiles_within(model, req, &keys, Some(&bounds))?;
 
     // Stage partitioning and memory lower bound, per candidate.
     let capacity = cluster.memory_per_device_bytes as f64 * req.memory_fraction;
-    let proxies: Mutex<HashMap<(u32, Recompute, u32, bool), Arc<BlockProxy>>> =
-        Mutex::new(HashMap::new());
+    let compiled_ok = AtomicU64::new(0);
     let compiled: Vec<std::result::Result<ParallelConfig, String>> = candidates
         .par_iter()
         .map(|c| {
-            let profile = &profiles[&(c.micro_batch_size, c.recompute)];
-            let key = (c.micro_batch_size, c.recompute, c.tp, c.sequence_parallel);
-            let proxy = {
-                let cached = proxies.lock().expect("proxy cache").get(&key).cloned();
-                match cached {
-                    Some(p) => p,
-                    None => {
-                        let p = Arc::new(block_proxy(profile, cluster, c.tp, c.sequence_parallel));
-                        proxies.lock().expect("proxy cache").insert(key, p.clone());
-                        p
-                    }
-                }
+            // unfinished work (time budget, Ctrl-C) leaves the candidate not evaluated
+            let Some(profile) = profiles.get(&(c.micro_batch_size, c.recompute)) else {
+                progress.tick();
+                return Err(NOT_EVALUATED.to_string());
             };
-            let r = compile_candidate(c, profile, &proxy, shape.layers, capacity);
+            if bounds.check_within(COMPILE_SHARE).is_some()
+                && compiled_ok.load(Ordering::SeqCst) >= COMPILE_GRACE
+            {
+                progress.tick();
+                return Err(NOT_EVALUATED.to_string());
+            }
+            let r = cost
+                .block_costs(profile, cluster, c)
+                .map_err(|e| format!("cost model: {e}"))
+                .and_then(|blocks| compile_candidate(c, &blocks, shape.layers, capacity));
+            if r.is_ok() {
+                compiled_ok.fetch_add(1, Ordering::SeqCst);
+            }
             progress.tick();
             r
         })
@@ -281,6 +244,13 @@ pub fn search(
     let mut evaluated: Vec<Evaluated> = Vec::with_capacity(candidates.len());
     for (i, (c, r)) in candidates.drain(..).zip(compiled).enumerate() {
         match r {
+            Err(reason) if reason == NOT_EVALUATED => {
+                *rejected.entry(reason).or_insert(0) += 1;
+                evaluated.push(Evaluated {
+                    config: c,
+                    outcome: Outcome::NotEvaluated,
+                });
+            }
             Ok(cfg) => {
                 survivors.push(i);
                 evaluated.push(Evaluated {
@@ -307,24 +277,28 @@ pub fn search(
     // Cost the survivors.
     tracing::info!("SelectBestGraphFromCandidates start...");
     let t1 = Instant::now();
-    let deadline = req.time_budget.map(|b| t0 + b);
-    let stopped = AtomicBool::new(false);
     let costed = AtomicU64::new(0);
+    let feasible = AtomicU64::new(0);
+    let after_stop = AtomicU64::new(0);
     progress.start("cost", survivors.len() as u64);
     let outcomes: Vec<(usize, Outcome)> = survivors
         .par_iter()
         .map(|&i| {
-            let out = if INTERRUPTED.load(Ordering::Relaxed)
-                || deadline.is_some_and(|d| Instant::now() >= d)
-            {
-                stopped.store(true, Ordering::Relaxed);
+            // once stopped, cost only until one candidate fits (at most COST_GRACE more)
+            let stop = bounds.check().is_some()
+                && (feasible.load(Ordering::SeqCst) > 0
+                    || after_stop.fetch_add(1, Ordering::SeqCst) >= COST_GRACE);
+            let out = if stop {
                 Outcome::NotEvaluated
             } else {
                 let c = &evaluated[i].config;
                 let profile = &profiles[&(c.micro_batch_size, c.recompute)];
                 costed.fetch_add(1, Ordering::Relaxed);
                 match cost.estimate(profile, cluster, c) {
-                    Ok(e) if (e.peak_memory_bytes as f64) <= capacity => Outcome::Feasible(e),
+                    Ok(e) if (e.peak_memory_bytes as f64) <= capacity => {
+                        feasible.fetch_add(1, Ordering::SeqCst);
+                        Outcome::Feasible(e)
+                    }
                     Ok(e) => Outcome::OutOfMemory(e),
                     Err(err) => Outcome::Rejected(format!("cost model: {err}")),
                 }
@@ -342,11 +316,7 @@ pub fn search(
                     .or_insert(0) += 1
             }
             Outcome::Rejected(r) => *rejected.entry(r.clone()).or_insert(0) += 1,
-            Outcome::NotEvaluated => {
-                *rejected
-                    .entry("not evaluated (time budget or interrupt)".into())
-                    .or_insert(0) += 1
-            }
+            Outcome::NotEvaluated => *rejected.entry(NOT_EVALUATED.into()).or_insert(0) += 1,
             Outcome::Feasible(_) => {}
         }
         evaluated[i].outcome = o;
@@ -356,16 +326,14 @@ pub fn search(
         "Elapsed Time to compute cost for survived candidates = {} [ms]",
         cost_ms.round() as u64
     );
-    let stopped_early = if INTERRUPTED.load(Ordering::Relaxed) {
-        Some("interrupted".to_string())
-    } else if stopped.load(Ordering::Relaxed) {
-        Some(format!(
+    let stopped_by = bounds.stopped();
+    let stopped_early = stopped_by.map(|r| match r {
+        StopReason::Interrupt => "interrupted".to_string(),
+        StopReason::TimeBudget => format!(
             "time budget of {:.1} s reached",
             req.time_budget.map(|d| d.as_secs_f64()).unwrap_or(0.0)
-        ))
-    } else {
-        None
-    };
+        ),
+    });
 
     let mut ranking: Vec<usize> = (0..evaluated.len())
         .filter(|&i| matches!(evaluated[i].outcome, Outcome::Feasible(_)))
@@ -377,8 +345,26 @@ pub fn search(
             .then(a.cmp(&b))
     });
     let Some(&best) = ranking.first() else {
-        if costed.load(Ordering::Relaxed) == 0 && stopped_early.is_some() {
-            return Err(PlanError::Interrupted);
+        if let Some(why) = stopped_by {
+            // nothing feasible among what was finished: say what stopped it, not "fits nowhere"
+            let costed = costed.load(Ordering::Relaxed);
+            if costed == 0 && why == StopReason::Interrupt {
+                return Err(PlanError::Interrupted);
+            }
+            let (what, hint) = match why {
+                StopReason::Interrupt => ("interrupted (Ctrl-C)".to_string(), ""),
+                StopReason::TimeBudget => (
+                    format!(
+                        "the time budget of {:.1} s ran out",
+                        req.time_budget.map(|d| d.as_secs_f64()).unwrap_or(0.0)
+                    ),
+                    "; give --time-budget more seconds",
+                ),
+            };
+            return Err(PlanError::Stopped(format!(
+                "{what} after {costed} of {} candidates were costed, none of them fitting{hint}",
+                evaluated.len()
+            )));
         }
         return Err(no_fit_error(model, cluster, req, &evaluated));
     };
@@ -391,9 +377,29 @@ pub fn search(
         cost_ms,
         costed: costed.load(Ordering::Relaxed),
         stopped_early,
-        sharding,
+        stopped_by,
+        bounds,
     })
 }
+
+/// The share of the time budget training profiles may use (their candidates are compiled and costed in
+/// the rest).
+const PROFILES_SHARE: f64 = 0.4;
+
+/// The share of the time budget profiles and candidate compilation may use together (the survivors are
+/// costed in the rest).
+const COMPILE_SHARE: f64 = 0.6;
+
+/// Candidates compiled after the time budget or an interrupt stopped the compile phase, when fewer had
+/// survived before: a search cut short still has candidates to cost.
+const COMPILE_GRACE: u64 = 64;
+
+/// Candidates costed after a stop while none fits yet: a search cut short still returns a plan when one
+/// of the first few fits.
+const COST_GRACE: u64 = 256;
+
+/// The rejection reason of candidates left unfinished by the time budget or an interrupt.
+pub const NOT_EVALUATED: &str = "not evaluated (time budget or interrupt)";
 
 /// Lower is better: step time, then peak memory (headroom breaks ties).
 fn rank_key(e: &Evaluated) -> (f64, f64) {
@@ -431,114 +437,89 @@ fn no_fit_error(
     ))
 }
 
-/// Layer-level costs for the egg extraction, from the profile's decoder-layer ops.
-fn layer_costs(p: &StepProfile, cluster: &Cluster, tp: u32) -> LayerCosts {
-    let spec = cluster.gpu.spec();
-    let peak = spec.peak_flops(moai_ir::DType::BF16);
-    let bw = spec.hbm_bytes_per_s;
-    let layer = p
-        .blocks
-        .iter()
-        .find(|b| matches!(b.kind, BlockKind::Decoder(_)));
-    let mut linear: BTreeMap<String, f64> = BTreeMap::new();
-    let (mut attn, mut norm, mut elementwise) = (0.0, 0.0, 0.0);
-    let mut hidden_bytes = 0.0_f64;
-    if let Some(l) = layer {
-        hidden_bytes = l.boundary_bytes;
-        for o in &l.ops {
-            let t = (o.flops / peak).max(o.bytes / bw);
-            match &o.class {
-                moai_ir::cost::KernelClass::Matmul { .. } => {
-                    let name = o
-                        .label
-                        .rsplit('.')
-                        .next()
-                        .unwrap_or("")
-                        .trim_end_matches("_proj")
-                        .to_string();
-                    let key = match name.as_str() {
-                        "c_attn" | "qkv" => "q".to_string(),
-                        "c_proj" if o.label.contains("attn") => "o".to_string(),
-                        "c_fc" => "fc1".to_string(),
-                        "c_proj" => "fc2".to_string(),
-                        other => other.to_string(),
-                    };
-                    *linear.entry(key).or_insert(0.0) += t;
-                }
-                moai_ir::cost::KernelClass::Attention { .. } => attn += t,
-                moai_ir::cost::KernelClass::Norm => norm += t / 2.0,
-                _ => elementwise += t / 4.0,
+/// Per-layer sums of the cost model's block costs, with the embedding charged to the first stage and the
+/// head to the last; prefix sums make a stage's cost O(1).
+struct LayerSums {
+    /// Prefix sums over decoder layers `0..l` of (seconds, saved bytes, static bytes).
+    prefix: Vec<[f64; 3]>,
+    /// Embedding (and anything before the first layer).
+    first: [f64; 3],
+    /// Head (and anything after the last layer).
+    last: [f64; 3],
+}
+
+impl LayerSums {
+    fn new(blocks: &[BlockCost], layers: u32) -> std::result::Result<LayerSums, String> {
+        if layers == 0 {
+            return Err("the model has no decoder layers".into());
+        }
+        let mut per_layer = vec![[0.0; 3]; layers as usize];
+        let (mut first, mut last) = ([0.0; 3], [0.0; 3]);
+        for b in blocks {
+            let v = [b.time_s(), b.saved_bytes, b.static_bytes];
+            let slot = match b.kind {
+                BlockKind::Embedding => &mut first,
+                BlockKind::Head => &mut last,
+                BlockKind::Decoder(l) => per_layer.get_mut(l as usize).ok_or_else(|| {
+                    format!(
+                        "cost model: block costs name decoder layer {l} of a {layers}-layer model"
+                    )
+                })?,
+            };
+            for k in 0..3 {
+                slot[k] += v[k];
             }
         }
+        let mut prefix = vec![[0.0; 3]; layers as usize + 1];
+        for (l, v) in per_layer.iter().enumerate() {
+            for k in 0..3 {
+                prefix[l + 1][k] = prefix[l][k] + v[k];
+            }
+        }
+        Ok(LayerSums {
+            prefix,
+            first,
+            last,
+        })
     }
-    let link = if tp <= 2 {
-        cluster.links.pair
-    } else {
-        cluster.links.server
-    };
-    let link_bw = link.effective_bytes_per_s(tp.max(1));
-    let t = tp.max(1) as f64;
-    let ring = 2.0 * (t - 1.0) / t * hidden_bytes / link_bw;
-    LayerCosts {
-        tp: tp as u64,
-        linear: linear.into_iter().collect(),
-        attn,
-        norm,
-        elementwise,
-        allreduce: 2.0 * ring,
-        reduce_scatter: ring,
-        gather_cols: 4.0 * ring,
+
+    /// (seconds, saved bytes, static bytes) of a stage holding layers `lo..=hi`.
+    fn stage(&self, lo: u32, hi: u32) -> [f64; 3] {
+        // Clamped to the model's layers (`new` ensures there is one); an empty range (lo = hi + 1) sums to
+        // nothing of its own.
+        let hi = (hi as usize).min(self.prefix.len() - 2);
+        let lo = (lo as usize).min(hi + 1);
+        let mut v = [0.0; 3];
+        for (k, x) in v.iter_mut().enumerate() {
+            *x = self.prefix[hi + 1][k] - self.prefix[lo][k];
+            if lo == 0 {
+                *x += self.first[k];
+            }
+            if hi + 2 == self.prefix.len() {
+                *x += self.last[k];
+            }
+        }
+        v
     }
 }
 
-/// Partitions stages and checks the static-memory lower bound of one candidate.
+/// Partitions stages on the cost model's per-block costs and checks the static-memory lower bound of one
+/// candidate.
 fn compile_candidate(
     c: &ParallelConfig,
-    profile: &StepProfile,
-    proxy: &BlockProxy,
+    blocks: &[BlockCost],
     layers: u32,
     capacity: f64,
 ) -> std::result::Result<ParallelConfig, String> {
+    let sums = LayerSums::new(blocks, layers)?;
     let mut cfg = c.clone();
-    // Static bytes per parameter on one device after ZeRO sharding.
-    let dp = c.dp as f64;
-    let mut per_param = profile.static_bytes_per_param;
-    if c.distribute_param {
-        per_param /= dp;
-    } else {
-        if c.distribute_optimizer {
-            per_param -= profile.optimizer_bytes_per_param * (1.0 - 1.0 / dp);
-        }
-        if c.distribute_low_prec_param {
-            per_param -= profile.low_prec_param_bytes_per_param * (1.0 - 1.0 / dp);
-        }
-    }
-    // Blocks: 0 = embedding, 1..=layers decoder, layers+1 = head.
-    let nb = proxy.time.len();
-    let block_of_layer = |l: u32| (l + 1) as usize;
     let stage_cost = |stage: u32, lo: u32, hi: u32| -> StageCost {
-        let mut time = 0.0;
-        let mut saved = 0.0;
-        let mut params = 0.0;
-        let mut add = |b: usize| {
-            time += proxy.time[b];
-            saved += proxy.saved[b];
-            params += proxy.params[b];
-        };
-        if lo == 0 {
-            add(0);
-        }
-        for l in lo..=hi {
-            add(block_of_layer(l));
-        }
-        if hi == layers - 1 && nb > layers as usize + 1 {
-            add(nb - 1);
-        }
+        let [time, saved, statics] = sums.stage(lo, hi);
         let inflight =
             moai_costmodel::memory::in_flight(c.schedule, c.pp, stage, c.num_micro_batches) as f64;
         StageCost {
             time_s: time,
-            memory_bytes: params * per_param + saved * inflight,
+            memory_bytes: statics + saved * inflight,
         }
     };
     let stages = if c.pp > 1 && !matches!(c.schedule, Schedule::Interleaved(_)) {
@@ -554,19 +535,7 @@ fn compile_candidate(
     };
     let static_max = ranges
         .iter()
-        .map(|&(lo, hi)| {
-            let mut params = 0.0;
-            if lo == 0 {
-                params += proxy.params[0];
-            }
-            for l in lo..=hi {
-                params += proxy.params[block_of_layer(l)];
-            }
-            if hi == layers - 1 && nb > layers as usize + 1 {
-                params += proxy.params[nb - 1];
-            }
-            params * per_param
-        })
+        .map(|&(lo, hi)| sums.stage(lo, hi)[2])
         .fold(0.0, f64::max);
     if static_max > capacity {
         return Err(
@@ -575,4 +544,76 @@ fn compile_candidate(
     }
     cfg.stages = stages;
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod block_cost_tests {
+    use super::*;
+
+    /// Embedding, `layers` decoder layers of 1 s each (layer `slow` of `slow_s`), head; static bytes 10
+    /// per block, saved bytes 1.
+    fn blocks(layers: u32, slow: u32, slow_s: f64) -> Vec<BlockCost> {
+        let b = |kind, t: f64| BlockCost {
+            kind,
+            forward_s: t / 3.0,
+            backward_s: 2.0 * t / 3.0,
+            params: 1.0,
+            static_bytes: 10.0,
+            saved_bytes: 1.0,
+        };
+        let mut v = vec![b(BlockKind::Embedding, 0.5)];
+        v.extend(
+            (0..layers).map(|l| b(BlockKind::Decoder(l), if l == slow { slow_s } else { 1.0 })),
+        );
+        v.push(b(BlockKind::Head, 2.0));
+        v
+    }
+
+    fn pipeline(pp: u32) -> ParallelConfig {
+        ParallelConfig {
+            pp,
+            num_micro_batches: 4,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn stage_sums_charge_embedding_first_and_head_last() {
+        let s = LayerSums::new(&blocks(4, 9, 1.0), 4).unwrap();
+        let t = |lo, hi| s.stage(lo, hi)[0];
+        assert!((t(0, 3) - 6.5).abs() < 1e-12);
+        assert!((t(0, 1) - 2.5).abs() < 1e-12);
+        assert!((t(2, 3) - 4.0).abs() < 1e-12);
+        assert_eq!(s.stage(1, 2)[2], 20.0);
+        assert_eq!(
+            s.stage(4, 3)[0],
+            2.0,
+            "an empty last range holds only the head"
+        );
+    }
+
+    #[test]
+    fn the_split_follows_the_block_costs() {
+        let even = compile_candidate(&pipeline(2), &blocks(8, 9, 1.0), 8, f64::INFINITY).unwrap();
+        assert_eq!(
+            even.stages,
+            vec![(0, 4), (5, 7)],
+            "the head weighs 2 layers"
+        );
+        let slow = compile_candidate(&pipeline(2), &blocks(8, 1, 6.0), 8, f64::INFINITY).unwrap();
+        assert_eq!(slow.stages, vec![(0, 1), (2, 7)], "layer 1 takes 6 s");
+    }
+
+    #[test]
+    fn static_bytes_bound_prunes_and_bad_layers_are_named() {
+        // 10 blocks × 10 bytes on one device.
+        let c = ParallelConfig::default();
+        assert!(compile_candidate(&c, &blocks(8, 9, 1.0), 8, 100.0).is_ok());
+        let e = compile_candidate(&c, &blocks(8, 9, 1.0), 8, 99.0).unwrap_err();
+        assert!(e.contains("static memory"), "{e}");
+        let e = compile_candidate(&c, &blocks(9, 9, 1.0), 8, 1e9).unwrap_err();
+        assert!(e.contains("decoder layer 8 of a 8-layer model"), "{e}");
+        let e = compile_candidate(&c, &blocks(1, 9, 1.0), 0, 1e9).unwrap_err();
+        assert!(e.contains("no decoder layers"), "{e}");
+    }
 }

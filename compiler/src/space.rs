@@ -35,8 +35,26 @@ pub struct Space {
 /// Micro-batch sizes the search tries.
 pub const MICRO_BATCH_SIZES: [u32; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
 
+/// The most micro-batches a pipelined candidate (pp > 1) may have: the cost model simulates the schedule
+/// per micro-batch, so its time and memory grow with the count. Candidates beyond it are rejected by name.
+pub const MAX_PIPELINE_MICRO_BATCHES: u64 = 1 << 16;
+
+/// Divisors of `n` in increasing order, in O(√n).
 fn divisors(n: u32) -> Vec<u32> {
-    (1..=n).filter(|d| n.is_multiple_of(*d)).collect()
+    let mut low = Vec::new();
+    let mut high = Vec::new();
+    let mut d: u32 = 1;
+    while (d as u64) * (d as u64) <= n as u64 {
+        if n.is_multiple_of(d) {
+            low.push(d);
+            if d != n / d {
+                high.push(n / d);
+            }
+        }
+        d += 1;
+    }
+    low.extend(high.into_iter().rev());
+    low
 }
 
 /// Why the fixed dimensions of `c` can never be met on `devices` devices for this model and batch, one
@@ -181,7 +199,23 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                     }
                     continue;
                 }
-                let nmb = (per_replica / mbs as u64) as u32;
+                let Ok(nmb) = u32::try_from(per_replica / mbs as u64) else {
+                    reject(
+                        "more than 2^32-1 micro-batches per replica (a plan counts them in 32 bits)"
+                            .into(),
+                        1,
+                    );
+                    continue;
+                };
+                if pp > 1 && nmb as u64 > MAX_PIPELINE_MICRO_BATCHES {
+                    reject(
+                        format!(
+                            "pipeline with more than {MAX_PIPELINE_MICRO_BATCHES} micro-batches (its schedule is simulated per micro-batch)"
+                        ),
+                        1,
+                    );
+                    continue;
+                }
                 let schedules: Vec<Schedule> = if pp == 1 {
                     vec![Schedule::OneFOneB]
                 } else if c.schedules.is_empty() {
@@ -195,7 +229,7 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                 };
                 for schedule in schedules {
                     if let Schedule::Interleaved(v) = schedule {
-                        if !shape.layers.is_multiple_of(pp * v) {
+                        if !(shape.layers as u64).is_multiple_of(pp as u64 * v as u64) {
                             reject("interleaved chunks do not divide the layers".into(), 1);
                             continue;
                         }
@@ -266,6 +300,39 @@ mod tests {
             kv_heads: 40,
             ffn: 13824,
         }
+    }
+
+    #[test]
+    fn divisors_in_order() {
+        assert_eq!(divisors(1), vec![1]);
+        assert_eq!(divisors(12), vec![1, 2, 3, 4, 6, 12]);
+        assert_eq!(divisors(49), vec![1, 7, 49]);
+        for n in 1..200u32 {
+            let slow: Vec<u32> = (1..=n).filter(|d| n % d == 0).collect();
+            assert_eq!(divisors(n), slow, "{n}");
+        }
+        // u32::MAX = 3 · 5 · 17 · 257 · 65537: 32 divisors, found without 4 billion steps
+        assert_eq!(divisors(u32::MAX).len(), 32);
+    }
+
+    #[test]
+    fn huge_batches_give_bounded_candidates() {
+        let cluster = Cluster::from_flavor("4xLarge.2048GB", Gpu::Mi250).unwrap();
+        let s = enumerate(shape13b(), &cluster, 1 << 40, &Constraints::default());
+        assert!(!s.candidates.is_empty());
+        for c in &s.candidates {
+            assert_eq!(c.global_batch(), 1 << 40, "{c:?}");
+            if c.pp > 1 {
+                assert!(c.num_micro_batches as u64 <= MAX_PIPELINE_MICRO_BATCHES);
+            }
+        }
+        assert!(
+            s.rejected
+                .keys()
+                .any(|r| r.contains("2^32-1 micro-batches")),
+            "{:?}",
+            s.rejected
+        );
     }
 
     #[test]

@@ -127,6 +127,90 @@ fn bad_input_matrix() {
         (vec!["models/does-not-exist.onnx"], "does-not-exist"),
         (vec![SMALL, "--precision", "fp3"], "fp3"),
         (vec![SMALL, "--optimizer", "lion9"], "lion9"),
+        // numeric ranges: each flag's bound, named with the value
+        (
+            vec![SMALL, "--threads", "100000"],
+            "--threads 100000: at most",
+        ),
+        (
+            vec![SMALL, "--threads", "18446744073709551615"],
+            "--threads 18446744073709551615: at most",
+        ),
+        (vec![SMALL, "--time-budget", "0"], "--time-budget 0"),
+        (vec![SMALL, "--time-budget", "inf"], "finite"),
+        (vec![SMALL, "--time-budget", "NaN"], "finite"),
+        (
+            vec![SMALL, "--time-budget", "1e300"],
+            "at most 604800 seconds",
+        ),
+        (
+            vec![SMALL, "--time-budget", "604801"],
+            "at most 604800 seconds",
+        ),
+        (
+            vec![
+                SMALL,
+                "--gpu",
+                "h100",
+                "--devices",
+                "8",
+                "--batch-size",
+                "18446744073709551615",
+            ],
+            "--batch-size 18446744073709551615: at most 1099511627776",
+        ),
+        (
+            vec![
+                SMALL,
+                "--gpu",
+                "h100",
+                "--devices",
+                "8",
+                "--batch-size",
+                "1099511627777",
+            ],
+            "at most 1099511627776",
+        ),
+        (
+            vec![
+                SMALL,
+                "--gpu",
+                "h100",
+                "--devices",
+                "8",
+                "--seq-len",
+                "99999999999",
+            ],
+            "--seq-len 99999999999: at most 16777216",
+        ),
+        (
+            vec![
+                SMALL,
+                "--gpu",
+                "h100",
+                "--devices",
+                "8",
+                "--batch-size",
+                "1099511627776",
+                "--seq-len",
+                "4096",
+            ],
+            "tokens per step",
+        ),
+        (
+            vec![SMALL, "--tp", "4294967296"],
+            "--tp 4294967296: too large",
+        ),
+        (
+            vec![SMALL, "--micro-batch-size", "99999999999"],
+            "--micro-batch-size 99999999999: too large",
+        ),
+        (vec![SMALL, "--batch-size", "-1"], "-1"),
+        (vec![SMALL, "--time-budget", "soon"], "soon"),
+        (
+            vec![SMALL, "--pp", "4", "--schedule", "interleaved:4294967295"],
+            "interleaved:4294967295: at most 1024",
+        ),
     ];
     let mut problems = Vec::new();
     for (i, (args, want)) in cases.iter().enumerate() {
@@ -159,6 +243,10 @@ fn bad_input_matrix() {
         }
     }
     let other: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["inspect", SMALL, "--seq-len", "18446744073709551615"],
+            "--seq-len 18446744073709551615: at most 16777216",
+        ),
         (vec!["validate", &bad_truth], "truth.jsonl"),
         (vec!["validate", &missing], "nope.json"),
         (
@@ -190,6 +278,149 @@ fn bad_input_matrix() {
             vec!["sweep", SMALL, "--flavors", "Small.64GB", "--threads", "0"],
             "threads",
         ),
+        (
+            vec![
+                "sweep",
+                SMALL,
+                "--flavors",
+                "Small.64GB",
+                "--threads",
+                "100000",
+            ],
+            "--threads 100000: at most",
+        ),
+        (
+            vec![
+                "sweep",
+                SMALL,
+                "--flavors",
+                "Small.64GB",
+                "--batch-size",
+                "18446744073709551615",
+            ],
+            "at most 1099511627776",
+        ),
+        (
+            vec![
+                "estimate",
+                SMALL,
+                "--gpu",
+                "h100",
+                "--devices",
+                "8",
+                "--batch-size",
+                "18446744073709551615",
+                "--seq-len",
+                "128",
+            ],
+            "at most 1099511627776",
+        ),
+        (
+            vec![
+                "estimate",
+                SMALL,
+                "--gpu",
+                "h100",
+                "--devices",
+                "8",
+                "--batch-size",
+                "8",
+                "--seq-len",
+                "16777217",
+            ],
+            "--seq-len 16777217: at most 16777216",
+        ),
+        (
+            vec![
+                "estimate",
+                SMALL,
+                "--gpu",
+                "h100",
+                "--devices",
+                "8",
+                "--tp",
+                "65536",
+                "--pp",
+                "65536",
+                "--batch-size",
+                "8",
+                "--seq-len",
+                "8",
+            ],
+            "8 devices are not divisible by tp 65536 × pp 65536",
+        ),
+        (
+            vec![
+                "estimate",
+                SMALL,
+                "--gpu",
+                "h100",
+                "--devices",
+                "8",
+                "--dp",
+                "4294967295",
+                "--tp",
+                "8",
+                "--batch-size",
+                "8",
+                "--seq-len",
+                "8",
+            ],
+            "(= 34359738360)",
+        ),
+        (
+            vec![
+                "estimate",
+                SMALL,
+                "--gpu",
+                "h100",
+                "--devices",
+                "8",
+                "--tp",
+                "2",
+                "--pp",
+                "4",
+                "--batch-size",
+                "1000000000",
+                "--seq-len",
+                "8",
+            ],
+            "1000000000 micro-batches in a 4-stage pipeline: at most 65536",
+        ),
+        (
+            vec![
+                "estimate",
+                SMALL,
+                "--gpu",
+                "h100",
+                "--devices",
+                "8",
+                "--batch-size",
+                "1099511627776",
+                "--seq-len",
+                "1",
+            ],
+            "micro-batches per replica",
+        ),
+        (
+            vec![
+                "estimate",
+                SMALL,
+                "--gpu",
+                "h100",
+                "--devices",
+                "8",
+                "--pp",
+                "4",
+                "--schedule",
+                "interleaved:4294967295",
+                "--batch-size",
+                "8",
+                "--seq-len",
+                "8",
+            ],
+            "interleaved:4294967295: at most 1024",
+        ),
     ];
     for (full, want) in &other {
         match std::panic::catch_unwind(|| fails(full)) {
@@ -205,4 +436,139 @@ fn bad_input_matrix() {
         problems.len(),
         problems.join("\n")
     );
+}
+
+/// Extreme but valid sizes give a bounded, correct plan: no overflow (the plan's dp × micro-batch size ×
+/// micro-batches is the batch, each count within 32 bits), no hang, bounded memory.
+#[test]
+fn extreme_sizes_give_bounded_correct_plans() {
+    use crate::cli::moai;
+    use serde_json::Value;
+    // (args, batch): the largest batch at seq 1; a billion-sequence batch under a 5 s budget; u32::MAX
+    // devices (all divisors of 2^32-1 found without counting to it)
+    let cases: Vec<(Vec<&str>, u64)> = vec![
+        (
+            vec![
+                "--gpu",
+                "h100",
+                "--devices",
+                "8",
+                "--batch-size",
+                "1099511627776",
+                "--seq-len",
+                "1",
+            ],
+            1 << 40,
+        ),
+        (
+            vec![
+                "--flavor",
+                "4xLarge.2048GB",
+                "--batch-size",
+                "1000000000",
+                "--time-budget",
+                "5",
+            ],
+            1_000_000_000,
+        ),
+        (
+            vec![
+                "--gpu",
+                "h100",
+                "--devices",
+                "4294967295",
+                "--batch-size",
+                "4294967295",
+                "--seq-len",
+                "8",
+            ],
+            u32::MAX as u64,
+        ),
+    ];
+    for (args, batch) in cases {
+        let mut full = vec!["plan", SMALL, "--json", "--log", "warn"];
+        full.extend(args.iter().copied());
+        let t = std::time::Instant::now();
+        let out = moai(&full);
+        let secs = t.elapsed().as_secs_f64();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{full:?}: {err}");
+        assert!(secs < 60.0, "{full:?} took {secs:.1} s");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("--json prints one object");
+        let p = &v["plan"];
+        let n = |k: &str| p[k].as_u64().unwrap_or_else(|| panic!("{k} in {p}"));
+        assert!(n("num_micro_batches") <= u32::MAX as u64, "{p}");
+        assert_eq!(
+            n("dp") as u128 * n("micro_batch_size") as u128 * n("num_micro_batches") as u128,
+            batch as u128,
+            "{full:?}: {p}"
+        );
+        let search = &v["search"];
+        let complete = search["complete"].as_bool().expect("search.complete");
+        if complete {
+            assert!(search.get("stopped_by").is_none(), "{search}");
+        } else {
+            assert_eq!(search["stopped_by"], "time-budget", "{search}");
+        }
+    }
+}
+
+mod extreme_sizes {
+    //! Proptest over extreme sizes: any request the ranges accept plans without arithmetic overflow (the
+    //! test profile has overflow checks on, so an overflow panics) and with a consistent plan.
+    use moai_compiler::{Cluster, Gpu, Model, PlanRequest, plan};
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn model() -> Model {
+        Model::load(super::SMALL).expect("spec loads")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn accepted_requests_plan_without_overflow(
+            batch_log in 0u32..=40,
+            batch_off in any::<u64>(),
+            seq_log in 0u32..=24,
+            devices in prop_oneof![1u32..=64, Just(u32::MAX), 1u32..=u32::MAX],
+            mbs in proptest::option::of(prop_oneof![1u32..=4, Just(u32::MAX)]),
+        ) {
+            let batch = (1u64 << batch_log) + batch_off % (1u64 << batch_log);
+            let batch = batch.min(moai_compiler::request::MAX_BATCH);
+            let seq = 1u64 << seq_log;
+            let mut req = PlanRequest::new(batch, seq);
+            req.constraints.micro_batch_size = mbs;
+            req.time_budget = Some(Duration::from_secs(2));
+            req.threads = Some(1);
+            let accepted = req.validate().is_ok();
+            prop_assert_eq!(
+                accepted,
+                batch <= moai_compiler::request::MAX_BATCH
+                    && seq <= moai_compiler::request::MAX_SEQ
+                    && (batch as u128) * (seq as u128) <= moai_compiler::request::MAX_TOKENS_PER_STEP as u128
+            );
+            if !accepted {
+                return Ok(());
+            }
+            let cluster = Cluster::new(Gpu::H100, devices).expect("devices >= 1");
+            match plan(&model(), &cluster, &req) {
+                Ok(r) => {
+                    let p = &r.output.plan;
+                    prop_assert_eq!(
+                        p.dp as u128 * p.micro_batch_size as u128 * p.num_micro_batches as u128,
+                        batch as u128
+                    );
+                    prop_assert!(p.num_micro_batches <= u32::MAX as u64);
+                    let s = r.output.predicted.step_time_s;
+                    prop_assert!(s.is_finite() && s > 0.0, "step time {}", s);
+                }
+                Err(e) => {
+                    let m = e.to_string();
+                    prop_assert!(!m.is_empty() && !m.contains('\n'), "{}", m);
+                }
+            }
+        }
+    }
 }

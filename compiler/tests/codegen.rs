@@ -322,12 +322,13 @@ fn llama13b_onnx_tp4_split_reaches_the_emitted_code() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Ctrl-C while the stage programs are being lowered: the programs not yet started are skipped, the
-/// command fails with one line saying so, and nothing is written to `--out`. SIGINT is sent when the
+/// Ctrl-C while the stage programs are being lowered: what is finished is kept. The programs not yet
+/// started are skipped and named as not written (stderr and `plan.json`'s `codegen`), the plan and the
+/// finished programs are written, no incomplete `plan.moai` bundle, exit 0. SIGINT is sent when the
 /// first of tiny-llama's six tp=2 / pp=2 programs has been lowered (its progress line is on stderr).
 #[test]
 #[cfg_attr(not(feature = "mlir"), ignore = "lowering needs the mlir feature")]
-fn ctrl_c_during_lowering_writes_nothing() {
+fn ctrl_c_during_lowering_keeps_the_plan_and_finished_programs() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let dir = out_dir("sigint");
@@ -376,22 +377,37 @@ fn ctrl_c_during_lowering_writes_nothing() {
     let status = child.wait().expect("waits");
     let err = lines.join("\n");
     assert!(signalled, "no program finished lowering:\n{err}");
-    assert!(!status.success(), "exit {status:?}:\n{err}");
+    // what is finished is kept: the plan is printed and written, the unfinished programs are named
+    assert!(status.success(), "exit {status:?}:\n{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(
         !err.contains("codegen [6/6]"),
         "all six programs were lowered:\n{err}"
     );
-    let errors: Vec<&str> = lines
-        .iter()
-        .map(String::as_str)
-        .filter(|l| l.starts_with("error"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{err}");
     assert!(
-        errors[0].contains("interrupted (Ctrl-C) while compiling"),
-        "{}",
-        errors[0]
+        err.contains("codegen stopped (interrupt)") && err.contains("not written: stage"),
+        "{err}"
     );
-    assert!(!dir.exists(), "{} was written", dir.display());
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("plan.json")).expect("plan.json"))
+            .expect("plan.json parses");
+    assert_eq!(plan["codegen"]["complete"], false, "{}", plan["codegen"]);
+    assert_eq!(plan["codegen"]["stopped_by"], "interrupt");
+    let missing = plan["codegen"]["not_written"]
+        .as_array()
+        .expect("not_written");
+    assert!(!missing.is_empty());
+    for m in missing {
+        let m = m.as_str().expect("a path");
+        assert!(
+            !dir.join(m).exists(),
+            "{m} is listed as not written but exists"
+        );
+    }
+    assert!(dir.join("stage0/forward.hsaco").exists() || dir.join("stage1/forward.hsaco").exists());
+    assert!(
+        !dir.join("plan.moai").exists(),
+        "an incomplete bundle was written"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,6 +6,7 @@ mod codegen;
 mod exports;
 mod current;
 mod interrupt;
+mod partition;
 mod planner;
 mod report;
 mod smi;

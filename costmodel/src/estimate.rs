@@ -90,6 +90,20 @@ pub trait CostModel: Sync {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Result<Estimate>;
+
+    /// Per-block costs and memory of `cfg` on one device, one entry per block of `profile` in order: what
+    /// stage partitioning balances and memory pruning bounds before the stages are known (so a cost
+    /// model plugged into the planner cuts the stages it scores). Must not depend on `cfg.stages`, `pp`,
+    /// the schedule or the micro-batch count. The default is the default cost model's
+    /// ([`crate::blocks::default_block_costs`]).
+    fn block_costs(
+        &self,
+        profile: &StepProfile,
+        cluster: &Cluster,
+        cfg: &ParallelConfig,
+    ) -> Result<Vec<crate::blocks::BlockCost>> {
+        crate::blocks::default_block_costs(profile, cluster, cfg)
+    }
 }
 
 /// Sums of one phase of one block on one device.
@@ -360,6 +374,18 @@ impl ProfiledCostModel {
 }
 
 impl CostModel for ProfiledCostModel {
+    /// This model's own per-op times (cached per tp and sequence parallelism), see [`crate::blocks`].
+    fn block_costs(
+        &self,
+        profile: &StepProfile,
+        cluster: &Cluster,
+        cfg: &ParallelConfig,
+    ) -> Result<Vec<crate::blocks::BlockCost>> {
+        let prep = self.prepared(profile, cluster.gpu, cfg.tp, cfg.sequence_parallel);
+        let launch = self.efficiency(cluster.gpu).launch_overhead_s;
+        crate::blocks::from_prepared(&prep, launch, profile, cluster, cfg)
+    }
+
     fn estimate(
         &self,
         profile: &StepProfile,

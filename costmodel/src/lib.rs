@@ -10,6 +10,7 @@
 
 #![allow(clippy::neg_cmp_op_on_partial_ord)] // `!(x > 0.0)` deliberately rejects NaN too.
 
+pub mod blocks;
 pub mod cluster;
 pub mod collective;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod runtime_memory;
 pub mod stack;
 pub mod validate;
 
+pub use blocks::BlockCost;
 pub use cluster::{Cluster, Link, Links};
 pub use config::{ParallelConfig, Recompute, Schedule, check_tp_dims, micro_batches_for};
 pub use device::{DeviceSpec, Gpu};

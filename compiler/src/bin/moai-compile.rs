@@ -6,7 +6,7 @@ use moai_compiler::cli::{
     Cli, ClusterArgs, Command, ConfigArgs, EstimateArgs, FlavorsArgs, InspectArgs, JobArgs,
     PlanArgs, SmiArgs, SweepArgs, UseArgs, ValidateArgs, with_default_subcommand,
 };
-use moai_compiler::search::{INTERRUPTED, Progress};
+use moai_compiler::search::Progress;
 use moai_compiler::{
     Cluster, Constraints, Gpu, Model, ParallelConfig, PlanRequest, ProfiledCostModel, Recompute,
     Schedule,
@@ -15,8 +15,6 @@ use std::fmt;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, format::Writer};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -161,19 +159,21 @@ fn parse_engine(s: &str) -> Result<moai_costmodel::Stack> {
 fn config_from(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<ParallelConfig> {
     let tp = c.tp.unwrap_or(1);
     let pp = c.pp.unwrap_or(1);
-    let model_par = tp * pp;
-    if cluster.devices % model_par != 0 {
+    // in u64: tp × pp and dp × tp × pp of 32-bit flags cannot overflow
+    let model_par = tp as u64 * pp as u64;
+    let devices = cluster.devices as u64;
+    if !devices.is_multiple_of(model_par) {
         bail!(
             "{} devices are not divisible by tp {tp} × pp {pp}",
             cluster.devices
         );
     }
-    let dp = c.dp.unwrap_or(cluster.devices / model_par);
-    if dp * model_par != cluster.devices {
+    let dp = c.dp.unwrap_or((devices / model_par) as u32);
+    if dp as u64 * model_par != devices {
         bail!(
             "{} devices are not divisible into dp {dp} × tp {tp} × pp {pp} (= {})",
             cluster.devices,
-            dp * model_par
+            dp as u64 * model_par
         );
     }
     if batch % dp as u64 != 0 {
@@ -192,13 +192,25 @@ fn config_from(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Paralle
     if c.schedules.len() > 1 {
         bail!("--schedule: estimate takes one value (gpipe, 1f1b or interleaved:V)");
     }
+    let Ok(num_micro_batches) = u32::try_from(per_replica / mbs as u64) else {
+        bail!(
+            "{} micro-batches per replica (batch {batch} / dp {dp} / micro-batch size {mbs}): a plan counts at most 2^32-1; raise --micro-batch-size or --dp",
+            per_replica / mbs as u64
+        );
+    };
+    let max_mb = moai_compiler::space::MAX_PIPELINE_MICRO_BATCHES;
+    if pp > 1 && num_micro_batches as u64 > max_mb {
+        bail!(
+            "{num_micro_batches} micro-batches in a {pp}-stage pipeline: at most {max_mb} (the schedule is simulated per micro-batch); raise --micro-batch-size or --dp"
+        );
+    }
     let zero = c.zero.unwrap_or(0);
     let cfg = ParallelConfig {
         dp,
         tp,
         pp,
         micro_batch_size: mbs,
-        num_micro_batches: (per_replica / mbs as u64) as u32,
+        num_micro_batches,
         recompute: c.recompute.first().copied().unwrap_or(Recompute::None),
         distribute_param: zero == 3,
         distribute_low_prec_param: zero == 3,
@@ -362,6 +374,10 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     if a.seq_len == 0 {
         bail!("--seq-len 0: the sequence length must be at least 1");
     }
+    let max = moai_compiler::request::MAX_SEQ;
+    if a.seq_len > max {
+        bail!("--seq-len {}: at most {max} tokens (2^24)", a.seq_len);
+    }
     let model = Model::load(&a.model)?;
     let report = moai_compiler::inspect::inspect(&model, a.seq_len)?;
     if a.json {
@@ -389,10 +405,10 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
         None => Gpu::Mi250,
     };
     let mut req = request_from(&a.job)?;
-    if a.threads == Some(0) {
-        bail!("--threads 0: must be at least 1");
-    }
-    req.threads = a.threads;
+    req.threads = a
+        .threads
+        .map(moai_compiler::request::check_threads)
+        .transpose()?;
     req.validate()?;
     let model = Model::load(&a.model)?;
     let rows = moai_compiler::sweep::sweep(&model, &flavors, gpu, &req)?;
@@ -433,21 +449,23 @@ fn cmd_plan(a: PlanArgs) -> Result<()> {
     moai_compiler::codegen::CodegenRequest::from_emits(&emits, cluster.gpu)?;
     let mut req = request_from(&a.job)?;
     req.constraints = constraints_from(&a.config)?;
-    req.threads = a.threads;
-    if let Some(t) = a.time_budget {
-        if !(t.is_finite() && t > 0.0) {
-            bail!("--time-budget {t}: must be a positive number of seconds");
-        }
-        req.time_budget = Some(Duration::from_secs_f64(t));
-    }
+    req.threads = a
+        .threads
+        .map(moai_compiler::request::check_threads)
+        .transpose()?;
+    req.time_budget = a
+        .time_budget
+        .map(moai_compiler::request::time_budget_from_secs)
+        .transpose()?;
     req.validate()?;
     let model = Model::load(&a.model)?;
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+    let cancel = req.cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        if cancel.cancel() {
             std::process::exit(130);
         }
         eprintln!(
-            "[warn] interrupted: finishing with the best plan found so far (Ctrl-C again to abort)"
+            "[warn] interrupted: finishing with the best plan found so far and the programs already compiled (Ctrl-C again to abort)"
         );
     });
     let bar = indicatif::ProgressBar::new(0);

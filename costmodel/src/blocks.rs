@@ -1,0 +1,222 @@
+//! Per-block costs and memory for stage partitioning and memory pruning: what the planner needs from the
+//! cost model before it knows the stages.
+//!
+//! [`CostModel::block_costs`] returns one [`BlockCost`] per block of the
+//! step profile (embedding, each decoder layer, head). The default implementation reduces the profile with
+//! `ProfiledCostModel::prepare` (the same per-op times the estimator uses, tensor-parallel collectives
+//! priced by [`collective_time`]) and the static bytes with [`static_bytes`], so the planner cuts stages by
+//! the model that scores them.
+
+use crate::cluster::Cluster;
+use crate::collective::{Collective, collective_time};
+use crate::config::ParallelConfig;
+use crate::error::{CostError, Result};
+use crate::estimate::{CostModel, PhaseSums, PreparedProfile, ProfiledCostModel};
+use crate::memory::static_bytes;
+use moai_ir::cost::{BlockKind, StepProfile};
+use std::sync::OnceLock;
+
+/// Cost and memory of one block (embedding, one decoder layer, or the head) on one device of a
+/// configuration, for one micro-batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockCost {
+    /// Which block.
+    pub kind: BlockKind,
+    /// Forward seconds of one micro-batch on one device, tensor-parallel communication included.
+    pub forward_s: f64,
+    /// Backward (and recomputation) seconds of one micro-batch on one device, tensor-parallel
+    /// communication included.
+    pub backward_s: f64,
+    /// Parameters held by one device (after tensor-parallel sharding, before ZeRO sharding).
+    pub params: f64,
+    /// Static bytes on one device under the configuration's ZeRO sharding: weights, persistent
+    /// gradients and optimizer state.
+    pub static_bytes: f64,
+    /// Activation bytes one micro-batch saves for backward on one device.
+    pub saved_bytes: f64,
+}
+
+impl BlockCost {
+    /// Forward plus backward seconds of one micro-batch.
+    pub fn time_s(&self) -> f64 {
+        self.forward_s + self.backward_s
+    }
+}
+
+/// Per-block costs of `cfg` from a prepared profile: kernel time bounded below by the host's kernel-issue
+/// time (`launch_s` per kernel), plus the tensor-parallel all-reduces at the cluster's bandwidth; static
+/// bytes by [`static_bytes`]. `cfg.stages`, `pp`, the schedule and the micro-batch count are not read.
+pub fn from_prepared(
+    prep: &PreparedProfile,
+    launch_s: f64,
+    profile: &StepProfile,
+    cluster: &Cluster,
+    cfg: &ParallelConfig,
+) -> Result<Vec<BlockCost>> {
+    if profile.blocks.is_empty() || prep.blocks.len() != profile.blocks.len() {
+        return Err(CostError::StepProfile(format!(
+            "no blocks to cost ({} in the profile, {} prepared)",
+            profile.blocks.len(),
+            prep.blocks.len()
+        )));
+    }
+    if !(launch_s >= 0.0) {
+        return Err(CostError::InvalidConfig(format!(
+            "kernel launch overhead {launch_s} s is not a non-negative number"
+        )));
+    }
+    let tp_time = |s: &PhaseSums| {
+        if s.tp_collectives <= 0.0 {
+            0.0
+        } else {
+            s.tp_collectives
+                * collective_time(
+                    cluster,
+                    Collective::AllReduce,
+                    s.tp_bytes / s.tp_collectives,
+                    cfg.tp,
+                    1,
+                )
+        }
+    };
+    let phase = |s: &PhaseSums| s.gpu_s.max(s.kernels * launch_s) + tp_time(s);
+    Ok(prep
+        .blocks
+        .iter()
+        .map(|b| {
+            let (w, g, o) = static_bytes(profile, cfg, b.params);
+            BlockCost {
+                kind: b.kind,
+                forward_s: phase(&b.forward),
+                backward_s: phase(&b.backward),
+                params: b.params,
+                static_bytes: w + g + o,
+                saved_bytes: b.saved_bytes,
+            }
+        })
+        .collect())
+}
+
+/// The block costs of the default cost model (committed efficiencies, no measured profile): what
+/// [`CostModel::block_costs`] returns for a cost model that does not override it. (`ProfiledCostModel`
+/// overrides it with its own efficiencies and profiles, so this does not recurse.)
+pub fn default_block_costs(
+    profile: &StepProfile,
+    cluster: &Cluster,
+    cfg: &ParallelConfig,
+) -> Result<Vec<BlockCost>> {
+    static DEFAULT: OnceLock<ProfiledCostModel> = OnceLock::new();
+    DEFAULT
+        .get_or_init(ProfiledCostModel::new)
+        .block_costs(profile, cluster, cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Gpu;
+    use moai_ir::train::{RecomputePolicy, TrainOptions};
+
+    fn profile(recompute: RecomputePolicy) -> StepProfile {
+        let g = moai_models::from_spec(
+            "llama:layers=4,hidden=512,heads=8,kv_heads=8,ffn=1376,vocab=8000",
+        )
+        .expect("spec builds");
+        let opts = TrainOptions {
+            recompute,
+            ..Default::default()
+        };
+        moai_ir::train::step_profile(&g, &opts, 2, 256).expect("profile")
+    }
+
+    fn cluster() -> Cluster {
+        Cluster::new(Gpu::H100, 8).unwrap()
+    }
+
+    #[test]
+    fn one_cost_per_block_in_profile_order() {
+        let p = profile(RecomputePolicy::None);
+        let c = default_block_costs(&p, &cluster(), &ParallelConfig::default()).unwrap();
+        assert_eq!(c.len(), p.blocks.len());
+        for (b, bc) in p.blocks.iter().zip(&c) {
+            assert_eq!(b.kind, bc.kind);
+            assert!(bc.forward_s > 0.0 && bc.backward_s > 0.0, "{bc:?}");
+            assert_eq!(bc.params, b.params as f64);
+        }
+        let total: f64 = c.iter().map(|b| b.static_bytes).sum();
+        let params: f64 = p.blocks.iter().map(|b| b.params as f64).sum();
+        let (w, g, o) = static_bytes(&p, &ParallelConfig::default(), params);
+        assert!(
+            (total - (w + g + o)).abs() <= 1e-6 * total,
+            "{total} vs {}",
+            w + g + o
+        );
+    }
+
+    #[test]
+    fn zero3_and_tp_shrink_a_layer_and_tp_adds_communication() {
+        let p = profile(RecomputePolicy::None);
+        let layer = |cfg: &ParallelConfig| {
+            default_block_costs(&p, &cluster(), cfg)
+                .unwrap()
+                .into_iter()
+                .find(|b| b.kind == BlockKind::Decoder(1))
+                .unwrap()
+        };
+        let base = layer(&ParallelConfig::default());
+        let z3 = layer(&ParallelConfig {
+            dp: 4,
+            distribute_param: true,
+            ..Default::default()
+        });
+        assert!(
+            z3.static_bytes < base.static_bytes / 3.0,
+            "{z3:?} vs {base:?}"
+        );
+        assert_eq!(z3.time_s(), base.time_s());
+        let tp = ParallelConfig {
+            tp: 4,
+            ..Default::default()
+        };
+        let sharded = layer(&tp);
+        assert!(sharded.params < base.params / 3.0);
+        assert!(sharded.saved_bytes < base.saved_bytes);
+        let prep = ProfiledCostModel::new().prepare(&p, Gpu::H100, 4, false);
+        let d = prep
+            .blocks
+            .iter()
+            .find(|b| b.kind == BlockKind::Decoder(1))
+            .unwrap();
+        assert!(d.forward.tp_collectives > 0.0);
+        assert!(
+            sharded.forward_s > d.forward.gpu_s,
+            "the all-reduces are part of the layer's time"
+        );
+    }
+
+    #[test]
+    fn recompute_moves_time_into_backward_and_saves_less() {
+        let none = default_block_costs(
+            &profile(RecomputePolicy::None),
+            &cluster(),
+            &Default::default(),
+        )
+        .unwrap();
+        let full = default_block_costs(
+            &profile(RecomputePolicy::Full),
+            &cluster(),
+            &Default::default(),
+        )
+        .unwrap();
+        assert!(full[1].backward_s > none[1].backward_s);
+        assert!(full[1].saved_bytes < none[1].saved_bytes);
+    }
+
+    #[test]
+    fn empty_profile_is_an_error() {
+        let mut p = profile(RecomputePolicy::None);
+        p.blocks.clear();
+        let e = default_block_costs(&p, &cluster(), &Default::default()).unwrap_err();
+        assert!(e.to_string().contains("no blocks"), "{e}");
+    }
+}
