@@ -6,7 +6,9 @@ use crate::search::{NoProgress, search};
 use moai_costmodel::{Cluster, ProfiledCostModel, Recompute};
 
 /// The smallest catalog flavor larger than `cluster` (same GPU kind) on which some plan fits, searching
-/// only the memory-lean part of each space (full recomputation, ZeRO-1 or ZeRO-3).
+/// only the memory-lean part of each space (full recomputation, ZeRO-1 or ZeRO-3). With a time budget in
+/// `req`, all the flavors' searches together get that budget once more (then `None`); Ctrl-C (the
+/// request's token) ends them too.
 pub fn smallest_fitting_flavor(
     model: &Model,
     cluster: &Cluster,
@@ -14,9 +16,20 @@ pub fn smallest_fitting_flavor(
 ) -> Option<String> {
     let mut lean = req.clone();
     lean.constraints.recompute = vec![Recompute::Full];
-    lean.time_budget = None;
+    let deadline = req
+        .time_budget
+        .and_then(|b| std::time::Instant::now().checked_add(b));
     let cost = ProfiledCostModel::new();
     for row in moai_costmodel::flavors() {
+        if req.cancel.is_cancelled() {
+            return None;
+        }
+        if let Some(d) = deadline {
+            match d.checked_duration_since(std::time::Instant::now()) {
+                Some(left) if !left.is_zero() => lean.time_budget = Some(left),
+                _ => return None,
+            }
+        }
         let Ok(c) = Cluster::from_flavor(&row.name, cluster.gpu) else {
             continue;
         };
