@@ -10,7 +10,7 @@ use crate::config::ParallelConfig;
 use crate::device::Gpu;
 use crate::efficiency::{Allocator, Efficiency, EfficiencyFile};
 use crate::error::{CostError, Result};
-use crate::memory::{StageMemory, finish, in_flight, static_bytes};
+use crate::memory::{DeviceInput, StageMemory, device_memory};
 use crate::ops::{OpTimer, Source, shard};
 use crate::pipeline::{StageTimes, simulate};
 use crate::profile::OpProfile;
@@ -377,10 +377,8 @@ impl CostModel for ProfiledCostModel {
         let mut fwd = vec![PhaseSums::default(); nv];
         let mut bwd = vec![PhaseSums::default(); nv];
         let mut params = vec![0f64; nv];
-        let mut saved = vec![0f64; nv];
-        let mut transient = vec![0f64; nv];
-        let mut largest_block_params = vec![0f64; nv];
         let mut boundary: f64 = 0.0;
+        let mut block_stage = Vec::with_capacity(prep.blocks.len());
         for (i, b) in prep.blocks.iter().enumerate() {
             let v = match b.kind {
                 BlockKind::Embedding => 0,
@@ -390,12 +388,10 @@ impl CostModel for ProfiledCostModel {
                     .position(|(a, z)| l >= *a && l <= *z)
                     .unwrap_or(nv - 1),
             };
+            block_stage.push(v);
             fwd[v].add(&b.forward);
             bwd[v].add(&b.backward);
             params[v] += b.params;
-            saved[v] += b.saved_bytes;
-            transient[v] = transient[v].max(b.transient_bytes);
-            largest_block_params[v] = largest_block_params[v].max(b.params);
             let next_v = prep.blocks.get(i + 1).map(|n| match n.kind {
                 BlockKind::Embedding => 0,
                 BlockKind::Head => nv - 1,
@@ -506,43 +502,15 @@ impl CostModel for ProfiledCostModel {
                 best = (end, d, exposed, opt);
             }
 
-            // Memory.
-            let (w, g, o) = static_bytes(profile, cfg, p_dev);
-            let acts: f64 = vs
-                .iter()
-                .map(|v| {
-                    saved[*v] * in_flight(cfg.schedule, cfg.pp, d as u32, m) as f64
-                        / vs.len().max(1) as f64
-                })
-                .sum::<f64>()
-                .max(0.0);
-            let acts = if cfg.schedule.chunks() > 1 {
-                // Interleaved: in-flight counts chunk-micro-batches; charge the device's largest chunk.
-                let per_chunk = vs.iter().map(|v| saved[*v]).fold(0.0, f64::max);
-                per_chunk * in_flight(cfg.schedule, cfg.pp, d as u32, m) as f64
-            } else {
-                acts
-            };
-            let mut trans = vs.iter().map(|v| transient[*v]).fold(0.0, f64::max);
-            if cfg.distribute_param && dp > 1 {
-                let blk = vs
-                    .iter()
-                    .map(|v| largest_block_params[*v])
-                    .fold(0.0, f64::max);
-                trans += 2.0 * blk * low_or_base;
-            }
-            if pp > 1 {
-                trans += 2.0 * boundary;
-            }
-            memory.push(finish(
-                StageMemory {
-                    stage: d as u32,
-                    weights_bytes: w,
-                    grads_bytes: g,
-                    optimizer_bytes: o,
-                    activations_bytes: acts,
-                    transients_bytes: trans,
-                    peak_bytes: 0.0,
+            memory.push(device_memory(
+                &DeviceInput {
+                    profile,
+                    prep: &prep,
+                    cfg,
+                    device: d as u32,
+                    block_stage: &block_stage,
+                    virtual_stages: nv,
+                    boundary_bytes: boundary,
                 },
                 alloc,
             ));

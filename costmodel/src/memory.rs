@@ -3,6 +3,7 @@
 
 use crate::config::{ParallelConfig, Schedule};
 use crate::efficiency::Allocator;
+use crate::estimate::PreparedProfile;
 use moai_ir::cost::StepProfile;
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +73,99 @@ pub fn static_bytes(profile: &StepProfile, cfg: &ParallelConfig, params: f64) ->
         0.0
     };
     (weights, grads, params * opt / opt_div)
+}
+
+/// What the memory model needs to know about one pipeline device of one configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceInput<'a> {
+    /// The step profile of one micro-batch.
+    pub profile: &'a StepProfile,
+    /// The profile reduced to per-block sums at the configuration's tp.
+    pub prep: &'a PreparedProfile,
+    /// The configuration.
+    pub cfg: &'a ParallelConfig,
+    /// Pipeline rank of the device.
+    pub device: u32,
+    /// Virtual stage of each block of `prep` (stage `v` runs on device `v % pp`).
+    pub block_stage: &'a [usize],
+    /// Virtual stages (`pp × chunks`).
+    pub virtual_stages: usize,
+    /// Largest activation sent between adjacent stages, bytes per device.
+    pub boundary_bytes: f64,
+}
+
+/// Bytes per parameter of the weights a forward reads (gathered under ZeRO-3): the low-precision
+/// copies where the policy keeps them, else the stored weights.
+pub fn gathered_bytes_per_param(profile: &StepProfile) -> f64 {
+    if profile.low_prec_param_bytes_per_param > 0.0 {
+        profile.low_prec_param_bytes_per_param
+    } else {
+        profile.static_bytes_per_param
+            - profile.optimizer_bytes_per_param
+            - profile.grad_bytes_per_param
+    }
+    .max(0.0)
+}
+
+/// Memory of one pipeline device: static bytes, saved activations of its in-flight micro-batches,
+/// its largest transient, and the allocator model.
+pub fn device_memory(input: &DeviceInput, alloc: &Allocator) -> StageMemory {
+    let DeviceInput {
+        profile,
+        prep,
+        cfg,
+        device: d,
+        block_stage,
+        virtual_stages: nv,
+        boundary_bytes: boundary,
+    } = *input;
+    let pp = cfg.pp.max(1) as usize;
+    let m = cfg.num_micro_batches.max(1);
+    let dp = cfg.dp.max(1);
+    let vs: Vec<usize> = (0..nv).filter(|v| v % pp == d as usize).collect();
+    let (mut params, mut saved, mut transient, mut largest) =
+        (vec![0f64; nv], vec![0f64; nv], vec![0f64; nv], vec![0f64; nv]);
+    for (b, v) in prep.blocks.iter().zip(block_stage) {
+        let v = (*v).min(nv.saturating_sub(1));
+        params[v] += b.params;
+        saved[v] += b.saved_bytes;
+        transient[v] = transient[v].max(b.transient_bytes);
+        largest[v] = largest[v].max(b.params);
+    }
+    let p_dev: f64 = vs.iter().map(|v| params[*v]).sum();
+    let (w, g, o) = static_bytes(profile, cfg, p_dev);
+    let acts: f64 = vs
+        .iter()
+        .map(|v| saved[*v] * in_flight(cfg.schedule, cfg.pp, d, m) as f64 / vs.len().max(1) as f64)
+        .sum::<f64>()
+        .max(0.0);
+    let acts = if cfg.schedule.chunks() > 1 {
+        // Interleaved: in-flight counts chunk-micro-batches; charge the device's largest chunk.
+        let per_chunk = vs.iter().map(|v| saved[*v]).fold(0.0, f64::max);
+        per_chunk * in_flight(cfg.schedule, cfg.pp, d, m) as f64
+    } else {
+        acts
+    };
+    let mut trans = vs.iter().map(|v| transient[*v]).fold(0.0, f64::max);
+    if cfg.distribute_param && dp > 1 {
+        let blk = vs.iter().map(|v| largest[*v]).fold(0.0, f64::max);
+        trans += 2.0 * blk * gathered_bytes_per_param(profile);
+    }
+    if pp > 1 {
+        trans += 2.0 * boundary;
+    }
+    finish(
+        StageMemory {
+            stage: d,
+            weights_bytes: w,
+            grads_bytes: g,
+            optimizer_bytes: o,
+            activations_bytes: acts,
+            transients_bytes: trans,
+            peak_bytes: 0.0,
+        },
+        alloc,
+    )
 }
 
 /// Applies the allocator model to a raw breakdown and returns the completed record.
