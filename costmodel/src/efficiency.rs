@@ -32,18 +32,9 @@ pub struct Efficiency {
     pub source: String,
 }
 
-/// Allocator model: `peak = static + activation_factor · (activations + transients) + fixed_bytes`.
-/// It absorbs what the training graph's liveness does not see (eager-mode temporaries, library
-/// workspaces, allocator rounding).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Allocator {
-    /// Multiplier on activation and transient bytes.
-    pub activation_factor: f64,
-    /// Fixed bytes per device.
-    pub fixed_bytes: f64,
-    /// How it was calibrated.
-    pub source: String,
-}
+/// The memory model's fitted coefficients (the file's `allocator` section); see
+/// [`crate::memory::MemoryCoefficients`] and the mechanisms in [`crate::memory`].
+pub use crate::memory::MemoryCoefficients as Allocator;
 
 /// The data file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -130,11 +121,7 @@ pub fn committed() -> &'static EfficiencyFile {
                         source: "fallback".into(),
                     })
                     .collect(),
-                allocator: Allocator {
-                    activation_factor: 1.0,
-                    fixed_bytes: 0.0,
-                    source: "fallback".into(),
-                },
+                allocator: Allocator::default(),
             }
         })
     })

@@ -5,8 +5,8 @@
 //! measurements cannot pin four coefficients alone), by cyclic golden-section search in log space
 //! within fixed bounds. Deterministic: same samples, same result.
 //!
-//! Allocator: ordinary least squares of `measured − static = a · (activations + transients) + c`
-//! over the samples' most loaded device.
+//! Memory: the two coefficients of the mechanistic memory model, by least squares
+//! ([`crate::memory::fit_memory`]).
 
 use crate::cluster::Cluster;
 use crate::config::ParallelConfig;
@@ -201,45 +201,10 @@ pub fn round_sig(x: f64, digits: i32) -> f64 {
     (x * scale).round() / scale
 }
 
-/// Fits the allocator model to the samples' measured peaks (needs at least two).
+/// Fits the memory model's coefficients to the samples' measured peaks (needs at least two); see
+/// [`crate::memory::fit_memory`].
 pub fn fit_allocator(samples: &[FitSample], base: &EfficiencyFile) -> Result<Allocator> {
-    let model = ProfiledCostModel::with_efficiencies(base.clone());
-    let mut pts = Vec::new();
-    for s in samples {
-        let Some(meas) = s.peak_memory_bytes else {
-            continue;
-        };
-        let est = model.estimate(&s.profile, &s.cluster, &s.config)?;
-        let dev = est
-            .memory
-            .iter()
-            .max_by(|a, b| a.peak_bytes.total_cmp(&b.peak_bytes))
-            .ok_or_else(|| CostError::Fit(format!("{}: no memory breakdown", s.name)))?;
-        let stat = dev.weights_bytes + dev.grads_bytes + dev.optimizer_bytes;
-        pts.push((dev.activations_bytes + dev.transients_bytes, meas - stat));
-    }
-    if pts.len() < 2 {
-        return Err(CostError::Fit(
-            "the allocator fit needs at least two peak-memory samples".into(),
-        ));
-    }
-    let n = pts.len() as f64;
-    let (sx, sy) = pts.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
-    let (mx, my) = (sx / n, sy / n);
-    let sxx: f64 = pts.iter().map(|(x, _)| (x - mx).powi(2)).sum();
-    let sxy: f64 = pts.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
-    if sxx <= 0.0 {
-        return Err(CostError::Fit(
-            "the peak-memory samples all have the same activation bytes".into(),
-        ));
-    }
-    let a = sxy / sxx;
-    let c = my - a * mx;
-    Ok(Allocator {
-        activation_factor: round_sig(a, 4),
-        fixed_bytes: round_sig(c, 4).round(),
-        source: format!("least squares over {} measured peaks", pts.len()),
-    })
+    crate::memory::fit_memory_with(samples, base)
 }
 
 /// Starting values (and prior centres) of the H100 fit: typical achieved fractions for PyTorch eager

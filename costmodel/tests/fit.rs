@@ -34,11 +34,12 @@ fn fitted_coefficients_match_committed() {
         }
     }
     assert!(
-        (fitted.allocator.activation_factor / committed.allocator.activation_factor - 1.0).abs()
+        (fitted.allocator.loss_bytes_per_logit / committed.allocator.loss_bytes_per_logit - 1.0)
+            .abs()
             < 1e-3
     );
     assert!(
-        (fitted.allocator.fixed_bytes - committed.allocator.fixed_bytes).abs()
-            <= 1e-3 * committed.allocator.fixed_bytes.abs().max(1e6)
+        (fitted.allocator.workspace_bytes - committed.allocator.workspace_bytes).abs()
+            <= 1e-3 * committed.allocator.workspace_bytes.abs().max(1e6)
     );
 }
