@@ -178,7 +178,8 @@ pub struct StaticBytes {
 /// `optimizer_bytes_per_param`); the stack says which of them exist (see the module doc); ZeRO
 /// sharding divides: `distribute_param` (ZeRO-3 / FSDP full shard) weights, gradients and optimizer
 /// state, `distribute_low_prec_param` the stored bf16 weights, `distribute_optimizer` (ZeRO-1 /
-/// distributed optimizer) the optimizer state.
+/// distributed optimizer) the optimizer state. Gradients persist across the step where the stack keeps
+/// a buffer (Megatron-LM, DeepSpeed), where `persistent_grads` is set, or under gradient accumulation.
 pub fn static_bytes(profile: &StepProfile, cfg: &ParallelConfig, params: f64) -> StaticBytes {
     let dp = cfg.dp.max(1) as f64;
     let z3 = if cfg.distribute_param { dp } else { 1.0 };
@@ -198,7 +199,9 @@ pub fn static_bytes(profile: &StepProfile, cfg: &ParallelConfig, params: f64) ->
     let base = (profile.static_bytes_per_param - low - opt - grad).max(0.0);
     // Mixed precision with fp32 master weights inside the optimizer bytes (amp-bf16).
     let amp = low == 0.0 && base == 0.0 && opt >= 4.0 && grad >= 4.0;
-    let persistent = |g: f64| if cfg.persistent_grads { g } else { 0.0 };
+    // Set-to-none gradients still exist during the forward of every micro-batch after the first.
+    let keep = cfg.persistent_grads || cfg.num_micro_batches > 1;
+    let persistent = |g: f64| if keep { g } else { 0.0 };
     match (amp, cfg.stack) {
         (true, Stack::Megatron) => StaticBytes {
             weights: params * 2.0 / lp_div,
@@ -343,25 +346,45 @@ pub fn block_shape(block: &BlockProfile, tp: u64) -> BlockShape {
     s
 }
 
+/// Sizes of one transformer layer and micro-batch for [`megatron_layer_bytes`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerDims {
+    /// Sequence length `s`.
+    pub seq: f64,
+    /// Micro-batch size `b`.
+    pub batch: f64,
+    /// Hidden size `h`.
+    pub hidden: f64,
+    /// Attention heads `a`.
+    pub heads: f64,
+}
+
 /// Korthikanti et al.'s activation bytes of one transformer layer and micro-batch on one device
 /// (Megatron-LM layout, bf16, 1-byte dropout masks): `s·b·h·(10 + 24/t + 5·a·s/(h·t))`, with sequence
 /// parallelism `s·b·h·(34 + 5·a·s/h)/t`; `unfused_scores` keeps the `5·a·s/h` attention-score term (no
 /// flash attention and no selective recomputation); full recomputation keeps the layer input,
 /// `2·s·b·h` (over `t` with sequence parallelism).
 pub fn megatron_layer_bytes(
-    seq: f64,
-    batch: f64,
-    hidden: f64,
-    heads: f64,
+    dims: LayerDims,
     tp: f64,
     sequence_parallel: bool,
     recompute: Recompute,
     unfused_scores: bool,
 ) -> f64 {
+    let LayerDims {
+        seq,
+        batch,
+        hidden,
+        heads,
+    } = dims;
     let sbh = seq * batch * hidden;
     let t = tp.max(1.0);
     if recompute == Recompute::Full {
-        return if sequence_parallel { 2.0 * sbh / t } else { 2.0 * sbh };
+        return if sequence_parallel {
+            2.0 * sbh / t
+        } else {
+            2.0 * sbh
+        };
     }
     let scores = if unfused_scores && recompute == Recompute::None {
         5.0 * heads * seq / (hidden * t)
@@ -399,8 +422,12 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     // Where the graph's saved bf16 weight copies are weights of the stack instead: bf16 stored
     // weights (Megatron, DeepSpeed) or per-layer gathers (ZeRO-3 / FSDP full shard).
     let copies_elsewhere = !st0.autocast_copies;
-    let (mut params, mut saved, mut transient, mut largest) =
-        (vec![0f64; nv], vec![0f64; nv], vec![0f64; nv], vec![0f64; nv]);
+    let (mut params, mut saved, mut transient, mut largest) = (
+        vec![0f64; nv],
+        vec![0f64; nv],
+        vec![0f64; nv],
+        vec![0f64; nv],
+    );
     let (mut copies_all, mut copies_saved, mut logits, mut tensors) = (0.0, 0.0, 0.0, 0.0);
     let inflight = |v: usize| -> f64 {
         let _ = v;
@@ -426,16 +453,14 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
         if megatron
             && let (BlockKind::Decoder(_), Some((bb, ss, heads, hd))) = (pb.kind, shape.attention)
         {
-            act = megatron_layer_bytes(
-                ss as f64,
-                bb as f64,
-                (heads * hd) as f64,
-                heads as f64,
-                tp as f64,
-                cfg.sequence_parallel,
-                cfg.recompute,
-                false,
-            );
+            let dims = LayerDims {
+                seq: ss as f64,
+                batch: bb as f64,
+                hidden: (heads * hd) as f64,
+                heads: heads as f64,
+            };
+            act =
+                megatron_layer_bytes(dims, tp as f64, cfg.sequence_parallel, cfg.recompute, false);
         }
         saved[v] += act;
         copies_all += shape.weight_copy_bytes;
@@ -665,7 +690,14 @@ mod tests {
         assert_eq!(total(Stack::Deepspeed, 8, true, true), 16.0 / 8.0);
         // Eager: fp32 weights + fp32 grads + two moments.
         assert_eq!(total(Stack::Eager, 1, false, false), 16.0);
-        let eager = static_bytes(&p, &ParallelConfig { stack: Stack::Eager, ..Default::default() }, 1.0);
+        let eager = static_bytes(
+            &p,
+            &ParallelConfig {
+                stack: Stack::Eager,
+                ..Default::default()
+            },
+            1.0,
+        );
         assert!(eager.autocast_copies);
         assert_eq!(eager.weights, 4.0);
         assert_eq!(eager.optimizer, 8.0);
@@ -687,20 +719,26 @@ mod tests {
     fn korthikanti_layer_formula() {
         let (s, b, h, a) = (2048.0, 1.0, 4096.0, 32.0);
         let sbh = s * b * h;
+        let d = LayerDims {
+            seq: s,
+            batch: b,
+            hidden: h,
+            heads: a,
+        };
         assert_eq!(
-            megatron_layer_bytes(s, b, h, a, 1.0, false, Recompute::None, true),
+            megatron_layer_bytes(d, 1.0, false, Recompute::None, true),
             sbh * (34.0 + 5.0 * a * s / h)
         );
         assert_eq!(
-            megatron_layer_bytes(s, b, h, a, 8.0, true, Recompute::Selective, true),
+            megatron_layer_bytes(d, 8.0, true, Recompute::Selective, true),
             34.0 * sbh / 8.0
         );
         assert_eq!(
-            megatron_layer_bytes(s, b, h, a, 8.0, false, Recompute::None, false),
+            megatron_layer_bytes(d, 8.0, false, Recompute::None, false),
             sbh * (10.0 + 3.0)
         );
         assert_eq!(
-            megatron_layer_bytes(s, b, h, a, 8.0, true, Recompute::Full, false),
+            megatron_layer_bytes(d, 8.0, true, Recompute::Full, false),
             2.0 * sbh / 8.0
         );
     }

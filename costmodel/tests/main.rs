@@ -9,6 +9,7 @@ mod fit;
 mod memory;
 mod props;
 mod real;
+mod regret;
 mod seed;
 mod truth_files;
 mod validation;

@@ -61,7 +61,10 @@ fn peak_memory_leave_one_model_out_within_5_percent() {
             coef.loss_bytes_per_logit,
             coef.workspace_bytes / 1e9
         );
-        assert!(mape <= 5.0, "{held}: cross-validated peak-memory MAPE {mape:.2}% > 5%");
+        assert!(
+            mape <= 5.0,
+            "{held}: cross-validated peak-memory MAPE {mape:.2}% > 5%"
+        );
         all.extend(rows.iter().cloned());
     }
     // In sample, over every H100 row, the committed coefficients.
@@ -158,7 +161,10 @@ fn zero3_and_zero1_differ_in_memory_for_llama2_13b_on_4xlarge() {
         eprintln!("{stack} ZeRO-1: {a:?}\n{stack} ZeRO-3: {b:?}");
         // ZeRO-1 keeps every low-precision weight; ZeRO-3 a 1/dp shard plus two gathered layers.
         assert!(b.weights_bytes < a.weights_bytes / 8.0, "{stack}");
-        assert!(b.transients_bytes > a.transients_bytes, "{stack}: gather buffers");
+        assert!(
+            b.transients_bytes > a.transients_bytes,
+            "{stack}: gather buffers"
+        );
         assert!(z3.peak_memory_bytes < z1.peak_memory_bytes, "{stack}");
         // The gather buffers: two decoder layers in bf16 (13B: 2 · 2 · 12 · 5120² · ... bytes).
         let layer_params = 4.0 * 5120.0 * 5120.0 + 3.0 * 5120.0 * 13824.0;
@@ -231,7 +237,10 @@ fn eager_peak_holds_the_autocast_cache_and_the_loss_buffers() {
     let want = 4.0 * params + 2.0 * (params - embed);
     assert!((d.weights_bytes / want - 1.0).abs() < 1e-3, "{d:?}");
     assert_eq!(d.optimizer_bytes, 8.0 * params);
-    assert_eq!(d.grads_bytes, 0.0, "set_to_none: no gradients at the end of forward");
+    assert_eq!(
+        d.grads_bytes, 0.0,
+        "set_to_none: no gradients at the end of forward"
+    );
     let tokens = (s.profile.micro_batch * s.profile.seq) as f64;
     assert_eq!(d.loss_logits, tokens * 32000.0);
     // The same run on the Megatron stack keeps bf16 weights, an fp32 gradient buffer and 12 bytes
