@@ -138,6 +138,8 @@ pub struct PreparedProfile {
     pub optimizer_s: f64,
     /// Optimizer kernels.
     pub optimizer_kernels: f64,
+    /// What the memory model reads off each block's ops (same order as `blocks`).
+    pub shapes: Vec<crate::memory::BlockShape>,
     /// Total trainable parameters.
     pub total_params: f64,
     /// Forward+backward FLOPs of one micro-batch (unsharded, no recomputation).
@@ -311,6 +313,11 @@ impl ProfiledCostModel {
             blocks,
             optimizer_s,
             optimizer_kernels: profile.optimizer.len() as f64,
+            shapes: profile
+                .blocks
+                .iter()
+                .map(|b| crate::memory::block_shape(b, tp64))
+                .collect(),
             total_params: profile.blocks.iter().map(|b| b.params as f64).sum(),
             model_flops,
             profile_ops,

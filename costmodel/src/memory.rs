@@ -443,7 +443,10 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
         let Some(pb) = profile.blocks.get(i) else {
             continue;
         };
-        let shape = block_shape(pb, tp);
+        let shape = match prep.shapes.get(i) {
+            Some(s) => *s,
+            None => block_shape(pb, tp),
+        };
         let kept_copy = if shape.recomputed && pb.kind != BlockKind::Head {
             0.0
         } else {
