@@ -11,16 +11,18 @@ use crate::device::Gpu;
 use crate::efficiency::{Allocator, Efficiency, EfficiencyFile};
 use crate::error::{CostError, Result};
 use crate::memory::{DeviceInput, StageMemory, device_memory};
-use crate::ops::{OpTimer, Source, shard};
+use crate::ops::{Bucket, KERNEL_FLOOR_S, OpTimer, Source, shard};
 use crate::pipeline::{StageTimes, simulate};
 use crate::profile::OpProfile;
+use crate::stack::Stack;
 use moai_ir::cost::{BlockKind, KernelClass, Phase, StepProfile, TpSplit};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-/// Time breakdown of a step (JSON names of DESIGN.md's `predicted.breakdown`). The four parts add up
-/// to the step time of the device that finishes last.
+/// Time breakdown of a step (JSON names of DESIGN.md's `predicted.breakdown`). The four parts
+/// `compute_s`, `exposed_comm_s`, `bubble_s` and `optimizer_s` add up to the step time of the device
+/// that finishes last; the other fields detail modeled traffic (hidden or not).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Breakdown {
     /// Kernel time (forward, backward, recomputation), including host-bound phases.
@@ -30,8 +32,22 @@ pub struct Breakdown {
     pub exposed_comm_s: f64,
     /// Pipeline bubble and waiting for stage-to-stage transfers.
     pub bubble_s: f64,
-    /// Optimizer step.
+    /// Optimizer step, including the stack's fixed per-step cost (`step_overhead_s`).
     pub optimizer_s: f64,
+    /// Tensor-parallel collective seconds of the critical device per step, before overlap.
+    #[serde(default)]
+    pub tp_comm_s: f64,
+    /// Data-parallel gradient synchronisation seconds per step (all-reduce, or reduce-scatter plus
+    /// the ZeRO-1 parameter all-gather, or ZeRO-3's per-micro-batch reduce-scatters), before overlap.
+    #[serde(default)]
+    pub dp_comm_s: f64,
+    /// ZeRO-3 parameter all-gather seconds per step (forward and backward of every layer and
+    /// micro-batch), before overlap; 0 without ZeRO-3.
+    #[serde(default)]
+    pub zero3_gather_s: f64,
+    /// The stack's fixed per-step cost (part of `optimizer_s`).
+    #[serde(default)]
+    pub step_overhead_s: f64,
 }
 
 /// Which sources the prediction used.
@@ -47,6 +63,10 @@ pub struct SourceNotes {
     pub profile: Option<String>,
     /// Allocator model used for the peak.
     pub allocator: String,
+    /// The software stack the step was costed for (`megatron`, `deepspeed`, `fsdp`, `eager`) and its
+    /// overheads' source.
+    #[serde(default)]
+    pub stack: String,
 }
 
 /// The prediction for one configuration (JSON names of DESIGN.md's `predicted` object).
@@ -87,10 +107,12 @@ pub trait CostModel: Sync {
     ) -> Result<Estimate>;
 }
 
-/// Sums of one phase of one block on one device.
+/// Sums of one phase of one block on one device. The bucket sums are seconds at unit coefficients
+/// (see [`crate::ops::KernelTime`]); the estimator divides them by the device's fitted coefficients and
+/// applies the stack's fusion, so one prepared profile serves every coefficient set.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PhaseSums {
-    /// Kernel seconds.
+    /// Kernel seconds with this model's coefficients, unfused, per-kernel floors included.
     pub gpu_s: f64,
     /// Kernels.
     pub kernels: f64,
@@ -98,6 +120,20 @@ pub struct PhaseSums {
     pub tp_bytes: f64,
     /// Tensor-parallel collectives.
     pub tp_collectives: f64,
+    /// Compute-bound GEMM seconds at unit matmul coefficient.
+    pub matmul_s: f64,
+    /// Fused-attention seconds at unit attention coefficient.
+    pub attention_s: f64,
+    /// Non-fusable memory-bound seconds at the HBM peak.
+    pub memory_s: f64,
+    /// Fusable memory-bound seconds (norms, elementwise, reductions) at the HBM peak.
+    pub fusable_s: f64,
+    /// Seconds read from a measured profile.
+    pub measured_s: f64,
+    /// Memory-bound kernels (each pays the per-kernel floor).
+    pub memory_kernels: f64,
+    /// Of those, fusable kernels.
+    pub fusable_kernels: f64,
 }
 
 impl PhaseSums {
@@ -106,6 +142,28 @@ impl PhaseSums {
         self.kernels += o.kernels;
         self.tp_bytes += o.tp_bytes;
         self.tp_collectives += o.tp_collectives;
+        self.matmul_s += o.matmul_s;
+        self.attention_s += o.attention_s;
+        self.memory_s += o.memory_s;
+        self.fusable_s += o.fusable_s;
+        self.measured_s += o.measured_s;
+        self.memory_kernels += o.memory_kernels;
+        self.fusable_kernels += o.fusable_kernels;
+    }
+
+    /// Kernel seconds and kernels of this phase on a device with coefficients `eff`, under a stack's
+    /// fusion (fusable bytes and kernels scaled by [`Stack::fusion`]).
+    pub fn kernel_time(&self, eff: &Efficiency, stack: Stack) -> (f64, f64) {
+        let (fb, fk) = stack.fusion();
+        let removed = self.fusable_kernels * (1.0 - fk);
+        let kernels = (self.kernels - removed).max(0.0);
+        let floors = (self.memory_kernels - removed).max(0.0);
+        let gpu = self.matmul_s / eff.matmul
+            + self.attention_s / eff.attention
+            + (self.memory_s + self.fusable_s * fb) / eff.memory
+            + self.measured_s
+            + floors * KERNEL_FLOOR_S;
+        (gpu, kernels)
     }
 }
 
@@ -138,6 +196,10 @@ pub struct PreparedProfile {
     pub optimizer_s: f64,
     /// Optimizer kernels.
     pub optimizer_kernels: f64,
+    /// Optimizer seconds for the whole model at the HBM peak (unit memory coefficient).
+    pub optimizer_base_s: f64,
+    /// Optimizer seconds read from a measured profile.
+    pub optimizer_measured_s: f64,
     /// What the memory model reads off each block's ops (same order as `blocks`).
     pub shapes: Vec<crate::memory::BlockShape>,
     /// Total trainable parameters.
@@ -159,6 +221,7 @@ pub struct ProfiledCostModel {
     efficiencies: Option<EfficiencyFile>,
     profiles: HashMap<Gpu, Arc<OpProfile>>,
     cache: RwLock<Vec<(CacheKey, Arc<PreparedProfile>)>>,
+    time_only: bool,
 }
 
 impl Clone for ProfiledCostModel {
@@ -167,11 +230,16 @@ impl Clone for ProfiledCostModel {
             efficiencies: self.efficiencies.clone(),
             profiles: self.profiles.clone(),
             cache: RwLock::default(),
+            time_only: self.time_only,
         }
     }
 }
 
 const CACHE_ENTRIES: usize = 64;
+
+/// Parameter tensors one fused multi-tensor optimizer launch updates (PyTorch's and Apex's
+/// `multi_tensor_apply` process tensor lists in chunks of this order).
+const OPTIMIZER_TENSORS_PER_LAUNCH: f64 = 48.0;
 
 impl ProfiledCostModel {
     /// The model with the committed efficiencies and no measured profile.
@@ -185,6 +253,13 @@ impl ProfiledCostModel {
             efficiencies: Some(file),
             ..Default::default()
         }
+    }
+
+    /// The same model without the memory part (estimates carry no memory breakdown and a zero peak):
+    /// what the time fit evaluates many times.
+    pub fn time_only(mut self) -> ProfiledCostModel {
+        self.time_only = true;
+        self
     }
 
     /// Adds a measured profile for its GPU kind.
@@ -235,16 +310,31 @@ impl ProfiledCostModel {
                     model_flops += op.flops;
                 }
                 let s = shard(op, tp64, sequence_parallel);
-                let (t, src) = timer.time(&s);
-                match src {
+                let k = timer.base(&s);
+                match k.source {
                     Source::Profile => profile_ops += 1,
                     Source::Roofline => roofline_ops += 1,
                 }
                 let mut ps = PhaseSums {
-                    gpu_s: t,
+                    gpu_s: k.base_s / timer.coefficient(k.bucket),
                     kernels: 1.0,
                     ..Default::default()
                 };
+                match k.bucket {
+                    Bucket::Matmul => ps.matmul_s = k.base_s,
+                    Bucket::Attention => ps.attention_s = k.base_s,
+                    Bucket::Measured => ps.measured_s = k.base_s,
+                    Bucket::Memory | Bucket::Fusable => {
+                        ps.gpu_s += KERNEL_FLOOR_S;
+                        ps.memory_kernels = 1.0;
+                        if k.bucket == Bucket::Fusable {
+                            ps.fusable_s = k.base_s;
+                            ps.fusable_kernels = 1.0;
+                        } else {
+                            ps.memory_s = k.base_s;
+                        }
+                    }
+                }
                 if tp64 > 1 {
                     // Megatron's collectives: a row-parallel linear all-reduces its output in forward
                     // (and recomputation); its column-parallel partner all-reduces the input gradient in
@@ -304,15 +394,23 @@ impl ProfiledCostModel {
                 boundary_bytes: bound,
             });
         }
-        let mut optimizer_s = 0.0;
+        let (mut optimizer_s, mut optimizer_base_s, mut optimizer_measured_s) = (0.0, 0.0, 0.0);
         for op in &profile.optimizer {
             let s = shard(op, 1, false);
             optimizer_s += timer.time(&s).0;
+            let k = timer.base(&s);
+            if k.bucket == Bucket::Measured {
+                optimizer_measured_s += k.base_s;
+            } else {
+                optimizer_base_s += k.base_s;
+            }
         }
         PreparedProfile {
             blocks,
             optimizer_s,
             optimizer_kernels: profile.optimizer.len() as f64,
+            optimizer_base_s,
+            optimizer_measured_s,
             shapes: profile
                 .blocks
                 .iter()
@@ -368,14 +466,32 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Result<Estimate> {
+        let prep = self.prepared(profile, cluster.gpu, cfg.tp, cfg.sequence_parallel);
+        self.estimate_prepared(&prep, profile, cluster, cfg)
+    }
+}
+
+impl ProfiledCostModel {
+    /// [`CostModel::estimate`] on a profile already reduced by [`ProfiledCostModel::prepare`] for the
+    /// cluster's GPU, `cfg.tp` and `cfg.sequence_parallel` (by any model: the prepared sums do not
+    /// depend on the coefficients, which this model applies). The fit uses it to try many
+    /// coefficient sets on one prepared profile.
+    pub fn estimate_prepared(
+        &self,
+        prep: &PreparedProfile,
+        profile: &StepProfile,
+        cluster: &Cluster,
+        cfg: &ParallelConfig,
+    ) -> Result<Estimate> {
         cfg.validate_cluster(cluster)?;
         let ranges = cfg.validate_profile(profile)?;
-        if profile.blocks.is_empty() {
+        if profile.blocks.is_empty() || prep.blocks.len() != profile.blocks.len() {
             return Err(CostError::StepProfile("no blocks".into()));
         }
-        let prep = self.prepared(profile, cluster.gpu, cfg.tp, cfg.sequence_parallel);
         let eff = self.efficiency(cluster.gpu);
-        let launch = eff.launch_overhead_s;
+        let stack = cfg.stack;
+        let sc = self.efficiencies().stack(stack);
+        let launch = sc.launch_overhead_s;
         let pp = cfg.pp.max(1) as usize;
         let nv = ranges.len();
         let m = cfg.num_micro_batches.max(1);
@@ -429,11 +545,19 @@ impl CostModel for ProfiledCostModel {
         };
         let mut compute = vec![(0f64, 0f64); nv];
         let mut comm = vec![(0f64, 0f64); nv];
+        let mut comm_total = vec![0f64; nv];
         let mut times = Vec::with_capacity(nv);
+        let hidden = stack.tp_comm_overlap(cfg.sequence_parallel);
+        let phase = |s: &PhaseSums| {
+            let (gpu, kernels) = s.kernel_time(eff, stack);
+            gpu.max(kernels * launch)
+        };
         for v in 0..nv {
-            let cf = fwd[v].gpu_s.max(fwd[v].kernels * launch);
-            let cb = bwd[v].gpu_s.max(bwd[v].kernels * launch);
+            let (cf, cb) = (phase(&fwd[v]), phase(&bwd[v]));
             let (tf, tb) = (tp_time(&fwd[v]), tp_time(&bwd[v]));
+            comm_total[v] = tf + tb;
+            // The overlapped part of a TP collective hides behind the GEMMs of the same phase.
+            let (tf, tb) = (tf - (hidden * tf).min(cf), tb - (hidden * tb).min(cb));
             compute[v] = (cf, cb);
             comm[v] = (tf, tb);
             times.push(StageTimes {
@@ -453,7 +577,7 @@ impl CostModel for ProfiledCostModel {
         let dp = cfg.dp.max(1);
         let alloc = self.allocator();
         let mut memory = Vec::with_capacity(pp);
-        let mut best = (f64::MIN, 0usize, 0f64, 0f64);
+        let mut best = (f64::MIN, 0usize, 0f64, 0f64, 0f64, 0f64);
         for d in 0..pp {
             let vs: Vec<usize> = (0..nv).filter(|v| v % pp == d).collect();
             let p_dev: f64 = vs.iter().map(|v| params[*v]).sum();
@@ -472,26 +596,58 @@ impl CostModel for ProfiledCostModel {
             .max(0.0);
             let grad_bytes = p_dev * profile.grad_bytes_per_param;
             let mut exposed = 0.0;
+            let (mut dp_comm, mut gather_total) = (0.0, 0.0);
+            let overlap = stack.overlaps_grad_reduce(cfg.overlap_grad_reduce);
+            let n_blocks = block_stage.iter().filter(|v| **v % pp == d).count().max(1) as f64;
             if dp > 1 {
-                let ar = |kind, bytes| collective_time(cluster, kind, bytes, dp, cfg.tp);
-                let sync = if cfg.distribute_param {
-                    // ZeRO-3: gather weights before forward and backward of every micro-batch (prefetched
-                    // under compute), reduce-scatter gradients at the end.
-                    let gather = 2.0 * ar(Collective::AllGather, p_dev * low_or_base);
-                    exposed += m as f64 * (gather - compute_dev).max(0.0);
-                    ar(Collective::ReduceScatter, grad_bytes)
-                } else if cfg.distribute_optimizer {
-                    ar(Collective::ReduceScatter, grad_bytes)
-                        + ar(Collective::AllGather, p_dev * low_or_base)
+                let coll = |kind, bytes| collective_time(cluster, kind, bytes, dp, cfg.tp);
+                if cfg.distribute_param {
+                    // ZeRO-3: every block's weights are all-gathered before its forward and again
+                    // before its backward, each micro-batch; with prefetch the next block's gather
+                    // runs under this block's compute, so only the first gather and any excess of
+                    // gathers over compute are exposed. Gradients are reduce-scattered block by block
+                    // during each micro-batch's backward.
+                    // Gathered bytes per parameter: the low-precision copies, else the stored
+                    // weights (same width as the gradients when the policy keeps no copy).
+                    let gathered = if low_or_base > 0.0 {
+                        low_or_base
+                    } else {
+                        profile.grad_bytes_per_param.max(2.0)
+                    };
+                    let per_block = coll(Collective::AllGather, p_dev * gathered / n_blocks);
+                    let gathers = 2.0 * n_blocks * per_block;
+                    gather_total = m as f64 * gathers;
+                    exposed += m as f64
+                        * if stack.prefetches_params() {
+                            per_block + (gathers - per_block - compute_dev).max(0.0)
+                        } else {
+                            gathers
+                        };
+                    let rs = coll(Collective::ReduceScatter, grad_bytes);
+                    dp_comm = m as f64 * rs;
+                    exposed += m as f64
+                        * if overlap {
+                            exposed_after_overlap(rs, b_dev, n_blocks as u32)
+                        } else {
+                            rs
+                        };
                 } else {
-                    ar(Collective::AllReduce, grad_bytes)
-                };
-                exposed += if cfg.overlap_grad_reduce {
-                    let buckets = (grad_bytes / 25e6).ceil().max(1.0) as u32;
-                    exposed_after_overlap(sync, b_dev, buckets)
-                } else {
-                    sync
-                };
+                    let sync = if cfg.distribute_optimizer {
+                        // ZeRO-1 (Megatron's distributed optimizer): reduce-scatter the gradients,
+                        // all-gather the updated low-precision weights after the step.
+                        coll(Collective::ReduceScatter, grad_bytes)
+                            + coll(Collective::AllGather, p_dev * low_or_base)
+                    } else {
+                        coll(Collective::AllReduce, grad_bytes)
+                    };
+                    dp_comm = sync;
+                    exposed += if overlap {
+                        let buckets = (grad_bytes / 25e6).ceil().max(1.0) as u32;
+                        exposed_after_overlap(sync, b_dev, buckets)
+                    } else {
+                        sync
+                    };
+                }
             }
             let shard = if cfg.distribute_param || cfg.distribute_optimizer {
                 dp as f64
@@ -503,12 +659,24 @@ impl CostModel for ProfiledCostModel {
             } else {
                 0.0
             };
-            let opt = (prep.optimizer_s * frac).max(prep.optimizer_kernels * launch);
+            // Fused multi-tensor optimizer: one pass over the shard's states at the achievable
+            // bandwidth, one launch per chunk of tensors.
+            let launches = (prep.optimizer_kernels * frac / OPTIMIZER_TENSORS_PER_LAUNCH)
+                .ceil()
+                .max(1.0);
+            let opt = ((prep.optimizer_base_s / eff.memory + prep.optimizer_measured_s) * frac)
+                .max(launches * launch)
+                + launches * KERNEL_FLOOR_S
+                + sc.step_overhead_s;
             let end = sim.end_s.get(d).copied().unwrap_or(sim.makespan_s) + exposed + opt;
             if end > best.0 {
-                best = (end, d, exposed, opt);
+                best = (end, d, exposed, opt, dp_comm, gather_total);
             }
 
+            // The time fit skips the memory model (`time_only`).
+            if self.time_only {
+                continue;
+            }
             memory.push(device_memory(
                 &DeviceInput {
                     profile,
@@ -522,7 +690,7 @@ impl CostModel for ProfiledCostModel {
                 alloc,
             ));
         }
-        let (step, crit, exposed_dp, opt) = best;
+        let (step, crit, exposed_dp, opt, dp_comm_s, zero3_gather_s) = best;
         let vs: Vec<usize> = (0..nv).filter(|v| v % pp == crit).collect();
         let compute_s: f64 = vs
             .iter()
@@ -533,6 +701,7 @@ impl CostModel for ProfiledCostModel {
             .map(|v| (comm[*v].0 + comm[*v].1) * m as f64)
             .sum();
         let exposed_comm_s = tp_comm_s + exposed_dp;
+        let tp_total_s: f64 = vs.iter().map(|v| comm_total[*v] * m as f64).sum();
         let bubble_s = (step - compute_s - exposed_comm_s - opt).max(0.0);
         let tokens = cfg.global_batch() as f64 * profile.seq as f64;
         let peak = memory.iter().map(|s| s.peak_bytes).fold(0.0, f64::max);
@@ -548,6 +717,10 @@ impl CostModel for ProfiledCostModel {
                 exposed_comm_s,
                 bubble_s,
                 optimizer_s: opt,
+                tp_comm_s: tp_total_s,
+                dp_comm_s,
+                zero3_gather_s,
+                step_overhead_s: sc.step_overhead_s,
             },
             memory,
             sources: SourceNotes {
@@ -561,6 +734,7 @@ impl CostModel for ProfiledCostModel {
                     )
                 }),
                 allocator: alloc.source.clone(),
+                stack: format!("{stack}: {}", sc.source),
             },
             stage_times: times,
             p2p_s: p2p,
