@@ -305,11 +305,33 @@ impl ProfiledCostModel {
         let mut blocks = Vec::with_capacity(profile.blocks.len());
         for b in &profile.blocks {
             let (mut fwd, mut bwd) = (PhaseSums::default(), PhaseSums::default());
+            let mut vocab_reduced = false;
             for op in &b.ops {
                 if matches!(op.phase, Phase::Forward | Phase::Backward) {
                     model_flops += op.flops;
                 }
-                let s = shard(op, tp64, sequence_parallel);
+                let mut s = if tp64 > 1
+                    && b.kind == BlockKind::Head
+                    && op.split == TpSplit::Replicated
+                    && matches!(op.class, KernelClass::Matmul { .. })
+                {
+                    // The output layer is vocab-parallel under tensor parallelism (Megatron's
+                    // parallel LM head), also when the graph ties it to the embedding and marks it
+                    // replicated.
+                    let mut o = op.clone();
+                    o.split = TpSplit::Vocab;
+                    shard(&o, tp64, sequence_parallel)
+                } else {
+                    shard(op, tp64, sequence_parallel)
+                };
+                if matches!(op.class, KernelClass::Gather)
+                    && op.phase == Phase::Forward
+                    && b.boundary_bytes > 0.0
+                {
+                    // An embedding lookup reads the looked-up rows, not the whole table the op's
+                    // inputs list: about its output, read and written.
+                    s.bytes = s.bytes.min(2.0 * b.boundary_bytes / tp64 as f64);
+                }
                 let k = timer.base(&s);
                 match k.source {
                     Source::Profile => profile_ops += 1,
@@ -345,10 +367,19 @@ impl ProfiledCostModel {
                         } if op.split == TpSplit::Row => {
                             Some((batch * m * n * dtype.size_bytes()) as f64)
                         }
+                        // One all-reduce of the block's output activation (not of the table the
+                        // gather's bytes count), however many lookups the block sums.
                         KernelClass::Gather
-                            if op.split == TpSplit::Vocab && op.phase == Phase::Forward =>
+                            if op.split == TpSplit::Vocab
+                                && op.phase == Phase::Forward
+                                && !vocab_reduced =>
                         {
-                            Some(op.bytes / 2.0)
+                            vocab_reduced = true;
+                            Some(if b.boundary_bytes > 0.0 {
+                                b.boundary_bytes
+                            } else {
+                                op.bytes / 2.0
+                            })
                         }
                         _ => None,
                     };

@@ -212,6 +212,75 @@ pub struct KernelTime {
     pub source: Source,
 }
 
+/// Rewrites a step profile's fused attention kernels as the unfused sequence Megatron-LM and eager
+/// PyTorch ran before FlashAttention: per forward, a batched `QKᵀ` GEMM writing the `s × s` scores,
+/// a fused scale-mask-softmax kernel, attention dropout, and a batched `PV` GEMM; per backward, the
+/// four GEMMs of their gradients and the dropout and softmax backward kernels. FLOPs of the GEMMs
+/// cover the full score matrix, as the fused op counted them; the bytes are the score traffic
+/// (2-byte elements).
+pub fn unfuse_attention(profile: &mut moai_ir::cost::StepProfile) {
+    for block in &mut profile.blocks {
+        let mut ops = Vec::with_capacity(block.ops.len());
+        for op in block.ops.drain(..) {
+            let KernelClass::Attention {
+                batch,
+                heads,
+                seq,
+                head_dim,
+                backward,
+                dtype,
+                ..
+            } = op.class
+            else {
+                ops.push(op);
+                continue;
+            };
+            let bh = batch * heads;
+            let scores = (bh * seq * seq) as f64 * 2.0;
+            let qkv = (bh * seq * head_dim) as f64 * 2.0;
+            let mm = |m: u64, n: u64, k: u64, bytes: f64, tag: &str| OpCost {
+                class: KernelClass::Matmul {
+                    batch: bh,
+                    m,
+                    n,
+                    k,
+                    dtype,
+                },
+                flops: 2.0 * (bh * m * n * k) as f64,
+                bytes,
+                phase: op.phase,
+                layer: op.layer,
+                split: TpSplit::Heads,
+                label: format!("{}:{tag}", op.label),
+            };
+            let ew = |class: KernelClass, bytes: f64, tag: &str| OpCost {
+                class,
+                flops: 2.0 * scores,
+                bytes,
+                phase: op.phase,
+                layer: op.layer,
+                split: TpSplit::Heads,
+                label: format!("{}:{tag}", op.label),
+            };
+            let (s, d) = (seq, head_dim);
+            if !backward {
+                ops.push(mm(s, s, d, 2.0 * qkv + scores, "qk"));
+                ops.push(ew(KernelClass::Reduce, 2.0 * scores, "softmax"));
+                ops.push(ew(KernelClass::Elementwise, 2.5 * scores, "dropout"));
+                ops.push(mm(s, d, s, scores + 2.0 * qkv, "pv"));
+            } else {
+                ops.push(mm(s, s, d, 2.0 * qkv + scores, "dprobs"));
+                ops.push(mm(s, d, s, scores + 2.0 * qkv, "dv"));
+                ops.push(ew(KernelClass::Elementwise, 3.5 * scores, "dropout_bwd"));
+                ops.push(ew(KernelClass::Reduce, 3.0 * scores, "softmax_bwd"));
+                ops.push(mm(s, d, s, scores + 2.0 * qkv, "dq"));
+                ops.push(mm(s, d, s, scores + 2.0 * qkv, "dk"));
+            }
+        }
+        block.ops = ops;
+    }
+}
+
 /// Times single kernels on one device.
 #[derive(Clone, Debug)]
 pub struct OpTimer<'a> {

@@ -87,6 +87,32 @@ pub struct TruthRow {
     pub measured: Measured,
     /// Where the measurement comes from.
     pub source: String,
+    /// Attention implementation of the measured run: `flash` (fused, the default) or `unfused`
+    /// (score matrix materialised: batched GEMMs, softmax and dropout kernels, as Megatron-LM ran
+    /// before FlashAttention); see [`crate::ops::unfuse_attention`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<String>,
+}
+
+impl TruthRow {
+    /// The row's step profile from `profile_for`, with attention unfused when the row says so.
+    pub fn step_profile(
+        &self,
+        profile_for: &dyn Fn(&TruthRow) -> Result<StepProfile>,
+    ) -> Result<StepProfile> {
+        let mut p = profile_for(self)?;
+        match self.attention.as_deref() {
+            None | Some("flash") => {}
+            Some("unfused") => crate::ops::unfuse_attention(&mut p),
+            Some(other) => {
+                return Err(CostError::StepProfile(format!(
+                    "{}: attention `{other}` (expected flash or unfused)",
+                    self.name
+                )));
+            }
+        }
+        Ok(p)
+    }
 }
 
 impl TruthRow {
@@ -233,7 +259,7 @@ pub fn validate(
     let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     for row in rows {
         let result = row.cluster().and_then(|c| {
-            let p = profile_for(row)?;
+            let p = row.step_profile(profile_for)?;
             model.estimate(&p, &c, &row.config)
         });
         match result {
@@ -396,7 +422,10 @@ pub fn cross_validate(
     let mut samples: Vec<Option<FitSample>> = Vec::with_capacity(rows.len());
     let mut errors: Vec<Option<String>> = Vec::with_capacity(rows.len());
     for (_, row) in rows {
-        match row.cluster().and_then(|c| Ok((c, profile_for(row)?))) {
+        match row
+            .cluster()
+            .and_then(|c| Ok((c, row.step_profile(profile_for)?)))
+        {
             Ok((cluster, profile)) => {
                 samples.push(Some(FitSample {
                     name: row.name.clone(),
