@@ -257,3 +257,29 @@ fn eager_peak_holds_the_autocast_cache_and_the_loss_buffers() {
     assert_eq!(d.optimizer_bytes, 12.0 * params);
     assert_eq!(d.grads_bytes, 4.0 * params);
 }
+
+#[test]
+fn tiny_batches_peak_at_the_optimizer_step() {
+    // llama-1b, one token sequence of 64: the activations are far below the 4 bytes per parameter
+    // of gradients that exist at the optimizer step, so the step is the peak (16 bytes per parameter).
+    let graph = moai_models::from_spec(
+        "llama:layers=22,hidden=2048,heads=32,kv_heads=4,ffn=5632,vocab=32000",
+    )
+    .unwrap();
+    let p = step_profile(&graph, &TrainOptions::default(), 1, 64).unwrap();
+    let cfg = ParallelConfig {
+        stack: Stack::Eager,
+        persistent_grads: false,
+        ..Default::default()
+    };
+    let e = ProfiledCostModel::new()
+        .estimate(&p, &Cluster::new(Gpu::H100, 1).unwrap(), &cfg)
+        .unwrap();
+    let d = &e.memory[0];
+    let params = 1_100_048_384f64;
+    assert_eq!(d.peak_phase, PeakPhase::Optimizer, "{d:?}");
+    assert_eq!(d.grads_bytes, 4.0 * params);
+    assert_eq!(d.weights_bytes + d.optimizer_bytes, 12.0 * params);
+    assert_eq!(d.activations_bytes, 0.0);
+    check_adds_up(&e);
+}
