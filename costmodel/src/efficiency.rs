@@ -45,6 +45,9 @@ pub struct StackCoefficients {
     pub launch_overhead_s: f64,
     /// Fixed seconds per optimizer step (gradient zeroing, loss synchronisation, scheduler, logging).
     pub step_overhead_s: f64,
+    /// Fraction of the fusable memory-bound traffic (norms, elementwise, softmax) left after the
+    /// stack's kernel fusion (1 for eager PyTorch, which runs every op as its own kernel).
+    pub fused_bytes: f64,
     /// Fitted or assumed, and from what.
     pub source: String,
 }
@@ -105,6 +108,12 @@ impl EfficiencyFile {
         for s in &f.stacks {
             if !(s.launch_overhead_s >= 0.0 && s.step_overhead_s >= 0.0) {
                 return Err(err(format!("{}: negative overhead", s.stack)));
+            }
+            if !(s.fused_bytes > 0.0 && s.fused_bytes <= 1.0) {
+                return Err(err(format!(
+                    "{}: fused_bytes {} outside (0, 1]",
+                    s.stack, s.fused_bytes
+                )));
             }
         }
         Ok(f)
@@ -170,6 +179,7 @@ pub fn committed() -> &'static EfficiencyFile {
                         stack: *s,
                         launch_overhead_s: 1e-5,
                         step_overhead_s: 0.0,
+                        fused_bytes: s.fusion().0,
                         source: "fallback".into(),
                     })
                     .collect(),

@@ -8,13 +8,12 @@ use crate::cluster::Cluster;
 use crate::collective::{Collective, collective_time, exposed_after_overlap};
 use crate::config::ParallelConfig;
 use crate::device::Gpu;
-use crate::efficiency::{Allocator, Efficiency, EfficiencyFile};
+use crate::efficiency::{Allocator, Efficiency, EfficiencyFile, StackCoefficients};
 use crate::error::{CostError, Result};
 use crate::memory::{DeviceInput, StageMemory, device_memory};
 use crate::ops::{Bucket, KERNEL_FLOOR_S, OpTimer, Source, shard};
 use crate::pipeline::{StageTimes, simulate};
 use crate::profile::OpProfile;
-use crate::stack::Stack;
 use moai_ir::cost::{BlockKind, KernelClass, Phase, StepProfile, TpSplit};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -152,9 +151,10 @@ impl PhaseSums {
     }
 
     /// Kernel seconds and kernels of this phase on a device with coefficients `eff`, under a stack's
-    /// fusion (fusable bytes and kernels scaled by [`Stack::fusion`]).
-    pub fn kernel_time(&self, eff: &Efficiency, stack: Stack) -> (f64, f64) {
-        let (fb, fk) = stack.fusion();
+    /// fusion: fusable bytes scaled by the stack's fitted `fused_bytes`, fusable kernels by
+    /// [`crate::stack::Stack::fusion`]'s kernel fraction.
+    pub fn kernel_time(&self, eff: &Efficiency, sc: &StackCoefficients) -> (f64, f64) {
+        let (fb, fk) = (sc.fused_bytes, sc.stack.fusion().1);
         let removed = self.fusable_kernels * (1.0 - fk);
         let kernels = (self.kernels - removed).max(0.0);
         let floors = (self.memory_kernels - removed).max(0.0);
@@ -580,7 +580,7 @@ impl ProfiledCostModel {
         let mut times = Vec::with_capacity(nv);
         let hidden = stack.tp_comm_overlap(cfg.sequence_parallel);
         let phase = |s: &PhaseSums| {
-            let (gpu, kernels) = s.kernel_time(eff, stack);
+            let (gpu, kernels) = s.kernel_time(eff, sc);
             gpu.max(kernels * launch)
         };
         for v in 0..nv {

@@ -56,6 +56,8 @@ pub enum Param {
     LaunchOverhead(Stack),
     /// Fixed seconds per step of a stack, bounds [10 µs, 0.5 s].
     StepOverhead(Stack),
+    /// Fusable-traffic fraction of a (non-eager) stack, bounds [0.2, 1].
+    FusedBytes(Stack),
 }
 
 impl Param {
@@ -65,6 +67,7 @@ impl Param {
             Param::Attention(_) => (0.1, 1.0),
             Param::LaunchOverhead(_) => (1e-7, 1e-4),
             Param::StepOverhead(_) => (1e-5, 0.5),
+            Param::FusedBytes(_) => (0.2, 1.0),
         }
     }
     fn get(self, f: &EfficiencyFile) -> f64 {
@@ -74,6 +77,7 @@ impl Param {
             Param::Memory(g) => f.get(g).memory,
             Param::LaunchOverhead(s) => f.stack(s).launch_overhead_s,
             Param::StepOverhead(s) => f.stack(s).step_overhead_s,
+            Param::FusedBytes(s) => f.stack(s).fused_bytes,
         }
     }
     fn set(self, f: &mut EfficiencyFile, v: f64) {
@@ -87,12 +91,12 @@ impl Param {
                 }
                 f.set(e);
             }
-            Param::LaunchOverhead(s) | Param::StepOverhead(s) => {
+            Param::LaunchOverhead(s) | Param::StepOverhead(s) | Param::FusedBytes(s) => {
                 let mut c = f.stack(s).clone();
-                if matches!(self, Param::LaunchOverhead(_)) {
-                    c.launch_overhead_s = v;
-                } else {
-                    c.step_overhead_s = v;
+                match self {
+                    Param::LaunchOverhead(_) => c.launch_overhead_s = v,
+                    Param::StepOverhead(_) => c.step_overhead_s = v,
+                    _ => c.fused_bytes = v,
                 }
                 f.set_stack(c);
             }
@@ -101,7 +105,9 @@ impl Param {
     fn affects(self, s: &FitSample) -> bool {
         match self {
             Param::Matmul(g) | Param::Attention(g) | Param::Memory(g) => s.cluster.gpu == g,
-            Param::LaunchOverhead(st) | Param::StepOverhead(st) => s.config.stack == st,
+            Param::LaunchOverhead(st) | Param::StepOverhead(st) | Param::FusedBytes(st) => {
+                s.config.stack == st
+            }
         }
     }
 }
@@ -145,6 +151,7 @@ pub fn prior_file(base: &EfficiencyFile) -> EfficiencyFile {
             stack: s,
             launch_overhead_s: l,
             step_overhead_s: st,
+            fused_bytes: s.fusion().0,
             source: "assumption (no truth rows): prior of moai_costmodel::fit::PRIORS".into(),
         });
     }
@@ -210,6 +217,9 @@ pub fn free_params(samples: &[FitSample]) -> Vec<Param> {
     for st in Stack::ALL {
         if timed.iter().any(|s| s.config.stack == st) {
             out.extend([Param::LaunchOverhead(st), Param::StepOverhead(st)]);
+            if st != Stack::Eager {
+                out.push(Param::FusedBytes(st));
+            }
         }
     }
     out

@@ -41,7 +41,8 @@ impl Stack {
 
 impl Stack {
     /// Kernel fusion of memory-bound ops (norms, elementwise, softmax): the fractions of their bytes
-    /// and kernels left after fusion. Megatron-LM fuses bias+activation (bias-GeLU / SwiGLU),
+    /// and kernels left after fusion. The bytes fraction is the prior of the fitted per-stack
+    /// `fused_bytes` coefficient (eager stays at 1); the kernel fraction is used as is. Megatron-LM fuses bias+activation (bias-GeLU / SwiGLU),
     /// bias+dropout+residual-add, the norms (Apex / Transformer Engine) and masked softmax, leaving
     /// about half the traffic in about a third of the kernels; DeepSpeed's PyTorch modules use a few
     /// fused kernels; FSDP wraps eager modules and eager PyTorch runs every op as its own kernel

@@ -44,6 +44,7 @@ fn fitted_coefficients_match_committed() {
         for (x, y) in [
             (a.launch_overhead_s, b.launch_overhead_s),
             (a.step_overhead_s, b.step_overhead_s),
+            (a.fused_bytes, b.fused_bytes),
         ] {
             assert!(
                 (x / y - 1.0).abs() < 1e-3,
