@@ -579,9 +579,19 @@ impl ProfiledCostModel {
         let mut comm_total = vec![0f64; nv];
         let mut times = Vec::with_capacity(nv);
         let hidden = stack.tp_comm_overlap(cfg.sequence_parallel);
-        let phase = |s: &PhaseSums| {
+        // Without pipelining the host issues the whole step's kernels ahead of the GPU (PyTorch is
+        // asynchronous up to the step's synchronisation), so the host bound applies to the whole
+        // step; between pipeline stages every phase waits for its input, so it applies per phase.
+        let whole_step_host = pp == 1;
+        let mut host_s = 0.0;
+        let mut phase = |s: &PhaseSums| {
             let (gpu, kernels) = s.kernel_time(eff, sc);
-            gpu.max(kernels * launch)
+            if whole_step_host {
+                host_s += kernels * launch * m as f64;
+                gpu
+            } else {
+                gpu.max(kernels * launch)
+            }
         };
         for v in 0..nv {
             let (cf, cb) = (phase(&fwd[v]), phase(&bwd[v]));
@@ -699,7 +709,14 @@ impl ProfiledCostModel {
                 .max(launches * launch)
                 + launches * KERNEL_FLOOR_S
                 + sc.step_overhead_s;
-            let end = sim.end_s.get(d).copied().unwrap_or(sim.makespan_s) + exposed + opt;
+            let end = sim
+                .end_s
+                .get(d)
+                .copied()
+                .unwrap_or(sim.makespan_s)
+                .max(host_s)
+                + exposed
+                + opt;
             if end > best.0 {
                 best = (end, d, exposed, opt, dp_comm, gather_total);
             }
@@ -726,7 +743,8 @@ impl ProfiledCostModel {
         let compute_s: f64 = vs
             .iter()
             .map(|v| (compute[*v].0 + compute[*v].1) * m as f64)
-            .sum();
+            .sum::<f64>()
+            .max(host_s);
         let tp_comm_s: f64 = vs
             .iter()
             .map(|v| (comm[*v].0 + comm[*v].1) * m as f64)
