@@ -728,7 +728,7 @@ impl ProfiledCostModel {
             memory.push(device_memory(
                 &DeviceInput {
                     profile,
-                    prep: &prep,
+                    prep,
                     cfg,
                     device: d as u32,
                     block_stage: &block_stage,

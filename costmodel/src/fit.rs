@@ -112,12 +112,17 @@ impl Param {
     }
 }
 
+/// `(gpu, matmul, attention, memory)` starting values.
+pub type GpuPrior = (Gpu, f64, f64, f64);
+/// `(stack, launch_overhead_s, step_overhead_s)` starting values.
+pub type StackPrior = (Stack, f64, f64);
+
 /// Starting values and prior centres: `(matmul, attention, memory)` fractions per GPU kind (GEMMs in
 /// training reach most of the maximum achievable rate at their shape; FlashAttention-2 about 70% of
 /// it; elementwise kernels about 75% of HBM peak) and `(launch, step)` overheads per stack (eager
 /// PyTorch about 15 µs of host time per op and a few ms per step for zero_grad, loss sync and
 /// logging; Megatron's fused path about 5 µs per kernel).
-pub const PRIORS: ([(Gpu, f64, f64, f64); 5], [(Stack, f64, f64); 4]) = (
+pub const PRIORS: ([GpuPrior; 5], [StackPrior; 4]) = (
     [
         (Gpu::Mi250, 0.8, 0.6, 0.75),
         (Gpu::Mi210, 0.8, 0.6, 0.75),

@@ -87,3 +87,29 @@ fn in_sample_is_labelled_and_no_worse() {
     assert!(!ins.cross_validated);
     assert!(ins.mape["step_time"] <= cv().mape["step_time"] + 0.5);
 }
+
+/// The analytic fixture used by the invariant tests stays close to the training graph it imitates.
+#[test]
+fn fixture_flops_match_training_graph() {
+    use moai_ir::cost::Phase;
+    let flops = |p: &moai_ir::cost::StepProfile| -> f64 {
+        p.blocks
+            .iter()
+            .flat_map(|b| &b.ops)
+            .filter(|o| o.phase != Phase::Optimizer)
+            .map(|o| o.flops)
+            .sum()
+    };
+    for row in crate::support::truth("truth/h100_llama350m.jsonl") {
+        let (real, fixture) = (
+            profile_for(&row).unwrap(),
+            crate::support::profile_for(&row).unwrap(),
+        );
+        let ratio = flops(&fixture) / flops(&real);
+        assert!(
+            (ratio - 1.0).abs() < 0.1,
+            "{}: fixture/real FLOPs {ratio}",
+            row.name
+        );
+    }
+}
