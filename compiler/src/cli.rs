@@ -234,8 +234,13 @@ pub struct SmiArgs {
 /// `validate` arguments.
 #[derive(Debug, Args, Clone)]
 pub struct ValidateArgs {
-    /// JSON-lines truth file (one measured run per line).
-    pub truth: PathBuf,
+    /// JSON-lines truth files (one measured run per line).
+    #[arg(required = true, num_args = 1..)]
+    pub truth: Vec<PathBuf>,
+    /// Leave one model out: predict each model's rows with time coefficients refitted on every
+    /// other model's rows (default: in-sample, the committed coefficients).
+    #[arg(long)]
+    pub cross_validate: bool,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,

@@ -3,8 +3,8 @@
 mod bad_inputs;
 mod cli;
 mod codegen;
-mod exports;
 mod current;
+mod exports;
 mod interrupt;
 mod partition;
 mod planner;

@@ -43,12 +43,13 @@ impl BlockCost {
     }
 }
 
-/// Per-block costs of `cfg` from a prepared profile: kernel time bounded below by the host's kernel-issue
-/// time (`launch_s` per kernel), plus the tensor-parallel all-reduces at the cluster's bandwidth; static
-/// bytes by [`static_bytes`]. `cfg.stages`, `pp`, the schedule and the micro-batch count are not read.
+/// Per-block costs of `cfg` from a prepared profile: kernel time as the cost model computes it
+/// (`kernel_s`, host-bounded), plus the part of the tensor-parallel all-reduces at the cluster's bandwidth
+/// that the stack does not overlap (`tp_overlap`, a fraction); static bytes by [`static_bytes`]. `cfg.stages`, `pp`, the schedule and the micro-batch count are not read.
 pub fn from_prepared(
     prep: &PreparedProfile,
-    launch_s: f64,
+    kernel_s: &dyn Fn(&PhaseSums) -> f64,
+    tp_overlap: f64,
     profile: &StepProfile,
     cluster: &Cluster,
     cfg: &ParallelConfig,
@@ -60,9 +61,9 @@ pub fn from_prepared(
             prep.blocks.len()
         )));
     }
-    if !(launch_s >= 0.0) {
+    if !(0.0..=1.0).contains(&tp_overlap) {
         return Err(CostError::InvalidConfig(format!(
-            "kernel launch overhead {launch_s} s is not a non-negative number"
+            "tensor-parallel overlap {tp_overlap} is not a fraction in [0, 1]"
         )));
     }
     let tp_time = |s: &PhaseSums| {
@@ -79,18 +80,24 @@ pub fn from_prepared(
                 )
         }
     };
-    let phase = |s: &PhaseSums| s.gpu_s.max(s.kernels * launch_s) + tp_time(s);
+    // The same phase time as the estimator's: kernels (host-bounded by the caller's `kernel_s`), plus
+    // the part of the tensor-parallel collectives the stack does not hide behind them.
+    let phase = |s: &PhaseSums| {
+        let k = kernel_s(s);
+        let t = tp_time(s);
+        k + t - (tp_overlap * t).min(k)
+    };
     Ok(prep
         .blocks
         .iter()
         .map(|b| {
-            let (w, g, o) = static_bytes(profile, cfg, b.params);
+            let st = static_bytes(profile, cfg, b.params);
             BlockCost {
                 kind: b.kind,
                 forward_s: phase(&b.forward),
                 backward_s: phase(&b.backward),
                 params: b.params,
-                static_bytes: w + g + o,
+                static_bytes: st.weights + st.persistent_grads + st.optimizer,
                 saved_bytes: b.saved_bytes,
             }
         })
@@ -145,12 +152,9 @@ mod tests {
         }
         let total: f64 = c.iter().map(|b| b.static_bytes).sum();
         let params: f64 = p.blocks.iter().map(|b| b.params as f64).sum();
-        let (w, g, o) = static_bytes(&p, &ParallelConfig::default(), params);
-        assert!(
-            (total - (w + g + o)).abs() <= 1e-6 * total,
-            "{total} vs {}",
-            w + g + o
-        );
+        let st = static_bytes(&p, &ParallelConfig::default(), params);
+        let want = st.weights + st.persistent_grads + st.optimizer;
+        assert!((total - want).abs() <= 1e-6 * total, "{total} vs {want}");
     }
 
     #[test]

@@ -24,6 +24,29 @@ pub const FP32_PEAKS: [(Gpu, f64); 5] = [
     (Gpu::Mi300x, 163.4e12),
 ];
 
+/// Maximum achievable matmul throughput per GPU kind and dtype
+/// (`gpu,dtype,peak_tflops,max_achievable_tflops,m,n,k,source`): the best shape of a GEMM sweep
+/// (ml-engineering's mamf-finder table, AMD's max-achievable-FLOPs blog), sources per row. The bf16
+/// row is the asymptote of the GEMM model.
+pub const MATMUL_MAX_ACHIEVABLE_CSV: &str = include_str!("../data/matmul_max_achievable.csv");
+
+/// The bf16 maximum achievable FLOP/s of a GPU kind from [`MATMUL_MAX_ACHIEVABLE_CSV`], if listed.
+pub fn max_achievable_bf16(gpu: Gpu) -> Option<f64> {
+    let mut lines = MATMUL_MAX_ACHIEVABLE_CSV
+        .lines()
+        .filter(|l| !l.trim().is_empty());
+    let header = split_csv_line(lines.next()?);
+    let col = |n: &str| header.iter().position(|h| h.trim() == n);
+    let (cg, cd, cm) = (col("gpu")?, col("dtype")?, col("max_achievable_tflops")?);
+    lines.map(split_csv_line).find_map(|f| {
+        let g: Gpu = f.get(cg)?.parse().ok()?;
+        (g == gpu && f.get(cd)?.trim() == "bf16")
+            .then(|| f.get(cm)?.trim().parse::<f64>().ok())
+            .flatten()
+            .map(|t| t * 1e12)
+    })
+}
+
 /// A GPU kind. For MI250 the device moai plans on is one GCD (graphics compute die): an MI250 package
 /// holds two, each with its own 64 GB of HBM, and the runtime sees each as a GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -104,6 +127,12 @@ pub struct DeviceSpec {
     pub hbm_bytes: u64,
     /// HBM bandwidth, bytes/s.
     pub hbm_bytes_per_s: f64,
+    /// Compute units (NVIDIA SMs, AMD CUs) from the table's `compute_units` column: the number of
+    /// GEMM tiles one wave runs.
+    pub compute_units: u32,
+    /// Maximum achievable dense bf16 matmul throughput (FLOP/s): the asymptote of the GEMM model
+    /// (see [`MATMUL_MAX_ACHIEVABLE_CSV`]).
+    pub max_achievable_bf16_flops: f64,
     /// Interconnect as the data sheet describes it.
     pub interconnect: String,
     /// Where the figures come from.
@@ -118,6 +147,15 @@ impl DeviceSpec {
             BF16 | F16 | F8E4M3FN | F8E4M3FNUZ | F8E5M2 | F8E5M2FNUZ => self.peak_bf16_flops,
             _ => self.peak_fp32_flops,
         }
+    }
+}
+
+impl DeviceSpec {
+    /// Maximum achievable matmul FLOP/s for a compute dtype: the bf16 asymptote for 16- and 8-bit
+    /// types, the fp32 peak scaled by the same achievable fraction otherwise.
+    pub fn max_achievable_flops(&self, dtype: moai_ir::DType) -> f64 {
+        let frac = self.max_achievable_bf16_flops / self.peak_bf16_flops;
+        self.peak_flops(dtype) * if frac.is_finite() { frac } else { 0.75 }
     }
 }
 
@@ -152,6 +190,7 @@ pub fn parse_hardware_csv(csv: &str) -> Result<Vec<DeviceSpec>> {
             .position(|h| h.trim() == name)
             .ok_or_else(|| bad(format!("missing column `{name}`")))
     };
+    let c_cu = col("compute_units")?;
     let (c_dev, c_unit, c_tf, c_gb, c_bw, c_ic, c_src) = (
         col("device")?,
         col("unit")?,
@@ -196,11 +235,22 @@ pub fn parse_hardware_csv(csv: &str) -> Result<Vec<DeviceSpec>> {
             .map(|(_, p)| *p)
             .unwrap_or(0.0);
         let idx = Gpu::ALL.iter().position(|g| *g == gpu).unwrap_or(0);
+        let cus = get(c_cu)
+            .split_whitespace()
+            .next()
+            .and_then(|t| t.parse::<u32>().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| bad(format!("row {}: compute_units is not a count", i + 2)))?;
+        let peak = num(c_tf)? * 1e12;
+        // Unlisted kinds: 0.75 of peak (typical of the listed ones).
+        let mamf = max_achievable_bf16(gpu).unwrap_or(0.75 * peak).min(peak);
         out[idx] = Some(DeviceSpec {
             gpu,
             name: format!("{} ({})", get(c_dev), get(c_unit)),
-            peak_bf16_flops: num(c_tf)? * 1e12,
+            peak_bf16_flops: peak,
             peak_fp32_flops: fp32,
+            compute_units: cus,
+            max_achievable_bf16_flops: mamf,
             hbm_bytes: (num(c_gb)? * (1u64 << 30) as f64) as u64,
             hbm_bytes_per_s: num(c_bw)? * 1e12,
             interconnect,
@@ -234,6 +284,13 @@ mod tests {
         assert_eq!(Gpu::H100.spec().peak_bf16_flops, 989.4e12);
         assert_eq!(Gpu::Mi300x.spec().hbm_bytes_per_s, 5.3e12);
         assert_eq!(Gpu::A100.spec().gpu, Gpu::A100);
+        assert_eq!(Gpu::H100.spec().compute_units, 132);
+        assert_eq!(Gpu::Mi300x.spec().compute_units, 304);
+        for g in Gpu::ALL {
+            let s = g.spec();
+            assert!(s.max_achievable_bf16_flops > 0.5 * s.peak_bf16_flops);
+            assert!(s.max_achievable_bf16_flops <= s.peak_bf16_flops);
+        }
     }
 
     #[test]

@@ -1,59 +1,72 @@
-//! Roofline efficiencies per device and the allocator model, loaded from the committed data file
-//! `data/efficiency.json`.
+//! The time model's fitted coefficients and the allocator model, loaded from the committed data file
+//! `data/efficiency.json` (format 2).
 //!
-//! H100 and A100 coefficients are *fitted* (see [`crate::fit`] and the test
-//! `fit::fitted_coefficients_match_committed` that recomputes them from `data/truth/`); AMD
-//! coefficients are *assumptions* taken from published results, with citations in the file's
-//! `source` fields.
+//! Per GPU kind (physics): how close training GEMMs, fused attention and memory-bound kernels come to
+//! the device's *shape-dependent* rate (the kernel models of [`crate::ops`]: maximum achievable matmul
+//! throughput × tile/wave/short-K efficiency; HBM peak). Per software stack (overheads): host seconds
+//! per kernel and a fixed per-step cost. Coefficients of a GPU or stack with truth rows are *fitted*
+//! jointly over every truth file (see [`crate::fit`] and the test
+//! `fit::fitted_coefficients_match_committed`); the others keep their documented starting values
+//! (the `source` fields say which).
 
 use crate::device::Gpu;
 use crate::error::{CostError, Result};
+use crate::stack::Stack;
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
 /// The committed coefficients, embedded at build time.
 pub const EFFICIENCY_JSON: &str = include_str!("../data/efficiency.json");
 
-/// Achieved fractions of peak for one device, and the host's per-kernel cost.
+/// Per-device coefficients of the kernel models.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Efficiency {
     /// GPU kind.
     pub gpu: Gpu,
-    /// Matmul throughput as a fraction of the dtype's peak.
+    /// Training GEMMs' throughput as a fraction of the shape-dependent rate (maximum achievable matmul
+    /// throughput × [`crate::ops::gemm_shape_efficiency`]).
     pub matmul: f64,
-    /// Fused-attention throughput as a fraction of the bf16 peak.
+    /// Fused attention's throughput as a fraction of the maximum achievable matmul rate times
+    /// [`crate::ops::attention_shape_efficiency`].
     pub attention: f64,
     /// Memory-bound kernels' bandwidth as a fraction of the HBM peak.
     pub memory: f64,
-    /// Host time to issue one kernel (framework + launch), seconds; a phase is never faster than its
-    /// kernel count times this.
-    pub launch_overhead_s: f64,
     /// Fitted or assumed, and from what.
     pub source: String,
 }
 
-/// Allocator model: `peak = static + activation_factor · (activations + transients) + fixed_bytes`.
-/// It absorbs what the training graph's liveness does not see (eager-mode temporaries, library
-/// workspaces, allocator rounding).
+/// Per-stack overheads.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Allocator {
-    /// Multiplier on activation and transient bytes.
-    pub activation_factor: f64,
-    /// Fixed bytes per device.
-    pub fixed_bytes: f64,
-    /// How it was calibrated.
+pub struct StackCoefficients {
+    /// The stack.
+    pub stack: Stack,
+    /// Host time to issue one kernel (framework dispatch + launch), seconds; a phase is never faster
+    /// than its kernel count times this.
+    pub launch_overhead_s: f64,
+    /// Fixed seconds per optimizer step (gradient zeroing, loss synchronisation, scheduler, logging).
+    pub step_overhead_s: f64,
+    /// Fraction of the fusable memory-bound traffic (norms, elementwise, softmax) left after the
+    /// stack's kernel fusion (1 for eager PyTorch, which runs every op as its own kernel).
+    pub fused_bytes: f64,
+    /// Fitted or assumed, and from what.
     pub source: String,
 }
+
+/// The memory model's fitted coefficients (the file's `allocator` section); see
+/// [`crate::memory::MemoryCoefficients`] and the mechanisms in [`crate::memory`].
+pub use crate::memory::MemoryCoefficients as Allocator;
 
 /// The data file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EfficiencyFile {
-    /// Format version (1).
+    /// Format version (2).
     pub format_version: u32,
     /// How the fitted entries were produced.
     pub procedure: String,
     /// One entry per GPU kind.
     pub devices: Vec<Efficiency>,
+    /// One entry per software stack.
+    pub stacks: Vec<StackCoefficients>,
     /// Allocator model.
     pub allocator: Allocator,
 }
@@ -72,6 +85,12 @@ impl EfficiencyFile {
                 return Err(err(format!("{n} entries for {g}, expected 1")));
             }
         }
+        for s in Stack::ALL {
+            let n = f.stacks.iter().filter(|e| e.stack == s).count();
+            if n != 1 {
+                return Err(err(format!("{n} entries for stack {s}, expected 1")));
+            }
+        }
         for e in &f.devices {
             for (name, v) in [
                 ("matmul", e.matmul),
@@ -85,8 +104,16 @@ impl EfficiencyFile {
                     )));
                 }
             }
-            if !(e.launch_overhead_s >= 0.0) {
-                return Err(err(format!("{}: negative launch overhead", e.gpu)));
+        }
+        for s in &f.stacks {
+            if !(s.launch_overhead_s >= 0.0 && s.step_overhead_s >= 0.0) {
+                return Err(err(format!("{}: negative overhead", s.stack)));
+            }
+            if !(s.fused_bytes > 0.0 && s.fused_bytes <= 1.0) {
+                return Err(err(format!(
+                    "{}: fused_bytes {} outside (0, 1]",
+                    s.stack, s.fused_bytes
+                )));
             }
         }
         Ok(f)
@@ -98,6 +125,23 @@ impl EfficiencyFile {
             .iter()
             .find(|e| e.gpu == gpu)
             .unwrap_or(&self.devices[0])
+    }
+
+    /// The overheads of a stack.
+    pub fn stack(&self, stack: Stack) -> &StackCoefficients {
+        self.stacks
+            .iter()
+            .find(|e| e.stack == stack)
+            .unwrap_or(&self.stacks[0])
+    }
+
+    /// Replaces the entry of a stack.
+    pub fn set_stack(&mut self, c: StackCoefficients) {
+        if let Some(e) = self.stacks.iter_mut().find(|e| e.stack == c.stack) {
+            *e = c;
+        } else {
+            self.stacks.push(c);
+        }
     }
 
     /// Replaces the entry of a GPU kind.
@@ -117,24 +161,29 @@ pub fn committed() -> &'static EfficiencyFile {
         EfficiencyFile::from_json(EFFICIENCY_JSON, "data/efficiency.json").unwrap_or_else(|_| {
             EfficiencyFile {
                 // Unreachable with the shipped file (a unit test parses it); keep a usable fallback.
-                format_version: 1,
+                format_version: 2,
                 procedure: "fallback".into(),
                 devices: Gpu::ALL
                     .iter()
                     .map(|g| Efficiency {
                         gpu: *g,
-                        matmul: 0.5,
-                        attention: 0.4,
+                        matmul: 0.8,
+                        attention: 0.6,
                         memory: 0.7,
-                        launch_overhead_s: 1e-5,
                         source: "fallback".into(),
                     })
                     .collect(),
-                allocator: Allocator {
-                    activation_factor: 1.0,
-                    fixed_bytes: 0.0,
-                    source: "fallback".into(),
-                },
+                stacks: Stack::ALL
+                    .iter()
+                    .map(|s| StackCoefficients {
+                        stack: *s,
+                        launch_overhead_s: 1e-5,
+                        step_overhead_s: 0.0,
+                        fused_bytes: s.fusion().0,
+                        source: "fallback".into(),
+                    })
+                    .collect(),
+                allocator: Allocator::default(),
             }
         })
     })
@@ -148,7 +197,8 @@ mod tests {
     fn committed_file_parses() {
         let f = EfficiencyFile::from_json(EFFICIENCY_JSON, "data/efficiency.json").unwrap();
         assert_eq!(f.devices.len(), 5);
-        assert!(f.get(Gpu::Mi250).source.contains("assumption"));
+        assert_eq!(f.stacks.len(), 4);
+        assert_eq!(f.format_version, 2);
     }
 
     #[test]

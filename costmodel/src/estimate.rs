@@ -8,10 +8,10 @@ use crate::cluster::Cluster;
 use crate::collective::{Collective, collective_time, exposed_after_overlap};
 use crate::config::ParallelConfig;
 use crate::device::Gpu;
-use crate::efficiency::{Allocator, Efficiency, EfficiencyFile};
+use crate::efficiency::{Allocator, Efficiency, EfficiencyFile, StackCoefficients};
 use crate::error::{CostError, Result};
-use crate::memory::{StageMemory, finish, in_flight, static_bytes};
-use crate::ops::{OpTimer, Source, shard};
+use crate::memory::{DeviceInput, StageMemory, device_memory};
+use crate::ops::{Bucket, KERNEL_FLOOR_S, OpTimer, Source, shard};
 use crate::pipeline::{StageTimes, simulate};
 use crate::profile::OpProfile;
 use moai_ir::cost::{BlockKind, KernelClass, Phase, StepProfile, TpSplit};
@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-/// Time breakdown of a step (JSON names of DESIGN.md's `predicted.breakdown`). The four parts add up
-/// to the step time of the device that finishes last.
+/// Time breakdown of a step (JSON names of DESIGN.md's `predicted.breakdown`). The four parts
+/// `compute_s`, `exposed_comm_s`, `bubble_s` and `optimizer_s` add up to the step time of the device
+/// that finishes last; the other fields detail modeled traffic (hidden or not).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Breakdown {
     /// Kernel time (forward, backward, recomputation), including host-bound phases.
@@ -30,8 +31,22 @@ pub struct Breakdown {
     pub exposed_comm_s: f64,
     /// Pipeline bubble and waiting for stage-to-stage transfers.
     pub bubble_s: f64,
-    /// Optimizer step.
+    /// Optimizer step, including the stack's fixed per-step cost (`step_overhead_s`).
     pub optimizer_s: f64,
+    /// Tensor-parallel collective seconds of the critical device per step, before overlap.
+    #[serde(default)]
+    pub tp_comm_s: f64,
+    /// Data-parallel gradient synchronisation seconds per step (all-reduce, or reduce-scatter plus
+    /// the ZeRO-1 parameter all-gather, or ZeRO-3's per-micro-batch reduce-scatters), before overlap.
+    #[serde(default)]
+    pub dp_comm_s: f64,
+    /// ZeRO-3 parameter all-gather seconds per step (forward and backward of every layer and
+    /// micro-batch), before overlap; 0 without ZeRO-3.
+    #[serde(default)]
+    pub zero3_gather_s: f64,
+    /// The stack's fixed per-step cost (part of `optimizer_s`).
+    #[serde(default)]
+    pub step_overhead_s: f64,
 }
 
 /// Which sources the prediction used.
@@ -47,6 +62,10 @@ pub struct SourceNotes {
     pub profile: Option<String>,
     /// Allocator model used for the peak.
     pub allocator: String,
+    /// The software stack the step was costed for (`megatron`, `deepspeed`, `fsdp`, `eager`) and its
+    /// overheads' source.
+    #[serde(default)]
+    pub stack: String,
 }
 
 /// The prediction for one configuration (JSON names of DESIGN.md's `predicted` object).
@@ -106,10 +125,12 @@ pub trait CostModel: Sync {
     }
 }
 
-/// Sums of one phase of one block on one device.
+/// Sums of one phase of one block on one device. The bucket sums are seconds at unit coefficients
+/// (see [`crate::ops::KernelTime`]); the estimator divides them by the device's fitted coefficients and
+/// applies the stack's fusion, so one prepared profile serves every coefficient set.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PhaseSums {
-    /// Kernel seconds.
+    /// Kernel seconds with this model's coefficients, unfused, per-kernel floors included.
     pub gpu_s: f64,
     /// Kernels.
     pub kernels: f64,
@@ -117,6 +138,20 @@ pub struct PhaseSums {
     pub tp_bytes: f64,
     /// Tensor-parallel collectives.
     pub tp_collectives: f64,
+    /// Compute-bound GEMM seconds at unit matmul coefficient.
+    pub matmul_s: f64,
+    /// Fused-attention seconds at unit attention coefficient.
+    pub attention_s: f64,
+    /// Non-fusable memory-bound seconds at the HBM peak.
+    pub memory_s: f64,
+    /// Fusable memory-bound seconds (norms, elementwise, reductions) at the HBM peak.
+    pub fusable_s: f64,
+    /// Seconds read from a measured profile.
+    pub measured_s: f64,
+    /// Memory-bound kernels (each pays the per-kernel floor).
+    pub memory_kernels: f64,
+    /// Of those, fusable kernels.
+    pub fusable_kernels: f64,
 }
 
 impl PhaseSums {
@@ -125,6 +160,29 @@ impl PhaseSums {
         self.kernels += o.kernels;
         self.tp_bytes += o.tp_bytes;
         self.tp_collectives += o.tp_collectives;
+        self.matmul_s += o.matmul_s;
+        self.attention_s += o.attention_s;
+        self.memory_s += o.memory_s;
+        self.fusable_s += o.fusable_s;
+        self.measured_s += o.measured_s;
+        self.memory_kernels += o.memory_kernels;
+        self.fusable_kernels += o.fusable_kernels;
+    }
+
+    /// Kernel seconds and kernels of this phase on a device with coefficients `eff`, under a stack's
+    /// fusion: fusable bytes scaled by the stack's fitted `fused_bytes`, fusable kernels by
+    /// [`crate::stack::Stack::fusion`]'s kernel fraction.
+    pub fn kernel_time(&self, eff: &Efficiency, sc: &StackCoefficients) -> (f64, f64) {
+        let (fb, fk) = (sc.fused_bytes, sc.stack.fusion().1);
+        let removed = self.fusable_kernels * (1.0 - fk);
+        let kernels = (self.kernels - removed).max(0.0);
+        let floors = (self.memory_kernels - removed).max(0.0);
+        let gpu = self.matmul_s / eff.matmul
+            + self.attention_s / eff.attention
+            + (self.memory_s + self.fusable_s * fb) / eff.memory
+            + self.measured_s
+            + floors * KERNEL_FLOOR_S;
+        (gpu, kernels)
     }
 }
 
@@ -157,6 +215,12 @@ pub struct PreparedProfile {
     pub optimizer_s: f64,
     /// Optimizer kernels.
     pub optimizer_kernels: f64,
+    /// Optimizer seconds for the whole model at the HBM peak (unit memory coefficient).
+    pub optimizer_base_s: f64,
+    /// Optimizer seconds read from a measured profile.
+    pub optimizer_measured_s: f64,
+    /// What the memory model reads off each block's ops (same order as `blocks`).
+    pub shapes: Vec<crate::memory::BlockShape>,
     /// Total trainable parameters.
     pub total_params: f64,
     /// Forward+backward FLOPs of one micro-batch (unsharded, no recomputation).
@@ -176,6 +240,7 @@ pub struct ProfiledCostModel {
     efficiencies: Option<EfficiencyFile>,
     profiles: HashMap<Gpu, Arc<OpProfile>>,
     cache: RwLock<Vec<(CacheKey, Arc<PreparedProfile>)>>,
+    time_only: bool,
 }
 
 impl Clone for ProfiledCostModel {
@@ -184,11 +249,16 @@ impl Clone for ProfiledCostModel {
             efficiencies: self.efficiencies.clone(),
             profiles: self.profiles.clone(),
             cache: RwLock::default(),
+            time_only: self.time_only,
         }
     }
 }
 
 const CACHE_ENTRIES: usize = 64;
+
+/// Parameter tensors one fused multi-tensor optimizer launch updates (PyTorch's and Apex's
+/// `multi_tensor_apply` process tensor lists in chunks of this order).
+const OPTIMIZER_TENSORS_PER_LAUNCH: f64 = 48.0;
 
 impl ProfiledCostModel {
     /// The model with the committed efficiencies and no measured profile.
@@ -202,6 +272,13 @@ impl ProfiledCostModel {
             efficiencies: Some(file),
             ..Default::default()
         }
+    }
+
+    /// The same model without the memory part (estimates carry no memory breakdown and a zero peak):
+    /// what the time fit evaluates many times.
+    pub fn time_only(mut self) -> ProfiledCostModel {
+        self.time_only = true;
+        self
     }
 
     /// Adds a measured profile for its GPU kind.
@@ -247,21 +324,58 @@ impl ProfiledCostModel {
         let mut blocks = Vec::with_capacity(profile.blocks.len());
         for b in &profile.blocks {
             let (mut fwd, mut bwd) = (PhaseSums::default(), PhaseSums::default());
+            let mut vocab_reduced = false;
             for op in &b.ops {
                 if matches!(op.phase, Phase::Forward | Phase::Backward) {
                     model_flops += op.flops;
                 }
-                let s = shard(op, tp64, sequence_parallel);
-                let (t, src) = timer.time(&s);
-                match src {
+                let mut s = if tp64 > 1
+                    && b.kind == BlockKind::Head
+                    && op.split == TpSplit::Replicated
+                    && matches!(op.class, KernelClass::Matmul { .. })
+                {
+                    // The output layer is vocab-parallel under tensor parallelism (Megatron's
+                    // parallel LM head), also when the graph ties it to the embedding and marks it
+                    // replicated.
+                    let mut o = op.clone();
+                    o.split = TpSplit::Vocab;
+                    shard(&o, tp64, sequence_parallel)
+                } else {
+                    shard(op, tp64, sequence_parallel)
+                };
+                if matches!(op.class, KernelClass::Gather)
+                    && op.phase == Phase::Forward
+                    && b.boundary_bytes > 0.0
+                {
+                    // An embedding lookup reads the looked-up rows, not the whole table the op's
+                    // inputs list: about its output, read and written.
+                    s.bytes = s.bytes.min(2.0 * b.boundary_bytes / tp64 as f64);
+                }
+                let k = timer.base(&s);
+                match k.source {
                     Source::Profile => profile_ops += 1,
                     Source::Roofline => roofline_ops += 1,
                 }
                 let mut ps = PhaseSums {
-                    gpu_s: t,
+                    gpu_s: k.base_s / timer.coefficient(k.bucket),
                     kernels: 1.0,
                     ..Default::default()
                 };
+                match k.bucket {
+                    Bucket::Matmul => ps.matmul_s = k.base_s,
+                    Bucket::Attention => ps.attention_s = k.base_s,
+                    Bucket::Measured => ps.measured_s = k.base_s,
+                    Bucket::Memory | Bucket::Fusable => {
+                        ps.gpu_s += KERNEL_FLOOR_S;
+                        ps.memory_kernels = 1.0;
+                        if k.bucket == Bucket::Fusable {
+                            ps.fusable_s = k.base_s;
+                            ps.fusable_kernels = 1.0;
+                        } else {
+                            ps.memory_s = k.base_s;
+                        }
+                    }
+                }
                 if tp64 > 1 {
                     // Megatron's collectives: a row-parallel linear all-reduces its output in forward
                     // (and recomputation); its column-parallel partner all-reduces the input gradient in
@@ -272,10 +386,19 @@ impl ProfiledCostModel {
                         } if op.split == TpSplit::Row => {
                             Some((batch * m * n * dtype.size_bytes()) as f64)
                         }
+                        // One all-reduce of the block's output activation (not of the table the
+                        // gather's bytes count), however many lookups the block sums.
                         KernelClass::Gather
-                            if op.split == TpSplit::Vocab && op.phase == Phase::Forward =>
+                            if op.split == TpSplit::Vocab
+                                && op.phase == Phase::Forward
+                                && !vocab_reduced =>
                         {
-                            Some(op.bytes / 2.0)
+                            vocab_reduced = true;
+                            Some(if b.boundary_bytes > 0.0 {
+                                b.boundary_bytes
+                            } else {
+                                op.bytes / 2.0
+                            })
                         }
                         _ => None,
                     };
@@ -321,15 +444,28 @@ impl ProfiledCostModel {
                 boundary_bytes: bound,
             });
         }
-        let mut optimizer_s = 0.0;
+        let (mut optimizer_s, mut optimizer_base_s, mut optimizer_measured_s) = (0.0, 0.0, 0.0);
         for op in &profile.optimizer {
             let s = shard(op, 1, false);
             optimizer_s += timer.time(&s).0;
+            let k = timer.base(&s);
+            if k.bucket == Bucket::Measured {
+                optimizer_measured_s += k.base_s;
+            } else {
+                optimizer_base_s += k.base_s;
+            }
         }
         PreparedProfile {
             blocks,
             optimizer_s,
             optimizer_kernels: profile.optimizer.len() as f64,
+            optimizer_base_s,
+            optimizer_measured_s,
+            shapes: profile
+                .blocks
+                .iter()
+                .map(|b| crate::memory::block_shape(b, tp64))
+                .collect(),
             total_params: profile.blocks.iter().map(|b| b.params as f64).sum(),
             model_flops,
             profile_ops,
@@ -382,8 +518,15 @@ impl CostModel for ProfiledCostModel {
         cfg: &ParallelConfig,
     ) -> Result<Vec<crate::blocks::BlockCost>> {
         let prep = self.prepared(profile, cluster.gpu, cfg.tp, cfg.sequence_parallel);
-        let launch = self.efficiency(cluster.gpu).launch_overhead_s;
-        crate::blocks::from_prepared(&prep, launch, profile, cluster, cfg)
+        let eff = self.efficiency(cluster.gpu);
+        let sc = self.efficiencies().stack(cfg.stack);
+        let launch = sc.launch_overhead_s;
+        let kernel_s = |s: &PhaseSums| {
+            let (gpu, kernels) = s.kernel_time(eff, sc);
+            gpu.max(kernels * launch)
+        };
+        let overlap = cfg.stack.tp_comm_overlap(cfg.sequence_parallel);
+        crate::blocks::from_prepared(&prep, &kernel_s, overlap, profile, cluster, cfg)
     }
 
     fn estimate(
@@ -392,14 +535,32 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Result<Estimate> {
+        let prep = self.prepared(profile, cluster.gpu, cfg.tp, cfg.sequence_parallel);
+        self.estimate_prepared(&prep, profile, cluster, cfg)
+    }
+}
+
+impl ProfiledCostModel {
+    /// [`CostModel::estimate`] on a profile already reduced by [`ProfiledCostModel::prepare`] for the
+    /// cluster's GPU, `cfg.tp` and `cfg.sequence_parallel` (by any model: the prepared sums do not
+    /// depend on the coefficients, which this model applies). The fit uses it to try many
+    /// coefficient sets on one prepared profile.
+    pub fn estimate_prepared(
+        &self,
+        prep: &PreparedProfile,
+        profile: &StepProfile,
+        cluster: &Cluster,
+        cfg: &ParallelConfig,
+    ) -> Result<Estimate> {
         cfg.validate_cluster(cluster)?;
         let ranges = cfg.validate_profile(profile)?;
-        if profile.blocks.is_empty() {
+        if profile.blocks.is_empty() || prep.blocks.len() != profile.blocks.len() {
             return Err(CostError::StepProfile("no blocks".into()));
         }
-        let prep = self.prepared(profile, cluster.gpu, cfg.tp, cfg.sequence_parallel);
         let eff = self.efficiency(cluster.gpu);
-        let launch = eff.launch_overhead_s;
+        let stack = cfg.stack;
+        let sc = self.efficiencies().stack(stack);
+        let launch = sc.launch_overhead_s;
         let pp = cfg.pp.max(1) as usize;
         let nv = ranges.len();
         let m = cfg.num_micro_batches.max(1);
@@ -408,10 +569,8 @@ impl CostModel for ProfiledCostModel {
         let mut fwd = vec![PhaseSums::default(); nv];
         let mut bwd = vec![PhaseSums::default(); nv];
         let mut params = vec![0f64; nv];
-        let mut saved = vec![0f64; nv];
-        let mut transient = vec![0f64; nv];
-        let mut largest_block_params = vec![0f64; nv];
         let mut boundary: f64 = 0.0;
+        let mut block_stage = Vec::with_capacity(prep.blocks.len());
         for (i, b) in prep.blocks.iter().enumerate() {
             let v = match b.kind {
                 BlockKind::Embedding => 0,
@@ -421,12 +580,10 @@ impl CostModel for ProfiledCostModel {
                     .position(|(a, z)| l >= *a && l <= *z)
                     .unwrap_or(nv - 1),
             };
+            block_stage.push(v);
             fwd[v].add(&b.forward);
             bwd[v].add(&b.backward);
             params[v] += b.params;
-            saved[v] += b.saved_bytes;
-            transient[v] = transient[v].max(b.transient_bytes);
-            largest_block_params[v] = largest_block_params[v].max(b.params);
             let next_v = prep.blocks.get(i + 1).map(|n| match n.kind {
                 BlockKind::Embedding => 0,
                 BlockKind::Head => nv - 1,
@@ -457,11 +614,29 @@ impl CostModel for ProfiledCostModel {
         };
         let mut compute = vec![(0f64, 0f64); nv];
         let mut comm = vec![(0f64, 0f64); nv];
+        let mut comm_total = vec![0f64; nv];
         let mut times = Vec::with_capacity(nv);
+        let hidden = stack.tp_comm_overlap(cfg.sequence_parallel);
+        // Without pipelining the host issues the whole step's kernels ahead of the GPU (PyTorch is
+        // asynchronous up to the step's synchronisation), so the host bound applies to the whole
+        // step; between pipeline stages every phase waits for its input, so it applies per phase.
+        let whole_step_host = pp == 1;
+        let mut host_s = 0.0;
+        let mut phase = |s: &PhaseSums| {
+            let (gpu, kernels) = s.kernel_time(eff, sc);
+            if whole_step_host {
+                host_s += kernels * launch * m as f64;
+                gpu
+            } else {
+                gpu.max(kernels * launch)
+            }
+        };
         for v in 0..nv {
-            let cf = fwd[v].gpu_s.max(fwd[v].kernels * launch);
-            let cb = bwd[v].gpu_s.max(bwd[v].kernels * launch);
+            let (cf, cb) = (phase(&fwd[v]), phase(&bwd[v]));
             let (tf, tb) = (tp_time(&fwd[v]), tp_time(&bwd[v]));
+            comm_total[v] = tf + tb;
+            // The overlapped part of a TP collective hides behind the GEMMs of the same phase.
+            let (tf, tb) = (tf - (hidden * tf).min(cf), tb - (hidden * tb).min(cb));
             compute[v] = (cf, cb);
             comm[v] = (tf, tb);
             times.push(StageTimes {
@@ -482,7 +657,7 @@ impl CostModel for ProfiledCostModel {
         let alloc = self.allocator();
         let mut memory = Vec::with_capacity(pp);
         let mut device_compute_s = Vec::with_capacity(pp);
-        let mut best = (f64::MIN, 0usize, 0f64, 0f64);
+        let mut best = (f64::MIN, 0usize, 0f64, 0f64, 0f64, 0f64);
         for d in 0..pp {
             let vs: Vec<usize> = (0..nv).filter(|v| v % pp == d).collect();
             let p_dev: f64 = vs.iter().map(|v| params[*v]).sum();
@@ -501,26 +676,58 @@ impl CostModel for ProfiledCostModel {
             .max(0.0);
             let grad_bytes = p_dev * profile.grad_bytes_per_param;
             let mut exposed = 0.0;
+            let (mut dp_comm, mut gather_total) = (0.0, 0.0);
+            let overlap = stack.overlaps_grad_reduce(cfg.overlap_grad_reduce);
+            let n_blocks = block_stage.iter().filter(|v| **v % pp == d).count().max(1) as f64;
             if dp > 1 {
-                let ar = |kind, bytes| collective_time(cluster, kind, bytes, dp, cfg.tp);
-                let sync = if cfg.distribute_param {
-                    // ZeRO-3: gather weights before forward and backward of every micro-batch (prefetched
-                    // under compute), reduce-scatter gradients at the end.
-                    let gather = 2.0 * ar(Collective::AllGather, p_dev * low_or_base);
-                    exposed += m as f64 * (gather - compute_dev).max(0.0);
-                    ar(Collective::ReduceScatter, grad_bytes)
-                } else if cfg.distribute_optimizer {
-                    ar(Collective::ReduceScatter, grad_bytes)
-                        + ar(Collective::AllGather, p_dev * low_or_base)
+                let coll = |kind, bytes| collective_time(cluster, kind, bytes, dp, cfg.tp);
+                if cfg.distribute_param {
+                    // ZeRO-3: every block's weights are all-gathered before its forward and again
+                    // before its backward, each micro-batch; with prefetch the next block's gather
+                    // runs under this block's compute, so only the first gather and any excess of
+                    // gathers over compute are exposed. Gradients are reduce-scattered block by block
+                    // during each micro-batch's backward.
+                    // Gathered bytes per parameter: the low-precision copies, else the stored
+                    // weights (same width as the gradients when the policy keeps no copy).
+                    let gathered = if low_or_base > 0.0 {
+                        low_or_base
+                    } else {
+                        profile.grad_bytes_per_param.max(2.0)
+                    };
+                    let per_block = coll(Collective::AllGather, p_dev * gathered / n_blocks);
+                    let gathers = 2.0 * n_blocks * per_block;
+                    gather_total = m as f64 * gathers;
+                    exposed += m as f64
+                        * if stack.prefetches_params() {
+                            per_block + (gathers - per_block - compute_dev).max(0.0)
+                        } else {
+                            gathers
+                        };
+                    let rs = coll(Collective::ReduceScatter, grad_bytes);
+                    dp_comm = m as f64 * rs;
+                    exposed += m as f64
+                        * if overlap {
+                            exposed_after_overlap(rs, b_dev, n_blocks as u32)
+                        } else {
+                            rs
+                        };
                 } else {
-                    ar(Collective::AllReduce, grad_bytes)
-                };
-                exposed += if cfg.overlap_grad_reduce {
-                    let buckets = (grad_bytes / 25e6).ceil().max(1.0) as u32;
-                    exposed_after_overlap(sync, b_dev, buckets)
-                } else {
-                    sync
-                };
+                    let sync = if cfg.distribute_optimizer {
+                        // ZeRO-1 (Megatron's distributed optimizer): reduce-scatter the gradients,
+                        // all-gather the updated low-precision weights after the step.
+                        coll(Collective::ReduceScatter, grad_bytes)
+                            + coll(Collective::AllGather, p_dev * low_or_base)
+                    } else {
+                        coll(Collective::AllReduce, grad_bytes)
+                    };
+                    dp_comm = sync;
+                    exposed += if overlap {
+                        let buckets = (grad_bytes / 25e6).ceil().max(1.0) as u32;
+                        exposed_after_overlap(sync, b_dev, buckets)
+                    } else {
+                        sync
+                    };
+                }
             }
             let shard = if cfg.distribute_param || cfg.distribute_optimizer {
                 dp as f64
@@ -532,70 +739,63 @@ impl CostModel for ProfiledCostModel {
             } else {
                 0.0
             };
-            let opt = (prep.optimizer_s * frac).max(prep.optimizer_kernels * launch);
+            // Fused multi-tensor optimizer: one pass over the shard's states at the achievable
+            // bandwidth, one launch per chunk of tensors.
+            let launches = (prep.optimizer_kernels * frac / OPTIMIZER_TENSORS_PER_LAUNCH)
+                .ceil()
+                .max(1.0);
+            let opt = ((prep.optimizer_base_s / eff.memory + prep.optimizer_measured_s) * frac)
+                .max(launches * launch)
+                + launches * KERNEL_FLOOR_S
+                + sc.step_overhead_s;
             device_compute_s.push(
                 vs.iter()
                     .map(|v| (compute[*v].0 + compute[*v].1) * m as f64)
                     .sum::<f64>()
                     + opt,
             );
-            let end = sim.end_s.get(d).copied().unwrap_or(sim.makespan_s) + exposed + opt;
+            let end = sim
+                .end_s
+                .get(d)
+                .copied()
+                .unwrap_or(sim.makespan_s)
+                .max(host_s)
+                + exposed
+                + opt;
             if end > best.0 {
-                best = (end, d, exposed, opt);
+                best = (end, d, exposed, opt, dp_comm, gather_total);
             }
 
-            // Memory.
-            let (w, g, o) = static_bytes(profile, cfg, p_dev);
-            let acts: f64 = vs
-                .iter()
-                .map(|v| {
-                    saved[*v] * in_flight(cfg.schedule, cfg.pp, d as u32, m) as f64
-                        / vs.len().max(1) as f64
-                })
-                .sum::<f64>()
-                .max(0.0);
-            let acts = if cfg.schedule.chunks() > 1 {
-                // Interleaved: in-flight counts chunk-micro-batches; charge the device's largest chunk.
-                let per_chunk = vs.iter().map(|v| saved[*v]).fold(0.0, f64::max);
-                per_chunk * in_flight(cfg.schedule, cfg.pp, d as u32, m) as f64
-            } else {
-                acts
-            };
-            let mut trans = vs.iter().map(|v| transient[*v]).fold(0.0, f64::max);
-            if cfg.distribute_param && dp > 1 {
-                let blk = vs
-                    .iter()
-                    .map(|v| largest_block_params[*v])
-                    .fold(0.0, f64::max);
-                trans += 2.0 * blk * low_or_base;
+            // The time fit skips the memory model (`time_only`).
+            if self.time_only {
+                continue;
             }
-            if pp > 1 {
-                trans += 2.0 * boundary;
-            }
-            memory.push(finish(
-                StageMemory {
-                    stage: d as u32,
-                    weights_bytes: w,
-                    grads_bytes: g,
-                    optimizer_bytes: o,
-                    activations_bytes: acts,
-                    transients_bytes: trans,
-                    peak_bytes: 0.0,
+            memory.push(device_memory(
+                &DeviceInput {
+                    profile,
+                    prep,
+                    cfg,
+                    device: d as u32,
+                    block_stage: &block_stage,
+                    virtual_stages: nv,
+                    boundary_bytes: boundary,
                 },
                 alloc,
             ));
         }
-        let (step, crit, exposed_dp, opt) = best;
+        let (step, crit, exposed_dp, opt, dp_comm_s, zero3_gather_s) = best;
         let vs: Vec<usize> = (0..nv).filter(|v| v % pp == crit).collect();
         let compute_s: f64 = vs
             .iter()
             .map(|v| (compute[*v].0 + compute[*v].1) * m as f64)
-            .sum();
+            .sum::<f64>()
+            .max(host_s);
         let tp_comm_s: f64 = vs
             .iter()
             .map(|v| (comm[*v].0 + comm[*v].1) * m as f64)
             .sum();
         let exposed_comm_s = tp_comm_s + exposed_dp;
+        let tp_total_s: f64 = vs.iter().map(|v| comm_total[*v] * m as f64).sum();
         let bubble_s = (step - compute_s - exposed_comm_s - opt).max(0.0);
         let tokens = cfg.global_batch() as f64 * profile.seq as f64;
         let peak = memory.iter().map(|s| s.peak_bytes).fold(0.0, f64::max);
@@ -611,6 +811,10 @@ impl CostModel for ProfiledCostModel {
                 exposed_comm_s,
                 bubble_s,
                 optimizer_s: opt,
+                tp_comm_s: tp_total_s,
+                dp_comm_s,
+                zero3_gather_s,
+                step_overhead_s: sc.step_overhead_s,
             },
             memory,
             sources: SourceNotes {
@@ -624,6 +828,7 @@ impl CostModel for ProfiledCostModel {
                     )
                 }),
                 allocator: alloc.source.clone(),
+                stack: format!("{stack}: {}", sc.source),
             },
             stage_times: times,
             p2p_s: p2p,

@@ -1,27 +1,35 @@
-//! Fitting the roofline efficiencies and the allocator model to measurements.
+//! Fitting the time model's coefficients jointly over every truth row, and the allocator model.
 //!
-//! Efficiencies: minimise `Σ ln(predicted / measured)²` over the samples' step times plus a small
-//! prior `w · Σ ln(p / p₀)²` pulling each free coefficient toward its starting value (five
-//! measurements cannot pin four coefficients alone), by cyclic golden-section search in log space
-//! within fixed bounds. Deterministic: same samples, same result.
+//! Time coefficients: per GPU kind (matmul, attention, memory fractions of the shape-dependent
+//! rates) and per software stack (host seconds per kernel, fixed seconds per step), only for kinds
+//! and stacks that have step-time samples; the rest keep their starting values ([`PRIORS`]).
+//! Objective: `Σ ln(predicted / measured)²` over the samples plus a weak prior
+//! `w · Σ ln(p / p₀)²` toward the starting values (it pins coefficients the data cannot separate),
+//! minimised by cyclic coordinate search in log space within fixed bounds: a coarse scan, then
+//! golden-section search. Each coordinate only re-estimates the samples it affects, on step profiles
+//! prepared once ([`ProfiledCostModel::estimate_prepared`]). Deterministic: same samples, same result.
 //!
-//! Allocator: ordinary least squares of `measured − static = a · (activations + transients) + c`
-//! over the samples' most loaded device.
+//! Memory: the two coefficients of the mechanistic memory model, by least squares
+//! ([`crate::memory::fit_memory`]).
 
 use crate::cluster::Cluster;
 use crate::config::ParallelConfig;
 use crate::device::Gpu;
-use crate::efficiency::{Allocator, Efficiency, EfficiencyFile};
+use crate::efficiency::{Allocator, EfficiencyFile, StackCoefficients};
 use crate::error::{CostError, Result};
-use crate::estimate::{CostModel, ProfiledCostModel};
+use crate::estimate::{PreparedProfile, ProfiledCostModel};
+use crate::stack::Stack;
 use moai_ir::cost::StepProfile;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// One measured run with the step profile of its model.
 #[derive(Clone, Debug)]
 pub struct FitSample {
     /// Label.
     pub name: String,
+    /// The model (truth row's `model` field): leave-one-model-out groups by it.
+    pub model: String,
     /// Step profile of one micro-batch.
     pub profile: StepProfile,
     /// Cluster.
@@ -38,115 +46,220 @@ pub struct FitSample {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Param {
-    /// Matmul efficiency, bounds [0.05, 1].
-    Matmul,
-    /// Attention efficiency, bounds [0.02, 1].
-    Attention,
-    /// Memory-bound efficiency, bounds [0.02, 1].
-    Memory,
-    /// Per-kernel host overhead, bounds [0.1 µs, 200 µs].
-    LaunchOverhead,
+    /// Matmul fraction of a GPU kind, bounds [0.2, 1].
+    Matmul(Gpu),
+    /// Attention fraction of a GPU kind, bounds [0.1, 1].
+    Attention(Gpu),
+    /// Memory-bound fraction of a GPU kind, bounds [0.2, 1].
+    Memory(Gpu),
+    /// Host seconds per kernel of a stack, bounds [0.1 µs, 100 µs].
+    LaunchOverhead(Stack),
+    /// Fixed seconds per step of a stack, bounds [10 µs, 0.5 s].
+    StepOverhead(Stack),
+    /// Fusable-traffic fraction of a (non-eager) stack, bounds [0.2, 1].
+    FusedBytes(Stack),
 }
 
 impl Param {
     fn bounds(self) -> (f64, f64) {
         match self {
-            Param::Matmul => (0.05, 1.0),
-            Param::Attention | Param::Memory => (0.02, 1.0),
-            Param::LaunchOverhead => (1e-7, 2e-4),
+            Param::Matmul(_) | Param::Memory(_) => (0.2, 1.0),
+            Param::Attention(_) => (0.1, 1.0),
+            Param::LaunchOverhead(_) => (1e-7, 1e-4),
+            Param::StepOverhead(_) => (1e-5, 0.5),
+            Param::FusedBytes(_) => (0.2, 1.0),
         }
     }
-    fn get(self, e: &Efficiency) -> f64 {
+    fn get(self, f: &EfficiencyFile) -> f64 {
         match self {
-            Param::Matmul => e.matmul,
-            Param::Attention => e.attention,
-            Param::Memory => e.memory,
-            Param::LaunchOverhead => e.launch_overhead_s,
+            Param::Matmul(g) => f.get(g).matmul,
+            Param::Attention(g) => f.get(g).attention,
+            Param::Memory(g) => f.get(g).memory,
+            Param::LaunchOverhead(s) => f.stack(s).launch_overhead_s,
+            Param::StepOverhead(s) => f.stack(s).step_overhead_s,
+            Param::FusedBytes(s) => f.stack(s).fused_bytes,
         }
     }
-    fn set(self, e: &mut Efficiency, v: f64) {
+    fn set(self, f: &mut EfficiencyFile, v: f64) {
         match self {
-            Param::Matmul => e.matmul = v,
-            Param::Attention => e.attention = v,
-            Param::Memory => e.memory = v,
-            Param::LaunchOverhead => e.launch_overhead_s = v,
+            Param::Matmul(g) | Param::Attention(g) | Param::Memory(g) => {
+                let mut e = f.get(g).clone();
+                match self {
+                    Param::Matmul(_) => e.matmul = v,
+                    Param::Attention(_) => e.attention = v,
+                    _ => e.memory = v,
+                }
+                f.set(e);
+            }
+            Param::LaunchOverhead(s) | Param::StepOverhead(s) | Param::FusedBytes(s) => {
+                let mut c = f.stack(s).clone();
+                match self {
+                    Param::LaunchOverhead(_) => c.launch_overhead_s = v,
+                    Param::StepOverhead(_) => c.step_overhead_s = v,
+                    _ => c.fused_bytes = v,
+                }
+                f.set_stack(c);
+            }
+        }
+    }
+    fn affects(self, s: &FitSample) -> bool {
+        match self {
+            Param::Matmul(g) | Param::Attention(g) | Param::Memory(g) => s.cluster.gpu == g,
+            Param::LaunchOverhead(st) | Param::StepOverhead(st) | Param::FusedBytes(st) => {
+                s.config.stack == st
+            }
         }
     }
 }
 
-/// Result of an efficiency fit.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EfficiencyFit {
-    /// Fitted coefficients.
-    pub efficiency: Efficiency,
-    /// Root-mean-square of `ln(predicted / measured)` at the optimum.
+/// `(gpu, matmul, attention, memory)` starting values.
+pub type GpuPrior = (Gpu, f64, f64, f64);
+/// `(stack, launch_overhead_s, step_overhead_s)` starting values.
+pub type StackPrior = (Stack, f64, f64);
+
+/// Starting values and prior centres: `(matmul, attention, memory)` fractions per GPU kind (GEMMs in
+/// training reach most of the maximum achievable rate at their shape; FlashAttention-2 about 70% of
+/// it; elementwise kernels about 75% of HBM peak) and `(launch, step)` overheads per stack (eager
+/// PyTorch about 15 µs of host time per op and a few ms per step for zero_grad, loss sync and
+/// logging; Megatron's fused path about 5 µs per kernel).
+pub const PRIORS: ([GpuPrior; 5], [StackPrior; 4]) = (
+    [
+        (Gpu::Mi250, 0.8, 0.6, 0.75),
+        (Gpu::Mi210, 0.8, 0.6, 0.75),
+        (Gpu::Mi300x, 0.8, 0.6, 0.75),
+        (Gpu::H100, 0.8, 0.6, 0.75),
+        (Gpu::A100, 0.8, 0.6, 0.75),
+    ],
+    [
+        (Stack::Megatron, 5e-6, 5e-3),
+        (Stack::Deepspeed, 1e-5, 1e-2),
+        (Stack::Fsdp, 1e-5, 1e-2),
+        (Stack::Eager, 1.5e-5, 5e-3),
+    ],
+);
+
+/// Prior weight of the fit.
+pub const PRIOR_WEIGHT: f64 = 0.02;
+
+/// The starting file: `base` with every time coefficient at its prior.
+pub fn prior_file(base: &EfficiencyFile) -> EfficiencyFile {
+    let mut f = base.clone();
+    for (g, m, a, mem) in PRIORS.0 {
+        let mut e = f.get(g).clone();
+        e.gpu = g;
+        (e.matmul, e.attention, e.memory) = (m, a, mem);
+        e.source = "assumption (no truth rows): prior of moai_costmodel::fit::PRIORS".into();
+        f.set(e);
+    }
+    for (s, l, st) in PRIORS.1 {
+        f.set_stack(StackCoefficients {
+            stack: s,
+            launch_overhead_s: l,
+            step_overhead_s: st,
+            fused_bytes: s.fusion().0,
+            source: "assumption (no truth rows): prior of moai_costmodel::fit::PRIORS".into(),
+        });
+    }
+    f
+}
+
+/// Result of a time-coefficient fit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimeFit {
+    /// The fitted file.
+    pub file: EfficiencyFile,
+    /// Root-mean-square of `ln(predicted / measured)` over the step-time samples at the optimum.
     pub rms_log_error: f64,
     /// Per sample: (name, predicted, measured) step time.
     pub residuals: Vec<(String, f64, f64)>,
 }
 
-/// Per-sample (name, predicted, measured) step times.
-type Residuals = Vec<(String, f64, f64)>;
-
-fn objective(samples: &[FitSample], file: &EfficiencyFile) -> Result<(f64, Residuals)> {
-    let model = ProfiledCostModel::with_efficiencies(file.clone());
-    let mut sum = 0.0;
-    let mut res = Vec::new();
-    for s in samples {
-        let Some(meas) = s.step_time_s else { continue };
-        let est = model.estimate(&s.profile, &s.cluster, &s.config)?;
-        let r = (est.step_time_s / meas).ln();
-        sum += r * r;
-        res.push((s.name.clone(), est.step_time_s, meas));
-    }
-    Ok((sum, res))
+/// Step profiles of the samples, reduced once per sample.
+fn prepare_all(samples: &[FitSample]) -> Vec<Arc<PreparedProfile>> {
+    let m = ProfiledCostModel::new();
+    samples
+        .iter()
+        .map(|s| {
+            Arc::new(m.prepare(
+                &s.profile,
+                s.cluster.gpu,
+                s.config.tp,
+                s.config.sequence_parallel,
+            ))
+        })
+        .collect()
 }
 
-/// Fits the `free` coefficients of `gpu` in `base` to the samples' step times, with prior weight
-/// `prior` toward the starting values.
-pub fn fit_efficiency(
+fn log_errors(
     samples: &[FitSample],
-    base: &EfficiencyFile,
-    gpu: Gpu,
-    free: &[Param],
-    prior: f64,
-) -> Result<EfficiencyFit> {
-    let n = samples
-        .iter()
-        .filter(|s| s.step_time_s.is_some() && s.cluster.gpu == gpu)
-        .count();
-    if n == 0 {
-        return Err(CostError::Fit(format!("no step-time samples on {gpu}")));
+    preps: &[Arc<PreparedProfile>],
+    idx: &[usize],
+    file: &EfficiencyFile,
+) -> Result<f64> {
+    let model = ProfiledCostModel::with_efficiencies(file.clone()).time_only();
+    let mut sum = 0.0;
+    for &i in idx {
+        let s = &samples[i];
+        let Some(meas) = s.step_time_s else { continue };
+        let est = model
+            .estimate_prepared(&preps[i], &s.profile, &s.cluster, &s.config)
+            .map_err(|e| CostError::Fit(format!("{}: {e}", s.name)))?;
+        let r = (est.step_time_s / meas).ln();
+        sum += r * r;
     }
-    let samples: Vec<FitSample> = samples
-        .iter()
-        .filter(|s| s.cluster.gpu == gpu)
-        .cloned()
-        .collect();
-    let start = base.get(gpu).clone();
-    let mut file = base.clone();
-    let total = |file: &EfficiencyFile| -> Result<f64> {
-        let (data, _) = objective(&samples, file)?;
-        let e = file.get(gpu);
-        let pen: f64 = free
-            .iter()
-            .map(|p| (p.get(e) / p.get(&start)).ln().powi(2))
-            .sum();
-        Ok(data + prior * pen)
-    };
+    Ok(sum)
+}
+
+/// The parameters the samples can inform: per GPU kind and per stack that has step-time samples.
+pub fn free_params(samples: &[FitSample]) -> Vec<Param> {
+    let timed: Vec<&FitSample> = samples.iter().filter(|s| s.step_time_s.is_some()).collect();
+    let mut out = Vec::new();
+    for g in Gpu::ALL {
+        if timed.iter().any(|s| s.cluster.gpu == g) {
+            out.extend([Param::Matmul(g), Param::Attention(g), Param::Memory(g)]);
+        }
+    }
+    for st in Stack::ALL {
+        if timed.iter().any(|s| s.config.stack == st) {
+            out.extend([Param::LaunchOverhead(st), Param::StepOverhead(st)]);
+            if st != Stack::Eager {
+                out.push(Param::FusedBytes(st));
+            }
+        }
+    }
+    out
+}
+
+/// Fits every informed time coefficient of `start` jointly to the samples' step times.
+pub fn fit_time(samples: &[FitSample], start: &EfficiencyFile) -> Result<TimeFit> {
+    let preps = prepare_all(samples);
+    fit_time_prepared(samples, &preps, start)
+}
+
+fn fit_time_prepared(
+    samples: &[FitSample],
+    preps: &[Arc<PreparedProfile>],
+    start: &EfficiencyFile,
+) -> Result<TimeFit> {
+    let free = free_params(samples);
+    if free.is_empty() {
+        return Err(CostError::Fit("no step-time samples".into()));
+    }
+    let mut file = start.clone();
     const PHI: f64 = 0.618_033_988_749_895;
-    for _round in 0..4 {
-        for p in free {
+    const SCAN: usize = 9;
+    for _round in 0..2 {
+        for p in &free {
+            let idx: Vec<usize> = (0..samples.len())
+                .filter(|i| p.affects(&samples[*i]))
+                .collect();
+            let centre = p.get(start);
             let (lo, hi) = p.bounds();
             let eval = |x: f64, file: &mut EfficiencyFile| -> Result<f64> {
-                let mut e = file.get(gpu).clone();
-                p.set(&mut e, x.exp());
-                file.set(e);
-                total(file)
+                p.set(file, x.exp());
+                Ok(log_errors(samples, preps, &idx, file)?
+                    + PRIOR_WEIGHT * (x - centre.ln()).powi(2))
             };
-            // Coarse scan first (the objective is flat where a bound does not bind, so it can have
-            // several local minima), then golden-section search between the best point's neighbours.
-            const SCAN: usize = 25;
             let step = (hi.ln() - lo.ln()) / (SCAN - 1) as f64;
             let mut best = (f64::INFINITY, 0usize);
             for i in 0..SCAN {
@@ -163,7 +276,7 @@ pub fn fit_efficiency(
             let mut d = a + PHI * (b - a);
             let mut fc = eval(c, &mut file)?;
             let mut fd = eval(d, &mut file)?;
-            for _ in 0..30 {
+            for _ in 0..16 {
                 if fc < fd {
                     b = d;
                     d = c;
@@ -178,15 +291,20 @@ pub fn fit_efficiency(
                     fd = eval(d, &mut file)?;
                 }
             }
-            let x = 0.5 * (a + b);
-            let mut e = file.get(gpu).clone();
-            p.set(&mut e, round_sig(x.exp(), 4));
-            file.set(e);
+            p.set(&mut file, round_sig((0.5 * (a + b)).exp(), 4));
         }
     }
-    let (sum, residuals) = objective(&samples, &file)?;
-    Ok(EfficiencyFit {
-        efficiency: file.get(gpu).clone(),
+    let model = ProfiledCostModel::with_efficiencies(file.clone());
+    let mut residuals = Vec::new();
+    let mut sum = 0.0;
+    for (s, prep) in samples.iter().zip(preps) {
+        let Some(meas) = s.step_time_s else { continue };
+        let est = model.estimate_prepared(prep, &s.profile, &s.cluster, &s.config)?;
+        sum += (est.step_time_s / meas).ln().powi(2);
+        residuals.push((s.name.clone(), est.step_time_s, meas));
+    }
+    Ok(TimeFit {
+        file,
         rms_log_error: (sum / residuals.len().max(1) as f64).sqrt(),
         residuals,
     })
@@ -201,123 +319,76 @@ pub fn round_sig(x: f64, digits: i32) -> f64 {
     (x * scale).round() / scale
 }
 
-/// Fits the allocator model to the samples' measured peaks (needs at least two).
+/// Fits the memory model's coefficients to the samples' measured peaks (needs at least two); see
+/// [`crate::memory::fit_memory`].
 pub fn fit_allocator(samples: &[FitSample], base: &EfficiencyFile) -> Result<Allocator> {
-    let model = ProfiledCostModel::with_efficiencies(base.clone());
-    let mut pts = Vec::new();
-    for s in samples {
-        let Some(meas) = s.peak_memory_bytes else {
-            continue;
-        };
-        let est = model.estimate(&s.profile, &s.cluster, &s.config)?;
-        let dev = est
-            .memory
-            .iter()
-            .max_by(|a, b| a.peak_bytes.total_cmp(&b.peak_bytes))
-            .ok_or_else(|| CostError::Fit(format!("{}: no memory breakdown", s.name)))?;
-        let stat = dev.weights_bytes + dev.grads_bytes + dev.optimizer_bytes;
-        pts.push((dev.activations_bytes + dev.transients_bytes, meas - stat));
-    }
-    if pts.len() < 2 {
-        return Err(CostError::Fit(
-            "the allocator fit needs at least two peak-memory samples".into(),
-        ));
-    }
-    let n = pts.len() as f64;
-    let (sx, sy) = pts.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
-    let (mx, my) = (sx / n, sy / n);
-    let sxx: f64 = pts.iter().map(|(x, _)| (x - mx).powi(2)).sum();
-    let sxy: f64 = pts.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
-    if sxx <= 0.0 {
-        return Err(CostError::Fit(
-            "the peak-memory samples all have the same activation bytes".into(),
-        ));
-    }
-    let a = sxy / sxx;
-    let c = my - a * mx;
-    Ok(Allocator {
-        activation_factor: round_sig(a, 4),
-        fixed_bytes: round_sig(c, 4).round(),
-        source: format!("least squares over {} measured peaks", pts.len()),
-    })
+    crate::memory::fit_memory_with(samples, base)
 }
 
-/// Starting values (and prior centres) of the H100 fit: typical achieved fractions for PyTorch eager
-/// training kernels (cuBLAS bf16 GEMM about 60% of peak, FlashAttention-2 about 40%, elementwise
-/// kernels about 70% of HBM bandwidth, about 10 µs of host time per op).
-pub const H100_PRIOR: (f64, f64, f64, f64) = (0.6, 0.4, 0.7, 1e-5);
-/// Starting values of the A100 fit (matmul, attention); memory efficiency stays at 0.7 and the host
-/// overhead is the H100 fit's (same software stack, never the bottleneck at Megatron's sizes).
-pub const A100_PRIOR: (f64, f64) = (0.6, 0.4);
-/// Prior weight of both fits.
-pub const PRIOR_WEIGHT: f64 = 0.02;
+/// The whole committed procedure over every truth row: time coefficients fitted jointly from the
+/// priors ([`prior_file`]), each fitted entry's `source` saying from how many rows; the allocator
+/// model fitted to the rows' measured peaks (kept from `base` when fewer than two).
+pub fn refit(base: &EfficiencyFile, samples: &[FitSample]) -> Result<EfficiencyFile> {
+    let preps = prepare_all(samples);
+    refit_prepared(base, samples, &preps)
+}
 
-/// The whole committed procedure: fits H100 (matmul, attention, memory, launch overhead) to the
-/// llama-350m H100 measurements, A100 (matmul, attention) to Megatron's Table 1, and the allocator
-/// model to the H100 peaks; AMD entries are copied from `base` unchanged (they are assumptions).
-pub fn refit(
+/// [`refit`] on samples whose profiles are already prepared (cross-validation reuses them).
+pub fn refit_prepared(
     base: &EfficiencyFile,
-    h100: &[FitSample],
-    a100: &[FitSample],
+    samples: &[FitSample],
+    preps: &[Arc<PreparedProfile>],
 ) -> Result<EfficiencyFile> {
-    let mut file = base.clone();
-    let (m, a, mem, l) = H100_PRIOR;
-    file.set(Efficiency {
-        gpu: Gpu::H100,
-        matmul: m,
-        attention: a,
-        memory: mem,
-        launch_overhead_s: l,
-        source: String::new(),
-    });
-    let all = [
-        Param::Matmul,
-        Param::Attention,
-        Param::Memory,
-        Param::LaunchOverhead,
-    ];
-    let h = fit_efficiency(h100, &file, Gpu::H100, &all, PRIOR_WEIGHT)?;
-    let mut e = h.efficiency.clone();
-    e.source = format!(
-        "fitted to data/truth/h100_llama350m.jsonl ({} runs, rms log error {:.3}); prior {:?}, weight {PRIOR_WEIGHT}",
-        h.residuals.len(),
-        h.rms_log_error,
-        H100_PRIOR
+    let start = prior_file(base);
+    let fit = fit_time_prepared(samples, preps, &start)?;
+    let mut file = fit.file;
+    let timed = |f: &dyn Fn(&FitSample) -> bool| {
+        samples
+            .iter()
+            .filter(|s| s.step_time_s.is_some() && f(s))
+            .count()
+    };
+    let models = |f: &dyn Fn(&FitSample) -> bool| {
+        let mut m: Vec<&str> = samples
+            .iter()
+            .filter(|s| s.step_time_s.is_some() && f(s))
+            .map(|s| s.model.as_str())
+            .collect();
+        m.sort();
+        m.dedup();
+        m.len()
+    };
+    for g in Gpu::ALL {
+        let n = timed(&|s| s.cluster.gpu == g);
+        if n > 0 {
+            let mut e = file.get(g).clone();
+            e.source = format!(
+                "fitted jointly over the truth files ({n} step-time rows of {} models on this GPU; all rows rms log error {:.3})",
+                models(&|s| s.cluster.gpu == g),
+                fit.rms_log_error
+            );
+            file.set(e);
+        }
+    }
+    for st in Stack::ALL {
+        let n = timed(&|s| s.config.stack == st);
+        if n > 0 {
+            let mut c = file.stack(st).clone();
+            c.source = format!(
+                "fitted jointly over the truth files ({n} step-time rows of {} models on this stack)",
+                models(&|s| s.config.stack == st)
+            );
+            file.set_stack(c);
+        }
+    }
+    if let Ok(mut alloc) = fit_allocator(samples, &file) {
+        alloc.source = format!("{} of the truth files", alloc.source);
+        file.allocator = alloc;
+    }
+    file.format_version = 2;
+    file.procedure = format!(
+        "moai_costmodel::fit::refit over every row of data/truth/*.jsonl (step profiles from the training graph): time coefficients from moai_costmodel::fit::PRIORS, prior weight {PRIOR_WEIGHT}; recomputed by the test `fit::fitted_coefficients_match_committed` (MOAI_WRITE_FIT=1 rewrites this file)"
     );
-    let launch = e.launch_overhead_s;
-    file.set(e);
-    let (am, aa) = A100_PRIOR;
-    file.set(Efficiency {
-        gpu: Gpu::A100,
-        matmul: am,
-        attention: aa,
-        memory: 0.7,
-        launch_overhead_s: launch,
-        source: String::new(),
-    });
-    let f = fit_efficiency(
-        a100,
-        &file,
-        Gpu::A100,
-        &[Param::Matmul, Param::Attention],
-        PRIOR_WEIGHT,
-    )?;
-    let mut e = f.efficiency.clone();
-    e.source = format!(
-        "fitted to data/truth/megatron_sc21_table1.jsonl ({} rows, rms log error {:.3}); memory 0.7 assumed, launch overhead from the H100 fit",
-        f.residuals.len(),
-        f.rms_log_error
-    );
-    file.set(e);
-    let mut alloc = fit_allocator(h100, &file)?;
-    alloc.source = format!(
-        "{} of data/truth/h100_llama350m.jsonl (H100, PyTorch)",
-        alloc.source
-    );
-    file.allocator = alloc;
-    file.procedure = "moai_costmodel::fit::refit over the step profiles of the truth rows; recomputed by the test \
-                      `fit::fitted_coefficients_match_committed` (MOAI_WRITE_FIT=1 rewrites this file)"
-        .into();
     Ok(file)
 }
 

@@ -32,7 +32,7 @@ pub use blocks::BlockCost;
 pub use cluster::{Cluster, Link, Links};
 pub use config::{ParallelConfig, Recompute, Schedule, check_tp_dims, micro_batches_for};
 pub use device::{DeviceSpec, Gpu};
-pub use efficiency::{Allocator, Efficiency, EfficiencyFile};
+pub use efficiency::{Allocator, Efficiency, EfficiencyFile, StackCoefficients};
 pub use error::{CostError, Result};
 pub use estimate::{Breakdown, CostModel, Estimate, ProfiledCostModel, SourceNotes};
 pub use flavor::{FlavorRow, flavors, render_flavors, render_flavors_marked};

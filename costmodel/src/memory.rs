@@ -1,28 +1,139 @@
-//! Memory per device: static bytes (weights, gradients, optimizer state) under ZeRO-style sharding,
-//! activations times the schedule's in-flight micro-batches, transients, and the allocator model.
+//! Memory per pipeline device, mechanistically: what is live at the step's peak for the software
+//! stack the plan runs on.
+//!
+//! Three moments of a step are candidates for the peak, and the largest wins:
+//! - **end of forward** (the loss is being computed): resident weights, optimizer state and persistent
+//!   gradients; for the eager stack under autocast, the autocast cache of bf16 weight copies (PyTorch
+//!   keeps a bf16 cast of every fp32 weight used by a matmul until the autocast region exits); the saved
+//!   activations of the in-flight micro-batches; on the device holding the LM head, the loss buffers of
+//!   the logits (the bf16 logits the model returns and their fp32 upcast, beside the log-probabilities
+//!   the training graph saves); ZeRO-3 gather buffers and pipeline receive buffers;
+//! - **during backward**: the same without the autocast cache (only the weight copies autograd saved
+//!   stay), with the largest backward temporary of a block (recomputed activations, attention backward
+//!   scratch) or of the loss;
+//! - **optimizer step**: every gradient (set-to-none gradients exist by then) and the optimizer's
+//!   temporaries (PyTorch's `foreach` AdamW allocates a `sqrt(v)` list as large as the moments; fused
+//!   kernels allocate nothing; DeepSpeed's bf16 optimizer flattens an fp32 gradient partition).
+//!
+//! Static bytes per parameter follow the stack ([`static_bytes`]): Megatron-LM keeps bf16 weights, a
+//! persistent fp32 `main_grad` buffer and fp32 master weights plus moments (18 bytes, 6 + 12/dp with
+//! the distributed optimizer); DeepSpeed bf16 weights, bf16 gradients and 12 bytes of fp32 optimizer
+//! state (ZeRO's (2 + 2 + K)Ψ); FSDP and eager PyTorch keep fp32 weights that are themselves the master
+//! copy, fp32 gradients and two fp32 moments (16 bytes).
+//!
+//! Activations: the training graph's liveness (`moai_ir::cost::BlockProfile::saved`) with the bf16
+//! weight copies split out (they are weights, counted once however many micro-batches are in flight,
+//! and absent where the stack keeps bf16 weights or gathers them per layer). For the Megatron stack the
+//! decoder layers use Korthikanti et al.'s layout instead ("Reducing Activation Recomputation in Large
+//! Transformer Models", 2022): `s·b·h·(34 + 5·a·s/h)` bytes per layer, `s·b·h·(10 + 24/t + 5·a·s/(h·t))`
+//! under tensor parallelism, `34·s·b·h/t` with sequence parallelism, and the `5·a·s/h` attention-score
+//! term gone with selective recomputation or flash attention (the graph's attention is the fused
+//! kernel, so it never counts here); `2·s·b·h` (over `t` with sequence parallelism) with full
+//! recomputation.
+//!
+//! The truth is allocated bytes (`torch.cuda.max_memory_allocated`), not reserved: PyTorch's caching
+//! allocator rounds every block up to 512 bytes ([`round_block`]; the 2 MiB rounding of large segments
+//! affects reserved memory only). What the mechanisms do not see is in two coefficients
+//! ([`MemoryCoefficients`], fitted by [`fit_memory`]): the loss-buffer bytes per logit of the Hugging
+//! Face loss (prior: 2-byte bf16 logits plus 4-byte fp32 upcast) and a fixed per-device workspace.
 
-use crate::config::{ParallelConfig, Schedule};
-use crate::efficiency::Allocator;
-use moai_ir::cost::StepProfile;
+use crate::config::{ParallelConfig, Recompute, Schedule};
+use crate::efficiency::EfficiencyFile;
+use crate::error::{CostError, Result};
+use crate::estimate::{CostModel, PreparedProfile, ProfiledCostModel};
+use crate::fit::{FitSample, round_sig};
+use crate::stack::Stack;
+use moai_ir::cost::{BlockKind, BlockProfile, KernelClass, Phase, StepProfile, TpSplit};
 use serde::{Deserialize, Serialize};
 
-/// Memory of one pipeline device (stage), bytes.
+/// The moment of the step at which a device's memory peaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeakPhase {
+    /// End of forward, while the loss is computed.
+    #[default]
+    Forward,
+    /// During backward.
+    Backward,
+    /// The optimizer step.
+    Optimizer,
+}
+
+/// Memory of one pipeline device (stage), bytes: what is live at its peak. `weights_bytes +
+/// grads_bytes + optimizer_bytes + activations_bytes + transients_bytes = peak_bytes`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StageMemory {
     /// Pipeline rank.
     pub stage: u32,
-    /// Weights (full precision and low-precision copies) resident at the peak.
+    /// Weights resident at the peak: the stored weights (fp32 master weights for eager PyTorch and
+    /// FSDP, bf16 weights for Megatron-LM and DeepSpeed) and, for eager autocast, the bf16 weight
+    /// copies alive at that moment.
     pub weights_bytes: f64,
     /// Gradients resident at the peak.
     pub grads_bytes: f64,
-    /// Optimizer state (moments, master weights).
+    /// Optimizer state (moments, and fp32 master weights where they are separate from the weights).
     pub optimizer_bytes: f64,
-    /// Saved activations of the in-flight micro-batches.
+    /// Saved activations of the in-flight micro-batches (bf16 weight copies excluded).
     pub activations_bytes: f64,
-    /// Transient buffers at the peak (backward temporaries, gathered ZeRO-3 weights, p2p buffers).
+    /// Transient buffers at the peak: loss buffers of the logits, the largest backward temporary,
+    /// ZeRO-3 gather buffers, pipeline receive buffers, optimizer temporaries, the fitted workspace
+    /// and the allocator's rounding.
     pub transients_bytes: f64,
-    /// Predicted peak allocated bytes, with the allocator model.
+    /// Predicted peak allocated bytes.
     pub peak_bytes: f64,
+    /// When the peak occurs.
+    #[serde(default)]
+    pub peak_phase: PeakPhase,
+    /// Logit elements whose loss buffers are live at the peak (0 when the peak is elsewhere or the
+    /// device does not hold the LM head); the fitted `loss_bytes_per_logit` multiplies it.
+    #[serde(default)]
+    pub loss_logits: f64,
+}
+
+/// The fitted part of the memory model (the `allocator` section of `data/efficiency.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryCoefficients {
+    /// Loss-buffer bytes per logit element live at the end of forward beyond the training graph's
+    /// saved log-probabilities, for stacks running a Hugging Face-style loss (eager, FSDP, DeepSpeed):
+    /// the bf16 logits the model returns (2) and their fp32 upcast (4) are the mechanism, 6 the prior.
+    /// Megatron-LM's fused vocab-parallel cross entropy uses [`MEGATRON_LOSS_BYTES_PER_LOGIT`].
+    pub loss_bytes_per_logit: f64,
+    /// Fixed allocated bytes per device (cuBLAS and attention workspaces, RNG state, small buffers).
+    pub workspace_bytes: f64,
+    /// How the coefficients were obtained.
+    pub source: String,
+}
+
+impl Default for MemoryCoefficients {
+    fn default() -> Self {
+        MemoryCoefficients {
+            loss_bytes_per_logit: HF_LOSS_BYTES_PER_LOGIT,
+            workspace_bytes: 0.0,
+            source: "mechanistic prior (bf16 logits + fp32 upcast), no workspace".into(),
+        }
+    }
+}
+
+/// Prior of [`MemoryCoefficients::loss_bytes_per_logit`]: bf16 logits (2 bytes) kept by the model's
+/// output plus their fp32 upcast (4 bytes) in the Hugging Face loss.
+pub const HF_LOSS_BYTES_PER_LOGIT: f64 = 6.0;
+
+/// Megatron-LM's vocab-parallel cross entropy upcasts the bf16 logits to fp32 and computes the
+/// softmax in place in that buffer (the saved probabilities): only the bf16 logits (2 bytes) are
+/// live beyond what the graph saves.
+pub const MEGATRON_LOSS_BYTES_PER_LOGIT: f64 = 2.0;
+
+/// PyTorch's caching allocator rounds every allocation up to a multiple of 512 bytes
+/// (`c10::cuda::CUDACachingAllocator`, `kMinBlockSize`).
+pub const BLOCK_ROUNDING_BYTES: f64 = 512.0;
+
+/// Rounds `bytes` made of `blocks` allocations up the way the caching allocator does: each block to
+/// a multiple of 512 bytes (on average half a rounding unit per block).
+pub fn round_block(bytes: f64, blocks: f64) -> f64 {
+    if bytes <= 0.0 {
+        return 0.0;
+    }
+    bytes + 0.5 * BLOCK_ROUNDING_BYTES * blocks.max(1.0)
 }
 
 /// Micro-batch chunks whose activations a pipeline device holds at its peak: 1F1B device `d` holds
@@ -31,10 +142,7 @@ pub struct StageMemory {
 pub fn in_flight(schedule: Schedule, pp: u32, device: u32, micro_batches: u32) -> u32 {
     let m = micro_batches.max(1);
     if pp <= 1 {
-        return match schedule {
-            Schedule::Gpipe => 1,
-            _ => 1,
-        };
+        return 1;
     }
     let d = device.min(pp - 1);
     match schedule {
@@ -44,18 +152,38 @@ pub fn in_flight(schedule: Schedule, pp: u32, device: u32, micro_batches: u32) -
     }
 }
 
-/// Static bytes of `params` parameters on one device under the configuration's sharding:
-/// `(weights, grads, optimizer)`. `distribute_param` (ZeRO-3) divides all three by dp;
-/// `distribute_low_prec_param` divides the low-precision copies; `distribute_optimizer` (ZeRO-1)
-/// divides the optimizer state. Gradients count only when `persistent_grads` is set.
-pub fn static_bytes(profile: &StepProfile, cfg: &ParallelConfig, params: f64) -> (f64, f64, f64) {
+/// Static bytes of one device's parameters, by role, under a stack and its sharding.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StaticBytes {
+    /// Stored weights.
+    pub weights: f64,
+    /// Gradients that persist across the step (Megatron's `main_grad` buffer, DeepSpeed's bf16
+    /// gradients, PyTorch gradients without `set_to_none`).
+    pub persistent_grads: f64,
+    /// All gradients, live at the optimizer step.
+    pub grads: f64,
+    /// Optimizer state (moments and separate master weights).
+    pub optimizer: f64,
+    /// Optimizer temporaries at the step.
+    pub optimizer_temp: f64,
+    /// Bytes per parameter of the weights a forward reads (bf16 under mixed precision), what ZeRO-3
+    /// gathers.
+    pub compute_bytes_per_param: f64,
+    /// True when the eager autocast keeps bf16 copies of fp32 weights (amp-bf16 on the eager stack).
+    pub autocast_copies: bool,
+}
+
+/// Static bytes of `params` parameters on one device. The profile's precision policy gives bytes
+/// per parameter (`amp-bf16`: no stored low-precision copy, fp32 master weights inside
+/// `optimizer_bytes_per_param`); the stack says which of them exist (see the module doc); ZeRO
+/// sharding divides: `distribute_param` (ZeRO-3 / FSDP full shard) weights, gradients and optimizer
+/// state, `distribute_low_prec_param` the stored bf16 weights, `distribute_optimizer` (ZeRO-1 /
+/// distributed optimizer) the optimizer state. Gradients persist across the step where the stack keeps
+/// a buffer (Megatron-LM, DeepSpeed), where `persistent_grads` is set, or under gradient accumulation.
+pub fn static_bytes(profile: &StepProfile, cfg: &ParallelConfig, params: f64) -> StaticBytes {
     let dp = cfg.dp.max(1) as f64;
-    let low = profile.low_prec_param_bytes_per_param;
-    let opt = profile.optimizer_bytes_per_param;
-    let grad = profile.grad_bytes_per_param;
-    let base = (profile.static_bytes_per_param - low - opt - grad).max(0.0);
     let z3 = if cfg.distribute_param { dp } else { 1.0 };
-    let low_div = if cfg.distribute_param || cfg.distribute_low_prec_param {
+    let lp_div = if cfg.distribute_param || cfg.distribute_low_prec_param {
         dp
     } else {
         1.0
@@ -65,23 +193,454 @@ pub fn static_bytes(profile: &StepProfile, cfg: &ParallelConfig, params: f64) ->
     } else {
         1.0
     };
-    let weights = params * (base / z3 + low / low_div);
-    let grads = if cfg.persistent_grads {
-        params * grad / z3
+    let low = profile.low_prec_param_bytes_per_param.max(0.0);
+    let grad = profile.grad_bytes_per_param.max(0.0);
+    let opt = profile.optimizer_bytes_per_param.max(0.0);
+    let base = (profile.static_bytes_per_param - low - opt - grad).max(0.0);
+    // Mixed precision with fp32 master weights inside the optimizer bytes (amp-bf16).
+    let amp = low == 0.0 && base == 0.0 && opt >= 4.0 && grad >= 4.0;
+    // Set-to-none gradients still exist during the forward of every micro-batch after the first.
+    let keep = cfg.persistent_grads || cfg.num_micro_batches > 1;
+    let persistent = |g: f64| if keep { g } else { 0.0 };
+    match (amp, cfg.stack) {
+        (true, Stack::Megatron) => StaticBytes {
+            weights: params * 2.0 / lp_div,
+            persistent_grads: params * grad / z3,
+            grads: params * grad / z3,
+            optimizer: params * opt / opt_div,
+            optimizer_temp: 0.0,
+            compute_bytes_per_param: 2.0,
+            autocast_copies: false,
+        },
+        (true, Stack::Deepspeed) => StaticBytes {
+            weights: params * 2.0 / lp_div,
+            persistent_grads: params * 2.0 / z3,
+            grads: params * 2.0 / z3,
+            optimizer: params * opt / opt_div,
+            // The bf16 optimizer's flat fp32 gradient partition, built at the step.
+            optimizer_temp: params * grad / opt_div,
+            compute_bytes_per_param: 2.0,
+            autocast_copies: false,
+        },
+        (true, stack) => {
+            let master = 4.0;
+            let g = params * grad / z3;
+            StaticBytes {
+                weights: params * master / z3,
+                persistent_grads: persistent(g),
+                grads: g,
+                optimizer: params * (opt - master) / opt_div,
+                // FSDP's default `foreach` AdamW allocates sqrt(v) for the whole shard.
+                optimizer_temp: if stack == Stack::Fsdp {
+                    params * (opt - master) / 2.0 / opt_div
+                } else {
+                    0.0
+                },
+                compute_bytes_per_param: 2.0,
+                autocast_copies: stack == Stack::Eager,
+            }
+        }
+        (false, stack) => {
+            let always = matches!(stack, Stack::Megatron | Stack::Deepspeed);
+            let g = params * grad / z3;
+            StaticBytes {
+                weights: params * (base / z3 + low / lp_div),
+                persistent_grads: if always { g } else { persistent(g) },
+                grads: g,
+                optimizer: params * opt / opt_div,
+                optimizer_temp: 0.0,
+                compute_bytes_per_param: if low > 0.0 { low } else { base },
+                autocast_copies: false,
+            }
+        }
+    }
+}
+
+/// What the memory model needs to know about one pipeline device of one configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceInput<'a> {
+    /// The step profile of one micro-batch.
+    pub profile: &'a StepProfile,
+    /// The profile reduced to per-block sums at the configuration's tp.
+    pub prep: &'a PreparedProfile,
+    /// The configuration.
+    pub cfg: &'a ParallelConfig,
+    /// Pipeline rank of the device.
+    pub device: u32,
+    /// Virtual stage of each block of `prep` (stage `v` runs on device `v % pp`).
+    pub block_stage: &'a [usize],
+    /// Virtual stages (`pp × chunks`).
+    pub virtual_stages: usize,
+    /// Largest activation sent between adjacent stages, bytes per device.
+    pub boundary_bytes: f64,
+}
+
+/// Bytes per parameter of the weights a forward reads (gathered under ZeRO-3): the low-precision
+/// copies where the policy keeps them, else the stored weights.
+pub fn gathered_bytes_per_param(profile: &StepProfile) -> f64 {
+    if profile.low_prec_param_bytes_per_param > 0.0 {
+        profile.low_prec_param_bytes_per_param
+    } else {
+        profile.static_bytes_per_param
+            - profile.optimizer_bytes_per_param
+            - profile.grad_bytes_per_param
+    }
+    .max(0.0)
+}
+
+/// What the memory model reads off one block's ops, per device at tensor-parallel degree `tp`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BlockShape {
+    /// Bytes of the low-precision weight copies the block's forward matmuls read (weight-stationary
+    /// matmuls: column-, row- or vocab-split linears), per device.
+    pub weight_copy_bytes: f64,
+    /// True when the block's matmuls are recomputed in backward (full recomputation), so the graph
+    /// does not save their weight copies.
+    pub recomputed: bool,
+    /// Logit elements of the LM head per device (0 elsewhere).
+    pub logits: f64,
+    /// `(batch, seq, heads, head_dim)` of the block's attention, if any.
+    pub attention: Option<(u64, u64, u64, u64)>,
+    /// Tensors the block saves, roughly (one allocator block each).
+    pub tensors: f64,
+}
+
+/// Reads a block's weight copies, recomputation, logits and attention shape.
+pub fn block_shape(block: &BlockProfile, tp: u64) -> BlockShape {
+    let tp = tp.max(1) as f64;
+    let mut s = BlockShape::default();
+    for op in &block.ops {
+        match (&op.class, op.phase) {
+            (
+                KernelClass::Matmul {
+                    batch,
+                    m,
+                    n,
+                    k,
+                    dtype,
+                },
+                Phase::Forward,
+            ) if matches!(op.split, TpSplit::Column | TpSplit::Row | TpSplit::Vocab) => {
+                s.weight_copy_bytes += (n * k * dtype.size_bytes()) as f64 / tp;
+                s.tensors += 3.0;
+                if block.kind == BlockKind::Head && op.split == TpSplit::Vocab {
+                    s.logits += (batch * m * n) as f64 / tp;
+                }
+            }
+            (KernelClass::Matmul { .. }, Phase::Recompute) => s.recomputed = true,
+            (
+                KernelClass::Attention {
+                    batch,
+                    heads,
+                    seq,
+                    head_dim,
+                    backward: false,
+                    ..
+                },
+                Phase::Forward,
+            ) => s.attention = Some((*batch, *seq, *heads, *head_dim)),
+            (_, Phase::Forward) => s.tensors += 1.0,
+            _ => {}
+        }
+    }
+    s
+}
+
+/// Sizes of one transformer layer and micro-batch for [`megatron_layer_bytes`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerDims {
+    /// Sequence length `s`.
+    pub seq: f64,
+    /// Micro-batch size `b`.
+    pub batch: f64,
+    /// Hidden size `h`.
+    pub hidden: f64,
+    /// Attention heads `a`.
+    pub heads: f64,
+}
+
+/// Korthikanti et al.'s activation bytes of one transformer layer and micro-batch on one device
+/// (Megatron-LM layout, bf16, 1-byte dropout masks): `s·b·h·(10 + 24/t + 5·a·s/(h·t))`, with sequence
+/// parallelism `s·b·h·(34 + 5·a·s/h)/t`; `unfused_scores` keeps the `5·a·s/h` attention-score term (no
+/// flash attention and no selective recomputation); full recomputation keeps the layer input,
+/// `2·s·b·h` (over `t` with sequence parallelism).
+pub fn megatron_layer_bytes(
+    dims: LayerDims,
+    tp: f64,
+    sequence_parallel: bool,
+    recompute: Recompute,
+    unfused_scores: bool,
+) -> f64 {
+    let LayerDims {
+        seq,
+        batch,
+        hidden,
+        heads,
+    } = dims;
+    let sbh = seq * batch * hidden;
+    let t = tp.max(1.0);
+    if recompute == Recompute::Full {
+        return if sequence_parallel {
+            2.0 * sbh / t
+        } else {
+            2.0 * sbh
+        };
+    }
+    let scores = if unfused_scores && recompute == Recompute::None {
+        5.0 * heads * seq / (hidden * t)
     } else {
         0.0
     };
-    (weights, grads, params * opt / opt_div)
+    if sequence_parallel {
+        sbh * (34.0 / t + scores)
+    } else {
+        sbh * (10.0 + 24.0 / t + scores)
+    }
 }
 
-/// Applies the allocator model to a raw breakdown and returns the completed record.
-pub fn finish(mut m: StageMemory, alloc: &Allocator) -> StageMemory {
-    m.peak_bytes = m.weights_bytes
-        + m.grads_bytes
-        + m.optimizer_bytes
-        + alloc.activation_factor * (m.activations_bytes + m.transients_bytes)
-        + alloc.fixed_bytes;
-    m
+/// Memory of one pipeline device: static bytes by stack, the activations of its in-flight
+/// micro-batches, the largest transient, and the coefficients; the peak is the largest of the three
+/// moments (see the module doc).
+pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMemory {
+    let DeviceInput {
+        profile,
+        prep,
+        cfg,
+        device: d,
+        block_stage,
+        virtual_stages: nv,
+        boundary_bytes: boundary,
+    } = *input;
+    let pp = cfg.pp.max(1) as usize;
+    let m = cfg.num_micro_batches.max(1);
+    let dp = cfg.dp.max(1);
+    let tp = cfg.tp.max(1) as u64;
+    let nv = nv.max(1);
+    let vs: Vec<usize> = (0..nv).filter(|v| v % pp == d as usize).collect();
+    let st0 = static_bytes(profile, cfg, 1.0);
+    let megatron = cfg.stack == Stack::Megatron;
+    // Where the graph's saved bf16 weight copies are weights of the stack instead: bf16 stored
+    // weights (Megatron, DeepSpeed) or per-layer gathers (ZeRO-3 / FSDP full shard).
+    let copies_elsewhere = !st0.autocast_copies;
+    let (mut params, mut saved, mut transient, mut largest) = (
+        vec![0f64; nv],
+        vec![0f64; nv],
+        vec![0f64; nv],
+        vec![0f64; nv],
+    );
+    let (mut copies_all, mut copies_saved, mut logits, mut tensors) = (0.0, 0.0, 0.0, 0.0);
+    let inflight = |v: usize| -> f64 {
+        let _ = v;
+        in_flight(cfg.schedule, cfg.pp, d, m) as f64
+    };
+    for (i, (b, v)) in prep.blocks.iter().zip(block_stage).enumerate() {
+        let v = (*v).min(nv - 1);
+        params[v] += b.params;
+        largest[v] = largest[v].max(b.params);
+        if v % pp != d as usize {
+            continue;
+        }
+        let Some(pb) = profile.blocks.get(i) else {
+            continue;
+        };
+        let shape = match prep.shapes.get(i) {
+            Some(s) => *s,
+            None => block_shape(pb, tp),
+        };
+        let kept_copy = if shape.recomputed && pb.kind != BlockKind::Head {
+            0.0
+        } else {
+            shape.weight_copy_bytes
+        };
+        let mut act = (b.saved_bytes - kept_copy).max(0.0);
+        if megatron
+            && let (BlockKind::Decoder(_), Some((bb, ss, heads, hd))) = (pb.kind, shape.attention)
+        {
+            let dims = LayerDims {
+                seq: ss as f64,
+                batch: bb as f64,
+                hidden: (heads * hd) as f64,
+                heads: heads as f64,
+            };
+            act =
+                megatron_layer_bytes(dims, tp as f64, cfg.sequence_parallel, cfg.recompute, false);
+        }
+        saved[v] += act;
+        copies_all += shape.weight_copy_bytes;
+        copies_saved += kept_copy;
+        tensors += shape.tensors;
+        if pb.kind == BlockKind::Head {
+            logits += shape.logits;
+        } else {
+            transient[v] = transient[v].max(b.transient_bytes);
+        }
+    }
+    let p_dev: f64 = vs.iter().map(|v| params[*v]).sum();
+    let st = static_bytes(profile, cfg, p_dev);
+    let acts = if cfg.schedule.chunks() > 1 {
+        // Interleaved: in-flight counts chunk-micro-batches; charge the device's largest chunk.
+        let per_chunk = vs.iter().map(|v| saved[*v]).fold(0.0, f64::max);
+        per_chunk * inflight(0)
+    } else {
+        vs.iter()
+            .map(|v| saved[*v] * inflight(*v) / vs.len().max(1) as f64)
+            .sum::<f64>()
+    }
+    .max(0.0);
+    let acts = round_block(acts, tensors * inflight(0));
+    let loss_coef = if megatron {
+        MEGATRON_LOSS_BYTES_PER_LOGIT
+    } else {
+        coef.loss_bytes_per_logit
+    };
+    let loss = loss_coef * logits;
+    let block_trans = vs.iter().map(|v| transient[*v]).fold(0.0, f64::max);
+    let mut fixed_trans = coef.workspace_bytes.max(0.0);
+    if cfg.distribute_param && dp > 1 {
+        // The layer being computed and the prefetched next one, gathered in compute precision.
+        let blk = vs.iter().map(|v| largest[*v]).fold(0.0, f64::max);
+        fixed_trans += 2.0 * blk * st.compute_bytes_per_param;
+    }
+    if pp > 1 {
+        fixed_trans += 2.0 * boundary;
+    }
+    // Weight copies: the autocast cache holds all of them at the end of forward; autograd keeps the
+    // saved ones through backward. Elsewhere they are the stack's own weights or gather buffers.
+    let (copies_f, copies_b) = if copies_elsewhere {
+        (0.0, 0.0)
+    } else {
+        (copies_all, copies_saved)
+    };
+    let resident = st.weights + st.persistent_grads + st.optimizer;
+    let forward = resident + copies_f + acts + loss + fixed_trans;
+    let backward = resident + copies_b + acts + block_trans.max(loss) + fixed_trans;
+    let optimizer = st.weights + st.grads + st.optimizer + st.optimizer_temp + coef.workspace_bytes;
+    let mk = |phase, weights, grads, activations, transients, loss_logits| StageMemory {
+        stage: d,
+        weights_bytes: weights,
+        grads_bytes: grads,
+        optimizer_bytes: st.optimizer,
+        activations_bytes: activations,
+        transients_bytes: transients,
+        peak_bytes: weights + grads + st.optimizer + activations + transients,
+        peak_phase: phase,
+        loss_logits,
+    };
+    if optimizer > forward && optimizer > backward {
+        mk(
+            PeakPhase::Optimizer,
+            st.weights,
+            st.grads,
+            0.0,
+            st.optimizer_temp + coef.workspace_bytes.max(0.0),
+            0.0,
+        )
+    } else if backward > forward {
+        let loss_live = if loss >= block_trans { logits } else { 0.0 };
+        mk(
+            PeakPhase::Backward,
+            st.weights + copies_b,
+            st.persistent_grads,
+            acts,
+            block_trans.max(loss) + fixed_trans,
+            loss_live,
+        )
+    } else {
+        mk(
+            PeakPhase::Forward,
+            st.weights + copies_f,
+            st.persistent_grads,
+            acts,
+            loss + fixed_trans,
+            logits,
+        )
+    }
+}
+
+/// Fits the memory coefficients to the measured peaks of `samples` (rows without
+/// `peak_memory_bytes` are skipped; at least two are needed): ordinary least squares of
+/// `measured − mechanistic = loss_bytes_per_logit · logits + workspace_bytes` over each sample's most
+/// loaded device, both constrained to be non-negative, iterated until the peak moment of every sample stops changing (a coefficient can
+/// move the peak from one moment to another). Deterministic. Used by the committed refit and by
+/// leave-one-model-out cross-validation (call it with the other models' rows and predict the held-out
+/// model's with the result).
+pub fn fit_memory(samples: &[FitSample]) -> Result<MemoryCoefficients> {
+    fit_memory_with(samples, crate::efficiency::committed())
+}
+
+/// [`fit_memory`] with the time coefficients of `base` (they do not change memory; `base` only
+/// supplies the estimator).
+pub fn fit_memory_with(samples: &[FitSample], base: &EfficiencyFile) -> Result<MemoryCoefficients> {
+    let mut coef = MemoryCoefficients::default();
+    let n = samples
+        .iter()
+        .filter(|s| s.peak_memory_bytes.is_some())
+        .count();
+    if n < 2 {
+        return Err(CostError::Fit(format!(
+            "the memory fit needs at least two peak-memory samples, got {n}"
+        )));
+    }
+    for _ in 0..8 {
+        let mut file = base.clone();
+        file.allocator = coef.clone();
+        let model = ProfiledCostModel::with_efficiencies(file);
+        let mut pts = Vec::with_capacity(n);
+        for s in samples {
+            let Some(meas) = s.peak_memory_bytes else {
+                continue;
+            };
+            let est = model.estimate(&s.profile, &s.cluster, &s.config)?;
+            let dev = est
+                .memory
+                .iter()
+                .max_by(|a, b| a.peak_bytes.total_cmp(&b.peak_bytes))
+                .ok_or_else(|| CostError::Fit(format!("{}: no memory breakdown", s.name)))?;
+            let fitted_part = if s.config.stack == Stack::Megatron {
+                coef.workspace_bytes
+            } else {
+                coef.loss_bytes_per_logit * dev.loss_logits + coef.workspace_bytes
+            };
+            let x = if s.config.stack == Stack::Megatron {
+                0.0
+            } else {
+                dev.loss_logits
+            };
+            pts.push((x, meas - (dev.peak_bytes - fitted_part)));
+        }
+        let k = pts.len() as f64;
+        let (sx, sy) = pts.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+        let (mx, my) = (sx / k, sy / k);
+        let sxx: f64 = pts.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+        let sxy: f64 = pts.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+        // Both coefficients are bytes and cannot be negative: where the unconstrained optimum has a
+        // negative workspace, the constrained one has none and a slope through the origin.
+        let (a, c) = if sxx > 0.0 {
+            let a = (sxy / sxx).max(0.0);
+            let c = my - a * mx;
+            if c >= 0.0 {
+                (a, c)
+            } else {
+                let sxx0: f64 = pts.iter().map(|(x, _)| x * x).sum();
+                let sxy0: f64 = pts.iter().map(|(x, y)| x * y).sum();
+                ((sxy0 / sxx0).max(0.0), 0.0)
+            }
+        } else {
+            // No spread in logits: keep the mechanistic prior and fit the constant alone.
+            let a = coef.loss_bytes_per_logit;
+            (a, (my - a * mx).max(0.0))
+        };
+        let next = MemoryCoefficients {
+            loss_bytes_per_logit: round_sig(a, 4),
+            workspace_bytes: round_sig(c, 4).round(),
+            source: format!("least squares over {n} measured peaks"),
+        };
+        if next == coef {
+            break;
+        }
+        coef = next;
+    }
+    Ok(coef)
 }
 
 #[cfg(test)]
@@ -98,36 +657,98 @@ mod tests {
         assert_eq!(in_flight(Schedule::OneFOneB, 1, 0, 16), 1);
     }
 
-    #[test]
-    fn zero_stages_shrink_static_bytes() {
-        let p = StepProfile {
+    fn amp() -> StepProfile {
+        StepProfile {
             micro_batch: 1,
             seq: 1,
             blocks: vec![],
             optimizer: vec![],
-            static_bytes_per_param: 18.0,
-            low_prec_param_bytes_per_param: 2.0,
+            static_bytes_per_param: 16.0,
+            low_prec_param_bytes_per_param: 0.0,
             optimizer_bytes_per_param: 12.0,
             grad_bytes_per_param: 4.0,
+        }
+    }
+
+    #[test]
+    fn static_bytes_by_stack() {
+        let p = amp();
+        let total = |stack: Stack, dp: u32, z1: bool, z3: bool| {
+            let c = ParallelConfig {
+                dp,
+                stack,
+                distribute_optimizer: z1,
+                distribute_param: z3,
+                ..Default::default()
+            };
+            let s = static_bytes(&p, &c, 1.0);
+            s.weights + s.persistent_grads + s.optimizer
         };
-        let base = ParallelConfig {
-            dp: 8,
-            ..Default::default()
+        // Megatron: 18 bytes, 6 + 12/dp with the distributed optimizer (Korthikanti et al. / ZeRO).
+        assert_eq!(total(Stack::Megatron, 8, false, false), 18.0);
+        assert_eq!(total(Stack::Megatron, 8, true, false), 6.0 + 12.0 / 8.0);
+        // DeepSpeed: (2 + 2 + 12), ZeRO-1 (2 + 2 + 12/dp), ZeRO-3 16/dp.
+        assert_eq!(total(Stack::Deepspeed, 8, false, false), 16.0);
+        assert_eq!(total(Stack::Deepspeed, 8, true, false), 4.0 + 12.0 / 8.0);
+        assert_eq!(total(Stack::Deepspeed, 8, true, true), 16.0 / 8.0);
+        // Eager: fp32 weights + fp32 grads + two moments.
+        assert_eq!(total(Stack::Eager, 1, false, false), 16.0);
+        let eager = static_bytes(
+            &p,
+            &ParallelConfig {
+                stack: Stack::Eager,
+                ..Default::default()
+            },
+            1.0,
+        );
+        assert!(eager.autocast_copies);
+        assert_eq!(eager.weights, 4.0);
+        assert_eq!(eager.optimizer, 8.0);
+        let fsdp = static_bytes(
+            &p,
+            &ParallelConfig {
+                stack: Stack::Fsdp,
+                dp: 4,
+                distribute_param: true,
+                ..Default::default()
+            },
+            1.0,
+        );
+        assert_eq!(fsdp.weights + fsdp.grads + fsdp.optimizer, 4.0);
+        assert_eq!(fsdp.optimizer_temp, 1.0);
+    }
+
+    #[test]
+    fn korthikanti_layer_formula() {
+        let (s, b, h, a) = (2048.0, 1.0, 4096.0, 32.0);
+        let sbh = s * b * h;
+        let d = LayerDims {
+            seq: s,
+            batch: b,
+            hidden: h,
+            heads: a,
         };
-        let sum = |c: &ParallelConfig| {
-            let (w, g, o) = static_bytes(&p, c, 1e9);
-            w + g + o
-        };
-        let z1 = ParallelConfig {
-            distribute_optimizer: true,
-            ..base.clone()
-        };
-        let z3 = ParallelConfig {
-            distribute_param: true,
-            ..base.clone()
-        };
-        assert_eq!(sum(&base), 18e9);
-        assert!(sum(&z1) < sum(&base));
-        assert!((sum(&z3) - 18e9 / 8.0).abs() < 1.0);
+        assert_eq!(
+            megatron_layer_bytes(d, 1.0, false, Recompute::None, true),
+            sbh * (34.0 + 5.0 * a * s / h)
+        );
+        assert_eq!(
+            megatron_layer_bytes(d, 8.0, true, Recompute::Selective, true),
+            34.0 * sbh / 8.0
+        );
+        assert_eq!(
+            megatron_layer_bytes(d, 8.0, false, Recompute::None, false),
+            sbh * (10.0 + 3.0)
+        );
+        assert_eq!(
+            megatron_layer_bytes(d, 8.0, true, Recompute::Full, false),
+            2.0 * sbh / 8.0
+        );
+    }
+
+    #[test]
+    fn rounding_adds_half_a_unit_per_block() {
+        assert_eq!(round_block(0.0, 10.0), 0.0);
+        assert_eq!(round_block(1e6, 4.0), 1e6 + 1024.0);
     }
 }

@@ -104,6 +104,183 @@ pub fn shard(op: &OpCost, tp: u64, sequence_parallel: bool) -> ShardedOp {
     }
 }
 
+/// The per-kernel floor of a GPU kernel (seconds): launch-to-completion of an empty or tiny kernel on
+/// the device (a few microseconds on every GPU moai knows; NVIDIA's and AMD's launch-latency guides
+/// quote 2-5 µs). A memory-bound kernel never takes less.
+pub const KERNEL_FLOOR_S: f64 = 2.5e-6;
+
+/// GEMM tile candidates `(tile_m, tile_n, per-tile efficiency)`: cuBLAS/hipBLASLt pick among
+/// 256×128, 128×256, 128×128, 128×64 and 64×64 output tiles per SM/CU; smaller tiles reuse operands
+/// less and reach a lower fraction of the tensor-core rate.
+const TILES: [(u64, u64, f64); 5] = [
+    (256, 128, 1.0),
+    (128, 256, 1.0),
+    (128, 128, 0.92),
+    (128, 64, 0.78),
+    (64, 64, 0.6),
+];
+
+/// Fraction of the maximum achievable matmul rate a `batch × [m,k]×[k,n]` GEMM reaches on a device
+/// with `units` SMs/CUs: the best tile's padding (tile quantization) times its wave quantization
+/// (the last wave's idle units, relieved by split-K when K is long and tiles are few), times a
+/// short-K penalty `k / (k + 64)` (prologue/epilogue per tile) normalised to 1 at K = 4096.
+pub fn gemm_shape_efficiency(units: u32, batch: u64, m: u64, n: u64, k: u64) -> f64 {
+    let units = units.max(1) as f64;
+    let (m, n, k, batch) = (m.max(1), n.max(1), k.max(1), batch.max(1));
+    let mut best: f64 = 0.0;
+    for (tm, tn, q) in TILES {
+        let (bm, bn) = (m.div_ceil(tm), n.div_ceil(tn));
+        let fill = (m * n) as f64 / ((bm * tm) * (bn * tn)) as f64;
+        let tiles = (batch * bm * bn) as f64;
+        // Split-K: with fewer tiles than units and a long K, the library splits K to fill the device.
+        let split = (units / tiles)
+            .floor()
+            .clamp(1.0, (k as f64 / 512.0).max(1.0));
+        let work = tiles * split;
+        let waves = (work / units).ceil();
+        let wave = work / (waves * units);
+        best = best.max(q * fill * wave);
+    }
+    let kf = |k: f64| k / (k + 64.0);
+    (best * kf(k as f64) / kf(4096.0)).clamp(1e-3, 1.0)
+}
+
+/// Counted FLOPs per FLOP at the maximum achievable rate of a fused (flash / sdpa) attention kernel,
+/// before the device's fitted attention coefficient: query-block waves over the units (128-row query
+/// tiles per batch·head), a sequence term `s / (s + 128)` (per-tile setup and the softmax
+/// rescaling), a head-dimension term normalised to 1 at 128 (FlashAttention-2 reports head dim 64
+/// about 15% slower than 128), and backward at 0.75 of forward (FlashAttention-2, Dao 2023: forward
+/// up to 73% of A100 peak, backward up to 63% with more recomputation and atomics). The training
+/// graph counts the full `s²` score matrix; a causal kernel skips the blocks above the diagonal and
+/// runs `(n + 1) / 2n` of them (`n` 128-wide key blocks), so causal attention may exceed 1 here.
+/// GQA changes bytes, not FLOPs: it enters through the memory bound.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_shape_efficiency(
+    units: u32,
+    batch: u64,
+    heads: u64,
+    seq: u64,
+    head_dim: u64,
+    causal: bool,
+    backward: bool,
+) -> f64 {
+    let units = units.max(1) as f64;
+    let blocks = seq.max(1).div_ceil(128);
+    // Causal: the query tiles do on average (n + 1) / 2 key blocks instead of n; waves count tiles
+    // weighted by their work.
+    let work = if causal {
+        (blocks + 1) as f64 / (2 * blocks) as f64
+    } else {
+        1.0
+    };
+    let tiles = (batch.max(1) * heads.max(1) * blocks) as f64 * work;
+    let waves = (tiles / units).ceil();
+    let wave = tiles / (waves * units);
+    let s = seq.max(1) as f64;
+    let seq_eff = s / (s + 128.0);
+    let hd = head_dim.max(1) as f64;
+    let hd_eff = ((hd / (hd + 48.0)) / (128.0 / 176.0)).min(1.0);
+    let dir = if backward { 0.75 } else { 1.0 };
+    (wave * seq_eff * hd_eff * dir / work).clamp(1e-3, 2.0)
+}
+
+/// Which fitted coefficient scales a kernel's base time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    /// Compute-bound GEMM: divided by the device's matmul coefficient.
+    Matmul,
+    /// Fused attention: divided by the device's attention coefficient.
+    Attention,
+    /// Memory-bound kernel the stack may fuse (norms, elementwise, softmax/reductions).
+    Fusable,
+    /// Other memory-bound kernel (gathers, copies, optimizer, memory-bound GEMMs): divided by the
+    /// device's memory coefficient.
+    Memory,
+    /// Read from a measured profile; not scaled.
+    Measured,
+}
+
+/// A kernel's time at unit coefficients and which coefficient scales it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KernelTime {
+    /// Seconds at coefficient 1 (at the maximum achievable matmul rate times the shape efficiency,
+    /// or at the HBM peak), without the per-kernel floor.
+    pub base_s: f64,
+    /// Which coefficient divides `base_s`.
+    pub bucket: Bucket,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// Rewrites a step profile's fused attention kernels as the unfused sequence Megatron-LM and eager
+/// PyTorch ran before FlashAttention: per forward, a batched `QKᵀ` GEMM writing the `s × s` scores,
+/// a fused scale-mask-softmax kernel, attention dropout, and a batched `PV` GEMM; per backward, the
+/// four GEMMs of their gradients and the dropout and softmax backward kernels. FLOPs of the GEMMs
+/// cover the full score matrix, as the fused op counted them; the bytes are the score traffic
+/// (2-byte elements).
+pub fn unfuse_attention(profile: &mut moai_ir::cost::StepProfile) {
+    for block in &mut profile.blocks {
+        let mut ops = Vec::with_capacity(block.ops.len());
+        for op in block.ops.drain(..) {
+            let KernelClass::Attention {
+                batch,
+                heads,
+                seq,
+                head_dim,
+                backward,
+                dtype,
+                ..
+            } = op.class
+            else {
+                ops.push(op);
+                continue;
+            };
+            let bh = batch * heads;
+            let scores = (bh * seq * seq) as f64 * 2.0;
+            let qkv = (bh * seq * head_dim) as f64 * 2.0;
+            let mm = |m: u64, n: u64, k: u64, bytes: f64, tag: &str| OpCost {
+                class: KernelClass::Matmul {
+                    batch: bh,
+                    m,
+                    n,
+                    k,
+                    dtype,
+                },
+                flops: 2.0 * (bh * m * n * k) as f64,
+                bytes,
+                phase: op.phase,
+                layer: op.layer,
+                split: TpSplit::Heads,
+                label: format!("{}:{tag}", op.label),
+            };
+            let ew = |class: KernelClass, bytes: f64, tag: &str| OpCost {
+                class,
+                flops: 2.0 * scores,
+                bytes,
+                phase: op.phase,
+                layer: op.layer,
+                split: TpSplit::Heads,
+                label: format!("{}:{tag}", op.label),
+            };
+            let (s, d) = (seq, head_dim);
+            if !backward {
+                ops.push(mm(s, s, d, 2.0 * qkv + scores, "qk"));
+                ops.push(ew(KernelClass::Reduce, 2.0 * scores, "softmax"));
+                ops.push(ew(KernelClass::Elementwise, 2.5 * scores, "dropout"));
+                ops.push(mm(s, d, s, scores + 2.0 * qkv, "pv"));
+            } else {
+                ops.push(mm(s, s, d, 2.0 * qkv + scores, "dprobs"));
+                ops.push(mm(s, d, s, scores + 2.0 * qkv, "dv"));
+                ops.push(ew(KernelClass::Elementwise, 3.5 * scores, "dropout_bwd"));
+                ops.push(ew(KernelClass::Reduce, 3.0 * scores, "softmax_bwd"));
+                ops.push(mm(s, d, s, scores + 2.0 * qkv, "dq"));
+                ops.push(mm(s, d, s, scores + 2.0 * qkv, "dk"));
+            }
+        }
+        block.ops = ops;
+    }
+}
+
 /// Times single kernels on one device.
 #[derive(Clone, Debug)]
 pub struct OpTimer<'a> {
@@ -116,14 +293,26 @@ pub struct OpTimer<'a> {
 }
 
 impl OpTimer<'_> {
-    /// Roofline time of a memory-bound transfer of `bytes`.
+    /// Roofline time of a memory-bound transfer of `bytes` at the fitted bandwidth.
     pub fn memory_time(&self, bytes: f64) -> f64 {
         bytes / (self.spec.hbm_bytes_per_s * self.eff.memory)
     }
 
-    /// Time of one (sharded) kernel and its source.
-    pub fn time(&self, op: &ShardedOp) -> (f64, Source) {
-        let mem = self.memory_time(op.bytes);
+    /// A kernel's base time (unit coefficients) and its bucket. A GEMM or attention kernel whose
+    /// bytes at the HBM peak take longer than its FLOPs at the shape-dependent rate is memory bound.
+    pub fn base(&self, op: &ShardedOp) -> KernelTime {
+        let mem = op.bytes / self.spec.hbm_bytes_per_s;
+        let units = self.spec.compute_units;
+        let kt = |base_s, bucket| KernelTime {
+            base_s,
+            bucket,
+            source: Source::Roofline,
+        };
+        let measured = |t| KernelTime {
+            base_s: t,
+            bucket: Bucket::Measured,
+            source: Source::Profile,
+        };
         match &op.class {
             KernelClass::Matmul {
                 batch,
@@ -136,10 +325,16 @@ impl OpTimer<'_> {
                     .profile
                     .and_then(|p| p.matmul(*dtype, *batch, *m, *n, *k))
                 {
-                    return (t, Source::Profile);
+                    return measured(t);
                 }
-                let compute = op.flops / (self.spec.peak_flops(*dtype) * self.eff.matmul);
-                (compute.max(mem), Source::Roofline)
+                let rate = self.spec.max_achievable_flops(*dtype)
+                    * gemm_shape_efficiency(units, *batch, *m, *n, *k);
+                let compute = op.flops / rate;
+                if compute >= mem {
+                    kt(compute, Bucket::Matmul)
+                } else {
+                    kt(mem, Bucket::Memory)
+                }
             }
             KernelClass::Attention {
                 batch,
@@ -157,13 +352,18 @@ impl OpTimer<'_> {
                         *dtype, *causal, *backward, group, *batch, *heads, *seq, *head_dim,
                     )
                 }) {
-                    return (t, Source::Profile);
+                    return measured(t);
                 }
-                let peak = self.spec.peak_flops(*dtype);
-                (
-                    ((op.flops) / (peak * self.eff.attention)).max(mem),
-                    Source::Roofline,
-                )
+                let rate = self.spec.max_achievable_flops(*dtype)
+                    * attention_shape_efficiency(
+                        units, *batch, *heads, *seq, *head_dim, *causal, *backward,
+                    );
+                let compute = op.flops / rate;
+                if compute >= mem {
+                    kt(compute, Bucket::Attention)
+                } else {
+                    kt(mem, Bucket::Memory)
+                }
             }
             other => {
                 let kind = match other {
@@ -175,12 +375,40 @@ impl OpTimer<'_> {
                     _ => MemoryKind::Elementwise,
                 };
                 if let Some(t) = self.profile.and_then(|p| p.memory_bound(kind, op.bytes)) {
-                    return (t, Source::Profile);
+                    return measured(t);
                 }
-                let compute = op.flops / (self.spec.peak_flops(DType::F32) * self.eff.memory);
-                (mem.max(compute), Source::Roofline)
+                let compute = op.flops / self.spec.peak_flops(DType::F32);
+                let bucket = match other {
+                    KernelClass::Norm | KernelClass::Elementwise | KernelClass::Reduce => {
+                        Bucket::Fusable
+                    }
+                    _ => Bucket::Memory,
+                };
+                kt(mem.max(compute), bucket)
             }
         }
+    }
+
+    /// The coefficient that divides a bucket's base time.
+    pub fn coefficient(&self, bucket: Bucket) -> f64 {
+        match bucket {
+            Bucket::Matmul => self.eff.matmul,
+            Bucket::Attention => self.eff.attention,
+            Bucket::Fusable | Bucket::Memory => self.eff.memory,
+            Bucket::Measured => 1.0,
+        }
+    }
+
+    /// Time of one (sharded) kernel with this timer's coefficients (unfused, with the per-kernel floor
+    /// for memory-bound kernels) and its source.
+    pub fn time(&self, op: &ShardedOp) -> (f64, Source) {
+        let k = self.base(op);
+        let t = k.base_s / self.coefficient(k.bucket);
+        let t = match k.bucket {
+            Bucket::Fusable | Bucket::Memory => t + KERNEL_FLOOR_S,
+            _ => t,
+        };
+        (t, k.source)
     }
 }
 
@@ -244,6 +472,37 @@ mod tests {
         let op = shard(&mm(TpSplit::Replicated, 8192, 8192), 1, false);
         let (secs, src) = t.time(&op);
         assert_eq!(src, Source::Roofline);
-        assert!((secs - op.flops / (spec.peak_bf16_flops * eff.matmul)).abs() < 1e-12);
+        let shape = gemm_shape_efficiency(spec.compute_units, 1, 4096, 8192, 8192);
+        let want = op.flops / (spec.max_achievable_bf16_flops * shape * eff.matmul);
+        assert!((secs / want - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn gemm_efficiency_follows_shape() {
+        let big = gemm_shape_efficiency(132, 1, 8192, 8192, 8192);
+        assert!(big > 0.9, "{big}");
+        // Wave quantization: 133 tiles of 256x128 on 132 SMs run in two waves.
+        let one_more = gemm_shape_efficiency(132, 1, 256 * 7, 128 * 19, 4096);
+        let exact = gemm_shape_efficiency(132, 1, 256 * 12, 128 * 11, 4096);
+        assert!(one_more < exact, "{one_more} vs {exact}");
+        // Skinny and short-K products are slower per FLOP.
+        assert!(gemm_shape_efficiency(132, 1, 16, 4096, 4096) < 0.5 * big);
+        assert!(gemm_shape_efficiency(132, 1, 8192, 8192, 64) < 0.6 * big);
+        // Tile padding: 129 rows waste most of a second row of tiles.
+        assert!(
+            gemm_shape_efficiency(108, 1, 129, 8192, 4096)
+                < gemm_shape_efficiency(108, 1, 128, 8192, 4096)
+        );
+    }
+
+    #[test]
+    fn attention_efficiency_follows_shape() {
+        let f = |s, hd, causal, bwd| attention_shape_efficiency(132, 8, 32, s, hd, causal, bwd);
+        assert!(f(4096, 128, false, false) > f(512, 128, false, false));
+        // Causal kernels skip about half the (counted) score blocks.
+        let (c, full) = (f(2048, 128, true, false), f(2048, 128, false, false));
+        assert!(c > 1.8 * full && c < 2.0 * full, "{c} vs {full}");
+        assert!(f(2048, 64, false, false) < f(2048, 128, false, false));
+        assert!(f(2048, 128, false, true) < f(2048, 128, false, false));
     }
 }

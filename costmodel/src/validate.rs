@@ -87,6 +87,32 @@ pub struct TruthRow {
     pub measured: Measured,
     /// Where the measurement comes from.
     pub source: String,
+    /// Attention implementation of the measured run: `flash` (fused, the default) or `unfused`
+    /// (score matrix materialised: batched GEMMs, softmax and dropout kernels, as Megatron-LM ran
+    /// before FlashAttention); see [`crate::ops::unfuse_attention`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<String>,
+}
+
+impl TruthRow {
+    /// The row's step profile from `profile_for`, with attention unfused when the row says so.
+    pub fn step_profile(
+        &self,
+        profile_for: &dyn Fn(&TruthRow) -> Result<StepProfile>,
+    ) -> Result<StepProfile> {
+        let mut p = profile_for(self)?;
+        match self.attention.as_deref() {
+            None | Some("flash") => {}
+            Some("unfused") => crate::ops::unfuse_attention(&mut p),
+            Some(other) => {
+                return Err(CostError::StepProfile(format!(
+                    "{}: attention `{other}` (expected flash or unfused)",
+                    self.name
+                )));
+            }
+        }
+        Ok(p)
+    }
 }
 
 impl TruthRow {
@@ -233,7 +259,7 @@ pub fn validate(
     let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     for row in rows {
         let result = row.cluster().and_then(|c| {
-            let p = profile_for(row)?;
+            let p = row.step_profile(profile_for)?;
             model.estimate(&p, &c, &row.config)
         });
         match result {
@@ -264,6 +290,287 @@ pub fn validate(
         .map(|(k, (s, n))| (k, s / n as f64))
         .collect();
     report
+}
+
+/// One row of a (cross-)validation: predicted and measured values by metric name
+/// (`step_time_s`, `tokens_per_s`, `peak_memory_bytes`, `tflops_per_gpu`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CvRow {
+    /// Row label.
+    pub name: String,
+    /// The row's model (leave-one-model-out holds these out together).
+    pub model: String,
+    /// The truth file it came from.
+    pub file: String,
+    /// Predicted values of the measured metrics.
+    pub predicted: BTreeMap<String, f64>,
+    /// Measured values (step time derived from throughput or TFLOP/s where not given).
+    pub measured: BTreeMap<String, f64>,
+    /// Why the row could not be estimated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Mean absolute percentage errors of one set of rows: `step_time`, `peak_memory`, `tflops`
+/// (absent when no row measures it).
+pub type Mape = BTreeMap<String, f64>;
+
+/// Errors of one truth file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileMape {
+    /// The file.
+    pub file: String,
+    /// Rows estimated.
+    pub rows: usize,
+    /// Its MAPEs.
+    pub mape: Mape,
+}
+
+/// The output of `moai-compile validate` over truth files: rows, MAPEs overall and per file, and
+/// whether every prediction came from coefficients fitted without the row's model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CrossValidation {
+    /// Per row.
+    pub rows: Vec<CvRow>,
+    /// Over every row.
+    pub mape: Mape,
+    /// True: leave one model out (each row predicted by coefficients fitted on the other models'
+    /// rows); false: in-sample (the committed coefficients, fitted on every row).
+    pub cross_validated: bool,
+    /// Per truth file.
+    pub files: Vec<FileMape>,
+}
+
+/// The model a truth row's `model` field names, for leave-one-model-out: a spec's `seq=` option is
+/// dropped (the same architecture at another sequence length is the same model); paths stay as given.
+pub fn model_key(model: &str) -> String {
+    match model.split_once(':') {
+        Some((family, opts)) if !model.contains('/') => {
+            let kept: Vec<&str> = opts
+                .split(',')
+                .filter(|o| !o.trim().starts_with("seq="))
+                .collect();
+            format!("{family}:{}", kept.join(","))
+        }
+        _ => model.to_string(),
+    }
+}
+
+const METRICS: [(&str, &str); 3] = [
+    ("step_time", "step_time_s"),
+    ("peak_memory", "peak_memory_bytes"),
+    ("tflops", "tflops_per_gpu"),
+];
+
+fn cv_row(file: &str, row: &TruthRow, est: Result<Estimate>) -> CvRow {
+    let mut out = CvRow {
+        name: row.name.clone(),
+        model: model_key(&row.model),
+        file: file.to_string(),
+        predicted: BTreeMap::new(),
+        measured: BTreeMap::new(),
+        error: None,
+    };
+    let est = match est {
+        Ok(e) => e,
+        Err(e) => {
+            out.error = Some(e.to_string());
+            return out;
+        }
+    };
+    if let Some(t) = row.measured_step_time() {
+        out.measured.insert("step_time_s".into(), t);
+        out.predicted.insert("step_time_s".into(), est.step_time_s);
+    }
+    for c in compare(row, &est) {
+        if c.metric != "step_time_s" {
+            out.measured.insert(c.metric.clone(), c.measured);
+            out.predicted.insert(c.metric, c.predicted);
+        }
+    }
+    out
+}
+
+fn mape_of<'a>(rows: impl Iterator<Item = &'a CvRow>) -> Mape {
+    let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    for r in rows {
+        for (name, key) in METRICS {
+            if let (Some(p), Some(m)) = (r.predicted.get(key), r.measured.get(key)) {
+                let e = sums.entry(name.to_string()).or_default();
+                e.0 += 100.0 * ((p - m) / m).abs();
+                e.1 += 1;
+            }
+        }
+    }
+    sums.into_iter()
+        .map(|(k, (s, n))| (k, s / n as f64))
+        .collect()
+}
+
+/// Validates truth rows (`(file, row)` pairs) with the time coefficients of `base` (in-sample), or,
+/// with `cross`, leaving one model out: for each model, the coefficients are refitted
+/// ([`crate::fit::refit`]) on every other model's rows and predict this model's rows. Rows whose
+/// profile or estimate fails are reported with their error and left out of the fits and means.
+pub fn cross_validate(
+    rows: &[(String, TruthRow)],
+    profile_for: &dyn Fn(&TruthRow) -> Result<StepProfile>,
+    base: &crate::efficiency::EfficiencyFile,
+    cross: bool,
+) -> Result<CrossValidation> {
+    use crate::estimate::ProfiledCostModel;
+    use crate::fit::FitSample;
+    let mut samples: Vec<Option<FitSample>> = Vec::with_capacity(rows.len());
+    let mut errors: Vec<Option<String>> = Vec::with_capacity(rows.len());
+    for (_, row) in rows {
+        match row
+            .cluster()
+            .and_then(|c| Ok((c, row.step_profile(profile_for)?)))
+        {
+            Ok((cluster, profile)) => {
+                samples.push(Some(FitSample {
+                    name: row.name.clone(),
+                    model: model_key(&row.model),
+                    profile,
+                    cluster,
+                    config: row.config.clone(),
+                    step_time_s: row.measured_step_time(),
+                    peak_memory_bytes: row.measured.peak_memory_bytes,
+                }));
+                errors.push(None);
+            }
+            Err(e) => {
+                samples.push(None);
+                errors.push(Some(e.to_string()));
+            }
+        }
+    }
+    let prep_model = ProfiledCostModel::with_efficiencies(base.clone());
+    let preps: Vec<Option<std::sync::Arc<crate::estimate::PreparedProfile>>> = samples
+        .iter()
+        .map(|s| {
+            s.as_ref().map(|s| {
+                std::sync::Arc::new(prep_model.prepare(
+                    &s.profile,
+                    s.cluster.gpu,
+                    s.config.tp,
+                    s.config.sequence_parallel,
+                ))
+            })
+        })
+        .collect();
+    let mut out: Vec<Option<CvRow>> = vec![None; rows.len()];
+    let predict = |model: &ProfiledCostModel, i: usize| -> CvRow {
+        let (file, row) = &rows[i];
+        let est = match (&samples[i], &preps[i]) {
+            (Some(s), Some(p)) => model.estimate_prepared(p, &s.profile, &s.cluster, &s.config),
+            _ => Err(crate::error::CostError::StepProfile(
+                errors[i].clone().unwrap_or_default(),
+            )),
+        };
+        cv_row(file, row, est)
+    };
+    if cross {
+        let keys: Vec<String> = rows.iter().map(|(_, r)| model_key(&r.model)).collect();
+        let mut models = keys.clone();
+        models.sort();
+        models.dedup();
+        for held in &models {
+            let train: Vec<usize> = (0..rows.len())
+                .filter(|i| keys[*i] != *held && samples[*i].is_some())
+                .collect();
+            let ts: Vec<FitSample> = train.iter().filter_map(|i| samples[*i].clone()).collect();
+            let tp: Vec<_> = train.iter().filter_map(|i| preps[*i].clone()).collect();
+            let file = crate::fit::refit_prepared(base, &ts, &tp)?;
+            let model = ProfiledCostModel::with_efficiencies(file);
+            for i in (0..rows.len()).filter(|i| keys[*i] == *held) {
+                out[i] = Some(predict(&model, i));
+            }
+        }
+    } else {
+        let model = ProfiledCostModel::with_efficiencies(base.clone());
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = Some(predict(&model, i));
+        }
+    }
+    let rows_out: Vec<CvRow> = out.into_iter().flatten().collect();
+    let ok = || rows_out.iter().filter(|r| r.error.is_none());
+    let mut files: Vec<String> = rows_out.iter().map(|r| r.file.clone()).collect();
+    files.dedup();
+    let mut seen = Vec::new();
+    files.retain(|f| {
+        let new = !seen.contains(f);
+        seen.push(f.clone());
+        new
+    });
+    let files = files
+        .into_iter()
+        .map(|f| FileMape {
+            rows: ok().filter(|r| r.file == f).count(),
+            mape: mape_of(ok().filter(|r| r.file == f)),
+            file: f,
+        })
+        .collect();
+    Ok(CrossValidation {
+        mape: mape_of(ok()),
+        rows: rows_out,
+        cross_validated: cross,
+        files,
+    })
+}
+
+impl fmt::Display for CrossValidation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = if self.cross_validated {
+            "cross-validated (leave one model out)"
+        } else {
+            "in-sample (committed coefficients, fitted on every row)"
+        };
+        writeln!(f, "{label}")?;
+        writeln!(
+            f,
+            "{:<40} {:<18} {:>14} {:>14} {:>8}",
+            "row", "metric", "predicted", "measured", "error"
+        )?;
+        for r in &self.rows {
+            if let Some(e) = &r.error {
+                writeln!(f, "{:<40} error: {e}", r.name)?;
+            }
+            for (k, m) in &r.measured {
+                let Some(p) = r.predicted.get(k) else {
+                    continue;
+                };
+                writeln!(
+                    f,
+                    "{:<40} {:<18} {:>14} {:>14} {:>+7.1}%",
+                    r.name,
+                    k,
+                    show(k, *p),
+                    show(k, *m),
+                    100.0 * (p - m) / m
+                )?;
+            }
+        }
+        for fm in &self.files {
+            let parts: Vec<String> = fm
+                .mape
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.1}%"))
+                .collect();
+            writeln!(
+                f,
+                "MAPE {} ({} rows): {}",
+                fm.file,
+                fm.rows,
+                parts.join(", ")
+            )?;
+        }
+        let parts: Vec<String> = self
+            .mape
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1}%"))
+            .collect();
+        writeln!(f, "MAPE all: {}", parts.join(", "))
+    }
 }
 
 fn show(metric: &str, v: f64) -> String {
@@ -332,6 +639,15 @@ mod tests {
                 .to_string()
                 .contains("the row says 8")
         );
+    }
+
+    #[test]
+    fn model_key_drops_the_sequence() {
+        assert_eq!(
+            model_key("gpt:layers=2,hidden=64,heads=4,vocab=100,seq=2048"),
+            "gpt:layers=2,hidden=64,heads=4,vocab=100"
+        );
+        assert_eq!(model_key("../models/x.onnx"), "../models/x.onnx");
     }
 
     #[test]

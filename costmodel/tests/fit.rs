@@ -1,15 +1,20 @@
 //! The committed coefficients are reproducible from the truth files.
 
-use crate::real::real_samples as samples;
+use crate::real::{real_samples as samples, truth_files};
 use moai_costmodel::efficiency::{EFFICIENCY_JSON, EfficiencyFile};
 use moai_costmodel::fit::refit;
 
 #[test]
 fn fitted_coefficients_match_committed() {
     let committed = EfficiencyFile::from_json(EFFICIENCY_JSON, "data/efficiency.json").unwrap();
-    let h100 = samples("truth/h100_llama350m.jsonl");
-    let a100 = samples("truth/megatron_sc21_table1.jsonl");
-    let fitted = refit(&committed, &h100, &a100).unwrap();
+    let all: Vec<_> = truth_files().iter().flat_map(|f| samples(f)).collect();
+    let t = std::time::Instant::now();
+    let fitted = refit(&committed, &all).unwrap();
+    eprintln!(
+        "joint fit over {} rows: {:.1} s",
+        all.len(),
+        t.elapsed().as_secs_f64()
+    );
     if std::env::var_os("MOAI_WRITE_FIT").is_some() {
         let text = serde_json::to_string_pretty(&fitted).unwrap() + "\n";
         std::fs::write(crate::support::data("efficiency.json"), text).unwrap();
@@ -19,26 +24,44 @@ fn fitted_coefficients_match_committed() {
         );
         return;
     }
+    let hint = "run MOAI_WRITE_FIT=1 cargo test -p moai-costmodel --test main fit::";
     for (a, b) in fitted.devices.iter().zip(&committed.devices) {
+        assert_eq!(a.gpu, b.gpu);
         for (x, y) in [
             (a.matmul, b.matmul),
             (a.attention, b.attention),
             (a.memory, b.memory),
-            (a.launch_overhead_s, b.launch_overhead_s),
         ] {
             assert!(
                 (x / y - 1.0).abs() < 1e-3,
-                "{:?}: refit {x} vs committed {y}; run MOAI_WRITE_FIT=1 cargo test -p moai-costmodel --test main fit::",
+                "{:?}: refit {x} vs committed {y}; {hint}",
                 a.gpu
             );
         }
     }
+    for (a, b) in fitted.stacks.iter().zip(&committed.stacks) {
+        assert_eq!(a.stack, b.stack);
+        for (x, y) in [
+            (a.launch_overhead_s, b.launch_overhead_s),
+            (a.step_overhead_s, b.step_overhead_s),
+            (a.fused_bytes, b.fused_bytes),
+        ] {
+            assert!(
+                (x / y - 1.0).abs() < 1e-3,
+                "{:?}: refit {x} vs committed {y}; {hint}",
+                a.stack
+            );
+        }
+    }
     assert!(
-        (fitted.allocator.activation_factor / committed.allocator.activation_factor - 1.0).abs()
-            < 1e-3
+        (fitted.allocator.loss_bytes_per_logit / committed.allocator.loss_bytes_per_logit - 1.0)
+            .abs()
+            < 1e-3,
+        "{hint}"
     );
     assert!(
-        (fitted.allocator.fixed_bytes - committed.allocator.fixed_bytes).abs()
-            <= 1e-3 * committed.allocator.fixed_bytes.abs().max(1e6)
+        (fitted.allocator.workspace_bytes - committed.allocator.workspace_bytes).abs()
+            <= 1e-3 * committed.allocator.workspace_bytes.abs().max(1e6),
+        "{hint}"
     );
 }

@@ -31,12 +31,34 @@ pub fn real_profile(row: &TruthRow) -> Result<StepProfile> {
         .map_err(|e| CostError::StepProfile(e.to_string()))
 }
 
+/// Every shipped truth file, as `truth/NAME.jsonl`, sorted.
+pub fn truth_files() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(crate::support::data("truth"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.ends_with(".jsonl").then(|| format!("truth/{name}"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every shipped truth row with its file.
+pub fn all_rows() -> Vec<(String, TruthRow)> {
+    truth_files()
+        .into_iter()
+        .flat_map(|f| truth(&f).into_iter().map(move |r| (f.clone(), r)))
+        .collect()
+}
+
 /// Fit samples with real profiles.
 pub fn real_samples(rel: &str) -> Vec<FitSample> {
     truth(rel)
         .iter()
         .map(|r| FitSample {
             name: r.name.clone(),
+            model: moai_costmodel::validate::model_key(&r.model),
             profile: real_profile(r).unwrap(),
             cluster: r.cluster().unwrap(),
             config: r.config.clone(),

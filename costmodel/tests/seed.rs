@@ -87,4 +87,6 @@ fn llama2_13b_on_4xlarge_mi250() {
         e.tokens_per_s
     );
     assert!(e.tokens_per_s < 150_000.0);
+    // Issue 11: the seed job stays physical.
+    assert!(e.mfu <= 0.6, "MFU {}", e.mfu);
 }

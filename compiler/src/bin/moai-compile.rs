@@ -389,7 +389,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
 }
 
 fn cmd_validate(a: ValidateArgs) -> Result<()> {
-    let report = moai_compiler::validate::validate_file(&a.truth)?;
+    let report = moai_compiler::validate::validate_files(&a.truth, a.cross_validate)?;
     if a.json {
         print_json(&report)?;
     } else {
