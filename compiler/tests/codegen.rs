@@ -411,3 +411,113 @@ fn ctrl_c_during_lowering_keeps_the_plan_and_finished_programs() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// FNV-1a, 64 bits: a stable digest with no dependency.
+fn fnv64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// One line per artifact of a `--emit mlir,hsaco` run: every stage's `.mlir` file, `plan.json`, and per
+/// bundle entry its binary, its signature and every launch (kernel, grid, block, workgroup memory,
+/// arguments), each as a digest, so that a difference names the artifact that changed.
+fn artifact_digests(dir: &Path, stages: u32) -> String {
+    let mut out = String::new();
+    for s in 0..stages {
+        for p in PROGRAMS {
+            let f = format!("stage{s}/{p}.mlir");
+            let text = std::fs::read(dir.join(&f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+            out.push_str(&format!("{f} {:016x}\n", fnv64(&text)));
+        }
+    }
+    let plan = std::fs::read(dir.join("plan.json")).unwrap();
+    out.push_str(&format!("plan.json {:016x}\n", fnv64(&plan)));
+    let b = read_bundle(&dir.join("plan.moai")).unwrap_or_else(|e| panic!("{e}"));
+    for k in &b.kernels {
+        out.push_str(&format!(
+            "{} {} binary {:016x} signature {:016x}\n",
+            k.name,
+            k.target,
+            fnv64(&k.binary),
+            fnv64(k.signature_json.as_bytes())
+        ));
+        for l in &k.launches {
+            let args: Vec<String> = l
+                .args
+                .iter()
+                .map(|a| format!("{}:{}:{}", a.kind, a.ty, a.value))
+                .collect();
+            let line = format!(
+                "{} {:?} {:?} {} {} {}",
+                l.kernel,
+                l.grid,
+                l.block,
+                l.shared_bytes,
+                l.order,
+                args.join(",")
+            );
+            out.push_str(&format!(
+                "  launch {} {} {:016x}\n",
+                l.order,
+                l.kernel,
+                fnv64(line.as_bytes())
+            ));
+        }
+    }
+    out
+}
+
+/// Behaviour is pinned: tiny-llama under tp=2, pp=2 on the default flavor, `--emit mlir,hsaco`, yields
+/// exactly the committed digests of every emitted module, the plan, every code object and every launch's
+/// metadata (`tests/snapshots/codegen_tiny_llama_tp2pp2.digests`, made before the lowering moved from
+/// text surgery to IR rewrites). `MOAI_BLESS=1` rewrites the file after an intended change.
+#[test]
+#[cfg_attr(not(feature = "mlir"), ignore = "lowering needs the mlir feature")]
+fn emitted_artifacts_match_the_committed_snapshot() {
+    let (dir, _) = plan_into(
+        "snapshot",
+        &[
+            "--tp",
+            "2",
+            "--pp",
+            "2",
+            "--batch-size",
+            "32",
+            "--micro-batch-size",
+            "2",
+            "--seq-len",
+            "64",
+            "--emit",
+            "mlir,hsaco",
+        ],
+    );
+    let got = artifact_digests(&dir, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots/codegen_tiny_llama_tp2pp2.digests");
+    if std::env::var_os("MOAI_BLESS").is_some() {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run once with MOAI_BLESS=1 to make it)",
+            file.display()
+        )
+    });
+    let diff: Vec<String> = want
+        .lines()
+        .zip(got.lines())
+        .filter(|(w, g)| w != g)
+        .map(|(w, g)| format!("- {w}\n+ {g}"))
+        .take(20)
+        .collect();
+    assert!(
+        want == got,
+        "emitted artifacts differ from the snapshot ({} vs {} lines):\n{}",
+        want.lines().count(),
+        got.lines().count(),
+        diff.join("\n")
+    );
+}

@@ -297,7 +297,37 @@ impl Sharder<'_> {
                 }
                 Ok(Some(a))
             }
-            other => Err(self.fail(
+            other @ (Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Constant(_)
+            | Op::Where
+            | Op::MatMul
+            | Op::Reduce { .. }
+            | Op::CumSum { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::Expand(_)
+            | Op::Concat { .. }
+            | Op::Slice { .. }
+            | Op::Gather { .. }
+            | Op::GatherNd { .. }
+            | Op::Range { .. }
+            | Op::Trilu { .. }
+            | Op::Linear { .. }
+            | Op::Embedding
+            | Op::RmsNorm { .. }
+            | Op::LayerNorm { .. }
+            | Op::Attention { .. }
+            | Op::AttentionBackward { .. }
+            | Op::RmsNormBackward { .. }
+            | Op::LayerNormBackward { .. }
+            | Op::RotaryBackward
+            | Op::EmbeddingBackward { .. }
+            | Op::CrossEntropyBackward { .. }
+            | Op::AdamW { .. }
+            | Op::SgdMomentum { .. }
+            | Op::Collective { .. }
+            | Op::CrossEntropy { .. }) => Err(self.fail(
                 id,
                 format!(
                     "{} on a tensor split across tensor-parallel ranks is not supported",

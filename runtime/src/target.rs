@@ -127,27 +127,60 @@ impl Target {
                  convert-index-to-llvm,convert-cf-to-llvm,\
                  convert-func-to-llvm{{use-bare-ptr-memref-call-conv=1}},reconcile-unrealized-casts)"
             ),
+            Target::Rocdl { .. } | Target::Nvvm { .. } => {
+                let serialize = self.serialize_passes(toolkit).unwrap_or_default();
+                format!("builtin.module({front},{GPU_MAPPING},{serialize})")
+            }
+        }
+    }
+
+    /// The GPU pipeline as its three stages, each a `builtin.module(...)` pipeline built from the
+    /// target's own pieces (never cut out of [`Target::pipeline`]'s text); `None` for the CPU. Run in
+    /// order they are the full pipeline; between them the lowering rewrites the IR.
+    pub fn gpu_stages(self, toolkit: Option<&Toolkit>) -> Option<GpuStages> {
+        let serialize = self.serialize_passes(toolkit)?;
+        Some(GpuStages {
+            bufferize: format!("builtin.module({})", self.bufferize_pipeline()),
+            outline: format!("builtin.module({GPU_MAPPING})"),
+            serialize: format!("builtin.module({serialize})"),
+        })
+    }
+
+    /// Attaching the target, conversion to ROCDL/NVVM and serialization: the passes after kernel
+    /// outlining. The only outside text is the toolkit path, validated by [`Toolkit`]'s constructors.
+    fn serialize_passes(self, toolkit: Option<&Toolkit>) -> Option<String> {
+        match self {
+            Target::Cpu => None,
             Target::Rocdl { chip } => {
                 let tk = toolkit
                     .map(|t| format!(" toolkit={}", t.path_text()))
                     .unwrap_or_default();
-                format!(
-                    "builtin.module({front},{gpu},rocdl-attach-target{{chip={chip} O=3}},\
+                Some(format!(
+                    "rocdl-attach-target{{chip={chip} O=3}},\
                      gpu.module(convert-scf-to-cf,convert-gpu-to-rocdl,reconcile-unrealized-casts),\
-                     gpu-module-to-binary{{format=bin{tk}}})",
-                    gpu = GPU_MAPPING,
+                     gpu-module-to-binary{{format=bin{tk}}}",
                     chip = chip.name()
-                )
+                ))
             }
-            Target::Nvvm { sm } => format!(
-                "builtin.module({front},{gpu},nvvm-attach-target{{chip={sm} O=3}},\
+            Target::Nvvm { sm } => Some(format!(
+                "nvvm-attach-target{{chip={sm} O=3}},\
                  gpu.module(convert-scf-to-cf,convert-gpu-to-nvvm,reconcile-unrealized-casts),\
-                 gpu-module-to-binary{{format=isa}})",
-                gpu = GPU_MAPPING,
+                 gpu-module-to-binary{{format=isa}}",
                 sm = sm.name()
-            ),
+            )),
         }
     }
+}
+
+/// The three stages of a GPU target's pipeline ([`Target::gpu_stages`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuStages {
+    /// Bufferization of the tensor program.
+    pub bufferize: String,
+    /// Mapping loops onto the GPU and outlining kernels.
+    pub outline: String,
+    /// Attaching the target, conversion and serialization.
+    pub serialize: String,
 }
 
 /// Maps what is not already a hand-tiled kernel (elementwise ops, reductions, layout changes) onto the GPU:
@@ -314,5 +347,30 @@ mod tests {
         assert!(p.contains("chip=gfx942"), "{p}");
         let p = Target::Nvvm { sm: NvSm::Sm80 }.pipeline(None);
         assert!(p.contains("chip=sm_80") && p.contains("format=isa"), "{p}");
+    }
+
+    #[test]
+    fn gpu_stages_run_in_order_are_the_full_pipeline() {
+        let inner = |p: &str| {
+            p.strip_prefix("builtin.module(")
+                .and_then(|p| p.strip_suffix(')'))
+                .unwrap()
+                .to_string()
+        };
+        for t in [
+            Target::Rocdl {
+                chip: AmdChip::Gfx90a,
+            },
+            Target::Nvvm { sm: NvSm::Sm90 },
+        ] {
+            let s = t.gpu_stages(None).unwrap();
+            let joined = [&s.bufferize, &s.outline, &s.serialize]
+                .map(|p| inner(p))
+                .join(",");
+            assert_eq!(format!("builtin.module({joined})"), t.pipeline(None));
+            assert!(s.outline.contains("gpu-kernel-outlining"), "{}", s.outline);
+            assert!(s.serialize.contains("attach-target"), "{}", s.serialize);
+        }
+        assert_eq!(Target::Cpu.gpu_stages(None), None);
     }
 }

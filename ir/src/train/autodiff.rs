@@ -809,7 +809,18 @@ impl Builder<'_> {
                     self.acc(ins[0], d)?;
                 }
             }
-            other => {
+            // backward and optimizer ops are never differentiated again; GatherNd and the collectives
+            // other than all-reduce and copy-to-group have no rule yet
+            other @ (Op::GatherNd { .. }
+            | Op::AttentionBackward { .. }
+            | Op::RmsNormBackward { .. }
+            | Op::LayerNormBackward { .. }
+            | Op::RotaryBackward
+            | Op::EmbeddingBackward { .. }
+            | Op::CrossEntropyBackward { .. }
+            | Op::AdamW { .. }
+            | Op::SgdMomentum { .. }
+            | Op::Collective { .. }) => {
                 return Err(err(
                     &name,
                     format!("no gradient rule for {}", other.kind_name()),
@@ -1044,7 +1055,8 @@ impl Builder<'_> {
                     self.acc(b, d)?;
                 }
             }
-            _ => {}
+            // comparisons and logic are piecewise constant: no gradient flows through them
+            Equal | Less | LessOrEqual | Greater | GreaterOrEqual | And | Or => {}
         }
         Ok(())
     }

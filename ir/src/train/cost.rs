@@ -168,7 +168,19 @@ pub fn node_cost(g: &Graph, id: NodeId, env: &dyn Fn(&str) -> Option<i64>) -> Re
             * match u {
                 UnaryOp::Silu | UnaryOp::Sigmoid | UnaryOp::Tanh => 4.0,
                 UnaryOp::Gelu | UnaryOp::GeluTanh => 8.0,
-                _ => 1.0,
+                UnaryOp::Neg
+                | UnaryOp::Exp
+                | UnaryOp::Log
+                | UnaryOp::Sqrt
+                | UnaryOp::Rsqrt
+                | UnaryOp::Reciprocal
+                | UnaryOp::Relu
+                | UnaryOp::Cos
+                | UnaryOp::Sin
+                | UnaryOp::Erf
+                | UnaryOp::Abs
+                | UnaryOp::Not
+                | UnaryOp::IsNan => 1.0,
             }),
         Op::Binary(_) | Op::Where => ew(on),
         Op::Reduce { .. } | Op::CumSum { .. } => (

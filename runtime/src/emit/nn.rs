@@ -488,7 +488,28 @@ pub(super) fn emit(em: &mut Emitter<'_>, id: NodeId, outs: &Outs) -> Result<Vec<
                 vec![collective(em, x, kind, group_size, axis, &outs[0].0)]
             }
         }
-        other => {
+        // tensor ops: ops::emit (never reaches here)
+        other @ (Op::Input { .. }
+        | Op::Param { .. }
+        | Op::Constant(_)
+        | Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Where
+        | Op::Cast(_)
+        | Op::MatMul
+        | Op::Reduce { .. }
+        | Op::CumSum { .. }
+        | Op::Softmax { .. }
+        | Op::LogSoftmax { .. }
+        | Op::Reshape(_)
+        | Op::Transpose(_)
+        | Op::Expand(_)
+        | Op::Concat { .. }
+        | Op::Slice { .. }
+        | Op::Gather { .. }
+        | Op::GatherNd { .. }
+        | Op::Range { .. }
+        | Op::Trilu { .. }) => {
             return Err(em.err(
                 id,
                 &format!(

@@ -191,7 +191,23 @@ pub(super) fn emit(em: &mut Emitter<'_>, id: NodeId, outs: &Outs) -> Result<Opti
                 "not supported by the MLIR emitter (no training graph of a decoder uses it)",
             ));
         }
-        _ => return Ok(None),
+        // layer, training and collective ops: nn::emit
+        Op::Linear { .. }
+        | Op::Embedding
+        | Op::RmsNorm { .. }
+        | Op::LayerNorm { .. }
+        | Op::Rotary
+        | Op::RotaryBackward
+        | Op::RmsNormBackward { .. }
+        | Op::LayerNormBackward { .. }
+        | Op::Attention { .. }
+        | Op::AttentionBackward { .. }
+        | Op::EmbeddingBackward { .. }
+        | Op::CrossEntropy { .. }
+        | Op::CrossEntropyBackward { .. }
+        | Op::AdamW { .. }
+        | Op::SgdMomentum { .. }
+        | Op::Collective { .. } => return Ok(None),
     };
     Ok(Some(r))
 }
