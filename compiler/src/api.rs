@@ -145,7 +145,11 @@ pub fn cheapest_fitting_change(
         from.micro_batch_size.to_string(),
         to.micro_batch_size.to_string(),
     );
-    diff("recompute", from.recompute.clone(), to.recompute.clone());
+    diff(
+        "recompute",
+        from.recompute.to_string(),
+        to.recompute.to_string(),
+    );
     let zero = |p: &crate::plan::PlanConfig| {
         if p.distribute_param {
             "3"
