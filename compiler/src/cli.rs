@@ -390,6 +390,55 @@ mod tests {
     }
 
     #[test]
+    fn flags_become_typed_constraints_and_emits() {
+        let cli = Cli::try_parse_from(v(&[
+            "m",
+            "plan",
+            "x.onnx",
+            "--zero",
+            "3",
+            "--tp",
+            "2",
+            "--recompute",
+            "none,full",
+            "--emit",
+            "plan,megatron",
+            "--emit",
+            "report",
+        ]))
+        .unwrap();
+        let Command::Plan(a) = cli.command else {
+            panic!("plan expected")
+        };
+        assert_eq!(
+            a.emit,
+            vec![EmitKind::Plan, EmitKind::Megatron, EmitKind::Report]
+        );
+        let c = a.config.to_constraints().unwrap();
+        assert_eq!(c.zero, Some(ZeroStage::Zero3));
+        assert_eq!(c.tp, Some(2));
+        use moai_ir::train::RecomputePolicy;
+        assert_eq!(
+            c.recompute,
+            vec![RecomputePolicy::None, RecomputePolicy::Full]
+        );
+        for bad in [["--zero", "2"], ["--emit", "pdf"]] {
+            let mut args = v(&["m", "plan", "x.onnx"]);
+            args.extend(v(&bad));
+            let e = Cli::try_parse_from(args).unwrap_err().to_string();
+            assert!(e.contains(bad[1]), "{e}");
+        }
+        let tp0 = ConfigArgs {
+            tp: Some(0),
+            ..ConfigArgs::default()
+        };
+        assert_eq!(
+            tp0.to_constraints().unwrap_err().to_string(),
+            "--tp 0: must be at least 1"
+        );
+    }
+
+    #[test]
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();

@@ -187,12 +187,12 @@ pub fn config_for(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Para
             dp as u64 * model_par
         ));
     }
-    if batch % dp as u64 != 0 {
+    if !batch.is_multiple_of(dp as u64) {
         return bad(format!("--batch-size {batch} is not divisible by dp {dp}"));
     }
     let mbs = c.micro_batch_size.unwrap_or(1);
     let per_replica = batch / dp as u64;
-    if per_replica % mbs as u64 != 0 {
+    if !per_replica.is_multiple_of(mbs as u64) {
         return bad(format!(
             "--micro-batch-size {mbs} does not divide the {per_replica} sequences per data-parallel replica (batch {batch} / dp {dp})"
         ));
