@@ -5,6 +5,7 @@
 
 use crate::error::{PlanError, Result};
 use crate::request::Constraints;
+use crate::space::ModelShape;
 use moai_costmodel::{Cluster, ParallelConfig, Schedule, Stack};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -162,6 +163,19 @@ impl FromStr for EmitKind {
     }
 }
 
+/// The structural legality of a configuration on a cluster for a model: every degree at least 1,
+/// dp·tp·pp equal to the devices, tensor parallelism inside one server, an interleaved schedule's
+/// micro-batches a multiple of pp, sequence parallelism only with tp > 1
+/// (`ParallelConfig::validate_cluster`), and tp dividing the attention heads, KV heads and FFN width
+/// (`moai_costmodel::check_tp_dims`). The search space checks every candidate with it (a failure is a
+/// rejection naming the rule), and the library's `estimate` (hence the `estimate` command) checks its
+/// configuration with it.
+pub fn checked(cfg: &ParallelConfig, cluster: &Cluster, shape: ModelShape) -> Result<()> {
+    cfg.validate_cluster(cluster)?;
+    moai_costmodel::check_tp_dims(cfg.tp, shape.heads, shape.kv_heads, shape.ffn)?;
+    Ok(())
+}
+
 /// The one configuration `estimate` evaluates: the constraints' fixed values, with the rest derived (dp
 /// from the devices, one micro-batch per sequence group, 1F1B, no recomputation, ZeRO-0), checked
 /// against the cluster and the batch, and given the engine that runs it (`--engine` when that engine
@@ -275,6 +289,42 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("pdf")
+        );
+    }
+
+    #[test]
+    fn the_space_and_estimate_share_one_legality_check() {
+        let shape = ModelShape {
+            layers: 8,
+            heads: 8,
+            kv_heads: 8,
+            ffn: 1024,
+        };
+        for devices in [8, 12, 16] {
+            let cluster = Cluster::new(Gpu::H100, devices).unwrap();
+            let space = crate::space::enumerate(shape, &cluster, 96, &Constraints::default());
+            assert!(!space.candidates.is_empty());
+            for c in &space.candidates {
+                checked(c, &cluster, shape).unwrap();
+            }
+        }
+        let cluster = Cluster::new(Gpu::H100, 16).unwrap();
+        let mut cfg = ParallelConfig {
+            dp: 1,
+            tp: 16,
+            pp: 1,
+            ..ParallelConfig::default()
+        };
+        let e = checked(&cfg, &cluster, shape).unwrap_err().to_string();
+        assert!(e.contains("crosses a server"), "{e}");
+        cfg.tp = 8;
+        cfg.dp = 2;
+        checked(&cfg, &cluster, shape).unwrap();
+        let odd = ModelShape { heads: 12, ..shape };
+        let e = checked(&cfg, &cluster, odd).unwrap_err().to_string();
+        assert!(
+            e.contains("12 attention heads") || e.contains("heads"),
+            "{e}"
         );
     }
 

@@ -154,13 +154,7 @@ fn profiles_within(
 }
 
 fn model_shape(model: &Model) -> ModelShape {
-    let s = &model.summary;
-    ModelShape {
-        layers: s.layers as u32,
-        heads: s.heads,
-        kv_heads: s.kv_heads,
-        ffn: s.ffn,
-    }
+    ModelShape::of(model)
 }
 
 /// Runs the whole search.

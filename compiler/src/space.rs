@@ -21,6 +21,19 @@ pub struct ModelShape {
     pub ffn: u64,
 }
 
+impl ModelShape {
+    /// The shape of a loaded model.
+    pub fn of(model: &crate::model::Model) -> ModelShape {
+        let s = &model.summary;
+        ModelShape {
+            layers: s.layers as u32,
+            heads: s.heads,
+            kv_heads: s.kv_heads,
+            ffn: s.ffn,
+        }
+    }
+}
+
 /// The candidates of a job and the structural rejections met while enumerating.
 #[derive(Clone, Debug, Default)]
 pub struct Space {
@@ -273,7 +286,11 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                                 zero.apply(&mut cfg);
                                 // Only what an engine runs; the stack it is costed for is that engine.
                                 match crate::export::assign_engine(c.engine, cfg, cluster) {
-                                    Ok(cfg) => candidates.push(cfg),
+                                    // the one legality check the library's estimate also applies
+                                    Ok(cfg) => match crate::config::checked(&cfg, cluster, shape) {
+                                        Ok(()) => candidates.push(cfg),
+                                        Err(e) => reject(e.to_string(), 1),
+                                    },
                                     Err(why) => reject(why, 1),
                                 }
                             }
