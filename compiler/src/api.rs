@@ -6,6 +6,7 @@ use crate::plan::PlanOutput;
 use crate::report::{PlanReport, build_report, cluster_info, model_info, plan_config, predicted};
 use crate::request::PlanRequest;
 use crate::search::{NoProgress, Progress, search, train_options};
+use crate::space::ModelShape;
 use moai_costmodel::{Cluster, CostModel, ParallelConfig, ProfiledCostModel};
 
 /// Finds the best plan with the default (profiled) cost model.
@@ -65,9 +66,8 @@ pub fn estimate_with(
 ) -> Result<PlanOutput> {
     req.validate()?;
     check_model_job(model, req)?;
-    config.validate_cluster(cluster)?;
+    crate::config::checked(config, cluster, ModelShape::of(model))?;
     let s = &model.summary;
-    moai_costmodel::check_tp_dims(config.tp, s.heads as u64, s.kv_heads as u64, s.ffn as u64)?;
     let global = config.global_batch();
     if global != req.batch {
         return Err(crate::error::PlanError::InvalidArgument(format!(
@@ -145,7 +145,11 @@ pub fn cheapest_fitting_change(
         from.micro_batch_size.to_string(),
         to.micro_batch_size.to_string(),
     );
-    diff("recompute", from.recompute.clone(), to.recompute.clone());
+    diff(
+        "recompute",
+        from.recompute.to_string(),
+        to.recompute.to_string(),
+    );
     let zero = |p: &crate::plan::PlanConfig| {
         if p.distribute_param {
             "3"

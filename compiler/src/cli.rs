@@ -1,6 +1,11 @@
-//! Command-line arguments of `moai-compile` (clap derive). The binary is a thin layer over the library;
-//! these types only parse and validate flags.
+//! Command-line arguments of `moai-compile` (clap derive) and their meaning: each argument group turns
+//! itself into the library's types (`ClusterArgs::resolve`, `JobArgs::to_request`,
+//! `ConfigArgs::to_constraints`), and `crate::commands` runs each subcommand. The binary only parses,
+//! sets up logging and Ctrl-C, dispatches and prints errors.
 
+use crate::config::{EmitKind, ZeroStage};
+use crate::error::{PlanError, Result};
+use crate::request::{Constraints, PlanRequest};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -90,6 +95,21 @@ pub struct JobArgs {
     pub json: bool,
 }
 
+impl JobArgs {
+    /// The planning request of these flags (checked: batch, sequence length, precision, optimizer).
+    pub fn to_request(&self) -> Result<PlanRequest> {
+        let mut r = PlanRequest::new(self.batch_size, self.seq_len);
+        r.precision = self.precision.parse().map_err(|e| {
+            PlanError::InvalidArgument(format!("--precision {}: {e}", self.precision))
+        })?;
+        r.optimizer = self.optimizer.parse().map_err(|e| {
+            PlanError::InvalidArgument(format!("--optimizer {}: {e}", self.optimizer))
+        })?;
+        r.validate()?;
+        Ok(r)
+    }
+}
+
 /// Configuration flags: in `estimate` they define the configuration, in `plan` they constrain the search.
 #[derive(Debug, Args, Clone, Default)]
 pub struct ConfigArgs {
@@ -110,7 +130,7 @@ pub struct ConfigArgs {
     pub recompute: Option<String>,
     /// ZeRO stage: 0 (none), 1 (optimizer state sharded), 3 (parameters, gradients, optimizer sharded).
     #[arg(long)]
-    pub zero: Option<u8>,
+    pub zero: Option<ZeroStage>,
     /// Sequence parallelism (with tp > 1).
     #[arg(long)]
     pub sequence_parallel: bool,
@@ -122,6 +142,60 @@ pub struct ConfigArgs {
     /// (Megatron-LM, then DeepSpeed, then FSDP) and the output names the engine.
     #[arg(long)]
     pub engine: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The constraints these flags set (each degree at least 1 and within 32 bits; lists parsed).
+    pub fn to_constraints(&self) -> Result<Constraints> {
+        let to_u32 = |name: &str, v: Option<u64>| -> Result<Option<u32>> {
+            match v {
+                None => Ok(None),
+                Some(0) => Err(PlanError::InvalidArgument(format!(
+                    "--{name} 0: must be at least 1"
+                ))),
+                Some(x) => u32::try_from(x)
+                    .map(Some)
+                    .map_err(|_| PlanError::InvalidArgument(format!("--{name} {x}: too large"))),
+            }
+        };
+        Ok(Constraints {
+            dp: to_u32("dp", self.dp)?,
+            tp: to_u32("tp", self.tp)?,
+            pp: to_u32("pp", self.pp)?,
+            micro_batch_size: to_u32("micro-batch-size", self.micro_batch_size)?,
+            recompute: self
+                .recompute
+                .as_deref()
+                .map(Constraints::parse_recompute_list)
+                .transpose()?
+                .unwrap_or_default(),
+            zero: self.zero,
+            sequence_parallel: self.sequence_parallel.then_some(true),
+            schedules: self
+                .schedule
+                .as_deref()
+                .map(Constraints::parse_schedule_list)
+                .transpose()?
+                .unwrap_or_default(),
+            engine: self.engine.as_deref().map(parse_engine).transpose()?,
+        })
+    }
+}
+
+/// `--engine`: an engine plans are exported to (eager is a cost-model stack, not an export engine).
+fn parse_engine(s: &str) -> Result<moai_costmodel::Stack> {
+    match s.parse::<moai_costmodel::Stack>() {
+        Ok(moai_costmodel::Stack::Eager) | Err(_) => Err(PlanError::InvalidArgument(format!(
+            "--engine {s}: expected megatron, deepspeed or fsdp"
+        ))),
+        Ok(e) => Ok(e),
+    }
+}
+
+/// A `--gpu` flag.
+pub fn parse_gpu(s: &str) -> Result<moai_costmodel::Gpu> {
+    s.parse::<moai_costmodel::Gpu>()
+        .map_err(|e| PlanError::InvalidArgument(format!("--gpu: {e}")))
 }
 
 /// `plan` arguments.
@@ -153,7 +227,7 @@ pub struct PlanArgs {
     /// default plan (40 layers in one stage) takes about 40 s on 2 cores; progress and timings are logged
     /// per program.
     #[arg(long, value_delimiter = ',')]
-    pub emit: Vec<String>,
+    pub emit: Vec<EmitKind>,
     /// Worker threads for the search and for lowering --emit hsaco/ptx programs (default: all cores; at
     /// most cores × 4).
     #[arg(long)]
@@ -317,6 +391,55 @@ mod tests {
         assert_eq!(
             with_default_subcommand(v(&["m", "--log", "debug", "x.onnx"]))[3],
             "plan"
+        );
+    }
+
+    #[test]
+    fn flags_become_typed_constraints_and_emits() {
+        let cli = Cli::try_parse_from(v(&[
+            "m",
+            "plan",
+            "x.onnx",
+            "--zero",
+            "3",
+            "--tp",
+            "2",
+            "--recompute",
+            "none,full",
+            "--emit",
+            "plan,megatron",
+            "--emit",
+            "report",
+        ]))
+        .unwrap();
+        let Command::Plan(a) = cli.command else {
+            panic!("plan expected")
+        };
+        assert_eq!(
+            a.emit,
+            vec![EmitKind::Plan, EmitKind::Megatron, EmitKind::Report]
+        );
+        let c = a.config.to_constraints().unwrap();
+        assert_eq!(c.zero, Some(ZeroStage::Zero3));
+        assert_eq!(c.tp, Some(2));
+        use moai_ir::train::RecomputePolicy;
+        assert_eq!(
+            c.recompute,
+            vec![RecomputePolicy::None, RecomputePolicy::Full]
+        );
+        for bad in [["--zero", "2"], ["--emit", "pdf"]] {
+            let mut args = v(&["m", "plan", "x.onnx"]);
+            args.extend(v(&bad));
+            let e = Cli::try_parse_from(args).unwrap_err().to_string();
+            assert!(e.contains(bad[1]), "{e}");
+        }
+        let tp0 = ConfigArgs {
+            tp: Some(0),
+            ..ConfigArgs::default()
+        };
+        assert_eq!(
+            tp0.to_constraints().unwrap_err().to_string(),
+            "--tp 0: must be at least 1"
         );
     }
 

@@ -12,6 +12,7 @@
 //! policy's training step is checked against the reference interpreter by moai-runtime's tests on the CPU.
 //! [`kernel_precision`] is the one place that decides (and would name a fallback).
 
+use crate::config::EmitKind;
 use crate::error::{PlanError, Result};
 use crate::model::Model;
 use crate::plan::PlanConfig;
@@ -19,7 +20,7 @@ use crate::request::{PlanRequest, StopReason, WorkBounds};
 use moai_costmodel::Gpu;
 use moai_ir::cost::TpSplit;
 use moai_ir::train::tp::linear_class;
-use moai_ir::train::{PrecisionPolicy, RecomputePolicy, TrainOptions};
+use moai_ir::train::{PrecisionPolicy, TrainOptions};
 use moai_ir::{Graph, NodeId, Op, ParamData, Provenance, Tensor, TensorData, Value};
 use moai_runtime::{
     AmdChip, Dims, EmittedModule, KernelEntry, NvSm, Program, StageLayout, StageProgram, Target,
@@ -50,15 +51,15 @@ impl CodegenRequest {
     /// written: `hsaco` on an NVIDIA GPU or `ptx` on an AMD one is an error naming the right choice, and
     /// a binary in a build without the `mlir` feature is an error saying how to enable it.
     /// `None` when no code artifact was asked for.
-    pub fn from_emits(emits: &[String], gpu: Gpu) -> Result<Option<CodegenRequest>> {
+    pub fn from_emits(emits: &[EmitKind], gpu: Gpu) -> Result<Option<CodegenRequest>> {
         let target = target_for(gpu);
         let mut want = CodegenRequest::default();
-        for e in emits {
-            match e.as_str() {
-                "mlir" => want.mlir = true,
-                "hsaco" | "ptx" => {
-                    if e != target.binary_extension() {
-                        return Err(PlanError::InvalidArgument(mismatch(e, gpu, target)));
+        for &e in emits {
+            match e {
+                EmitKind::Mlir => want.mlir = true,
+                EmitKind::Hsaco | EmitKind::Ptx => {
+                    if e.name() != target.binary_extension() {
+                        return Err(PlanError::InvalidArgument(mismatch(e.name(), gpu, target)));
                     }
                     if !GPU_LOWERING {
                         return Err(PlanError::InvalidArgument(format!(
@@ -254,17 +255,6 @@ pub fn stage_counts(plan: &PlanConfig) -> Result<Vec<u32>> {
     Ok(counts)
 }
 
-fn recompute_policy(s: &str) -> Result<RecomputePolicy> {
-    match s {
-        "none" => Ok(RecomputePolicy::None),
-        "selective" => Ok(RecomputePolicy::Selective),
-        "full" => Ok(RecomputePolicy::Full),
-        other => Err(PlanError::InvalidArgument(format!(
-            "plan recompute `{other}`: expected none, selective or full"
-        ))),
-    }
-}
-
 /// What the emitted programs leave out of the plan, in words (honest about the parallel dimensions the
 /// kernels do not implement themselves).
 fn notes(plan: &PlanConfig, req: &PlanRequest, target: Target) -> Vec<String> {
@@ -363,7 +353,7 @@ pub fn compile_plan(
     let opts = TrainOptions {
         precision,
         optimizer: req.optimizer,
-        recompute: recompute_policy(&plan.recompute)?,
+        recompute: plan.recompute,
     };
     let dims: Dims = [
         ("batch".to_string(), plan.micro_batch_size as i64),
@@ -507,8 +497,8 @@ type Compiled = (EmittedModule, Option<KernelEntry>, f64);
 mod tests {
     use super::*;
 
-    fn emits(s: &[&str]) -> Vec<String> {
-        s.iter().map(|x| x.to_string()).collect()
+    fn emits(s: &[&str]) -> Vec<EmitKind> {
+        s.iter().map(|x| x.parse().unwrap()).collect()
     }
 
     #[test]
@@ -575,7 +565,7 @@ mod tests {
             pp: 2,
             num_micro_batches: 1,
             micro_batch_size: 1,
-            recompute: "none".into(),
+            recompute: moai_ir::train::RecomputePolicy::None,
             distribute_param: false,
             distribute_low_prec_param: false,
             distribute_optimizer: false,
@@ -590,7 +580,6 @@ mod tests {
         assert_eq!(stage_counts(&p).unwrap(), vec![21, 19]);
         p.stages[1].layers = [21, 20];
         assert!(stage_counts(&p).is_err());
-        assert!(recompute_policy("sometimes").is_err());
     }
 
     #[test]

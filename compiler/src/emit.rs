@@ -6,6 +6,7 @@
 //! fails.
 
 use crate::codegen::{CodegenRequest, compile_plan};
+use crate::config::EmitKind;
 use crate::error::{PlanError, Result};
 use crate::export::{ExportContext, export_files, refusal};
 use crate::model::Model;
@@ -37,14 +38,10 @@ pub fn export_context(model: &Model, cluster: &Cluster, req: &PlanRequest) -> Ex
     }
 }
 
-/// The engine an `--emit` artifact exports to, if it is an engine export.
+/// The engine an `--emit` artifact named `emit` exports to, if it is an engine export
+/// ([`EmitKind::engine`] by name).
 pub fn emit_engine(emit: &str) -> Option<Stack> {
-    match emit {
-        "megatron" => Some(Stack::Megatron),
-        "deepspeed" => Some(Stack::Deepspeed),
-        "fsdp" => Some(Stack::Fsdp),
-        _ => None,
-    }
+    emit.parse::<EmitKind>().ok().and_then(EmitKind::engine)
 }
 
 /// Files to write (path relative to `--out`, contents).
@@ -58,13 +55,13 @@ pub fn engine_exports(
     cluster: &Cluster,
     req: &PlanRequest,
     plan: &crate::plan::PlanConfig,
-    emits: &[String],
+    emits: &[EmitKind],
 ) -> (OutFiles, serde_json::Map<String, serde_json::Value>) {
     let cx = export_context(model, cluster, req);
     let mut files = Vec::new();
     let mut notes = serde_json::Map::new();
     for e in emits {
-        let Some(engine) = emit_engine(e) else {
+        let Some(engine) = e.engine() else {
             continue;
         };
         match export_files(engine, plan, &cx) {
@@ -118,7 +115,7 @@ pub fn write_outputs(
     cluster: &Cluster,
     req: &PlanRequest,
     report: &PlanReport,
-    emits: &[String],
+    emits: &[EmitKind],
 ) -> Result<()> {
     let plan = &report.output.plan;
     let codegen = CodegenRequest::from_emits(emits, cluster.gpu)?;
@@ -133,20 +130,15 @@ pub fn write_outputs(
     files.append(&mut exported);
     let mut bundle = None;
     for e in emits {
-        match e.as_str() {
-            "plan" => {}
-            "mlir" | "hsaco" | "ptx" => {} // compiled once below, for all three
-            "megatron" | "deepspeed" | "fsdp" => {} // engine exports, above
-            "report" => {
+        match e {
+            EmitKind::Plan => {}
+            EmitKind::Mlir | EmitKind::Hsaco | EmitKind::Ptx => {} // compiled once below, for all three
+            EmitKind::Megatron | EmitKind::Deepspeed | EmitKind::Fsdp => {} // engine exports, above
+            EmitKind::Report => {
                 files.push((
                     "report.html".into(),
                     crate::html::render(report, cluster, req).into_bytes(),
                 ));
-            }
-            other => {
-                return Err(PlanError::InvalidArgument(format!(
-                    "--emit {other}: unknown artifact (expected any of plan,report,mlir,hsaco,ptx,megatron,deepspeed,fsdp)"
-                )));
             }
         }
     }

@@ -33,6 +33,21 @@ pub enum PlanError {
     /// The search was interrupted before any candidate was evaluated.
     #[error("interrupted before any candidate was evaluated")]
     Interrupted,
+    /// The current flavor or its config file (`moai-compile use`, cluster flags) was wrong.
+    #[error(transparent)]
+    Current(#[from] crate::current::CurrentError),
+    /// A plan file given to `smi` was wrong.
+    #[error(transparent)]
+    Smi(#[from] crate::smi::SmiError),
+    /// An error with what was being done when it happened (`writing into out/: ...`).
+    #[error("{context}")]
+    Context {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: Box<PlanError>,
+    },
     /// Writing outputs failed.
     #[error("{path}: {source}")]
     Io {
@@ -41,6 +56,16 @@ pub enum PlanError {
         /// Cause.
         source: std::io::Error,
     },
+}
+
+impl PlanError {
+    /// This error with `context` (what was being done) in front of it.
+    pub fn context(self, context: impl Into<String>) -> PlanError {
+        PlanError::Context {
+            context: context.into(),
+            source: Box::new(self),
+        }
+    }
 }
 
 /// Result alias.

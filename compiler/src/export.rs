@@ -9,6 +9,7 @@
 //! ZeRO config, torchrun's launcher arguments); the planner's search only keeps configurations some
 //! engine runs (see [`assign_engine`]).
 
+use crate::config::ZeroStage;
 use crate::plan::PlanConfig;
 use moai_costmodel::{Cluster, ParallelConfig, Recompute, Schedule, Stack};
 use serde_json::json;
@@ -114,24 +115,14 @@ pub struct PlanDims {
     pub schedule: Schedule,
     /// Recomputation.
     pub recompute: Recompute,
-    /// ZeRO stage (0, 1 or 3).
-    pub zero: u8,
+    /// ZeRO stage.
+    pub zero: ZeroStage,
     /// Sequence parallelism.
     pub sequence_parallel: bool,
     /// Devices in the cluster.
     pub devices: u64,
     /// Devices per full server.
     pub devices_per_server: u64,
-}
-
-fn zero_of(distribute_param: bool, distribute_optimizer: bool) -> u8 {
-    if distribute_param {
-        3
-    } else if distribute_optimizer {
-        1
-    } else {
-        0
-    }
 }
 
 impl PlanDims {
@@ -143,7 +134,7 @@ impl PlanDims {
             pp: c.pp as u64,
             schedule: c.schedule,
             recompute: c.recompute,
-            zero: zero_of(c.distribute_param, c.distribute_optimizer),
+            zero: ZeroStage::of_flags(c.distribute_param, c.distribute_optimizer),
             sequence_parallel: c.sequence_parallel,
             devices: cluster.devices as u64,
             devices_per_server: cluster.devices_per_server as u64,
@@ -165,8 +156,8 @@ impl PlanDims {
             tp: p.tp,
             pp: p.pp,
             schedule: p.schedule.parse().map_err(|e| format!("{e}"))?,
-            recompute: p.recompute.parse().map_err(|e| format!("{e}"))?,
-            zero: zero_of(p.distribute_param, p.distribute_optimizer),
+            recompute: p.recompute,
+            zero: ZeroStage::of_flags(p.distribute_param, p.distribute_optimizer),
             sequence_parallel: p.sequence_parallel,
             devices: cx.devices,
             devices_per_server: cx.devices_per_server,
@@ -191,7 +182,7 @@ pub const EXPORT_ENGINES: [Stack; 3] = [Stack::Megatron, Stack::Deepspeed, Stack
 /// then Megatron-LM's own fully sharded data parallel, which also combines with tp); everything else
 /// first to Megatron-LM.
 pub fn preference(d: &PlanDims) -> [Stack; 3] {
-    if d.zero == 3 {
+    if d.zero == ZeroStage::Zero3 {
         [Stack::Deepspeed, Stack::Fsdp, Stack::Megatron]
     } else {
         EXPORT_ENGINES
@@ -215,7 +206,7 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                     "Megatron-LM has no GPipe schedule (it runs 1f1b and interleaved)".into(),
                 );
             }
-            if d.zero == 3 && d.pp > 1 {
+            if d.zero == ZeroStage::Zero3 && d.pp > 1 {
                 return Err(
                     "Megatron-LM's fully sharded data parallel (--use-megatron-fsdp) is not run with pipeline parallelism here".into(),
                 );
@@ -241,7 +232,7 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                     "{name} checkpoints whole decoder layers; selective recomputation of the attention core is Megatron-LM's"
                 ));
             }
-            if engine == Stack::Fsdp && d.zero != 3 {
+            if engine == Stack::Fsdp && d.zero != ZeroStage::Zero3 {
                 return Err(format!(
                     "PyTorch FSDP here runs full sharding (ZeRO-3) only; a ZeRO-{} plan runs on Megatron-LM or DeepSpeed",
                     d.zero
@@ -439,7 +430,7 @@ pub fn megatron_args(
         flag(&mut a, "--sequence-parallel");
     }
     match d.zero {
-        3 => {
+        ZeroStage::Zero3 => {
             flag(&mut a, "--use-megatron-fsdp");
             kv(
                 &mut a,
@@ -450,8 +441,8 @@ pub fn megatron_args(
             flag(&mut a, "--use-distributed-optimizer");
             kv(&mut a, "--ckpt-format", "fsdp_dtensor".into());
         }
-        1 => flag(&mut a, "--use-distributed-optimizer"),
-        _ => {}
+        ZeroStage::Zero1 => flag(&mut a, "--use-distributed-optimizer"),
+        ZeroStage::Zero0 => {}
     }
     // The cost model overlaps the data-parallel gradient reduction with backward.
     flag(&mut a, "--overlap-grad-reduce");
@@ -560,7 +551,7 @@ pub fn deepspeed_config(
         json!({"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}})
     };
     let mut zero = json!({"stage": d.zero, "overlap_comm": true, "contiguous_gradients": true});
-    if d.zero == 3 {
+    if d.zero == ZeroStage::Zero3 {
         zero["stage3_prefetch_bucket_size"] = json!(50_000_000u64);
         zero["stage3_param_persistence_threshold"] = json!(100_000u64);
     }
@@ -588,7 +579,7 @@ pub fn fsdp_config(plan: &PlanConfig, cx: &ExportContext) -> Result<serde_json::
         "forward_prefetch": false,
         "use_orig_params": true,
         "sync_module_states": true,
-        "activation_checkpointing": plan.recompute == "full",
+        "activation_checkpointing": plan.recompute == Recompute::Full,
     }))
 }
 
@@ -669,7 +660,7 @@ fn trainer_args(plan: &PlanConfig, cx: &ExportContext, checkpointing_flag: bool)
             "adamw_torch"
         }
     ));
-    if checkpointing_flag && plan.recompute == "full" {
+    if checkpointing_flag && plan.recompute == Recompute::Full {
         v.push("--gradient_checkpointing".into());
     }
     v.join(" ")
@@ -794,7 +785,7 @@ mod tests {
                 pp: 4,
                 num_micro_batches: 64,
                 micro_batch_size: 1,
-                recompute: "full".into(),
+                recompute: Recompute::Full,
                 distribute_param: false,
                 distribute_low_prec_param: false,
                 distribute_optimizer: true,

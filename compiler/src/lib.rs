@@ -13,6 +13,8 @@
 pub mod api;
 pub mod cli;
 pub mod codegen;
+pub mod commands;
+pub mod config;
 pub mod current;
 pub mod emit;
 pub mod error;
@@ -32,6 +34,7 @@ pub mod sweep;
 pub mod validate;
 
 pub use api::{estimate, plan, plan_with};
+pub use config::{EmitKind, ZeroStage};
 pub use error::{PlanError, Result};
 pub use moai_costmodel::{
     BlockCost, Cluster, CostModel, Estimate, Gpu, ParallelConfig, ProfiledCostModel, Recompute,

@@ -75,8 +75,8 @@ pub struct PlanConfig {
     pub num_micro_batches: u64,
     /// Sequences per micro-batch per device.
     pub micro_batch_size: u64,
-    /// Recomputation policy.
-    pub recompute: String,
+    /// Recomputation policy (`"none"`, `"selective"`, `"full"` in JSON).
+    pub recompute: moai_costmodel::Recompute,
     /// ZeRO-3 / FSDP: parameters, gradients and optimizer state sharded over dp.
     pub distribute_param: bool,
     /// Low-precision (bf16) weight copies sharded over dp.

@@ -60,7 +60,7 @@ pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
         pp: cfg.pp as u64,
         num_micro_batches: cfg.num_micro_batches as u64,
         micro_batch_size: cfg.micro_batch_size as u64,
-        recompute: cfg.recompute.to_string(),
+        recompute: cfg.recompute,
         distribute_param: cfg.distribute_param,
         distribute_low_prec_param: cfg.distribute_low_prec_param,
         distribute_optimizer: cfg.distribute_optimizer,

@@ -187,8 +187,8 @@ pub struct Constraints {
     pub micro_batch_size: Option<u32>,
     /// Allowed recomputation policies (empty: all).
     pub recompute: Vec<Recompute>,
-    /// Fixed ZeRO stage (0, 1 or 3).
-    pub zero: Option<u8>,
+    /// Fixed ZeRO stage.
+    pub zero: Option<crate::config::ZeroStage>,
     /// Fixed sequence parallelism.
     pub sequence_parallel: Option<bool>,
     /// Allowed schedules (empty: gpipe, 1f1b and interleaved:2).
@@ -229,16 +229,6 @@ impl Constraints {
                 Ok(sched)
             })
             .collect()
-    }
-
-    /// Checks the ZeRO stage.
-    pub fn check_zero(z: u8) -> Result<u8> {
-        match z {
-            0 | 1 | 3 => Ok(z),
-            _ => Err(PlanError::InvalidArgument(format!(
-                "--zero {z}: expected 0 (none), 1 (optimizer state sharded) or 3 (parameters, gradients and optimizer state sharded)"
-            ))),
-        }
     }
 }
 

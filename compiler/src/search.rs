@@ -12,7 +12,7 @@ use moai_costmodel::{
     BlockCost, Cluster, CostModel, Estimate, ParallelConfig, Recompute, Schedule,
 };
 use moai_ir::cost::{BlockKind, StepProfile};
-use moai_ir::train::{RecomputePolicy, TrainOptions};
+use moai_ir::train::TrainOptions;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -99,11 +99,10 @@ pub struct SearchResult {
 
 /// Training options for one recomputation policy.
 pub fn train_options(req: &PlanRequest, r: Recompute) -> TrainOptions {
-    let recompute: RecomputePolicy = r.to_string().parse().expect("recompute names are shared");
     TrainOptions {
         precision: req.precision,
         optimizer: req.optimizer,
-        recompute,
+        recompute: r,
     }
 }
 
@@ -155,13 +154,7 @@ fn profiles_within(
 }
 
 fn model_shape(model: &Model) -> ModelShape {
-    let s = &model.summary;
-    ModelShape {
-        layers: s.layers as u32,
-        heads: s.heads,
-        kv_heads: s.kv_heads,
-        ffn: s.ffn,
-    }
+    ModelShape::of(model)
 }
 
 /// Runs the whole search.

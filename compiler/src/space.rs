@@ -3,6 +3,7 @@
 //! schedule, filtered by the request's constraints. Combinations that break a structural rule are
 //! counted by reason instead of silently skipped.
 
+use crate::config::ZeroStage;
 use crate::request::Constraints;
 use moai_costmodel::{Cluster, ParallelConfig, Recompute, Schedule};
 use std::collections::BTreeMap;
@@ -18,6 +19,19 @@ pub struct ModelShape {
     pub kv_heads: u64,
     /// FFN width.
     pub ffn: u64,
+}
+
+impl ModelShape {
+    /// The shape of a loaded model.
+    pub fn of(model: &crate::model::Model) -> ModelShape {
+        let s = &model.summary;
+        ModelShape {
+            layers: s.layers as u32,
+            heads: s.heads,
+            kv_heads: s.kv_heads,
+            ffn: s.ffn,
+        }
+    }
 }
 
 /// The candidates of a job and the structural rejections met while enumerating.
@@ -139,9 +153,9 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
     } else {
         c.recompute.clone()
     };
-    let zeros: Vec<u8> = match c.zero {
+    let zeros: Vec<ZeroStage> = match c.zero {
         Some(z) => vec![z],
-        None => vec![0, 1, 3],
+        None => ZeroStage::ALL.to_vec(),
     };
     let mut candidates = Vec::new();
     for tp in divisors(devices) {
@@ -243,7 +257,7 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                     }
                     for &recompute in &recomputes {
                         for &zero in &zeros {
-                            if zero == 3 && pp > 1 {
+                            if zero == ZeroStage::Zero3 && pp > 1 {
                                 reject("ZeRO-3 with pipeline parallelism".into(), 1);
                                 continue;
                             }
@@ -257,24 +271,26 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                                     reject("sequence parallelism needs tp > 1".into(), 1);
                                     continue;
                                 }
-                                let cfg = ParallelConfig {
+                                let mut cfg = ParallelConfig {
                                     dp,
                                     tp,
                                     pp,
                                     micro_batch_size: mbs,
                                     num_micro_batches: nmb,
                                     recompute,
-                                    distribute_param: zero == 3,
-                                    distribute_low_prec_param: zero == 3,
-                                    distribute_optimizer: zero >= 1,
                                     sequence_parallel: sp,
                                     schedule,
                                     stages: Vec::new(),
                                     ..ParallelConfig::default()
                                 };
+                                zero.apply(&mut cfg);
                                 // Only what an engine runs; the stack it is costed for is that engine.
                                 match crate::export::assign_engine(c.engine, cfg, cluster) {
-                                    Ok(cfg) => candidates.push(cfg),
+                                    // the one legality check the library's estimate also applies
+                                    Ok(cfg) => match crate::config::checked(&cfg, cluster, shape) {
+                                        Ok(()) => candidates.push(cfg),
+                                        Err(e) => reject(e.to_string(), 1),
+                                    },
                                     Err(why) => reject(why, 1),
                                 }
                             }
@@ -362,7 +378,7 @@ mod tests {
             tp: Some(1),
             pp: Some(1),
             recompute: vec![Recompute::Full],
-            zero: Some(3),
+            zero: Some(ZeroStage::Zero3),
             ..Default::default()
         };
         let s = enumerate(shape13b(), &cluster, 256, &c);

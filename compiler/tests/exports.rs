@@ -9,8 +9,8 @@ use moai_compiler::emit::{emit_engine, engine_exports, export_context};
 use moai_compiler::export::{ExportContext, PlanDims, engine_runs, megatron_args};
 use moai_compiler::plan::PlanConfig;
 use moai_compiler::{
-    Cluster, Constraints, Gpu, Model, ParallelConfig, PlanRequest, Recompute, Schedule, estimate,
-    plan,
+    Cluster, Constraints, EmitKind, Gpu, Model, ParallelConfig, PlanRequest, Recompute, Schedule,
+    ZeroStage, estimate, plan,
 };
 use moai_costmodel::Stack;
 use std::collections::{HashMap, HashSet};
@@ -559,7 +559,7 @@ fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
     let report = plan(c.model, &c.cluster, &c.req).expect("a plan");
     let p = report.output.plan.clone();
     let cx: ExportContext = export_context(c.model, &c.cluster, &c.req);
-    let emits: Vec<String> = ["megatron", "deepspeed", "fsdp"].map(String::from).to_vec();
+    let emits = [EmitKind::Megatron, EmitKind::Deepspeed, EmitKind::Fsdp];
     let (files, notes) = engine_exports(c.model, &c.cluster, &c.req, &p, &emits);
     let files: HashMap<String, String> = files
         .into_iter()
@@ -574,7 +574,7 @@ fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
         p.engine
     );
     for e in &emits {
-        let engine = emit_engine(e).unwrap();
+        let engine = emit_engine(e.name()).unwrap();
         let note = &notes[engine.name()];
         if note["written"] == false {
             let why = note["why"].as_str().unwrap();
@@ -633,25 +633,26 @@ fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                          chunks: u32,
                          recompute,
                          zero: u8,
-                         sp: bool| ParallelConfig {
-            dp: dp as u32,
-            tp: tp as u32,
-            pp: pp as u32,
-            micro_batch_size: micro as u32,
-            num_micro_batches: nmb as u32,
-            recompute,
-            distribute_param: zero == 3,
-            distribute_low_prec_param: zero == 3,
-            distribute_optimizer: zero >= 1,
-            sequence_parallel: sp,
-            schedule: if chunks > 1 {
-                Schedule::Interleaved(chunks)
-            } else {
-                Schedule::OneFOneB
-            },
-            stages: if pp > 1 { ranges(sizes) } else { Vec::new() },
-            stack: engine,
-            ..ParallelConfig::default()
+                         sp: bool| {
+            let mut c = ParallelConfig {
+                dp: dp as u32,
+                tp: tp as u32,
+                pp: pp as u32,
+                micro_batch_size: micro as u32,
+                num_micro_batches: nmb as u32,
+                recompute,
+                sequence_parallel: sp,
+                schedule: if chunks > 1 {
+                    Schedule::Interleaved(chunks)
+                } else {
+                    Schedule::OneFOneB
+                },
+                stages: if pp > 1 { ranges(sizes) } else { Vec::new() },
+                stack: engine,
+                ..ParallelConfig::default()
+            };
+            ZeroStage::from_number(zero).unwrap().apply(&mut c);
+            c
         };
         let cfg = match engine {
             Stack::Megatron => {
@@ -676,7 +677,7 @@ fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                     "{flat}"
                 );
                 assert_eq!(run.stage_sizes, plan_sizes(&p, cx.layers), "{flat}");
-                assert_eq!(run.recompute, p.recompute.parse().unwrap());
+                assert_eq!(run.recompute, p.recompute);
                 assert_eq!(run.zero, zero_of(&p));
                 assert_eq!(run.sequence_parallel, p.sequence_parallel);
                 assert_eq!(run.qkv_bias, cx.settings.qkv_bias, "{flat}");
@@ -707,18 +708,21 @@ fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                 } else {
                     let c: serde_json::Value =
                         serde_json::from_str(&files["fsdp_config.json"]).unwrap();
-                    assert_eq!(c["activation_checkpointing"], p.recompute == "full");
+                    assert_eq!(
+                        c["activation_checkpointing"],
+                        p.recompute == Recompute::Full
+                    );
                     (p.micro_batch_size, p.num_micro_batches, 3)
                 };
                 // The Trainer arguments in the scripts carry the batch split and recomputation.
                 for s in &scripts {
                     assert!(s.contains(&format!("--per_device_train_batch_size {micro}")));
                     assert!(s.contains(&format!("--gradient_accumulation_steps {nmb}")));
-                    let flag = engine == Stack::Deepspeed && p.recompute == "full";
+                    let flag = engine == Stack::Deepspeed && p.recompute == Recompute::Full;
                     assert_eq!(s.contains("--gradient_checkpointing"), flag);
                 }
                 assert_eq!(zero, zero_of(&p));
-                let recompute = if p.recompute == "full" {
+                let recompute = if p.recompute == Recompute::Full {
                     Recompute::Full
                 } else {
                     Recompute::None
@@ -810,7 +814,7 @@ fn bare_onnx_megatron_export_names_the_rotary_base() {
     );
     c.req.constraints.engine = Some(Stack::Megatron);
     let report = plan(c.model, &c.cluster, &c.req).expect("a plan");
-    let emits = vec!["megatron".to_string()];
+    let emits = [EmitKind::Megatron];
     let (files, notes) = engine_exports(c.model, &c.cluster, &c.req, &report.output.plan, &emits);
     assert!(files.is_empty());
     let why = notes["megatron"]["why"].as_str().unwrap();
@@ -838,7 +842,7 @@ fn zero3_with_tp_runs_on_megatron_fsdp() {
         h100(8),
         64,
         Constraints {
-            zero: Some(3),
+            zero: Some(ZeroStage::Zero3),
             tp: Some(2),
             ..Default::default()
         },
@@ -855,7 +859,7 @@ fn zero3_data_parallel_runs_on_deepspeed_stage3_and_fsdp() {
         h100(8),
         64,
         Constraints {
-            zero: Some(3),
+            zero: Some(ZeroStage::Zero3),
             tp: Some(1),
             recompute: vec![Recompute::Full],
             ..Default::default()
@@ -906,7 +910,7 @@ fn plain_dp_zero1_and_every_recompute_mode() {
         h100(8),
         64,
         Constraints {
-            zero: Some(0),
+            zero: Some(ZeroStage::Zero0),
             tp: Some(1),
             pp: Some(1),
             ..Default::default()
@@ -921,7 +925,7 @@ fn plain_dp_zero1_and_every_recompute_mode() {
             h100(8),
             64,
             Constraints {
-                zero: Some(1),
+                zero: Some(ZeroStage::Zero1),
                 tp: Some(1),
                 pp: Some(1),
                 recompute: vec![r],
@@ -929,7 +933,7 @@ fn plain_dp_zero1_and_every_recompute_mode() {
             },
         );
         let (p, written) = check_case(&c);
-        assert_eq!(p.recompute, r.to_string());
+        assert_eq!(p.recompute, r);
         assert!(p.distribute_optimizer && !p.distribute_param);
         let want = if r == Recompute::Selective {
             vec![Stack::Megatron]

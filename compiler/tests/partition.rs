@@ -26,7 +26,7 @@ fn request() -> PlanRequest {
     c.pp = Some(2);
     c.micro_batch_size = Some(1);
     c.recompute = vec![Recompute::None];
-    c.zero = Some(0);
+    c.zero = Some(moai_compiler::ZeroStage::Zero0);
     c.sequence_parallel = Some(false);
     c.schedules = vec![Schedule::OneFOneB];
     req

@@ -98,8 +98,8 @@ fn h100_llama350m_picks_the_fastest_measured_configuration() {
     let report = plan(&model, &cluster, &req).unwrap();
     let p = &report.output.plan;
     assert_eq!(
-        (p.micro_batch_size, p.recompute.as_str()),
-        (16, "none"),
+        (p.micro_batch_size, p.recompute),
+        (16, Recompute::None),
         "{}",
         report.explanation
     );

@@ -75,42 +75,9 @@ impl Schedule {
     }
 }
 
-/// Activation recomputation policy, named as in `moai_ir::train`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Recompute {
-    /// Save every activation backward needs.
-    #[default]
-    None,
-    /// Recompute the attention core (Megatron's selective recomputation).
-    Selective,
-    /// Save only each decoder layer's input; recompute the layer in backward.
-    Full,
-}
-
-impl FromStr for Recompute {
-    type Err = CostError;
-    fn from_str(s: &str) -> Result<Recompute> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "none" | "false" => Ok(Recompute::None),
-            "selective" => Ok(Recompute::Selective),
-            "full" | "true" => Ok(Recompute::Full),
-            _ => Err(CostError::InvalidConfig(format!(
-                "unknown recompute `{s}` (expected none, selective or full)"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for Recompute {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Recompute::None => "none",
-            Recompute::Selective => "selective",
-            Recompute::Full => "full",
-        })
-    }
-}
+/// Activation recomputation policy: the workspace's one recomputation enum,
+/// [`moai_ir::train::RecomputePolicy`] (serde names `none`, `selective`, `full`).
+pub use moai_ir::train::RecomputePolicy as Recompute;
 
 fn one() -> u32 {
     1

@@ -44,8 +44,13 @@ pub enum OptimizerKind {
     Sgd,
 }
 
-/// What the backward pass recomputes instead of keeping.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// What the backward pass recomputes instead of keeping: the one recomputation vocabulary of the
+/// workspace (`moai_costmodel::Recompute` is this type). Serialized as `"none"`, `"selective"` or
+/// `"full"`; parsed from those names case-insensitively, with `false`/`true` for none/full.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum RecomputePolicy {
     /// Keep every activation backward needs.
     #[default]
@@ -126,7 +131,30 @@ macro_rules! names {
 
 names!(PrecisionPolicy, "precision", PrecisionPolicy::AmpBf16 => "amp-bf16", PrecisionPolicy::Bf16 => "bf16", PrecisionPolicy::Fp32 => "fp32");
 names!(OptimizerKind, "optimizer", OptimizerKind::AdamW => "adamw", OptimizerKind::Sgd => "sgd");
-names!(RecomputePolicy, "recompute policy", RecomputePolicy::None => "none", RecomputePolicy::Selective => "selective", RecomputePolicy::Full => "full");
+
+impl fmt::Display for RecomputePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecomputePolicy::None => "none",
+            RecomputePolicy::Selective => "selective",
+            RecomputePolicy::Full => "full",
+        })
+    }
+}
+
+impl FromStr for RecomputePolicy {
+    type Err = IrError;
+    fn from_str(s: &str) -> Result<RecomputePolicy, IrError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" | "false" => Ok(RecomputePolicy::None),
+            "selective" => Ok(RecomputePolicy::Selective),
+            "full" | "true" => Ok(RecomputePolicy::Full),
+            _ => Err(IrError::Analysis(format!(
+                "unknown recompute `{s}` (expected none, selective or full)"
+            ))),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -146,6 +174,23 @@ mod tests {
             "full".parse::<RecomputePolicy>().unwrap(),
             RecomputePolicy::Full
         );
+        assert_eq!(
+            " True".parse::<RecomputePolicy>().unwrap(),
+            RecomputePolicy::Full
+        );
+        assert_eq!(
+            serde_json::to_string(&RecomputePolicy::Selective).unwrap(),
+            "\"selective\""
+        );
+        assert_eq!(
+            serde_json::from_str::<RecomputePolicy>("\"none\"").unwrap(),
+            RecomputePolicy::None
+        );
+        let e = "sometimes"
+            .parse::<RecomputePolicy>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sometimes") && e.contains("selective"), "{e}");
         let e = "fp16".parse::<PrecisionPolicy>().unwrap_err().to_string();
         assert!(e.contains("fp16") && e.contains("amp-bf16"), "{e}");
     }
