@@ -103,8 +103,20 @@ pub struct Breakdown {
     pub exposed_comm_s: f64,
     /// Pipeline bubble.
     pub bubble_s: f64,
-    /// Optimizer step.
+    /// Optimizer step (with the stack's fixed per-step cost).
     pub optimizer_s: f64,
+    /// Tensor-parallel collective seconds per step, before overlap.
+    #[serde(default)]
+    pub tp_comm_s: f64,
+    /// Data-parallel gradient synchronisation seconds per step, before overlap.
+    #[serde(default)]
+    pub dp_comm_s: f64,
+    /// ZeRO-3 parameter all-gather seconds per step, before overlap (0 without ZeRO-3).
+    #[serde(default)]
+    pub zero3_gather_s: f64,
+    /// The software stack the prediction assumes (`megatron`, `deepspeed`, `fsdp`, `eager`).
+    #[serde(default)]
+    pub stack: String,
 }
 
 /// Predictions for a configuration.

@@ -86,6 +86,16 @@ pub fn predicted(e: &Estimate) -> Predicted {
             exposed_comm_s: e.breakdown.exposed_comm_s,
             bubble_s: e.breakdown.bubble_s,
             optimizer_s: e.breakdown.optimizer_s,
+            tp_comm_s: e.breakdown.tp_comm_s,
+            dp_comm_s: e.breakdown.dp_comm_s,
+            zero3_gather_s: e.breakdown.zero3_gather_s,
+            stack: e
+                .sources
+                .stack
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
         },
         stages: e
             .memory
