@@ -30,14 +30,14 @@ pub fn smallest_fitting_flavor(
                 _ => return None,
             }
         }
-        let Ok(c) = Cluster::from_flavor(&row.name, cluster.gpu) else {
+        let Ok(c) = Cluster::from_flavor(row.name, cluster.gpu) else {
             continue;
         };
         if c.devices <= cluster.devices {
             continue;
         }
         let mut c = c;
-        c.links = cluster.links.clone();
+        c.links = cluster.links;
         if search(model, &c, &lean, &cost, &NoProgress).is_ok() {
             return Some(format!("{} ({} × {})", row.name, c.devices, c.gpu));
         }

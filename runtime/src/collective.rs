@@ -39,7 +39,9 @@ thread_local! {
     static CTX: RefCell<RankCtx> = const { RefCell::new(RankCtx { comm: None, rank: 0, error: None }) };
 }
 
-static MAILBOX: Mutex<Option<HashMap<(usize, i64), Vec<f32>>>> = Mutex::new(None);
+/// Messages in flight, by (destination rank, tag).
+type Mailbox = HashMap<(usize, i64), Vec<f32>>;
+static MAILBOX: Mutex<Option<Mailbox>> = Mutex::new(None);
 
 /// Binds this thread to `rank` of `comm` (None: a group of one).
 pub fn bind(comm: Option<Arc<Comm>>, rank: usize) {
@@ -222,41 +224,6 @@ pub fn symbols() -> [(&'static str, *mut ()); 6] {
     ]
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn allreduce_sums_across_threads() {
-        let comm = Comm::new(2);
-        let out: Vec<Vec<f32>> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..2)
-                .map(|r| {
-                    let comm = comm.clone();
-                    s.spawn(move || {
-                        bind(Some(comm), r);
-                        let mut v = vec![r as f32 + 1.0, 10.0 * (r as f32 + 1.0)];
-                        moai_allreduce_f32(v.as_mut_ptr() as i64, 2, 2);
-                        assert!(take_error().is_none());
-                        v
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        assert_eq!(out[0], vec![3.0, 30.0]);
-        assert_eq!(out[1], vec![3.0, 30.0]);
-    }
-
-    #[test]
-    fn mismatched_group_is_reported() {
-        bind(None, 0);
-        let mut v = vec![1.0f32];
-        moai_allreduce_f32(v.as_mut_ptr() as i64, 1, 2);
-        assert!(take_error().unwrap().contains("group of 2"));
-    }
-}
-
 /// `memrefCopy(elem_size, src, dst)`: the strided copy MLIR's memref lowering calls for copies of
 /// non-contiguous memrefs (normally provided by `libmlir_c_runner_utils`). Arguments are unranked memref
 /// descriptors `{rank, *descriptor}` with descriptor `{allocated, aligned, offset, sizes[rank], strides[rank]}`.
@@ -315,4 +282,39 @@ pub struct UnrankedDesc {
     pub rank: i64,
     /// Pointer to the ranked descriptor.
     pub desc: *const u8,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allreduce_sums_across_threads() {
+        let comm = Comm::new(2);
+        let out: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2)
+                .map(|r| {
+                    let comm = comm.clone();
+                    s.spawn(move || {
+                        bind(Some(comm), r);
+                        let mut v = vec![r as f32 + 1.0, 10.0 * (r as f32 + 1.0)];
+                        moai_allreduce_f32(v.as_mut_ptr() as i64, 2, 2);
+                        assert!(take_error().is_none());
+                        v
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(out[0], vec![3.0, 30.0]);
+        assert_eq!(out[1], vec![3.0, 30.0]);
+    }
+
+    #[test]
+    fn mismatched_group_is_reported() {
+        bind(None, 0);
+        let mut v = vec![1.0f32];
+        moai_allreduce_f32(v.as_mut_ptr() as i64, 1, 2);
+        assert!(take_error().unwrap().contains("group of 2"));
+    }
 }

@@ -157,6 +157,7 @@ impl AttnDims {
         ((b * self.h + h) * self.sq + i) * self.sk
     }
     /// Scaled, masked scores of row `(b, h, i)` into `s` (−∞ where masked).
+    #[allow(clippy::too_many_arguments)] // one attention row: its inputs, its indices and its output
     fn scores<T: Float>(
         &self,
         q: &[T],

@@ -29,7 +29,10 @@ pub(crate) fn tensor_shape(t: &TensorProto) -> Result<Vec<usize>, String> {
 }
 
 /// An external data reference: `(location, offset, length)`; `length` is `None` when not declared.
-pub(crate) fn external_ref(t: &TensorProto) -> Option<Result<(String, u64, Option<u64>), String>> {
+/// An external tensor's location, offset and optional length.
+type ExternalRef = (String, u64, Option<u64>);
+
+pub(crate) fn external_ref(t: &TensorProto) -> Option<Result<ExternalRef, String>> {
     if t.data_location.value() != EXTERNAL {
         return None;
     }

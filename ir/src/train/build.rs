@@ -397,8 +397,8 @@ impl<'f> Builder<'f> {
             Op::RmsNorm { .. } | Op::LayerNorm { .. } => {
                 let (x, w) = (self.g.ty(ins[0]).dtype, self.g.ty(ins[1]).dtype);
                 let d = if float_rank(w) > float_rank(x) { w } else { x };
-                for i in 1..ins.len() {
-                    ins[i] = self.cast(ins[i], d, false);
+                for x in ins.iter_mut().skip(1) {
+                    *x = self.cast(*x, d, false);
                 }
                 ins[0] = self.cast(ins[0], d, false);
                 outs[0].dtype = d;

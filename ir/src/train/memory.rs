@@ -214,8 +214,8 @@ pub fn peak_memory(tg: &TrainingGraph, micro_batch: u64, seq: u64) -> Result<Mem
         delta[b.end + 1] -= b.bytes as i128;
     }
     let (mut cur, mut peak, mut at) = (0i128, 0i128, 0usize);
-    for p in 0..len {
-        cur += delta[p];
+    for (p, d) in delta.iter().enumerate().take(len) {
+        cur += d;
         let here = cur + lv.scratch[p] as i128;
         if here > peak {
             peak = here;
