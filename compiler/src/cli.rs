@@ -203,10 +203,13 @@ pub fn parse_gpu(s: &str) -> Result<moai_costmodel::Gpu> {
 pub struct PlanArgs {
     /// Model: .onnx, config.json, Hugging Face model directory or spec string.
     pub model: String,
+    /// Where the job runs.
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// Batch, sequence, precision, optimizer.
     #[command(flatten)]
     pub job: JobArgs,
+    /// Configuration flags that fix dimensions of the search.
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Output directory for plan.json and the emitted artifacts.
@@ -252,10 +255,13 @@ pub struct PlanArgs {
 pub struct EstimateArgs {
     /// Model: .onnx, config.json, Hugging Face model directory or spec string.
     pub model: String,
+    /// Where the job runs.
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// Batch, sequence, precision, optimizer.
     #[command(flatten)]
     pub job: JobArgs,
+    /// Configuration flags that fix dimensions of the search.
     #[command(flatten)]
     pub config: ConfigArgs,
 }
@@ -331,6 +337,7 @@ pub struct SweepArgs {
     /// GPU kind.
     #[arg(long)]
     pub gpu: Option<String>,
+    /// Batch, sequence, precision, optimizer.
     #[command(flatten)]
     pub job: JobArgs,
     /// Write an SVG plot of throughput vs devices here.

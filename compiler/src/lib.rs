@@ -10,6 +10,7 @@
 //! println!("{}", report.output.plan.summary_line());
 //! ```
 
+#![warn(missing_docs)]
 pub mod api;
 pub mod cli;
 pub mod codegen;

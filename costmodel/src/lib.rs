@@ -8,6 +8,7 @@
 //! assert_eq!((c.devices, c.servers), (32, 4));
 //! ```
 
+#![warn(missing_docs)]
 #![allow(clippy::neg_cmp_op_on_partial_ord)] // `!(x > 0.0)` deliberately rejects NaN too.
 
 pub mod blocks;

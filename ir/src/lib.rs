@@ -4,6 +4,7 @@
 //! - [`op`], [`graph`]: the closed canonical op set and the petgraph-based graph with provenance.
 //! - [`cost`]: the per-op cost records shared with the cost model.
 
+#![warn(missing_docs)]
 pub mod cost;
 pub mod dim;
 pub mod dtype;

@@ -95,6 +95,7 @@ pub enum ErrorKind {
         /// What it changes and what moai supports instead.
         why: String,
     },
+    /// A required key is absent.
     #[error("missing required key `{key}`")]
     MissingKey {
         /// The key.

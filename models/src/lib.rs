@@ -12,6 +12,7 @@
 //! Graphs built here have no weights unless asked for ([`Weights::Random`]); see [`build`] for what that
 //! means for execution.
 
+#![warn(missing_docs)]
 mod arch;
 mod build;
 mod error;

@@ -14,6 +14,7 @@
 //! Without feature `mlir` every entry point that needs MLIR returns [`RuntimeError::FeatureDisabled`]
 //! saying how to enable it; emission to MLIR text still works.
 
+#![warn(missing_docs)]
 pub mod bundle;
 pub mod collective;
 pub mod elf;
