@@ -346,6 +346,10 @@ pub struct SweepArgs {
     /// Worker threads.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Stop after this many seconds (at most 604800) for the whole sweep: each flavor's search gets the
+    /// time left divided by the flavors left; flavors not reached say so. Ctrl-C does the same.
+    #[arg(long)]
+    pub time_budget: Option<f64>,
 }
 
 /// Inserts the implicit `plan` subcommand: `moai-compile MODEL ...` means `moai-compile plan MODEL ...`.

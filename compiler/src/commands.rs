@@ -22,7 +22,7 @@ pub fn run(cmd: Command, cancel: &CancelToken) -> Result<()> {
         Command::Inspect(a) => inspect(a),
         Command::Flavors(a) => flavors(a),
         Command::Validate(a) => validate(a),
-        Command::Sweep(a) => sweep(a),
+        Command::Sweep(a) => sweep(a, cancel),
         Command::Use(a) => use_flavor(a),
         Command::Smi(a) => smi(a),
     }
@@ -209,7 +209,7 @@ pub fn validate(a: ValidateArgs) -> Result<()> {
 }
 
 /// `sweep`: the best plan per flavor, a table and optionally an SVG plot.
-pub fn sweep(a: SweepArgs) -> Result<()> {
+pub fn sweep(a: SweepArgs, cancel: &CancelToken) -> Result<()> {
     let flavors = crate::sweep::expand_flavors(&a.flavors)?;
     let gpu = match &a.gpu {
         Some(g) => parse_gpu(g)?,
@@ -217,6 +217,11 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     };
     let mut req = a.job.to_request()?;
     req.threads = a.threads.map(crate::request::check_threads).transpose()?;
+    req.time_budget = a
+        .time_budget
+        .map(crate::request::time_budget_from_secs)
+        .transpose()?;
+    req.cancel = cancel.clone();
     req.validate()?;
     let model = Model::load(&a.model)?;
     let rows = crate::sweep::sweep(&model, &flavors, gpu, &req)?;

@@ -56,14 +56,19 @@ pub fn expand_flavors(spec: &str) -> Result<Vec<String>> {
 
 /// Plans the model on each flavor. A flavor where nothing fits (or that has no mapping for the GPU
 /// kind) becomes a row with the reason, not an error.
+///
+/// Bounded like one search: `req.time_budget` covers the whole sweep (each flavor's search gets the time
+/// left divided by the flavors left, so a cut-short search still returns its best plan), and
+/// `req.cancel` stops it. Flavors not reached are rows saying why (`not planned: ...`).
 pub fn sweep(
     model: &Model,
     flavors: &[String],
     gpu: Gpu,
     req: &PlanRequest,
 ) -> Result<Vec<SweepRow>> {
+    let start = std::time::Instant::now();
     let mut rows = Vec::new();
-    for f in flavors {
+    for (i, f) in flavors.iter().enumerate() {
         let cluster = match Cluster::from_flavor(f, gpu) {
             Ok(c) => c,
             Err(e) => {
@@ -75,7 +80,30 @@ pub fn sweep(
                 continue;
             }
         };
-        let best = match crate::plan(model, &cluster, req) {
+        let mut flavor_req = req.clone();
+        let not_planned = if req.cancel.is_cancelled() {
+            Some("not planned: interrupted".to_string())
+        } else if let Some(total) = req.time_budget {
+            let left = total.saturating_sub(start.elapsed());
+            flavor_req.time_budget = Some(left / (flavors.len() - i) as u32);
+            left.is_zero().then(|| {
+                format!(
+                    "not planned: the time budget of {:.1} s was spent",
+                    total.as_secs_f64()
+                )
+            })
+        } else {
+            None
+        };
+        if let Some(why) = not_planned {
+            rows.push(SweepRow {
+                flavor: f.clone(),
+                devices: cluster.devices as u64,
+                best: Err(why),
+            });
+            continue;
+        }
+        let best = match crate::plan(model, &cluster, &flavor_req) {
             Ok(r) => {
                 let p = &r.output.predicted;
                 Ok((
@@ -87,6 +115,8 @@ pub fn sweep(
                 ))
             }
             Err(PlanError::NoFeasiblePlan(why)) => Err(format!("nothing fits: {why}")),
+            Err(PlanError::Stopped(why)) => Err(format!("not planned: {why}")),
+            Err(PlanError::Interrupted) => Err("not planned: interrupted".to_string()),
             Err(e) => return Err(e),
         };
         rows.push(SweepRow {

@@ -91,3 +91,69 @@ fn sweep_rows_equal_the_plans_of_their_flavors() {
         );
     }
 }
+
+/// `--time-budget` bounds the whole sweep: every flavor of the catalog range gets a row, in about the
+/// budget (each flavor's search gets the time left over the flavors left; a cut-short search still does a
+/// bounded minimum of work, hence the slack), and the budget is checked like `plan`'s.
+#[test]
+fn a_time_budget_bounds_the_whole_sweep() {
+    let t0 = std::time::Instant::now();
+    let table = stdout_of(&[
+        "--log",
+        "warn",
+        "sweep",
+        MODEL,
+        "--flavors",
+        "Small.64GB..8xLarge.4096GB",
+        "--time-budget",
+        "2",
+    ]);
+    let secs = t0.elapsed().as_secs_f64();
+    let rows = table
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    assert_eq!(rows, 10, "one row per flavor:\n{table}");
+    assert!(secs < 30.0, "a 2 s sweep ran {secs:.1} s");
+    let r = moai(&[
+        "sweep",
+        MODEL,
+        "--flavors",
+        "Small.64GB..Large.256GB",
+        "--time-budget",
+        "0",
+    ]);
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.trim().lines().count() == 1 && err.contains("--time-budget"),
+        "{err}"
+    );
+}
+
+/// A cancelled request (Ctrl-C) plans no further flavor: the rows say so and the sweep still returns.
+#[test]
+fn a_cancelled_sweep_returns_rows_saying_so() {
+    let model = moai_compiler::Model::load(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/llama2-13b.onnx")
+            .to_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let req = moai_compiler::PlanRequest::new(256, 1024);
+    req.cancel.cancel();
+    let flavors = vec!["Large.256GB".to_string(), "4xLarge.2048GB".to_string()];
+    let rows =
+        moai_compiler::sweep::sweep(&model, &flavors, moai_costmodel::Gpu::Mi250, &req).unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!(
+            r.best.as_ref().unwrap_err(),
+            "not planned: interrupted",
+            "{r:?}"
+        );
+        assert!(r.devices > 0);
+    }
+}

@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cancel = CancelToken::new();
-    if matches!(cli.command, Command::Plan(_)) {
+    if matches!(cli.command, Command::Plan(_) | Command::Sweep(_)) {
         on_ctrl_c(&cancel);
     }
     match moai_compiler::commands::run(cli.command, &cancel) {
