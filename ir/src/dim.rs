@@ -119,7 +119,9 @@ impl Dim {
         let mut terms = self.terms.clone();
         for (m, c) in &other.terms {
             let e = terms.entry(m.clone()).or_insert(0);
-            *e += c;
+            // Coefficients saturate: absurd sizes from a corrupt model stay absurd instead of panicking
+            // (the importer's own checks then reject them).
+            *e = e.saturating_add(*c);
             if *e == 0 {
                 terms.remove(m);
             }
@@ -138,7 +140,11 @@ impl Dim {
             return Dim::constant(0);
         }
         Dim {
-            terms: self.terms.iter().map(|(m, c)| (m.clone(), c * k)).collect(),
+            terms: self
+                .terms
+                .iter()
+                .map(|(m, c)| (m.clone(), c.saturating_mul(k)))
+                .collect(),
         }
     }
 
@@ -149,7 +155,7 @@ impl Dim {
             for (m2, c2) in &other.terms {
                 let mono = mul_monomials(m1, m2);
                 let mut terms = BTreeMap::new();
-                terms.insert(mono, c1 * c2);
+                terms.insert(mono, c1.saturating_mul(*c2));
                 acc = acc.add(&Dim { terms });
             }
         }
@@ -159,9 +165,9 @@ impl Dim {
     /// `floor(self / other)`, simplified when the division is exact term by term.
     pub fn floor_div(&self, other: &Dim) -> Dim {
         if let (Some(a), Some(b)) = (self.as_const(), other.as_const())
-            && b != 0
+            && let Some(q) = a.checked_div_euclid(b)
         {
-            return Dim::constant(a.div_euclid(b));
+            return Dim::constant(q);
         }
         if other.as_const() == Some(1) {
             return self.clone();
@@ -178,9 +184,9 @@ impl Dim {
     /// `self mod other`, simplified when the division is exact.
     pub fn rem(&self, other: &Dim) -> Dim {
         if let (Some(a), Some(b)) = (self.as_const(), other.as_const())
-            && b != 0
+            && let Some(r) = a.checked_rem_euclid(b)
         {
-            return Dim::constant(a.rem_euclid(b));
+            return Dim::constant(r);
         }
         if self.exact_div(other).is_some() {
             return Dim::constant(0);
@@ -240,11 +246,11 @@ impl Dim {
         }
         let mut terms = BTreeMap::new();
         for (m, c) in &self.terms {
-            if c % dc != 0 {
+            if c.checked_rem(*dc)? != 0 {
                 return None;
             }
             let q = div_monomial(m, dm)?;
-            terms.insert(q, c / dc);
+            terms.insert(q, c.checked_div(*dc)?);
         }
         Some(Dim { terms })
     }
@@ -253,7 +259,8 @@ impl Dim {
 fn mul_monomials(a: &Monomial, b: &Monomial) -> Monomial {
     let mut map: BTreeMap<Atom, u32> = a.iter().cloned().collect();
     for (atom, e) in b {
-        *map.entry(atom.clone()).or_insert(0) += e;
+        let x = map.entry(atom.clone()).or_insert(0);
+        *x = x.saturating_add(*e);
     }
     map.into_iter().collect()
 }
@@ -279,13 +286,11 @@ impl Atom {
             Atom::Sym(s) => env(s),
             Atom::FloorDiv(a, b) => {
                 let d = b.eval(env)?;
-                (d != 0).then_some(())?;
-                Some(a.eval(env)?.div_euclid(d))
+                a.eval(env)?.checked_div_euclid(d)
             }
             Atom::Mod(a, b) => {
                 let d = b.eval(env)?;
-                (d != 0).then_some(())?;
-                Some(a.eval(env)?.rem_euclid(d))
+                a.eval(env)?.checked_rem_euclid(d)
             }
             Atom::Max(a, b) => Some(a.eval(env)?.max(b.eval(env)?)),
             Atom::Min(a, b) => Some(a.eval(env)?.min(b.eval(env)?)),
@@ -411,6 +416,20 @@ mod tests {
             "seq" => Some(s),
             _ => None,
         }
+    }
+
+    #[test]
+    fn absurd_sizes_saturate_instead_of_panicking() {
+        let big = Dim::constant(i64::MAX / 2);
+        assert_eq!(big.mul(&big).as_const(), Some(i64::MAX));
+        assert_eq!(big.add(&big).add(&big).as_const(), Some(i64::MAX));
+        assert_eq!(Dim::constant(i64::MIN).scale(-1).as_const(), Some(i64::MAX));
+        // i64::MIN / -1 overflows: the division stays symbolic instead of panicking.
+        let q = Dim::constant(i64::MIN).floor_div(&Dim::constant(-1));
+        assert_eq!(q.as_const(), None);
+        let r = Dim::constant(i64::MIN).rem(&Dim::constant(-1));
+        assert_eq!(r.as_const(), None);
+        assert_eq!(q.eval(&|_| None), None);
     }
 
     #[test]

@@ -193,6 +193,17 @@ fn random_bytes_are_rejected() {
     );
 }
 
+/// A model the fuzzer found (fuzz/corpus/onnx_import/reshape-dim-overflow.onnx): a Reshape whose
+/// constant target overflowed the symbolic dimension arithmetic (a multiply-with-overflow panic in a
+/// build with overflow checks). Import must return, whatever it returns.
+#[test]
+fn reshape_with_absurd_dims_does_not_panic() {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus/onnx_import/reshape-dim-overflow.onnx");
+    let r = std::panic::catch_unwind(|| moai_ir::onnx::import(&p).map(|_| ()));
+    assert!(r.is_ok(), "import panicked");
+}
+
 #[test]
 fn truncated_protobuf_is_rejected() {
     let d = temp_dir("truncated");
