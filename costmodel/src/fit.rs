@@ -141,9 +141,12 @@ pub const PRIORS: ([GpuPrior; 5], [StackPrior; 4]) = (
 /// Prior weight of the fit.
 pub const PRIOR_WEIGHT: f64 = 0.02;
 
-/// The starting file: `base` with every time coefficient at its prior.
+/// The starting file: `base` with every coefficient at its prior (time coefficients at [`PRIORS`], the
+/// allocator model at its mechanism default), so nothing fitted before (on rows a cross-validation fold
+/// holds out) survives into a refit.
 pub fn prior_file(base: &EfficiencyFile) -> EfficiencyFile {
     let mut f = base.clone();
+    f.allocator = Allocator::default();
     for (g, m, a, mem) in PRIORS.0 {
         let mut e = f.get(g).clone();
         e.gpu = g;
@@ -327,7 +330,7 @@ pub fn fit_allocator(samples: &[FitSample], base: &EfficiencyFile) -> Result<All
 
 /// The whole committed procedure over every truth row: time coefficients fitted jointly from the
 /// priors ([`prior_file`]), each fitted entry's `source` saying from how many rows; the allocator
-/// model fitted to the rows' measured peaks (kept from `base` when fewer than two).
+/// model fitted to the rows' measured peaks (its prior when fewer than two).
 pub fn refit(base: &EfficiencyFile, samples: &[FitSample]) -> Result<EfficiencyFile> {
     let preps = prepare_all(samples);
     refit_prepared(base, samples, &preps)
