@@ -6,10 +6,8 @@ use crate::error::{PlanError, Result};
 use crate::model::Model;
 use crate::request::PlanRequest;
 use crate::search::train_options;
-use moai_costmodel::validate::{
-    CrossValidation, TruthRow, ValidationReport, cross_validate, read_truth, validate,
-};
-use moai_costmodel::{CostError, ProfiledCostModel};
+use moai_costmodel::CostError;
+use moai_costmodel::validate::{CrossValidation, TruthRow, cross_validate, read_truth};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -34,10 +32,16 @@ pub fn validate_files(paths: &[std::path::PathBuf], cross: bool) -> Result<Cross
         }
     }
     let profiles = ProfileLoader::default();
+    // The cost model calls back with references into `rows`: find each row's file by address, once.
+    let index: HashMap<usize, usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (_, r))| (r as *const TruthRow as usize, i))
+        .collect();
     let profile_for = |row: &TruthRow| {
-        let i = rows
-            .iter()
-            .position(|(_, r)| std::ptr::eq(r, row))
+        let i = index
+            .get(&(row as *const TruthRow as usize))
+            .copied()
             .unwrap_or(0);
         profiles.profile(row, &bases[i])
     };
@@ -99,56 +103,4 @@ impl ProfileLoader {
         )
         .map_err(|e| CostError::StepProfile(format!("{}: {e}", row.name)))
     }
-}
-
-/// Reads a truth file and compares every row with the default cost model's prediction.
-pub fn validate_file(path: &Path) -> Result<ValidationReport> {
-    let rows = read_truth(path)?;
-    if rows.is_empty() {
-        return Err(PlanError::InvalidArgument(format!(
-            "{}: no truth rows",
-            path.display()
-        )));
-    }
-    let base = path.parent().unwrap_or(Path::new("."));
-    let models: Mutex<HashMap<String, std::sync::Arc<Model>>> = Mutex::new(HashMap::new());
-    let load = |spec: &str| -> std::result::Result<std::sync::Arc<Model>, CostError> {
-        if let Some(m) = models.lock().expect("model cache").get(spec) {
-            return Ok(m.clone());
-        }
-        let local = base.join(spec);
-        let src = if local.exists() {
-            local.display().to_string()
-        } else {
-            spec.to_string()
-        };
-        let m = std::sync::Arc::new(
-            Model::load(&src).map_err(|e| CostError::StepProfile(e.to_string()))?,
-        );
-        models
-            .lock()
-            .expect("model cache")
-            .insert(spec.to_string(), m.clone());
-        Ok(m)
-    };
-    let profile_for = |row: &moai_costmodel::TruthRow| {
-        let model = load(&row.model)?;
-        let mut req = PlanRequest::new(row.batch, row.seq);
-        req.precision = row
-            .precision
-            .parse()
-            .map_err(|e| CostError::StepProfile(format!("{}: precision: {e}", row.name)))?;
-        req.optimizer = row
-            .optimizer
-            .parse()
-            .map_err(|e| CostError::StepProfile(format!("{}: optimizer: {e}", row.name)))?;
-        moai_ir::train::step_profile(
-            &model.graph,
-            &train_options(&req, row.config.recompute),
-            row.config.micro_batch_size as u64,
-            row.seq,
-        )
-        .map_err(|e| CostError::StepProfile(format!("{}: {e}", row.name)))
-    };
-    Ok(validate(&rows, &profile_for, &ProfiledCostModel::new()))
 }
