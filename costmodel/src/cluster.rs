@@ -8,9 +8,14 @@
 //!   gives only the links, not the server topology.
 //! - MI300X: 7 Infinity Fabric links of 64 GB/s, fully connected 8-GPU node: a group of `g` devices
 //!   uses `g-1` links each (`server` is a mesh link).
-//! - H100: NVLink/NVSwitch 450 GB/s; A100: 300 GB/s.
+//! - H100 and H200: NVLink/NVSwitch 450 GB/s; A100: 300 GB/s; B200: NVLink 5, 900 GB/s (datasheets).
+//! - MI325X: as MI300X (same package and links); MI355X: 7 Infinity Fabric links of 76.8 GB/s
+//!   (1,075.2 GB/s aggregate bidirectional, AMD datasheet), fully connected.
 //! - Between servers (documented assumption of DESIGN.md): 4×200 Gb/s per AMD server (12.5 GB/s per
-//!   device of 8), 8×200 Gb/s InfiniBand per H100/A100 server (25 GB/s per GPU).
+//!   device of 8), 8×200 Gb/s InfiniBand per H100/H200/A100 server (25 GB/s per GPU). Assumption for
+//!   the newer generation: one 400 Gb/s NIC per GPU (50 GB/s) for B200 (the DGX B200 datasheet's
+//!   8× ConnectX-7 400 Gb/s) and MI355X (AMD's reference platform pairs each GPU with a 400 Gb/s NIC);
+//!   MI325X keeps the MI300X default.
 //!
 //! Latencies (α) are assumptions from typical NCCL/RCCL measurements: 5 µs inside a server, 15 µs
 //! between servers; achievable bus bandwidth is 80% of the link figure (`efficiency`).
@@ -92,6 +97,14 @@ impl Links {
         const INTER: f64 = 15e-6;
         let amd_net = Link::new(4.0 * 200e9 / 8.0 / 8.0, INTER);
         let ib_net = Link::new(8.0 * 200e9 / 8.0 / 8.0, INTER);
+        let nic400 = Link::new(400e9 / 8.0, INTER);
+        let fabric = |per_link: f64| {
+            let mesh = Link {
+                mesh: true,
+                ..Link::new(per_link, INTRA)
+            };
+            (mesh, mesh)
+        };
         match gpu {
             Gpu::Mi250 => Links {
                 pair: Link::new(200e9, INTRA),
@@ -103,18 +116,31 @@ impl Links {
                 server: Link::new(32e9, INTRA),
                 network: amd_net,
             },
-            Gpu::Mi300x => {
-                let mesh = Link {
-                    mesh: true,
-                    ..Link::new(64e9, INTRA)
-                };
+            Gpu::Mi300x | Gpu::Mi325x => {
+                let (pair, server) = fabric(64e9);
                 Links {
-                    pair: mesh,
-                    server: mesh,
+                    pair,
+                    server,
                     network: amd_net,
                 }
             }
-            Gpu::H100 => {
+            Gpu::Mi355x => {
+                let (pair, server) = fabric(76.8e9);
+                Links {
+                    pair,
+                    server,
+                    network: nic400,
+                }
+            }
+            Gpu::B200 => {
+                let nv = Link::new(900e9, INTRA);
+                Links {
+                    pair: nv,
+                    server: nv,
+                    network: nic400,
+                }
+            }
+            Gpu::H100 | Gpu::H200 => {
                 let nv = Link::new(450e9, INTRA);
                 Links {
                     pair: nv,
@@ -134,7 +160,8 @@ impl Links {
     }
 }
 
-/// Devices per server for every kind moai knows (8 GCDs = 4 MI250; 8 MI210; 8 MI300X; 8 H100; 8 A100).
+/// Devices per server for every kind moai knows (8 GCDs = 4 MI250; 8 MI210; 8 MI300X, MI325X or
+/// MI355X; 8 H100, H200, B200 or A100).
 pub const DEVICES_PER_SERVER: u32 = 8;
 
 /// A set of identical devices in servers, with its links.
@@ -469,7 +496,7 @@ mod tests {
                 r#"{"gpu":"h100","devices":8,"flavor":"Large.256GB"}"#,
                 "`flavor`",
             ),
-            (r#"{"gpu":"h200","devices":8}"#, "`gpu`"),
+            (r#"{"gpu":"v100","devices":8}"#, "`gpu`"),
             (r#"{"devices":8}"#, "missing field `gpu`"),
         ];
         for (text, want) in bad {

@@ -1,8 +1,9 @@
 //! Devices: the GPU kinds moai plans for and their peak figures.
 //!
-//! Peak bf16 matrix throughput, HBM size and bandwidth come from `data/hardware_peaks.csv` (a copy of
-//! `shared/data/hardware_peaks.csv`: vendor datasheets and ROCm architecture pages), parsed once. The
-//! fp32 peaks are not in that table; they are datasheet figures recorded in [`FP32_PEAKS`].
+//! Peak bf16 and fp8 dense matrix throughput, HBM size and bandwidth come from
+//! `data/hardware_peaks.csv` (vendor datasheets and ROCm architecture pages, cited per row), parsed
+//! once. The fp32 peaks are not in that table; they are datasheet figures recorded in [`FP32_PEAKS`].
+//! A GPU kind without FP8 matrix units (A100, MI250, MI210) has an empty `fp8_dense_tflops` cell.
 
 use crate::error::{CostError, Result};
 use serde::{Deserialize, Serialize};
@@ -15,13 +16,19 @@ pub const HARDWARE_PEAKS_CSV: &str = include_str!("../data/hardware_peaks.csv");
 
 /// fp32 peaks (FLOP/s) per GPU kind, from vendor datasheets (not in the CSV): A100 SXM 19.5 TFLOP/s
 /// (non-tensor), H100 SXM5 66.9 TFLOP/s, MI250 GCD 45.3 TFLOP/s (half of the OAM's 90.5 matrix fp32),
-/// MI210 45.3 TFLOP/s (matrix fp32), MI300X 163.4 TFLOP/s (matrix fp32).
-pub const FP32_PEAKS: [(Gpu, f64); 5] = [
+/// MI210 45.3 TFLOP/s (matrix fp32), MI300X 163.4 TFLOP/s (matrix fp32), H200 66.9 TFLOP/s (the H100
+/// die), HGX B200 80 TFLOP/s (1000 W), MI325X 163.4 TFLOP/s (the MI300X die), MI355X 157.3 TFLOP/s
+/// (vector fp32, AMD MI355X datasheet).
+pub const FP32_PEAKS: [(Gpu, f64); 9] = [
     (Gpu::A100, 19.5e12),
     (Gpu::H100, 66.9e12),
     (Gpu::Mi250, 45.3e12),
     (Gpu::Mi210, 45.3e12),
     (Gpu::Mi300x, 163.4e12),
+    (Gpu::H200, 66.9e12),
+    (Gpu::B200, 80.0e12),
+    (Gpu::Mi325x, 163.4e12),
+    (Gpu::Mi355x, 157.3e12),
 ];
 
 /// Maximum achievable matmul throughput per GPU kind and dtype
@@ -32,6 +39,12 @@ pub const MATMUL_MAX_ACHIEVABLE_CSV: &str = include_str!("../data/matmul_max_ach
 
 /// The bf16 maximum achievable FLOP/s of a GPU kind from [`MATMUL_MAX_ACHIEVABLE_CSV`], if listed.
 pub fn max_achievable_bf16(gpu: Gpu) -> Option<f64> {
+    max_achievable(gpu, "bf16")
+}
+
+/// The maximum achievable FLOP/s of a GPU kind for `dtype` (`bf16`, `fp16`, `fp8`) from
+/// [`MATMUL_MAX_ACHIEVABLE_CSV`], if listed.
+pub fn max_achievable(gpu: Gpu, dtype: &str) -> Option<f64> {
     let mut lines = MATMUL_MAX_ACHIEVABLE_CSV
         .lines()
         .filter(|l| !l.trim().is_empty());
@@ -40,7 +53,7 @@ pub fn max_achievable_bf16(gpu: Gpu) -> Option<f64> {
     let (cg, cd, cm) = (col("gpu")?, col("dtype")?, col("max_achievable_tflops")?);
     lines.map(split_csv_line).find_map(|f| {
         let g: Gpu = f.get(cg)?.parse().ok()?;
-        (g == gpu && f.get(cd)?.trim() == "bf16")
+        (g == gpu && f.get(cd)?.trim() == dtype)
             .then(|| f.get(cm)?.trim().parse::<f64>().ok())
             .flatten()
             .map(|t| t * 1e12)
@@ -62,11 +75,32 @@ pub enum Gpu {
     H100,
     /// NVIDIA A100 SXM 80 GB.
     A100,
+    /// NVIDIA H200 SXM 141 GB (the H100 die with HBM3e).
+    H200,
+    /// NVIDIA B200 (HGX, 1000 W, 180 GB usable).
+    B200,
+    /// AMD Instinct MI325X (gfx942, the MI300X die with 256 GB HBM3E).
+    Mi325x,
+    /// AMD Instinct MI355X (gfx950).
+    Mi355x,
 }
 
 impl Gpu {
     /// Every kind, in catalog order.
-    pub const ALL: [Gpu; 5] = [Gpu::Mi250, Gpu::Mi210, Gpu::Mi300x, Gpu::H100, Gpu::A100];
+    pub const ALL: [Gpu; 9] = [
+        Gpu::Mi250,
+        Gpu::Mi210,
+        Gpu::Mi300x,
+        Gpu::H100,
+        Gpu::A100,
+        Gpu::H200,
+        Gpu::B200,
+        Gpu::Mi325x,
+        Gpu::Mi355x,
+    ];
+
+    /// The names `--gpu` accepts, comma-separated, in catalog order.
+    pub const NAMES: &'static str = "mi250, mi210, mi300x, h100, a100, h200, b200, mi325x, mi355x";
 
     /// The lowercase name used on the command line.
     pub fn name(self) -> &'static str {
@@ -76,12 +110,25 @@ impl Gpu {
             Gpu::Mi300x => "mi300x",
             Gpu::H100 => "h100",
             Gpu::A100 => "a100",
+            Gpu::H200 => "h200",
+            Gpu::B200 => "b200",
+            Gpu::Mi325x => "mi325x",
+            Gpu::Mi355x => "mi355x",
         }
     }
 
     /// True for AMD devices.
     pub fn is_amd(self) -> bool {
-        matches!(self, Gpu::Mi250 | Gpu::Mi210 | Gpu::Mi300x)
+        matches!(
+            self,
+            Gpu::Mi250 | Gpu::Mi210 | Gpu::Mi300x | Gpu::Mi325x | Gpu::Mi355x
+        )
+    }
+
+    /// True when the device has FP8 matrix units (a dense fp8 peak in `hardware_peaks.csv`): H100,
+    /// H200, B200, MI300X, MI325X, MI355X; not A100, MI250, MI210.
+    pub fn has_fp8(self) -> bool {
+        self.spec().peak_fp8_flops.is_some()
     }
 
     /// The device's peak figures.
@@ -107,6 +154,10 @@ impl FromStr for Gpu {
             "mi300x" => Ok(Gpu::Mi300x),
             "h100" => Ok(Gpu::H100),
             "a100" => Ok(Gpu::A100),
+            "h200" => Ok(Gpu::H200),
+            "b200" => Ok(Gpu::B200),
+            "mi325x" => Ok(Gpu::Mi325x),
+            "mi355x" => Ok(Gpu::Mi355x),
             _ => Err(CostError::UnknownGpu(s.to_string())),
         }
     }
@@ -121,6 +172,9 @@ pub struct DeviceSpec {
     pub name: String,
     /// Peak dense bf16 matrix throughput, FLOP/s.
     pub peak_bf16_flops: f64,
+    /// Peak dense fp8 matrix throughput, FLOP/s; `None` for a device without FP8 matrix units.
+    #[serde(default)]
+    pub peak_fp8_flops: Option<f64>,
     /// Peak fp32 throughput, FLOP/s.
     pub peak_fp32_flops: f64,
     /// HBM capacity in bytes (the data sheet's "GB" read as GiB, as the runtimes report it).
@@ -133,6 +187,10 @@ pub struct DeviceSpec {
     /// Maximum achievable dense bf16 matmul throughput (FLOP/s): the asymptote of the GEMM model
     /// (see [`MATMUL_MAX_ACHIEVABLE_CSV`]).
     pub max_achievable_bf16_flops: f64,
+    /// Maximum achievable dense fp8 matmul throughput (FLOP/s): the asymptote of the GEMM model for
+    /// FP8 GEMMs; `None` without FP8 matrix units.
+    #[serde(default)]
+    pub max_achievable_fp8_flops: Option<f64>,
     /// Interconnect as the data sheet describes it.
     pub interconnect: String,
     /// Where the figures come from.
@@ -140,21 +198,37 @@ pub struct DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// Peak FLOP/s for a compute dtype (bf16/f16/f8 use the bf16 matrix peak, everything else fp32).
+    /// Peak FLOP/s for a compute dtype: the fp8 matrix peak for 8-bit floats on a device with FP8
+    /// matrix units (the bf16 peak without them), the bf16 matrix peak for bf16/f16, fp32 otherwise.
     pub fn peak_flops(&self, dtype: moai_ir::DType) -> f64 {
         use moai_ir::DType::*;
         match dtype {
-            BF16 | F16 | F8E4M3FN | F8E4M3FNUZ | F8E5M2 | F8E5M2FNUZ => self.peak_bf16_flops,
+            F8E4M3FN | F8E4M3FNUZ | F8E5M2 | F8E5M2FNUZ => {
+                self.peak_fp8_flops.unwrap_or(self.peak_bf16_flops)
+            }
+            BF16 | F16 => self.peak_bf16_flops,
             _ => self.peak_fp32_flops,
         }
     }
 }
 
 impl DeviceSpec {
-    /// Maximum achievable matmul FLOP/s for a compute dtype: the bf16 asymptote for 16- and 8-bit
-    /// types, the fp32 peak scaled by the same achievable fraction otherwise.
+    /// Maximum achievable matmul FLOP/s for a compute dtype: the fp8 asymptote for 8-bit floats on a
+    /// device with FP8 matrix units, the bf16 asymptote for 16-bit types (and 8-bit ones without FP8
+    /// units), the fp32 peak scaled by the bf16 achievable fraction otherwise.
     pub fn max_achievable_flops(&self, dtype: moai_ir::DType) -> f64 {
+        use moai_ir::DType::*;
+        if matches!(dtype, F8E4M3FN | F8E4M3FNUZ | F8E5M2 | F8E5M2FNUZ)
+            && let Some(f) = self.max_achievable_fp8_flops
+        {
+            return f;
+        }
         let frac = self.max_achievable_bf16_flops / self.peak_bf16_flops;
+        let dtype = if matches!(dtype, F8E4M3FN | F8E4M3FNUZ | F8E5M2 | F8E5M2FNUZ) {
+            BF16
+        } else {
+            dtype
+        };
         self.peak_flops(dtype) * if frac.is_finite() { frac } else { 0.75 }
     }
 }
@@ -175,8 +249,9 @@ pub(crate) fn split_csv_line(line: &str) -> Vec<String> {
     fields
 }
 
-/// Parses the hardware table (`device,unit,bf16_dense_tflops,hbm_GB,hbm_TBps,...`) into one spec per
-/// GPU kind, in [`Gpu::ALL`] order. MI250 uses the `GCD` row.
+/// Parses the hardware table (`device,unit,bf16_dense_tflops,fp8_dense_tflops,hbm_GB,hbm_TBps,...`)
+/// into one spec per GPU kind, in [`Gpu::ALL`] order. MI250 uses the `GCD` row; an empty
+/// `fp8_dense_tflops` means no FP8 matrix units.
 pub fn parse_hardware_csv(csv: &str) -> Result<Vec<DeviceSpec>> {
     let bad = |reason: String| CostError::Profile {
         origin: "hardware_peaks.csv".into(),
@@ -191,6 +266,7 @@ pub fn parse_hardware_csv(csv: &str) -> Result<Vec<DeviceSpec>> {
             .ok_or_else(|| bad(format!("missing column `{name}`")))
     };
     let c_cu = col("compute_units")?;
+    let c_fp8 = col("fp8_dense_tflops")?;
     let (c_dev, c_unit, c_tf, c_gb, c_bw, c_ic, c_src) = (
         col("device")?,
         col("unit")?,
@@ -215,6 +291,14 @@ pub fn parse_hardware_csv(csv: &str) -> Result<Vec<DeviceSpec>> {
             Gpu::A100
         } else if dev.starts_with("H100") {
             Gpu::H100
+        } else if dev.starts_with("H200") {
+            Gpu::H200
+        } else if dev.starts_with("B200") {
+            Gpu::B200
+        } else if dev.starts_with("MI325X") {
+            Gpu::Mi325x
+        } else if dev.starts_with("MI355X") {
+            Gpu::Mi355x
         } else if dev.starts_with("MI250") && unit == "GCD" {
             Gpu::Mi250
         } else if dev.starts_with("MI210") {
@@ -244,13 +328,25 @@ pub fn parse_hardware_csv(csv: &str) -> Result<Vec<DeviceSpec>> {
         let peak = num(c_tf)? * 1e12;
         // Unlisted kinds: 0.75 of peak (typical of the listed ones).
         let mamf = max_achievable_bf16(gpu).unwrap_or(0.75 * peak).min(peak);
+        let fp8 = match get(c_fp8).as_str() {
+            "" => None,
+            _ => Some(num(c_fp8)? * 1e12),
+        };
+        // Without a measured fp8 asymptote: the bf16 achievable fraction of the fp8 peak.
+        let mamf8 = fp8.map(|p8| {
+            max_achievable(gpu, "fp8")
+                .unwrap_or(p8 * mamf / peak)
+                .min(p8)
+        });
         out[idx] = Some(DeviceSpec {
             gpu,
             name: format!("{} ({})", get(c_dev), get(c_unit)),
             peak_bf16_flops: peak,
+            peak_fp8_flops: fp8,
             peak_fp32_flops: fp32,
             compute_units: cus,
             max_achievable_bf16_flops: mamf,
+            max_achievable_fp8_flops: mamf8,
             hbm_bytes: (num(c_gb)? * (1u64 << 30) as f64) as u64,
             hbm_bytes_per_s: num(c_bw)? * 1e12,
             interconnect,
@@ -278,7 +374,7 @@ mod tests {
     #[test]
     fn embedded_table_has_every_gpu() {
         let t = parse_hardware_csv(HARDWARE_PEAKS_CSV).unwrap();
-        assert_eq!(t.len(), 5);
+        assert_eq!(t.len(), Gpu::ALL.len());
         assert_eq!(Gpu::Mi250.spec().peak_bf16_flops, 181.0e12);
         assert_eq!(Gpu::Mi250.spec().hbm_bytes, 64 << 30);
         assert_eq!(Gpu::H100.spec().peak_bf16_flops, 989.4e12);
@@ -290,7 +386,61 @@ mod tests {
             let s = g.spec();
             assert!(s.max_achievable_bf16_flops > 0.5 * s.peak_bf16_flops);
             assert!(s.max_achievable_bf16_flops <= s.peak_bf16_flops);
+            assert_eq!(g.name().parse::<Gpu>().unwrap(), g);
+            assert!(Gpu::NAMES.contains(g.name()), "{g}");
+            if let (Some(p8), Some(m8)) = (s.peak_fp8_flops, s.max_achievable_fp8_flops) {
+                // fp8 runs at twice the bf16 rate on every listed device; achievable below peak.
+                assert!((p8 / s.peak_bf16_flops - 2.0).abs() < 1e-3, "{g}");
+                assert!(m8 <= p8 && m8 > s.max_achievable_bf16_flops, "{g}");
+            } else {
+                assert!(s.max_achievable_fp8_flops.is_none(), "{g}");
+            }
         }
+    }
+
+    #[test]
+    fn new_gpus_come_from_their_datasheets() {
+        let fp8: Vec<Gpu> = Gpu::ALL.into_iter().filter(|g| g.has_fp8()).collect();
+        assert_eq!(
+            fp8,
+            vec![
+                Gpu::Mi300x,
+                Gpu::H100,
+                Gpu::H200,
+                Gpu::B200,
+                Gpu::Mi325x,
+                Gpu::Mi355x
+            ]
+        );
+        let h200 = Gpu::H200.spec();
+        assert_eq!(h200.peak_bf16_flops, 989.4e12);
+        assert_eq!(h200.hbm_bytes, 141 << 30);
+        assert_eq!(h200.hbm_bytes_per_s, 4.8e12);
+        assert_eq!(h200.compute_units, 132);
+        let b200 = Gpu::B200.spec();
+        assert_eq!(b200.peak_bf16_flops, 2250e12);
+        assert_eq!(b200.peak_fp8_flops, Some(4500e12));
+        assert_eq!(b200.hbm_bytes, 180 << 30);
+        assert_eq!(b200.compute_units, 148);
+        let mi325 = Gpu::Mi325x.spec();
+        assert_eq!(mi325.hbm_bytes, 256 << 30);
+        assert_eq!(mi325.hbm_bytes_per_s, 6.0e12);
+        assert_eq!(mi325.compute_units, 304);
+        let mi355 = Gpu::Mi355x.spec();
+        assert_eq!(mi355.peak_fp8_flops, Some(5033.2e12));
+        assert_eq!(mi355.hbm_bytes, 288 << 30);
+        assert_eq!(mi355.compute_units, 256);
+        assert!(Gpu::Mi325x.is_amd() && Gpu::Mi355x.is_amd() && !Gpu::B200.is_amd());
+        // 8-bit GEMMs run at the fp8 asymptote where there are FP8 units, the bf16 one otherwise.
+        use moai_ir::DType;
+        assert_eq!(
+            Gpu::H100.spec().max_achievable_flops(DType::F8E4M3FN),
+            1402.6e12
+        );
+        assert_eq!(
+            Gpu::A100.spec().max_achievable_flops(DType::F8E4M3FN),
+            Gpu::A100.spec().max_achievable_flops(DType::BF16)
+        );
     }
 
     #[test]

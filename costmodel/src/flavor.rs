@@ -2,7 +2,8 @@
 //!
 //! A flavor's memory is counted in 64 GB MI250 GCDs: `4xLarge.2048GB` = 32 GCDs = 16 MI250 = 32 MI210
 //! = 8 MI300X (one MI300X stands for 4 GCDs), scaled linearly for the others (DESIGN.md). Servers hold
-//! 8 GCDs (4 MI250), 8 MI210 or 8 MI300X. H100 and A100 have no flavors.
+//! 8 GCDs (4 MI250), 8 MI210 or 8 MI300X. H100, H200, B200, A100, MI325X and MI355X have no flavors
+//! (plan on them with `--gpu` and `--devices`).
 
 use crate::cluster::DEVICES_PER_SERVER;
 use crate::device::Gpu;
@@ -29,7 +30,9 @@ impl Flavor {
         let (n, d) = match gpu {
             Gpu::Mi250 | Gpu::Mi210 => (self.gcds(), 1),
             Gpu::Mi300x => (self.gcds(), 4),
-            Gpu::H100 | Gpu::A100 => return Err(CostError::NoFlavorsForGpu(gpu.name().into())),
+            Gpu::H100 | Gpu::A100 | Gpu::H200 | Gpu::B200 | Gpu::Mi325x | Gpu::Mi355x => {
+                return Err(CostError::NoFlavorsForGpu(gpu.name().into()));
+            }
         };
         let g = gcd(n, d);
         Ok((n / g, d / g))
