@@ -23,6 +23,7 @@ pub fn plan_with(
     progress: &dyn Progress,
 ) -> Result<PlanReport> {
     check_model_job(model, req)?;
+    req.validate_for(cluster)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(req.threads.unwrap_or(0))
         .build()
@@ -64,7 +65,7 @@ pub fn estimate_with(
     req: &PlanRequest,
     cost: &dyn CostModel,
 ) -> Result<PlanOutput> {
-    req.validate()?;
+    req.validate_for(cluster)?;
     check_model_job(model, req)?;
     crate::config::checked(config, cluster, ModelShape::of(model))?;
     let s = &model.summary;
@@ -123,6 +124,7 @@ pub fn cheapest_fitting_change(
         Err(_) => {
             r.constraints = crate::request::Constraints {
                 engine: fixed.engine,
+                precision: fixed.precision,
                 ..Default::default()
             };
             (plan(model, cluster, &r).ok()?, false)

@@ -85,7 +85,9 @@ pub struct JobArgs {
     /// Sequence length in tokens (1 to 2^24).
     #[arg(long, default_value_t = 1024)]
     pub seq_len: u64,
-    /// Precision policy: amp-bf16, bf16, fp32.
+    /// Precision: amp-bf16, bf16, fp32, or fp8 (amp-bf16 with FP8 GEMMs in the decoder layers'
+    /// linears, per-tensor scaling as Transformer Engine runs it; GPUs with FP8 matrix units only:
+    /// h100, h200, b200, mi300x, mi325x, mi355x). The search plans fp8 only when asked for it here.
     #[arg(long, default_value = "amp-bf16")]
     pub precision: String,
     /// Optimizer: adamw, sgd.
@@ -97,11 +99,32 @@ pub struct JobArgs {
 }
 
 impl JobArgs {
+    /// The GEMM precision `--precision` asks for: fp8 for `fp8`, bf16 for every other policy.
+    pub fn matmul_precision(&self) -> moai_costmodel::MatmulPrecision {
+        if self.precision.trim().eq_ignore_ascii_case("fp8") {
+            moai_costmodel::MatmulPrecision::Fp8
+        } else {
+            moai_costmodel::MatmulPrecision::Bf16
+        }
+    }
+
     /// The planning request of these flags (checked: batch, sequence length, precision, optimizer).
+    /// `--precision fp8` is the amp-bf16 policy with [`moai_costmodel::MatmulPrecision::Fp8`] GEMMs
+    /// (in the request's constraints); whether the GPU runs it is checked against the cluster
+    /// ([`PlanRequest::validate_for`]).
     pub fn to_request(&self) -> Result<PlanRequest> {
         let mut r = PlanRequest::new(self.batch_size, self.seq_len);
-        r.precision = self.precision.parse().map_err(|e| {
-            PlanError::InvalidArgument(format!("--precision {}: {e}", self.precision))
+        r.constraints.precision = self.matmul_precision();
+        let policy = if r.constraints.precision == moai_costmodel::MatmulPrecision::Fp8 {
+            "amp-bf16"
+        } else {
+            self.precision.as_str()
+        };
+        r.precision = policy.parse().map_err(|e| {
+            PlanError::InvalidArgument(format!(
+                "--precision {}: {e} (or fp8: amp-bf16 with FP8 GEMMs)",
+                self.precision
+            ))
         })?;
         r.optimizer = self.optimizer.parse().map_err(|e| {
             PlanError::InvalidArgument(format!("--optimizer {}: {e}", self.optimizer))
@@ -179,6 +202,8 @@ impl ConfigArgs {
                 .transpose()?
                 .unwrap_or_default(),
             engine: self.engine.as_deref().map(parse_engine).transpose()?,
+            // `--precision` is a job flag (JobArgs): the commands copy it in.
+            precision: Default::default(),
         })
     }
 }

@@ -64,7 +64,9 @@ fn print_prediction(p: &crate::PlanOutput) {
 pub fn estimate(a: EstimateArgs) -> Result<()> {
     let cluster = a.cluster.resolve()?;
     let req = a.job.to_request()?;
-    let cons = a.config.to_constraints()?;
+    req.validate_for(&cluster)?;
+    let mut cons = a.config.to_constraints()?;
+    cons.precision = req.constraints.precision;
     let cfg = crate::config::config_for(&cons, &cluster, req.batch)?;
     let model = Model::load(&a.model)?;
     let out = crate::estimate(&model, &cluster, &cfg, &req)?;
@@ -216,6 +218,7 @@ pub fn sweep(a: SweepArgs, cancel: &CancelToken) -> Result<()> {
         None => Gpu::Mi250,
     };
     let mut req = a.job.to_request()?;
+    crate::request::check_precision(req.constraints.precision, gpu)?;
     req.threads = a.threads.map(crate::request::check_threads).transpose()?;
     req.time_budget = a
         .time_budget
@@ -265,14 +268,17 @@ pub fn plan(a: PlanArgs, cancel: &CancelToken) -> Result<()> {
     // --emit hsaco on NVIDIA, ptx on AMD, or a binary without the `mlir` feature: fail before searching
     crate::codegen::CodegenRequest::from_emits(&emits, cluster.gpu)?;
     let mut req = a.job.to_request()?;
-    req.constraints = a.config.to_constraints()?;
+    req.constraints = crate::request::Constraints {
+        precision: req.constraints.precision,
+        ..a.config.to_constraints()?
+    };
     req.threads = a.threads.map(crate::request::check_threads).transpose()?;
     req.time_budget = a
         .time_budget
         .map(crate::request::time_budget_from_secs)
         .transpose()?;
     req.cancel = cancel.clone();
-    req.validate()?;
+    req.validate_for(&cluster)?;
     let model = Model::load(&a.model)?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(

@@ -239,6 +239,7 @@ pub fn config_for(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Para
         sequence_parallel: c.sequence_parallel.unwrap_or(false),
         schedule: c.schedules.first().copied().unwrap_or(Schedule::OneFOneB),
         stages: Vec::new(),
+        precision: c.precision,
         ..ParallelConfig::default()
     };
     c.zero.unwrap_or_default().apply(&mut cfg);

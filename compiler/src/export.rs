@@ -11,7 +11,7 @@
 
 use crate::config::ZeroStage;
 use crate::plan::PlanConfig;
-use moai_costmodel::{Cluster, ParallelConfig, Recompute, Schedule, Stack};
+use moai_costmodel::{Cluster, MatmulPrecision, ParallelConfig, Recompute, Schedule, Stack};
 use serde_json::json;
 
 /// The activation of the MLP.
@@ -123,6 +123,8 @@ pub struct PlanDims {
     pub devices: u64,
     /// Devices per full server.
     pub devices_per_server: u64,
+    /// GEMM precision of the decoder layers' linears.
+    pub precision: MatmulPrecision,
 }
 
 impl PlanDims {
@@ -138,6 +140,7 @@ impl PlanDims {
             sequence_parallel: c.sequence_parallel,
             devices: cluster.devices as u64,
             devices_per_server: cluster.devices_per_server as u64,
+            precision: c.precision,
         }
     }
 
@@ -161,6 +164,7 @@ impl PlanDims {
             sequence_parallel: p.sequence_parallel,
             devices: cx.devices,
             devices_per_server: cx.devices_per_server,
+            precision: p.precision,
         })
     }
 }
@@ -230,6 +234,11 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
             if d.recompute == Recompute::Selective {
                 return Err(format!(
                     "{name} checkpoints whole decoder layers; selective recomputation of the attention core is Megatron-LM's"
+                ));
+            }
+            if d.precision == MatmulPrecision::Fp8 {
+                return Err(format!(
+                    "{name} with a generic training script runs its linear layers in bf16; FP8 GEMMs with Transformer Engine's per-tensor scaling are Megatron-LM's (--fp8-format)"
                 ));
             }
             if engine == Stack::Fsdp && d.zero != ZeroStage::Zero3 {
@@ -448,6 +457,24 @@ pub fn megatron_args(
     flag(&mut a, "--overlap-grad-reduce");
     if cx.precision != "fp32" {
         flag(&mut a, "--bf16");
+    }
+    if d.precision == MatmulPrecision::Fp8 {
+        if cx.precision != "amp-bf16" {
+            return Err(format!(
+                "fp8 GEMMs are planned on the amp-bf16 policy, not {}",
+                cx.precision
+            ));
+        }
+        // Transformer Engine's per-tensor delayed scaling as the cost model prices it: E4M3 forward,
+        // E5M2 gradients, the maximum over an amax history of AMAX_HISTORY_LEN steps.
+        kv(&mut a, "--fp8-format", "hybrid".into());
+        kv(&mut a, "--fp8-recipe", "delayed".into());
+        kv(
+            &mut a,
+            "--fp8-amax-history-len",
+            moai_costmodel::precision::AMAX_HISTORY_LEN.to_string(),
+        );
+        kv(&mut a, "--fp8-amax-compute-algo", "max".into());
     }
     if s.llama_style {
         flag(&mut a, "--swiglu");
@@ -797,6 +824,7 @@ mod tests {
                     })
                     .collect(),
                 engine: Stack::Megatron,
+                precision: MatmulPrecision::Bf16,
             },
             ExportContext {
                 layers: 40,

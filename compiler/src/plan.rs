@@ -92,6 +92,12 @@ pub struct PlanConfig {
     /// The engine the plan was costed for and is exported to (`megatron`, `deepspeed`, `fsdp`).
     #[serde(default)]
     pub engine: moai_costmodel::Stack,
+    /// The GEMM precision of the decoder layers' linears (`"fp8"` in JSON; absent for bf16).
+    #[serde(
+        default,
+        skip_serializing_if = "moai_costmodel::MatmulPrecision::is_bf16"
+    )]
+    pub precision: moai_costmodel::MatmulPrecision,
 }
 
 /// Step time breakdown.
@@ -213,8 +219,13 @@ impl PlanConfig {
         } else {
             String::new()
         };
+        let fp8 = if self.precision.is_bf16() {
+            ""
+        } else {
+            ", matmul_precision : fp8"
+        };
         format!(
-            "{pp}, {tp}, DP : {}, batch_per_device : {}{mb}, recomputation : {}, distribute_param : {}, distribute_low_prec_param : {}, distribute_optimizer : {}",
+            "{pp}, {tp}, DP : {}, batch_per_device : {}{mb}, recomputation : {}, distribute_param : {}, distribute_low_prec_param : {}, distribute_optimizer : {}{fp8}",
             self.dp,
             self.micro_batch_size,
             self.recompute,

@@ -71,6 +71,7 @@ pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
             .map(|(lo, hi)| StageInfo { layers: [lo, hi] })
             .collect(),
         engine: cfg.stack,
+        precision: cfg.precision,
     }
 }
 

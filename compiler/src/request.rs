@@ -2,6 +2,7 @@
 //! search.
 
 use crate::error::{PlanError, Result};
+use moai_costmodel::{Cluster, MatmulPrecision};
 use moai_costmodel::{Recompute, Schedule};
 use moai_ir::train::{OptimizerKind, PrecisionPolicy};
 use std::sync::Arc;
@@ -196,6 +197,9 @@ pub struct Constraints {
     /// The engine (`--engine`): only configurations it runs are searched, and they are costed for it.
     /// `None`: each candidate goes to the first engine that runs it (Megatron-LM, DeepSpeed, FSDP).
     pub engine: Option<moai_costmodel::Stack>,
+    /// The GEMM precision every candidate uses (`--precision fp8` sets [`MatmulPrecision::Fp8`]). The
+    /// search does not try fp8 by itself: it plans fp8 only when the user asks for it.
+    pub precision: MatmulPrecision,
 }
 
 impl Constraints {
@@ -325,6 +329,23 @@ impl PlanRequest {
         }
         Ok(())
     }
+
+    /// [`PlanRequest::validate`], then the job against the cluster it runs on: `--precision fp8` needs a
+    /// GPU with FP8 matrix units (H100, H200, B200, MI300X, MI325X, MI355X); elsewhere one line says so.
+    pub fn validate_for(&self, cluster: &Cluster) -> Result<()> {
+        self.validate()?;
+        check_precision(self.constraints.precision, cluster.gpu)
+    }
+}
+
+/// Whether `gpu` runs GEMMs of `precision`: fp8 needs FP8 matrix units; the error is one line naming
+/// `--precision` and the GPUs that have them.
+pub fn check_precision(precision: MatmulPrecision, gpu: moai_costmodel::Gpu) -> Result<()> {
+    precision.check_gpu(gpu).map_err(|e| {
+        let msg = e.to_string();
+        let msg = msg.strip_prefix("invalid configuration: ").unwrap_or(&msg);
+        PlanError::InvalidArgument(format!("--precision {precision}: {msg}"))
+    })
 }
 
 #[cfg(test)]
@@ -347,6 +368,25 @@ mod tests {
         assert!(check_threads(1).is_ok());
         assert!(check_threads(0).is_err());
         assert!(check_threads(usize::MAX).is_err());
+    }
+
+    #[test]
+    fn fp8_is_refused_on_gpus_without_fp8_units() {
+        let mut r = PlanRequest::new(8, 8);
+        r.constraints.precision = MatmulPrecision::Fp8;
+        for g in [moai_costmodel::Gpu::A100, moai_costmodel::Gpu::Mi250] {
+            let e = r
+                .validate_for(&Cluster::new(g, 8).unwrap())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("--precision fp8: fp8 GEMMs need FP8 matrix units, which"),
+                "{e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        }
+        r.validate_for(&Cluster::new(moai_costmodel::Gpu::H100, 8).unwrap())
+            .unwrap();
     }
 
     #[test]

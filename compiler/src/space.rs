@@ -281,6 +281,8 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                                     sequence_parallel: sp,
                                     schedule,
                                     stages: Vec::new(),
+                                    // fixed by the request: fp8 only when `--precision fp8` asks
+                                    precision: c.precision,
                                     ..ParallelConfig::default()
                                 };
                                 zero.apply(&mut cfg);

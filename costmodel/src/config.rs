@@ -2,6 +2,7 @@
 
 use crate::cluster::Cluster;
 use crate::error::{CostError, Result};
+use crate::precision::MatmulPrecision;
 use moai_ir::cost::{KernelClass, Phase, StepProfile, TpSplit};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -138,6 +139,10 @@ pub struct ParallelConfig {
     /// The software stack the configuration runs on (and is exported to); see [`crate::Stack`].
     #[serde(default)]
     pub stack: crate::stack::Stack,
+    /// The precision of the decoder layers' linear GEMMs (`bf16`, or `fp8` with per-tensor scaling on
+    /// GPUs with FP8 matrix units; see [`crate::precision`]). Serialized only when not bf16.
+    #[serde(default, skip_serializing_if = "MatmulPrecision::is_bf16")]
+    pub precision: MatmulPrecision,
 }
 
 mod stage_ranges {
@@ -181,6 +186,7 @@ impl Default for ParallelConfig {
             persistent_grads: true,
             overlap_grad_reduce: true,
             stack: crate::stack::Stack::Megatron,
+            precision: MatmulPrecision::Bf16,
         }
     }
 }
@@ -269,6 +275,7 @@ impl ParallelConfig {
         if self.sequence_parallel && self.tp == 1 {
             return bad("sequence_parallel needs tp >= 2".into());
         }
+        self.precision.check_gpu(cluster.gpu)?;
         Ok(())
     }
 
@@ -471,5 +478,34 @@ mod tests {
         assert_eq!(c.recompute, Recompute::Full);
         let text = serde_json::to_string(&c).unwrap();
         assert!(text.contains(r#""stages":[{"layers":[0,1]}]"#), "{text}");
+        assert!(
+            !text.contains("precision"),
+            "bf16 is not serialized: {text}"
+        );
+        let fp8: ParallelConfig = serde_json::from_str(r#"{"precision":"fp8"}"#).unwrap();
+        assert_eq!(fp8.precision, MatmulPrecision::Fp8);
+        assert!(
+            serde_json::to_string(&fp8)
+                .unwrap()
+                .contains(r#""precision":"fp8""#)
+        );
+    }
+
+    #[test]
+    fn fp8_is_refused_without_fp8_units() {
+        let cfg = ParallelConfig {
+            dp: 8,
+            precision: MatmulPrecision::Fp8,
+            ..Default::default()
+        };
+        cfg.validate_cluster(&Cluster::new(Gpu::H100, 8).unwrap())
+            .unwrap();
+        for g in [Gpu::A100, Gpu::Mi250] {
+            let e = cfg
+                .validate_cluster(&Cluster::new(g, 8).unwrap())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("FP8 matrix units"), "{e}");
+        }
     }
 }

@@ -13,6 +13,7 @@ use crate::error::{CostError, Result};
 use crate::memory::{DeviceInput, StageMemory, device_memory};
 use crate::ops::{Bucket, KERNEL_FLOOR_S, OpTimer, Source, shard};
 use crate::pipeline::{StageTimes, simulate};
+use crate::precision::MatmulPrecision;
 use crate::profile::OpProfile;
 use moai_ir::cost::{BlockKind, KernelClass, Phase, StepProfile, TpSplit};
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,8 @@ pub struct Breakdown {
     pub exposed_comm_s: f64,
     /// Pipeline bubble and waiting for stage-to-stage transfers.
     pub bubble_s: f64,
-    /// Optimizer step, including the stack's fixed per-step cost (`step_overhead_s`).
+    /// Optimizer step, including the stack's fixed per-step cost (`step_overhead_s`) and, for an fp8
+    /// plan, the once-per-step fp8 weight casts and amax reduction.
     pub optimizer_s: f64,
     /// Tensor-parallel collective seconds of the critical device per step, before overlap.
     #[serde(default)]
@@ -203,6 +205,11 @@ pub struct BlockSums {
     pub transient_bytes: f64,
     /// Bytes sent to the next block, per device.
     pub boundary_bytes: f64,
+    /// Weight elements on one device of the block's FP8 linear layers (0 unless prepared for fp8):
+    /// what the per-step weight cast and the fp8 weight copies scale with.
+    pub fp8_weight_params: f64,
+    /// FP8 linear layers of the block (0 unless prepared for fp8): their scaling state.
+    pub fp8_linears: f64,
 }
 
 /// A step profile reduced to per-block sums for one device kind, tp and sequence-parallel setting;
@@ -229,9 +236,22 @@ pub struct PreparedProfile {
     pub profile_ops: u64,
     /// Ops timed by the roofline.
     pub roofline_ops: u64,
+    /// The GEMM precision the sums were prepared for (see [`crate::precision`]).
+    pub precision: MatmulPrecision,
 }
 
-type CacheKey = (Gpu, u32, bool, u64, u64, usize, usize, u64, u64);
+type CacheKey = (
+    Gpu,
+    u32,
+    bool,
+    MatmulPrecision,
+    u64,
+    u64,
+    usize,
+    usize,
+    u64,
+    u64,
+);
 
 /// The default cost model: measured profiles where available, roofline with fitted efficiencies
 /// elsewhere, α-β collectives, pipeline simulation and the calibrated memory model.
@@ -303,7 +323,8 @@ impl ProfiledCostModel {
         &self.efficiencies().allocator
     }
 
-    /// Reduces a step profile to per-block sums on `gpu` at tensor-parallel degree `tp`.
+    /// Reduces a step profile to per-block sums on `gpu` at tensor-parallel degree `tp`, with bf16
+    /// GEMMs.
     pub fn prepare(
         &self,
         profile: &StepProfile,
@@ -311,6 +332,32 @@ impl ProfiledCostModel {
         tp: u32,
         sequence_parallel: bool,
     ) -> PreparedProfile {
+        self.prepare_with(profile, gpu, tp, sequence_parallel, MatmulPrecision::Bf16)
+    }
+
+    /// [`ProfiledCostModel::prepare`] for the GPU of `gpu` and the tp, sequence parallelism and GEMM
+    /// precision of `cfg`: what [`ProfiledCostModel::estimate_prepared`] needs for `cfg`.
+    pub fn prepare_for(
+        &self,
+        profile: &StepProfile,
+        gpu: Gpu,
+        cfg: &ParallelConfig,
+    ) -> PreparedProfile {
+        self.prepare_with(profile, gpu, cfg.tp, cfg.sequence_parallel, cfg.precision)
+    }
+
+    /// [`ProfiledCostModel::prepare`] with the GEMM precision given: under
+    /// [`MatmulPrecision::Fp8`] the decoder blocks' linear GEMMs are timed at the fp8 rate and their
+    /// per-micro-batch scaling casts are added (see [`crate::precision`]).
+    pub fn prepare_with(
+        &self,
+        profile: &StepProfile,
+        gpu: Gpu,
+        tp: u32,
+        sequence_parallel: bool,
+        precision: MatmulPrecision,
+    ) -> PreparedProfile {
+        let fp8 = precision == MatmulPrecision::Fp8;
         let spec = gpu.spec();
         let eff = self.efficiency(gpu);
         let timer = OpTimer {
@@ -325,6 +372,7 @@ impl ProfiledCostModel {
         for b in &profile.blocks {
             let (mut fwd, mut bwd) = (PhaseSums::default(), PhaseSums::default());
             let mut vocab_reduced = false;
+            let (mut fp8_weight_params, mut fp8_linears) = (0.0, 0.0);
             for op in &b.ops {
                 if matches!(op.phase, Phase::Forward | Phase::Backward) {
                     model_flops += op.flops;
@@ -343,6 +391,40 @@ impl ProfiledCostModel {
                 } else {
                     shard(op, tp64, sequence_parallel)
                 };
+                let fp8_gemm = fp8 && crate::precision::is_fp8_gemm(b.kind, op);
+                if fp8_gemm {
+                    // Scaling casts of this GEMM (memory-bound, one kernel each): the input's
+                    // cast-transpose in forward and recomputation, the output gradient's in backward
+                    // (accounted through the forward op, one per linear); the weight's once per step.
+                    if let KernelClass::Matmul { batch, m, n, k, .. } = s.class {
+                        let cast = |elems: u64| {
+                            let base = timer.memory_time(
+                                crate::precision::CAST_TRANSPOSE_BYTES_PER_ELEMENT * elems as f64,
+                            ) * eff.memory;
+                            PhaseSums {
+                                gpu_s: base / eff.memory + KERNEL_FLOOR_S,
+                                kernels: 1.0,
+                                memory_s: base,
+                                memory_kernels: 1.0,
+                                ..Default::default()
+                            }
+                        };
+                        match op.phase {
+                            Phase::Forward => {
+                                fwd.add(&cast(batch * m * k));
+                                bwd.add(&cast(batch * m * n));
+                                fp8_weight_params += (k * n) as f64;
+                                fp8_linears += 1.0;
+                            }
+                            Phase::Recompute => bwd.add(&cast(batch * m * k)),
+                            _ => {}
+                        }
+                    }
+                    if let Some(bytes) = crate::precision::fp8_gemm_bytes(&s.class) {
+                        s.bytes = bytes;
+                    }
+                    s.class = crate::precision::as_fp8(&s.class);
+                }
                 if matches!(op.class, KernelClass::Gather)
                     && op.phase == Phase::Forward
                     && b.boundary_bytes > 0.0
@@ -351,7 +433,10 @@ impl ProfiledCostModel {
                     // inputs list: about its output, read and written.
                     s.bytes = s.bytes.min(2.0 * b.boundary_bytes / tp64 as f64);
                 }
-                let k = timer.base(&s);
+                let mut k = timer.base(&s);
+                if fp8_gemm && k.bucket == Bucket::Matmul {
+                    k.base_s /= crate::precision::FP8_GEMM_EFFICIENCY;
+                }
                 match k.source {
                     Source::Profile => profile_ops += 1,
                     Source::Roofline => roofline_ops += 1,
@@ -442,6 +527,8 @@ impl ProfiledCostModel {
                 saved_bytes: b.saved.per_device(tp64, sequence_parallel),
                 transient_bytes: b.transient.per_device(tp64, sequence_parallel),
                 boundary_bytes: bound,
+                fp8_weight_params,
+                fp8_linears,
             });
         }
         let (mut optimizer_s, mut optimizer_base_s, mut optimizer_measured_s) = (0.0, 0.0, 0.0);
@@ -470,10 +557,18 @@ impl ProfiledCostModel {
             model_flops,
             profile_ops,
             roofline_ops,
+            precision,
         }
     }
 
-    fn prepared(&self, profile: &StepProfile, gpu: Gpu, tp: u32, sp: bool) -> Arc<PreparedProfile> {
+    fn prepared(
+        &self,
+        profile: &StepProfile,
+        gpu: Gpu,
+        tp: u32,
+        sp: bool,
+        precision: MatmulPrecision,
+    ) -> Arc<PreparedProfile> {
         let (mut n_ops, mut fs, mut bs) = (0usize, 0f64, 0f64);
         for b in &profile.blocks {
             n_ops += b.ops.len();
@@ -486,6 +581,7 @@ impl ProfiledCostModel {
             gpu,
             tp,
             sp,
+            precision,
             profile.micro_batch,
             profile.seq,
             profile.blocks.len(),
@@ -498,7 +594,7 @@ impl ProfiledCostModel {
         {
             return p.clone();
         }
-        let p = Arc::new(self.prepare(profile, gpu, tp, sp));
+        let p = Arc::new(self.prepare_with(profile, gpu, tp, sp, precision));
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= CACHE_ENTRIES {
                 cache.remove(0);
@@ -517,7 +613,13 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Result<Vec<crate::blocks::BlockCost>> {
-        let prep = self.prepared(profile, cluster.gpu, cfg.tp, cfg.sequence_parallel);
+        let prep = self.prepared(
+            profile,
+            cluster.gpu,
+            cfg.tp,
+            cfg.sequence_parallel,
+            cfg.precision,
+        );
         let eff = self.efficiency(cluster.gpu);
         let sc = self.efficiencies().stack(cfg.stack);
         let launch = sc.launch_overhead_s;
@@ -535,7 +637,13 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Result<Estimate> {
-        let prep = self.prepared(profile, cluster.gpu, cfg.tp, cfg.sequence_parallel);
+        let prep = self.prepared(
+            profile,
+            cluster.gpu,
+            cfg.tp,
+            cfg.sequence_parallel,
+            cfg.precision,
+        );
         self.estimate_prepared(&prep, profile, cluster, cfg)
     }
 }
@@ -556,6 +664,12 @@ impl ProfiledCostModel {
         let ranges = cfg.validate_profile(profile)?;
         if profile.blocks.is_empty() || prep.blocks.len() != profile.blocks.len() {
             return Err(CostError::StepProfile("no blocks".into()));
+        }
+        if prep.precision != cfg.precision {
+            return Err(CostError::InvalidConfig(format!(
+                "the profile was prepared for {} GEMMs but the configuration's precision is {} (prepare it with ProfiledCostModel::prepare_for)",
+                prep.precision, cfg.precision
+            )));
         }
         let eff = self.efficiency(cluster.gpu);
         let stack = cfg.stack;
@@ -654,6 +768,40 @@ impl ProfiledCostModel {
 
         // Per device: gradient sync, optimizer, memory.
         let dp = cfg.dp.max(1);
+        // FP8: once per step, every fp8 weight is cast (with its transpose) and the amaxes are
+        // all-reduced over the data- and tensor-parallel group (Megatron's amax reduction group);
+        // counted with the optimizer step, the device's other once-per-step work.
+        let fp8_step_s = |d: usize| -> f64 {
+            if cfg.precision != MatmulPrecision::Fp8 {
+                return 0.0;
+            }
+            let (mut params, mut linears) = (0.0, 0.0);
+            for (b, v) in prep.blocks.iter().zip(&block_stage) {
+                if v % pp == d {
+                    params += b.fp8_weight_params;
+                    linears += b.fp8_linears;
+                }
+            }
+            if linears == 0.0 {
+                return 0.0;
+            }
+            let cast = params * crate::precision::CAST_TRANSPOSE_BYTES_PER_ELEMENT
+                / (cluster.gpu.spec().hbm_bytes_per_s * eff.memory)
+                + linears * KERNEL_FLOOR_S;
+            let group = dp * cfg.tp.max(1);
+            let amax = if group > 1 {
+                collective_time(
+                    cluster,
+                    Collective::AllReduce,
+                    3.0 * 4.0 * linears,
+                    dp,
+                    cfg.tp,
+                )
+            } else {
+                0.0
+            };
+            cast + amax
+        };
         let alloc = self.allocator();
         let mut memory = Vec::with_capacity(pp);
         let mut device_compute_s = Vec::with_capacity(pp);
@@ -747,7 +895,8 @@ impl ProfiledCostModel {
             let opt = ((prep.optimizer_base_s / eff.memory + prep.optimizer_measured_s) * frac)
                 .max(launches * launch)
                 + launches * KERNEL_FLOOR_S
-                + sc.step_overhead_s;
+                + sc.step_overhead_s
+                + fp8_step_s(d);
             device_compute_s.push(
                 vs.iter()
                     .map(|v| (compute[*v].0 + compute[*v].1) * m as f64)

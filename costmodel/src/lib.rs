@@ -24,6 +24,7 @@ pub mod flavor;
 pub mod memory;
 pub mod ops;
 pub mod pipeline;
+pub mod precision;
 pub mod profile;
 pub mod runtime_memory;
 pub mod stack;
@@ -39,6 +40,7 @@ pub use estimate::{Breakdown, CostModel, Estimate, ProfiledCostModel, SourceNote
 pub use flavor::{FlavorRow, flavors, render_flavors, render_flavors_marked};
 pub use memory::StageMemory;
 pub use ops::Source;
+pub use precision::MatmulPrecision;
 pub use profile::OpProfile;
 pub use runtime_memory::{RuntimeMemory, runtime_memory};
 pub use stack::Stack;

@@ -429,6 +429,9 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
         vec![0f64; nv],
     );
     let (mut copies_all, mut copies_saved, mut logits, mut tensors) = (0.0, 0.0, 0.0, 0.0);
+    // FP8 plans: the fp8 weight copies (and transposes) and the scaling state of this device's fp8
+    // linears, resident through the step (see crate::precision).
+    let mut fp8_bytes = 0.0;
     let inflight = |v: usize| -> f64 {
         let _ = v;
         in_flight(cfg.schedule, cfg.pp, d, m) as f64
@@ -439,6 +442,10 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
         largest[v] = largest[v].max(b.params);
         if v % pp != d as usize {
             continue;
+        }
+        if cfg.precision == crate::precision::MatmulPrecision::Fp8 {
+            fp8_bytes += b.fp8_weight_params * crate::precision::FP8_WEIGHT_BYTES_PER_PARAM
+                + crate::precision::scaling_state_bytes(b.fp8_linears);
         }
         let Some(pb) = profile.blocks.get(i) else {
             continue;
@@ -464,6 +471,15 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
             };
             act =
                 megatron_layer_bytes(dims, tp as f64, cfg.sequence_parallel, cfg.recompute, false);
+            if cfg.precision == crate::precision::MatmulPrecision::Fp8 {
+                act -= crate::precision::megatron_fp8_saved_bytes(
+                    dims,
+                    tp as f64,
+                    cfg.sequence_parallel,
+                    cfg.recompute,
+                )
+                .min(act);
+            }
         }
         saved[v] += act;
         copies_all += shape.weight_copy_bytes;
@@ -476,7 +492,8 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
         }
     }
     let p_dev: f64 = vs.iter().map(|v| params[*v]).sum();
-    let st = static_bytes(profile, cfg, p_dev);
+    let mut st = static_bytes(profile, cfg, p_dev);
+    st.weights += fp8_bytes;
     let acts = if cfg.schedule.chunks() > 1 {
         // Interleaved: in-flight counts chunk-micro-batches; charge the device's largest chunk.
         let per_chunk = vs.iter().map(|v| saved[*v]).fold(0.0, f64::max);
