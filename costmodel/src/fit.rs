@@ -339,6 +339,15 @@ pub fn refit_prepared(
     samples: &[FitSample],
     preps: &[Arc<PreparedProfile>],
 ) -> Result<EfficiencyFile> {
+    // FP8 rows (`config.precision` fp8) are validated, never fitted: the coefficients describe the
+    // bf16 kernels, and FP8 is calibrated against published speedups (see crate::precision).
+    let (samples, preps): (Vec<FitSample>, Vec<Arc<PreparedProfile>>) = samples
+        .iter()
+        .zip(preps)
+        .filter(|(s, _)| s.config.precision == crate::precision::MatmulPrecision::Bf16)
+        .map(|(s, p)| (s.clone(), p.clone()))
+        .unzip();
+    let (samples, preps) = (&samples[..], &preps[..]);
     let start = prior_file(base);
     let fit = fit_time_prepared(samples, preps, &start)?;
     let mut file = fit.file;

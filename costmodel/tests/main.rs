@@ -6,6 +6,7 @@ mod support;
 mod errors;
 mod estimate;
 mod fit;
+mod fp8;
 mod memory;
 mod props;
 mod real;
