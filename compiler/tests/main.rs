@@ -5,6 +5,7 @@ mod cli;
 mod codegen;
 mod current;
 mod exports;
+mod fp8;
 mod interrupt;
 mod partition;
 mod planner;

@@ -4,7 +4,9 @@
 
 use moai_costmodel::estimate::ProfiledCostModel;
 use moai_costmodel::validate::read_truth;
-use moai_costmodel::{Cluster, CostModel, Gpu, MatmulPrecision, ParallelConfig, Recompute, Schedule};
+use moai_costmodel::{
+    Cluster, CostModel, Gpu, MatmulPrecision, ParallelConfig, Recompute, Schedule,
+};
 use moai_ir::cost::StepProfile;
 use moai_ir::train::{TrainOptions, step_profile};
 use std::path::PathBuf;
