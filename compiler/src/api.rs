@@ -125,6 +125,7 @@ pub fn cheapest_fitting_change(
             r.constraints = crate::request::Constraints {
                 engine: fixed.engine,
                 precision: fixed.precision,
+                offload_optimizer: fixed.offload_optimizer,
                 ..Default::default()
             };
             (plan(model, cluster, &r).ok()?, false)

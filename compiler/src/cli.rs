@@ -161,6 +161,11 @@ pub struct ConfigArgs {
     /// Pipeline schedule: gpipe, 1f1b, interleaved:V (plan: a comma list).
     #[arg(long)]
     pub schedule: Option<String>,
+    /// Offload to host memory: `optimizer` (ZeRO-Offload: optimizer state and master weights on the
+    /// host, the step on the CPU; Megatron-LM with ZeRO-1 or DeepSpeed). plan: every candidate offloads
+    /// (the search does not try offload by itself). Activation offload is not modelled.
+    #[arg(long, value_delimiter = ',')]
+    pub offload: Vec<String>,
     /// Engine the plan runs on and is costed for: megatron, deepspeed or fsdp. plan: only what that
     /// engine runs is searched; without it each candidate goes to the first engine that runs it
     /// (Megatron-LM, then DeepSpeed, then FSDP) and the output names the engine.
@@ -204,8 +209,31 @@ impl ConfigArgs {
             engine: self.engine.as_deref().map(parse_engine).transpose()?,
             // `--precision` is a job flag (JobArgs): the commands copy it in.
             precision: Default::default(),
+            offload_optimizer: parse_offload(&self.offload)?,
         })
     }
+}
+
+/// `--offload LIST`: whether the optimizer is offloaded; `activations` (and anything else) is refused
+/// in one line.
+fn parse_offload(list: &[String]) -> Result<bool> {
+    let mut optimizer = false;
+    for item in list {
+        match item.trim() {
+            "optimizer" => optimizer = true,
+            "activations" => {
+                return Err(PlanError::InvalidArgument(
+                    "--offload activations: activation offload is not modelled by moai's cost model yet (only --offload optimizer)".into(),
+                ));
+            }
+            other => {
+                return Err(PlanError::InvalidArgument(format!(
+                    "--offload {other}: expected optimizer"
+                )));
+            }
+        }
+    }
+    Ok(optimizer)
 }
 
 /// `--engine`: an engine plans are exported to (eager is a cost-model stack, not an export engine).

@@ -597,6 +597,7 @@ mod tests {
             ],
             engine: Default::default(),
             precision: Default::default(),
+            offload_optimizer: false,
         };
         assert_eq!(stage_counts(&p).unwrap(), vec![21, 19]);
         p.stages[1].layers = [21, 20];

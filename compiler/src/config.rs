@@ -240,6 +240,7 @@ pub fn config_for(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Para
         schedule: c.schedules.first().copied().unwrap_or(Schedule::OneFOneB),
         stages: Vec::new(),
         precision: c.precision,
+        offload_optimizer: c.offload_optimizer,
         ..ParallelConfig::default()
     };
     c.zero.unwrap_or_default().apply(&mut cfg);

@@ -125,6 +125,8 @@ pub struct PlanDims {
     pub devices_per_server: u64,
     /// GEMM precision of the decoder layers' linears.
     pub precision: MatmulPrecision,
+    /// Optimizer state offloaded to host memory (ZeRO-Offload).
+    pub offload_optimizer: bool,
 }
 
 impl PlanDims {
@@ -141,6 +143,7 @@ impl PlanDims {
             devices: cluster.devices as u64,
             devices_per_server: cluster.devices_per_server as u64,
             precision: c.precision,
+            offload_optimizer: c.offload_optimizer,
         }
     }
 
@@ -165,6 +168,7 @@ impl PlanDims {
             devices: cx.devices,
             devices_per_server: cx.devices_per_server,
             precision: p.precision,
+            offload_optimizer: p.offload_optimizer,
         })
     }
 }
@@ -215,6 +219,12 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                     "Megatron-LM's fully sharded data parallel (--use-megatron-fsdp) is not run with pipeline parallelism here".into(),
                 );
             }
+            if d.offload_optimizer && d.zero != ZeroStage::Zero1 {
+                return Err(format!(
+                    "Megatron-LM's optimizer offload (--optimizer-cpu-offload) is exported with its distributed optimizer (ZeRO-1) only, not ZeRO-{}; DeepSpeed offloads the optimizer at ZeRO-1 and 3",
+                    d.zero
+                ));
+            }
             Ok(())
         }
         Stack::Deepspeed | Stack::Fsdp => {
@@ -239,6 +249,16 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
             if d.precision == MatmulPrecision::Fp8 {
                 return Err(format!(
                     "{name} with a generic training script runs its linear layers in bf16; FP8 GEMMs with Transformer Engine's per-tensor scaling are Megatron-LM's (--fp8-format)"
+                ));
+            }
+            if d.offload_optimizer && engine == Stack::Fsdp {
+                return Err(
+                    "PyTorch FSDP's CPU offload (CPUOffload) moves the parameters too, not the optimizer alone; DeepSpeed offloads the optimizer".into(),
+                );
+            }
+            if d.offload_optimizer && d.zero == ZeroStage::Zero0 {
+                return Err(format!(
+                    "{name} offloads the optimizer only with ZeRO stage 1 or more (zero_optimization.offload_optimizer)"
                 ));
             }
             if engine == Stack::Fsdp && d.zero != ZeroStage::Zero3 {
@@ -455,6 +475,19 @@ pub fn megatron_args(
     }
     // The cost model overlaps the data-parallel gradient reduction with backward.
     flag(&mut a, "--overlap-grad-reduce");
+    if d.offload_optimizer {
+        if cx.optimizer == "sgd" {
+            return Err(
+                "Megatron-LM's optimizer offload runs Adam only (--use-precision-aware-optimizer)"
+                    .into(),
+            );
+        }
+        // The hybrid device optimizer runs on the precision-aware optimizer's code path
+        // (arguments.py:1885); the whole optimizer state goes to the host.
+        flag(&mut a, "--optimizer-cpu-offload");
+        flag(&mut a, "--use-precision-aware-optimizer");
+        kv(&mut a, "--optimizer-offload-fraction", "1.0".into());
+    }
     if cx.precision != "fp32" {
         flag(&mut a, "--bf16");
     }
@@ -581,6 +614,10 @@ pub fn deepspeed_config(
     if d.zero == ZeroStage::Zero3 {
         zero["stage3_prefetch_bucket_size"] = json!(50_000_000u64);
         zero["stage3_param_persistence_threshold"] = json!(100_000u64);
+    }
+    if d.offload_optimizer {
+        // ZeRO-Offload: optimizer state in pinned host memory, DeepSpeed's CPU Adam.
+        zero["offload_optimizer"] = json!({"device": "cpu", "pin_memory": true});
     }
     Ok(json!({
         "train_batch_size": cx.global_batch,
@@ -825,6 +862,7 @@ mod tests {
                     .collect(),
                 engine: Stack::Megatron,
                 precision: MatmulPrecision::Bf16,
+                offload_optimizer: false,
             },
             ExportContext {
                 layers: 40,

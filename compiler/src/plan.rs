@@ -98,6 +98,17 @@ pub struct PlanConfig {
         skip_serializing_if = "moai_costmodel::MatmulPrecision::is_bf16"
     )]
     pub precision: moai_costmodel::MatmulPrecision,
+    /// Optimizer state and master weights in host memory (ZeRO-Offload); absent when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub offload_optimizer: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// Step time breakdown.
@@ -120,6 +131,9 @@ pub struct Breakdown {
     /// ZeRO-3 parameter all-gather seconds per step, before overlap (0 without ZeRO-3).
     #[serde(default)]
     pub zero3_gather_s: f64,
+    /// Optimizer offload seconds per step (part of `optimizer_s`); absent without offload.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offload_s: f64,
     /// The software stack the prediction assumes (`megatron`, `deepspeed`, `fsdp`, `eager`).
     #[serde(default)]
     pub stack: String,

@@ -72,6 +72,7 @@ pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
             .collect(),
         engine: cfg.stack,
         precision: cfg.precision,
+        offload_optimizer: cfg.offload_optimizer,
     }
 }
 
@@ -90,6 +91,7 @@ pub fn predicted(e: &Estimate) -> Predicted {
             tp_comm_s: e.breakdown.tp_comm_s,
             dp_comm_s: e.breakdown.dp_comm_s,
             zero3_gather_s: e.breakdown.zero3_gather_s,
+            offload_s: e.breakdown.offload_s,
             stack: e
                 .sources
                 .stack

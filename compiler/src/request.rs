@@ -200,6 +200,9 @@ pub struct Constraints {
     /// The GEMM precision every candidate uses (`--precision fp8` sets [`MatmulPrecision::Fp8`]). The
     /// search does not try fp8 by itself: it plans fp8 only when the user asks for it.
     pub precision: MatmulPrecision,
+    /// Offload the optimizer state to host memory in every candidate (`--offload optimizer`); the
+    /// search does not try offload by itself.
+    pub offload_optimizer: bool,
 }
 
 impl Constraints {

@@ -283,6 +283,7 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                                     stages: Vec::new(),
                                     // fixed by the request: fp8 only when `--precision fp8` asks
                                     precision: c.precision,
+                                    offload_optimizer: c.offload_optimizer,
                                     ..ParallelConfig::default()
                                 };
                                 zero.apply(&mut cfg);

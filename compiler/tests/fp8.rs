@@ -181,3 +181,103 @@ fn fp8_plan_of_llama2_70b_on_64_h100_gains_within_published_range() {
     let why = exports["deepspeed"]["why"].as_str().unwrap();
     assert!(why.starts_with("DeepSpeed export not written"), "{why}");
 }
+
+/// About 42 billion parameters: 18 bytes each under amp-bf16 + Adam (bf16 weights, fp32 gradients,
+/// fp32 master weights and moments) are 94 GiB per device even sharded over 8 A100s.
+const BIG: &str = "llama:layers=60,hidden=8192,heads=64,kv_heads=8,ffn=22016,vocab=32000";
+
+#[test]
+fn a_model_that_fits_nowhere_fits_with_the_optimizer_offloaded() {
+    let model = Model::load(BIG).unwrap();
+    let cluster = Cluster::new(Gpu::A100, 8).unwrap();
+    let mut req = PlanRequest::new(64, 2048);
+    let e = plan(&model, &cluster, &req).unwrap_err().to_string();
+    assert!(e.contains("fits nowhere"), "{e}");
+    req.constraints.offload_optimizer = true;
+    let out = plan(&model, &cluster, &req).unwrap().output;
+    assert!(out.plan.offload_optimizer);
+    assert!(out.fits);
+    let b = &out.predicted.breakdown;
+    assert!(b.offload_s > 0.0 && b.offload_s <= b.optimizer_s, "{b:?}");
+    // The host holds the optimizer state: each device's stage keeps none of it.
+    assert!(out.predicted.stages.iter().all(|s| s.optimizer_bytes == 0));
+
+    // Exports: Megatron-LM's hybrid device optimizer, DeepSpeed's offload_optimizer; both engines'
+    // option names as their pinned sources have them.
+    let cx = export_context(&model, &cluster, &req);
+    let data = |f: &str| std::fs::read_to_string(repo().join("compiler/data").join(f)).unwrap();
+    let names = data("megatron_arguments.txt");
+    if out.plan.engine == Stack::Megatron {
+        let args = megatron_args(&out.plan, &cx).unwrap();
+        for f in [
+            "--optimizer-cpu-offload",
+            "--use-precision-aware-optimizer",
+            "--optimizer-offload-fraction",
+            "--use-distributed-optimizer",
+        ] {
+            assert!(args.iter().any(|(a, _)| a == f), "{f} missing: {args:?}");
+            assert!(names.lines().any(|l| l.trim() == f), "{f}");
+        }
+    }
+    let mut ds_plan = out.plan.clone();
+    (ds_plan.tp, ds_plan.pp, ds_plan.dp) = (1, 1, 8);
+    ds_plan.sequence_parallel = false;
+    ds_plan.schedule = "1f1b".into();
+    ds_plan.stages.clear();
+    ds_plan.distribute_param = true;
+    ds_plan.distribute_low_prec_param = true;
+    ds_plan.distribute_optimizer = true;
+    ds_plan.num_micro_batches = 64 / (8 * ds_plan.micro_batch_size);
+    let ds = moai_compiler::export::deepspeed_config(&ds_plan, &cx).unwrap();
+    assert_eq!(
+        ds["zero_optimization"]["offload_optimizer"]["device"],
+        "cpu"
+    );
+    let keys = data("deepspeed_config_keys.txt");
+    for k in [
+        "zero_optimization.offload_optimizer.device",
+        "zero_optimization.offload_optimizer.pin_memory",
+    ] {
+        assert!(keys.lines().any(|l| l.trim() == k), "{k}");
+    }
+    // FSDP refuses; Megatron-LM refuses offload without its distributed optimizer.
+    let d = PlanDims::of_plan(&ds_plan, &cx).unwrap();
+    let why = engine_runs(Stack::Fsdp, &d).unwrap_err();
+    assert!(why.contains("CPU offload"), "{why}");
+    let mut z0 = d;
+    z0.zero = moai_compiler::ZeroStage::Zero0;
+    assert!(
+        engine_runs(Stack::Megatron, &z0)
+            .unwrap_err()
+            .contains("ZeRO-1")
+    );
+}
+
+#[test]
+fn offload_flags_are_checked_in_one_line() {
+    let e = fails(&[
+        "plan",
+        SMALL,
+        "--gpu",
+        "h100",
+        "--devices",
+        "8",
+        "--offload",
+        "activations",
+    ]);
+    assert!(
+        e.contains("--offload activations: activation offload is not modelled"),
+        "{e}"
+    );
+    let e = fails(&[
+        "plan",
+        SMALL,
+        "--gpu",
+        "h100",
+        "--devices",
+        "8",
+        "--offload",
+        "disk",
+    ]);
+    assert!(e.contains("--offload disk: expected optimizer"), "{e}");
+}

@@ -143,6 +143,14 @@ pub struct ParallelConfig {
     /// GPUs with FP8 matrix units; see [`crate::precision`]). Serialized only when not bf16.
     #[serde(default, skip_serializing_if = "MatmulPrecision::is_bf16")]
     pub precision: MatmulPrecision,
+    /// ZeRO-Offload: optimizer state and master weights in host memory, the optimizer step on the CPU
+    /// (see [`crate::offload`]). Serialized only when set.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub offload_optimizer: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 mod stage_ranges {
@@ -187,6 +195,7 @@ impl Default for ParallelConfig {
             overlap_grad_reduce: true,
             stack: crate::stack::Stack::Megatron,
             precision: MatmulPrecision::Bf16,
+            offload_optimizer: false,
         }
     }
 }

@@ -49,6 +49,11 @@ pub struct Breakdown {
     /// The stack's fixed per-step cost (part of `optimizer_s`).
     #[serde(default)]
     pub step_overhead_s: f64,
+    /// Optimizer offload seconds per step (part of `optimizer_s`, which it replaces the device's
+    /// optimizer kernels in): the exposed gradient download, the CPU optimizer step and the weight
+    /// upload; 0 without `offload_optimizer` (see [`crate::offload`]).
+    #[serde(default)]
+    pub offload_s: f64,
 }
 
 /// Which sources the prediction used.
@@ -806,6 +811,7 @@ impl ProfiledCostModel {
         let mut memory = Vec::with_capacity(pp);
         let mut device_compute_s = Vec::with_capacity(pp);
         let mut best = (f64::MIN, 0usize, 0f64, 0f64, 0f64, 0f64);
+        let mut offload_dev: Vec<f64> = Vec::with_capacity(pp);
         for d in 0..pp {
             let vs: Vec<usize> = (0..nv).filter(|v| v % pp == d).collect();
             let p_dev: f64 = vs.iter().map(|v| params[*v]).sum();
@@ -892,10 +898,42 @@ impl ProfiledCostModel {
             let launches = (prep.optimizer_kernels * frac / OPTIMIZER_TENSORS_PER_LAUNCH)
                 .ceil()
                 .max(1.0);
-            let opt = ((prep.optimizer_base_s / eff.memory + prep.optimizer_measured_s) * frac)
+            let device_opt = ((prep.optimizer_base_s / eff.memory + prep.optimizer_measured_s)
+                * frac)
                 .max(launches * launch)
-                + launches * KERNEL_FLOOR_S
-                + sc.step_overhead_s
+                + launches * KERNEL_FLOOR_S;
+            // Optimizer offload: the CPU step, the gradient download (overlapped with backward, in
+            // buckets) and the weight upload replace the device's optimizer kernels.
+            let offload_s = if cfg.offload_optimizer {
+                let shard_params = p_dev / shard;
+                let host = crate::offload::host_spec(cluster.gpu);
+                let need = crate::offload::host_bytes_per_device(
+                    shard_params,
+                    profile.optimizer_bytes_per_param,
+                ) * cluster.devices_per_server.min(cluster.devices) as f64;
+                if need > host.memory_per_server_bytes as f64 {
+                    return Err(CostError::InvalidConfig(format!(
+                        "the offloaded optimizer state exceeds the {} GiB of host memory per server",
+                        host.memory_per_server_bytes >> 30
+                    )));
+                }
+                let t = crate::offload::optimizer_offload(
+                    cluster.gpu,
+                    cluster.devices_per_server,
+                    shard_params,
+                    grad_bytes,
+                );
+                let buckets = (grad_bytes / 25e6).ceil().max(1.0) as u32;
+                exposed_after_overlap(t.download_s, b_dev, buckets) + t.cpu_step_s + t.upload_s
+            } else {
+                0.0
+            };
+            offload_dev.push(offload_s);
+            let opt = if cfg.offload_optimizer {
+                offload_s
+            } else {
+                device_opt
+            } + sc.step_overhead_s
                 + fp8_step_s(d);
             device_compute_s.push(
                 vs.iter()
@@ -964,6 +1002,7 @@ impl ProfiledCostModel {
                 dp_comm_s,
                 zero3_gather_s,
                 step_overhead_s: sc.step_overhead_s,
+                offload_s: offload_dev.get(crit).copied().unwrap_or(0.0),
             },
             memory,
             sources: SourceNotes {

@@ -180,7 +180,19 @@ pub struct StaticBytes {
 /// state, `distribute_low_prec_param` the stored bf16 weights, `distribute_optimizer` (ZeRO-1 /
 /// distributed optimizer) the optimizer state. Gradients persist across the step where the stack keeps
 /// a buffer (Megatron-LM, DeepSpeed), where `persistent_grads` is set, or under gradient accumulation.
+///
+/// With `offload_optimizer` the optimizer state, master weights and optimizer temporaries live in host
+/// memory (see [`crate::offload`]): none of them is on the device.
 pub fn static_bytes(profile: &StepProfile, cfg: &ParallelConfig, params: f64) -> StaticBytes {
+    let mut s = device_static_bytes(profile, cfg, params);
+    if cfg.offload_optimizer {
+        s.optimizer = 0.0;
+        s.optimizer_temp = 0.0;
+    }
+    s
+}
+
+fn device_static_bytes(profile: &StepProfile, cfg: &ParallelConfig, params: f64) -> StaticBytes {
     let dp = cfg.dp.max(1) as f64;
     let z3 = if cfg.distribute_param { dp } else { 1.0 };
     let lp_div = if cfg.distribute_param || cfg.distribute_low_prec_param {

@@ -190,3 +190,50 @@ fn sample(r: &moai_costmodel::TruthRow) -> moai_costmodel::fit::FitSample {
         peak_memory_bytes: r.measured.peak_memory_bytes,
     }
 }
+
+#[test]
+fn optimizer_offload_moves_the_state_to_the_host_and_costs_the_cpu_step() {
+    let profile = llama2_70b();
+    let cluster = Cluster::new(Gpu::H100, 64).unwrap();
+    let m = ProfiledCostModel::new();
+    let base = nemo_70b(MatmulPrecision::Bf16);
+    let off = ParallelConfig {
+        offload_optimizer: true,
+        ..base.clone()
+    };
+    let (a, b) = (
+        m.estimate(&profile, &cluster, &base).unwrap(),
+        m.estimate(&profile, &cluster, &off).unwrap(),
+    );
+    assert_eq!(a.breakdown.offload_s, 0.0);
+    assert!(b.breakdown.offload_s > 0.0);
+    assert!(b.breakdown.offload_s <= b.breakdown.optimizer_s);
+    // The CPU step streams 30 bytes per parameter of the shard (70B / 16 model-parallel ranks / dp 4
+    // ≈ 1.1e9 parameters) through an eighth of the host's memory bandwidth.
+    let host = moai_costmodel::offload::host_spec(Gpu::H100);
+    let shard = a.memory[0].optimizer_bytes / profile.optimizer_bytes_per_param;
+    let cpu = shard * moai_costmodel::offload::CPU_ADAM_BYTES_PER_PARAM
+        / (host.memory_bytes_per_s * moai_costmodel::offload::HOST_MEMORY_EFFICIENCY / 8.0);
+    assert!(
+        b.breakdown.offload_s >= cpu,
+        "{} < {cpu}",
+        b.breakdown.offload_s
+    );
+    for (x, y) in a.memory.iter().zip(&b.memory) {
+        assert!(x.optimizer_bytes > 0.0);
+        assert_eq!(y.optimizer_bytes, 0.0);
+        assert!(y.peak_bytes < x.peak_bytes);
+    }
+    assert!(b.step_time_s > a.step_time_s);
+    // Without ZeRO-1 every dp rank offloads its whole stage's state: 8 devices × 4.3e9 parameters
+    // × 16 bytes (fp32 master weights, moments and gradient copy) = 5.5e11 bytes, more than the 512 GiB
+    // of a LUMI-G node (MI250) and less than a DGX H100's 2 TiB.
+    let full = ParallelConfig {
+        distribute_optimizer: false,
+        ..off
+    };
+    m.estimate(&profile, &cluster, &full).unwrap();
+    let lumi = Cluster::new(Gpu::Mi250, 64).unwrap();
+    let e = m.estimate(&profile, &lumi, &full).unwrap_err().to_string();
+    assert!(e.contains("host memory per server"), "{e}");
+}
