@@ -28,7 +28,8 @@
 //! speedup of 1.2–1.5X" with FP8 on the Transformer block's linear layers), Fujii et al. 2024
 //! (arXiv:2411.08719, Llama-3-70B under Megatron-LM on H100: 415 → 570 TFLOP/s, 1.37×) and IBM/Meta's
 //! float8 FSDP2 blog (PyTorch blog 2024-11-25, Llama-3 70B on H100: 956 → 1430 tokens/s/GPU, 1.50×);
-//! see `data/truth/fp8_h100_nemo.jsonl` and the test `estimate::fp8_gain_on_70b_lies_in_published_range`.
+//! see `data/truth/fp8_h100_nemo.jsonl` and the tests `fp8::fp8_gain_on_70b_lies_in_published_range`
+//! (moai-costmodel) and `fp8::fp8_plan_of_llama2_70b_on_64_h100_gains_within_published_range` (moai-compiler).
 
 use crate::device::Gpu;
 use crate::error::{CostError, Result};
