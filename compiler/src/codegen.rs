@@ -576,6 +576,7 @@ mod tests {
                 StageInfo { layers: [21, 39] },
             ],
             engine: Default::default(),
+            stage_recompute: Vec::new(),
         };
         assert_eq!(stage_counts(&p).unwrap(), vec![21, 19]);
         p.stages[1].layers = [21, 20];

@@ -119,6 +119,8 @@ pub struct PlanDims {
     pub zero: ZeroStage,
     /// Sequence parallelism.
     pub sequence_parallel: bool,
+    /// The pipeline stages do not all use the same recomputation policy (`stage_recompute`).
+    pub mixed_recompute: bool,
     /// Devices in the cluster.
     pub devices: u64,
     /// Devices per full server.
@@ -136,6 +138,7 @@ impl PlanDims {
             recompute: c.recompute,
             zero: ZeroStage::of_flags(c.distribute_param, c.distribute_optimizer),
             sequence_parallel: c.sequence_parallel,
+            mixed_recompute: c.mixed_recompute(),
             devices: cluster.devices as u64,
             devices_per_server: cluster.devices_per_server as u64,
         }
@@ -159,6 +162,7 @@ impl PlanDims {
             recompute: p.recompute,
             zero: ZeroStage::of_flags(p.distribute_param, p.distribute_optimizer),
             sequence_parallel: p.sequence_parallel,
+            mixed_recompute: p.stage_recompute.iter().any(|r| *r != p.recompute),
             devices: cx.devices,
             devices_per_server: cx.devices_per_server,
         })
@@ -211,6 +215,25 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                     "Megatron-LM's fully sharded data parallel (--use-megatron-fsdp) is not run with pipeline parallelism here".into(),
                 );
             }
+            if d.schedule.is_zero_bubble() {
+                // compiler/data/megatron_arguments.txt: --delay-wgrad-compute and
+                // --defer-embedding-wgrad-compute defer weight gradients for communication overlap
+                // inside 1F1B; no option selects a zero-bubble pipeline schedule.
+                return Err(format!(
+                    "Megatron-LM has no zero-bubble pipeline schedule ({}); PyTorch's pipelining runs it ({})",
+                    d.schedule,
+                    if d.schedule == Schedule::ZeroBubbleV {
+                        "ZBVZeroBubble"
+                    } else {
+                        "InterleavedZeroBubble"
+                    }
+                ));
+            }
+            if d.mixed_recompute {
+                return Err(
+                    "Megatron-LM recomputes alike on every pipeline stage (--recompute-method block takes one --recompute-num-layers for all of them), so a per-stage recomputation mix is not expressible".into(),
+                );
+            }
             Ok(())
         }
         Stack::Deepspeed | Stack::Fsdp => {
@@ -254,6 +277,11 @@ pub fn engines_for(d: &PlanDims) -> Vec<Stack> {
 
 /// Sets a candidate's stack: `fixed` (`--engine`) when that engine runs it, else the most preferred
 /// engine that does ([`engines_for`]). The error is the reason the candidate is dropped from the space.
+///
+/// The dimensions no export engine runs yet, zero-bubble schedules and per-stage recomputation mixes,
+/// are only in the space when the user asks for them (`--schedule zb-h1,zbv`, `--stage-recompute`):
+/// without `--engine`, such a candidate is costed on the stack of the engine that runs the same plan
+/// with 1F1B (interleaved:2 for zbv) and uniform recomputation, and its exports refuse in one line.
 pub fn assign_engine(
     fixed: Option<Stack>,
     mut c: ParallelConfig,
@@ -266,7 +294,21 @@ pub fn assign_engine(
             c.stack = e;
         }
         None => {
-            let Some(e) = engines_for(&d).first().copied() else {
+            let Some(e) = engines_for(&d).first().copied().or_else(|| {
+                if !d.schedule.is_zero_bubble() && !d.mixed_recompute {
+                    return None;
+                }
+                let plain = PlanDims {
+                    schedule: match d.schedule {
+                        Schedule::ZeroBubbleV => Schedule::Interleaved(2),
+                        Schedule::ZeroBubbleH1 => Schedule::OneFOneB,
+                        s => s,
+                    },
+                    mixed_recompute: false,
+                    ..d
+                };
+                engines_for(&plain).first().copied()
+            }) else {
                 let why = engine_runs(Stack::Megatron, &d).err().unwrap_or_default();
                 return Err(format!("no engine runs it: {why}"));
             };
@@ -797,6 +839,7 @@ mod tests {
                     })
                     .collect(),
                 engine: Stack::Megatron,
+                stage_recompute: Vec::new(),
             },
             ExportContext {
                 layers: 40,

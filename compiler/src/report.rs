@@ -71,6 +71,11 @@ pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
             .map(|(lo, hi)| StageInfo { layers: [lo, hi] })
             .collect(),
         engine: cfg.stack,
+        stage_recompute: if cfg.mixed_recompute() {
+            cfg.stage_recompute.clone()
+        } else {
+            Vec::new()
+        },
     }
 }
 

@@ -7,6 +7,7 @@ mod current;
 mod exports;
 mod interrupt;
 mod partition;
+mod pipeline;
 mod planner;
 mod report;
 mod smi;

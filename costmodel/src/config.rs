@@ -445,9 +445,16 @@ impl ParallelConfig {
         }
         let ranges = self.stage_ranges(layers, vstages)?;
         if self.mixed_recompute() {
-            // Each block must have been profiled under its own stage's policy.
+            // Each decoder layer must have been profiled under its own stage's policy.
             let kinds: Vec<_> = profile.blocks.iter().map(|b| b.kind).collect();
-            for (b, r) in profile.blocks.iter().zip(self.block_recompute(&kinds, &ranges)) {
+            for (b, r) in profile
+                .blocks
+                .iter()
+                .zip(self.block_recompute(&kinds, &ranges))
+            {
+                if !matches!(b.kind, moai_ir::cost::BlockKind::Decoder(_)) {
+                    continue;
+                }
                 let recomputed = b.ops.iter().any(|o| o.phase == Phase::Recompute);
                 if (r == Recompute::None && recomputed) || (r == Recompute::Full && !recomputed) {
                     return bad(format!(
@@ -530,12 +537,16 @@ pub fn mixed_profile<'a>(
             continue;
         }
         let p = profile_of(r).ok_or_else(|| missing(r))?;
-        let b = p.blocks.get(i).filter(|b| b.kind == kinds[i]).ok_or_else(|| {
-            CostError::InvalidConfig(format!(
-                "the step profiles for recompute {} and {r} have different blocks",
-                cfg.recompute
-            ))
-        })?;
+        let b = p
+            .blocks
+            .get(i)
+            .filter(|b| b.kind == kinds[i])
+            .ok_or_else(|| {
+                CostError::InvalidConfig(format!(
+                    "the step profiles for recompute {} and {r} have different blocks",
+                    cfg.recompute
+                ))
+            })?;
         out.blocks[i] = b.clone();
     }
     Ok(out)

@@ -471,8 +471,7 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
                 hidden: (heads * hd) as f64,
                 heads: heads as f64,
             };
-            act =
-                megatron_layer_bytes(dims, tp as f64, cfg.sequence_parallel, recompute, false);
+            act = megatron_layer_bytes(dims, tp as f64, cfg.sequence_parallel, recompute, false);
         }
         saved[v] += act;
         copies_all += shape.weight_copy_bytes;
@@ -486,7 +485,12 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     }
     let p_dev: f64 = vs.iter().map(|v| params[*v]).sum();
     let st = static_bytes(profile, cfg, p_dev);
-    let acts = if cfg.schedule.chunks() > 1 {
+    let acts = if cfg.schedule == Schedule::ZeroBubbleV {
+        // Per chunk: the first chunk holds up to 2·pp − 1 micro-batches, the second about one.
+        crate::pipeline::peak_live_bytes(cfg.schedule, cfg.pp, d, m, &|v| {
+            saved.get(v).copied().unwrap_or(0.0)
+        })
+    } else if cfg.schedule.chunks() > 1 {
         // Interleaved and zbv: in-flight counts chunk-micro-batches; charge the device's largest chunk.
         let per_chunk = vs.iter().map(|v| saved[*v]).fold(0.0, f64::max);
         per_chunk * inflight(0)

@@ -219,7 +219,11 @@ fn device_order(schedule: Schedule, pp: usize, d: usize, m: usize) -> Vec<Task> 
         let chunk = if forward { group } else { v - 1 - group };
         let mb = (k / (pp * v)) * pp + k % pp;
         task(
-            if forward { Pass::Forward } else { Pass::Backward },
+            if forward {
+                Pass::Forward
+            } else {
+                Pass::Backward
+            },
             chunk * pp + d,
             mb,
         )
@@ -270,6 +274,37 @@ pub fn peak_in_flight(schedule: Schedule, pp: u32, device: u32, micro_batches: u
         peak = peak.max(live);
     }
     peak.max(0) as u32
+}
+
+/// The largest activation bytes device `device` holds at once under `schedule`: over its task order,
+/// the most of `Σ live(v) · bytes_of(v)` over its virtual stages `v`, where `live(v)` counts the
+/// micro-batches of stage `v` forwarded and not yet released (by a whole backward or a W pass). Used
+/// for zbv, whose two chunks hold very different numbers of micro-batches (the first chunk up to
+/// `2·pp − 1`, the last stage's chunk on device 0 about one).
+pub fn peak_live_bytes(
+    schedule: Schedule,
+    pp: u32,
+    device: u32,
+    micro_batches: u32,
+    bytes_of: &dyn Fn(usize) -> f64,
+) -> f64 {
+    let pp = pp.max(1) as usize;
+    let order = device_order(
+        schedule,
+        pp,
+        (device as usize).min(pp - 1),
+        micro_batches.max(1) as usize,
+    );
+    let (mut live, mut peak) = (0.0f64, 0.0f64);
+    for t in order {
+        match t.pass {
+            Pass::Forward => live += bytes_of(t.vstage),
+            Pass::Backward | Pass::WeightGrad => live -= bytes_of(t.vstage),
+            Pass::InputGrad => {}
+        }
+        peak = peak.max(live);
+    }
+    peak
 }
 
 /// Marks the weight-gradient ops of a block: each weight-stationary forward matmul's `dW = xᵀ · dy`
@@ -374,7 +409,13 @@ fn run(
     }
     let nv = stages.len();
     let device_of = |vs: usize| schedule.device_of(vs, pp_us);
-    let hop = |a: usize, b: usize| if device_of(a) == device_of(b) { 0.0 } else { p2p_s };
+    let hop = |a: usize, b: usize| {
+        if device_of(a) == device_of(b) {
+            0.0
+        } else {
+            p2p_s
+        }
+    };
     let orders: Vec<Vec<Task>> = (0..pp_us)
         .map(|d| device_order(schedule, pp_us, d, m))
         .collect();
@@ -394,9 +435,7 @@ fn run(
                     Pass::Forward if vs == 0 => 0.0,
                     Pass::Forward => fend[(vs - 1) * m + mb] + hop(vs - 1, vs),
                     Pass::Backward | Pass::InputGrad if vs + 1 == nv => fend[vs * m + mb],
-                    Pass::Backward | Pass::InputGrad => {
-                        gend[(vs + 1) * m + mb] + hop(vs + 1, vs)
-                    }
+                    Pass::Backward | Pass::InputGrad => gend[(vs + 1) * m + mb] + hop(vs + 1, vs),
                     Pass::WeightGrad => gend[vs * m + mb],
                 };
                 if ready.is_nan() {
@@ -477,7 +516,14 @@ pub fn timeline(
     p2p_s: f64,
 ) -> Result<Vec<TaskEvent>> {
     let mut events = Vec::new();
-    run(schedule, stages, pp, micro_batches, p2p_s, Some(&mut events))?;
+    run(
+        schedule,
+        stages,
+        pp,
+        micro_batches,
+        p2p_s,
+        Some(&mut events),
+    )?;
     Ok(events)
 }
 #[cfg(test)]
@@ -565,7 +611,10 @@ mod tests {
             let zb = simulate(Schedule::ZeroBubbleH1, &split(p), p as u32, m, 0.0).unwrap();
             let pm1 = (p - 1) as f64;
             assert!((one.bubble_s - pm1 * 3.0).abs() < 1e-9, "{one:?}");
-            assert!((zb.bubble_s - pm1 * 1.0).abs() < 1e-9, "p {p} m {m}: {zb:?}");
+            assert!(
+                (zb.bubble_s - pm1 * 1.0).abs() < 1e-9,
+                "p {p} m {m}: {zb:?}"
+            );
             assert!(zb.makespan_s < one.makespan_s);
         }
         // Without a W part, ZB-H1 is 1F1B.
@@ -658,10 +707,42 @@ mod tests {
         };
         // q_proj: 256 tokens (2 × 128) × 256 → 512.
         let ops = vec![
-            mm(Phase::Forward, "l.q:Linear", TpSplit::Column, 1, 256, 512, 256),
-            mm(Phase::Backward, "l.q:MatMul", TpSplit::Row, 2, 128, 256, 512),
-            mm(Phase::Backward, "l.q:MatMul", TpSplit::Column, 1, 256, 512, 256),
-            mm(Phase::Recompute, "l.q:Linear", TpSplit::Column, 1, 256, 512, 256),
+            mm(
+                Phase::Forward,
+                "l.q:Linear",
+                TpSplit::Column,
+                1,
+                256,
+                512,
+                256,
+            ),
+            mm(
+                Phase::Backward,
+                "l.q:MatMul",
+                TpSplit::Row,
+                2,
+                128,
+                256,
+                512,
+            ),
+            mm(
+                Phase::Backward,
+                "l.q:MatMul",
+                TpSplit::Column,
+                1,
+                256,
+                512,
+                256,
+            ),
+            mm(
+                Phase::Recompute,
+                "l.q:Linear",
+                TpSplit::Column,
+                1,
+                256,
+                512,
+                256,
+            ),
             OpCost {
                 class: KernelClass::Gather,
                 flops: 0.0,
