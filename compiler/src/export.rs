@@ -951,6 +951,52 @@ mod tests {
     }
 
     #[test]
+    fn zero_bubble_and_per_stage_recompute_are_refused_in_one_line() {
+        let (mut p, cx) = sample();
+        for (sched, name) in [("zb-h1", "InterleavedZeroBubble"), ("zbv", "ZBVZeroBubble")] {
+            p.schedule = sched.into();
+            let e = megatron_args(&p, &cx).unwrap_err();
+            assert!(
+                e.contains("no zero-bubble pipeline schedule") && e.contains(name),
+                "{e}"
+            );
+            assert!(!e.contains('\n'));
+        }
+        let (mut p, cx) = sample();
+        p.recompute = Recompute::Full;
+        p.stage_recompute = vec![
+            Recompute::Full,
+            Recompute::None,
+            Recompute::None,
+            Recompute::None,
+        ];
+        let e = megatron_args(&p, &cx).unwrap_err();
+        assert!(e.contains("per-stage recomputation mix"), "{e}");
+        // A uniform list is the uniform policy.
+        p.stage_recompute = vec![Recompute::Full; 4];
+        assert!(megatron_args(&p, &cx).is_ok());
+        // Without --engine, a zero-bubble candidate is costed on the stack of its 1F1B twin; with
+        // --engine megatron it is dropped.
+        let cluster = Cluster::new(moai_costmodel::Gpu::H100, 32).unwrap();
+        let c = ParallelConfig {
+            dp: 8,
+            pp: 4,
+            num_micro_batches: 8,
+            schedule: Schedule::ZeroBubbleH1,
+            ..ParallelConfig::default()
+        };
+        assert_eq!(
+            assign_engine(None, c.clone(), &cluster).unwrap().stack,
+            Stack::Megatron
+        );
+        let e = assign_engine(Some(Stack::Megatron), c, &cluster).unwrap_err();
+        assert!(
+            e.starts_with("--engine megatron: Megatron-LM has no zero-bubble"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn partial_servers_start_exactly_the_plans_ranks() {
         let (_, mut cx) = sample();
         cx.devices = 12;

@@ -579,11 +579,12 @@ fn estimate_candidate(
     cost.estimate(&mixed, cluster, c)
 }
 
-/// The per-stage recomputation mixes of `--stage-recompute mixed`: for every pipelined candidate with
-/// one stage per device whose uniform policy (none or selective) ran out of memory while its predicted
-/// time beats the fastest fitting plan, full recomputation on the first `k` stages (which hold the most
-/// in-flight micro-batches) and the candidate's policy on the rest, `k` = 1, 2, … until a mix fits or
-/// is no faster than that plan. Returns how many mixes were costed and the fitting ones.
+/// The per-stage recomputation mixes of `--stage-recompute mixed`: for every costed pipelined candidate
+/// with one stage per device and a uniform policy other than full (whether it ran out of memory, or
+/// fitted only by a memory-bound stage split that made it slow), full recomputation on the first `k`
+/// stages (which hold the most in-flight micro-batches) and the candidate's policy on the rest, `k` =
+/// 1, 2, … until a mix fits, or is no faster than the fastest fitting plan (more full stages only
+/// add recomputation). Returns how many mixes were costed and the fitting ones.
 /// Deterministic: candidates are tried independently and collected in enumeration order.
 fn try_recompute_mixes(
     evaluated: &[Evaluated],
@@ -609,7 +610,7 @@ fn try_recompute_mixes(
                 && c.schedule.chunks() == 1
                 && !c.mixed_recompute()
                 && c.recompute != Recompute::Full
-                && matches!(&e.outcome, Outcome::OutOfMemory(x) if x.step_time_s < best)
+                && e.estimate().is_some()
                 && profiles.contains_key(&(c.micro_batch_size, Recompute::Full))
         })
         .collect();

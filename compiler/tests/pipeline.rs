@@ -305,3 +305,104 @@ fn recomputation_per_stage_fits_where_uniform_none_does_not_and_beats_uniform_fu
     let why = engine_runs(Stack::Megatron, &d).unwrap_err();
     assert!(why.contains("per-stage recomputation mix"), "{why}");
 }
+
+#[test]
+fn the_search_chooses_a_per_stage_mix_when_asked_and_the_uniform_policy_does_not_fit() {
+    let m = model(LONG);
+    let cluster = Cluster::new(Gpu::H100, 4).unwrap();
+    let mut req = PlanRequest::new(32, 4096);
+    req.constraints = Constraints {
+        dp: Some(1),
+        pp: Some(4),
+        micro_batch_size: Some(2),
+        recompute: vec![Recompute::None, Recompute::Full],
+        zero: Some(ZeroStage::Zero0),
+        schedules: vec![Schedule::OneFOneB],
+        ..Constraints::default()
+    };
+    let uniform = plan(&m, &cluster, &req).expect("uniform full fits");
+    assert_eq!(uniform.output.plan.recompute, Recompute::Full);
+    assert!(uniform.output.plan.stage_recompute.is_empty());
+    req.constraints.stage_recompute_mixes = true;
+    let mixed = plan(&m, &cluster, &req).expect("a plan");
+    let p = &mixed.output.plan;
+    eprintln!(
+        "uniform {:.3} s, mixed {:.3} s {:?} stages {:?}",
+        uniform.output.predicted.step_time_s,
+        mixed.output.predicted.step_time_s,
+        p.stage_recompute,
+        p.stages
+    );
+    assert_eq!(p.stage_recompute.first(), Some(&Recompute::Full));
+    assert_eq!(p.stage_recompute.last(), Some(&Recompute::None));
+    assert!(mixed.output.predicted.step_time_s < uniform.output.predicted.step_time_s);
+    assert!(mixed.output.fits);
+    assert!(
+        mixed
+            .explanation
+            .contains("recompute per stage full/none/none/none")
+            && mixed
+                .explanation
+                .contains("no export engine runs its per-stage recomputation"),
+        "{}",
+        mixed.explanation
+    );
+    assert!(
+        mixed.output.plan.summary_line().contains("per stage [full"),
+        "{}",
+        mixed.output.plan.summary_line()
+    );
+}
+
+#[test]
+fn estimate_on_the_command_line_reports_the_smaller_bubble() {
+    let bubble = |schedule: &str| {
+        let out = crate::cli::moai(&[
+            "estimate",
+            MODEL,
+            "--gpu",
+            "h100",
+            "--devices",
+            "8",
+            "--batch-size",
+            "16",
+            "--seq-len",
+            "2048",
+            "--pp",
+            "4",
+            "--schedule",
+            schedule,
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["plan"]["schedule"], schedule);
+        v["predicted"]["breakdown"]["bubble_s"]
+            .as_f64()
+            .expect("bubble")
+    };
+    let (one, zb) = (bubble("1f1b"), bubble("zb-h1"));
+    assert!(zb < 0.8 * one, "zb-h1 {zb} vs 1f1b {one}");
+    let e = crate::cli::fails(&[
+        "estimate",
+        MODEL,
+        "--gpu",
+        "h100",
+        "--devices",
+        "8",
+        "--batch-size",
+        "16",
+        "--pp",
+        "4",
+        "--stage-recompute",
+        "full,none",
+    ]);
+    assert!(
+        e.contains("--stage-recompute lists 2 policies but --pp is 4"),
+        "{e}"
+    );
+}

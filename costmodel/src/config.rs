@@ -558,8 +558,66 @@ mod tests {
     use crate::device::Gpu;
 
     #[test]
+    fn zero_bubble_and_stage_recompute_rules() {
+        let c = Cluster::new(Gpu::H100, 8).unwrap();
+        let cfg = ParallelConfig {
+            dp: 8,
+            schedule: Schedule::ZeroBubbleH1,
+            ..Default::default()
+        };
+        assert!(
+            cfg.validate_cluster(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("schedule zb-h1 needs pp >= 2")
+        );
+        let mut cfg = ParallelConfig {
+            dp: 2,
+            pp: 4,
+            recompute: Recompute::Full,
+            stage_recompute: vec![Recompute::Full, Recompute::None],
+            ..Default::default()
+        };
+        assert!(
+            cfg.validate_cluster(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("2 policies for 4 pipeline stages")
+        );
+        cfg.stage_recompute = vec![
+            Recompute::Full,
+            Recompute::None,
+            Recompute::None,
+            Recompute::None,
+        ];
+        cfg.validate_cluster(&c).unwrap();
+        assert!(cfg.mixed_recompute());
+        assert_eq!(cfg.recompute_of_device(1), Recompute::None);
+        cfg.recompute = Recompute::None;
+        assert!(
+            cfg.validate_cluster(&c).is_err(),
+            "recompute names stage 0's policy"
+        );
+        // zbv: device d holds stages d and 2·pp − 1 − d.
+        let v: Vec<usize> = (0..8)
+            .map(|s| Schedule::ZeroBubbleV.device_of(s, 4))
+            .collect();
+        assert_eq!(v, vec![0, 1, 2, 3, 3, 2, 1, 0]);
+        assert_eq!(Schedule::ZeroBubbleV.chunks(), 2);
+        assert_eq!(Schedule::Interleaved(2).device_of(5, 4), 1);
+        // JSON: absent when empty, listed otherwise.
+        let text = serde_json::to_string(&ParallelConfig::default()).unwrap();
+        assert!(!text.contains("stage_recompute"), "{text}");
+        let text = serde_json::to_string(&cfg).unwrap();
+        assert!(
+            text.contains(r#""stage_recompute":["full","none","none","none"]"#),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn schedule_roundtrip() {
-        for s in ["gpipe", "1f1b", "interleaved:2"] {
+        for s in ["gpipe", "1f1b", "interleaved:2", "zb-h1", "zbv"] {
             assert_eq!(s.parse::<Schedule>().unwrap().to_string(), s);
         }
         assert!("interleaved:0".parse::<Schedule>().is_err());
