@@ -635,9 +635,7 @@ fn try_recompute_mixes(
                 let Ok(c) = crate::export::assign_engine(req.constraints.engine, c, cluster) else {
                     return None;
                 };
-                let Some(p) = profiles.get(&(c.micro_batch_size, c.recompute)) else {
-                    return None;
-                };
+                let p = profiles.get(&(c.micro_batch_size, c.recompute))?;
                 let Ok(c) = compile_with(&c, p, profiles, cost, cluster, layers, capacity) else {
                     return None;
                 };

@@ -338,7 +338,9 @@ pub fn weight_grad_ops(block: &BlockProfile) -> Vec<bool> {
             }
             match o.class {
                 KernelClass::Gather => true,
-                KernelClass::Matmul { batch, m, n, k, .. } if batch == 1 => {
+                KernelClass::Matmul {
+                    batch: 1, m, n, k, ..
+                } => {
                     let s = scope(&o.label);
                     match partners
                         .iter_mut()
