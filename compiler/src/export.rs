@@ -225,7 +225,7 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                     if d.schedule == Schedule::ZeroBubbleV {
                         "ZBVZeroBubble"
                     } else {
-                        "InterleavedZeroBubble"
+                        "as a per-rank action list, torchtitan's pipeline_parallel_schedule_csv"
                     }
                 ));
             }
@@ -953,7 +953,10 @@ mod tests {
     #[test]
     fn zero_bubble_and_per_stage_recompute_are_refused_in_one_line() {
         let (mut p, cx) = sample();
-        for (sched, name) in [("zb-h1", "InterleavedZeroBubble"), ("zbv", "ZBVZeroBubble")] {
+        for (sched, name) in [
+            ("zb-h1", "pipeline_parallel_schedule_csv"),
+            ("zbv", "ZBVZeroBubble"),
+        ] {
             p.schedule = sched.into();
             let e = megatron_args(&p, &cx).unwrap_err();
             assert!(

@@ -253,6 +253,28 @@ fn device_order(schedule: Schedule, pp: usize, d: usize, m: usize) -> Vec<Task> 
     out
 }
 
+/// The order in which device `device` runs its passes under `schedule`: (pass, virtual stage in layer
+/// order, micro-batch) triples, what the simulation replays. An exporter can write it as PyTorch
+/// pipelining's per-rank action list (`_Action` strings `{stage}{F|B|I|W}{micro-batch}`, B a whole
+/// backward, I an input-gradient pass), which torchtitan loads with `pipeline_parallel_schedule_csv`.
+pub fn device_tasks(
+    schedule: Schedule,
+    pp: u32,
+    device: u32,
+    micro_batches: u32,
+) -> Vec<(Pass, usize, usize)> {
+    let pp = pp.max(1) as usize;
+    device_order(
+        schedule,
+        pp,
+        (device as usize).min(pp - 1),
+        micro_batches.max(1) as usize,
+    )
+    .into_iter()
+    .map(|t| (t.pass, t.vstage, t.mb))
+    .collect()
+}
+
 /// The most chunk-micro-batches whose activations device `device` holds at once under `schedule`
 /// (forwards run minus backwards or W passes run, the largest over its task order): what
 /// [`crate::memory::in_flight`] states in closed form. O(micro-batches); for tests and small counts.
@@ -686,6 +708,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn device_tasks_are_the_zb_h1_order() {
+        // Last of 4 stages, 6 micro-batches: no warm-up, 3 F-B steps with W deferred, then F-B-W,
+        // then the 3 deferred W passes.
+        let t = device_tasks(Schedule::ZeroBubbleH1, 4, 3, 6);
+        let s: Vec<String> = t
+            .iter()
+            .map(|(p, v, mb)| {
+                let k = match p {
+                    Pass::Forward => "F",
+                    Pass::Backward => "B",
+                    Pass::InputGrad => "I",
+                    Pass::WeightGrad => "W",
+                };
+                format!("{v}{k}{mb}")
+            })
+            .collect();
+        assert_eq!(
+            s.join(" "),
+            "3F0 3I0 3F1 3I1 3F2 3I2 3F3 3I3 3W0 3F4 3I4 3W1 3F5 3I5 3W2 3W3 3W4 3W5"
+        );
+        // The first stage runs whole backwards.
+        assert!(
+            device_tasks(Schedule::ZeroBubbleH1, 4, 0, 6)
+                .iter()
+                .all(|(p, _, _)| matches!(p, Pass::Forward | Pass::Backward))
+        );
     }
 
     #[test]
