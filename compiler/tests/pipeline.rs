@@ -406,3 +406,53 @@ fn estimate_on_the_command_line_reports_the_smaller_bubble() {
         "{e}"
     );
 }
+
+#[test]
+fn the_weight_gradient_pass_is_one_dw_gemm_per_linear_layer() {
+    use moai_ir::cost::{BlockKind, KernelClass, Phase};
+    for (spec, mbs, seq) in [
+        (MODEL, 1, 4096),
+        (MODEL, 2, 512),
+        ("gpt:layers=2,hidden=256,heads=4,vocab=1000", 1, 256),
+    ] {
+        let m = model(spec);
+        for r in [Recompute::None, Recompute::Full] {
+            let req = PlanRequest::new(8, seq);
+            let p = moai_ir::train::step_profile(&m.graph, &train_options(&req, r), mbs, seq)
+                .expect("profile");
+            for b in &p.blocks {
+                let mask = moai_costmodel::pipeline::weight_grad_ops(b);
+                // 2·rows·in·out of each forward linear (its flops also count a bias add).
+                let linear_flops: f64 = b
+                    .ops
+                    .iter()
+                    .filter(|o| o.phase == Phase::Forward && o.label.ends_with(":Linear"))
+                    .map(|o| match o.class {
+                        KernelClass::Matmul { batch, m, n, k, .. } => {
+                            2.0 * (batch * m * n * k) as f64
+                        }
+                        _ => 0.0,
+                    })
+                    .sum();
+                let w_gemm_flops: f64 = b
+                    .ops
+                    .iter()
+                    .zip(&mask)
+                    .filter(|(o, w)| **w && matches!(o.class, KernelClass::Matmul { .. }))
+                    .map(|(o, _)| o.flops)
+                    .sum();
+                assert!(
+                    (w_gemm_flops - linear_flops).abs() <= 1e-9 * linear_flops.max(1.0),
+                    "{spec} mbs {mbs} {r} {:?}: W GEMMs {w_gemm_flops} vs forward linears {linear_flops}",
+                    b.kind
+                );
+                if b.kind == BlockKind::Embedding {
+                    assert!(mask.iter().any(|w| *w), "the table gradient is W");
+                }
+                if matches!(b.kind, BlockKind::Decoder(_)) {
+                    assert!(linear_flops > 0.0);
+                }
+            }
+        }
+    }
+}
