@@ -139,8 +139,9 @@ pub struct ConfigArgs {
     #[arg(long)]
     pub schedule: Option<String>,
     /// Recomputation per pipeline stage: a comma list with one of none, selective, full per stage
-    /// (e.g. full,full,none,none), or `mixed` (plan: also try full recomputation on the first stages
-    /// where the uniform choice does not fit). No export engine runs a per-stage mix yet.
+    /// (e.g. full,full,none,none), or `mixed` (plan: also try full recomputation on the first k
+    /// stages of pipelined candidates, which hold the most in-flight micro-batches). No export engine
+    /// runs a per-stage mix yet.
     #[arg(long)]
     pub stage_recompute: Option<String>,
     /// Engine the plan runs on and is costed for: megatron, deepspeed or fsdp. plan: only what that
