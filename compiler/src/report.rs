@@ -50,7 +50,14 @@ pub fn cluster_info(c: &Cluster) -> ClusterInfo {
 /// The plan part of the output.
 pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
     let ranges = if cfg.stages.is_empty() {
-        moai_costmodel::config::even_stages(layers, cfg.pp)
+        // zbv lists its 2·pp virtual stages in layer order (device d holds stages d and 2·pp − 1 − d):
+        // a per-device list would misplace the V.
+        let n = if cfg.schedule == moai_costmodel::Schedule::ZeroBubbleV {
+            cfg.pp * cfg.schedule.chunks()
+        } else {
+            cfg.pp
+        };
+        moai_costmodel::config::even_stages(layers, n)
     } else {
         cfg.stages.clone()
     };

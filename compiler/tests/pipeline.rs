@@ -182,6 +182,10 @@ fn zbv_puts_two_chunks_per_device_in_a_v_and_fits_like_1f1b() {
     let one = estimate(&m, &cluster, &cfg(Schedule::OneFOneB), &req).expect("1f1b");
     let v = estimate(&m, &cluster, &cfg(Schedule::ZeroBubbleV), &req).expect("zbv");
     let h = estimate(&m, &cluster, &cfg(Schedule::ZeroBubbleH1), &req).expect("zb-h1");
+    // The plan lists zbv's 8 virtual stages in layer order; memory and compute stay per device.
+    assert_eq!(v.plan.stages.len(), 8);
+    assert_eq!(v.plan.stages[7].layers, [14, 15]);
+    assert_eq!(v.predicted.stages.len(), 4);
     let b = |o: &moai_compiler::PlanOutput| o.predicted.breakdown.bubble_s;
     eprintln!("bubble 1f1b {} zb-h1 {} zbv {}", b(&one), b(&h), b(&v));
     assert!(b(&v) < b(&one));
