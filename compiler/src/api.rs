@@ -84,12 +84,32 @@ pub fn estimate_with(
             config.num_micro_batches, config.pp
         )));
     }
-    let profile = moai_ir::train::step_profile(
-        &model.graph,
-        &train_options(req, config.recompute),
-        config.micro_batch_size as u64,
-        req.seq,
-    )?;
+    let profile_for = |r| {
+        moai_ir::train::step_profile(
+            &model.graph,
+            &train_options(req, r),
+            config.micro_batch_size as u64,
+            req.seq,
+        )
+    };
+    let mut profile = profile_for(config.recompute)?;
+    if config.mixed_recompute() {
+        // Each stage's blocks as profiled under its own policy.
+        let mut others = Vec::new();
+        for r in &config.stage_recompute {
+            if *r != config.recompute && !others.iter().any(|(p, _)| p == r) {
+                others.push((*r, profile_for(*r)?));
+            }
+        }
+        let base = &profile;
+        profile = moai_costmodel::config::mixed_profile(config, s.layers as u32, &|r| {
+            if r == config.recompute {
+                Some(base)
+            } else {
+                others.iter().find(|(p, _)| *p == r).map(|(_, p)| p)
+            }
+        })?;
+    }
     let e = cost.estimate(&profile, cluster, config)?;
     Ok(PlanOutput {
         model: model_info(model),

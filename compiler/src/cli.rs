@@ -158,7 +158,8 @@ pub struct ConfigArgs {
     /// Sequence parallelism (with tp > 1).
     #[arg(long)]
     pub sequence_parallel: bool,
-    /// Pipeline schedule: gpipe, 1f1b, interleaved:V (plan: a comma list).
+    /// Pipeline schedule: gpipe, 1f1b, interleaved:V, zb-h1, zbv (plan: a comma list; the zero-bubble
+    /// schedules zb-h1 and zbv are searched only when listed, and no export engine runs them yet).
     #[arg(long)]
     pub schedule: Option<String>,
     /// Offload to host memory: `optimizer` (ZeRO-Offload: optimizer state and master weights on the
@@ -166,6 +167,12 @@ pub struct ConfigArgs {
     /// (the search does not try offload by itself). Activation offload is not modelled.
     #[arg(long, value_delimiter = ',')]
     pub offload: Vec<String>,
+    /// Recomputation per pipeline stage: a comma list with one of none, selective, full per stage
+    /// (e.g. full,full,none,none), or `mixed` (plan: also try full recomputation on the first k
+    /// stages of pipelined candidates, which hold the most in-flight micro-batches). No export engine
+    /// runs a per-stage mix yet.
+    #[arg(long)]
+    pub stage_recompute: Option<String>,
     /// Engine the plan runs on and is costed for: megatron, deepspeed or fsdp. plan: only what that
     /// engine runs is searched; without it each candidate goes to the first engine that runs it
     /// (Megatron-LM, then DeepSpeed, then FSDP) and the output names the engine.
@@ -210,6 +217,15 @@ impl ConfigArgs {
             // `--precision` is a job flag (JobArgs): the commands copy it in.
             precision: Default::default(),
             offload_optimizer: parse_offload(&self.offload)?,
+            stage_recompute: match self.stage_recompute.as_deref().map(str::trim) {
+                None | Some("mixed") => Vec::new(),
+                Some(list) => Constraints::parse_recompute_list(list).map_err(|e| {
+                    PlanError::InvalidArgument(
+                        e.to_string().replace("--recompute", "--stage-recompute"),
+                    )
+                })?,
+            },
+            stage_recompute_mixes: self.stage_recompute.as_deref().map(str::trim) == Some("mixed"),
         })
     }
 }

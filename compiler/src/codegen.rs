@@ -598,6 +598,7 @@ mod tests {
             engine: Default::default(),
             precision: Default::default(),
             offload_optimizer: false,
+            stage_recompute: Vec::new(),
         };
         assert_eq!(stage_counts(&p).unwrap(), vec![21, 19]);
         p.stages[1].layers = [21, 20];

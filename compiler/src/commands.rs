@@ -74,7 +74,21 @@ pub fn estimate(a: EstimateArgs) -> Result<()> {
         return print_json(&out);
     }
     println!("{}", out.plan.summary_line());
-    println!("engine: {}", crate::export::engine_title(out.plan.engine));
+    let unexported = out.plan.schedule.starts_with("zb")
+        || out
+            .plan
+            .stage_recompute
+            .iter()
+            .any(|r| *r != out.plan.recompute);
+    println!(
+        "engine: {}{}",
+        crate::export::engine_title(out.plan.engine),
+        if unexported {
+            " (costed on its stack; no export engine runs this schedule or per-stage recomputation yet)"
+        } else {
+            ""
+        }
+    );
     print_prediction(&out);
     if !out.fits {
         let usable = crate::api::usable_memory(&cluster, &req);

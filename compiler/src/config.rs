@@ -215,7 +215,21 @@ pub fn config_for(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Para
         return bad("--recompute: estimate takes one value (none, selective or full)".into());
     }
     if c.schedules.len() > 1 {
-        return bad("--schedule: estimate takes one value (gpipe, 1f1b or interleaved:V)".into());
+        return bad(
+            "--schedule: estimate takes one value (gpipe, 1f1b, interleaved:V, zb-h1 or zbv)"
+                .into(),
+        );
+    }
+    if c.stage_recompute_mixes {
+        return bad(
+            "--stage-recompute mixed: estimate takes one policy per stage (e.g. full,none)".into(),
+        );
+    }
+    if !c.stage_recompute.is_empty() && c.stage_recompute.len() as u64 != pp as u64 {
+        return bad(format!(
+            "--stage-recompute lists {} policies but --pp is {pp}",
+            c.stage_recompute.len()
+        ));
     }
     let Ok(num_micro_batches) = u32::try_from(per_replica / mbs as u64) else {
         return bad(format!(
@@ -235,7 +249,13 @@ pub fn config_for(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Para
         pp,
         micro_batch_size: mbs,
         num_micro_batches,
-        recompute: c.recompute.first().copied().unwrap_or_default(),
+        recompute: c
+            .recompute
+            .first()
+            .or(c.stage_recompute.first())
+            .copied()
+            .unwrap_or_default(),
+        stage_recompute: c.stage_recompute.clone(),
         sequence_parallel: c.sequence_parallel.unwrap_or(false),
         schedule: c.schedules.first().copied().unwrap_or(Schedule::OneFOneB),
         stages: Vec::new(),

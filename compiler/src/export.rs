@@ -119,6 +119,8 @@ pub struct PlanDims {
     pub zero: ZeroStage,
     /// Sequence parallelism.
     pub sequence_parallel: bool,
+    /// The pipeline stages do not all use the same recomputation policy (`stage_recompute`).
+    pub mixed_recompute: bool,
     /// Devices in the cluster.
     pub devices: u64,
     /// Devices per full server.
@@ -140,6 +142,7 @@ impl PlanDims {
             recompute: c.recompute,
             zero: ZeroStage::of_flags(c.distribute_param, c.distribute_optimizer),
             sequence_parallel: c.sequence_parallel,
+            mixed_recompute: c.mixed_recompute(),
             devices: cluster.devices as u64,
             devices_per_server: cluster.devices_per_server as u64,
             precision: c.precision,
@@ -165,6 +168,7 @@ impl PlanDims {
             recompute: p.recompute,
             zero: ZeroStage::of_flags(p.distribute_param, p.distribute_optimizer),
             sequence_parallel: p.sequence_parallel,
+            mixed_recompute: p.stage_recompute.iter().any(|r| *r != p.recompute),
             devices: cx.devices,
             devices_per_server: cx.devices_per_server,
             precision: p.precision,
@@ -225,6 +229,25 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                     d.zero
                 ));
             }
+            if d.schedule.is_zero_bubble() {
+                // compiler/data/megatron_arguments.txt: --delay-wgrad-compute and
+                // --defer-embedding-wgrad-compute defer weight gradients for communication overlap
+                // inside 1F1B; no option selects a zero-bubble pipeline schedule.
+                return Err(format!(
+                    "Megatron-LM has no zero-bubble pipeline schedule ({}); PyTorch's pipelining runs it ({})",
+                    d.schedule,
+                    if d.schedule == Schedule::ZeroBubbleV {
+                        "ZBVZeroBubble"
+                    } else {
+                        "as a per-rank action list, torchtitan's pipeline_parallel_schedule_csv"
+                    }
+                ));
+            }
+            if d.mixed_recompute {
+                return Err(
+                    "Megatron-LM recomputes alike on every pipeline stage (--recompute-method block takes one --recompute-num-layers for all of them), so a per-stage recomputation mix is not expressible".into(),
+                );
+            }
             Ok(())
         }
         Stack::Deepspeed | Stack::Fsdp => {
@@ -283,6 +306,11 @@ pub fn engines_for(d: &PlanDims) -> Vec<Stack> {
 
 /// Sets a candidate's stack: `fixed` (`--engine`) when that engine runs it, else the most preferred
 /// engine that does ([`engines_for`]). The error is the reason the candidate is dropped from the space.
+///
+/// The dimensions no export engine runs yet, zero-bubble schedules and per-stage recomputation mixes,
+/// are only in the space when the user asks for them (`--schedule zb-h1,zbv`, `--stage-recompute`):
+/// without `--engine`, such a candidate is costed on the stack of the engine that runs the same plan
+/// with 1F1B (interleaved:2 for zbv) and uniform recomputation, and its exports refuse in one line.
 pub fn assign_engine(
     fixed: Option<Stack>,
     mut c: ParallelConfig,
@@ -295,7 +323,21 @@ pub fn assign_engine(
             c.stack = e;
         }
         None => {
-            let Some(e) = engines_for(&d).first().copied() else {
+            let Some(e) = engines_for(&d).first().copied().or_else(|| {
+                if !d.schedule.is_zero_bubble() && !d.mixed_recompute {
+                    return None;
+                }
+                let plain = PlanDims {
+                    schedule: match d.schedule {
+                        Schedule::ZeroBubbleV => Schedule::Interleaved(2),
+                        Schedule::ZeroBubbleH1 => Schedule::OneFOneB,
+                        s => s,
+                    },
+                    mixed_recompute: false,
+                    ..d
+                };
+                engines_for(&plain).first().copied()
+            }) else {
                 let why = engine_runs(Stack::Megatron, &d).err().unwrap_or_default();
                 return Err(format!("no engine runs it: {why}"));
             };
@@ -863,6 +905,7 @@ mod tests {
                 engine: Stack::Megatron,
                 precision: MatmulPrecision::Bf16,
                 offload_optimizer: false,
+                stage_recompute: Vec::new(),
             },
             ExportContext {
                 layers: 40,
@@ -970,6 +1013,55 @@ mod tests {
         assert_eq!(
             deepspeed_config(&p, &cx).unwrap()["zero_optimization"]["stage"],
             3
+        );
+    }
+
+    #[test]
+    fn zero_bubble_and_per_stage_recompute_are_refused_in_one_line() {
+        let (mut p, cx) = sample();
+        for (sched, name) in [
+            ("zb-h1", "pipeline_parallel_schedule_csv"),
+            ("zbv", "ZBVZeroBubble"),
+        ] {
+            p.schedule = sched.into();
+            let e = megatron_args(&p, &cx).unwrap_err();
+            assert!(
+                e.contains("no zero-bubble pipeline schedule") && e.contains(name),
+                "{e}"
+            );
+            assert!(!e.contains('\n'));
+        }
+        let (mut p, cx) = sample();
+        p.recompute = Recompute::Full;
+        p.stage_recompute = vec![
+            Recompute::Full,
+            Recompute::None,
+            Recompute::None,
+            Recompute::None,
+        ];
+        let e = megatron_args(&p, &cx).unwrap_err();
+        assert!(e.contains("per-stage recomputation mix"), "{e}");
+        // A uniform list is the uniform policy.
+        p.stage_recompute = vec![Recompute::Full; 4];
+        assert!(megatron_args(&p, &cx).is_ok());
+        // Without --engine, a zero-bubble candidate is costed on the stack of its 1F1B twin; with
+        // --engine megatron it is dropped.
+        let cluster = Cluster::new(moai_costmodel::Gpu::H100, 32).unwrap();
+        let c = ParallelConfig {
+            dp: 8,
+            pp: 4,
+            num_micro_batches: 8,
+            schedule: Schedule::ZeroBubbleH1,
+            ..ParallelConfig::default()
+        };
+        assert_eq!(
+            assign_engine(None, c.clone(), &cluster).unwrap().stack,
+            Stack::Megatron
+        );
+        let e = assign_engine(Some(Stack::Megatron), c, &cluster).unwrap_err();
+        assert!(
+            e.starts_with("--engine megatron: Megatron-LM has no zero-bubble"),
+            "{e}"
         );
     }
 

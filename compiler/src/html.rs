@@ -5,7 +5,7 @@
 use crate::report::PlanReport;
 use crate::request::PlanRequest;
 use crate::search::Outcome;
-use moai_costmodel::pipeline::{TaskEvent, timeline};
+use moai_costmodel::pipeline::{Pass, TaskEvent, timeline};
 use moai_costmodel::{Cluster, Estimate, ParallelConfig};
 use std::fmt::Write;
 
@@ -83,11 +83,21 @@ td,th{{border:1px solid #bbb;padding:3px 8px;text-align:left}} .fig{{border:1px 
     match est.map(|e| plan_timeline(cfg, e)) {
         Some(Ok(ev)) => {
             h.push_str(&gantt(&ev, cfg.pp.max(1) as usize));
+            let colors = if cfg.schedule.is_zero_bubble() {
+                "Blue: forward, dark orange: input-gradient pass B, green: weight-gradient pass W, orange: \
+                 whole backward (the first stage of zb-h1)"
+            } else {
+                "Blue: forward, orange: backward"
+            };
             let _ = writeln!(
                 h,
-                "<p>Schedule {}, {} micro-batches of {}. Blue: forward, orange: backward, gaps: pipeline bubble. \
-                 Stage times and the point-to-point latency are those the cost model's pipeline simulation ran on.</p>",
-                cfg.schedule, cfg.num_micro_batches, cfg.micro_batch_size
+                "<p>Schedule {}, {} micro-batches of {}. {colors}, gaps: pipeline bubble ({:.3} s on the \
+                 critical device). Stage times and the point-to-point latency are those the cost model's \
+                 pipeline simulation ran on.</p>",
+                cfg.schedule,
+                cfg.num_micro_batches,
+                cfg.micro_batch_size,
+                est.map(|e| e.breakdown.bubble_s).unwrap_or(0.0)
             );
         }
         Some(Err(e)) => {
@@ -139,12 +149,18 @@ fn gantt(ev: &[TaskEvent], devices: usize) -> String {
     for e in ev {
         let (x0, x1) = (sx(e.start_s), sx(e.end_s));
         let y = 10.0 + e.device as f64 * row;
-        let fill = if e.forward { "#4a7fd4" } else { "#f0a040" };
+        let (fill, label) = match e.pass {
+            Pass::Forward => ("#4a7fd4", "F"),
+            Pass::Backward => ("#f0a040", "BW"),
+            Pass::InputGrad => ("#e07b39", "B"),
+            Pass::WeightGrad => ("#2a9d4b", "W"),
+        };
         let _ = writeln!(
             s,
-            "<rect x=\"{x0:.2}\" y=\"{y}\" width=\"{:.2}\" height=\"{}\" fill=\"{fill}\" stroke=\"#fff\" stroke-width=\"0.5\"/>",
+            "<rect x=\"{x0:.2}\" y=\"{y}\" width=\"{:.2}\" height=\"{}\" fill=\"{fill}\" stroke=\"#fff\" stroke-width=\"0.5\"><title>{label} {}</title></rect>",
             (x1 - x0).max(0.5),
-            row - 4.0
+            row - 4.0,
+            e.micro_batch
         );
         if x1 - x0 > 14.0 {
             let _ = writeln!(
@@ -373,16 +389,7 @@ mod tests {
             ..ParallelConfig::default()
         };
         let e = Estimate {
-            stage_times: vec![
-                StageTimes {
-                    forward_s: 1.0,
-                    backward_s: 2.0,
-                },
-                StageTimes {
-                    forward_s: 0.5,
-                    backward_s: 1.0,
-                },
-            ],
+            stage_times: vec![StageTimes::new(1.0, 2.0), StageTimes::new(0.5, 1.0)],
             p2p_s: 0.1,
             ..Estimate::default()
         };

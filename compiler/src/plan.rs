@@ -92,6 +92,10 @@ pub struct PlanConfig {
     /// The engine the plan was costed for and is exported to (`megatron`, `deepspeed`, `fsdp`).
     #[serde(default)]
     pub engine: moai_costmodel::Stack,
+    /// Recomputation per pipeline stage when the stages differ (`recompute` is the first stage's);
+    /// absent when every stage uses `recompute`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stage_recompute: Vec<moai_costmodel::Recompute>,
     /// The GEMM precision of the decoder layers' linears (`"fp8"` in JSON; absent for bf16).
     #[serde(
         default,
@@ -242,7 +246,12 @@ impl PlanConfig {
             "{pp}, {tp}, DP : {}, batch_per_device : {}{mb}, recomputation : {}, distribute_param : {}, distribute_low_prec_param : {}, distribute_optimizer : {}{fp8}",
             self.dp,
             self.micro_batch_size,
-            self.recompute,
+            if self.stage_recompute.is_empty() {
+                self.recompute.to_string()
+            } else {
+                let per: Vec<String> = self.stage_recompute.iter().map(|r| r.to_string()).collect();
+                format!("per stage [{}]", per.join(", "))
+            },
             self.distribute_param,
             self.distribute_low_prec_param,
             self.distribute_optimizer

@@ -50,7 +50,14 @@ pub fn cluster_info(c: &Cluster) -> ClusterInfo {
 /// The plan part of the output.
 pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
     let ranges = if cfg.stages.is_empty() {
-        moai_costmodel::config::even_stages(layers, cfg.pp)
+        // zbv lists its 2·pp virtual stages in layer order (device d holds stages d and 2·pp − 1 − d):
+        // a per-device list would misplace the V.
+        let n = if cfg.schedule == moai_costmodel::Schedule::ZeroBubbleV {
+            cfg.pp * cfg.schedule.chunks()
+        } else {
+            cfg.pp
+        };
+        moai_costmodel::config::even_stages(layers, n)
     } else {
         cfg.stages.clone()
     };
@@ -73,6 +80,11 @@ pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
         engine: cfg.stack,
         precision: cfg.precision,
         offload_optimizer: cfg.offload_optimizer,
+        stage_recompute: if cfg.mixed_recompute() {
+            cfg.stage_recompute.clone()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -189,7 +201,12 @@ fn describe(p: &PlanConfig) -> String {
         format!("dp={} tp={} pp={}", p.dp, p.tp, p.pp),
         format!("micro-batch {}×{}", p.micro_batch_size, p.num_micro_batches),
     ];
-    parts.push(format!("recompute {}", p.recompute));
+    if p.stage_recompute.iter().any(|r| *r != p.recompute) {
+        let per: Vec<String> = p.stage_recompute.iter().map(|r| r.to_string()).collect();
+        parts.push(format!("recompute per stage {}", per.join("/")));
+    } else {
+        parts.push(format!("recompute {}", p.recompute));
+    }
     let zero = if p.distribute_param {
         "ZeRO-3"
     } else if p.distribute_optimizer {
@@ -225,11 +242,30 @@ pub fn explain(
         best.predicted.mfu * 100.0
     );
     let engine = best.plan.engine;
-    s.push_str(&format!(
-        " It is costed for and runs on {}: export it with --emit {}.",
-        crate::export::engine_title(engine),
-        engine.name()
-    ));
+    let mixed = best
+        .plan
+        .stage_recompute
+        .iter()
+        .any(|r| *r != best.plan.recompute);
+    if best.plan.schedule.starts_with("zb") || mixed {
+        // Searched only when asked for (--schedule zb-h1,zbv, --stage-recompute): no export engine
+        // runs these dimensions yet (see export::assign_engine).
+        s.push_str(&format!(
+            " It is costed on {}'s stack, but no export engine runs its {} yet (PyTorch's pipelining runs zero-bubble schedules).",
+            crate::export::engine_title(engine),
+            if mixed {
+                "per-stage recomputation"
+            } else {
+                "zero-bubble schedule"
+            }
+        ));
+    } else {
+        s.push_str(&format!(
+            " It is costed for and runs on {}: export it with --emit {}.",
+            crate::export::engine_title(engine),
+            engine.name()
+        ));
+    }
     if let Some(r) = runner_up {
         let b = &best.predicted.breakdown;
         let o = &r.predicted.breakdown;

@@ -192,8 +192,16 @@ pub struct Constraints {
     pub zero: Option<crate::config::ZeroStage>,
     /// Fixed sequence parallelism.
     pub sequence_parallel: Option<bool>,
-    /// Allowed schedules (empty: gpipe, 1f1b and interleaved:2).
+    /// Allowed schedules (empty: gpipe, 1f1b and interleaved:2; the zero-bubble schedules `zb-h1` and
+    /// `zbv` only when listed).
     pub schedules: Vec<Schedule>,
+    /// Fixed recomputation per pipeline stage (`--stage-recompute full,none,...`, one policy per stage;
+    /// empty: the same policy on every stage).
+    pub stage_recompute: Vec<Recompute>,
+    /// Let the search try per-stage recomputation mixes (`--stage-recompute mixed`): full
+    /// recomputation on the first `k` stages and the candidate's own policy on the rest, for pipelined
+    /// candidates whose uniform policy does not fit.
+    pub stage_recompute_mixes: bool,
     /// The engine (`--engine`): only configurations it runs are searched, and they are costed for it.
     /// `None`: each candidate goes to the first engine that runs it (Megatron-LM, DeepSpeed, FSDP).
     pub engine: Option<moai_costmodel::Stack>,

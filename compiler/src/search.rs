@@ -8,9 +8,7 @@ use crate::model::Model;
 use crate::partition::{StageCost, partition};
 use crate::request::{PlanRequest, StopReason, WorkBounds};
 use crate::space::{ModelShape, enumerate};
-use moai_costmodel::{
-    BlockCost, Cluster, CostModel, Estimate, ParallelConfig, Recompute, Schedule,
-};
+use moai_costmodel::{BlockCost, Cluster, CostModel, Estimate, ParallelConfig, Recompute};
 use moai_ir::cost::{BlockKind, StepProfile};
 use moai_ir::train::TrainOptions;
 use rayon::prelude::*;
@@ -196,9 +194,19 @@ pub fn search(
     progress.start("compile", candidates.len() as u64);
 
     // Training profiles for every (micro-batch, recompute) in the space.
+    let mix_full = req.constraints.stage_recompute_mixes
+        && (req.constraints.recompute.is_empty()
+            || req.constraints.recompute.contains(&Recompute::Full));
     let mut keys: Vec<(u32, Recompute)> = candidates
         .iter()
-        .map(|c| (c.micro_batch_size, c.recompute))
+        .flat_map(|c| {
+            let mut k = vec![(c.micro_batch_size, c.recompute)];
+            k.extend(c.stage_recompute.iter().map(|r| (c.micro_batch_size, *r)));
+            if mix_full && c.pp > 1 {
+                k.push((c.micro_batch_size, Recompute::Full));
+            }
+            k
+        })
         .collect();
     keys.sort_by_key(|(m, r)| (*m, *r as u8));
     keys.dedup();
@@ -221,10 +229,7 @@ pub fn search(
                 progress.tick();
                 return Err(NOT_EVALUATED.to_string());
             }
-            let r = cost
-                .block_costs(profile, cluster, c)
-                .map_err(|e| format!("cost model: {e}"))
-                .and_then(|blocks| compile_candidate(c, &blocks, shape.layers, capacity));
+            let r = compile_with(c, profile, &profiles, cost, cluster, shape.layers, capacity);
             if r.is_ok() {
                 compiled_ok.fetch_add(1, Ordering::SeqCst);
             }
@@ -285,9 +290,8 @@ pub fn search(
                 Outcome::NotEvaluated
             } else {
                 let c = &evaluated[i].config;
-                let profile = &profiles[&(c.micro_batch_size, c.recompute)];
                 costed.fetch_add(1, Ordering::Relaxed);
-                match cost.estimate(profile, cluster, c) {
+                match estimate_candidate(c, &profiles, cost, cluster, shape.layers) {
                     Ok(e) if (e.peak_memory_bytes as f64) <= capacity => {
                         feasible.fetch_add(1, Ordering::SeqCst);
                         Outcome::Feasible(e)
@@ -313,6 +317,25 @@ pub fn search(
             Outcome::Feasible(_) => {}
         }
         evaluated[i].outcome = o;
+    }
+    if mix_full && bounds.check().is_none() {
+        let (tried, found) = try_recompute_mixes(
+            &evaluated,
+            &profiles,
+            cost,
+            cluster,
+            req,
+            shape.layers,
+            capacity,
+        );
+        costed.fetch_add(tried, Ordering::Relaxed);
+        let fitting = found.len() as u64;
+        if tried > fitting {
+            *rejected
+                .entry("per-stage recomputation mix (full on the first stages) still exceeds the device or is slower".into())
+                .or_insert(0) += tried - fitting;
+        }
+        evaluated.extend(found);
     }
     let cost_ms = t1.elapsed().as_secs_f64() * 1e3;
     tracing::info!(
@@ -496,6 +519,149 @@ impl LayerSums {
     }
 }
 
+type Profiles = HashMap<(u32, Recompute), Arc<StepProfile>>;
+
+/// Compiles a candidate: per-block costs from the cost model under each stage's recomputation policy,
+/// then [`compile_stages`].
+fn compile_with(
+    c: &ParallelConfig,
+    profile: &StepProfile,
+    profiles: &Profiles,
+    cost: &dyn CostModel,
+    cluster: &Cluster,
+    layers: u32,
+    capacity: f64,
+) -> std::result::Result<ParallelConfig, String> {
+    let blocks = cost
+        .block_costs(profile, cluster, c)
+        .map_err(|e| format!("cost model: {e}"))?;
+    if !c.mixed_recompute() {
+        return compile_candidate(c, &blocks, layers, capacity);
+    }
+    let mut per_stage = Vec::with_capacity(c.pp as usize);
+    for d in 0..c.pp as usize {
+        let r = c.recompute_of_device(d);
+        let p = profiles
+            .get(&(c.micro_batch_size, r))
+            .ok_or_else(|| NOT_EVALUATED.to_string())?;
+        per_stage.push(
+            cost.block_costs(p, cluster, c)
+                .map_err(|e| format!("cost model: {e}"))?,
+        );
+    }
+    let refs: Vec<&[BlockCost]> = per_stage.iter().map(Vec::as_slice).collect();
+    compile_stages(c, &refs, layers, capacity)
+}
+
+/// Costs a compiled candidate: its step profile, assembled per stage for a recomputation mix.
+fn estimate_candidate(
+    c: &ParallelConfig,
+    profiles: &Profiles,
+    cost: &dyn CostModel,
+    cluster: &Cluster,
+    layers: u32,
+) -> moai_costmodel::Result<Estimate> {
+    let missing = || {
+        moai_costmodel::CostError::InvalidConfig(format!(
+            "no step profile for micro-batch {} and recompute {}",
+            c.micro_batch_size, c.recompute
+        ))
+    };
+    if !c.mixed_recompute() {
+        let p = profiles
+            .get(&(c.micro_batch_size, c.recompute))
+            .ok_or_else(missing)?;
+        return cost.estimate(p, cluster, c);
+    }
+    let mixed = moai_costmodel::config::mixed_profile(c, layers, &|r| {
+        profiles.get(&(c.micro_batch_size, r)).map(|p| p.as_ref())
+    })?;
+    cost.estimate(&mixed, cluster, c)
+}
+
+/// The per-stage recomputation mixes of `--stage-recompute mixed`: for every costed pipelined candidate
+/// with one stage per device and a uniform policy other than full (whether it ran out of memory, or
+/// fitted only by a memory-bound stage split that made it slow), full recomputation on the first `k`
+/// stages (which hold the most in-flight micro-batches) and the candidate's policy on the rest, `k` =
+/// 1, 2, … until a mix fits, or is no faster than the fastest fitting plan (more full stages only
+/// add recomputation). Returns how many mixes were costed and the fitting ones.
+/// Deterministic: candidates are tried independently and collected in enumeration order.
+fn try_recompute_mixes(
+    evaluated: &[Evaluated],
+    profiles: &Profiles,
+    cost: &dyn CostModel,
+    cluster: &Cluster,
+    req: &PlanRequest,
+    layers: u32,
+    capacity: f64,
+) -> (u64, Vec<Evaluated>) {
+    let best = evaluated
+        .iter()
+        .filter_map(|e| match &e.outcome {
+            Outcome::Feasible(x) => Some(x.step_time_s),
+            _ => None,
+        })
+        .fold(f64::INFINITY, f64::min);
+    let seeds: Vec<&Evaluated> = evaluated
+        .iter()
+        .filter(|e| {
+            let c = &e.config;
+            c.pp > 1
+                && c.schedule.chunks() == 1
+                && !c.mixed_recompute()
+                && c.recompute != Recompute::Full
+                && e.estimate().is_some()
+                && profiles.contains_key(&(c.micro_batch_size, Recompute::Full))
+        })
+        .collect();
+    let tried = AtomicU64::new(0);
+    let found: Vec<Option<Evaluated>> = seeds
+        .par_iter()
+        .map(|e| {
+            let base = &e.config;
+            for k in 1..base.pp as usize {
+                let mut c = base.clone();
+                c.stage_recompute = (0..base.pp as usize)
+                    .map(|d| {
+                        if d < k {
+                            Recompute::Full
+                        } else {
+                            base.recompute
+                        }
+                    })
+                    .collect();
+                c.recompute = Recompute::Full;
+                c.stages = Vec::new();
+                let Ok(c) = crate::export::assign_engine(req.constraints.engine, c, cluster) else {
+                    return None;
+                };
+                let p = profiles.get(&(c.micro_batch_size, c.recompute))?;
+                let Ok(c) = compile_with(&c, p, profiles, cost, cluster, layers, capacity) else {
+                    return None;
+                };
+                tried.fetch_add(1, Ordering::Relaxed);
+                let Ok(est) = estimate_candidate(&c, profiles, cost, cluster, layers) else {
+                    return None;
+                };
+                if est.step_time_s >= best {
+                    return None;
+                }
+                if est.peak_memory_bytes as f64 <= capacity {
+                    return Some(Evaluated {
+                        config: c,
+                        outcome: Outcome::Feasible(est),
+                    });
+                }
+            }
+            None
+        })
+        .collect();
+    (
+        tried.load(Ordering::Relaxed),
+        found.into_iter().flatten().collect(),
+    )
+}
+
 /// Partitions stages on the cost model's per-block costs and checks the static-memory lower bound of one
 /// candidate.
 fn compile_candidate(
@@ -504,10 +670,28 @@ fn compile_candidate(
     layers: u32,
     capacity: f64,
 ) -> std::result::Result<ParallelConfig, String> {
-    let sums = LayerSums::new(blocks, layers)?;
+    compile_stages(c, &[blocks], layers, capacity)
+}
+
+/// [`compile_candidate`] with the block costs of each pipeline stage (`stage_blocks[d]` for device `d`,
+/// or one list for every stage): a stage's time and memory come from its own policy's costs.
+fn compile_stages(
+    c: &ParallelConfig,
+    stage_blocks: &[&[BlockCost]],
+    layers: u32,
+    capacity: f64,
+) -> std::result::Result<ParallelConfig, String> {
+    let all: Vec<LayerSums> = stage_blocks
+        .iter()
+        .map(|b| LayerSums::new(b, layers))
+        .collect::<std::result::Result<_, _>>()?;
+    let Some(first) = all.first() else {
+        return Err("no block costs".into());
+    };
+    let sums_of = |stage: u32| all.get(stage as usize).unwrap_or(first);
     let mut cfg = c.clone();
     let stage_cost = |stage: u32, lo: u32, hi: u32| -> StageCost {
-        let [time, saved, statics] = sums.stage(lo, hi);
+        let [time, saved, statics] = sums_of(stage).stage(lo, hi);
         let inflight =
             moai_costmodel::memory::in_flight(c.schedule, c.pp, stage, c.num_micro_batches) as f64;
         StageCost {
@@ -515,7 +699,7 @@ fn compile_candidate(
             memory_bytes: statics + saved * inflight,
         }
     };
-    let stages = if c.pp > 1 && !matches!(c.schedule, Schedule::Interleaved(_)) {
+    let stages = if c.pp > 1 && c.schedule.chunks() == 1 {
         partition(layers, c.pp, capacity, &stage_cost)
     } else {
         Vec::new()
@@ -528,7 +712,7 @@ fn compile_candidate(
     };
     let static_max = ranges
         .iter()
-        .map(|&(lo, hi)| sums.stage(lo, hi)[2])
+        .map(|&(lo, hi)| first.stage(lo, hi)[2])
         .fold(0.0, f64::max);
     if static_max > capacity {
         return Err(

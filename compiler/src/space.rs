@@ -148,7 +148,10 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
     };
     let mut reject = |reason: String, n: u64| *space.rejected.entry(reason).or_insert(0) += n;
     let devices = cluster.devices;
-    let recomputes: Vec<Recompute> = if c.recompute.is_empty() {
+    let recomputes: Vec<Recompute> = if let Some(first) = c.stage_recompute.first() {
+        // A fixed per-stage list: `recompute` names its first stage.
+        vec![*first]
+    } else if c.recompute.is_empty() {
         vec![Recompute::None, Recompute::Selective, Recompute::Full]
     } else {
         c.recompute.clone()
@@ -186,6 +189,16 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
             }
             if pp > shape.layers {
                 reject("more pipeline stages than layers".into(), 1);
+                continue;
+            }
+            if !c.stage_recompute.is_empty() && c.stage_recompute.len() != pp as usize {
+                reject(
+                    format!(
+                        "--stage-recompute lists {} stages, not pp",
+                        c.stage_recompute.len()
+                    ),
+                    1,
+                );
                 continue;
             }
             let dp = devices / (tp * pp);
@@ -255,6 +268,15 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                             continue;
                         }
                     }
+                    if schedule == Schedule::ZeroBubbleV
+                        && !(shape.layers as u64).is_multiple_of(2 * pp as u64)
+                    {
+                        reject(
+                            "zbv's two chunks per stage do not divide the layers".into(),
+                            1,
+                        );
+                        continue;
+                    }
                     for &recompute in &recomputes {
                         for &zero in &zeros {
                             if zero == ZeroStage::Zero3 && pp > 1 {
@@ -284,6 +306,7 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                                     // fixed by the request: fp8 only when `--precision fp8` asks
                                     precision: c.precision,
                                     offload_optimizer: c.offload_optimizer,
+                                    stage_recompute: c.stage_recompute.clone(),
                                     ..ParallelConfig::default()
                                 };
                                 zero.apply(&mut cfg);

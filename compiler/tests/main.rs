@@ -8,6 +8,7 @@ mod exports;
 mod fp8;
 mod interrupt;
 mod partition;
+mod pipeline;
 mod planner;
 mod report;
 mod smi;

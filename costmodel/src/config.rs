@@ -18,6 +18,13 @@ pub enum Schedule {
     OneFOneB,
     /// Megatron's interleaved 1F1B with `V` model chunks per device.
     Interleaved(u32),
+    /// Zero-bubble ZB-H1 (Qi et al., "Zero Bubble Pipeline Parallelism", ICLR 2024): 1F1B with each
+    /// backward split into an input-gradient pass (B) and a weight-gradient pass (W), the W passes of
+    /// later stages deferred into the cool-down bubble; 1F1B's peak activation memory.
+    ZeroBubbleH1,
+    /// Zero-bubble ZB-V (same paper, section 6): two model chunks per device in a V shape (device `d`
+    /// holds virtual stages `d` and `2·pp − 1 − d`), B and W passes scheduled to fill the bubble.
+    ZeroBubbleV,
 }
 
 impl fmt::Display for Schedule {
@@ -26,6 +33,8 @@ impl fmt::Display for Schedule {
             Schedule::Gpipe => f.write_str("gpipe"),
             Schedule::OneFOneB => f.write_str("1f1b"),
             Schedule::Interleaved(v) => write!(f, "interleaved:{v}"),
+            Schedule::ZeroBubbleH1 => f.write_str("zb-h1"),
+            Schedule::ZeroBubbleV => f.write_str("zbv"),
         }
     }
 }
@@ -37,6 +46,8 @@ impl FromStr for Schedule {
         match t.as_str() {
             "gpipe" => Ok(Schedule::Gpipe),
             "1f1b" => Ok(Schedule::OneFOneB),
+            "zb-h1" => Ok(Schedule::ZeroBubbleH1),
+            "zbv" => Ok(Schedule::ZeroBubbleV),
             _ => {
                 let v = t
                     .strip_prefix("interleaved:")
@@ -44,7 +55,7 @@ impl FromStr for Schedule {
                     .filter(|v| *v >= 1)
                     .ok_or_else(|| {
                         CostError::InvalidConfig(format!(
-                            "unknown schedule `{s}` (expected gpipe, 1f1b or interleaved:V with V >= 1)"
+                            "unknown schedule `{s}` (expected gpipe, 1f1b, interleaved:V with V >= 1, zb-h1 or zbv)"
                         ))
                     })?;
                 Ok(Schedule::Interleaved(v))
@@ -67,11 +78,31 @@ impl<'de> Deserialize<'de> for Schedule {
 }
 
 impl Schedule {
-    /// Model chunks per device (1 except for interleaved).
+    /// Model chunks per device (1 except for interleaved and zbv).
     pub fn chunks(self) -> u32 {
         match self {
             Schedule::Interleaved(v) => v.max(1),
+            Schedule::ZeroBubbleV => 2,
             _ => 1,
+        }
+    }
+
+    /// True for the zero-bubble schedules, which split each backward into B and W passes.
+    pub fn is_zero_bubble(self) -> bool {
+        matches!(self, Schedule::ZeroBubbleH1 | Schedule::ZeroBubbleV)
+    }
+
+    /// The pipeline device that runs virtual stage `vstage` (virtual stages in layer order, `pp ·
+    /// chunks` of them): `vstage mod pp` for the looping schedules, the V shape for zbv (device `d`
+    /// holds stages `d` and `2·pp − 1 − d`, so the first and the last stage share device 0).
+    pub fn device_of(self, vstage: usize, pp: usize) -> usize {
+        let pp = pp.max(1);
+        match self {
+            Schedule::ZeroBubbleV => {
+                let v = vstage % (2 * pp);
+                if v < pp { v } else { 2 * pp - 1 - v }
+            }
+            _ => vstage % pp,
         }
     }
 }
@@ -139,6 +170,11 @@ pub struct ParallelConfig {
     /// The software stack the configuration runs on (and is exported to); see [`crate::Stack`].
     #[serde(default)]
     pub stack: crate::stack::Stack,
+    /// Recomputation per pipeline device (`pp` entries, device order); empty means `recompute` on
+    /// every stage. The step profile of a mixed configuration holds each block as profiled under its
+    /// stage's policy (see [`ParallelConfig::recompute_of_device`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stage_recompute: Vec<Recompute>,
     /// The precision of the decoder layers' linear GEMMs (`bf16`, or `fp8` with per-tensor scaling on
     /// GPUs with FP8 matrix units; see [`crate::precision`]). Serialized only when not bf16.
     #[serde(default, skip_serializing_if = "MatmulPrecision::is_bf16")]
@@ -196,6 +232,7 @@ impl Default for ParallelConfig {
             stack: crate::stack::Stack::Megatron,
             precision: MatmulPrecision::Bf16,
             offload_optimizer: false,
+            stage_recompute: Vec::new(),
         }
     }
 }
@@ -285,7 +322,66 @@ impl ParallelConfig {
             return bad("sequence_parallel needs tp >= 2".into());
         }
         self.precision.check_gpu(cluster.gpu)?;
+        if self.schedule.is_zero_bubble() && self.pp < 2 {
+            return bad(format!("schedule {} needs pp >= 2", self.schedule));
+        }
+        if !self.stage_recompute.is_empty() {
+            if self.stage_recompute.len() != self.pp as usize {
+                return bad(format!(
+                    "stage_recompute lists {} policies for {} pipeline stages",
+                    self.stage_recompute.len(),
+                    self.pp
+                ));
+            }
+            if self.stage_recompute[0] != self.recompute {
+                return bad(format!(
+                    "stage_recompute starts with {} but recompute is {} (recompute names the first stage's policy)",
+                    self.stage_recompute[0], self.recompute
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The recomputation policy of pipeline device `device`: its `stage_recompute` entry, else
+    /// `recompute`.
+    pub fn recompute_of_device(&self, device: usize) -> Recompute {
+        self.stage_recompute
+            .get(device)
+            .copied()
+            .unwrap_or(self.recompute)
+    }
+
+    /// True when the pipeline stages do not all use the same recomputation policy.
+    pub fn mixed_recompute(&self) -> bool {
+        self.stage_recompute.iter().any(|r| *r != self.recompute)
+    }
+
+    /// The recomputation policy of each block of a step profile with `blocks` (embedding, decoder
+    /// layers, head) under this configuration's stages: what a mixed step profile is assembled from
+    /// (block `i` from the profile built with policy `out[i]`). `ranges` are the per-virtual-stage
+    /// layer ranges ([`ParallelConfig::validate_profile`] or [`even_stages`]).
+    pub fn block_recompute(
+        &self,
+        kinds: &[moai_ir::cost::BlockKind],
+        ranges: &[(u32, u32)],
+    ) -> Vec<Recompute> {
+        let nv = ranges.len().max(1);
+        let pp = self.pp.max(1) as usize;
+        kinds
+            .iter()
+            .map(|k| {
+                let v = match k {
+                    moai_ir::cost::BlockKind::Embedding => 0,
+                    moai_ir::cost::BlockKind::Head => nv - 1,
+                    moai_ir::cost::BlockKind::Decoder(l) => ranges
+                        .iter()
+                        .position(|(a, z)| l >= a && l <= z)
+                        .unwrap_or(nv - 1),
+                };
+                self.recompute_of_device(self.schedule.device_of(v, pp))
+            })
+            .collect()
     }
 
     /// Checks the configuration against a step profile: micro-batch size, tp divisibility of every
@@ -342,11 +438,15 @@ impl ParallelConfig {
                 }
             }
         }
-        if self.recompute == Recompute::None && has_recompute {
-            return bad("recompute is none but the step profile holds recomputed ops".into());
-        }
-        if self.recompute == Recompute::Full && !has_recompute {
-            return bad("recompute is full but the step profile holds no recomputed ops".into());
+        if !self.mixed_recompute() {
+            if self.recompute == Recompute::None && has_recompute {
+                return bad("recompute is none but the step profile holds recomputed ops".into());
+            }
+            if self.recompute == Recompute::Full && !has_recompute {
+                return bad(
+                    "recompute is full but the step profile holds no recomputed ops".into(),
+                );
+            }
         }
         let layers = profile
             .blocks
@@ -359,6 +459,32 @@ impl ParallelConfig {
                 "{vstages} pipeline stages (pp·chunks) exceed the {layers} decoder layers"
             ));
         }
+        let ranges = self.stage_ranges(layers, vstages)?;
+        if self.mixed_recompute() {
+            // Each decoder layer must have been profiled under its own stage's policy.
+            let kinds: Vec<_> = profile.blocks.iter().map(|b| b.kind).collect();
+            for (b, r) in profile
+                .blocks
+                .iter()
+                .zip(self.block_recompute(&kinds, &ranges))
+            {
+                if !matches!(b.kind, moai_ir::cost::BlockKind::Decoder(_)) {
+                    continue;
+                }
+                let recomputed = b.ops.iter().any(|o| o.phase == Phase::Recompute);
+                if (r == Recompute::None && recomputed) || (r == Recompute::Full && !recomputed) {
+                    return bad(format!(
+                        "block {:?} runs with recompute {r} on its stage but the step profile's ops say otherwise (assemble a mixed profile with moai_costmodel::config::mixed_profile)",
+                        b.kind
+                    ));
+                }
+            }
+        }
+        Ok(ranges)
+    }
+
+    fn stage_ranges(&self, layers: u32, vstages: u32) -> Result<Vec<(u32, u32)>> {
+        let bad = |m: String| Err(CostError::InvalidConfig(m));
         if self.stages.is_empty() {
             return Ok(even_stages(layers, vstages));
         }
@@ -404,14 +530,110 @@ pub fn even_stages(layers: u32, stages: u32) -> Vec<(u32, u32)> {
     out
 }
 
+/// The step profile of a configuration with per-stage recomputation: block `i` taken from the profile
+/// built with its stage's policy (`profile_of(policy)`, each of the same model, micro-batch and
+/// sequence). Errors when a needed profile is missing or the profiles' blocks differ.
+pub fn mixed_profile<'a>(
+    cfg: &ParallelConfig,
+    layers: u32,
+    profile_of: &dyn Fn(Recompute) -> Option<&'a StepProfile>,
+) -> Result<StepProfile> {
+    let missing = |r: Recompute| {
+        CostError::InvalidConfig(format!(
+            "no step profile with recompute {r} for a per-stage recomputation mix"
+        ))
+    };
+    let base = profile_of(cfg.recompute).ok_or_else(|| missing(cfg.recompute))?;
+    let vstages = cfg.pp.max(1) * cfg.schedule.chunks();
+    let ranges = cfg.stage_ranges(layers, vstages)?;
+    let kinds: Vec<_> = base.blocks.iter().map(|b| b.kind).collect();
+    let mut out = base.clone();
+    for (i, r) in cfg.block_recompute(&kinds, &ranges).into_iter().enumerate() {
+        if r == cfg.recompute {
+            continue;
+        }
+        let p = profile_of(r).ok_or_else(|| missing(r))?;
+        let b = p
+            .blocks
+            .get(i)
+            .filter(|b| b.kind == kinds[i])
+            .ok_or_else(|| {
+                CostError::InvalidConfig(format!(
+                    "the step profiles for recompute {} and {r} have different blocks",
+                    cfg.recompute
+                ))
+            })?;
+        out.blocks[i] = b.clone();
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::device::Gpu;
 
     #[test]
+    fn zero_bubble_and_stage_recompute_rules() {
+        let c = Cluster::new(Gpu::H100, 8).unwrap();
+        let cfg = ParallelConfig {
+            dp: 8,
+            schedule: Schedule::ZeroBubbleH1,
+            ..Default::default()
+        };
+        assert!(
+            cfg.validate_cluster(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("schedule zb-h1 needs pp >= 2")
+        );
+        let mut cfg = ParallelConfig {
+            dp: 2,
+            pp: 4,
+            recompute: Recompute::Full,
+            stage_recompute: vec![Recompute::Full, Recompute::None],
+            ..Default::default()
+        };
+        assert!(
+            cfg.validate_cluster(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("2 policies for 4 pipeline stages")
+        );
+        cfg.stage_recompute = vec![
+            Recompute::Full,
+            Recompute::None,
+            Recompute::None,
+            Recompute::None,
+        ];
+        cfg.validate_cluster(&c).unwrap();
+        assert!(cfg.mixed_recompute());
+        assert_eq!(cfg.recompute_of_device(1), Recompute::None);
+        cfg.recompute = Recompute::None;
+        assert!(
+            cfg.validate_cluster(&c).is_err(),
+            "recompute names stage 0's policy"
+        );
+        // zbv: device d holds stages d and 2·pp − 1 − d.
+        let v: Vec<usize> = (0..8)
+            .map(|s| Schedule::ZeroBubbleV.device_of(s, 4))
+            .collect();
+        assert_eq!(v, vec![0, 1, 2, 3, 3, 2, 1, 0]);
+        assert_eq!(Schedule::ZeroBubbleV.chunks(), 2);
+        assert_eq!(Schedule::Interleaved(2).device_of(5, 4), 1);
+        // JSON: absent when empty, listed otherwise.
+        let text = serde_json::to_string(&ParallelConfig::default()).unwrap();
+        assert!(!text.contains("stage_recompute"), "{text}");
+        let text = serde_json::to_string(&cfg).unwrap();
+        assert!(
+            text.contains(r#""stage_recompute":["full","none","none","none"]"#),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn schedule_roundtrip() {
-        for s in ["gpipe", "1f1b", "interleaved:2"] {
+        for s in ["gpipe", "1f1b", "interleaved:2", "zb-h1", "zbv"] {
             assert_eq!(s.parse::<Schedule>().unwrap().to_string(), s);
         }
         assert!("interleaved:0".parse::<Schedule>().is_err());

@@ -94,7 +94,8 @@ pub struct Estimate {
     /// Which sources were used.
     pub sources: SourceNotes,
     /// Forward and backward seconds of one micro-batch on each virtual stage (`pp × chunks` entries, stage
-    /// `v` on device `v % pp`), tensor-parallel communication included: what the pipeline simulation ran on.
+    /// `v` on device `schedule.device_of(v, pp)`), tensor-parallel communication included: what the
+    /// pipeline simulation ran on.
     #[serde(default)]
     pub stage_times: Vec<StageTimes>,
     /// Point-to-point seconds between adjacent pipeline stages used by the simulation (0 without pp).
@@ -202,6 +203,9 @@ pub struct BlockSums {
     pub forward: PhaseSums,
     /// Backward plus recomputation.
     pub backward: PhaseSums,
+    /// Of `backward`, the weight-gradient ops ([`crate::pipeline::weight_grad_ops`]): the W pass of
+    /// the zero-bubble schedules.
+    pub weight_grad: PhaseSums,
     /// Parameters on one device.
     pub params: f64,
     /// Saved activation bytes of one micro-batch on one device.
@@ -376,9 +380,11 @@ impl ProfiledCostModel {
         let mut blocks = Vec::with_capacity(profile.blocks.len());
         for b in &profile.blocks {
             let (mut fwd, mut bwd) = (PhaseSums::default(), PhaseSums::default());
+            let mut wgrad = PhaseSums::default();
+            let wmask = crate::pipeline::weight_grad_ops(b);
             let mut vocab_reduced = false;
             let (mut fp8_weight_params, mut fp8_linears) = (0.0, 0.0);
-            for op in &b.ops {
+            for (oi, op) in b.ops.iter().enumerate() {
                 if matches!(op.phase, Phase::Forward | Phase::Backward) {
                     model_flops += op.flops;
                 }
@@ -514,6 +520,9 @@ impl ProfiledCostModel {
                         } else {
                             ps
                         };
+                        if wmask.get(oi).copied().unwrap_or(false) {
+                            wgrad.add(&ps);
+                        }
                         bwd.add(&ps)
                     }
                     Phase::Optimizer => {}
@@ -528,6 +537,7 @@ impl ProfiledCostModel {
                 kind: b.kind,
                 forward: fwd,
                 backward: bwd,
+                weight_grad: wgrad,
                 params,
                 saved_bytes: b.saved.per_device(tp64, sequence_parallel),
                 transient_bytes: b.transient.per_device(tp64, sequence_parallel),
@@ -687,6 +697,7 @@ impl ProfiledCostModel {
         // Blocks → virtual stages.
         let mut fwd = vec![PhaseSums::default(); nv];
         let mut bwd = vec![PhaseSums::default(); nv];
+        let mut wgrad = vec![PhaseSums::default(); nv];
         let mut params = vec![0f64; nv];
         let mut boundary: f64 = 0.0;
         let mut block_stage = Vec::with_capacity(prep.blocks.len());
@@ -702,6 +713,7 @@ impl ProfiledCostModel {
             block_stage.push(v);
             fwd[v].add(&b.forward);
             bwd[v].add(&b.backward);
+            wgrad[v].add(&b.weight_grad);
             params[v] += b.params;
             let next_v = prep.blocks.get(i + 1).map(|n| match n.kind {
                 BlockKind::Embedding => 0,
@@ -758,9 +770,12 @@ impl ProfiledCostModel {
             let (tf, tb) = (tf - (hidden * tf).min(cf), tb - (hidden * tb).min(cb));
             compute[v] = (cf, cb);
             comm[v] = (tf, tb);
+            // The W pass: the weight-gradient GEMMs' kernel time (no collective), within the backward.
+            let w = wgrad[v].kernel_time(eff, sc).0.min(cb);
             times.push(StageTimes {
                 forward_s: cf + tf,
                 backward_s: cb + tb,
+                weight_grad_s: w,
             });
         }
         let stride = cfg.dp * cfg.tp;
@@ -813,7 +828,9 @@ impl ProfiledCostModel {
         let mut best = (f64::MIN, 0usize, 0f64, 0f64, 0f64, 0f64);
         let mut offload_dev: Vec<f64> = Vec::with_capacity(pp);
         for d in 0..pp {
-            let vs: Vec<usize> = (0..nv).filter(|v| v % pp == d).collect();
+            let vs: Vec<usize> = (0..nv)
+                .filter(|v| cfg.schedule.device_of(*v, pp) == d)
+                .collect();
             let p_dev: f64 = vs.iter().map(|v| params[*v]).sum();
             let b_dev: f64 = vs.iter().map(|v| times[*v].backward_s).sum();
             let compute_dev: f64 = vs
@@ -832,7 +849,11 @@ impl ProfiledCostModel {
             let mut exposed = 0.0;
             let (mut dp_comm, mut gather_total) = (0.0, 0.0);
             let overlap = stack.overlaps_grad_reduce(cfg.overlap_grad_reduce);
-            let n_blocks = block_stage.iter().filter(|v| **v % pp == d).count().max(1) as f64;
+            let n_blocks = block_stage
+                .iter()
+                .filter(|v| cfg.schedule.device_of(**v, pp) == d)
+                .count()
+                .max(1) as f64;
             if dp > 1 {
                 let coll = |kind, bytes| collective_time(cluster, kind, bytes, dp, cfg.tp);
                 if cfg.distribute_param {
@@ -971,7 +992,9 @@ impl ProfiledCostModel {
             ));
         }
         let (step, crit, exposed_dp, opt, dp_comm_s, zero3_gather_s) = best;
-        let vs: Vec<usize> = (0..nv).filter(|v| v % pp == crit).collect();
+        let vs: Vec<usize> = (0..nv)
+            .filter(|v| cfg.schedule.device_of(*v, pp) == crit)
+            .collect();
         let compute_s: f64 = vs
             .iter()
             .map(|v| (compute[*v].0 + compute[*v].1) * m as f64)

@@ -139,6 +139,10 @@ pub fn round_block(bytes: f64, blocks: f64) -> f64 {
 /// Micro-batch chunks whose activations a pipeline device holds at its peak: 1F1B device `d` holds
 /// `min(pp − d, m)`, GPipe all `m`, Megatron's interleaved schedule `(pp − d − 1)·2 + (V − 1)·pp + 1`
 /// chunk-micro-batches (at most `m·V`). Without pipelining one micro-batch is live at a time.
+/// The zero-bubble schedules keep a micro-batch's activations until its W pass (B frees only part of
+/// them; counted whole, an upper bound): ZB-H1 holds `min(pp, m)` on every device (1F1B's first-stage
+/// peak, as the paper states), ZB-V `2·pp` half-size chunks (`pp` stages' worth, again 1F1B's peak),
+/// read off the schedule's order when there are fewer than `2·pp` micro-batches.
 pub fn in_flight(schedule: Schedule, pp: u32, device: u32, micro_batches: u32) -> u32 {
     let m = micro_batches.max(1);
     if pp <= 1 {
@@ -149,6 +153,9 @@ pub fn in_flight(schedule: Schedule, pp: u32, device: u32, micro_batches: u32) -
         Schedule::Gpipe => m,
         Schedule::OneFOneB => (pp - d).min(m),
         Schedule::Interleaved(v) => ((pp - d - 1) * 2 + (v.max(1) - 1) * pp + 1).min(m * v.max(1)),
+        Schedule::ZeroBubbleH1 => pp.min(m),
+        Schedule::ZeroBubbleV if m >= 2 * pp => 2 * pp,
+        Schedule::ZeroBubbleV => crate::pipeline::peak_in_flight(schedule, pp, d, m),
     }
 }
 
@@ -279,7 +286,7 @@ pub struct DeviceInput<'a> {
     pub cfg: &'a ParallelConfig,
     /// Pipeline rank of the device.
     pub device: u32,
-    /// Virtual stage of each block of `prep` (stage `v` runs on device `v % pp`).
+    /// Virtual stage of each block of `prep` (stage `v` runs on device `cfg.schedule.device_of(v, pp)`).
     pub block_stage: &'a [usize],
     /// Virtual stages (`pp × chunks`).
     pub virtual_stages: usize,
@@ -428,8 +435,10 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     let dp = cfg.dp.max(1);
     let tp = cfg.tp.max(1) as u64;
     let nv = nv.max(1);
-    let vs: Vec<usize> = (0..nv).filter(|v| v % pp == d as usize).collect();
+    let on_device = |v: usize| cfg.schedule.device_of(v, pp) == d as usize;
+    let vs: Vec<usize> = (0..nv).filter(|v| on_device(*v)).collect();
     let st0 = static_bytes(profile, cfg, 1.0);
+    let recompute = cfg.recompute_of_device(d as usize);
     let megatron = cfg.stack == Stack::Megatron;
     // Where the graph's saved bf16 weight copies are weights of the stack instead: bf16 stored
     // weights (Megatron, DeepSpeed) or per-layer gathers (ZeRO-3 / FSDP full shard).
@@ -452,7 +461,7 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
         let v = (*v).min(nv - 1);
         params[v] += b.params;
         largest[v] = largest[v].max(b.params);
-        if v % pp != d as usize {
+        if !on_device(v) {
             continue;
         }
         if cfg.precision == crate::precision::MatmulPrecision::Fp8 {
@@ -481,14 +490,13 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
                 hidden: (heads * hd) as f64,
                 heads: heads as f64,
             };
-            act =
-                megatron_layer_bytes(dims, tp as f64, cfg.sequence_parallel, cfg.recompute, false);
+            act = megatron_layer_bytes(dims, tp as f64, cfg.sequence_parallel, recompute, false);
             if cfg.precision == crate::precision::MatmulPrecision::Fp8 {
                 act -= crate::precision::megatron_fp8_saved_bytes(
                     dims,
                     tp as f64,
                     cfg.sequence_parallel,
-                    cfg.recompute,
+                    recompute,
                 )
                 .min(act);
             }
@@ -506,7 +514,12 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     let p_dev: f64 = vs.iter().map(|v| params[*v]).sum();
     let mut st = static_bytes(profile, cfg, p_dev);
     st.weights += fp8_bytes;
-    let acts = if cfg.schedule.chunks() > 1 {
+    let acts = if cfg.schedule == Schedule::ZeroBubbleV {
+        // Per chunk: the first chunk holds up to 2·pp − 1 micro-batches, the second about one.
+        crate::pipeline::peak_live_bytes(cfg.schedule, cfg.pp, d, m, &|v| {
+            saved.get(v).copied().unwrap_or(0.0)
+        })
+    } else if cfg.schedule.chunks() > 1 {
         // Interleaved: in-flight counts chunk-micro-batches; charge the device's largest chunk.
         let per_chunk = vs.iter().map(|v| saved[*v]).fold(0.0, f64::max);
         per_chunk * inflight(0)
@@ -684,6 +697,39 @@ mod tests {
         assert_eq!(in_flight(Schedule::Gpipe, 4, 3, 16), 16);
         assert_eq!(in_flight(Schedule::Interleaved(2), 4, 0, 16), 11);
         assert_eq!(in_flight(Schedule::OneFOneB, 1, 0, 16), 1);
+        assert_eq!(in_flight(Schedule::ZeroBubbleH1, 4, 3, 16), 4);
+        assert_eq!(in_flight(Schedule::ZeroBubbleV, 4, 1, 16), 8);
+    }
+
+    #[test]
+    fn in_flight_closed_forms_match_the_schedules_orders() {
+        use crate::pipeline::peak_in_flight;
+        for pp in 2..=6u32 {
+            for m in 1..=4 * pp {
+                for d in 0..pp {
+                    for s in [
+                        Schedule::Gpipe,
+                        Schedule::OneFOneB,
+                        Schedule::ZeroBubbleH1,
+                        Schedule::ZeroBubbleV,
+                    ] {
+                        assert_eq!(
+                            in_flight(s, pp, d, m),
+                            peak_in_flight(s, pp, d, m),
+                            "{s} pp {pp} device {d} m {m}"
+                        );
+                    }
+                    if m % pp == 0 {
+                        let s = Schedule::Interleaved(2);
+                        assert_eq!(
+                            in_flight(s, pp, d, m),
+                            peak_in_flight(s, pp, d, m),
+                            "{s} pp {pp} device {d} m {m}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn amp() -> StepProfile {

@@ -27,7 +27,7 @@ proptest! {
 
     #[test]
     fn one_f_one_b_bubble_fraction(pp in 1u32..9, m in 1u32..33, f in 0.1f64..2.0, b in 0.1f64..4.0) {
-        let stages = vec![StageTimes { forward_s: f, backward_s: b }; pp as usize];
+        let stages = vec![StageTimes::new(f, b); pp as usize];
         let r = simulate(Schedule::OneFOneB, &stages, pp, m, 0.0).unwrap();
         let expected = (pp - 1) as f64 / (m + pp - 1) as f64;
         prop_assert!((r.bubble_s / r.makespan_s - expected).abs() < 1e-9);
