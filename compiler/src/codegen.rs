@@ -575,6 +575,9 @@ mod tests {
                 StageInfo { layers: [0, 20] },
                 StageInfo { layers: [21, 39] },
             ],
+            overlap_grad_reduce: true,
+            overlap_param_gather: true,
+            tp_comm_overlap: true,
             engine: Default::default(),
         };
         assert_eq!(stage_counts(&p).unwrap(), vec![21, 19]);

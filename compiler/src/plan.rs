@@ -89,9 +89,23 @@ pub struct PlanConfig {
     pub schedule: String,
     /// Stages.
     pub stages: Vec<StageInfo>,
-    /// The engine the plan was costed for and is exported to (`megatron`, `deepspeed`, `fsdp`).
+    /// The engine the plan was costed for and is exported to (`megatron`, `deepspeed`, `fsdp`,
+    /// `torchtitan`).
     #[serde(default)]
     pub engine: moai_costmodel::Stack,
+    /// Data-parallel gradient reduction overlapped with backward (printed only when off).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub overlap_grad_reduce: bool,
+    /// Parameter all-gathers overlapped with compute (printed only when off).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub overlap_param_gather: bool,
+    /// Tensor-parallel collectives overlapped with the GEMMs (printed only when off).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub tp_comm_overlap: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Step time breakdown.

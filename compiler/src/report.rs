@@ -71,6 +71,9 @@ pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
             .map(|(lo, hi)| StageInfo { layers: [lo, hi] })
             .collect(),
         engine: cfg.stack,
+        overlap_grad_reduce: cfg.overlap_grad_reduce,
+        overlap_param_gather: cfg.overlap_param_gather,
+        tp_comm_overlap: cfg.tp_comm_overlap,
     }
 }
 

@@ -257,7 +257,11 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                     }
                     for &recompute in &recomputes {
                         for &zero in &zeros {
-                            if zero == ZeroStage::Zero3 && pp > 1 {
+                            // torchtitan runs FSDP2 with pipeline parallelism; the other engines do not.
+                            if zero == ZeroStage::Zero3
+                                && pp > 1
+                                && c.engine != Some(moai_costmodel::Stack::Torchtitan)
+                            {
                                 reject("ZeRO-3 with pipeline parallelism".into(), 1);
                                 continue;
                             }
@@ -284,6 +288,9 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                                     ..ParallelConfig::default()
                                 };
                                 zero.apply(&mut cfg);
+                                for &(switch, on) in &c.overlap {
+                                    switch.set(&mut cfg, on);
+                                }
                                 // Only what an engine runs; the stack it is costed for is that engine.
                                 match crate::export::assign_engine(c.engine, cfg, cluster) {
                                     // the one legality check the library's estimate also applies

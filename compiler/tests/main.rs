@@ -11,3 +11,4 @@ mod planner;
 mod report;
 mod smi;
 mod sweep;
+mod torchtitan;

@@ -517,6 +517,14 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Result<Vec<crate::blocks::BlockCost>> {
+        let costed;
+        let cfg = match costed_as(cfg) {
+            Some(c) => {
+                costed = c;
+                &costed
+            }
+            None => cfg,
+        };
         let prep = self.prepared(profile, cluster.gpu, cfg.tp, cfg.sequence_parallel);
         let eff = self.efficiency(cluster.gpu);
         let sc = self.efficiencies().stack(cfg.stack);
@@ -525,7 +533,9 @@ impl CostModel for ProfiledCostModel {
             let (gpu, kernels) = s.kernel_time(eff, sc);
             gpu.max(kernels * launch)
         };
-        let overlap = cfg.stack.tp_comm_overlap(cfg.sequence_parallel);
+        let overlap = cfg
+            .stack
+            .tp_comm_overlap(cfg.sequence_parallel, cfg.tp_comm_overlap);
         crate::blocks::from_prepared(&prep, &kernel_s, overlap, profile, cluster, cfg)
     }
 
@@ -540,6 +550,16 @@ impl CostModel for ProfiledCostModel {
     }
 }
 
+/// The configuration as the cost model prices it when its stack is costed as another
+/// ([`crate::Stack::costed_as`]: torchtitan as FSDP); `None` when it is priced as named.
+fn costed_as(cfg: &ParallelConfig) -> Option<ParallelConfig> {
+    let as_stack = cfg.stack.costed_as();
+    (as_stack != cfg.stack).then(|| ParallelConfig {
+        stack: as_stack,
+        ..cfg.clone()
+    })
+}
+
 impl ProfiledCostModel {
     /// [`CostModel::estimate`] on a profile already reduced by [`ProfiledCostModel::prepare`] for the
     /// cluster's GPU, `cfg.tp` and `cfg.sequence_parallel` (by any model: the prepared sums do not
@@ -552,6 +572,15 @@ impl ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Result<Estimate> {
+        let named = cfg.stack;
+        let costed;
+        let cfg = match costed_as(cfg) {
+            Some(c) => {
+                costed = c;
+                &costed
+            }
+            None => cfg,
+        };
         cfg.validate_cluster(cluster)?;
         let ranges = cfg.validate_profile(profile)?;
         if profile.blocks.is_empty() || prep.blocks.len() != profile.blocks.len() {
@@ -616,7 +645,7 @@ impl ProfiledCostModel {
         let mut comm = vec![(0f64, 0f64); nv];
         let mut comm_total = vec![0f64; nv];
         let mut times = Vec::with_capacity(nv);
-        let hidden = stack.tp_comm_overlap(cfg.sequence_parallel);
+        let hidden = stack.tp_comm_overlap(cfg.sequence_parallel, cfg.tp_comm_overlap);
         // Without pipelining the host issues the whole step's kernels ahead of the GPU (PyTorch is
         // asynchronous up to the step's synchronisation), so the host bound applies to the whole
         // step; between pipeline stages every phase waits for its input, so it applies per phase.
@@ -698,7 +727,7 @@ impl ProfiledCostModel {
                     let gathers = 2.0 * n_blocks * per_block;
                     gather_total = m as f64 * gathers;
                     exposed += m as f64
-                        * if stack.prefetches_params() {
+                        * if stack.prefetches_params(cfg.overlap_param_gather) {
                             per_block + (gathers - per_block - compute_dev).max(0.0)
                         } else {
                             gathers
@@ -712,21 +741,29 @@ impl ProfiledCostModel {
                             rs
                         };
                 } else {
-                    let sync = if cfg.distribute_optimizer {
-                        // ZeRO-1 (Megatron's distributed optimizer): reduce-scatter the gradients,
-                        // all-gather the updated low-precision weights after the step.
-                        coll(Collective::ReduceScatter, grad_bytes)
-                            + coll(Collective::AllGather, p_dev * low_or_base)
+                    // ZeRO-1 (Megatron's distributed optimizer): reduce-scatter the gradients,
+                    // all-gather the updated low-precision weights after the step; with the
+                    // parameter gather's overlap off (Megatron without --overlap-param-gather)
+                    // that all-gather is on the critical path.
+                    let (sync, serial) = if cfg.distribute_optimizer {
+                        let rs = coll(Collective::ReduceScatter, grad_bytes);
+                        let ag = coll(Collective::AllGather, p_dev * low_or_base);
+                        if stack.overlaps_zero1_gather(cfg.overlap_param_gather) {
+                            (rs + ag, 0.0)
+                        } else {
+                            (rs, ag)
+                        }
                     } else {
-                        coll(Collective::AllReduce, grad_bytes)
+                        (coll(Collective::AllReduce, grad_bytes), 0.0)
                     };
-                    dp_comm = sync;
-                    exposed += if overlap {
-                        let buckets = (grad_bytes / 25e6).ceil().max(1.0) as u32;
-                        exposed_after_overlap(sync, b_dev, buckets)
-                    } else {
-                        sync
-                    };
+                    dp_comm = sync + serial;
+                    exposed += serial
+                        + if overlap {
+                            let buckets = (grad_bytes / 25e6).ceil().max(1.0) as u32;
+                            exposed_after_overlap(sync, b_dev, buckets)
+                        } else {
+                            sync
+                        };
                 }
             }
             let shard = if cfg.distribute_param || cfg.distribute_optimizer {
@@ -828,7 +865,11 @@ impl ProfiledCostModel {
                     )
                 }),
                 allocator: alloc.source.clone(),
-                stack: format!("{stack}: {}", sc.source),
+                stack: if named == stack {
+                    format!("{stack}: {}", sc.source)
+                } else {
+                    format!("{named} (costed as {stack}): {}", sc.source)
+                },
             },
             stage_times: times,
             p2p_s: p2p,

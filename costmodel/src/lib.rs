@@ -41,5 +41,5 @@ pub use memory::StageMemory;
 pub use ops::Source;
 pub use profile::OpProfile;
 pub use runtime_memory::{RuntimeMemory, runtime_memory};
-pub use stack::Stack;
+pub use stack::{OverlapSwitch, Stack};
 pub use validate::{TruthRow, ValidationReport, validate};

@@ -497,9 +497,15 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     let block_trans = vs.iter().map(|v| transient[*v]).fold(0.0, f64::max);
     let mut fixed_trans = coef.workspace_bytes.max(0.0);
     if cfg.distribute_param && dp > 1 {
-        // The layer being computed and the prefetched next one, gathered in compute precision.
+        // The layer being computed and the prefetched next one, gathered in compute precision;
+        // with the engine's prefetch switched off (`overlap_param_gather`), only the layer computed.
         let blk = vs.iter().map(|v| largest[*v]).fold(0.0, f64::max);
-        fixed_trans += 2.0 * blk * st.compute_bytes_per_param;
+        let prefetch_off = cfg
+            .stack
+            .has_overlap_switch(crate::stack::OverlapSwitch::ParamGather)
+            && !cfg.overlap_param_gather;
+        let buffers = if prefetch_off { 1.0 } else { 2.0 };
+        fixed_trans += buffers * blk * st.compute_bytes_per_param;
     }
     if pp > 1 {
         fixed_trans += 2.0 * boundary;
