@@ -204,6 +204,15 @@ fn describe(p: &PlanConfig) -> String {
     if p.pp > 1 {
         parts.push(p.schedule.clone());
     }
+    for (on, what) in [
+        (p.overlap_grad_reduce, "grad-reduce"),
+        (p.overlap_param_gather, "param-gather"),
+        (p.tp_comm_overlap, "tp-comm"),
+    ] {
+        if !on {
+            parts.push(format!("{what} overlap off"));
+        }
+    }
     parts.push(format!("on {}", crate::export::engine_title(p.engine)));
     parts.join(", ")
 }

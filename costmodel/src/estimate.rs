@@ -152,6 +152,11 @@ pub struct PhaseSums {
     pub memory_kernels: f64,
     /// Of those, fusable kernels.
     pub fusable_kernels: f64,
+    /// Of `matmul_s`, the GEMMs Transformer Engine's TP communication overlap runs beside a
+    /// reduce-scatter or bulk collective on SMs it reserves (forward and recomputed row-parallel
+    /// GEMMs, backward column-parallel GEMMs; see [`crate::Stack::tp_overlap_sm_margin`]), at unit
+    /// matmul coefficient; 0 without tensor parallelism.
+    pub tp_overlap_matmul_s: f64,
 }
 
 impl PhaseSums {
@@ -167,6 +172,17 @@ impl PhaseSums {
         self.measured_s += o.measured_s;
         self.memory_kernels += o.memory_kernels;
         self.fusable_kernels += o.fusable_kernels;
+        self.tp_overlap_matmul_s += o.tp_overlap_matmul_s;
+    }
+
+    /// Extra seconds of this phase's GEMMs while Transformer Engine's TP overlap reserves `sms` of
+    /// the device's `units` SMs for communication (`set_sm_margin`): those GEMMs run on the rest, so
+    /// they take `units / (units - sms)` as long.
+    pub fn sm_margin_s(&self, eff: &Efficiency, sms: u32, units: u32) -> f64 {
+        if sms == 0 || units <= sms || self.tp_overlap_matmul_s <= 0.0 {
+            return 0.0;
+        }
+        self.tp_overlap_matmul_s / eff.matmul * sms as f64 / (units - sms) as f64
     }
 
     /// Kernel seconds and kernels of this phase on a device with coefficients `eff`, under a stack's
@@ -362,7 +378,17 @@ impl ProfiledCostModel {
                     ..Default::default()
                 };
                 match k.bucket {
-                    Bucket::Matmul => ps.matmul_s = k.base_s,
+                    Bucket::Matmul => {
+                        ps.matmul_s = k.base_s;
+                        let beside_comm = match op.phase {
+                            Phase::Forward | Phase::Recompute => op.split == TpSplit::Row,
+                            Phase::Backward => op.split == TpSplit::Column,
+                            Phase::Optimizer => false,
+                        };
+                        if tp64 > 1 && beside_comm {
+                            ps.tp_overlap_matmul_s = k.base_s;
+                        }
+                    }
                     Bucket::Attention => ps.attention_s = k.base_s,
                     Bucket::Measured => ps.measured_s = k.base_s,
                     Bucket::Memory | Bucket::Fusable => {
@@ -529,9 +555,13 @@ impl CostModel for ProfiledCostModel {
         let eff = self.efficiency(cluster.gpu);
         let sc = self.efficiencies().stack(cfg.stack);
         let launch = sc.launch_overhead_s;
+        let sms = cfg
+            .stack
+            .tp_overlap_sm_margin(cfg.sequence_parallel, cfg.tp_comm_overlap);
+        let units = cluster.gpu.spec().compute_units;
         let kernel_s = |s: &PhaseSums| {
             let (gpu, kernels) = s.kernel_time(eff, sc);
-            gpu.max(kernels * launch)
+            (gpu + s.sm_margin_s(eff, sms, units)).max(kernels * launch)
         };
         let overlap = cfg
             .stack
@@ -651,8 +681,12 @@ impl ProfiledCostModel {
         // step; between pipeline stages every phase waits for its input, so it applies per phase.
         let whole_step_host = pp == 1;
         let mut host_s = 0.0;
+        // SMs Transformer Engine's TP overlap takes from the GEMMs it runs beside (0 without it).
+        let sms = stack.tp_overlap_sm_margin(cfg.sequence_parallel, cfg.tp_comm_overlap);
+        let units = cluster.gpu.spec().compute_units;
         let mut phase = |s: &PhaseSums| {
             let (gpu, kernels) = s.kernel_time(eff, sc);
+            let gpu = gpu + s.sm_margin_s(eff, sms, units);
             if whole_step_host {
                 host_s += kernels * launch * m as f64;
                 gpu

@@ -510,6 +510,20 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     if pp > 1 {
         fixed_trans += 2.0 * boundary;
     }
+    // Transformer Engine's TP-overlap userbuffers: each holds one decoder block's full activation
+    // ([seq · micro-batch, hidden], the block's boundary bytes in the compute precision).
+    let buffers = cfg
+        .stack
+        .tp_overlap_buffers(cfg.sequence_parallel, cfg.tp_comm_overlap);
+    if buffers > 0.0 {
+        let act = profile
+            .blocks
+            .iter()
+            .filter(|b| matches!(b.kind, moai_ir::cost::BlockKind::Decoder(_)))
+            .map(|b| b.boundary_bytes)
+            .fold(0.0, f64::max);
+        fixed_trans += buffers * act;
+    }
     // Weight copies: the autocast cache holds all of them at the end of forward; autograd keeps the
     // saved ones through backward. Elsewhere they are the stack's own weights or gather buffers.
     let (copies_f, copies_b) = if copies_elsewhere {

@@ -93,6 +93,36 @@ impl Stack {
         }
     }
 
+    /// SMs Transformer Engine's TP communication overlap (Megatron `--tp-comm-overlap`) reserves for
+    /// communication while the GEMM beside it runs on the rest: `initialize_ub`'s default config gives
+    /// the `pipeline` (forward reduce-scatter: proj_fprop, fc2_fprop) and `bulk` (backward:
+    /// qkv/fc1 dgrad and wgrad) methods `num_sm = 16` with `set_sm_margin = True`, the
+    /// `ring_exchange` all-gathers 1 SM on copy engines (TransformerEngine
+    /// `transformer_engine/pytorch/module/base.py`, `get_default_config`, commit d0067d0). 16 when
+    /// the overlap is on ([`Stack::tp_comm_overlap`] > 0), else 0.
+    pub fn tp_overlap_sm_margin(self, sequence_parallel: bool, switch: bool) -> u32 {
+        if self.tp_comm_overlap(sequence_parallel, switch) > 0.0 {
+            16
+        } else {
+            0
+        }
+    }
+
+    /// Communication buffers of shape `[seq · micro-batch / cp, hidden]` in bf16 that Transformer
+    /// Engine's TP overlap allocates per rank (`initialize_ub`: one userbuffer per overlapped GEMM
+    /// of the `ring_exchange`, `pipeline` and `bulk` methods — qkv_fprop, fc1_fprop, proj_dgrad,
+    /// fc2_dgrad, proj_fprop, fc2_fprop, qkv_dgrad, qkv_wgrad, fc1_dgrad, fc1_wgrad — the `external`
+    /// wgrads reuse their dgrad's), with Megatron-LM passing that shape
+    /// (`megatron/training/initialize.py` `_initialize_tp_communicators`). 10 when the overlap is on,
+    /// else 0.
+    pub fn tp_overlap_buffers(self, sequence_parallel: bool, switch: bool) -> f64 {
+        if self.tp_comm_overlap(sequence_parallel, switch) > 0.0 {
+            10.0
+        } else {
+            0.0
+        }
+    }
+
     /// Whether the data-parallel gradient reduction overlaps with backward: Megatron with
     /// `--overlap-grad-reduce` and DeepSpeed with `overlap_comm` (the configuration's flag); DDP
     /// buckets and FSDP's / torchtitan's per-unit reduce-scatter always do.

@@ -7,6 +7,7 @@ mod errors;
 mod estimate;
 mod fit;
 mod memory;
+mod overlap;
 mod props;
 mod real;
 mod regret;
