@@ -6,6 +6,7 @@ mod codegen;
 mod current;
 mod exports;
 mod interrupt;
+mod overlap;
 mod partition;
 mod planner;
 mod report;
