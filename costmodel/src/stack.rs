@@ -163,11 +163,14 @@ impl Stack {
     /// `stage3_prefetch_bucket_size` (0 disables the parameter prefetch); FSDP and torchtitan always
     /// overlap both and have no TP overlap moai costs; eager PyTorch has none.
     pub fn has_overlap_switch(self, switch: OverlapSwitch) -> bool {
-        match (self, switch) {
-            (Stack::Megatron, _) => true,
-            (Stack::Deepspeed, OverlapSwitch::GradReduce | OverlapSwitch::ParamGather) => true,
-            _ => false,
-        }
+        matches!(
+            (self, switch),
+            (Stack::Megatron, _)
+                | (
+                    Stack::Deepspeed,
+                    OverlapSwitch::GradReduce | OverlapSwitch::ParamGather
+                )
+        )
     }
 
     /// Whether the optimizer step is a fused multi-tensor kernel (Megatron/DeepSpeed FusedAdam, torch
