@@ -16,7 +16,9 @@
 //!   attention core) is not torchtitan's selective AC (per-op or every-Nth-layer), so it is refused.
 //! - cp and float8: see [`context_parallel_degree`] and [`float8_section`].
 //! - The model is one of torchtitan's registered flavors (`[model] name, flavor`): torchtitan builds
-//!   models from its flavor table, not from shapes, so a model matching none is refused.
+//!   models from its flavor table, not from shapes, so a model matching none is refused. Its llama3
+//!   flavors always apply Llama 3.1 RoPE scaling (`RoPEScalingArgs` defaults, not a TOML key), so a
+//!   Llama 3.0 model trains with other rotary frequencies at the same cost; the TOML says so.
 
 use super::{ExportContext, PlanDims, engine_runs};
 use crate::plan::PlanConfig;
@@ -261,7 +263,9 @@ pub fn torchtitan_toml(plan: &PlanConfig, cx: &ExportContext) -> Result<String, 
     );
     let _ = writeln!(
         w,
-        "# Set model.hf_assets_path (tokenizer) and training.dataset to yours; everything else is the plan.\n"
+        "# Set model.hf_assets_path (tokenizer) and training.dataset to yours; everything else is the plan.\n\
+# torchtitan's llama3 flavors always apply Llama 3.1 RoPE scaling (factor 8 over 8192 positions), which\n\
+# this TOML cannot switch off: the rotary frequencies differ from a Llama 3.0 model's, the step's cost does not.\n"
     );
     let _ = writeln!(
         w,
