@@ -510,19 +510,29 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     if pp > 1 {
         fixed_trans += 2.0 * boundary;
     }
-    // Transformer Engine's TP-overlap userbuffers: each holds one decoder block's full activation
-    // ([seq · micro-batch, hidden], the block's boundary bytes in the compute precision).
+    // Transformer Engine's TP-overlap userbuffers: each holds one decoder block's full activation,
+    // [seq · micro-batch, hidden] in bf16 (`initialize_ub`'s default dtype) — the output of the
+    // block's forward row-parallel GEMMs (attention output and MLP down projections), unsharded.
     let buffers = cfg
         .stack
         .tp_overlap_buffers(cfg.sequence_parallel, cfg.tp_comm_overlap);
     if buffers > 0.0 {
-        let act = profile
+        let elements = profile
             .blocks
             .iter()
             .filter(|b| matches!(b.kind, moai_ir::cost::BlockKind::Decoder(_)))
-            .map(|b| b.boundary_bytes)
+            .flat_map(|b| b.ops.iter())
+            .filter(|op| {
+                op.phase == moai_ir::cost::Phase::Forward && op.split == moai_ir::cost::TpSplit::Row
+            })
+            .filter_map(|op| match op.class {
+                moai_ir::cost::KernelClass::Matmul { batch, m, n, .. } => {
+                    Some(batch.max(1) as f64 * m as f64 * n as f64)
+                }
+                _ => None,
+            })
             .fold(0.0, f64::max);
-        fixed_trans += buffers * act;
+        fixed_trans += buffers * elements * 2.0;
     }
     // Weight copies: the autocast cache holds all of them at the end of forward; autograd keeps the
     // saved ones through backward. Elsewhere they are the stack's own weights or gather buffers.

@@ -108,7 +108,8 @@ impl Stack {
         }
     }
 
-    /// Communication buffers of shape `[seq · micro-batch / cp, hidden]` in bf16 that Transformer
+    /// Communication buffers of shape `[seq · micro-batch / cp, hidden]` in bf16 (2 bytes an element,
+    /// `initialize_ub`'s default `dtype=torch.bfloat16`, which Megatron-LM does not override) that Transformer
     /// Engine's TP overlap allocates per rank (`initialize_ub`: one userbuffer per overlapped GEMM
     /// of the `ring_exchange`, `pipeline` and `bulk` methods — qkv_fprop, fc1_fprop, proj_dgrad,
     /// fc2_dgrad, proj_fprop, fc2_fprop, qkv_dgrad, qkv_wgrad, fc1_dgrad, fc1_wgrad — the `external`
