@@ -192,6 +192,22 @@ pub fn cheapest_fitting_change(
     if to.pp > 1 || from.pp > 1 {
         diff("schedule", from.schedule.clone(), to.schedule.clone());
     }
+    let onoff = |b: bool| if b { "on" } else { "off" }.to_string();
+    for (what, a, b) in [
+        (
+            "grad-reduce overlap",
+            from.overlap_grad_reduce,
+            to.overlap_grad_reduce,
+        ),
+        (
+            "param-gather overlap",
+            from.overlap_param_gather,
+            to.overlap_param_gather,
+        ),
+        ("tp-comm overlap", from.tp_comm_overlap, to.tp_comm_overlap),
+    ] {
+        diff(what, onoff(a), onoff(b));
+    }
     diff("engine", from.engine.to_string(), to.engine.to_string());
     Some((best, changes, kept_flags))
 }

@@ -173,11 +173,19 @@ pub struct ConfigArgs {
     /// runs a per-stage mix yet.
     #[arg(long)]
     pub stage_recompute: Option<String>,
-    /// Engine the plan runs on and is costed for: megatron, deepspeed or fsdp. plan: only what that
-    /// engine runs is searched; without it each candidate goes to the first engine that runs it
-    /// (Megatron-LM, then DeepSpeed, then FSDP) and the output names the engine.
+    /// Engine the plan runs on and is costed for: megatron, deepspeed, fsdp or torchtitan (costed as
+    /// the FSDP stack). plan: only what that engine runs is searched; without it each candidate goes
+    /// to the first engine that runs it (Megatron-LM, then DeepSpeed, then FSDP; torchtitan only when
+    /// named) and the output names the engine.
     #[arg(long)]
     pub engine: Option<String>,
+    /// Overlap switches, a comma list of SWITCH=on|off (or all=on|off): grad-reduce (Megatron-LM
+    /// --overlap-grad-reduce, DeepSpeed overlap_comm), param-gather (Megatron-LM
+    /// --overlap-param-gather, DeepSpeed ZeRO-3 prefetch), tp-comm (Megatron-LM --tp-comm-overlap,
+    /// with sequence parallelism). Default: on where the engine overlaps; off is run only by an engine
+    /// with the switch. plan: fixes them for every candidate.
+    #[arg(long)]
+    pub overlap: Option<String>,
 }
 
 impl ConfigArgs {
@@ -226,6 +234,12 @@ impl ConfigArgs {
                 })?,
             },
             stage_recompute_mixes: self.stage_recompute.as_deref().map(str::trim) == Some("mixed"),
+            overlap: self
+                .overlap
+                .as_deref()
+                .map(Constraints::parse_overlap_list)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }
@@ -256,7 +270,7 @@ fn parse_offload(list: &[String]) -> Result<bool> {
 fn parse_engine(s: &str) -> Result<moai_costmodel::Stack> {
     match s.parse::<moai_costmodel::Stack>() {
         Ok(moai_costmodel::Stack::Eager) | Err(_) => Err(PlanError::InvalidArgument(format!(
-            "--engine {s}: expected megatron, deepspeed or fsdp"
+            "--engine {s}: expected megatron, deepspeed, fsdp or torchtitan"
         ))),
         Ok(e) => Ok(e),
     }
@@ -285,9 +299,9 @@ pub struct PlanArgs {
     /// Output directory for plan.json and the emitted artifacts.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Artifacts to write into --out: plan,report,mlir,hsaco,ptx,megatron,deepspeed,fsdp.
+    /// Artifacts to write into --out: plan,report,mlir,hsaco,ptx,megatron,deepspeed,fsdp,torchtitan.
     ///
-    /// megatron, deepspeed and fsdp are engine exports (arguments or config plus a torchrun launch
+    /// megatron, deepspeed, fsdp and torchtitan (a JobConfig TOML) are engine exports (arguments or config plus a torchrun launch
     /// script per server starting exactly the plan's ranks); an engine that does not run the plan as
     /// planned is not written, with one line (stderr and plan.json's "exports") saying why and which
     /// engine does.

@@ -74,12 +74,13 @@ pub fn estimate(a: EstimateArgs) -> Result<()> {
         return print_json(&out);
     }
     println!("{}", out.plan.summary_line());
-    let unexported = out.plan.schedule.starts_with("zb")
-        || out
-            .plan
-            .stage_recompute
-            .iter()
-            .any(|r| *r != out.plan.recompute);
+    // Zero-bubble schedules and per-stage mixes that no engine runs are costed on the stack of the
+    // engine that runs their 1F1B / uniform twin (`export::assign_engine`).
+    let unexported = crate::export::engine_runs(
+        out.plan.engine,
+        &crate::export::PlanDims::of_config(&cfg, &cluster),
+    )
+    .is_err();
     println!(
         "engine: {}{}",
         crate::export::engine_title(out.plan.engine),

@@ -112,6 +112,8 @@ pub enum EmitKind {
     Deepspeed,
     /// FSDP arguments and torchrun launch scripts.
     Fsdp,
+    /// A torchtitan JobConfig TOML and torchrun launch scripts.
+    Torchtitan,
     /// The stage programs as MLIR.
     Mlir,
     /// AMD code objects of the stage programs (and the `plan.moai` bundle).
@@ -129,18 +131,21 @@ impl EmitKind {
             EmitKind::Megatron => "megatron",
             EmitKind::Deepspeed => "deepspeed",
             EmitKind::Fsdp => "fsdp",
+            EmitKind::Torchtitan => "torchtitan",
             EmitKind::Mlir => "mlir",
             EmitKind::Hsaco => "hsaco",
             EmitKind::Ptx => "ptx",
         }
     }
 
-    /// The engine an engine export writes for (`megatron`, `deepspeed`, `fsdp`), else `None`.
+    /// The engine an engine export writes for (`megatron`, `deepspeed`, `fsdp`, `torchtitan`), else
+    /// `None`.
     pub fn engine(self) -> Option<Stack> {
         match self {
             EmitKind::Megatron => Some(Stack::Megatron),
             EmitKind::Deepspeed => Some(Stack::Deepspeed),
             EmitKind::Fsdp => Some(Stack::Fsdp),
+            EmitKind::Torchtitan => Some(Stack::Torchtitan),
             _ => None,
         }
     }
@@ -157,7 +162,7 @@ impl FromStr for EmitKind {
     fn from_str(s: &str) -> Result<EmitKind> {
         <EmitKind as clap::ValueEnum>::from_str(s.trim(), false).map_err(|_| {
             PlanError::InvalidArgument(format!(
-                "--emit {s}: unknown artifact (expected any of plan,report,mlir,hsaco,ptx,megatron,deepspeed,fsdp)"
+                "--emit {s}: unknown artifact (expected any of plan,report,mlir,hsaco,ptx,megatron,deepspeed,fsdp,torchtitan)"
             ))
         })
     }
@@ -264,6 +269,9 @@ pub fn config_for(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Para
         ..ParallelConfig::default()
     };
     c.zero.unwrap_or_default().apply(&mut cfg);
+    for &(switch, on) in &c.overlap {
+        switch.set(&mut cfg, on);
+    }
     crate::export::assign_engine(c.engine, cfg, cluster).map_err(PlanError::InvalidArgument)
 }
 

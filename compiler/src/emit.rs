@@ -133,7 +133,7 @@ pub fn write_outputs(
         match e {
             EmitKind::Plan => {}
             EmitKind::Mlir | EmitKind::Hsaco | EmitKind::Ptx => {} // compiled once below, for all three
-            EmitKind::Megatron | EmitKind::Deepspeed | EmitKind::Fsdp => {} // engine exports, above
+            EmitKind::Megatron | EmitKind::Deepspeed | EmitKind::Fsdp | EmitKind::Torchtitan => {} // engine exports, above
             EmitKind::Report => {
                 files.push((
                     "report.html".into(),

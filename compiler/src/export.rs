@@ -1,6 +1,7 @@
 //! Exports of a plan to the engines that run it: Megatron-LM (arguments and a torchrun launch script
 //! per server), DeepSpeed (a JSON config and a torchrun launch script per server for a Hugging Face
-//! Trainer-style script) and PyTorch FSDP (an FSDP config and a torchrun launch script per server).
+//! Trainer-style script), PyTorch FSDP (an FSDP config and a torchrun launch script per server) and
+//! torchtitan (a JobConfig TOML and a torchrun launch script per server, [`torchtitan`]).
 //!
 //! Every dimension of a plan is either expressed exactly in an export or the export is not written for
 //! that engine: [`engine_runs`] says, in one line, why an engine cannot run a plan, and
@@ -11,8 +12,12 @@
 
 use crate::config::ZeroStage;
 use crate::plan::PlanConfig;
-use moai_costmodel::{Cluster, MatmulPrecision, ParallelConfig, Recompute, Schedule, Stack};
+use moai_costmodel::{
+    Cluster, MatmulPrecision, OverlapSwitch, ParallelConfig, Recompute, Schedule, Stack,
+};
 use serde_json::json;
+
+pub mod torchtitan;
 
 /// The activation of the MLP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,9 +134,39 @@ pub struct PlanDims {
     pub precision: MatmulPrecision,
     /// Optimizer state offloaded to host memory (ZeRO-Offload).
     pub offload_optimizer: bool,
+    /// Data-parallel gradient reduction overlapped with backward.
+    pub overlap_grad_reduce: bool,
+    /// Parameter all-gathers overlapped with compute.
+    pub overlap_param_gather: bool,
+    /// Tensor-parallel collectives overlapped with the adjacent GEMMs.
+    pub tp_comm_overlap: bool,
 }
 
 impl PlanDims {
+    /// The value of an overlap switch.
+    pub fn overlap(&self, s: OverlapSwitch) -> bool {
+        match s {
+            OverlapSwitch::GradReduce => self.overlap_grad_reduce,
+            OverlapSwitch::ParamGather => self.overlap_param_gather,
+            OverlapSwitch::TpComm => self.tp_comm_overlap,
+        }
+    }
+
+    /// Whether an overlap switch changes anything for this plan on `engine`: the gradient reduce
+    /// with dp > 1; the parameter gather with dp > 1 under ZeRO-3 (every engine's prefetch) or ZeRO-1
+    /// (Megatron-LM's distributed-optimizer gather); TP overlap with tp > 1 and sequence parallelism.
+    pub fn switch_applies(&self, engine: Stack, s: OverlapSwitch) -> bool {
+        match s {
+            OverlapSwitch::GradReduce => self.dp > 1,
+            OverlapSwitch::ParamGather => {
+                self.dp > 1
+                    && (self.zero == ZeroStage::Zero3
+                        || (self.zero == ZeroStage::Zero1 && engine == Stack::Megatron))
+            }
+            OverlapSwitch::TpComm => self.tp > 1 && self.sequence_parallel,
+        }
+    }
+
     /// The dimensions of a search candidate on a cluster.
     pub fn of_config(c: &ParallelConfig, cluster: &Cluster) -> PlanDims {
         PlanDims {
@@ -147,6 +182,9 @@ impl PlanDims {
             devices_per_server: cluster.devices_per_server as u64,
             precision: c.precision,
             offload_optimizer: c.offload_optimizer,
+            overlap_grad_reduce: c.overlap_grad_reduce,
+            overlap_param_gather: c.overlap_param_gather,
+            tp_comm_overlap: c.tp_comm_overlap,
         }
     }
 
@@ -173,6 +211,9 @@ impl PlanDims {
             devices_per_server: cx.devices_per_server,
             precision: p.precision,
             offload_optimizer: p.offload_optimizer,
+            overlap_grad_reduce: p.overlap_grad_reduce,
+            overlap_param_gather: p.overlap_param_gather,
+            tp_comm_overlap: p.tp_comm_overlap,
         })
     }
 }
@@ -183,12 +224,23 @@ pub fn engine_title(e: Stack) -> &'static str {
         Stack::Megatron => "Megatron-LM",
         Stack::Deepspeed => "DeepSpeed",
         Stack::Fsdp => "PyTorch FSDP",
+        Stack::Torchtitan => "torchtitan",
         Stack::Eager => "eager PyTorch",
     }
 }
 
-/// The engines a plan can be exported to.
+/// The engines the search assigns a plan to by default ([`preference`]); torchtitan is chosen with
+/// `--engine torchtitan` (it is costed as the FSDP stack, see `Stack::costed_as`), so the default
+/// space is what these three run.
 pub const EXPORT_ENGINES: [Stack; 3] = [Stack::Megatron, Stack::Deepspeed, Stack::Fsdp];
+
+/// Every engine a plan can be exported to (`--emit megatron,deepspeed,fsdp,torchtitan`).
+pub const ALL_EXPORT_ENGINES: [Stack; 4] = [
+    Stack::Megatron,
+    Stack::Deepspeed,
+    Stack::Fsdp,
+    Stack::Torchtitan,
+];
 
 /// The engines in order of preference for a plan: ZeRO-3 goes first to DeepSpeed's stage 3 (then FSDP,
 /// then Megatron-LM's own fully sharded data parallel, which also combines with tp); everything else
@@ -211,8 +263,29 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
             d.tp
         ));
     }
+    // An overlap switched off where it matters runs only on an engine that has the switch.
+    for s in OverlapSwitch::ALL {
+        if !d.overlap(s) && d.switch_applies(engine, s) && !engine.has_overlap_switch(s) {
+            return Err(format!(
+                "{} has no switch to turn off the {} overlap (the plan runs it serially); Megatron-LM{} does",
+                engine_title(engine),
+                s,
+                if s == OverlapSwitch::TpComm {
+                    ""
+                } else {
+                    " or DeepSpeed"
+                }
+            ));
+        }
+    }
     match engine {
         Stack::Megatron => {
+            if d.overlap_param_gather
+                && !d.overlap_grad_reduce
+                && d.switch_applies(engine, OverlapSwitch::ParamGather)
+            {
+                return Err("Megatron-LM overlaps the parameter all-gather only together with the gradient reduce (--overlap-param-gather needs --overlap-grad-reduce)".into());
+            }
             if d.schedule == Schedule::Gpipe {
                 return Err(
                     "Megatron-LM has no GPipe schedule (it runs 1f1b and interleaved)".into(),
@@ -292,6 +365,24 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
             }
             Ok(())
         }
+        Stack::Torchtitan => {
+            if d.zero == ZeroStage::Zero1 {
+                return Err("torchtitan shards data parallelism fully (FSDP2, ZeRO-3) or replicates it (DDP); ZeRO-1 runs on Megatron-LM or DeepSpeed".into());
+            }
+            if d.zero == ZeroStage::Zero0 && d.dp > 1 && (d.tp > 1 || d.pp > 1) {
+                return Err("torchtitan's DDP (replicated data parallelism) runs only alone, not with tensor or pipeline parallelism; plan with --zero 3 for FSDP2".into());
+            }
+            if d.tp > 1 && !d.sequence_parallel {
+                return Err("torchtitan's tensor parallelism always shards the norms along the sequence (sequence parallel); plan with --sequence-parallel".into());
+            }
+            if d.recompute == Recompute::Selective {
+                return Err("torchtitan's selective activation checkpointing (per-op policy or every Nth layer) is not moai's selective recomputation of the attention core".into());
+            }
+            if d.pp > 1 {
+                torchtitan::schedule_name(d.schedule)?;
+            }
+            Ok(())
+        }
         Stack::Eager => Err("eager PyTorch is not an export engine".into()),
     }
 }
@@ -307,10 +398,11 @@ pub fn engines_for(d: &PlanDims) -> Vec<Stack> {
 /// Sets a candidate's stack: `fixed` (`--engine`) when that engine runs it, else the most preferred
 /// engine that does ([`engines_for`]). The error is the reason the candidate is dropped from the space.
 ///
-/// The dimensions no export engine runs yet, zero-bubble schedules and per-stage recomputation mixes,
-/// are only in the space when the user asks for them (`--schedule zb-h1,zbv`, `--stage-recompute`):
-/// without `--engine`, such a candidate is costed on the stack of the engine that runs the same plan
-/// with 1F1B (interleaved:2 for zbv) and uniform recomputation, and its exports refuse in one line.
+/// Zero-bubble schedules and per-stage recomputation mixes are only in the space when the user asks
+/// for them (`--schedule zb-h1,zbv`, `--stage-recompute`). Without `--engine`, such a candidate goes to
+/// torchtitan when it runs it (zbv as `ZBVZeroBubble`, with FSDP2 or DDP alone); otherwise it is costed
+/// on the stack of the engine that runs the same plan with 1F1B (interleaved:2 for zbv) and uniform
+/// recomputation, and its exports refuse in one line.
 pub fn assign_engine(
     fixed: Option<Stack>,
     mut c: ParallelConfig,
@@ -326,6 +418,11 @@ pub fn assign_engine(
             let Some(e) = engines_for(&d).first().copied().or_else(|| {
                 if !d.schedule.is_zero_bubble() && !d.mixed_recompute {
                     return None;
+                }
+                // torchtitan runs zbv (ZBVZeroBubble) but is only chosen when no preferred engine
+                // runs the plan: here.
+                if engine_runs(Stack::Torchtitan, &d).is_ok() {
+                    return Some(Stack::Torchtitan);
                 }
                 let plain = PlanDims {
                     schedule: match d.schedule {
@@ -515,8 +612,16 @@ pub fn megatron_args(
         ZeroStage::Zero1 => flag(&mut a, "--use-distributed-optimizer"),
         ZeroStage::Zero0 => {}
     }
-    // The cost model overlaps the data-parallel gradient reduction with backward.
-    flag(&mut a, "--overlap-grad-reduce");
+    // The overlap switches the plan was costed with (Megatron-LM has all three).
+    if plan.overlap_grad_reduce {
+        flag(&mut a, "--overlap-grad-reduce");
+    }
+    if plan.overlap_param_gather && d.switch_applies(Stack::Megatron, OverlapSwitch::ParamGather) {
+        flag(&mut a, "--overlap-param-gather");
+    }
+    if plan.tp_comm_overlap && d.switch_applies(Stack::Megatron, OverlapSwitch::TpComm) {
+        flag(&mut a, "--tp-comm-overlap");
+    }
     if d.offload_optimizer {
         if cx.optimizer == "sgd" {
             return Err(
@@ -652,9 +757,15 @@ pub fn deepspeed_config(
     } else {
         json!({"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}})
     };
-    let mut zero = json!({"stage": d.zero, "overlap_comm": true, "contiguous_gradients": true});
+    let mut zero = json!({"stage": d.zero, "overlap_comm": plan.overlap_grad_reduce, "contiguous_gradients": true});
     if d.zero == ZeroStage::Zero3 {
-        zero["stage3_prefetch_bucket_size"] = json!(50_000_000u64);
+        // A prefetch bucket of 0 turns ZeRO-3's parameter prefetch off.
+        let prefetch: u64 = if plan.overlap_param_gather {
+            50_000_000
+        } else {
+            0
+        };
+        zero["stage3_prefetch_bucket_size"] = json!(prefetch);
         zero["stage3_param_persistence_threshold"] = json!(100_000u64);
     }
     if d.offload_optimizer {
@@ -700,7 +811,7 @@ pub fn torchrun_args(cx: &ExportContext, rank: u64) -> Vec<(String, String)> {
     ]
 }
 
-fn launcher(
+pub(crate) fn launcher(
     cx: &ExportContext,
     rank: u64,
     what: &str,
@@ -857,6 +968,18 @@ pub fn export_files(
                 ));
             }
         }
+        Stack::Torchtitan => {
+            files.push((
+                "torchtitan.toml".into(),
+                torchtitan::torchtitan_toml(plan, cx)?,
+            ));
+            for r in 0..cx.servers() {
+                files.push((
+                    format!("launch/torchtitan_server{r}.sh"),
+                    torchtitan::torchtitan_script(plan, cx, r)?,
+                ));
+            }
+        }
         Stack::Eager => return Err("eager PyTorch is not an export engine".into()),
     }
     Ok(files)
@@ -865,7 +988,7 @@ pub fn export_files(
 /// The one line written instead of an engine's export: why it does not run the plan and which engine
 /// does.
 pub fn refusal(engine: Stack, why: &str, plan: &PlanConfig, cx: &ExportContext) -> String {
-    let others: Vec<&str> = EXPORT_ENGINES
+    let others: Vec<&str> = ALL_EXPORT_ENGINES
         .into_iter()
         .filter(|e| *e != engine && export_files(*e, plan, cx).is_ok())
         .map(|e| e.name())
@@ -902,6 +1025,9 @@ mod tests {
                         layers: [i * 5, i * 5 + 4],
                     })
                     .collect(),
+                overlap_grad_reduce: true,
+                overlap_param_gather: true,
+                tp_comm_overlap: true,
                 engine: Stack::Megatron,
                 precision: MatmulPrecision::Bf16,
                 offload_optimizer: false,

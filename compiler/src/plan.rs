@@ -89,7 +89,8 @@ pub struct PlanConfig {
     pub schedule: String,
     /// Stages.
     pub stages: Vec<StageInfo>,
-    /// The engine the plan was costed for and is exported to (`megatron`, `deepspeed`, `fsdp`).
+    /// The engine the plan was costed for and is exported to (`megatron`, `deepspeed`, `fsdp`,
+    /// `torchtitan`).
     #[serde(default)]
     pub engine: moai_costmodel::Stack,
     /// Recomputation per pipeline stage when the stages differ (`recompute` is the first stage's);
@@ -105,10 +106,23 @@ pub struct PlanConfig {
     /// Optimizer state and master weights in host memory (ZeRO-Offload); absent when false.
     #[serde(default, skip_serializing_if = "is_false")]
     pub offload_optimizer: bool,
+    /// Data-parallel gradient reduction overlapped with backward (printed only when off).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub overlap_grad_reduce: bool,
+    /// Parameter all-gathers overlapped with compute (printed only when off).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub overlap_param_gather: bool,
+    /// Tensor-parallel collectives overlapped with the GEMMs (printed only when off).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub tp_comm_overlap: bool,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn is_zero(x: &f64) -> bool {

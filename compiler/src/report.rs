@@ -85,6 +85,9 @@ pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
         } else {
             Vec::new()
         },
+        overlap_grad_reduce: cfg.overlap_grad_reduce,
+        overlap_param_gather: cfg.overlap_param_gather,
+        tp_comm_overlap: cfg.tp_comm_overlap,
     }
 }
 
@@ -220,6 +223,15 @@ fn describe(p: &PlanConfig) -> String {
     }
     if p.pp > 1 {
         parts.push(p.schedule.clone());
+    }
+    for (on, what) in [
+        (p.overlap_grad_reduce, "grad-reduce"),
+        (p.overlap_param_gather, "param-gather"),
+        (p.tp_comm_overlap, "tp-comm"),
+    ] {
+        if !on {
+            parts.push(format!("{what} overlap off"));
+        }
     }
     parts.push(format!("on {}", crate::export::engine_title(p.engine)));
     parts.join(", ")

@@ -211,9 +211,41 @@ pub struct Constraints {
     /// Offload the optimizer state to host memory in every candidate (`--offload optimizer`); the
     /// search does not try offload by itself.
     pub offload_optimizer: bool,
+    /// Fixed overlap switches (`--overlap grad-reduce=off,...`), in switch order; a switch not named
+    /// stays on where the engine overlaps.
+    pub overlap: Vec<(moai_costmodel::OverlapSwitch, bool)>,
 }
 
 impl Constraints {
+    /// Parses `--overlap`: a comma list of `SWITCH=on|off` (switches `grad-reduce`, `param-gather`,
+    /// `tp-comm`), or `all=on|off` for every switch; a later entry overrides an earlier one.
+    pub fn parse_overlap_list(s: &str) -> Result<Vec<(moai_costmodel::OverlapSwitch, bool)>> {
+        use moai_costmodel::OverlapSwitch;
+        let bad = |m: String| PlanError::InvalidArgument(format!("--overlap {s}: {m}"));
+        let mut out: Vec<(OverlapSwitch, bool)> = Vec::new();
+        for item in s.split(',') {
+            let (name, value) = item
+                .split_once('=')
+                .ok_or_else(|| bad(format!("`{}` is not SWITCH=on|off", item.trim())))?;
+            let on = match value.trim().to_ascii_lowercase().as_str() {
+                "on" | "true" => true,
+                "off" | "false" => false,
+                v => return Err(bad(format!("`{v}` is not on or off"))),
+            };
+            let switches: Vec<OverlapSwitch> = if name.trim().eq_ignore_ascii_case("all") {
+                OverlapSwitch::ALL.to_vec()
+            } else {
+                vec![name.parse().map_err(|e| bad(format!("{e}")))?]
+            };
+            for sw in switches {
+                out.retain(|(k, _)| *k != sw);
+                out.push((sw, on));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Parses a comma list of recomputation policies (`none,full`).
     pub fn parse_recompute_list(s: &str) -> Result<Vec<Recompute>> {
         s.split(',')

@@ -140,6 +140,52 @@ pub fn constraint_conflicts(
     out
 }
 
+/// The overlap switches the search turns off, each only where the candidate's engine has the switch,
+/// it applies to the candidate, the constraints leave it free, and turning it off can make the
+/// candidate faster: TP communication overlap (Megatron-LM's `--tp-comm-overlap` reserves 16 SMs from
+/// the GEMMs it runs beside and allocates userbuffers; off frees both and exposes the collectives, so
+/// either side can win). Turning off the gradient reduce or the ZeRO-1 gather overlap only costs time
+/// in the cost model, and the ZeRO-3 prefetch off only saves one gathered layer's buffer at the cost
+/// of exposed gathers, so the search does not double the space for them (a user fixes them with
+/// `--overlap`, and `estimate` takes them).
+fn overlap_variants(
+    cfg: &ParallelConfig,
+    cluster: &Cluster,
+    c: &Constraints,
+) -> Vec<ParallelConfig> {
+    use moai_costmodel::OverlapSwitch;
+    let d = crate::export::PlanDims::of_config(cfg, cluster);
+    let mut out: Vec<ParallelConfig> = Vec::new();
+    for sw in [OverlapSwitch::TpComm] {
+        let free = !c.overlap.iter().any(|(k, _)| *k == sw);
+        if !free || !sw.get(cfg) || !cfg.stack.has_overlap_switch(sw) {
+            continue;
+        }
+        if !d.switch_applies(cfg.stack, sw) {
+            continue;
+        }
+        // Off alone, and with every earlier switch off too.
+        let mut more: Vec<ParallelConfig> = std::iter::once(cfg)
+            .chain(out.iter())
+            .map(|base| {
+                let mut v = base.clone();
+                sw.set(&mut v, false);
+                v
+            })
+            .collect();
+        if crate::export::engine_runs(
+            cfg.stack,
+            &crate::export::PlanDims::of_config(&more[0], cluster),
+        )
+        .is_err()
+        {
+            continue;
+        }
+        out.append(&mut more);
+    }
+    out
+}
+
 /// Enumerates the space for a job of `batch` sequences on `cluster`.
 pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constraints) -> Space {
     let mut space = Space {
@@ -279,7 +325,11 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                     }
                     for &recompute in &recomputes {
                         for &zero in &zeros {
-                            if zero == ZeroStage::Zero3 && pp > 1 {
+                            // torchtitan runs FSDP2 with pipeline parallelism; the other engines do not.
+                            if zero == ZeroStage::Zero3
+                                && pp > 1
+                                && c.engine != Some(moai_costmodel::Stack::Torchtitan)
+                            {
                                 reject("ZeRO-3 with pipeline parallelism".into(), 1);
                                 continue;
                             }
@@ -310,11 +360,18 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                                     ..ParallelConfig::default()
                                 };
                                 zero.apply(&mut cfg);
+                                for &(switch, on) in &c.overlap {
+                                    switch.set(&mut cfg, on);
+                                }
                                 // Only what an engine runs; the stack it is costed for is that engine.
                                 match crate::export::assign_engine(c.engine, cfg, cluster) {
                                     // the one legality check the library's estimate also applies
                                     Ok(cfg) => match crate::config::checked(&cfg, cluster, shape) {
-                                        Ok(()) => candidates.push(cfg),
+                                        Ok(()) => {
+                                            let off = overlap_variants(&cfg, cluster, c);
+                                            candidates.push(cfg);
+                                            candidates.extend(off);
+                                        }
                                         Err(e) => reject(e.to_string(), 1),
                                     },
                                     Err(why) => reject(why, 1),

@@ -12,7 +12,7 @@ use moai_compiler::{
     Cluster, Constraints, EmitKind, Gpu, Model, ParallelConfig, PlanRequest, Recompute, Schedule,
     ZeroStage, estimate, plan,
 };
-use moai_costmodel::Stack;
+use moai_costmodel::{OverlapSwitch, Stack};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -148,6 +148,9 @@ struct MegatronRun {
     sequence_parallel: bool,
     qkv_bias: bool,
     linear_bias: bool,
+    overlap_grad_reduce: bool,
+    overlap_param_gather: bool,
+    tp_comm_overlap: bool,
 }
 
 /// Megatron-LM's parser and the `validate_args` / `TransformerConfig` rules that matter for plans, at
@@ -321,6 +324,14 @@ fn megatron_validate(
             "--overlap-param-gather needs the distributed optimizer or Megatron-FSDP".into(),
         );
     }
+    if has("--overlap-param-gather") && !has("--overlap-grad-reduce") {
+        // arguments.py:1028
+        return Err("--overlap-param-gather needs --overlap-grad-reduce".into());
+    }
+    if has("--tp-comm-overlap") && !sequence_parallel {
+        // arguments.py:1441-1442
+        return Err("--tp-comm-overlap needs --sequence-parallel".into());
+    }
     if has("--use-torch-fsdp2") {
         // arguments.py:1031-1045
         if pp > 1 {
@@ -380,6 +391,9 @@ fn megatron_validate(
         sequence_parallel,
         qkv_bias,
         linear_bias,
+        overlap_grad_reduce: has("--overlap-grad-reduce"),
+        overlap_param_gather: has("--overlap-param-gather"),
+        tp_comm_overlap: has("--tp-comm-overlap"),
     })
 }
 
@@ -546,20 +560,25 @@ fn plan_sizes(p: &PlanConfig, layers: u32) -> Vec<u32> {
     }
 }
 
-struct Case {
-    model: &'static Model,
-    cluster: Cluster,
-    req: PlanRequest,
+pub(crate) struct Case {
+    pub(crate) model: &'static Model,
+    pub(crate) cluster: Cluster,
+    pub(crate) req: PlanRequest,
 }
 
 /// Plans the case, writes every engine export in memory, and checks each written one by the engine's
 /// rules, that it is the plan, and that `estimate` of the configuration read back from it fits and
 /// predicts the plan's step time. Returns the plan and which engines were written.
-fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
+pub(crate) fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
     let report = plan(c.model, &c.cluster, &c.req).expect("a plan");
     let p = report.output.plan.clone();
     let cx: ExportContext = export_context(c.model, &c.cluster, &c.req);
-    let emits = [EmitKind::Megatron, EmitKind::Deepspeed, EmitKind::Fsdp];
+    let emits = [
+        EmitKind::Megatron,
+        EmitKind::Deepspeed,
+        EmitKind::Fsdp,
+        EmitKind::Torchtitan,
+    ];
     let (files, notes) = engine_exports(c.model, &c.cluster, &c.req, &p, &emits);
     let files: HashMap<String, String> = files
         .into_iter()
@@ -593,6 +612,7 @@ fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                     && match engine {
                         Stack::Megatron => k.starts_with("launch/server"),
                         Stack::Deepspeed => k.starts_with("launch/deepspeed_server"),
+                        Stack::Torchtitan => k.starts_with("launch/torchtitan_server"),
                         _ => k.starts_with("launch/fsdp_server"),
                     }
             })
@@ -682,7 +702,7 @@ fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                 assert_eq!(run.sequence_parallel, p.sequence_parallel);
                 assert_eq!(run.qkv_bias, cx.settings.qkv_bias, "{flat}");
                 assert_eq!(run.linear_bias, cx.settings.linear_bias(), "{flat}");
-                stack_cfg(
+                let mut cfg = stack_cfg(
                     run.tp,
                     run.pp,
                     run.dp,
@@ -693,13 +713,66 @@ fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                     run.recompute,
                     run.zero,
                     run.sequence_parallel,
-                )
+                );
+                // The overlap switches the flags turn on; a switch that does not apply to the plan
+                // keeps its (inert) default.
+                cfg.overlap_grad_reduce = run.overlap_grad_reduce;
+                let dims = PlanDims::of_config(&cfg, &c.cluster);
+                for (sw, on) in [
+                    (OverlapSwitch::ParamGather, run.overlap_param_gather),
+                    (OverlapSwitch::TpComm, run.tp_comm_overlap),
+                ] {
+                    if dims.switch_applies(Stack::Megatron, sw) {
+                        sw.set(&mut cfg, on);
+                    }
+                }
+                cfg
+            }
+            Stack::Torchtitan => {
+                let run =
+                    crate::torchtitan::torchtitan_validate(&files["torchtitan.toml"], cx.devices)
+                        .unwrap_or_else(|e| panic!("torchtitan rejects its TOML: {e}"));
+                for s in &scripts {
+                    assert!(
+                        s.contains("--module torchtitan.train --job.config_file"),
+                        "{s}"
+                    );
+                }
+                assert_eq!(
+                    (run.tp, run.pp, run.dp, run.micro, run.micro_batches),
+                    (p.tp, p.pp, p.dp, p.micro_batch_size, p.num_micro_batches)
+                );
+                assert_eq!(run.stage_sizes, plan_sizes(&p, cx.layers));
+                let mut cfg = stack_cfg(
+                    run.tp,
+                    run.pp,
+                    run.dp,
+                    run.micro,
+                    run.micro_batches,
+                    &run.stage_sizes,
+                    run.chunks,
+                    run.recompute,
+                    run.zero,
+                    run.tp > 1,
+                );
+                // torchtitan also runs GPipe, which the read-back helper does not name.
+                cfg.schedule = run.schedule;
+                cfg
             }
             Stack::Deepspeed | Stack::Fsdp => {
+                // DeepSpeed's overlap switches: overlap_comm, and ZeRO-3's prefetch bucket (0 = off).
+                let mut overlaps = (true, true);
                 let (micro, nmb, zero) = if engine == Stack::Deepspeed {
                     let c: serde_json::Value =
                         serde_json::from_str(&files["deepspeed_config.json"]).unwrap();
                     let stage = deepspeed_validate(&c, cx.devices).unwrap();
+                    let z = &c["zero_optimization"];
+                    overlaps = (
+                        z["overlap_comm"].as_bool().unwrap(),
+                        z["stage3_prefetch_bucket_size"]
+                            .as_u64()
+                            .is_none_or(|b| b > 0),
+                    );
                     (
                         c["train_micro_batch_size_per_gpu"].as_u64().unwrap(),
                         c["gradient_accumulation_steps"].as_u64().unwrap(),
@@ -727,7 +800,10 @@ fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                 } else {
                     Recompute::None
                 };
-                stack_cfg(1, 1, cx.devices, micro, nmb, &[], 1, recompute, zero, false)
+                let mut cfg =
+                    stack_cfg(1, 1, cx.devices, micro, nmb, &[], 1, recompute, zero, false);
+                (cfg.overlap_grad_reduce, cfg.overlap_param_gather) = overlaps;
+                cfg
             }
             Stack::Eager => unreachable!(),
         };
@@ -762,7 +838,7 @@ fn spec_model() -> &'static Model {
     })
 }
 
-fn case(model: &'static Model, cluster: Cluster, batch: u64, c: Constraints) -> Case {
+pub(crate) fn case(model: &'static Model, cluster: Cluster, batch: u64, c: Constraints) -> Case {
     let mut req = PlanRequest::new(batch, 1024);
     req.constraints = c;
     Case {
@@ -772,7 +848,7 @@ fn case(model: &'static Model, cluster: Cluster, batch: u64, c: Constraints) -> 
     }
 }
 
-fn h100(n: u32) -> Cluster {
+pub(crate) fn h100(n: u32) -> Cluster {
     Cluster::new(Gpu::H100, n).unwrap()
 }
 
@@ -1305,7 +1381,7 @@ fn engine_flag_on_the_command_line() {
     ]);
     assert_eq!(
         e,
-        "error: --engine torch: expected megatron, deepspeed or fsdp"
+        "error: --engine torch: expected megatron, deepspeed, fsdp or torchtitan"
     );
     let e = fails(&[
         "estimate",

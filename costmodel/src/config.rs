@@ -117,6 +117,9 @@ fn one() -> u32 {
 fn yes() -> bool {
     true
 }
+fn is_true(b: &bool) -> bool {
+    *b
+}
 
 /// One parallel configuration. JSON names follow DESIGN.md's `plan` object; `stages` are inclusive
 /// decoder-layer ranges `[first, last]`, `pp · V` of them for `interleaved:V`, or empty for an even
@@ -167,6 +170,16 @@ pub struct ParallelConfig {
     /// `--overlap-grad-reduce`); `false` reduces after the pipeline flush.
     #[serde(default = "yes")]
     pub overlap_grad_reduce: bool,
+    /// Parameter all-gathers overlap with compute where the engine has the switch: ZeRO-3 / FSDP
+    /// prefetch of the next layer's weights, and Megatron's `--overlap-param-gather` for the
+    /// distributed optimizer's all-gather of the updated weights; `false` runs them on the critical
+    /// path. See [`crate::Stack::has_overlap_switch`].
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub overlap_param_gather: bool,
+    /// Tensor-parallel all-gather / reduce-scatter overlap with the adjacent GEMMs (Megatron
+    /// `--tp-comm-overlap`, which needs sequence parallelism); `false` leaves them exposed.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub tp_comm_overlap: bool,
     /// The software stack the configuration runs on (and is exported to); see [`crate::Stack`].
     #[serde(default)]
     pub stack: crate::stack::Stack,
@@ -229,6 +242,8 @@ impl Default for ParallelConfig {
             stages: Vec::new(),
             persistent_grads: true,
             overlap_grad_reduce: true,
+            overlap_param_gather: true,
+            tp_comm_overlap: true,
             stack: crate::stack::Stack::Megatron,
             precision: MatmulPrecision::Bf16,
             offload_optimizer: false,

@@ -129,6 +129,7 @@ impl EfficiencyFile {
 
     /// The overheads of a stack.
     pub fn stack(&self, stack: Stack) -> &StackCoefficients {
+        let stack = stack.costed_as();
         self.stacks
             .iter()
             .find(|e| e.stack == stack)

@@ -160,6 +160,11 @@ pub struct PhaseSums {
     pub memory_kernels: f64,
     /// Of those, fusable kernels.
     pub fusable_kernels: f64,
+    /// Of `matmul_s`, the GEMMs Transformer Engine's TP communication overlap runs beside a
+    /// reduce-scatter or bulk collective on SMs it reserves (forward and recomputed row-parallel
+    /// GEMMs, backward column-parallel GEMMs; see [`crate::Stack::tp_overlap_sm_margin`]), at unit
+    /// matmul coefficient; 0 without tensor parallelism.
+    pub tp_overlap_matmul_s: f64,
 }
 
 impl PhaseSums {
@@ -175,6 +180,17 @@ impl PhaseSums {
         self.measured_s += o.measured_s;
         self.memory_kernels += o.memory_kernels;
         self.fusable_kernels += o.fusable_kernels;
+        self.tp_overlap_matmul_s += o.tp_overlap_matmul_s;
+    }
+
+    /// Extra seconds of this phase's GEMMs while Transformer Engine's TP overlap reserves `sms` of
+    /// the device's `units` SMs for communication (`set_sm_margin`): those GEMMs run on the rest, so
+    /// they take `units / (units - sms)` as long.
+    pub fn sm_margin_s(&self, eff: &Efficiency, sms: u32, units: u32) -> f64 {
+        if sms == 0 || units <= sms || self.tp_overlap_matmul_s <= 0.0 {
+            return 0.0;
+        }
+        self.tp_overlap_matmul_s / eff.matmul * sms as f64 / (units - sms) as f64
     }
 
     /// Kernel seconds and kernels of this phase on a device with coefficients `eff`, under a stack's
@@ -458,7 +474,17 @@ impl ProfiledCostModel {
                     ..Default::default()
                 };
                 match k.bucket {
-                    Bucket::Matmul => ps.matmul_s = k.base_s,
+                    Bucket::Matmul => {
+                        ps.matmul_s = k.base_s;
+                        let beside_comm = match op.phase {
+                            Phase::Forward | Phase::Recompute => op.split == TpSplit::Row,
+                            Phase::Backward => op.split == TpSplit::Column,
+                            Phase::Optimizer => false,
+                        };
+                        if tp64 > 1 && beside_comm {
+                            ps.tp_overlap_matmul_s = k.base_s;
+                        }
+                    }
                     Bucket::Attention => ps.attention_s = k.base_s,
                     Bucket::Measured => ps.measured_s = k.base_s,
                     Bucket::Memory | Bucket::Fusable => {
@@ -628,6 +654,14 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Result<Vec<crate::blocks::BlockCost>> {
+        let costed;
+        let cfg = match costed_as(cfg) {
+            Some(c) => {
+                costed = c;
+                &costed
+            }
+            None => cfg,
+        };
         let prep = self.prepared(
             profile,
             cluster.gpu,
@@ -638,11 +672,17 @@ impl CostModel for ProfiledCostModel {
         let eff = self.efficiency(cluster.gpu);
         let sc = self.efficiencies().stack(cfg.stack);
         let launch = sc.launch_overhead_s;
+        let sms = cfg
+            .stack
+            .tp_overlap_sm_margin(cfg.sequence_parallel, cfg.tp_comm_overlap);
+        let units = cluster.gpu.spec().compute_units;
         let kernel_s = |s: &PhaseSums| {
             let (gpu, kernels) = s.kernel_time(eff, sc);
-            gpu.max(kernels * launch)
+            (gpu + s.sm_margin_s(eff, sms, units)).max(kernels * launch)
         };
-        let overlap = cfg.stack.tp_comm_overlap(cfg.sequence_parallel);
+        let overlap = cfg
+            .stack
+            .tp_comm_overlap(cfg.sequence_parallel, cfg.tp_comm_overlap);
         crate::blocks::from_prepared(&prep, &kernel_s, overlap, profile, cluster, cfg)
     }
 
@@ -663,6 +703,16 @@ impl CostModel for ProfiledCostModel {
     }
 }
 
+/// The configuration as the cost model prices it when its stack is costed as another
+/// ([`crate::Stack::costed_as`]: torchtitan as FSDP); `None` when it is priced as named.
+fn costed_as(cfg: &ParallelConfig) -> Option<ParallelConfig> {
+    let as_stack = cfg.stack.costed_as();
+    (as_stack != cfg.stack).then(|| ParallelConfig {
+        stack: as_stack,
+        ..cfg.clone()
+    })
+}
+
 impl ProfiledCostModel {
     /// [`CostModel::estimate`] on a profile already reduced by [`ProfiledCostModel::prepare`] for the
     /// cluster's GPU, `cfg.tp` and `cfg.sequence_parallel` (by any model: the prepared sums do not
@@ -675,6 +725,15 @@ impl ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Result<Estimate> {
+        let named = cfg.stack;
+        let costed;
+        let cfg = match costed_as(cfg) {
+            Some(c) => {
+                costed = c;
+                &costed
+            }
+            None => cfg,
+        };
         cfg.validate_cluster(cluster)?;
         let ranges = cfg.validate_profile(profile)?;
         if profile.blocks.is_empty() || prep.blocks.len() != profile.blocks.len() {
@@ -747,14 +806,18 @@ impl ProfiledCostModel {
         let mut comm = vec![(0f64, 0f64); nv];
         let mut comm_total = vec![0f64; nv];
         let mut times = Vec::with_capacity(nv);
-        let hidden = stack.tp_comm_overlap(cfg.sequence_parallel);
+        let hidden = stack.tp_comm_overlap(cfg.sequence_parallel, cfg.tp_comm_overlap);
         // Without pipelining the host issues the whole step's kernels ahead of the GPU (PyTorch is
         // asynchronous up to the step's synchronisation), so the host bound applies to the whole
         // step; between pipeline stages every phase waits for its input, so it applies per phase.
         let whole_step_host = pp == 1;
         let mut host_s = 0.0;
+        // SMs Transformer Engine's TP overlap takes from the GEMMs it runs beside (0 without it).
+        let sms = stack.tp_overlap_sm_margin(cfg.sequence_parallel, cfg.tp_comm_overlap);
+        let units = cluster.gpu.spec().compute_units;
         let mut phase = |s: &PhaseSums| {
             let (gpu, kernels) = s.kernel_time(eff, sc);
+            let gpu = gpu + s.sm_margin_s(eff, sms, units);
             if whole_step_host {
                 host_s += kernels * launch * m as f64;
                 gpu
@@ -873,7 +936,7 @@ impl ProfiledCostModel {
                     let gathers = 2.0 * n_blocks * per_block;
                     gather_total = m as f64 * gathers;
                     exposed += m as f64
-                        * if stack.prefetches_params() {
+                        * if stack.prefetches_params(cfg.overlap_param_gather) {
                             per_block + (gathers - per_block - compute_dev).max(0.0)
                         } else {
                             gathers
@@ -887,21 +950,29 @@ impl ProfiledCostModel {
                             rs
                         };
                 } else {
-                    let sync = if cfg.distribute_optimizer {
-                        // ZeRO-1 (Megatron's distributed optimizer): reduce-scatter the gradients,
-                        // all-gather the updated low-precision weights after the step.
-                        coll(Collective::ReduceScatter, grad_bytes)
-                            + coll(Collective::AllGather, p_dev * low_or_base)
+                    // ZeRO-1 (Megatron's distributed optimizer): reduce-scatter the gradients,
+                    // all-gather the updated low-precision weights after the step; with the
+                    // parameter gather's overlap off (Megatron without --overlap-param-gather)
+                    // that all-gather is on the critical path.
+                    let (sync, serial) = if cfg.distribute_optimizer {
+                        let rs = coll(Collective::ReduceScatter, grad_bytes);
+                        let ag = coll(Collective::AllGather, p_dev * low_or_base);
+                        if stack.overlaps_zero1_gather(cfg.overlap_param_gather) {
+                            (rs + ag, 0.0)
+                        } else {
+                            (rs, ag)
+                        }
                     } else {
-                        coll(Collective::AllReduce, grad_bytes)
+                        (coll(Collective::AllReduce, grad_bytes), 0.0)
                     };
-                    dp_comm = sync;
-                    exposed += if overlap {
-                        let buckets = (grad_bytes / 25e6).ceil().max(1.0) as u32;
-                        exposed_after_overlap(sync, b_dev, buckets)
-                    } else {
-                        sync
-                    };
+                    dp_comm = sync + serial;
+                    exposed += serial
+                        + if overlap {
+                            let buckets = (grad_bytes / 25e6).ceil().max(1.0) as u32;
+                            exposed_after_overlap(sync, b_dev, buckets)
+                        } else {
+                            sync
+                        };
                 }
             }
             let shard = if cfg.distribute_param || cfg.distribute_optimizer {
@@ -1039,7 +1110,11 @@ impl ProfiledCostModel {
                     )
                 }),
                 allocator: alloc.source.clone(),
-                stack: format!("{stack}: {}", sc.source),
+                stack: if named == stack {
+                    format!("{stack}: {}", sc.source)
+                } else {
+                    format!("{named} (costed as {stack}): {}", sc.source)
+                },
             },
             stage_times: times,
             p2p_s: p2p,

@@ -44,5 +44,5 @@ pub use ops::Source;
 pub use precision::MatmulPrecision;
 pub use profile::OpProfile;
 pub use runtime_memory::{RuntimeMemory, runtime_memory};
-pub use stack::Stack;
+pub use stack::{OverlapSwitch, Stack};
 pub use validate::{TruthRow, ValidationReport, validate};

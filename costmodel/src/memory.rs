@@ -539,12 +539,42 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     let block_trans = vs.iter().map(|v| transient[*v]).fold(0.0, f64::max);
     let mut fixed_trans = coef.workspace_bytes.max(0.0);
     if cfg.distribute_param && dp > 1 {
-        // The layer being computed and the prefetched next one, gathered in compute precision.
+        // The layer being computed and the prefetched next one, gathered in compute precision;
+        // with the engine's prefetch switched off (`overlap_param_gather`), only the layer computed.
         let blk = vs.iter().map(|v| largest[*v]).fold(0.0, f64::max);
-        fixed_trans += 2.0 * blk * st.compute_bytes_per_param;
+        let prefetch_off = cfg
+            .stack
+            .has_overlap_switch(crate::stack::OverlapSwitch::ParamGather)
+            && !cfg.overlap_param_gather;
+        let buffers = if prefetch_off { 1.0 } else { 2.0 };
+        fixed_trans += buffers * blk * st.compute_bytes_per_param;
     }
     if pp > 1 {
         fixed_trans += 2.0 * boundary;
+    }
+    // Transformer Engine's TP-overlap userbuffers: each holds one decoder block's full activation,
+    // [seq · micro-batch, hidden] in bf16 (`initialize_ub`'s default dtype) — the output of the
+    // block's forward row-parallel GEMMs (attention output and MLP down projections), unsharded.
+    let buffers = cfg
+        .stack
+        .tp_overlap_buffers(cfg.sequence_parallel, cfg.tp_comm_overlap);
+    if buffers > 0.0 {
+        let elements = profile
+            .blocks
+            .iter()
+            .filter(|b| matches!(b.kind, moai_ir::cost::BlockKind::Decoder(_)))
+            .flat_map(|b| b.ops.iter())
+            .filter(|op| {
+                op.phase == moai_ir::cost::Phase::Forward && op.split == moai_ir::cost::TpSplit::Row
+            })
+            .filter_map(|op| match op.class {
+                moai_ir::cost::KernelClass::Matmul { batch, m, n, .. } => {
+                    Some(batch.max(1) as f64 * m as f64 * n as f64)
+                }
+                _ => None,
+            })
+            .fold(0.0, f64::max);
+        fixed_trans += buffers * elements * 2.0;
     }
     // Weight copies: the autocast cache holds all of them at the end of forward; autograd keeps the
     // saved ones through backward. Elsewhere they are the stack's own weights or gather buffers.

@@ -8,6 +8,7 @@ mod estimate;
 mod fit;
 mod fp8;
 mod memory;
+mod overlap;
 mod props;
 mod real;
 mod regret;

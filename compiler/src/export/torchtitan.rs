@@ -1,0 +1,387 @@
+//! The torchtitan export: a JobConfig TOML (`torchtitan.toml`) and a torchrun launch script per server
+//! running `torchtitan.train` with it. The keys, choices and rules come from torchtitan's own source at
+//! the commit recorded in `compiler/data/torchtitan_config.txt` (the last one that reads a TOML); a plan
+//! torchtitan cannot run exactly is refused in one line ([`engine_runs`](super::engine_runs) for the
+//! plan's dimensions, [`torchtitan_toml`] for the model and job).
+//!
+//! Mapping (moai → torchtitan):
+//! - dp under ZeRO-3 → FSDP2 (`data_parallel_shard_degree = dp`, `fsdp_reshard_after_forward =
+//!   "always"`: weights gathered before every forward and again before every backward, as costed);
+//!   dp under ZeRO-0 → DDP (`data_parallel_replicate_degree = dp`), which torchtitan runs only alone.
+//! - tp → `tensor_parallel_degree` (torchtitan's TP is always sequence parallel); no async TP (it needs
+//!   `torch.compile`, which changes the kernels the cost model assumes, so `[compile] enable = false`).
+//! - pp → `pipeline_parallel_degree`, the schedule by [`schedule_name`], the plan's exact stages as
+//!   `module_fqns_per_model_part`, `pipeline_parallel_microbatch_size` = the micro-batch size.
+//! - recomputation none / full → `[activation_checkpoint] mode`; moai's selective recomputation (the
+//!   attention core) is not torchtitan's selective AC (per-op or every-Nth-layer), so it is refused.
+//! - cp and float8: see [`context_parallel_degree`] and [`float8_section`].
+//! - The model is one of torchtitan's registered flavors (`[model] name, flavor`): torchtitan builds
+//!   models from its flavor table, not from shapes, so a model matching none is refused. Its llama3
+//!   flavors always apply Llama 3.1 RoPE scaling (`RoPEScalingArgs` defaults, not a TOML key), so a
+//!   Llama 3.0 model trains with other rotary frequencies at the same cost; the TOML says so.
+
+use super::{ExportContext, PlanDims, engine_runs};
+use crate::plan::PlanConfig;
+use moai_costmodel::{Recompute, Schedule, Stack};
+use std::fmt::Write as _;
+
+/// torchtitan's extracted names and rules (keys, schedules, flavors, rules).
+pub const TORCHTITAN_CONFIG: &str = include_str!("../../data/torchtitan_config.txt");
+
+/// A torchtitan model flavor from [`TORCHTITAN_CONFIG`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Flavor {
+    /// `model.name` (`llama3`).
+    pub name: String,
+    /// `model.flavor` (`8B`).
+    pub flavor: String,
+    /// Decoder layers.
+    pub layers: u32,
+    /// Hidden size.
+    pub hidden: u64,
+    /// Attention heads.
+    pub heads: u64,
+    /// Key/value heads.
+    pub kv_heads: u64,
+    /// FFN width.
+    pub ffn: u64,
+    /// Vocabulary.
+    pub vocab: u64,
+    /// Rotary base.
+    pub rope_theta: f64,
+}
+
+/// The flavors torchtitan registers (the `flavor` lines of [`TORCHTITAN_CONFIG`]).
+pub fn flavors() -> Vec<Flavor> {
+    TORCHTITAN_CONFIG
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.strip_prefix("flavor ")?.split_whitespace().collect();
+            if f.len() != 9 {
+                return None;
+            }
+            Some(Flavor {
+                name: f[0].into(),
+                flavor: f[1].into(),
+                layers: f[2].parse().ok()?,
+                hidden: f[3].parse().ok()?,
+                heads: f[4].parse().ok()?,
+                kv_heads: f[5].parse().ok()?,
+                ffn: f[6].parse().ok()?,
+                vocab: f[7].parse().ok()?,
+                rope_theta: f[8].parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The torchtitan name of a pipeline schedule: the one mapping from moai's schedules onto
+/// `parallelism.pipeline_parallel_schedule`. Extend it here when moai gains a schedule torchtitan
+/// runs: `ZeroBubbleH1` → `InterleavedZeroBubble` (with two or more stages per rank) and `ZeroBubbleV`
+/// → `ZBVZeroBubble` (exactly two, V-shaped) once those `Schedule` variants exist.
+pub fn schedule_name(s: Schedule) -> Result<&'static str, String> {
+    match s {
+        Schedule::OneFOneB => Ok("1F1B"),
+        Schedule::Gpipe => Ok("GPipe"),
+        Schedule::Interleaved(v) if v >= 2 => Ok("Interleaved1F1B"),
+        Schedule::Interleaved(v) => Err(format!(
+            "torchtitan's looped schedule (Interleaved1F1B) needs at least 2 stages per rank, the plan has interleaved:{v}"
+        )),
+        // Two chunks per rank in a V, as moai's zbv simulation places them.
+        Schedule::ZeroBubbleV => Ok("ZBVZeroBubble"),
+        // PyTorch's InterleavedZeroBubble is a multi-stage-per-rank schedule; no built-in schedule
+        // is ZB-H1's single chunk per rank.
+        Schedule::ZeroBubbleH1 => Err(
+            "torchtitan has no built-in single-chunk zero-bubble schedule (zb-h1); its InterleavedZeroBubble needs 2 or more stages per rank and ZBVZeroBubble runs zbv".into(),
+        ),
+    }
+}
+
+/// `parallelism.context_parallel_degree`: the ONE place the plan's context parallelism enters the
+/// torchtitan export. Until `PlanConfig` has `cp` this is 1; once it does, return `plan.cp` here
+/// (torchtitan's CP is ring attention over `cp` ranks, `context_parallel_rotate_method = "allgather"`
+/// by default, `"alltoall"` for moai's `cp_comm = a2a`; seq_len must then divide by 2·cp·tp, checked in
+/// [`torchtitan_toml`] through [`seq_divisor`]) and refuse what torchtitan's CP does not run.
+pub fn context_parallel_degree(_plan: &PlanConfig) -> Result<u64, String> {
+    Ok(1)
+}
+
+/// What `seq_len` must divide by (torchtitan's `ParallelDims.seq_len_divisor`): tp, times 2·cp with
+/// context parallelism (its head-tail load balancing).
+pub fn seq_divisor(tp: u64, cp: u64) -> u64 {
+    if cp > 1 {
+        tp.saturating_mul(2).saturating_mul(cp)
+    } else {
+        tp
+    }
+}
+
+/// The `[quantize.linear.float8]` section and `model.converters` entry for the plan's GEMM precision:
+/// the ONE place FP8 enters the torchtitan export. Until `PlanConfig` has a precision field every plan
+/// is bf16 and this writes nothing; once `precision = fp8` exists, return
+/// `Some(("float8", "recipe_name = \"tensorwise\"\n..."))` here (per-tensor scaling, as costed) and
+/// `enable_fsdp_float8_all_gather` only where the cost model gathers FP8 weights.
+pub fn float8_section(_plan: &PlanConfig) -> Result<Option<(&'static str, String)>, String> {
+    Ok(None)
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The torchtitan flavor matching the model exactly (shapes, rotary base, architecture), or why none.
+pub fn flavor_for(cx: &ExportContext) -> Result<Flavor, String> {
+    let s = &cx.settings;
+    if !s.llama_style
+        || s.activation != super::Activation::Swiglu
+        || s.qkv_bias
+        || s.out_bias
+        || s.mlp_bias
+        || cx.tied_embeddings
+    {
+        return Err("torchtitan's llama3 is a bias-free Llama (RMSNorm, rotary, SwiGLU, untied output); this model is not".into());
+    }
+    if s.head_dim.checked_mul(cx.heads) != Some(cx.hidden) {
+        return Err(format!(
+            "torchtitan's llama3 takes head_dim = hidden / heads; this model's head_dim is {}",
+            s.head_dim
+        ));
+    }
+    let theta = s.rope_theta.ok_or(
+        "the model's rotary base (rope_theta) is unknown (an ONNX graph does not record it); pass the model's config.json or its Hugging Face directory",
+    )?;
+    if let Some(eps) = s.norm_eps
+        && (eps - 1e-5).abs() > 1e-12
+    {
+        return Err(format!(
+            "torchtitan's llama3 flavors use norm_eps 1e-5; this model's is {eps:e}"
+        ));
+    }
+    let all = flavors();
+    all.iter()
+        .find(|f| {
+            f.layers == cx.layers
+                && f.hidden == cx.hidden
+                && f.heads == cx.heads
+                && f.kv_heads == cx.kv_heads
+                && f.ffn == cx.ffn
+                && f.vocab == cx.vocab
+                && f.rope_theta == theta
+        })
+        .cloned()
+        .ok_or_else(|| {
+            let names: Vec<String> = all
+                .iter()
+                .map(|f| format!("{} {}", f.name, f.flavor))
+                .collect();
+            format!(
+                "torchtitan builds models from its registered flavors ({}), and this model ({} layers, hidden {}, {} heads, {} KV heads, FFN {}, vocab {}, rope_theta {theta}) matches none",
+                names.join(", "),
+                cx.layers,
+                cx.hidden,
+                cx.heads,
+                cx.kv_heads,
+                cx.ffn,
+                cx.vocab
+            )
+        })
+}
+
+/// The torchtitan JobConfig TOML for the plan, or one line saying why torchtitan cannot run it as
+/// planned.
+pub fn torchtitan_toml(plan: &PlanConfig, cx: &ExportContext) -> Result<String, String> {
+    let d = PlanDims::of_plan(plan, cx)?;
+    engine_runs(Stack::Torchtitan, &d)?;
+    let flavor = flavor_for(cx)?;
+    let cp = context_parallel_degree(plan)?;
+    let (param_dtype, master) = match cx.precision.as_str() {
+        "amp-bf16" => ("bfloat16", "float32"),
+        "fp32" => ("float32", "float32"),
+        "bf16" => {
+            return Err("pure bf16 training is torchtitan's training.dtype = \"bfloat16\" with FSDP only; plan with --precision amp-bf16".into());
+        }
+        p => return Err(format!("precision {p} has no torchtitan setting")),
+    };
+    let fsdp = d.zero == crate::config::ZeroStage::Zero3 && d.dp > 1;
+    if param_dtype == "bfloat16" && !fsdp && (d.tp > 1 || d.pp > 1) {
+        return Err(format!(
+            "torchtitan runs mixed precision with tensor or pipeline parallelism only under FSDP (maybe_enable_amp); this plan has {} data parallelism, so it would train in fp32",
+            if d.dp > 1 {
+                "replicated (ZeRO-0)"
+            } else {
+                "no"
+            }
+        ));
+    }
+    let optimizer = match cx.optimizer.as_str() {
+        "adamw" => "AdamW",
+        o => {
+            return Err(format!(
+                "torchtitan's build_optimizers offers Adam and AdamW only; the plan uses {o}"
+            ));
+        }
+    };
+    let div = seq_divisor(d.tp, cp);
+    if div == 0 || !cx.seq.is_multiple_of(div) {
+        return Err(format!(
+            "torchtitan needs seq_len divisible by {div} (tp{}); --seq-len {} is not",
+            if cp > 1 { " · 2 · cp" } else { "" },
+            cx.seq
+        ));
+    }
+    // Batch: with pp the local batch holds every micro-batch of the step (one accumulation step);
+    // without, the local batch is one micro-batch and the rest is gradient accumulation.
+    let local = if d.pp > 1 {
+        plan.micro_batch_size.saturating_mul(plan.num_micro_batches)
+    } else {
+        plan.micro_batch_size
+    };
+    if local
+        .saturating_mul(d.dp)
+        .saturating_mul(if d.pp > 1 { 1 } else { plan.num_micro_batches })
+        != cx.global_batch
+    {
+        return Err(format!(
+            "the plan's batch split (dp {} × micro-batch {} × {} micro-batches) is not the global batch {}",
+            d.dp, plan.micro_batch_size, plan.num_micro_batches, cx.global_batch
+        ));
+    }
+    let mut t = String::new();
+    let w = &mut t;
+    let _ = writeln!(
+        w,
+        "# moai plan for torchtitan (JobConfig TOML, torchtitan commit 238fa99): {} ranks, dp {} ({}), tp {}, pp {}{}.",
+        cx.devices,
+        d.dp,
+        if fsdp {
+            "FSDP2"
+        } else if d.dp > 1 {
+            "DDP"
+        } else {
+            "none"
+        },
+        d.tp,
+        d.pp,
+        if d.pp > 1 {
+            format!(", schedule {}", plan.schedule)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        w,
+        "# Set model.hf_assets_path (tokenizer) and training.dataset to yours; everything else is the plan.\n\
+# torchtitan's llama3 flavors always apply Llama 3.1 RoPE scaling (factor 8 over 8192 positions), which\n\
+# this TOML cannot switch off: the rotary frequencies differ from a Llama 3.0 model's, the step's cost does not.\n"
+    );
+    let _ = writeln!(
+        w,
+        "[job]\ndump_folder = \"./outputs\"\ndescription = \"moai plan\"\n"
+    );
+    let _ = writeln!(
+        w,
+        "[model]\nname = {}\nflavor = {}\nhf_assets_path = \"./assets/hf/tokenizer\"",
+        quote(&flavor.name),
+        quote(&flavor.flavor)
+    );
+    let f8 = float8_section(plan)?;
+    match &f8 {
+        Some((conv, _)) => {
+            let _ = writeln!(w, "converters = [{}]\n", quote(conv));
+        }
+        None => {
+            let _ = writeln!(w);
+        }
+    }
+    let _ = writeln!(
+        w,
+        "[optimizer]\nname = {}\nlr = 3e-4\neps = 1e-8\nweight_decay = 0.1\nimplementation = \"fused\"\n",
+        quote(optimizer)
+    );
+    let _ = writeln!(
+        w,
+        "[training]\nlocal_batch_size = {local}\nglobal_batch_size = {}\nseq_len = {}\nsteps = 1000\nmax_norm = 1.0\ndataset = \"c4\"\ndtype = {}\nmixed_precision_param = {}\nmixed_precision_reduce = \"float32\"\n",
+        cx.global_batch,
+        cx.seq,
+        quote(master),
+        quote(param_dtype)
+    );
+    let (replicate, shard) = if fsdp { (1, d.dp) } else { (d.dp, 1) };
+    let _ = writeln!(
+        w,
+        "[parallelism]\ndata_parallel_replicate_degree = {replicate}\ndata_parallel_shard_degree = {shard}\nfsdp_reshard_after_forward = \"always\"\ntensor_parallel_degree = {}\nenable_async_tensor_parallel = false\ncontext_parallel_degree = {cp}\npipeline_parallel_degree = {}",
+        d.tp, d.pp
+    );
+    if d.pp > 1 {
+        let chunks = d.schedule.chunks();
+        let sizes = super::stage_sizes(plan, cx.layers, chunks);
+        let mut next = 0u32;
+        let parts: Vec<String> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| {
+                let mut m: Vec<String> = Vec::new();
+                if i == 0 {
+                    m.push(quote("tok_embeddings"));
+                }
+                for l in next..next.saturating_add(k) {
+                    m.push(quote(&format!("layers.{l}")));
+                }
+                next = next.saturating_add(k);
+                if i + 1 == sizes.len() {
+                    m.push(quote("norm"));
+                    m.push(quote("output"));
+                }
+                format!("[{}]", m.join(", "))
+            })
+            .collect();
+        if next != cx.layers {
+            return Err(format!(
+                "the plan's stages cover {next} of the model's {} layers",
+                cx.layers
+            ));
+        }
+        let _ = writeln!(
+            w,
+            "pipeline_parallel_schedule = {}\npipeline_parallel_microbatch_size = {}\nmodule_fqns_per_model_part = [\n  {},\n]",
+            quote(schedule_name(d.schedule)?),
+            plan.micro_batch_size,
+            parts.join(",\n  ")
+        );
+    }
+    let _ = writeln!(w);
+    let mode = match d.recompute {
+        Recompute::None => "none",
+        Recompute::Full => "full",
+        Recompute::Selective => {
+            return Err("torchtitan's selective activation checkpointing (per-op policy or every Nth layer) is not moai's selective recomputation of the attention core".into());
+        }
+    };
+    let _ = writeln!(w, "[activation_checkpoint]\nmode = {}\n", quote(mode));
+    let _ = writeln!(
+        w,
+        "[compile]\nenable = false\ncomponents = [\"model\", \"loss\"]\n\n[checkpoint]\nenable = false\n\n[metrics]\nlog_freq = 10"
+    );
+    if let Some((_, body)) = f8 {
+        let _ = writeln!(w, "\n[quantize.linear.float8]\n{body}");
+    }
+    Ok(t)
+}
+
+/// A torchrun launch script for server `rank` running `torchtitan.train` with `torchtitan.toml`
+/// (torchtitan's `run_train.sh` launch line, with exactly the plan's ranks per server).
+pub fn torchtitan_script(
+    plan: &PlanConfig,
+    cx: &ExportContext,
+    rank: u64,
+) -> Result<String, String> {
+    torchtitan_toml(plan, cx)?;
+    Ok(super::launcher(
+        cx,
+        rank,
+        "torchtitan",
+        " and run it from a torchtitan checkout (commit 238fa99 or one that still reads TOML)",
+        "export PYTORCH_ALLOC_CONF=\"expandable_segments:True\"\n",
+        "--module torchtitan.train --job.config_file \"$(dirname \"$0\")/../torchtitan.toml\"",
+    ))
+}
