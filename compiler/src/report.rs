@@ -58,6 +58,8 @@ pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
         dp: cfg.dp as u64,
         tp: cfg.tp as u64,
         pp: cfg.pp as u64,
+        cp: cfg.cp as u64,
+        cp_comm: cfg.cp_comm,
         num_micro_batches: cfg.num_micro_batches as u64,
         micro_batch_size: cfg.micro_batch_size as u64,
         recompute: cfg.recompute,
@@ -89,6 +91,7 @@ pub fn predicted(e: &Estimate) -> Predicted {
             tp_comm_s: e.breakdown.tp_comm_s,
             dp_comm_s: e.breakdown.dp_comm_s,
             zero3_gather_s: e.breakdown.zero3_gather_s,
+            cp_comm_s: e.breakdown.cp_comm_s,
             stack: e
                 .sources
                 .stack

@@ -197,15 +197,25 @@ pub fn from_plan_file(path: &Path, breakdown: bool) -> Result<(SmiReport, String
         .gpu
         .parse()
         .map_err(|e| corrupt(format!("cluster.gpu: {e}")))?;
-    let (tp, dp, pp) = (p.plan.tp, p.plan.dp, p.plan.pp);
+    let (tp, dp, pp, cp) = (p.plan.tp, p.plan.dp, p.plan.pp, p.plan.cp);
     let devices = p.cluster.devices;
     if tp == 0
         || dp == 0
         || pp == 0
-        || tp.checked_mul(dp).and_then(|x| x.checked_mul(pp)) != Some(devices)
+        || cp == 0
+        || tp
+            .checked_mul(dp)
+            .and_then(|x| x.checked_mul(pp))
+            .and_then(|x| x.checked_mul(cp))
+            != Some(devices)
     {
+        let cp_part = if cp != 1 {
+            format!(" × cp {cp}")
+        } else {
+            String::new()
+        };
         return Err(corrupt(format!(
-            "plan dp {dp} × tp {tp} × pp {pp} does not cover the cluster's {devices} devices"
+            "plan dp {dp} × tp {tp} × pp {pp}{cp_part} does not cover the cluster's {devices} devices"
         )));
     }
     if p.predicted.stages.len() as u64 != pp
