@@ -227,10 +227,9 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                 );
             }
             if d.zero == ZeroStage::Zero3 && d.cp > 1 {
-                return Err(format!(
-                    "Megatron-LM's fully sharded data parallel (--use-megatron-fsdp) is not run with context parallelism (cp {}) here",
-                    d.cp
-                ));
+                return Err(
+                    "Megatron-LM's fully sharded data parallel (--use-megatron-fsdp) is not run with context parallelism here".into(),
+                );
             }
             Ok(())
         }
@@ -238,8 +237,7 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
             let name = engine_title(engine);
             if d.cp > 1 {
                 return Err(format!(
-                    "{name} with a generic training script has no context parallelism (cp {}); Megatron-LM runs it",
-                    d.cp
+                    "{name} with a generic training script has no context parallelism; Megatron-LM runs it"
                 ));
             }
             if d.tp > 1 {
@@ -667,7 +665,9 @@ pub fn torchrun_script(plan: &PlanConfig, cx: &ExportContext, rank: u64) -> Resu
     if plan.distribute_param {
         // Megatron-FSDP asserts CUDA_DEVICE_MAX_CONNECTIONS != 1.
         env.push_str("unset CUDA_DEVICE_MAX_CONNECTIONS\n");
-    } else if plan.tp > 1 || plan.sequence_parallel {
+    } else if plan.tp > 1 || plan.sequence_parallel || plan.cp > 1 {
+        // Megatron-LM asks for one connection with tensor or context parallelism before Blackwell
+        // (arguments.py:1453).
         env.push_str("export CUDA_DEVICE_MAX_CONNECTIONS=1\n");
     }
     Ok(launcher(
@@ -822,6 +822,8 @@ mod tests {
                 dp: 4,
                 tp: 2,
                 pp: 4,
+                cp: 1,
+                cp_comm: Default::default(),
                 num_micro_batches: 64,
                 micro_batch_size: 1,
                 recompute: Recompute::Full,

@@ -186,7 +186,14 @@ fn round1(x: f64) -> f64 {
 
 fn describe(p: &PlanConfig) -> String {
     let mut parts = vec![
-        format!("dp={} tp={} pp={}", p.dp, p.tp, p.pp),
+        if p.cp > 1 {
+            format!(
+                "dp={} tp={} pp={} cp={} ({})",
+                p.dp, p.tp, p.pp, p.cp, p.cp_comm
+            )
+        } else {
+            format!("dp={} tp={} pp={}", p.dp, p.tp, p.pp)
+        },
         format!("micro-batch {}×{}", p.micro_batch_size, p.num_micro_batches),
     ];
     parts.push(format!("recompute {}", p.recompute));

@@ -338,6 +338,17 @@ pub fn enumerate_seq(
                                     reject("sequence parallelism needs tp > 1".into(), 1);
                                     continue;
                                 }
+                                let splits = |n: u64| (n / t).is_multiple_of(cp as u64);
+                                if cp_comm == CpComm::A2a
+                                    && !(splits(shape.heads) && splits(shape.kv_heads))
+                                {
+                                    reject(
+                                        "cp with all-to-all (a2a) does not divide heads/tp or KV heads/tp"
+                                            .into(),
+                                        1,
+                                    );
+                                    continue;
+                                }
                                 let mut cfg = ParallelConfig {
                                     dp,
                                     tp,
