@@ -62,7 +62,7 @@ impl CpAttention {
                 heads,
                 kv_heads,
                 head_dim,
-                elem_bytes: dtype.size_bytes() as u64,
+                elem_bytes: dtype.size_bytes(),
             }),
             _ => None,
         })

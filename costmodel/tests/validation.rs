@@ -74,6 +74,9 @@ fn every_other_truth_file_cross_validated() {
         ("lumi_mi250x_megatron_deepspeed", 13.5),
         ("mi250_mosaicml", 34.0),
         ("mi325x_primus_megatron", 50.0),
+        // Validation only (torchtitan FSDP + CP at 32K-256K tokens, run with Float8 linears and
+        // torch.compile, which moai does not model): 15.6-15.8%, signed errors +20% to -11%.
+        ("long_context_torchtitan", 17.0),
     ];
     let mut bad = Vec::new();
     for f in &cv.files {
