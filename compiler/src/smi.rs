@@ -245,9 +245,10 @@ pub fn from_plan_file(path: &Path, breakdown: bool) -> Result<(SmiReport, String
     let (total, source) = device_total_mib(gpu, p.cluster.memory_per_device_bytes);
     let mut rows = Vec::with_capacity(devices as usize);
     for rank in 0..devices {
+        // Megatron-LM's rank order tp-cp-dp-pp: the cp ranks sit between the tp and dp ranks.
         let tp_rank = rank % tp;
-        let dp_rank = (rank / tp) % dp;
-        let stage = rank / (tp * dp);
+        let dp_rank = (rank / (tp * cp)) % dp;
+        let stage = rank / (tp * cp * dp);
         let s = &p.predicted.stages[stage as usize];
         rows.push(DeviceRow {
             server: rank / per_server,

@@ -206,3 +206,48 @@ fn the_cli_estimates_and_exports_a_cp_plan() {
         .unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--cp-comm ring: expected p2p or a2a"));
 }
+
+/// `smi` on a context-parallel plan: every device appears once, ranks in Megatron-LM's tp-cp-dp-pp order.
+#[test]
+fn smi_shows_a_cp_plan() {
+    let dir = std::env::temp_dir().join(format!("moai-cp-smi-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
+        .args(["plan", &llama3_path(), "--gpu", "h100", "--devices", "64"])
+        .args(["--batch-size", "16", "--seq-len", "131072", "--no-progress"])
+        .args(["--tp", "2", "--cp", "8", "--out", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let smi = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
+        .args(["smi", dir.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        smi.status.success(),
+        "{}",
+        String::from_utf8_lossy(&smi.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&smi.stdout).unwrap();
+    let rows = v["devices"].as_array().unwrap();
+    assert_eq!(rows.len(), 64);
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("plan.json")).unwrap()).unwrap();
+    let (dp, pp) = (
+        plan["plan"]["dp"].as_u64().unwrap(),
+        plan["plan"]["pp"].as_u64().unwrap(),
+    );
+    assert_eq!(plan["plan"]["cp"], 8);
+    for (rank, r) in rows.iter().enumerate() {
+        let rank = rank as u64;
+        assert_eq!(r["tp_rank"].as_u64().unwrap(), rank % 2);
+        assert_eq!(r["dp_rank"].as_u64().unwrap(), (rank / 16) % dp);
+        assert_eq!(r["stage"].as_u64().unwrap(), rank / (16 * dp));
+        assert!(r["stage"].as_u64().unwrap() < pp);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
