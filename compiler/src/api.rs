@@ -68,6 +68,7 @@ pub fn estimate_with(
     req.validate_for(cluster)?;
     check_model_job(model, req)?;
     crate::config::checked(config, cluster, ModelShape::of(model))?;
+    crate::config::checked_seq(config, req.seq, ModelShape::of(model))?;
     let s = &model.summary;
     let global = config.global_batch();
     if global != req.batch {

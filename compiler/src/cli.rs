@@ -146,6 +146,12 @@ pub struct ConfigArgs {
     /// Pipeline-parallel degree (number of stages).
     #[arg(long)]
     pub pp: Option<u64>,
+    /// Context-parallel degree: each sequence split over N ranks (2·N must divide --seq-len).
+    #[arg(long)]
+    pub cp: Option<u64>,
+    /// Context-parallel communication: p2p (ring attention) or a2a (Ulysses all-to-all).
+    #[arg(long, value_name = "p2p|a2a")]
+    pub cp_comm: Option<String>,
     /// Micro-batch size (sequences per device per micro-batch).
     #[arg(long)]
     pub micro_batch_size: Option<u64>,
@@ -206,6 +212,16 @@ impl ConfigArgs {
             dp: to_u32("dp", self.dp)?,
             tp: to_u32("tp", self.tp)?,
             pp: to_u32("pp", self.pp)?,
+            cp: to_u32("cp", self.cp)?,
+            cp_comm: self
+                .cp_comm
+                .as_deref()
+                .map(|s| {
+                    s.parse::<moai_costmodel::CpComm>().map_err(|_| {
+                        PlanError::InvalidArgument(format!("--cp-comm {s}: expected p2p or a2a"))
+                    })
+                })
+                .transpose()?,
             micro_batch_size: to_u32("micro-batch-size", self.micro_batch_size)?,
             recompute: self
                 .recompute

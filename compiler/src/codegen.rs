@@ -583,6 +583,8 @@ mod tests {
             dp: 1,
             tp: 1,
             pp: 2,
+            cp: 1,
+            cp_comm: Default::default(),
             num_micro_batches: 1,
             micro_batch_size: 1,
             recompute: moai_ir::train::RecomputePolicy::None,

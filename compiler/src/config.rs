@@ -169,7 +169,7 @@ impl FromStr for EmitKind {
 }
 
 /// The structural legality of a configuration on a cluster for a model: every degree at least 1,
-/// dp·tp·pp equal to the devices, tensor parallelism inside one server, an interleaved schedule's
+/// dp·tp·pp·cp equal to the devices, tensor parallelism inside one server, an interleaved schedule's
 /// micro-batches a multiple of pp, sequence parallelism only with tp > 1
 /// (`ParallelConfig::validate_cluster`), and tp dividing the attention heads, KV heads and FFN width
 /// (`moai_costmodel::check_tp_dims`). The search space checks every candidate with it (a failure is a
@@ -181,6 +181,15 @@ pub fn checked(cfg: &ParallelConfig, cluster: &Cluster, shape: ModelShape) -> Re
     Ok(())
 }
 
+/// The part of the legality check that needs the sequence length: with cp > 1, `2·cp` divides the
+/// sequence (Megatron-LM's causal load balancing), and all-to-all context parallelism needs cp to divide
+/// heads/tp and KV heads/tp (`ParallelConfig::validate_cp`). The search space and the library's
+/// `estimate` apply it beside [`checked`].
+pub fn checked_seq(cfg: &ParallelConfig, seq: u64, shape: ModelShape) -> Result<()> {
+    cfg.validate_cp(seq, shape.heads, shape.kv_heads)?;
+    Ok(())
+}
+
 /// The one configuration `estimate` evaluates: the constraints' fixed values, with the rest derived (dp
 /// from the devices, one micro-batch per sequence group, 1F1B, no recomputation, ZeRO-0), checked
 /// against the cluster and the batch, and given the engine that runs it (`--engine` when that engine
@@ -189,19 +198,30 @@ pub fn config_for(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Para
     let bad = |m: String| Err(PlanError::InvalidArgument(m));
     let tp = c.tp.unwrap_or(1);
     let pp = c.pp.unwrap_or(1);
-    // in u64: tp × pp and dp × tp × pp of 32-bit flags cannot overflow
-    let model_par = tp as u64 * pp as u64;
+    let cp = c.cp.unwrap_or(1);
+    // in u64: tp × pp (× cp) and dp × tp × pp of 32-bit flags cannot overflow
+    let model_par = tp as u64 * pp as u64 * cp as u64;
     let devices = cluster.devices as u64;
     if !devices.is_multiple_of(model_par) {
+        let cp_part = if cp > 1 {
+            format!(" × cp {cp}")
+        } else {
+            String::new()
+        };
         return bad(format!(
-            "{} devices are not divisible by tp {tp} × pp {pp}",
+            "{} devices are not divisible by tp {tp} × pp {pp}{cp_part}",
             cluster.devices
         ));
     }
     let dp = c.dp.unwrap_or((devices / model_par) as u32);
     if dp as u64 * model_par != devices {
+        let cp_part = if cp > 1 {
+            format!(" × cp {cp}")
+        } else {
+            String::new()
+        };
         return bad(format!(
-            "{} devices are not divisible into dp {dp} × tp {tp} × pp {pp} (= {})",
+            "{} devices are not divisible into dp {dp} × tp {tp} × pp {pp}{cp_part} (= {})",
             cluster.devices,
             dp as u64 * model_par
         ));
@@ -252,6 +272,8 @@ pub fn config_for(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Para
         dp,
         tp,
         pp,
+        cp,
+        cp_comm: c.cp_comm.unwrap_or_default(),
         micro_batch_size: mbs,
         num_micro_batches,
         recompute: c

@@ -116,6 +116,8 @@ pub struct PlanDims {
     pub tp: u64,
     /// Pipeline-parallel degree.
     pub pp: u64,
+    /// Context-parallel degree.
+    pub cp: u64,
     /// Pipeline schedule.
     pub schedule: Schedule,
     /// Recomputation.
@@ -173,6 +175,7 @@ impl PlanDims {
             dp: c.dp as u64,
             tp: c.tp as u64,
             pp: c.pp as u64,
+            cp: c.cp as u64,
             schedule: c.schedule,
             recompute: c.recompute,
             zero: ZeroStage::of_flags(c.distribute_param, c.distribute_optimizer),
@@ -191,17 +194,29 @@ impl PlanDims {
     /// The dimensions of an output plan; an error when its schedule or recomputation name is unknown or
     /// its ranks are not the cluster's devices.
     pub fn of_plan(p: &PlanConfig, cx: &ExportContext) -> Result<PlanDims, String> {
-        let ranks = p.dp.checked_mul(p.tp).and_then(|x| x.checked_mul(p.pp));
+        let cp = p.cp.max(1);
+        let ranks =
+            p.dp.checked_mul(p.tp)
+                .and_then(|x| x.checked_mul(p.pp))
+                .and_then(|x| x.checked_mul(cp));
         if ranks != Some(cx.devices) {
-            return Err(format!(
-                "the plan's dp·tp·pp = {}·{}·{} does not equal the {} devices",
-                p.dp, p.tp, p.pp, cx.devices
-            ));
+            return Err(if cp > 1 {
+                format!(
+                    "the plan's dp·tp·pp·cp = {}·{}·{}·{cp} does not equal the {} devices",
+                    p.dp, p.tp, p.pp, cx.devices
+                )
+            } else {
+                format!(
+                    "the plan's dp·tp·pp = {}·{}·{} does not equal the {} devices",
+                    p.dp, p.tp, p.pp, cx.devices
+                )
+            });
         }
         Ok(PlanDims {
             dp: p.dp,
             tp: p.tp,
             pp: p.pp,
+            cp,
             schedule: p.schedule.parse().map_err(|e| format!("{e}"))?,
             recompute: p.recompute,
             zero: ZeroStage::of_flags(p.distribute_param, p.distribute_optimizer),
@@ -321,10 +336,20 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                     "Megatron-LM recomputes alike on every pipeline stage (--recompute-method block takes one --recompute-num-layers for all of them), so a per-stage recomputation mix is not expressible".into(),
                 );
             }
+            if d.zero == ZeroStage::Zero3 && d.cp > 1 {
+                return Err(
+                    "Megatron-LM's fully sharded data parallel (--use-megatron-fsdp) is not run with context parallelism here".into(),
+                );
+            }
             Ok(())
         }
         Stack::Deepspeed | Stack::Fsdp => {
             let name = engine_title(engine);
+            if d.cp > 1 {
+                return Err(format!(
+                    "{name} with a generic training script has no context parallelism; Megatron-LM runs it"
+                ));
+            }
             if d.tp > 1 {
                 return Err(format!(
                     "{name} has no tensor parallelism for training (tp {}); Megatron-LM runs it",
@@ -510,6 +535,18 @@ pub fn megatron_args(
         "--pipeline-model-parallel-size",
         plan.pp.to_string(),
     );
+    if d.cp > 1 {
+        // Megatron-LM splits each sequence into 2·cp chunks for causal load balancing.
+        if !cx.seq.is_multiple_of(2 * d.cp) {
+            return Err(format!(
+                "--seq-len {} is not a multiple of 2·cp = {} (Megatron-LM's context parallelism cuts it into 2·cp chunks)",
+                cx.seq,
+                2 * d.cp
+            ));
+        }
+        kv(&mut a, "--context-parallel-size", d.cp.to_string());
+        kv(&mut a, "--cp-comm-type", plan.cp_comm.to_string());
+    }
     kv(
         &mut a,
         "--micro-batch-size",
@@ -845,7 +882,9 @@ pub fn torchrun_script(plan: &PlanConfig, cx: &ExportContext, rank: u64) -> Resu
     if plan.distribute_param {
         // Megatron-FSDP asserts CUDA_DEVICE_MAX_CONNECTIONS != 1.
         env.push_str("unset CUDA_DEVICE_MAX_CONNECTIONS\n");
-    } else if plan.tp > 1 || plan.sequence_parallel {
+    } else if plan.tp > 1 || plan.sequence_parallel || plan.cp > 1 {
+        // Megatron-LM asks for one connection with tensor or context parallelism before Blackwell
+        // (arguments.py:1453).
         env.push_str("export CUDA_DEVICE_MAX_CONNECTIONS=1\n");
     }
     Ok(launcher(
@@ -1012,6 +1051,8 @@ mod tests {
                 dp: 4,
                 tp: 2,
                 pp: 4,
+                cp: 1,
+                cp_comm: Default::default(),
                 num_micro_batches: 64,
                 micro_batch_size: 1,
                 recompute: Recompute::Full,

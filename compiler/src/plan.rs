@@ -55,6 +55,14 @@ fn complete_default() -> bool {
     true
 }
 
+fn one() -> u64 {
+    1
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
 /// One pipeline stage: an inclusive range of decoder layers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageInfo {
@@ -71,6 +79,12 @@ pub struct PlanConfig {
     pub tp: u64,
     /// Pipeline-parallel degree.
     pub pp: u64,
+    /// Context-parallel degree (each sequence split over `cp` ranks); always printed.
+    #[serde(default = "one")]
+    pub cp: u64,
+    /// Context-parallel communication (`p2p` ring or `a2a` all-to-all); printed when not `p2p`.
+    #[serde(default, skip_serializing_if = "moai_costmodel::CpComm::is_default")]
+    pub cp_comm: moai_costmodel::CpComm,
     /// Micro-batches per step per data-parallel replica.
     pub num_micro_batches: u64,
     /// Sequences per micro-batch per device.
@@ -125,10 +139,6 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
-fn is_zero(x: &f64) -> bool {
-    *x == 0.0
-}
-
 /// Step time breakdown.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Breakdown {
@@ -152,6 +162,9 @@ pub struct Breakdown {
     /// Optimizer offload seconds per step (part of `optimizer_s`); absent without offload.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub offload_s: f64,
+    /// Context-parallel communication seconds per step, before overlap (absent without cp).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cp_comm_s: f64,
     /// The software stack the prediction assumes (`megatron`, `deepspeed`, `fsdp`, `eager`).
     #[serde(default)]
     pub stack: String,
@@ -246,6 +259,10 @@ impl PlanConfig {
                 }
             )
         };
+        let cp = match (self.cp, self.cp_comm) {
+            (0 | 1, _) => String::new(),
+            (n, comm) => format!(", CP : {n} ({comm})"),
+        };
         let mb = if self.pp == 1 {
             format!(", num_micro_batches : {}", self.num_micro_batches)
         } else {
@@ -257,7 +274,7 @@ impl PlanConfig {
             ", matmul_precision : fp8"
         };
         format!(
-            "{pp}, {tp}, DP : {}, batch_per_device : {}{mb}, recomputation : {}, distribute_param : {}, distribute_low_prec_param : {}, distribute_optimizer : {}{fp8}",
+            "{pp}, {tp}{cp}, DP : {}, batch_per_device : {}{mb}, recomputation : {}, distribute_param : {}, distribute_low_prec_param : {}, distribute_optimizer : {}{fp8}",
             self.dp,
             self.micro_batch_size,
             if self.stage_recompute.is_empty() {

@@ -65,6 +65,8 @@ pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
         dp: cfg.dp as u64,
         tp: cfg.tp as u64,
         pp: cfg.pp as u64,
+        cp: cfg.cp as u64,
+        cp_comm: cfg.cp_comm,
         num_micro_batches: cfg.num_micro_batches as u64,
         micro_batch_size: cfg.micro_batch_size as u64,
         recompute: cfg.recompute,
@@ -107,6 +109,7 @@ pub fn predicted(e: &Estimate) -> Predicted {
             dp_comm_s: e.breakdown.dp_comm_s,
             zero3_gather_s: e.breakdown.zero3_gather_s,
             offload_s: e.breakdown.offload_s,
+            cp_comm_s: e.breakdown.cp_comm_s,
             stack: e
                 .sources
                 .stack
@@ -201,7 +204,14 @@ fn round1(x: f64) -> f64 {
 
 fn describe(p: &PlanConfig) -> String {
     let mut parts = vec![
-        format!("dp={} tp={} pp={}", p.dp, p.tp, p.pp),
+        if p.cp > 1 {
+            format!(
+                "dp={} tp={} pp={} cp={} ({})",
+                p.dp, p.tp, p.pp, p.cp, p.cp_comm
+            )
+        } else {
+            format!("dp={} tp={} pp={}", p.dp, p.tp, p.pp)
+        },
         format!("micro-batch {}×{}", p.micro_batch_size, p.num_micro_batches),
     ];
     if p.stage_recompute.iter().any(|r| *r != p.recompute) {

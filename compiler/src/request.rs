@@ -184,6 +184,10 @@ pub struct Constraints {
     pub tp: Option<u32>,
     /// Fixed pipeline-parallel degree.
     pub pp: Option<u32>,
+    /// Fixed context-parallel degree (`--cp`).
+    pub cp: Option<u32>,
+    /// Fixed context-parallel communication (`--cp-comm p2p|a2a`); `None`: both are searched.
+    pub cp_comm: Option<moai_costmodel::CpComm>,
     /// Fixed micro-batch size.
     pub micro_batch_size: Option<u32>,
     /// Allowed recomputation policies (empty: all).

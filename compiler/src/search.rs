@@ -7,7 +7,7 @@ use crate::error::{PlanError, Result};
 use crate::model::Model;
 use crate::partition::{StageCost, partition};
 use crate::request::{PlanRequest, StopReason, WorkBounds};
-use crate::space::{ModelShape, enumerate};
+use crate::space::{ModelShape, enumerate_seq};
 use moai_costmodel::{BlockCost, Cluster, CostModel, Estimate, ParallelConfig, Recompute};
 use moai_ir::cost::{BlockKind, StepProfile};
 use moai_ir::train::TrainOptions;
@@ -169,7 +169,7 @@ pub fn search(
     // compilation, a candidate's costing) starts only while `bounds.check()` is None.
     let bounds = Arc::new(WorkBounds::new(req, t0));
     let shape = model_shape(model);
-    let space = enumerate(shape, cluster, req.batch, &req.constraints);
+    let space = enumerate_seq(shape, cluster, req.batch, Some(req.seq), &req.constraints);
     let mut rejected = space.rejected.clone();
     let mut candidates = space.candidates;
     tracing::info!("The number of candidates is {}.", candidates.len());

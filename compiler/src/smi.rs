@@ -197,15 +197,25 @@ pub fn from_plan_file(path: &Path, breakdown: bool) -> Result<(SmiReport, String
         .gpu
         .parse()
         .map_err(|e| corrupt(format!("cluster.gpu: {e}")))?;
-    let (tp, dp, pp) = (p.plan.tp, p.plan.dp, p.plan.pp);
+    let (tp, dp, pp, cp) = (p.plan.tp, p.plan.dp, p.plan.pp, p.plan.cp);
     let devices = p.cluster.devices;
     if tp == 0
         || dp == 0
         || pp == 0
-        || tp.checked_mul(dp).and_then(|x| x.checked_mul(pp)) != Some(devices)
+        || cp == 0
+        || tp
+            .checked_mul(dp)
+            .and_then(|x| x.checked_mul(pp))
+            .and_then(|x| x.checked_mul(cp))
+            != Some(devices)
     {
+        let cp_part = if cp != 1 {
+            format!(" × cp {cp}")
+        } else {
+            String::new()
+        };
         return Err(corrupt(format!(
-            "plan dp {dp} × tp {tp} × pp {pp} does not cover the cluster's {devices} devices"
+            "plan dp {dp} × tp {tp} × pp {pp}{cp_part} does not cover the cluster's {devices} devices"
         )));
     }
     if p.predicted.stages.len() as u64 != pp
@@ -235,9 +245,10 @@ pub fn from_plan_file(path: &Path, breakdown: bool) -> Result<(SmiReport, String
     let (total, source) = device_total_mib(gpu, p.cluster.memory_per_device_bytes);
     let mut rows = Vec::with_capacity(devices as usize);
     for rank in 0..devices {
+        // Megatron-LM's rank order tp-cp-dp-pp: the cp ranks sit between the tp and dp ranks.
         let tp_rank = rank % tp;
-        let dp_rank = (rank / tp) % dp;
-        let stage = rank / (tp * dp);
+        let dp_rank = (rank / (tp * cp)) % dp;
+        let stage = rank / (tp * cp * dp);
         let s = &p.predicted.stages[stage as usize];
         rows.push(DeviceRow {
             server: rank / per_server,

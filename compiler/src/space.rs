@@ -5,7 +5,7 @@
 
 use crate::config::ZeroStage;
 use crate::request::Constraints;
-use moai_costmodel::{Cluster, ParallelConfig, Recompute, Schedule};
+use moai_costmodel::{Cluster, CpComm, ParallelConfig, Recompute, Schedule};
 use std::collections::BTreeMap;
 
 /// What the space needs to know about the model.
@@ -186,8 +186,40 @@ fn overlap_variants(
     out
 }
 
-/// Enumerates the space for a job of `batch` sequences on `cluster`.
+/// Enumerates the space for a job of `batch` sequences on `cluster`, without knowing the sequence length:
+/// context parallelism only where `--cp` fixes it (see [`enumerate_seq`]).
 pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constraints) -> Space {
+    enumerate_seq(shape, cluster, batch, None, c)
+}
+
+/// Whether a context-parallel candidate is dominated by one with more data parallelism, the bound the
+/// space prunes cp by: when `g = gcd(cp, micro_batch_size) > 1`, the candidate with cp/g, dp·g and
+/// micro-batch size / g (same tp, pp, micro-batch count, recomputation, ZeRO, schedule) has the same
+/// tokens per device per micro-batch, the same work, the same gradient group (dp·cp) and the same
+/// static, activation and logit bytes, and less context-parallel traffic and buffers; so it is never
+/// larger, and never slower up to the roofline's tile and wave quantization (a cp rank's kernels are
+/// timed at the whole sequence's shapes and divided by cp, up to about 4 % kinder). It is in the space
+/// whenever dp, the micro-batch size and cp are not fixed by flags. What remains of cp > 1 is
+/// micro-batches smaller than (or coprime to) cp: sequences too long for one device.
+pub fn cp_dominated(cp: u32, micro_batch_size: u32, c: &Constraints) -> bool {
+    let (mut a, mut b) = (cp, micro_batch_size);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    cp > 1 && a > 1 && c.dp.is_none() && c.micro_batch_size.is_none() && c.cp.is_none()
+}
+
+/// Enumerates the space for a job of `batch` sequences of `seq` tokens on `cluster`. Context parallelism
+/// runs over the divisors of devices/(tp·pp) for which 2·cp divides the sequence, each with ring (`p2p`)
+/// and, where cp divides heads/tp and KV heads/tp, all-to-all (`a2a`) communication; with `seq` unknown
+/// (`None`) only a fixed `--cp` is enumerated.
+pub fn enumerate_seq(
+    shape: ModelShape,
+    cluster: &Cluster,
+    batch: u64,
+    seq: Option<u64>,
+    c: &Constraints,
+) -> Space {
     let mut space = Space {
         conflicts: constraint_conflicts(shape, cluster.devices, batch, c),
         ..Space::default()
@@ -229,12 +261,20 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
             }
             continue;
         }
-        for pp in divisors(devices / tp) {
+        // (pp, cp) pairs: context parallelism over the divisors of devices/(tp·pp).
+        let pp_cp = divisors(devices / tp).into_iter().flat_map(|pp| {
+            divisors(devices / (tp * pp))
+                .into_iter()
+                .map(move |cp| (pp, cp))
+        });
+        for (pp, cp) in pp_cp {
             if c.pp.is_some_and(|p| p != pp) {
                 continue;
             }
             if pp > shape.layers {
-                reject("more pipeline stages than layers".into(), 1);
+                if cp == 1 {
+                    reject("more pipeline stages than layers".into(), 1);
+                }
                 continue;
             }
             if !c.stage_recompute.is_empty() && c.stage_recompute.len() != pp as usize {
@@ -247,7 +287,22 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                 );
                 continue;
             }
-            let dp = devices / (tp * pp);
+            if c.cp.is_some_and(|x| x != cp) || (c.cp.is_none() && seq.is_none() && cp > 1) {
+                continue;
+            }
+            if cp > 1 && seq.is_some_and(|s| !s.is_multiple_of(2 * cp as u64)) {
+                reject(
+                    "cp: 2·cp does not divide the sequence (causal load balancing)".into(),
+                    1,
+                );
+                continue;
+            }
+            let cp_comms: Vec<CpComm> = match c.cp_comm {
+                _ if cp == 1 => vec![CpComm::P2p],
+                Some(m) => vec![m],
+                None => vec![CpComm::P2p, CpComm::A2a],
+            };
+            let dp = devices / (tp * pp * cp);
             if c.dp.is_some_and(|d| d != dp) {
                 continue;
             }
@@ -261,6 +316,14 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                 None => MICRO_BATCH_SIZES.to_vec(),
             };
             for mbs in sizes {
+                if cp_dominated(cp, mbs, c) && per_replica.is_multiple_of(mbs as u64) {
+                    reject(
+                        "cp shares a factor g with the micro-batch size (dominated by cp/g, dp·g, micro-batch size/g)"
+                            .into(),
+                        1,
+                    );
+                    continue;
+                }
                 if mbs as u64 > per_replica || !per_replica.is_multiple_of(mbs as u64) {
                     if c.micro_batch_size.is_some() && batch.is_multiple_of(mbs as u64) {
                         reject(
@@ -338,15 +401,32 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                                 None if tp > 1 => vec![false, true],
                                 None => vec![false],
                             };
-                            for sp in sps {
+                            // (sequence parallel, context-parallel communication) pairs.
+                            let sps = sps
+                                .into_iter()
+                                .flat_map(|sp| cp_comms.iter().map(move |m| (sp, *m)));
+                            for (sp, cp_comm) in sps {
                                 if sp && tp == 1 {
                                     reject("sequence parallelism needs tp > 1".into(), 1);
+                                    continue;
+                                }
+                                let splits = |n: u64| (n / t).is_multiple_of(cp as u64);
+                                if cp_comm == CpComm::A2a
+                                    && !(splits(shape.heads) && splits(shape.kv_heads))
+                                {
+                                    reject(
+                                        "cp with all-to-all (a2a) does not divide heads/tp or KV heads/tp"
+                                            .into(),
+                                        1,
+                                    );
                                     continue;
                                 }
                                 let mut cfg = ParallelConfig {
                                     dp,
                                     tp,
                                     pp,
+                                    cp,
+                                    cp_comm,
                                     micro_batch_size: mbs,
                                     num_micro_batches: nmb,
                                     recompute,
@@ -366,7 +446,11 @@ pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constrain
                                 // Only what an engine runs; the stack it is costed for is that engine.
                                 match crate::export::assign_engine(c.engine, cfg, cluster) {
                                     // the one legality check the library's estimate also applies
-                                    Ok(cfg) => match crate::config::checked(&cfg, cluster, shape) {
+                                    Ok(cfg) => match crate::config::checked(&cfg, cluster, shape)
+                                        .and_then(|()| match seq {
+                                            Some(s) => crate::config::checked_seq(&cfg, s, shape),
+                                            None => Ok(()),
+                                        }) {
                                         Ok(()) => {
                                             let off = overlap_variants(&cfg, cluster, c);
                                             candidates.push(cfg);

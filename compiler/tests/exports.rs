@@ -134,10 +134,14 @@ fn parse_layout(s: &str) -> Result<Vec<u32>, String> {
 
 /// What Megatron-LM makes of the arguments: the plan it runs.
 #[derive(Debug, PartialEq)]
-struct MegatronRun {
-    tp: u64,
-    pp: u64,
-    dp: u64,
+pub(crate) struct MegatronRun {
+    pub(crate) tp: u64,
+    pub(crate) pp: u64,
+    /// Context-parallel size (`--context-parallel-size`, 1 when absent).
+    pub(crate) cp: u64,
+    /// The context-parallel communication type (`--cp-comm-type`, `p2p` when absent).
+    pub(crate) cp_comm: String,
+    pub(crate) dp: u64,
     micro: u64,
     micro_batches: u64,
     /// Decoder layers per virtual stage in layer order.
@@ -156,7 +160,7 @@ struct MegatronRun {
 /// Megatron-LM's parser and the `validate_args` / `TransformerConfig` rules that matter for plans, at
 /// commit d98e8a64 (line numbers of megatron/training/arguments.py and
 /// megatron/core/transformer/transformer_config.py there).
-fn megatron_validate(
+pub(crate) fn megatron_validate(
     args: &[(String, Option<String>)],
     world: u64,
     env_max_connections_1: bool,
@@ -177,14 +181,31 @@ fn megatron_validate(
     let s = |k: &str| a.get(k).copied().flatten();
     let tp = int("--tensor-model-parallel-size").unwrap_or(1);
     let pp = int("--pipeline-model-parallel-size").unwrap_or(1);
-    // arguments.py:432 world size divisible by the model-parallel size.
-    if !world.is_multiple_of(tp * pp) {
+    let cp = int("--context-parallel-size").unwrap_or(1);
+    // arguments.py:432 world size divisible by the model-parallel size (tp·pp·cp, arguments.py:445).
+    if !world.is_multiple_of(tp * pp * cp) {
         return Err(format!(
-            "world size {world} is not divisible by tp·pp {}",
-            tp * pp
+            "world size {world} is not divisible by tp·pp·cp {}",
+            tp * pp * cp
         ));
     }
-    let dp = world / (tp * pp);
+    let dp = world / (tp * pp * cp);
+    let cp_comm = s("--cp-comm-type").unwrap_or("p2p").to_string();
+    if cp > 1 {
+        // arguments.py:1335: the sequence is cut into 2·cp chunks.
+        let seq = int("--seq-length").ok_or("--seq-length missing")?;
+        if !seq.is_multiple_of(2 * cp) {
+            return Err(format!(
+                "seq-length {seq} is not a multiple of 2·cp {}",
+                2 * cp
+            ));
+        }
+        // transformer_config.py:1034 the types; arguments.py:583 a2a+p2p needs hierarchical sizes.
+        match cp_comm.as_str() {
+            "p2p" | "all_gather" | "a2a" => {}
+            x => return Err(format!("--cp-comm-type {x} (without hierarchical sizes)")),
+        }
+    }
     let micro = int("--micro-batch-size").ok_or("--micro-batch-size missing")?;
     let global = int("--global-batch-size").ok_or("--global-batch-size missing")?;
     // megatron/core/num_microbatches_calculator.py: the global batch is divisible by micro-batch × data-parallel size.
@@ -381,6 +402,8 @@ fn megatron_validate(
     Ok(MegatronRun {
         tp,
         pp,
+        cp,
+        cp_comm,
         dp,
         micro,
         micro_batches: global / (micro * dp),
@@ -696,6 +719,7 @@ pub(crate) fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                     (p.tp, p.pp, p.dp, p.micro_batch_size, p.num_micro_batches),
                     "{flat}"
                 );
+                assert_eq!(run.cp, p.cp, "{flat}");
                 assert_eq!(run.stage_sizes, plan_sizes(&p, cx.layers), "{flat}");
                 assert_eq!(run.recompute, p.recompute);
                 assert_eq!(run.zero, zero_of(&p));
@@ -757,6 +781,8 @@ pub(crate) fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                 );
                 // torchtitan also runs GPipe, which the read-back helper does not name.
                 cfg.schedule = run.schedule;
+                assert_eq!(run.cp, p.cp);
+                cfg.cp = run.cp as u32;
                 cfg
             }
             Stack::Deepspeed | Stack::Fsdp => {

@@ -156,7 +156,7 @@ fn fp8_plan_of_llama2_70b_on_64_h100_gains_within_published_range() {
 
     // DeepSpeed and FSDP refuse in one line; the export says so.
     let mut d = PlanDims::of_plan(&fp8.plan, &cx).unwrap();
-    (d.tp, d.pp, d.dp) = (1, 1, 64);
+    (d.tp, d.pp, d.cp, d.dp) = (1, 1, 1, 64);
     for e in [Stack::Deepspeed, Stack::Fsdp] {
         let why = engine_runs(e, &d).unwrap_err();
         assert!(why.contains("FP8") && !why.contains('\n'), "{e}: {why}");

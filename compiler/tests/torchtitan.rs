@@ -142,6 +142,7 @@ pub(crate) struct TitanRun {
     pub dp: u64,
     pub tp: u64,
     pub pp: u64,
+    pub cp: u64,
     pub micro: u64,
     pub micro_batches: u64,
     pub stage_sizes: Vec<u32>,
@@ -328,6 +329,7 @@ pub(crate) fn torchtitan_validate(text: &str, world: u64) -> Result<TitanRun, St
         dp: dp as u64,
         tp: tp as u64,
         pp: pp as u64,
+        cp: cp as u64,
         micro,
         micro_batches,
         stage_sizes,
@@ -459,6 +461,23 @@ fn every_plan_kind_torchtitan_runs_is_exported_as_planned() {
                     zero: Some(ZeroStage::Zero3),
                     tp: Some(4),
                     pp: Some(1),
+                    sequence_parallel: sp,
+                    ..Constraints::default()
+                },
+            ),
+        ),
+        (
+            "FSDP2 + TP + CP (ring attention over 2 ranks)",
+            titan_case(
+                16,
+                8,
+                16384,
+                Constraints {
+                    zero: Some(ZeroStage::Zero3),
+                    tp: Some(2),
+                    pp: Some(1),
+                    cp: Some(2),
+                    cp_comm: Some(moai_costmodel::CpComm::P2p),
                     sequence_parallel: sp,
                     ..Constraints::default()
                 },

@@ -82,7 +82,10 @@ pub fn from_prepared(
     };
     // The same phase time as the estimator's: kernels (host-bounded by the caller's `kernel_s`), plus
     // the part of the tensor-parallel collectives the stack does not hide behind them.
+    let cp = cfg.cp.max(1);
     let phase = |s: &PhaseSums| {
+        // One context-parallel rank's share (`crate::context`).
+        let s = &s.context_shard(cp);
         let k = kernel_s(s);
         let t = tp_time(s);
         k + t - (tp_overlap * t).min(k)
@@ -98,7 +101,7 @@ pub fn from_prepared(
                 backward_s: phase(&b.backward),
                 params: b.params,
                 static_bytes: st.weights + st.persistent_grads + st.optimizer,
-                saved_bytes: b.saved_bytes,
+                saved_bytes: b.saved_bytes / cp as f64,
             }
         })
         .collect())

@@ -114,6 +114,62 @@ pub use moai_ir::train::RecomputePolicy as Recompute;
 fn one() -> u32 {
     1
 }
+
+/// How the context-parallel ranks of one attention exchange the sequence (Megatron-LM's
+/// `--cp-comm-type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum CpComm {
+    /// Ring attention: each rank keeps its queries and passes its key/value chunk around the ring in
+    /// `cp − 1` point-to-point steps, each overlapped with the attention of the chunk in hand.
+    #[default]
+    P2p,
+    /// Ulysses-style all-to-all: the sequence-sharded queries, keys and values are exchanged for
+    /// head-sharded ones before attention and back after it (needs heads/tp and KV heads/tp divisible
+    /// by cp).
+    A2a,
+}
+
+impl CpComm {
+    /// Whether this is the default (ring); used to keep the JSON of plans without cp unchanged.
+    pub fn is_default(&self) -> bool {
+        *self == CpComm::P2p
+    }
+}
+
+impl fmt::Display for CpComm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CpComm::P2p => "p2p",
+            CpComm::A2a => "a2a",
+        })
+    }
+}
+
+impl FromStr for CpComm {
+    type Err = CostError;
+    fn from_str(s: &str) -> Result<CpComm> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "p2p" => Ok(CpComm::P2p),
+            "a2a" => Ok(CpComm::A2a),
+            _ => Err(CostError::InvalidConfig(format!(
+                "unknown context-parallel communication `{s}` (expected p2p or a2a)"
+            ))),
+        }
+    }
+}
+
+impl Serialize for CpComm {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for CpComm {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<CpComm, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 fn yes() -> bool {
     true
 }
@@ -135,6 +191,14 @@ pub struct ParallelConfig {
     /// Pipeline-parallel degree (stages).
     #[serde(default = "one")]
     pub pp: u32,
+    /// Context-parallel degree: each sequence is split over `cp` ranks (placed after the tensor-parallel
+    /// ranks in Megatron-LM's rank order), every rank holding `seq/cp` tokens (2·cp chunks for causal
+    /// load balancing); gradients are reduced over `dp·cp`. Always printed.
+    #[serde(default = "one")]
+    pub cp: u32,
+    /// How context-parallel ranks exchange the sequence in attention (`p2p` ring, `a2a` Ulysses).
+    #[serde(default, skip_serializing_if = "CpComm::is_default")]
+    pub cp_comm: CpComm,
     /// Samples per micro-batch (batch per device).
     #[serde(default = "one")]
     pub micro_batch_size: u32,
@@ -231,6 +295,8 @@ impl Default for ParallelConfig {
             dp: 1,
             tp: 1,
             pp: 1,
+            cp: 1,
+            cp_comm: CpComm::P2p,
             micro_batch_size: 1,
             num_micro_batches: 1,
             recompute: Recompute::None,
@@ -294,6 +360,7 @@ impl ParallelConfig {
             ("dp", self.dp),
             ("tp", self.tp),
             ("pp", self.pp),
+            ("cp", self.cp),
             ("micro_batch_size", self.micro_batch_size),
             ("num_micro_batches", self.num_micro_batches),
         ] {
@@ -301,17 +368,26 @@ impl ParallelConfig {
                 return bad(format!("{name} must be at least 1"));
             }
         }
-        let prod = self.dp as u64 * self.tp as u64 * self.pp as u64;
+        let prod = self.dp as u64 * self.tp as u64 * self.pp as u64 * self.cp as u64;
+        // Without cp the messages keep their dp·tp·pp wording.
+        let (names, values) = if self.cp > 1 {
+            (
+                "dp·tp·pp·cp",
+                format!("{}·{}·{}·{}", self.dp, self.tp, self.pp, self.cp),
+            )
+        } else {
+            ("dp·tp·pp", format!("{}·{}·{}", self.dp, self.tp, self.pp))
+        };
         if !(cluster.devices as u64).is_multiple_of(prod) {
             return bad(format!(
-                "{} devices are not divisible by dp·tp·pp = {}·{}·{} = {prod}",
-                cluster.devices, self.dp, self.tp, self.pp
+                "{} devices are not divisible by {names} = {values} = {prod}",
+                cluster.devices
             ));
         }
         if prod != cluster.devices as u64 {
             return bad(format!(
-                "dp·tp·pp = {}·{}·{} = {prod} does not use all {} devices",
-                self.dp, self.tp, self.pp, cluster.devices
+                "{names} = {values} = {prod} does not use all {} devices",
+                cluster.devices
             ));
         }
         if self.tp > cluster.devices_per_server
@@ -399,6 +475,35 @@ impl ParallelConfig {
             .collect()
     }
 
+    /// Checks the context-parallel degree against the sequence length and the attention heads: with
+    /// cp > 1 the sequence is cut into `2·cp` chunks (Megatron-LM's causal load balancing gives rank
+    /// `r` chunks `r` and `2·cp − 1 − r`), so `2·cp` must divide it; all-to-all (Ulysses) context
+    /// parallelism splits the heads each tensor-parallel rank holds, so cp must divide heads/tp and KV
+    /// heads/tp.
+    pub fn validate_cp(&self, seq: u64, heads: u64, kv_heads: u64) -> Result<()> {
+        let cp = self.cp as u64;
+        if cp <= 1 {
+            return Ok(());
+        }
+        if !seq.is_multiple_of(2 * cp) {
+            return Err(CostError::InvalidConfig(format!(
+                "cp {cp} needs the sequence length {seq} to be a multiple of 2·cp = {} (causal load balancing cuts it into 2·cp chunks)",
+                2 * cp
+            )));
+        }
+        if self.cp_comm == CpComm::A2a {
+            let tp = self.tp.max(1) as u64;
+            for (n, what) in [(heads, "attention heads"), (kv_heads, "KV heads")] {
+                if !n.is_multiple_of(tp) || !(n / tp).is_multiple_of(cp) {
+                    return Err(CostError::InvalidConfig(format!(
+                        "cp {cp} with all-to-all (a2a) needs the {n} {what} / tp {tp} to be a multiple of cp"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the configuration against a step profile: micro-batch size, tp divisibility of every
     /// split op, recomputation consistency, stage ranges. Returns the per-(virtual-)stage layer ranges.
     pub fn validate_profile(&self, profile: &StepProfile) -> Result<Vec<(u32, u32)>> {
@@ -410,6 +515,20 @@ impl ParallelConfig {
             ));
         }
         let tp = self.tp as u64;
+        if self.cp > 1 {
+            let (heads, kv_heads) = profile
+                .blocks
+                .iter()
+                .flat_map(|b| &b.ops)
+                .find_map(|op| match op.class {
+                    KernelClass::Attention {
+                        heads, kv_heads, ..
+                    } => Some((heads, kv_heads)),
+                    _ => None,
+                })
+                .unwrap_or((1, 1));
+            self.validate_cp(profile.seq, heads, kv_heads)?;
+        }
         let mut has_recompute = false;
         for block in &profile.blocks {
             for op in &block.ops {

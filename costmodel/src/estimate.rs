@@ -54,6 +54,10 @@ pub struct Breakdown {
     /// upload; 0 without `offload_optimizer` (see [`crate::offload`]).
     #[serde(default)]
     pub offload_s: f64,
+    /// Context-parallel communication seconds of the critical device per step (ring key/value steps
+    /// or Ulysses all-to-alls), before overlap; its exposed part is in `exposed_comm_s`. 0 without cp.
+    #[serde(default)]
+    pub cp_comm_s: f64,
 }
 
 /// Which sources the prediction used.
@@ -752,6 +756,8 @@ impl ProfiledCostModel {
         let pp = cfg.pp.max(1) as usize;
         let nv = ranges.len();
         let m = cfg.num_micro_batches.max(1);
+        // Context parallelism: each rank runs 1/cp of every block's work (see `crate::context`).
+        let cp = cfg.cp.max(1);
 
         // Blocks → virtual stages.
         let mut fwd = vec![PhaseSums::default(); nv];
@@ -770,9 +776,9 @@ impl ProfiledCostModel {
                     .unwrap_or(nv - 1),
             };
             block_stage.push(v);
-            fwd[v].add(&b.forward);
-            bwd[v].add(&b.backward);
-            wgrad[v].add(&b.weight_grad);
+            fwd[v].add(&b.forward.context_shard(cp));
+            bwd[v].add(&b.backward.context_shard(cp));
+            wgrad[v].add(&b.weight_grad.context_shard(cp));
             params[v] += b.params;
             let next_v = prep.blocks.get(i + 1).map(|n| match n.kind {
                 BlockKind::Embedding => 0,
@@ -783,7 +789,27 @@ impl ProfiledCostModel {
                     .unwrap_or(nv - 1),
             });
             if next_v.is_some_and(|n| n != v) {
-                boundary = boundary.max(b.boundary_bytes);
+                boundary = boundary.max(b.boundary_bytes / cp as f64);
+            }
+        }
+        // Context-parallel traffic per virtual stage: (forward, backward) before overlap and exposed.
+        let mut cp_total = vec![0f64; nv];
+        let mut cp_exposed = vec![(0f64, 0f64); nv];
+        if cp > 1 {
+            for ((b, pb), v) in prep.blocks.iter().zip(&profile.blocks).zip(&block_stage) {
+                let Some(attn) = crate::context::CpAttention::of_block(pb) else {
+                    continue;
+                };
+                let attention_s = |s: &PhaseSums| s.context_shard(cp).attention_s / eff.attention;
+                let t = crate::context::block_comm(
+                    cluster,
+                    cfg,
+                    &attn,
+                    (attention_s(&b.forward), attention_s(&b.backward)),
+                );
+                cp_total[*v] += t.forward_s + t.backward_s;
+                cp_exposed[*v].0 += t.forward_exposed_s;
+                cp_exposed[*v].1 += t.backward_exposed_s;
             }
         }
 
@@ -831,6 +857,7 @@ impl ProfiledCostModel {
             comm_total[v] = tf + tb;
             // The overlapped part of a TP collective hides behind the GEMMs of the same phase.
             let (tf, tb) = (tf - (hidden * tf).min(cf), tb - (hidden * tb).min(cb));
+            let (tf, tb) = (tf + cp_exposed[v].0, tb + cp_exposed[v].1);
             compute[v] = (cf, cb);
             comm[v] = (tf, tb);
             // The W pass: the weight-gradient GEMMs' kernel time (no collective), within the backward.
@@ -841,7 +868,8 @@ impl ProfiledCostModel {
                 weight_grad_s: w,
             });
         }
-        let stride = cfg.dp * cfg.tp;
+        // Megatron-LM's rank order tp-cp-dp-pp: pipeline neighbours are dp·tp·cp ranks apart.
+        let stride = cfg.dp * cfg.tp * cp;
         let p2p = if pp > 1 {
             collective_time(cluster, Collective::PointToPoint, boundary, 2, stride)
         } else {
@@ -851,6 +879,9 @@ impl ProfiledCostModel {
 
         // Per device: gradient sync, optimizer, memory.
         let dp = cfg.dp.max(1);
+        // Gradients are reduced (and ZeRO state sharded) over the dp·cp ranks that hold the same
+        // weights, `tp` apart.
+        let dpc = dp * cp;
         // FP8: once per step, every fp8 weight is cast (with its transpose) and the amaxes are
         // all-reduced over the data- and tensor-parallel group (Megatron's amax reduction group);
         // counted with the optimizer step, the device's other once-per-step work.
@@ -860,7 +891,7 @@ impl ProfiledCostModel {
             }
             let (mut params, mut linears) = (0.0, 0.0);
             for (b, v) in prep.blocks.iter().zip(&block_stage) {
-                if v % pp == d {
+                if cfg.schedule.device_of(*v, pp) == d {
                     params += b.fp8_weight_params;
                     linears += b.fp8_linears;
                 }
@@ -871,13 +902,13 @@ impl ProfiledCostModel {
             let cast = params * crate::precision::CAST_TRANSPOSE_BYTES_PER_ELEMENT
                 / (cluster.gpu.spec().hbm_bytes_per_s * eff.memory)
                 + linears * KERNEL_FLOOR_S;
-            let group = dp * cfg.tp.max(1);
+            let group = dpc * cfg.tp.max(1);
             let amax = if group > 1 {
                 collective_time(
                     cluster,
                     Collective::AllReduce,
                     3.0 * 4.0 * linears,
-                    dp,
+                    dpc,
                     cfg.tp,
                 )
             } else {
@@ -917,8 +948,8 @@ impl ProfiledCostModel {
                 .filter(|v| cfg.schedule.device_of(**v, pp) == d)
                 .count()
                 .max(1) as f64;
-            if dp > 1 {
-                let coll = |kind, bytes| collective_time(cluster, kind, bytes, dp, cfg.tp);
+            if dpc > 1 {
+                let coll = |kind, bytes| collective_time(cluster, kind, bytes, dpc, cfg.tp);
                 if cfg.distribute_param {
                     // ZeRO-3: every block's weights are all-gathered before its forward and again
                     // before its backward, each micro-batch; with prefetch the next block's gather
@@ -976,7 +1007,7 @@ impl ProfiledCostModel {
                 }
             }
             let shard = if cfg.distribute_param || cfg.distribute_optimizer {
-                dp as f64
+                dpc as f64
             } else {
                 1.0
             };
@@ -1077,6 +1108,7 @@ impl ProfiledCostModel {
             .sum();
         let exposed_comm_s = tp_comm_s + exposed_dp;
         let tp_total_s: f64 = vs.iter().map(|v| comm_total[*v] * m as f64).sum();
+        let cp_comm_s: f64 = vs.iter().map(|v| cp_total[*v] * m as f64).sum();
         let bubble_s = (step - compute_s - exposed_comm_s - opt).max(0.0);
         let tokens = cfg.global_batch() as f64 * profile.seq as f64;
         let peak = memory.iter().map(|s| s.peak_bytes).fold(0.0, f64::max);
@@ -1097,6 +1129,7 @@ impl ProfiledCostModel {
                 zero3_gather_s,
                 step_overhead_s: sc.step_overhead_s,
                 offload_s: offload_dev.get(crit).copied().unwrap_or(0.0),
+                cp_comm_s,
             },
             memory,
             sources: SourceNotes {

@@ -15,6 +15,7 @@ pub mod blocks;
 pub mod cluster;
 pub mod collective;
 pub mod config;
+pub mod context;
 pub mod device;
 pub mod efficiency;
 pub mod error;
@@ -33,7 +34,7 @@ pub mod validate;
 
 pub use blocks::BlockCost;
 pub use cluster::{Cluster, Link, Links};
-pub use config::{ParallelConfig, Recompute, Schedule, check_tp_dims, micro_batches_for};
+pub use config::{CpComm, ParallelConfig, Recompute, Schedule, check_tp_dims, micro_batches_for};
 pub use device::{DeviceSpec, Gpu};
 pub use efficiency::{Allocator, Efficiency, EfficiencyFile, StackCoefficients};
 pub use error::{CostError, Result};

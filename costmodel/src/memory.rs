@@ -200,7 +200,9 @@ pub fn static_bytes(profile: &StepProfile, cfg: &ParallelConfig, params: f64) ->
 }
 
 fn device_static_bytes(profile: &StepProfile, cfg: &ParallelConfig, params: f64) -> StaticBytes {
-    let dp = cfg.dp.max(1) as f64;
+    // ZeRO shards over the dp·cp ranks holding the same weights (Megatron-LM's data-parallel group
+    // with context parallelism).
+    let dp = cfg.dp.max(1) as f64 * cfg.cp.max(1) as f64;
     let z3 = if cfg.distribute_param { dp } else { 1.0 };
     let lp_div = if cfg.distribute_param || cfg.distribute_low_prec_param {
         dp
@@ -432,8 +434,11 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     } = *input;
     let pp = cfg.pp.max(1) as usize;
     let m = cfg.num_micro_batches.max(1);
-    let dp = cfg.dp.max(1);
+    let dp = cfg.dp.max(1) * cfg.cp.max(1);
     let tp = cfg.tp.max(1) as u64;
+    // Context parallelism: a rank holds the activations of seq/cp tokens (`crate::context`).
+    let cp = cfg.cp.max(1) as f64;
+    let mut cp_buffers: f64 = 0.0;
     let nv = nv.max(1);
     let on_device = |v: usize| cfg.schedule.device_of(v, pp) == d as usize;
     let vs: Vec<usize> = (0..nv).filter(|v| on_device(*v)).collect();
@@ -501,14 +506,19 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
                 .min(act);
             }
         }
-        saved[v] += act;
+        saved[v] += act / cp;
         copies_all += shape.weight_copy_bytes;
         copies_saved += kept_copy;
         tensors += shape.tensors;
         if pb.kind == BlockKind::Head {
-            logits += shape.logits;
+            logits += shape.logits / cp;
         } else {
-            transient[v] = transient[v].max(b.transient_bytes);
+            transient[v] = transient[v].max(b.transient_bytes / cp);
+        }
+        if cfg.cp > 1
+            && let Some(attn) = crate::context::CpAttention::of_block(pb)
+        {
+            cp_buffers = cp_buffers.max(crate::context::buffer_bytes(cfg, &attn));
         }
     }
     let p_dev: f64 = vs.iter().map(|v| params[*v]).sum();
@@ -576,6 +586,7 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
             .fold(0.0, f64::max);
         fixed_trans += buffers * elements * 2.0;
     }
+    fixed_trans += cp_buffers;
     // Weight copies: the autocast cache holds all of them at the end of forward; autograd keeps the
     // saved ones through backward. Elsewhere they are the stack's own weights or gather buffers.
     let (copies_f, copies_b) = if copies_elsewhere {

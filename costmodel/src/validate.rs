@@ -92,6 +92,11 @@ pub struct TruthRow {
     /// before FlashAttention); see [`crate::ops::unfuse_attention`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention: Option<String>,
+    /// The measured run used something the cost model does not model (e.g. Float8 linears and
+    /// `torch.compile` in torchtitan's context-parallel table): its row is validated (predicted and
+    /// reported) but never fitted on, neither by the committed joint fit nor by a cross-validation fold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub validation_only: bool,
 }
 
 impl TruthRow {
@@ -471,7 +476,9 @@ pub fn cross_validate(
         models.dedup();
         for held in &models {
             let train: Vec<usize> = (0..rows.len())
-                .filter(|i| keys[*i] != *held && samples[*i].is_some())
+                .filter(|i| {
+                    keys[*i] != *held && samples[*i].is_some() && !rows[*i].1.validation_only
+                })
                 .collect();
             let ts: Vec<FitSample> = train.iter().filter_map(|i| samples[*i].clone()).collect();
             let tp: Vec<_> = train.iter().filter_map(|i| preps[*i].clone()).collect();

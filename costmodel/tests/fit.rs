@@ -1,6 +1,6 @@
 //! The committed coefficients are reproducible from the truth files.
 
-use crate::real::{real_samples as samples, truth_files};
+use crate::real::{fit_samples as samples, truth_files};
 use moai_costmodel::efficiency::{EFFICIENCY_JSON, EfficiencyFile};
 use moai_costmodel::fit::refit;
 

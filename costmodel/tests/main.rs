@@ -3,6 +3,7 @@
 
 mod support;
 
+mod context;
 mod errors;
 mod estimate;
 mod fit;

@@ -52,6 +52,20 @@ pub fn all_rows() -> Vec<(String, TruthRow)> {
         .collect()
 }
 
+/// The rows of a truth file the committed joint fit is fitted on (every row not marked
+/// `validation_only`), as fit samples.
+pub fn fit_samples(rel: &str) -> Vec<FitSample> {
+    let names: Vec<String> = truth(rel)
+        .into_iter()
+        .filter(|r| r.validation_only)
+        .map(|r| r.name)
+        .collect();
+    real_samples(rel)
+        .into_iter()
+        .filter(|s| !names.contains(&s.name))
+        .collect()
+}
+
 /// Fit samples with real profiles.
 pub fn real_samples(rel: &str) -> Vec<FitSample> {
     truth(rel)

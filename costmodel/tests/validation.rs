@@ -80,6 +80,9 @@ fn every_other_truth_file_cross_validated() {
         // the H100 coefficients come from eager/FSDP rows (attention at 0.27 of the fused-kernel
         // model) while these runs use Transformer Engine's cuDNN attention and TP-overlap kernels.
         ("fp8_h100_nemo", 45.0),
+        // Validation only (torchtitan FSDP + CP at 32K-256K tokens, run with Float8 linears and
+        // torch.compile, which moai does not model): 15.6-15.8%, signed errors +20% to -11%.
+        ("long_context_torchtitan", 17.0),
     ];
     let mut bad = Vec::new();
     for f in &cv.files {

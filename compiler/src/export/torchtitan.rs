@@ -98,12 +98,15 @@ pub fn schedule_name(s: Schedule) -> Result<&'static str, String> {
 }
 
 /// `parallelism.context_parallel_degree`: the ONE place the plan's context parallelism enters the
-/// torchtitan export. Until `PlanConfig` has `cp` this is 1; once it does, return `plan.cp` here
-/// (torchtitan's CP is ring attention over `cp` ranks, `context_parallel_rotate_method = "allgather"`
-/// by default, `"alltoall"` for moai's `cp_comm = a2a`; seq_len must then divide by 2·cp·tp, checked in
-/// [`torchtitan_toml`] through [`seq_divisor`]) and refuse what torchtitan's CP does not run.
-pub fn context_parallel_degree(_plan: &PlanConfig) -> Result<u64, String> {
-    Ok(1)
+/// torchtitan export. torchtitan's CP is ring attention over `cp` ranks with head-tail load balancing
+/// (seq_len divisible by 2·cp·tp, checked in [`torchtitan_toml`] through [`seq_divisor`]); moai's `p2p`
+/// ring is its `context_parallel_rotate_method = "alltoall"` (each step passes the KV chunk on), and
+/// all-to-all (Ulysses, heads split) has no torchtitan counterpart: refused.
+pub fn context_parallel_degree(plan: &PlanConfig) -> Result<u64, String> {
+    if plan.cp > 1 && plan.cp_comm == moai_costmodel::CpComm::A2a {
+        return Err("torchtitan's context parallelism is ring attention (KV rotated between ranks); all-to-all (Ulysses) context parallelism runs on Megatron-LM".into());
+    }
+    Ok(plan.cp.max(1))
 }
 
 /// What `seq_len` must divide by (torchtitan's `ParallelDims.seq_len_divisor`): tp, times 2·cp with
@@ -307,9 +310,14 @@ pub fn torchtitan_toml(plan: &PlanConfig, cx: &ExportContext) -> Result<String, 
         quote(param_dtype)
     );
     let (replicate, shard) = if fsdp { (1, d.dp) } else { (d.dp, 1) };
+    let rotate = if cp > 1 {
+        "\ncontext_parallel_rotate_method = \"alltoall\""
+    } else {
+        ""
+    };
     let _ = writeln!(
         w,
-        "[parallelism]\ndata_parallel_replicate_degree = {replicate}\ndata_parallel_shard_degree = {shard}\nfsdp_reshard_after_forward = \"always\"\ntensor_parallel_degree = {}\nenable_async_tensor_parallel = false\ncontext_parallel_degree = {cp}\npipeline_parallel_degree = {}",
+        "[parallelism]\ndata_parallel_replicate_degree = {replicate}\ndata_parallel_shard_degree = {shard}\nfsdp_reshard_after_forward = \"always\"\ntensor_parallel_degree = {}\nenable_async_tensor_parallel = false\ncontext_parallel_degree = {cp}{rotate}\npipeline_parallel_degree = {}",
         d.tp, d.pp
     );
     if d.pp > 1 {

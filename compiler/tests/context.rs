@@ -1,0 +1,255 @@
+//! Context parallelism end to end: the issue's long-context check (Llama-3-8B at 128K tokens on 64 H100),
+//! the `cp` flags of `estimate`, the plan JSON and the Megatron-LM export.
+
+use crate::exports::megatron_validate;
+use moai_compiler::export::megatron_args;
+use moai_compiler::{Cluster, Gpu, Model, PlanError, PlanRequest, estimate, plan};
+use moai_costmodel::CpComm;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+fn llama3_path() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("models/configs/llama3-8b/config.json")
+        .display()
+        .to_string()
+}
+
+fn llama3() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| Model::load(&llama3_path()).expect("the Llama-3-8B config loads"))
+}
+
+#[test]
+fn llama3_8b_config_has_its_published_size() {
+    let s = &llama3().summary;
+    assert_eq!(
+        (s.layers, s.hidden, s.heads, s.kv_heads, s.ffn, s.vocab),
+        (32, 4096, 32, 8, 14336, 128256)
+    );
+    // 8.03B (Meta's model card): untied 128256 × 4096 embedding and head, 32 GQA layers.
+    assert_eq!(s.params, 8_030_261_248);
+}
+
+/// Llama-3-8B at 131,072 tokens, batch 16, on 64 H100: the chosen plan splits the sequence (cp > 1),
+/// fits, and beats the best plan with cp fixed to 1 (which fits only with full recomputation); its
+/// Megatron-LM export carries the cp flags and passes Megatron-LM's argument checks.
+#[test]
+fn llama3_8b_at_128k_on_64_h100_uses_context_parallelism() {
+    let model = llama3();
+    let cluster = Cluster::new(Gpu::H100, 64).unwrap();
+    let req = PlanRequest::new(16, 131072);
+    let report = plan(model, &cluster, &req).expect("a plan");
+    let chosen = &report.output;
+    let p = &chosen.plan;
+    assert!(p.cp > 1, "chosen plan without cp: {}", p.summary_line());
+    assert_eq!(p.dp * p.tp * p.pp * p.cp, 64);
+    assert!(chosen.fits);
+    let usable = cluster.memory_per_device_bytes as f64 * req.memory_fraction;
+    assert!((chosen.predicted.peak_memory_bytes as f64) <= usable);
+    assert!(chosen.predicted.breakdown.cp_comm_s > 0.0);
+
+    let mut no_cp = req.clone();
+    no_cp.constraints.cp = Some(1);
+    match plan(model, &cluster, &no_cp) {
+        Ok(best) => {
+            assert_eq!(best.output.plan.cp, 1);
+            assert!(
+                chosen.predicted.step_time_s < 0.9 * best.output.predicted.step_time_s,
+                "cp {:.2} s vs best without cp {:.2} s",
+                chosen.predicted.step_time_s,
+                best.output.predicted.step_time_s
+            );
+        }
+        Err(PlanError::NoFeasiblePlan(_)) => {}
+        Err(e) => panic!("cp = 1 search failed: {e}"),
+    }
+
+    let cx = moai_compiler::emit::export_context(model, &cluster, &req);
+    let args = megatron_args(p, &cx).expect("Megatron-LM runs the plan");
+    let get = |k: &str| {
+        args.iter()
+            .find(|(a, _)| a == k)
+            .and_then(|(_, v)| v.clone())
+    };
+    assert_eq!(get("--context-parallel-size"), Some(p.cp.to_string()));
+    assert_eq!(get("--cp-comm-type"), Some(p.cp_comm.to_string()));
+    let run = megatron_validate(&args, cx.devices, true).expect("Megatron-LM accepts it");
+    assert_eq!((run.tp, run.pp, run.cp, run.dp), (p.tp, p.pp, p.cp, p.dp));
+    assert_eq!(run.cp_comm, p.cp_comm.to_string());
+    // DeepSpeed and FSDP refuse it in one line.
+    for e in [
+        moai_costmodel::Stack::Deepspeed,
+        moai_costmodel::Stack::Fsdp,
+    ] {
+        let mut d = moai_compiler::export::PlanDims::of_plan(p, &cx).unwrap();
+        // (an overlap switch turned off is refused first by engines without it)
+        d.tp_comm_overlap = true;
+        let why = moai_compiler::export::engine_runs(e, &d).unwrap_err();
+        assert!(why.contains("no context parallelism"), "{why}");
+    }
+}
+
+#[test]
+fn estimate_takes_cp_and_checks_it() {
+    let model = llama3();
+    let cluster = Cluster::new(Gpu::H100, 64).unwrap();
+    let req = PlanRequest::new(16, 131072);
+    let mut c = moai_compiler::Constraints {
+        tp: Some(8),
+        cp: Some(8),
+        sequence_parallel: Some(true),
+        recompute: vec![moai_compiler::Recompute::Selective],
+        ..Default::default()
+    };
+    let cfg = moai_compiler::config::config_for(&c, &cluster, req.batch).unwrap();
+    assert_eq!((cfg.dp, cfg.cp, cfg.num_micro_batches), (1, 8, 16));
+    let out = estimate(model, &cluster, &cfg, &req).unwrap();
+    assert_eq!(out.plan.cp, 8);
+    let json = serde_json::to_string(&out.plan).unwrap();
+    assert!(
+        json.contains(r#""cp":8"#) && !json.contains("cp_comm"),
+        "{json}"
+    );
+    // All-to-all needs cp to divide the heads per tp rank (4 query heads, 1 KV head): refused, naming
+    // the numbers.
+    c.cp_comm = Some(CpComm::A2a);
+    let cfg = moai_compiler::config::config_for(&c, &cluster, req.batch).unwrap();
+    let e = estimate(model, &cluster, &cfg, &req)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("needs the 32 attention heads / tp 8 to be a multiple of cp"),
+        "{e}"
+    );
+    // 2·cp must divide the sequence.
+    let odd = PlanRequest::new(16, 131080);
+    c.cp_comm = None;
+    let cfg = moai_compiler::config::config_for(&c, &cluster, odd.batch).unwrap();
+    let e = estimate(model, &cluster, &cfg, &odd)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("multiple of 2·cp = 16"), "{e}");
+}
+
+#[test]
+fn the_cli_estimates_and_exports_a_cp_plan() {
+    let out = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
+        .args([
+            "estimate",
+            &llama3_path(),
+            "--gpu",
+            "h100",
+            "--devices",
+            "64",
+        ])
+        .args([
+            "--batch-size",
+            "16",
+            "--seq-len",
+            "131072",
+            "--tp",
+            "2",
+            "--cp",
+            "4",
+        ])
+        .args(["--cp-comm", "a2a", "--sequence-parallel", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["plan"]["cp"], 4);
+    assert_eq!(v["plan"]["cp_comm"], "a2a");
+    assert_eq!(v["plan"]["dp"], 8);
+    assert!(v["predicted"]["breakdown"]["cp_comm_s"].as_f64().unwrap() > 0.0);
+    let bad = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
+        .args([
+            "estimate",
+            &llama3_path(),
+            "--gpu",
+            "h100",
+            "--devices",
+            "64",
+        ])
+        .args(["--batch-size", "16", "--seq-len", "131072", "--cp", "3"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    // One error line (besides the logs).
+    let errors: Vec<&str> = err.lines().filter(|l| !l.starts_with("[info]")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(err.contains("cp 3"), "{err}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
+        .args([
+            "estimate",
+            &llama3_path(),
+            "--gpu",
+            "h100",
+            "--devices",
+            "64",
+        ])
+        .args([
+            "--batch-size",
+            "16",
+            "--seq-len",
+            "131072",
+            "--cp-comm",
+            "ring",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--cp-comm ring: expected p2p or a2a"));
+}
+
+/// `smi` on a context-parallel plan: every device appears once, ranks in Megatron-LM's tp-cp-dp-pp order.
+#[test]
+fn smi_shows_a_cp_plan() {
+    let dir = std::env::temp_dir().join(format!("moai-cp-smi-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
+        .args(["plan", &llama3_path(), "--gpu", "h100", "--devices", "64"])
+        .args(["--batch-size", "16", "--seq-len", "131072", "--no-progress"])
+        .args(["--tp", "2", "--cp", "8", "--out", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let smi = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
+        .args(["smi", dir.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        smi.status.success(),
+        "{}",
+        String::from_utf8_lossy(&smi.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&smi.stdout).unwrap();
+    let rows = v["devices"].as_array().unwrap();
+    assert_eq!(rows.len(), 64);
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("plan.json")).unwrap()).unwrap();
+    let (dp, pp) = (
+        plan["plan"]["dp"].as_u64().unwrap(),
+        plan["plan"]["pp"].as_u64().unwrap(),
+    );
+    assert_eq!(plan["plan"]["cp"], 8);
+    for (rank, r) in rows.iter().enumerate() {
+        let rank = rank as u64;
+        assert_eq!(r["tp_rank"].as_u64().unwrap(), rank % 2);
+        assert_eq!(r["dp_rank"].as_u64().unwrap(), (rank / 16) % dp);
+        assert_eq!(r["stage"].as_u64().unwrap(), rank / (16 * dp));
+        assert!(r["stage"].as_u64().unwrap() < pp);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
