@@ -8,6 +8,7 @@ mod exports;
 mod interrupt;
 mod partition;
 mod planner;
+mod pruning;
 mod report;
 mod smi;
 mod sweep;
