@@ -266,6 +266,9 @@ pub fn plan(a: PlanArgs, cancel: &CancelToken) -> Result<()> {
     crate::codegen::CodegenRequest::from_emits(&emits, cluster.gpu)?;
     let mut req = a.job.to_request()?;
     req.constraints = a.config.to_constraints()?;
+    if a.exhaustive {
+        req.pruning = crate::search::Pruning::Off;
+    }
     req.threads = a.threads.map(crate::request::check_threads).transpose()?;
     req.time_budget = a
         .time_budget

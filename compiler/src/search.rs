@@ -209,7 +209,7 @@ pub const RANKED: usize = 6;
 /// count), so that which candidates are pruned, and so every count, is the same at any thread count.
 const COST_BATCH: usize = 32;
 
-/// Runs the whole search, pruning by bounds.
+/// Runs the whole search under the request's pruning (by bounds unless `req.pruning` says otherwise).
 pub fn search(
     model: &Model,
     cluster: &Cluster,
@@ -217,7 +217,7 @@ pub fn search(
     cost: &dyn CostModel,
     progress: &dyn Progress,
 ) -> Result<SearchResult> {
-    search_with(model, cluster, req, cost, progress, Pruning::Bounds)
+    search_with(model, cluster, req, cost, progress, req.pruning)
 }
 
 /// What the screening of one candidate left for costing.

@@ -243,3 +243,44 @@ fn bounds_shown_wrong_by_a_prediction_are_dropped() {
         got.pruned
     );
 }
+
+/// `plan --exhaustive` costs every candidate and prints the same plan as the default bounded search,
+/// whose JSON counts what was enumerated, rejected, pruned and costed.
+#[test]
+fn exhaustive_flag_gives_the_same_plan_and_the_counts_are_printed() {
+    let args = [
+        "plan",
+        "models/llama-350m.onnx",
+        "--gpu",
+        "mi250",
+        "--devices",
+        "8",
+        "--batch-size",
+        "64",
+        "--json",
+    ];
+    let json = |extra: &[&str]| -> serde_json::Value {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend_from_slice(extra);
+        let out = crate::cli::moai(&a);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).expect("one JSON object")
+    };
+    let (fast, full) = (json(&[]), json(&["--exhaustive"]));
+    assert_eq!(fast["plan"], full["plan"]);
+    assert_eq!(fast["predicted"], full["predicted"]);
+    let (s, f) = (&fast["search"], &full["search"]);
+    assert_eq!(s["candidates"], f["candidates"]);
+    assert_eq!(f["pruned"], serde_json::json!({}), "{f}");
+    assert!(s["pruned"]["time"].as_u64().unwrap() > 0, "{s}");
+    assert!(
+        s["costed"].as_u64().unwrap() < f["costed"].as_u64().unwrap(),
+        "{s} vs {f}"
+    );
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k}: {v}"));
+    assert_eq!(
+        n(s, "enumerated"),
+        n(s, "candidates") + n(s, "rejected_by_structure"),
+        "{s}"
+    );
+}
