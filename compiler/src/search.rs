@@ -1,7 +1,10 @@
-//! The search: compile every candidate (training profiles, stage partitioning on the cost model's
-//! per-block costs), prune by the cost model's static-memory lower bound, cost the survivors in parallel
-//! with rayon, and select the fastest plan that fits. Deterministic: the same request gives the same plan
-//! at any thread count.
+//! The search: enumerate the space, screen every candidate by the cost model's lower bounds (training
+//! profiles built once per micro-batch size and recomputation), then — cheapest step-time bound first, in
+//! fixed batches — prune by the static bytes of its block costs, partition its stages on those costs, and
+//! cost it, skipping candidates whose time bound exceeds the [`RANKED`]-th fastest plan costed so far
+//! (branch and bound); select the fastest plan that fits. Deterministic: the same request gives the same
+//! plan, and the same counts, at any thread count. [`Pruning::Off`] compiles and costs every candidate and
+//! chooses the same plan.
 
 use crate::error::{PlanError, Result};
 use crate::model::Model;
@@ -222,13 +225,11 @@ pub fn search(
 
 /// What the screening of one candidate left for costing.
 enum Screened {
-    /// To cost, with the cost model's lower bounds of step time and peak memory (0 without bounds) and
-    /// its block costs' layer sums when screening computed them.
-    Survivor(f64, f64, Option<LayerSums>),
-    /// Pruned before partitioning; `true` when by the cost model's own bound (re-costed should a costed
-    /// candidate show that bound unsound, and when nothing else fits so that the error names real
-    /// peaks), `false` for the static-bytes bound on its block costs.
-    Pruned(Bound, bool),
+    /// To cost, with the cost model's lower bounds of step time and peak memory (0 without bounds).
+    Survivor(f64, f64),
+    /// Pruned by the cost model's own bound (re-costed should a costed candidate show that bound
+    /// unsound, and when nothing else fits, so that the error names real peaks).
+    Pruned(Bound),
     /// Rejected with the reason, or not evaluated (`NOT_EVALUATED`).
     Rejected(String),
 }
@@ -324,7 +325,6 @@ pub fn search_with(
                 &profiles,
                 cluster,
                 cost,
-                shape.layers,
                 capacity,
                 pruning,
                 &bounds,
@@ -340,21 +340,15 @@ pub fn search_with(
     // Candidates pruned by the cost model's own bounds, re-costed if that bound proves unsound.
     let mut model_pruned: Vec<(usize, f64, f64)> = Vec::new();
     let mut evaluated: Vec<Evaluated> = Vec::with_capacity(candidates.len());
-    // The survivors' layer sums, kept for their partitioning.
-    let mut sums: Vec<Option<LayerSums>> = Vec::new();
-    sums.resize_with(candidates.len(), || None);
     for (i, (c, r)) in candidates.drain(..).zip(screened).enumerate() {
         let outcome = match r {
-            Screened::Survivor(t, m, s) => {
+            Screened::Survivor(t, m) => {
                 survivors.push((i, t, m));
-                sums[i] = s;
                 Outcome::NotEvaluated
             }
-            Screened::Pruned(b, by_model) => {
+            Screened::Pruned(b) => {
                 *pruned.entry(b.as_str().into()).or_insert(0) += 1;
-                if by_model {
-                    model_pruned.push((i, 0.0, 0.0));
-                }
+                model_pruned.push((i, 0.0, 0.0));
                 Outcome::Pruned(b)
             }
             Screened::Rejected(reason) => {
@@ -394,7 +388,7 @@ pub fn search_with(
         bounds: &bounds,
         counters: &counters,
         progress,
-        sums: &sums,
+        pruning,
     };
     let prune_time = pruning == Pruning::Bounds;
     let mut run = cost_candidates(&ctx, &mut evaluated, &mut rejected, &survivors, prune_time);
@@ -430,6 +424,10 @@ pub fn search_with(
             uncount(&mut pruned, &evaluated[i].outcome);
         }
         cost_candidates(&ctx, &mut evaluated, &mut rejected, &model_pruned, false);
+    }
+    let static_pruned = counters.static_pruned.load(Ordering::Relaxed);
+    if static_pruned > 0 {
+        *pruned.entry(Bound::Memory.as_str().into()).or_insert(0) += static_pruned;
     }
     let not_costed = counters.not_evaluated.load(Ordering::Relaxed);
     if not_costed > 0 {
@@ -526,7 +524,6 @@ fn screen(
     profiles: &HashMap<(u32, Recompute), Arc<StepProfile>>,
     cluster: &Cluster,
     cost: &dyn CostModel,
-    layers: u32,
     capacity: f64,
     pruning: Pruning,
     bounds: &WorkBounds,
@@ -543,26 +540,15 @@ fn screen(
     }
     if pruning == Pruning::Off {
         screened_ok.fetch_add(1, Ordering::SeqCst);
-        return Screened::Survivor(0.0, 0.0, None);
+        return Screened::Survivor(0.0, 0.0);
     }
     // The cost model's own bounds first (the cheaper call, and its memory bound counts activations too).
     let lb = cost.lower_bounds(profile, cluster, c).unwrap_or_default();
     if lb.peak_memory_bytes > capacity {
-        return Screened::Pruned(Bound::Memory, true);
-    }
-    let sums = match cost
-        .block_costs(profile, cluster, c)
-        .map_err(|e| format!("cost model: {e}"))
-        .and_then(|blocks| LayerSums::new(&blocks, layers))
-    {
-        Ok(s) => s,
-        Err(reason) => return Screened::Rejected(reason),
-    };
-    if static_lower_bound(&sums, c.pp, layers) > capacity {
-        return Screened::Pruned(Bound::Memory, false);
+        return Screened::Pruned(Bound::Memory);
     }
     screened_ok.fetch_add(1, Ordering::SeqCst);
-    Screened::Survivor(lb.step_time_s, lb.peak_memory_bytes, Some(sums))
+    Screened::Survivor(lb.step_time_s, lb.peak_memory_bytes)
 }
 
 /// What the costing phase shares between its workers.
@@ -575,8 +561,8 @@ struct CostContext<'a> {
     bounds: &'a WorkBounds,
     counters: &'a CostCounters,
     progress: &'a dyn Progress,
-    /// Layer sums the screening computed, by candidate index.
-    sums: &'a [Option<LayerSums>],
+    /// Under [`Pruning::Bounds`], the static-bytes bound prunes before partitioning.
+    pruning: Pruning,
 }
 
 /// Counts of the costing phase.
@@ -592,6 +578,8 @@ struct CostCounters {
     after_stop: AtomicU64,
     /// Candidates left unfinished by a stop.
     not_evaluated: AtomicU64,
+    /// Candidates pruned by the static-bytes bound of their block costs, before partitioning.
+    static_pruned: AtomicU64,
 }
 
 /// The result of one costing pass.
@@ -644,11 +632,11 @@ fn cost_candidates(
         let outcomes: Vec<Option<(ParallelConfig, Outcome)>> = batch
             .par_iter()
             .zip(configs.par_iter())
-            .map(|(&(i, lb_time, _), c)| {
+            .map(|(&(_, lb_time, _), c)| {
                 let out = if lb_time > threshold {
                     None
                 } else {
-                    Some(cost_one(ctx, c, ctx.sums.get(i).and_then(Option::as_ref)))
+                    Some(cost_one(ctx, c))
                 };
                 ctx.progress.tick();
                 out
@@ -708,11 +696,7 @@ fn cost_candidates(
 }
 
 /// Partitions one candidate's stages and costs it (unless the search was stopped and has what it needs).
-fn cost_one(
-    ctx: &CostContext,
-    c: &ParallelConfig,
-    sums: Option<&LayerSums>,
-) -> (ParallelConfig, Outcome) {
+fn cost_one(ctx: &CostContext, c: &ParallelConfig) -> (ParallelConfig, Outcome) {
     let n = ctx.counters;
     // once stopped, cost only until one candidate fits (at most COST_GRACE more)
     let stop = ctx.bounds.check().is_some()
@@ -726,19 +710,27 @@ fn cost_one(
         n.not_evaluated.fetch_add(1, Ordering::Relaxed);
         return (c.clone(), Outcome::NotEvaluated);
     };
-    let compiled = match sums {
-        Some(sums) => compile_with(c, sums, ctx.layers, ctx.capacity),
-        None => ctx
-            .cost
-            .block_costs(profile, ctx.cluster, c)
-            .map_err(|e| format!("cost model: {e}"))
-            .and_then(|blocks| compile_candidate(c, &blocks, ctx.layers, ctx.capacity)),
+    let sums = match ctx
+        .cost
+        .block_costs(profile, ctx.cluster, c)
+        .map_err(|e| format!("cost model: {e}"))
+        .and_then(|blocks| LayerSums::new(&blocks, ctx.layers))
+    {
+        Ok(s) => s,
+        Err(reason) => return (c.clone(), Outcome::Rejected(reason)),
     };
+    if ctx.pruning == Pruning::Bounds && static_lower_bound(&sums, c.pp, ctx.layers) > ctx.capacity
+    {
+        // the static bytes of its block costs cannot fit, whatever the stage split
+        n.static_pruned.fetch_add(1, Ordering::Relaxed);
+        return (c.clone(), Outcome::Pruned(Bound::Memory));
+    }
+    n.compiled.fetch_add(1, Ordering::Relaxed);
+    let compiled = compile_with(c, &sums, ctx.layers, ctx.capacity);
     let cfg = match compiled {
         Ok(cfg) => cfg,
         Err(reason) => return (c.clone(), Outcome::Rejected(reason)),
     };
-    n.compiled.fetch_add(1, Ordering::Relaxed);
     n.costed.fetch_add(1, Ordering::Relaxed);
     let outcome = match ctx.cost.estimate(profile, ctx.cluster, &cfg) {
         Ok(e) if (e.peak_memory_bytes as f64) <= ctx.capacity => {
@@ -874,6 +866,7 @@ impl LayerSums {
 
 /// Partitions stages on the cost model's per-block costs and checks the static-memory lower bound of one
 /// candidate.
+#[cfg(test)]
 fn compile_candidate(
     c: &ParallelConfig,
     blocks: &[BlockCost],
@@ -892,10 +885,17 @@ fn compile_with(
     capacity: f64,
 ) -> std::result::Result<ParallelConfig, String> {
     let mut cfg = c.clone();
+    // in-flight micro-batches per stage, looked up rather than recomputed in the partitioner's inner loop
+    let inflight_of: Vec<f64> = (0..c.pp.max(1))
+        .map(|d| moai_costmodel::memory::in_flight(c.schedule, c.pp, d, c.num_micro_batches) as f64)
+        .collect();
     let stage_cost = |stage: u32, lo: u32, hi: u32| -> StageCost {
         let [time, saved, statics] = sums.stage(lo, hi);
-        let inflight =
-            moai_costmodel::memory::in_flight(c.schedule, c.pp, stage, c.num_micro_batches) as f64;
+        let inflight = match inflight_of.get(stage as usize) {
+            Some(&n) => n,
+            None => moai_costmodel::memory::in_flight(c.schedule, c.pp, stage, c.num_micro_batches)
+                as f64,
+        };
         StageCost {
             time_s: time,
             memory_bytes: statics + saved * inflight,
@@ -981,6 +981,55 @@ mod block_cost_tests {
         );
         let slow = compile_candidate(&pipeline(2), &blocks(8, 1, 6.0), 8, f64::INFINITY).unwrap();
         assert_eq!(slow.stages, vec![(0, 1), (2, 7)], "layer 1 takes 6 s");
+    }
+
+    /// Every split of `layers` layers into `stages` non-empty contiguous ranges.
+    fn splits(layers: u32, stages: u32) -> Vec<Vec<(u32, u32)>> {
+        if stages == 1 {
+            return vec![vec![(0, layers - 1)]];
+        }
+        let mut out = Vec::new();
+        for first_end in 0..layers - (stages - 1) {
+            for rest in splits(layers - first_end - 1, stages - 1) {
+                let mut v = vec![(0, first_end)];
+                v.extend(
+                    rest.iter()
+                        .map(|&(a, b)| (a + first_end + 1, b + first_end + 1)),
+                );
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn static_lower_bound_is_below_every_split() {
+        // uneven static bytes: a heavy embedding, a heavy layer 3, a heavy head
+        let mut b = blocks(7, 9, 1.0);
+        for (i, x) in b.iter_mut().enumerate() {
+            x.static_bytes = [40.0, 3.0, 5.0, 2.0, 30.0, 4.0, 6.0, 1.0, 25.0][i];
+        }
+        let sums = LayerSums::new(&b, 7).unwrap();
+        let total: f64 = b.iter().map(|x| x.static_bytes).sum();
+        assert_eq!(static_lower_bound(&sums, 1, 7), total);
+        for pp in 2..=7 {
+            let best = splits(7, pp)
+                .iter()
+                .map(|s| {
+                    s.iter()
+                        .map(|&(lo, hi)| sums.stage(lo, hi)[2])
+                        .fold(0.0, f64::max)
+                })
+                .fold(f64::INFINITY, f64::min);
+            let lb = static_lower_bound(&sums, pp, 7);
+            assert!(
+                lb <= best,
+                "pp {pp}: bound {lb} above the best split's {best}"
+            );
+            assert!(lb >= total / pp as f64 * 0.999, "pp {pp}: {lb}");
+        }
+        // seven single-layer stages: the first holds the embedding and layer 0
+        assert_eq!(static_lower_bound(&sums, 7, 7), 43.0);
     }
 
     #[test]

@@ -164,3 +164,119 @@ fn layer_activation_bytes(
     };
     (b.saved_bytes - kept_copy).max(0.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cluster::Cluster;
+    use crate::config::{ParallelConfig, Recompute, Schedule};
+    use crate::device::Gpu;
+    use crate::estimate::{CostModel, ProfiledCostModel};
+    use crate::stack::Stack;
+    use moai_ir::train::TrainOptions;
+
+    /// Every bound of the default model is below its prediction, over stacks, sharding, recomputation,
+    /// schedules, uneven stage splits and micro-batch counts.
+    #[test]
+    fn bounds_are_below_the_prediction() {
+        let g = moai_models::from_spec(
+            "llama:layers=8,hidden=512,heads=8,kv_heads=4,ffn=1376,vocab=8000",
+        )
+        .expect("spec builds");
+        let cluster = Cluster::new(Gpu::H100, 16).unwrap();
+        let cost = ProfiledCostModel::new();
+        let mut checked = 0;
+        for recompute in [Recompute::None, Recompute::Selective, Recompute::Full] {
+            let opts = TrainOptions {
+                recompute,
+                ..Default::default()
+            };
+            let profile = moai_ir::train::step_profile(&g, &opts, 2, 512).expect("profile");
+            for stack in Stack::ALL {
+                for (tp, pp) in [(1, 1), (2, 1), (1, 2), (2, 4), (1, 8)] {
+                    let dp = 16 / (tp * pp);
+                    for schedule in [
+                        Schedule::OneFOneB,
+                        Schedule::Gpipe,
+                        Schedule::Interleaved(2),
+                    ] {
+                        if pp == 1 && schedule != Schedule::OneFOneB
+                            || matches!(schedule, Schedule::Interleaved(_)) && 8 % (2 * pp) != 0
+                        {
+                            continue;
+                        }
+                        for (zero3, zero1, sp, m) in [
+                            (false, false, false, 4),
+                            (false, true, tp > 1, 8),
+                            (pp == 1, pp == 1, false, 1),
+                        ] {
+                            // an even split, and one with the first stage holding a single layer
+                            let splits: Vec<Vec<(u32, u32)>> =
+                                if pp > 1 && !matches!(schedule, Schedule::Interleaved(_)) {
+                                    let uneven: Vec<(u32, u32)> = std::iter::once((0, 0))
+                                        .chain(
+                                            crate::config::even_stages(7, pp - 1)
+                                                .into_iter()
+                                                .map(|(a, b)| (a + 1, b + 1)),
+                                        )
+                                        .collect();
+                                    vec![Vec::new(), uneven]
+                                } else {
+                                    vec![Vec::new()]
+                                };
+                            for stages in splits {
+                                let cfg = ParallelConfig {
+                                    dp,
+                                    tp,
+                                    pp,
+                                    micro_batch_size: 2,
+                                    num_micro_batches: m,
+                                    recompute,
+                                    sequence_parallel: sp,
+                                    schedule,
+                                    distribute_param: zero3,
+                                    distribute_low_prec_param: zero3,
+                                    distribute_optimizer: zero1 || zero3,
+                                    stack,
+                                    stages,
+                                    ..Default::default()
+                                };
+                                let Ok(e) = cost.estimate(&profile, &cluster, &cfg) else {
+                                    continue;
+                                };
+                                let b = cost.lower_bounds(&profile, &cluster, &cfg).unwrap();
+                                assert!(
+                                    b.step_time_s <= e.step_time_s
+                                        && b.peak_memory_bytes <= e.peak_memory_bytes as f64,
+                                    "{cfg:?}: {b:?} vs {} s, {} B",
+                                    e.step_time_s,
+                                    e.peak_memory_bytes
+                                );
+                                // not vacuous: within a factor of the prediction
+                                assert!(b.step_time_s > 0.05 * e.step_time_s, "{cfg:?}: {b:?}");
+                                assert!(b.peak_memory_bytes > 0.05 * e.peak_memory_bytes as f64);
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 200, "{checked}");
+    }
+
+    #[test]
+    fn a_time_only_model_bounds_no_memory() {
+        let g = moai_models::from_spec("llama:layers=2,hidden=256,heads=4,ffn=688,vocab=1000")
+            .expect("spec builds");
+        let profile =
+            moai_ir::train::step_profile(&g, &TrainOptions::default(), 1, 128).expect("profile");
+        let cluster = Cluster::new(Gpu::A100, 1).unwrap();
+        let cfg = ParallelConfig::default();
+        let b = ProfiledCostModel::new()
+            .time_only()
+            .lower_bounds(&profile, &cluster, &cfg)
+            .unwrap();
+        assert_eq!(b.peak_memory_bytes, 0.0);
+        assert!(b.step_time_s > 0.0);
+    }
+}
