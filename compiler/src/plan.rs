@@ -36,7 +36,8 @@ pub struct ClusterInfo {
 pub struct SearchInfo {
     /// Candidates in the space (after constraints).
     pub candidates: u64,
-    /// Candidates whose predicted peak memory fits.
+    /// Candidates whose predicted peak memory fits, among those costed (the bounded search does not
+    /// cost what it pruned; `plan --exhaustive` costs every candidate).
     pub feasible: u64,
     /// Wall time to compile all candidates (sharding, partitioning, profiles).
     pub compile_ms: f64,
