@@ -227,9 +227,9 @@ pub fn search(
 enum Screened {
     /// To cost, with the cost model's lower bounds of step time and peak memory (0 without bounds).
     Survivor(f64, f64),
-    /// Pruned by the cost model's own bound (re-costed should a costed candidate show that bound
-    /// unsound, and when nothing else fits, so that the error names real peaks).
-    Pruned(Bound),
+    /// Pruned by the cost model's own bound, with its time and memory bounds (re-costed should a costed
+    /// candidate show that bound unsound, and when nothing else fits, so that the error names real peaks).
+    Pruned(Bound, f64, f64),
     /// Rejected with the reason, or not evaluated (`NOT_EVALUATED`).
     Rejected(String),
 }
@@ -346,9 +346,9 @@ pub fn search_with(
                 survivors.push((i, t, m));
                 Outcome::NotEvaluated
             }
-            Screened::Pruned(b) => {
+            Screened::Pruned(b, t, m) => {
                 *pruned.entry(b.as_str().into()).or_insert(0) += 1;
-                model_pruned.push((i, 0.0, 0.0));
+                model_pruned.push((i, t, m));
                 Outcome::Pruned(b)
             }
             Screened::Rejected(reason) => {
@@ -393,6 +393,22 @@ pub fn search_with(
     let prune_time = pruning == Pruning::Bounds;
     let mut run = cost_candidates(&ctx, &mut evaluated, &mut rejected, &survivors, prune_time);
     progress.finish();
+    if prune_time && !run.unsound && bounds.check().is_none() {
+        // Audit: cost a few candidates each bound pruned, spread over them, and check the bounds
+        // against their predictions (a bound that a new dimension of the estimator outgrew shows here
+        // even when no candidate costed so far exposed it).
+        let mut sample = take_sample(&mut model_pruned);
+        for &(i, ..) in &sample {
+            uncount(&mut pruned, &evaluated[i].outcome);
+        }
+        sample.extend(take_sample(&mut run.time_pruned));
+        sample.sort_by_key(|a| a.0);
+        let audit = cost_candidates(&ctx, &mut evaluated, &mut rejected, &sample, false);
+        run.unsound = audit.unsound;
+        counters
+            .audited
+            .fetch_add(sample.len() as u64, Ordering::Relaxed);
+    }
     if run.unsound {
         // A costed candidate predicted below its own bound: the cost model's bounds do not hold for
         // this job, so every candidate they pruned is costed after all.
@@ -400,8 +416,8 @@ pub fn search_with(
             "the cost model's lower bounds exceed a prediction on this job: costing the {} candidates they pruned",
             model_pruned.len() + run.time_pruned.len()
         );
-        let mut again: Vec<(usize, f64, f64)> = model_pruned.drain(..).collect();
-        again.extend(run.time_pruned.drain(..).map(|i| (i, 0.0, 0.0)));
+        let mut again: Vec<(usize, f64, f64)> = std::mem::take(&mut model_pruned);
+        again.extend(run.time_pruned.drain(..));
         again.sort_by_key(|a| a.0);
         for &(i, ..) in &again {
             uncount(&mut pruned, &evaluated[i].outcome);
@@ -409,7 +425,7 @@ pub fn search_with(
         let more = cost_candidates(&ctx, &mut evaluated, &mut rejected, &again, false);
         run.time_pruned = more.time_pruned;
     }
-    for &i in &run.time_pruned {
+    for &(i, ..) in &run.time_pruned {
         *pruned.entry(Bound::Time.as_str().into()).or_insert(0) += 1;
         evaluated[i].outcome = Outcome::Pruned(Bound::Time);
     }
@@ -441,7 +457,8 @@ pub fn search_with(
         cost_ms.round() as u64
     );
     tracing::info!(
-        "Compiled {compiled} and costed {costed} candidates; pruned {} by a memory lower bound, {} by a time lower bound.",
+        "Compiled {compiled} and costed {costed} candidates ({} of them pruned ones, to audit the bounds); pruned {} by a memory lower bound, {} by a time lower bound.",
+        counters.audited.load(Ordering::Relaxed),
         pruned.get(Bound::Memory.as_str()).copied().unwrap_or(0),
         pruned.get(Bound::Time.as_str()).copied().unwrap_or(0)
     );
@@ -504,6 +521,28 @@ pub fn search_with(
     })
 }
 
+/// Pruned candidates of each bound costed after the search to check the bound on them.
+const AUDIT: usize = 8;
+
+/// Takes [`AUDIT`] entries spread evenly over `list` (its first and last included) out of it.
+fn take_sample(list: &mut Vec<(usize, f64, f64)>) -> Vec<(usize, f64, f64)> {
+    let n = list.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut at: Vec<usize> = (0..AUDIT).map(|k| k * n / AUDIT).collect();
+    at.push(n - 1);
+    at.dedup();
+    let sample: Vec<(usize, f64, f64)> = at.iter().map(|&k| list[k]).collect();
+    let mut k = 0;
+    list.retain(|_| {
+        let keep = at.binary_search(&k).is_err();
+        k += 1;
+        keep
+    });
+    sample
+}
+
 /// Takes a pruned candidate's count back before it is costed after all.
 fn uncount(pruned: &mut BTreeMap<String, u64>, outcome: &Outcome) {
     if let Outcome::Pruned(b) = outcome
@@ -545,7 +584,7 @@ fn screen(
     // The cost model's own bounds first (the cheaper call, and its memory bound counts activations too).
     let lb = cost.lower_bounds(profile, cluster, c).unwrap_or_default();
     if lb.peak_memory_bytes > capacity {
-        return Screened::Pruned(Bound::Memory);
+        return Screened::Pruned(Bound::Memory, lb.step_time_s, lb.peak_memory_bytes);
     }
     screened_ok.fetch_add(1, Ordering::SeqCst);
     Screened::Survivor(lb.step_time_s, lb.peak_memory_bytes)
@@ -580,12 +619,14 @@ struct CostCounters {
     not_evaluated: AtomicU64,
     /// Candidates pruned by the static-bytes bound of their block costs, before partitioning.
     static_pruned: AtomicU64,
+    /// Pruned candidates costed to audit the bounds.
+    audited: AtomicU64,
 }
 
 /// The result of one costing pass.
 struct CostRun {
-    /// Candidates pruned by the time bound (outcomes still `NotEvaluated`).
-    time_pruned: Vec<usize>,
+    /// Candidates pruned by the time bound (outcomes still `NotEvaluated`), with their bounds.
+    time_pruned: Vec<(usize, f64, f64)>,
     /// A costed candidate was predicted below one of its lower bounds.
     unsound: bool,
 }
@@ -621,8 +662,8 @@ fn cost_candidates(
         };
         if batch[0].1 > threshold {
             // sorted by the bound: every later candidate is pruned too
-            for &(i, ..) in &order[b * COST_BATCH..] {
-                run.time_pruned.push(i);
+            for &a in &order[b * COST_BATCH..] {
+                run.time_pruned.push(a);
                 ctx.progress.tick();
             }
             break;
@@ -645,22 +686,19 @@ fn cost_candidates(
         drop(configs);
         for (&(i, lb_time, lb_mem), out) in batch.iter().zip(outcomes) {
             let Some((cfg, outcome)) = out else {
-                run.time_pruned.push(i);
+                run.time_pruned.push((i, lb_time, lb_mem));
                 continue;
             };
-            if let Some(e) = match &outcome {
-                Outcome::Feasible(e) | Outcome::OutOfMemory(e) => Some(e),
-                _ => None,
-            } {
-                if e.step_time_s < lb_time || (e.peak_memory_bytes as f64) < lb_mem {
-                    tracing::debug!(
-                        "bound above prediction: {:?}: {} s < {lb_time} s or {} B < {lb_mem} B",
-                        cfg,
-                        e.step_time_s,
-                        e.peak_memory_bytes
-                    );
-                    run.unsound = true;
-                }
+            if let Outcome::Feasible(e) | Outcome::OutOfMemory(e) = &outcome
+                && (e.step_time_s < lb_time || (e.peak_memory_bytes as f64) < lb_mem)
+            {
+                tracing::debug!(
+                    "bound above prediction: {:?}: {} s < {lb_time} s or {} B < {lb_mem} B",
+                    cfg,
+                    e.step_time_s,
+                    e.peak_memory_bytes
+                );
+                run.unsound = true;
             }
             match &outcome {
                 Outcome::OutOfMemory(_) => {
@@ -679,13 +717,13 @@ fn cost_candidates(
             evaluated[i].config = cfg;
             evaluated[i].outcome = outcome;
         }
-        if run.unsound {
+        if run.unsound && prune_time {
             // stop pruning by a bound shown wrong; the caller costs what it pruned
             return CostRun {
                 time_pruned: {
                     let mut rest = run.time_pruned;
                     let next = ((b + 1) * COST_BATCH).min(order.len());
-                    rest.extend(order[next..].iter().map(|a| a.0));
+                    rest.extend_from_slice(&order[next..]);
                     rest
                 },
                 unsound: true,
