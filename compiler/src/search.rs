@@ -417,7 +417,7 @@ pub fn search_with(
             model_pruned.len() + run.time_pruned.len()
         );
         let mut again: Vec<(usize, f64, f64)> = std::mem::take(&mut model_pruned);
-        again.extend(run.time_pruned.drain(..));
+        again.append(&mut run.time_pruned);
         again.sort_by_key(|a| a.0);
         for &(i, ..) in &again {
             uncount(&mut pruned, &evaluated[i].outcome);

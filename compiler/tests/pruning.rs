@@ -226,7 +226,7 @@ impl CostModel for LyingBounds {
         self.0
             .lower_bounds(profile, cluster, cfg)
             .map(|b| LowerBounds {
-                step_time_s: b.step_time_s * self.1,
+                step_time_s: b.step_time_s * if (self.2)(cfg) { self.1 } else { 1.0 },
                 peak_memory_bytes: b.peak_memory_bytes,
             })
     }
