@@ -785,11 +785,11 @@ fn cost_one(ctx: &CostContext, c: &ParallelConfig) -> (ParallelConfig, Outcome) 
 /// the rest).
 const PROFILES_SHARE: f64 = 0.4;
 
-/// The share of the time budget profiles and candidate compilation may use together (the survivors are
-/// costed in the rest).
+/// The share of the time budget profiles and candidate screening may use together (the survivors are
+/// partitioned and costed in the rest).
 const COMPILE_SHARE: f64 = 0.6;
 
-/// Candidates compiled after the time budget or an interrupt stopped the compile phase, when fewer had
+/// Candidates screened after the time budget or an interrupt stopped the screening phase, when fewer had
 /// survived before: a search cut short still has candidates to cost.
 const COMPILE_GRACE: u64 = 64;
 
