@@ -301,3 +301,14 @@ fn exhaustive_flag_gives_the_same_plan_and_the_counts_are_printed() {
         "{s}"
     );
 }
+
+/// The 405B benchmark's model: Meta's Llama-3.1-405B config builds with 126 layers and 405.85 billion
+/// parameters (the closed form of its dimensions: untied 128,256 × 16,384 embedding and head, 126 layers
+/// of GQA attention with 8 KV heads and a 53,248-wide SwiGLU MLP; Meta reports "405B").
+#[test]
+fn llama31_405b_config_has_its_parameter_count() {
+    let m = model("configs/llama3.1-405b/config.json");
+    assert_eq!(m.summary.layers, 126);
+    assert_eq!(m.summary.params, 405_853_388_800);
+    assert_eq!((m.summary.heads, m.summary.kv_heads), (128, 8));
+}
