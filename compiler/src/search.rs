@@ -654,7 +654,13 @@ fn cost_candidates(
         time_pruned: Vec::new(),
         unsound: false,
     };
-    for (b, batch) in order.chunks(COST_BATCH).enumerate() {
+    // without time pruning there is no threshold to update: one batch, all of it in parallel
+    let size = if prune_time {
+        COST_BATCH
+    } else {
+        order.len().max(1)
+    };
+    for (b, batch) in order.chunks(size).enumerate() {
         let threshold = if prune_time && kept.len() >= RANKED {
             kept[RANKED - 1]
         } else {
@@ -662,7 +668,7 @@ fn cost_candidates(
         };
         if batch[0].1 > threshold {
             // sorted by the bound: every later candidate is pruned too
-            for &a in &order[b * COST_BATCH..] {
+            for &a in &order[b * size..] {
                 run.time_pruned.push(a);
                 ctx.progress.tick();
             }
@@ -722,7 +728,7 @@ fn cost_candidates(
             return CostRun {
                 time_pruned: {
                     let mut rest = run.time_pruned;
-                    let next = ((b + 1) * COST_BATCH).min(order.len());
+                    let next = ((b + 1) * size).min(order.len());
                     rest.extend_from_slice(&order[next..]);
                     rest
                 },
