@@ -1,8 +1,10 @@
 //! Search throughput: the whole plan search for llama2-13b on 4xLarge.2048GB (batch 256, seq 1024),
-//! reported as candidates per second, and cost evaluation alone over the same candidates.
+//! reported as candidates per second, and cost evaluation alone over the same candidates; and the whole
+//! search for Llama-3.1-405B (Hugging Face config) on 1,024 H100 at sequence 8192, batch 2048, with
+//! pruning by bounds (the default) and without.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use moai_compiler::search::{NoProgress, search};
+use moai_compiler::search::{NoProgress, Pruning, search, search_with};
 use moai_compiler::{Cluster, CostModel, Gpu, Model, PlanRequest, ProfiledCostModel};
 use std::path::PathBuf;
 
@@ -49,5 +51,35 @@ fn bench_search(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_search);
+fn bench_search_405b(c: &mut Criterion) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let model = Model::load(
+        &root
+            .join("models/configs/llama3.1-405b/config.json")
+            .display()
+            .to_string(),
+    )
+    .expect("the Llama-3.1-405B config builds");
+    let cluster = Cluster::new(Gpu::H100, 1024).unwrap();
+    let req = PlanRequest::new(2048, 8192);
+    let cost = ProfiledCostModel::new();
+    let first = search(&model, &cluster, &req, &cost, &NoProgress).expect("a plan");
+    let mut g = c.benchmark_group("search-405b");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(first.evaluated.len() as u64));
+    g.bench_function("llama3.1-405b/1024xH100/pruned", |b| {
+        b.iter(|| search(&model, &cluster, &req, &cost, &NoProgress).expect("a plan"))
+    });
+    g.bench_function("llama3.1-405b/1024xH100/exhaustive", |b| {
+        b.iter(|| {
+            search_with(&model, &cluster, &req, &cost, &NoProgress, Pruning::Off).expect("a plan")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_search, bench_search_405b);
 criterion_main!(benches);

@@ -343,6 +343,10 @@ pub struct PlanArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Compile and cost every candidate instead of skipping those a memory or step-time lower bound
+    /// rules out (same plan, slower; for checking the bounds).
+    #[arg(long)]
+    pub exhaustive: bool,
 }
 
 /// `estimate` arguments. A configuration whose predicted peak memory exceeds the usable device memory

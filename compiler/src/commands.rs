@@ -287,6 +287,9 @@ pub fn plan(a: PlanArgs, cancel: &CancelToken) -> Result<()> {
         precision: req.constraints.precision,
         ..a.config.to_constraints()?
     };
+    if a.exhaustive {
+        req.pruning = crate::search::Pruning::Off;
+    }
     req.threads = a.threads.map(crate::request::check_threads).transpose()?;
     req.time_budget = a
         .time_budget

@@ -36,7 +36,8 @@ pub struct ClusterInfo {
 pub struct SearchInfo {
     /// Candidates in the space (after constraints).
     pub candidates: u64,
-    /// Candidates whose predicted peak memory fits.
+    /// Candidates whose predicted peak memory fits, among those costed (the bounded search does not
+    /// cost what it pruned; `plan --exhaustive` costs every candidate).
     pub feasible: u64,
     /// Wall time to compile all candidates (sharding, partitioning, profiles).
     pub compile_ms: f64,
@@ -49,6 +50,23 @@ pub struct SearchInfo {
     /// Why the search stopped early: `time-budget` or `interrupt` (absent when complete).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_by: Option<String>,
+    /// Combinations the space enumerated: `candidates` plus `rejected_by_structure`.
+    #[serde(default)]
+    pub enumerated: u64,
+    /// Combinations a structural rule rejected while enumerating (each reason counted under the
+    /// output's `rejected`).
+    #[serde(default)]
+    pub rejected_by_structure: u64,
+    /// Candidates skipped by a lower bound before compiling or costing, by bound: `memory` (cannot fit
+    /// whatever its stages), `time` (cannot be among the fastest plans kept).
+    #[serde(default)]
+    pub pruned: std::collections::BTreeMap<String, u64>,
+    /// Candidates whose pipeline stages were partitioned (compiled) for costing.
+    #[serde(default)]
+    pub compiled: u64,
+    /// Candidates the cost model predicted.
+    #[serde(default)]
+    pub costed: u64,
 }
 
 fn complete_default() -> bool {

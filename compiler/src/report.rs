@@ -172,6 +172,11 @@ pub fn build_report(
         cost_ms: round1(result.cost_ms),
         complete: result.stopped_by.is_none(),
         stopped_by: result.stopped_by.map(|r| r.as_str().to_string()),
+        enumerated: result.enumerated,
+        rejected_by_structure: result.structural,
+        pruned: result.pruned.clone(),
+        compiled: result.compiled,
+        costed: result.costed,
     };
     let best = &result.evaluated[result.best];
     let output =
@@ -180,15 +185,17 @@ pub fn build_report(
         .ranking
         .iter()
         .skip(1)
-        .take(5)
+        .take(crate::search::RANKED - 1)
         .filter_map(|&i| output_of(model, cluster, &result.evaluated[i], None))
         .collect();
-    let explanation = explain(
+    let mut explanation = explain(
         &output,
         alternatives.first(),
         &result.rejected,
         result.stopped_early.as_deref(),
     );
+    explanation.push(' ');
+    explanation.push_str(&search_counts(output.search.as_ref().expect("set above")));
     PlanReport {
         output,
         alternatives,
@@ -196,6 +203,19 @@ pub fn build_report(
         explanation,
         search: result,
     }
+}
+
+/// The search's counts in one sentence: enumerated, rejected by structure, pruned by each bound, costed.
+pub fn search_counts(info: &SearchInfo) -> String {
+    let pruned = |b: &str| info.pruned.get(b).copied().unwrap_or(0);
+    format!(
+        "Searched {} combinations: {} rejected by structure, {} pruned by the memory lower bound, {} by the time lower bound, {} costed.",
+        info.enumerated,
+        info.rejected_by_structure,
+        pruned(crate::search::Bound::Memory.as_str()),
+        pruned(crate::search::Bound::Time.as_str()),
+        info.costed
+    )
 }
 
 fn round1(x: f64) -> f64 {

@@ -306,6 +306,9 @@ pub struct PlanRequest {
     /// Cancels the search and the code generation (the binary's Ctrl-C handler sets it); what is finished
     /// is kept.
     pub cancel: CancelToken,
+    /// Whether the search skips candidates by bounds (the default) or compiles and costs every one
+    /// (`--exhaustive`); both choose the same plan.
+    pub pruning: crate::search::Pruning,
 }
 
 impl PlanRequest {
@@ -321,6 +324,7 @@ impl PlanRequest {
             threads: None,
             memory_fraction: 0.95,
             cancel: CancelToken::new(),
+            pruning: crate::search::Pruning::Bounds,
         }
     }
 

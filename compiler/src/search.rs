@@ -1,7 +1,10 @@
-//! The search: compile every candidate (training profiles, stage partitioning on the cost model's
-//! per-block costs), prune by the cost model's static-memory lower bound, cost the survivors in parallel
-//! with rayon, and select the fastest plan that fits. Deterministic: the same request gives the same plan
-//! at any thread count.
+//! The search: enumerate the space, screen every candidate by the cost model's lower bounds (training
+//! profiles built once per micro-batch size and recomputation), then — cheapest step-time bound first, in
+//! fixed batches — prune by the static bytes of its block costs, partition its stages on those costs, and
+//! cost it, skipping candidates whose time bound exceeds the [`RANKED`]-th fastest plan costed so far
+//! (branch and bound); select the fastest plan that fits. Deterministic: the same request gives the same
+//! plan, and the same counts, at any thread count. [`Pruning::Off`] compiles and costs every candidate and
+//! chooses the same plan.
 
 use crate::error::{PlanError, Result};
 use crate::model::Model;
@@ -47,6 +50,8 @@ pub enum Outcome {
     Rejected(String),
     /// Not costed: the time budget ran out or the search was interrupted.
     NotEvaluated,
+    /// Not costed: a lower bound shows it cannot fit, or cannot be among the [`RANKED`] fastest.
+    Pruned(Bound),
 }
 
 /// A candidate with its compiled stage layout and outcome.
@@ -85,6 +90,14 @@ pub struct SearchResult {
     pub cost_ms: f64,
     /// Candidates that survived pruning and were costed.
     pub costed: u64,
+    /// Combinations the space enumerated: the candidates plus those a structural rule rejected.
+    pub enumerated: u64,
+    /// Combinations a structural rule rejected while enumerating (by reason in `rejected`).
+    pub structural: u64,
+    /// Candidates pruned by a bound before compiling or costing, by [`Bound::as_str`].
+    pub pruned: BTreeMap<String, u64>,
+    /// Candidates whose stages were partitioned (compiled) for costing.
+    pub compiled: u64,
     /// The search stopped early (time budget or interrupt), in words for the explanation.
     pub stopped_early: Option<String>,
     /// Why the search stopped early, when it did.
@@ -155,7 +168,49 @@ fn model_shape(model: &Model) -> ModelShape {
     ModelShape::of(model)
 }
 
-/// Runs the whole search.
+/// How the search may skip candidates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pruning {
+    /// Skip candidates by bounds (the default): a memory lower bound before stage partitioning, and
+    /// branch and bound on the cost model's step-time lower bound against the plans already costed.
+    /// Returns exactly the plan, alternatives and ranking head of [`Pruning::Off`].
+    #[default]
+    Bounds,
+    /// Compile and cost every candidate: the reference the bounded search is tested against.
+    Off,
+}
+
+/// The bound that pruned a candidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bound {
+    /// A memory lower bound exceeds the usable device memory: it cannot fit, whatever its stages.
+    Memory,
+    /// Its step-time lower bound exceeds the step time of [`RANKED`] plans already costed that fit: it
+    /// can neither win nor be one of the alternatives shown.
+    Time,
+}
+
+impl Bound {
+    /// The key in `SearchResult::pruned` and the plan JSON's `search.pruned`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bound::Memory => "memory",
+            Bound::Time => "time",
+        }
+    }
+}
+
+/// Plans whose exact ranking the bounded search keeps: the winner and the alternatives the report shows.
+/// A candidate is pruned by time only when its lower bound exceeds the `RANKED`-th fastest feasible step
+/// time costed so far, so the first `RANKED` entries of [`SearchResult::ranking`] are those of the
+/// unpruned search.
+pub const RANKED: usize = 6;
+
+/// Candidates costed between two updates of the branch-and-bound threshold. Fixed (not the thread
+/// count), so that which candidates are pruned, and so every count, is the same at any thread count.
+const COST_BATCH: usize = 32;
+
+/// Runs the whole search under the request's pruning (by bounds unless `req.pruning` says otherwise).
 pub fn search(
     model: &Model,
     cluster: &Cluster,
@@ -163,16 +218,66 @@ pub fn search(
     cost: &dyn CostModel,
     progress: &dyn Progress,
 ) -> Result<SearchResult> {
+    search_with(model, cluster, req, cost, progress, req.pruning)
+}
+
+/// What the screening of one candidate left for costing.
+enum Screened {
+    /// To cost, with the cost model's lower bounds of step time and peak memory (0 without bounds).
+    Survivor(f64, f64),
+    /// Pruned by the cost model's own bound, with its time and memory bounds (re-costed should a costed
+    /// candidate show that bound unsound, and when nothing else fits, so that the error names real peaks).
+    Pruned(Bound, f64, f64),
+    /// Rejected with the reason, or not evaluated (`NOT_EVALUATED`).
+    Rejected(String),
+}
+
+/// The static bytes of the heaviest stage of any split of `sums` into `pp` contiguous stages, at least:
+/// a stage holding everything without pipelining; else the most of the total any `pp` stages can
+/// divide it into, the largest decoder layer, the first stage's embedding and first layer, and the last
+/// stage's last layer and head (each stage holds at least one layer). Never above
+/// [`compile_candidate`]'s `static_max` for any split it may choose, so pruning by it rejects nothing
+/// that check would keep.
+fn static_lower_bound(sums: &LayerSums, pp: u32, layers: u32) -> f64 {
+    let last = layers.saturating_sub(1);
+    let total = sums.stage(0, last)[2];
+    let stages = pp.min(layers).max(1);
+    if stages <= 1 {
+        return total;
+    }
+    let mut lb = total / stages as f64 * (1.0 - moai_costmodel::bounds::BOUND_SLACK);
+    lb = lb.max(sums.stage(0, 0)[2]).max(sums.stage(last, last)[2]);
+    for l in 1..last {
+        lb = lb.max(sums.stage(l, l)[2]);
+    }
+    lb
+}
+
+/// Runs the whole search under a pruning policy.
+pub fn search_with(
+    model: &Model,
+    cluster: &Cluster,
+    req: &PlanRequest,
+    cost: &dyn CostModel,
+    progress: &dyn Progress,
+    pruning: Pruning,
+) -> Result<SearchResult> {
     req.validate()?;
     let t0 = Instant::now();
     // The time budget and Ctrl-C bound every phase below: each unit of work (a profile, a candidate's
-    // compilation, a candidate's costing) starts only while `bounds.check()` is None.
+    // screening, a candidate's compilation and costing) starts only while `bounds.check()` is None.
     let bounds = Arc::new(WorkBounds::new(req, t0));
     let shape = model_shape(model);
     let space = enumerate_seq(shape, cluster, req.batch, Some(req.seq), &req.constraints);
     let mut rejected = space.rejected.clone();
+    let structural: u64 = space.rejected.values().sum();
     let mut candidates = space.candidates;
+    let enumerated = candidates.len() as u64 + structural;
     tracing::info!("The number of candidates is {}.", candidates.len());
+    tracing::info!(
+        "Enumerated {enumerated} combinations: {} candidates, {structural} rejected by structure.",
+        candidates.len()
+    );
     if candidates.is_empty() {
         let reasons: Vec<String> = if space.conflicts.is_empty() {
             rejected.iter().map(|(r, n)| format!("{r} ({n})")).collect()
@@ -211,59 +316,59 @@ pub fn search(
     keys.sort_by_key(|(m, r)| (*m, *r as u8));
     keys.dedup();
     let profiles = profiles_within(model, req, &keys, Some(&bounds))?;
+    tracing::debug!(
+        "{} training profiles in {} ms",
+        profiles.len(),
+        t0.elapsed().as_millis()
+    );
 
-    // Stage partitioning and memory lower bound, per candidate.
+    // Screening, per candidate: block costs and the memory lower bounds, before any stage partitioning.
     let capacity = cluster.memory_per_device_bytes as f64 * req.memory_fraction;
-    let compiled_ok = AtomicU64::new(0);
-    let compiled: Vec<std::result::Result<ParallelConfig, String>> = candidates
+    let screened_ok = AtomicU64::new(0);
+    let screened: Vec<Screened> = candidates
         .par_iter()
         .map(|c| {
-            // unfinished work (time budget, Ctrl-C) leaves the candidate not evaluated
-            let Some(profile) = profiles.get(&(c.micro_batch_size, c.recompute)) else {
-                progress.tick();
-                return Err(NOT_EVALUATED.to_string());
-            };
-            if bounds.check_within(COMPILE_SHARE).is_some()
-                && compiled_ok.load(Ordering::SeqCst) >= COMPILE_GRACE
-            {
-                progress.tick();
-                return Err(NOT_EVALUATED.to_string());
-            }
-            let r = compile_with(c, profile, &profiles, cost, cluster, shape.layers, capacity);
-            if r.is_ok() {
-                compiled_ok.fetch_add(1, Ordering::SeqCst);
-            }
+            let out = screen(
+                c,
+                &profiles,
+                cluster,
+                cost,
+                capacity,
+                pruning,
+                &bounds,
+                &screened_ok,
+            );
             progress.tick();
-            r
+            out
         })
         .collect();
     progress.finish();
-    let mut survivors = Vec::new();
+    let mut pruned: BTreeMap<String, u64> = BTreeMap::new();
+    let mut survivors: Vec<(usize, f64, f64)> = Vec::new();
+    // Candidates pruned by the cost model's own bounds, re-costed if that bound proves unsound.
+    let mut model_pruned: Vec<(usize, f64, f64)> = Vec::new();
     let mut evaluated: Vec<Evaluated> = Vec::with_capacity(candidates.len());
-    for (i, (c, r)) in candidates.drain(..).zip(compiled).enumerate() {
-        match r {
-            Err(reason) if reason == NOT_EVALUATED => {
-                *rejected.entry(reason).or_insert(0) += 1;
-                evaluated.push(Evaluated {
-                    config: c,
-                    outcome: Outcome::NotEvaluated,
-                });
+    for (i, (c, r)) in candidates.drain(..).zip(screened).enumerate() {
+        let outcome = match r {
+            Screened::Survivor(t, m) => {
+                survivors.push((i, t, m));
+                Outcome::NotEvaluated
             }
-            Ok(cfg) => {
-                survivors.push(i);
-                evaluated.push(Evaluated {
-                    config: cfg,
-                    outcome: Outcome::NotEvaluated,
-                });
+            Screened::Pruned(b, t, m) => {
+                *pruned.entry(b.as_str().into()).or_insert(0) += 1;
+                model_pruned.push((i, t, m));
+                Outcome::Pruned(b)
             }
-            Err(reason) => {
+            Screened::Rejected(reason) => {
                 *rejected.entry(reason.clone()).or_insert(0) += 1;
-                evaluated.push(Evaluated {
-                    config: c,
-                    outcome: Outcome::Rejected(reason),
-                });
+                if reason == NOT_EVALUATED {
+                    Outcome::NotEvaluated
+                } else {
+                    Outcome::Rejected(reason)
+                }
             }
-        }
+        };
+        evaluated.push(Evaluated { config: c, outcome });
     }
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
     tracing::info!(
@@ -271,52 +376,78 @@ pub fn search(
         compile_ms.round() as u64
     );
     tracing::info!("The number of possible candidates is {}.", survivors.len());
+    if let Some(n) = pruned.get(Bound::Memory.as_str()) {
+        tracing::info!("Pruned {n} candidates by a memory lower bound before partitioning.");
+    }
 
-    // Cost the survivors.
+    // Compile (partition) and cost the survivors, cheapest time bound first, in fixed batches; a
+    // candidate whose time bound exceeds the RANKED-th fastest plan costed so far is pruned.
     tracing::info!("SelectBestGraphFromCandidates start...");
     let t1 = Instant::now();
-    let costed = AtomicU64::new(0);
-    let feasible = AtomicU64::new(0);
-    let after_stop = AtomicU64::new(0);
+    survivors.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    let counters = CostCounters::default();
     progress.start("cost", survivors.len() as u64);
-    let outcomes: Vec<(usize, Outcome)> = survivors
-        .par_iter()
-        .map(|&i| {
-            // once stopped, cost only until one candidate fits (at most COST_GRACE more)
-            let stop = bounds.check().is_some()
-                && (feasible.load(Ordering::SeqCst) > 0
-                    || after_stop.fetch_add(1, Ordering::SeqCst) >= COST_GRACE);
-            let out = if stop {
-                Outcome::NotEvaluated
-            } else {
-                let c = &evaluated[i].config;
-                costed.fetch_add(1, Ordering::Relaxed);
-                match estimate_candidate(c, &profiles, cost, cluster, shape.layers) {
-                    Ok(e) if (e.peak_memory_bytes as f64) <= capacity => {
-                        feasible.fetch_add(1, Ordering::SeqCst);
-                        Outcome::Feasible(e)
-                    }
-                    Ok(e) => Outcome::OutOfMemory(e),
-                    Err(err) => Outcome::Rejected(format!("cost model: {err}")),
-                }
-            };
-            progress.tick();
-            (i, out)
-        })
-        .collect();
+    let ctx = CostContext {
+        profiles: &profiles,
+        cluster,
+        cost,
+        layers: shape.layers,
+        capacity,
+        bounds: &bounds,
+        counters: &counters,
+        progress,
+        pruning,
+    };
+    let prune_time = pruning == Pruning::Bounds;
+    let mut run = cost_candidates(&ctx, &mut evaluated, &mut rejected, &survivors, prune_time);
     progress.finish();
-    for (i, o) in outcomes {
-        match &o {
-            Outcome::OutOfMemory(_) => {
-                *rejected
-                    .entry("predicted peak memory exceeds the device".into())
-                    .or_insert(0) += 1
-            }
-            Outcome::Rejected(r) => *rejected.entry(r.clone()).or_insert(0) += 1,
-            Outcome::NotEvaluated => *rejected.entry(NOT_EVALUATED.into()).or_insert(0) += 1,
-            Outcome::Feasible(_) => {}
+    if prune_time && !run.unsound && bounds.check().is_none() {
+        // Audit: cost a few candidates each bound pruned, spread over them, and check the bounds
+        // against their predictions (a bound that a new dimension of the estimator outgrew shows here
+        // even when no candidate costed so far exposed it).
+        let mut sample = take_sample(&mut model_pruned);
+        for &(i, ..) in &sample {
+            uncount(&mut pruned, &evaluated[i].outcome);
         }
-        evaluated[i].outcome = o;
+        sample.extend(take_sample(&mut run.time_pruned));
+        sample.sort_by_key(|a| a.0);
+        let audit = cost_candidates(&ctx, &mut evaluated, &mut rejected, &sample, false);
+        run.unsound = audit.unsound;
+        counters
+            .audited
+            .fetch_add(sample.len() as u64, Ordering::Relaxed);
+    }
+    if run.unsound {
+        // A costed candidate predicted below its own bound: the cost model's bounds do not hold for
+        // this job, so every candidate they pruned is costed after all.
+        tracing::warn!(
+            "the cost model's lower bounds exceed a prediction on this job: costing the {} candidates they pruned",
+            model_pruned.len() + run.time_pruned.len()
+        );
+        let mut again: Vec<(usize, f64, f64)> = std::mem::take(&mut model_pruned);
+        again.append(&mut run.time_pruned);
+        again.sort_by_key(|a| a.0);
+        for &(i, ..) in &again {
+            uncount(&mut pruned, &evaluated[i].outcome);
+        }
+        let more = cost_candidates(&ctx, &mut evaluated, &mut rejected, &again, false);
+        run.time_pruned = more.time_pruned;
+    }
+    for &(i, ..) in &run.time_pruned {
+        *pruned.entry(Bound::Time.as_str().into()).or_insert(0) += 1;
+        evaluated[i].outcome = Outcome::Pruned(Bound::Time);
+    }
+    let stopped_now = bounds.stopped();
+    let any_feasible = evaluated
+        .iter()
+        .any(|e| matches!(e.outcome, Outcome::Feasible(_)));
+    if !any_feasible && stopped_now.is_none() && !model_pruned.is_empty() {
+        // Nothing fits: cost what the cost model's memory bound pruned too, so that the error names the
+        // smallest predicted peak exactly as an unpruned search would.
+        for &(i, ..) in &model_pruned {
+            uncount(&mut pruned, &evaluated[i].outcome);
+        }
+        cost_candidates(&ctx, &mut evaluated, &mut rejected, &model_pruned, false);
     }
     if mix_full && bounds.check().is_none() {
         let (tried, found) = try_recompute_mixes(
@@ -328,7 +459,7 @@ pub fn search(
             shape.layers,
             capacity,
         );
-        costed.fetch_add(tried, Ordering::Relaxed);
+        counters.costed.fetch_add(tried, Ordering::Relaxed);
         let fitting = found.len() as u64;
         if tried > fitting {
             *rejected
@@ -337,10 +468,26 @@ pub fn search(
         }
         evaluated.extend(found);
     }
+    let static_pruned = counters.static_pruned.load(Ordering::Relaxed);
+    if static_pruned > 0 {
+        *pruned.entry(Bound::Memory.as_str().into()).or_insert(0) += static_pruned;
+    }
+    let not_costed = counters.not_evaluated.load(Ordering::Relaxed);
+    if not_costed > 0 {
+        *rejected.entry(NOT_EVALUATED.into()).or_insert(0) += not_costed;
+    }
+    let costed = counters.costed.load(Ordering::Relaxed);
+    let compiled = counters.compiled.load(Ordering::Relaxed);
     let cost_ms = t1.elapsed().as_secs_f64() * 1e3;
     tracing::info!(
         "Elapsed Time to compute cost for survived candidates = {} [ms]",
         cost_ms.round() as u64
+    );
+    tracing::info!(
+        "Compiled {compiled} and costed {costed} candidates ({} of them pruned ones, to audit the bounds); pruned {} by a memory lower bound, {} by a time lower bound.",
+        counters.audited.load(Ordering::Relaxed),
+        pruned.get(Bound::Memory.as_str()).copied().unwrap_or(0),
+        pruned.get(Bound::Time.as_str()).copied().unwrap_or(0)
     );
     let stopped_by = bounds.stopped();
     let stopped_early = stopped_by.map(|r| match r {
@@ -363,7 +510,6 @@ pub fn search(
     let Some(&best) = ranking.first() else {
         if let Some(why) = stopped_by {
             // nothing feasible among what was finished: say what stopped it, not "fits nowhere"
-            let costed = costed.load(Ordering::Relaxed);
             if costed == 0 && why == StopReason::Interrupt {
                 return Err(PlanError::Interrupted);
             }
@@ -391,22 +537,320 @@ pub fn search(
         rejected,
         compile_ms,
         cost_ms,
-        costed: costed.load(Ordering::Relaxed),
+        costed,
         stopped_early,
         stopped_by,
         bounds,
+        enumerated,
+        structural,
+        pruned,
+        compiled,
     })
+}
+
+/// Pruned candidates of each bound costed after the search to check the bound on them.
+const AUDIT: usize = 8;
+
+/// Takes [`AUDIT`] entries spread evenly over `list` (its first and last included) out of it.
+fn take_sample(list: &mut Vec<(usize, f64, f64)>) -> Vec<(usize, f64, f64)> {
+    let n = list.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut at: Vec<usize> = (0..AUDIT).map(|k| k * n / AUDIT).collect();
+    at.push(n - 1);
+    at.dedup();
+    let sample: Vec<(usize, f64, f64)> = at.iter().map(|&k| list[k]).collect();
+    let mut k = 0;
+    list.retain(|_| {
+        let keep = at.binary_search(&k).is_err();
+        k += 1;
+        keep
+    });
+    sample
+}
+
+/// Takes a pruned candidate's count back before it is costed after all.
+fn uncount(pruned: &mut BTreeMap<String, u64>, outcome: &Outcome) {
+    if let Outcome::Pruned(b) = outcome
+        && let Some(n) = pruned.get_mut(b.as_str())
+    {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            pruned.remove(b.as_str());
+        }
+    }
+}
+
+/// Screens one candidate before partitioning: its profile, the time budget, its block costs and the
+/// memory lower bounds (only under [`Pruning::Bounds`]).
+#[allow(clippy::too_many_arguments)]
+fn screen(
+    c: &ParallelConfig,
+    profiles: &HashMap<(u32, Recompute), Arc<StepProfile>>,
+    cluster: &Cluster,
+    cost: &dyn CostModel,
+    capacity: f64,
+    pruning: Pruning,
+    bounds: &WorkBounds,
+    screened_ok: &AtomicU64,
+) -> Screened {
+    // unfinished work (time budget, Ctrl-C) leaves the candidate not evaluated
+    let Some(profile) = profiles.get(&(c.micro_batch_size, c.recompute)) else {
+        return Screened::Rejected(NOT_EVALUATED.to_string());
+    };
+    if bounds.check_within(COMPILE_SHARE).is_some()
+        && screened_ok.load(Ordering::SeqCst) >= COMPILE_GRACE
+    {
+        return Screened::Rejected(NOT_EVALUATED.to_string());
+    }
+    // A per-stage recomputation mix is bounded by no single profile: never pruned.
+    if pruning == Pruning::Off || c.mixed_recompute() {
+        screened_ok.fetch_add(1, Ordering::SeqCst);
+        return Screened::Survivor(0.0, 0.0);
+    }
+    // The cost model's own bounds first (the cheaper call, and its memory bound counts activations too).
+    let lb = cost.lower_bounds(profile, cluster, c).unwrap_or_default();
+    if lb.peak_memory_bytes > capacity {
+        return Screened::Pruned(Bound::Memory, lb.step_time_s, lb.peak_memory_bytes);
+    }
+    screened_ok.fetch_add(1, Ordering::SeqCst);
+    Screened::Survivor(lb.step_time_s, lb.peak_memory_bytes)
+}
+
+/// What the costing phase shares between its workers.
+struct CostContext<'a> {
+    profiles: &'a HashMap<(u32, Recompute), Arc<StepProfile>>,
+    cluster: &'a Cluster,
+    cost: &'a dyn CostModel,
+    layers: u32,
+    capacity: f64,
+    bounds: &'a WorkBounds,
+    counters: &'a CostCounters,
+    progress: &'a dyn Progress,
+    /// Under [`Pruning::Bounds`], the static-bytes bound prunes before partitioning.
+    pruning: Pruning,
+}
+
+/// Counts of the costing phase.
+#[derive(Default)]
+struct CostCounters {
+    /// Candidates partitioned into stages.
+    compiled: AtomicU64,
+    /// Candidates the cost model predicted.
+    costed: AtomicU64,
+    /// Candidates that fit.
+    feasible: AtomicU64,
+    /// Candidates started after a stop.
+    after_stop: AtomicU64,
+    /// Candidates left unfinished by a stop.
+    not_evaluated: AtomicU64,
+    /// Candidates pruned by the static-bytes bound of their block costs, before partitioning.
+    static_pruned: AtomicU64,
+    /// Pruned candidates costed to audit the bounds.
+    audited: AtomicU64,
+}
+
+/// The result of one costing pass.
+struct CostRun {
+    /// Candidates pruned by the time bound (outcomes still `NotEvaluated`), with their bounds.
+    time_pruned: Vec<(usize, f64, f64)>,
+    /// A costed candidate was predicted below one of its lower bounds.
+    unsound: bool,
+}
+
+/// Compiles (partitions) and costs `order` (index, time bound, memory bound), in that order, in
+/// batches of [`COST_BATCH`]; with `prune_time`, skips a candidate whose time bound exceeds the
+/// [`RANKED`]-th fastest feasible step time costed in the batches before.
+fn cost_candidates(
+    ctx: &CostContext,
+    evaluated: &mut [Evaluated],
+    rejected: &mut BTreeMap<String, u64>,
+    order: &[(usize, f64, f64)],
+    prune_time: bool,
+) -> CostRun {
+    let mut kept: Vec<f64> = evaluated
+        .iter()
+        .filter_map(|e| match &e.outcome {
+            Outcome::Feasible(x) => Some(x.step_time_s),
+            _ => None,
+        })
+        .collect();
+    kept.sort_by(f64::total_cmp);
+    kept.truncate(RANKED);
+    let mut run = CostRun {
+        time_pruned: Vec::new(),
+        unsound: false,
+    };
+    // without time pruning there is no threshold to update: one batch, all of it in parallel
+    let size = if prune_time {
+        COST_BATCH
+    } else {
+        order.len().max(1)
+    };
+    for (b, batch) in order.chunks(size).enumerate() {
+        let threshold = if prune_time && kept.len() >= RANKED {
+            kept[RANKED - 1]
+        } else {
+            f64::INFINITY
+        };
+        if batch[0].1 > threshold {
+            // sorted by the bound: every later candidate is pruned too
+            for &a in &order[b * size..] {
+                run.time_pruned.push(a);
+                ctx.progress.tick();
+            }
+            break;
+        }
+        let configs: Vec<&ParallelConfig> =
+            batch.iter().map(|&(i, ..)| &evaluated[i].config).collect();
+        let outcomes: Vec<Option<(ParallelConfig, Outcome)>> = batch
+            .par_iter()
+            .zip(configs.par_iter())
+            .map(|(&(_, lb_time, _), c)| {
+                let out = if lb_time > threshold {
+                    None
+                } else {
+                    Some(cost_one(ctx, c))
+                };
+                ctx.progress.tick();
+                out
+            })
+            .collect();
+        drop(configs);
+        for (&(i, lb_time, lb_mem), out) in batch.iter().zip(outcomes) {
+            let Some((cfg, outcome)) = out else {
+                run.time_pruned.push((i, lb_time, lb_mem));
+                continue;
+            };
+            if let Outcome::Feasible(e) | Outcome::OutOfMemory(e) = &outcome
+                && (e.step_time_s < lb_time || (e.peak_memory_bytes as f64) < lb_mem)
+            {
+                tracing::debug!(
+                    "bound above prediction: {:?}: {} s < {lb_time} s or {} B < {lb_mem} B",
+                    cfg,
+                    e.step_time_s,
+                    e.peak_memory_bytes
+                );
+                run.unsound = true;
+            }
+            match &outcome {
+                Outcome::OutOfMemory(_) => {
+                    *rejected
+                        .entry("predicted peak memory exceeds the device".into())
+                        .or_insert(0) += 1
+                }
+                Outcome::Rejected(r) => *rejected.entry(r.clone()).or_insert(0) += 1,
+                _ => {}
+            }
+            if let Outcome::Feasible(e) = &outcome {
+                let at = kept.partition_point(|t| *t <= e.step_time_s);
+                kept.insert(at, e.step_time_s);
+                kept.truncate(RANKED);
+            }
+            evaluated[i].config = cfg;
+            evaluated[i].outcome = outcome;
+        }
+        if run.unsound && prune_time {
+            // stop pruning by a bound shown wrong; the caller costs what it pruned
+            return CostRun {
+                time_pruned: {
+                    let mut rest = run.time_pruned;
+                    let next = ((b + 1) * size).min(order.len());
+                    rest.extend_from_slice(&order[next..]);
+                    rest
+                },
+                unsound: true,
+            };
+        }
+    }
+    run
+}
+
+/// Partitions one candidate's stages and costs it (unless the search was stopped and has what it needs).
+fn cost_one(ctx: &CostContext, c: &ParallelConfig) -> (ParallelConfig, Outcome) {
+    let n = ctx.counters;
+    // once stopped, cost only until one candidate fits (at most COST_GRACE more)
+    let stop = ctx.bounds.check().is_some()
+        && (n.feasible.load(Ordering::SeqCst) > 0
+            || n.after_stop.fetch_add(1, Ordering::SeqCst) >= COST_GRACE);
+    if stop {
+        n.not_evaluated.fetch_add(1, Ordering::Relaxed);
+        return (c.clone(), Outcome::NotEvaluated);
+    }
+    let Some(profile) = ctx.profiles.get(&(c.micro_batch_size, c.recompute)) else {
+        n.not_evaluated.fetch_add(1, Ordering::Relaxed);
+        return (c.clone(), Outcome::NotEvaluated);
+    };
+    if c.mixed_recompute() {
+        // each stage's blocks costed under its own policy, the estimate on the assembled profile
+        n.compiled.fetch_add(1, Ordering::Relaxed);
+        let cfg = match compile_mixed(
+            c,
+            profile,
+            ctx.profiles,
+            ctx.cost,
+            ctx.cluster,
+            ctx.layers,
+            ctx.capacity,
+        ) {
+            Ok(cfg) => cfg,
+            Err(reason) => return (c.clone(), Outcome::Rejected(reason)),
+        };
+        n.costed.fetch_add(1, Ordering::Relaxed);
+        let outcome =
+            match estimate_candidate(&cfg, ctx.profiles, ctx.cost, ctx.cluster, ctx.layers) {
+                Ok(e) if (e.peak_memory_bytes as f64) <= ctx.capacity => {
+                    n.feasible.fetch_add(1, Ordering::SeqCst);
+                    Outcome::Feasible(e)
+                }
+                Ok(e) => Outcome::OutOfMemory(e),
+                Err(err) => Outcome::Rejected(format!("cost model: {err}")),
+            };
+        return (cfg, outcome);
+    }
+    let sums = match ctx
+        .cost
+        .block_costs(profile, ctx.cluster, c)
+        .map_err(|e| format!("cost model: {e}"))
+        .and_then(|blocks| LayerSums::new(&blocks, ctx.layers))
+    {
+        Ok(s) => s,
+        Err(reason) => return (c.clone(), Outcome::Rejected(reason)),
+    };
+    if ctx.pruning == Pruning::Bounds && static_lower_bound(&sums, c.pp, ctx.layers) > ctx.capacity
+    {
+        // the static bytes of its block costs cannot fit, whatever the stage split
+        n.static_pruned.fetch_add(1, Ordering::Relaxed);
+        return (c.clone(), Outcome::Pruned(Bound::Memory));
+    }
+    n.compiled.fetch_add(1, Ordering::Relaxed);
+    let compiled = compile_with(c, std::slice::from_ref(&sums), ctx.layers, ctx.capacity);
+    let cfg = match compiled {
+        Ok(cfg) => cfg,
+        Err(reason) => return (c.clone(), Outcome::Rejected(reason)),
+    };
+    n.costed.fetch_add(1, Ordering::Relaxed);
+    let outcome = match ctx.cost.estimate(profile, ctx.cluster, &cfg) {
+        Ok(e) if (e.peak_memory_bytes as f64) <= ctx.capacity => {
+            n.feasible.fetch_add(1, Ordering::SeqCst);
+            Outcome::Feasible(e)
+        }
+        Ok(e) => Outcome::OutOfMemory(e),
+        Err(err) => Outcome::Rejected(format!("cost model: {err}")),
+    };
+    (cfg, outcome)
 }
 
 /// The share of the time budget training profiles may use (their candidates are compiled and costed in
 /// the rest).
 const PROFILES_SHARE: f64 = 0.4;
 
-/// The share of the time budget profiles and candidate compilation may use together (the survivors are
-/// costed in the rest).
+/// The share of the time budget profiles and candidate screening may use together (the survivors are
+/// partitioned and costed in the rest).
 const COMPILE_SHARE: f64 = 0.6;
 
-/// Candidates compiled after the time budget or an interrupt stopped the compile phase, when fewer had
+/// Candidates screened after the time budget or an interrupt stopped the screening phase, when fewer had
 /// survived before: a search cut short still has candidates to cost.
 const COMPILE_GRACE: u64 = 64;
 
@@ -522,8 +966,8 @@ impl LayerSums {
 type Profiles = HashMap<(u32, Recompute), Arc<StepProfile>>;
 
 /// Compiles a candidate: per-block costs from the cost model under each stage's recomputation policy,
-/// then [`compile_stages`].
-fn compile_with(
+/// then [`compile_with`].
+fn compile_mixed(
     c: &ParallelConfig,
     profile: &StepProfile,
     profiles: &Profiles,
@@ -532,11 +976,13 @@ fn compile_with(
     layers: u32,
     capacity: f64,
 ) -> std::result::Result<ParallelConfig, String> {
-    let blocks = cost
-        .block_costs(profile, cluster, c)
-        .map_err(|e| format!("cost model: {e}"))?;
+    let sums_for = |p: &StepProfile| {
+        cost.block_costs(p, cluster, c)
+            .map_err(|e| format!("cost model: {e}"))
+            .and_then(|blocks| LayerSums::new(&blocks, layers))
+    };
     if !c.mixed_recompute() {
-        return compile_candidate(c, &blocks, layers, capacity);
+        return compile_with(c, &[sums_for(profile)?], layers, capacity);
     }
     let mut per_stage = Vec::with_capacity(c.pp as usize);
     for d in 0..c.pp as usize {
@@ -544,13 +990,9 @@ fn compile_with(
         let p = profiles
             .get(&(c.micro_batch_size, r))
             .ok_or_else(|| NOT_EVALUATED.to_string())?;
-        per_stage.push(
-            cost.block_costs(p, cluster, c)
-                .map_err(|e| format!("cost model: {e}"))?,
-        );
+        per_stage.push(sums_for(p)?);
     }
-    let refs: Vec<&[BlockCost]> = per_stage.iter().map(Vec::as_slice).collect();
-    compile_stages(c, &refs, layers, capacity)
+    compile_with(c, &per_stage, layers, capacity)
 }
 
 /// Costs a compiled candidate: its step profile, assembled per stage for a recomputation mix.
@@ -636,7 +1078,7 @@ fn try_recompute_mixes(
                     return None;
                 };
                 let p = profiles.get(&(c.micro_batch_size, c.recompute))?;
-                let Ok(c) = compile_with(&c, p, profiles, cost, cluster, layers, capacity) else {
+                let Ok(c) = compile_mixed(&c, p, profiles, cost, cluster, layers, capacity) else {
                     return None;
                 };
                 tried.fetch_add(1, Ordering::Relaxed);
@@ -664,36 +1106,42 @@ fn try_recompute_mixes(
 
 /// Partitions stages on the cost model's per-block costs and checks the static-memory lower bound of one
 /// candidate.
+#[cfg(test)]
 fn compile_candidate(
     c: &ParallelConfig,
     blocks: &[BlockCost],
     layers: u32,
     capacity: f64,
 ) -> std::result::Result<ParallelConfig, String> {
-    compile_stages(c, &[blocks], layers, capacity)
+    let sums = LayerSums::new(blocks, layers)?;
+    compile_with(c, std::slice::from_ref(&sums), layers, capacity)
 }
 
-/// [`compile_candidate`] with the block costs of each pipeline stage (`stage_blocks[d]` for device `d`,
-/// or one list for every stage): a stage's time and memory come from its own policy's costs.
-fn compile_stages(
+/// [`compile_candidate`] on block costs already summed per layer: one sum for every stage, or one per
+/// pipeline device (`all[d]`, a per-stage recomputation mix), each stage's time and memory from its
+/// own policy's costs.
+fn compile_with(
     c: &ParallelConfig,
-    stage_blocks: &[&[BlockCost]],
+    all: &[LayerSums],
     layers: u32,
     capacity: f64,
 ) -> std::result::Result<ParallelConfig, String> {
-    let all: Vec<LayerSums> = stage_blocks
-        .iter()
-        .map(|b| LayerSums::new(b, layers))
-        .collect::<std::result::Result<_, _>>()?;
     let Some(first) = all.first() else {
         return Err("no block costs".into());
     };
     let sums_of = |stage: u32| all.get(stage as usize).unwrap_or(first);
     let mut cfg = c.clone();
+    // in-flight micro-batches per stage, looked up rather than recomputed in the partitioner's inner loop
+    let inflight_of: Vec<f64> = (0..c.pp.max(1))
+        .map(|d| moai_costmodel::memory::in_flight(c.schedule, c.pp, d, c.num_micro_batches) as f64)
+        .collect();
     let stage_cost = |stage: u32, lo: u32, hi: u32| -> StageCost {
         let [time, saved, statics] = sums_of(stage).stage(lo, hi);
-        let inflight =
-            moai_costmodel::memory::in_flight(c.schedule, c.pp, stage, c.num_micro_batches) as f64;
+        let inflight = match inflight_of.get(stage as usize) {
+            Some(&n) => n,
+            None => moai_costmodel::memory::in_flight(c.schedule, c.pp, stage, c.num_micro_batches)
+                as f64,
+        };
         StageCost {
             time_s: time,
             memory_bytes: statics + saved * inflight,
@@ -779,6 +1227,55 @@ mod block_cost_tests {
         );
         let slow = compile_candidate(&pipeline(2), &blocks(8, 1, 6.0), 8, f64::INFINITY).unwrap();
         assert_eq!(slow.stages, vec![(0, 1), (2, 7)], "layer 1 takes 6 s");
+    }
+
+    /// Every split of `layers` layers into `stages` non-empty contiguous ranges.
+    fn splits(layers: u32, stages: u32) -> Vec<Vec<(u32, u32)>> {
+        if stages == 1 {
+            return vec![vec![(0, layers - 1)]];
+        }
+        let mut out = Vec::new();
+        for first_end in 0..layers - (stages - 1) {
+            for rest in splits(layers - first_end - 1, stages - 1) {
+                let mut v = vec![(0, first_end)];
+                v.extend(
+                    rest.iter()
+                        .map(|&(a, b)| (a + first_end + 1, b + first_end + 1)),
+                );
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn static_lower_bound_is_below_every_split() {
+        // uneven static bytes: a heavy embedding, a heavy layer 3, a heavy head
+        let mut b = blocks(7, 9, 1.0);
+        for (i, x) in b.iter_mut().enumerate() {
+            x.static_bytes = [40.0, 3.0, 5.0, 2.0, 30.0, 4.0, 6.0, 1.0, 25.0][i];
+        }
+        let sums = LayerSums::new(&b, 7).unwrap();
+        let total: f64 = b.iter().map(|x| x.static_bytes).sum();
+        assert_eq!(static_lower_bound(&sums, 1, 7), total);
+        for pp in 2..=7 {
+            let best = splits(7, pp)
+                .iter()
+                .map(|s| {
+                    s.iter()
+                        .map(|&(lo, hi)| sums.stage(lo, hi)[2])
+                        .fold(0.0, f64::max)
+                })
+                .fold(f64::INFINITY, f64::min);
+            let lb = static_lower_bound(&sums, pp, 7);
+            assert!(
+                lb <= best,
+                "pp {pp}: bound {lb} above the best split's {best}"
+            );
+            assert!(lb >= total / pp as f64 * 0.999, "pp {pp}: {lb}");
+        }
+        // seven single-layer stages: the first holds the embedding and layer 0
+        assert_eq!(static_lower_bound(&sums, 7, 7), 43.0);
     }
 
     #[test]

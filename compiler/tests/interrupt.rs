@@ -50,6 +50,8 @@ fn run_and_interrupt(out_dir: &std::path::Path, trigger: &str, delay: Duration) 
             "--threads",
             "1",
             "--no-progress",
+            // every candidate compiled and costed: a search long enough to interrupt
+            "--exhaustive",
             "--out",
         ])
         .arg(out_dir)

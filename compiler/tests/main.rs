@@ -12,6 +12,7 @@ mod overlap;
 mod partition;
 mod pipeline;
 mod planner;
+mod pruning;
 mod report;
 mod smi;
 mod sweep;

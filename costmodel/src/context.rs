@@ -223,6 +223,7 @@ impl PhaseSums {
             memory_s: self.memory_s / c,
             fusable_s: self.fusable_s / c,
             measured_s: self.measured_s / c,
+            tp_overlap_matmul_s: self.tp_overlap_matmul_s / c,
             ..*self
         }
     }

@@ -135,6 +135,20 @@ pub trait CostModel: Sync {
     ) -> Result<Vec<crate::blocks::BlockCost>> {
         crate::blocks::default_block_costs(profile, cluster, cfg)
     }
+
+    /// Lower bounds of what [`CostModel::estimate`] predicts for `cfg`, valid for every stage split
+    /// (`cfg.stages` is not read): the planner skips a candidate whose time bound exceeds plans it
+    /// already costed or whose memory bound exceeds the device. `None` (the default) promises nothing,
+    /// and the planner then costs every candidate. See [`crate::bounds`].
+    fn lower_bounds(
+        &self,
+        profile: &StepProfile,
+        cluster: &Cluster,
+        cfg: &ParallelConfig,
+    ) -> Option<crate::bounds::LowerBounds> {
+        let _ = (profile, cluster, cfg);
+        None
+    }
 }
 
 /// Sums of one phase of one block on one device. The bucket sums are seconds at unit coefficients
@@ -704,6 +718,30 @@ impl CostModel for ProfiledCostModel {
             cfg.precision,
         );
         self.estimate_prepared(&prep, profile, cluster, cfg)
+    }
+
+    /// This model's bounds, see [`crate::bounds::profiled`].
+    fn lower_bounds(
+        &self,
+        profile: &StepProfile,
+        cluster: &Cluster,
+        cfg: &ParallelConfig,
+    ) -> Option<crate::bounds::LowerBounds> {
+        let prep = self.prepared(
+            profile,
+            cluster.gpu,
+            cfg.tp,
+            cfg.sequence_parallel,
+            cfg.precision,
+        );
+        let eff = self.efficiency(cluster.gpu);
+        let sc = self.efficiencies().stack(cfg.stack);
+        let mut b = crate::bounds::profiled(&prep, eff, sc, profile, cfg);
+        if self.time_only {
+            // estimates without the memory part predict a zero peak
+            b.peak_memory_bytes = 0.0;
+        }
+        Some(b)
     }
 }
 

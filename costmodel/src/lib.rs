@@ -12,6 +12,7 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)] // `!(x > 0.0)` deliberately rejects NaN too.
 
 pub mod blocks;
+pub mod bounds;
 pub mod cluster;
 pub mod collective;
 pub mod config;
@@ -33,6 +34,7 @@ pub mod stack;
 pub mod validate;
 
 pub use blocks::BlockCost;
+pub use bounds::LowerBounds;
 pub use cluster::{Cluster, Link, Links};
 pub use config::{CpComm, ParallelConfig, Recompute, Schedule, check_tp_dims, micro_batches_for};
 pub use device::{DeviceSpec, Gpu};
