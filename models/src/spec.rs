@@ -226,6 +226,8 @@ fn parse_inner(spec: &str) -> Result<ArchConfig, ErrorKind> {
         rope_theta,
         sliding_window,
         dtype,
+        moe: None,
+        mla: None,
     };
     cfg.validate()?;
     Ok(cfg)
