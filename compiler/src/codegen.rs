@@ -576,6 +576,8 @@ mod tests {
                 StageInfo { layers: [21, 39] },
             ],
             engine: Default::default(),
+            ep: 1,
+            expert_tp: 1,
         };
         assert_eq!(stage_counts(&p).unwrap(), vec![21, 19]);
         p.stages[1].layers = [21, 20];

@@ -35,6 +35,8 @@ pub fn export_context(model: &Model, cluster: &Cluster, req: &PlanRequest) -> Ex
         optimizer: req.optimizer.to_string(),
         devices: cluster.devices as u64,
         devices_per_server: (cluster.devices_per_server as u64).max(1),
+        moe: model.arch.as_ref().and_then(|a| a.moe.clone()),
+        mla: model.arch.as_ref().and_then(|a| a.mla.clone()),
     }
 }
 

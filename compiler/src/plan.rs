@@ -92,6 +92,24 @@ pub struct PlanConfig {
     /// The engine the plan was costed for and is exported to (`megatron`, `deepspeed`, `fsdp`).
     #[serde(default)]
     pub engine: moai_costmodel::Stack,
+    /// Expert-parallel degree (mixture-of-experts models; absent when 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub ep: u64,
+    /// Expert tensor-parallel degree (absent when 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub expert_tp: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(v: &u64) -> bool {
+    *v == 1
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// Step time breakdown.
@@ -114,6 +132,10 @@ pub struct Breakdown {
     /// ZeRO-3 parameter all-gather seconds per step, before overlap (0 without ZeRO-3).
     #[serde(default)]
     pub zero3_gather_s: f64,
+    /// Mixture-of-experts token dispatch and combine (all-to-all) seconds per step, part of
+    /// `exposed_comm_s` (absent without expert parallelism).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub moe_dispatch_s: f64,
     /// The software stack the prediction assumes (`megatron`, `deepspeed`, `fsdp`, `eager`).
     #[serde(default)]
     pub stack: String,
@@ -207,6 +229,11 @@ impl PlanConfig {
                     ""
                 }
             )
+        };
+        let tp = if self.ep > 1 || self.expert_tp > 1 {
+            format!("{tp}, EP : {}, expert TP : {}", self.ep, self.expert_tp)
+        } else {
+            tp
         };
         let mb = if self.pp == 1 {
             format!(", num_micro_batches : {}", self.num_micro_batches)

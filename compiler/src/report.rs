@@ -71,6 +71,8 @@ pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
             .map(|(lo, hi)| StageInfo { layers: [lo, hi] })
             .collect(),
         engine: cfg.stack,
+        ep: cfg.ep as u64,
+        expert_tp: cfg.expert_tp as u64,
     }
 }
 
@@ -89,6 +91,7 @@ pub fn predicted(e: &Estimate) -> Predicted {
             tp_comm_s: e.breakdown.tp_comm_s,
             dp_comm_s: e.breakdown.dp_comm_s,
             zero3_gather_s: e.breakdown.zero3_gather_s,
+            moe_dispatch_s: e.breakdown.moe_dispatch_s,
             stack: e
                 .sources
                 .stack
@@ -198,6 +201,9 @@ fn describe(p: &PlanConfig) -> String {
     if p.sequence_parallel {
         parts.push("sequence parallel".into());
     }
+    if p.ep > 1 || p.expert_tp > 1 {
+        parts.push(format!("ep={} expert_tp={}", p.ep, p.expert_tp));
+    }
     if p.pp > 1 {
         parts.push(p.schedule.clone());
     }
@@ -227,6 +233,15 @@ pub fn explain(
         crate::export::engine_title(engine),
         engine.name()
     ));
+    let dispatch = best.predicted.breakdown.moe_dispatch_s;
+    if dispatch > 0.0 {
+        s.push_str(&format!(
+            " Mixture-of-experts token dispatch and combine (all-to-all over ep {}) take {:.3} s/step, {:.1}% of the step.",
+            best.plan.ep,
+            dispatch,
+            100.0 * dispatch / best.predicted.step_time_s.max(f64::MIN_POSITIVE)
+        ));
+    }
     if let Some(r) = runner_up {
         let b = &best.predicted.breakdown;
         let o = &r.predicted.breakdown;

@@ -196,6 +196,10 @@ pub struct Constraints {
     /// The engine (`--engine`): only configurations it runs are searched, and they are costed for it.
     /// `None`: each candidate goes to the first engine that runs it (Megatron-LM, DeepSpeed, FSDP).
     pub engine: Option<moai_costmodel::Stack>,
+    /// Fixed expert-parallel degree (mixture-of-experts models).
+    pub ep: Option<u32>,
+    /// Fixed expert tensor-parallel degree.
+    pub expert_tp: Option<u32>,
 }
 
 impl Constraints {
@@ -255,6 +259,9 @@ pub struct PlanRequest {
     /// Cancels the search and the code generation (the binary's Ctrl-C handler sets it); what is finished
     /// is kept.
     pub cancel: CancelToken,
+    /// Mixture-of-experts routing-imbalance factor (tokens at the busiest expert over the average,
+    /// `--moe-imbalance`); `None`: the cost model's default, `moai_costmodel::moe::DEFAULT_IMBALANCE`.
+    pub moe_imbalance: Option<f64>,
 }
 
 impl PlanRequest {
@@ -270,6 +277,7 @@ impl PlanRequest {
             threads: None,
             memory_fraction: 0.95,
             cancel: CancelToken::new(),
+            moe_imbalance: None,
         }
     }
 
@@ -323,7 +331,23 @@ impl PlanRequest {
                 self.memory_fraction
             ));
         }
+        if let Some(x) = self.moe_imbalance
+            && !(x.is_finite() && (1.0..=64.0).contains(&x))
+        {
+            return bad(format!(
+                "--moe-imbalance {x}: must be in [1, 64] (tokens at the busiest expert over the average)"
+            ));
+        }
         Ok(())
+    }
+
+    /// The default cost model for this request (its routing-imbalance factor applied).
+    pub fn cost_model(&self) -> moai_costmodel::ProfiledCostModel {
+        let m = moai_costmodel::ProfiledCostModel::new();
+        match self.moe_imbalance {
+            Some(x) => m.with_moe_imbalance(x),
+            None => m,
+        }
     }
 }
 

@@ -148,6 +148,8 @@ struct MegatronRun {
     sequence_parallel: bool,
     qkv_bias: bool,
     linear_bias: bool,
+    ep: u64,
+    expert_tp: u64,
 }
 
 /// Megatron-LM's parser and the `validate_args` / `TransformerConfig` rules that matter for plans, at
@@ -364,6 +366,22 @@ fn megatron_validate(
         // arguments.py:1676
         return Err("--ckpt-format fsdp_dtensor without Megatron-FSDP".into());
     }
+    // arguments.py:587 the expert tensor-parallel size defaults to tp; 1655 experts divide over ep;
+    // parallel_state.py:881 the world divides by expert_tp · ep · pp.
+    let ep = int("--expert-model-parallel-size").unwrap_or(1);
+    let expert_tp = int("--expert-tensor-parallel-size").unwrap_or(tp);
+    if ep > 1 {
+        let experts = int("--num-experts").ok_or("expert parallelism without --num-experts")?;
+        if !experts.is_multiple_of(ep) {
+            return Err(format!("{experts} experts are not a multiple of ep {ep}"));
+        }
+    }
+    if !world.is_multiple_of(expert_tp * ep * pp) {
+        return Err(format!(
+            "world size {world} is not divisible by expert_tp·ep·pp {}",
+            expert_tp * ep * pp
+        ));
+    }
     // arguments.py:1608: add_bias_linear implies add_qkv_bias.
     let linear_bias = !has("--disable-bias-linear");
     let qkv_bias = linear_bias || has("--add-qkv-bias");
@@ -380,6 +398,8 @@ fn megatron_validate(
         sequence_parallel,
         qkv_bias,
         linear_bias,
+        ep,
+        expert_tp,
     })
 }
 
@@ -682,7 +702,8 @@ fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                 assert_eq!(run.sequence_parallel, p.sequence_parallel);
                 assert_eq!(run.qkv_bias, cx.settings.qkv_bias, "{flat}");
                 assert_eq!(run.linear_bias, cx.settings.linear_bias(), "{flat}");
-                stack_cfg(
+                assert_eq!((run.ep, run.expert_tp), (p.ep, p.expert_tp), "{flat}");
+                let c = stack_cfg(
                     run.tp,
                     run.pp,
                     run.dp,
@@ -693,7 +714,12 @@ fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                     run.recompute,
                     run.zero,
                     run.sequence_parallel,
-                )
+                );
+                ParallelConfig {
+                    ep: run.ep as u32,
+                    expert_tp: run.expert_tp as u32,
+                    ..c
+                }
             }
             Stack::Deepspeed | Stack::Fsdp => {
                 let (micro, nmb, zero) = if engine == Stack::Deepspeed {
@@ -1562,4 +1588,116 @@ fn a_config_beside_an_onnx_file_must_describe_it() {
     let e = Model::load(onnx.to_str().unwrap()).unwrap_err().to_string();
     assert!(e.contains("`num_local_experts` = 4 is not modeled"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Mixtral-8x7B (its Hugging Face config) on 64 H100: the plan spreads the experts (ep > 1), the
+/// Megatron-LM export carries the MoE flags and passes Megatron's rules, `estimate` of the exported
+/// configuration predicts the plan, and DeepSpeed/FSDP refuse in one line.
+#[test]
+fn mixtral_on_64_h100_plans_expert_parallelism_and_exports_the_moe_flags() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("models/configs/mixtral-8x7b");
+    static M: OnceLock<Model> = OnceLock::new();
+    let m = M.get_or_init(|| Model::load(dir.to_str().unwrap()).unwrap());
+    let mut c = case(m, h100(64), 256, Constraints::default());
+    c.req.seq = 4096;
+    c.req.constraints.recompute = vec![Recompute::None, Recompute::Selective];
+    let (p, written) = check_case(&c);
+    assert!(p.ep > 1, "{p:?}");
+    assert_eq!(written, vec![Stack::Megatron], "{p:?}");
+    let cx = export_context(m, &c.cluster, &c.req);
+    let line = moai_compiler::export::megatron_command_line(&p, &cx).unwrap();
+    for want in [
+        "--num-experts 8".to_string(),
+        "--moe-router-topk 2".into(),
+        "--moe-ffn-hidden-size 14336".into(),
+        "--moe-grouped-gemm".into(),
+        "--moe-token-dispatcher-type alltoall".into(),
+        format!("--expert-model-parallel-size {}", p.ep),
+        format!("--expert-tensor-parallel-size {}", p.expert_tp),
+    ] {
+        assert!(line.contains(&want), "missing {want}: {line}");
+    }
+    assert!(
+        !line.contains("--moe-layer-freq"),
+        "every layer is MoE: {line}"
+    );
+    // The prediction says how much of the step is dispatch.
+    let report = plan(m, &c.cluster, &c.req).unwrap();
+    let b = &report.output.predicted.breakdown;
+    assert!(
+        b.moe_dispatch_s > 0.0 && b.moe_dispatch_s <= b.exposed_comm_s,
+        "{b:?}"
+    );
+    assert!(
+        report.explanation.contains("dispatch"),
+        "{}",
+        report.explanation
+    );
+}
+
+/// DeepSeek-V3's export names its dense first layers, shared expert, sigmoid router with expert bias
+/// and latent attention; engines without expert parallelism refuse it.
+#[test]
+fn deepseek_v3_megatron_export_carries_latent_attention_and_moe_flags() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("models/configs/deepseek-v3");
+    let m = Model::load(dir.to_str().unwrap()).unwrap();
+    let cluster = h100(1024);
+    let req = PlanRequest::new(1024, 4096);
+    let cx = export_context(&m, &cluster, &req);
+    let cfg = ParallelConfig {
+        dp: 64,
+        tp: 2,
+        pp: 8,
+        micro_batch_size: 1,
+        num_micro_batches: 16,
+        sequence_parallel: true,
+        ep: 64,
+        expert_tp: 1,
+        ..ParallelConfig::default()
+    };
+    let p = moai_compiler::report::plan_config(&cfg, 61);
+    let args = megatron_args(&p, &cx).unwrap();
+    let run = megatron_validate(&args, 1024, false).unwrap();
+    assert_eq!((run.ep, run.expert_tp), (64, 1));
+    let line = moai_compiler::export::megatron_command_line(&p, &cx).unwrap();
+    for want in [
+        "--num-experts 256",
+        "--moe-router-topk 8",
+        "--moe-ffn-hidden-size 2048",
+        "--moe-layer-freq '([0]*3+[1]*58)'",
+        "--moe-shared-expert-intermediate-size 2048",
+        "--moe-router-score-function sigmoid",
+        "--moe-router-enable-expert-bias",
+        "--multi-latent-attention",
+        "--q-lora-rank 1536",
+        "--kv-lora-rank 512",
+        "--qk-head-dim 128",
+        "--qk-pos-emb-head-dim 64",
+        "--v-head-dim 128",
+    ] {
+        assert!(line.contains(want), "missing {want}: {line}");
+    }
+    let d = PlanDims {
+        tp: 1,
+        pp: 1,
+        dp: 1024,
+        zero: ZeroStage::Zero3,
+        ..PlanDims::of_plan(&p, &cx).unwrap()
+    };
+    for e in [Stack::Deepspeed, Stack::Fsdp] {
+        let why = engine_runs(e, &d).unwrap_err();
+        assert!(
+            why.contains("no expert parallelism") && !why.contains('\n'),
+            "{why}"
+        );
+    }
+    let dense_ep = PlanDims { ep: 1, ..d };
+    let why = engine_runs(Stack::Fsdp, &dense_ep).unwrap_err();
+    assert!(why.contains("grouped GEMMs"), "{why}");
 }

@@ -85,6 +85,9 @@ fn one() -> u32 {
 fn yes() -> bool {
     true
 }
+fn is_one(v: &u32) -> bool {
+    *v == 1
+}
 
 /// One parallel configuration. JSON names follow DESIGN.md's `plan` object; `stages` are inclusive
 /// decoder-layer ranges `[first, last]`, `pp · V` of them for `interleaved:V`, or empty for an even
@@ -138,6 +141,15 @@ pub struct ParallelConfig {
     /// The software stack the configuration runs on (and is exported to); see [`crate::Stack`].
     #[serde(default)]
     pub stack: crate::stack::Stack,
+    /// Expert-parallel degree: the routed experts of each mixture-of-experts layer are spread over `ep`
+    /// ranks of the data-parallel group (Megatron's `--expert-model-parallel-size`); 1 for dense
+    /// models.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub ep: u32,
+    /// Expert tensor-parallel degree: each routed expert's width divided over `expert_tp` ranks
+    /// (Megatron's `--expert-tensor-parallel-size`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub expert_tp: u32,
 }
 
 mod stage_ranges {
@@ -181,6 +193,8 @@ impl Default for ParallelConfig {
             persistent_grads: true,
             overlap_grad_reduce: true,
             stack: crate::stack::Stack::Megatron,
+            ep: 1,
+            expert_tp: 1,
         }
     }
 }
@@ -269,6 +283,44 @@ impl ParallelConfig {
         if self.sequence_parallel && self.tp == 1 {
             return bad("sequence_parallel needs tp >= 2".into());
         }
+        self.validate_experts_cluster(cluster)
+    }
+
+    /// Expert parallelism on the cluster: `ep · expert_tp` ranks inside the `dp · tp` ranks of a
+    /// pipeline stage (Megatron folds the expert groups into them), `expert_tp` inside a server, and,
+    /// with `tp > 1`, either sequence parallelism or `expert_tp = tp`: the cost model's expert work per
+    /// device (`1/tp` of the micro-batch's) assumes the ranks of a tensor-parallel group either hold
+    /// different tokens or split each expert among themselves; other layouts are not planned.
+    fn validate_experts_cluster(&self, cluster: &Cluster) -> Result<()> {
+        let bad = |m: String| Err(CostError::InvalidConfig(m));
+        if self.ep == 0 || self.expert_tp == 0 {
+            return bad("ep and expert_tp must be at least 1".into());
+        }
+        if self.ep == 1 && self.expert_tp == 1 {
+            return Ok(());
+        }
+        let group = self.ep as u64 * self.expert_tp as u64;
+        let ranks = self.dp as u64 * self.tp as u64;
+        if !ranks.is_multiple_of(group) {
+            return bad(format!(
+                "ep·expert_tp = {}·{} = {group} does not divide the dp·tp = {ranks} ranks of a pipeline stage",
+                self.ep, self.expert_tp
+            ));
+        }
+        if self.expert_tp > cluster.devices_per_server
+            || !cluster.devices_per_server.is_multiple_of(self.expert_tp)
+        {
+            return bad(format!(
+                "expert_tp {} crosses a server ({} devices per server)",
+                self.expert_tp, cluster.devices_per_server
+            ));
+        }
+        if self.tp > 1 && !self.sequence_parallel && self.expert_tp != self.tp {
+            return bad(format!(
+                "expert parallelism with tp {} needs sequence_parallel or expert_tp = tp (got expert_tp {})",
+                self.tp, self.expert_tp
+            ));
+        }
         Ok(())
     }
 
@@ -326,6 +378,7 @@ impl ParallelConfig {
                 }
             }
         }
+        self.validate_experts_profile(profile)?;
         if self.recompute == Recompute::None && has_recompute {
             return bad("recompute is none but the step profile holds recomputed ops".into());
         }
@@ -369,6 +422,43 @@ impl ParallelConfig {
             ));
         }
         Ok(self.stages.clone())
+    }
+}
+
+impl ParallelConfig {
+    /// Expert parallelism against the model: it needs routed experts, `ep` must divide their number
+    /// and `expert_tp` their width.
+    fn validate_experts_profile(&self, profile: &StepProfile) -> Result<()> {
+        if self.ep == 1 && self.expert_tp == 1 {
+            return Ok(());
+        }
+        let experts = profile.blocks.iter().flat_map(|b| &b.ops).find_map(|op| {
+            match (&op.class, op.split, op.phase) {
+                (KernelClass::Matmul { batch, n, .. }, TpSplit::Expert, Phase::Forward) => {
+                    Some((batch / 3, *n))
+                }
+                _ => None,
+            }
+        });
+        let Some((experts, width)) = experts else {
+            return Err(CostError::InvalidConfig(format!(
+                "ep {} / expert_tp {} need a mixture-of-experts model; this one has no routed experts",
+                self.ep, self.expert_tp
+            )));
+        };
+        if !experts.is_multiple_of(self.ep as u64) {
+            return Err(CostError::InvalidConfig(format!(
+                "ep {} does not divide the {experts} routed experts",
+                self.ep
+            )));
+        }
+        if !width.is_multiple_of(self.expert_tp as u64) {
+            return Err(CostError::InvalidConfig(format!(
+                "expert_tp {} does not divide the expert width {width}",
+                self.expert_tp
+            )));
+        }
+        Ok(())
     }
 }
 

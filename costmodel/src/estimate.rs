@@ -47,6 +47,15 @@ pub struct Breakdown {
     /// The stack's fixed per-step cost (part of `optimizer_s`).
     #[serde(default)]
     pub step_overhead_s: f64,
+    /// Mixture-of-experts token dispatch and combine seconds of the critical device per step (the
+    /// all-to-alls over the expert-parallel group, forward, backward and recomputation), part of
+    /// `exposed_comm_s`; absent (0) without expert parallelism.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub moe_dispatch_s: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// Which sources the prediction used.
@@ -152,6 +161,10 @@ pub struct PhaseSums {
     pub memory_kernels: f64,
     /// Of those, fusable kernels.
     pub fusable_kernels: f64,
+    /// Bytes each device sends in the mixture-of-experts all-to-alls (dispatch and combine).
+    pub a2a_bytes: f64,
+    /// Mixture-of-experts all-to-alls.
+    pub a2a_count: f64,
 }
 
 impl PhaseSums {
@@ -167,6 +180,18 @@ impl PhaseSums {
         self.measured_s += o.measured_s;
         self.memory_kernels += o.memory_kernels;
         self.fusable_kernels += o.fusable_kernels;
+        self.a2a_bytes += o.a2a_bytes;
+        self.a2a_count += o.a2a_count;
+    }
+
+    /// Seconds of this phase's mixture-of-experts all-to-alls over `ep` ranks spaced `stride` apart.
+    pub fn a2a_time(&self, cluster: &Cluster, ep: u32, stride: u32) -> f64 {
+        if self.a2a_count <= 0.0 {
+            0.0
+        } else {
+            self.a2a_count
+                * crate::moe::all_to_all_time(cluster, self.a2a_bytes / self.a2a_count, ep, stride)
+        }
     }
 
     /// Kernel seconds and kernels of this phase on a device with coefficients `eff`, under a stack's
@@ -231,7 +256,20 @@ pub struct PreparedProfile {
     pub roofline_ops: u64,
 }
 
-type CacheKey = (Gpu, u32, bool, u64, u64, usize, usize, u64, u64);
+type CacheKey = (
+    Gpu,
+    u32,
+    bool,
+    u64,
+    u64,
+    usize,
+    usize,
+    u64,
+    u64,
+    u32,
+    u32,
+    u64,
+);
 
 /// The default cost model: measured profiles where available, roofline with fitted efficiencies
 /// elsewhere, α-β collectives, pipeline simulation and the calibrated memory model.
@@ -241,6 +279,7 @@ pub struct ProfiledCostModel {
     profiles: HashMap<Gpu, Arc<OpProfile>>,
     cache: RwLock<Vec<(CacheKey, Arc<PreparedProfile>)>>,
     time_only: bool,
+    moe_imbalance: Option<f64>,
 }
 
 impl Clone for ProfiledCostModel {
@@ -250,6 +289,7 @@ impl Clone for ProfiledCostModel {
             profiles: self.profiles.clone(),
             cache: RwLock::default(),
             time_only: self.time_only,
+            moe_imbalance: self.moe_imbalance,
         }
     }
 }
@@ -281,6 +321,42 @@ impl ProfiledCostModel {
         self
     }
 
+    /// The model with another routing-imbalance factor for mixture-of-experts layers (tokens at the
+    /// busiest expert over the average, ≥ 1; default [`crate::moe::DEFAULT_IMBALANCE`]).
+    pub fn with_moe_imbalance(mut self, imbalance: f64) -> ProfiledCostModel {
+        self.moe_imbalance = Some(imbalance);
+        self.cache = RwLock::default();
+        self
+    }
+
+    /// The routing-imbalance factor in use.
+    pub fn moe_imbalance(&self) -> f64 {
+        self.moe_imbalance
+            .filter(|x| x.is_finite() && *x >= 1.0)
+            .unwrap_or(crate::moe::DEFAULT_IMBALANCE)
+    }
+
+    /// [`ProfiledCostModel::prepare`] for a configuration's tensor, sequence, expert and expert
+    /// tensor parallelism.
+    pub fn prepare_for(
+        &self,
+        profile: &StepProfile,
+        gpu: Gpu,
+        cfg: &ParallelConfig,
+    ) -> PreparedProfile {
+        self.prepare_split(
+            profile,
+            gpu,
+            cfg.sequence_parallel,
+            &crate::moe::ExpertSplit {
+                tp: cfg.tp.max(1) as u64,
+                ep: cfg.ep.max(1) as u64,
+                expert_tp: cfg.expert_tp.max(1) as u64,
+                imbalance: self.moe_imbalance(),
+            },
+        )
+    }
+
     /// Adds a measured profile for its GPU kind.
     pub fn with_profile(mut self, profile: OpProfile) -> ProfiledCostModel {
         self.profiles.insert(profile.file.gpu, Arc::new(profile));
@@ -303,7 +379,8 @@ impl ProfiledCostModel {
         &self.efficiencies().allocator
     }
 
-    /// Reduces a step profile to per-block sums on `gpu` at tensor-parallel degree `tp`.
+    /// Reduces a step profile to per-block sums on `gpu` at tensor-parallel degree `tp` (routed
+    /// experts, if any, unsplit by expert parallelism; see [`ProfiledCostModel::prepare_for`]).
     pub fn prepare(
         &self,
         profile: &StepProfile,
@@ -311,6 +388,27 @@ impl ProfiledCostModel {
         tp: u32,
         sequence_parallel: bool,
     ) -> PreparedProfile {
+        self.prepare_split(
+            profile,
+            gpu,
+            sequence_parallel,
+            &crate::moe::ExpertSplit {
+                tp: tp.max(1) as u64,
+                ep: 1,
+                expert_tp: 1,
+                imbalance: self.moe_imbalance(),
+            },
+        )
+    }
+
+    fn prepare_split(
+        &self,
+        profile: &StepProfile,
+        gpu: Gpu,
+        sequence_parallel: bool,
+        experts: &crate::moe::ExpertSplit,
+    ) -> PreparedProfile {
+        let tp = experts.tp as u32;
         let spec = gpu.spec();
         let eff = self.efficiency(gpu);
         let timer = OpTimer {
@@ -329,7 +427,9 @@ impl ProfiledCostModel {
                 if matches!(op.phase, Phase::Forward | Phase::Backward) {
                     model_flops += op.flops;
                 }
-                let mut s = if tp64 > 1
+                let mut s = if op.split == TpSplit::Expert {
+                    crate::moe::shard_expert(op, experts)
+                } else if tp64 > 1
                     && b.kind == BlockKind::Head
                     && op.split == TpSplit::Replicated
                     && matches!(op.class, KernelClass::Matmul { .. })
@@ -411,6 +511,21 @@ impl ProfiledCostModel {
                         }
                     }
                 }
+                if experts.ep > 1
+                    && let Some(bytes) = crate::moe::dispatch_bytes(op, experts)
+                {
+                    // Dispatch and combine around the expert GEMMs, and their transposes in backward.
+                    let pair = PhaseSums {
+                        a2a_bytes: 2.0 * bytes,
+                        a2a_count: 2.0,
+                        ..Default::default()
+                    };
+                    bwd.add(&pair);
+                    if op.phase == Phase::Forward {
+                        ps.a2a_bytes = pair.a2a_bytes;
+                        ps.a2a_count = pair.a2a_count;
+                    }
+                }
                 match op.phase {
                     Phase::Forward => fwd.add(&ps),
                     Phase::Backward | Phase::Recompute => {
@@ -429,7 +544,9 @@ impl ProfiledCostModel {
                     Phase::Optimizer => {}
                 }
             }
-            let params = b.tp_sharded_params as f64 / tp64 as f64
+            let expert = b.expert_params.min(b.tp_sharded_params) as f64;
+            let params = (b.tp_sharded_params as f64 - expert) / tp64 as f64
+                + expert / (experts.ep * experts.expert_tp).max(1) as f64
                 + (b.params - b.tp_sharded_params.min(b.params)) as f64;
             // Megatron's scatter/gather optimisation: each tensor-parallel rank sends 1/tp of the
             // boundary activation between stages (and all-gathers it inside the server).
@@ -473,7 +590,13 @@ impl ProfiledCostModel {
         }
     }
 
-    fn prepared(&self, profile: &StepProfile, gpu: Gpu, tp: u32, sp: bool) -> Arc<PreparedProfile> {
+    fn prepared(
+        &self,
+        profile: &StepProfile,
+        gpu: Gpu,
+        cfg: &ParallelConfig,
+    ) -> Arc<PreparedProfile> {
+        let (tp, sp) = (cfg.tp, cfg.sequence_parallel);
         let (mut n_ops, mut fs, mut bs) = (0usize, 0f64, 0f64);
         for b in &profile.blocks {
             n_ops += b.ops.len();
@@ -492,13 +615,16 @@ impl ProfiledCostModel {
             n_ops,
             fs.to_bits(),
             bs.to_bits(),
+            cfg.ep,
+            cfg.expert_tp,
+            self.moe_imbalance().to_bits(),
         );
         if let Ok(cache) = self.cache.read()
             && let Some((_, p)) = cache.iter().find(|(k, _)| *k == key)
         {
             return p.clone();
         }
-        let p = Arc::new(self.prepare(profile, gpu, tp, sp));
+        let p = Arc::new(self.prepare_for(profile, gpu, cfg));
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= CACHE_ENTRIES {
                 cache.remove(0);
@@ -517,7 +643,7 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Result<Vec<crate::blocks::BlockCost>> {
-        let prep = self.prepared(profile, cluster.gpu, cfg.tp, cfg.sequence_parallel);
+        let prep = self.prepared(profile, cluster.gpu, cfg);
         let eff = self.efficiency(cluster.gpu);
         let sc = self.efficiencies().stack(cfg.stack);
         let launch = sc.launch_overhead_s;
@@ -535,7 +661,7 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Result<Estimate> {
-        let prep = self.prepared(profile, cluster.gpu, cfg.tp, cfg.sequence_parallel);
+        let prep = self.prepared(profile, cluster.gpu, cfg);
         self.estimate_prepared(&prep, profile, cluster, cfg)
     }
 }
@@ -631,17 +757,25 @@ impl ProfiledCostModel {
                 gpu.max(kernels * launch)
             }
         };
+        // Mixture-of-experts all-to-alls: on the critical path (the expert GEMMs wait for the
+        // dispatched tokens, the next op for the combined ones).
+        let mut dispatch = vec![0f64; nv];
         for v in 0..nv {
             let (cf, cb) = (phase(&fwd[v]), phase(&bwd[v]));
             let (tf, tb) = (tp_time(&fwd[v]), tp_time(&bwd[v]));
             comm_total[v] = tf + tb;
             // The overlapped part of a TP collective hides behind the GEMMs of the same phase.
             let (tf, tb) = (tf - (hidden * tf).min(cf), tb - (hidden * tb).min(cb));
+            let (af, ab) = (
+                fwd[v].a2a_time(cluster, cfg.ep, cfg.tp),
+                bwd[v].a2a_time(cluster, cfg.ep, cfg.tp),
+            );
+            dispatch[v] = af + ab;
             compute[v] = (cf, cb);
-            comm[v] = (tf, tb);
+            comm[v] = (tf + af, tb + ab);
             times.push(StageTimes {
-                forward_s: cf + tf,
-                backward_s: cb + tb,
+                forward_s: cf + tf + af,
+                backward_s: cb + tb + ab,
             });
         }
         let stride = cfg.dp * cfg.tp;
@@ -796,6 +930,7 @@ impl ProfiledCostModel {
             .sum();
         let exposed_comm_s = tp_comm_s + exposed_dp;
         let tp_total_s: f64 = vs.iter().map(|v| comm_total[*v] * m as f64).sum();
+        let moe_dispatch_s: f64 = vs.iter().map(|v| dispatch[*v] * m as f64).sum();
         let bubble_s = (step - compute_s - exposed_comm_s - opt).max(0.0);
         let tokens = cfg.global_batch() as f64 * profile.seq as f64;
         let peak = memory.iter().map(|s| s.peak_bytes).fold(0.0, f64::max);
@@ -815,6 +950,7 @@ impl ProfiledCostModel {
                 dp_comm_s,
                 zero3_gather_s,
                 step_overhead_s: sc.step_overhead_s,
+                moe_dispatch_s,
             },
             memory,
             sources: SourceNotes {

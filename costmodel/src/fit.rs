@@ -182,14 +182,7 @@ fn prepare_all(samples: &[FitSample]) -> Vec<Arc<PreparedProfile>> {
     let m = ProfiledCostModel::new();
     samples
         .iter()
-        .map(|s| {
-            Arc::new(m.prepare(
-                &s.profile,
-                s.cluster.gpu,
-                s.config.tp,
-                s.config.sequence_parallel,
-            ))
-        })
+        .map(|s| Arc::new(m.prepare_for(&s.profile, s.cluster.gpu, &s.config)))
         .collect()
 }
 

@@ -22,6 +22,7 @@ pub mod estimate;
 pub mod fit;
 pub mod flavor;
 pub mod memory;
+pub mod moe;
 pub mod ops;
 pub mod pipeline;
 pub mod profile;

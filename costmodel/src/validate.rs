@@ -449,12 +449,7 @@ pub fn cross_validate(
         .iter()
         .map(|s| {
             s.as_ref().map(|s| {
-                std::sync::Arc::new(prep_model.prepare(
-                    &s.profile,
-                    s.cluster.gpu,
-                    s.config.tp,
-                    s.config.sequence_parallel,
-                ))
+                std::sync::Arc::new(prep_model.prepare_for(&s.profile, s.cluster.gpu, &s.config))
             })
         })
         .collect();
