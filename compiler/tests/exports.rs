@@ -369,7 +369,9 @@ fn megatron_validate(
     // arguments.py:587 the expert tensor-parallel size defaults to tp; 1655 experts divide over ep;
     // parallel_state.py:881 the world divides by expert_tp · ep · pp.
     let ep = int("--expert-model-parallel-size").unwrap_or(1);
-    let expert_tp = int("--expert-tensor-parallel-size").unwrap_or(tp);
+    // (A dense model has no experts to split: moai records expert_tp 1 for it.)
+    let expert_tp =
+        int("--expert-tensor-parallel-size").unwrap_or(if has("--num-experts") { tp } else { 1 });
     if ep > 1 {
         let experts = int("--num-experts").ok_or("expert parallelism without --num-experts")?;
         if !experts.is_multiple_of(ep) {

@@ -1247,4 +1247,29 @@ mod moe {
             assert!(layer(0).ops.iter().all(|o| o.split != TpSplit::Expert));
         }
     }
+
+    #[test]
+    fn specs_describe_mixtral_style_experts() {
+        let spec = "mistral:layers=32,hidden=4096,heads=32,kv_heads=8,ffn=14336,vocab=32000,experts=8,topk=2";
+        let c = ArchConfig::from_spec(spec).unwrap();
+        let hf = ArchConfig::from_hf_config(&config_path("mixtral-8x7b")).unwrap();
+        assert_eq!(
+            (c.params(), c.active_params()),
+            (hf.params(), hf.active_params())
+        );
+        let m = c.moe.unwrap();
+        assert_eq!((m.experts, m.topk, m.expert_ffn), (8, 2, 14336));
+        let c = ArchConfig::from_spec(
+            "llama:layers=4,hidden=64,heads=4,ffn=128,vocab=100,experts=4,expert_ffn=32,shared_ffn=32,first_dense=1",
+        )
+        .unwrap();
+        assert_eq!(c.moe.unwrap().dense_layers, vec![0]);
+        let e = ArchConfig::from_spec("llama:layers=2,hidden=64,heads=4,vocab=100,topk=2")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`topk` describes mixture-of-experts layers and needs `experts`"),
+            "{e}"
+        );
+    }
 }
