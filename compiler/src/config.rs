@@ -178,9 +178,13 @@ pub fn checked(cfg: &ParallelConfig, cluster: &Cluster, shape: ModelShape) -> Re
 }
 
 /// Expert parallelism against the model's experts: a dense model takes neither `ep` nor `expert_tp`;
-/// `ep` divides the routed experts and `expert_tp` their width.
+/// `ep` divides the routed experts and `expert_tp` their width; with experts and `tp > 1`, sequence
+/// parallelism or `expert_tp = tp`.
 fn check_experts(cfg: &ParallelConfig, shape: ModelShape) -> Result<()> {
     let bad = |m: String| Err(PlanError::InvalidArgument(m));
+    if shape.experts > 0 {
+        cfg.check_expert_tp()?;
+    }
     if cfg.ep == 1 && cfg.expert_tp == 1 {
         return Ok(());
     }

@@ -1703,3 +1703,61 @@ fn deepseek_v3_megatron_export_carries_latent_attention_and_moe_flags() {
     let why = engine_runs(Stack::Fsdp, &dense_ep).unwrap_err();
     assert!(why.contains("grouped GEMMs"), "{why}");
 }
+
+/// Expert parallelism in the cost model: spreading Mixtral's experts over more ranks cuts the expert
+/// weights each device holds and adds all-to-all dispatch time; a higher routing imbalance slows the
+/// step; a dense model refuses ep in one line.
+#[test]
+fn expert_parallelism_trades_memory_for_dispatch_and_imbalance_costs_time() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("models/configs/mixtral-8x7b");
+    let m = Model::load(dir.to_str().unwrap()).unwrap();
+    let cluster = h100(64);
+    let req = PlanRequest::new(256, 4096);
+    let cfg = |ep: u32| ParallelConfig {
+        dp: 16,
+        tp: 1,
+        pp: 4,
+        micro_batch_size: 1,
+        num_micro_batches: 16,
+        distribute_optimizer: true,
+        schedule: Schedule::Interleaved(8),
+        ep,
+        ..ParallelConfig::default()
+    };
+    let one = estimate(&m, &cluster, &cfg(1), &req).unwrap();
+    let eight = estimate(&m, &cluster, &cfg(8), &req).unwrap();
+    assert_eq!(one.predicted.breakdown.moe_dispatch_s, 0.0);
+    assert!(eight.predicted.breakdown.moe_dispatch_s > 0.0);
+    assert!(
+        eight.predicted.peak_memory_bytes * 2 < one.predicted.peak_memory_bytes,
+        "ep 8 {} vs ep 1 {}",
+        eight.predicted.peak_memory_bytes,
+        one.predicted.peak_memory_bytes
+    );
+    let mut balanced = req.clone();
+    balanced.moe_imbalance = Some(1.0);
+    let b = estimate(&m, &cluster, &cfg(8), &balanced).unwrap();
+    assert!(b.predicted.step_time_s < eight.predicted.step_time_s);
+    let mut bad = req.clone();
+    bad.moe_imbalance = Some(0.5);
+    let e = estimate(&m, &cluster, &cfg(8), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--moe-imbalance 0.5"), "{e}");
+    let e = estimate(
+        spec_model(),
+        &h100(8),
+        &ParallelConfig {
+            dp: 8,
+            ep: 2,
+            ..ParallelConfig::default()
+        },
+        &PlanRequest::new(8, 1024),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("need a mixture-of-experts model"), "{e}");
+}

@@ -287,10 +287,11 @@ impl ParallelConfig {
     }
 
     /// Expert parallelism on the cluster: `ep · expert_tp` ranks inside the `dp · tp` ranks of a
-    /// pipeline stage (Megatron folds the expert groups into them), `expert_tp` inside a server, and,
-    /// with `tp > 1`, either sequence parallelism or `expert_tp = tp`: the cost model's expert work per
-    /// device (`1/tp` of the micro-batch's) assumes the ranks of a tensor-parallel group either hold
-    /// different tokens or split each expert among themselves; other layouts are not planned.
+    /// pipeline stage (Megatron folds the expert groups into them) and `expert_tp` inside a server. (For a
+    /// model with experts, [`ParallelConfig::check_expert_tp`] also asks, with `tp > 1`, for sequence
+    /// parallelism or `expert_tp = tp`: the cost model's expert work per device, `1/tp` of the
+    /// micro-batch's, assumes the ranks of a tensor-parallel group either hold different tokens or split
+    /// each expert among themselves; other layouts are not planned.)
     fn validate_experts_cluster(&self, cluster: &Cluster) -> Result<()> {
         let bad = |m: String| Err(CostError::InvalidConfig(m));
         if self.ep == 0 || self.expert_tp == 0 {
@@ -315,11 +316,17 @@ impl ParallelConfig {
                 self.expert_tp, cluster.devices_per_server
             ));
         }
+        Ok(())
+    }
+
+    /// For a model with routed experts and `tp > 1`: sequence parallelism or `expert_tp = tp` (see
+    /// [`ParallelConfig::validate_cluster`]); the error is one line.
+    pub fn check_expert_tp(&self) -> Result<()> {
         if self.tp > 1 && !self.sequence_parallel && self.expert_tp != self.tp {
-            return bad(format!(
-                "expert parallelism with tp {} needs sequence_parallel or expert_tp = tp (got expert_tp {})",
+            return Err(CostError::InvalidConfig(format!(
+                "routed experts with tp {} need sequence_parallel or expert_tp = tp (got expert_tp {})",
                 self.tp, self.expert_tp
-            ));
+            )));
         }
         Ok(())
     }
@@ -429,9 +436,6 @@ impl ParallelConfig {
     /// Expert parallelism against the model: it needs routed experts, `ep` must divide their number
     /// and `expert_tp` their width.
     fn validate_experts_profile(&self, profile: &StepProfile) -> Result<()> {
-        if self.ep == 1 && self.expert_tp == 1 {
-            return Ok(());
-        }
         let experts = profile.blocks.iter().flat_map(|b| &b.ops).find_map(|op| {
             match (&op.class, op.split, op.phase) {
                 (KernelClass::Matmul { batch, n, .. }, TpSplit::Expert, Phase::Forward) => {
@@ -440,6 +444,9 @@ impl ParallelConfig {
                 _ => None,
             }
         });
+        if experts.is_none() && self.ep == 1 && self.expert_tp == 1 {
+            return Ok(());
+        }
         let Some((experts, width)) = experts else {
             return Err(CostError::InvalidConfig(format!(
                 "ep {} / expert_tp {} need a mixture-of-experts model; this one has no routed experts",
@@ -458,7 +465,7 @@ impl ParallelConfig {
                 self.expert_tp
             )));
         }
-        Ok(())
+        self.check_expert_tp()
     }
 }
 
