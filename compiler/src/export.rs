@@ -89,6 +89,8 @@ pub struct ExportContext {
     pub moe: Option<moai_models::MoeConfig>,
     /// Multi-head latent attention, from the model's config.
     pub mla: Option<moai_models::MlaConfig>,
+    /// Per-head query/key RMSNorm (Qwen3), from the model's config.
+    pub qk_norm: bool,
 }
 
 impl ExportContext {
@@ -564,6 +566,9 @@ fn megatron_moe_args(a: &mut Vec<(String, Option<String>)>, plan: &PlanConfig, c
         a.push((k.to_string(), Some(v)))
     };
     let flag = |a: &mut Vec<(String, Option<String>)>, k: &str| a.push((k.to_string(), None));
+    if cx.qk_norm {
+        flag(a, "--qk-layernorm");
+    }
     if let Some(m) = &cx.mla {
         flag(a, "--multi-latent-attention");
         if let Some(r) = m.q_lora_rank {
@@ -943,6 +948,7 @@ mod tests {
                 devices_per_server: 8,
                 moe: None,
                 mla: None,
+                qk_norm: false,
             },
         )
     }

@@ -1761,3 +1761,40 @@ fn expert_parallelism_trades_memory_for_dispatch_and_imbalance_costs_time() {
     .to_string();
     assert!(e.contains("need a mixture-of-experts model"), "{e}");
 }
+
+/// Qwen3-30B-A3B: 128 experts without a shared expert, per-head query/key norms (`--qk-layernorm`).
+#[test]
+fn qwen3_moe_megatron_export_has_qk_layernorm() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("models/configs/qwen3-30b-a3b");
+    let m = Model::load(dir.to_str().unwrap()).unwrap();
+    let cluster = h100(16);
+    let req = PlanRequest::new(512, 4096);
+    let cx = export_context(&m, &cluster, &req);
+    let cfg = ParallelConfig {
+        dp: 8,
+        pp: 2,
+        num_micro_batches: 64,
+        ep: 8,
+        distribute_optimizer: true,
+        ..ParallelConfig::default()
+    };
+    let p = moai_compiler::report::plan_config(&cfg, 48);
+    let args = megatron_args(&p, &cx).unwrap();
+    megatron_validate(&args, 16, false).unwrap();
+    let line = moai_compiler::export::megatron_command_line(&p, &cx).unwrap();
+    for want in [
+        "--qk-layernorm",
+        "--num-experts 128",
+        "--moe-router-topk 8",
+        "--moe-ffn-hidden-size 768",
+        "--kv-channels 128",
+        "--expert-model-parallel-size 8",
+    ] {
+        assert!(line.contains(want), "missing {want}: {line}");
+    }
+    assert!(!line.contains("--moe-shared-expert"), "{line}");
+    assert!(!line.contains("--moe-router-pre-softmax"), "{line}");
+}

@@ -82,7 +82,10 @@ pub struct ArchConfig {
     pub sliding_window: Option<usize>,
     /// Parameter and activation element type.
     pub dtype: DType,
-    /// Mixture-of-experts MLPs (Mixtral, Qwen2-MoE, DeepSeek); `None` for dense models.
+    /// RMSNorm of each query and key head before rotary (Qwen3's `q_norm`/`k_norm`, weights
+    /// `[head_dim]`).
+    pub qk_norm: bool,
+    /// Mixture-of-experts MLPs (Mixtral, Qwen2-MoE, Qwen3-MoE, DeepSeek); `None` for dense models.
     pub moe: Option<MoeConfig>,
     /// Multi-head latent attention (DeepSeek-V2/V3); `None` for standard grouped-KV attention.
     pub mla: Option<MlaConfig>,
@@ -237,6 +240,11 @@ impl ArchConfig {
         if let Some(m) = &self.moe {
             self.validate_moe(m)?;
         }
+        if self.qk_norm && !self.family.is_llama_like() {
+            return Err(ErrorKind::Inconsistent(
+                "query/key norms are modeled for the rotary families only".into(),
+            ));
+        }
         if let Some(m) = &self.mla {
             self.validate_mla(m)?;
         }
@@ -310,9 +318,10 @@ impl ArchConfig {
                 });
             }
         }
-        if !self.family.is_llama_like() || self.qkv_bias {
+        if !self.family.is_llama_like() || self.qkv_bias || self.qk_norm {
             return Err(ErrorKind::Inconsistent(
-                "latent attention is modeled for the rotary families without q/k/v biases".into(),
+                "latent attention is modeled for the rotary families without q/k/v biases or norms"
+                    .into(),
             ));
         }
         if !m.qk_rope_head_dim.is_multiple_of(2) {
@@ -382,7 +391,8 @@ impl ArchConfig {
             None => {
                 h * q + b(self.qkv_bias, q)                // q_proj
                     + 2 * (h * kv + b(self.qkv_bias, kv))  // k_proj, v_proj
-                    + q * h + b(self.o_bias, h) // o_proj
+                    + q * h + b(self.o_bias, h)            // o_proj
+                    + b(self.qk_norm, 2 * self.head_dim as u128) // q_norm, k_norm
             }
         };
         let swiglu = |w: u128, bias: bool| 2 * (h * w + b(bias, w)) + w * h + b(bias, h);
@@ -454,6 +464,7 @@ mod tests {
             rope_theta: 10000.0,
             sliding_window: None,
             dtype: DType::BF16,
+            qk_norm: false,
             moe: None,
             mla: None,
         }

@@ -25,6 +25,9 @@ enum Moe {
     Mixtral,
     /// `Qwen2MoeForCausalLM`.
     Qwen2,
+    /// `Qwen3MoeForCausalLM`: Qwen2-MoE's routing without the shared expert, Llama attention (no q/k/v
+    /// biases) with per-head query/key RMSNorm.
+    Qwen3,
     /// `DeepseekV2ForCausalLM` (`v3: false`) and `DeepseekV3ForCausalLM`.
     DeepSeek { v3: bool },
 }
@@ -60,6 +63,7 @@ fn parse_inner(json: &str, name: &str) -> Result<ArchConfig, ErrorKind> {
         "gpt2" => (Family::Gpt, Moe::Dense),
         "mixtral" => (Family::Mistral, Moe::Mixtral),
         "qwen2_moe" => (Family::Qwen2, Moe::Qwen2),
+        "qwen3_moe" => (Family::Llama, Moe::Qwen3),
         "deepseek_v2" => (Family::Llama, Moe::DeepSeek { v3: false }),
         "deepseek_v3" => (Family::Llama, Moe::DeepSeek { v3: true }),
         other => {
@@ -102,6 +106,7 @@ fn parse_inner(json: &str, name: &str) -> Result<ArchConfig, ErrorKind> {
             rope_theta: 10_000.0,
             sliding_window: None,
             dtype,
+            qk_norm: false,
             moe: None,
             mla: None,
         }
@@ -127,6 +132,7 @@ fn parse_inner(json: &str, name: &str) -> Result<ArchConfig, ErrorKind> {
         };
         let default_pos = match (family, moe) {
             (_, Moe::DeepSeek { v3: true }) => 4096,
+            (_, Moe::Qwen3) => 32768,
             (Family::Mistral, _) => 4096 * 32,
             (Family::Qwen2, _) => 32768,
             _ => 2048,
@@ -174,6 +180,7 @@ fn parse_inner(json: &str, name: &str) -> Result<ArchConfig, ErrorKind> {
             ),
             sliding_window,
             dtype,
+            qk_norm: moe == Moe::Qwen3,
             moe: moe_config(&c, moe, layers)?,
             mla,
         }
@@ -200,14 +207,27 @@ fn moe_config(c: &Cfg<'_>, moe: Moe, layers: usize) -> Result<Option<MoeConfig>,
             capacity_factor: 1.0,
             dense_layers: Vec::new(),
         },
-        Moe::Qwen2 => {
+        Moe::Qwen2 | Moe::Qwen3 => {
+            let qwen3 = moe == Moe::Qwen3;
             let step = c.int("decoder_sparse_step")?.unwrap_or(1);
             let only = c.int_list("mlp_only_layers")?;
-            let shared_ffn = c.uint("shared_expert_intermediate_size")?.unwrap_or(5632);
+            let shared_ffn = if qwen3 {
+                0
+            } else {
+                c.uint("shared_expert_intermediate_size")?.unwrap_or(5632)
+            };
             MoeConfig {
-                experts: c.int("num_experts")?.unwrap_or(60),
-                topk: c.int("num_experts_per_tok")?.unwrap_or(4),
-                expert_ffn: c.int("moe_intermediate_size")?.unwrap_or(1408),
+                experts: c
+                    .int("num_experts")?
+                    .unwrap_or(if qwen3 { 128 } else { 60 }),
+                topk: c
+                    .int("num_experts_per_tok")?
+                    .unwrap_or(if qwen3 { 8 } else { 4 }),
+                expert_ffn: c.int("moe_intermediate_size")?.unwrap_or(if qwen3 {
+                    768
+                } else {
+                    1408
+                }),
                 shared_ffn,
                 shared_gate: shared_ffn > 0,
                 router_bias: false,

@@ -257,6 +257,7 @@ fn parse_inner(spec: &str) -> Result<ArchConfig, ErrorKind> {
         rope_theta,
         sliding_window,
         dtype,
+        qk_norm: false,
         moe,
         mla: None,
     };

@@ -1036,6 +1036,27 @@ mod moe {
     }
 
     #[test]
+    fn qwen3_moe_has_the_published_counts_and_query_key_norms() {
+        // Qwen3-30B-A3B (its model card): 30.5B total, 29.9B without the embedding and LM head, 3.3B
+        // activated (ours 3.353B: the card truncates).
+        let c = ArchConfig::from_hf_config(&config_path("qwen3-30b-a3b")).unwrap();
+        let m = c.moe.as_ref().unwrap();
+        assert_eq!(
+            (m.experts, m.topk, m.expert_ffn, m.shared_ffn),
+            (128, 8, 768, 0)
+        );
+        assert!(c.qk_norm && m.norm_topk && !c.qkv_bias && c.head_dim == 128);
+        assert_eq!(billions(c.params(), 1), 30.5);
+        let embeddings = 2 * (c.vocab * c.hidden) as u64;
+        assert_eq!(billions(c.params() - embeddings, 1), 29.9);
+        assert_eq!(c.active_params(), 3_353_032_704);
+        assert_eq!((c.active_params() as f64 / 1e8).floor() / 10.0, 3.3);
+        let g = c.build().unwrap();
+        let norms = layer_histogram(&g, 0)["RmsNorm"];
+        assert_eq!(norms, 4, "input, post-attention, q_norm, k_norm");
+    }
+
+    #[test]
     fn dense_configs_have_equal_total_and_active_counts() {
         let c = ArchConfig::from_hf_config(&config_path("mistral-7b")).unwrap();
         assert_eq!(c.active_params(), c.params());
@@ -1114,7 +1135,7 @@ mod moe {
     }
 
     /// Tiny configs of each mixture-of-experts dialect (random weights fit).
-    pub(crate) const TINY_MOE: [(&str, &str); 3] = [
+    pub(crate) const TINY_MOE: [(&str, &str); 4] = [
         (
             "mixtral",
             r#"{"model_type":"mixtral","hidden_size":32,"intermediate_size":24,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":40,"num_local_experts":4,"num_experts_per_tok":2}"#,
@@ -1122,6 +1143,10 @@ mod moe {
         (
             "qwen2_moe",
             r#"{"model_type":"qwen2_moe","hidden_size":32,"intermediate_size":48,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":40,"num_experts":4,"num_experts_per_tok":2,"moe_intermediate_size":16,"shared_expert_intermediate_size":24}"#,
+        ),
+        (
+            "qwen3_moe",
+            r#"{"model_type":"qwen3_moe","hidden_size":32,"intermediate_size":48,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,"vocab_size":40,"num_experts":4,"num_experts_per_tok":2,"moe_intermediate_size":16,"norm_topk_prob":true}"#,
         ),
         (
             "deepseek_v3",
@@ -1136,6 +1161,7 @@ mod moe {
             "deepseek-v3",
             "deepseek-v2",
             "qwen1.5-moe-a2.7b",
+            "qwen3-30b-a3b",
         ] {
             let c = ArchConfig::from_hf_config(&config_path(name)).unwrap();
             let g = c.build().unwrap();
@@ -1196,7 +1222,7 @@ mod moe {
     fn moe_step_profiles_mark_expert_work_and_weights() {
         use moai_ir::cost::{BlockKind, KernelClass, Phase, TpSplit};
         use moai_ir::train::{RecomputePolicy, TrainOptions, step_profile};
-        let (name, json) = TINY_MOE[2];
+        let (name, json) = TINY_MOE[3];
         let c = ArchConfig::from_hf_config_str(json, name).unwrap();
         let g = c.build().unwrap();
         for recompute in [RecomputePolicy::None, RecomputePolicy::Full] {

@@ -162,9 +162,15 @@ fn decoder_layer(
 
             b.at(format!("{p}.self_attn"), l);
             let (cos, sin) = rot.views(b, d);
-            let q4 = split_heads(b, q, heads, d);
-            let k4 = split_heads(b, k, kv, d);
+            let mut q4 = split_heads(b, q, heads, d);
+            let mut k4 = split_heads(b, k, kv, d);
             let v4 = split_heads(b, v, kv, d);
+            if cfg.qk_norm {
+                // Qwen3: RMSNorm of every query and key head (weights [head_dim]) before rotary.
+                q4 = head_norm(b, cfg, &format!("{p}.self_attn.q_norm"), l, q4, heads);
+                k4 = head_norm(b, cfg, &format!("{p}.self_attn.k_norm"), l, k4, kv);
+                b.at(format!("{p}.self_attn"), l);
+            }
             let q4 = rotary(b, q4, cos, sin, heads, d);
             let k4 = rotary(b, k4, cos, sin, kv, d);
             let a = attention(b, q4, k4, v4, heads, kv, d);
@@ -291,6 +297,26 @@ fn moe_block(
     }
     b.at(format!("{p}.mlp"), l);
     b.op(Op::Binary(BinaryOp::Add), &[routed, shared], dt, bsn(h))
+}
+
+/// RMSNorm over the head dimension of `x [b, heads, s, head_dim]` in module scope `scope`.
+fn head_norm(
+    b: &mut Builder,
+    cfg: &ArchConfig,
+    scope: &str,
+    l: Option<usize>,
+    x: Value,
+    heads: usize,
+) -> Value {
+    let (d, dt) = (cfg.head_dim, b.dtype);
+    b.at(scope.to_string(), l);
+    let w = b.param(&format!("{scope}.weight"), &[d], Init::Ones);
+    b.op(
+        Op::RmsNorm { eps: cfg.eps },
+        &[x, w],
+        dt,
+        vec![Dim::sym("batch"), c(heads), Dim::sym("seq"), c(d)],
+    )
 }
 
 /// `[b, h, s, from..to]` of a `[b, h, s, d]` tensor.
