@@ -7,11 +7,11 @@ use crate::report::{PlanReport, build_report, cluster_info, model_info, plan_con
 use crate::request::PlanRequest;
 use crate::search::{NoProgress, Progress, search, train_options};
 use crate::space::ModelShape;
-use moai_costmodel::{Cluster, CostModel, ParallelConfig, ProfiledCostModel};
+use moai_costmodel::{Cluster, CostModel, ParallelConfig};
 
 /// Finds the best plan with the default (profiled) cost model.
 pub fn plan(model: &Model, cluster: &Cluster, req: &PlanRequest) -> Result<PlanReport> {
-    plan_with(model, cluster, req, &ProfiledCostModel::new(), &NoProgress)
+    plan_with(model, cluster, req, &req.cost_model(), &NoProgress)
 }
 
 /// Finds the best plan with any cost model, reporting progress.
@@ -54,7 +54,7 @@ pub fn estimate(
     config: &ParallelConfig,
     req: &PlanRequest,
 ) -> Result<PlanOutput> {
-    estimate_with(model, cluster, config, req, &ProfiledCostModel::new())
+    estimate_with(model, cluster, config, req, &req.cost_model())
 }
 
 /// Predicts one configuration with any cost model.

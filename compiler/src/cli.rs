@@ -96,6 +96,10 @@ pub struct JobArgs {
     /// Print one JSON object on stdout (logs stay on stderr).
     #[arg(long)]
     pub json: bool,
+    /// Mixture-of-experts routing imbalance: tokens at the busiest expert over the average (1 to 64;
+    /// default 1.25, the capacity factor Switch Transformers train with).
+    #[arg(long)]
+    pub moe_imbalance: Option<f64>,
 }
 
 impl JobArgs {
@@ -129,6 +133,7 @@ impl JobArgs {
         r.optimizer = self.optimizer.parse().map_err(|e| {
             PlanError::InvalidArgument(format!("--optimizer {}: {e}", self.optimizer))
         })?;
+        r.moe_imbalance = self.moe_imbalance;
         r.validate()?;
         Ok(r)
     }
@@ -192,6 +197,14 @@ pub struct ConfigArgs {
     /// with the switch. plan: fixes them for every candidate.
     #[arg(long)]
     pub overlap: Option<String>,
+    /// Expert-parallel degree (mixture-of-experts models): each MoE layer's routed experts spread over
+    /// this many data-parallel ranks (Megatron-LM's --expert-model-parallel-size).
+    #[arg(long)]
+    pub ep: Option<u64>,
+    /// Expert tensor-parallel degree: each routed expert's width split over this many ranks
+    /// (Megatron-LM's --expert-tensor-parallel-size).
+    #[arg(long)]
+    pub expert_tp: Option<u64>,
 }
 
 impl ConfigArgs {
@@ -256,6 +269,8 @@ impl ConfigArgs {
                 .map(Constraints::parse_overlap_list)
                 .transpose()?
                 .unwrap_or_default(),
+            ep: to_u32("ep", self.ep)?,
+            expert_tp: to_u32("expert-tp", self.expert_tp)?,
         })
     }
 }

@@ -604,6 +604,8 @@ mod tests {
             precision: Default::default(),
             offload_optimizer: false,
             stage_recompute: Vec::new(),
+            ep: 1,
+            expert_tp: 1,
         };
         assert_eq!(stage_counts(&p).unwrap(), vec![21, 19]);
         p.stages[1].layers = [21, 20];

@@ -9,7 +9,7 @@ use crate::cli::{
 use crate::error::{PlanError, Result};
 use crate::request::CancelToken;
 use crate::search::Progress;
-use crate::{Gpu, Model, ProfiledCostModel};
+use crate::{Gpu, Model};
 use std::io::Write;
 use std::path::Path;
 
@@ -309,17 +309,16 @@ pub fn plan(a: PlanArgs, cancel: &CancelToken) -> Result<()> {
     } else {
         bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     }
-    let report =
-        match crate::plan_with(&model, &cluster, &req, &ProfiledCostModel::new(), &Bar(bar)) {
-            Ok(r) => r,
-            Err(PlanError::NoFeasiblePlan(msg)) => {
-                let hint = crate::fit::smallest_fitting_flavor(&model, &cluster, &req)
-                    .map(|f| format!("; the smallest flavor that fits is {f}"))
-                    .unwrap_or_else(|| "; no flavor in the catalog fits it either".into());
-                return Err(PlanError::NoFeasiblePlan(format!("{msg}{hint}")));
-            }
-            Err(e) => return Err(e),
-        };
+    let report = match crate::plan_with(&model, &cluster, &req, &req.cost_model(), &Bar(bar)) {
+        Ok(r) => r,
+        Err(PlanError::NoFeasiblePlan(msg)) => {
+            let hint = crate::fit::smallest_fitting_flavor(&model, &cluster, &req)
+                .map(|f| format!("; the smallest flavor that fits is {f}"))
+                .unwrap_or_else(|| "; no flavor in the catalog fits it either".into());
+            return Err(PlanError::NoFeasiblePlan(format!("{msg}{hint}")));
+        }
+        Err(e) => return Err(e),
+    };
     tracing::info!("Configuration for parallelism is selected.");
     tracing::info!("{}", report.output.plan.summary_line());
     if let Some(out) = &a.out {

@@ -35,6 +35,9 @@ pub fn export_context(model: &Model, cluster: &Cluster, req: &PlanRequest) -> Ex
         optimizer: req.optimizer.to_string(),
         devices: cluster.devices as u64,
         devices_per_server: (cluster.devices_per_server as u64).max(1),
+        moe: model.arch.as_ref().and_then(|a| a.moe.clone()),
+        mla: model.arch.as_ref().and_then(|a| a.mla.clone()),
+        qk_norm: model.arch.as_ref().is_some_and(|a| a.qk_norm),
     }
 }
 

@@ -90,6 +90,12 @@ pub struct ExportContext {
     pub devices: u64,
     /// Devices per full server.
     pub devices_per_server: u64,
+    /// The mixture-of-experts layers, from the model's config (`None`: dense, or an ONNX graph).
+    pub moe: Option<moai_models::MoeConfig>,
+    /// Multi-head latent attention, from the model's config.
+    pub mla: Option<moai_models::MlaConfig>,
+    /// Per-head query/key RMSNorm (Qwen3), from the model's config.
+    pub qk_norm: bool,
 }
 
 impl ExportContext {
@@ -142,6 +148,12 @@ pub struct PlanDims {
     pub overlap_param_gather: bool,
     /// Tensor-parallel collectives overlapped with the adjacent GEMMs.
     pub tp_comm_overlap: bool,
+    /// Expert-parallel degree.
+    pub ep: u64,
+    /// Expert tensor-parallel degree.
+    pub expert_tp: u64,
+    /// The model has routed experts (mixture of experts).
+    pub moe: bool,
 }
 
 impl PlanDims {
@@ -188,6 +200,9 @@ impl PlanDims {
             overlap_grad_reduce: c.overlap_grad_reduce,
             overlap_param_gather: c.overlap_param_gather,
             tp_comm_overlap: c.tp_comm_overlap,
+            ep: c.ep as u64,
+            expert_tp: c.expert_tp as u64,
+            moe: false,
         }
     }
 
@@ -229,6 +244,9 @@ impl PlanDims {
             overlap_grad_reduce: p.overlap_grad_reduce,
             overlap_param_gather: p.overlap_param_gather,
             tp_comm_overlap: p.tp_comm_overlap,
+            ep: p.ep,
+            expert_tp: p.expert_tp,
+            moe: cx.moe.is_some(),
         })
     }
 }
@@ -362,6 +380,17 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                     d.pp
                 ));
             }
+            if d.ep > 1 || d.expert_tp > 1 {
+                return Err(format!(
+                    "{name} with a generic training script has no expert parallelism (ep {}, expert_tp {}); Megatron-LM runs it",
+                    d.ep, d.expert_tp
+                ));
+            }
+            if d.moe {
+                return Err(format!(
+                    "{name} with a generic training script runs the Hugging Face experts one by one, not the grouped GEMMs and all-to-all dispatch the plan is costed for; Megatron-LM runs it"
+                ));
+            }
             if d.recompute == Recompute::Selective {
                 return Err(format!(
                     "{name} checkpoints whole decoder layers; selective recomputation of the attention core is Megatron-LM's"
@@ -430,10 +459,23 @@ pub fn engines_for(d: &PlanDims) -> Vec<Stack> {
 /// recomputation, and its exports refuse in one line.
 pub fn assign_engine(
     fixed: Option<Stack>,
-    mut c: ParallelConfig,
+    c: ParallelConfig,
     cluster: &Cluster,
 ) -> Result<ParallelConfig, String> {
-    let d = PlanDims::of_config(&c, cluster);
+    assign_engine_for(fixed, c, cluster, false)
+}
+
+/// [`assign_engine`] for a model with (`moe`) or without routed experts.
+pub fn assign_engine_for(
+    fixed: Option<Stack>,
+    mut c: ParallelConfig,
+    cluster: &Cluster,
+    moe: bool,
+) -> Result<ParallelConfig, String> {
+    let d = PlanDims {
+        moe,
+        ..PlanDims::of_config(&c, cluster)
+    };
     match fixed {
         Some(e) => {
             engine_runs(e, &d).map_err(|why| format!("--engine {e}: {why}"))?;
@@ -742,7 +784,86 @@ pub fn megatron_args(
     if !cx.tied_embeddings {
         flag(&mut a, "--untie-embeddings-and-output-weights");
     }
+    megatron_moe_args(&mut a, plan, cx);
     Ok(a)
+}
+
+/// `([0]*3+[1]*58)`: Megatron's `--moe-layer-freq` pattern (1: a MoE layer) as runs of equal values.
+fn moe_layer_pattern(moe: &moai_models::MoeConfig, layers: u32) -> String {
+    let mut runs: Vec<(u8, u32)> = Vec::new();
+    for l in 0..layers as usize {
+        let v = u8::from(moe.is_moe_layer(l));
+        match runs.last_mut() {
+            Some((last, n)) if *last == v => *n += 1,
+            _ => runs.push((v, 1)),
+        }
+    }
+    let parts: Vec<String> = runs.iter().map(|(v, n)| format!("[{v}]*{n}")).collect();
+    format!("({})", parts.join("+"))
+}
+
+/// Megatron-Core's mixture-of-experts and latent-attention flags: experts, router, grouped GEMMs with
+/// all-to-all token dispatch (what the cost model prices), the expert-parallel sizes, shared experts,
+/// dense layers, and MLA's ranks and head widths.
+fn megatron_moe_args(a: &mut Vec<(String, Option<String>)>, plan: &PlanConfig, cx: &ExportContext) {
+    let kv = |a: &mut Vec<(String, Option<String>)>, k: &str, v: String| {
+        a.push((k.to_string(), Some(v)))
+    };
+    let flag = |a: &mut Vec<(String, Option<String>)>, k: &str| a.push((k.to_string(), None));
+    if cx.qk_norm {
+        flag(a, "--qk-layernorm");
+    }
+    if let Some(m) = &cx.mla {
+        flag(a, "--multi-latent-attention");
+        if let Some(r) = m.q_lora_rank {
+            kv(a, "--q-lora-rank", r.to_string());
+        }
+        kv(a, "--kv-lora-rank", m.kv_lora_rank.to_string());
+        kv(a, "--qk-head-dim", m.qk_nope_head_dim.to_string());
+        kv(a, "--qk-pos-emb-head-dim", m.qk_rope_head_dim.to_string());
+        kv(a, "--v-head-dim", m.v_head_dim.to_string());
+    }
+    let Some(m) = &cx.moe else {
+        return;
+    };
+    kv(a, "--num-experts", m.experts.to_string());
+    kv(a, "--moe-router-topk", m.topk.to_string());
+    kv(a, "--moe-ffn-hidden-size", m.expert_ffn.to_string());
+    if !m.dense_layers.is_empty() {
+        kv(a, "--moe-layer-freq", moe_layer_pattern(m, cx.layers));
+    }
+    if m.shared_ffn > 0 {
+        kv(
+            a,
+            "--moe-shared-expert-intermediate-size",
+            m.shared_ffn.to_string(),
+        );
+        if m.shared_gate {
+            flag(a, "--moe-shared-expert-gate");
+        }
+    }
+    match m.score {
+        moai_models::RouterScore::Sigmoid => {
+            kv(a, "--moe-router-score-function", "sigmoid".into());
+        }
+        // Megatron's default softmax runs over the chosen top-k (renormalized); softmax over all
+        // experts before the choice is `--moe-router-pre-softmax`.
+        moai_models::RouterScore::Softmax if !m.norm_topk => {
+            flag(a, "--moe-router-pre-softmax");
+        }
+        moai_models::RouterScore::Softmax => {}
+    }
+    if m.router_bias {
+        flag(a, "--moe-router-enable-expert-bias");
+    }
+    flag(a, "--moe-grouped-gemm");
+    kv(a, "--moe-token-dispatcher-type", "alltoall".into());
+    kv(a, "--expert-model-parallel-size", plan.ep.to_string());
+    kv(
+        a,
+        "--expert-tensor-parallel-size",
+        plan.expert_tp.to_string(),
+    );
 }
 
 /// A value quoted for the shell when it holds anything but letters, digits and `._-+`.
@@ -1073,6 +1194,8 @@ mod tests {
                 precision: MatmulPrecision::Bf16,
                 offload_optimizer: false,
                 stage_recompute: Vec::new(),
+                ep: 1,
+                expert_tp: 1,
             },
             ExportContext {
                 layers: 40,
@@ -1099,6 +1222,9 @@ mod tests {
                 optimizer: "adamw".into(),
                 devices: 32,
                 devices_per_server: 8,
+                moe: None,
+                mla: None,
+                qk_norm: false,
             },
         )
     }

@@ -3,7 +3,7 @@
 use crate::model::Model;
 use crate::request::PlanRequest;
 use crate::search::{NoProgress, search};
-use moai_costmodel::{Cluster, ProfiledCostModel, Recompute};
+use moai_costmodel::{Cluster, Recompute};
 
 /// The smallest catalog flavor larger than `cluster` (same GPU kind) on which some plan fits, searching
 /// only the memory-lean part of each space (full recomputation, ZeRO-1 or ZeRO-3). With a time budget in
@@ -19,7 +19,7 @@ pub fn smallest_fitting_flavor(
     let deadline = req
         .time_budget
         .and_then(|b| std::time::Instant::now().checked_add(b));
-    let cost = ProfiledCostModel::new();
+    let cost = req.cost_model();
     for row in moai_costmodel::flavors() {
         if req.cancel.is_cancelled() {
             return None;

@@ -4,7 +4,8 @@
 use crate::error::Result;
 use crate::model::Model;
 use moai_ir::stats::{
-    InspectModel, InspectReport, canonical_ops, flops_per_token, param_bytes_by_dtype,
+    InspectModel, InspectReport, active_params, canonical_ops, flops_per_token,
+    param_bytes_by_dtype,
 };
 
 /// The inspect report of a loaded model at sequence length `seq`.
@@ -15,6 +16,7 @@ pub fn inspect(model: &Model, seq: u64) -> Result<InspectReport> {
         model: InspectModel {
             name: model.name.clone(),
             params: s.params,
+            active_params: active_params(g, s.params),
             layers: s.layers,
             hidden: s.hidden,
             heads: s.heads,
@@ -48,6 +50,13 @@ pub fn render(r: &InspectReport) -> String {
         m.params,
         m.params as f64 / 1e9
     ));
+    if let Some(a) = m.active_params {
+        s.push_str(&format!(
+            "active/token     {} ({:.3} B)\n",
+            a,
+            a as f64 / 1e9
+        ));
+    }
     s.push_str(&format!("layers           {}\n", m.layers));
     s.push_str(&format!("hidden           {}\n", m.hidden));
     s.push_str(&format!("heads / kv heads {} / {}\n", m.heads, m.kv_heads));

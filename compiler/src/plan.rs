@@ -147,6 +147,12 @@ pub struct PlanConfig {
     /// Tensor-parallel collectives overlapped with the GEMMs (printed only when off).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub tp_comm_overlap: bool,
+    /// Expert-parallel degree (mixture-of-experts models; absent when 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub ep: u64,
+    /// Expert tensor-parallel degree (absent when 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub expert_tp: u64,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -155,6 +161,10 @@ fn is_false(b: &bool) -> bool {
 
 fn is_true(b: &bool) -> bool {
     *b
+}
+
+fn is_one(v: &u64) -> bool {
+    *v == 1
 }
 
 /// Step time breakdown.
@@ -183,6 +193,10 @@ pub struct Breakdown {
     /// Context-parallel communication seconds per step, before overlap (absent without cp).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cp_comm_s: f64,
+    /// Mixture-of-experts token dispatch and combine (all-to-all) seconds per step, part of
+    /// `exposed_comm_s` (absent without expert parallelism).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub moe_dispatch_s: f64,
     /// The software stack the prediction assumes (`megatron`, `deepspeed`, `fsdp`, `eager`).
     #[serde(default)]
     pub stack: String,
@@ -280,6 +294,11 @@ impl PlanConfig {
         let cp = match (self.cp, self.cp_comm) {
             (0 | 1, _) => String::new(),
             (n, comm) => format!(", CP : {n} ({comm})"),
+        };
+        let tp = if self.ep > 1 || self.expert_tp > 1 {
+            format!("{tp}, EP : {}, expert TP : {}", self.ep, self.expert_tp)
+        } else {
+            tp
         };
         let mb = if self.pp == 1 {
             format!(", num_micro_batches : {}", self.num_micro_batches)

@@ -90,6 +90,8 @@ pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
         overlap_grad_reduce: cfg.overlap_grad_reduce,
         overlap_param_gather: cfg.overlap_param_gather,
         tp_comm_overlap: cfg.tp_comm_overlap,
+        ep: cfg.ep as u64,
+        expert_tp: cfg.expert_tp as u64,
     }
 }
 
@@ -110,6 +112,7 @@ pub fn predicted(e: &Estimate) -> Predicted {
             zero3_gather_s: e.breakdown.zero3_gather_s,
             offload_s: e.breakdown.offload_s,
             cp_comm_s: e.breakdown.cp_comm_s,
+            moe_dispatch_s: e.breakdown.moe_dispatch_s,
             stack: e
                 .sources
                 .stack
@@ -251,6 +254,9 @@ fn describe(p: &PlanConfig) -> String {
     if p.sequence_parallel {
         parts.push("sequence parallel".into());
     }
+    if p.ep > 1 || p.expert_tp > 1 {
+        parts.push(format!("ep={} expert_tp={}", p.ep, p.expert_tp));
+    }
     if p.pp > 1 {
         parts.push(p.schedule.clone());
     }
@@ -306,6 +312,20 @@ pub fn explain(
             " It is costed for and runs on {}: export it with --emit {}.",
             crate::export::engine_title(engine),
             engine.name()
+        ));
+    }
+    s.push_str(&format!(
+        " It is costed for and runs on {}: export it with --emit {}.",
+        crate::export::engine_title(engine),
+        engine.name()
+    ));
+    let dispatch = best.predicted.breakdown.moe_dispatch_s;
+    if dispatch > 0.0 {
+        s.push_str(&format!(
+            " Mixture-of-experts token dispatch and combine (all-to-all over ep {}) take {:.3} s/step, {:.1}% of the step.",
+            best.plan.ep,
+            dispatch,
+            100.0 * dispatch / best.predicted.step_time_s.max(f64::MIN_POSITIVE)
         ));
     }
     if let Some(r) = runner_up {

@@ -218,6 +218,10 @@ pub struct Constraints {
     /// Fixed overlap switches (`--overlap grad-reduce=off,...`), in switch order; a switch not named
     /// stays on where the engine overlaps.
     pub overlap: Vec<(moai_costmodel::OverlapSwitch, bool)>,
+    /// Fixed expert-parallel degree (mixture-of-experts models).
+    pub ep: Option<u32>,
+    /// Fixed expert tensor-parallel degree.
+    pub expert_tp: Option<u32>,
 }
 
 impl Constraints {
@@ -309,6 +313,9 @@ pub struct PlanRequest {
     /// Whether the search skips candidates by bounds (the default) or compiles and costs every one
     /// (`--exhaustive`); both choose the same plan.
     pub pruning: crate::search::Pruning,
+    /// Mixture-of-experts routing-imbalance factor (tokens at the busiest expert over the average,
+    /// `--moe-imbalance`); `None`: the cost model's default, `moai_costmodel::moe::DEFAULT_IMBALANCE`.
+    pub moe_imbalance: Option<f64>,
 }
 
 impl PlanRequest {
@@ -325,6 +332,7 @@ impl PlanRequest {
             memory_fraction: 0.95,
             cancel: CancelToken::new(),
             pruning: crate::search::Pruning::Bounds,
+            moe_imbalance: None,
         }
     }
 
@@ -378,9 +386,24 @@ impl PlanRequest {
                 self.memory_fraction
             ));
         }
+        if let Some(x) = self.moe_imbalance
+            && !(x.is_finite() && (1.0..=64.0).contains(&x))
+        {
+            return bad(format!(
+                "--moe-imbalance {x}: must be in [1, 64] (tokens at the busiest expert over the average)"
+            ));
+        }
         Ok(())
     }
 
+    /// The default cost model for this request (its routing-imbalance factor applied).
+    pub fn cost_model(&self) -> moai_costmodel::ProfiledCostModel {
+        let m = moai_costmodel::ProfiledCostModel::new();
+        match self.moe_imbalance {
+            Some(x) => m.with_moe_imbalance(x),
+            None => m,
+        }
+    }
     /// [`PlanRequest::validate`], then the job against the cluster it runs on: `--precision fp8` needs a
     /// GPU with FP8 matrix units (H100, H200, B200, MI300X, MI325X, MI355X); elsewhere one line says so.
     pub fn validate_for(&self, cluster: &Cluster) -> Result<()> {

@@ -19,17 +19,24 @@ pub struct ModelShape {
     pub kv_heads: u64,
     /// FFN width.
     pub ffn: u64,
+    /// Routed experts per mixture-of-experts layer (0: a dense model).
+    pub experts: u64,
+    /// Inner width of one routed expert (0: a dense model).
+    pub expert_ffn: u64,
 }
 
 impl ModelShape {
     /// The shape of a loaded model.
     pub fn of(model: &crate::model::Model) -> ModelShape {
         let s = &model.summary;
+        let moe = model.arch.as_ref().and_then(|a| a.moe.as_ref());
         ModelShape {
             layers: s.layers as u32,
             heads: s.heads,
             kv_heads: s.kv_heads,
             ffn: s.ffn,
+            experts: moe.map_or(0, |m| m.experts as u64),
+            expert_ffn: moe.map_or(0, |m| m.expert_ffn as u64),
         }
     }
 }
@@ -182,6 +189,35 @@ fn overlap_variants(
             continue;
         }
         out.append(&mut more);
+    }
+    out
+}
+
+/// The expert-parallel splits `(ep, expert_tp)` searched for a candidate with `dp` and `tp`: for a
+/// mixture-of-experts model, `ep` over the divisors of `dp` that divide the experts and `expert_tp`
+/// over 1 and `tp` (Megatron folds `ep · expert_tp` into the `dp · tp` ranks); `(1, 1)` for a dense
+/// model. `--ep` / `--expert-tp` fix them.
+fn expert_splits(shape: ModelShape, dp: u32, tp: u32, c: &Constraints) -> Vec<(u32, u32)> {
+    if shape.experts == 0 {
+        return vec![(c.ep.unwrap_or(1), c.expert_tp.unwrap_or(1))];
+    }
+    let eps: Vec<u32> = match c.ep {
+        Some(e) => vec![e],
+        None => divisors(dp)
+            .into_iter()
+            .filter(|e| shape.experts.is_multiple_of(*e as u64))
+            .collect(),
+    };
+    let etps: Vec<u32> = match c.expert_tp {
+        Some(t) => vec![t],
+        None if tp > 1 => vec![1, tp],
+        None => vec![1],
+    };
+    let mut out = Vec::with_capacity(eps.len() * etps.len());
+    for &e in &eps {
+        for &t in &etps {
+            out.push((e, t));
+        }
     }
     out
 }
@@ -440,25 +476,39 @@ pub fn enumerate_seq(
                                     ..ParallelConfig::default()
                                 };
                                 zero.apply(&mut cfg);
-                                for &(switch, on) in &c.overlap {
-                                    switch.set(&mut cfg, on);
-                                }
-                                // Only what an engine runs; the stack it is costed for is that engine.
-                                match crate::export::assign_engine(c.engine, cfg, cluster) {
-                                    // the one legality check the library's estimate also applies
-                                    Ok(cfg) => match crate::config::checked(&cfg, cluster, shape)
-                                        .and_then(|()| match seq {
-                                            Some(s) => crate::config::checked_seq(&cfg, s, shape),
-                                            None => Ok(()),
-                                        }) {
-                                        Ok(()) => {
-                                            let off = overlap_variants(&cfg, cluster, c);
-                                            candidates.push(cfg);
-                                            candidates.extend(off);
+                                for (ep, expert_tp) in expert_splits(shape, dp, tp, c) {
+                                    let mut cfg = ParallelConfig {
+                                        ep,
+                                        expert_tp,
+                                        ..cfg.clone()
+                                    };
+                                    for &(switch, on) in &c.overlap {
+                                        switch.set(&mut cfg, on);
+                                    }
+                                    // Only what an engine runs; the stack it is costed for is that engine.
+                                    let moe = shape.experts > 0;
+                                    match crate::export::assign_engine_for(
+                                        c.engine, cfg, cluster, moe,
+                                    ) {
+                                        // the one legality check the library's estimate also applies
+                                        Ok(cfg) => {
+                                            match crate::config::checked(&cfg, cluster, shape)
+                                                .and_then(|()| match seq {
+                                                    Some(s) => {
+                                                        crate::config::checked_seq(&cfg, s, shape)
+                                                    }
+                                                    None => Ok(()),
+                                                }) {
+                                                Ok(()) => {
+                                                    let off = overlap_variants(&cfg, cluster, c);
+                                                    candidates.push(cfg);
+                                                    candidates.extend(off);
+                                                }
+                                                Err(e) => reject(e.to_string(), 1),
+                                            }
                                         }
-                                        Err(e) => reject(e.to_string(), 1),
-                                    },
-                                    Err(why) => reject(why, 1),
+                                        Err(why) => reject(why, 1),
+                                    }
                                 }
                             }
                         }
@@ -482,6 +532,8 @@ mod tests {
             heads: 40,
             kv_heads: 40,
             ffn: 13824,
+            experts: 0,
+            expert_ffn: 0,
         }
     }
 
@@ -564,6 +616,8 @@ mod tests {
             heads: 8,
             kv_heads: 8,
             ffn: 688,
+            experts: 0,
+            expert_ffn: 0,
         };
         let cluster = Cluster::new(Gpu::H100, 8).unwrap();
         let tp3 = Constraints {

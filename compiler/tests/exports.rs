@@ -155,6 +155,8 @@ pub(crate) struct MegatronRun {
     overlap_grad_reduce: bool,
     overlap_param_gather: bool,
     tp_comm_overlap: bool,
+    ep: u64,
+    expert_tp: u64,
 }
 
 /// Megatron-LM's parser and the `validate_args` / `TransformerConfig` rules that matter for plans, at
@@ -396,6 +398,24 @@ pub(crate) fn megatron_validate(
         // arguments.py:1676
         return Err("--ckpt-format fsdp_dtensor without Megatron-FSDP".into());
     }
+    // arguments.py:587 the expert tensor-parallel size defaults to tp; 1655 experts divide over ep;
+    // parallel_state.py:881 the world divides by expert_tp · ep · pp.
+    let ep = int("--expert-model-parallel-size").unwrap_or(1);
+    // (A dense model has no experts to split: moai records expert_tp 1 for it.)
+    let expert_tp =
+        int("--expert-tensor-parallel-size").unwrap_or(if has("--num-experts") { tp } else { 1 });
+    if ep > 1 {
+        let experts = int("--num-experts").ok_or("expert parallelism without --num-experts")?;
+        if !experts.is_multiple_of(ep) {
+            return Err(format!("{experts} experts are not a multiple of ep {ep}"));
+        }
+    }
+    if !world.is_multiple_of(expert_tp * ep * pp) {
+        return Err(format!(
+            "world size {world} is not divisible by expert_tp·ep·pp {}",
+            expert_tp * ep * pp
+        ));
+    }
     // arguments.py:1608: add_bias_linear implies add_qkv_bias.
     let linear_bias = !has("--disable-bias-linear");
     let qkv_bias = linear_bias || has("--add-qkv-bias");
@@ -417,6 +437,8 @@ pub(crate) fn megatron_validate(
         overlap_grad_reduce: has("--overlap-grad-reduce"),
         overlap_param_gather: has("--overlap-param-gather"),
         tp_comm_overlap: has("--tp-comm-overlap"),
+        ep,
+        expert_tp,
     })
 }
 
@@ -726,6 +748,7 @@ pub(crate) fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                 assert_eq!(run.sequence_parallel, p.sequence_parallel);
                 assert_eq!(run.qkv_bias, cx.settings.qkv_bias, "{flat}");
                 assert_eq!(run.linear_bias, cx.settings.linear_bias(), "{flat}");
+                assert_eq!((run.ep, run.expert_tp), (p.ep, p.expert_tp), "{flat}");
                 let mut cfg = stack_cfg(
                     run.tp,
                     run.pp,
@@ -750,6 +773,7 @@ pub(crate) fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                         sw.set(&mut cfg, on);
                     }
                 }
+                (cfg.ep, cfg.expert_tp) = (run.ep as u32, run.expert_tp as u32);
                 cfg
             }
             Stack::Torchtitan => {
@@ -1664,4 +1688,211 @@ fn a_config_beside_an_onnx_file_must_describe_it() {
     let e = Model::load(onnx.to_str().unwrap()).unwrap_err().to_string();
     assert!(e.contains("`num_local_experts` = 4 is not modeled"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Mixtral-8x7B (its Hugging Face config) on 64 H100: the plan spreads the experts (ep > 1), the
+/// Megatron-LM export carries the MoE flags and passes Megatron's rules, `estimate` of the exported
+/// configuration predicts the plan, and DeepSpeed/FSDP refuse in one line.
+#[test]
+fn mixtral_on_64_h100_plans_expert_parallelism_and_exports_the_moe_flags() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("models/configs/mixtral-8x7b");
+    static M: OnceLock<Model> = OnceLock::new();
+    let m = M.get_or_init(|| Model::load(dir.to_str().unwrap()).unwrap());
+    let mut c = case(m, h100(64), 256, Constraints::default());
+    c.req.seq = 4096;
+    c.req.constraints.recompute = vec![Recompute::None, Recompute::Selective];
+    let (p, written) = check_case(&c);
+    assert!(p.ep > 1, "{p:?}");
+    assert_eq!(written, vec![Stack::Megatron], "{p:?}");
+    let cx = export_context(m, &c.cluster, &c.req);
+    let line = moai_compiler::export::megatron_command_line(&p, &cx).unwrap();
+    for want in [
+        "--num-experts 8".to_string(),
+        "--moe-router-topk 2".into(),
+        "--moe-ffn-hidden-size 14336".into(),
+        "--moe-grouped-gemm".into(),
+        "--moe-token-dispatcher-type alltoall".into(),
+        format!("--expert-model-parallel-size {}", p.ep),
+        format!("--expert-tensor-parallel-size {}", p.expert_tp),
+    ] {
+        assert!(line.contains(&want), "missing {want}: {line}");
+    }
+    assert!(
+        !line.contains("--moe-layer-freq"),
+        "every layer is MoE: {line}"
+    );
+    // The prediction says how much of the step is dispatch.
+    let report = plan(m, &c.cluster, &c.req).unwrap();
+    let b = &report.output.predicted.breakdown;
+    assert!(
+        b.moe_dispatch_s > 0.0 && b.moe_dispatch_s <= b.exposed_comm_s,
+        "{b:?}"
+    );
+    assert!(
+        report.explanation.contains("dispatch"),
+        "{}",
+        report.explanation
+    );
+}
+
+/// DeepSeek-V3's export names its dense first layers, shared expert, sigmoid router with expert bias
+/// and latent attention; engines without expert parallelism refuse it.
+#[test]
+fn deepseek_v3_megatron_export_carries_latent_attention_and_moe_flags() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("models/configs/deepseek-v3");
+    let m = Model::load(dir.to_str().unwrap()).unwrap();
+    let cluster = h100(1024);
+    let req = PlanRequest::new(1024, 4096);
+    let cx = export_context(&m, &cluster, &req);
+    let cfg = ParallelConfig {
+        dp: 64,
+        tp: 2,
+        pp: 8,
+        micro_batch_size: 1,
+        num_micro_batches: 16,
+        sequence_parallel: true,
+        ep: 64,
+        expert_tp: 1,
+        ..ParallelConfig::default()
+    };
+    let p = moai_compiler::report::plan_config(&cfg, 61);
+    let args = megatron_args(&p, &cx).unwrap();
+    let run = megatron_validate(&args, 1024, false).unwrap();
+    assert_eq!((run.ep, run.expert_tp), (64, 1));
+    let line = moai_compiler::export::megatron_command_line(&p, &cx).unwrap();
+    for want in [
+        "--num-experts 256",
+        "--moe-router-topk 8",
+        "--moe-ffn-hidden-size 2048",
+        "--moe-layer-freq '([0]*3+[1]*58)'",
+        "--moe-shared-expert-intermediate-size 2048",
+        "--moe-router-score-function sigmoid",
+        "--moe-router-enable-expert-bias",
+        "--multi-latent-attention",
+        "--q-lora-rank 1536",
+        "--kv-lora-rank 512",
+        "--qk-head-dim 128",
+        "--qk-pos-emb-head-dim 64",
+        "--v-head-dim 128",
+    ] {
+        assert!(line.contains(want), "missing {want}: {line}");
+    }
+    let d = PlanDims {
+        tp: 1,
+        pp: 1,
+        dp: 1024,
+        zero: ZeroStage::Zero3,
+        ..PlanDims::of_plan(&p, &cx).unwrap()
+    };
+    for e in [Stack::Deepspeed, Stack::Fsdp] {
+        let why = engine_runs(e, &d).unwrap_err();
+        assert!(
+            why.contains("no expert parallelism") && !why.contains('\n'),
+            "{why}"
+        );
+    }
+    let dense_ep = PlanDims { ep: 1, ..d };
+    let why = engine_runs(Stack::Fsdp, &dense_ep).unwrap_err();
+    assert!(why.contains("grouped GEMMs"), "{why}");
+}
+
+/// Expert parallelism in the cost model: spreading Mixtral's experts over more ranks cuts the expert
+/// weights each device holds and adds all-to-all dispatch time; a higher routing imbalance slows the
+/// step; a dense model refuses ep in one line.
+#[test]
+fn expert_parallelism_trades_memory_for_dispatch_and_imbalance_costs_time() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("models/configs/mixtral-8x7b");
+    let m = Model::load(dir.to_str().unwrap()).unwrap();
+    let cluster = h100(64);
+    let req = PlanRequest::new(256, 4096);
+    let cfg = |ep: u32| ParallelConfig {
+        dp: 16,
+        tp: 1,
+        pp: 4,
+        micro_batch_size: 1,
+        num_micro_batches: 16,
+        distribute_optimizer: true,
+        schedule: Schedule::Interleaved(8),
+        ep,
+        ..ParallelConfig::default()
+    };
+    let one = estimate(&m, &cluster, &cfg(1), &req).unwrap();
+    let eight = estimate(&m, &cluster, &cfg(8), &req).unwrap();
+    assert_eq!(one.predicted.breakdown.moe_dispatch_s, 0.0);
+    assert!(eight.predicted.breakdown.moe_dispatch_s > 0.0);
+    assert!(
+        eight.predicted.peak_memory_bytes * 2 < one.predicted.peak_memory_bytes,
+        "ep 8 {} vs ep 1 {}",
+        eight.predicted.peak_memory_bytes,
+        one.predicted.peak_memory_bytes
+    );
+    let mut balanced = req.clone();
+    balanced.moe_imbalance = Some(1.0);
+    let b = estimate(&m, &cluster, &cfg(8), &balanced).unwrap();
+    assert!(b.predicted.step_time_s < eight.predicted.step_time_s);
+    let mut bad = req.clone();
+    bad.moe_imbalance = Some(0.5);
+    let e = estimate(&m, &cluster, &cfg(8), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--moe-imbalance 0.5"), "{e}");
+    let e = estimate(
+        spec_model(),
+        &h100(8),
+        &ParallelConfig {
+            dp: 8,
+            ep: 2,
+            ..ParallelConfig::default()
+        },
+        &PlanRequest::new(8, 1024),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("need a mixture-of-experts model"), "{e}");
+}
+
+/// Qwen3-30B-A3B: 128 experts without a shared expert, per-head query/key norms (`--qk-layernorm`).
+#[test]
+fn qwen3_moe_megatron_export_has_qk_layernorm() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("models/configs/qwen3-30b-a3b");
+    let m = Model::load(dir.to_str().unwrap()).unwrap();
+    let cluster = h100(16);
+    let req = PlanRequest::new(512, 4096);
+    let cx = export_context(&m, &cluster, &req);
+    let cfg = ParallelConfig {
+        dp: 8,
+        pp: 2,
+        num_micro_batches: 64,
+        ep: 8,
+        distribute_optimizer: true,
+        ..ParallelConfig::default()
+    };
+    let p = moai_compiler::report::plan_config(&cfg, 48);
+    let args = megatron_args(&p, &cx).unwrap();
+    megatron_validate(&args, 16, false).unwrap();
+    let line = moai_compiler::export::megatron_command_line(&p, &cx).unwrap();
+    for want in [
+        "--qk-layernorm",
+        "--num-experts 128",
+        "--moe-router-topk 8",
+        "--moe-ffn-hidden-size 768",
+        "--kv-channels 128",
+        "--expert-model-parallel-size 8",
+    ] {
+        assert!(line.contains(want), "missing {want}: {line}");
+    }
+    assert!(!line.contains("--moe-shared-expert"), "{line}");
+    assert!(!line.contains("--moe-router-pre-softmax"), "{line}");
 }

@@ -88,7 +88,7 @@ pub fn from_prepared(
         let s = &s.context_shard(cp);
         let k = kernel_s(s);
         let t = tp_time(s);
-        k + t - (tp_overlap * t).min(k)
+        k + t - (tp_overlap * t).min(k) + s.a2a_time(cluster, cfg.ep, cfg.tp)
     };
     Ok(prep
         .blocks

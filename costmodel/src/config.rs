@@ -173,6 +173,9 @@ impl<'de> Deserialize<'de> for CpComm {
 fn yes() -> bool {
     true
 }
+fn is_one(v: &u32) -> bool {
+    *v == 1
+}
 fn is_true(b: &bool) -> bool {
     *b
 }
@@ -247,6 +250,15 @@ pub struct ParallelConfig {
     /// The software stack the configuration runs on (and is exported to); see [`crate::Stack`].
     #[serde(default)]
     pub stack: crate::stack::Stack,
+    /// Expert-parallel degree: the routed experts of each mixture-of-experts layer are spread over `ep`
+    /// ranks of the data-parallel group (Megatron's `--expert-model-parallel-size`); 1 for dense
+    /// models.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub ep: u32,
+    /// Expert tensor-parallel degree: each routed expert's width divided over `expert_tp` ranks
+    /// (Megatron's `--expert-tensor-parallel-size`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub expert_tp: u32,
     /// Recomputation per pipeline device (`pp` entries, device order); empty means `recompute` on
     /// every stage. The step profile of a mixed configuration holds each block as profiled under its
     /// stage's policy (see [`ParallelConfig::recompute_of_device`]).
@@ -311,6 +323,8 @@ impl Default for ParallelConfig {
             overlap_param_gather: true,
             tp_comm_overlap: true,
             stack: crate::stack::Stack::Megatron,
+            ep: 1,
+            expert_tp: 1,
             precision: MatmulPrecision::Bf16,
             offload_optimizer: false,
             stage_recompute: Vec::new(),
@@ -430,6 +444,52 @@ impl ParallelConfig {
                     self.stage_recompute[0], self.recompute
                 ));
             }
+        }
+        self.validate_experts_cluster(cluster)
+    }
+
+    /// Expert parallelism on the cluster: `ep · expert_tp` ranks inside the `dp · cp · tp` ranks of a
+    /// pipeline stage (Megatron folds the expert groups into them) and `expert_tp` inside a server. (For a
+    /// model with experts, [`ParallelConfig::check_expert_tp`] also asks, with `tp > 1`, for sequence
+    /// parallelism or `expert_tp = tp`: the cost model's expert work per device, `1/tp` of the
+    /// micro-batch's, assumes the ranks of a tensor-parallel group either hold different tokens or split
+    /// each expert among themselves; other layouts are not planned.)
+    fn validate_experts_cluster(&self, cluster: &Cluster) -> Result<()> {
+        let bad = |m: String| Err(CostError::InvalidConfig(m));
+        if self.ep == 0 || self.expert_tp == 0 {
+            return bad("ep and expert_tp must be at least 1".into());
+        }
+        if self.ep == 1 && self.expert_tp == 1 {
+            return Ok(());
+        }
+        let group = self.ep as u64 * self.expert_tp as u64;
+        // Megatron-LM folds the expert groups into the dp·cp·tp ranks of a pipeline stage.
+        let ranks = self.dp as u64 * self.cp.max(1) as u64 * self.tp as u64;
+        if !ranks.is_multiple_of(group) {
+            return bad(format!(
+                "ep·expert_tp = {}·{} = {group} does not divide the dp·cp·tp = {ranks} ranks of a pipeline stage",
+                self.ep, self.expert_tp
+            ));
+        }
+        if self.expert_tp > cluster.devices_per_server
+            || !cluster.devices_per_server.is_multiple_of(self.expert_tp)
+        {
+            return bad(format!(
+                "expert_tp {} crosses a server ({} devices per server)",
+                self.expert_tp, cluster.devices_per_server
+            ));
+        }
+        Ok(())
+    }
+
+    /// For a model with routed experts and `tp > 1`: sequence parallelism or `expert_tp = tp` (see
+    /// [`ParallelConfig::validate_cluster`]); the error is one line.
+    pub fn check_expert_tp(&self) -> Result<()> {
+        if self.tp > 1 && !self.sequence_parallel && self.expert_tp != self.tp {
+            return Err(CostError::InvalidConfig(format!(
+                "routed experts with tp {} need sequence_parallel or expert_tp = tp (got expert_tp {})",
+                self.tp, self.expert_tp
+            )));
         }
         Ok(())
     }
@@ -572,6 +632,7 @@ impl ParallelConfig {
                 }
             }
         }
+        self.validate_experts_profile(profile)?;
         if !self.mixed_recompute() {
             if self.recompute == Recompute::None && has_recompute {
                 return bad("recompute is none but the step profile holds recomputed ops".into());
@@ -645,6 +706,43 @@ impl ParallelConfig {
             ));
         }
         Ok(self.stages.clone())
+    }
+}
+
+impl ParallelConfig {
+    /// Expert parallelism against the model: it needs routed experts, `ep` must divide their number
+    /// and `expert_tp` their width.
+    fn validate_experts_profile(&self, profile: &StepProfile) -> Result<()> {
+        let experts = profile.blocks.iter().flat_map(|b| &b.ops).find_map(|op| {
+            match (&op.class, op.split, op.phase) {
+                (KernelClass::Matmul { batch, n, .. }, TpSplit::Expert, Phase::Forward) => {
+                    Some((batch / 3, *n))
+                }
+                _ => None,
+            }
+        });
+        if experts.is_none() && self.ep == 1 && self.expert_tp == 1 {
+            return Ok(());
+        }
+        let Some((experts, width)) = experts else {
+            return Err(CostError::InvalidConfig(format!(
+                "ep {} / expert_tp {} need a mixture-of-experts model; this one has no routed experts",
+                self.ep, self.expert_tp
+            )));
+        };
+        if !experts.is_multiple_of(self.ep as u64) {
+            return Err(CostError::InvalidConfig(format!(
+                "ep {} does not divide the {experts} routed experts",
+                self.ep
+            )));
+        }
+        if !width.is_multiple_of(self.expert_tp as u64) {
+            return Err(CostError::InvalidConfig(format!(
+                "expert_tp {} does not divide the expert width {width}",
+                self.expert_tp
+            )));
+        }
+        self.check_expert_tp()
     }
 }
 

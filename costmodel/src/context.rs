@@ -224,6 +224,7 @@ impl PhaseSums {
             fusable_s: self.fusable_s / c,
             measured_s: self.measured_s / c,
             tp_overlap_matmul_s: self.tp_overlap_matmul_s / c,
+            a2a_bytes: self.a2a_bytes / c,
             ..*self
         }
     }

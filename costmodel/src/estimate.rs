@@ -58,6 +58,15 @@ pub struct Breakdown {
     /// or Ulysses all-to-alls), before overlap; its exposed part is in `exposed_comm_s`. 0 without cp.
     #[serde(default)]
     pub cp_comm_s: f64,
+    /// Mixture-of-experts token dispatch and combine seconds of the critical device per step (the
+    /// all-to-alls over the expert-parallel group, forward, backward and recomputation), part of
+    /// `exposed_comm_s`; absent (0) without expert parallelism.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub moe_dispatch_s: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// Which sources the prediction used.
@@ -183,6 +192,10 @@ pub struct PhaseSums {
     /// GEMMs, backward column-parallel GEMMs; see [`crate::Stack::tp_overlap_sm_margin`]), at unit
     /// matmul coefficient; 0 without tensor parallelism.
     pub tp_overlap_matmul_s: f64,
+    /// Bytes each device sends in the mixture-of-experts all-to-alls (dispatch and combine).
+    pub a2a_bytes: f64,
+    /// Mixture-of-experts all-to-alls.
+    pub a2a_count: f64,
 }
 
 impl PhaseSums {
@@ -199,6 +212,8 @@ impl PhaseSums {
         self.memory_kernels += o.memory_kernels;
         self.fusable_kernels += o.fusable_kernels;
         self.tp_overlap_matmul_s += o.tp_overlap_matmul_s;
+        self.a2a_bytes += o.a2a_bytes;
+        self.a2a_count += o.a2a_count;
     }
 
     /// Extra seconds of this phase's GEMMs while Transformer Engine's TP overlap reserves `sms` of
@@ -209,6 +224,16 @@ impl PhaseSums {
             return 0.0;
         }
         self.tp_overlap_matmul_s / eff.matmul * sms as f64 / (units - sms) as f64
+    }
+
+    /// Seconds of this phase's mixture-of-experts all-to-alls over `ep` ranks spaced `stride` apart.
+    pub fn a2a_time(&self, cluster: &Cluster, ep: u32, stride: u32) -> f64 {
+        if self.a2a_count <= 0.0 {
+            0.0
+        } else {
+            self.a2a_count
+                * crate::moe::all_to_all_time(cluster, self.a2a_bytes / self.a2a_count, ep, stride)
+        }
     }
 
     /// Kernel seconds and kernels of this phase on a device with coefficients `eff`, under a stack's
@@ -294,6 +319,7 @@ type CacheKey = (
     usize,
     u64,
     u64,
+    (u32, u32, u64),
 );
 
 /// The default cost model: measured profiles where available, roofline with fitted efficiencies
@@ -304,6 +330,7 @@ pub struct ProfiledCostModel {
     profiles: HashMap<Gpu, Arc<OpProfile>>,
     cache: RwLock<Vec<(CacheKey, Arc<PreparedProfile>)>>,
     time_only: bool,
+    moe_imbalance: Option<f64>,
 }
 
 impl Clone for ProfiledCostModel {
@@ -313,6 +340,7 @@ impl Clone for ProfiledCostModel {
             profiles: self.profiles.clone(),
             cache: RwLock::default(),
             time_only: self.time_only,
+            moe_imbalance: self.moe_imbalance,
         }
     }
 }
@@ -344,6 +372,43 @@ impl ProfiledCostModel {
         self
     }
 
+    /// The model with another routing-imbalance factor for mixture-of-experts layers (tokens at the
+    /// busiest expert over the average, ≥ 1; default [`crate::moe::DEFAULT_IMBALANCE`]).
+    pub fn with_moe_imbalance(mut self, imbalance: f64) -> ProfiledCostModel {
+        self.moe_imbalance = Some(imbalance);
+        self.cache = RwLock::default();
+        self
+    }
+
+    /// The routing-imbalance factor in use.
+    pub fn moe_imbalance(&self) -> f64 {
+        self.moe_imbalance
+            .filter(|x| x.is_finite() && *x >= 1.0)
+            .unwrap_or(crate::moe::DEFAULT_IMBALANCE)
+    }
+
+    /// [`ProfiledCostModel::prepare`] for a configuration's tensor, sequence, expert and expert
+    /// tensor parallelism and its GEMM precision: what [`ProfiledCostModel::estimate_prepared`] needs.
+    pub fn prepare_for(
+        &self,
+        profile: &StepProfile,
+        gpu: Gpu,
+        cfg: &ParallelConfig,
+    ) -> PreparedProfile {
+        self.prepare_split(
+            profile,
+            gpu,
+            cfg.sequence_parallel,
+            &crate::moe::ExpertSplit {
+                tp: cfg.tp.max(1) as u64,
+                ep: cfg.ep.max(1) as u64,
+                expert_tp: cfg.expert_tp.max(1) as u64,
+                imbalance: self.moe_imbalance(),
+            },
+            cfg.precision,
+        )
+    }
+
     /// Adds a measured profile for its GPU kind.
     pub fn with_profile(mut self, profile: OpProfile) -> ProfiledCostModel {
         self.profiles.insert(profile.file.gpu, Arc::new(profile));
@@ -367,7 +432,8 @@ impl ProfiledCostModel {
     }
 
     /// Reduces a step profile to per-block sums on `gpu` at tensor-parallel degree `tp`, with bf16
-    /// GEMMs.
+    /// GEMMs (routed experts, if any, unsplit by expert parallelism; see
+    /// [`ProfiledCostModel::prepare_for`]).
     pub fn prepare(
         &self,
         profile: &StepProfile,
@@ -376,17 +442,6 @@ impl ProfiledCostModel {
         sequence_parallel: bool,
     ) -> PreparedProfile {
         self.prepare_with(profile, gpu, tp, sequence_parallel, MatmulPrecision::Bf16)
-    }
-
-    /// [`ProfiledCostModel::prepare`] for the GPU of `gpu` and the tp, sequence parallelism and GEMM
-    /// precision of `cfg`: what [`ProfiledCostModel::estimate_prepared`] needs for `cfg`.
-    pub fn prepare_for(
-        &self,
-        profile: &StepProfile,
-        gpu: Gpu,
-        cfg: &ParallelConfig,
-    ) -> PreparedProfile {
-        self.prepare_with(profile, gpu, cfg.tp, cfg.sequence_parallel, cfg.precision)
     }
 
     /// [`ProfiledCostModel::prepare`] with the GEMM precision given: under
@@ -400,6 +455,29 @@ impl ProfiledCostModel {
         sequence_parallel: bool,
         precision: MatmulPrecision,
     ) -> PreparedProfile {
+        self.prepare_split(
+            profile,
+            gpu,
+            sequence_parallel,
+            &crate::moe::ExpertSplit {
+                tp: tp.max(1) as u64,
+                ep: 1,
+                expert_tp: 1,
+                imbalance: self.moe_imbalance(),
+            },
+            precision,
+        )
+    }
+
+    fn prepare_split(
+        &self,
+        profile: &StepProfile,
+        gpu: Gpu,
+        sequence_parallel: bool,
+        experts: &crate::moe::ExpertSplit,
+        precision: MatmulPrecision,
+    ) -> PreparedProfile {
+        let tp = experts.tp as u32;
         let fp8 = precision == MatmulPrecision::Fp8;
         let spec = gpu.spec();
         let eff = self.efficiency(gpu);
@@ -422,7 +500,9 @@ impl ProfiledCostModel {
                 if matches!(op.phase, Phase::Forward | Phase::Backward) {
                     model_flops += op.flops;
                 }
-                let mut s = if tp64 > 1
+                let mut s = if op.split == TpSplit::Expert {
+                    crate::moe::shard_expert(op, experts)
+                } else if tp64 > 1
                     && b.kind == BlockKind::Head
                     && op.split == TpSplit::Replicated
                     && matches!(op.class, KernelClass::Matmul { .. })
@@ -551,6 +631,21 @@ impl ProfiledCostModel {
                         }
                     }
                 }
+                if experts.ep > 1
+                    && let Some(bytes) = crate::moe::dispatch_bytes(op, experts)
+                {
+                    // Dispatch and combine around the expert GEMMs, and their transposes in backward.
+                    let pair = PhaseSums {
+                        a2a_bytes: 2.0 * bytes,
+                        a2a_count: 2.0,
+                        ..Default::default()
+                    };
+                    bwd.add(&pair);
+                    if op.phase == Phase::Forward {
+                        ps.a2a_bytes = pair.a2a_bytes;
+                        ps.a2a_count = pair.a2a_count;
+                    }
+                }
                 match op.phase {
                     Phase::Forward => fwd.add(&ps),
                     Phase::Backward | Phase::Recompute => {
@@ -572,7 +667,9 @@ impl ProfiledCostModel {
                     Phase::Optimizer => {}
                 }
             }
-            let params = b.tp_sharded_params as f64 / tp64 as f64
+            let expert = b.expert_params.min(b.tp_sharded_params) as f64;
+            let params = (b.tp_sharded_params as f64 - expert) / tp64 as f64
+                + expert / (experts.ep * experts.expert_tp).max(1) as f64
                 + (b.params - b.tp_sharded_params.min(b.params)) as f64;
             // Megatron's scatter/gather optimisation: each tensor-parallel rank sends 1/tp of the
             // boundary activation between stages (and all-gathers it inside the server).
@@ -624,10 +721,9 @@ impl ProfiledCostModel {
         &self,
         profile: &StepProfile,
         gpu: Gpu,
-        tp: u32,
-        sp: bool,
-        precision: MatmulPrecision,
+        cfg: &ParallelConfig,
     ) -> Arc<PreparedProfile> {
+        let (tp, sp, precision) = (cfg.tp, cfg.sequence_parallel, cfg.precision);
         let (mut n_ops, mut fs, mut bs) = (0usize, 0f64, 0f64);
         for b in &profile.blocks {
             n_ops += b.ops.len();
@@ -647,13 +743,14 @@ impl ProfiledCostModel {
             n_ops,
             fs.to_bits(),
             bs.to_bits(),
+            (cfg.ep, cfg.expert_tp, self.moe_imbalance().to_bits()),
         );
         if let Ok(cache) = self.cache.read()
             && let Some((_, p)) = cache.iter().find(|(k, _)| *k == key)
         {
             return p.clone();
         }
-        let p = Arc::new(self.prepare_with(profile, gpu, tp, sp, precision));
+        let p = Arc::new(self.prepare_for(profile, gpu, cfg));
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= CACHE_ENTRIES {
                 cache.remove(0);
@@ -680,13 +777,7 @@ impl CostModel for ProfiledCostModel {
             }
             None => cfg,
         };
-        let prep = self.prepared(
-            profile,
-            cluster.gpu,
-            cfg.tp,
-            cfg.sequence_parallel,
-            cfg.precision,
-        );
+        let prep = self.prepared(profile, cluster.gpu, cfg);
         let eff = self.efficiency(cluster.gpu);
         let sc = self.efficiencies().stack(cfg.stack);
         let launch = sc.launch_overhead_s;
@@ -710,13 +801,7 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Result<Estimate> {
-        let prep = self.prepared(
-            profile,
-            cluster.gpu,
-            cfg.tp,
-            cfg.sequence_parallel,
-            cfg.precision,
-        );
+        let prep = self.prepared(profile, cluster.gpu, cfg);
         self.estimate_prepared(&prep, profile, cluster, cfg)
     }
 
@@ -727,13 +812,7 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Option<crate::bounds::LowerBounds> {
-        let prep = self.prepared(
-            profile,
-            cluster.gpu,
-            cfg.tp,
-            cfg.sequence_parallel,
-            cfg.precision,
-        );
+        let prep = self.prepared(profile, cluster.gpu, cfg);
         let eff = self.efficiency(cluster.gpu);
         let sc = self.efficiencies().stack(cfg.stack);
         let mut b = crate::bounds::profiled(&prep, eff, sc, profile, cfg);
@@ -889,20 +968,28 @@ impl ProfiledCostModel {
                 gpu.max(kernels * launch)
             }
         };
+        // Mixture-of-experts all-to-alls: on the critical path (the expert GEMMs wait for the
+        // dispatched tokens, the next op for the combined ones).
+        let mut dispatch = vec![0f64; nv];
         for v in 0..nv {
             let (cf, cb) = (phase(&fwd[v]), phase(&bwd[v]));
             let (tf, tb) = (tp_time(&fwd[v]), tp_time(&bwd[v]));
             comm_total[v] = tf + tb;
             // The overlapped part of a TP collective hides behind the GEMMs of the same phase.
             let (tf, tb) = (tf - (hidden * tf).min(cf), tb - (hidden * tb).min(cb));
+            let (af, ab) = (
+                fwd[v].a2a_time(cluster, cfg.ep, cfg.tp),
+                bwd[v].a2a_time(cluster, cfg.ep, cfg.tp),
+            );
+            dispatch[v] = af + ab;
             let (tf, tb) = (tf + cp_exposed[v].0, tb + cp_exposed[v].1);
             compute[v] = (cf, cb);
-            comm[v] = (tf, tb);
+            comm[v] = (tf + af, tb + ab);
             // The W pass: the weight-gradient GEMMs' kernel time (no collective), within the backward.
             let w = wgrad[v].kernel_time(eff, sc).0.min(cb);
             times.push(StageTimes {
-                forward_s: cf + tf,
-                backward_s: cb + tb,
+                forward_s: cf + tf + af,
+                backward_s: cb + tb + ab,
                 weight_grad_s: w,
             });
         }
@@ -1147,6 +1234,7 @@ impl ProfiledCostModel {
         let exposed_comm_s = tp_comm_s + exposed_dp;
         let tp_total_s: f64 = vs.iter().map(|v| comm_total[*v] * m as f64).sum();
         let cp_comm_s: f64 = vs.iter().map(|v| cp_total[*v] * m as f64).sum();
+        let moe_dispatch_s: f64 = vs.iter().map(|v| dispatch[*v] * m as f64).sum();
         let bubble_s = (step - compute_s - exposed_comm_s - opt).max(0.0);
         let tokens = cfg.global_batch() as f64 * profile.seq as f64;
         let peak = memory.iter().map(|s| s.peak_bytes).fold(0.0, f64::max);
@@ -1168,6 +1256,7 @@ impl ProfiledCostModel {
                 step_overhead_s: sc.step_overhead_s,
                 offload_s: offload_dev.get(crit).copied().unwrap_or(0.0),
                 cp_comm_s,
+                moe_dispatch_s,
             },
             memory,
             sources: SourceNotes {

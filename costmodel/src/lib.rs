@@ -24,6 +24,7 @@ pub mod estimate;
 pub mod fit;
 pub mod flavor;
 pub mod memory;
+pub mod moe;
 pub mod offload;
 pub mod ops;
 pub mod pipeline;

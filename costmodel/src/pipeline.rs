@@ -823,6 +823,7 @@ mod tests {
             ops,
             params: 0,
             tp_sharded_params: 0,
+            expert_params: 0,
             saved: ActivationBytes::default(),
             transient: ActivationBytes::default(),
             boundary_bytes: 0.0,

@@ -68,7 +68,8 @@ fn every_other_truth_file_cross_validated() {
     // The target is 12% on every file. Met on the NVIDIA files (llm-foundry H100 / A100-80GB /
     // A100-40GB, torchtitan); missed on the AMD files, whose GPU coefficients rest on 1-8 rows of other
     // models (MI250: LUMI GPT-NeoX 23.8%, LUMI Megatron-DeepSpeed 12.3%, MosaicML 31.3%; MI300X: one
-    // MI325X row, predicted from the priors alone, 46.6%). Those are asserted at the level reached.
+    // MI325X row, predicted from the priors alone, 46.6%) and on the one MoE row (28.6%). Those are
+    // asserted at the level reached.
     let reached = [
         ("lumi_mi250x_gptneox", 26.0),
         ("lumi_mi250x_megatron_deepspeed", 13.5),
@@ -83,6 +84,9 @@ fn every_other_truth_file_cross_validated() {
         // Validation only (torchtitan FSDP + CP at 32K-256K tokens, run with Float8 linears and
         // torch.compile, which moai does not model): 15.6-15.8%, signed errors +20% to -11%.
         ("long_context_torchtitan", 17.0),
+        // Mixture of experts: one Mixtral-8x7B Megatron-Core row (H100), predicted slower than
+        // measured at the default routing imbalance 1.25 (README, "Mixture of experts").
+        ("moe_megatron_h100", 30.0),
     ];
     let mut bad = Vec::new();
     for f in &cv.files {

@@ -38,6 +38,10 @@ pub enum TpSplit {
     Vocab,
     /// Split along the sequence under sequence parallelism, replicated otherwise.
     Sequence,
+    /// Routed-expert work and weights (the grouped expert GEMMs, their parameters and optimizer
+    /// updates): divided over the expert-parallel group (`ep` experts' shares) and the expert
+    /// tensor-parallel group (`expert_tp`), not over `tp`.
+    Expert,
 }
 
 /// The kernel family of an op, with the sizes a profile is indexed by.
@@ -156,6 +160,10 @@ pub struct BlockProfile {
     pub params: u64,
     /// Parameters that divide under tensor parallelism (the rest, e.g. norm weights, are replicated).
     pub tp_sharded_params: u64,
+    /// Of `tp_sharded_params`, the routed experts' parameters, which divide over the expert-parallel
+    /// and expert tensor-parallel groups (`ep · expert_tp`) instead of `tp`.
+    #[serde(default)]
+    pub expert_params: u64,
     /// Activations saved from forward for backward, for one micro-batch, under the recompute policy.
     pub saved: ActivationBytes,
     /// Extra transient bytes at this block's own peak (backward temporaries, recomputed activations).

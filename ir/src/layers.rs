@@ -316,7 +316,11 @@ pub fn summarize(g: &Graph) -> Result<ModelSummary> {
                 },
             )
         }
-        None => (0, MlpKind::Unknown),
+        // Only routed experts (Mixtral): their fused SwiGLU's width.
+        None => match find(&|o| matches!(o, Op::MoeExperts { .. })) {
+            Some(m) => (dim(g, g.node(m).inputs[2], 2), MlpKind::Gated),
+            None => (0, MlpKind::Unknown),
+        },
     };
     let norm = match find(&|o| is_norm(o)) {
         Some(n) if matches!(g.node(n).op, Op::RmsNorm { .. }) => NormKind::RmsNorm,

@@ -348,6 +348,36 @@ pub enum Op {
         /// Targets equal to this are not counted.
         ignore_index: i64,
     },
+    /// The routed experts of a mixture-of-experts layer, fused as grouped GEMMs over the routed tokens:
+    /// `[x [.., h], scores [.., E], w_gate [E, h, f], w_up [E, h, f], w_down [E, f, h]]` → `y [.., h]`.
+    /// Each token goes to the `topk` experts of highest score (ties: lower index first); `y` is the sum
+    /// of those experts' SwiGLU outputs `(silu(x·W_gate) ⊙ x·W_up)·W_down`, each weighted by its score
+    /// (divided by the sum of the chosen `topk` scores when `norm_topk`). No token is dropped; the
+    /// capacity factor sizes the expert GEMMs of the cost (`tokens · topk / E · capacity_factor` rows
+    /// per expert), not the values.
+    MoeExperts {
+        /// Routed experts `E`.
+        experts: usize,
+        /// Experts per token.
+        topk: usize,
+        /// Renormalize the chosen scores to sum to 1.
+        norm_topk: bool,
+        /// Expert capacity factor (≥ 1).
+        capacity_factor: f64,
+    },
+    /// [`Op::MoeExperts`] backward: `[x, scores, w_gate, w_up, w_down, d_y]` →
+    /// `[d_x, d_scores, d_w_gate, d_w_up, d_w_down]` (the routing choice is not differentiated; the
+    /// scores of the chosen experts are).
+    MoeExpertsBackward {
+        /// Routed experts.
+        experts: usize,
+        /// Experts per token.
+        topk: usize,
+        /// Renormalized scores.
+        norm_topk: bool,
+        /// Expert capacity factor.
+        capacity_factor: f64,
+    },
 }
 
 impl Op {
@@ -391,6 +421,8 @@ impl Op {
             Op::AdamW { .. } => "AdamW".into(),
             Op::SgdMomentum { .. } => "SgdMomentum".into(),
             Op::Collective { kind, .. } => format!("Collective.{kind:?}"),
+            Op::MoeExperts { .. } => "MoeExperts".into(),
+            Op::MoeExpertsBackward { .. } => "MoeExpertsBackward".into(),
         }
     }
 

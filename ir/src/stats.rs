@@ -86,10 +86,37 @@ pub fn flops_per_token(g: &Graph, seq: u64) -> Result<f64> {
                 let sk = eval(&g.ty(node.inputs[1]).shape.0[2])?;
                 total += 2.0 * 2.0 * b * (*heads as f64) * sq * sk * d;
             }
+            Op::MoeExperts { topk, .. } => {
+                // Each token runs `topk` experts' three `h × f` GEMMs (model FLOPs: no capacity padding).
+                let w = &g.ty(node.inputs[2]).shape;
+                let (h, f) = (eval(&w.0[1])?, eval(&w.0[2])?);
+                let x = &g.ty(node.inputs[0]).shape;
+                let tokens = eval(&x.numel())? / h.max(1.0);
+                total += 2.0 * 3.0 * tokens * *topk as f64 * h * f;
+            }
             _ => {}
         }
     }
     Ok(total / s as f64)
+}
+
+/// Parameters active per token: all parameters except, in each [`Op::MoeExperts`], the weights of the
+/// `experts − topk` routed experts a token does not visit. `None` for graphs without experts.
+pub fn active_params(g: &Graph, params: u64) -> Option<u64> {
+    let mut idle = 0u64;
+    let mut any = false;
+    for n in g.node_ids() {
+        if let Op::MoeExperts { experts, topk, .. } = &g.node(n).op {
+            any = true;
+            let weights: u64 = g.node(n).inputs[2..5]
+                .iter()
+                .map(|v| g.ty(*v).shape.numel().as_const().unwrap_or(0).max(0) as u64)
+                .sum();
+            let per = weights / (*experts as u64).max(1);
+            idle += per * experts.saturating_sub(*topk) as u64;
+        }
+    }
+    any.then(|| params.saturating_sub(idle))
 }
 
 /// The `model` object of `moai-compile inspect --json` (DESIGN.md).
@@ -99,6 +126,10 @@ pub struct InspectModel {
     pub name: String,
     /// Trainable parameters.
     pub params: u64,
+    /// Parameters active per token (mixture-of-experts models only: the routed experts a token does
+    /// not visit excluded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_params: Option<u64>,
     /// Decoder layers.
     pub layers: usize,
     /// Hidden size.
@@ -138,6 +169,7 @@ pub fn inspect(imported: &Imported, seq: u64) -> Result<InspectReport> {
         model: InspectModel {
             name: s.name,
             params: s.params,
+            active_params: active_params(g, s.params),
             layers: s.layers,
             hidden: s.hidden,
             heads: s.heads,

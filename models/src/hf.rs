@@ -8,12 +8,29 @@
 //! `mlp_bias`, `sliding_window` (Mistral; Qwen2 only with `use_sliding_window`), `torch_dtype`;
 //! GPT-2: `n_inner` (4 · n_embd), `n_positions` (1024), `layer_norm_epsilon` (1e-5). `null` means absent.
 
-use crate::arch::{ArchConfig, Family};
+use crate::arch::{ArchConfig, Family, MlaConfig, MoeConfig, RouterScore};
 use crate::error::{ErrorKind, ModelError};
 use moai_ir::DType;
 use serde_json::{Map, Value};
 
-const MODEL_TYPES: &str = "llama, mistral, qwen2, gpt2";
+const MODEL_TYPES: &str =
+    "llama, mistral, qwen2, gpt2, mixtral, qwen2_moe, deepseek_v2, deepseek_v3";
+
+/// The mixture-of-experts config dialects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Moe {
+    /// A dense decoder.
+    Dense,
+    /// `MixtralForCausalLM`.
+    Mixtral,
+    /// `Qwen2MoeForCausalLM`.
+    Qwen2,
+    /// `Qwen3MoeForCausalLM`: Qwen2-MoE's routing without the shared expert, Llama attention (no q/k/v
+    /// biases) with per-head query/key RMSNorm.
+    Qwen3,
+    /// `DeepseekV2ForCausalLM` (`v3: false`) and `DeepseekV3ForCausalLM`.
+    DeepSeek { v3: bool },
+}
 
 /// Parses a config's JSON text; `origin` names it in errors (a path or a model name), `name` becomes the
 /// graph name.
@@ -39,11 +56,16 @@ fn parse_inner(json: &str, name: &str) -> Result<ArchConfig, ErrorKind> {
     let model_type = c.string("model_type")?.ok_or(ErrorKind::MissingKey {
         key: "model_type".into(),
     })?;
-    let family = match model_type {
-        "llama" => Family::Llama,
-        "mistral" => Family::Mistral,
-        "qwen2" => Family::Qwen2,
-        "gpt2" => Family::Gpt,
+    let (family, moe) = match model_type {
+        "llama" => (Family::Llama, Moe::Dense),
+        "mistral" => (Family::Mistral, Moe::Dense),
+        "qwen2" => (Family::Qwen2, Moe::Dense),
+        "gpt2" => (Family::Gpt, Moe::Dense),
+        "mixtral" => (Family::Mistral, Moe::Mixtral),
+        "qwen2_moe" => (Family::Qwen2, Moe::Qwen2),
+        "qwen3_moe" => (Family::Llama, Moe::Qwen3),
+        "deepseek_v2" => (Family::Llama, Moe::DeepSeek { v3: false }),
+        "deepseek_v3" => (Family::Llama, Moe::DeepSeek { v3: true }),
         other => {
             return Err(ErrorKind::UnknownModelType {
                 model_type: other.chars().take(100).collect(),
@@ -51,7 +73,7 @@ fn parse_inner(json: &str, name: &str) -> Result<ArchConfig, ErrorKind> {
             });
         }
     };
-    check_unmodeled(&c, family)?;
+    check_unmodeled(&c, family, moe)?;
     let dtype = match c.string("torch_dtype")? {
         Some(s) => crate::spec::parse_dtype("torch_dtype", s)?,
         None => DType::F32,
@@ -84,6 +106,9 @@ fn parse_inner(json: &str, name: &str) -> Result<ArchConfig, ErrorKind> {
             rope_theta: 10_000.0,
             sliding_window: None,
             dtype,
+            qk_norm: false,
+            moe: None,
+            mla: None,
         }
     } else {
         let hidden = c.required_int("hidden_size")?;
@@ -105,18 +130,38 @@ fn parse_inner(json: &str, name: &str) -> Result<ArchConfig, ErrorKind> {
             }
             _ => None,
         };
-        let default_pos = match family {
-            Family::Mistral => 4096 * 32,
-            Family::Qwen2 => 32768,
+        let default_pos = match (family, moe) {
+            (_, Moe::DeepSeek { v3: true }) => 4096,
+            (_, Moe::Qwen3) => 32768,
+            (Family::Mistral, _) => 4096 * 32,
+            (Family::Qwen2, _) => 32768,
             _ => 2048,
         };
+        let layers = c.required_int("num_hidden_layers")?;
+        let mla = match moe {
+            Moe::DeepSeek { .. } => Some(MlaConfig {
+                q_lora_rank: c.int("q_lora_rank")?,
+                kv_lora_rank: c.required_int("kv_lora_rank")?,
+                qk_nope_head_dim: c.required_int("qk_nope_head_dim")?,
+                qk_rope_head_dim: c.required_int("qk_rope_head_dim")?,
+                v_head_dim: c.required_int("v_head_dim")?,
+            }),
+            _ => None,
+        };
+        let head_dim = mla
+            .as_ref()
+            .map_or(head_dim, |m| m.qk_nope_head_dim + m.qk_rope_head_dim);
         ArchConfig {
             name,
             family,
-            layers: c.required_int("num_hidden_layers")?,
+            layers,
             hidden,
             heads,
-            kv_heads: c.int("num_key_value_heads")?.unwrap_or(heads),
+            kv_heads: if mla.is_some() {
+                heads
+            } else {
+                c.int("num_key_value_heads")?.unwrap_or(heads)
+            },
             head_dim,
             ffn: c.required_int("intermediate_size")?,
             vocab: c.required_int("vocab_size")?,
@@ -126,19 +171,124 @@ fn parse_inner(json: &str, name: &str) -> Result<ArchConfig, ErrorKind> {
             qkv_bias: family == Family::Qwen2 || attention_bias,
             o_bias: family == Family::Llama && attention_bias,
             mlp_bias: family == Family::Llama && c.bool("mlp_bias")?.unwrap_or(false),
-            rope_theta: c
-                .float("rope_theta")?
-                .unwrap_or(if family == Family::Qwen2 {
+            rope_theta: c.float("rope_theta")?.unwrap_or(
+                if family == Family::Qwen2 || moe == Moe::Mixtral {
                     1_000_000.0
                 } else {
                     10_000.0
-                }),
+                },
+            ),
             sliding_window,
             dtype,
+            qk_norm: moe == Moe::Qwen3,
+            moe: moe_config(&c, moe, layers)?,
+            mla,
         }
     };
     cfg.validate().map_err(|e| rename_keys(e, family))?;
     Ok(cfg)
+}
+
+/// The mixture-of-experts part of a config, with the `transformers` defaults of each config class.
+/// `None` for dense model types, and for DeepSeek configs without routed experts (which `transformers`
+/// builds as dense decoders).
+fn moe_config(c: &Cfg<'_>, moe: Moe, layers: usize) -> Result<Option<MoeConfig>, ErrorKind> {
+    let cfg = match moe {
+        Moe::Dense => return Ok(None),
+        Moe::Mixtral => MoeConfig {
+            experts: c.int("num_local_experts")?.unwrap_or(8),
+            topk: c.int("num_experts_per_tok")?.unwrap_or(2),
+            expert_ffn: c.required_int("intermediate_size")?,
+            shared_ffn: 0,
+            shared_gate: false,
+            router_bias: false,
+            score: RouterScore::Softmax,
+            norm_topk: true,
+            capacity_factor: 1.0,
+            dense_layers: Vec::new(),
+        },
+        Moe::Qwen2 | Moe::Qwen3 => {
+            let qwen3 = moe == Moe::Qwen3;
+            let step = c.int("decoder_sparse_step")?.unwrap_or(1);
+            let only = c.int_list("mlp_only_layers")?;
+            let shared_ffn = if qwen3 {
+                0
+            } else {
+                c.uint("shared_expert_intermediate_size")?.unwrap_or(5632)
+            };
+            MoeConfig {
+                experts: c
+                    .int("num_experts")?
+                    .unwrap_or(if qwen3 { 128 } else { 60 }),
+                topk: c
+                    .int("num_experts_per_tok")?
+                    .unwrap_or(if qwen3 { 8 } else { 4 }),
+                expert_ffn: c.int("moe_intermediate_size")?.unwrap_or(if qwen3 {
+                    768
+                } else {
+                    1408
+                }),
+                shared_ffn,
+                shared_gate: shared_ffn > 0,
+                router_bias: false,
+                score: RouterScore::Softmax,
+                norm_topk: c.bool("norm_topk_prob")?.unwrap_or(false),
+                capacity_factor: 1.0,
+                dense_layers: (0..layers)
+                    .filter(|l| only.contains(l) || !(l + 1).is_multiple_of(step))
+                    .collect(),
+            }
+        }
+        Moe::DeepSeek { v3 } => {
+            let Some(experts) = c.int("n_routed_experts")? else {
+                return Ok(None);
+            };
+            let expert_ffn = c.required_int("moe_intermediate_size")?;
+            let shared = c
+                .uint("n_shared_experts")?
+                .unwrap_or(if v3 { 1 } else { 0 });
+            let first_dense = c
+                .uint("first_k_dense_replace")?
+                .unwrap_or(if v3 { 3 } else { 0 });
+            let freq = c.int("moe_layer_freq")?.unwrap_or(1);
+            let score =
+                match c
+                    .string("scoring_func")?
+                    .unwrap_or(if v3 { "sigmoid" } else { "softmax" })
+                {
+                    "softmax" => RouterScore::Softmax,
+                    "sigmoid" => RouterScore::Sigmoid,
+                    _ => {
+                        return Err(Cfg::bad(
+                            "scoring_func",
+                            c.get("scoring_func").unwrap_or(&Value::Null),
+                            "`softmax` or `sigmoid`",
+                        ));
+                    }
+                };
+            MoeConfig {
+                experts,
+                topk: c
+                    .int("num_experts_per_tok")?
+                    .unwrap_or(if v3 { 8 } else { 1 }),
+                expert_ffn,
+                shared_ffn: shared.saturating_mul(expert_ffn),
+                shared_gate: false,
+                router_bias: c.string("topk_method")?.unwrap_or(if v3 {
+                    "noaux_tc"
+                } else {
+                    "greedy"
+                }) == "noaux_tc",
+                score,
+                norm_topk: c.bool("norm_topk_prob")?.unwrap_or(v3),
+                capacity_factor: 1.0,
+                dense_layers: (0..layers)
+                    .filter(|l| *l < first_dense || !l.is_multiple_of(freq))
+                    .collect(),
+            }
+        }
+    };
+    Ok(Some(cfg))
 }
 
 /// Keys of mixture-of-experts configs (Mixtral, DeepSeek, Qwen2-MoE, ...).
@@ -157,7 +307,7 @@ const EXPERT_KEYS: &[&str] = &[
 /// experts, an activation other than the family's, rotary scaling, partial rotary, QK norms, logit
 /// soft-capping, per-layer attention types other than full, and biases the family does not have.
 /// (A sliding window is recorded and refused by the planner only when the sequence exceeds it.)
-fn check_unmodeled(c: &Cfg<'_>, family: Family) -> Result<(), ErrorKind> {
+fn check_unmodeled(c: &Cfg<'_>, family: Family, moe: Moe) -> Result<(), ErrorKind> {
     let fam = family.name();
     let unmodeled = |key: &str, v: &Value, why: String| ErrorKind::Unmodeled {
         key: key.into(),
@@ -172,7 +322,7 @@ fn check_unmodeled(c: &Cfg<'_>, family: Family) -> Result<(), ErrorKind> {
         Value::Object(o) => !o.is_empty(),
         Value::Null => false,
     };
-    for key in EXPERT_KEYS {
+    for key in EXPERT_KEYS.iter().filter(|_| moe == Moe::Dense) {
         if let Some(v) = c.get(key).filter(|v| active(v)) {
             return Err(unmodeled(
                 key,
@@ -209,7 +359,10 @@ fn check_unmodeled(c: &Cfg<'_>, family: Family) -> Result<(), ErrorKind> {
             ));
         }
     }
-    if let Some(v) = c.get("rope_scaling").filter(|v| active(v)) {
+    // DeepSeek's YaRN scaling changes rotary frequencies and the softmax scale only (not shapes or
+    // FLOPs): recorded by the config, planned as plain rotary.
+    let deepseek = matches!(moe, Moe::DeepSeek { .. });
+    if let Some(v) = c.get("rope_scaling").filter(|v| active(v) && !deepseek) {
         return Err(unmodeled(
             "rope_scaling",
             v,
@@ -260,6 +413,13 @@ fn check_unmodeled(c: &Cfg<'_>, family: Family) -> Result<(), ErrorKind> {
             "add_cross_attention",
             v,
             "cross-attention blocks; moai plans decoder-only models".into(),
+        ));
+    }
+    if deepseek && let Some(v) = c.get("attention_bias").filter(|v| active(v)) {
+        return Err(unmodeled(
+            "attention_bias",
+            v,
+            "biases on the latent attention projections; moai builds DeepSeek without them".into(),
         ));
     }
     if matches!(family, Family::Mistral | Family::Qwen2) {
@@ -314,6 +474,8 @@ fn rename_keys(e: ErrorKind, family: Family) -> ErrorKind {
                 (_, "max_pos") => "max_position_embeddings",
                 (_, "eps") => "rms_norm_eps",
                 (_, "vocab") => "vocab_size",
+                (_, "topk") => "num_experts_per_tok",
+                (_, "expert_ffn") => "moe_intermediate_size",
                 _ => key.as_str(),
             }
             .to_string();
@@ -376,6 +538,34 @@ impl<'a> Cfg<'a> {
                 .map_err(|_| Self::bad(key, v, "a positive integer")),
             _ => Err(Self::bad(key, v, "a positive integer")),
         }
+    }
+
+    /// A non-negative integer (0 allowed).
+    fn uint(&self, key: &str) -> Result<Option<usize>, ErrorKind> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        v.as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| Self::bad(key, v, "a non-negative integer"))
+    }
+
+    /// A list of non-negative integers (absent: empty).
+    fn int_list(&self, key: &str) -> Result<Vec<usize>, ErrorKind> {
+        let Some(v) = self.get(key) else {
+            return Ok(Vec::new());
+        };
+        let bad = || Self::bad(key, v, "a list of non-negative integers");
+        v.as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .map(|x| {
+                x.as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(bad)
+            })
+            .collect()
     }
 
     fn required_int(&self, key: &str) -> Result<usize, ErrorKind> {

@@ -19,7 +19,9 @@ mod error;
 mod hf;
 mod spec;
 
-pub use arch::{ArchConfig, Family, MAX_DIM, MAX_LAYERS, MAX_PARAMS};
+pub use arch::{
+    ArchConfig, Family, MAX_DIM, MAX_LAYERS, MAX_PARAMS, MlaConfig, MoeConfig, RouterScore,
+};
 pub use build::{MAX_RANDOM_PARAMS, SYNTHETIC_LOCATION, Weights};
 pub use error::{ErrorKind, ModelError};
 pub use spec::looks_like_spec;

@@ -44,6 +44,11 @@ const ROTARY_KEYS: &[&str] = &[
     "window",
     "dtype",
     "name",
+    "experts",
+    "topk",
+    "expert_ffn",
+    "shared_ffn",
+    "first_dense",
 ];
 const GPT_KEYS: &[&str] = &[
     "layers", "hidden", "heads", "ffn", "vocab", "max_pos", "tied", "eps", "dtype", "name",
@@ -191,6 +196,32 @@ fn parse_inner(spec: &str) -> Result<ArchConfig, ErrorKind> {
             10_000.0
         });
     let sliding_window = int("window")?;
+    // Mixture of experts (Mixtral-style: softmax router, top-k renormalized, SwiGLU experts).
+    let moe = match int("experts")? {
+        Some(experts) => Some(crate::arch::MoeConfig {
+            experts,
+            topk: int("topk")?.unwrap_or(2),
+            expert_ffn: int("expert_ffn")?.unwrap_or(ffn),
+            shared_ffn: int("shared_ffn")?.unwrap_or(0),
+            shared_gate: false,
+            router_bias: false,
+            score: crate::arch::RouterScore::Softmax,
+            norm_topk: true,
+            capacity_factor: 1.0,
+            dense_layers: (0..int("first_dense")?.unwrap_or(0).min(layers)).collect(),
+        }),
+        None => {
+            if let Some(k) = ["topk", "expert_ffn", "shared_ffn", "first_dense"]
+                .into_iter()
+                .find(|k| kv.contains_key(k))
+            {
+                return Err(ErrorKind::Inconsistent(format!(
+                    "`{k}` describes mixture-of-experts layers and needs `experts`"
+                )));
+            }
+            None
+        }
+    };
     let dtype = kv
         .get("dtype")
         .map(|v| parse_dtype("dtype", v))
@@ -226,6 +257,9 @@ fn parse_inner(spec: &str) -> Result<ArchConfig, ErrorKind> {
         rope_theta,
         sliding_window,
         dtype,
+        qk_norm: false,
+        moe,
+        mla: None,
     };
     cfg.validate()?;
     Ok(cfg)

@@ -517,7 +517,7 @@ mod bad_input {
     fn config_errors_are_one_clear_line() {
         let llama = r#""hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":10"#;
         let cases: Vec<(String, &str)> = vec![
-            (format!("{{\"model_type\":\"bert\",{llama}}}"), "cfg: unsupported model_type `bert` (supported: llama, mistral, qwen2, gpt2)"),
+            (format!("{{\"model_type\":\"bert\",{llama}}}"), "cfg: unsupported model_type `bert` (supported: llama, mistral, qwen2, gpt2, mixtral, qwen2_moe, deepseek_v2, deepseek_v3)"),
             (format!("{{{llama}}}"), "cfg: missing required key `model_type`"),
             (
                 r#"{"model_type":"llama","hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":10}"#.into(),
@@ -959,4 +959,343 @@ fn gpt2_cross_attention_is_refused() {
         ArchConfig::from_hf_config_str(&format!(r#"{{{gpt},"add_cross_attention":false}}"#), "m")
             .is_ok()
     );
+}
+
+mod moe {
+    use super::*;
+    use moai_models::RouterScore;
+
+    /// `x` in billions, rounded to `digits` decimals, as model cards print counts.
+    fn billions(x: u64, digits: i32) -> f64 {
+        let scale = 10f64.powi(digits);
+        (x as f64 / 1e9 * scale).round() / scale
+    }
+
+    #[test]
+    fn mixtral_8x7b_has_the_published_total_and_active_counts() {
+        let c = ArchConfig::from_hf_config(&config_path("mixtral-8x7b")).unwrap();
+        let m = c.moe.as_ref().unwrap();
+        assert_eq!(
+            (m.experts, m.topk, m.expert_ffn, m.shared_ffn),
+            (8, 2, 14336, 0)
+        );
+        assert!(m.dense_layers.is_empty() && m.norm_topk && m.score == RouterScore::Softmax);
+        assert_eq!(
+            (c.family, c.kv_heads, c.rope_theta),
+            (Family::Mistral, 8, 1e6)
+        );
+        // transformers' parameters() count of MixtralForCausalLM; the model card: 46.7B total, 12.9B
+        // active per token (https://mistral.ai/news/mixtral-of-experts/).
+        assert_eq!(c.params(), 46_702_792_704);
+        assert_eq!(billions(c.params(), 1), 46.7);
+        assert_eq!(billions(c.active_params(), 1), 12.9);
+    }
+
+    #[test]
+    fn deepseek_v3_has_the_published_total_and_active_counts() {
+        let c = ArchConfig::from_hf_config(&config_path("deepseek-v3")).unwrap();
+        let (m, a) = (c.moe.as_ref().unwrap(), c.mla.as_ref().unwrap());
+        assert_eq!(m.dense_layers, vec![0, 1, 2]);
+        assert_eq!(
+            (m.experts, m.topk, m.expert_ffn, m.shared_ffn),
+            (256, 8, 2048, 2048)
+        );
+        assert!(m.router_bias && m.norm_topk && m.score == RouterScore::Sigmoid);
+        assert_eq!(
+            (a.q_lora_rank, a.kv_lora_rank, a.v_head_dim),
+            (Some(1536), 512, 128)
+        );
+        assert_eq!((c.head_dim, c.kv_heads, c.layers), (192, 128, 61));
+        // DeepSeek-V3 (arXiv:2412.19437): 671B total, 37B activated per token; the weights'
+        // documentation (README_WEIGHTS.md) gives the main model's activated count as 36.6B without
+        // the input embedding (0.9B). The multi-token-prediction module (num_nextn_predict_layers) is
+        // not part of either count, nor of ours.
+        assert_eq!(billions(c.params(), 0), 671.0);
+        let embedding = (c.vocab * c.hidden) as u64;
+        assert_eq!(billions(c.active_params() - embedding, 1), 36.6);
+        assert_eq!(billions(c.active_params() - embedding, 0), 37.0);
+    }
+
+    #[test]
+    fn deepseek_v2_and_qwen_moe_have_the_published_counts() {
+        // DeepSeek-V2 (arXiv:2405.04434): 236B total, 21B activated.
+        let c = ArchConfig::from_hf_config(&config_path("deepseek-v2")).unwrap();
+        assert_eq!(c.moe.as_ref().unwrap().dense_layers, vec![0]);
+        assert_eq!(billions(c.params(), 0), 236.0);
+        assert_eq!(billions(c.active_params(), 0), 21.0);
+        // Qwen1.5-MoE-A2.7B (its model card): 14.3B total, 2.7B activated.
+        let c = ArchConfig::from_hf_config(&config_path("qwen1.5-moe-a2.7b")).unwrap();
+        let m = c.moe.as_ref().unwrap();
+        assert_eq!(
+            (m.experts, m.topk, m.expert_ffn, m.shared_ffn),
+            (60, 4, 1408, 5632)
+        );
+        assert!(m.shared_gate && !m.norm_topk && c.qkv_bias);
+        assert_eq!(billions(c.params(), 1), 14.3);
+        assert_eq!(billions(c.active_params(), 1), 2.7);
+    }
+
+    #[test]
+    fn qwen3_moe_has_the_published_counts_and_query_key_norms() {
+        // Qwen3-30B-A3B (its model card): 30.5B total, 29.9B without the embedding and LM head, 3.3B
+        // activated (ours 3.353B: the card truncates).
+        let c = ArchConfig::from_hf_config(&config_path("qwen3-30b-a3b")).unwrap();
+        let m = c.moe.as_ref().unwrap();
+        assert_eq!(
+            (m.experts, m.topk, m.expert_ffn, m.shared_ffn),
+            (128, 8, 768, 0)
+        );
+        assert!(c.qk_norm && m.norm_topk && !c.qkv_bias && c.head_dim == 128);
+        assert_eq!(billions(c.params(), 1), 30.5);
+        let embeddings = 2 * (c.vocab * c.hidden) as u64;
+        assert_eq!(billions(c.params() - embeddings, 1), 29.9);
+        assert_eq!(c.active_params(), 3_353_032_704);
+        assert_eq!((c.active_params() as f64 / 1e8).floor() / 10.0, 3.3);
+        let g = c.build().unwrap();
+        let norms = layer_histogram(&g, 0)["RmsNorm"];
+        assert_eq!(norms, 4, "input, post-attention, q_norm, k_norm");
+    }
+
+    #[test]
+    fn dense_configs_have_equal_total_and_active_counts() {
+        let c = ArchConfig::from_hf_config(&config_path("mistral-7b")).unwrap();
+        assert_eq!(c.active_params(), c.params());
+    }
+
+    #[test]
+    fn moe_layer_rules_follow_each_config_class() {
+        let base = r#""hidden_size":64,"intermediate_size":128,"num_hidden_layers":6,"num_attention_heads":4,"vocab_size":100"#;
+        // Qwen2-MoE: every `decoder_sparse_step`-th layer (1-based), minus `mlp_only_layers`.
+        let c = ArchConfig::from_hf_config_str(
+            &format!(r#"{{"model_type":"qwen2_moe",{base},"num_experts":4,"num_experts_per_tok":2,"moe_intermediate_size":32,"shared_expert_intermediate_size":0,"decoder_sparse_step":2,"mlp_only_layers":[3]}}"#),
+            "q",
+        )
+        .unwrap();
+        let m = c.moe.unwrap();
+        assert_eq!(m.dense_layers, vec![0, 2, 3, 4]);
+        assert!(!m.shared_gate);
+        // DeepSeek: layers from `first_k_dense_replace` on, every `moe_layer_freq`-th; without routed
+        // experts it is a dense decoder, as transformers builds it.
+        let mla = r#""kv_lora_rank":8,"qk_nope_head_dim":8,"qk_rope_head_dim":8,"v_head_dim":8"#;
+        let c = ArchConfig::from_hf_config_str(
+            &format!(r#"{{"model_type":"deepseek_v2",{base},{mla},"n_routed_experts":4,"num_experts_per_tok":2,"moe_intermediate_size":32,"first_k_dense_replace":1,"moe_layer_freq":2}}"#),
+            "d",
+        )
+        .unwrap();
+        assert_eq!(c.moe.unwrap().dense_layers, vec![0, 1, 3, 5]);
+        assert_eq!(c.mla.unwrap().q_lora_rank, None);
+        let c = ArchConfig::from_hf_config_str(
+            &format!(r#"{{"model_type":"deepseek_v2",{base},{mla}}}"#),
+            "d",
+        )
+        .unwrap();
+        assert!(c.moe.is_none() && c.mla.is_some());
+    }
+
+    #[test]
+    fn inconsistent_moe_configs_are_one_clear_line() {
+        let base = r#""hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":100"#;
+        let cases = [
+            (
+                format!(
+                    r#"{{"model_type":"mixtral",{base},"num_local_experts":2,"num_experts_per_tok":3}}"#
+                ),
+                "cfg: `num_experts_per_tok` must be an integer in 1..=2, got `3`",
+            ),
+            (
+                format!(r#"{{"model_type":"qwen2_moe",{base},"mlp_only_layers":"x"}}"#),
+                "cfg: `mlp_only_layers` must be a list of non-negative integers, got `\"x\"`",
+            ),
+            (
+                format!(
+                    r#"{{"model_type":"deepseek_v3",{base},"kv_lora_rank":8,"qk_nope_head_dim":8,"qk_rope_head_dim":8,"v_head_dim":8,"n_routed_experts":4,"moe_intermediate_size":8,"scoring_func":"relu"}}"#
+                ),
+                "cfg: `scoring_func` must be `softmax` or `sigmoid`, got `\"relu\"`",
+            ),
+            (
+                format!(
+                    r#"{{"model_type":"deepseek_v3",{base},"kv_lora_rank":8,"qk_nope_head_dim":8,"qk_rope_head_dim":8,"v_head_dim":32}}"#
+                ),
+                "cfg: v_head_dim 32 wider than the query/key head 16 is not modeled",
+            ),
+            (
+                format!(
+                    r#"{{"model_type":"deepseek_v3",{base},"kv_lora_rank":8,"qk_nope_head_dim":8,"qk_rope_head_dim":8,"v_head_dim":8,"attention_bias":true}}"#
+                ),
+                "cfg: `attention_bias` = true is not modeled",
+            ),
+        ];
+        for (json, want) in cases {
+            let e = from_hf_config_str(&json, "cfg").unwrap_err().to_string();
+            assert!(
+                !e.contains('\n') && e.starts_with(want),
+                "got  {e}\nwant {want}"
+            );
+        }
+    }
+
+    /// Tiny configs of each mixture-of-experts dialect (random weights fit).
+    pub(crate) const TINY_MOE: [(&str, &str); 4] = [
+        (
+            "mixtral",
+            r#"{"model_type":"mixtral","hidden_size":32,"intermediate_size":24,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"vocab_size":40,"num_local_experts":4,"num_experts_per_tok":2}"#,
+        ),
+        (
+            "qwen2_moe",
+            r#"{"model_type":"qwen2_moe","hidden_size":32,"intermediate_size":48,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":40,"num_experts":4,"num_experts_per_tok":2,"moe_intermediate_size":16,"shared_expert_intermediate_size":24}"#,
+        ),
+        (
+            "qwen3_moe",
+            r#"{"model_type":"qwen3_moe","hidden_size":32,"intermediate_size":48,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,"vocab_size":40,"num_experts":4,"num_experts_per_tok":2,"moe_intermediate_size":16,"norm_topk_prob":true}"#,
+        ),
+        (
+            "deepseek_v3",
+            r#"{"model_type":"deepseek_v3","hidden_size":32,"intermediate_size":48,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":40,"q_lora_rank":16,"kv_lora_rank":12,"qk_nope_head_dim":8,"qk_rope_head_dim":4,"v_head_dim":8,"n_routed_experts":4,"num_experts_per_tok":2,"moe_intermediate_size":16,"n_shared_experts":1,"first_k_dense_replace":1}"#,
+        ),
+    ];
+
+    #[test]
+    fn moe_graphs_hold_exactly_the_closed_form_parameters() {
+        for name in [
+            "mixtral-8x7b",
+            "deepseek-v3",
+            "deepseek-v2",
+            "qwen1.5-moe-a2.7b",
+            "qwen3-30b-a3b",
+        ] {
+            let c = ArchConfig::from_hf_config(&config_path(name)).unwrap();
+            let g = c.build().unwrap();
+            assert_eq!(graph_params(&g), c.params(), "{name}");
+        }
+        for (name, json) in TINY_MOE {
+            let c = ArchConfig::from_hf_config_str(json, name).unwrap();
+            assert_eq!(graph_params(&c.build().unwrap()), c.params(), "{name}");
+        }
+    }
+
+    #[test]
+    fn moe_layers_route_through_one_fused_expert_op() {
+        let g = from_hf_config(&config_path("deepseek-v3")).unwrap();
+        let dense = layer_histogram(&g, 2);
+        let moe = layer_histogram(&g, 3);
+        assert_eq!(dense.get("MoeExperts"), None);
+        assert_eq!(moe.get("MoeExperts"), Some(&1));
+        // Latent attention: q_a, q_b, kv_a, kv_b, o projections; the MoE layer adds the router and
+        // the shared experts' three projections; the dense layer has its MLP's three.
+        assert_eq!(dense.get("Linear"), Some(&8));
+        assert_eq!(moe.get("Linear"), Some(&9));
+        assert_eq!(moe.get("Attention"), Some(&1));
+        let expert = g
+            .node_ids()
+            .find(|n| matches!(g.node(*n).op, Op::MoeExperts { .. }))
+            .unwrap();
+        match &g.node(expert).op {
+            Op::MoeExperts {
+                experts,
+                topk,
+                norm_topk,
+                ..
+            } => assert_eq!((*experts, *topk, *norm_topk), (256, 8, true)),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn random_weight_moe_graphs_execute_in_the_reference_interpreter() {
+        for (name, json) in TINY_MOE {
+            let g = ArchConfig::from_hf_config_str(json, name)
+                .unwrap()
+                .build_with(Weights::Random { seed: 5, std: 0.2 })
+                .unwrap();
+            let ids = moai_ir::Tensor::i64(vec![2, 5], vec![1, 2, 3, 4, 5, 39, 38, 0, 7, 7]);
+            let out = moai_ir::interp::Interpreter::new(&g)
+                .run(&[("input_ids", ids)])
+                .unwrap();
+            assert_eq!(out[0].1.shape, vec![2, 5, 40], "{name}");
+            let v = out[0].1.to_f64_vec();
+            assert!(v.iter().all(|x| x.is_finite()), "{name}");
+            assert!(v.iter().any(|x| *x != 0.0), "{name}");
+        }
+    }
+
+    #[test]
+    fn moe_step_profiles_mark_expert_work_and_weights() {
+        use moai_ir::cost::{BlockKind, KernelClass, Phase, TpSplit};
+        use moai_ir::train::{RecomputePolicy, TrainOptions, step_profile};
+        let (name, json) = TINY_MOE[3];
+        let c = ArchConfig::from_hf_config_str(json, name).unwrap();
+        let g = c.build().unwrap();
+        for recompute in [RecomputePolicy::None, RecomputePolicy::Full] {
+            let opts = TrainOptions {
+                recompute,
+                ..TrainOptions::default()
+            };
+            let p = step_profile(&g, &opts, 2, 8).unwrap();
+            let layer = |l: u32| {
+                p.blocks
+                    .iter()
+                    .find(|b| b.kind == BlockKind::Decoder(l))
+                    .unwrap()
+            };
+            // Layer 0 is dense (first_k_dense_replace = 1), layer 1 routes to 4 experts (top 2).
+            assert_eq!(layer(0).expert_params, 0);
+            assert_eq!(layer(1).expert_params, 3 * 4 * 32 * 16);
+            assert!(layer(1).tp_sharded_params >= layer(1).expert_params);
+            let experts: Vec<_> = layer(1)
+                .ops
+                .iter()
+                .filter(|o| o.split == TpSplit::Expert && o.label.contains("MoeExperts"))
+                .collect();
+            let fwd = experts.iter().find(|o| o.phase == Phase::Forward).unwrap();
+            let bwd = experts.iter().find(|o| o.phase == Phase::Backward).unwrap();
+            // 16 tokens · top 2 / 4 experts = 8 rows per expert; gate, up, down per expert; bf16
+            // under the default amp-bf16 policy.
+            assert_eq!(
+                fwd.class,
+                KernelClass::Matmul {
+                    batch: 12,
+                    m: 8,
+                    n: 16,
+                    k: 32,
+                    dtype: moai_ir::DType::BF16
+                }
+            );
+            assert_eq!(fwd.flops, 2.0 * 12.0 * 8.0 * 16.0 * 32.0);
+            assert_eq!(bwd.flops, 2.0 * fwd.flops);
+            let recomputed = experts.iter().any(|o| o.phase == Phase::Recompute);
+            assert_eq!(recomputed, recompute == RecomputePolicy::Full);
+            // The expert weights' optimizer updates are expert work too.
+            assert!(
+                p.optimizer
+                    .iter()
+                    .any(|o| o.split == TpSplit::Expert && o.label.contains("experts"))
+            );
+            assert!(layer(0).ops.iter().all(|o| o.split != TpSplit::Expert));
+        }
+    }
+
+    #[test]
+    fn specs_describe_mixtral_style_experts() {
+        let spec = "mistral:layers=32,hidden=4096,heads=32,kv_heads=8,ffn=14336,vocab=32000,experts=8,topk=2";
+        let c = ArchConfig::from_spec(spec).unwrap();
+        let hf = ArchConfig::from_hf_config(&config_path("mixtral-8x7b")).unwrap();
+        assert_eq!(
+            (c.params(), c.active_params()),
+            (hf.params(), hf.active_params())
+        );
+        let m = c.moe.unwrap();
+        assert_eq!((m.experts, m.topk, m.expert_ffn), (8, 2, 14336));
+        let c = ArchConfig::from_spec(
+            "llama:layers=4,hidden=64,heads=4,ffn=128,vocab=100,experts=4,expert_ffn=32,shared_ffn=32,first_dense=1",
+        )
+        .unwrap();
+        assert_eq!(c.moe.unwrap().dense_layers, vec![0]);
+        let e = ArchConfig::from_spec("llama:layers=2,hidden=64,heads=4,vocab=100,topk=2")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`topk` describes mixture-of-experts layers and needs `experts`"),
+            "{e}"
+        );
+    }
 }

@@ -327,7 +327,9 @@ impl Sharder<'_> {
             | Op::AdamW { .. }
             | Op::SgdMomentum { .. }
             | Op::Collective { .. }
-            | Op::CrossEntropy { .. }) => Err(self.fail(
+            | Op::CrossEntropy { .. }
+            | Op::MoeExperts { .. }
+            | Op::MoeExpertsBackward { .. }) => Err(self.fail(
                 id,
                 format!(
                     "{} on a tensor split across tensor-parallel ranks is not supported",
@@ -399,7 +401,11 @@ impl Sharder<'_> {
                 }
                 self.map.insert(Value::of(id), y);
             }
-            TpSplit::Replicated | TpSplit::Vocab | TpSplit::Sequence | TpSplit::Heads => {
+            TpSplit::Replicated
+            | TpSplit::Vocab
+            | TpSplit::Sequence
+            | TpSplit::Heads
+            | TpSplit::Expert => {
                 if x_axis.is_some() {
                     return Err(self.fail(
                         id,

@@ -3,6 +3,8 @@
 
 mod support;
 
+mod moe;
+
 #[cfg(feature = "mlir")]
 mod bundle;
 #[cfg(feature = "mlir")]

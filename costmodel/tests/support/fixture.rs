@@ -415,6 +415,7 @@ pub fn step_profile(
         ops: e.ops,
         params: emb_params,
         tp_sharded_params: v * h,
+        expert_params: 0,
         saved: ActivationBytes::default(),
         transient: ActivationBytes::default(),
         boundary_bytes: (t * h * rb) as f64,
@@ -460,6 +461,7 @@ pub fn step_profile(
             ops: bl.ops,
             params: layer_params,
             tp_sharded_params: sharded,
+            expert_params: 0,
             saved,
             transient,
             boundary_bytes: (t * h * rb) as f64,
@@ -519,6 +521,7 @@ pub fn step_profile(
         ops: hd.ops,
         params: head_params,
         tp_sharded_params: if gpt { 0 } else { v * h },
+        expert_params: 0,
         saved: ActivationBytes {
             tp_sharded: (t * v * 4) as f64,
             tp_replicated: (t * h * 6) as f64,

@@ -1,6 +1,6 @@
 //! The generic executor behind [`super::Interpreter`]: value storage, symbol binding and op dispatch.
 
-use super::fused::{self, AdamParams, AttnDims};
+use super::fused::{self, AdamParams, AttnDims, MoeDims};
 use super::kernels::{self as k, broadcast_shape, expand_to, map2};
 use super::num::Float;
 use crate::dim::Dim;
@@ -685,6 +685,56 @@ impl<'a, T: Float> Exec<'a, T> {
                     Val::f(dt(2), ins[2].shape.clone(), dv),
                 ]
             }
+            Op::MoeExperts {
+                experts,
+                topk,
+                norm_topk,
+                ..
+            } => {
+                want(5)?;
+                let d = moe_dims(ins, *experts, *topk, *norm_topk)?;
+                let y = fused::moe_experts(
+                    ins[0].fl()?,
+                    ins[1].fl()?,
+                    ins[2].fl()?,
+                    ins[3].fl()?,
+                    ins[4].fl()?,
+                    &d,
+                );
+                vec![Val::f(out_dtype, ins[0].shape.clone(), y)]
+            }
+            Op::MoeExpertsBackward {
+                experts,
+                topk,
+                norm_topk,
+                ..
+            } => {
+                want(6)?;
+                let d = moe_dims(ins, *experts, *topk, *norm_topk)?;
+                if ins[5].shape != ins[0].shape {
+                    return Err(format!(
+                        "expert output gradient {:?} differs from the input {:?}",
+                        ins[5].shape, ins[0].shape
+                    ));
+                }
+                let (dx, ds, dwg, dwu, dwd) = fused::moe_experts_bwd(
+                    ins[0].fl()?,
+                    ins[1].fl()?,
+                    ins[2].fl()?,
+                    ins[3].fl()?,
+                    ins[4].fl()?,
+                    ins[5].fl()?,
+                    &d,
+                );
+                let dt = |i: usize| node.outputs.get(i).map(|t| t.dtype).unwrap_or(DType::F32);
+                vec![
+                    Val::f(dt(0), ins[0].shape.clone(), dx),
+                    Val::f(dt(1), ins[1].shape.clone(), ds),
+                    Val::f(dt(2), ins[2].shape.clone(), dwg),
+                    Val::f(dt(3), ins[3].shape.clone(), dwu),
+                    Val::f(dt(4), ins[4].shape.clone(), dwd),
+                ]
+            }
             Op::RmsNormBackward { eps } => {
                 want(3)?;
                 let h = last_dim(&ins[0], &ins[1])?;
@@ -901,6 +951,38 @@ fn bcast_f<T: Float>(x: &Val<T>, to: &[usize]) -> R<Vec<T>> {
         .filter(|s| s == to)
         .ok_or_else(|| format!("cannot broadcast {:?} to {to:?}", x.shape))?;
     Ok(expand_to(&x.as_f(), &x.shape, &sh))
+}
+
+/// Checks the shapes of a mixture-of-experts op's inputs `[x [.., h], scores [.., E], w_gate [E, h, f],
+/// w_up [E, h, f], w_down [E, f, h], ...]`.
+fn moe_dims<T>(ins: &[Rc<Val<T>>], experts: usize, topk: usize, norm_topk: bool) -> R<MoeDims> {
+    let (x, s, wg, wu, wd) = (&ins[0], &ins[1], &ins[2], &ins[3], &ins[4]);
+    let h = *x
+        .shape
+        .last()
+        .ok_or("mixture-of-experts input is a scalar")?;
+    let ok = wg.shape.len() == 3
+        && wg.shape == wu.shape
+        && wg.shape[0] == experts
+        && wg.shape[1] == h
+        && wd.shape == [experts, wg.shape[2], h]
+        && s.shape.last() == Some(&experts)
+        && s.shape[..s.shape.len() - 1] == x.shape[..x.shape.len() - 1]
+        && (1..=experts).contains(&topk);
+    if !ok {
+        return Err(format!(
+            "mixture of {experts} experts (top {topk}) got x {:?}, scores {:?}, w_gate {:?}, w_up {:?}, w_down {:?}",
+            x.shape, s.shape, wg.shape, wu.shape, wd.shape
+        ));
+    }
+    Ok(MoeDims {
+        tokens: x.shape[..x.shape.len() - 1].iter().product(),
+        h,
+        f: wg.shape[2],
+        experts,
+        topk,
+        norm_topk,
+    })
 }
 
 fn attn_dims<T>(

@@ -454,6 +454,38 @@ impl Builder<'_> {
                     self.acc(ins[0], d)?;
                 }
             }
+            Op::MoeExperts {
+                experts,
+                topk,
+                norm_topk,
+                capacity_factor,
+            } => {
+                let fetched: Vec<Value> = ins.iter().map(|v| self.fetch(*v)).collect();
+                let types: Vec<TensorType> = ins.iter().map(|v| self.ty(*v)).collect();
+                let mut inputs = fetched;
+                inputs.push(g);
+                let b = self.add(
+                    Op::MoeExpertsBackward {
+                        experts: *experts,
+                        topk: *topk,
+                        norm_topk: *norm_topk,
+                        capacity_factor: *capacity_factor,
+                    },
+                    inputs,
+                    types,
+                );
+                for (i, v) in ins.iter().enumerate() {
+                    if need[i] {
+                        self.acc(
+                            *v,
+                            Value {
+                                node: b,
+                                output: i as u32,
+                            },
+                        )?;
+                    }
+                }
+            }
             Op::RmsNorm { eps } => {
                 let (x, w) = (self.fetch(ins[0]), self.fetch(ins[1]));
                 let (tx, tw) = (self.ty(ins[0]), self.ty(ins[1]));
@@ -818,6 +850,7 @@ impl Builder<'_> {
             | Op::RotaryBackward
             | Op::EmbeddingBackward { .. }
             | Op::CrossEntropyBackward { .. }
+            | Op::MoeExpertsBackward { .. }
             | Op::AdamW { .. }
             | Op::SgdMomentum { .. }
             | Op::Collective { .. }) => {

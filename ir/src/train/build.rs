@@ -372,7 +372,7 @@ impl<'f> Builder<'f> {
                 self.map.insert(Value::of(old), v);
                 return Ok(());
             }
-            Op::Linear { .. } | Op::MatMul | Op::Attention { .. } => {
+            Op::Linear { .. } | Op::MatMul | Op::Attention { .. } | Op::MoeExperts { .. } => {
                 for (i, v) in ins.iter_mut().enumerate() {
                     if !self.g.ty(*v).dtype.is_float() {
                         continue;

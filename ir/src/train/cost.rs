@@ -161,6 +161,44 @@ pub fn node_cost(g: &Graph, id: NodeId, env: &dyn Fn(&str) -> Option<i64>) -> Re
                 f,
             )
         }
+        Op::MoeExperts {
+            experts,
+            topk,
+            capacity_factor,
+            ..
+        }
+        | Op::MoeExpertsBackward {
+            experts,
+            topk,
+            capacity_factor,
+            ..
+        } => {
+            // Grouped GEMMs: per expert, gate and up `[cap, h]×[h, f]` and down `[cap, f]×[f, h]` (the
+            // same FLOPs and tile shape as a third `[cap, h]×[h, f]`); backward runs each twice
+            // (input and weight gradients).
+            let x = dims(g, id, false, 0, env)?;
+            let w = dims(g, id, false, 2, env)?;
+            let (h, f) = (
+                w.get(1).copied().unwrap_or(1),
+                w.get(2).copied().unwrap_or(1),
+            );
+            let e = (*experts as u64).max(1);
+            let tokens = numel(&x) / h.max(1);
+            let cap = moe_capacity(tokens, *topk as u64, e, *capacity_factor);
+            let bwd = matches!(n.op, Op::MoeExpertsBackward { .. });
+            let gemms = if bwd { 6 } else { 3 } * e;
+            let cdt = g.ty(n.inputs[0]).dtype;
+            (
+                KernelClass::Matmul {
+                    batch: gemms,
+                    m: cap,
+                    n: f,
+                    k: h,
+                    dtype: cdt,
+                },
+                2.0 * (gemms * cap * f * h) as f64,
+            )
+        }
         Op::RmsNorm { .. } | Op::LayerNorm { .. } => (KernelClass::Norm, 5.0 * on),
         Op::RmsNormBackward { .. } | Op::LayerNormBackward { .. } => (KernelClass::Norm, 10.0 * on),
         Op::Rotary | Op::RotaryBackward => ew(3.0 * on),
@@ -215,6 +253,12 @@ pub fn node_cost(g: &Graph, id: NodeId, env: &dyn Fn(&str) -> Option<i64>) -> Re
         flops,
         bytes,
     })
+}
+
+/// Rows of each expert's GEMM: `⌈tokens · topk / experts · capacity_factor⌉`, at least 1.
+pub fn moe_capacity(tokens: u64, topk: u64, experts: u64, capacity_factor: f64) -> u64 {
+    let avg = tokens as f64 * topk as f64 / experts.max(1) as f64;
+    ((avg * capacity_factor.max(1.0)).ceil() as u64).max(1)
 }
 
 /// True for nodes that run no kernel (sources and views).

@@ -155,7 +155,7 @@ pub fn step_profile(
     }
 
     // Parameters per block of the full model.
-    let mut params: HashMap<BlockKind, (u64, u64)> = HashMap::new();
+    let mut params: HashMap<BlockKind, (u64, u64, u64)> = HashMap::new();
     for p in &tg.params {
         let numel = g
             .ty(Value::of(p.node))
@@ -164,13 +164,17 @@ pub fn step_profile(
             .as_const()
             .unwrap_or(0)
             .max(0) as u64;
-        let split = linear_class(&p.name) != TpSplit::Replicated
+        let class = linear_class(&p.name);
+        let split = class != TpSplit::Replicated
             || p.name.contains("embed_tokens")
             || p.name.contains("wte");
         let e = params.entry(tg.meta(p.node).block).or_default();
         e.0 += numel;
         if split {
             e.1 += numel;
+        }
+        if class == TpSplit::Expert {
+            e.2 += numel;
         }
     }
 
@@ -181,12 +185,13 @@ pub fn step_profile(
             .get(&src)
             .map(|v| v.iter().map(|o| relayer(o, relabel)).collect())
             .unwrap_or_default();
-        let (p, ps) = params.get(&src).copied().unwrap_or((0, 0));
+        let (p, ps, pe) = params.get(&src).copied().unwrap_or((0, 0, 0));
         BlockProfile {
             kind,
             ops,
             params: p,
             tp_sharded_params: ps,
+            expert_params: pe,
             saved: saved.get(&src).cloned().unwrap_or_default(),
             transient: transient.get(&src).cloned().unwrap_or_default(),
             boundary_bytes: boundary.get(&src).copied().unwrap_or(0.0),

@@ -11,6 +11,11 @@ use crate::op::Op;
 pub fn linear_class(weight_name: &str) -> TpSplit {
     let n = weight_name.to_ascii_lowercase();
     let has = |keys: &[&str]| keys.iter().any(|k| n.contains(k));
+    // Routed experts (`mlp.experts.gate_proj`, ...; not DeepSeek's `shared_experts` nor Qwen's
+    // `shared_expert`, which are ordinary tensor-parallel MLPs).
+    if n.contains(".experts.") {
+        return TpSplit::Expert;
+    }
     if has(&["lm_head", "embed_out", "output.weight", "wte"]) {
         TpSplit::Vocab
     } else if has(&[
@@ -26,6 +31,8 @@ pub fn linear_class(weight_name: &str) -> TpSplit {
         "w3",
         "fc1",
         "qkv",
+        "q_b_proj",
+        "kv_b_proj",
     ]) {
         TpSplit::Column
     } else if has(&[
@@ -105,7 +112,9 @@ pub fn analyze(tg: &TrainingGraph) -> TpInfo {
             (_, Role::WeightCast) => {
                 let p = sharded[node.inputs[0].node.index()];
                 (
-                    if p {
+                    if split[node.inputs[0].node.index()] == TpSplit::Expert {
+                        TpSplit::Expert
+                    } else if p {
                         TpSplit::Column
                     } else {
                         TpSplit::Replicated
@@ -136,10 +145,13 @@ pub fn analyze(tg: &TrainingGraph) -> TpInfo {
             (Op::EmbeddingBackward { .. }, _) => (TpSplit::Vocab, true),
             (Op::CrossEntropy { .. }, _) => (TpSplit::Vocab, false),
             (Op::CrossEntropyBackward { .. }, _) => (TpSplit::Vocab, true),
+            (Op::MoeExperts { .. } | Op::MoeExpertsBackward { .. }, _) => (TpSplit::Expert, false),
             (Op::AdamW { .. } | Op::SgdMomentum { .. }, _) => {
                 let p = sharded[node.inputs[0].node.index()];
                 (
-                    if p {
+                    if split[node.inputs[0].node.index()] == TpSplit::Expert {
+                        TpSplit::Expert
+                    } else if p {
                         TpSplit::Column
                     } else {
                         TpSplit::Replicated

@@ -490,6 +490,8 @@ pub(super) fn emit(em: &mut Emitter<'_>, id: NodeId, outs: &Outs) -> Result<Vec<
         }
         // tensor ops: ops::emit (never reaches here)
         other @ (Op::Input { .. }
+        | Op::MoeExperts { .. }
+        | Op::MoeExpertsBackward { .. }
         | Op::Param { .. }
         | Op::Constant(_)
         | Op::Unary(_)

@@ -191,6 +191,12 @@ pub(super) fn emit(em: &mut Emitter<'_>, id: NodeId, outs: &Outs) -> Result<Opti
                 "not supported by the MLIR emitter (no training graph of a decoder uses it)",
             ));
         }
+        Op::MoeExperts { .. } | Op::MoeExpertsBackward { .. } => {
+            return Err(em.err(
+                id,
+                "mixture-of-experts layers are not supported by the MLIR code generation yet",
+            ));
+        }
         // layer, training and collective ops: nn::emit
         Op::Linear { .. }
         | Op::Embedding
