@@ -402,6 +402,29 @@ fn pipelined(phases: &[f64], per_rank_bytes: f64) -> f64 {
     max + (sum - max) / k
 }
 
+/// Seconds of `count` tensor-parallel collectives moving `bytes` in all over a group of `tp`
+/// consecutive ranks, each at its own message size (`bytes / count`): an all-reduce each, or with
+/// sequence parallelism the reduce-scatter and all-gather Megatron runs in its place.
+pub fn tp_collectives_time(
+    cluster: &Cluster,
+    bytes: f64,
+    count: f64,
+    tp: u32,
+    sequence_parallel: bool,
+) -> f64 {
+    if count <= 0.0 || tp <= 1 {
+        return 0.0;
+    }
+    let each = bytes / count;
+    let one = if sequence_parallel {
+        collective_time(cluster, Collective::ReduceScatter, each, tp, 1)
+            + collective_time(cluster, Collective::AllGather, each, tp, 1)
+    } else {
+        collective_time(cluster, Collective::AllReduce, each, tp, 1)
+    };
+    count * one
+}
+
 /// Exposed part of a gradient sync of duration `sync_s` that may overlap with `backward_s` of
 /// backward compute (bucketed, as DDP and Megatron's `--overlap-grad-reduce` do): the last of
 /// `buckets` buckets cannot overlap, and whatever does not fit under backward is exposed.

@@ -5,7 +5,7 @@
 //! simulation; then the data-parallel gradient sync (exposed part) and the optimizer step.
 
 use crate::cluster::Cluster;
-use crate::collective::{Collective, collective_time, exposed_after_overlap};
+use crate::collective::{Collective, collective_time, exposed_after_overlap, tp_collectives_time};
 use crate::config::ParallelConfig;
 use crate::device::Gpu;
 use crate::efficiency::{Allocator, Efficiency, EfficiencyFile, StackCoefficients};
@@ -255,6 +255,10 @@ impl Clone for ProfiledCostModel {
 }
 
 const CACHE_ENTRIES: usize = 64;
+
+/// Bytes of one data-parallel gradient bucket (PyTorch DDP's default `bucket_cap_mb=25`; Megatron's
+/// buckets are of the same order): the message size of each gradient collective.
+const GRAD_BUCKET_BYTES: f64 = 25e6;
 
 /// Parameter tensors one fused multi-tensor optimizer launch updates (PyTorch's and Apex's
 /// `multi_tensor_apply` process tensor lists in chunks of this order).
@@ -598,19 +602,15 @@ impl ProfiledCostModel {
         }
 
         // Per virtual stage: compute (host-bounded) and tensor-parallel communication.
+        // Each tensor-parallel collective at its own message size.
         let tp_time = |s: &PhaseSums| {
-            if s.tp_collectives <= 0.0 {
-                0.0
-            } else {
-                s.tp_collectives
-                    * collective_time(
-                        cluster,
-                        Collective::AllReduce,
-                        s.tp_bytes / s.tp_collectives,
-                        cfg.tp,
-                        1,
-                    )
-            }
+            tp_collectives_time(
+                cluster,
+                s.tp_bytes,
+                s.tp_collectives,
+                cfg.tp,
+                cfg.sequence_parallel,
+            )
         };
         let mut compute = vec![(0f64, 0f64); nv];
         let mut comm = vec![(0f64, 0f64); nv];
@@ -646,7 +646,21 @@ impl ProfiledCostModel {
         }
         let stride = cfg.dp * cfg.tp;
         let p2p = if pp > 1 {
-            collective_time(cluster, Collective::PointToPoint, boundary, 2, stride)
+            // Each tensor-parallel rank sends its 1/tp of the boundary activation to the next stage;
+            // without sequence parallelism the receiver all-gathers the whole activation inside its
+            // tensor-parallel group (Megatron's scatter-gather optimisation) before it can start.
+            let gather = if cfg.tp > 1 && !cfg.sequence_parallel {
+                collective_time(
+                    cluster,
+                    Collective::AllGather,
+                    boundary * cfg.tp as f64,
+                    cfg.tp,
+                    1,
+                )
+            } else {
+                0.0
+            };
+            collective_time(cluster, Collective::PointToPoint, boundary, 2, stride) + gather
         } else {
             0.0
         };
@@ -703,7 +717,8 @@ impl ProfiledCostModel {
                         } else {
                             gathers
                         };
-                    let rs = coll(Collective::ReduceScatter, grad_bytes);
+                    // One reduce-scatter per block (its own message size).
+                    let rs = n_blocks * coll(Collective::ReduceScatter, grad_bytes / n_blocks);
                     dp_comm = m as f64 * rs;
                     exposed += m as f64
                         * if overlap {
@@ -712,18 +727,21 @@ impl ProfiledCostModel {
                             rs
                         };
                 } else {
+                    // Gradients are reduced bucket by bucket (DDP's and Megatron's gradient
+                    // buckets, about 25 MB), each bucket one collective of its own size.
+                    let buckets = (grad_bytes / GRAD_BUCKET_BYTES).ceil().max(1.0);
                     let sync = if cfg.distribute_optimizer {
                         // ZeRO-1 (Megatron's distributed optimizer): reduce-scatter the gradients,
-                        // all-gather the updated low-precision weights after the step.
-                        coll(Collective::ReduceScatter, grad_bytes)
-                            + coll(Collective::AllGather, p_dev * low_or_base)
+                        // all-gather the updated low-precision weights after the step, per bucket.
+                        buckets
+                            * (coll(Collective::ReduceScatter, grad_bytes / buckets)
+                                + coll(Collective::AllGather, p_dev * low_or_base / buckets))
                     } else {
-                        coll(Collective::AllReduce, grad_bytes)
+                        buckets * coll(Collective::AllReduce, grad_bytes / buckets)
                     };
                     dp_comm = sync;
                     exposed += if overlap {
-                        let buckets = (grad_bytes / 25e6).ceil().max(1.0) as u32;
-                        exposed_after_overlap(sync, b_dev, buckets)
+                        exposed_after_overlap(sync, b_dev, buckets as u32)
                     } else {
                         sync
                     };
