@@ -190,23 +190,21 @@ impl ClassCurve {
     /// Large-message bus bandwidth of `kind` at `n` ranks: linear in `n` between measured rank
     /// counts, clamped outside; `None` if `kind` was never measured on this class.
     fn plateau(&self, kind: Collective, n: u32) -> Option<f64> {
-        let pts: Vec<(u32, f64)> = self
-            .plateaus
-            .iter()
-            .filter(|p| p.0 == kind)
-            .map(|p| (p.1, p.2))
-            .collect();
-        let (first, last) = (pts.first()?, pts.last()?);
-        if n <= first.0 {
-            return Some(first.1);
+        // `plateaus` is sorted by collective, then ranks: no allocation on this hot path.
+        let mut below: Option<(u32, f64)> = None;
+        for &(k, r, bw) in self.plateaus.iter().filter(|p| p.0 == kind) {
+            if r == n {
+                return Some(bw);
+            }
+            if r > n {
+                return Some(match below {
+                    None => bw,
+                    Some((a, abw)) => abw + (n - a) as f64 / (r - a) as f64 * (bw - abw),
+                });
+            }
+            below = Some((r, bw));
         }
-        if n >= last.0 {
-            return Some(last.1);
-        }
-        let i = pts.iter().position(|p| p.0 >= n)?;
-        let (a, b) = (pts[i - 1], pts[i]);
-        let t = (n - a.0) as f64 / (b.0 - a.0) as f64;
-        Some(a.1 + t * (b.1 - a.1))
+        below.map(|b| b.1)
     }
 
     /// All-reduce bus bandwidth at the reference rank count for a message of `bytes`.
