@@ -192,7 +192,7 @@ impl ClassCurve {
     fn plateau(&self, kind: Collective, n: u32) -> Option<f64> {
         // `plateaus` is sorted by collective, then ranks: no allocation on this hot path.
         let mut below: Option<(u32, f64)> = None;
-        for &(k, r, bw) in self.plateaus.iter().filter(|p| p.0 == kind) {
+        for &(_, r, bw) in self.plateaus.iter().filter(|p| p.0 == kind) {
             if r == n {
                 return Some(bw);
             }

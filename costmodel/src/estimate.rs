@@ -698,8 +698,7 @@ impl ProfiledCostModel {
                 if cfg.distribute_param {
                     // ZeRO-3: every block's weights are all-gathered before its forward and again
                     // before its backward, each micro-batch; with prefetch the next block's gather
-                    // runs under this block's compute, so only the first gather and any excess of
-                    // gathers over compute are exposed. Gradients are reduce-scattered block by block
+                    // runs under this block's compute. Gradients are reduce-scattered block by block
                     // during each micro-batch's backward.
                     // Gathered bytes per parameter: the low-precision copies, else the stored
                     // weights (same width as the gradients when the policy keeps no copy).
@@ -711,21 +710,29 @@ impl ProfiledCostModel {
                     let per_block = coll(Collective::AllGather, p_dev * gathered / n_blocks);
                     let gathers = 2.0 * n_blocks * per_block;
                     gather_total = m as f64 * gathers;
-                    exposed += m as f64
-                        * if stack.prefetches_params() {
-                            per_block + (gathers - per_block - compute_dev).max(0.0)
-                        } else {
-                            gathers
-                        };
                     // One reduce-scatter per block (its own message size).
                     let rs = n_blocks * coll(Collective::ReduceScatter, grad_bytes / n_blocks);
+                    let rs_last = rs / n_blocks;
                     dp_comm = m as f64 * rs;
-                    exposed += m as f64
-                        * if overlap {
-                            exposed_after_overlap(rs, b_dev, n_blocks as u32)
-                        } else {
-                            rs
-                        };
+                    // Per micro-batch. Gathers and reduce-scatters share the same links, so with
+                    // prefetch they hide together under the micro-batch's compute: exposed are the
+                    // first gather, the last block's reduce-scatter and whatever traffic exceeds
+                    // the compute.
+                    let per_mb = match (stack.prefetches_params(), overlap) {
+                        (true, true) => {
+                            per_block
+                                + rs_last
+                                + (gathers + rs - per_block - rs_last - compute_dev).max(0.0)
+                        }
+                        (true, false) => {
+                            per_block + (gathers - per_block - compute_dev).max(0.0) + rs
+                        }
+                        (false, true) => {
+                            gathers + exposed_after_overlap(rs, b_dev, n_blocks as u32)
+                        }
+                        (false, false) => gathers + rs,
+                    };
+                    exposed += m as f64 * per_mb;
                 } else {
                     // Gradients are reduced bucket by bucket (DDP's and Megatron's gradient
                     // buckets, about 25 MB), each bucket one collective of its own size.
