@@ -179,7 +179,7 @@ impl ClassCurve {
                 }
             }
         }
-        plateaus.sort_by(|a, b| (a.0 as u8, a.1).cmp(&(b.0 as u8, b.1)));
+        plateaus.sort_by_key(|p| (p.0 as u8, p.1));
         ClassCurve {
             ranks,
             points,
