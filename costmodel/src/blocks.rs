@@ -4,11 +4,11 @@
 //! [`CostModel::block_costs`] returns one [`BlockCost`] per block of the
 //! step profile (embedding, each decoder layer, head). The default implementation reduces the profile with
 //! `ProfiledCostModel::prepare` (the same per-op times the estimator uses, tensor-parallel collectives
-//! priced by [`collective_time`]) and the static bytes with [`static_bytes`], so the planner cuts stages by
-//! the model that scores them.
+//! priced by [`crate::collective::tp_collectives_time`]) and the static bytes with [`static_bytes`], so
+//! the planner cuts stages by the model that scores them.
 
 use crate::cluster::Cluster;
-use crate::collective::{Collective, collective_time};
+use crate::collective::tp_collectives_time;
 use crate::config::ParallelConfig;
 use crate::error::{CostError, Result};
 use crate::estimate::{CostModel, PhaseSums, PreparedProfile, ProfiledCostModel};
@@ -67,18 +67,13 @@ pub fn from_prepared(
         )));
     }
     let tp_time = |s: &PhaseSums| {
-        if s.tp_collectives <= 0.0 {
-            0.0
-        } else {
-            s.tp_collectives
-                * collective_time(
-                    cluster,
-                    Collective::AllReduce,
-                    s.tp_bytes / s.tp_collectives,
-                    cfg.tp,
-                    1,
-                )
-        }
+        tp_collectives_time(
+            cluster,
+            s.tp_bytes,
+            s.tp_collectives,
+            cfg.tp,
+            cfg.sequence_parallel,
+        )
     };
     // The same phase time as the estimator's: kernels (host-bounded by the caller's `kernel_s`), plus
     // the part of the tensor-parallel collectives the stack does not hide behind them.

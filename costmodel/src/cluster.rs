@@ -18,7 +18,11 @@
 //!   MI325X keeps the MI300X default.
 //!
 //! Latencies (α) are assumptions from typical NCCL/RCCL measurements: 5 µs inside a server, 15 µs
-//! between servers; achievable bus bandwidth is 80% of the link figure (`efficiency`).
+//! between servers; achievable bus bandwidth is 80% of the link figure (`efficiency`). These α-β
+//! figures cost the links without a measured curve (MI250, MI210, every network link). The server
+//! links of H100 (`nvlink4-nvswitch`), A100 (`nvlink3-nvswitch`) and MI300X (`xgmi`) name their
+//! `class` instead: collectives on them follow the measured NCCL/RCCL bus bandwidth by message size
+//! of `data/collective_busbw.csv` ([`crate::collective::curve_busbw`]).
 //!
 //! A cluster file (JSON) overrides any of this:
 //! ```json
@@ -28,11 +32,14 @@
 //!            "server":  {"bytes_per_s": 50e9,  "latency_s": 5e-6, "efficiency": 0.8, "mesh": false},
 //!            "network": {"bytes_per_s": 12.5e9, "latency_s": 15e-6, "efficiency": 0.8}}}
 //! ```
-//! Every field but `gpu` and `devices` is optional; missing ones take the defaults above. Every field is
+//! Every field but `gpu` and `devices` is optional; missing ones take the defaults above. A link given
+//! in the file is costed by α-β unless it names a measured `class` (`"class": "nvlink4-nvswitch"`,
+//! `"nvlink3-nvswitch"` or `"xgmi"`). Every field is
 //! honoured (the file defines the whole cluster: kind, device count, server size, memory per device,
 //! links) or rejected by name: an unknown field, a value out of range ([`CLUSTER_FILE_LIMITS`]: e.g. an
 //! `efficiency` outside (0, 1]) or a `flavor` whose device count is not `devices` is an error naming it.
 
+use crate::collective::LinkClass;
 use crate::device::Gpu;
 use crate::error::{CostError, Result};
 use serde::{Deserialize, Serialize};
@@ -51,6 +58,11 @@ pub struct Link {
     /// Fully connected mesh of per-peer links: a group of `g` devices uses `g-1` links each.
     #[serde(default)]
     pub mesh: bool,
+    /// The measured link class whose bus-bandwidth curve costs collectives on this link
+    /// ([`crate::collective::curve_busbw`]); without one, the α-β model of `bytes_per_s`,
+    /// `latency_s` and `efficiency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<LinkClass>,
 }
 
 fn default_link_efficiency() -> f64 {
@@ -65,7 +77,14 @@ impl Link {
             latency_s,
             efficiency: 0.8,
             mesh: false,
+            class: None,
         }
+    }
+
+    /// The same link, costed by the measured curve of `class`.
+    pub const fn with_class(mut self, class: LinkClass) -> Link {
+        self.class = Some(class);
+        self
     }
 
     /// Effective bandwidth (bytes/s per device per direction) for a group of `group` devices.
@@ -116,8 +135,13 @@ impl Links {
                 server: Link::new(32e9, INTRA),
                 network: amd_net,
             },
+            // MI325X: MI300X's Infinity Fabric (same links, same measured RCCL curves).
             Gpu::Mi300x | Gpu::Mi325x => {
                 let (pair, server) = fabric(64e9);
+                let (pair, server) = (
+                    pair.with_class(LinkClass::Xgmi),
+                    server.with_class(LinkClass::Xgmi),
+                );
                 Links {
                     pair,
                     server,
@@ -140,8 +164,9 @@ impl Links {
                     network: nic400,
                 }
             }
+            // H200: H100's NVLink 4 / NVSwitch fabric (same links, same measured NCCL curves).
             Gpu::H100 | Gpu::H200 => {
-                let nv = Link::new(450e9, INTRA);
+                let nv = Link::new(450e9, INTRA).with_class(LinkClass::NvLink4NvSwitch);
                 Links {
                     pair: nv,
                     server: nv,
@@ -149,7 +174,7 @@ impl Links {
                 }
             }
             Gpu::A100 => {
-                let nv = Link::new(300e9, INTRA);
+                let nv = Link::new(300e9, INTRA).with_class(LinkClass::NvLink3NvSwitch);
                 Links {
                     pair: nv,
                     server: nv,

@@ -5,7 +5,7 @@
 //! simulation; then the data-parallel gradient sync (exposed part) and the optimizer step.
 
 use crate::cluster::Cluster;
-use crate::collective::{Collective, collective_time, exposed_after_overlap};
+use crate::collective::{Collective, collective_time, exposed_after_overlap, tp_collectives_time};
 use crate::config::ParallelConfig;
 use crate::device::Gpu;
 use crate::efficiency::{Allocator, Efficiency, EfficiencyFile, StackCoefficients};
@@ -346,6 +346,10 @@ impl Clone for ProfiledCostModel {
 }
 
 const CACHE_ENTRIES: usize = 64;
+
+/// Bytes of one data-parallel gradient bucket (PyTorch DDP's default `bucket_cap_mb=25`; Megatron's
+/// buckets are of the same order): the message size of each gradient collective.
+const GRAD_BUCKET_BYTES: f64 = 25e6;
 
 /// Parameter tensors one fused multi-tensor optimizer launch updates (PyTorch's and Apex's
 /// `multi_tensor_apply` process tensor lists in chunks of this order).
@@ -931,19 +935,15 @@ impl ProfiledCostModel {
         }
 
         // Per virtual stage: compute (host-bounded) and tensor-parallel communication.
+        // Each tensor-parallel collective at its own message size.
         let tp_time = |s: &PhaseSums| {
-            if s.tp_collectives <= 0.0 {
-                0.0
-            } else {
-                s.tp_collectives
-                    * collective_time(
-                        cluster,
-                        Collective::AllReduce,
-                        s.tp_bytes / s.tp_collectives,
-                        cfg.tp,
-                        1,
-                    )
-            }
+            tp_collectives_time(
+                cluster,
+                s.tp_bytes,
+                s.tp_collectives,
+                cfg.tp,
+                cfg.sequence_parallel,
+            )
         };
         let mut compute = vec![(0f64, 0f64); nv];
         let mut comm = vec![(0f64, 0f64); nv];
@@ -996,7 +996,21 @@ impl ProfiledCostModel {
         // Megatron-LM's rank order tp-cp-dp-pp: pipeline neighbours are dp·tp·cp ranks apart.
         let stride = cfg.dp * cfg.tp * cp;
         let p2p = if pp > 1 {
-            collective_time(cluster, Collective::PointToPoint, boundary, 2, stride)
+            // Each tensor-parallel rank sends its 1/tp of the boundary activation to the next stage;
+            // without sequence parallelism the receiver all-gathers the whole activation inside its
+            // tensor-parallel group (Megatron's scatter-gather optimisation) before it can start.
+            let gather = if cfg.tp > 1 && !cfg.sequence_parallel {
+                collective_time(
+                    cluster,
+                    Collective::AllGather,
+                    boundary * cfg.tp as f64,
+                    cfg.tp,
+                    1,
+                )
+            } else {
+                0.0
+            };
+            collective_time(cluster, Collective::PointToPoint, boundary, 2, stride) + gather
         } else {
             0.0
         };
@@ -1078,8 +1092,7 @@ impl ProfiledCostModel {
                 if cfg.distribute_param {
                     // ZeRO-3: every block's weights are all-gathered before its forward and again
                     // before its backward, each micro-batch; with prefetch the next block's gather
-                    // runs under this block's compute, so only the first gather and any excess of
-                    // gathers over compute are exposed. Gradients are reduce-scattered block by block
+                    // runs under this block's compute. Gradients are reduce-scattered block by block
                     // during each micro-batch's backward.
                     // Gathered bytes per parameter: the low-precision copies, else the stored
                     // weights (same width as the gradients when the policy keeps no copy).
@@ -1091,41 +1104,57 @@ impl ProfiledCostModel {
                     let per_block = coll(Collective::AllGather, p_dev * gathered / n_blocks);
                     let gathers = 2.0 * n_blocks * per_block;
                     gather_total = m as f64 * gathers;
-                    exposed += m as f64
-                        * if stack.prefetches_params(cfg.overlap_param_gather) {
-                            per_block + (gathers - per_block - compute_dev).max(0.0)
-                        } else {
-                            gathers
-                        };
-                    let rs = coll(Collective::ReduceScatter, grad_bytes);
+                    // One reduce-scatter per block (its own message size).
+                    let rs = n_blocks * coll(Collective::ReduceScatter, grad_bytes / n_blocks);
+                    let rs_last = rs / n_blocks;
                     dp_comm = m as f64 * rs;
-                    exposed += m as f64
-                        * if overlap {
-                            exposed_after_overlap(rs, b_dev, n_blocks as u32)
-                        } else {
-                            rs
-                        };
+                    // Per micro-batch. Gathers and reduce-scatters share the same links, so with
+                    // prefetch they hide together under the micro-batch's compute: exposed are the
+                    // first gather, the last block's reduce-scatter and whatever traffic exceeds
+                    // the compute.
+                    let per_mb = match (stack.prefetches_params(cfg.overlap_param_gather), overlap)
+                    {
+                        (true, true) => {
+                            per_block
+                                + rs_last
+                                + (gathers + rs - per_block - rs_last - compute_dev).max(0.0)
+                        }
+                        (true, false) => {
+                            per_block + (gathers - per_block - compute_dev).max(0.0) + rs
+                        }
+                        (false, true) => {
+                            gathers + exposed_after_overlap(rs, b_dev, n_blocks as u32)
+                        }
+                        (false, false) => gathers + rs,
+                    };
+                    exposed += m as f64 * per_mb;
                 } else {
+                    // Gradients are reduced bucket by bucket (DDP's and Megatron's gradient
+                    // buckets, about 25 MB), each bucket one collective of its own size.
+                    let buckets = (grad_bytes / GRAD_BUCKET_BYTES).ceil().max(1.0);
                     // ZeRO-1 (Megatron's distributed optimizer): reduce-scatter the gradients,
-                    // all-gather the updated low-precision weights after the step; with the
-                    // parameter gather's overlap off (Megatron without --overlap-param-gather)
-                    // that all-gather is on the critical path.
+                    // all-gather the updated low-precision weights after the step, per bucket;
+                    // with the parameter gather's overlap off (Megatron without
+                    // --overlap-param-gather) that all-gather is on the critical path.
                     let (sync, serial) = if cfg.distribute_optimizer {
-                        let rs = coll(Collective::ReduceScatter, grad_bytes);
-                        let ag = coll(Collective::AllGather, p_dev * low_or_base);
+                        let rs = buckets * coll(Collective::ReduceScatter, grad_bytes / buckets);
+                        let ag =
+                            buckets * coll(Collective::AllGather, p_dev * low_or_base / buckets);
                         if stack.overlaps_zero1_gather(cfg.overlap_param_gather) {
                             (rs + ag, 0.0)
                         } else {
                             (rs, ag)
                         }
                     } else {
-                        (coll(Collective::AllReduce, grad_bytes), 0.0)
+                        (
+                            buckets * coll(Collective::AllReduce, grad_bytes / buckets),
+                            0.0,
+                        )
                     };
                     dp_comm = sync + serial;
                     exposed += serial
                         + if overlap {
-                            let buckets = (grad_bytes / 25e6).ceil().max(1.0) as u32;
-                            exposed_after_overlap(sync, b_dev, buckets)
+                            exposed_after_overlap(sync, b_dev, buckets as u32)
                         } else {
                             sync
                         };

@@ -12,6 +12,8 @@
 //! `model` is a path (relative to the truth file) or a model spec; `config` takes the fields of
 //! [`ParallelConfig`]; `measured` may hold any of `step_time_s`, `tokens_per_s`, `peak_memory_bytes`
 //! and `tflops_per_gpu` (which needs `flops_per_step`, the FLOPs the publication counts per step).
+//! `cluster` may add `network_bytes_per_s` where the source states the run's network per GPU
+//! (otherwise the GPU kind's default network link).
 
 use crate::cluster::Cluster;
 use crate::config::ParallelConfig;
@@ -31,6 +33,10 @@ pub struct TruthCluster {
     pub gpu: String,
     /// Devices.
     pub devices: u32,
+    /// Network bandwidth per device and direction, bytes/s, where the source states the run's
+    /// network (e.g. 400 Gb/s RDMA per GPU = 50e9); otherwise the GPU kind's default network link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_bytes_per_s: Option<f64>,
 }
 
 /// What was measured (or published).
@@ -121,10 +127,21 @@ impl TruthRow {
 }
 
 impl TruthRow {
-    /// The row's cluster with default links.
+    /// The row's cluster: default links, with the network bandwidth the row states, if any.
     pub fn cluster(&self) -> Result<Cluster> {
         let gpu: Gpu = self.cluster.gpu.parse()?;
-        Cluster::new(gpu, self.cluster.devices)
+        let mut c = Cluster::new(gpu, self.cluster.devices)?;
+        if let Some(bw) = self.cluster.network_bytes_per_s {
+            let lim = &crate::cluster::CLUSTER_FILE_LIMITS;
+            if !(bw >= lim.min_bytes_per_s && bw <= lim.max_bytes_per_s) {
+                return Err(CostError::InvalidCluster(format!(
+                    "{}: `cluster.network_bytes_per_s` {bw} is out of range ({:e} to {:e} bytes/s)",
+                    self.name, lim.min_bytes_per_s, lim.max_bytes_per_s
+                )));
+            }
+            c.links.network.bytes_per_s = bw;
+        }
+        Ok(c)
     }
 
     /// The measured step time, directly or derived from throughput or TFLOP/s.
@@ -619,6 +636,25 @@ mod tests {
     use super::*;
 
     const ROW: &str = r#"{"name":"r","model":"llama:layers=2,hidden=64,heads=4,vocab=100","cluster":{"gpu":"h100","devices":1},"batch":4,"seq":16,"config":{"micro_batch_size":4},"measured":{"step_time_s":0.1},"source":"t"}"#;
+
+    #[test]
+    fn a_row_may_state_its_network() {
+        let row: TruthRow = serde_json::from_str(&ROW.replace(
+            r#""devices":1}"#,
+            r#""devices":16,"network_bytes_per_s":50e9}"#,
+        ))
+        .unwrap();
+        assert_eq!(row.cluster().unwrap().links.network.bytes_per_s, 50e9);
+        let plain: TruthRow = serde_json::from_str(ROW).unwrap();
+        assert_eq!(plain.cluster().unwrap().links.network.bytes_per_s, 25e9);
+        let bad: TruthRow = serde_json::from_str(&ROW.replace(
+            r#""devices":1}"#,
+            r#""devices":16,"network_bytes_per_s":0}"#,
+        ))
+        .unwrap();
+        let e = bad.cluster().unwrap_err().to_string();
+        assert!(e.contains("network_bytes_per_s"), "{e}");
+    }
 
     #[test]
     fn parses_and_names_the_line() {

@@ -253,7 +253,7 @@ fn best_plan_mfu_within_published_ranges() {
     let m = ProfiledCostModel::new();
     let ranges = [
         (Gpu::H100, 0.35, 0.60),
-        // A100 misses the published range (the model predicts about 0.66; torchtitan's best
+        // A100 misses the published range (the model predicts about 0.64; torchtitan's best
         // published A100 MFU is 58%): asserted only up to 0.70, and reported as a miss.
         (Gpu::A100, 0.40, 0.70),
         (Gpu::Mi250, 0.25, 0.50),

@@ -15,6 +15,7 @@ fn free_comm(gpu: Gpu, devices: u32) -> Cluster {
         latency_s: 0.0,
         efficiency: 1.0,
         mesh: false,
+        class: None,
     };
     c.links.pair = free;
     c.links.server = free;
