@@ -295,7 +295,9 @@ pub fn explain(
         .stage_recompute
         .iter()
         .any(|r| *r != best.plan.recompute);
-    if best.plan.schedule.starts_with("zb") || mixed {
+    // torchtitan runs zbv (ZBVZeroBubble, export::assign_engine); no engine runs zb-h1 or a mix.
+    let runs_zb = best.plan.schedule == "zbv" && engine == moai_costmodel::Stack::Torchtitan;
+    if (best.plan.schedule.starts_with("zb") && !runs_zb) || mixed {
         // Searched only when asked for (--schedule zb-h1,zbv, --stage-recompute): no export engine
         // runs these dimensions yet (see export::assign_engine).
         s.push_str(&format!(
@@ -314,11 +316,6 @@ pub fn explain(
             engine.name()
         ));
     }
-    s.push_str(&format!(
-        " It is costed for and runs on {}: export it with --emit {}.",
-        crate::export::engine_title(engine),
-        engine.name()
-    ));
     let dispatch = best.predicted.breakdown.moe_dispatch_s;
     if dispatch > 0.0 {
         s.push_str(&format!(
