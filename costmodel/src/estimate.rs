@@ -773,14 +773,8 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Result<Vec<crate::blocks::BlockCost>> {
-        let costed;
-        let cfg = match costed_as(cfg) {
-            Some(c) => {
-                costed = c;
-                &costed
-            }
-            None => cfg,
-        };
+        let costed = costed_as(cfg);
+        let cfg = costed.as_ref();
         let prep = self.prepared(profile, cluster.gpu, cfg);
         let eff = self.efficiency(cluster.gpu);
         let sc = self.efficiencies().stack(cfg.stack);
@@ -816,6 +810,8 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Option<crate::bounds::LowerBounds> {
+        let costed = costed_as(cfg);
+        let cfg = costed.as_ref();
         let prep = self.prepared(profile, cluster.gpu, cfg);
         let eff = self.efficiency(cluster.gpu);
         let sc = self.efficiencies().stack(cfg.stack);
@@ -829,13 +825,17 @@ impl CostModel for ProfiledCostModel {
 }
 
 /// The configuration as the cost model prices it when its stack is costed as another
-/// ([`crate::Stack::costed_as`]: torchtitan as FSDP); `None` when it is priced as named.
-fn costed_as(cfg: &ParallelConfig) -> Option<ParallelConfig> {
+/// ([`crate::Stack::costed_as`]: torchtitan as FSDP), borrowed when it is priced as named.
+fn costed_as(cfg: &ParallelConfig) -> std::borrow::Cow<'_, ParallelConfig> {
     let as_stack = cfg.stack.costed_as();
-    (as_stack != cfg.stack).then(|| ParallelConfig {
-        stack: as_stack,
-        ..cfg.clone()
-    })
+    if as_stack == cfg.stack {
+        std::borrow::Cow::Borrowed(cfg)
+    } else {
+        std::borrow::Cow::Owned(ParallelConfig {
+            stack: as_stack,
+            ..cfg.clone()
+        })
+    }
 }
 
 impl ProfiledCostModel {
@@ -851,14 +851,8 @@ impl ProfiledCostModel {
         cfg: &ParallelConfig,
     ) -> Result<Estimate> {
         let named = cfg.stack;
-        let costed;
-        let cfg = match costed_as(cfg) {
-            Some(c) => {
-                costed = c;
-                &costed
-            }
-            None => cfg,
-        };
+        let costed = costed_as(cfg);
+        let cfg = costed.as_ref();
         cfg.validate_cluster(cluster)?;
         let ranges = cfg.validate_profile(profile)?;
         if profile.blocks.is_empty() || prep.blocks.len() != profile.blocks.len() {
