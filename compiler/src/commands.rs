@@ -76,11 +76,7 @@ pub fn estimate(a: EstimateArgs) -> Result<()> {
     println!("{}", out.plan.summary_line());
     // Zero-bubble schedules and per-stage mixes that no engine runs are costed on the stack of the
     // engine that runs their 1F1B / uniform twin (`export::assign_engine`).
-    let unexported = crate::export::engine_runs(
-        out.plan.engine,
-        &crate::export::PlanDims::of_config(&cfg, &cluster),
-    )
-    .is_err();
+    let unexported = !crate::export::runs_as_planned(&cfg, &cluster);
     println!(
         "engine: {}{}",
         crate::export::engine_title(out.plan.engine),
@@ -234,12 +230,7 @@ pub fn sweep(a: SweepArgs, cancel: &CancelToken) -> Result<()> {
     };
     let mut req = a.job.to_request()?;
     crate::request::check_precision(req.constraints.precision, gpu)?;
-    req.threads = a.threads.map(crate::request::check_threads).transpose()?;
-    req.time_budget = a
-        .time_budget
-        .map(crate::request::time_budget_from_secs)
-        .transpose()?;
-    req.cancel = cancel.clone();
+    bound_request(&mut req, a.threads, a.time_budget, cancel)?;
     req.validate()?;
     let model = Model::load(&a.model)?;
     let rows = crate::sweep::sweep(&model, &flavors, gpu, &req)?;
@@ -249,6 +240,21 @@ pub fn sweep(a: SweepArgs, cancel: &CancelToken) -> Result<()> {
             .map_err(|e| PlanError::InvalidArgument(format!("--plot {}: {e}", p.display())))?;
         println!("wrote {}", p.display());
     }
+    Ok(())
+}
+
+/// The `--threads`, `--time-budget` and Ctrl-C bounds of a search request (`plan` and `sweep`).
+fn bound_request(
+    req: &mut crate::request::PlanRequest,
+    threads: Option<usize>,
+    time_budget: Option<f64>,
+    cancel: &CancelToken,
+) -> Result<()> {
+    req.threads = threads.map(crate::request::check_threads).transpose()?;
+    req.time_budget = time_budget
+        .map(crate::request::time_budget_from_secs)
+        .transpose()?;
+    req.cancel = cancel.clone();
     Ok(())
 }
 
@@ -290,12 +296,7 @@ pub fn plan(a: PlanArgs, cancel: &CancelToken) -> Result<()> {
     if a.exhaustive {
         req.pruning = crate::search::Pruning::Off;
     }
-    req.threads = a.threads.map(crate::request::check_threads).transpose()?;
-    req.time_budget = a
-        .time_budget
-        .map(crate::request::time_budget_from_secs)
-        .transpose()?;
-    req.cancel = cancel.clone();
+    bound_request(&mut req, a.threads, a.time_budget, cancel)?;
     req.validate_for(&cluster)?;
     let model = Model::load(&a.model)?;
     let bar = indicatif::ProgressBar::new(0);

@@ -178,39 +178,8 @@ impl FromStr for EmitKind {
 pub fn checked(cfg: &ParallelConfig, cluster: &Cluster, shape: ModelShape) -> Result<()> {
     cfg.validate_cluster(cluster)?;
     moai_costmodel::check_tp_dims(cfg.tp, shape.heads, shape.kv_heads, shape.ffn)?;
-    check_experts(cfg, shape)?;
-    Ok(())
-}
-
-/// Expert parallelism against the model's experts: a dense model takes neither `ep` nor `expert_tp`;
-/// `ep` divides the routed experts and `expert_tp` their width; with experts and `tp > 1`, sequence
-/// parallelism or `expert_tp = tp`.
-fn check_experts(cfg: &ParallelConfig, shape: ModelShape) -> Result<()> {
-    let bad = |m: String| Err(PlanError::InvalidArgument(m));
-    if shape.experts > 0 {
-        cfg.check_expert_tp()?;
-    }
-    if cfg.ep == 1 && cfg.expert_tp == 1 {
-        return Ok(());
-    }
-    if shape.experts == 0 {
-        return bad(format!(
-            "ep {} / expert_tp {} need a mixture-of-experts model; this one is dense",
-            cfg.ep, cfg.expert_tp
-        ));
-    }
-    if !shape.experts.is_multiple_of(cfg.ep as u64) {
-        return bad(format!(
-            "ep {} does not divide the {} routed experts",
-            cfg.ep, shape.experts
-        ));
-    }
-    if !shape.expert_ffn.is_multiple_of(cfg.expert_tp as u64) {
-        return bad(format!(
-            "expert_tp {} does not divide the expert width {}",
-            cfg.expert_tp, shape.expert_ffn
-        ));
-    }
+    // the same expert rules the estimate applies to the step profile
+    cfg.check_experts((shape.experts > 0).then_some((shape.experts, shape.expert_ffn)))?;
     Ok(())
 }
 

@@ -429,6 +429,9 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
             if d.tp > 1 && !d.sequence_parallel {
                 return Err("torchtitan's tensor parallelism always shards the norms along the sequence (sequence parallel); plan with --sequence-parallel".into());
             }
+            if d.mixed_recompute {
+                return Err("torchtitan checkpoints every layer alike ([activation_checkpoint] mode), so a per-stage recomputation mix is not expressible".into());
+            }
             if d.recompute == Recompute::Selective {
                 return Err("torchtitan's selective activation checkpointing (per-op policy or every Nth layer) is not moai's selective recomputation of the attention core".into());
             }
@@ -439,6 +442,13 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
         }
         Stack::Eager => Err("eager PyTorch is not an export engine".into()),
     }
+}
+
+/// Whether the engine a candidate was assigned ([`assign_engine`]) runs it exactly. `false` only for
+/// the dimensions no engine runs yet (zero-bubble schedules other than torchtitan's zbv, per-stage
+/// recomputation mixes), which are costed on the stack of their 1F1B / uniform twin's engine.
+pub fn runs_as_planned(c: &ParallelConfig, cluster: &Cluster) -> bool {
+    engine_runs(c.stack, &PlanDims::of_config(c, cluster)).is_ok()
 }
 
 /// The engines that run a plan exactly, in order of preference ([`preference`]).

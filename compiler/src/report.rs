@@ -193,6 +193,7 @@ pub fn build_report(
         .collect();
     let mut explanation = explain(
         &output,
+        crate::export::runs_as_planned(&best.config, cluster),
         alternatives.first(),
         &result.rejected,
         result.stopped_early.as_deref(),
@@ -273,9 +274,11 @@ fn describe(p: &PlanConfig) -> String {
     parts.join(", ")
 }
 
-/// Why the winner won, in a few sentences.
+/// Why the winner won, in a few sentences. `exported`: its engine runs it as planned
+/// ([`crate::export::runs_as_planned`]).
 pub fn explain(
     best: &PlanOutput,
+    exported: bool,
     runner_up: Option<&PlanOutput>,
     rejected: &BTreeMap<String, u64>,
     stopped: Option<&str>,
@@ -295,9 +298,7 @@ pub fn explain(
         .stage_recompute
         .iter()
         .any(|r| *r != best.plan.recompute);
-    // torchtitan runs zbv (ZBVZeroBubble, export::assign_engine); no engine runs zb-h1 or a mix.
-    let runs_zb = best.plan.schedule == "zbv" && engine == moai_costmodel::Stack::Torchtitan;
-    if (best.plan.schedule.starts_with("zb") && !runs_zb) || mixed {
+    if !exported {
         // Searched only when asked for (--schedule zb-h1,zbv, --stage-recompute): no export engine
         // runs these dimensions yet (see export::assign_engine).
         s.push_str(&format!(

@@ -8,7 +8,6 @@
 //! the planner cuts stages by the model that scores them.
 
 use crate::cluster::Cluster;
-use crate::collective::tp_collectives_time;
 use crate::config::ParallelConfig;
 use crate::error::{CostError, Result};
 use crate::estimate::{CostModel, PhaseSums, PreparedProfile, ProfiledCostModel};
@@ -66,15 +65,7 @@ pub fn from_prepared(
             "tensor-parallel overlap {tp_overlap} is not a fraction in [0, 1]"
         )));
     }
-    let tp_time = |s: &PhaseSums| {
-        tp_collectives_time(
-            cluster,
-            s.tp_bytes,
-            s.tp_collectives,
-            cfg.tp,
-            cfg.sequence_parallel,
-        )
-    };
+    let tp_time = |s: &PhaseSums| s.tp_time(cluster, cfg);
     // The same phase time as the estimator's: kernels (host-bounded by the caller's `kernel_s`), plus
     // the part of the tensor-parallel collectives the stack does not hide behind them.
     let cp = cfg.cp.max(1);

@@ -721,6 +721,14 @@ impl ParallelConfig {
                 _ => None,
             }
         });
+        self.check_experts(experts)
+    }
+
+    /// Expert parallelism against the model's routed experts, `(count, width)` or `None` for a dense
+    /// model: a dense model takes neither `ep` nor `expert_tp`; `ep` divides the experts, `expert_tp`
+    /// their width; with experts, [`ParallelConfig::check_expert_tp`]. The one check the planner (from
+    /// the model's shape) and the estimate (from the step profile) both apply.
+    pub fn check_experts(&self, experts: Option<(u64, u64)>) -> Result<()> {
         if experts.is_none() && self.ep == 1 && self.expert_tp == 1 {
             return Ok(());
         }

@@ -226,6 +226,18 @@ impl PhaseSums {
         self.tp_overlap_matmul_s / eff.matmul * sms as f64 / (units - sms) as f64
     }
 
+    /// Seconds of this phase's tensor-parallel collectives under `cfg`'s tp and sequence parallelism,
+    /// each at its own message size ([`tp_collectives_time`]), before any overlap.
+    pub fn tp_time(&self, cluster: &Cluster, cfg: &ParallelConfig) -> f64 {
+        tp_collectives_time(
+            cluster,
+            self.tp_bytes,
+            self.tp_collectives,
+            cfg.tp,
+            cfg.sequence_parallel,
+        )
+    }
+
     /// Seconds of this phase's mixture-of-experts all-to-alls over `ep` ranks spaced `stride` apart.
     pub fn a2a_time(&self, cluster: &Cluster, ep: u32, stride: u32) -> f64 {
         if self.a2a_count <= 0.0 {
@@ -930,15 +942,7 @@ impl ProfiledCostModel {
 
         // Per virtual stage: compute (host-bounded) and tensor-parallel communication.
         // Each tensor-parallel collective at its own message size.
-        let tp_time = |s: &PhaseSums| {
-            tp_collectives_time(
-                cluster,
-                s.tp_bytes,
-                s.tp_collectives,
-                cfg.tp,
-                cfg.sequence_parallel,
-            )
-        };
+        let tp_time = |s: &PhaseSums| s.tp_time(cluster, cfg);
         let mut compute = vec![(0f64, 0f64); nv];
         let mut comm = vec![(0f64, 0f64); nv];
         let mut comm_total = vec![0f64; nv];
