@@ -204,6 +204,17 @@ fn reshape_with_absurd_dims_does_not_panic() {
     assert!(r.is_ok(), "import panicked");
 }
 
+/// A model the fuzzer found (fuzz/corpus/onnx_import/external-size-overflow.onnx): an external
+/// initializer whose shape's byte size does not fit in 64 bits (a multiply-with-overflow panic in a
+/// build with overflow checks). Import must return an error, not panic.
+#[test]
+fn external_initializer_with_absurd_shape_does_not_panic() {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus/onnx_import/external-size-overflow.onnx");
+    let r = std::panic::catch_unwind(|| moai_ir::onnx::import(&p).map(|_| ()));
+    assert!(r.is_ok(), "import panicked");
+}
+
 #[test]
 fn truncated_protobuf_is_rejected() {
     let d = temp_dir("truncated");

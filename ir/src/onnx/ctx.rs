@@ -103,8 +103,16 @@ impl<'m> Ctx<'m> {
                     let (location, offset, length) = r?;
                     super::external::validate_location(&location)
                         .map_err(|e| format!("external data for `{}`: {e}", t.name))?;
-                    let need =
-                        shape.iter().map(|d| *d as u64).product::<u64>() * dtype.size_bytes();
+                    // a corrupt shape may not fit in 64 bits: an error, not an overflow
+                    let need = shape
+                        .iter()
+                        .try_fold(dtype.size_bytes(), |n, d| n.checked_mul(*d as u64))
+                        .ok_or_else(|| {
+                            format!(
+                                "external data for `{}`: shape {shape:?} is too large",
+                                t.name
+                            )
+                        })?;
                     ParamData::External {
                         location,
                         offset,
