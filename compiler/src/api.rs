@@ -2,8 +2,8 @@
 
 use crate::error::Result;
 use crate::model::Model;
-use crate::plan::PlanOutput;
-use crate::report::{PlanReport, build_report, cluster_info, model_info, plan_config, predicted};
+use crate::plan::{PlanConfig, PlanOutput};
+use crate::report::{PlanReport, build_report, cluster_info, model_info, predicted};
 use crate::request::PlanRequest;
 use crate::search::{NoProgress, Progress, search, train_options};
 use crate::space::ModelShape;
@@ -116,7 +116,7 @@ pub fn estimate_with(
         model: model_info(model),
         cluster: cluster_info(cluster),
         search: None,
-        plan: plan_config(config, s.layers as u32),
+        plan: PlanConfig::of_config(config, s.layers as u32),
         predicted: predicted(&e),
         fits: e.peak_memory_bytes as f64 <= usable_memory(cluster, req),
     })
@@ -153,7 +153,7 @@ pub fn cheapest_fitting_change(
         }
     };
     let best = report.output;
-    let from = plan_config(config, model.summary.layers as u32);
+    let from = PlanConfig::of_config(config, model.summary.layers as u32);
     let to = &best.plan;
     let mut changes = Vec::new();
     let mut diff = |name: &str, a: String, b: String| {
@@ -174,7 +174,7 @@ pub fn cheapest_fitting_change(
         from.recompute.to_string(),
         to.recompute.to_string(),
     );
-    let zero = |p: &crate::plan::PlanConfig| {
+    let zero = |p: &PlanConfig| {
         if p.distribute_param {
             "3"
         } else if p.distribute_optimizer {

@@ -578,35 +578,14 @@ mod tests {
 
     #[test]
     fn stage_counts_from_ranges() {
-        use crate::plan::StageInfo;
-        let mut p = crate::plan::PlanConfig {
-            dp: 1,
-            tp: 1,
-            pp: 2,
-            cp: 1,
-            cp_comm: Default::default(),
-            num_micro_batches: 1,
-            micro_batch_size: 1,
-            recompute: moai_ir::train::RecomputePolicy::None,
-            distribute_param: false,
-            distribute_low_prec_param: false,
-            distribute_optimizer: false,
-            sequence_parallel: false,
-            schedule: "1f1b".into(),
-            stages: vec![
-                StageInfo { layers: [0, 20] },
-                StageInfo { layers: [21, 39] },
-            ],
-            overlap_grad_reduce: true,
-            overlap_param_gather: true,
-            tp_comm_overlap: true,
-            engine: Default::default(),
-            precision: Default::default(),
-            offload_optimizer: false,
-            stage_recompute: Vec::new(),
-            ep: 1,
-            expert_tp: 1,
-        };
+        let mut p = crate::plan::PlanConfig::of_config(
+            &moai_costmodel::ParallelConfig {
+                pp: 2,
+                stages: vec![(0, 20), (21, 39)],
+                ..Default::default()
+            },
+            40,
+        );
         assert_eq!(stage_counts(&p).unwrap(), vec![21, 19]);
         p.stages[1].layers = [21, 20];
         assert!(stage_counts(&p).is_err());

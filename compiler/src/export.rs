@@ -113,101 +113,69 @@ impl ExportContext {
     }
 }
 
-/// The dimensions of a plan the engines' rules look at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the engines' rules look at: a plan's configuration, as the cost model holds it, plus what the
+/// cluster and the model add. A view, not a copy: a new plan dimension is a field of
+/// [`ParallelConfig`] that [`engine_runs`] reads from [`PlanDims::config`].
+#[derive(Clone, Debug, PartialEq)]
 pub struct PlanDims {
-    /// Data-parallel degree.
-    pub dp: u64,
-    /// Tensor-parallel degree.
-    pub tp: u64,
-    /// Pipeline-parallel degree.
-    pub pp: u64,
-    /// Context-parallel degree.
-    pub cp: u64,
-    /// Pipeline schedule.
-    pub schedule: Schedule,
-    /// Recomputation.
-    pub recompute: Recompute,
-    /// ZeRO stage.
-    pub zero: ZeroStage,
-    /// Sequence parallelism.
-    pub sequence_parallel: bool,
-    /// The pipeline stages do not all use the same recomputation policy (`stage_recompute`).
-    pub mixed_recompute: bool,
+    /// The configuration (its `stack` is not read by the rules: they are asked about an engine).
+    pub config: ParallelConfig,
     /// Devices in the cluster.
     pub devices: u64,
     /// Devices per full server.
     pub devices_per_server: u64,
-    /// GEMM precision of the decoder layers' linears.
-    pub precision: MatmulPrecision,
-    /// Optimizer state offloaded to host memory (ZeRO-Offload).
-    pub offload_optimizer: bool,
-    /// Data-parallel gradient reduction overlapped with backward.
-    pub overlap_grad_reduce: bool,
-    /// Parameter all-gathers overlapped with compute.
-    pub overlap_param_gather: bool,
-    /// Tensor-parallel collectives overlapped with the adjacent GEMMs.
-    pub tp_comm_overlap: bool,
-    /// Expert-parallel degree.
-    pub ep: u64,
-    /// Expert tensor-parallel degree.
-    pub expert_tp: u64,
     /// The model has routed experts (mixture of experts).
     pub moe: bool,
 }
 
 impl PlanDims {
+    /// The ZeRO stage the configuration's sharding flags express.
+    pub fn zero(&self) -> ZeroStage {
+        ZeroStage::of_flags(
+            self.config.distribute_param,
+            self.config.distribute_optimizer,
+        )
+    }
+
+    /// The pipeline stages do not all use the same recomputation policy (`stage_recompute`).
+    pub fn mixed_recompute(&self) -> bool {
+        self.config.mixed_recompute()
+    }
+
     /// The value of an overlap switch.
     pub fn overlap(&self, s: OverlapSwitch) -> bool {
-        match s {
-            OverlapSwitch::GradReduce => self.overlap_grad_reduce,
-            OverlapSwitch::ParamGather => self.overlap_param_gather,
-            OverlapSwitch::TpComm => self.tp_comm_overlap,
-        }
+        s.get(&self.config)
     }
 
     /// Whether an overlap switch changes anything for this plan on `engine`: the gradient reduce
     /// with dp > 1; the parameter gather with dp > 1 under ZeRO-3 (every engine's prefetch) or ZeRO-1
     /// (Megatron-LM's distributed-optimizer gather); TP overlap with tp > 1 and sequence parallelism.
     pub fn switch_applies(&self, engine: Stack, s: OverlapSwitch) -> bool {
+        let c = &self.config;
         match s {
-            OverlapSwitch::GradReduce => self.dp > 1,
+            OverlapSwitch::GradReduce => c.dp > 1,
             OverlapSwitch::ParamGather => {
-                self.dp > 1
-                    && (self.zero == ZeroStage::Zero3
-                        || (self.zero == ZeroStage::Zero1 && engine == Stack::Megatron))
+                c.dp > 1
+                    && (self.zero() == ZeroStage::Zero3
+                        || (self.zero() == ZeroStage::Zero1 && engine == Stack::Megatron))
             }
-            OverlapSwitch::TpComm => self.tp > 1 && self.sequence_parallel,
+            OverlapSwitch::TpComm => c.tp > 1 && c.sequence_parallel,
         }
     }
 
-    /// The dimensions of a search candidate on a cluster.
+    /// The dimensions of a search candidate on a cluster (a dense model; set [`PlanDims::moe`] for
+    /// one with routed experts).
     pub fn of_config(c: &ParallelConfig, cluster: &Cluster) -> PlanDims {
         PlanDims {
-            dp: c.dp as u64,
-            tp: c.tp as u64,
-            pp: c.pp as u64,
-            cp: c.cp as u64,
-            schedule: c.schedule,
-            recompute: c.recompute,
-            zero: ZeroStage::of_flags(c.distribute_param, c.distribute_optimizer),
-            sequence_parallel: c.sequence_parallel,
-            mixed_recompute: c.mixed_recompute(),
+            config: c.clone(),
             devices: cluster.devices as u64,
             devices_per_server: cluster.devices_per_server as u64,
-            precision: c.precision,
-            offload_optimizer: c.offload_optimizer,
-            overlap_grad_reduce: c.overlap_grad_reduce,
-            overlap_param_gather: c.overlap_param_gather,
-            tp_comm_overlap: c.tp_comm_overlap,
-            ep: c.ep as u64,
-            expert_tp: c.expert_tp as u64,
             moe: false,
         }
     }
 
-    /// The dimensions of an output plan; an error when its schedule or recomputation name is unknown or
-    /// its ranks are not the cluster's devices.
+    /// The dimensions of an output plan ([`PlanConfig::to_config`]); an error when its schedule is
+    /// unknown, a number does not fit, or its ranks are not the cluster's devices.
     pub fn of_plan(p: &PlanConfig, cx: &ExportContext) -> Result<PlanDims, String> {
         let cp = p.cp.max(1);
         let ranks =
@@ -227,25 +195,12 @@ impl PlanDims {
                 )
             });
         }
+        let mut config = p.to_config().map_err(|e| e.to_string())?;
+        config.cp = config.cp.max(1);
         Ok(PlanDims {
-            dp: p.dp,
-            tp: p.tp,
-            pp: p.pp,
-            cp,
-            schedule: p.schedule.parse().map_err(|e| format!("{e}"))?,
-            recompute: p.recompute,
-            zero: ZeroStage::of_flags(p.distribute_param, p.distribute_optimizer),
-            sequence_parallel: p.sequence_parallel,
-            mixed_recompute: p.stage_recompute.iter().any(|r| *r != p.recompute),
+            config,
             devices: cx.devices,
             devices_per_server: cx.devices_per_server,
-            precision: p.precision,
-            offload_optimizer: p.offload_optimizer,
-            overlap_grad_reduce: p.overlap_grad_reduce,
-            overlap_param_gather: p.overlap_param_gather,
-            tp_comm_overlap: p.tp_comm_overlap,
-            ep: p.ep,
-            expert_tp: p.expert_tp,
             moe: cx.moe.is_some(),
         })
     }
@@ -279,7 +234,7 @@ pub const ALL_EXPORT_ENGINES: [Stack; 4] = [
 /// then Megatron-LM's own fully sharded data parallel, which also combines with tp); everything else
 /// first to Megatron-LM.
 pub fn preference(d: &PlanDims) -> [Stack; 3] {
-    if d.zero == ZeroStage::Zero3 {
+    if d.zero() == ZeroStage::Zero3 {
         [Stack::Deepspeed, Stack::Fsdp, Stack::Megatron]
     } else {
         EXPORT_ENGINES
@@ -288,12 +243,14 @@ pub fn preference(d: &PlanDims) -> [Stack; 3] {
 
 /// Whether `engine` runs a plan with these dimensions exactly; the error is one line saying why not.
 pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
+    let c = &d.config;
+    let zero = d.zero();
     // Tensor-parallel groups are consecutive ranks; they must not straddle a (partial) server.
     let last = d.devices % d.devices_per_server.max(1);
-    if d.tp > 1 && last != 0 && !last.is_multiple_of(d.tp) {
+    if c.tp > 1 && last != 0 && !last.is_multiple_of(c.tp as u64) {
         return Err(format!(
             "tp {} does not divide the {last} devices of the partial last server, so a tensor-parallel group would cross servers",
-            d.tp
+            c.tp
         ));
     }
     // An overlap switched off where it matters runs only on an engine that has the switch.
@@ -313,48 +270,48 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
     }
     match engine {
         Stack::Megatron => {
-            if d.overlap_param_gather
-                && !d.overlap_grad_reduce
+            if c.overlap_param_gather
+                && !c.overlap_grad_reduce
                 && d.switch_applies(engine, OverlapSwitch::ParamGather)
             {
                 return Err("Megatron-LM overlaps the parameter all-gather only together with the gradient reduce (--overlap-param-gather needs --overlap-grad-reduce)".into());
             }
-            if d.schedule == Schedule::Gpipe {
+            if c.schedule == Schedule::Gpipe {
                 return Err(
                     "Megatron-LM has no GPipe schedule (it runs 1f1b and interleaved)".into(),
                 );
             }
-            if d.zero == ZeroStage::Zero3 && d.pp > 1 {
+            if zero == ZeroStage::Zero3 && c.pp > 1 {
                 return Err(
                     "Megatron-LM's fully sharded data parallel (--use-megatron-fsdp) is not run with pipeline parallelism here".into(),
                 );
             }
-            if d.offload_optimizer && d.zero != ZeroStage::Zero1 {
+            if c.offload_optimizer && zero != ZeroStage::Zero1 {
                 return Err(format!(
                     "Megatron-LM's optimizer offload (--optimizer-cpu-offload) is exported with its distributed optimizer (ZeRO-1) only, not ZeRO-{}; DeepSpeed offloads the optimizer at ZeRO-1 and 3",
-                    d.zero
+                    zero
                 ));
             }
-            if d.schedule.is_zero_bubble() {
+            if c.schedule.is_zero_bubble() {
                 // compiler/data/megatron_arguments.txt: --delay-wgrad-compute and
                 // --defer-embedding-wgrad-compute defer weight gradients for communication overlap
                 // inside 1F1B; no option selects a zero-bubble pipeline schedule.
                 return Err(format!(
                     "Megatron-LM has no zero-bubble pipeline schedule ({}); PyTorch's pipelining runs it ({})",
-                    d.schedule,
-                    if d.schedule == Schedule::ZeroBubbleV {
+                    c.schedule,
+                    if c.schedule == Schedule::ZeroBubbleV {
                         "ZBVZeroBubble"
                     } else {
                         "as a per-rank action list, torchtitan's pipeline_parallel_schedule_csv"
                     }
                 ));
             }
-            if d.mixed_recompute {
+            if d.mixed_recompute() {
                 return Err(
                     "Megatron-LM recomputes alike on every pipeline stage (--recompute-method block takes one --recompute-num-layers for all of them), so a per-stage recomputation mix is not expressible".into(),
                 );
             }
-            if d.zero == ZeroStage::Zero3 && d.cp > 1 {
+            if zero == ZeroStage::Zero3 && c.cp > 1 {
                 return Err(
                     "Megatron-LM's fully sharded data parallel (--use-megatron-fsdp) is not run with context parallelism here".into(),
                 );
@@ -363,27 +320,27 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
         }
         Stack::Deepspeed | Stack::Fsdp => {
             let name = engine_title(engine);
-            if d.cp > 1 {
+            if c.cp > 1 {
                 return Err(format!(
                     "{name} with a generic training script has no context parallelism; Megatron-LM runs it"
                 ));
             }
-            if d.tp > 1 {
+            if c.tp > 1 {
                 return Err(format!(
                     "{name} has no tensor parallelism for training (tp {}); Megatron-LM runs it",
-                    d.tp
+                    c.tp
                 ));
             }
-            if d.pp > 1 {
+            if c.pp > 1 {
                 return Err(format!(
                     "{name} with a generic training script has no pipeline parallelism (pp {}); Megatron-LM runs it",
-                    d.pp
+                    c.pp
                 ));
             }
-            if d.ep > 1 || d.expert_tp > 1 {
+            if c.ep > 1 || c.expert_tp > 1 {
                 return Err(format!(
                     "{name} with a generic training script has no expert parallelism (ep {}, expert_tp {}); Megatron-LM runs it",
-                    d.ep, d.expert_tp
+                    c.ep, c.expert_tp
                 ));
             }
             if d.moe {
@@ -391,52 +348,52 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                     "{name} with a generic training script runs the Hugging Face experts one by one, not the grouped GEMMs and all-to-all dispatch the plan is costed for; Megatron-LM runs it"
                 ));
             }
-            if d.recompute == Recompute::Selective {
+            if c.recompute == Recompute::Selective {
                 return Err(format!(
                     "{name} checkpoints whole decoder layers; selective recomputation of the attention core is Megatron-LM's"
                 ));
             }
-            if d.precision == MatmulPrecision::Fp8 {
+            if c.precision == MatmulPrecision::Fp8 {
                 return Err(format!(
                     "{name} with a generic training script runs its linear layers in bf16; FP8 GEMMs with Transformer Engine's per-tensor scaling are Megatron-LM's (--fp8-format)"
                 ));
             }
-            if d.offload_optimizer && engine == Stack::Fsdp {
+            if c.offload_optimizer && engine == Stack::Fsdp {
                 return Err(
                     "PyTorch FSDP's CPU offload (CPUOffload) moves the parameters too, not the optimizer alone; DeepSpeed offloads the optimizer".into(),
                 );
             }
-            if d.offload_optimizer && d.zero == ZeroStage::Zero0 {
+            if c.offload_optimizer && zero == ZeroStage::Zero0 {
                 return Err(format!(
                     "{name} offloads the optimizer only with ZeRO stage 1 or more (zero_optimization.offload_optimizer)"
                 ));
             }
-            if engine == Stack::Fsdp && d.zero != ZeroStage::Zero3 {
+            if engine == Stack::Fsdp && zero != ZeroStage::Zero3 {
                 return Err(format!(
                     "PyTorch FSDP here runs full sharding (ZeRO-3) only; a ZeRO-{} plan runs on Megatron-LM or DeepSpeed",
-                    d.zero
+                    zero
                 ));
             }
             Ok(())
         }
         Stack::Torchtitan => {
-            if d.zero == ZeroStage::Zero1 {
+            if zero == ZeroStage::Zero1 {
                 return Err("torchtitan shards data parallelism fully (FSDP2, ZeRO-3) or replicates it (DDP); ZeRO-1 runs on Megatron-LM or DeepSpeed".into());
             }
-            if d.zero == ZeroStage::Zero0 && d.dp > 1 && (d.tp > 1 || d.pp > 1) {
+            if zero == ZeroStage::Zero0 && c.dp > 1 && (c.tp > 1 || c.pp > 1) {
                 return Err("torchtitan's DDP (replicated data parallelism) runs only alone, not with tensor or pipeline parallelism; plan with --zero 3 for FSDP2".into());
             }
-            if d.tp > 1 && !d.sequence_parallel {
+            if c.tp > 1 && !c.sequence_parallel {
                 return Err("torchtitan's tensor parallelism always shards the norms along the sequence (sequence parallel); plan with --sequence-parallel".into());
             }
-            if d.mixed_recompute {
+            if d.mixed_recompute() {
                 return Err("torchtitan checkpoints every layer alike ([activation_checkpoint] mode), so a per-stage recomputation mix is not expressible".into());
             }
-            if d.recompute == Recompute::Selective {
+            if c.recompute == Recompute::Selective {
                 return Err("torchtitan's selective activation checkpointing (per-op policy or every Nth layer) is not moai's selective recomputation of the attention core".into());
             }
-            if d.pp > 1 {
-                torchtitan::schedule_name(d.schedule)?;
+            if c.pp > 1 {
+                torchtitan::schedule_name(c.schedule)?;
             }
             Ok(())
         }
@@ -486,6 +443,7 @@ pub fn assign_engine_for(
         moe,
         ..PlanDims::of_config(&c, cluster)
     };
+    let schedule = d.config.schedule;
     match fixed {
         Some(e) => {
             engine_runs(e, &d).map_err(|why| format!("--engine {e}: {why}"))?;
@@ -493,7 +451,7 @@ pub fn assign_engine_for(
         }
         None => {
             let Some(e) = engines_for(&d).first().copied().or_else(|| {
-                if !d.schedule.is_zero_bubble() && !d.mixed_recompute {
+                if !schedule.is_zero_bubble() && !d.mixed_recompute() {
                     return None;
                 }
                 // torchtitan runs zbv (ZBVZeroBubble) but is only chosen when no preferred engine
@@ -501,15 +459,15 @@ pub fn assign_engine_for(
                 if engine_runs(Stack::Torchtitan, &d).is_ok() {
                     return Some(Stack::Torchtitan);
                 }
-                let plain = PlanDims {
-                    schedule: match d.schedule {
-                        Schedule::ZeroBubbleV => Schedule::Interleaved(2),
-                        Schedule::ZeroBubbleH1 => Schedule::OneFOneB,
-                        s => s,
-                    },
-                    mixed_recompute: false,
-                    ..d
+                // The 1F1B / uniform twin: the same plan without the zero-bubble schedule and
+                // without the per-stage mix.
+                let mut plain = d.clone();
+                plain.config.schedule = match schedule {
+                    Schedule::ZeroBubbleV => Schedule::Interleaved(2),
+                    Schedule::ZeroBubbleH1 => Schedule::OneFOneB,
+                    s => s,
                 };
+                plain.config.stage_recompute.clear();
                 engines_for(&plain).first().copied()
             }) else {
                 let why = engine_runs(Stack::Megatron, &d).err().unwrap_or_default();
@@ -587,16 +545,20 @@ pub fn megatron_args(
         "--pipeline-model-parallel-size",
         plan.pp.to_string(),
     );
-    if d.cp > 1 {
+    if d.config.cp > 1 {
         // Megatron-LM splits each sequence into 2·cp chunks for causal load balancing.
-        if !cx.seq.is_multiple_of(2 * d.cp) {
+        if !cx.seq.is_multiple_of(2 * u64::from(d.config.cp)) {
             return Err(format!(
                 "--seq-len {} is not a multiple of 2·cp = {} (Megatron-LM's context parallelism cuts it into 2·cp chunks)",
                 cx.seq,
-                2 * d.cp
+                2 * u64::from(d.config.cp)
             ));
         }
-        kv(&mut a, "--context-parallel-size", d.cp.to_string());
+        kv(
+            &mut a,
+            "--context-parallel-size",
+            u64::from(d.config.cp).to_string(),
+        );
         kv(&mut a, "--cp-comm-type", plan.cp_comm.to_string());
     }
     kv(
@@ -632,7 +594,7 @@ pub fn megatron_args(
     );
     // Pipeline split: even (nothing), interleaved even (layers per virtual stage), uneven first/last
     // stage (Megatron's flags for it), anything else as an explicit layout.
-    let chunks = d.schedule.chunks();
+    let chunks = d.config.schedule.chunks();
     let sizes = stage_sizes(plan, cx.layers, chunks);
     let even = sizes.windows(2).all(|w| w[0] == w[1]);
     if plan.pp > 1 {
@@ -674,7 +636,7 @@ pub fn megatron_args(
             );
         }
     }
-    match d.recompute {
+    match d.config.recompute {
         Recompute::Full => {
             kv(&mut a, "--recompute-granularity", "full".into());
             kv(&mut a, "--recompute-method", "uniform".into());
@@ -686,7 +648,7 @@ pub fn megatron_args(
     if plan.sequence_parallel {
         flag(&mut a, "--sequence-parallel");
     }
-    match d.zero {
+    match d.zero() {
         ZeroStage::Zero3 => {
             flag(&mut a, "--use-megatron-fsdp");
             kv(
@@ -711,7 +673,7 @@ pub fn megatron_args(
     if plan.tp_comm_overlap && d.switch_applies(Stack::Megatron, OverlapSwitch::TpComm) {
         flag(&mut a, "--tp-comm-overlap");
     }
-    if d.offload_optimizer {
+    if d.config.offload_optimizer {
         if cx.optimizer == "sgd" {
             return Err(
                 "Megatron-LM's optimizer offload runs Adam only (--use-precision-aware-optimizer)"
@@ -727,7 +689,7 @@ pub fn megatron_args(
     if cx.precision != "fp32" {
         flag(&mut a, "--bf16");
     }
-    if d.precision == MatmulPrecision::Fp8 {
+    if d.config.precision == MatmulPrecision::Fp8 {
         if cx.precision != "amp-bf16" {
             return Err(format!(
                 "fp8 GEMMs are planned on the amp-bf16 policy, not {}",
@@ -925,8 +887,8 @@ pub fn deepspeed_config(
     } else {
         json!({"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}})
     };
-    let mut zero = json!({"stage": d.zero, "overlap_comm": plan.overlap_grad_reduce, "contiguous_gradients": true});
-    if d.zero == ZeroStage::Zero3 {
+    let mut zero = json!({"stage": d.zero(), "overlap_comm": plan.overlap_grad_reduce, "contiguous_gradients": true});
+    if d.zero() == ZeroStage::Zero3 {
         // A prefetch bucket of 0 turns ZeRO-3's parameter prefetch off.
         let prefetch: u64 = if plan.overlap_param_gather {
             50_000_000
@@ -936,7 +898,7 @@ pub fn deepspeed_config(
         zero["stage3_prefetch_bucket_size"] = json!(prefetch);
         zero["stage3_param_persistence_threshold"] = json!(100_000u64);
     }
-    if d.offload_optimizer {
+    if d.config.offload_optimizer {
         // ZeRO-Offload: optimizer state in pinned host memory, DeepSpeed's CPU Adam.
         zero["offload_optimizer"] = json!({"device": "cpu", "pin_memory": true});
     }
@@ -1178,35 +1140,21 @@ mod tests {
 
     pub(crate) fn sample() -> (PlanConfig, ExportContext) {
         (
-            PlanConfig {
-                dp: 4,
-                tp: 2,
-                pp: 4,
-                cp: 1,
-                cp_comm: Default::default(),
-                num_micro_batches: 64,
-                micro_batch_size: 1,
-                recompute: Recompute::Full,
-                distribute_param: false,
-                distribute_low_prec_param: false,
-                distribute_optimizer: true,
-                sequence_parallel: true,
-                schedule: "interleaved:2".into(),
-                stages: (0..8)
-                    .map(|i| StageInfo {
-                        layers: [i * 5, i * 5 + 4],
-                    })
-                    .collect(),
-                overlap_grad_reduce: true,
-                overlap_param_gather: true,
-                tp_comm_overlap: true,
-                engine: Stack::Megatron,
-                precision: MatmulPrecision::Bf16,
-                offload_optimizer: false,
-                stage_recompute: Vec::new(),
-                ep: 1,
-                expert_tp: 1,
-            },
+            PlanConfig::of_config(
+                &ParallelConfig {
+                    dp: 4,
+                    tp: 2,
+                    pp: 4,
+                    num_micro_batches: 64,
+                    recompute: Recompute::Full,
+                    distribute_optimizer: true,
+                    sequence_parallel: true,
+                    schedule: Schedule::Interleaved(2),
+                    stages: (0..8).map(|i| (i * 5, i * 5 + 4)).collect(),
+                    ..Default::default()
+                },
+                40,
+            ),
             ExportContext {
                 layers: 40,
                 hidden: 5120,

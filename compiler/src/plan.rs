@@ -1,5 +1,6 @@
 //! The plan and the JSON objects `plan --json` and `estimate --json` print (DESIGN.md's contract).
 
+use moai_costmodel::{ParallelConfig, Schedule};
 use serde::{Deserialize, Serialize};
 
 /// The model part of the output.
@@ -153,6 +154,10 @@ pub struct PlanConfig {
     /// Expert tensor-parallel degree (absent when 1).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub expert_tp: u64,
+    /// Gradient buffers live across steps (printed only when off: PyTorch's
+    /// `zero_grad(set_to_none=True)`; see `ParallelConfig::persistent_grads`).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub persistent_grads: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -267,7 +272,142 @@ pub struct PlanOutput {
     pub fits: bool,
 }
 
+/// Why a plan's configuration (`PlanConfig`, e.g. read back from a `plan.json`) is not a
+/// [`ParallelConfig`]; each message names the `plan` field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanConfigError {
+    /// A degree or count does not fit the configuration's integer type.
+    #[error("plan.{field} = {value} is too large (at most {max})")]
+    TooLarge {
+        /// The field's JSON name.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// The largest value the configuration holds.
+        max: u64,
+    },
+    /// The schedule name is not one the cost model knows.
+    #[error("plan.schedule: {0}")]
+    Schedule(String),
+}
+
+/// `v` as a `u32`, or the error naming `field`.
+fn narrow(field: &'static str, v: u64) -> Result<u32, PlanConfigError> {
+    u32::try_from(v).map_err(|_| PlanConfigError::TooLarge {
+        field,
+        value: v,
+        max: u32::MAX as u64,
+    })
+}
+
+/// The number of stage ranges a plan lists when its configuration leaves the split even: one per
+/// pipeline device, except zbv's `2·pp` virtual stages in layer order (device `d` holds stages `d`
+/// and `2·pp − 1 − d`, so a per-device list would misplace the V).
+fn listed_even_stages(cfg: &ParallelConfig) -> u32 {
+    if cfg.schedule == Schedule::ZeroBubbleV {
+        cfg.pp.saturating_mul(cfg.schedule.chunks())
+    } else {
+        cfg.pp
+    }
+}
+
 impl PlanConfig {
+    /// The plan view of a configuration of a model with `layers` decoder layers: the one conversion
+    /// from [`ParallelConfig`] (the inverse is [`PlanConfig::to_config`]). An even split is listed as
+    /// explicit stage ranges; `stage_recompute` is printed only for a per-stage mix.
+    pub fn of_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
+        let ranges = if cfg.stages.is_empty() {
+            moai_costmodel::config::even_stages(layers, listed_even_stages(cfg))
+        } else {
+            cfg.stages.clone()
+        };
+        PlanConfig {
+            dp: cfg.dp as u64,
+            tp: cfg.tp as u64,
+            pp: cfg.pp as u64,
+            cp: cfg.cp as u64,
+            cp_comm: cfg.cp_comm,
+            num_micro_batches: cfg.num_micro_batches as u64,
+            micro_batch_size: cfg.micro_batch_size as u64,
+            recompute: cfg.recompute,
+            distribute_param: cfg.distribute_param,
+            distribute_low_prec_param: cfg.distribute_low_prec_param,
+            distribute_optimizer: cfg.distribute_optimizer,
+            sequence_parallel: cfg.sequence_parallel,
+            schedule: cfg.schedule.to_string(),
+            stages: ranges
+                .into_iter()
+                .map(|(lo, hi)| StageInfo { layers: [lo, hi] })
+                .collect(),
+            engine: cfg.stack,
+            precision: cfg.precision,
+            offload_optimizer: cfg.offload_optimizer,
+            stage_recompute: if cfg.mixed_recompute() {
+                cfg.stage_recompute.clone()
+            } else {
+                Vec::new()
+            },
+            overlap_grad_reduce: cfg.overlap_grad_reduce,
+            overlap_param_gather: cfg.overlap_param_gather,
+            tp_comm_overlap: cfg.tp_comm_overlap,
+            ep: cfg.ep as u64,
+            expert_tp: cfg.expert_tp as u64,
+            persistent_grads: cfg.persistent_grads,
+        }
+    }
+
+    /// The configuration this plan describes: the one conversion back from the plan view, used by the
+    /// engines' rules ([`crate::export::PlanDims::of_plan`]) and by every reader of a `plan.json`.
+    /// Stage ranges that are the even split [`PlanConfig::of_config`] lists become the empty (even)
+    /// split again, so `to_config(of_config(c)) == c` for every configuration the planner makes.
+    /// Errors when a number does not fit or the schedule is unknown; the configuration is not
+    /// checked against a cluster here (`ParallelConfig::validate_cluster` does that).
+    pub fn to_config(&self) -> Result<ParallelConfig, PlanConfigError> {
+        let schedule: Schedule = self.schedule.parse().map_err(|e| {
+            PlanConfigError::Schedule(match e {
+                moai_costmodel::CostError::InvalidConfig(m) => m,
+                e => e.to_string(),
+            })
+        })?;
+        let mut cfg = ParallelConfig {
+            dp: narrow("dp", self.dp)?,
+            tp: narrow("tp", self.tp)?,
+            pp: narrow("pp", self.pp)?,
+            cp: narrow("cp", self.cp)?,
+            cp_comm: self.cp_comm,
+            micro_batch_size: narrow("micro_batch_size", self.micro_batch_size)?,
+            num_micro_batches: narrow("num_micro_batches", self.num_micro_batches)?,
+            recompute: self.recompute,
+            distribute_param: self.distribute_param,
+            distribute_low_prec_param: self.distribute_low_prec_param,
+            distribute_optimizer: self.distribute_optimizer,
+            sequence_parallel: self.sequence_parallel,
+            schedule,
+            stages: self
+                .stages
+                .iter()
+                .map(|s| (s.layers[0], s.layers[1]))
+                .collect(),
+            persistent_grads: self.persistent_grads,
+            overlap_grad_reduce: self.overlap_grad_reduce,
+            overlap_param_gather: self.overlap_param_gather,
+            tp_comm_overlap: self.tp_comm_overlap,
+            stack: self.engine,
+            ep: narrow("ep", self.ep)?,
+            expert_tp: narrow("expert_tp", self.expert_tp)?,
+            stage_recompute: self.stage_recompute.clone(),
+            precision: self.precision,
+            offload_optimizer: self.offload_optimizer,
+        };
+        if let Some(last) = cfg.stages.last() {
+            let layers = last.1.saturating_add(1);
+            if cfg.stages == moai_costmodel::config::even_stages(layers, listed_even_stages(&cfg)) {
+                cfg.stages.clear();
+            }
+        }
+        Ok(cfg)
+    }
+
     /// The MoAI-style one-line summary (`No PP, No TP, recomputation : ...`).
     pub fn summary_line(&self) -> String {
         let pp = if self.pp == 1 {
@@ -324,5 +464,114 @@ impl PlanConfig {
             self.distribute_low_prec_param,
             self.distribute_optimizer
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moai_costmodel::{CpComm, MatmulPrecision, Recompute, Stack};
+
+    /// A configuration with every field away from its default. The literal names every field (no
+    /// `..Default::default()`), so a new `ParallelConfig` field does not compile here until it is
+    /// given a non-default value, and then the round trip below fails until the plan view carries it.
+    fn every_field_set() -> ParallelConfig {
+        ParallelConfig {
+            dp: 3,
+            tp: 4,
+            pp: 2,
+            cp: 5,
+            cp_comm: CpComm::A2a,
+            micro_batch_size: 6,
+            num_micro_batches: 7,
+            recompute: Recompute::Selective,
+            distribute_param: true,
+            distribute_low_prec_param: true,
+            distribute_optimizer: true,
+            sequence_parallel: true,
+            schedule: Schedule::Interleaved(2),
+            stages: vec![(0, 9), (10, 19), (20, 29), (30, 31)],
+            persistent_grads: false,
+            overlap_grad_reduce: false,
+            overlap_param_gather: false,
+            tp_comm_overlap: false,
+            stack: Stack::Deepspeed,
+            ep: 8,
+            expert_tp: 2,
+            stage_recompute: vec![Recompute::Full, Recompute::None],
+            precision: MatmulPrecision::Fp8,
+            offload_optimizer: true,
+        }
+    }
+
+    fn through_json(cfg: &ParallelConfig, layers: u32) -> ParallelConfig {
+        let json = serde_json::to_string(&PlanConfig::of_config(cfg, layers)).unwrap();
+        let back: PlanConfig = serde_json::from_str(&json).unwrap();
+        back.to_config().unwrap()
+    }
+
+    #[test]
+    fn every_field_is_away_from_its_default() {
+        let full = serde_json::to_value(every_field_set()).unwrap();
+        let default = serde_json::to_value(ParallelConfig::default()).unwrap();
+        let full = full.as_object().unwrap();
+        for (k, v) in full {
+            assert_ne!(default.get(k), Some(v), "{k} is at its default");
+        }
+        // A field the configuration's own JSON skips would escape the check above.
+        assert_eq!(full.len(), 24, "{:?}", full.keys().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_config_field_survives_the_plan_json() {
+        let cfg = every_field_set();
+        assert_eq!(through_json(&cfg, 32), cfg);
+        // And every default survives (the JSON leaves most of them out).
+        let plain = ParallelConfig::default();
+        assert_eq!(through_json(&plain, 32), plain);
+    }
+
+    #[test]
+    fn an_even_split_is_listed_and_read_back_as_even() {
+        for (schedule, listed) in [
+            (Schedule::OneFOneB, 4),
+            (Schedule::Interleaved(2), 4),
+            (Schedule::ZeroBubbleV, 8),
+        ] {
+            let cfg = ParallelConfig {
+                pp: 4,
+                schedule,
+                ..Default::default()
+            };
+            let plan = PlanConfig::of_config(&cfg, 30);
+            assert_eq!(plan.stages.len(), listed, "{schedule}");
+            assert_eq!(plan.stages[0].layers[0], 0);
+            assert_eq!(plan.stages.last().unwrap().layers[1], 29);
+            assert_eq!(plan.to_config().unwrap(), cfg, "{schedule}");
+        }
+        // An uneven split stays explicit.
+        let uneven = ParallelConfig {
+            pp: 2,
+            stages: vec![(0, 13), (14, 29)],
+            ..Default::default()
+        };
+        assert_eq!(through_json(&uneven, 30), uneven);
+    }
+
+    #[test]
+    fn plans_that_are_no_configuration_are_refused_naming_the_field() {
+        let mut p = PlanConfig::of_config(&ParallelConfig::default(), 4);
+        p.schedule = "2f2b".into();
+        let e = p.to_config().unwrap_err().to_string();
+        assert!(
+            e.starts_with("plan.schedule: unknown schedule `2f2b`"),
+            "{e}"
+        );
+        let mut p = PlanConfig::of_config(&ParallelConfig::default(), 4);
+        p.num_micro_batches = u64::from(u32::MAX) + 1;
+        assert_eq!(
+            p.to_config().unwrap_err().to_string(),
+            "plan.num_micro_batches = 4294967296 is too large (at most 4294967295)"
+        );
     }
 }

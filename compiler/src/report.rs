@@ -3,12 +3,12 @@
 
 use crate::model::Model;
 use crate::plan::{
-    Breakdown, ClusterInfo, ModelInfo, PlanConfig, PlanOutput, Predicted, SearchInfo, StageInfo,
+    Breakdown, ClusterInfo, ModelInfo, PlanConfig, PlanOutput, Predicted, SearchInfo,
     StagePrediction,
 };
 use crate::request::PlanRequest;
 use crate::search::{Evaluated, SearchResult};
-use moai_costmodel::{Cluster, Estimate, ParallelConfig};
+use moai_costmodel::{Cluster, Estimate};
 use std::collections::BTreeMap;
 
 /// The planner's full answer.
@@ -44,54 +44,6 @@ pub fn cluster_info(c: &Cluster) -> ClusterInfo {
         servers: c.servers as u64,
         memory_per_device_bytes: c.memory_per_device_bytes,
         devices_per_server: c.devices_per_server as u64,
-    }
-}
-
-/// The plan part of the output.
-pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
-    let ranges = if cfg.stages.is_empty() {
-        // zbv lists its 2·pp virtual stages in layer order (device d holds stages d and 2·pp − 1 − d):
-        // a per-device list would misplace the V.
-        let n = if cfg.schedule == moai_costmodel::Schedule::ZeroBubbleV {
-            cfg.pp * cfg.schedule.chunks()
-        } else {
-            cfg.pp
-        };
-        moai_costmodel::config::even_stages(layers, n)
-    } else {
-        cfg.stages.clone()
-    };
-    PlanConfig {
-        dp: cfg.dp as u64,
-        tp: cfg.tp as u64,
-        pp: cfg.pp as u64,
-        cp: cfg.cp as u64,
-        cp_comm: cfg.cp_comm,
-        num_micro_batches: cfg.num_micro_batches as u64,
-        micro_batch_size: cfg.micro_batch_size as u64,
-        recompute: cfg.recompute,
-        distribute_param: cfg.distribute_param,
-        distribute_low_prec_param: cfg.distribute_low_prec_param,
-        distribute_optimizer: cfg.distribute_optimizer,
-        sequence_parallel: cfg.sequence_parallel,
-        schedule: cfg.schedule.to_string(),
-        stages: ranges
-            .into_iter()
-            .map(|(lo, hi)| StageInfo { layers: [lo, hi] })
-            .collect(),
-        engine: cfg.stack,
-        precision: cfg.precision,
-        offload_optimizer: cfg.offload_optimizer,
-        stage_recompute: if cfg.mixed_recompute() {
-            cfg.stage_recompute.clone()
-        } else {
-            Vec::new()
-        },
-        overlap_grad_reduce: cfg.overlap_grad_reduce,
-        overlap_param_gather: cfg.overlap_param_gather,
-        tp_comm_overlap: cfg.tp_comm_overlap,
-        ep: cfg.ep as u64,
-        expert_tp: cfg.expert_tp as u64,
     }
 }
 
@@ -154,7 +106,7 @@ pub fn output_of(
         model: model_info(model),
         cluster: cluster_info(cluster),
         search,
-        plan: plan_config(&ev.config, model.summary.layers as u32),
+        plan: PlanConfig::of_config(&ev.config, model.summary.layers as u32),
         predicted: predicted(e),
         fits: matches!(ev.outcome, crate::search::Outcome::Feasible(_)),
     })

@@ -197,7 +197,14 @@ pub fn from_plan_file(path: &Path, breakdown: bool) -> Result<(SmiReport, String
         .gpu
         .parse()
         .map_err(|e| corrupt(format!("cluster.gpu: {e}")))?;
-    let (tp, dp, pp, cp) = (p.plan.tp, p.plan.dp, p.plan.pp, p.plan.cp);
+    // The configuration as the planner holds it (the one conversion back from the plan view).
+    let cfg = p.plan.to_config().map_err(|e| corrupt(e.to_string()))?;
+    let (tp, dp, pp, cp) = (
+        u64::from(cfg.tp),
+        u64::from(cfg.dp),
+        u64::from(cfg.pp),
+        u64::from(cfg.cp),
+    );
     let devices = p.cluster.devices;
     if tp == 0
         || dp == 0

@@ -87,7 +87,7 @@ fn llama3_8b_at_128k_on_64_h100_uses_context_parallelism() {
     ] {
         let mut d = moai_compiler::export::PlanDims::of_plan(p, &cx).unwrap();
         // (an overlap switch turned off is refused first by engines without it)
-        d.tp_comm_overlap = true;
+        d.config.tp_comm_overlap = true;
         let why = moai_compiler::export::engine_runs(e, &d).unwrap_err();
         assert!(why.contains("no context parallelism"), "{why}");
     }

@@ -1761,7 +1761,7 @@ fn deepseek_v3_megatron_export_carries_latent_attention_and_moe_flags() {
         expert_tp: 1,
         ..ParallelConfig::default()
     };
-    let p = moai_compiler::report::plan_config(&cfg, 61);
+    let p = moai_compiler::plan::PlanConfig::of_config(&cfg, 61);
     let args = megatron_args(&p, &cx).unwrap();
     let run = megatron_validate(&args, 1024, false).unwrap();
     assert_eq!((run.ep, run.expert_tp), (64, 1));
@@ -1783,13 +1783,9 @@ fn deepseek_v3_megatron_export_carries_latent_attention_and_moe_flags() {
     ] {
         assert!(line.contains(want), "missing {want}: {line}");
     }
-    let d = PlanDims {
-        tp: 1,
-        pp: 1,
-        dp: 1024,
-        zero: ZeroStage::Zero3,
-        ..PlanDims::of_plan(&p, &cx).unwrap()
-    };
+    let mut d = PlanDims::of_plan(&p, &cx).unwrap();
+    (d.config.tp, d.config.pp, d.config.dp) = (1, 1, 1024);
+    ZeroStage::Zero3.apply(&mut d.config);
     for e in [Stack::Deepspeed, Stack::Fsdp] {
         let why = engine_runs(e, &d).unwrap_err();
         assert!(
@@ -1797,7 +1793,8 @@ fn deepseek_v3_megatron_export_carries_latent_attention_and_moe_flags() {
             "{why}"
         );
     }
-    let dense_ep = PlanDims { ep: 1, ..d };
+    let mut dense_ep = d;
+    dense_ep.config.ep = 1;
     let why = engine_runs(Stack::Fsdp, &dense_ep).unwrap_err();
     assert!(why.contains("grouped GEMMs"), "{why}");
 }
@@ -1879,7 +1876,7 @@ fn qwen3_moe_megatron_export_has_qk_layernorm() {
         distribute_optimizer: true,
         ..ParallelConfig::default()
     };
-    let p = moai_compiler::report::plan_config(&cfg, 48);
+    let p = moai_compiler::plan::PlanConfig::of_config(&cfg, 48);
     let args = megatron_args(&p, &cx).unwrap();
     megatron_validate(&args, 16, false).unwrap();
     let line = moai_compiler::export::megatron_command_line(&p, &cx).unwrap();

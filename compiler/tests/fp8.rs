@@ -156,12 +156,12 @@ fn fp8_plan_of_llama2_70b_on_64_h100_gains_within_published_range() {
 
     // DeepSpeed and FSDP refuse in one line; the export says so.
     let mut d = PlanDims::of_plan(&fp8.plan, &cx).unwrap();
-    (d.tp, d.pp, d.cp, d.dp) = (1, 1, 1, 64);
+    (d.config.tp, d.config.pp, d.config.cp, d.config.dp) = (1, 1, 1, 64);
     for e in [Stack::Deepspeed, Stack::Fsdp] {
         let why = engine_runs(e, &d).unwrap_err();
         assert!(why.contains("FP8") && !why.contains('\n'), "{e}: {why}");
     }
-    d.precision = MatmulPrecision::Bf16;
+    d.config.precision = MatmulPrecision::Bf16;
     assert!(engine_runs(Stack::Deepspeed, &d).is_ok());
     let (files, exports) = engine_exports(
         &model,
@@ -245,7 +245,7 @@ fn a_model_that_fits_nowhere_fits_with_the_optimizer_offloaded() {
     let why = engine_runs(Stack::Fsdp, &d).unwrap_err();
     assert!(why.contains("CPU offload"), "{why}");
     let mut z0 = d;
-    z0.zero = moai_compiler::ZeroStage::Zero0;
+    moai_compiler::ZeroStage::Zero0.apply(&mut z0.config);
     assert!(
         engine_runs(Stack::Megatron, &z0)
             .unwrap_err()

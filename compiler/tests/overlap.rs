@@ -268,7 +268,7 @@ fn exports_carry_the_switches() {
     }
     // Megatron-LM overlaps the parameter gather only with the gradient reduce.
     let mut d2 = d;
-    d2.overlap_param_gather = true;
+    d2.config.overlap_param_gather = true;
     let why = engine_runs(Stack::Megatron, &d2).unwrap_err();
     assert!(
         why.contains("--overlap-param-gather needs --overlap-grad-reduce"),

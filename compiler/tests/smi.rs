@@ -285,6 +285,11 @@ fn smi_rejects_other_versions_and_corrupt_plans_in_one_line() {
     future["format_version"] = serde_json::json!(3);
     let mut broken: serde_json::Value = serde_json::from_str(&good).unwrap();
     broken["predicted"]["stages"] = serde_json::json!([]);
+    // The plan is read back through `PlanConfig::to_config`, which names the field it rejects.
+    let mut bad_schedule: serde_json::Value = serde_json::from_str(&good).unwrap();
+    bad_schedule["plan"]["schedule"] = serde_json::json!("2f2b");
+    let mut huge_tp: serde_json::Value = serde_json::from_str(&good).unwrap();
+    huge_tp["plan"]["tp"] = serde_json::json!(1u64 << 40);
     let cases = [
         (
             old.to_string(),
@@ -300,6 +305,14 @@ fn smi_rejects_other_versions_and_corrupt_plans_in_one_line() {
             "corrupt plan file: predicted.stages has 0 entries for 1 pipeline stages",
         ),
         ("{}".to_string(), "has no format_version"),
+        (
+            bad_schedule.to_string(),
+            "corrupt plan file: plan.schedule: unknown schedule `2f2b`",
+        ),
+        (
+            huge_tp.to_string(),
+            "corrupt plan file: plan.tp = 1099511627776 is too large (at most 4294967295)",
+        ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
         let f = d.join(format!("plan{i}.json"));

@@ -205,11 +205,11 @@ pub fn torchtitan_toml(plan: &PlanConfig, cx: &ExportContext) -> Result<String, 
         }
         p => return Err(format!("precision {p} has no torchtitan setting")),
     };
-    let fsdp = d.zero == crate::config::ZeroStage::Zero3 && d.dp > 1;
-    if param_dtype == "bfloat16" && !fsdp && (d.tp > 1 || d.pp > 1) {
+    let fsdp = d.zero() == crate::config::ZeroStage::Zero3 && d.config.dp > 1;
+    if param_dtype == "bfloat16" && !fsdp && (d.config.tp > 1 || d.config.pp > 1) {
         return Err(format!(
             "torchtitan runs mixed precision with tensor or pipeline parallelism only under FSDP (maybe_enable_amp); this plan has {} data parallelism, so it would train in fp32",
-            if d.dp > 1 {
+            if d.config.dp > 1 {
                 "replicated (ZeRO-0)"
             } else {
                 "no"
@@ -224,7 +224,7 @@ pub fn torchtitan_toml(plan: &PlanConfig, cx: &ExportContext) -> Result<String, 
             ));
         }
     };
-    let div = seq_divisor(d.tp, cp);
+    let div = seq_divisor(u64::from(d.config.tp), cp);
     if div == 0 || !cx.seq.is_multiple_of(div) {
         return Err(format!(
             "torchtitan needs seq_len divisible by {div} (tp{}); --seq-len {} is not",
@@ -234,19 +234,26 @@ pub fn torchtitan_toml(plan: &PlanConfig, cx: &ExportContext) -> Result<String, 
     }
     // Batch: with pp the local batch holds every micro-batch of the step (one accumulation step);
     // without, the local batch is one micro-batch and the rest is gradient accumulation.
-    let local = if d.pp > 1 {
+    let local = if d.config.pp > 1 {
         plan.micro_batch_size.saturating_mul(plan.num_micro_batches)
     } else {
         plan.micro_batch_size
     };
     if local
-        .saturating_mul(d.dp)
-        .saturating_mul(if d.pp > 1 { 1 } else { plan.num_micro_batches })
+        .saturating_mul(u64::from(d.config.dp))
+        .saturating_mul(if d.config.pp > 1 {
+            1
+        } else {
+            plan.num_micro_batches
+        })
         != cx.global_batch
     {
         return Err(format!(
             "the plan's batch split (dp {} × micro-batch {} × {} micro-batches) is not the global batch {}",
-            d.dp, plan.micro_batch_size, plan.num_micro_batches, cx.global_batch
+            u64::from(d.config.dp),
+            plan.micro_batch_size,
+            plan.num_micro_batches,
+            cx.global_batch
         ));
     }
     let mut t = String::new();
@@ -255,17 +262,17 @@ pub fn torchtitan_toml(plan: &PlanConfig, cx: &ExportContext) -> Result<String, 
         w,
         "# moai plan for torchtitan (JobConfig TOML, torchtitan commit 238fa99): {} ranks, dp {} ({}), tp {}, pp {}{}.",
         cx.devices,
-        d.dp,
+        u64::from(d.config.dp),
         if fsdp {
             "FSDP2"
-        } else if d.dp > 1 {
+        } else if d.config.dp > 1 {
             "DDP"
         } else {
             "none"
         },
-        d.tp,
-        d.pp,
-        if d.pp > 1 {
+        u64::from(d.config.tp),
+        u64::from(d.config.pp),
+        if d.config.pp > 1 {
             format!(", schedule {}", plan.schedule)
         } else {
             String::new()
@@ -309,7 +316,11 @@ pub fn torchtitan_toml(plan: &PlanConfig, cx: &ExportContext) -> Result<String, 
         quote(master),
         quote(param_dtype)
     );
-    let (replicate, shard) = if fsdp { (1, d.dp) } else { (d.dp, 1) };
+    let (replicate, shard) = if fsdp {
+        (1, u64::from(d.config.dp))
+    } else {
+        (u64::from(d.config.dp), 1)
+    };
     let rotate = if cp > 1 {
         "\ncontext_parallel_rotate_method = \"alltoall\""
     } else {
@@ -318,10 +329,11 @@ pub fn torchtitan_toml(plan: &PlanConfig, cx: &ExportContext) -> Result<String, 
     let _ = writeln!(
         w,
         "[parallelism]\ndata_parallel_replicate_degree = {replicate}\ndata_parallel_shard_degree = {shard}\nfsdp_reshard_after_forward = \"always\"\ntensor_parallel_degree = {}\nenable_async_tensor_parallel = false\ncontext_parallel_degree = {cp}{rotate}\npipeline_parallel_degree = {}",
-        d.tp, d.pp
+        u64::from(d.config.tp),
+        u64::from(d.config.pp)
     );
-    if d.pp > 1 {
-        let chunks = d.schedule.chunks();
+    if d.config.pp > 1 {
+        let chunks = d.config.schedule.chunks();
         let sizes = super::stage_sizes(plan, cx.layers, chunks);
         let mut next = 0u32;
         let parts: Vec<String> = sizes
@@ -352,13 +364,13 @@ pub fn torchtitan_toml(plan: &PlanConfig, cx: &ExportContext) -> Result<String, 
         let _ = writeln!(
             w,
             "pipeline_parallel_schedule = {}\npipeline_parallel_microbatch_size = {}\nmodule_fqns_per_model_part = [\n  {},\n]",
-            quote(schedule_name(d.schedule)?),
+            quote(schedule_name(d.config.schedule)?),
             plan.micro_batch_size,
             parts.join(",\n  ")
         );
     }
     let _ = writeln!(w);
-    let mode = match d.recompute {
+    let mode = match d.config.recompute {
         Recompute::None => "none",
         Recompute::Full => "full",
         Recompute::Selective => {
