@@ -1,7 +1,7 @@
 //! Bad-input matrix: each wrong file, flag or configuration gives one error line naming the problem,
 //! a non-zero exit, no panic, and writes nothing into `--out`.
 
-use crate::cli::fails;
+use crate::common::fails;
 use std::path::PathBuf;
 
 const SMALL: &str = "llama:layers=4,hidden=256,heads=8,kv_heads=8,ffn=688,vocab=1000";
@@ -442,7 +442,7 @@ fn bad_input_matrix() {
 /// micro-batches is the batch, each count within 32 bits), no hang, bounded memory.
 #[test]
 fn extreme_sizes_give_bounded_correct_plans() {
-    use crate::cli::moai;
+    use crate::common::moai;
     use serde_json::Value;
     // (args, batch): the largest batch at seq 1; a billion-sequence batch under a 5 s budget; u32::MAX
     // devices (all divisors of 2^32-1 found without counting to it)

@@ -1,55 +1,7 @@
 //! The command line: bad input gives one clear line and a non-zero exit; good input prints what
 //! DESIGN.md promises.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// A config-file path that never exists: every binary the tests spawn gets it as MOAI_CONFIG, so no test
-/// reads or writes the machine's real ~/.config/moai/config.toml, and none depends on what it holds.
-pub fn no_config() -> PathBuf {
-    std::env::temp_dir()
-        .join(format!("moai-tests-{}", std::process::id()))
-        .join("no-such-dir")
-        .join("config.toml")
-}
-
-/// Isolates a spawned moai-compile from the user's current flavor: MOAI_CONFIG points at [`no_config`]
-/// and MOAI_FLAVOR / XDG_CONFIG_HOME are removed. Tests of the current flavor set their own afterwards.
-pub fn isolate(c: &mut Command) -> &mut Command {
-    c.env("MOAI_CONFIG", no_config())
-        .env_remove("MOAI_FLAVOR")
-        .env_remove("XDG_CONFIG_HOME")
-}
-
-pub fn moai(args: &[&str]) -> Output {
-    isolate(&mut Command::new(env!("CARGO_BIN_EXE_moai-compile")))
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("runs moai-compile")
-}
-
-/// Runs a command expected to fail; returns its stderr after checking the one-line, non-zero contract.
-pub fn fails(args: &[&str]) -> String {
-    let out = moai(args);
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "{args:?} should fail; stderr: {err}");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
-    assert_eq!(
-        error_lines.len(),
-        1,
-        "{args:?}: expected one error line, got: {err}"
-    );
-    error_lines[0].to_string()
-}
+use crate::common::{fails, moai};
 
 const SMALL: &str = "llama:layers=4,hidden=256,heads=8,kv_heads=8,ffn=688,vocab=1000";
 

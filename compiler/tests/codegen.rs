@@ -1,7 +1,7 @@
 //! `--emit mlir,hsaco,ptx` through the binary: the chosen plan's stage programs on disk per stage, the
 //! binaries for the job's GPU, and the `plan.moai` bundle read back with `moai_runtime::read_bundle`.
 
-use crate::cli::{fails, moai};
+use crate::common::{fails, moai};
 use moai_runtime::elf::{self, EM_AMDGPU};
 use moai_runtime::{AmdChip, Bundle, read_bundle};
 use std::path::{Path, PathBuf};
@@ -332,7 +332,7 @@ fn ctrl_c_during_lowering_keeps_the_plan_and_finished_programs() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let dir = out_dir("sigint");
-    let mut child = crate::cli::isolate(&mut Command::new(env!("CARGO_BIN_EXE_moai-compile")))
+    let mut child = crate::common::isolate(&mut Command::new(env!("CARGO_BIN_EXE_moai-compile")))
         .args([
             "plan",
             "models/tiny-llama.onnx",
@@ -354,7 +354,7 @@ fn ctrl_c_during_lowering_keeps_the_plan_and_finished_programs() {
             "--out",
         ])
         .arg(&dir)
-        .current_dir(crate::cli::repo())
+        .current_dir(crate::common::repo())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

@@ -1,12 +1,12 @@
 //! Context parallelism end to end: the long-context check (Llama-3-8B at 128K tokens on 64 H100),
 //! the `cp` flags of `estimate`, the plan JSON and the Megatron-LM export.
 
+use crate::common::Cli;
 use crate::exports::megatron_validate;
 use moai_compiler::export::megatron_args;
 use moai_compiler::{Cluster, Gpu, Model, PlanError, PlanRequest, estimate, plan};
 use moai_costmodel::CpComm;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 
 fn llama3_path() -> String {
@@ -137,76 +137,23 @@ fn estimate_takes_cp_and_checks_it() {
 
 #[test]
 fn the_cli_estimates_and_exports_a_cp_plan() {
-    let out = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
-        .args([
-            "estimate",
-            &llama3_path(),
-            "--gpu",
-            "h100",
-            "--devices",
-            "64",
-        ])
-        .args([
-            "--batch-size",
-            "16",
-            "--seq-len",
-            "131072",
-            "--tp",
-            "2",
-            "--cp",
-            "4",
-        ])
-        .args(["--cp-comm", "a2a", "--sequence-parallel", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let job = || Cli::estimate(&llama3_path()).on("h100", 64).job(16, 131072);
+    let v = job()
+        .flag("--tp", 2)
+        .flag("--cp", 4)
+        .flag("--cp-comm", "a2a")
+        .switch("--sequence-parallel")
+        .json()
+        .ok_json();
     assert_eq!(v["plan"]["cp"], 4);
     assert_eq!(v["plan"]["cp_comm"], "a2a");
     assert_eq!(v["plan"]["dp"], 8);
     assert!(v["predicted"]["breakdown"]["cp_comm_s"].as_f64().unwrap() > 0.0);
-    let bad = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
-        .args([
-            "estimate",
-            &llama3_path(),
-            "--gpu",
-            "h100",
-            "--devices",
-            "64",
-        ])
-        .args(["--batch-size", "16", "--seq-len", "131072", "--cp", "3"])
-        .output()
-        .unwrap();
-    assert!(!bad.status.success());
-    let err = String::from_utf8_lossy(&bad.stderr);
     // One error line (besides the logs).
-    let errors: Vec<&str> = err.lines().filter(|l| !l.starts_with("[info]")).collect();
-    assert_eq!(errors.len(), 1, "{err}");
+    let err = job().flag("--cp", 3).fails();
     assert!(err.contains("cp 3"), "{err}");
-    let bad = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
-        .args([
-            "estimate",
-            &llama3_path(),
-            "--gpu",
-            "h100",
-            "--devices",
-            "64",
-        ])
-        .args([
-            "--batch-size",
-            "16",
-            "--seq-len",
-            "131072",
-            "--cp-comm",
-            "ring",
-        ])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("--cp-comm ring: expected p2p or a2a"));
+    let err = job().flag("--cp-comm", "ring").fails();
+    assert!(err.contains("--cp-comm ring: expected p2p or a2a"), "{err}");
 }
 
 /// `smi` on a context-parallel plan: every device appears once, ranks in Megatron-LM's tp-cp-dp-pp order.
@@ -214,27 +161,14 @@ fn the_cli_estimates_and_exports_a_cp_plan() {
 fn smi_shows_a_cp_plan() {
     let dir = std::env::temp_dir().join(format!("moai-cp-smi-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
-        .args(["plan", &llama3_path(), "--gpu", "h100", "--devices", "64"])
-        .args(["--batch-size", "16", "--seq-len", "131072", "--no-progress"])
-        .args(["--tp", "2", "--cp", "8", "--out", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let smi = Command::new(env!("CARGO_BIN_EXE_moai-compile"))
-        .args(["smi", dir.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        smi.status.success(),
-        "{}",
-        String::from_utf8_lossy(&smi.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&smi.stdout).unwrap();
+    Cli::plan(&llama3_path())
+        .on("h100", 64)
+        .job(16, 131072)
+        .flag("--tp", 2)
+        .flag("--cp", 8)
+        .flag("--out", dir.display())
+        .ok();
+    let v = Cli::new("smi", &dir.display().to_string()).json().ok_json();
     let rows = v["devices"].as_array().unwrap();
     assert_eq!(rows.len(), 64);
     let plan: serde_json::Value =

@@ -2,7 +2,7 @@
 //! Every spawned binary gets its own MOAI_CONFIG in a temporary directory: the machine's real
 //! ~/.config is never read or written.
 
-use crate::cli::{isolate, repo};
+use crate::common::{isolate, repo};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -359,7 +359,7 @@ fn estimate_with(cluster: &Path, extra: &[&str]) -> Output {
         "--json",
     ];
     args.extend_from_slice(extra);
-    crate::cli::moai(&args)
+    crate::common::moai(&args)
 }
 
 #[test]
@@ -407,7 +407,7 @@ fn cluster_file_fields_are_honoured() {
     assert!(e.contains("tp 6") && e.contains('4'), "{e}");
     // The memory per device is the file's: smi of a plan on it shows 32768 MiB per device.
     let out_dir = d.join("out");
-    let o = crate::cli::moai(&[
+    let o = crate::common::moai(&[
         "plan",
         SMALL,
         "--cluster-file",
@@ -421,7 +421,7 @@ fn cluster_file_fields_are_honoured() {
         out_dir.to_str().unwrap(),
     ]);
     ok(&o);
-    let (out, _) = ok(&crate::cli::moai(&[
+    let (out, _) = ok(&crate::common::moai(&[
         "smi",
         out_dir.to_str().unwrap(),
         "--json",

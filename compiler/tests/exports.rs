@@ -5,6 +5,7 @@
 //! the planner chooses is covered, and `estimate` of exactly the configuration read back from each
 //! export fits and predicts what the plan predicted.
 
+use crate::common::{Case, Cli, case, h100};
 use moai_compiler::emit::{emit_engine, engine_exports, export_context};
 use moai_compiler::export::{ExportContext, PlanDims, engine_runs, megatron_args};
 use moai_compiler::plan::PlanConfig;
@@ -605,12 +606,6 @@ fn plan_sizes(p: &PlanConfig, layers: u32) -> Vec<u32> {
     }
 }
 
-pub(crate) struct Case {
-    pub(crate) model: &'static Model,
-    pub(crate) cluster: Cluster,
-    pub(crate) req: PlanRequest,
-}
-
 /// Plans the case, writes every engine export in memory, and checks each written one by the engine's
 /// rules, that it is the plan, and that `estimate` of the configuration read back from it fits and
 /// predicts the plan's step time. Returns the plan and which engines were written.
@@ -886,20 +881,6 @@ fn spec_model() -> &'static Model {
         Model::load("llama:layers=32,hidden=2048,heads=16,kv_heads=4,ffn=5632,vocab=32000,rope_theta=500000,eps=1e-5")
             .unwrap()
     })
-}
-
-pub(crate) fn case(model: &'static Model, cluster: Cluster, batch: u64, c: Constraints) -> Case {
-    let mut req = PlanRequest::new(batch, 1024);
-    req.constraints = c;
-    Case {
-        model,
-        cluster,
-        req,
-    }
-}
-
-pub(crate) fn h100(n: u32) -> Cluster {
-    Cluster::new(Gpu::H100, n).unwrap()
 }
 
 /// The main job's model as a user exports it: the llama2-13b ONNX in a Hugging Face directory beside its
@@ -1338,7 +1319,7 @@ fn the_rules_reject_what_megatron_rejects() {
 
 // ---- the command line: estimate says whether it fits; --engine; model directories ----
 
-use crate::cli::{fails, moai};
+use crate::common::{fails, moai};
 
 const BIG: &str = "llama:layers=40,hidden=5120,heads=40,ffn=13824,vocab=32000";
 
@@ -1394,22 +1375,13 @@ fn estimate_says_when_it_does_not_fit() {
         "{change}"
     );
     // A configuration that fits says so.
-    let out = moai(&[
-        "estimate",
-        BIG,
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--zero",
-        "3",
-        "--recompute",
-        "full",
-        "--batch-size",
-        "64",
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = Cli::estimate(BIG)
+        .on("h100", 8)
+        .batch(64)
+        .flag("--zero", 3)
+        .flag("--recompute", "full")
+        .json()
+        .ok_json();
     assert_eq!(v["fits"], true, "{v}");
     assert_eq!(
         v["plan"]["engine"], "deepspeed",
@@ -1419,55 +1391,30 @@ fn estimate_says_when_it_does_not_fit() {
 
 #[test]
 fn engine_flag_on_the_command_line() {
-    let e = fails(&[
-        "estimate",
-        BIG,
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--engine",
-        "torch",
-    ]);
+    let e = Cli::estimate(BIG)
+        .on("h100", 8)
+        .flag("--engine", "torch")
+        .fails();
     assert_eq!(
         e,
         "error: --engine torch: expected megatron, deepspeed, fsdp or torchtitan"
     );
-    let e = fails(&[
-        "estimate",
-        BIG,
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--tp",
-        "2",
-        "--engine",
-        "deepspeed",
-    ]);
+    let e = Cli::estimate(BIG)
+        .on("h100", 8)
+        .flag("--tp", 2)
+        .flag("--engine", "deepspeed")
+        .fails();
     assert!(
         e.contains("--engine deepspeed: DeepSpeed has no tensor parallelism"),
         "{e}"
     );
-    let out = moai(&[
-        "plan",
-        "llama:layers=4,hidden=256,heads=8,kv_heads=8,ffn=688,vocab=1000",
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--batch-size",
-        "16",
-        "--engine",
-        "fsdp",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value =
+        Cli::plan("llama:layers=4,hidden=256,heads=8,kv_heads=8,ffn=688,vocab=1000")
+            .on("h100", 8)
+            .batch(16)
+            .flag("--engine", "fsdp")
+            .json()
+            .ok_json();
     assert_eq!(v["plan"]["engine"], "fsdp");
     assert_eq!(v["plan"]["distribute_param"], true);
 }
@@ -1476,22 +1423,13 @@ fn engine_flag_on_the_command_line() {
 fn refused_exports_leave_one_line_and_no_files() {
     let dir = std::env::temp_dir().join(format!("moai-exports-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = moai(&[
-        "plan",
-        "llama:layers=8,hidden=512,heads=8,kv_heads=8,ffn=1376,vocab=1000",
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--batch-size",
-        "16",
-        "--tp",
-        "2",
-        "--emit",
-        "megatron,deepspeed",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
+    let out = Cli::plan("llama:layers=8,hidden=512,heads=8,kv_heads=8,ffn=1376,vocab=1000")
+        .on("h100", 8)
+        .batch(16)
+        .flag("--tp", 2)
+        .flag("--emit", "megatron,deepspeed")
+        .flag("--out", dir.to_str().unwrap())
+        .run();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let line = err
@@ -1538,42 +1476,20 @@ fn model_directories_and_unmodeled_fields() {
     assert!(e.contains("a directory without a config.json"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
     // Mistral's 4096-token sliding window: modeled as full attention up to the window, refused past it.
-    let e = fails(&[
-        "estimate",
-        "models/configs/mistral-7b",
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--seq-len",
-        "8192",
-        "--batch-size",
-        "8",
-    ]);
+    let e = Cli::estimate("models/configs/mistral-7b")
+        .on("h100", 8)
+        .job(8, 8192)
+        .fails();
     assert!(
         e.contains("`sliding_window` = 4096 is active at --seq-len 8192"),
         "{e}"
     );
-    let out = moai(&[
-        "estimate",
-        "models/configs/mistral-7b",
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--seq-len",
-        "4096",
-        "--batch-size",
-        "8",
-        "--zero",
-        "3",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Cli::estimate("models/configs/mistral-7b")
+        .on("h100", 8)
+        .job(8, 4096)
+        .flag("--zero", 3)
+        .json()
+        .ok();
 }
 
 #[test]

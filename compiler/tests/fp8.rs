@@ -3,7 +3,7 @@
 //! JSON says `"precision": "fp8"` (and nothing for bf16); Megatron-LM gets Transformer Engine's FP8
 //! flags, DeepSpeed and FSDP refuse the plan.
 
-use crate::cli::{fails, moai, repo};
+use crate::common::{Cli, fails, repo};
 use moai_compiler::emit::{engine_exports, export_context};
 use moai_compiler::export::{PlanDims, engine_runs, megatron_args};
 use moai_compiler::{Cluster, EmitKind, Gpu, Model, PlanRequest, plan};
@@ -47,28 +47,12 @@ fn fp8_is_refused_on_mi250_and_a100_in_one_line() {
 #[test]
 fn fp8_plan_json_names_the_precision_and_bf16_stays_silent() {
     let run = |p: &str| {
-        let out = moai(&[
-            "plan",
-            SMALL,
-            "--gpu",
-            "h100",
-            "--devices",
-            "8",
-            "--batch-size",
-            "16",
-            "--seq-len",
-            "128",
-            "--precision",
-            p,
-            "--json",
-            "--no-progress",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        Cli::plan(SMALL)
+            .on("h100", 8)
+            .job(16, 128)
+            .flag("--precision", p)
+            .json()
+            .ok_json()
     };
     let fp8 = run("fp8");
     assert_eq!(fp8["plan"]["precision"], "fp8");
@@ -255,29 +239,17 @@ fn a_model_that_fits_nowhere_fits_with_the_optimizer_offloaded() {
 
 #[test]
 fn offload_flags_are_checked_in_one_line() {
-    let e = fails(&[
-        "plan",
-        SMALL,
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--offload",
-        "activations",
-    ]);
+    let e = Cli::plan(SMALL)
+        .on("h100", 8)
+        .flag("--offload", "activations")
+        .fails();
     assert!(
         e.contains("--offload activations: activation offload is not modelled"),
         "{e}"
     );
-    let e = fails(&[
-        "plan",
-        SMALL,
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--offload",
-        "disk",
-    ]);
+    let e = Cli::plan(SMALL)
+        .on("h100", 8)
+        .flag("--offload", "disk")
+        .fails();
     assert!(e.contains("--offload disk: expected optimizer"), "{e}");
 }

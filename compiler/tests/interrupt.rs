@@ -8,7 +8,7 @@
 //! (its log line is on stderr) and a few candidates have had time to be costed. If the search ends before
 //! the signal arrives, the output lacks the interruption notes and the test fails rather than passing.
 
-use super::cli::repo;
+use crate::common::repo;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
@@ -37,7 +37,7 @@ struct Interrupted {
 /// `trigger`.
 fn run_and_interrupt(out_dir: &std::path::Path, trigger: &str, delay: Duration) -> Interrupted {
     let _ = std::fs::remove_dir_all(out_dir);
-    let child = crate::cli::isolate(&mut Command::new(env!("CARGO_BIN_EXE_moai-compile")))
+    let child = crate::common::isolate(&mut Command::new(env!("CARGO_BIN_EXE_moai-compile")))
         .args([
             "plan",
             "models/llama2-13b.onnx",
@@ -256,7 +256,7 @@ fn time_budget_covers_code_generation() {
     let out_dir = std::env::temp_dir().join(format!("moai-budget-cg-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out_dir);
     let o = out_dir.to_str().expect("utf-8 temp dir");
-    let run = super::cli::moai(&[
+    let run = crate::common::moai(&[
         "plan",
         "models/tiny-llama.onnx",
         "--tp",
@@ -313,7 +313,7 @@ fn time_budget_covers_code_generation() {
 fn ctrl_c_during_mlir_emission_keeps_the_plan_and_finished_programs() {
     let out_dir = std::env::temp_dir().join(format!("moai-interrupt-cg-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out_dir);
-    let child = crate::cli::isolate(&mut Command::new(env!("CARGO_BIN_EXE_moai-compile")))
+    let child = crate::common::isolate(&mut Command::new(env!("CARGO_BIN_EXE_moai-compile")))
         .args([
             "plan",
             "models/llama2-13b.onnx",

@@ -3,6 +3,7 @@
 mod bad_inputs;
 mod cli;
 mod codegen;
+mod common;
 mod context;
 mod current;
 mod exports;

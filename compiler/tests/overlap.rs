@@ -2,8 +2,8 @@
 //! search trying TP overlap off where Megatron-LM has it, and every export carrying the switches (or
 //! refusing a plan whose switch the engine does not have).
 
-use crate::cli::{fails, moai};
-use crate::exports::{case, check_case, h100};
+use crate::common::{Cli, case, h100};
+use crate::exports::check_case;
 use moai_compiler::export::{ExportContext, PlanDims, engine_runs, megatron_command_line};
 use moai_compiler::{Constraints, Model, Recompute, ZeroStage};
 use moai_costmodel::{OverlapSwitch, Stack};
@@ -16,39 +16,25 @@ fn model() -> &'static Model {
     M.get_or_init(|| Model::load(MODEL).unwrap())
 }
 
-fn estimate_json(extra: &[&str]) -> serde_json::Value {
-    let mut args = vec![
-        "estimate",
-        MODEL,
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--batch-size",
-        "16",
-        "--seq-len",
-        "2048",
-        "--tp",
-        "4",
-        "--sequence-parallel",
-        "--zero",
-        "1",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let out = moai(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+fn estimate_json(overlap: Option<&str>) -> serde_json::Value {
+    let cli = Cli::estimate(MODEL)
+        .on("h100", 8)
+        .job(16, 2048)
+        .flag("--tp", 4)
+        .switch("--sequence-parallel")
+        .flag("--zero", 1)
+        .json();
+    match overlap {
+        Some(o) => cli.flag("--overlap", o),
+        None => cli,
+    }
+    .ok_json()
 }
 
 #[test]
 fn estimate_takes_the_switches_and_prints_them_when_off() {
-    let on = estimate_json(&[]);
-    let off = estimate_json(&["--overlap", "tp-comm=off,grad-reduce=off,param-gather=off"]);
+    let on = estimate_json(None);
+    let off = estimate_json(Some("tp-comm=off,grad-reduce=off,param-gather=off"));
     assert!(
         on["plan"].get("tp_comm_overlap").is_none(),
         "{}",
@@ -66,49 +52,30 @@ fn estimate_takes_the_switches_and_prints_them_when_off() {
     assert!(exposed(&off) > exposed(&on));
     assert_ne!(step(&off), step(&on));
     // all=off, then one back on: later entries win.
-    let mixed = estimate_json(&["--overlap", "all=off,grad-reduce=on"]);
+    let mixed = estimate_json(Some("all=off,grad-reduce=on"));
     assert_eq!(mixed["plan"]["tp_comm_overlap"], false);
     assert_eq!(mixed["plan"]["overlap_param_gather"], false);
     assert!(mixed["plan"].get("overlap_grad_reduce").is_none());
     // Megatron-LM cannot overlap the ZeRO-1 gather without the gradient reduce: refused in one line.
-    let e = fails(&[
-        "estimate",
-        MODEL,
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--batch-size",
-        "16",
-        "--zero",
-        "1",
-        "--engine",
-        "megatron",
-        "--overlap",
-        "grad-reduce=off",
-    ]);
+    let e = Cli::estimate(MODEL)
+        .on("h100", 8)
+        .batch(16)
+        .flag("--zero", 1)
+        .flag("--engine", "megatron")
+        .flag("--overlap", "grad-reduce=off")
+        .fails();
     assert!(
         e.contains("--overlap-param-gather needs --overlap-grad-reduce"),
         "{e}"
     );
     // Without --engine the plan goes to DeepSpeed, whose ZeRO-1 has the gradient switch only.
-    let out = moai(&[
-        "estimate",
-        MODEL,
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--batch-size",
-        "16",
-        "--zero",
-        "1",
-        "--overlap",
-        "grad-reduce=off",
-        "--json",
-    ]);
-    assert!(out.status.success());
-    let ds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ds = Cli::estimate(MODEL)
+        .on("h100", 8)
+        .batch(16)
+        .flag("--zero", 1)
+        .flag("--overlap", "grad-reduce=off")
+        .json()
+        .ok_json();
     assert_eq!(ds["plan"]["engine"], "deepspeed");
     assert_eq!(ds["plan"]["overlap_grad_reduce"], false);
     for (bad, want) in [
@@ -116,35 +83,20 @@ fn estimate_takes_the_switches_and_prints_them_when_off() {
         ("tp-comm=maybe", "`maybe` is not on or off"),
         ("dp=off", "unknown overlap switch `dp`"),
     ] {
-        let e = fails(&[
-            "estimate",
-            MODEL,
-            "--gpu",
-            "h100",
-            "--devices",
-            "8",
-            "--overlap",
-            bad,
-        ]);
+        let e = Cli::estimate(MODEL)
+            .on("h100", 8)
+            .flag("--overlap", bad)
+            .fails();
         assert!(e.contains(want) && e.contains("--overlap"), "{e}");
     }
     // An engine without the switch does not run the plan, in one line.
-    let e = fails(&[
-        "estimate",
-        MODEL,
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--batch-size",
-        "16",
-        "--zero",
-        "3",
-        "--engine",
-        "fsdp",
-        "--overlap",
-        "grad-reduce=off",
-    ]);
+    let e = Cli::estimate(MODEL)
+        .on("h100", 8)
+        .batch(16)
+        .flag("--zero", 3)
+        .flag("--engine", "fsdp")
+        .flag("--overlap", "grad-reduce=off")
+        .fails();
     assert!(
         e.contains("no switch to turn off the grad-reduce overlap"),
         "{e}"

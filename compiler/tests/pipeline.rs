@@ -1,6 +1,7 @@
 //! Pipeline schedules and stages: zero-bubble schedules (the backward split into input- and
 //! weight-gradient passes), uneven first and last stages, and recomputation chosen per stage.
 
+use crate::common::Cli;
 use moai_compiler::export::{PlanDims, engine_runs};
 use moai_compiler::html::plan_timeline;
 use moai_compiler::search::train_options;
@@ -361,29 +362,13 @@ fn the_search_chooses_a_per_stage_mix_when_asked_and_the_uniform_policy_does_not
 #[test]
 fn estimate_on_the_command_line_reports_the_smaller_bubble() {
     let bubble = |schedule: &str| {
-        let out = crate::cli::moai(&[
-            "estimate",
-            MODEL,
-            "--gpu",
-            "h100",
-            "--devices",
-            "8",
-            "--batch-size",
-            "16",
-            "--seq-len",
-            "2048",
-            "--pp",
-            "4",
-            "--schedule",
-            schedule,
-            "--json",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let v: serde_json::Value = Cli::estimate(MODEL)
+            .on("h100", 8)
+            .job(16, 2048)
+            .flag("--pp", 4)
+            .flag("--schedule", schedule)
+            .json()
+            .ok_json();
         assert_eq!(v["plan"]["schedule"], schedule);
         v["predicted"]["breakdown"]["bubble_s"]
             .as_f64()
@@ -391,20 +376,12 @@ fn estimate_on_the_command_line_reports_the_smaller_bubble() {
     };
     let (one, zb) = (bubble("1f1b"), bubble("zb-h1"));
     assert!(zb < 0.8 * one, "zb-h1 {zb} vs 1f1b {one}");
-    let e = crate::cli::fails(&[
-        "estimate",
-        MODEL,
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--batch-size",
-        "16",
-        "--pp",
-        "4",
-        "--stage-recompute",
-        "full,none",
-    ]);
+    let e = Cli::estimate(MODEL)
+        .on("h100", 8)
+        .batch(16)
+        .flag("--pp", 4)
+        .flag("--stage-recompute", "full,none")
+        .fails();
     assert!(
         e.contains("--stage-recompute lists 2 policies but --pp is 4"),
         "{e}"

@@ -279,7 +279,7 @@ fn exhaustive_flag_gives_the_same_plan_and_the_counts_are_printed() {
     let json = |extra: &[&str]| -> serde_json::Value {
         let mut a: Vec<&str> = args.to_vec();
         a.extend_from_slice(extra);
-        let out = crate::cli::moai(&a);
+        let out = crate::common::moai(&a);
         assert!(out.status.success(), "{out:?}");
         serde_json::from_slice(&out.stdout).expect("one JSON object")
     };

@@ -2,7 +2,7 @@
 //! when it is installed (required in CI). The screenshot of the Chromium test is docs/report.png:
 //! `MOAI_UPDATE_DOCS=1 cargo test --release -p moai-compiler --test main report_renders` rewrites it.
 
-use crate::cli::moai;
+use crate::common::moai;
 use std::path::Path;
 use std::process::Command;
 
@@ -130,7 +130,7 @@ fn report_renders_in_headless_chromium() {
     );
     // MOAI_UPDATE_DOCS=1 refreshes the screenshot the README shows.
     if std::env::var_os("MOAI_UPDATE_DOCS").is_some() {
-        let docs = crate::cli::repo().join("docs/report.png");
+        let docs = crate::common::repo().join("docs/report.png");
         std::fs::write(&docs, &bytes).unwrap_or_else(|e| panic!("{}: {e}", docs.display()));
     }
     let _ = std::fs::remove_dir_all(&out);

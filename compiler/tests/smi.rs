@@ -1,7 +1,7 @@
 //! `moai-compile smi`: the accelerator and device tables of the main job's plan, their JSON, and the
 //! one-line errors for plan files of another version or corrupt ones.
 
-use crate::cli::moai;
+use crate::common::moai;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -317,10 +317,10 @@ fn smi_rejects_other_versions_and_corrupt_plans_in_one_line() {
     for (i, (text, want)) in cases.iter().enumerate() {
         let f = d.join(format!("plan{i}.json"));
         std::fs::write(&f, text).unwrap();
-        let e = crate::cli::fails(&["smi", f.to_str().unwrap()]);
+        let e = crate::common::fails(&["smi", f.to_str().unwrap()]);
         assert!(e.starts_with(&format!("error: {}: ", f.display())), "{e}");
         assert!(e.contains(want), "{want}: {e}");
     }
-    let e = crate::cli::fails(&["smi", d.join("nothing").to_str().unwrap()]);
+    let e = crate::common::fails(&["smi", d.join("nothing").to_str().unwrap()]);
     assert!(e.contains("cannot read the plan"), "{e}");
 }

@@ -2,7 +2,7 @@
 //! same predicted numbers (a sweep row for llama2-13b on 4xLarge.2048GB once read 52.0 GiB next to a 51.1
 //! GiB report that had been rendered before an allocator refit; this pins the two commands together).
 
-use crate::cli::moai;
+use crate::common::moai;
 use serde_json::Value;
 
 const MODEL: &str = "models/llama2-13b.onnx";

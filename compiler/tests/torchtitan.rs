@@ -4,7 +4,8 @@
 //! moai writes exists there with a legal value, for every plan kind torchtitan runs, and the plan read
 //! back from the TOML is the plan (`exports::check_case` also estimates it and compares).
 
-use crate::exports::{Case, case, check_case, h100};
+use crate::common::{Case, case, h100};
+use crate::exports::check_case;
 use moai_compiler::export::torchtitan::{flavors, schedule_name, torchtitan_toml};
 use moai_compiler::export::{ExportContext, PlanDims, engine_runs};
 use moai_compiler::plan::PlanConfig;
