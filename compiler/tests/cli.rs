@@ -1,128 +1,69 @@
 //! The command line: bad input gives one clear line and a non-zero exit; good input prints what
 //! DESIGN.md promises.
 
-use crate::common::{fails, moai};
+use crate::common::{Cli, fails, moai};
 
 const SMALL: &str = "llama:layers=4,hidden=256,heads=8,kv_heads=8,ffn=688,vocab=1000";
 
 #[test]
 fn unknown_flavor_suggests_the_nearest() {
-    let e = fails(&[
-        "estimate",
-        SMALL,
-        "--flavor",
-        "4xLarge.2084GB",
-        "--batch-size",
-        "32",
-        "--seq-len",
-        "128",
-    ]);
+    let e = Cli::estimate(SMALL)
+        .job(32, 128)
+        .flag("--flavor", "4xLarge.2084GB")
+        .fails();
     assert!(e.contains("4xLarge.2048GB"), "{e}");
 }
 
 #[test]
 fn unknown_gpu_kind() {
-    let e = fails(&[
-        "estimate",
-        SMALL,
-        "--gpu",
-        "tpu",
-        "--devices",
-        "8",
-        "--batch-size",
-        "32",
-        "--seq-len",
-        "128",
-    ]);
+    let e = Cli::estimate(SMALL).on("tpu", 8).job(32, 128).fails();
     assert!(e.contains("tpu"), "{e}");
 }
 
 #[test]
 fn flavor_without_whole_device_mapping() {
-    let e = fails(&[
-        "estimate",
-        SMALL,
-        "--flavor",
-        "Small.64GB",
-        "--gpu",
-        "mi300x",
-        "--batch-size",
-        "32",
-    ]);
+    let e = Cli::estimate(SMALL)
+        .batch(32)
+        .flag("--flavor", "Small.64GB")
+        .flag("--gpu", "mi300x")
+        .fails();
     assert!(e.to_lowercase().contains("mi300x"), "{e}");
 }
 
 #[test]
 fn devices_not_divisible_by_parallel_degrees() {
-    let e = fails(&[
-        "estimate",
-        SMALL,
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--tp",
-        "2",
-        "--pp",
-        "3",
-        "--batch-size",
-        "32",
-    ]);
+    let e = Cli::estimate(SMALL)
+        .on("h100", 8)
+        .batch(32)
+        .flag("--tp", 2)
+        .flag("--pp", 3)
+        .fails();
     assert!(e.contains("divisible"), "{e}");
 }
 
 #[test]
 fn micro_batch_that_does_not_divide_the_batch() {
-    let e = fails(&[
-        "estimate",
-        SMALL,
-        "--gpu",
-        "h100",
-        "--devices",
-        "1",
-        "--batch-size",
-        "10",
-        "--micro-batch-size",
-        "4",
-        "--seq-len",
-        "128",
-    ]);
+    let e = Cli::estimate(SMALL)
+        .on("h100", 1)
+        .job(10, 128)
+        .flag("--micro-batch-size", 4)
+        .fails();
     assert!(e.contains("micro-batch-size 4"), "{e}");
 }
 
 #[test]
 fn batch_not_divisible_by_dp() {
-    let e = fails(&[
-        "estimate",
-        SMALL,
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--batch-size",
-        "12",
-        "--seq-len",
-        "128",
-    ]);
+    let e = Cli::estimate(SMALL).on("h100", 8).job(12, 128).fails();
     assert!(e.contains("not divisible by dp 8"), "{e}");
 }
 
 #[test]
 fn tp_that_does_not_divide_the_heads() {
-    let e = fails(&[
-        "estimate",
-        "llama:layers=4,hidden=240,heads=6,kv_heads=6,ffn=640,vocab=1000",
-        "--gpu",
-        "h100",
-        "--devices",
-        "4",
-        "--tp",
-        "4",
-        "--batch-size",
-        "8",
-        "--seq-len",
-        "128",
-    ]);
+    let e = Cli::estimate("llama:layers=4,hidden=240,heads=6,kv_heads=6,ffn=640,vocab=1000")
+        .on("h100", 4)
+        .job(8, 128)
+        .flag("--tp", 4)
+        .fails();
     assert!(e.contains("heads"), "{e}");
 }
 
@@ -178,19 +119,7 @@ fn flavors_lists_the_catalog() {
 
 #[test]
 fn estimate_json_has_the_design_fields() {
-    let out = moai(&[
-        "estimate",
-        SMALL,
-        "--gpu",
-        "h100",
-        "--devices",
-        "2",
-        "--batch-size",
-        "8",
-        "--seq-len",
-        "128",
-        "--json",
-    ]);
+    let out = Cli::estimate(SMALL).on("h100", 2).job(8, 128).json().run();
     assert!(
         out.status.success(),
         "{}",
