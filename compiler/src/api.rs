@@ -175,14 +175,9 @@ pub fn cheapest_fitting_change(
         to.recompute.to_string(),
     );
     let zero = |p: &PlanConfig| {
-        if p.distribute_param {
-            "3"
-        } else if p.distribute_optimizer {
-            "1"
-        } else {
-            "0"
-        }
-        .to_string()
+        crate::config::ZeroStage::of_flags(p.distribute_param, p.distribute_optimizer)
+            .number()
+            .to_string()
     };
     diff("zero", zero(&from), zero(to));
     diff(
