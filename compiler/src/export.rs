@@ -142,6 +142,9 @@ pub struct PlanDims {
     pub precision: MatmulPrecision,
     /// Optimizer state offloaded to host memory (ZeRO-Offload).
     pub offload_optimizer: bool,
+    /// Decoder layers per pipeline stage whose saved activations are offloaded to host memory (0:
+    /// none).
+    pub offload_activations: u64,
     /// Data-parallel gradient reduction overlapped with backward.
     pub overlap_grad_reduce: bool,
     /// Parameter all-gathers overlapped with compute.
@@ -197,6 +200,7 @@ impl PlanDims {
             devices_per_server: cluster.devices_per_server as u64,
             precision: c.precision,
             offload_optimizer: c.offload_optimizer,
+            offload_activations: c.offload_activations as u64,
             overlap_grad_reduce: c.overlap_grad_reduce,
             overlap_param_gather: c.overlap_param_gather,
             tp_comm_overlap: c.tp_comm_overlap,
@@ -241,6 +245,7 @@ impl PlanDims {
             devices_per_server: cx.devices_per_server,
             precision: p.precision,
             offload_optimizer: p.offload_optimizer,
+            offload_activations: p.offload_activations,
             overlap_grad_reduce: p.overlap_grad_reduce,
             overlap_param_gather: p.overlap_param_gather,
             tp_comm_overlap: p.tp_comm_overlap,
@@ -359,6 +364,20 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                     "Megatron-LM's fully sharded data parallel (--use-megatron-fsdp) is not run with context parallelism here".into(),
                 );
             }
+            // megatron/core/transformer/transformer_config.py (pinned commit) refuses CPU offloading
+            // with pipeline parallelism and with activation recomputation.
+            if d.offload_activations > 0 && d.pp > 1 {
+                return Err(format!(
+                    "Megatron-LM's activation offload (--cpu-offloading-num-layers) does not run with pipeline parallelism (pp {}); plan it with pp 1",
+                    d.pp
+                ));
+            }
+            if d.offload_activations > 0 && (d.recompute != Recompute::None || d.mixed_recompute) {
+                return Err(format!(
+                    "Megatron-LM's activation offload (--cpu-offloading-num-layers) does not work with activation recomputation ({}); plan it with --recompute none",
+                    d.recompute
+                ));
+            }
             Ok(())
         }
         Stack::Deepspeed | Stack::Fsdp => {
@@ -401,6 +420,13 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                     "{name} with a generic training script runs its linear layers in bf16; FP8 GEMMs with Transformer Engine's per-tensor scaling are Megatron-LM's (--fp8-format)"
                 ));
             }
+            if d.offload_activations > 0 {
+                return Err(if engine == Stack::Deepspeed {
+                    "DeepSpeed's activation offload (activation_checkpointing.cpu_checkpointing) moves only checkpoints taken with deepspeed.checkpointing (Megatron-DeepSpeed), not the Hugging Face Trainer's gradient checkpointing this export runs; Megatron-LM runs activation offload".to_string()
+                } else {
+                    "PyTorch FSDP's CPU offload (CPUOffload) moves parameters and gradients, not activations, and the Trainer's FSDP config has no activation-offload key; Megatron-LM runs activation offload".to_string()
+                });
+            }
             if d.offload_optimizer && engine == Stack::Fsdp {
                 return Err(
                     "PyTorch FSDP's CPU offload (CPUOffload) moves the parameters too, not the optimizer alone; DeepSpeed offloads the optimizer".into(),
@@ -434,6 +460,11 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
             }
             if d.recompute == Recompute::Selective {
                 return Err("torchtitan's selective activation checkpointing (per-op policy or every Nth layer) is not moai's selective recomputation of the attention core".into());
+            }
+            if d.offload_activations > 0 {
+                // compiler/data/torchtitan_config.txt: training.enable_cpu_offload is FSDP2's
+                // CPUOffloadPolicy (parameters, gradients, optimizer step); no key offloads activations.
+                return Err("torchtitan's config has no activation-offload key (training.enable_cpu_offload offloads FSDP parameters and gradients); Megatron-LM runs activation offload".into());
             }
             if d.pp > 1 {
                 torchtitan::schedule_name(d.schedule)?;
@@ -723,6 +754,22 @@ pub fn megatron_args(
         flag(&mut a, "--optimizer-cpu-offload");
         flag(&mut a, "--use-precision-aware-optimizer");
         kv(&mut a, "--optimizer-offload-fraction", "1.0".into());
+    }
+    if d.offload_activations > 0 {
+        // Transformer Engine's CPU offload context offloads the activations of the first N layers
+        // (cpu_offloading_activations defaults to true, weights to false); transformer_config.py
+        // requires N below the layer count.
+        if d.offload_activations >= cx.layers as u64 {
+            return Err(format!(
+                "Megatron-LM offloads the activations of fewer layers than the model's {} (--cpu-offloading-num-layers {} must be below the layer count)",
+                cx.layers, d.offload_activations
+            ));
+        }
+        kv(
+            &mut a,
+            "--cpu-offloading-num-layers",
+            d.offload_activations.to_string(),
+        );
     }
     if cx.precision != "fp32" {
         flag(&mut a, "--bf16");

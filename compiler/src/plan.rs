@@ -138,6 +138,10 @@ pub struct PlanConfig {
     /// Optimizer state and master weights in host memory (ZeRO-Offload); absent when false.
     #[serde(default, skip_serializing_if = "is_false")]
     pub offload_optimizer: bool,
+    /// Decoder layers per pipeline stage whose saved activations are offloaded to host memory
+    /// (Megatron-LM's `--cpu-offloading-num-layers`); absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub offload_activations: u64,
     /// Data-parallel gradient reduction overlapped with backward (printed only when off).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub overlap_grad_reduce: bool,
@@ -161,6 +165,10 @@ fn is_false(b: &bool) -> bool {
 
 fn is_true(b: &bool) -> bool {
     *b
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 fn is_one(v: &u64) -> bool {
@@ -187,7 +195,8 @@ pub struct Breakdown {
     /// ZeRO-3 parameter all-gather seconds per step, before overlap (0 without ZeRO-3).
     #[serde(default)]
     pub zero3_gather_s: f64,
-    /// Optimizer offload seconds per step (part of `optimizer_s`); absent without offload.
+    /// Offload seconds per step: the optimizer offload (part of `optimizer_s`) plus the activation
+    /// offload's exposed copies (outside the other parts); absent without offload.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub offload_s: f64,
     /// Context-parallel communication seconds per step, before overlap (absent without cp).

@@ -263,20 +263,6 @@ fn offload_flags_are_checked_in_one_line() {
         "--devices",
         "8",
         "--offload",
-        "activations",
-    ]);
-    assert!(
-        e.contains("--offload activations: activation offload is not modelled"),
-        "{e}"
-    );
-    let e = fails(&[
-        "plan",
-        SMALL,
-        "--gpu",
-        "h100",
-        "--devices",
-        "8",
-        "--offload",
         "disk",
     ]);
     assert!(e.contains("--offload disk: expected optimizer"), "{e}");
