@@ -603,6 +603,7 @@ mod tests {
             engine: Default::default(),
             precision: Default::default(),
             offload_optimizer: false,
+            offload_activations: 0,
             stage_recompute: Vec::new(),
             ep: 1,
             expert_tp: 1,

@@ -1250,6 +1250,7 @@ mod tests {
                 engine: Stack::Megatron,
                 precision: MatmulPrecision::Bf16,
                 offload_optimizer: false,
+                offload_activations: 0,
                 stage_recompute: Vec::new(),
                 ep: 1,
                 expert_tp: 1,

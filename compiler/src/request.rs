@@ -509,6 +509,22 @@ mod tests {
     }
 
     #[test]
+    fn activation_offload_counts_follow_the_stage_size() {
+        use ActivationOffload::*;
+        assert_eq!(Off.counts(32, 1), vec![0]);
+        assert_eq!(Auto.counts(32, 1), vec![0, 31]);
+        assert_eq!(Auto.counts(32, 4), vec![0, 7]);
+        assert_eq!(Auto.counts(4, 4), vec![0], "one layer per stage stays");
+        assert_eq!(Layers(3).counts(32, 8), vec![3]);
+        assert_eq!(Auto.fixed(32, 1), 31);
+        assert_eq!(Layers(5).fixed(32, 1), 5);
+        assert!(Layers(31).check_layers(32).is_ok());
+        let e = Layers(32).check_layers(32).unwrap_err().to_string();
+        assert!(e.starts_with("--offload activations=32: at most 31"), "{e}");
+        assert!(Auto.check_layers(1).is_ok());
+    }
+
+    #[test]
     fn fp8_is_refused_on_gpus_without_fp8_units() {
         let mut r = PlanRequest::new(8, 8);
         r.constraints.precision = MatmulPrecision::Fp8;
