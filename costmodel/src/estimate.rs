@@ -1242,12 +1242,12 @@ impl ProfiledCostModel {
                 let need = (host_opt + host_acts) * server;
                 if need > host.memory_per_server_bytes as f64 {
                     let what = match (host_opt > 0.0, host_acts > 0.0) {
-                        (true, true) => "the offloaded optimizer state and activations",
-                        (false, true) => "the offloaded activations",
-                        _ => "the offloaded optimizer state",
+                        (true, true) => "the offloaded optimizer state and activations need",
+                        (false, true) => "the offloaded activations need",
+                        _ => "the offloaded optimizer state needs",
                     };
                     return Err(CostError::InvalidConfig(format!(
-                        "{what} need {:.0} GiB of host memory per server, more than its {} GiB",
+                        "{what} {:.0} GiB of host memory per server, more than its {} GiB",
                         need / (1u64 << 30) as f64,
                         host.memory_per_server_bytes >> 30
                     )));

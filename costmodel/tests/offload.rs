@@ -72,6 +72,21 @@ fn offloaded_layers_leave_the_peak_but_the_window() {
     let all = est(&p, &cluster, &dp8(Recompute::None, 8));
     let more = b.activations_bytes - all.memory[0].activations_bytes;
     assert!((more - layer).abs() < 1e-6 * layer, "{more}");
+    // the bounds stay below the prediction without pipelining too
+    for (n, e) in [(7, &off), (8, &all)] {
+        let bounds = ProfiledCostModel::new()
+            .lower_bounds(&p, &cluster, &dp8(Recompute::None, n))
+            .unwrap();
+        assert!(
+            bounds.peak_memory_bytes <= e.peak_memory_bytes as f64,
+            "{n}"
+        );
+        assert!(
+            bounds.peak_memory_bytes > 0.5 * e.peak_memory_bytes as f64,
+            "{n}"
+        );
+        assert!(bounds.step_time_s <= e.step_time_s, "{n}");
+    }
 }
 
 #[test]
