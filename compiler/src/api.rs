@@ -197,6 +197,11 @@ pub fn cheapest_fitting_change(
     if to.pp > 1 || from.pp > 1 {
         diff("schedule", from.schedule.clone(), to.schedule.clone());
     }
+    diff(
+        "offloaded activation layers",
+        from.offload_activations.to_string(),
+        to.offload_activations.to_string(),
+    );
     let onoff = |b: bool| if b { "on" } else { "off" }.to_string();
     for (what, a, b) in [
         (
