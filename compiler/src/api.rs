@@ -24,6 +24,9 @@ pub fn plan_with(
 ) -> Result<PlanReport> {
     check_model_job(model, req)?;
     req.validate_for(cluster)?;
+    req.constraints
+        .offload_activations
+        .check_layers(model.summary.layers as u32)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(req.threads.unwrap_or(0))
         .build()
@@ -147,6 +150,7 @@ pub fn cheapest_fitting_change(
                 engine: fixed.engine,
                 precision: fixed.precision,
                 offload_optimizer: fixed.offload_optimizer,
+                offload_activations: fixed.offload_activations,
                 ..Default::default()
             };
             (plan(model, cluster, &r).ok()?, false)
@@ -188,6 +192,11 @@ pub fn cheapest_fitting_change(
     if to.pp > 1 || from.pp > 1 {
         diff("schedule", from.schedule.clone(), to.schedule.clone());
     }
+    diff(
+        "offloaded activation layers",
+        from.offload_activations.to_string(),
+        to.offload_activations.to_string(),
+    );
     let onoff = |b: bool| if b { "on" } else { "off" }.to_string();
     for (what, a, b) in [
         (

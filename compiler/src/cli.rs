@@ -5,7 +5,7 @@
 
 use crate::config::{EmitKind, ZeroStage};
 use crate::error::{PlanError, Result};
-use crate::request::{Constraints, PlanRequest};
+use crate::request::{ActivationOffload, Constraints, PlanRequest};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -173,9 +173,13 @@ pub struct ConfigArgs {
     /// schedules zb-h1 and zbv are searched only when listed, and no export engine runs them yet).
     #[arg(long)]
     pub schedule: Option<String>,
-    /// Offload to host memory: `optimizer` (ZeRO-Offload: optimizer state and master weights on the
-    /// host, the step on the CPU; Megatron-LM with ZeRO-1 or DeepSpeed). plan: every candidate offloads
-    /// (the search does not try offload by itself). Activation offload is not modelled.
+    /// Offload to host memory, a comma list: `optimizer` (ZeRO-Offload: optimizer state and master
+    /// weights on the host, the step on the CPU; Megatron-LM with ZeRO-1 or DeepSpeed; plan: every
+    /// candidate offloads), `activations` (the saved activations of every decoder layer of a stage but
+    /// the last; plan: tried beside no offload) or `activations=N` (the first N layers of each
+    /// pipeline stage; plan: every candidate). Activation offload runs on Megatron-LM
+    /// (--cpu-offloading-num-layers: pp 1, no recomputation). The search does not try offload unless
+    /// asked.
     #[arg(long, value_delimiter = ',')]
     pub offload: Vec<String>,
     /// Recomputation per pipeline stage: a comma list with one of none, selective, full per stage
@@ -221,6 +225,7 @@ impl ConfigArgs {
                     .map_err(|_| PlanError::InvalidArgument(format!("--{name} {x}: too large"))),
             }
         };
+        let (offload_optimizer, offload_activations) = parse_offload(&self.offload)?;
         Ok(Constraints {
             dp: to_u32("dp", self.dp)?,
             tp: to_u32("tp", self.tp)?,
@@ -253,7 +258,8 @@ impl ConfigArgs {
             engine: self.engine.as_deref().map(parse_engine).transpose()?,
             // `--precision` is a job flag (JobArgs): the commands copy it in.
             precision: Default::default(),
-            offload_optimizer: parse_offload(&self.offload)?,
+            offload_optimizer,
+            offload_activations,
             stage_recompute: match self.stage_recompute.as_deref().map(str::trim) {
                 None | Some("mixed") => Vec::new(),
                 Some(list) => Constraints::parse_recompute_list(list).map_err(|e| {
@@ -275,26 +281,41 @@ impl ConfigArgs {
     }
 }
 
-/// `--offload LIST`: whether the optimizer is offloaded; `activations` (and anything else) is refused
-/// in one line.
-fn parse_offload(list: &[String]) -> Result<bool> {
+/// `--offload LIST`: whether the optimizer is offloaded, and the activation offload
+/// (`activations` or `activations=N`, N at least 1); anything else is refused in one line.
+fn parse_offload(list: &[String]) -> Result<(bool, ActivationOffload)> {
     let mut optimizer = false;
+    let mut activations = ActivationOffload::Off;
     for item in list {
         match item.trim() {
             "optimizer" => optimizer = true,
-            "activations" => {
-                return Err(PlanError::InvalidArgument(
-                    "--offload activations: activation offload is not modelled by moai's cost model yet (only --offload optimizer)".into(),
-                ));
-            }
-            other => {
-                return Err(PlanError::InvalidArgument(format!(
-                    "--offload {other}: expected optimizer"
-                )));
-            }
+            "activations" => activations = ActivationOffload::Auto,
+            other => match other.strip_prefix("activations=") {
+                Some(n) => {
+                    let n = n.trim();
+                    match n.parse::<u32>() {
+                        Ok(0) => {
+                            return Err(PlanError::InvalidArgument(
+                                "--offload activations=0: offloads no layer; leave activations out for no activation offload".into(),
+                            ));
+                        }
+                        Ok(k) => activations = ActivationOffload::Layers(k),
+                        Err(_) => {
+                            return Err(PlanError::InvalidArgument(format!(
+                                "--offload activations={n}: expected a number of decoder layers per pipeline stage (at least 1)"
+                            )));
+                        }
+                    }
+                }
+                None => {
+                    return Err(PlanError::InvalidArgument(format!(
+                        "--offload {other}: expected optimizer, activations or activations=N"
+                    )));
+                }
+            },
         }
     }
-    Ok(optimizer)
+    Ok((optimizer, activations))
 }
 
 /// `--engine`: an engine plans are exported to (eager is a cost-model stack, not an export engine).

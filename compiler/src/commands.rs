@@ -53,8 +53,23 @@ fn print_prediction(p: &crate::PlanOutput) {
         gib(p.cluster.memory_per_device_bytes),
         pr.mfu * 100.0
     );
+    // Activation offload's exposed copies are outside the four parts (the optimizer offload is
+    // inside `optimizer`).
+    let copies = if p.plan.offload_activations > 0 {
+        format!(
+            ", offload {:.3} s{}",
+            b.offload_s,
+            if p.plan.offload_optimizer {
+                " (optimizer offload and activation copies)"
+            } else {
+                " (exposed activation copies)"
+            }
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "breakdown: compute {:.3} s, exposed communication {:.3} s, bubble {:.3} s, optimizer {:.3} s",
+        "breakdown: compute {:.3} s, exposed communication {:.3} s, bubble {:.3} s, optimizer {:.3} s{copies}",
         b.compute_s, b.exposed_comm_s, b.bubble_s, b.optimizer_s
     );
 }
@@ -67,8 +82,22 @@ pub fn estimate(a: EstimateArgs) -> Result<()> {
     req.validate_for(&cluster)?;
     let mut cons = a.config.to_constraints()?;
     cons.precision = req.constraints.precision;
-    let cfg = crate::config::config_for(&cons, &cluster, req.batch)?;
+    let mut cfg = crate::config::config_for(&cons, &cluster, req.batch)?;
     let model = Model::load(&a.model)?;
+    let layers = model.summary.layers as u32;
+    cons.offload_activations.check_layers(layers)?;
+    if cons.offload_activations != crate::request::ActivationOffload::Off {
+        cfg.offload_activations = cons.offload_activations.fixed(layers, cfg.pp);
+        if cfg.offload_activations == 0 {
+            return Err(crate::error::PlanError::InvalidArgument(format!(
+                "--offload activations: a stage of pp {} holds one decoder layer, whose activations stay on the device (give activations=N to offload it)",
+                cfg.pp
+            )));
+        }
+        // the engine may change with the offload (only Megatron-LM runs it)
+        cfg = crate::export::assign_engine(cons.engine, cfg, &cluster)
+            .map_err(crate::error::PlanError::InvalidArgument)?;
+    }
     let out = crate::estimate(&model, &cluster, &cfg, &req)?;
     if a.job.json {
         return print_json(&out);

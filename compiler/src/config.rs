@@ -290,6 +290,12 @@ pub fn config_for(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Para
         stages: Vec::new(),
         precision: c.precision,
         offload_optimizer: c.offload_optimizer,
+        // `activations` (all of a stage's layers but the last) needs the model: the estimate
+        // command resolves it (`ActivationOffload::fixed`) once the model is loaded.
+        offload_activations: match c.offload_activations {
+            crate::request::ActivationOffload::Layers(n) => n,
+            _ => 0,
+        },
         ep: c.ep.unwrap_or(1),
         expert_tp: c.expert_tp.unwrap_or(1),
         ..ParallelConfig::default()

@@ -316,6 +316,22 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                     "Megatron-LM's fully sharded data parallel (--use-megatron-fsdp) is not run with context parallelism here".into(),
                 );
             }
+            // megatron/core/transformer/transformer_config.py (pinned commit) refuses CPU offloading
+            // with pipeline parallelism and with activation recomputation.
+            if d.config.offload_activations > 0 && c.pp > 1 {
+                return Err(format!(
+                    "Megatron-LM's activation offload (--cpu-offloading-num-layers) does not run with pipeline parallelism (pp {}); plan it with pp 1",
+                    c.pp
+                ));
+            }
+            if d.config.offload_activations > 0
+                && (c.recompute != Recompute::None || d.mixed_recompute())
+            {
+                return Err(format!(
+                    "Megatron-LM's activation offload (--cpu-offloading-num-layers) does not work with activation recomputation ({}); plan it with --recompute none",
+                    c.recompute
+                ));
+            }
             Ok(())
         }
         Stack::Deepspeed | Stack::Fsdp => {
@@ -358,6 +374,13 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                     "{name} with a generic training script runs its linear layers in bf16; FP8 GEMMs with Transformer Engine's per-tensor scaling are Megatron-LM's (--fp8-format)"
                 ));
             }
+            if d.config.offload_activations > 0 {
+                return Err(if engine == Stack::Deepspeed {
+                    "DeepSpeed's activation offload (activation_checkpointing.cpu_checkpointing) moves only checkpoints taken with deepspeed.checkpointing (Megatron-DeepSpeed), not the Hugging Face Trainer's gradient checkpointing this export runs; Megatron-LM runs activation offload".to_string()
+                } else {
+                    "PyTorch FSDP's CPU offload (CPUOffload) moves parameters and gradients, not activations, and the Trainer's FSDP config has no activation-offload key; Megatron-LM runs activation offload".to_string()
+                });
+            }
             if c.offload_optimizer && engine == Stack::Fsdp {
                 return Err(
                     "PyTorch FSDP's CPU offload (CPUOffload) moves the parameters too, not the optimizer alone; DeepSpeed offloads the optimizer".into(),
@@ -391,6 +414,11 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
             }
             if c.recompute == Recompute::Selective {
                 return Err("torchtitan's selective activation checkpointing (per-op policy or every Nth layer) is not moai's selective recomputation of the attention core".into());
+            }
+            if d.config.offload_activations > 0 {
+                // compiler/data/torchtitan_config.txt: training.enable_cpu_offload is FSDP2's
+                // CPUOffloadPolicy (parameters, gradients, optimizer step); no key offloads activations.
+                return Err("torchtitan's config has no activation-offload key (training.enable_cpu_offload offloads FSDP parameters and gradients); Megatron-LM runs activation offload".into());
             }
             if c.pp > 1 {
                 torchtitan::schedule_name(c.schedule)?;
@@ -685,6 +713,22 @@ pub fn megatron_args(
         flag(&mut a, "--optimizer-cpu-offload");
         flag(&mut a, "--use-precision-aware-optimizer");
         kv(&mut a, "--optimizer-offload-fraction", "1.0".into());
+    }
+    if d.config.offload_activations > 0 {
+        // Transformer Engine's CPU offload context offloads the activations of the first N layers
+        // (cpu_offloading_activations defaults to true, weights to false); transformer_config.py
+        // requires N below the layer count.
+        if d.config.offload_activations >= cx.layers {
+            return Err(format!(
+                "Megatron-LM offloads the activations of fewer layers than the model's {} (--cpu-offloading-num-layers {} must be below the layer count)",
+                cx.layers, d.config.offload_activations
+            ));
+        }
+        kv(
+            &mut a,
+            "--cpu-offloading-num-layers",
+            d.config.offload_activations.to_string(),
+        );
     }
     if cx.precision != "fp32" {
         flag(&mut a, "--bf16");

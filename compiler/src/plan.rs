@@ -139,6 +139,10 @@ pub struct PlanConfig {
     /// Optimizer state and master weights in host memory (ZeRO-Offload); absent when false.
     #[serde(default, skip_serializing_if = "is_false")]
     pub offload_optimizer: bool,
+    /// Decoder layers per pipeline stage whose saved activations are offloaded to host memory
+    /// (Megatron-LM's `--cpu-offloading-num-layers`); absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub offload_activations: u64,
     /// Data-parallel gradient reduction overlapped with backward (printed only when off).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub overlap_grad_reduce: bool,
@@ -168,6 +172,10 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
 fn is_one(v: &u64) -> bool {
     *v == 1
 }
@@ -192,7 +200,8 @@ pub struct Breakdown {
     /// ZeRO-3 parameter all-gather seconds per step, before overlap (0 without ZeRO-3).
     #[serde(default)]
     pub zero3_gather_s: f64,
-    /// Optimizer offload seconds per step (part of `optimizer_s`); absent without offload.
+    /// Offload seconds per step: the optimizer offload (part of `optimizer_s`) plus the activation
+    /// offload's exposed copies (outside the other parts); absent without offload.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub offload_s: f64,
     /// Context-parallel communication seconds per step, before overlap (absent without cp).
@@ -342,6 +351,7 @@ impl PlanConfig {
             engine: cfg.stack,
             precision: cfg.precision,
             offload_optimizer: cfg.offload_optimizer,
+            offload_activations: cfg.offload_activations as u64,
             stage_recompute: if cfg.mixed_recompute() {
                 cfg.stage_recompute.clone()
             } else {
@@ -398,6 +408,7 @@ impl PlanConfig {
             stage_recompute: self.stage_recompute.clone(),
             precision: self.precision,
             offload_optimizer: self.offload_optimizer,
+            offload_activations: narrow("offload_activations", self.offload_activations)?,
         };
         if let Some(last) = cfg.stages.last() {
             let layers = last.1.saturating_add(1);
@@ -501,6 +512,7 @@ mod tests {
             stage_recompute: vec![Recompute::Full, Recompute::None],
             precision: MatmulPrecision::Fp8,
             offload_optimizer: true,
+            offload_activations: 3,
         }
     }
 
@@ -519,7 +531,7 @@ mod tests {
             assert_ne!(default.get(k), Some(v), "{k} is at its default");
         }
         // A field the configuration's own JSON skips would escape the check above.
-        assert_eq!(full.len(), 24, "{:?}", full.keys().collect::<Vec<_>>());
+        assert_eq!(full.len(), 25, "{:?}", full.keys().collect::<Vec<_>>());
     }
 
     #[test]

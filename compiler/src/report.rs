@@ -278,6 +278,19 @@ pub fn explain(
             100.0 * dispatch / best.predicted.step_time_s.max(f64::MIN_POSITIVE)
         ));
     }
+    if best.plan.offload_activations > 0 {
+        s.push_str(&format!(
+            " The saved activations of {} decoder layer{} per stage go to host memory and back over the host link; {} {:.3} s/step.",
+            best.plan.offload_activations,
+            if best.plan.offload_activations == 1 { "" } else { "s" },
+            if best.plan.offload_optimizer {
+                "with the optimizer offload, offloading takes"
+            } else {
+                "the copies the next layer's compute does not hide take"
+            },
+            best.predicted.breakdown.offload_s
+        ));
+    }
     if let Some(r) = runner_up {
         let b = &best.predicted.breakdown;
         let o = &r.predicted.breakdown;

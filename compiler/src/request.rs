@@ -175,6 +175,67 @@ impl WorkBounds {
     }
 }
 
+/// `--offload activations[=N]`: how many decoder layers per pipeline device offload their saved
+/// activations to host memory (`ParallelConfig::offload_activations`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ActivationOffload {
+    /// No activation offload (the default).
+    #[default]
+    Off,
+    /// `activations`: every decoder layer of a stage but its last (Megatron-LM's
+    /// `--cpu-offloading-num-layers` must stay below the layer count); `plan` tries it beside no
+    /// offload.
+    Auto,
+    /// `activations=N`: the first `N` decoder layers of each pipeline device, in every candidate.
+    Layers(u32),
+}
+
+impl ActivationOffload {
+    /// The layer count `activations` stands for on a `layers`-layer model cut into `pp` stages: all of
+    /// an even stage's layers but the last (0 when a stage has one layer).
+    pub fn auto_layers(layers: u32, pp: u32) -> u32 {
+        (layers / pp.max(1)).saturating_sub(1)
+    }
+
+    /// The offloaded-layer counts a search candidate with `pp` stages tries: `[0]` when off,
+    /// `[0, auto]` for `activations` (just `[0]` when a stage has one layer), `[N]` for `activations=N`.
+    pub fn counts(self, layers: u32, pp: u32) -> Vec<u32> {
+        match self {
+            ActivationOffload::Off => vec![0],
+            ActivationOffload::Auto => match Self::auto_layers(layers, pp) {
+                0 => vec![0],
+                n => vec![0, n],
+            },
+            ActivationOffload::Layers(n) => vec![n],
+        }
+    }
+
+    /// The one count `estimate` uses: 0 when off, [`ActivationOffload::auto_layers`] for
+    /// `activations`, `N` for `activations=N`.
+    pub fn fixed(self, layers: u32, pp: u32) -> u32 {
+        match self {
+            ActivationOffload::Off => 0,
+            ActivationOffload::Auto => Self::auto_layers(layers, pp),
+            ActivationOffload::Layers(n) => n,
+        }
+    }
+
+    /// The one-line error for a count the model cannot take: `activations=N` must leave the last of
+    /// the model's `layers` decoder layers on the device (Megatron-LM's `--cpu-offloading-num-layers`
+    /// is below the layer count; no other engine offloads activations).
+    pub fn check_layers(self, layers: u32) -> Result<()> {
+        if let ActivationOffload::Layers(n) = self
+            && n >= layers
+        {
+            return Err(PlanError::InvalidArgument(format!(
+                "--offload activations={n}: at most {} of the model's {layers} decoder layers (the last layer's activations stay on the device, as Megatron-LM's --cpu-offloading-num-layers requires)",
+                layers.saturating_sub(1)
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Constraints that fix or restrict dimensions of the search (every field optional).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Constraints {
@@ -215,6 +276,9 @@ pub struct Constraints {
     /// Offload the optimizer state to host memory in every candidate (`--offload optimizer`); the
     /// search does not try offload by itself.
     pub offload_optimizer: bool,
+    /// Activation offload (`--offload activations[=N]`): off, tried by the search beside no offload
+    /// (`activations`), or a fixed number of decoder layers per pipeline device (`activations=N`).
+    pub offload_activations: ActivationOffload,
     /// Fixed overlap switches (`--overlap grad-reduce=off,...`), in switch order; a switch not named
     /// stays on where the engine overlaps.
     pub overlap: Vec<(moai_costmodel::OverlapSwitch, bool)>,
@@ -442,6 +506,22 @@ mod tests {
         assert!(check_threads(1).is_ok());
         assert!(check_threads(0).is_err());
         assert!(check_threads(usize::MAX).is_err());
+    }
+
+    #[test]
+    fn activation_offload_counts_follow_the_stage_size() {
+        use ActivationOffload::*;
+        assert_eq!(Off.counts(32, 1), vec![0]);
+        assert_eq!(Auto.counts(32, 1), vec![0, 31]);
+        assert_eq!(Auto.counts(32, 4), vec![0, 7]);
+        assert_eq!(Auto.counts(4, 4), vec![0], "one layer per stage stays");
+        assert_eq!(Layers(3).counts(32, 8), vec![3]);
+        assert_eq!(Auto.fixed(32, 1), 31);
+        assert_eq!(Layers(5).fixed(32, 1), 5);
+        assert!(Layers(31).check_layers(32).is_ok());
+        let e = Layers(32).check_layers(32).unwrap_err().to_string();
+        assert!(e.starts_with("--offload activations=32: at most 31"), "{e}");
+        assert!(Auto.check_layers(1).is_ok());
     }
 
     #[test]

@@ -108,6 +108,9 @@ pub fn constraint_conflicts(
             ));
         }
     }
+    if let Err(e) = c.offload_activations.check_layers(shape.layers) {
+        out.push(e.to_string());
+    }
     if let Some(p) = c.pp
         && !devices.is_multiple_of(p)
     {
@@ -476,10 +479,16 @@ pub fn enumerate_seq(
                                     ..ParallelConfig::default()
                                 };
                                 zero.apply(&mut cfg);
-                                for (ep, expert_tp) in expert_splits(shape, dp, tp, c) {
+                                // `--offload activations`: with and without; `activations=N`: N.
+                                let offloads = c.offload_activations.counts(shape.layers, pp);
+                                let splits = expert_splits(shape, dp, tp, c)
+                                    .into_iter()
+                                    .flat_map(|e| offloads.iter().map(move |n| (e, *n)));
+                                for ((ep, expert_tp), offload_activations) in splits {
                                     let mut cfg = ParallelConfig {
                                         ep,
                                         expert_tp,
+                                        offload_activations,
                                         ..cfg.clone()
                                     };
                                     for &(switch, on) in &c.overlap {

@@ -9,6 +9,7 @@ mod current;
 mod exports;
 mod fp8;
 mod interrupt;
+mod offload;
 mod overlap;
 mod partition;
 mod pipeline;

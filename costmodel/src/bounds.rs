@@ -49,6 +49,9 @@ pub const BOUND_SLACK: f64 = 1e-9;
 /// [`crate::memory::in_flight`] micro-batches of it saved; the first device also holds the embedding, the
 /// last the head, and the device with the most parameters at least `1/pp` of them and the largest layer.
 /// Without pipelining the one device holds every block and one micro-batch of every layer's activations.
+/// With activation offload (`offload_activations = N`) the device keeps at least the activations of all
+/// but the `N` largest layers without pipelining, and with it at least one layer's worth (what it keeps,
+/// or the window of offloaded layers in flight).
 pub fn profiled(
     prep: &PreparedProfile,
     eff: &Efficiency,
@@ -85,6 +88,7 @@ pub fn profiled(
     // The least activation bytes one micro-batch of one decoder layer leaves saved on a device, and all
     // decoder layers' together, as the memory model counts them.
     let (mut act_min, mut act_all) = (f64::INFINITY, 0.0);
+    let mut acts: Vec<f64> = Vec::new();
     for (i, b) in prep.blocks.iter().enumerate() {
         total += b.params;
         match b.kind {
@@ -99,6 +103,7 @@ pub fn profiled(
                 let act = layer_activation_bytes(prep, profile, cfg, i, tp, megatron);
                 act_min = act_min.min(act);
                 act_all += act;
+                acts.push(act);
             }
         }
     }
@@ -109,9 +114,26 @@ pub fn profiled(
     } else {
         0.0
     };
-    let act_all = act_all / cp;
-    let inflight =
-        |d: u32| crate::memory::in_flight(cfg.schedule, cfg.pp, d, cfg.num_micro_batches) as f64;
+    // Activation offload takes at most the `offload_activations` largest layers off the device (the
+    // in-flight window it keeps is not counted, so the bound stays below).
+    let offloaded = if cfg.offload_activations > 0 {
+        acts.sort_by(|a, b| b.total_cmp(a));
+        acts.iter()
+            .take(cfg.offload_activations as usize)
+            .sum::<f64>()
+    } else {
+        0.0
+    };
+    let act_all = (act_all - offloaded).max(0.0) / cp;
+    // With activation offload a device may offload every layer it holds, keeping only the window of
+    // two offloaded layers (at least one layer's activations, whatever the in-flight count).
+    let inflight = |d: u32| {
+        if cfg.offload_activations > 0 {
+            1.0
+        } else {
+            crate::memory::in_flight(cfg.schedule, cfg.pp, d, cfg.num_micro_batches) as f64
+        }
+    };
     let peak = if cfg.pp <= 1 {
         // One device holds every block and one micro-batch's activations of every layer.
         total * per_param + act_all

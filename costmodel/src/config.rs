@@ -272,6 +272,16 @@ pub struct ParallelConfig {
     /// (see [`crate::offload`]). Serialized only when set.
     #[serde(default, skip_serializing_if = "is_false")]
     pub offload_optimizer: bool,
+    /// Activation offload: the saved activations of the first `offload_activations` decoder layers of
+    /// each pipeline device go to host memory during forward and come back ahead of their backward (a
+    /// device with fewer layers offloads all of its own); 0 = none (see [`crate::offload`]).
+    /// Serialized only when not 0.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub offload_activations: u32,
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
 }
 
 fn is_false(b: &bool) -> bool {
@@ -327,6 +337,7 @@ impl Default for ParallelConfig {
             expert_tp: 1,
             precision: MatmulPrecision::Bf16,
             offload_optimizer: false,
+            offload_activations: 0,
             stage_recompute: Vec::new(),
         }
     }
@@ -652,6 +663,12 @@ impl ParallelConfig {
         if vstages > layers.max(1) {
             return bad(format!(
                 "{vstages} pipeline stages (pp·chunks) exceed the {layers} decoder layers"
+            ));
+        }
+        if self.offload_activations > layers {
+            return bad(format!(
+                "offload_activations {} exceeds the {layers} decoder layers",
+                self.offload_activations
             ));
         }
         let ranges = self.stage_ranges(layers, vstages)?;

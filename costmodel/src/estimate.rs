@@ -49,9 +49,12 @@ pub struct Breakdown {
     /// The stack's fixed per-step cost (part of `optimizer_s`).
     #[serde(default)]
     pub step_overhead_s: f64,
-    /// Optimizer offload seconds per step (part of `optimizer_s`, which it replaces the device's
-    /// optimizer kernels in): the exposed gradient download, the CPU optimizer step and the weight
-    /// upload; 0 without `offload_optimizer` (see [`crate::offload`]).
+    /// Offload seconds per step of the critical device, both parts (see [`crate::offload`]): the
+    /// optimizer offload (part of `optimizer_s`, where it replaces the device's optimizer kernels: the
+    /// exposed gradient download, the CPU optimizer step and the weight upload; 0 without
+    /// `offload_optimizer`) plus the activation offload's exposed copies (every micro-batch's copies
+    /// out and back that the next layer's compute does not hide; in the stage times, so outside
+    /// `compute_s`, `exposed_comm_s`, `bubble_s` and `optimizer_s`; 0 without `offload_activations`).
     #[serde(default)]
     pub offload_s: f64,
     /// Context-parallel communication seconds of the critical device per step (ring key/value steps
@@ -991,6 +994,50 @@ impl ProfiledCostModel {
                 weight_grad_s: w,
             });
         }
+        // Activation offload (crate::offload): per device, each offloaded layer's copy out runs under
+        // the next block's forward on the device and its copy back under that block's backward; the
+        // excess joins the layer's stage times (so the schedule sees it). Host bytes per device: the
+        // offloaded bytes of its in-flight micro-batches.
+        let mut act_offload = vec![0f64; nv];
+        let mut act_host = vec![0f64; pp];
+        if cfg.offload_activations > 0 {
+            for (d, host) in act_host.iter_mut().enumerate() {
+                let input = DeviceInput {
+                    profile,
+                    prep,
+                    cfg,
+                    device: d as u32,
+                    block_stage: &block_stage,
+                    virtual_stages: nv,
+                    boundary_bytes: boundary,
+                };
+                let mut per_stage: Vec<Vec<crate::offload::OffloadedLayer>> = vec![Vec::new(); nv];
+                for (i, bytes) in crate::memory::offloaded_layers(&input) {
+                    let v = block_stage[i].min(nv - 1);
+                    let next = prep
+                        .blocks
+                        .get(i + 1)
+                        .filter(|_| block_stage.get(i + 1) == Some(&block_stage[i]));
+                    let cover = |s: &PhaseSums| s.context_shard(cp).kernel_time(eff, sc).0;
+                    per_stage[v].push(crate::offload::OffloadedLayer {
+                        bytes,
+                        forward_cover_s: next.map_or(0.0, |n| cover(&n.forward)),
+                        backward_cover_s: next.map_or(0.0, |n| cover(&n.backward)),
+                    });
+                    *host +=
+                        bytes * crate::memory::in_flight(cfg.schedule, cfg.pp, d as u32, m) as f64;
+                }
+                for (v, layers) in per_stage.iter().enumerate() {
+                    if layers.is_empty() {
+                        continue;
+                    }
+                    let t = crate::offload::activation_offload(cluster.gpu, layers);
+                    times[v].forward_s += t.forward_exposed_s;
+                    times[v].backward_s += t.backward_exposed_s;
+                    act_offload[v] += t.forward_exposed_s + t.backward_exposed_s;
+                }
+            }
+        }
         // Megatron-LM's rank order tp-cp-dp-pp: pipeline neighbours are dp·tp·cp ranks apart.
         let stride = cfg.dp * cfg.tp * cp;
         let p2p = if pp > 1 {
@@ -1179,19 +1226,35 @@ impl ProfiledCostModel {
                 + launches * KERNEL_FLOOR_S;
             // Optimizer offload: the CPU step, the gradient download (overlapped with backward, in
             // buckets) and the weight upload replace the device's optimizer kernels.
-            let offload_s = if cfg.offload_optimizer {
-                let shard_params = p_dev / shard;
-                let host = crate::offload::host_spec(cluster.gpu);
-                let need = crate::offload::host_bytes_per_device(
-                    shard_params,
+            // Host memory per server: every device's offloaded optimizer shard and activations.
+            let server = cluster.devices_per_server.min(cluster.devices) as f64;
+            let host_opt = if cfg.offload_optimizer {
+                crate::offload::host_bytes_per_device(
+                    p_dev / shard,
                     profile.optimizer_bytes_per_param,
-                ) * cluster.devices_per_server.min(cluster.devices) as f64;
+                )
+            } else {
+                0.0
+            };
+            let host_acts = act_host.get(d).copied().unwrap_or(0.0);
+            if host_opt + host_acts > 0.0 {
+                let host = crate::offload::host_spec(cluster.gpu);
+                let need = (host_opt + host_acts) * server;
                 if need > host.memory_per_server_bytes as f64 {
+                    let what = match (host_opt > 0.0, host_acts > 0.0) {
+                        (true, true) => "the offloaded optimizer state and activations need",
+                        (false, true) => "the offloaded activations need",
+                        _ => "the offloaded optimizer state needs",
+                    };
                     return Err(CostError::InvalidConfig(format!(
-                        "the offloaded optimizer state exceeds the {} GiB of host memory per server",
+                        "{what} {:.0} GiB of host memory per server, more than its {} GiB",
+                        need / (1u64 << 30) as f64,
                         host.memory_per_server_bytes >> 30
                     )));
                 }
+            }
+            let offload_s = if cfg.offload_optimizer {
+                let shard_params = p_dev / shard;
                 let t = crate::offload::optimizer_offload(
                     cluster.gpu,
                     cluster.devices_per_server,
@@ -1262,7 +1325,8 @@ impl ProfiledCostModel {
         let tp_total_s: f64 = vs.iter().map(|v| comm_total[*v] * m as f64).sum();
         let cp_comm_s: f64 = vs.iter().map(|v| cp_total[*v] * m as f64).sum();
         let moe_dispatch_s: f64 = vs.iter().map(|v| dispatch[*v] * m as f64).sum();
-        let bubble_s = (step - compute_s - exposed_comm_s - opt).max(0.0);
+        let act_offload_s: f64 = vs.iter().map(|v| act_offload[*v] * m as f64).sum();
+        let bubble_s = (step - compute_s - exposed_comm_s - opt - act_offload_s).max(0.0);
         let tokens = cfg.global_batch() as f64 * profile.seq as f64;
         let peak = memory.iter().map(|s| s.peak_bytes).fold(0.0, f64::max);
         let spec = cluster.gpu.spec();
@@ -1281,7 +1345,7 @@ impl ProfiledCostModel {
                 dp_comm_s,
                 zero3_gather_s,
                 step_overhead_s: sc.step_overhead_s,
-                offload_s: offload_dev.get(crit).copied().unwrap_or(0.0),
+                offload_s: offload_dev.get(crit).copied().unwrap_or(0.0) + act_offload_s,
                 cp_comm_s,
                 moe_dispatch_s,
             },

@@ -419,6 +419,97 @@ pub fn megatron_layer_bytes(
     }
 }
 
+/// How many of a device's `decoder_layers` have their activations offloaded: the first
+/// `cfg.offload_activations` of them, or all when the device holds fewer.
+pub fn offloaded_count(cfg: &ParallelConfig, decoder_layers: usize) -> usize {
+    (cfg.offload_activations as usize).min(decoder_layers)
+}
+
+/// The weight-copy bytes a block's saved bytes include that are not activations (none when the block's
+/// matmuls are recomputed, except the head's).
+fn kept_weight_copy(pb: &BlockProfile, shape: &BlockShape) -> f64 {
+    if shape.recomputed && pb.kind != BlockKind::Head {
+        0.0
+    } else {
+        shape.weight_copy_bytes
+    }
+}
+
+/// The activation bytes one micro-batch of a block saves on one device before context parallelism
+/// divides them: Korthikanti et al.'s layer formula for Megatron-LM's decoder layers (fp8 inputs
+/// saved in fp8), else the graph's `saved_bytes` less the weight copies counted as weights.
+fn block_saved_bytes(
+    input: &DeviceInput,
+    pb: &BlockProfile,
+    saved_bytes: f64,
+    shape: &BlockShape,
+    recompute: Recompute,
+) -> f64 {
+    let cfg = input.cfg;
+    let tp = cfg.tp.max(1) as f64;
+    let mut act = (saved_bytes - kept_weight_copy(pb, shape)).max(0.0);
+    if cfg.stack == Stack::Megatron
+        && let (BlockKind::Decoder(_), Some((bb, ss, heads, hd))) = (pb.kind, shape.attention)
+    {
+        let dims = LayerDims {
+            seq: ss as f64,
+            batch: bb as f64,
+            hidden: (heads * hd) as f64,
+            heads: heads as f64,
+        };
+        act = megatron_layer_bytes(dims, tp, cfg.sequence_parallel, recompute, false);
+        if cfg.precision == crate::precision::MatmulPrecision::Fp8 {
+            act -= crate::precision::megatron_fp8_saved_bytes(
+                dims,
+                tp,
+                cfg.sequence_parallel,
+                recompute,
+            )
+            .min(act);
+        }
+    }
+    act
+}
+
+/// The decoder layers of one pipeline device whose activations are offloaded
+/// (`cfg.offload_activations`): `(block index, saved bytes per micro-batch)` in layer order, the bytes
+/// as [`device_memory`] counts them (context parallelism applied). Empty without activation offload.
+pub fn offloaded_layers(input: &DeviceInput) -> Vec<(usize, f64)> {
+    let cfg = input.cfg;
+    if cfg.offload_activations == 0 {
+        return Vec::new();
+    }
+    let pp = cfg.pp.max(1) as usize;
+    let nv = input.virtual_stages.max(1);
+    let tp = cfg.tp.max(1) as u64;
+    let cp = cfg.cp.max(1) as f64;
+    let recompute = cfg.recompute_of_device(input.device as usize);
+    let mut out = Vec::new();
+    for (i, (b, v)) in input.prep.blocks.iter().zip(input.block_stage).enumerate() {
+        let v = (*v).min(nv - 1);
+        if cfg.schedule.device_of(v, pp) != input.device as usize {
+            continue;
+        }
+        let Some(pb) = input.profile.blocks.get(i) else {
+            continue;
+        };
+        if !matches!(pb.kind, BlockKind::Decoder(_)) {
+            continue;
+        }
+        let shape = match input.prep.shapes.get(i) {
+            Some(s) => *s,
+            None => block_shape(pb, tp),
+        };
+        out.push((
+            i,
+            block_saved_bytes(input, pb, b.saved_bytes, &shape, recompute) / cp,
+        ));
+    }
+    let n = offloaded_count(cfg, out.len());
+    out.truncate(n);
+    out
+}
+
 /// Memory of one pipeline device: static bytes by stack, the activations of its in-flight
 /// micro-batches, the largest transient, and the coefficients; the peak is the largest of the three
 /// moments (see the module doc).
@@ -458,6 +549,8 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     // FP8 plans: the fp8 weight copies (and transposes) and the scaling state of this device's fp8
     // linears, resident through the step (see crate::precision).
     let mut fp8_bytes = 0.0;
+    // (virtual stage, saved bytes per micro-batch) of this device's decoder layers, in layer order.
+    let mut decoder: Vec<(usize, f64)> = Vec::new();
     let inflight = |v: usize| -> f64 {
         let _ = v;
         in_flight(cfg.schedule, cfg.pp, d, m) as f64
@@ -480,31 +573,10 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
             Some(s) => *s,
             None => block_shape(pb, tp),
         };
-        let kept_copy = if shape.recomputed && pb.kind != BlockKind::Head {
-            0.0
-        } else {
-            shape.weight_copy_bytes
-        };
-        let mut act = (b.saved_bytes - kept_copy).max(0.0);
-        if megatron
-            && let (BlockKind::Decoder(_), Some((bb, ss, heads, hd))) = (pb.kind, shape.attention)
-        {
-            let dims = LayerDims {
-                seq: ss as f64,
-                batch: bb as f64,
-                hidden: (heads * hd) as f64,
-                heads: heads as f64,
-            };
-            act = megatron_layer_bytes(dims, tp as f64, cfg.sequence_parallel, recompute, false);
-            if cfg.precision == crate::precision::MatmulPrecision::Fp8 {
-                act -= crate::precision::megatron_fp8_saved_bytes(
-                    dims,
-                    tp as f64,
-                    cfg.sequence_parallel,
-                    recompute,
-                )
-                .min(act);
-            }
+        let act = block_saved_bytes(input, pb, b.saved_bytes, &shape, recompute);
+        let kept_copy = kept_weight_copy(pb, &shape);
+        if matches!(pb.kind, BlockKind::Decoder(_)) {
+            decoder.push((v, act / cp));
         }
         saved[v] += act / cp;
         copies_all += shape.weight_copy_bytes;
@@ -524,6 +596,16 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     let p_dev: f64 = vs.iter().map(|v| params[*v]).sum();
     let mut st = static_bytes(profile, cfg, p_dev);
     st.weights += fp8_bytes;
+    // Activation offload: the first `offload_activations` decoder layers' saved activations live on
+    // the host; the device keeps the in-flight window (one layer being copied out, one being
+    // prefetched back: two of the largest offloaded layer), see crate::offload.
+    let offloaded = offloaded_count(cfg, decoder.len());
+    let mut window: f64 = 0.0;
+    for &(v, act) in decoder.iter().take(offloaded) {
+        saved[v] -= act;
+        window = window.max(act);
+    }
+    let window = crate::offload::ACTIVATION_WINDOW_LAYERS * window;
     let acts = if cfg.schedule == Schedule::ZeroBubbleV {
         // Per chunk: the first chunk holds up to 2·pp − 1 micro-batches, the second about one.
         crate::pipeline::peak_live_bytes(cfg.schedule, cfg.pp, d, m, &|v| {
@@ -539,7 +621,7 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
             .sum::<f64>()
     }
     .max(0.0);
-    let acts = round_block(acts, tensors * inflight(0));
+    let acts = round_block(acts, tensors * inflight(0)) + window;
     let loss_coef = if megatron {
         MEGATRON_LOSS_BYTES_PER_LOGIT
     } else {

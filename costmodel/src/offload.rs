@@ -1,4 +1,7 @@
-//! Optimizer offload (ZeRO-Offload style, `ParallelConfig.offload_optimizer`): the optimizer state and
+//! Offload to host memory: the optimizer ([`optimizer_offload`]) and activations
+//! ([`activation_offload`]).
+//!
+//! **Optimizer offload** (ZeRO-Offload style, `ParallelConfig.offload_optimizer`): the optimizer state and
 //! fp32 master weights live in host memory, the optimizer step runs on the CPU, and every step moves the
 //! gradients to the host and the updated 16-bit weights back over the device's host link.
 //!
@@ -13,6 +16,27 @@
 //!   memory bandwidth shared by the server's devices ([`CPU_ADAM_BYTES_PER_PARAM`]), and the updated
 //!   16-bit weights host → device before the next forward (not overlapped). It replaces the device's
 //!   optimizer kernels and is reported as `Breakdown.offload_s` (part of `optimizer_s`).
+//!
+//! **Activation offload** (`ParallelConfig.offload_activations = N`, Megatron-LM's
+//! `--cpu-offloading-num-layers N`, Transformer Engine's CPU offload context): the saved activations of
+//! the first `N` decoder layers of each pipeline device are copied device → host during forward and
+//! back host → device ahead of their backward, on a separate stream over the device's host link
+//! (`link_bytes_per_s × LINK_EFFICIENCY`, each direction on its own half of the duplex link).
+//! - **Time** ([`activation_offload`]), per micro-batch and offloaded layer: its copy out runs under
+//!   the forward of the next block on the device, its copy back under the backward of that block
+//!   (recomputation included); only the excess is exposed, and it is added to the stage's forward and
+//!   backward times, so the pipeline schedule sees it. Reported in `Breakdown.offload_s`.
+//! - **Device memory** ([`crate::memory::device_memory`]): the offloaded layers' activations leave the
+//!   peak except an in-flight window of [`ACTIVATION_WINDOW_LAYERS`] layers (the one being copied out
+//!   and the one being prefetched back). Transformer Engine stages through pinned *host* buffers, so
+//!   no device staging buffer is added.
+//! - **Host memory**: the offloaded bytes of every in-flight micro-batch (1F1B device `s` holds
+//!   `pp − s` of them, [`crate::memory::in_flight`]) per device, times the server's devices, join the
+//!   optimizer-offload bytes against [`HostSpec::memory_per_server_bytes`]. Megatron-LM's rank order
+//!   puts pipeline stages outermost, so a server's devices hold the same stage whenever dp·tp·cp
+//!   fills it; the check charges every device of the server with the stage being costed.
+//! - What is offloaded is what the recomputation policy saves (with full recomputation, the layer
+//!   inputs); context and tensor/sequence parallelism divide it as they divide the saved activations.
 //!
 //! Host figures per GPU kind are in [`host_spec`], with their sources or stated as assumptions. A
 //! cluster file does not override them.
@@ -131,6 +155,53 @@ pub fn host_bytes_per_device(shard_params: f64, optimizer_bytes_per_param: f64) 
     shard_params * (optimizer_bytes_per_param.max(0.0) + HOST_GRAD_BYTES_PER_PARAM)
 }
 
+/// Offloaded layers whose activations are on the device at once beside the layers kept there: one
+/// being copied out (until the next layer's forward ends) and one prefetched back (during the backward
+/// of the layer after it). Transformer Engine's offload handler prefetches one group ahead.
+pub const ACTIVATION_WINDOW_LAYERS: f64 = 2.0;
+
+/// One offloaded decoder layer of one device, per micro-batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct OffloadedLayer {
+    /// Saved activation bytes copied out and back.
+    pub bytes: f64,
+    /// Forward seconds of the compute its copy out runs under (the next block on the device; 0 when
+    /// the layer is the device's last block).
+    pub forward_cover_s: f64,
+    /// Backward seconds of the compute its copy back runs under (the same next block's backward,
+    /// recomputation included).
+    pub backward_cover_s: f64,
+}
+
+/// Seconds of one micro-batch's activation offload on one device.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ActivationOffloadTimes {
+    /// All copies out (device → host), before overlap.
+    pub download_s: f64,
+    /// All copies back (host → device), before overlap.
+    pub upload_s: f64,
+    /// What the forward's compute does not hide.
+    pub forward_exposed_s: f64,
+    /// What the backward's compute does not hide.
+    pub backward_exposed_s: f64,
+}
+
+/// The activation offload times of one micro-batch on a device of `gpu` whose offloaded layers are
+/// `layers`: each layer's copy takes `bytes / (link × LINK_EFFICIENCY)` each way and is exposed by
+/// what exceeds its cover.
+pub fn activation_offload(gpu: Gpu, layers: &[OffloadedLayer]) -> ActivationOffloadTimes {
+    let link = host_spec(gpu).link_bytes_per_s * LINK_EFFICIENCY;
+    let mut t = ActivationOffloadTimes::default();
+    for l in layers {
+        let x = l.bytes.max(0.0) / link;
+        t.download_s += x;
+        t.upload_s += x;
+        t.forward_exposed_s += (x - l.forward_cover_s.max(0.0)).max(0.0);
+        t.backward_exposed_s += (x - l.backward_cover_s.max(0.0)).max(0.0);
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +223,26 @@ mod tests {
         assert!((t.download_s - 4e9 / 51.2e9).abs() < 1e-12);
         assert!((t.upload_s - 2e9 / 51.2e9).abs() < 1e-12);
         assert_eq!(host_bytes_per_device(1e9, 12.0), 16e9);
+    }
+
+    #[test]
+    fn activation_copies_are_exposed_only_beyond_their_cover() {
+        // 5.12 GB per layer over 0.8 x 64 GB/s: 0.1 s each way.
+        let layer = |f: f64, b: f64| OffloadedLayer {
+            bytes: 5.12e9,
+            forward_cover_s: f,
+            backward_cover_s: b,
+        };
+        let hidden = activation_offload(Gpu::H100, &[layer(0.2, 0.4), layer(0.1, 0.3)]);
+        assert!((hidden.download_s - 0.2).abs() < 1e-12);
+        assert!((hidden.upload_s - 0.2).abs() < 1e-12);
+        assert_eq!(hidden.forward_exposed_s, 0.0);
+        assert_eq!(hidden.backward_exposed_s, 0.0);
+        let slow = activation_offload(Gpu::H100, &[layer(0.025, 0.05)]);
+        assert!((slow.forward_exposed_s - 0.075).abs() < 1e-12);
+        assert!((slow.backward_exposed_s - 0.05).abs() < 1e-12);
+        // PCIe4 hosts move the same bytes at half the rate.
+        let a100 = activation_offload(Gpu::A100, &[layer(0.0, 0.0)]);
+        assert!((a100.forward_exposed_s - 0.2).abs() < 1e-12);
     }
 }

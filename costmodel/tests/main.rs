@@ -9,6 +9,7 @@ mod estimate;
 mod fit;
 mod fp8;
 mod memory;
+mod offload;
 mod overlap;
 mod props;
 mod real;
