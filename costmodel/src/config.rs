@@ -272,6 +272,18 @@ pub struct ParallelConfig {
     /// (see [`crate::offload`]). Serialized only when set.
     #[serde(default, skip_serializing_if = "is_false")]
     pub offload_optimizer: bool,
+    /// Hybrid sharding (HSDP, partial ZeRO groups): the data-parallel ranks of one ZeRO / FSDP shard
+    /// group. 0 (the default) shards over all of dp; otherwise a divisor of dp, and the sharded state
+    /// is split over `dp_shard` ranks (with their `cp` ranks) and replicated over `dp / dp_shard`
+    /// groups, whose gradients are all-reduced across the replicas. Needs ZeRO-1 or ZeRO-3. Shard
+    /// groups are contiguous data-parallel ranks, as Megatron-LM (`--num-distributed-optimizer-instances`),
+    /// torchtitan and FSDP's `HYBRID_SHARD` lay them out. Serialized only when set.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dp_shard: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 fn is_false(b: &bool) -> bool {
@@ -328,6 +340,7 @@ impl Default for ParallelConfig {
             precision: MatmulPrecision::Bf16,
             offload_optimizer: false,
             stage_recompute: Vec::new(),
+            dp_shard: 0,
         }
     }
 }
@@ -365,6 +378,51 @@ impl ParallelConfig {
     /// Global batch (samples per step): `dp · micro_batch_size · num_micro_batches`.
     pub fn global_batch(&self) -> u64 {
         self.dp as u64 * self.micro_batch_size as u64 * self.num_micro_batches as u64
+    }
+
+    /// The data-parallel ranks one ZeRO / FSDP shard group spans: `dp_shard` under hybrid sharding,
+    /// else all of `dp` (see [`ParallelConfig::dp_shard`]).
+    pub fn shard_dp(&self) -> u32 {
+        if self.hybrid_shard() {
+            self.dp_shard
+        } else {
+            self.dp.max(1)
+        }
+    }
+
+    /// The replicas of each shard group, `dp / shard_dp` (1 without hybrid sharding); their gradients
+    /// are all-reduced across them.
+    pub fn dp_replicas(&self) -> u32 {
+        self.dp.max(1) / self.shard_dp().max(1)
+    }
+
+    /// True when ZeRO / FSDP state is sharded over fewer than all `dp` ranks (`0 < dp_shard < dp`,
+    /// `dp_shard` dividing `dp`, and ZeRO-1 or ZeRO-3 on).
+    pub fn hybrid_shard(&self) -> bool {
+        self.dp_shard > 0
+            && self.dp_shard < self.dp
+            && self.dp.is_multiple_of(self.dp_shard)
+            && (self.distribute_param || self.distribute_optimizer)
+    }
+
+    /// Checks `dp_shard`: 0, or a divisor of dp on a plan that shards (ZeRO-1 or ZeRO-3); one line.
+    pub fn check_dp_shard(&self) -> Result<()> {
+        if self.dp_shard == 0 {
+            return Ok(());
+        }
+        if !self.dp.max(1).is_multiple_of(self.dp_shard) {
+            return Err(CostError::InvalidConfig(format!(
+                "dp_shard {} does not divide dp {}",
+                self.dp_shard, self.dp
+            )));
+        }
+        if !(self.distribute_param || self.distribute_optimizer) {
+            return Err(CostError::InvalidConfig(format!(
+                "dp_shard {} needs a sharded plan (ZeRO-1 or ZeRO-3); this one replicates its state over dp",
+                self.dp_shard
+            )));
+        }
+        Ok(())
     }
 
     /// Checks the configuration against the cluster alone.
@@ -427,6 +485,7 @@ impl ParallelConfig {
             return bad("sequence_parallel needs tp >= 2".into());
         }
         self.precision.check_gpu(cluster.gpu)?;
+        self.check_dp_shard()?;
         if self.schedule.is_zero_bubble() && self.pp < 2 {
             return bad(format!("schedule {} needs pp >= 2", self.schedule));
         }
