@@ -606,6 +606,7 @@ mod tests {
             stage_recompute: Vec::new(),
             ep: 1,
             expert_tp: 1,
+            dp_shard: 0,
         };
         assert_eq!(stage_counts(&p).unwrap(), vec![21, 19]);
         p.stages[1].layers = [21, 20];

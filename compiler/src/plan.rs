@@ -153,6 +153,14 @@ pub struct PlanConfig {
     /// Expert tensor-parallel degree (absent when 1).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub expert_tp: u64,
+    /// Hybrid sharding: the data-parallel ranks of one ZeRO / FSDP shard group, the state replicated
+    /// over dp / dp_shard groups (absent, 0, when sharded over all of dp).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub dp_shard: u64,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 fn is_false(b: &bool) -> bool {
@@ -323,6 +331,10 @@ impl PlanConfig {
             self.distribute_param,
             self.distribute_low_prec_param,
             self.distribute_optimizer
-        )
+        ) + &if self.dp_shard > 0 {
+            format!(", dp_shard : {}", self.dp_shard)
+        } else {
+            String::new()
+        }
     }
 }

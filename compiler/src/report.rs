@@ -92,6 +92,11 @@ pub fn plan_config(cfg: &ParallelConfig, layers: u32) -> PlanConfig {
         tp_comm_overlap: cfg.tp_comm_overlap,
         ep: cfg.ep as u64,
         expert_tp: cfg.expert_tp as u64,
+        dp_shard: if cfg.hybrid_shard() {
+            cfg.dp_shard as u64
+        } else {
+            0
+        },
     }
 }
 

@@ -7,6 +7,7 @@ mod context;
 mod current;
 mod exports;
 mod fp8;
+mod hsdp;
 mod interrupt;
 mod overlap;
 mod partition;

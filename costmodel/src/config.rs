@@ -416,6 +416,12 @@ impl ParallelConfig {
                 self.dp_shard, self.dp
             )));
         }
+        if self.dp_shard == 1 && self.dp > 1 {
+            return Err(CostError::InvalidConfig(
+                "dp_shard 1 shards nothing (every rank a group of its own); plan ZeRO-0 to replicate"
+                    .into(),
+            ));
+        }
         if !(self.distribute_param || self.distribute_optimizer) {
             return Err(CostError::InvalidConfig(format!(
                 "dp_shard {} needs a sharded plan (ZeRO-1 or ZeRO-3); this one replicates its state over dp",
