@@ -762,14 +762,14 @@ pub fn megatron_args(
         ZeroStage::Zero1 => flag(&mut a, "--use-distributed-optimizer"),
         ZeroStage::Zero0 => {}
     }
-    if d.dp_shard > 0 {
-        // Hybrid sharding: parallel_state.py cuts each dp·cp group into this many contiguous
-        // instances of dp_shard·cp ranks, the distributed optimizer (or Megatron-FSDP, as HSDP)
-        // shards inside one, and the gradients are all-reduced across them.
+    // Hybrid sharding: parallel_state.py cuts each dp·cp group into this many contiguous instances
+    // of dp_shard·cp ranks, the distributed optimizer (or Megatron-FSDP, as HSDP) shards inside one,
+    // and the gradients are all-reduced across them.
+    if let Some(instances) = d.dp.checked_div(d.dp_shard) {
         kv(
             &mut a,
             "--num-distributed-optimizer-instances",
-            (d.dp / d.dp_shard).to_string(),
+            instances.to_string(),
         );
     }
     // The overlap switches the plan was costed with (Megatron-LM has all three).
