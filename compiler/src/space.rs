@@ -293,6 +293,33 @@ fn dp_shards(
     Ok(out)
 }
 
+/// [`crate::export::assign_engine_for`], except that without `--engine` a hybrid-sharded candidate
+/// goes to the engine of its fully sharded twin (the same candidate with `dp_shard` 0) or nowhere: a
+/// shard group is compared with full sharding on one engine, never won by moving the candidate to
+/// an engine the preference order would not give it (e.g. DeepSpeed runs the twin, MiCS is not
+/// exported, and another engine's stack would price the group).
+fn assign_engine_hybrid(
+    fixed: Option<moai_costmodel::Stack>,
+    cfg: ParallelConfig,
+    cluster: &Cluster,
+    moe: bool,
+) -> Result<ParallelConfig, String> {
+    if fixed.is_some() || cfg.dp_shard == 0 {
+        return crate::export::assign_engine_for(fixed, cfg, cluster, moe);
+    }
+    let twin = ParallelConfig {
+        dp_shard: 0,
+        ..cfg.clone()
+    };
+    let engine = crate::export::assign_engine_for(None, twin, cluster, moe)?.stack;
+    crate::export::assign_engine_for(Some(engine), cfg, cluster, moe).map_err(|_| {
+        format!(
+            "hybrid sharding: {} runs the fully sharded twin but not this shard group",
+            crate::export::engine_title(engine)
+        )
+    })
+}
+
 /// Enumerates the space for a job of `batch` sequences on `cluster`, without knowing the sequence length:
 /// context parallelism only where `--cp` fixes it (see [`enumerate_seq`]).
 pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constraints) -> Space {
@@ -570,9 +597,7 @@ pub fn enumerate_seq(
                                     }
                                     // Only what an engine runs; the stack it is costed for is that engine.
                                     let moe = shape.experts > 0;
-                                    match crate::export::assign_engine_for(
-                                        c.engine, cfg, cluster, moe,
-                                    ) {
+                                    match assign_engine_hybrid(c.engine, cfg, cluster, moe) {
                                         // the one legality check the library's estimate also applies
                                         Ok(cfg) => {
                                             match crate::config::checked(&cfg, cluster, shape)

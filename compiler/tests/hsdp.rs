@@ -69,45 +69,72 @@ fn zero3_case(model: &'static Model, engine: Option<Stack>, dp_shard: Option<u32
 
 #[test]
 fn the_planner_shards_inside_a_server_when_the_network_is_the_wall() {
-    for engine in [None, Some(Stack::Torchtitan)] {
-        let c = zero3_case(llama3_8b(), engine, None);
+    // Without --engine, tp is searched too: Megatron-LM's FSDP with tp 4 and shard groups of 2 (one
+    // server); a ZeRO-3 candidate DeepSpeed gets stays fully sharded (MiCS is not exported).
+    for (engine, tp) in [
+        (None, None),
+        (Some(Stack::Torchtitan), Some(1)),
+        (Some(Stack::Fsdp), Some(1)),
+    ] {
+        let mut c = zero3_case(llama3_8b(), engine, None);
+        c.req.constraints.tp = tp;
+        if engine.is_none() {
+            c.req.constraints.recompute = Vec::new();
+        }
         let (p, written) = check_case(&c);
-        assert_eq!(p.dp, 64);
-        assert_eq!(p.dp_shard, 8, "{engine:?}: {p:?}");
-        // FSDP's HYBRID_SHARD (one server per shard group) by default; torchtitan's HSDP when named.
+        assert!(p.dp_shard > 1 && p.dp_shard < p.dp, "{engine:?}: {p:?}");
+        // One server's ranks per shard group.
+        assert_eq!(p.dp_shard * p.tp, 8, "{engine:?}: {p:?}");
         assert_eq!(
             p.engine,
-            engine.unwrap_or(Stack::Fsdp),
+            engine.unwrap_or(Stack::Megatron),
             "{engine:?}: {written:?}"
         );
         assert!(written.contains(&p.engine));
-        // Faster than full sharding over all 64 ranks (--dp-shard 64), which also fits.
+        // Faster than the same search with full sharding only (--dp-shard dp), which also fits.
         let hybrid = plan(c.model, &c.cluster, &c.req).unwrap().output;
-        let full_case = zero3_case(llama3_8b(), engine, Some(64));
+        let mut full_case = zero3_case(llama3_8b(), engine, Some(p.dp as u32));
+        full_case.req.constraints = Constraints {
+            dp: Some(p.dp as u32),
+            dp_shard: Some(p.dp as u32),
+            ..c.req.constraints.clone()
+        };
         let full = plan(full_case.model, &full_case.cluster, &full_case.req)
             .unwrap()
             .output;
         assert_eq!(full.plan.dp_shard, 0);
         assert!(
             hybrid.predicted.step_time_s < 0.9 * full.predicted.step_time_s,
-            "{} vs {}",
+            "{engine:?}: {} vs {}",
             hybrid.predicted.step_time_s,
             full.predicted.step_time_s
         );
-        assert!(
-            hybrid.predicted.breakdown.zero3_gather_s < full.predicted.breakdown.zero3_gather_s
-        );
-        assert!(hybrid.predicted.peak_memory_bytes > full.predicted.peak_memory_bytes);
+        if engine.is_some() {
+            // Same dimensions but the group: the gathers moved onto NVLink, the state grew.
+            assert!(
+                hybrid.predicted.breakdown.zero3_gather_s
+                    < 0.5 * full.predicted.breakdown.zero3_gather_s
+            );
+            assert!(hybrid.predicted.peak_memory_bytes > full.predicted.peak_memory_bytes);
+        }
         // plan.json names the group only when it is one.
         let json = serde_json::to_value(&hybrid.plan).unwrap();
-        assert_eq!(json["dp_shard"], 8);
-        assert!(
-            serde_json::to_value(&full.plan)
-                .unwrap()
-                .get("dp_shard")
-                .is_none()
-        );
+        assert_eq!(json["dp_shard"], p.dp_shard);
+        assert!(serde_json::to_value(&full.plan).unwrap().get("dp_shard").is_none());
     }
+    // The default engine order gives a tp 1 ZeRO-3 candidate to DeepSpeed, which keeps it fully
+    // sharded: its hybrid twin is rejected by name, not moved to another engine.
+    let c = zero3_case(llama3_8b(), None, None);
+    let report = plan(c.model, &c.cluster, &c.req).unwrap();
+    assert_eq!(report.output.plan.engine, Stack::Deepspeed);
+    assert_eq!(report.output.plan.dp_shard, 0);
+    assert!(
+        report
+            .rejected
+            .contains_key("hybrid sharding: DeepSpeed runs the fully sharded twin but not this shard group"),
+        "{:?}",
+        report.rejected
+    );
 }
 
 #[test]
