@@ -120,7 +120,12 @@ fn the_planner_shards_inside_a_server_when_the_network_is_the_wall() {
         // plan.json names the group only when it is one.
         let json = serde_json::to_value(&hybrid.plan).unwrap();
         assert_eq!(json["dp_shard"], p.dp_shard);
-        assert!(serde_json::to_value(&full.plan).unwrap().get("dp_shard").is_none());
+        assert!(
+            serde_json::to_value(&full.plan)
+                .unwrap()
+                .get("dp_shard")
+                .is_none()
+        );
     }
     // The default engine order gives a tp 1 ZeRO-3 candidate to DeepSpeed, which keeps it fully
     // sharded: its hybrid twin is rejected by name, not moved to another engine.
@@ -129,9 +134,9 @@ fn the_planner_shards_inside_a_server_when_the_network_is_the_wall() {
     assert_eq!(report.output.plan.engine, Stack::Deepspeed);
     assert_eq!(report.output.plan.dp_shard, 0);
     assert!(
-        report
-            .rejected
-            .contains_key("hybrid sharding: DeepSpeed runs the fully sharded twin but not this shard group"),
+        report.rejected.contains_key(
+            "hybrid sharding: DeepSpeed runs the fully sharded twin but not this shard group"
+        ),
         "{:?}",
         report.rejected
     );
