@@ -184,6 +184,11 @@ pub fn cheapest_fitting_change(
             .to_string()
     };
     diff("zero", zero(&from), zero(to));
+    let shard = |p: &crate::plan::PlanConfig| match p.dp_shard {
+        0 => "all of dp".to_string(),
+        n => n.to_string(),
+    };
+    diff("dp shard", shard(&from), shard(to));
     diff(
         "sequence parallel",
         from.sequence_parallel.to_string(),

@@ -209,6 +209,11 @@ pub struct ConfigArgs {
     /// (Megatron-LM's --expert-tensor-parallel-size).
     #[arg(long)]
     pub expert_tp: Option<u64>,
+    /// Hybrid sharding (HSDP): shard ZeRO-1/ZeRO-3 state over groups of N data-parallel ranks and
+    /// replicate it over dp/N groups (N must divide dp; the plan must shard). plan: fixes it for every
+    /// candidate, which then shards; without it the search tries full sharding and whole-server groups.
+    #[arg(long, value_name = "N")]
+    pub dp_shard: Option<u64>,
 }
 
 impl ConfigArgs {
@@ -277,6 +282,7 @@ impl ConfigArgs {
                 .unwrap_or_default(),
             ep: to_u32("ep", self.ep)?,
             expert_tp: to_u32("expert-tp", self.expert_tp)?,
+            dp_shard: to_u32("dp-shard", self.dp_shard)?,
         })
     }
 }

@@ -298,11 +298,25 @@ pub fn config_for(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Para
         },
         ep: c.ep.unwrap_or(1),
         expert_tp: c.expert_tp.unwrap_or(1),
+        dp_shard: c.dp_shard.unwrap_or(0),
         ..ParallelConfig::default()
     };
     c.zero.unwrap_or_default().apply(&mut cfg);
     for &(switch, on) in &c.overlap {
         switch.set(&mut cfg, on);
+    }
+    if let Some(n) = c.dp_shard {
+        if let Err(e) = cfg.check_dp_shard() {
+            let why = match e {
+                moai_costmodel::CostError::InvalidConfig(m) => m,
+                e => e.to_string(),
+            };
+            return bad(format!("--dp-shard {n}: {why}"));
+        }
+        // dp_shard = dp is full sharding, the default.
+        if n == dp {
+            cfg.dp_shard = 0;
+        }
     }
     crate::export::assign_engine(c.engine, cfg, cluster).map_err(PlanError::InvalidArgument)
 }

@@ -195,8 +195,27 @@ impl PlanDims {
                 )
             });
         }
+        let zero = ZeroStage::of_flags(p.distribute_param, p.distribute_optimizer);
+        if p.dp_shard > 0 {
+            if !p.dp.is_multiple_of(p.dp_shard) {
+                return Err(format!(
+                    "the plan's dp_shard {} does not divide its dp {}",
+                    p.dp_shard, p.dp
+                ));
+            }
+            if zero == ZeroStage::Zero0 {
+                return Err(format!(
+                    "the plan's dp_shard {} needs ZeRO-1 or ZeRO-3 (the plan shards nothing)",
+                    p.dp_shard
+                ));
+            }
+        }
         let mut config = p.to_config().map_err(|e| e.to_string())?;
         config.cp = config.cp.max(1);
+        // dp_shard = dp is full sharding.
+        if config.dp_shard >= config.dp {
+            config.dp_shard = 0;
+        }
         Ok(PlanDims {
             config,
             devices: cx.devices,
@@ -332,6 +351,18 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                     c.recompute
                 ));
             }
+            if c.dp_shard > 0 && (c.ep > 1 || c.expert_tp > 1) {
+                // parallel_state.py: the expert data-parallel group is cut into the same number of
+                // distributed-optimizer instances.
+                let expert_dp = (c.dp * c.cp * c.tp) / (c.ep * c.expert_tp).max(1);
+                let instances = c.dp / c.dp_shard;
+                if !expert_dp.is_multiple_of(instances) {
+                    return Err(format!(
+                        "Megatron-LM cuts the expert data-parallel group ({expert_dp} ranks) into the {instances} distributed-optimizer instances of dp_shard {}, which does not divide it",
+                        c.dp_shard
+                    ));
+                }
+            }
             Ok(())
         }
         Stack::Deepspeed | Stack::Fsdp => {
@@ -395,6 +426,30 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                 return Err(format!(
                     "PyTorch FSDP here runs full sharding (ZeRO-3) only; a ZeRO-{} plan runs on Megatron-LM or DeepSpeed",
                     zero
+                ));
+            }
+            if c.dp_shard > 0 && engine == Stack::Deepspeed {
+                // deepspeed/runtime/zero/mics.py (MiCS_Optimizer) asserts that the parameters were
+                // built under deepspeed.zero.MiCS_Init, which a Hugging Face Trainer script does not do.
+                return Err(format!(
+                    "DeepSpeed shards over a partial group only with MiCS (zero_optimization.mics_shard_size), whose parameters must be built under deepspeed.zero.MiCS_Init, which the generic training script does not do (dp_shard {}); Megatron-LM or torchtitan run hybrid sharding",
+                    c.dp_shard
+                ));
+            }
+            if c.dp_shard > 0
+                && engine == Stack::Fsdp
+                && (u64::from(c.dp_shard) != d.devices_per_server
+                    || !d.devices.is_multiple_of(d.devices_per_server.max(1)))
+            {
+                return Err(format!(
+                    "PyTorch FSDP's HYBRID_SHARD shards inside one full server ({} devices), not over dp_shard {} ranks{}; torchtitan runs any shard group",
+                    d.devices_per_server,
+                    c.dp_shard,
+                    if d.devices.is_multiple_of(d.devices_per_server.max(1)) {
+                        ""
+                    } else {
+                        " (and the last server is partial)"
+                    }
                 ));
             }
             Ok(())
@@ -690,6 +745,16 @@ pub fn megatron_args(
         }
         ZeroStage::Zero1 => flag(&mut a, "--use-distributed-optimizer"),
         ZeroStage::Zero0 => {}
+    }
+    // Hybrid sharding: parallel_state.py cuts each dp·cp group into this many contiguous instances
+    // of dp_shard·cp ranks, the distributed optimizer (or Megatron-FSDP, as HSDP) shards inside one,
+    // and the gradients are all-reduced across them.
+    if let Some(instances) = d.config.dp.checked_div(d.config.dp_shard) {
+        kv(
+            &mut a,
+            "--num-distributed-optimizer-instances",
+            instances.to_string(),
+        );
     }
     // The overlap switches the plan was costed with (Megatron-LM has all three).
     if plan.overlap_grad_reduce {
@@ -1081,9 +1146,17 @@ pub fn deepspeed_script(
 }
 
 /// A torchrun launch script for server `rank` running `$TRAIN_SCRIPT` (a Hugging Face Trainer script)
-/// under PyTorch FSDP full sharding with `fsdp_config.json`.
+/// under PyTorch FSDP full sharding with `fsdp_config.json`, or hybrid sharding (`hybrid_shard`:
+/// FSDP's `HYBRID_SHARD`, sharded inside each server and replicated across servers) for a plan whose
+/// shard group is one server.
 pub fn fsdp_script(plan: &PlanConfig, cx: &ExportContext, rank: u64) -> Result<String, String> {
     fsdp_config(plan, cx)?;
+    let d = PlanDims::of_plan(plan, cx)?;
+    let strategy = if d.config.dp_shard > 0 {
+        "hybrid_shard"
+    } else {
+        "full_shard"
+    };
     Ok(launcher(
         cx,
         rank,
@@ -1091,7 +1164,7 @@ pub fn fsdp_script(plan: &PlanConfig, cx: &ExportContext, rank: u64) -> Result<S
         " and TRAIN_SCRIPT to a Hugging Face Trainer training script",
         ": \"${TRAIN_SCRIPT:?set TRAIN_SCRIPT to a Hugging Face Trainer script}\"\n",
         &format!(
-            "\"$TRAIN_SCRIPT\" --fsdp \"full_shard auto_wrap\" --fsdp_config \"$(dirname \"$0\")/../fsdp_config.json\" {}",
+            "\"$TRAIN_SCRIPT\" --fsdp \"{strategy} auto_wrap\" --fsdp_config \"$(dirname \"$0\")/../fsdp_config.json\" {}",
             trainer_args(plan, cx, false)
         ),
     ))

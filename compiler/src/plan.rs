@@ -162,6 +162,10 @@ pub struct PlanConfig {
     /// `zero_grad(set_to_none=True)`; see `ParallelConfig::persistent_grads`).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub persistent_grads: bool,
+    /// Hybrid sharding: the data-parallel ranks of one ZeRO / FSDP shard group, the state replicated
+    /// over dp / dp_shard groups (absent, 0, when sharded over all of dp).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub dp_shard: u64,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -352,6 +356,11 @@ impl PlanConfig {
             precision: cfg.precision,
             offload_optimizer: cfg.offload_optimizer,
             offload_activations: cfg.offload_activations as u64,
+            dp_shard: if cfg.hybrid_shard() {
+                cfg.dp_shard as u64
+            } else {
+                0
+            },
             stage_recompute: if cfg.mixed_recompute() {
                 cfg.stage_recompute.clone()
             } else {
@@ -409,6 +418,7 @@ impl PlanConfig {
             precision: self.precision,
             offload_optimizer: self.offload_optimizer,
             offload_activations: narrow("offload_activations", self.offload_activations)?,
+            dp_shard: narrow("dp_shard", self.dp_shard)?,
         };
         if let Some(last) = cfg.stages.last() {
             let layers = last.1.saturating_add(1);
@@ -474,7 +484,11 @@ impl PlanConfig {
             self.distribute_param,
             self.distribute_low_prec_param,
             self.distribute_optimizer
-        )
+        ) + &if self.dp_shard > 0 {
+            format!(", dp_shard : {}", self.dp_shard)
+        } else {
+            String::new()
+        }
     }
 }
 
@@ -488,7 +502,7 @@ mod tests {
     /// given a non-default value, and then the round trip below fails until the plan view carries it.
     fn every_field_set() -> ParallelConfig {
         ParallelConfig {
-            dp: 3,
+            dp: 6,
             tp: 4,
             pp: 2,
             cp: 5,
@@ -513,6 +527,7 @@ mod tests {
             precision: MatmulPrecision::Fp8,
             offload_optimizer: true,
             offload_activations: 3,
+            dp_shard: 3,
         }
     }
 
@@ -531,7 +546,7 @@ mod tests {
             assert_ne!(default.get(k), Some(v), "{k} is at its default");
         }
         // A field the configuration's own JSON skips would escape the check above.
-        assert_eq!(full.len(), 25, "{:?}", full.keys().collect::<Vec<_>>());
+        assert_eq!(full.len(), 26, "{:?}", full.keys().collect::<Vec<_>>());
     }
 
     #[test]

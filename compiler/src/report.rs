@@ -203,7 +203,11 @@ fn describe(p: &PlanConfig) -> String {
     } else {
         "no ZeRO"
     };
-    parts.push(zero.to_string());
+    parts.push(if p.dp_shard > 0 {
+        format!("{zero} in shard groups of {}", p.dp_shard)
+    } else {
+        zero.to_string()
+    });
     if p.sequence_parallel {
         parts.push("sequence parallel".into());
     }

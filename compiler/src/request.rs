@@ -286,6 +286,9 @@ pub struct Constraints {
     pub ep: Option<u32>,
     /// Fixed expert tensor-parallel degree.
     pub expert_tp: Option<u32>,
+    /// Fixed hybrid-sharding group (`--dp-shard N`: ZeRO state sharded over N data-parallel ranks,
+    /// replicated over dp/N); `None`: full sharding and whole-server groups are searched.
+    pub dp_shard: Option<u32>,
 }
 
 impl Constraints {

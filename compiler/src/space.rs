@@ -140,6 +140,25 @@ pub fn constraint_conflicts(
             ));
         }
     }
+    if let Some(n) = c.dp_shard {
+        if c.zero == Some(ZeroStage::Zero0) {
+            out.push(format!(
+                "--dp-shard {n} needs a sharded plan (--zero 1 or 3), not --zero 0"
+            ));
+        }
+        if !devices.is_multiple_of(n) {
+            out.push(format!(
+                "--dp-shard {n} does not divide the {devices} devices"
+            ));
+        } else if let Some(d) = c.dp
+            && !d.is_multiple_of(n)
+        {
+            out.push(format!("--dp-shard {n} does not divide --dp {d}"));
+        }
+        if n == 1 {
+            out.push("--dp-shard 1 shards nothing (every rank a group of its own); use --zero 0 to replicate".into());
+        }
+    }
     if let Some(m) = c.micro_batch_size
         && !batch.is_multiple_of(m as u64)
     {
@@ -223,6 +242,85 @@ fn expert_splits(shape: ModelShape, dp: u32, tp: u32, c: &Constraints) -> Vec<(u
         }
     }
     out
+}
+
+/// The hybrid-sharding groups searched for a candidate (`dp_shard`, 0 = all of dp): a fixed
+/// `--dp-shard` (an error, the rejection reason, when it does not divide dp or the candidate shards
+/// nothing); else, for ZeRO-3 candidates, full sharding and every shard group of whole servers
+/// (`dp_shard · cp · tp` a multiple of the devices per server, `1 < dp_shard < dp`, on a cluster of
+/// full servers): the groups whose parameter gathers stay on a server's links or on a few servers',
+/// with the gradient all-reduce across the replicas on the network. Smaller groups only add memory to
+/// the same intra-server traffic.
+///
+/// ZeRO-1 candidates keep full sharding unless `--dp-shard` fixes a group (then Megatron-LM's
+/// distributed-optimizer instances are costed and exported): their hybrid form moves no parameter
+/// gathers off the network (full sharding's hierarchical reduce-scatter and all-gather already put
+/// `1/servers`-th of the bytes there, the replicas' all-reduce the same), so it differs from full
+/// sharding by a few per cent of gradient traffic while its optimizer state and step grow by
+/// `dp / dp_shard`; leaving it out of the default space keeps every existing plan's search counts.
+/// 0 alone for replicated (ZeRO-0) candidates.
+fn dp_shards(
+    dp: u32,
+    tp: u32,
+    cp: u32,
+    zero: ZeroStage,
+    cluster: &Cluster,
+    c: &Constraints,
+) -> Result<Vec<u32>, String> {
+    let sharded = zero != ZeroStage::Zero0;
+    if let Some(n) = c.dp_shard {
+        if !sharded {
+            return Err(
+                "--dp-shard needs ZeRO-1 or ZeRO-3 (a replicated candidate has no shard group)"
+                    .into(),
+            );
+        }
+        if n == dp {
+            return Ok(vec![0]);
+        }
+        if n == 0 || !dp.is_multiple_of(n) {
+            return Err("--dp-shard does not divide dp".into());
+        }
+        if n == 1 {
+            return Err("--dp-shard 1 shards nothing".into());
+        }
+        return Ok(vec![n]);
+    }
+    let mut out = vec![0];
+    let per = cluster.devices_per_server.max(1) as u64;
+    if zero == ZeroStage::Zero3 && (cluster.devices as u64).is_multiple_of(per) {
+        out.extend(divisors(dp).into_iter().filter(|&s| {
+            s > 1 && s < dp && (s as u64 * cp as u64 * tp as u64).is_multiple_of(per)
+        }));
+    }
+    Ok(out)
+}
+
+/// [`crate::export::assign_engine_for`], except that without `--engine` a hybrid-sharded candidate
+/// goes to the engine of its fully sharded twin (the same candidate with `dp_shard` 0) or nowhere: a
+/// shard group is compared with full sharding on one engine, never won by moving the candidate to
+/// an engine the preference order would not give it (e.g. DeepSpeed runs the twin, MiCS is not
+/// exported, and another engine's stack would price the group).
+fn assign_engine_hybrid(
+    fixed: Option<moai_costmodel::Stack>,
+    cfg: ParallelConfig,
+    cluster: &Cluster,
+    moe: bool,
+) -> Result<ParallelConfig, String> {
+    if fixed.is_some() || cfg.dp_shard == 0 {
+        return crate::export::assign_engine_for(fixed, cfg, cluster, moe);
+    }
+    let twin = ParallelConfig {
+        dp_shard: 0,
+        ..cfg.clone()
+    };
+    let engine = crate::export::assign_engine_for(None, twin, cluster, moe)?.stack;
+    crate::export::assign_engine_for(Some(engine), cfg, cluster, moe).map_err(|_| {
+        format!(
+            "hybrid sharding: {} runs the fully sharded twin but not this shard group",
+            crate::export::engine_title(engine)
+        )
+    })
 }
 
 /// Enumerates the space for a job of `batch` sequences on `cluster`, without knowing the sequence length:
@@ -479,15 +577,27 @@ pub fn enumerate_seq(
                                     ..ParallelConfig::default()
                                 };
                                 zero.apply(&mut cfg);
+                                let shards = match dp_shards(dp, tp, cp, zero, cluster, c) {
+                                    Ok(s) => s,
+                                    Err(why) => {
+                                        reject(why, 1);
+                                        continue;
+                                    }
+                                };
                                 // `--offload activations`: with and without; `activations=N`: N.
                                 let offloads = c.offload_activations.counts(shape.layers, pp);
-                                let splits = expert_splits(shape, dp, tp, c)
-                                    .into_iter()
-                                    .flat_map(|e| offloads.iter().map(move |n| (e, *n)));
-                                for ((ep, expert_tp), offload_activations) in splits {
+                                let splits = expert_splits(shape, dp, tp, c);
+                                let splits = splits.iter().flat_map(|s| {
+                                    let offloads = &offloads;
+                                    shards.iter().flat_map(move |d| {
+                                        offloads.iter().map(move |n| (*s, *d, *n))
+                                    })
+                                });
+                                for ((ep, expert_tp), dp_shard, offload_activations) in splits {
                                     let mut cfg = ParallelConfig {
                                         ep,
                                         expert_tp,
+                                        dp_shard,
                                         offload_activations,
                                         ..cfg.clone()
                                     };
@@ -496,9 +606,7 @@ pub fn enumerate_seq(
                                     }
                                     // Only what an engine runs; the stack it is costed for is that engine.
                                     let moe = shape.experts > 0;
-                                    match crate::export::assign_engine_for(
-                                        c.engine, cfg, cluster, moe,
-                                    ) {
+                                    match assign_engine_hybrid(c.engine, cfg, cluster, moe) {
                                         // the one legality check the library's estimate also applies
                                         Ok(cfg) => {
                                             match crate::config::checked(&cfg, cluster, shape)

@@ -158,6 +158,9 @@ pub(crate) struct MegatronRun {
     tp_comm_overlap: bool,
     ep: u64,
     expert_tp: u64,
+    /// Data-parallel ranks per distributed-optimizer instance (`dp / --num-distributed-optimizer-instances`),
+    /// 0 with one instance.
+    pub(crate) dp_shard: u64,
 }
 
 /// Megatron-LM's parser and the `validate_args` / `TransformerConfig` rules that matter for plans, at
@@ -417,6 +420,26 @@ pub(crate) fn megatron_validate(
             expert_tp * ep * pp
         ));
     }
+    // parallel_state.py:924: the dp·cp ranks split into contiguous distributed-optimizer instances
+    // (1448: and the expert data-parallel ranks too); megatron/core/distributed: each instance
+    // reduce-scatters inside and all-reduces across (Megatron-FSDP: HSDP, mcore_fsdp_adapter.py:346).
+    let instances = int("--num-distributed-optimizer-instances").unwrap_or(1);
+    if instances == 0 || !(dp * cp).is_multiple_of(instances) {
+        return Err(format!(
+            "dp·cp {} is not divisible by {instances} distributed-optimizer instances",
+            dp * cp
+        ));
+    }
+    let expert_dp = dp * cp * tp / (ep * expert_tp).max(1);
+    if instances > 1 && !expert_dp.is_multiple_of(instances) {
+        return Err(format!(
+            "expert data-parallel size {expert_dp} is not divisible by {instances} instances"
+        ));
+    }
+    if instances > 1 && zero == 0 {
+        return Err("distributed-optimizer instances without a sharded optimizer".into());
+    }
+    let dp_shard = if instances > 1 { dp / instances } else { 0 };
     // arguments.py:1608: add_bias_linear implies add_qkv_bias.
     let linear_bias = !has("--disable-bias-linear");
     let qkv_bias = linear_bias || has("--add-qkv-bias");
@@ -440,6 +463,7 @@ pub(crate) fn megatron_validate(
         tp_comm_overlap: has("--tp-comm-overlap"),
         ep,
         expert_tp,
+        dp_shard,
     })
 }
 
@@ -769,6 +793,10 @@ pub(crate) fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                     }
                 }
                 (cfg.ep, cfg.expert_tp) = (run.ep as u32, run.expert_tp as u32);
+                assert_eq!(run.dp_shard, p.dp_shard, "{flat}");
+                cfg.dp_shard = run.dp_shard as u32;
+                cfg.cp = run.cp as u32;
+                cfg.cp_comm = run.cp_comm.parse().unwrap();
                 cfg
             }
             Stack::Torchtitan => {
@@ -802,6 +830,8 @@ pub(crate) fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                 cfg.schedule = run.schedule;
                 assert_eq!(run.cp, p.cp);
                 cfg.cp = run.cp as u32;
+                assert_eq!(run.dp_shard, p.dp_shard);
+                cfg.dp_shard = run.dp_shard as u32;
                 cfg
             }
             Stack::Deepspeed | Stack::Fsdp => {
@@ -848,13 +878,18 @@ pub(crate) fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                 let mut cfg =
                     stack_cfg(1, 1, cx.devices, micro, nmb, &[], 1, recompute, zero, false);
                 (cfg.overlap_grad_reduce, cfg.overlap_param_gather) = overlaps;
+                // The Trainer's `--fsdp hybrid_shard`: FSDP's HYBRID_SHARD, one server a shard group.
+                if scripts.iter().any(|s| s.contains("--fsdp \"hybrid_shard")) {
+                    cfg.dp_shard = cx.devices_per_server as u32;
+                }
+                assert_eq!(cfg.dp_shard as u64, p.dp_shard);
                 cfg
             }
             Stack::Eager => unreachable!(),
         };
         // estimate of exactly the exported configuration fits.
         let est = estimate(c.model, &c.cluster, &cfg, &c.req)
-            .unwrap_or_else(|e| panic!("estimate of the {engine} export: {e}"));
+            .unwrap_or_else(|e| panic!("estimate of the {engine} export: {e}: {cfg:?}"));
         assert!(est.fits, "the {engine} export does not fit: {cfg:?}");
         if engine == p.engine {
             let (a, b) = (

@@ -241,14 +241,6 @@ fn a_model_that_fits_nowhere_fits_with_the_optimizer_offloaded() {
 fn offload_flags_are_checked_in_one_line() {
     let e = Cli::plan(SMALL)
         .on("h100", 8)
-        .flag("--offload", "activations")
-        .fails();
-    assert!(
-        e.contains("--offload activations: activation offload is not modelled"),
-        "{e}"
-    );
-    let e = Cli::plan(SMALL)
-        .on("h100", 8)
         .flag("--offload", "disk")
         .fails();
     assert!(e.contains("--offload disk: expected optimizer"), "{e}");

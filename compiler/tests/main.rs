@@ -8,6 +8,7 @@ mod context;
 mod current;
 mod exports;
 mod fp8;
+mod hsdp;
 mod interrupt;
 mod offload;
 mod overlap;

@@ -151,6 +151,8 @@ pub(crate) struct TitanRun {
     pub schedule: Schedule,
     pub recompute: Recompute,
     pub zero: u8,
+    /// HSDP: FSDP2's shard degree when replicated too (0: FSDP over all of dp, or no FSDP).
+    pub dp_shard: u64,
 }
 
 /// torchtitan's config parsing and the rules of the `rule` lines of torchtitan_config.txt.
@@ -338,6 +340,7 @@ pub(crate) fn torchtitan_validate(text: &str, world: u64) -> Result<TitanRun, St
         schedule,
         recompute,
         zero: if fsdp { 3 } else { 0 },
+        dp_shard: if fsdp && rep > 1 { shard as u64 } else { 0 },
     })
 }
 

@@ -276,11 +276,19 @@ pub struct ParallelConfig {
     /// each pipeline device go to host memory during forward and come back ahead of their backward (a
     /// device with fewer layers offloads all of its own); 0 = none (see [`crate::offload`]).
     /// Serialized only when not 0.
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub offload_activations: u32,
+    /// Hybrid sharding (HSDP, partial ZeRO groups): the data-parallel ranks of one ZeRO / FSDP shard
+    /// group. 0 (the default) shards over all of dp; otherwise a divisor of dp, and the sharded state
+    /// is split over `dp_shard` ranks (with their `cp` ranks) and replicated over `dp / dp_shard`
+    /// groups, whose gradients are all-reduced across the replicas. Needs ZeRO-1 or ZeRO-3. Shard
+    /// groups are contiguous data-parallel ranks, as Megatron-LM (`--num-distributed-optimizer-instances`),
+    /// torchtitan and FSDP's `HYBRID_SHARD` lay them out. Serialized only when set.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dp_shard: u32,
 }
 
-fn is_zero_u32(v: &u32) -> bool {
+fn is_zero(v: &u32) -> bool {
     *v == 0
 }
 
@@ -339,6 +347,7 @@ impl Default for ParallelConfig {
             offload_optimizer: false,
             offload_activations: 0,
             stage_recompute: Vec::new(),
+            dp_shard: 0,
         }
     }
 }
@@ -376,6 +385,57 @@ impl ParallelConfig {
     /// Global batch (samples per step): `dp · micro_batch_size · num_micro_batches`.
     pub fn global_batch(&self) -> u64 {
         self.dp as u64 * self.micro_batch_size as u64 * self.num_micro_batches as u64
+    }
+
+    /// The data-parallel ranks one ZeRO / FSDP shard group spans: `dp_shard` under hybrid sharding,
+    /// else all of `dp` (see [`ParallelConfig::dp_shard`]).
+    pub fn shard_dp(&self) -> u32 {
+        if self.hybrid_shard() {
+            self.dp_shard
+        } else {
+            self.dp.max(1)
+        }
+    }
+
+    /// The replicas of each shard group, `dp / shard_dp` (1 without hybrid sharding); their gradients
+    /// are all-reduced across them.
+    pub fn dp_replicas(&self) -> u32 {
+        self.dp.max(1) / self.shard_dp().max(1)
+    }
+
+    /// True when ZeRO / FSDP state is sharded over fewer than all `dp` ranks (`0 < dp_shard < dp`,
+    /// `dp_shard` dividing `dp`, and ZeRO-1 or ZeRO-3 on).
+    pub fn hybrid_shard(&self) -> bool {
+        self.dp_shard > 0
+            && self.dp_shard < self.dp
+            && self.dp.is_multiple_of(self.dp_shard)
+            && (self.distribute_param || self.distribute_optimizer)
+    }
+
+    /// Checks `dp_shard`: 0, or a divisor of dp on a plan that shards (ZeRO-1 or ZeRO-3); one line.
+    pub fn check_dp_shard(&self) -> Result<()> {
+        if self.dp_shard == 0 {
+            return Ok(());
+        }
+        if !self.dp.max(1).is_multiple_of(self.dp_shard) {
+            return Err(CostError::InvalidConfig(format!(
+                "dp_shard {} does not divide dp {}",
+                self.dp_shard, self.dp
+            )));
+        }
+        if self.dp_shard == 1 && self.dp > 1 {
+            return Err(CostError::InvalidConfig(
+                "dp_shard 1 shards nothing (every rank a group of its own); plan ZeRO-0 to replicate"
+                    .into(),
+            ));
+        }
+        if !(self.distribute_param || self.distribute_optimizer) {
+            return Err(CostError::InvalidConfig(format!(
+                "dp_shard {} needs a sharded plan (ZeRO-1 or ZeRO-3); this one replicates its state over dp",
+                self.dp_shard
+            )));
+        }
+        Ok(())
     }
 
     /// Checks the configuration against the cluster alone.
@@ -438,6 +498,7 @@ impl ParallelConfig {
             return bad("sequence_parallel needs tp >= 2".into());
         }
         self.precision.check_gpu(cluster.gpu)?;
+        self.check_dp_shard()?;
         if self.schedule.is_zero_bubble() && self.pp < 2 {
             return bad(format!("schedule {} needs pp >= 2", self.schedule));
         }

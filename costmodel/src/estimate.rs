@@ -1133,7 +1133,28 @@ impl ProfiledCostModel {
                 .count()
                 .max(1) as f64;
             if dpc > 1 {
-                let coll = |kind, bytes| collective_time(cluster, kind, bytes, dpc, cfg.tp);
+                // ZeRO's collectives run over one shard group: all dp·cp ranks, or under hybrid
+                // sharding the dp_shard·cp contiguous ranks of a group (`tp` apart, as the
+                // dp·cp group); without sharding `coll` is the plain dp·cp gradient reduction.
+                let shard_ranks = cfg.shard_dp().max(1) * cp;
+                let replicas = cfg.dp_replicas().max(1);
+                let coll = |kind, bytes| collective_time(cluster, kind, bytes, shard_ranks, cfg.tp);
+                // Hybrid sharding: a shard group's reduce-scattered gradients (1/shard_ranks of the
+                // bytes) are all-reduced across the replicas, the same shard of every group, which
+                // lie shard_ranks·tp ranks apart (inter-server when a group fills its servers).
+                let across = |bytes: f64| {
+                    if replicas > 1 {
+                        collective_time(
+                            cluster,
+                            Collective::AllReduce,
+                            bytes / shard_ranks as f64,
+                            replicas,
+                            shard_ranks * cfg.tp,
+                        )
+                    } else {
+                        0.0
+                    }
+                };
                 if cfg.distribute_param {
                     // ZeRO-3: every block's weights are all-gathered before its forward and again
                     // before its backward, each micro-batch; with prefetch the next block's gather
@@ -1149,8 +1170,12 @@ impl ProfiledCostModel {
                     let per_block = coll(Collective::AllGather, p_dev * gathered / n_blocks);
                     let gathers = 2.0 * n_blocks * per_block;
                     gather_total = m as f64 * gathers;
-                    // One reduce-scatter per block (its own message size).
-                    let rs = n_blocks * coll(Collective::ReduceScatter, grad_bytes / n_blocks);
+                    // One reduce-scatter per block (its own message size); under hybrid sharding
+                    // followed by the block's all-reduce across replicas (FSDP2's HSDP and
+                    // Megatron-FSDP reduce every block's gradients this way), the same traffic.
+                    let rs = n_blocks
+                        * (coll(Collective::ReduceScatter, grad_bytes / n_blocks)
+                            + across(grad_bytes / n_blocks));
                     let rs_last = rs / n_blocks;
                     dp_comm = m as f64 * rs;
                     // Per micro-batch. Gathers and reduce-scatters share the same links, so with
@@ -1181,8 +1206,13 @@ impl ProfiledCostModel {
                     // all-gather the updated low-precision weights after the step, per bucket;
                     // with the parameter gather's overlap off (Megatron without
                     // --overlap-param-gather) that all-gather is on the critical path.
+                    // With replicas (Megatron's --num-distributed-optimizer-instances) each
+                    // bucket's reduce-scatter inside the instance is followed by an all-reduce of
+                    // its shard across the instances.
                     let (sync, serial) = if cfg.distribute_optimizer {
-                        let rs = buckets * coll(Collective::ReduceScatter, grad_bytes / buckets);
+                        let rs = buckets
+                            * (coll(Collective::ReduceScatter, grad_bytes / buckets)
+                                + across(grad_bytes / buckets));
                         let ag =
                             buckets * coll(Collective::AllGather, p_dev * low_or_base / buckets);
                         if stack.overlaps_zero1_gather(cfg.overlap_param_gather) {
@@ -1206,7 +1236,7 @@ impl ProfiledCostModel {
                 }
             }
             let shard = if cfg.distribute_param || cfg.distribute_optimizer {
-                dpc as f64
+                (cfg.shard_dp().max(1) * cp) as f64
             } else {
                 1.0
             };

@@ -201,8 +201,8 @@ pub fn static_bytes(profile: &StepProfile, cfg: &ParallelConfig, params: f64) ->
 
 fn device_static_bytes(profile: &StepProfile, cfg: &ParallelConfig, params: f64) -> StaticBytes {
     // ZeRO shards over the dp·cp ranks holding the same weights (Megatron-LM's data-parallel group
-    // with context parallelism).
-    let dp = cfg.dp.max(1) as f64 * cfg.cp.max(1) as f64;
+    // with context parallelism); under hybrid sharding over the dp_shard·cp ranks of a shard group.
+    let dp = cfg.shard_dp().max(1) as f64 * cfg.cp.max(1) as f64;
     let z3 = if cfg.distribute_param { dp } else { 1.0 };
     let lp_div = if cfg.distribute_param || cfg.distribute_low_prec_param {
         dp
@@ -525,7 +525,9 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     } = *input;
     let pp = cfg.pp.max(1) as usize;
     let m = cfg.num_micro_batches.max(1);
-    let dp = cfg.dp.max(1) * cfg.cp.max(1);
+    // The ranks ZeRO-3 gathers the weights from: one shard group's (all dp·cp ranks without hybrid
+    // sharding).
+    let dp = cfg.shard_dp().max(1) * cfg.cp.max(1);
     let tp = cfg.tp.max(1) as u64;
     // Context parallelism: a rank holds the activations of seq/cp tokens (`crate::context`).
     let cp = cfg.cp.max(1) as f64;

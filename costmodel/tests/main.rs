@@ -8,6 +8,7 @@ mod errors;
 mod estimate;
 mod fit;
 mod fp8;
+mod hsdp;
 mod memory;
 mod offload;
 mod overlap;

@@ -7,7 +7,9 @@
 //! Mapping (moai → torchtitan):
 //! - dp under ZeRO-3 → FSDP2 (`data_parallel_shard_degree = dp`, `fsdp_reshard_after_forward =
 //!   "always"`: weights gathered before every forward and again before every backward, as costed);
-//!   dp under ZeRO-0 → DDP (`data_parallel_replicate_degree = dp`), which torchtitan runs only alone.
+//!   dp under ZeRO-0 → DDP (`data_parallel_replicate_degree = dp`), which torchtitan runs only alone;
+//!   hybrid sharding (`dp_shard`) → HSDP (`data_parallel_shard_degree = dp_shard`,
+//!   `data_parallel_replicate_degree = dp / dp_shard`).
 //! - tp → `tensor_parallel_degree` (torchtitan's TP is always sequence parallel); no async TP (it needs
 //!   `torch.compile`, which changes the kernels the cost model assumes, so `[compile] enable = false`).
 //! - pp → `pipeline_parallel_degree`, the schedule by [`schedule_name`], the plan's exact stages as
@@ -263,7 +265,9 @@ pub fn torchtitan_toml(plan: &PlanConfig, cx: &ExportContext) -> Result<String, 
         "# moai plan for torchtitan (JobConfig TOML, torchtitan commit 238fa99): {} ranks, dp {} ({}), tp {}, pp {}{}.",
         cx.devices,
         u64::from(d.config.dp),
-        if fsdp {
+        if fsdp && d.config.dp_shard > 0 {
+            "HSDP: FSDP2 shard groups replicated"
+        } else if fsdp {
             "FSDP2"
         } else if d.config.dp > 1 {
             "DDP"
@@ -316,10 +320,13 @@ pub fn torchtitan_toml(plan: &PlanConfig, cx: &ExportContext) -> Result<String, 
         quote(master),
         quote(param_dtype)
     );
-    let (replicate, shard) = if fsdp {
-        (1, u64::from(d.config.dp))
-    } else {
-        (u64::from(d.config.dp), 1)
+    // HSDP: FSDP2 over each group of dp_shard ranks, replicated over dp / dp_shard groups (torchtitan's
+    // mesh puts dp_replicate outside dp_shard, so a shard group is contiguous ranks, as costed).
+    let dp = u64::from(d.config.dp);
+    let (replicate, shard) = match (fsdp, u64::from(d.config.dp_shard)) {
+        (true, 0) => (1, dp),
+        (true, s) => (dp / s, s),
+        (false, _) => (dp, 1),
     };
     let rotate = if cp > 1 {
         "\ncontext_parallel_rotate_method = \"alltoall\""
