@@ -121,7 +121,7 @@ fn emit_range(em: &mut Emitter<'_>, o: &Out<'_>, start: &Dim, step: i64) -> Resu
         .ok_or_else(|| em.err(id, &format!("range start {start} is not bound")))?;
     Ok(vec![em.fb.generic(
         &[],
-        &oshape,
+        oshape,
         oelem,
         None,
         &[false],
@@ -148,13 +148,9 @@ fn emit_unary(em: &mut Emitter<'_>, o: &Out<'_>, u: UnaryOp) -> Result<Vec<Tv>> 
         elem: oelem,
     } = *o;
     let x = em.input(id, 0)?;
-    Ok(vec![map(
-        &mut em.fb,
-        &[&x],
-        &oshape,
-        oelem,
-        &mut |fb, a| unary(fb, u, &a[0], x.elem),
-    )])
+    Ok(vec![map(&mut em.fb, &[&x], oshape, oelem, &mut |fb, a| {
+        unary(fb, u, &a[0], x.elem)
+    })])
 }
 
 /// `Binary`: elementwise with broadcasting (operands of one type).
@@ -177,7 +173,7 @@ fn emit_binary(em: &mut Emitter<'_>, o: &Out<'_>, b: BinaryOp) -> Result<Vec<Tv>
     Ok(vec![map(
         &mut em.fb,
         &[&x, &y],
-        &oshape,
+        oshape,
         oelem,
         &mut |fb, a| binary(fb, b, &a[0], &a[1], x.elem),
     )])
@@ -195,7 +191,7 @@ fn emit_where(em: &mut Emitter<'_>, o: &Out<'_>) -> Result<Vec<Tv>> {
     Ok(vec![map(
         &mut em.fb,
         &[&c, &x, &y],
-        &oshape,
+        oshape,
         oelem,
         &mut |fb, a| fb.select(&a[0], &a[1], &a[2], et),
     )])
@@ -212,7 +208,7 @@ fn emit_cast(em: &mut Emitter<'_>, o: &Out<'_>) -> Result<Vec<Tv>> {
     Ok(if x.elem == oelem {
         vec![x]
     } else {
-        vec![map(&mut em.fb, &[&x], &oshape, oelem, &mut |fb, a| {
+        vec![map(&mut em.fb, &[&x], oshape, oelem, &mut |fb, a| {
             cast(fb, &a[0], x.elem, oelem)
         })]
     })
@@ -232,9 +228,7 @@ fn emit_reduce(
         id, shape: oshape, ..
     } = *o;
     let x = em.input(id, 0)?;
-    Ok(vec![reduce(
-        &mut em.fb, &x, &axes, keep_dims, kind, &oshape,
-    )])
+    Ok(vec![reduce(&mut em.fb, &x, axes, keep_dims, kind, oshape)])
 }
 
 // Shape and layout.
@@ -245,14 +239,14 @@ fn emit_reshape(em: &mut Emitter<'_>, o: &Out<'_>) -> Result<Vec<Tv>> {
         id, shape: oshape, ..
     } = *o;
     let x = em.input(id, 0)?;
-    Ok(vec![reshape(&mut em.fb, &x, &oshape)])
+    Ok(vec![reshape(&mut em.fb, &x, oshape)])
 }
 
 /// `Transpose` by an axis permutation.
 fn emit_transpose(em: &mut Emitter<'_>, o: &Out<'_>, perm: &[usize]) -> Result<Vec<Tv>> {
     let Out { id, .. } = *o;
     let x = em.input(id, 0)?;
-    Ok(vec![transpose(&mut em.fb, &x, &perm)])
+    Ok(vec![transpose(&mut em.fb, &x, perm)])
 }
 
 /// `Expand`: broadcast to the output shape.
@@ -263,7 +257,7 @@ fn emit_expand(em: &mut Emitter<'_>, o: &Out<'_>) -> Result<Vec<Tv>> {
         elem: oelem,
     } = *o;
     let x = em.input(id, 0)?;
-    Ok(vec![map(&mut em.fb, &[&x], &oshape, oelem, &mut |_, a| {
+    Ok(vec![map(&mut em.fb, &[&x], oshape, oelem, &mut |_, a| {
         a[0].clone()
     })])
 }
@@ -276,7 +270,7 @@ fn emit_concat(em: &mut Emitter<'_>, o: &Out<'_>, axis: usize) -> Result<Vec<Tv>
         elem: oelem,
     } = *o;
     let n = em.graph.node(id).inputs.len();
-    let mut acc = em.fb.empty(&oshape, oelem);
+    let mut acc = em.fb.empty(oshape, oelem);
     let mut off = 0;
     for i in 0..n {
         let x = em.input(id, i)?;
@@ -324,7 +318,7 @@ fn emit_gather(em: &mut Emitter<'_>, o: &Out<'_>, axis: usize) -> Result<Vec<Tv>
     if i.elem.is_float() {
         return Err(em.err(id, "gather indices must be integers"));
     }
-    Ok(vec![gather(&mut em.fb, &d, &i, axis, &oshape)])
+    Ok(vec![gather(&mut em.fb, &d, &i, axis, oshape)])
 }
 
 /// `Trilu`: the lower or upper triangle, zero elsewhere.
@@ -340,23 +334,17 @@ fn emit_trilu(em: &mut Emitter<'_>, o: &Out<'_>, upper: bool, k: i64) -> Result<
         return Err(em.err(id, "Trilu needs rank ≥ 2"));
     }
     let e = x.elem;
-    Ok(vec![map(
-        &mut em.fb,
-        &[&x],
-        &oshape,
-        oelem,
-        &mut |fb, a| {
-            let i = fb.lindex(rr - 2);
-            let j = fb.lindex(rr - 1);
-            let ii = fb.op1("arith.index_cast", &i, "index to i64");
-            let jj = fb.op1("arith.index_cast", &j, "index to i64");
-            let diff = fb.op2("arith.subi", &jj, &ii, "i64");
-            let kc = fb.cst(k as f64, Elem::I64);
-            let keep = fb.cmp(false, if upper { "sge" } else { "sle" }, &diff, &kc, "i64");
-            let z = fb.cst(0.0, e);
-            fb.select(&keep, &a[0], &z, e.mlir())
-        },
-    )])
+    Ok(vec![map(&mut em.fb, &[&x], oshape, oelem, &mut |fb, a| {
+        let i = fb.lindex(rr - 2);
+        let j = fb.lindex(rr - 1);
+        let ii = fb.op1("arith.index_cast", &i, "index to i64");
+        let jj = fb.op1("arith.index_cast", &j, "index to i64");
+        let diff = fb.op2("arith.subi", &jj, &ii, "i64");
+        let kc = fb.cst(k as f64, Elem::I64);
+        let keep = fb.cmp(false, if upper { "sge" } else { "sle" }, &diff, &kc, "i64");
+        let z = fb.cst(0.0, e);
+        fb.select(&keep, &a[0], &z, e.mlir())
+    })])
 }
 
 // Matmul and attention.
