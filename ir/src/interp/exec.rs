@@ -365,452 +365,86 @@ impl<'a, T: Float> Exec<'a, T> {
         }
     }
 
+    /// Evaluates one node. One arm per op, grouped by op family (the same families, in the same
+    /// order, as `train::autodiff` and the runtime's `emit::nn`): sources, elementwise, reductions
+    /// and normalization, shape and layout, matmul and attention, embedding and loss, optimizers,
+    /// collectives, mixture of experts. Each arm calls its family's method below, so a new `Op`
+    /// variant is a compile error here.
     fn eval(&self, node: &Node, ins: &[Rc<Val<T>>]) -> R<Vec<Val<T>>> {
-        let want = |n: usize| -> R<()> {
-            if ins.len() < n {
-                Err(format!("needs {n} inputs, has {}", ins.len()))
-            } else {
-                Ok(())
-            }
-        };
-        let out_dtype = node.outputs.first().map(|t| t.dtype).unwrap_or(DType::F32);
-        Ok(match &node.op {
-            Op::Input { name } => return Err(format!("graph input `{name}` was not given")),
-            Op::Param { name, data } => vec![self.param(name, data, node)?],
-            Op::Constant(t) => vec![Val::from_tensor(t)?],
+        match &node.op {
+            // sources
+            Op::Input { name } => Err(format!("graph input `{name}` was not given")),
+            Op::Param { name, data } => Ok(vec![self.param(name, data, node)?]),
+            Op::Constant(t) => Ok(vec![Val::from_tensor(t)?]),
             Op::Range {
                 start,
                 end,
                 step,
                 dtype,
-            } => {
-                let s = self.eval_dim(start).ok_or("cannot evaluate range start")?;
-                let e = self.eval_dim(end).ok_or("cannot evaluate range end")?;
-                if *step == 0 {
-                    return Err("range step is 0".into());
-                }
-                let n = ((e - s) as f64 / *step as f64).ceil().max(0.0) as usize;
-                let v: Vec<i64> = (0..n as i64).map(|i| s + i * step).collect();
-                if dtype.is_float() {
-                    vec![Val::f(
-                        *dtype,
-                        vec![n],
-                        v.iter().map(|x| T::from_f64(*x as f64)).collect(),
-                    )]
-                } else {
-                    vec![Val::i(vec![n], v)]
-                }
-            }
-            Op::Unary(u) => {
-                want(1)?;
-                vec![unary(*u, &ins[0])?]
-            }
-            Op::Binary(b) => {
-                want(2)?;
-                vec![binary(*b, &ins[0], &ins[1], out_dtype)?]
-            }
-            Op::Where => {
-                want(3)?;
-                let (c, a, b) = (&ins[0], &ins[1], &ins[2]);
-                let sh = broadcast_shape(&c.shape, &a.shape)
-                    .and_then(|s| broadcast_shape(&s, &b.shape))
-                    .ok_or_else(|| {
-                        format!(
-                            "cannot broadcast {:?}, {:?}, {:?}",
-                            c.shape, a.shape, b.shape
-                        )
-                    })?;
-                let cond: Vec<bool> = match &c.buf {
-                    Buf::B(v) => expand_to(v, &c.shape, &sh),
-                    Buf::I(v) => expand_to(v, &c.shape, &sh)
-                        .iter()
-                        .map(|x| *x != 0)
-                        .collect(),
-                    Buf::F(_) => return Err("Where condition is a float tensor".into()),
-                };
-                let pick = |x: &Val<T>| x.map_buf(sh.clone(), |m| m.expand(&x.shape, &sh));
-                let (ea, eb) = (pick(a), pick(b));
-                let buf = match (ea.buf, eb.buf) {
-                    (Buf::F(x), Buf::F(y)) => Buf::F(sel(&cond, x, y)),
-                    (Buf::I(x), Buf::I(y)) => Buf::I(sel(&cond, x, y)),
-                    (Buf::B(x), Buf::B(y)) => Buf::B(sel(&cond, x, y)),
-                    (x, y) => {
-                        let (x, y) = (
-                            Val {
-                                dtype: a.dtype,
-                                shape: sh.clone(),
-                                buf: x,
-                            },
-                            Val {
-                                dtype: b.dtype,
-                                shape: sh.clone(),
-                                buf: y,
-                            },
-                        );
-                        Buf::F(sel(&cond, x.as_f(), y.as_f()))
-                    }
-                };
-                vec![Val {
-                    dtype: a.dtype,
-                    shape: sh,
-                    buf,
-                }]
-            }
-            Op::Cast(dt) => {
-                want(1)?;
-                vec![cast(&ins[0], *dt)]
-            }
-            Op::MatMul => {
-                want(2)?;
-                vec![matmul(&ins[0], &ins[1], out_dtype)?]
-            }
+            } => self.range(start, end, *step, *dtype),
+            // elementwise
+            Op::Unary(u) => one(ins, 1, |x| unary(*u, &x[0])),
+            Op::Binary(b) => one(ins, 2, |x| binary(*b, &x[0], &x[1], out_dtype(node))),
+            Op::Where => one(ins, 3, |x| where_(&x[0], &x[1], &x[2])),
+            Op::Cast(dt) => one(ins, 1, |x| Ok(cast(&x[0], *dt))),
+            // reductions and normalization
             Op::Reduce {
                 kind,
                 axes,
                 keep_dims,
-            } => {
-                want(1)?;
-                vec![reduce(&ins[0], *kind, axes, *keep_dims)?]
-            }
+            } => one(ins, 1, |x| reduce(&x[0], *kind, axes, *keep_dims)),
             Op::CumSum {
                 axis,
                 exclusive,
                 reverse,
-            } => {
-                want(1)?;
-                vec![cumsum(&ins[0], *axis, *exclusive, *reverse)?]
-            }
-            Op::Softmax { axis } => {
-                want(1)?;
-                vec![softmax(&ins[0], *axis, false)?]
-            }
-            Op::LogSoftmax { axis } => {
-                want(1)?;
-                vec![softmax(&ins[0], *axis, true)?]
-            }
-            Op::Reshape(s) => {
-                want(1)?;
-                let mut sh = self.eval_shape(s)?;
-                let n = ins[0].numel();
-                if sh.iter().product::<usize>() != n {
-                    // A single zero-sized placeholder never occurs; report the mismatch.
-                    let _ = &mut sh;
-                    return Err(format!(
-                        "cannot reshape {:?} ({n} elements) to {:?}",
-                        ins[0].shape, sh
-                    ));
-                }
-                let mut v = (*ins[0]).clone();
-                v.shape = sh;
-                vec![v]
-            }
-            Op::Transpose(perm) => {
-                want(1)?;
-                let x = &ins[0];
-                if perm.len() != x.shape.len() {
-                    return Err(format!("permutation {perm:?} for rank {}", x.shape.len()));
-                }
-                let sh: Vec<usize> = perm.iter().map(|p| x.shape[*p]).collect();
-                vec![x.map_buf(sh, |m| m.transpose(&x.shape, perm))]
-            }
-            Op::Expand(s) => {
-                want(1)?;
-                let x = &ins[0];
-                let target = self.eval_shape(s)?;
-                let sh = broadcast_shape(&x.shape, &target)
-                    .ok_or_else(|| format!("cannot expand {:?} to {target:?}", x.shape))?;
-                vec![x.map_buf(sh.clone(), |m| m.expand(&x.shape, &sh))]
-            }
-            Op::Concat { axis } => {
-                want(1)?;
-                vec![concat(ins, *axis)?]
-            }
+            } => one(ins, 1, |x| cumsum(&x[0], *axis, *exclusive, *reverse)),
+            Op::Softmax { axis } => one(ins, 1, |x| softmax(&x[0], *axis, false)),
+            Op::LogSoftmax { axis } => one(ins, 1, |x| softmax(&x[0], *axis, true)),
+            Op::RmsNorm { eps } => self.rms_norm(node, ins, *eps),
+            Op::LayerNorm { eps } => self.layer_norm(node, ins, *eps),
+            Op::RmsNormBackward { eps } => self.rms_norm_bwd(node, ins, *eps),
+            Op::LayerNormBackward { eps } => self.layer_norm_bwd(node, ins, *eps),
+            // shape and layout
+            Op::Reshape(s) => self.reshape(ins, s),
+            Op::Transpose(perm) => self.transpose(ins, perm),
+            Op::Expand(s) => self.expand(ins, s),
+            Op::Concat { axis } => one(ins, 1, |x| concat(x, *axis)),
             Op::Slice {
                 axis,
                 start,
                 end,
                 step,
-            } => {
-                want(1)?;
-                let x = &ins[0];
-                let d = *x.shape.get(*axis).ok_or("slice axis out of range")? as i64;
-                let s = self.eval_dim(start).ok_or("cannot evaluate slice start")?;
-                let e = self.eval_dim(end).ok_or("cannot evaluate slice end")?;
-                let idx: Vec<usize> = if *step > 0 {
-                    let (s, e) = (s.clamp(0, d), e.clamp(0, d));
-                    (s..e).step_by(*step as usize).map(|i| i as usize).collect()
-                } else if *step < 0 {
-                    let (s, e) = (s.clamp(-1, d - 1), e.clamp(-1, d - 1));
-                    let mut v = Vec::new();
-                    let mut i = s;
-                    while i > e {
-                        v.push(i as usize);
-                        i += step;
-                    }
-                    v
-                } else {
-                    return Err("slice step is 0".into());
-                };
-                let mut sh = x.shape.clone();
-                sh[*axis] = idx.len();
-                vec![x.map_buf(sh, |m| m.take(&x.shape, *axis, &idx))]
-            }
-            Op::Gather { axis } => {
-                want(2)?;
-                vec![gather(&ins[0], &ins[1], *axis)?]
-            }
-            Op::GatherNd { batch_dims } => {
-                want(2)?;
-                vec![gather_nd(&ins[0], &ins[1], *batch_dims)?]
-            }
-            Op::Trilu { upper, k: diag } => {
-                want(1)?;
-                vec![trilu(&ins[0], *upper, *diag)?]
-            }
-            Op::Linear { bias } => {
-                want(if *bias { 3 } else { 2 })?;
-                vec![linear(&ins[0], &ins[1], bias.then(|| &*ins[2]), out_dtype)?]
-            }
-            Op::Embedding => {
-                want(2)?;
-                let (t, ids) = (&ins[0], ins[1].ints()?);
-                if t.shape.len() != 2 {
-                    return Err(format!("embedding table has shape {:?}", t.shape));
-                }
-                let (vocab, h) = (t.shape[0], t.shape[1]);
-                let tab = t.fl()?;
-                let mut out = Vec::with_capacity(ids.len() * h);
-                for id in &ids {
-                    let r = usize::try_from(*id)
-                        .ok()
-                        .filter(|r| *r < vocab)
-                        .ok_or_else(|| format!("token id {id} outside [0, {vocab})"))?;
-                    out.extend_from_slice(&tab[r * h..(r + 1) * h]);
-                }
-                let mut sh = ins[1].shape.clone();
-                sh.push(h);
-                vec![Val::f(out_dtype, sh, out)]
-            }
-            Op::RmsNorm { eps } => {
-                want(2)?;
-                let h = last_dim(&ins[0], &ins[1])?;
-                vec![Val::f(
-                    out_dtype,
-                    ins[0].shape.clone(),
-                    fused::rms_norm(ins[0].fl()?, ins[1].fl()?, h, *eps),
-                )]
-            }
-            Op::LayerNorm { eps } => {
-                want(3)?;
-                let h = last_dim(&ins[0], &ins[1])?;
-                let y = fused::layer_norm(ins[0].fl()?, ins[1].fl()?, ins[2].fl()?, h, *eps);
-                vec![Val::f(out_dtype, ins[0].shape.clone(), y)]
-            }
-            Op::Rotary => {
-                want(3)?;
-                let x = &ins[0];
-                let (c, s) = (bcast_f(&ins[1], &x.shape)?, bcast_f(&ins[2], &x.shape)?);
-                let d = *x.shape.last().ok_or("rotary of a scalar")?;
-                vec![Val::f(
-                    out_dtype,
-                    x.shape.clone(),
-                    fused::rotary(x.fl()?, &c, &s, d),
-                )]
-            }
-            Op::RotaryBackward => {
-                want(3)?;
-                let x = &ins[0];
-                let (c, s) = (bcast_f(&ins[1], &x.shape)?, bcast_f(&ins[2], &x.shape)?);
-                let d = *x.shape.last().ok_or("rotary of a scalar")?;
-                vec![Val::f(
-                    out_dtype,
-                    x.shape.clone(),
-                    fused::rotary_bwd(x.fl()?, &c, &s, d),
-                )]
-            }
+            } => self.slice(ins, *axis, start, end, *step),
+            Op::Gather { axis } => one(ins, 2, |x| gather(&x[0], &x[1], *axis)),
+            Op::GatherNd { batch_dims } => one(ins, 2, |x| gather_nd(&x[0], &x[1], *batch_dims)),
+            Op::Trilu { upper, k: diag } => one(ins, 1, |x| trilu(&x[0], *upper, *diag)),
+            // matmul and attention
+            Op::MatMul => one(ins, 2, |x| matmul(&x[0], &x[1], out_dtype(node))),
+            Op::Linear { bias } => one(ins, if *bias { 3 } else { 2 }, |x| {
+                linear(&x[0], &x[1], bias.then(|| &*x[2]), out_dtype(node))
+            }),
+            Op::Rotary => self.rotary(node, ins, false),
+            Op::RotaryBackward => self.rotary(node, ins, true),
             Op::Attention {
                 heads,
                 kv_heads,
                 scale,
                 causal,
-            } => {
-                want(3)?;
-                let g = attn_dims(
-                    &ins[0], &ins[1], &ins[2], *heads, *kv_heads, *scale, *causal,
-                )?;
-                let mask = match ins.get(3) {
-                    Some(m) => Some(bcast_f(m, &[g.b, g.h, g.sq, g.sk])?),
-                    None => None,
-                };
-                let (o, l) = fused::attention(
-                    ins[0].fl()?,
-                    ins[1].fl()?,
-                    ins[2].fl()?,
-                    mask.as_deref(),
-                    &g,
-                );
-                vec![
-                    Val::f(out_dtype, ins[0].shape.clone(), o),
-                    Val::f(DType::F32, vec![g.b, g.h, g.sq], l),
-                ]
-            }
+            } => self.attention(node, ins, *heads, *kv_heads, *scale, *causal),
             Op::AttentionBackward {
                 heads,
                 kv_heads,
                 scale,
                 causal,
-            } => {
-                want(6)?;
-                let g = attn_dims(
-                    &ins[0], &ins[1], &ins[2], *heads, *kv_heads, *scale, *causal,
-                )?;
-                let mask = match ins.get(6) {
-                    Some(m) => Some(bcast_f(m, &[g.b, g.h, g.sq, g.sk])?),
-                    None => None,
-                };
-                let (dq, dk, dv) = fused::attention_bwd(
-                    ins[0].fl()?,
-                    ins[1].fl()?,
-                    ins[2].fl()?,
-                    ins[3].fl()?,
-                    ins[4].fl()?,
-                    ins[5].fl()?,
-                    mask.as_deref(),
-                    &g,
-                );
-                let dt = |i: usize| node.outputs.get(i).map(|t| t.dtype).unwrap_or(DType::F32);
-                vec![
-                    Val::f(dt(0), ins[0].shape.clone(), dq),
-                    Val::f(dt(1), ins[1].shape.clone(), dk),
-                    Val::f(dt(2), ins[2].shape.clone(), dv),
-                ]
-            }
-            Op::MoeExperts {
-                experts,
-                topk,
-                norm_topk,
-                ..
-            } => {
-                want(5)?;
-                let d = moe_dims(ins, *experts, *topk, *norm_topk)?;
-                let y = fused::moe_experts(
-                    ins[0].fl()?,
-                    ins[1].fl()?,
-                    ins[2].fl()?,
-                    ins[3].fl()?,
-                    ins[4].fl()?,
-                    &d,
-                );
-                vec![Val::f(out_dtype, ins[0].shape.clone(), y)]
-            }
-            Op::MoeExpertsBackward {
-                experts,
-                topk,
-                norm_topk,
-                ..
-            } => {
-                want(6)?;
-                let d = moe_dims(ins, *experts, *topk, *norm_topk)?;
-                if ins[5].shape != ins[0].shape {
-                    return Err(format!(
-                        "expert output gradient {:?} differs from the input {:?}",
-                        ins[5].shape, ins[0].shape
-                    ));
-                }
-                let (dx, ds, dwg, dwu, dwd) = fused::moe_experts_bwd(
-                    ins[0].fl()?,
-                    ins[1].fl()?,
-                    ins[2].fl()?,
-                    ins[3].fl()?,
-                    ins[4].fl()?,
-                    ins[5].fl()?,
-                    &d,
-                );
-                let dt = |i: usize| node.outputs.get(i).map(|t| t.dtype).unwrap_or(DType::F32);
-                vec![
-                    Val::f(dt(0), ins[0].shape.clone(), dx),
-                    Val::f(dt(1), ins[1].shape.clone(), ds),
-                    Val::f(dt(2), ins[2].shape.clone(), dwg),
-                    Val::f(dt(3), ins[3].shape.clone(), dwu),
-                    Val::f(dt(4), ins[4].shape.clone(), dwd),
-                ]
-            }
-            Op::RmsNormBackward { eps } => {
-                want(3)?;
-                let h = last_dim(&ins[0], &ins[1])?;
-                let (dx, dw) =
-                    fused::rms_norm_bwd(ins[0].fl()?, ins[1].fl()?, ins[2].fl()?, h, *eps);
-                vec![
-                    Val::f(out_dtype, ins[0].shape.clone(), dx),
-                    Val::f(ins[1].dtype, ins[1].shape.clone(), dw),
-                ]
-            }
-            Op::LayerNormBackward { eps } => {
-                want(3)?;
-                let h = last_dim(&ins[0], &ins[1])?;
-                let (dx, dw, db) =
-                    fused::layer_norm_bwd(ins[0].fl()?, ins[1].fl()?, ins[2].fl()?, h, *eps);
-                vec![
-                    Val::f(out_dtype, ins[0].shape.clone(), dx),
-                    Val::f(ins[1].dtype, ins[1].shape.clone(), dw),
-                    Val::f(ins[1].dtype, ins[1].shape.clone(), db),
-                ]
-            }
-            Op::EmbeddingBackward { vocab } => {
-                want(2)?;
-                let (ids, dy) = (ins[0].ints()?, ins[1].fl()?);
-                let h = *ins[1]
-                    .shape
-                    .last()
-                    .ok_or("embedding gradient of a scalar")?;
-                let mut d = vec![T::ZERO; vocab * h];
-                for (i, id) in ids.iter().enumerate() {
-                    let r = usize::try_from(*id)
-                        .ok()
-                        .filter(|r| r < vocab)
-                        .ok_or_else(|| format!("token id {id} outside [0, {vocab})"))?;
-                    for (a, b) in d[r * h..(r + 1) * h]
-                        .iter_mut()
-                        .zip(&dy[i * h..(i + 1) * h])
-                    {
-                        *a += *b;
-                    }
-                }
-                vec![Val::f(out_dtype, vec![*vocab, h], d)]
-            }
-            Op::CrossEntropy { ignore_index } => {
-                want(2)?;
-                let (lg, t) = (&ins[0], ins[1].ints()?);
-                let v = *lg.shape.last().ok_or("cross-entropy of a scalar")?;
-                if lg.numel() != t.len() * v {
-                    return Err(format!(
-                        "logits {:?} do not match targets {:?}",
-                        lg.shape, ins[1].shape
-                    ));
-                }
-                vec![Val::f(
-                    DType::F32,
-                    vec![],
-                    vec![fused::cross_entropy(lg.fl()?, &t, v, *ignore_index)?],
-                )]
-            }
+            } => self.attention_bwd(node, ins, *heads, *kv_heads, *scale, *causal),
+            // embedding and loss
+            Op::Embedding => self.embedding(node, ins),
+            Op::EmbeddingBackward { vocab } => self.embedding_bwd(node, ins, *vocab),
+            Op::CrossEntropy { ignore_index } => self.cross_entropy(ins, *ignore_index),
             Op::CrossEntropyBackward { ignore_index } => {
-                want(3)?;
-                let (lg, t) = (&ins[0], ins[1].ints()?);
-                let v = *lg.shape.last().ok_or("cross-entropy of a scalar")?;
-                if lg.numel() != t.len() * v {
-                    return Err(format!(
-                        "logits {:?} do not match targets {:?}",
-                        lg.shape, ins[1].shape
-                    ));
-                }
-                let dl = *ins[2].fl()?.first().ok_or("empty loss gradient")?;
-                vec![Val::f(
-                    out_dtype,
-                    lg.shape.clone(),
-                    fused::cross_entropy_bwd(lg.fl()?, &t, v, *ignore_index, dl)?,
-                )]
+                self.cross_entropy_bwd(node, ins, *ignore_index)
             }
+            // optimizers
             Op::AdamW {
                 lr,
                 beta1,
@@ -818,76 +452,572 @@ impl<'a, T: Float> Exec<'a, T> {
                 eps,
                 weight_decay,
                 step,
-            } => {
-                want(4)?;
-                same_shapes(&ins[..4])?;
-                let a = AdamParams {
+            } => self.adamw(
+                node,
+                ins,
+                &AdamParams {
                     lr: *lr,
                     beta1: *beta1,
                     beta2: *beta2,
                     eps: *eps,
                     weight_decay: *weight_decay,
                     step: *step,
-                };
-                let (p, m, v) =
-                    fused::adamw(ins[0].fl()?, ins[1].fl()?, ins[2].fl()?, ins[3].fl()?, &a);
-                let sh = ins[0].shape.clone();
-                let dt = |i: usize, d: DType| node.outputs.get(i).map(|t| t.dtype).unwrap_or(d);
-                vec![
-                    Val::f(
-                        dt(0, ins[0].dtype),
-                        sh.clone(),
-                        round(p, dt(0, ins[0].dtype)),
-                    ),
-                    Val::f(dt(1, ins[2].dtype), sh.clone(), m),
-                    Val::f(dt(2, ins[3].dtype), sh, v),
-                ]
-            }
+                },
+            ),
             Op::SgdMomentum {
                 lr,
                 momentum,
                 weight_decay,
-            } => {
-                want(3)?;
-                same_shapes(&ins[..3])?;
-                let (p, b) = fused::sgd(
-                    ins[0].fl()?,
-                    ins[1].fl()?,
-                    ins[2].fl()?,
-                    *lr,
-                    *momentum,
-                    *weight_decay,
-                );
-                let sh = ins[0].shape.clone();
-                let dt = |i: usize, d: DType| node.outputs.get(i).map(|t| t.dtype).unwrap_or(d);
-                vec![
-                    Val::f(
-                        dt(0, ins[0].dtype),
-                        sh.clone(),
-                        round(p, dt(0, ins[0].dtype)),
-                    ),
-                    Val::f(dt(1, ins[2].dtype), sh, b),
-                ]
-            }
+            } => self.sgd(node, ins, *lr, *momentum, *weight_decay),
+            // collectives
             Op::Collective {
                 kind, group_size, ..
-            } => {
-                want(1)?;
-                if *group_size != 1 && *kind != CollectiveKind::CopyToGroup {
-                    return Err(format!(
-                        "{} over {group_size} ranks needs a multi-rank executor; the reference interpreter runs one rank",
-                        Op::Collective {
-                            kind: *kind,
-                            group_size: *group_size,
-                            axis: None
-                        }
-                        .kind_name()
-                    ));
-                }
-                vec![(*ins[0]).clone()]
-            }
-        })
+            } => self.collective(ins, *kind, *group_size),
+            // mixture of experts
+            Op::MoeExperts {
+                experts,
+                topk,
+                norm_topk,
+                ..
+            } => self.moe_experts(node, ins, *experts, *topk, *norm_topk),
+            Op::MoeExpertsBackward {
+                experts,
+                topk,
+                norm_topk,
+                ..
+            } => self.moe_experts_bwd(node, ins, *experts, *topk, *norm_topk),
+        }
     }
+}
+
+/// Sources: values that come from no input.
+impl<T: Float> Exec<'_, T> {
+    /// `Range`: `start, start+step, ...` below `end`, bounds evaluated in the bound symbols.
+    fn range(&self, start: &Dim, end: &Dim, step: i64, dtype: DType) -> R<Vec<Val<T>>> {
+        let s = self.eval_dim(start).ok_or("cannot evaluate range start")?;
+        let e = self.eval_dim(end).ok_or("cannot evaluate range end")?;
+        if step == 0 {
+            return Err("range step is 0".into());
+        }
+        let n = ((e - s) as f64 / step as f64).ceil().max(0.0) as usize;
+        let v: Vec<i64> = (0..n as i64).map(|i| s + i * step).collect();
+        Ok(vec![if dtype.is_float() {
+            Val::f(
+                dtype,
+                vec![n],
+                v.iter().map(|x| T::from_f64(*x as f64)).collect(),
+            )
+        } else {
+            Val::i(vec![n], v)
+        }])
+    }
+}
+
+/// Reductions and normalization: the fused norms and their backward ops (the plain reductions
+/// are the free functions `reduce`, `cumsum` and `softmax`).
+impl<T: Float> Exec<'_, T> {
+    /// `RmsNorm`: `[x, w]` → `y`.
+    fn rms_norm(&self, node: &Node, ins: &[Rc<Val<T>>], eps: f64) -> R<Vec<Val<T>>> {
+        want(ins, 2)?;
+        let h = last_dim(&ins[0], &ins[1])?;
+        Ok(vec![Val::f(
+            out_dtype(node),
+            ins[0].shape.clone(),
+            fused::rms_norm(ins[0].fl()?, ins[1].fl()?, h, eps),
+        )])
+    }
+
+    /// `LayerNorm`: `[x, w, b]` → `y`.
+    fn layer_norm(&self, node: &Node, ins: &[Rc<Val<T>>], eps: f64) -> R<Vec<Val<T>>> {
+        want(ins, 3)?;
+        let h = last_dim(&ins[0], &ins[1])?;
+        let y = fused::layer_norm(ins[0].fl()?, ins[1].fl()?, ins[2].fl()?, h, eps);
+        Ok(vec![Val::f(out_dtype(node), ins[0].shape.clone(), y)])
+    }
+
+    /// `RmsNormBackward`: `[x, w, d_y]` → `[d_x, d_w]`.
+    fn rms_norm_bwd(&self, node: &Node, ins: &[Rc<Val<T>>], eps: f64) -> R<Vec<Val<T>>> {
+        want(ins, 3)?;
+        let h = last_dim(&ins[0], &ins[1])?;
+        let (dx, dw) = fused::rms_norm_bwd(ins[0].fl()?, ins[1].fl()?, ins[2].fl()?, h, eps);
+        Ok(vec![
+            Val::f(out_dtype(node), ins[0].shape.clone(), dx),
+            Val::f(ins[1].dtype, ins[1].shape.clone(), dw),
+        ])
+    }
+
+    /// `LayerNormBackward`: `[x, w, d_y]` → `[d_x, d_w, d_b]`.
+    fn layer_norm_bwd(&self, node: &Node, ins: &[Rc<Val<T>>], eps: f64) -> R<Vec<Val<T>>> {
+        want(ins, 3)?;
+        let h = last_dim(&ins[0], &ins[1])?;
+        let (dx, dw, db) = fused::layer_norm_bwd(ins[0].fl()?, ins[1].fl()?, ins[2].fl()?, h, eps);
+        Ok(vec![
+            Val::f(out_dtype(node), ins[0].shape.clone(), dx),
+            Val::f(ins[1].dtype, ins[1].shape.clone(), dw),
+            Val::f(ins[1].dtype, ins[1].shape.clone(), db),
+        ])
+    }
+}
+
+/// Shape and layout: ops that move elements without arithmetic (those needing the bound symbols
+/// are methods; `concat`, `gather`, `gather_nd` and `trilu` are free functions).
+impl<T: Float> Exec<'_, T> {
+    /// `Reshape` to a symbolic shape with the same element count.
+    fn reshape(&self, ins: &[Rc<Val<T>>], s: &Shape) -> R<Vec<Val<T>>> {
+        want(ins, 1)?;
+        let sh = self.eval_shape(s)?;
+        let n = ins[0].numel();
+        if sh.iter().product::<usize>() != n {
+            return Err(format!(
+                "cannot reshape {:?} ({n} elements) to {:?}",
+                ins[0].shape, sh
+            ));
+        }
+        let mut v = (*ins[0]).clone();
+        v.shape = sh;
+        Ok(vec![v])
+    }
+
+    /// `Transpose` by an axis permutation.
+    fn transpose(&self, ins: &[Rc<Val<T>>], perm: &[usize]) -> R<Vec<Val<T>>> {
+        want(ins, 1)?;
+        let x = &ins[0];
+        if perm.len() != x.shape.len() {
+            return Err(format!("permutation {perm:?} for rank {}", x.shape.len()));
+        }
+        let sh: Vec<usize> = perm.iter().map(|p| x.shape[*p]).collect();
+        Ok(vec![x.map_buf(sh, |m| m.transpose(&x.shape, perm))])
+    }
+
+    /// `Expand`: broadcast to a symbolic shape.
+    fn expand(&self, ins: &[Rc<Val<T>>], s: &Shape) -> R<Vec<Val<T>>> {
+        want(ins, 1)?;
+        let x = &ins[0];
+        let target = self.eval_shape(s)?;
+        let sh = broadcast_shape(&x.shape, &target)
+            .ok_or_else(|| format!("cannot expand {:?} to {target:?}", x.shape))?;
+        Ok(vec![x.map_buf(sh.clone(), |m| m.expand(&x.shape, &sh))])
+    }
+
+    /// `Slice`: a strided slice along one axis with symbolic bounds.
+    fn slice(
+        &self,
+        ins: &[Rc<Val<T>>],
+        axis: usize,
+        start: &Dim,
+        end: &Dim,
+        step: i64,
+    ) -> R<Vec<Val<T>>> {
+        want(ins, 1)?;
+        let x = &ins[0];
+        let d = *x.shape.get(axis).ok_or("slice axis out of range")? as i64;
+        let s = self.eval_dim(start).ok_or("cannot evaluate slice start")?;
+        let e = self.eval_dim(end).ok_or("cannot evaluate slice end")?;
+        let idx: Vec<usize> = if step > 0 {
+            let (s, e) = (s.clamp(0, d), e.clamp(0, d));
+            (s..e).step_by(step as usize).map(|i| i as usize).collect()
+        } else if step < 0 {
+            let (s, e) = (s.clamp(-1, d - 1), e.clamp(-1, d - 1));
+            let mut v = Vec::new();
+            let mut i = s;
+            while i > e {
+                v.push(i as usize);
+                i += step;
+            }
+            v
+        } else {
+            return Err("slice step is 0".into());
+        };
+        let mut sh = x.shape.clone();
+        sh[axis] = idx.len();
+        Ok(vec![x.map_buf(sh, |m| m.take(&x.shape, axis, &idx))])
+    }
+}
+
+/// Matmul and attention: the fused rotary embedding and attention, forward and backward (the
+/// plain products are the free functions `matmul` and `linear`).
+impl<T: Float> Exec<'_, T> {
+    /// `Rotary` (`backward == false`) or `RotaryBackward`: `[x, cos, sin]` → `y`.
+    fn rotary(&self, node: &Node, ins: &[Rc<Val<T>>], backward: bool) -> R<Vec<Val<T>>> {
+        want(ins, 3)?;
+        let x = &ins[0];
+        let (c, s) = (bcast_f(&ins[1], &x.shape)?, bcast_f(&ins[2], &x.shape)?);
+        let d = *x.shape.last().ok_or("rotary of a scalar")?;
+        let y = if backward {
+            fused::rotary_bwd(x.fl()?, &c, &s, d)
+        } else {
+            fused::rotary(x.fl()?, &c, &s, d)
+        };
+        Ok(vec![Val::f(out_dtype(node), x.shape.clone(), y)])
+    }
+
+    /// `Attention`: `[q, k, v]` (+ mask) → `[out, lse]`.
+    fn attention(
+        &self,
+        node: &Node,
+        ins: &[Rc<Val<T>>],
+        heads: usize,
+        kv_heads: usize,
+        scale: f64,
+        causal: bool,
+    ) -> R<Vec<Val<T>>> {
+        want(ins, 3)?;
+        let g = attn_dims(&ins[0], &ins[1], &ins[2], heads, kv_heads, scale, causal)?;
+        let mask = match ins.get(3) {
+            Some(m) => Some(bcast_f(m, &[g.b, g.h, g.sq, g.sk])?),
+            None => None,
+        };
+        let (o, l) = fused::attention(
+            ins[0].fl()?,
+            ins[1].fl()?,
+            ins[2].fl()?,
+            mask.as_deref(),
+            &g,
+        );
+        Ok(vec![
+            Val::f(out_dtype(node), ins[0].shape.clone(), o),
+            Val::f(DType::F32, vec![g.b, g.h, g.sq], l),
+        ])
+    }
+
+    /// `AttentionBackward`: `[q, k, v, out, lse, d_out]` (+ mask) → `[d_q, d_k, d_v]`.
+    fn attention_bwd(
+        &self,
+        node: &Node,
+        ins: &[Rc<Val<T>>],
+        heads: usize,
+        kv_heads: usize,
+        scale: f64,
+        causal: bool,
+    ) -> R<Vec<Val<T>>> {
+        want(ins, 6)?;
+        let g = attn_dims(&ins[0], &ins[1], &ins[2], heads, kv_heads, scale, causal)?;
+        let mask = match ins.get(6) {
+            Some(m) => Some(bcast_f(m, &[g.b, g.h, g.sq, g.sk])?),
+            None => None,
+        };
+        let (dq, dk, dv) = fused::attention_bwd(
+            ins[0].fl()?,
+            ins[1].fl()?,
+            ins[2].fl()?,
+            ins[3].fl()?,
+            ins[4].fl()?,
+            ins[5].fl()?,
+            mask.as_deref(),
+            &g,
+        );
+        let dt = |i: usize| out_dtype_at(node, i, DType::F32);
+        Ok(vec![
+            Val::f(dt(0), ins[0].shape.clone(), dq),
+            Val::f(dt(1), ins[1].shape.clone(), dk),
+            Val::f(dt(2), ins[2].shape.clone(), dv),
+        ])
+    }
+}
+
+/// Embedding and loss: the token table lookup, the cross-entropy loss and their backward ops.
+impl<T: Float> Exec<'_, T> {
+    /// `Embedding`: `[table, ids]` → `table[ids]`.
+    fn embedding(&self, node: &Node, ins: &[Rc<Val<T>>]) -> R<Vec<Val<T>>> {
+        want(ins, 2)?;
+        let (t, ids) = (&ins[0], ins[1].ints()?);
+        if t.shape.len() != 2 {
+            return Err(format!("embedding table has shape {:?}", t.shape));
+        }
+        let (vocab, h) = (t.shape[0], t.shape[1]);
+        let tab = t.fl()?;
+        let mut out = Vec::with_capacity(ids.len() * h);
+        for id in &ids {
+            let r = usize::try_from(*id)
+                .ok()
+                .filter(|r| *r < vocab)
+                .ok_or_else(|| format!("token id {id} outside [0, {vocab})"))?;
+            out.extend_from_slice(&tab[r * h..(r + 1) * h]);
+        }
+        let mut sh = ins[1].shape.clone();
+        sh.push(h);
+        Ok(vec![Val::f(out_dtype(node), sh, out)])
+    }
+
+    /// `EmbeddingBackward`: `[ids, d_y]` → the table gradient `[vocab, h]`.
+    fn embedding_bwd(&self, node: &Node, ins: &[Rc<Val<T>>], vocab: usize) -> R<Vec<Val<T>>> {
+        want(ins, 2)?;
+        let (ids, dy) = (ins[0].ints()?, ins[1].fl()?);
+        let h = *ins[1]
+            .shape
+            .last()
+            .ok_or("embedding gradient of a scalar")?;
+        let mut d = vec![T::ZERO; vocab * h];
+        for (i, id) in ids.iter().enumerate() {
+            let r = usize::try_from(*id)
+                .ok()
+                .filter(|r| *r < vocab)
+                .ok_or_else(|| format!("token id {id} outside [0, {vocab})"))?;
+            for (a, b) in d[r * h..(r + 1) * h]
+                .iter_mut()
+                .zip(&dy[i * h..(i + 1) * h])
+            {
+                *a += *b;
+            }
+        }
+        Ok(vec![Val::f(out_dtype(node), vec![vocab, h], d)])
+    }
+
+    /// `CrossEntropy`: `[logits, targets]` → the mean loss (f32 scalar).
+    fn cross_entropy(&self, ins: &[Rc<Val<T>>], ignore_index: i64) -> R<Vec<Val<T>>> {
+        want(ins, 2)?;
+        let (lg, t) = (&ins[0], ins[1].ints()?);
+        let v = logits_width(lg, &ins[1], t.len())?;
+        Ok(vec![Val::f(
+            DType::F32,
+            vec![],
+            vec![fused::cross_entropy(lg.fl()?, &t, v, ignore_index)?],
+        )])
+    }
+
+    /// `CrossEntropyBackward`: `[logits, targets, d_loss]` → `d_logits`.
+    fn cross_entropy_bwd(
+        &self,
+        node: &Node,
+        ins: &[Rc<Val<T>>],
+        ignore_index: i64,
+    ) -> R<Vec<Val<T>>> {
+        want(ins, 3)?;
+        let (lg, t) = (&ins[0], ins[1].ints()?);
+        let v = logits_width(lg, &ins[1], t.len())?;
+        let dl = *ins[2].fl()?.first().ok_or("empty loss gradient")?;
+        Ok(vec![Val::f(
+            out_dtype(node),
+            lg.shape.clone(),
+            fused::cross_entropy_bwd(lg.fl()?, &t, v, ignore_index, dl)?,
+        )])
+    }
+}
+
+/// Optimizers: one fused update step per parameter.
+impl<T: Float> Exec<'_, T> {
+    /// `AdamW`: `[p, g, m, v]` → `[p', m', v']` (the parameter rounded to its type).
+    fn adamw(&self, node: &Node, ins: &[Rc<Val<T>>], a: &AdamParams) -> R<Vec<Val<T>>> {
+        want(ins, 4)?;
+        same_shapes(&ins[..4])?;
+        let (p, m, v) = fused::adamw(ins[0].fl()?, ins[1].fl()?, ins[2].fl()?, ins[3].fl()?, a);
+        let sh = ins[0].shape.clone();
+        let dt = |i: usize, d: DType| out_dtype_at(node, i, d);
+        Ok(vec![
+            Val::f(
+                dt(0, ins[0].dtype),
+                sh.clone(),
+                round(p, dt(0, ins[0].dtype)),
+            ),
+            Val::f(dt(1, ins[2].dtype), sh.clone(), m),
+            Val::f(dt(2, ins[3].dtype), sh, v),
+        ])
+    }
+
+    /// `SgdMomentum`: `[p, g, buf]` → `[p', buf']` (the parameter rounded to its type).
+    fn sgd(
+        &self,
+        node: &Node,
+        ins: &[Rc<Val<T>>],
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+    ) -> R<Vec<Val<T>>> {
+        want(ins, 3)?;
+        same_shapes(&ins[..3])?;
+        let (p, b) = fused::sgd(
+            ins[0].fl()?,
+            ins[1].fl()?,
+            ins[2].fl()?,
+            lr,
+            momentum,
+            weight_decay,
+        );
+        let sh = ins[0].shape.clone();
+        let dt = |i: usize, d: DType| out_dtype_at(node, i, d);
+        Ok(vec![
+            Val::f(
+                dt(0, ins[0].dtype),
+                sh.clone(),
+                round(p, dt(0, ins[0].dtype)),
+            ),
+            Val::f(dt(1, ins[2].dtype), sh, b),
+        ])
+    }
+}
+
+/// Collectives: the reference interpreter runs one rank, where a collective is the identity.
+impl<T: Float> Exec<'_, T> {
+    /// `Collective`: the identity over one rank (and for copy-to-group); an error over more.
+    fn collective(
+        &self,
+        ins: &[Rc<Val<T>>],
+        kind: CollectiveKind,
+        group_size: u32,
+    ) -> R<Vec<Val<T>>> {
+        want(ins, 1)?;
+        if group_size != 1 && kind != CollectiveKind::CopyToGroup {
+            return Err(format!(
+                "{} over {group_size} ranks needs a multi-rank executor; the reference interpreter runs one rank",
+                Op::Collective {
+                    kind,
+                    group_size,
+                    axis: None
+                }
+                .kind_name()
+            ));
+        }
+        Ok(vec![(*ins[0]).clone()])
+    }
+}
+
+/// Mixture of experts: the fused routed-expert block and its backward op.
+impl<T: Float> Exec<'_, T> {
+    /// `MoeExperts`: `[x, scores, w_gate, w_up, w_down]` → `y`.
+    fn moe_experts(
+        &self,
+        node: &Node,
+        ins: &[Rc<Val<T>>],
+        experts: usize,
+        topk: usize,
+        norm_topk: bool,
+    ) -> R<Vec<Val<T>>> {
+        want(ins, 5)?;
+        let d = moe_dims(ins, experts, topk, norm_topk)?;
+        let y = fused::moe_experts(
+            ins[0].fl()?,
+            ins[1].fl()?,
+            ins[2].fl()?,
+            ins[3].fl()?,
+            ins[4].fl()?,
+            &d,
+        );
+        Ok(vec![Val::f(out_dtype(node), ins[0].shape.clone(), y)])
+    }
+
+    /// `MoeExpertsBackward`: the forward's inputs and `d_y` → a gradient for each input.
+    fn moe_experts_bwd(
+        &self,
+        node: &Node,
+        ins: &[Rc<Val<T>>],
+        experts: usize,
+        topk: usize,
+        norm_topk: bool,
+    ) -> R<Vec<Val<T>>> {
+        want(ins, 6)?;
+        let d = moe_dims(ins, experts, topk, norm_topk)?;
+        if ins[5].shape != ins[0].shape {
+            return Err(format!(
+                "expert output gradient {:?} differs from the input {:?}",
+                ins[5].shape, ins[0].shape
+            ));
+        }
+        let (dx, ds, dwg, dwu, dwd) = fused::moe_experts_bwd(
+            ins[0].fl()?,
+            ins[1].fl()?,
+            ins[2].fl()?,
+            ins[3].fl()?,
+            ins[4].fl()?,
+            ins[5].fl()?,
+            &d,
+        );
+        let dt = |i: usize| out_dtype_at(node, i, DType::F32);
+        Ok(vec![
+            Val::f(dt(0), ins[0].shape.clone(), dx),
+            Val::f(dt(1), ins[1].shape.clone(), ds),
+            Val::f(dt(2), ins[2].shape.clone(), dwg),
+            Val::f(dt(3), ins[3].shape.clone(), dwu),
+            Val::f(dt(4), ins[4].shape.clone(), dwd),
+        ])
+    }
+}
+
+/// Checks that an op has at least `n` inputs.
+fn want<T>(ins: &[Rc<Val<T>>], n: usize) -> R<()> {
+    if ins.len() < n {
+        Err(format!("needs {n} inputs, has {}", ins.len()))
+    } else {
+        Ok(())
+    }
+}
+
+/// A single-output op of at least `n` inputs computed by `f`.
+fn one<T>(
+    ins: &[Rc<Val<T>>],
+    n: usize,
+    f: impl FnOnce(&[Rc<Val<T>>]) -> R<Val<T>>,
+) -> R<Vec<Val<T>>> {
+    want(ins, n)?;
+    Ok(vec![f(ins)?])
+}
+
+/// The element type of a node's first output (f32 when it declares none).
+fn out_dtype(node: &Node) -> DType {
+    out_dtype_at(node, 0, DType::F32)
+}
+
+/// The element type of a node's output `i`, or `default` when it declares none.
+fn out_dtype_at(node: &Node, i: usize, default: DType) -> DType {
+    node.outputs.get(i).map(|t| t.dtype).unwrap_or(default)
+}
+
+/// The vocabulary width of cross-entropy logits, checked against the number of targets.
+fn logits_width<T: Float>(lg: &Val<T>, targets: &Val<T>, n_targets: usize) -> R<usize> {
+    let v = *lg.shape.last().ok_or("cross-entropy of a scalar")?;
+    if lg.numel() != n_targets * v {
+        return Err(format!(
+            "logits {:?} do not match targets {:?}",
+            lg.shape, targets.shape
+        ));
+    }
+    Ok(v)
+}
+
+/// `Where`: `cond ? a : b` with broadcasting; mixed buffer kinds are compared as floats.
+fn where_<T: Float>(c: &Val<T>, a: &Val<T>, b: &Val<T>) -> R<Val<T>> {
+    let sh = broadcast_shape(&c.shape, &a.shape)
+        .and_then(|s| broadcast_shape(&s, &b.shape))
+        .ok_or_else(|| {
+            format!(
+                "cannot broadcast {:?}, {:?}, {:?}",
+                c.shape, a.shape, b.shape
+            )
+        })?;
+    let cond: Vec<bool> = match &c.buf {
+        Buf::B(v) => expand_to(v, &c.shape, &sh),
+        Buf::I(v) => expand_to(v, &c.shape, &sh)
+            .iter()
+            .map(|x| *x != 0)
+            .collect(),
+        Buf::F(_) => return Err("Where condition is a float tensor".into()),
+    };
+    let pick = |x: &Val<T>| x.map_buf(sh.clone(), |m| m.expand(&x.shape, &sh));
+    let (ea, eb) = (pick(a), pick(b));
+    let buf = match (ea.buf, eb.buf) {
+        (Buf::F(x), Buf::F(y)) => Buf::F(sel(&cond, x, y)),
+        (Buf::I(x), Buf::I(y)) => Buf::I(sel(&cond, x, y)),
+        (Buf::B(x), Buf::B(y)) => Buf::B(sel(&cond, x, y)),
+        (x, y) => {
+            let (x, y) = (
+                Val {
+                    dtype: a.dtype,
+                    shape: sh.clone(),
+                    buf: x,
+                },
+                Val {
+                    dtype: b.dtype,
+                    shape: sh.clone(),
+                    buf: y,
+                },
+            );
+            Buf::F(sel(&cond, x.as_f(), y.as_f()))
+        }
+    };
+    Ok(Val {
+        dtype: a.dtype,
+        shape: sh,
+        buf,
+    })
 }
 
 /// Reads an external weight through the ONNX importer (bounds-checked, inside the model directory).

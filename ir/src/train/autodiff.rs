@@ -354,7 +354,12 @@ impl Builder<'_> {
         self.requires_grad.contains(&v)
     }
 
-    /// Emits the backward of one forward node given its output gradients.
+    /// Emits the backward of one forward node given its output gradients. One arm per op, grouped
+    /// by op family (the same families, in the same order, as `interp::exec` and the runtime's
+    /// `emit::nn`): sources, elementwise, reductions and normalization, shape and layout, matmul and
+    /// attention, embedding and loss, optimizers, collectives, mixture of experts. Each arm calls
+    /// its family's rule below; ops with no rule (backward and optimizer ops are never
+    /// differentiated again) say so in their family, so a new `Op` variant is a compile error here.
     fn diff(&mut self, id: NodeId, gys: &[Option<Value>]) -> Result<()> {
         let n = self.g.node(id).clone();
         let name = if n.prov.scope.is_empty() {
@@ -363,506 +368,669 @@ impl Builder<'_> {
             format!("{} ({})", n.prov.scope, n.op.kind_name())
         };
         let ins = n.inputs.clone();
-        let y = Value::of(id);
         let Some(g) = gys[0] else {
             // Only a secondary output (e.g. attention's lse) has a gradient: nothing flows back.
             return Ok(());
         };
         let need: Vec<bool> = ins.iter().map(|v| self.needs(*v)).collect();
+        let d = Grad {
+            id,
+            ins: &ins,
+            need: &need,
+            g,
+            name: &name,
+        };
         match &n.op {
-            Op::Param { .. } | Op::Input { .. } | Op::Constant(_) | Op::Range { .. } => {}
-            Op::Cast(_) => {
-                let g = self.cast(g, self.ty(ins[0]).dtype, true);
-                self.acc(ins[0], g)?;
-            }
-            Op::Linear { bias } => {
-                let (x, w) = (ins[0], ins[1]);
-                let (tx, tw) = (self.ty(x), self.ty(w));
-                if need[0] {
-                    self.ctx.role = Role::LinearDx;
-                    let wv = self.fetch(w);
-                    let wt = self.transpose(wv, vec![1, 0]);
-                    let dx = self.matmul(g, wt)?;
-                    self.ctx.role = Role::Plain;
-                    self.acc(x, dx)?;
-                }
-                if need[1] {
-                    let rows = tx.shape.0[..tx.shape.rank() - 1]
-                        .iter()
-                        .fold(Dim::constant(1), |a, d| a.mul(d));
-                    let (i, o) = (tw.shape.0[0].clone(), tw.shape.0[1].clone());
-                    self.ctx.role = Role::LinearDw;
-                    let xv = self.fetch(x);
-                    let x2 = self.reshape(xv, Shape(vec![rows.clone(), i]));
-                    let xt = self.transpose(x2, vec![1, 0]);
-                    let g2 = self.reshape(g, Shape(vec![rows, o]));
-                    let dw = self.matmul(xt, g2)?;
-                    self.ctx.role = Role::Plain;
-                    self.acc(w, dw)?;
-                }
-                if *bias && need.get(2).copied().unwrap_or(false) {
-                    let r = self.ty(g).shape.rank();
-                    let db = self.sum_axes(g, (0..r - 1).collect(), false);
-                    self.acc(ins[2], db)?;
-                }
-            }
-            Op::MatMul => {
-                let (a, b) = (ins[0], ins[1]);
-                let (ta, tb) = (self.ty(a), self.ty(b));
-                if need[0] {
-                    let bv = self.fetch(b);
-                    let bt = self.swap_last(bv);
-                    let da = self.matmul(g, bt)?;
-                    let da = self.unbroadcast(da, &ta.shape);
-                    self.acc(a, da)?;
-                }
-                if need[1] {
-                    let av = self.fetch(a);
-                    let at = self.swap_last(av);
-                    let db = self.matmul(at, g)?;
-                    let db = self.unbroadcast(db, &tb.shape);
-                    self.acc(b, db)?;
-                }
-            }
-            Op::Embedding => {
-                if need[0] {
-                    let tt = self.ty(ins[0]);
-                    let vocab = tt.shape.0[0]
-                        .as_const()
-                        .ok_or_else(|| err(&name, "embedding table rows are symbolic"))?
-                        as usize;
-                    let ids = self.fetch(ins[1]);
-                    let d = self.add1(Op::EmbeddingBackward { vocab }, vec![ids, g], tt);
-                    self.acc(ins[0], d)?;
-                }
-            }
-            Op::Gather { axis } => {
-                if need[0] {
-                    let tt = self.ty(ins[0]);
-                    if *axis != 0 || tt.shape.rank() != 2 {
-                        return Err(err(
-                            &name,
-                            "gradient of Gather is only supported for row lookups in a 2-D table",
-                        ));
-                    }
-                    let vocab = tt.shape.0[0]
-                        .as_const()
-                        .ok_or_else(|| err(&name, "gathered table rows are symbolic"))?
-                        as usize;
-                    let ids = self.fetch(ins[1]);
-                    let d = self.add1(Op::EmbeddingBackward { vocab }, vec![ids, g], tt);
-                    self.acc(ins[0], d)?;
-                }
-            }
-            Op::MoeExperts {
-                experts,
-                topk,
-                norm_topk,
-                capacity_factor,
-            } => {
-                let fetched: Vec<Value> = ins.iter().map(|v| self.fetch(*v)).collect();
-                let types: Vec<TensorType> = ins.iter().map(|v| self.ty(*v)).collect();
-                let mut inputs = fetched;
-                inputs.push(g);
-                let b = self.add(
-                    Op::MoeExpertsBackward {
-                        experts: *experts,
-                        topk: *topk,
-                        norm_topk: *norm_topk,
-                        capacity_factor: *capacity_factor,
-                    },
-                    inputs,
-                    types,
-                );
-                for (i, v) in ins.iter().enumerate() {
-                    if need[i] {
-                        self.acc(
-                            *v,
-                            Value {
-                                node: b,
-                                output: i as u32,
-                            },
-                        )?;
-                    }
-                }
-            }
-            Op::RmsNorm { eps } => {
-                let (x, w) = (self.fetch(ins[0]), self.fetch(ins[1]));
-                let (tx, tw) = (self.ty(ins[0]), self.ty(ins[1]));
-                let b = self.add(
-                    Op::RmsNormBackward { eps: *eps },
-                    vec![x, w, g],
-                    vec![tx, tw],
-                );
-                if need[0] {
-                    self.acc(ins[0], Value { node: b, output: 0 })?;
-                }
-                if need[1] {
-                    self.acc(ins[1], Value { node: b, output: 1 })?;
-                }
-            }
-            Op::LayerNorm { eps } => {
-                let (x, w) = (self.fetch(ins[0]), self.fetch(ins[1]));
-                let (tx, tw, tb) = (self.ty(ins[0]), self.ty(ins[1]), self.ty(ins[2]));
-                let b = self.add(
-                    Op::LayerNormBackward { eps: *eps },
-                    vec![x, w, g],
-                    vec![tx, tw, tb],
-                );
-                for i in 0..3 {
-                    if need[i] {
-                        self.acc(
-                            ins[i],
-                            Value {
-                                node: b,
-                                output: i as u32,
-                            },
-                        )?;
-                    }
-                }
-            }
-            Op::Rotary => {
-                if need[1] || need[2] {
-                    return Err(err(
-                        &name,
-                        "rotary cos/sin must not depend on trainable parameters",
-                    ));
-                }
-                if need[0] {
-                    let (c, s) = (self.fetch(ins[1]), self.fetch(ins[2]));
-                    let tx = self.ty(ins[0]);
-                    let d = self.add1(Op::RotaryBackward, vec![g, c, s], tx);
-                    self.acc(ins[0], d)?;
-                }
-            }
-            Op::Attention {
-                heads,
-                kv_heads,
-                scale,
-                causal,
-            } => {
-                if need.get(3).copied().unwrap_or(false) {
-                    return Err(err(
-                        &name,
-                        "attention masks must not depend on trainable parameters",
-                    ));
-                }
-                let mut bins: Vec<Value> = ins[..3].iter().map(|v| self.fetch(*v)).collect();
-                let out = self.fetch(Value {
-                    node: id,
-                    output: 0,
-                });
-                let lse = self.fetch(Value {
-                    node: id,
-                    output: 1,
-                });
-                bins.extend([out, lse, g]);
-                if let Some(m) = ins.get(3) {
-                    bins.push(self.fetch(*m));
-                }
-                let outs = vec![self.ty(ins[0]), self.ty(ins[1]), self.ty(ins[2])];
-                let b = self.add(
-                    Op::AttentionBackward {
-                        heads: *heads,
-                        kv_heads: *kv_heads,
-                        scale: *scale,
-                        causal: *causal,
-                    },
-                    bins,
-                    outs,
-                );
-                for i in 0..3 {
-                    if need[i] {
-                        self.acc(
-                            ins[i],
-                            Value {
-                                node: b,
-                                output: i as u32,
-                            },
-                        )?;
-                    }
-                }
-            }
-            Op::CrossEntropy { ignore_index } => {
-                if need[0] {
-                    let (lg, t) = (self.fetch(ins[0]), self.fetch(ins[1]));
-                    let tl = self.ty(ins[0]);
-                    let d = self.add1(
-                        Op::CrossEntropyBackward {
-                            ignore_index: *ignore_index,
-                        },
-                        vec![lg, t, g],
-                        tl,
-                    );
-                    self.acc(ins[0], d)?;
-                }
-            }
-            Op::Unary(u) => {
-                if need[0] {
-                    let d = self.unary_grad(*u, ins[0], y, g, &name)?;
-                    self.acc(ins[0], d)?;
-                }
-            }
-            Op::Binary(bop) => self.binary_grad(*bop, &ins, &need, y, g, &name)?,
-            Op::Where => {
-                let zero = self.scalar(0.0, self.ty(g).dtype);
-                let c = self.fetch(ins[0]);
-                if need[1] {
-                    let d = self.where_(c, g, zero)?;
-                    self.acc(ins[1], d)?;
-                }
-                if need[2] {
-                    let d = self.where_(c, zero, g)?;
-                    self.acc(ins[2], d)?;
-                }
-            }
+            // sources
+            Op::Param { .. } | Op::Input { .. } | Op::Constant(_) | Op::Range { .. } => Ok(()),
+            // elementwise
+            Op::Unary(u) => self.grad_unary(&d, *u),
+            Op::Binary(bop) => self.binary_grad(*bop, &ins, &need, d.y(), g, &name),
+            Op::Where => self.grad_where(&d),
+            Op::Cast(_) => self.grad_cast(&d),
+            // reductions and normalization
             Op::Reduce {
                 kind,
                 axes,
                 keep_dims,
-            } => {
-                if need[0] {
-                    let tx = self.ty(ins[0]);
-                    let axes: Vec<usize> = if axes.is_empty() {
-                        (0..tx.shape.rank()).collect()
-                    } else {
-                        axes.clone()
-                    };
-                    let mut g = g;
-                    if !keep_dims {
-                        let ks = Shape(
-                            tx.shape
-                                .0
-                                .iter()
-                                .enumerate()
-                                .map(|(i, d)| {
-                                    if axes.contains(&i) {
-                                        Dim::constant(1)
-                                    } else {
-                                        d.clone()
-                                    }
-                                })
-                                .collect(),
-                        );
-                        g = self.reshape(g, ks);
-                    }
-                    match kind {
-                        ReduceKind::Sum => {}
-                        ReduceKind::Mean => {
-                            let cnt = axes
-                                .iter()
-                                .fold(Dim::constant(1), |a, i| a.mul(&tx.shape.0[*i]));
-                            let c = cnt.as_const().ok_or_else(|| {
-                                err(&name, format!("mean over a symbolic count {cnt}"))
-                            })?;
-                            g = self.mulc(g, 1.0 / c as f64)?;
-                        }
-                        k => {
-                            return Err(err(
-                                &name,
-                                format!("gradient of Reduce.{k:?} is not supported"),
-                            ));
-                        }
-                    }
-                    let e = self.add1(
-                        Op::Expand(tx.shape.clone()),
-                        vec![g],
-                        TensorType::new(self.ty(g).dtype, tx.shape.clone()),
-                    );
-                    self.acc(ins[0], e)?;
-                }
-            }
-            Op::Softmax { axis } => {
-                if need[0] {
-                    let yv = self.fetch(y);
-                    let gy = self.mul(g, yv)?;
-                    let s = self.sum_axes(gy, vec![*axis], true);
-                    let t = self.bin(BinaryOp::Sub, g, s)?;
-                    let d = self.mul(yv, t)?;
-                    self.acc(ins[0], d)?;
-                }
-            }
-            Op::LogSoftmax { axis } => {
-                if need[0] {
-                    let yv = self.fetch(y);
-                    let p = self.un(UnaryOp::Exp, yv);
-                    let s = self.sum_axes(g, vec![*axis], true);
-                    let ps = self.mul(p, s)?;
-                    let d = self.bin(BinaryOp::Sub, g, ps)?;
-                    self.acc(ins[0], d)?;
-                }
-            }
-            Op::Reshape(_) => {
-                if need[0] {
-                    let sh = self.ty(ins[0]).shape;
-                    let d = self.reshape(g, sh);
-                    self.acc(ins[0], d)?;
-                }
-            }
-            Op::Transpose(perm) => {
-                if need[0] {
-                    let mut inv = vec![0; perm.len()];
-                    for (i, p) in perm.iter().enumerate() {
-                        inv[*p] = i;
-                    }
-                    let d = self.transpose(g, inv);
-                    self.acc(ins[0], d)?;
-                }
-            }
-            Op::Expand(_) => {
-                if need[0] {
-                    let sh = self.ty(ins[0]).shape;
-                    let d = self.unbroadcast(g, &sh);
-                    self.acc(ins[0], d)?;
-                }
-            }
-            Op::Concat { axis } => {
-                let mut off = Dim::constant(0);
-                for (i, v) in ins.iter().enumerate() {
-                    let t = self.ty(*v);
-                    let len = t.shape.0[*axis].clone();
-                    if need[i] {
-                        let d = self.add1(
-                            Op::Slice {
-                                axis: *axis,
-                                start: off.clone(),
-                                end: off.add(&len),
-                                step: 1,
-                            },
-                            vec![g],
-                            t,
-                        );
-                        self.acc(*v, d)?;
-                    }
-                    off = off.add(&len);
-                }
-            }
+            } => self.grad_reduce(&d, *kind, axes, *keep_dims),
+            Op::CumSum {
+                axis,
+                exclusive,
+                reverse,
+            } => self.grad_cumsum(&d, *axis, *exclusive, *reverse),
+            Op::Softmax { axis } => self.grad_softmax(&d, *axis),
+            Op::LogSoftmax { axis } => self.grad_log_softmax(&d, *axis),
+            Op::RmsNorm { eps } => self.grad_rms_norm(&d, *eps),
+            Op::LayerNorm { eps } => self.grad_layer_norm(&d, *eps),
+            op @ (Op::RmsNormBackward { .. } | Op::LayerNormBackward { .. }) => d.no_rule(op),
+            // shape and layout
+            Op::Reshape(_) => self.grad_reshape(&d),
+            Op::Transpose(perm) => self.grad_transpose(&d, perm),
+            Op::Expand(_) => self.grad_expand(&d),
+            Op::Concat { axis } => self.grad_concat(&d, *axis),
             Op::Slice {
                 axis,
                 start,
                 end,
                 step,
-            } => {
-                if need[0] {
-                    if *step != 1 {
-                        return Err(err(&name, "gradient of a strided slice is not supported"));
-                    }
-                    let tx = self.ty(ins[0]);
-                    let dim = tx.shape.0[*axis].clone();
-                    let dt = self.ty(g).dtype;
-                    let mut parts = Vec::new();
-                    let zero = Dim::constant(0);
-                    for (len, before) in [(start.clone(), true), (dim.sub(end), false)] {
-                        if len == zero {
-                            continue;
-                        }
-                        let mut sh = tx.shape.clone();
-                        sh.0[*axis] = len;
-                        let z = self.scalar(0.0, dt);
-                        let z = self.add1(Op::Expand(sh.clone()), vec![z], TensorType::new(dt, sh));
-                        parts.push((before, z));
-                    }
-                    let mut pieces: Vec<Value> =
-                        parts.iter().filter(|p| p.0).map(|p| p.1).collect();
-                    pieces.push(g);
-                    pieces.extend(parts.iter().filter(|p| !p.0).map(|p| p.1));
-                    let d = if pieces.len() == 1 {
-                        g
-                    } else {
-                        self.add1(
-                            Op::Concat { axis: *axis },
-                            pieces,
-                            TensorType::new(dt, tx.shape.clone()),
-                        )
-                    };
-                    self.acc(ins[0], d)?;
-                }
-            }
-            Op::CumSum {
-                axis,
-                exclusive,
-                reverse,
-            } => {
-                if need[0] {
-                    let t = self.ty(g);
-                    let d = self.add1(
-                        Op::CumSum {
-                            axis: *axis,
-                            exclusive: *exclusive,
-                            reverse: !reverse,
-                        },
-                        vec![g],
-                        t,
-                    );
-                    self.acc(ins[0], d)?;
-                }
-            }
-            Op::Trilu { upper, k } => {
-                if need[0] {
-                    let t = self.ty(g);
-                    let d = self.add1(
-                        Op::Trilu {
-                            upper: *upper,
-                            k: *k,
-                        },
-                        vec![g],
-                        t,
-                    );
-                    self.acc(ins[0], d)?;
-                }
-            }
-            // Tensor parallelism (Megatron-LM's f and g): an all-reduce of partial sums feeds replicated
-            // computation, whose gradient is already whole on every rank (identity); where a replicated
-            // value enters a tensor-parallel region, each rank holds a partial gradient (all-reduce).
+            } => self.grad_slice(&d, *axis, start, end, *step),
+            Op::Gather { axis } => self.grad_gather(&d, *axis),
+            Op::Trilu { upper, k } => self.grad_trilu(&d, *upper, *k),
+            op @ Op::GatherNd { .. } => d.no_rule(op),
+            // matmul and attention
+            Op::MatMul => self.grad_matmul(&d),
+            Op::Linear { bias } => self.grad_linear(&d, *bias),
+            Op::Rotary => self.grad_rotary(&d),
+            Op::Attention {
+                heads,
+                kv_heads,
+                scale,
+                causal,
+            } => self.grad_attention(&d, *heads, *kv_heads, *scale, *causal),
+            op @ (Op::RotaryBackward | Op::AttentionBackward { .. }) => d.no_rule(op),
+            // embedding and loss
+            Op::Embedding => self.grad_embedding(&d),
+            Op::CrossEntropy { ignore_index } => self.grad_cross_entropy(&d, *ignore_index),
+            op @ (Op::EmbeddingBackward { .. } | Op::CrossEntropyBackward { .. }) => d.no_rule(op),
+            // optimizers
+            op @ (Op::AdamW { .. } | Op::SgdMomentum { .. }) => d.no_rule(op),
+            // collectives: all-reduce and copy-to-group are each other's gradient; the others have
+            // no rule yet
             Op::Collective {
                 kind: CollectiveKind::AllReduce,
                 ..
-            } => {
-                if need[0] {
-                    self.acc(ins[0], g)?;
-                }
-            }
+            } => self.grad_all_reduce(&d),
             Op::Collective {
                 kind: CollectiveKind::CopyToGroup,
                 group_size,
                 ..
-            } => {
-                if need[0] {
-                    let t = self.ty(g);
-                    let d = self.add1(
-                        Op::Collective {
-                            kind: CollectiveKind::AllReduce,
-                            group_size: *group_size,
-                            axis: None,
-                        },
-                        vec![g],
-                        t,
-                    );
-                    self.acc(ins[0], d)?;
-                }
-            }
-            // backward and optimizer ops are never differentiated again; GatherNd and the collectives
-            // other than all-reduce and copy-to-group have no rule yet
-            other @ (Op::GatherNd { .. }
-            | Op::AttentionBackward { .. }
-            | Op::RmsNormBackward { .. }
-            | Op::LayerNormBackward { .. }
-            | Op::RotaryBackward
-            | Op::EmbeddingBackward { .. }
-            | Op::CrossEntropyBackward { .. }
-            | Op::MoeExpertsBackward { .. }
-            | Op::AdamW { .. }
-            | Op::SgdMomentum { .. }
-            | Op::Collective { .. }) => {
-                return Err(err(
-                    &name,
-                    format!("no gradient rule for {}", other.kind_name()),
-                ));
+            } => self.grad_copy_to_group(&d, *group_size),
+            op @ Op::Collective { .. } => d.no_rule(op),
+            // mixture of experts
+            Op::MoeExperts {
+                experts,
+                topk,
+                norm_topk,
+                capacity_factor,
+            } => self.grad_moe_experts(&d, *experts, *topk, *norm_topk, *capacity_factor),
+            op @ Op::MoeExpertsBackward { .. } => d.no_rule(op),
+        }
+    }
+
+    /// Accumulates output `i` of the backward node `b` into input `i`'s gradient for every input
+    /// `i < n` that needs one.
+    fn acc_outputs(&mut self, d: &Grad<'_>, b: NodeId, n: usize) -> Result<()> {
+        for i in 0..n {
+            if d.need[i] {
+                self.acc(
+                    d.ins[i],
+                    Value {
+                        node: b,
+                        output: i as u32,
+                    },
+                )?;
             }
         }
         Ok(())
     }
+}
 
+/// What one node's backward rule reads: the forward node, its inputs, which of them need a
+/// gradient, the gradient of its first output, and its name for errors.
+struct Grad<'n> {
+    id: NodeId,
+    ins: &'n [Value],
+    need: &'n [bool],
+    g: Value,
+    name: &'n str,
+}
+
+impl Grad<'_> {
+    /// The forward node's first output.
+    fn y(&self) -> Value {
+        Value::of(self.id)
+    }
+
+    /// Whether input `i` needs a gradient (false when the node has no input `i`).
+    fn needs(&self, i: usize) -> bool {
+        self.need.get(i).copied().unwrap_or(false)
+    }
+
+    /// The error for an op without a gradient rule.
+    fn no_rule(&self, op: &Op) -> Result<()> {
+        Err(err(
+            self.name,
+            format!("no gradient rule for {}", op.kind_name()),
+        ))
+    }
+}
+
+/// Elementwise rules (`unary_grad` and `binary_grad` hold the per-function formulas).
+impl Builder<'_> {
+    /// `Unary`: the function's derivative times the gradient.
+    fn grad_unary(&mut self, d: &Grad<'_>, u: UnaryOp) -> Result<()> {
+        if d.need[0] {
+            let dx = self.unary_grad(u, d.ins[0], d.y(), d.g, d.name)?;
+            self.acc(d.ins[0], dx)?;
+        }
+        Ok(())
+    }
+
+    /// `Where`: the gradient flows to the branch the condition picked.
+    fn grad_where(&mut self, d: &Grad<'_>) -> Result<()> {
+        let zero = self.scalar(0.0, self.ty(d.g).dtype);
+        let c = self.fetch(d.ins[0]);
+        if d.need[1] {
+            let da = self.where_(c, d.g, zero)?;
+            self.acc(d.ins[1], da)?;
+        }
+        if d.need[2] {
+            let db = self.where_(c, zero, d.g)?;
+            self.acc(d.ins[2], db)?;
+        }
+        Ok(())
+    }
+
+    /// `Cast`: the gradient cast back to the input's type.
+    fn grad_cast(&mut self, d: &Grad<'_>) -> Result<()> {
+        let g = self.cast(d.g, self.ty(d.ins[0]).dtype, true);
+        self.acc(d.ins[0], g)
+    }
+}
+
+/// Reductions and normalization.
+impl Builder<'_> {
+    /// `Reduce` (sum and mean): the gradient broadcast back over the reduced axes.
+    fn grad_reduce(
+        &mut self,
+        d: &Grad<'_>,
+        kind: ReduceKind,
+        axes: &[usize],
+        keep_dims: bool,
+    ) -> Result<()> {
+        if !d.need[0] {
+            return Ok(());
+        }
+        let tx = self.ty(d.ins[0]);
+        let axes: Vec<usize> = if axes.is_empty() {
+            (0..tx.shape.rank()).collect()
+        } else {
+            axes.to_vec()
+        };
+        let mut g = d.g;
+        if !keep_dims {
+            let ks = Shape(
+                tx.shape
+                    .0
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        if axes.contains(&i) {
+                            Dim::constant(1)
+                        } else {
+                            d.clone()
+                        }
+                    })
+                    .collect(),
+            );
+            g = self.reshape(g, ks);
+        }
+        match kind {
+            ReduceKind::Sum => {}
+            ReduceKind::Mean => {
+                let cnt = axes
+                    .iter()
+                    .fold(Dim::constant(1), |a, i| a.mul(&tx.shape.0[*i]));
+                let c = cnt
+                    .as_const()
+                    .ok_or_else(|| err(d.name, format!("mean over a symbolic count {cnt}")))?;
+                g = self.mulc(g, 1.0 / c as f64)?;
+            }
+            k => {
+                return Err(err(
+                    d.name,
+                    format!("gradient of Reduce.{k:?} is not supported"),
+                ));
+            }
+        }
+        let e = self.add1(
+            Op::Expand(tx.shape.clone()),
+            vec![g],
+            TensorType::new(self.ty(g).dtype, tx.shape.clone()),
+        );
+        self.acc(d.ins[0], e)
+    }
+
+    /// `CumSum`: the cumulative sum of the gradient in the other direction.
+    fn grad_cumsum(
+        &mut self,
+        d: &Grad<'_>,
+        axis: usize,
+        exclusive: bool,
+        reverse: bool,
+    ) -> Result<()> {
+        if d.need[0] {
+            let t = self.ty(d.g);
+            let dx = self.add1(
+                Op::CumSum {
+                    axis,
+                    exclusive,
+                    reverse: !reverse,
+                },
+                vec![d.g],
+                t,
+            );
+            self.acc(d.ins[0], dx)?;
+        }
+        Ok(())
+    }
+
+    /// `Softmax`: `y · (g − Σ g·y)`.
+    fn grad_softmax(&mut self, d: &Grad<'_>, axis: usize) -> Result<()> {
+        if d.need[0] {
+            let yv = self.fetch(d.y());
+            let gy = self.mul(d.g, yv)?;
+            let s = self.sum_axes(gy, vec![axis], true);
+            let t = self.bin(BinaryOp::Sub, d.g, s)?;
+            let dx = self.mul(yv, t)?;
+            self.acc(d.ins[0], dx)?;
+        }
+        Ok(())
+    }
+
+    /// `LogSoftmax`: `g − exp(y) · Σ g`.
+    fn grad_log_softmax(&mut self, d: &Grad<'_>, axis: usize) -> Result<()> {
+        if d.need[0] {
+            let yv = self.fetch(d.y());
+            let p = self.un(UnaryOp::Exp, yv);
+            let s = self.sum_axes(d.g, vec![axis], true);
+            let ps = self.mul(p, s)?;
+            let dx = self.bin(BinaryOp::Sub, d.g, ps)?;
+            self.acc(d.ins[0], dx)?;
+        }
+        Ok(())
+    }
+
+    /// `RmsNorm`: one fused `RmsNormBackward`.
+    fn grad_rms_norm(&mut self, d: &Grad<'_>, eps: f64) -> Result<()> {
+        let (x, w) = (self.fetch(d.ins[0]), self.fetch(d.ins[1]));
+        let (tx, tw) = (self.ty(d.ins[0]), self.ty(d.ins[1]));
+        let b = self.add(Op::RmsNormBackward { eps }, vec![x, w, d.g], vec![tx, tw]);
+        if d.need[0] {
+            self.acc(d.ins[0], Value { node: b, output: 0 })?;
+        }
+        if d.need[1] {
+            self.acc(d.ins[1], Value { node: b, output: 1 })?;
+        }
+        Ok(())
+    }
+
+    /// `LayerNorm`: one fused `LayerNormBackward`.
+    fn grad_layer_norm(&mut self, d: &Grad<'_>, eps: f64) -> Result<()> {
+        let (x, w) = (self.fetch(d.ins[0]), self.fetch(d.ins[1]));
+        let (tx, tw, tb) = (self.ty(d.ins[0]), self.ty(d.ins[1]), self.ty(d.ins[2]));
+        let b = self.add(
+            Op::LayerNormBackward { eps },
+            vec![x, w, d.g],
+            vec![tx, tw, tb],
+        );
+        self.acc_outputs(d, b, 3)
+    }
+}
+
+/// Shape and layout: each gradient is the inverse movement of the gradient.
+impl Builder<'_> {
+    /// `Reshape`: the gradient reshaped back.
+    fn grad_reshape(&mut self, d: &Grad<'_>) -> Result<()> {
+        if d.need[0] {
+            let sh = self.ty(d.ins[0]).shape;
+            let dx = self.reshape(d.g, sh);
+            self.acc(d.ins[0], dx)?;
+        }
+        Ok(())
+    }
+
+    /// `Transpose`: the gradient under the inverse permutation.
+    fn grad_transpose(&mut self, d: &Grad<'_>, perm: &[usize]) -> Result<()> {
+        if d.need[0] {
+            let mut inv = vec![0; perm.len()];
+            for (i, p) in perm.iter().enumerate() {
+                inv[*p] = i;
+            }
+            let dx = self.transpose(d.g, inv);
+            self.acc(d.ins[0], dx)?;
+        }
+        Ok(())
+    }
+
+    /// `Expand`: the gradient summed over the broadcast axes.
+    fn grad_expand(&mut self, d: &Grad<'_>) -> Result<()> {
+        if d.need[0] {
+            let sh = self.ty(d.ins[0]).shape;
+            let dx = self.unbroadcast(d.g, &sh);
+            self.acc(d.ins[0], dx)?;
+        }
+        Ok(())
+    }
+
+    /// `Concat`: each input's slice of the gradient.
+    fn grad_concat(&mut self, d: &Grad<'_>, axis: usize) -> Result<()> {
+        let mut off = Dim::constant(0);
+        for (i, v) in d.ins.iter().enumerate() {
+            let t = self.ty(*v);
+            let len = t.shape.0[axis].clone();
+            if d.need[i] {
+                let dx = self.add1(
+                    Op::Slice {
+                        axis,
+                        start: off.clone(),
+                        end: off.add(&len),
+                        step: 1,
+                    },
+                    vec![d.g],
+                    t,
+                );
+                self.acc(*v, dx)?;
+            }
+            off = off.add(&len);
+        }
+        Ok(())
+    }
+
+    /// `Slice` (unit step): the gradient padded with zeros to the input's extent.
+    fn grad_slice(
+        &mut self,
+        d: &Grad<'_>,
+        axis: usize,
+        start: &Dim,
+        end: &Dim,
+        step: i64,
+    ) -> Result<()> {
+        if !d.need[0] {
+            return Ok(());
+        }
+        if step != 1 {
+            return Err(err(d.name, "gradient of a strided slice is not supported"));
+        }
+        let g = d.g;
+        let tx = self.ty(d.ins[0]);
+        let dim = tx.shape.0[axis].clone();
+        let dt = self.ty(g).dtype;
+        let mut parts = Vec::new();
+        let zero = Dim::constant(0);
+        for (len, before) in [(start.clone(), true), (dim.sub(end), false)] {
+            if len == zero {
+                continue;
+            }
+            let mut sh = tx.shape.clone();
+            sh.0[axis] = len;
+            let z = self.scalar(0.0, dt);
+            let z = self.add1(Op::Expand(sh.clone()), vec![z], TensorType::new(dt, sh));
+            parts.push((before, z));
+        }
+        let mut pieces: Vec<Value> = parts.iter().filter(|p| p.0).map(|p| p.1).collect();
+        pieces.push(g);
+        pieces.extend(parts.iter().filter(|p| !p.0).map(|p| p.1));
+        let dx = if pieces.len() == 1 {
+            g
+        } else {
+            self.add1(
+                Op::Concat { axis },
+                pieces,
+                TensorType::new(dt, tx.shape.clone()),
+            )
+        };
+        self.acc(d.ins[0], dx)
+    }
+
+    /// `Gather` (row lookups in a 2-D table only): an `EmbeddingBackward` scatter-add.
+    fn grad_gather(&mut self, d: &Grad<'_>, axis: usize) -> Result<()> {
+        if d.need[0] {
+            let tt = self.ty(d.ins[0]);
+            if axis != 0 || tt.shape.rank() != 2 {
+                return Err(err(
+                    d.name,
+                    "gradient of Gather is only supported for row lookups in a 2-D table",
+                ));
+            }
+            let vocab = tt.shape.0[0]
+                .as_const()
+                .ok_or_else(|| err(d.name, "gathered table rows are symbolic"))?
+                as usize;
+            let ids = self.fetch(d.ins[1]);
+            let dt = self.add1(Op::EmbeddingBackward { vocab }, vec![ids, d.g], tt);
+            self.acc(d.ins[0], dt)?;
+        }
+        Ok(())
+    }
+
+    /// `Trilu`: the same triangle of the gradient.
+    fn grad_trilu(&mut self, d: &Grad<'_>, upper: bool, k: i64) -> Result<()> {
+        if d.need[0] {
+            let t = self.ty(d.g);
+            let dx = self.add1(Op::Trilu { upper, k }, vec![d.g], t);
+            self.acc(d.ins[0], dx)?;
+        }
+        Ok(())
+    }
+}
+
+/// Matmul and attention.
+impl Builder<'_> {
+    /// `MatMul`: `dA = G·Bᵀ`, `dB = Aᵀ·G`, each reduced over broadcast batch axes.
+    fn grad_matmul(&mut self, d: &Grad<'_>) -> Result<()> {
+        let (a, b) = (d.ins[0], d.ins[1]);
+        let (ta, tb) = (self.ty(a), self.ty(b));
+        if d.need[0] {
+            let bv = self.fetch(b);
+            let bt = self.swap_last(bv);
+            let da = self.matmul(d.g, bt)?;
+            let da = self.unbroadcast(da, &ta.shape);
+            self.acc(a, da)?;
+        }
+        if d.need[1] {
+            let av = self.fetch(a);
+            let at = self.swap_last(av);
+            let db = self.matmul(at, d.g)?;
+            let db = self.unbroadcast(db, &tb.shape);
+            self.acc(b, db)?;
+        }
+        Ok(())
+    }
+
+    /// `Linear`: `dx = G·Wᵀ` (role `LinearDx`), `dW = xᵀ·G` over flattened rows (role
+    /// `LinearDw`), `db = Σ G`.
+    fn grad_linear(&mut self, d: &Grad<'_>, bias: bool) -> Result<()> {
+        let g = d.g;
+        let (x, w) = (d.ins[0], d.ins[1]);
+        let (tx, tw) = (self.ty(x), self.ty(w));
+        if d.need[0] {
+            self.ctx.role = Role::LinearDx;
+            let wv = self.fetch(w);
+            let wt = self.transpose(wv, vec![1, 0]);
+            let dx = self.matmul(g, wt)?;
+            self.ctx.role = Role::Plain;
+            self.acc(x, dx)?;
+        }
+        if d.need[1] {
+            let rows = tx.shape.0[..tx.shape.rank() - 1]
+                .iter()
+                .fold(Dim::constant(1), |a, d| a.mul(d));
+            let (i, o) = (tw.shape.0[0].clone(), tw.shape.0[1].clone());
+            self.ctx.role = Role::LinearDw;
+            let xv = self.fetch(x);
+            let x2 = self.reshape(xv, Shape(vec![rows.clone(), i]));
+            let xt = self.transpose(x2, vec![1, 0]);
+            let g2 = self.reshape(g, Shape(vec![rows, o]));
+            let dw = self.matmul(xt, g2)?;
+            self.ctx.role = Role::Plain;
+            self.acc(w, dw)?;
+        }
+        if bias && d.needs(2) {
+            let r = self.ty(g).shape.rank();
+            let db = self.sum_axes(g, (0..r - 1).collect(), false);
+            self.acc(d.ins[2], db)?;
+        }
+        Ok(())
+    }
+
+    /// `Rotary`: one `RotaryBackward` (cos and sin must be constants).
+    fn grad_rotary(&mut self, d: &Grad<'_>) -> Result<()> {
+        if d.need[1] || d.need[2] {
+            return Err(err(
+                d.name,
+                "rotary cos/sin must not depend on trainable parameters",
+            ));
+        }
+        if d.need[0] {
+            let (c, s) = (self.fetch(d.ins[1]), self.fetch(d.ins[2]));
+            let tx = self.ty(d.ins[0]);
+            let dx = self.add1(Op::RotaryBackward, vec![d.g, c, s], tx);
+            self.acc(d.ins[0], dx)?;
+        }
+        Ok(())
+    }
+
+    /// `Attention`: one fused `AttentionBackward` from the saved output and `lse`.
+    fn grad_attention(
+        &mut self,
+        d: &Grad<'_>,
+        heads: usize,
+        kv_heads: usize,
+        scale: f64,
+        causal: bool,
+    ) -> Result<()> {
+        if d.needs(3) {
+            return Err(err(
+                d.name,
+                "attention masks must not depend on trainable parameters",
+            ));
+        }
+        let mut bins: Vec<Value> = d.ins[..3].iter().map(|v| self.fetch(*v)).collect();
+        let out = self.fetch(Value {
+            node: d.id,
+            output: 0,
+        });
+        let lse = self.fetch(Value {
+            node: d.id,
+            output: 1,
+        });
+        bins.extend([out, lse, d.g]);
+        if let Some(m) = d.ins.get(3) {
+            bins.push(self.fetch(*m));
+        }
+        let outs = vec![self.ty(d.ins[0]), self.ty(d.ins[1]), self.ty(d.ins[2])];
+        let b = self.add(
+            Op::AttentionBackward {
+                heads,
+                kv_heads,
+                scale,
+                causal,
+            },
+            bins,
+            outs,
+        );
+        self.acc_outputs(d, b, 3)
+    }
+}
+
+/// Embedding and loss.
+impl Builder<'_> {
+    /// `Embedding`: an `EmbeddingBackward` scatter-add into the table.
+    fn grad_embedding(&mut self, d: &Grad<'_>) -> Result<()> {
+        if d.need[0] {
+            let tt = self.ty(d.ins[0]);
+            let vocab = tt.shape.0[0]
+                .as_const()
+                .ok_or_else(|| err(d.name, "embedding table rows are symbolic"))?
+                as usize;
+            let ids = self.fetch(d.ins[1]);
+            let dt = self.add1(Op::EmbeddingBackward { vocab }, vec![ids, d.g], tt);
+            self.acc(d.ins[0], dt)?;
+        }
+        Ok(())
+    }
+
+    /// `CrossEntropy`: one fused `CrossEntropyBackward` into the logits.
+    fn grad_cross_entropy(&mut self, d: &Grad<'_>, ignore_index: i64) -> Result<()> {
+        if d.need[0] {
+            let (lg, t) = (self.fetch(d.ins[0]), self.fetch(d.ins[1]));
+            let tl = self.ty(d.ins[0]);
+            let dl = self.add1(
+                Op::CrossEntropyBackward { ignore_index },
+                vec![lg, t, d.g],
+                tl,
+            );
+            self.acc(d.ins[0], dl)?;
+        }
+        Ok(())
+    }
+}
+
+/// Collectives: tensor parallelism (Megatron-LM's f and g). An all-reduce of partial sums feeds
+/// replicated computation, whose gradient is already whole on every rank (identity); where a
+/// replicated value enters a tensor-parallel region, each rank holds a partial gradient
+/// (all-reduce).
+impl Builder<'_> {
+    /// `Collective` all-reduce: the identity.
+    fn grad_all_reduce(&mut self, d: &Grad<'_>) -> Result<()> {
+        if d.need[0] {
+            self.acc(d.ins[0], d.g)?;
+        }
+        Ok(())
+    }
+
+    /// `Collective` copy-to-group: an all-reduce over the group.
+    fn grad_copy_to_group(&mut self, d: &Grad<'_>, group_size: u32) -> Result<()> {
+        if d.need[0] {
+            let t = self.ty(d.g);
+            let dx = self.add1(
+                Op::Collective {
+                    kind: CollectiveKind::AllReduce,
+                    group_size,
+                    axis: None,
+                },
+                vec![d.g],
+                t,
+            );
+            self.acc(d.ins[0], dx)?;
+        }
+        Ok(())
+    }
+}
+
+/// Mixture of experts.
+impl Builder<'_> {
+    /// `MoeExperts`: one fused `MoeExpertsBackward` giving every input's gradient.
+    fn grad_moe_experts(
+        &mut self,
+        d: &Grad<'_>,
+        experts: usize,
+        topk: usize,
+        norm_topk: bool,
+        capacity_factor: f64,
+    ) -> Result<()> {
+        let fetched: Vec<Value> = d.ins.iter().map(|v| self.fetch(*v)).collect();
+        let types: Vec<TensorType> = d.ins.iter().map(|v| self.ty(*v)).collect();
+        let mut inputs = fetched;
+        inputs.push(d.g);
+        let b = self.add(
+            Op::MoeExpertsBackward {
+                experts,
+                topk,
+                norm_topk,
+                capacity_factor,
+            },
+            inputs,
+            types,
+        );
+        self.acc_outputs(d, b, d.ins.len())
+    }
+}
+
+/// Per-function rules for the elementwise ops.
+impl Builder<'_> {
     fn unary_grad(
         &mut self,
         u: UnaryOp,

@@ -10,6 +10,12 @@ use moai_ir::{CollectiveKind, NodeId, Op, ReduceKind};
 
 type Outs = [(Vec<i64>, Elem)];
 
+/// Emits a layer, training or collective op. One arm per op, grouped by op family (the same
+/// families, in the same order, as `moai_ir`'s interpreter and autodiff): reductions and
+/// normalization, matmul and attention, embedding and loss, optimizers, collectives. Each arm
+/// calls its op's function below; the ops of the other families (sources, elementwise, plain
+/// reductions, shape and layout, matmul, mixture of experts) are `ops::emit`'s and listed in the
+/// last arm, so a new `Op` variant is a compile error here.
 pub(super) fn emit(em: &mut Emitter<'_>, id: NodeId, outs: &Outs) -> Result<Vec<Tv>> {
     let op = em.graph.node(id).op.clone();
     let n_in = em.graph.node(id).inputs.len();
@@ -17,370 +23,39 @@ pub(super) fn emit(em: &mut Emitter<'_>, id: NodeId, outs: &Outs) -> Result<Vec<
     for i in 0..n_in {
         ins.push(em.input(id, i)?);
     }
-    let float_in = |em: &Emitter<'_>, i: usize| -> Result<()> {
-        if ins[i].elem.is_float() {
-            Ok(())
-        } else {
-            Err(em.err(id, &format!("input {i} must be floating point")))
-        }
+    let at = &At {
+        id,
+        ins: &ins,
+        outs,
     };
-    Ok(match op {
-        Op::Linear { bias } => {
-            let (x, w) = (&ins[0], &ins[1]);
-            float_in(em, 0)?;
-            let kin = *x.shape.last().unwrap_or(&1);
-            let rows: i64 = x.shape[..x.shape.len().saturating_sub(1)].iter().product();
-            let nout = w.shape[1];
-            let x2 = reshape(&mut em.fb, x, &[rows, kin]);
-            let y = em.contract(Contraction {
-                a: (&x2, vec![Ix::D(0), Ix::D(2)]),
-                b: (w, vec![Ix::D(2), Ix::D(1)]),
-                out: vec![rows, nout],
-                k: kin,
-                elem: x.elem,
-            });
-            let y = if bias {
-                let e = x.elem;
-                map(
-                    &mut em.fb,
-                    &[&y, &ins[2]],
-                    &[rows, nout],
-                    e,
-                    &mut |fb, a| fb.fadd(&a[0], &a[1], e),
-                )
-            } else {
-                y
-            };
-            vec![reshape(&mut em.fb, &y, &outs[0].0)]
-        }
-        Op::Embedding => vec![gather(&mut em.fb, &ins[0], &ins[1], 0, &outs[0].0)],
-        Op::RmsNorm { eps } => {
-            float_in(em, 0)?;
-            let (x, w) = (&ins[0], &ins[1]);
-            let r = rms_inv(&mut em.fb, x, eps);
-            let e = x.elem;
-            vec![map(&mut em.fb, &[x, &r, w], &x.shape, e, &mut |fb, a| {
-                let n = fb.fmul(&a[0], &a[1], e);
-                fb.fmul(&n, &a[2], e)
-            })]
-        }
-        Op::LayerNorm { eps } => {
-            float_in(em, 0)?;
-            let (x, w, b) = (&ins[0], &ins[1], &ins[2]);
-            let (mean, r) = ln_stats(&mut em.fb, x, eps);
-            let e = x.elem;
-            vec![map(
-                &mut em.fb,
-                &[x, &mean, &r, w, b],
-                &x.shape,
-                e,
-                &mut |fb, a| {
-                    let c = fb.fsub(&a[0], &a[1], e);
-                    let n = fb.fmul(&c, &a[2], e);
-                    let s = fb.fmul(&n, &a[3], e);
-                    fb.fadd(&s, &a[4], e)
-                },
-            )]
-        }
-        Op::Rotary => vec![rotary(&mut em.fb, &ins[0], &ins[1], &ins[2], false)],
-        Op::RotaryBackward => vec![rotary(&mut em.fb, &ins[0], &ins[1], &ins[2], true)],
-        Op::RmsNormBackward { eps } => {
-            float_in(em, 0)?;
-            let (x, w, dy) = (&ins[0], &ins[1], &ins[2]);
-            let e = x.elem;
-            let h = *x.shape.last().unwrap_or(&1);
-            let last = x.shape.len() - 1;
-            let r = rms_inv(&mut em.fb, x, eps);
-            let n = map(&mut em.fb, &[x, &r], &x.shape, e, &mut |fb, a| {
-                fb.fmul(&a[0], &a[1], e)
-            });
-            let gn_el = map(&mut em.fb, &[dy, w, &n], &x.shape, e, &mut |fb, a| {
-                let g = fb.fmul(&a[0], &a[1], e);
-                fb.fmul(&g, &a[2], e)
-            });
-            let gn = reduce_axis(&mut em.fb, &gn_el, last, ReduceKind::Sum);
-            let dx = map(
-                &mut em.fb,
-                &[dy, w, &n, &gn, &r],
-                &x.shape,
-                e,
-                &mut |fb, a| {
-                    let g = fb.fmul(&a[0], &a[1], e);
-                    let hc = fb.cst(h as f64, e);
-                    let m = fb.fdiv(&a[3], &hc, e);
-                    let nm = fb.fmul(&a[2], &m, e);
-                    let d = fb.fsub(&g, &nm, e);
-                    fb.fmul(&a[4], &d, e)
-                },
-            );
-            let dn = map(&mut em.fb, &[dy, &n], &x.shape, e, &mut |fb, a| {
-                fb.fmul(&a[0], &a[1], e)
-            });
-            let axes: Vec<usize> = (0..last).collect();
-            let dw = reduce(&mut em.fb, &dn, &axes, false, ReduceKind::Sum, &[h]);
-            vec![dx, dw]
-        }
-        Op::LayerNormBackward { eps } => {
-            float_in(em, 0)?;
-            let (x, w, dy) = (&ins[0], &ins[1], &ins[2]);
-            let e = x.elem;
-            let h = *x.shape.last().unwrap_or(&1);
-            let last = x.shape.len() - 1;
-            let (mean, r) = ln_stats(&mut em.fb, x, eps);
-            let n = map(&mut em.fb, &[x, &mean, &r], &x.shape, e, &mut |fb, a| {
-                let c = fb.fsub(&a[0], &a[1], e);
-                fb.fmul(&c, &a[2], e)
-            });
-            let g = map(&mut em.fb, &[dy, w], &x.shape, e, &mut |fb, a| {
-                fb.fmul(&a[0], &a[1], e)
-            });
-            let gn_el = map(&mut em.fb, &[&g, &n], &x.shape, e, &mut |fb, a| {
-                fb.fmul(&a[0], &a[1], e)
-            });
-            let sg = reduce_axis(&mut em.fb, &g, last, ReduceKind::Sum);
-            let sgn = reduce_axis(&mut em.fb, &gn_el, last, ReduceKind::Sum);
-            let dx = map(
-                &mut em.fb,
-                &[&g, &sg, &n, &sgn, &r],
-                &x.shape,
-                e,
-                &mut |fb, a| {
-                    let hc = fb.cst(h as f64, e);
-                    let mg = fb.fdiv(&a[1], &hc, e);
-                    let mgn = fb.fdiv(&a[3], &hc, e);
-                    let t = fb.fsub(&a[0], &mg, e);
-                    let nm = fb.fmul(&a[2], &mgn, e);
-                    let t = fb.fsub(&t, &nm, e);
-                    fb.fmul(&a[4], &t, e)
-                },
-            );
-            let dn = map(&mut em.fb, &[dy, &n], &x.shape, e, &mut |fb, a| {
-                fb.fmul(&a[0], &a[1], e)
-            });
-            let axes: Vec<usize> = (0..last).collect();
-            let dw = reduce(&mut em.fb, &dn, &axes, false, ReduceKind::Sum, &[h]);
-            let db = reduce(&mut em.fb, dy, &axes, false, ReduceKind::Sum, &[h]);
-            vec![dx, dw, db]
-        }
+    match op {
+        // reductions and normalization
+        Op::RmsNorm { eps } => rms_norm(em, at, eps),
+        Op::LayerNorm { eps } => layer_norm(em, at, eps),
+        Op::RmsNormBackward { eps } => rms_norm_bwd(em, at, eps),
+        Op::LayerNormBackward { eps } => layer_norm_bwd(em, at, eps),
+        // matmul and attention
+        Op::Linear { bias } => linear(em, at, bias),
+        Op::Rotary => Ok(vec![rotary(&mut em.fb, &ins[0], &ins[1], &ins[2], false)]),
+        Op::RotaryBackward => Ok(vec![rotary(&mut em.fb, &ins[0], &ins[1], &ins[2], true)]),
         Op::Attention {
             heads,
             kv_heads,
             scale,
             causal,
-        } => {
-            float_in(em, 0)?;
-            let g = group(em, id, heads, kv_heads)?;
-            let mask = ins.get(3).cloned();
-            let (q, k, v) = (&ins[0], &ins[1], &ins[2]);
-            let s = scores(em, q, k, g, scale, causal, mask.as_ref());
-            let e = q.elem;
-            let mx = reduce_axis(&mut em.fb, &s, 3, ReduceKind::Max);
-            let p = map(&mut em.fb, &[&s, &mx], &s.shape, e, &mut |fb, a| {
-                let d = fb.fsub(&a[0], &a[1], e);
-                fb.exp(&d, e)
-            });
-            let sum = reduce_axis(&mut em.fb, &p, 3, ReduceKind::Sum);
-            let pn = map(&mut em.fb, &[&p, &sum], &s.shape, e, &mut |fb, a| {
-                fb.fdiv(&a[0], &a[1], e)
-            });
-            let (b, h, sq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
-            let sk = k.shape[2];
-            let out = em.contract(Contraction {
-                a: (&pn, vec![Ix::D(0), Ix::D(1), Ix::D(2), Ix::D(4)]),
-                b: (v, vec![Ix::D(0), Ix::Div(1, g), Ix::D(4), Ix::D(3)]),
-                out: vec![b, h, sq, d],
-                k: sk,
-                elem: e,
-            });
-            let lse_elem = outs[1].1;
-            let lse4 = map(
-                &mut em.fb,
-                &[&mx, &sum],
-                &[b, h, sq, 1],
-                lse_elem,
-                &mut |fb, a| {
-                    let l = fb.math("log", &a[1], e);
-                    let r = fb.fadd(&a[0], &l, e);
-                    super::ops::cast(fb, &r, e, lse_elem)
-                },
-            );
-            let lse = reshape(&mut em.fb, &lse4, &[b, h, sq]);
-            vec![out, lse]
-        }
+        } => attention(em, at, heads, kv_heads, scale, causal),
         Op::AttentionBackward {
             heads,
             kv_heads,
             scale,
             causal,
-        } => {
-            float_in(em, 0)?;
-            let g = group(em, id, heads, kv_heads)?;
-            let (q, k, v, o, lse, dout) = (&ins[0], &ins[1], &ins[2], &ins[3], &ins[4], &ins[5]);
-            let mask = ins.get(6).cloned();
-            let e = q.elem;
-            let (b, h, sq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
-            let sk = k.shape[2];
-            let kvh = k.shape[1];
-            let s = scores(em, q, k, g, scale, causal, mask.as_ref());
-            let lse4 = reshape(&mut em.fb, lse, &[b, h, sq, 1]);
-            let le = lse.elem;
-            let p = map(&mut em.fb, &[&s, &lse4], &s.shape, e, &mut |fb, a| {
-                let l = super::ops::cast(fb, &a[1], le, e);
-                let dd = fb.fsub(&a[0], &l, e);
-                fb.exp(&dd, e)
-            });
-            // dV_full[b,h,j,d] = Σ_i P[b,h,i,j] dO[b,h,i,d]
-            let dv_full = em.contract(Contraction {
-                a: (&p, vec![Ix::D(0), Ix::D(1), Ix::D(4), Ix::D(2)]),
-                b: (dout, vec![Ix::D(0), Ix::D(1), Ix::D(4), Ix::D(3)]),
-                out: vec![b, h, sk, d],
-                k: sq,
-                elem: e,
-            });
-            // dP[b,h,i,j] = Σ_d dO[b,h,i,d] V[b,h/g,j,d]
-            let dp = em.contract(Contraction {
-                a: (dout, vec![Ix::D(0), Ix::D(1), Ix::D(2), Ix::D(4)]),
-                b: (v, vec![Ix::D(0), Ix::Div(1, g), Ix::D(3), Ix::D(4)]),
-                out: vec![b, h, sq, sk],
-                k: d,
-                elem: e,
-            });
-            let dd = map(&mut em.fb, &[dout, o], &dout.shape, e, &mut |fb, a| {
-                fb.fmul(&a[0], &a[1], e)
-            });
-            let delta = reduce_axis(&mut em.fb, &dd, 3, ReduceKind::Sum);
-            let ds = map(&mut em.fb, &[&p, &dp, &delta], &p.shape, e, &mut |fb, a| {
-                let t = fb.fsub(&a[1], &a[2], e);
-                let t = fb.fmul(&a[0], &t, e);
-                let sc = fb.cst(scale, e);
-                fb.fmul(&t, &sc, e)
-            });
-            let dq = em.contract(Contraction {
-                a: (&ds, vec![Ix::D(0), Ix::D(1), Ix::D(2), Ix::D(4)]),
-                b: (k, vec![Ix::D(0), Ix::Div(1, g), Ix::D(4), Ix::D(3)]),
-                out: vec![b, h, sq, d],
-                k: sk,
-                elem: e,
-            });
-            let dk_full = em.contract(Contraction {
-                a: (&ds, vec![Ix::D(0), Ix::D(1), Ix::D(4), Ix::D(2)]),
-                b: (q, vec![Ix::D(0), Ix::D(1), Ix::D(4), Ix::D(3)]),
-                out: vec![b, h, sk, d],
-                k: sq,
-                elem: e,
-            });
-            let dk = group_sum(&mut em.fb, &dk_full, g, kvh);
-            let dv = group_sum(&mut em.fb, &dv_full, g, kvh);
-            vec![dq, dk, dv]
-        }
-        Op::EmbeddingBackward { vocab } => {
-            let (ids, dy) = (&ins[0], &ins[1]);
-            let hdim = *dy.shape.last().unwrap_or(&1);
-            let t: i64 = ids.shape.iter().product();
-            let ids1 = reshape(&mut em.fb, ids, &[t]);
-            let dy2 = reshape(&mut em.fb, dy, &[t, hdim]);
-            let e = dy.elem;
-            let ie = ids.elem;
-            vec![em.fb.generic(
-                &[(&ids1, vec![Ix::D(2)]), (&dy2, vec![Ix::D(2), Ix::D(1)])],
-                &[vocab as i64, hdim],
-                e,
-                None,
-                &[false, false, true],
-                Init::Fill(0.0),
-                &mut |fb, a| {
-                    let row = fb.lindex(0);
-                    let row = fb.op1("arith.index_cast", &row, "index to i64");
-                    let idv = super::ops::cast(fb, &a[0], ie, Elem::I64);
-                    let hit = fb.cmp(false, "eq", &row, &idv, "i64");
-                    let s = fb.fadd(&a[2], &a[1], e);
-                    fb.select(&hit, &s, &a[2], e.mlir())
-                },
-            )]
-        }
-        Op::CrossEntropy { ignore_index } => {
-            float_in(em, 0)?;
-            let (logits, targets) = (&ins[0], &ins[1]);
-            let (lsm, t1, n, vcb) = ce_prep(&mut em.fb, logits, targets, true);
-            let e = logits.elem;
-            let te = targets.elem;
-            let oe = outs[0].1;
-            let picked = em.fb.generic(
-                &[(&lsm, vec![Ix::D(0), Ix::D(1)]), (&t1, vec![Ix::D(0)])],
-                &[],
-                e,
-                Some(vec![]),
-                &[true, true],
-                Init::Fill(0.0),
-                &mut |fb, a| {
-                    let col = fb.lindex(1);
-                    let col = fb.op1("arith.index_cast", &col, "index to i64");
-                    let tv = super::ops::cast(fb, &a[1], te, Elem::I64);
-                    let hit = fb.cmp(false, "eq", &col, &tv, "i64");
-                    let ig = fb.cst(ignore_index as f64, Elem::I64);
-                    let counted = fb.cmp(false, "ne", &tv, &ig, "i64");
-                    let both = fb.op2("arith.andi", &hit, &counted, "i1");
-                    let s = fb.fsub(&a[2], &a[0], e);
-                    fb.select(&both, &s, &a[2], e.mlir())
-                },
-            );
-            let count = ce_count(&mut em.fb, &t1, ignore_index, e);
-            let _ = (n, vcb);
-            vec![map(
-                &mut em.fb,
-                &[&picked, &count],
-                &[],
-                oe,
-                &mut |fb, a| {
-                    let z = fb.cst(0.0, e);
-                    let none = fb.cmp(true, "oeq", &a[1], &z, e.mlir());
-                    let q = fb.fdiv(&a[0], &a[1], e);
-                    let r = fb.select(&none, &z, &q, e.mlir());
-                    super::ops::cast(fb, &r, e, oe)
-                },
-            )]
-        }
-        Op::CrossEntropyBackward { ignore_index } => {
-            float_in(em, 0)?;
-            let (logits, targets, dloss) = (&ins[0], &ins[1], &ins[2]);
-            let (p, t1, n, vcb) = ce_prep(&mut em.fb, logits, targets, false);
-            let e = logits.elem;
-            let te = targets.elem;
-            let de = dloss.elem;
-            let count = ce_count(&mut em.fb, &t1, ignore_index, e);
-            let d = em.fb.generic(
-                &[
-                    (&p, vec![Ix::D(0), Ix::D(1)]),
-                    (&t1, vec![Ix::D(0)]),
-                    (dloss, vec![]),
-                    (&count, vec![]),
-                ],
-                &[n, vcb],
-                e,
-                None,
-                &[false, false],
-                Init::Empty,
-                &mut |fb, a| {
-                    let col = fb.lindex(1);
-                    let col = fb.op1("arith.index_cast", &col, "index to i64");
-                    let tv = super::ops::cast(fb, &a[1], te, Elem::I64);
-                    let hit = fb.cmp(false, "eq", &col, &tv, "i64");
-                    let one = fb.cst(1.0, e);
-                    let z = fb.cst(0.0, e);
-                    let oh = fb.select(&hit, &one, &z, e.mlir());
-                    let diff = fb.fsub(&a[0], &oh, e);
-                    let dl = super::ops::cast(fb, &a[2], de, e);
-                    let sc = fb.fdiv(&dl, &a[3], e);
-                    let none = fb.cmp(true, "oeq", &a[3], &z, e.mlir());
-                    let sc = fb.select(&none, &z, &sc, e.mlir());
-                    let r = fb.fmul(&diff, &sc, e);
-                    let ig = fb.cst(ignore_index as f64, Elem::I64);
-                    let skip = fb.cmp(false, "eq", &tv, &ig, "i64");
-                    fb.select(&skip, &z, &r, e.mlir())
-                },
-            );
-            vec![reshape(&mut em.fb, &d, &logits.shape)]
-        }
+        } => attention_bwd(em, at, heads, kv_heads, scale, causal),
+        // embedding and loss
+        Op::Embedding => Ok(vec![gather(&mut em.fb, &ins[0], &ins[1], 0, &outs[0].0)]),
+        Op::EmbeddingBackward { vocab } => embedding_bwd(em, at, vocab),
+        Op::CrossEntropy { ignore_index } => cross_entropy(em, at, ignore_index),
+        Op::CrossEntropyBackward { ignore_index } => cross_entropy_bwd(em, at, ignore_index),
+        // optimizers
         Op::AdamW {
             lr,
             beta1,
@@ -388,117 +63,39 @@ pub(super) fn emit(em: &mut Emitter<'_>, id: NodeId, outs: &Outs) -> Result<Vec<
             eps,
             weight_decay,
             step,
-        } => {
-            float_in(em, 0)?;
-            let (p, g, m, v) = (&ins[0], &ins[1], &ins[2], &ins[3]);
-            // moments keep their own type (fp32 under bf16 policies); the update is computed in it
-            let (ep, eg, e) = (p.elem, g.elem, m.elem);
-            let bc1 = 1.0 - beta1.powi(step as i32);
-            let bc2 = 1.0 - beta2.powi(step as i32);
-            let shape = p.shape.clone();
-            let nm = map(&mut em.fb, &[m, g], &shape, e, &mut |fb, a| {
-                let gi = convert(fb, &a[1], eg, e);
-                let b1 = fb.cst(beta1, e);
-                let c1 = fb.cst(1.0 - beta1, e);
-                let x = fb.fmul(&b1, &a[0], e);
-                let y = fb.fmul(&c1, &gi, e);
-                fb.fadd(&x, &y, e)
-            });
-            let nv = map(&mut em.fb, &[v, g], &shape, v.elem, &mut |fb, a| {
-                let e = v.elem;
-                let gi = convert(fb, &a[1], eg, e);
-                let b2 = fb.cst(beta2, e);
-                let c2 = fb.cst(1.0 - beta2, e);
-                let x = fb.fmul(&b2, &a[0], e);
-                let gg = fb.fmul(&gi, &gi, e);
-                let y = fb.fmul(&c2, &gg, e);
-                fb.fadd(&x, &y, e)
-            });
-            let np = map(&mut em.fb, &[p, &nm, &nv], &shape, ep, &mut |fb, a| {
-                let pi = convert(fb, &a[0], ep, e);
-                let vi = convert(fb, &a[2], v.elem, e);
-                let dec = fb.cst(1.0 - lr * weight_decay, e);
-                let decayed = fb.fmul(&pi, &dec, e);
-                let k1 = fb.cst(bc1, e);
-                let k2 = fb.cst(bc2, e);
-                let mh = fb.fdiv(&a[1], &k1, e);
-                let vh = fb.fdiv(&vi, &k2, e);
-                let sq = fb.math("sqrt", &vh, e);
-                let eps_c = fb.cst(eps, e);
-                let den = fb.fadd(&sq, &eps_c, e);
-                let q = fb.fdiv(&mh, &den, e);
-                let l = fb.cst(lr, e);
-                let upd = fb.fmul(&l, &q, e);
-                let np = fb.fsub(&decayed, &upd, e);
-                convert(fb, &np, e, ep)
-            });
-            vec![np, nm, nv]
-        }
+        } => adamw(
+            em,
+            at,
+            &Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                step,
+            },
+        ),
         Op::SgdMomentum {
             lr,
             momentum,
             weight_decay,
-        } => {
-            float_in(em, 0)?;
-            let (p, g, buf) = (&ins[0], &ins[1], &ins[2]);
-            let e = p.elem;
-            let shape = p.shape.clone();
-            let nb = map(&mut em.fb, &[p, g, buf], &shape, e, &mut |fb, a| {
-                let wd = fb.cst(weight_decay, e);
-                let wp = fb.fmul(&wd, &a[0], e);
-                let gi = fb.fadd(&a[1], &wp, e);
-                let mo = fb.cst(momentum, e);
-                let mb = fb.fmul(&mo, &a[2], e);
-                fb.fadd(&mb, &gi, e)
-            });
-            let np = map(&mut em.fb, &[p, &nb], &shape, e, &mut |fb, a| {
-                let l = fb.cst(lr, e);
-                let u = fb.fmul(&l, &a[1], e);
-                fb.fsub(&a[0], &u, e)
-            });
-            vec![np, nb]
-        }
+        } => sgd(em, at, lr, momentum, weight_decay),
+        // collectives
         Op::Collective {
             kind,
             group_size,
             axis,
-        } => {
-            let x = &ins[0];
-            if kind == CollectiveKind::CopyToGroup
-                || (group_size == 1 && kind == CollectiveKind::AllReduce)
-            {
-                // identity in the forward pass (its gradient, an all-reduce, is its own node)
-                vec![x.clone()]
-            } else if matches!(x.elem, Elem::BF16 | Elem::F16) {
-                // 16-bit activations are reduced in f32 (the runtime's collectives are f32)
-                let e = x.elem;
-                let shape = x.shape.clone();
-                let wide = map(&mut em.fb, &[x], &shape, Elem::F32, &mut |fb, a| {
-                    convert(fb, &a[0], e, Elem::F32)
-                });
-                let r = collective(em, &wide, kind, group_size, axis, &outs[0].0);
-                let oshape = r.shape.clone();
-                vec![map(&mut em.fb, &[&r], &oshape, e, &mut |fb, a| {
-                    convert(fb, &a[0], Elem::F32, e)
-                })]
-            } else {
-                if x.elem != Elem::F32 {
-                    return Err(em.err(id, "collectives are emitted for float tensors only"));
-                }
-                vec![collective(em, x, kind, group_size, axis, &outs[0].0)]
-            }
-        }
-        // tensor ops: ops::emit (never reaches here)
+        } => emit_collective(em, at, kind, group_size, axis),
+        // sources, elementwise, plain reductions, shape and layout, matmul, mixture of experts:
+        // ops::emit (never reaches here)
         other @ (Op::Input { .. }
-        | Op::MoeExperts { .. }
-        | Op::MoeExpertsBackward { .. }
         | Op::Param { .. }
         | Op::Constant(_)
+        | Op::Range { .. }
         | Op::Unary(_)
         | Op::Binary(_)
         | Op::Where
         | Op::Cast(_)
-        | Op::MatMul
         | Op::Reduce { .. }
         | Op::CumSum { .. }
         | Op::Softmax { .. }
@@ -510,18 +107,577 @@ pub(super) fn emit(em: &mut Emitter<'_>, id: NodeId, outs: &Outs) -> Result<Vec<
         | Op::Slice { .. }
         | Op::Gather { .. }
         | Op::GatherNd { .. }
-        | Op::Range { .. }
-        | Op::Trilu { .. }) => {
-            return Err(em.err(
-                id,
-                &format!(
-                    "op {} is not supported by the MLIR emitter",
-                    other.kind_name()
-                ),
-            ));
-        }
-    })
+        | Op::Trilu { .. }
+        | Op::MatMul
+        | Op::MoeExperts { .. }
+        | Op::MoeExpertsBackward { .. }) => Err(em.err(
+            id,
+            &format!(
+                "op {} is not supported by the MLIR emitter",
+                other.kind_name()
+            ),
+        )),
+    }
 }
+
+/// One node being emitted: its id, its input tensors and its outputs' shapes and types.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    id: NodeId,
+    ins: &'a [Tv],
+    outs: &'a Outs,
+}
+
+impl At<'_> {
+    /// Fails unless input `i` is floating point.
+    fn float_in(&self, em: &Emitter<'_>, i: usize) -> Result<()> {
+        if self.ins[i].elem.is_float() {
+            Ok(())
+        } else {
+            Err(em.err(self.id, &format!("input {i} must be floating point")))
+        }
+    }
+}
+
+/// The hyper-parameters of one `AdamW` step.
+#[derive(Clone, Copy)]
+struct Adam {
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    step: u64,
+}
+
+// Reductions and normalization: the fused norms and their backward ops.
+
+/// `RmsNorm`: `x / √(mean(x²)+eps) · w`.
+fn rms_norm(em: &mut Emitter<'_>, at: &At<'_>, eps: f64) -> Result<Vec<Tv>> {
+    let At { ins, .. } = *at;
+    at.float_in(em, 0)?;
+    let (x, w) = (&ins[0], &ins[1]);
+    let r = rms_inv(&mut em.fb, x, eps);
+    let e = x.elem;
+    Ok(vec![map(
+        &mut em.fb,
+        &[x, &r, w],
+        &x.shape,
+        e,
+        &mut |fb, a| {
+            let n = fb.fmul(&a[0], &a[1], e);
+            fb.fmul(&n, &a[2], e)
+        },
+    )])
+}
+
+/// `LayerNorm`: `(x − mean) / √(var+eps) · w + b`.
+fn layer_norm(em: &mut Emitter<'_>, at: &At<'_>, eps: f64) -> Result<Vec<Tv>> {
+    let At { ins, .. } = *at;
+    at.float_in(em, 0)?;
+    let (x, w, b) = (&ins[0], &ins[1], &ins[2]);
+    let (mean, r) = ln_stats(&mut em.fb, x, eps);
+    let e = x.elem;
+    Ok(vec![map(
+        &mut em.fb,
+        &[x, &mean, &r, w, b],
+        &x.shape,
+        e,
+        &mut |fb, a| {
+            let c = fb.fsub(&a[0], &a[1], e);
+            let n = fb.fmul(&c, &a[2], e);
+            let s = fb.fmul(&n, &a[3], e);
+            fb.fadd(&s, &a[4], e)
+        },
+    )])
+}
+
+/// `RmsNormBackward`: `[x, w, d_y]` → `[d_x, d_w]`.
+fn rms_norm_bwd(em: &mut Emitter<'_>, at: &At<'_>, eps: f64) -> Result<Vec<Tv>> {
+    let At { ins, .. } = *at;
+    at.float_in(em, 0)?;
+    let (x, w, dy) = (&ins[0], &ins[1], &ins[2]);
+    let e = x.elem;
+    let h = *x.shape.last().unwrap_or(&1);
+    let last = x.shape.len() - 1;
+    let r = rms_inv(&mut em.fb, x, eps);
+    let n = map(&mut em.fb, &[x, &r], &x.shape, e, &mut |fb, a| {
+        fb.fmul(&a[0], &a[1], e)
+    });
+    let gn_el = map(&mut em.fb, &[dy, w, &n], &x.shape, e, &mut |fb, a| {
+        let g = fb.fmul(&a[0], &a[1], e);
+        fb.fmul(&g, &a[2], e)
+    });
+    let gn = reduce_axis(&mut em.fb, &gn_el, last, ReduceKind::Sum);
+    let dx = map(
+        &mut em.fb,
+        &[dy, w, &n, &gn, &r],
+        &x.shape,
+        e,
+        &mut |fb, a| {
+            let g = fb.fmul(&a[0], &a[1], e);
+            let hc = fb.cst(h as f64, e);
+            let m = fb.fdiv(&a[3], &hc, e);
+            let nm = fb.fmul(&a[2], &m, e);
+            let d = fb.fsub(&g, &nm, e);
+            fb.fmul(&a[4], &d, e)
+        },
+    );
+    let dn = map(&mut em.fb, &[dy, &n], &x.shape, e, &mut |fb, a| {
+        fb.fmul(&a[0], &a[1], e)
+    });
+    let axes: Vec<usize> = (0..last).collect();
+    let dw = reduce(&mut em.fb, &dn, &axes, false, ReduceKind::Sum, &[h]);
+    Ok(vec![dx, dw])
+}
+
+/// `LayerNormBackward`: `[x, w, d_y]` → `[d_x, d_w, d_b]`.
+fn layer_norm_bwd(em: &mut Emitter<'_>, at: &At<'_>, eps: f64) -> Result<Vec<Tv>> {
+    let At { ins, .. } = *at;
+    at.float_in(em, 0)?;
+    let (x, w, dy) = (&ins[0], &ins[1], &ins[2]);
+    let e = x.elem;
+    let h = *x.shape.last().unwrap_or(&1);
+    let last = x.shape.len() - 1;
+    let (mean, r) = ln_stats(&mut em.fb, x, eps);
+    let n = map(&mut em.fb, &[x, &mean, &r], &x.shape, e, &mut |fb, a| {
+        let c = fb.fsub(&a[0], &a[1], e);
+        fb.fmul(&c, &a[2], e)
+    });
+    let g = map(&mut em.fb, &[dy, w], &x.shape, e, &mut |fb, a| {
+        fb.fmul(&a[0], &a[1], e)
+    });
+    let gn_el = map(&mut em.fb, &[&g, &n], &x.shape, e, &mut |fb, a| {
+        fb.fmul(&a[0], &a[1], e)
+    });
+    let sg = reduce_axis(&mut em.fb, &g, last, ReduceKind::Sum);
+    let sgn = reduce_axis(&mut em.fb, &gn_el, last, ReduceKind::Sum);
+    let dx = map(
+        &mut em.fb,
+        &[&g, &sg, &n, &sgn, &r],
+        &x.shape,
+        e,
+        &mut |fb, a| {
+            let hc = fb.cst(h as f64, e);
+            let mg = fb.fdiv(&a[1], &hc, e);
+            let mgn = fb.fdiv(&a[3], &hc, e);
+            let t = fb.fsub(&a[0], &mg, e);
+            let nm = fb.fmul(&a[2], &mgn, e);
+            let t = fb.fsub(&t, &nm, e);
+            fb.fmul(&a[4], &t, e)
+        },
+    );
+    let dn = map(&mut em.fb, &[dy, &n], &x.shape, e, &mut |fb, a| {
+        fb.fmul(&a[0], &a[1], e)
+    });
+    let axes: Vec<usize> = (0..last).collect();
+    let dw = reduce(&mut em.fb, &dn, &axes, false, ReduceKind::Sum, &[h]);
+    let db = reduce(&mut em.fb, dy, &axes, false, ReduceKind::Sum, &[h]);
+    Ok(vec![dx, dw, db])
+}
+
+// Matmul and attention: the linear layer and the fused attention, forward and backward (rotary is
+// `rotary` below).
+
+/// `Linear`: `x·W (+ b)` over the flattened rows.
+fn linear(em: &mut Emitter<'_>, at: &At<'_>, bias: bool) -> Result<Vec<Tv>> {
+    let At { ins, outs, .. } = *at;
+    let (x, w) = (&ins[0], &ins[1]);
+    at.float_in(em, 0)?;
+    let kin = *x.shape.last().unwrap_or(&1);
+    let rows: i64 = x.shape[..x.shape.len().saturating_sub(1)].iter().product();
+    let nout = w.shape[1];
+    let x2 = reshape(&mut em.fb, x, &[rows, kin]);
+    let y = em.contract(Contraction {
+        a: (&x2, vec![Ix::D(0), Ix::D(2)]),
+        b: (w, vec![Ix::D(2), Ix::D(1)]),
+        out: vec![rows, nout],
+        k: kin,
+        elem: x.elem,
+    });
+    let y = if bias {
+        let e = x.elem;
+        map(
+            &mut em.fb,
+            &[&y, &ins[2]],
+            &[rows, nout],
+            e,
+            &mut |fb, a| fb.fadd(&a[0], &a[1], e),
+        )
+    } else {
+        y
+    };
+    Ok(vec![reshape(&mut em.fb, &y, &outs[0].0)])
+}
+
+/// `Attention`: softmax(scores)·V and the log-sum-exp statistics `[out, lse]`.
+fn attention(
+    em: &mut Emitter<'_>,
+    at: &At<'_>,
+    heads: usize,
+    kv_heads: usize,
+    scale: f64,
+    causal: bool,
+) -> Result<Vec<Tv>> {
+    let At { id, ins, outs } = *at;
+    at.float_in(em, 0)?;
+    let g = group(em, id, heads, kv_heads)?;
+    let mask = ins.get(3).cloned();
+    let (q, k, v) = (&ins[0], &ins[1], &ins[2]);
+    let s = scores(em, q, k, g, scale, causal, mask.as_ref());
+    let e = q.elem;
+    let mx = reduce_axis(&mut em.fb, &s, 3, ReduceKind::Max);
+    let p = map(&mut em.fb, &[&s, &mx], &s.shape, e, &mut |fb, a| {
+        let d = fb.fsub(&a[0], &a[1], e);
+        fb.exp(&d, e)
+    });
+    let sum = reduce_axis(&mut em.fb, &p, 3, ReduceKind::Sum);
+    let pn = map(&mut em.fb, &[&p, &sum], &s.shape, e, &mut |fb, a| {
+        fb.fdiv(&a[0], &a[1], e)
+    });
+    let (b, h, sq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
+    let sk = k.shape[2];
+    let out = em.contract(Contraction {
+        a: (&pn, vec![Ix::D(0), Ix::D(1), Ix::D(2), Ix::D(4)]),
+        b: (v, vec![Ix::D(0), Ix::Div(1, g), Ix::D(4), Ix::D(3)]),
+        out: vec![b, h, sq, d],
+        k: sk,
+        elem: e,
+    });
+    let lse_elem = outs[1].1;
+    let lse4 = map(
+        &mut em.fb,
+        &[&mx, &sum],
+        &[b, h, sq, 1],
+        lse_elem,
+        &mut |fb, a| {
+            let l = fb.math("log", &a[1], e);
+            let r = fb.fadd(&a[0], &l, e);
+            super::ops::cast(fb, &r, e, lse_elem)
+        },
+    );
+    let lse = reshape(&mut em.fb, &lse4, &[b, h, sq]);
+    Ok(vec![out, lse])
+}
+
+/// `AttentionBackward`: `[d_q, d_k, d_v]` with the softmax recomputed from `lse`.
+fn attention_bwd(
+    em: &mut Emitter<'_>,
+    at: &At<'_>,
+    heads: usize,
+    kv_heads: usize,
+    scale: f64,
+    causal: bool,
+) -> Result<Vec<Tv>> {
+    let At { id, ins, .. } = *at;
+    at.float_in(em, 0)?;
+    let g = group(em, id, heads, kv_heads)?;
+    let (q, k, v, o, lse, dout) = (&ins[0], &ins[1], &ins[2], &ins[3], &ins[4], &ins[5]);
+    let mask = ins.get(6).cloned();
+    let e = q.elem;
+    let (b, h, sq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
+    let sk = k.shape[2];
+    let kvh = k.shape[1];
+    let s = scores(em, q, k, g, scale, causal, mask.as_ref());
+    let lse4 = reshape(&mut em.fb, lse, &[b, h, sq, 1]);
+    let le = lse.elem;
+    let p = map(&mut em.fb, &[&s, &lse4], &s.shape, e, &mut |fb, a| {
+        let l = super::ops::cast(fb, &a[1], le, e);
+        let dd = fb.fsub(&a[0], &l, e);
+        fb.exp(&dd, e)
+    });
+    // dV_full[b,h,j,d] = Σ_i P[b,h,i,j] dO[b,h,i,d]
+    let dv_full = em.contract(Contraction {
+        a: (&p, vec![Ix::D(0), Ix::D(1), Ix::D(4), Ix::D(2)]),
+        b: (dout, vec![Ix::D(0), Ix::D(1), Ix::D(4), Ix::D(3)]),
+        out: vec![b, h, sk, d],
+        k: sq,
+        elem: e,
+    });
+    // dP[b,h,i,j] = Σ_d dO[b,h,i,d] V[b,h/g,j,d]
+    let dp = em.contract(Contraction {
+        a: (dout, vec![Ix::D(0), Ix::D(1), Ix::D(2), Ix::D(4)]),
+        b: (v, vec![Ix::D(0), Ix::Div(1, g), Ix::D(3), Ix::D(4)]),
+        out: vec![b, h, sq, sk],
+        k: d,
+        elem: e,
+    });
+    let dd = map(&mut em.fb, &[dout, o], &dout.shape, e, &mut |fb, a| {
+        fb.fmul(&a[0], &a[1], e)
+    });
+    let delta = reduce_axis(&mut em.fb, &dd, 3, ReduceKind::Sum);
+    let ds = map(&mut em.fb, &[&p, &dp, &delta], &p.shape, e, &mut |fb, a| {
+        let t = fb.fsub(&a[1], &a[2], e);
+        let t = fb.fmul(&a[0], &t, e);
+        let sc = fb.cst(scale, e);
+        fb.fmul(&t, &sc, e)
+    });
+    let dq = em.contract(Contraction {
+        a: (&ds, vec![Ix::D(0), Ix::D(1), Ix::D(2), Ix::D(4)]),
+        b: (k, vec![Ix::D(0), Ix::Div(1, g), Ix::D(4), Ix::D(3)]),
+        out: vec![b, h, sq, d],
+        k: sk,
+        elem: e,
+    });
+    let dk_full = em.contract(Contraction {
+        a: (&ds, vec![Ix::D(0), Ix::D(1), Ix::D(4), Ix::D(2)]),
+        b: (q, vec![Ix::D(0), Ix::D(1), Ix::D(4), Ix::D(3)]),
+        out: vec![b, h, sk, d],
+        k: sq,
+        elem: e,
+    });
+    let dk = group_sum(&mut em.fb, &dk_full, g, kvh);
+    let dv = group_sum(&mut em.fb, &dv_full, g, kvh);
+    Ok(vec![dq, dk, dv])
+}
+
+// Embedding and loss: the embedding backward (the lookup is a `gather`) and the cross-entropy loss.
+
+/// `EmbeddingBackward`: the gradient rows scatter-added into a `[vocab, h]` table.
+fn embedding_bwd(em: &mut Emitter<'_>, at: &At<'_>, vocab: usize) -> Result<Vec<Tv>> {
+    let At { ins, .. } = *at;
+    let (ids, dy) = (&ins[0], &ins[1]);
+    let hdim = *dy.shape.last().unwrap_or(&1);
+    let t: i64 = ids.shape.iter().product();
+    let ids1 = reshape(&mut em.fb, ids, &[t]);
+    let dy2 = reshape(&mut em.fb, dy, &[t, hdim]);
+    let e = dy.elem;
+    let ie = ids.elem;
+    Ok(vec![em.fb.generic(
+        &[(&ids1, vec![Ix::D(2)]), (&dy2, vec![Ix::D(2), Ix::D(1)])],
+        &[vocab as i64, hdim],
+        e,
+        None,
+        &[false, false, true],
+        Init::Fill(0.0),
+        &mut |fb, a| {
+            let row = fb.lindex(0);
+            let row = fb.op1("arith.index_cast", &row, "index to i64");
+            let idv = super::ops::cast(fb, &a[0], ie, Elem::I64);
+            let hit = fb.cmp(false, "eq", &row, &idv, "i64");
+            let s = fb.fadd(&a[2], &a[1], e);
+            fb.select(&hit, &s, &a[2], e.mlir())
+        },
+    )])
+}
+
+/// `CrossEntropy`: the mean negative log-likelihood over the counted targets.
+fn cross_entropy(em: &mut Emitter<'_>, at: &At<'_>, ignore_index: i64) -> Result<Vec<Tv>> {
+    let At { ins, outs, .. } = *at;
+    at.float_in(em, 0)?;
+    let (logits, targets) = (&ins[0], &ins[1]);
+    let (lsm, t1, n, vcb) = ce_prep(&mut em.fb, logits, targets, true);
+    let e = logits.elem;
+    let te = targets.elem;
+    let oe = outs[0].1;
+    let picked = em.fb.generic(
+        &[(&lsm, vec![Ix::D(0), Ix::D(1)]), (&t1, vec![Ix::D(0)])],
+        &[],
+        e,
+        Some(vec![]),
+        &[true, true],
+        Init::Fill(0.0),
+        &mut |fb, a| {
+            let col = fb.lindex(1);
+            let col = fb.op1("arith.index_cast", &col, "index to i64");
+            let tv = super::ops::cast(fb, &a[1], te, Elem::I64);
+            let hit = fb.cmp(false, "eq", &col, &tv, "i64");
+            let ig = fb.cst(ignore_index as f64, Elem::I64);
+            let counted = fb.cmp(false, "ne", &tv, &ig, "i64");
+            let both = fb.op2("arith.andi", &hit, &counted, "i1");
+            let s = fb.fsub(&a[2], &a[0], e);
+            fb.select(&both, &s, &a[2], e.mlir())
+        },
+    );
+    let count = ce_count(&mut em.fb, &t1, ignore_index, e);
+    let _ = (n, vcb);
+    Ok(vec![map(
+        &mut em.fb,
+        &[&picked, &count],
+        &[],
+        oe,
+        &mut |fb, a| {
+            let z = fb.cst(0.0, e);
+            let none = fb.cmp(true, "oeq", &a[1], &z, e.mlir());
+            let q = fb.fdiv(&a[0], &a[1], e);
+            let r = fb.select(&none, &z, &q, e.mlir());
+            super::ops::cast(fb, &r, e, oe)
+        },
+    )])
+}
+
+/// `CrossEntropyBackward`: `(softmax − onehot) · d_loss / count`, zero on ignored targets.
+fn cross_entropy_bwd(em: &mut Emitter<'_>, at: &At<'_>, ignore_index: i64) -> Result<Vec<Tv>> {
+    let At { ins, .. } = *at;
+    at.float_in(em, 0)?;
+    let (logits, targets, dloss) = (&ins[0], &ins[1], &ins[2]);
+    let (p, t1, n, vcb) = ce_prep(&mut em.fb, logits, targets, false);
+    let e = logits.elem;
+    let te = targets.elem;
+    let de = dloss.elem;
+    let count = ce_count(&mut em.fb, &t1, ignore_index, e);
+    let d = em.fb.generic(
+        &[
+            (&p, vec![Ix::D(0), Ix::D(1)]),
+            (&t1, vec![Ix::D(0)]),
+            (dloss, vec![]),
+            (&count, vec![]),
+        ],
+        &[n, vcb],
+        e,
+        None,
+        &[false, false],
+        Init::Empty,
+        &mut |fb, a| {
+            let col = fb.lindex(1);
+            let col = fb.op1("arith.index_cast", &col, "index to i64");
+            let tv = super::ops::cast(fb, &a[1], te, Elem::I64);
+            let hit = fb.cmp(false, "eq", &col, &tv, "i64");
+            let one = fb.cst(1.0, e);
+            let z = fb.cst(0.0, e);
+            let oh = fb.select(&hit, &one, &z, e.mlir());
+            let diff = fb.fsub(&a[0], &oh, e);
+            let dl = super::ops::cast(fb, &a[2], de, e);
+            let sc = fb.fdiv(&dl, &a[3], e);
+            let none = fb.cmp(true, "oeq", &a[3], &z, e.mlir());
+            let sc = fb.select(&none, &z, &sc, e.mlir());
+            let r = fb.fmul(&diff, &sc, e);
+            let ig = fb.cst(ignore_index as f64, Elem::I64);
+            let skip = fb.cmp(false, "eq", &tv, &ig, "i64");
+            fb.select(&skip, &z, &r, e.mlir())
+        },
+    );
+    Ok(vec![reshape(&mut em.fb, &d, &logits.shape)])
+}
+
+// Optimizers: one fused update step per parameter.
+
+/// `AdamW`: `[p, g, m, v]` → `[p', m', v']`, computed in the moments' type.
+fn adamw(em: &mut Emitter<'_>, at: &At<'_>, h: &Adam) -> Result<Vec<Tv>> {
+    let At { ins, .. } = *at;
+    let Adam {
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        step,
+    } = *h;
+    at.float_in(em, 0)?;
+    let (p, g, m, v) = (&ins[0], &ins[1], &ins[2], &ins[3]);
+    // moments keep their own type (fp32 under bf16 policies); the update is computed in it
+    let (ep, eg, e) = (p.elem, g.elem, m.elem);
+    let bc1 = 1.0 - beta1.powi(step as i32);
+    let bc2 = 1.0 - beta2.powi(step as i32);
+    let shape = p.shape.clone();
+    let nm = map(&mut em.fb, &[m, g], &shape, e, &mut |fb, a| {
+        let gi = convert(fb, &a[1], eg, e);
+        let b1 = fb.cst(beta1, e);
+        let c1 = fb.cst(1.0 - beta1, e);
+        let x = fb.fmul(&b1, &a[0], e);
+        let y = fb.fmul(&c1, &gi, e);
+        fb.fadd(&x, &y, e)
+    });
+    let nv = map(&mut em.fb, &[v, g], &shape, v.elem, &mut |fb, a| {
+        let e = v.elem;
+        let gi = convert(fb, &a[1], eg, e);
+        let b2 = fb.cst(beta2, e);
+        let c2 = fb.cst(1.0 - beta2, e);
+        let x = fb.fmul(&b2, &a[0], e);
+        let gg = fb.fmul(&gi, &gi, e);
+        let y = fb.fmul(&c2, &gg, e);
+        fb.fadd(&x, &y, e)
+    });
+    let np = map(&mut em.fb, &[p, &nm, &nv], &shape, ep, &mut |fb, a| {
+        let pi = convert(fb, &a[0], ep, e);
+        let vi = convert(fb, &a[2], v.elem, e);
+        let dec = fb.cst(1.0 - lr * weight_decay, e);
+        let decayed = fb.fmul(&pi, &dec, e);
+        let k1 = fb.cst(bc1, e);
+        let k2 = fb.cst(bc2, e);
+        let mh = fb.fdiv(&a[1], &k1, e);
+        let vh = fb.fdiv(&vi, &k2, e);
+        let sq = fb.math("sqrt", &vh, e);
+        let eps_c = fb.cst(eps, e);
+        let den = fb.fadd(&sq, &eps_c, e);
+        let q = fb.fdiv(&mh, &den, e);
+        let l = fb.cst(lr, e);
+        let upd = fb.fmul(&l, &q, e);
+        let np = fb.fsub(&decayed, &upd, e);
+        convert(fb, &np, e, ep)
+    });
+    Ok(vec![np, nm, nv])
+}
+
+/// `SgdMomentum`: `[p, g, buf]` → `[p', buf']`.
+fn sgd(
+    em: &mut Emitter<'_>,
+    at: &At<'_>,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+) -> Result<Vec<Tv>> {
+    let At { ins, .. } = *at;
+    at.float_in(em, 0)?;
+    let (p, g, buf) = (&ins[0], &ins[1], &ins[2]);
+    let e = p.elem;
+    let shape = p.shape.clone();
+    let nb = map(&mut em.fb, &[p, g, buf], &shape, e, &mut |fb, a| {
+        let wd = fb.cst(weight_decay, e);
+        let wp = fb.fmul(&wd, &a[0], e);
+        let gi = fb.fadd(&a[1], &wp, e);
+        let mo = fb.cst(momentum, e);
+        let mb = fb.fmul(&mo, &a[2], e);
+        fb.fadd(&mb, &gi, e)
+    });
+    let np = map(&mut em.fb, &[p, &nb], &shape, e, &mut |fb, a| {
+        let l = fb.cst(lr, e);
+        let u = fb.fmul(&l, &a[1], e);
+        fb.fsub(&a[0], &u, e)
+    });
+    Ok(vec![np, nb])
+}
+
+// Collectives.
+
+/// `Collective`: the identity where no data moves; otherwise a runtime call (16-bit values widened to f32 around it).
+fn emit_collective(
+    em: &mut Emitter<'_>,
+    at: &At<'_>,
+    kind: CollectiveKind,
+    group_size: u32,
+    axis: Option<usize>,
+) -> Result<Vec<Tv>> {
+    let At { id, ins, outs } = *at;
+    let x = &ins[0];
+    Ok(
+        if kind == CollectiveKind::CopyToGroup
+            || (group_size == 1 && kind == CollectiveKind::AllReduce)
+        {
+            // identity in the forward pass (its gradient, an all-reduce, is its own node)
+            vec![x.clone()]
+        } else if matches!(x.elem, Elem::BF16 | Elem::F16) {
+            // 16-bit activations are reduced in f32 (the runtime's collectives are f32)
+            let e = x.elem;
+            let shape = x.shape.clone();
+            let wide = map(&mut em.fb, &[x], &shape, Elem::F32, &mut |fb, a| {
+                convert(fb, &a[0], e, Elem::F32)
+            });
+            let r = collective(em, &wide, kind, group_size, axis, &outs[0].0);
+            let oshape = r.shape.clone();
+            vec![map(&mut em.fb, &[&r], &oshape, e, &mut |fb, a| {
+                convert(fb, &a[0], Elem::F32, e)
+            })]
+        } else {
+            if x.elem != Elem::F32 {
+                return Err(em.err(id, "collectives are emitted for float tensors only"));
+            }
+            vec![collective(em, x, kind, group_size, axis, &outs[0].0)]
+        },
+    )
+}
+
+// Helpers.
 
 fn group(em: &Emitter<'_>, id: NodeId, heads: usize, kv: usize) -> Result<i64> {
     if kv == 0 || !heads.is_multiple_of(kv) {

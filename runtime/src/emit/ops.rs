@@ -4,193 +4,59 @@ use super::Emitter;
 use super::builder::{Elem, Fb, Init, Ix, Tv, bcast, ident, tensor_ty};
 use super::contract::Contraction;
 use crate::error::Result;
-use moai_ir::{BinaryOp, NodeId, Op, ReduceKind, TensorData, UnaryOp};
+use moai_ir::{BinaryOp, Dim, NodeId, Op, ReduceKind, TensorData, UnaryOp};
 
 type Outs = [(Vec<i64>, Elem)];
 
-/// Emits a primitive op; `Ok(None)` when `id` is not one (the fused/backward emitter takes it).
+/// Emits a primitive op; `Ok(None)` when `id` is not one (the fused/backward emitter takes it). One
+/// arm per op, grouped by op family (the same families, in the same order, as `nn::emit` and
+/// `moai_ir`'s interpreter and autodiff): sources, elementwise, reductions and normalization, shape
+/// and layout, matmul and attention, mixture of experts; the layer, training and collective ops
+/// are listed in the last arm. Each arm calls its op's function below, so a new `Op` variant is a
+/// compile error here.
 pub(super) fn emit(em: &mut Emitter<'_>, id: NodeId, outs: &Outs) -> Result<Option<Vec<Tv>>> {
     let op = em.graph.node(id).op.clone();
     let (oshape, oelem) = outs.first().cloned().unwrap_or_default_pair();
+    let o = &Out {
+        id,
+        shape: &oshape,
+        elem: oelem,
+    };
     let r = match op {
+        // sources
         Op::Constant(t) => vec![constant(em, id, &t, &oshape, oelem)?],
         Op::Input { .. } | Op::Param { .. } => {
             return Err(em.err(id, "source node is not an argument of the program"));
         }
-        Op::Unary(u) => {
-            let x = em.input(id, 0)?;
-            vec![map(&mut em.fb, &[&x], &oshape, oelem, &mut |fb, a| {
-                unary(fb, u, &a[0], x.elem)
-            })]
-        }
-        Op::Binary(b) => {
-            let (x, y) = (em.input(id, 0)?, em.input(id, 1)?);
-            if x.elem != y.elem {
-                return Err(em.err(
-                    id,
-                    &format!("operand types differ ({} vs {})", x.ty(), y.ty()),
-                ));
-            }
-            if b == BinaryOp::Pow && !x.elem.is_float() {
-                return Err(em.err(id, "integer Pow is not supported"));
-            }
-            vec![map(&mut em.fb, &[&x, &y], &oshape, oelem, &mut |fb, a| {
-                binary(fb, b, &a[0], &a[1], x.elem)
-            })]
-        }
-        Op::Where => {
-            let (c, x, y) = (em.input(id, 0)?, em.input(id, 1)?, em.input(id, 2)?);
-            let et = oelem.mlir();
-            vec![map(
-                &mut em.fb,
-                &[&c, &x, &y],
-                &oshape,
-                oelem,
-                &mut |fb, a| fb.select(&a[0], &a[1], &a[2], et),
-            )]
-        }
-        Op::Cast(_) => {
-            let x = em.input(id, 0)?;
-            if x.elem == oelem {
-                vec![x]
-            } else {
-                vec![map(&mut em.fb, &[&x], &oshape, oelem, &mut |fb, a| {
-                    cast(fb, &a[0], x.elem, oelem)
-                })]
-            }
-        }
-        Op::MatMul => {
-            let (a, b) = (em.input(id, 0)?, em.input(id, 1)?);
-            if a.shape.len() < 2 || b.shape.len() < 2 {
-                return Err(em.err(
-                    id,
-                    "rank-1 MatMul operands are not supported; reshape to rank 2",
-                ));
-            }
-            let rr = oshape.len();
-            let k = a.shape[a.shape.len() - 1];
-            let batch = &oshape[..rr - 2];
-            let mut aix = bcast(&a.shape[..a.shape.len() - 2], batch);
-            aix.extend([Ix::D(rr - 2), Ix::D(rr)]);
-            let mut bix = bcast(&b.shape[..b.shape.len() - 2], batch);
-            bix.extend([Ix::D(rr), Ix::D(rr - 1)]);
-            vec![em.contract(Contraction {
-                a: (&a, aix),
-                b: (&b, bix),
-                out: oshape.clone(),
-                k,
-                elem: oelem,
-            })]
-        }
+        Op::Range { start, step, .. } => emit_range(em, o, &start, step)?,
+        // elementwise
+        Op::Unary(u) => emit_unary(em, o, u)?,
+        Op::Binary(b) => emit_binary(em, o, b)?,
+        Op::Where => emit_where(em, o)?,
+        Op::Cast(_) => emit_cast(em, o)?,
+        // reductions and normalization (the fused norms are nn::emit's)
         Op::Reduce {
             kind,
             axes,
             keep_dims,
-        } => {
-            let x = em.input(id, 0)?;
-            vec![reduce(&mut em.fb, &x, &axes, keep_dims, kind, &oshape)]
-        }
-        Op::Softmax { axis } => {
-            let x = em.input(id, 0)?;
-            vec![softmax(&mut em.fb, &x, axis, false)]
-        }
-        Op::LogSoftmax { axis } => {
-            let x = em.input(id, 0)?;
-            vec![softmax(&mut em.fb, &x, axis, true)]
-        }
-        Op::Reshape(_) => {
-            let x = em.input(id, 0)?;
-            vec![reshape(&mut em.fb, &x, &oshape)]
-        }
-        Op::Transpose(perm) => {
-            let x = em.input(id, 0)?;
-            vec![transpose(&mut em.fb, &x, &perm)]
-        }
-        Op::Expand(_) => {
-            let x = em.input(id, 0)?;
-            vec![map(&mut em.fb, &[&x], &oshape, oelem, &mut |_, a| {
-                a[0].clone()
-            })]
-        }
-        Op::Concat { axis } => {
-            let n = em.graph.node(id).inputs.len();
-            let mut acc = em.fb.empty(&oshape, oelem);
-            let mut off = 0;
-            for i in 0..n {
-                let x = em.input(id, i)?;
-                acc = insert_slice(&mut em.fb, &x, &acc, axis, off);
-                off += x.shape[axis];
-            }
-            vec![acc]
-        }
+        } => emit_reduce(em, o, kind, &axes, keep_dims)?,
+        Op::Softmax { axis } => emit_softmax(em, o, axis, false)?,
+        Op::LogSoftmax { axis } => emit_softmax(em, o, axis, true)?,
+        Op::CumSum { .. } => return Err(unused_by_decoders(em, id)),
+        // shape and layout
+        Op::Reshape(_) => emit_reshape(em, o)?,
+        Op::Transpose(perm) => emit_transpose(em, o, &perm)?,
+        Op::Expand(_) => emit_expand(em, o)?,
+        Op::Concat { axis } => emit_concat(em, o, axis)?,
         Op::Slice {
             axis, start, step, ..
-        } => {
-            let x = em.input(id, 0)?;
-            if step <= 0 {
-                return Err(em.err(id, "slices with a non-positive step are not supported"));
-            }
-            let env = |s: &str| em.dims.get(s).copied();
-            let st = start
-                .eval(&env)
-                .ok_or_else(|| em.err(id, &format!("slice start {start} is not bound")))?;
-            vec![extract_slice(&mut em.fb, &x, axis, st, oshape[axis], step)]
-        }
-        Op::Gather { axis } => {
-            let (d, i) = (em.input(id, 0)?, em.input(id, 1)?);
-            if i.elem.is_float() {
-                return Err(em.err(id, "gather indices must be integers"));
-            }
-            vec![gather(&mut em.fb, &d, &i, axis, &oshape)]
-        }
-        Op::Range { start, step, .. } => {
-            let env = |s: &str| em.dims.get(s).copied();
-            let st = start
-                .eval(&env)
-                .ok_or_else(|| em.err(id, &format!("range start {start} is not bound")))?;
-            vec![em.fb.generic(
-                &[],
-                &oshape,
-                oelem,
-                None,
-                &[false],
-                Init::Empty,
-                &mut |fb, _| {
-                    let i = fb.lindex(0);
-                    let ii = fb.op1("arith.index_cast", &i, "index to i64");
-                    let s = fb.cst(st as f64, Elem::I64);
-                    let k = fb.cst(step as f64, Elem::I64);
-                    let m = fb.op2("arith.muli", &ii, &k, "i64");
-                    let v = fb.op2("arith.addi", &s, &m, "i64");
-                    cast(fb, &v, Elem::I64, oelem)
-                },
-            )]
-        }
-        Op::Trilu { upper, k } => {
-            let x = em.input(id, 0)?;
-            let rr = oshape.len();
-            if rr < 2 {
-                return Err(em.err(id, "Trilu needs rank ≥ 2"));
-            }
-            let e = x.elem;
-            vec![map(&mut em.fb, &[&x], &oshape, oelem, &mut |fb, a| {
-                let i = fb.lindex(rr - 2);
-                let j = fb.lindex(rr - 1);
-                let ii = fb.op1("arith.index_cast", &i, "index to i64");
-                let jj = fb.op1("arith.index_cast", &j, "index to i64");
-                let diff = fb.op2("arith.subi", &jj, &ii, "i64");
-                let kc = fb.cst(k as f64, Elem::I64);
-                let keep = fb.cmp(false, if upper { "sge" } else { "sle" }, &diff, &kc, "i64");
-                let z = fb.cst(0.0, e);
-                fb.select(&keep, &a[0], &z, e.mlir())
-            })]
-        }
-        Op::CumSum { .. } | Op::GatherNd { .. } => {
-            return Err(em.err(
-                id,
-                "not supported by the MLIR emitter (no training graph of a decoder uses it)",
-            ));
-        }
+        } => emit_slice(em, o, axis, &start, step)?,
+        Op::Gather { axis } => emit_gather(em, o, axis)?,
+        Op::GatherNd { .. } => return Err(unused_by_decoders(em, id)),
+        Op::Trilu { upper, k } => emit_trilu(em, o, upper, k)?,
+        // matmul and attention (linear and attention are nn::emit's)
+        Op::MatMul => emit_matmul(em, o)?,
+        // mixture of experts
         Op::MoeExperts { .. } | Op::MoeExpertsBackward { .. } => {
             return Err(em.err(
                 id,
@@ -216,6 +82,301 @@ pub(super) fn emit(em: &mut Emitter<'_>, id: NodeId, outs: &Outs) -> Result<Opti
         | Op::Collective { .. } => return Ok(None),
     };
     Ok(Some(r))
+}
+
+/// What a primitive op emits into: the node and its first output's shape and element type.
+#[derive(Clone, Copy)]
+struct Out<'a> {
+    id: NodeId,
+    shape: &'a [i64],
+    elem: Elem,
+}
+
+/// The error for an op no training graph of a decoder uses.
+fn unused_by_decoders(em: &Emitter<'_>, id: NodeId) -> crate::error::RuntimeError {
+    em.err(
+        id,
+        "not supported by the MLIR emitter (no training graph of a decoder uses it)",
+    )
+}
+
+/// `Softmax` (`log == false`) or `LogSoftmax` along an axis.
+fn emit_softmax(em: &mut Emitter<'_>, o: &Out<'_>, axis: usize, log: bool) -> Result<Vec<Tv>> {
+    let x = em.input(o.id, 0)?;
+    Ok(vec![softmax(&mut em.fb, &x, axis, log)])
+}
+
+// Sources.
+
+/// `Range`: `start + i·step` from a bound start.
+fn emit_range(em: &mut Emitter<'_>, o: &Out<'_>, start: &Dim, step: i64) -> Result<Vec<Tv>> {
+    let Out {
+        id,
+        shape: oshape,
+        elem: oelem,
+    } = *o;
+    let env = |s: &str| em.dims.get(s).copied();
+    let st = start
+        .eval(&env)
+        .ok_or_else(|| em.err(id, &format!("range start {start} is not bound")))?;
+    Ok(vec![em.fb.generic(
+        &[],
+        oshape,
+        oelem,
+        None,
+        &[false],
+        Init::Empty,
+        &mut |fb, _| {
+            let i = fb.lindex(0);
+            let ii = fb.op1("arith.index_cast", &i, "index to i64");
+            let s = fb.cst(st as f64, Elem::I64);
+            let k = fb.cst(step as f64, Elem::I64);
+            let m = fb.op2("arith.muli", &ii, &k, "i64");
+            let v = fb.op2("arith.addi", &s, &m, "i64");
+            cast(fb, &v, Elem::I64, oelem)
+        },
+    )])
+}
+
+// Elementwise.
+
+/// `Unary`: the function applied elementwise.
+fn emit_unary(em: &mut Emitter<'_>, o: &Out<'_>, u: UnaryOp) -> Result<Vec<Tv>> {
+    let Out {
+        id,
+        shape: oshape,
+        elem: oelem,
+    } = *o;
+    let x = em.input(id, 0)?;
+    Ok(vec![map(&mut em.fb, &[&x], oshape, oelem, &mut |fb, a| {
+        unary(fb, u, &a[0], x.elem)
+    })])
+}
+
+/// `Binary`: elementwise with broadcasting (operands of one type).
+fn emit_binary(em: &mut Emitter<'_>, o: &Out<'_>, b: BinaryOp) -> Result<Vec<Tv>> {
+    let Out {
+        id,
+        shape: oshape,
+        elem: oelem,
+    } = *o;
+    let (x, y) = (em.input(id, 0)?, em.input(id, 1)?);
+    if x.elem != y.elem {
+        return Err(em.err(
+            id,
+            &format!("operand types differ ({} vs {})", x.ty(), y.ty()),
+        ));
+    }
+    if b == BinaryOp::Pow && !x.elem.is_float() {
+        return Err(em.err(id, "integer Pow is not supported"));
+    }
+    Ok(vec![map(
+        &mut em.fb,
+        &[&x, &y],
+        oshape,
+        oelem,
+        &mut |fb, a| binary(fb, b, &a[0], &a[1], x.elem),
+    )])
+}
+
+/// `Where`: `cond ? a : b` with broadcasting.
+fn emit_where(em: &mut Emitter<'_>, o: &Out<'_>) -> Result<Vec<Tv>> {
+    let Out {
+        id,
+        shape: oshape,
+        elem: oelem,
+    } = *o;
+    let (c, x, y) = (em.input(id, 0)?, em.input(id, 1)?, em.input(id, 2)?);
+    let et = oelem.mlir();
+    Ok(vec![map(
+        &mut em.fb,
+        &[&c, &x, &y],
+        oshape,
+        oelem,
+        &mut |fb, a| fb.select(&a[0], &a[1], &a[2], et),
+    )])
+}
+
+/// `Cast`: element type conversion (none when the type already matches).
+fn emit_cast(em: &mut Emitter<'_>, o: &Out<'_>) -> Result<Vec<Tv>> {
+    let Out {
+        id,
+        shape: oshape,
+        elem: oelem,
+    } = *o;
+    let x = em.input(id, 0)?;
+    Ok(if x.elem == oelem {
+        vec![x]
+    } else {
+        vec![map(&mut em.fb, &[&x], oshape, oelem, &mut |fb, a| {
+            cast(fb, &a[0], x.elem, oelem)
+        })]
+    })
+}
+
+// Reductions and normalization (`emit_softmax` above).
+
+/// `Reduce` over axes.
+fn emit_reduce(
+    em: &mut Emitter<'_>,
+    o: &Out<'_>,
+    kind: ReduceKind,
+    axes: &[usize],
+    keep_dims: bool,
+) -> Result<Vec<Tv>> {
+    let Out {
+        id, shape: oshape, ..
+    } = *o;
+    let x = em.input(id, 0)?;
+    Ok(vec![reduce(&mut em.fb, &x, axes, keep_dims, kind, oshape)])
+}
+
+// Shape and layout.
+
+/// `Reshape` to the output shape.
+fn emit_reshape(em: &mut Emitter<'_>, o: &Out<'_>) -> Result<Vec<Tv>> {
+    let Out {
+        id, shape: oshape, ..
+    } = *o;
+    let x = em.input(id, 0)?;
+    Ok(vec![reshape(&mut em.fb, &x, oshape)])
+}
+
+/// `Transpose` by an axis permutation.
+fn emit_transpose(em: &mut Emitter<'_>, o: &Out<'_>, perm: &[usize]) -> Result<Vec<Tv>> {
+    let Out { id, .. } = *o;
+    let x = em.input(id, 0)?;
+    Ok(vec![transpose(&mut em.fb, &x, perm)])
+}
+
+/// `Expand`: broadcast to the output shape.
+fn emit_expand(em: &mut Emitter<'_>, o: &Out<'_>) -> Result<Vec<Tv>> {
+    let Out {
+        id,
+        shape: oshape,
+        elem: oelem,
+    } = *o;
+    let x = em.input(id, 0)?;
+    Ok(vec![map(&mut em.fb, &[&x], oshape, oelem, &mut |_, a| {
+        a[0].clone()
+    })])
+}
+
+/// `Concat`: each input inserted at its offset along the axis.
+fn emit_concat(em: &mut Emitter<'_>, o: &Out<'_>, axis: usize) -> Result<Vec<Tv>> {
+    let Out {
+        id,
+        shape: oshape,
+        elem: oelem,
+    } = *o;
+    let n = em.graph.node(id).inputs.len();
+    let mut acc = em.fb.empty(oshape, oelem);
+    let mut off = 0;
+    for i in 0..n {
+        let x = em.input(id, i)?;
+        acc = insert_slice(&mut em.fb, &x, &acc, axis, off);
+        off += x.shape[axis];
+    }
+    Ok(vec![acc])
+}
+
+/// `Slice` with a positive step and a bound start.
+fn emit_slice(
+    em: &mut Emitter<'_>,
+    o: &Out<'_>,
+    axis: usize,
+    start: &Dim,
+    step: i64,
+) -> Result<Vec<Tv>> {
+    let Out {
+        id, shape: oshape, ..
+    } = *o;
+    let x = em.input(id, 0)?;
+    if step <= 0 {
+        return Err(em.err(id, "slices with a non-positive step are not supported"));
+    }
+    let env = |s: &str| em.dims.get(s).copied();
+    let st = start
+        .eval(&env)
+        .ok_or_else(|| em.err(id, &format!("slice start {start} is not bound")))?;
+    Ok(vec![extract_slice(
+        &mut em.fb,
+        &x,
+        axis,
+        st,
+        oshape[axis],
+        step,
+    )])
+}
+
+/// `Gather` along an axis with integer indices.
+fn emit_gather(em: &mut Emitter<'_>, o: &Out<'_>, axis: usize) -> Result<Vec<Tv>> {
+    let Out {
+        id, shape: oshape, ..
+    } = *o;
+    let (d, i) = (em.input(id, 0)?, em.input(id, 1)?);
+    if i.elem.is_float() {
+        return Err(em.err(id, "gather indices must be integers"));
+    }
+    Ok(vec![gather(&mut em.fb, &d, &i, axis, oshape)])
+}
+
+/// `Trilu`: the lower or upper triangle, zero elsewhere.
+fn emit_trilu(em: &mut Emitter<'_>, o: &Out<'_>, upper: bool, k: i64) -> Result<Vec<Tv>> {
+    let Out {
+        id,
+        shape: oshape,
+        elem: oelem,
+    } = *o;
+    let x = em.input(id, 0)?;
+    let rr = oshape.len();
+    if rr < 2 {
+        return Err(em.err(id, "Trilu needs rank ≥ 2"));
+    }
+    let e = x.elem;
+    Ok(vec![map(&mut em.fb, &[&x], oshape, oelem, &mut |fb, a| {
+        let i = fb.lindex(rr - 2);
+        let j = fb.lindex(rr - 1);
+        let ii = fb.op1("arith.index_cast", &i, "index to i64");
+        let jj = fb.op1("arith.index_cast", &j, "index to i64");
+        let diff = fb.op2("arith.subi", &jj, &ii, "i64");
+        let kc = fb.cst(k as f64, Elem::I64);
+        let keep = fb.cmp(false, if upper { "sge" } else { "sle" }, &diff, &kc, "i64");
+        let z = fb.cst(0.0, e);
+        fb.select(&keep, &a[0], &z, e.mlir())
+    })])
+}
+
+// Matmul and attention.
+
+/// `MatMul`: a batched contraction over the last axis of `a`, broadcasting the batch axes.
+fn emit_matmul(em: &mut Emitter<'_>, o: &Out<'_>) -> Result<Vec<Tv>> {
+    let Out {
+        id,
+        shape: oshape,
+        elem: oelem,
+    } = *o;
+    let (a, b) = (em.input(id, 0)?, em.input(id, 1)?);
+    if a.shape.len() < 2 || b.shape.len() < 2 {
+        return Err(em.err(
+            id,
+            "rank-1 MatMul operands are not supported; reshape to rank 2",
+        ));
+    }
+    let rr = oshape.len();
+    let k = a.shape[a.shape.len() - 1];
+    let batch = &oshape[..rr - 2];
+    let mut aix = bcast(&a.shape[..a.shape.len() - 2], batch);
+    aix.extend([Ix::D(rr - 2), Ix::D(rr)]);
+    let mut bix = bcast(&b.shape[..b.shape.len() - 2], batch);
+    bix.extend([Ix::D(rr), Ix::D(rr - 1)]);
+    Ok(vec![em.contract(Contraction {
+        a: (&a, aix),
+        b: (&b, bix),
+        out: oshape.to_vec(),
+        k,
+        elem: oelem,
+    })])
 }
 
 trait PairDefault {
