@@ -244,18 +244,30 @@ fn h100_over_a100_on_a_7b_model() {
 
 /// The best predicted MFU of a large dense model (llama2-70b, 64 devices, seq 4096, batch 512,
 /// Megatron stack) over a small plan grid, per GPU, lies in published ranges: H100 35-60% (Llama 3
-/// paper, Table 4: 38-43% on 16k H100s; NVIDIA Megatron-Core/NeMo 70B recipes about 50-55%); A100
-/// 40-60% (Narayanan et al. SC21 Table 1: 44-52%; MosaicML llm-foundry 70B on A100: 40-55%); MI250
+/// paper, Table 4: 38-43% on 16k H100s; NVIDIA Megatron-Core/NeMo 70B recipes about 50-55%); MI250
 /// 25-50% (Dash et al., arXiv 2312.12705: 32-38% on Frontier's MI250X); MI300X 20-50% (AMD Primus /
 /// Megatron-LM MI300X/MI325X training reports, about 30-45% of the bf16 peak).
+///
+/// A100, 70B class: published MFU is 43-56%: Llama 2 70B pretraining (Touvron et al. 2023, Table 2:
+/// 1,720,320 A100-80GB GPU-hours for 2T tokens at 350-400 W caps, so 6·N·D over 312 TFLOP/s times
+/// those hours is about 43%, a lower bound since the hours include restarts); MosaicML llm-foundry
+/// MPT-70B (`costmodel/data/truth/llmfoundry_a100_80gb.jsonl`: 48.6% on 32 and 53.3% on 64
+/// A100-80GB); torchtitan Llama 2 70B on 64 A100 (`torchtitan.jsonl`: 50.5-50.8%); Megatron-LM with
+/// sequence parallelism and selective recomputation (Korthikanti et al. 2022, arXiv 2205.05198:
+/// 54.2% for 530B on 2240 A100; the Megatron-LM README's table of the same kernels, benchmark runs
+/// at data-parallel size 1, reaches 56.3% at 1T, its largest model); SC21 Table 1
+/// (`megatron_sc21_table1.jsonl`: 44-52%, pre-FlashAttention). The 62-64% of the same llm-foundry
+/// table are MPT-7B/13B, not this class, and no published 70B-class A100 run reaches 60%. Asserted
+/// as 40-60%, the same few points of margin as the H100's 35-60% around its published 38-55%; the
+/// committed fit's best A100 plan here is 0.588, above every published 70B-class figure but inside
+/// that margin.
 #[test]
 fn best_plan_mfu_within_published_ranges() {
     let m = ProfiledCostModel::new();
     let ranges = [
         (Gpu::H100, 0.35, 0.60),
-        // A100 misses the published range (the model predicts about 0.64; torchtitan's best
-        // published A100 MFU is 58%): asserted only up to 0.70, and reported as a miss.
-        (Gpu::A100, 0.40, 0.70),
+        // Published 43-56% for the 70B class (see above); the model predicts 0.588.
+        (Gpu::A100, 0.40, 0.60),
         (Gpu::Mi250, 0.25, 0.50),
         (Gpu::Mi300x, 0.20, 0.50),
     ];
