@@ -356,9 +356,9 @@ pub fn block_shape(block: &BlockProfile, tp: u64) -> BlockShape {
                 },
                 Phase::Forward,
             ) => {
-                if s.attention.is_none() {
-                    s.attention = crate::context::CpAttention::of_op(op);
-                }
+                s.attention = s
+                    .attention
+                    .or_else(|| crate::context::CpAttention::of_op(op))
             }
             (_, Phase::Forward) => s.tensors += 1.0,
             _ => {}
