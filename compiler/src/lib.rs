@@ -31,6 +31,7 @@ pub mod request;
 pub mod search;
 mod smi;
 pub mod space;
+mod svg;
 pub mod sweep;
 mod validate;
 
