@@ -380,7 +380,7 @@ mod tests {
         };
         for devices in [8, 12, 16] {
             let cluster = Cluster::new(Gpu::H100, devices).unwrap();
-            let space = crate::space::enumerate(shape, &cluster, 96, &Constraints::default());
+            let space = crate::space::enumerate(shape, &cluster, 96, 4096, &Constraints::default());
             assert!(!space.candidates.is_empty());
             for c in &space.candidates {
                 checked(c, &cluster, shape).unwrap();

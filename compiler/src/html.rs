@@ -199,38 +199,19 @@ fn scatter(report: &PlanReport, capacity: f64) -> String {
     let cap = capacity / GIB;
     let xmax = pts.iter().map(|p| p.0).fold(cap, f64::max) * 1.05;
     let ymax = pts.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.05;
-    let sx = |x: f64| l + (x / xmax).min(1.0) * (w - l - 20.0);
-    let sy = |y: f64| hgt - b - y / ymax * (hgt - b - 20.0);
+    let frame = crate::svg::Frame { w, h: hgt, l, b };
+    // Points past the axis (none but the capacity line can be) are drawn at its end.
+    let sx = |x: f64| frame.x(x.min(xmax), xmax);
+    let sy = |y: f64| frame.y(y, ymax);
     let mut s = format!(
         "<svg class=\"fig\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{hgt}\">\n"
     );
-    let _ = writeln!(
-        s,
-        "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#000\"/><line x1=\"{l}\" y1=\"20\" x2=\"{l}\" y2=\"{}\" stroke=\"#000\"/>",
-        hgt - b,
-        w - 20.0,
-        hgt - b,
-        hgt - b
-    );
-    for i in 0..=4 {
-        let (gx, gy) = (xmax * i as f64 / 4.0, ymax * i as f64 / 4.0);
-        let _ = writeln!(
-            s,
-            "<text x=\"{:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{gx:.0}</text><text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{gy:.0}</text>",
-            sx(gx),
-            hgt - b + 15.0,
-            l - 4.0,
-            sy(gy) + 4.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        "<text x=\"{}\" y=\"{}\" font-size=\"12\" text-anchor=\"middle\">predicted peak memory per device (GiB)</text>\
-         <text x=\"14\" y=\"{}\" font-size=\"12\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">tokens/s</text>",
-        (l + w) / 2.0,
-        hgt - 12.0,
-        hgt / 2.0,
-        hgt / 2.0
+    frame.axes(
+        &mut s,
+        (xmax, ymax),
+        "predicted peak memory per device (GiB)",
+        "tokens/s",
+        14.0,
     );
     let cx = sx(cap);
     let _ = writeln!(

@@ -3,41 +3,25 @@
 
 use crate::error::Result;
 use crate::model::Model;
-use moai_ir::stats::{
-    InspectModel, InspectReport, active_params, canonical_ops, flops_per_token,
-    param_bytes_by_dtype,
-};
+use moai_ir::stats::{InspectReport, InspectSource, report};
 
-/// The inspect report of a loaded model at sequence length `seq`.
+/// The inspect report of a loaded model at sequence length `seq` (assembled by
+/// [`moai_ir::stats::report`], as an imported ONNX file's is).
 pub fn inspect(model: &Model, seq: u64) -> Result<InspectReport> {
-    let s = &model.summary;
-    let g = &model.graph;
-    Ok(InspectReport {
-        model: InspectModel {
-            name: model.name.clone(),
-            params: s.params,
-            active_params: active_params(g, s.params),
-            layers: s.layers,
-            hidden: s.hidden,
-            heads: s.heads,
-            kv_heads: s.kv_heads,
-            vocab: s.vocab,
-            ffn: s.ffn,
-            flops_per_token: flops_per_token(g, seq)?,
-            param_bytes_by_dtype: param_bytes_by_dtype(g)?,
-            onnx_ops: model
-                .onnx
-                .as_ref()
-                .map(|o| o.ops.clone())
-                .unwrap_or_default(),
-            canonical_ops: canonical_ops(g),
-            import_ms: model
-                .onnx
-                .as_ref()
-                .map(|o| o.import_ms)
-                .unwrap_or(model.load_ms),
-        },
-    })
+    let source = InspectSource {
+        name: model.name.clone(),
+        onnx_ops: model
+            .onnx
+            .as_ref()
+            .map(|o| o.ops.clone())
+            .unwrap_or_default(),
+        import_ms: model
+            .onnx
+            .as_ref()
+            .map(|o| o.import_ms)
+            .unwrap_or(model.load_ms),
+    };
+    Ok(report(&model.graph, &model.summary, source, seq)?)
 }
 
 /// Human-readable rendering of an inspect report.

@@ -11,28 +11,29 @@
 //! ```
 
 #![warn(missing_docs)]
-pub mod api;
+mod api;
 pub mod cli;
-pub mod codegen;
+mod codegen;
 pub mod commands;
 pub mod config;
-pub mod current;
+mod current;
 pub mod emit;
-pub mod error;
+mod error;
 pub mod export;
 pub mod fit;
 pub mod html;
-pub mod inspect;
-pub mod model;
-pub mod partition;
+mod inspect;
+mod model;
+mod partition;
 pub mod plan;
 pub mod report;
 pub mod request;
 pub mod search;
-pub mod smi;
+mod smi;
 pub mod space;
+mod svg;
 pub mod sweep;
-pub mod validate;
+mod validate;
 
 pub use api::{estimate, plan, plan_with};
 pub use config::{EmitKind, ZeroStage};

@@ -10,7 +10,7 @@ use crate::error::{PlanError, Result};
 use crate::model::Model;
 use crate::partition::{StageCost, partition};
 use crate::request::{PlanRequest, StopReason, WorkBounds};
-use crate::space::{ModelShape, enumerate_seq};
+use crate::space::{ModelShape, enumerate};
 use moai_costmodel::{BlockCost, Cluster, CostModel, Estimate, ParallelConfig, Recompute};
 use moai_ir::cost::{BlockKind, StepProfile};
 use moai_ir::train::TrainOptions;
@@ -268,7 +268,7 @@ pub fn search_with(
     // screening, a candidate's compilation and costing) starts only while `bounds.check()` is None.
     let bounds = Arc::new(WorkBounds::new(req, t0));
     let shape = model_shape(model);
-    let space = enumerate_seq(shape, cluster, req.batch, Some(req.seq), &req.constraints);
+    let space = enumerate(shape, cluster, req.batch, req.seq, &req.constraints);
     let mut rejected = space.rejected.clone();
     let structural: u64 = space.rejected.values().sum();
     let mut candidates = space.candidates;

@@ -323,12 +323,6 @@ fn assign_engine_hybrid(
     })
 }
 
-/// Enumerates the space for a job of `batch` sequences on `cluster`, without knowing the sequence length:
-/// context parallelism only where `--cp` fixes it (see [`enumerate_seq`]).
-pub fn enumerate(shape: ModelShape, cluster: &Cluster, batch: u64, c: &Constraints) -> Space {
-    enumerate_seq(shape, cluster, batch, None, c)
-}
-
 /// Whether a context-parallel candidate is dominated by one with more data parallelism, the bound the
 /// space prunes cp by: when `g = gcd(cp, micro_batch_size) > 1`, the candidate with cp/g, dp·g and
 /// micro-batch size / g (same tp, pp, micro-batch count, recomputation, ZeRO, schedule) has the same
@@ -348,13 +342,12 @@ pub fn cp_dominated(cp: u32, micro_batch_size: u32, c: &Constraints) -> bool {
 
 /// Enumerates the space for a job of `batch` sequences of `seq` tokens on `cluster`. Context parallelism
 /// runs over the divisors of devices/(tp·pp) for which 2·cp divides the sequence, each with ring (`p2p`)
-/// and, where cp divides heads/tp and KV heads/tp, all-to-all (`a2a`) communication; with `seq` unknown
-/// (`None`) only a fixed `--cp` is enumerated.
-pub fn enumerate_seq(
+/// and, where cp divides heads/tp and KV heads/tp, all-to-all (`a2a`) communication.
+pub fn enumerate(
     shape: ModelShape,
     cluster: &Cluster,
     batch: u64,
-    seq: Option<u64>,
+    seq: u64,
     c: &Constraints,
 ) -> Space {
     let mut space = Space {
@@ -424,10 +417,10 @@ pub fn enumerate_seq(
                 );
                 continue;
             }
-            if c.cp.is_some_and(|x| x != cp) || (c.cp.is_none() && seq.is_none() && cp > 1) {
+            if c.cp.is_some_and(|x| x != cp) {
                 continue;
             }
-            if cp > 1 && seq.is_some_and(|s| !s.is_multiple_of(2 * cp as u64)) {
+            if cp > 1 && !seq.is_multiple_of(2 * cp as u64) {
                 reject(
                     "cp: 2·cp does not divide the sequence (causal load balancing)".into(),
                     1,
@@ -610,11 +603,8 @@ pub fn enumerate_seq(
                                         // the one legality check the library's estimate also applies
                                         Ok(cfg) => {
                                             match crate::config::checked(&cfg, cluster, shape)
-                                                .and_then(|()| match seq {
-                                                    Some(s) => {
-                                                        crate::config::checked_seq(&cfg, s, shape)
-                                                    }
-                                                    None => Ok(()),
+                                                .and_then(|()| {
+                                                    crate::config::checked_seq(&cfg, seq, shape)
                                                 }) {
                                                 Ok(()) => {
                                                     let off = overlap_variants(&cfg, cluster, c);
@@ -643,6 +633,9 @@ mod tests {
     use super::*;
     use moai_costmodel::Gpu;
 
+    /// Tokens per sequence of the test jobs.
+    const SEQ: u64 = 4096;
+
     fn shape13b() -> ModelShape {
         ModelShape {
             layers: 40,
@@ -670,7 +663,7 @@ mod tests {
     #[test]
     fn huge_batches_give_bounded_candidates() {
         let cluster = Cluster::from_flavor("4xLarge.2048GB", Gpu::Mi250).unwrap();
-        let s = enumerate(shape13b(), &cluster, 1 << 40, &Constraints::default());
+        let s = enumerate(shape13b(), &cluster, 1 << 40, SEQ, &Constraints::default());
         assert!(!s.candidates.is_empty());
         for c in &s.candidates {
             assert_eq!(c.global_batch(), 1 << 40, "{c:?}");
@@ -690,10 +683,10 @@ mod tests {
     #[test]
     fn space_is_large_and_respects_rules() {
         let cluster = Cluster::from_flavor("4xLarge.2048GB", Gpu::Mi250).unwrap();
-        let s = enumerate(shape13b(), &cluster, 256, &Constraints::default());
+        let s = enumerate(shape13b(), &cluster, 256, SEQ, &Constraints::default());
         assert!(s.candidates.len() >= 1000, "{}", s.candidates.len());
         for c in &s.candidates {
-            assert_eq!(c.dp * c.tp * c.pp, 32);
+            assert_eq!(c.dp * c.cp * c.tp * c.pp, 32);
             assert_eq!(
                 c.dp as u64 * c.micro_batch_size as u64 * c.num_micro_batches as u64,
                 256
@@ -717,7 +710,7 @@ mod tests {
             zero: Some(ZeroStage::Zero3),
             ..Default::default()
         };
-        let s = enumerate(shape13b(), &cluster, 256, &c);
+        let s = enumerate(shape13b(), &cluster, 256, SEQ, &c);
         assert!(!s.candidates.is_empty());
         assert!(s.candidates.iter().all(|c| c.tp == 1
             && c.pp == 1
@@ -741,7 +734,7 @@ mod tests {
             tp: Some(3),
             ..Default::default()
         };
-        let s = enumerate(shape, &cluster, 32, &tp3);
+        let s = enumerate(shape, &cluster, 32, SEQ, &tp3);
         assert!(s.candidates.is_empty());
         for want in [
             "--tp 3 does not divide the 8 devices",
@@ -757,7 +750,7 @@ mod tests {
         }
         // On 6 devices tp 3 divides the devices but still not the heads.
         let six = Cluster::new(Gpu::H100, 6).unwrap();
-        let s = enumerate(shape, &six, 30, &tp3);
+        let s = enumerate(shape, &six, 30, SEQ, &tp3);
         assert!(s.candidates.is_empty());
         assert_eq!(
             s.conflicts,
@@ -812,7 +805,7 @@ mod tests {
             ),
         ];
         for (c, want) in cases {
-            let s = enumerate(shape, &cluster, 32, &c);
+            let s = enumerate(shape, &cluster, 32, SEQ, &c);
             assert!(s.candidates.is_empty(), "{want}");
             assert!(
                 s.conflicts.iter().any(|c| c == want) || s.rejected.contains_key(want),
@@ -825,6 +818,7 @@ mod tests {
             shape,
             &cluster,
             48,
+            SEQ,
             &Constraints {
                 micro_batch_size: Some(3),
                 dp: Some(2),

@@ -178,38 +178,13 @@ pub fn plot_svg(rows: &[SweepRow]) -> String {
     let xmax = pts.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
     let ideal_max = pts.first().map(|p0| p0.1 / p0.0 * xmax).unwrap_or(1.0);
     let ymax = pts.iter().map(|p| p.1).fold(ideal_max, f64::max).max(1e-9) * 1.05;
-    let sx = |x: f64| l + x / xmax * (w - l - 20.0);
-    let sy = |y: f64| h - b - y / ymax * (h - b - 20.0);
+    let frame = crate::svg::Frame { w, h, l, b };
+    let sx = |x: f64| frame.x(x, xmax);
+    let sy = |y: f64| frame.y(y, ymax);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"#fff\"/>\n"
     );
-    let _ = writeln!(
-        s,
-        "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#000\"/><line x1=\"{l}\" y1=\"20\" x2=\"{l}\" y2=\"{}\" stroke=\"#000\"/>",
-        h - b,
-        w - 20.0,
-        h - b,
-        h - b
-    );
-    for i in 0..=4 {
-        let (gx, gy) = (xmax * i as f64 / 4.0, ymax * i as f64 / 4.0);
-        let _ = writeln!(
-            s,
-            "<text x=\"{:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{gx:.0}</text><text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{gy:.0}</text>",
-            sx(gx),
-            h - b + 15.0,
-            l - 4.0,
-            sy(gy) + 4.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        "<text x=\"{}\" y=\"{}\" font-size=\"12\" text-anchor=\"middle\">devices</text><text x=\"16\" y=\"{}\" font-size=\"12\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">tokens/s</text>",
-        (l + w) / 2.0,
-        h - 12.0,
-        h / 2.0,
-        h / 2.0
-    );
+    frame.axes(&mut s, (xmax, ymax), "devices", "tokens/s", 16.0);
     if let Some(p0) = pts.first() {
         let _ = writeln!(
             s,

@@ -107,7 +107,7 @@ fn estimate_takes_the_switches_and_prints_them_when_off() {
 fn the_search_tries_tp_overlap_off_only_where_megatron_has_it() {
     let cluster = h100(16);
     let shape = moai_compiler::space::ModelShape::of(model());
-    let space = moai_compiler::space::enumerate(shape, &cluster, 32, &Constraints::default());
+    let space = moai_compiler::space::enumerate(shape, &cluster, 32, 4096, &Constraints::default());
     let mut off = 0;
     for c in &space.candidates {
         if !c.tp_comm_overlap {
@@ -130,7 +130,7 @@ fn the_search_tries_tp_overlap_off_only_where_megatron_has_it() {
         overlap: vec![(OverlapSwitch::TpComm, true)],
         ..Constraints::default()
     };
-    let space = moai_compiler::space::enumerate(shape, &cluster, 32, &fixed);
+    let space = moai_compiler::space::enumerate(shape, &cluster, 32, 4096, &fixed);
     assert!(space.candidates.iter().all(|c| c.tp_comm_overlap));
 }
 

@@ -171,13 +171,8 @@ fn layer_activation_bytes(
         Some(s) => *s,
         None => crate::memory::block_shape(pb, tp),
     };
-    if megatron && let Some((bb, ss, heads, hd)) = shape.attention {
-        let dims = crate::memory::LayerDims {
-            seq: ss as f64,
-            batch: bb as f64,
-            hidden: (heads * hd) as f64,
-            heads: heads as f64,
-        };
+    if megatron && let Some(a) = shape.attention {
+        let dims = crate::memory::LayerDims::of_attention(&a);
         let act = crate::memory::megatron_layer_bytes(
             dims,
             tp as f64,

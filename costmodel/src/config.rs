@@ -883,6 +883,7 @@ pub fn mixed_profile<'a>(
             })?;
         out.blocks[i] = b.clone();
     }
+    out.refresh_fingerprint();
     Ok(out)
 }
 

@@ -24,7 +24,7 @@ use crate::cluster::Cluster;
 use crate::collective::{Collective, collective_time};
 use crate::config::{CpComm, ParallelConfig, Recompute};
 use crate::estimate::PhaseSums;
-use moai_ir::cost::{BlockProfile, KernelClass, Phase};
+use moai_ir::cost::{KernelClass, OpCost, Phase};
 
 /// The attention of one block as context parallelism sees it (whole sequence, unsharded heads).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -44,9 +44,10 @@ pub struct CpAttention {
 }
 
 impl CpAttention {
-    /// The forward attention of a block, if it has one.
-    pub fn of_block(block: &BlockProfile) -> Option<CpAttention> {
-        block.ops.iter().find_map(|op| match op.class {
+    /// The attention of one op, if it is a forward attention (the prepared profile keeps each
+    /// block's in [`crate::memory::BlockShape::attention`]).
+    pub fn of_op(op: &OpCost) -> Option<CpAttention> {
+        match op.class {
             KernelClass::Attention {
                 batch,
                 heads,
@@ -65,7 +66,7 @@ impl CpAttention {
                 elem_bytes: dtype.size_bytes(),
             }),
             _ => None,
-        })
+        }
     }
 
     /// Bytes of one rank's key and value chunk (`seq/cp` tokens, the KV heads of one tensor-parallel

@@ -323,17 +323,17 @@ pub struct PreparedProfile {
     pub precision: MatmulPrecision,
 }
 
+/// What a prepared profile depends on: the GPU, tp, sequence parallelism, the GEMM precision, the
+/// profile's [fingerprint](moai_ir::cost::StepProfile::fingerprint) with its sizes, block count and op
+/// count (read per call, one step per block: a profile whose blocks were added or removed after it was
+/// fingerprinted is never taken for its original) and the expert split (ep, expert_tp, routing
+/// imbalance).
 type CacheKey = (
     Gpu,
     u32,
     bool,
     MatmulPrecision,
-    u64,
-    u64,
-    usize,
-    usize,
-    u64,
-    u64,
+    (u64, u64, u64, usize, usize),
     (u32, u32, u64),
 );
 
@@ -742,26 +742,18 @@ impl ProfiledCostModel {
         gpu: Gpu,
         cfg: &ParallelConfig,
     ) -> Arc<PreparedProfile> {
-        let (tp, sp, precision) = (cfg.tp, cfg.sequence_parallel, cfg.precision);
-        let (mut n_ops, mut fs, mut bs) = (0usize, 0f64, 0f64);
-        for b in &profile.blocks {
-            n_ops += b.ops.len();
-            for op in &b.ops {
-                fs += op.flops;
-                bs += op.bytes;
-            }
-        }
         let key: CacheKey = (
             gpu,
-            tp,
-            sp,
-            precision,
-            profile.micro_batch,
-            profile.seq,
-            profile.blocks.len(),
-            n_ops,
-            fs.to_bits(),
-            bs.to_bits(),
+            cfg.tp,
+            cfg.sequence_parallel,
+            cfg.precision,
+            (
+                profile.fingerprint(),
+                profile.micro_batch,
+                profile.seq,
+                profile.blocks.len(),
+                profile.blocks.iter().map(|b| b.ops.len()).sum(),
+            ),
             (cfg.ep, cfg.expert_tp, self.moe_imbalance().to_bits()),
         );
         if let Ok(cache) = self.cache.read()
@@ -926,8 +918,15 @@ impl ProfiledCostModel {
         let mut cp_total = vec![0f64; nv];
         let mut cp_exposed = vec![(0f64, 0f64); nv];
         if cp > 1 {
-            for ((b, pb), v) in prep.blocks.iter().zip(&profile.blocks).zip(&block_stage) {
-                let Some(attn) = crate::context::CpAttention::of_block(pb) else {
+            let blocks = prep.blocks.iter().zip(&profile.blocks).zip(&block_stage);
+            for (i, ((b, pb), v)) in blocks.enumerate() {
+                // Read once when the profile was prepared (the scan is the fallback for a prepared
+                // profile built without shapes).
+                let attention = match prep.shapes.get(i) {
+                    Some(s) => s.attention,
+                    None => crate::memory::block_shape(pb, 1).attention,
+                };
+                let Some(attn) = attention else {
                     continue;
                 };
                 let attention_s = |s: &PhaseSums| s.context_shard(cp).attention_s / eff.attention;

@@ -11,27 +11,27 @@
 #![warn(missing_docs)]
 #![allow(clippy::neg_cmp_op_on_partial_ord)] // `!(x > 0.0)` deliberately rejects NaN too.
 
-pub mod blocks;
+mod blocks;
 pub mod bounds;
 pub mod cluster;
-pub mod collective;
+mod collective;
 pub mod config;
-pub mod context;
-pub mod device;
+mod context;
+mod device;
 pub mod efficiency;
-pub mod error;
+mod error;
 pub mod estimate;
 pub mod fit;
 pub mod flavor;
 pub mod memory;
 pub mod moe;
 pub mod offload;
-pub mod ops;
+mod ops;
 pub mod pipeline;
 pub mod precision;
 pub mod profile;
 pub mod runtime_memory;
-pub mod stack;
+mod stack;
 pub mod validate;
 
 pub use blocks::BlockCost;

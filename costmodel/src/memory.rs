@@ -320,8 +320,9 @@ pub struct BlockShape {
     pub recomputed: bool,
     /// Logit elements of the LM head per device (0 elsewhere).
     pub logits: f64,
-    /// `(batch, seq, heads, head_dim)` of the block's attention, if any.
-    pub attention: Option<(u64, u64, u64, u64)>,
+    /// The block's (first) forward attention, whole sequence and unsharded heads, if it has one:
+    /// what the Megatron activation formula and context parallelism read.
+    pub attention: Option<crate::context::CpAttention>,
     /// Tensors the block saves, roughly (one allocator block each).
     pub tensors: f64,
 }
@@ -351,15 +352,14 @@ pub fn block_shape(block: &BlockProfile, tp: u64) -> BlockShape {
             (KernelClass::Matmul { .. }, Phase::Recompute) => s.recomputed = true,
             (
                 KernelClass::Attention {
-                    batch,
-                    heads,
-                    seq,
-                    head_dim,
-                    backward: false,
-                    ..
+                    backward: false, ..
                 },
                 Phase::Forward,
-            ) => s.attention = Some((*batch, *seq, *heads, *head_dim)),
+            ) => {
+                s.attention = s
+                    .attention
+                    .or_else(|| crate::context::CpAttention::of_op(op))
+            }
             (_, Phase::Forward) => s.tensors += 1.0,
             _ => {}
         }
@@ -378,6 +378,18 @@ pub struct LayerDims {
     pub hidden: f64,
     /// Attention heads `a`.
     pub heads: f64,
+}
+
+impl LayerDims {
+    /// The layer's sizes read off its attention (hidden = heads · head dimension).
+    pub fn of_attention(a: &crate::context::CpAttention) -> LayerDims {
+        LayerDims {
+            seq: a.seq as f64,
+            batch: a.batch as f64,
+            hidden: (a.heads * a.head_dim) as f64,
+            heads: a.heads as f64,
+        }
+    }
 }
 
 /// Korthikanti et al.'s activation bytes of one transformer layer and micro-batch on one device
@@ -449,14 +461,9 @@ fn block_saved_bytes(
     let tp = cfg.tp.max(1) as f64;
     let mut act = (saved_bytes - kept_weight_copy(pb, shape)).max(0.0);
     if cfg.stack == Stack::Megatron
-        && let (BlockKind::Decoder(_), Some((bb, ss, heads, hd))) = (pb.kind, shape.attention)
+        && let (BlockKind::Decoder(_), Some(a)) = (pb.kind, shape.attention)
     {
-        let dims = LayerDims {
-            seq: ss as f64,
-            batch: bb as f64,
-            hidden: (heads * hd) as f64,
-            heads: heads as f64,
-        };
+        let dims = LayerDims::of_attention(&a);
         act = megatron_layer_bytes(dims, tp, cfg.sequence_parallel, recompute, false);
         if cfg.precision == crate::precision::MatmulPrecision::Fp8 {
             act -= crate::precision::megatron_fp8_saved_bytes(
@@ -590,7 +597,7 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
             transient[v] = transient[v].max(b.transient_bytes / cp);
         }
         if cfg.cp > 1
-            && let Some(attn) = crate::context::CpAttention::of_block(pb)
+            && let Some(attn) = shape.attention
         {
             cp_buffers = cp_buffers.max(crate::context::buffer_bytes(cfg, &attn));
         }
@@ -867,6 +874,7 @@ mod tests {
             low_prec_param_bytes_per_param: 0.0,
             optimizer_bytes_per_param: 12.0,
             grad_bytes_per_param: 4.0,
+            fingerprint: Default::default(),
         }
     }
 

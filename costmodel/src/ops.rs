@@ -279,6 +279,7 @@ pub fn unfuse_attention(profile: &mut moai_ir::cost::StepProfile) {
         }
         block.ops = ops;
     }
+    profile.refresh_fingerprint();
 }
 
 /// Times single kernels on one device.

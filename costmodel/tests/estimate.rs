@@ -311,3 +311,40 @@ fn best_plan_mfu_within_published_ranges() {
         assert!(best >= lo && best <= hi, "{g}: {best}");
     }
 }
+
+#[test]
+fn the_prepared_profile_cache_follows_the_profiles_fingerprint() {
+    // One model (one cache) for every estimate below.
+    let m = ProfiledCostModel::new();
+    let c = Cluster::from_flavor("4xLarge.2048GB", Gpu::Mi250).unwrap();
+    let cfg = ParallelConfig {
+        dp: 16,
+        tp: 2,
+        micro_batch_size: 1,
+        num_micro_batches: 16,
+        ..Default::default()
+    };
+    let p = llama7b(1, Recompute::None);
+    let base = m.estimate(&p, &c, &cfg).unwrap();
+    // An edited profile with the same op count and sizes: refreshed, it is prepared anew.
+    let mut q = p.clone();
+    for b in &mut q.blocks {
+        for op in &mut b.ops {
+            op.flops *= 2.0;
+        }
+    }
+    q.refresh_fingerprint();
+    let heavier = m.estimate(&q, &c, &cfg).unwrap();
+    assert!(
+        heavier.step_time_s > base.step_time_s,
+        "{} vs {}",
+        heavier.step_time_s,
+        base.step_time_s
+    );
+    // The same figures as a fresh model's: the cache never answers for another profile.
+    assert_eq!(
+        heavier,
+        ProfiledCostModel::new().estimate(&q, &c, &cfg).unwrap()
+    );
+    assert_eq!(base, m.estimate(&p, &c, &cfg).unwrap());
+}

@@ -45,7 +45,7 @@ pub enum TpSplit {
 }
 
 /// The kernel family of an op, with the sizes a profile is indexed by.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum KernelClass {
     /// `batch` independent `[m, k] × [k, n]` products.
@@ -194,4 +194,86 @@ pub struct StepProfile {
     pub optimizer_bytes_per_param: f64,
     /// Of those, bytes per parameter of gradients.
     pub grad_bytes_per_param: f64,
+    /// A digest of everything above, computed once (see [`StepProfile::fingerprint`]); not
+    /// serialized and ignored by `==`.
+    #[serde(skip)]
+    pub fingerprint: Fingerprint,
+}
+
+/// The lazily computed digest of a [`StepProfile`]: what a cost model keys its per-profile caches on
+/// instead of re-reading every op on every call. It is computed on first use and cloned with the
+/// profile; code that edits a profile's fields after it was used must call
+/// [`StepProfile::refresh_fingerprint`]. Two fingerprints always compare equal, so a profile's `==`
+/// compares its contents only.
+#[derive(Clone, Debug, Default)]
+pub struct Fingerprint(std::sync::OnceLock<u64>);
+
+impl PartialEq for Fingerprint {
+    fn eq(&self, _: &Fingerprint) -> bool {
+        true
+    }
+}
+
+impl StepProfile {
+    /// A 64-bit digest of the profile's sizes, blocks, ops and static bytes: equal profiles have equal
+    /// fingerprints, and a profile that differs in any op, block or size almost surely has another.
+    /// Computed on the first call and stored in the profile.
+    pub fn fingerprint(&self) -> u64 {
+        *self.fingerprint.0.get_or_init(|| self.digest())
+    }
+
+    /// Forgets the stored fingerprint: call after editing a profile that may have been fingerprinted
+    /// (a clone carries its original's).
+    pub fn refresh_fingerprint(&mut self) {
+        self.fingerprint = Fingerprint::default();
+    }
+
+    fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        // SipHash with fixed keys: the same digest in every process.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let op = |h: &mut std::collections::hash_map::DefaultHasher, o: &OpCost| {
+            o.class.hash(h);
+            o.flops.to_bits().hash(h);
+            o.bytes.to_bits().hash(h);
+            o.phase.hash(h);
+            o.layer.hash(h);
+            o.split.hash(h);
+            o.label.hash(h);
+        };
+        let act = |h: &mut std::collections::hash_map::DefaultHasher, a: &ActivationBytes| {
+            a.tp_sharded.to_bits().hash(h);
+            a.tp_replicated.to_bits().hash(h);
+        };
+        (self.micro_batch, self.seq, self.blocks.len()).hash(&mut h);
+        for b in &self.blocks {
+            (
+                b.kind,
+                b.ops.len(),
+                b.params,
+                b.tp_sharded_params,
+                b.expert_params,
+            )
+                .hash(&mut h);
+            for o in &b.ops {
+                op(&mut h, o);
+            }
+            act(&mut h, &b.saved);
+            act(&mut h, &b.transient);
+            b.boundary_bytes.to_bits().hash(&mut h);
+        }
+        self.optimizer.len().hash(&mut h);
+        for o in &self.optimizer {
+            op(&mut h, o);
+        }
+        for x in [
+            self.static_bytes_per_param,
+            self.low_prec_param_bytes_per_param,
+            self.optimizer_bytes_per_param,
+            self.grad_bytes_per_param,
+        ] {
+            x.to_bits().hash(&mut h);
+        }
+        h.finish()
+    }
 }

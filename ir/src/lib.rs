@@ -6,18 +6,18 @@
 
 #![warn(missing_docs)]
 pub mod cost;
-pub mod dim;
-pub mod dtype;
-pub mod error;
-pub mod graph;
+mod dim;
+mod dtype;
+mod error;
+mod graph;
 pub mod interp;
 pub mod layers;
 pub mod onnx;
-pub mod op;
-pub mod recognize;
-pub mod shape;
+mod op;
+mod recognize;
+mod shape;
 pub mod stats;
-pub mod tensor;
+mod tensor;
 pub mod train;
 
 pub use dim::Dim;

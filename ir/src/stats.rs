@@ -165,9 +165,37 @@ pub struct InspectReport {
 pub fn inspect(imported: &Imported, seq: u64) -> Result<InspectReport> {
     let g = &imported.graph;
     let s = summarize(g)?;
+    let source = InspectSource {
+        name: s.name.clone(),
+        onnx_ops: imported.onnx_ops.clone(),
+        import_ms: imported.import_ms,
+    };
+    report(g, &s, source, seq)
+}
+
+/// What an inspect report says about where a model came from (the rest is read off its graph).
+#[derive(Clone, Debug, Default)]
+pub struct InspectSource {
+    /// The model's name.
+    pub name: String,
+    /// ONNX op histogram (empty for a model built from a config or spec).
+    pub onnx_ops: BTreeMap<String, usize>,
+    /// Import (or load) wall time, milliseconds.
+    pub import_ms: f64,
+}
+
+/// The inspect report of graph `g` with summary `s` at sequence length `seq`: the one place the
+/// report's figures are assembled, for imported ONNX files ([`inspect`]) and models loaded any other
+/// way alike.
+pub fn report(
+    g: &Graph,
+    s: &crate::layers::ModelSummary,
+    source: InspectSource,
+    seq: u64,
+) -> Result<InspectReport> {
     Ok(InspectReport {
         model: InspectModel {
-            name: s.name,
+            name: source.name,
             params: s.params,
             active_params: active_params(g, s.params),
             layers: s.layers,
@@ -178,9 +206,9 @@ pub fn inspect(imported: &Imported, seq: u64) -> Result<InspectReport> {
             ffn: s.ffn,
             flops_per_token: flops_per_token(g, seq)?,
             param_bytes_by_dtype: param_bytes_by_dtype(g)?,
-            onnx_ops: imported.onnx_ops.clone(),
+            onnx_ops: source.onnx_ops,
             canonical_ops: canonical_ops(g),
-            import_ms: imported.import_ms,
+            import_ms: source.import_ms,
         },
     })
 }

@@ -15,19 +15,19 @@
 //! saying how to enable it; emission to MLIR text still works.
 
 #![warn(missing_docs)]
-pub mod bundle;
+mod bundle;
 pub mod collective;
 pub mod elf;
 pub mod emit;
-pub mod error;
-pub mod executor;
+mod error;
+mod executor;
 #[cfg(feature = "mlir")]
 pub mod mlir;
-pub mod pipeline;
+mod pipeline;
 pub mod shard;
-pub mod split;
+mod split;
 pub mod stage;
-pub mod target;
+mod target;
 
 pub use bundle::{Bundle, KernelEntry, LaunchArg, LaunchInfo, read_bundle, write_bundle};
 pub use emit::{

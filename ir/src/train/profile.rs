@@ -220,7 +220,7 @@ pub fn step_profile(
         }
     }
     let (low, grad, opt) = static_split(opts);
-    Ok(StepProfile {
+    let profile = StepProfile {
         micro_batch,
         seq,
         blocks,
@@ -229,7 +229,11 @@ pub fn step_profile(
         low_prec_param_bytes_per_param: low,
         optimizer_bytes_per_param: opt,
         grad_bytes_per_param: grad,
-    })
+        fingerprint: Default::default(),
+    };
+    // Once, here, rather than on the cost model's every call.
+    profile.fingerprint();
+    Ok(profile)
 }
 
 /// `(low-precision weights read by forward, gradients, optimizer state incl. master weights)` bytes
@@ -413,6 +417,39 @@ mod tests {
     use super::*;
     use crate::train::fixture::{LlamaConfig, llama};
     use crate::train::{RecomputePolicy, peak_memory};
+
+    #[test]
+    fn the_fingerprint_is_computed_when_built_and_follows_the_contents() {
+        let g = llama(&LlamaConfig::planning(2, 256, 4, 2, 688, 1000));
+        let o = TrainOptions::default();
+        let p = step_profile(&g, &o, 2, 128).unwrap();
+        // Stored when built: a clone carries it, and a second build of the same graph agrees.
+        let f = p.fingerprint();
+        assert_eq!(p.clone().fingerprint(), f);
+        assert_eq!(step_profile(&g, &o, 2, 128).unwrap().fingerprint(), f);
+        // Other sizes, another recomputation: other contents, other fingerprints.
+        assert_ne!(step_profile(&g, &o, 4, 128).unwrap().fingerprint(), f);
+        let full = TrainOptions {
+            recompute: RecomputePolicy::Full,
+            ..TrainOptions::default()
+        };
+        assert_ne!(step_profile(&g, &full, 2, 128).unwrap().fingerprint(), f);
+        // An edited clone keeps the stale digest until refreshed; equality ignores the digest.
+        let mut q = p.clone();
+        q.blocks[1].ops[0].flops *= 2.0;
+        assert_eq!(q.fingerprint(), f);
+        q.refresh_fingerprint();
+        assert_ne!(q.fingerprint(), f);
+        assert_ne!(q, p);
+        q.blocks[1].ops[0].flops /= 2.0;
+        q.refresh_fingerprint();
+        assert_eq!(q.fingerprint(), f);
+        assert_eq!(q, p);
+        // Not serialized: a round trip compares equal and recomputes the same digest.
+        let back: StepProfile = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(back.fingerprint(), f);
+    }
 
     #[test]
     fn identical_layers_reduce_to_one_and_profile_matches_the_full_graph() {
