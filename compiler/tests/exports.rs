@@ -832,6 +832,8 @@ pub(crate) fn check_case(c: &Case) -> (PlanConfig, Vec<Stack>) {
                 cfg.cp = run.cp as u32;
                 assert_eq!(run.dp_shard, p.dp_shard);
                 cfg.dp_shard = run.dp_shard as u32;
+                assert_eq!(run.precision, p.precision);
+                cfg.precision = run.precision;
                 cfg
             }
             Stack::Deepspeed | Stack::Fsdp => {

@@ -153,6 +153,9 @@ pub(crate) struct TitanRun {
     pub zero: u8,
     /// HSDP: FSDP2's shard degree when replicated too (0: FSDP over all of dp, or no FSDP).
     pub dp_shard: u64,
+    /// The decoder linears' GEMM precision: fp8 when torchao's float8 linear converter runs them with
+    /// per-tensor (tensorwise) scales and the LM head (`output`) filtered out, as costed.
+    pub precision: moai_costmodel::MatmulPrecision,
 }
 
 /// torchtitan's config parsing and the rules of the `rule` lines of torchtitan_config.txt.
@@ -325,6 +328,45 @@ pub(crate) fn torchtitan_validate(text: &str, world: u64) -> Result<TitanRun, St
         "full" => Recompute::Full,
         m => return Err(format!("activation checkpointing {m} is not a moai mode")),
     };
+    // components/quantization: the converters registered at the pinned commit; float8 linears with a
+    // recipe name assert that FSDP's float8 all-gather is off.
+    let converters: Vec<String> = match t.get("model.converters") {
+        Some(Value::List(l)) => l
+            .iter()
+            .map(|v| match v {
+                Value::Str(s) => s.clone(),
+                _ => String::new(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut precision = moai_costmodel::MatmulPrecision::Bf16;
+    for c in &converters {
+        match c.as_str() {
+            "quantize.linear.float8" => {
+                if st("quantize.linear.float8.recipe_name", "") != "tensorwise" {
+                    return Err("float8 linears without the tensorwise (per-tensor) recipe are not what moai costs".into());
+                }
+                if boolean("quantize.linear.float8.enable_fsdp_float8_all_gather") {
+                    return Err(
+                        "enable_fsdp_float8_all_gather together with recipe_name is not supported"
+                            .into(),
+                    );
+                }
+                let head_filtered = matches!(
+                    t.get("quantize.linear.float8.filter_fqns"),
+                    Some(Value::List(l)) if l.iter().any(|v| matches!(v, Value::Str(s) if s == "output"))
+                );
+                if !head_filtered {
+                    return Err(
+                        "float8 converts the LM head (output) too, which moai costs in bf16".into(),
+                    );
+                }
+                precision = moai_costmodel::MatmulPrecision::Fp8;
+            }
+            other => return Err(format!("model converter {other} is not one moai writes")),
+        }
+    }
     if fsdp && st("parallelism.fsdp_reshard_after_forward", "default") != "always" {
         return Err("FSDP without resharding after every forward is not ZeRO-3 as costed".into());
     }
@@ -338,6 +380,7 @@ pub(crate) fn torchtitan_validate(text: &str, world: u64) -> Result<TitanRun, St
         stage_sizes,
         chunks,
         schedule,
+        precision,
         recompute,
         zero: if fsdp { 3 } else { 0 },
         dp_shard: if fsdp && rep > 1 { shard as u64 } else { 0 },
@@ -483,6 +526,22 @@ fn every_plan_kind_torchtitan_runs_is_exported_as_planned() {
                     cp: Some(2),
                     cp_comm: Some(moai_costmodel::CpComm::P2p),
                     sequence_parallel: sp,
+                    ..Constraints::default()
+                },
+            ),
+        ),
+        (
+            "FSDP2 + TP with float8 linears (--precision fp8)",
+            titan_case(
+                16,
+                32,
+                4096,
+                Constraints {
+                    zero: Some(ZeroStage::Zero3),
+                    tp: Some(2),
+                    pp: Some(1),
+                    sequence_parallel: sp,
+                    precision: moai_costmodel::MatmulPrecision::Fp8,
                     ..Constraints::default()
                 },
             ),

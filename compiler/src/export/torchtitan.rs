@@ -24,7 +24,7 @@
 
 use super::{ExportContext, PlanDims, engine_runs};
 use crate::plan::PlanConfig;
-use moai_costmodel::{Recompute, Schedule, Stack};
+use moai_costmodel::{MatmulPrecision, Recompute, Schedule, Stack};
 use std::fmt::Write as _;
 
 /// torchtitan's extracted names and rules (keys, schedules, flavors, rules).
@@ -122,12 +122,20 @@ pub fn seq_divisor(tp: u64, cp: u64) -> u64 {
 }
 
 /// The `[quantize.linear.float8]` section and `model.converters` entry for the plan's GEMM precision:
-/// the ONE place FP8 enters the torchtitan export. Until `PlanConfig` has a precision field every plan
-/// is bf16 and this writes nothing; once `precision = fp8` exists, return
-/// `Some(("float8", "recipe_name = \"tensorwise\"\n..."))` here (per-tensor scaling, as costed) and
-/// `enable_fsdp_float8_all_gather` only where the cost model gathers FP8 weights.
-pub fn float8_section(_plan: &PlanConfig) -> Result<Option<(&'static str, String)>, String> {
-    Ok(None)
+/// the ONE place FP8 enters the torchtitan export. A bf16 plan writes nothing. An fp8 plan (the decoder
+/// layers' linears in FP8 with per-tensor scaling, the LM head and attention in bf16, as costed) gets
+/// torchao's float8 linear converter (`quantize.linear.float8`, registered in
+/// `components/quantization/float8.py` at the pinned commit) with the `tensorwise` recipe (dynamic
+/// per-tensor scales) and the LM head (`output`) filtered out; FSDP's float8 all-gather stays off (the
+/// recipe asserts it is off, and the cost model gathers bf16 weights).
+pub fn float8_section(plan: &PlanConfig) -> Result<Option<(&'static str, String)>, String> {
+    Ok(match plan.precision {
+        MatmulPrecision::Bf16 => None,
+        MatmulPrecision::Fp8 => Some((
+            "quantize.linear.float8",
+            "recipe_name = \"tensorwise\"\nfilter_fqns = [\"output\"]".to_string(),
+        )),
+    })
 }
 
 fn quote(s: &str) -> String {
