@@ -997,19 +997,21 @@ impl ProfiledCostModel {
         // the next block's forward on the device and its copy back under that block's backward; the
         // excess joins the layer's stage times (so the schedule sees it). Host bytes per device: the
         // offloaded bytes of its in-flight micro-batches.
+        // What the memory model reads for pipeline device `d`.
+        let device_input = |d: usize| DeviceInput {
+            profile,
+            prep,
+            cfg,
+            device: d as u32,
+            block_stage: &block_stage,
+            virtual_stages: nv,
+            boundary_bytes: boundary,
+        };
         let mut act_offload = vec![0f64; nv];
         let mut act_host = vec![0f64; pp];
         if cfg.offload_activations > 0 {
             for (d, host) in act_host.iter_mut().enumerate() {
-                let input = DeviceInput {
-                    profile,
-                    prep,
-                    cfg,
-                    device: d as u32,
-                    block_stage: &block_stage,
-                    virtual_stages: nv,
-                    boundary_bytes: boundary,
-                };
+                let input = device_input(d);
                 let mut per_stage: Vec<Vec<crate::offload::OffloadedLayer>> = vec![Vec::new(); nv];
                 for (i, bytes) in crate::memory::offloaded_layers(&input) {
                     let v = block_stage[i].min(nv - 1);
@@ -1324,18 +1326,7 @@ impl ProfiledCostModel {
             if self.time_only {
                 continue;
             }
-            memory.push(device_memory(
-                &DeviceInput {
-                    profile,
-                    prep,
-                    cfg,
-                    device: d as u32,
-                    block_stage: &block_stage,
-                    virtual_stages: nv,
-                    boundary_bytes: boundary,
-                },
-                alloc,
-            ));
+            memory.push(device_memory(&device_input(d), alloc));
         }
         let (step, crit, exposed_dp, opt, dp_comm_s, zero3_gather_s) = best;
         let vs: Vec<usize> = (0..nv)
