@@ -195,22 +195,10 @@ impl PlanDims {
                 )
             });
         }
-        let zero = ZeroStage::of_flags(p.distribute_param, p.distribute_optimizer);
-        if p.dp_shard > 0 {
-            if !p.dp.is_multiple_of(p.dp_shard) {
-                return Err(format!(
-                    "the plan's dp_shard {} does not divide its dp {}",
-                    p.dp_shard, p.dp
-                ));
-            }
-            if zero == ZeroStage::Zero0 {
-                return Err(format!(
-                    "the plan's dp_shard {} needs ZeRO-1 or ZeRO-3 (the plan shards nothing)",
-                    p.dp_shard
-                ));
-            }
-        }
         let mut config = p.to_config().map_err(|e| e.to_string())?;
+        config
+            .check_dp_shard()
+            .map_err(|e| format!("the plan: {e}"))?;
         config.cp = config.cp.max(1);
         // dp_shard = dp is full sharding.
         if config.dp_shard >= config.dp {

@@ -431,7 +431,7 @@ impl ParallelConfig {
         }
         if !(self.distribute_param || self.distribute_optimizer) {
             return Err(CostError::InvalidConfig(format!(
-                "dp_shard {} needs a sharded plan (ZeRO-1 or ZeRO-3); this one replicates its state over dp",
+                "dp_shard {} needs a sharded plan: it needs ZeRO-1 or ZeRO-3, and this one replicates its state over dp",
                 self.dp_shard
             )));
         }
