@@ -42,8 +42,12 @@ pub struct ModelSettings {
     pub out_bias: bool,
     /// Biases on the MLP projections.
     pub mlp_bias: bool,
-    /// Rotary base (`rope_theta`); `None` when the model does not say (an ONNX graph).
+    /// Rotary base (`rope_theta`); `None` when the model does not say (an ONNX graph, or one whose
+    /// `inv_freq` table is not plain rotary).
     pub rope_theta: Option<f64>,
+    /// Scaled rotary positions (the config's `rope_scaling`); `None`: plain rotary, or unknown with
+    /// `rope_theta` (a graph).
+    pub rope_scaling: Option<moai_models::RopeScaling>,
     /// Normalization epsilon; `None` when unknown.
     pub norm_eps: Option<f64>,
     /// Maximum positions of the model (rows of GPT-2's position table); `None` when unknown.
@@ -809,7 +813,7 @@ pub fn megatron_args(
         kv(&mut a, "--normalization", "RMSNorm".into());
         kv(&mut a, "--position-embedding-type", "rope".into());
         let theta = s.rope_theta.ok_or(
-            "the model's rotary base (rope_theta) is unknown (an ONNX graph does not record it); pass the model's config.json or its Hugging Face directory",
+            "the model's rotary base (rope_theta) is unknown (an ONNX graph records it only as a plain rotary inv_freq table); pass the model's config.json or its Hugging Face directory",
         )?;
         if theta.fract() != 0.0 || !(1.0..=1e15).contains(&theta) {
             return Err(format!(
@@ -817,6 +821,7 @@ pub fn megatron_args(
             ));
         }
         kv(&mut a, "--rotary-base", format!("{}", theta as u64));
+        megatron_rope_args(&mut a, cx)?;
         // Llama-style models train without dropout; Megatron's default is 0.1.
         kv(&mut a, "--attention-dropout", "0.0".into());
         kv(&mut a, "--hidden-dropout", "0.0".into());
@@ -855,6 +860,91 @@ pub fn megatron_args(
     }
     megatron_moe_args(&mut a, plan, cx);
     Ok(a)
+}
+
+/// Megatron-LM's flags for the model's rotary scaling (after `--rotary-base`), or one line saying why
+/// the pinned release cannot express it (compiler/data/megatron_arguments.txt's commit).
+///
+/// - Standard attention: `pretrain_gpt.py` builds the model through `gpt_builders.py`, which passes
+///   `rope_scaling=args.use_rope_scaling` and no factor, so `--use-rope-scaling` runs
+///   `RotaryEmbedding._apply_scaling` with its fixed Llama 3.1 constants (factor 8, low 1, high 4,
+///   8192 original positions; `--rope-scaling-factor` is not read on this path). Any other Llama 3.x
+///   scaling (Llama 3.2's factor 32) is refused, and so is YaRN on standard attention (moai carries
+///   DeepSeek's, on latent attention).
+/// - Latent attention: `core_transformer_config_from_args` copies the arguments named like
+///   `MLATransformerConfig` fields, so `--rope-type`, `--rotary-scaling-factor`, `--mscale` and
+///   `--mscale-all-dim` reach its YaRN; its `original_max_position_embeddings`, `beta_fast` and
+///   `beta_slow` have no such argument (the `--yarn-*` flags set the non-MLA `yarn_*` attributes only,
+///   in `_apply_yarn_config_from_args`) and keep their defaults 4096, 32 and 1, so a config with other
+///   values is refused. Without scaling, latent attention runs plain rotary (`--rope-type rope`,
+///   which `MLATransformerConfig` accepts only without the fused YaRN kernel: `--no-rope-fusion`);
+///   left alone, it would run YaRN with the command line's defaults.
+fn megatron_rope_args(
+    a: &mut Vec<(String, Option<String>)>,
+    cx: &ExportContext,
+) -> Result<(), String> {
+    let kv = |a: &mut Vec<(String, Option<String>)>, k: &str, v: String| {
+        a.push((k.to_string(), Some(v)))
+    };
+    let scaling = cx.settings.rope_scaling.as_ref();
+    match (scaling, cx.mla.is_some()) {
+        (None, false) => {}
+        (None, true) => {
+            kv(a, "--rope-type", "rope".into());
+            a.push(("--no-rope-fusion".into(), None));
+        }
+        (
+            Some(&moai_models::RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }),
+            false,
+        ) => {
+            if (
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            ) != (8.0, 1.0, 4.0, 8192)
+            {
+                return Err(format!(
+                    "the model's Llama 3.x rotary scaling (factor {factor}, low_freq_factor {low_freq_factor}, high_freq_factor {high_freq_factor}, original_max_position_embeddings {original_max_position_embeddings}) is not the one Megatron-LM's pretrain_gpt.py applies with --use-rope-scaling (factor 8, 1, 4, 8192 fixed; --rope-scaling-factor is not passed to the model)"
+                ));
+            }
+            a.push(("--use-rope-scaling".into(), None));
+        }
+        (
+            Some(&moai_models::RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                mscale,
+                mscale_all_dim,
+            }),
+            true,
+        ) => {
+            if (original_max_position_embeddings, beta_fast, beta_slow) != (4096, 32.0, 1.0) {
+                return Err(format!(
+                    "the model's YaRN scaling has original_max_position_embeddings {original_max_position_embeddings}, beta_fast {beta_fast}, beta_slow {beta_slow}, and Megatron-LM's latent attention takes these from MLATransformerConfig's defaults (4096, 32, 1), which no command-line flag sets"
+                ));
+            }
+            kv(a, "--rope-type", "yarn".into());
+            kv(a, "--rotary-scaling-factor", format!("{factor}"));
+            kv(a, "--mscale", format!("{mscale}"));
+            kv(a, "--mscale-all-dim", format!("{mscale_all_dim}"));
+        }
+        (Some(r), mla) => {
+            return Err(format!(
+                "{} rotary scaling on {} attention is not a model moai exports to Megatron-LM",
+                r.kind(),
+                if mla { "latent" } else { "standard" }
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `([0]*3+[1]*58)`: Megatron's `--moe-layer-freq` pattern (1: a MoE layer) as runs of equal values.
@@ -1275,6 +1365,7 @@ mod tests {
                     out_bias: false,
                     mlp_bias: false,
                     rope_theta: Some(10000.0),
+                    rope_scaling: None,
                     norm_eps: Some(1e-5),
                     max_positions: Some(4096),
                     head_dim: 128,

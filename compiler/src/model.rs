@@ -200,6 +200,7 @@ impl Model {
                 out_bias: a.o_bias,
                 mlp_bias: a.mlp_bias,
                 rope_theta: llama.then_some(a.rope_theta),
+                rope_scaling: a.rope_scaling.clone().filter(|_| llama),
                 norm_eps: Some(a.eps),
                 max_positions: Some(a.max_pos as u64),
                 head_dim: a.head_dim as u64,
@@ -229,7 +230,14 @@ impl Model {
                     let theta = v[1].powf(-(v.len() as f64));
                     // Read back as the integer it was written from (f32 tables carry ~1e-6 error).
                     let rounded = theta.round();
-                    if ((theta - rounded) / rounded).abs() < 1e-4 {
+                    // Only a plain table: scaled rotary positions (Llama 3.1's low frequencies
+                    // divided by 8) keep inv_freq[1] and change the rest, and an export with the
+                    // base alone would train other frequencies.
+                    let plain = v.iter().enumerate().all(|(i, f)| {
+                        let want = rounded.powf(-(i as f64) / v.len() as f64);
+                        ((f - want) / want).abs() < 1e-3
+                    });
+                    if ((theta - rounded) / rounded).abs() < 1e-4 && plain {
                         rope_theta = Some(rounded);
                     }
                 }
@@ -257,6 +265,7 @@ impl Model {
             out_bias: all_biased || (linear_biases > 0 && !llama),
             mlp_bias: all_biased || (linear_biases > 0 && !llama),
             rope_theta,
+            rope_scaling: None,
             norm_eps: eps,
             max_positions: None,
             head_dim: s.head_dim,

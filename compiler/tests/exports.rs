@@ -235,6 +235,33 @@ pub(crate) fn megatron_validate(
     } else if has("--num-query-groups") {
         return Err("--num-query-groups without --group-query-attention is ignored".into());
     }
+    // Rotary scaling. argument_utils.py:339: standard attention takes --rope-type rope only (MLA
+    // also yarn); arguments.py:1628: rope fusion stays on with rope positions unless
+    // --no-rope-fusion; transformer_config.py:3345 (MLATransformerConfig): latent attention with rope
+    // fusion needs yarn; the MLA-only YaRN flags (arguments.py:3558-3562) reach no config without
+    // --multi-latent-attention (argument_utils.py:384 reads them only for --position-embedding-type
+    // yarn); --use-rope-scaling is GPTModel's standard-attention rotary (gpt_model.py:183).
+    let mla = has("--multi-latent-attention");
+    let rope_type = s("--rope-type").unwrap_or(if mla { "yarn" } else { "rope" });
+    if !mla && rope_type != "rope" {
+        return Err(format!(
+            "--rope-type {rope_type}: common attention only supports rope"
+        ));
+    }
+    let fusion = s("--position-embedding-type") == Some("rope") && !has("--no-rope-fusion");
+    if mla && fusion && rope_type != "yarn" {
+        return Err(
+            "apply_rope_fusion for MLA only works with YARN RoPE (add --no-rope-fusion)".into(),
+        );
+    }
+    for k in ["--rotary-scaling-factor", "--mscale", "--mscale-all-dim"] {
+        if has(k) && !mla {
+            return Err(format!("{k} is read only by multi-latent attention"));
+        }
+    }
+    if has("--use-rope-scaling") && (mla || s("--position-embedding-type") != Some("rope")) {
+        return Err("--use-rope-scaling applies to standard attention with rope positions".into());
+    }
     // arguments.py:933 at most one of the virtual-pipeline options.
     let vp_opts = [
         "--num-layers-per-virtual-pipeline-stage",
@@ -1736,6 +1763,42 @@ fn deepseek_v3_megatron_export_carries_latent_attention_and_moe_flags() {
     ] {
         assert!(line.contains(want), "missing {want}: {line}");
     }
+    // The config's YaRN (factor 40, mscale 1, mscale_all_dim 1; original positions 4096 and betas
+    // 32/1 are MLATransformerConfig's defaults), not the command line's defaults (1, 1, 0).
+    let val = |args: &[(String, Option<String>)], k: &str| {
+        args.iter()
+            .find(|(a, _)| a == k)
+            .map(|(_, v)| v.clone().unwrap_or_default())
+    };
+    for (k, v) in [
+        ("--rotary-base", "10000"),
+        ("--rope-type", "yarn"),
+        ("--rotary-scaling-factor", "40"),
+        ("--mscale", "1"),
+        ("--mscale-all-dim", "1"),
+    ] {
+        assert_eq!(val(&args, k).as_deref(), Some(v), "{k}: {line}");
+    }
+    assert_eq!(val(&args, "--no-rope-fusion"), None, "{line}");
+    // A YaRN the flags cannot reach is refused in one line; no scaling is plain rotary, said so.
+    let mut other = cx.clone();
+    let Some(moai_models::RopeScaling::Yarn { beta_fast, .. }) =
+        other.settings.rope_scaling.as_mut()
+    else {
+        panic!("DeepSeek-V3's config has YaRN scaling")
+    };
+    *beta_fast = 16.0;
+    let why = megatron_args(&p, &other).unwrap_err();
+    assert!(
+        why.contains("beta_fast 16") && why.contains("MLATransformerConfig") && !why.contains('\n'),
+        "{why}"
+    );
+    other.settings.rope_scaling = None;
+    let plain = megatron_args(&p, &other).unwrap();
+    megatron_validate(&plain, 1024, false).unwrap();
+    assert_eq!(val(&plain, "--rope-type").as_deref(), Some("rope"));
+    assert_eq!(val(&plain, "--no-rope-fusion").as_deref(), Some(""));
+    assert_eq!(val(&plain, "--rotary-scaling-factor"), None);
     let mut d = PlanDims::of_plan(&p, &cx).unwrap();
     (d.config.tp, d.config.pp, d.config.dp) = (1, 1, 1024);
     ZeroStage::Zero3.apply(&mut d.config);
@@ -1750,6 +1813,130 @@ fn deepseek_v3_megatron_export_carries_latent_attention_and_moe_flags() {
     dense_ep.config.ep = 1;
     let why = engine_runs(Stack::Fsdp, &dense_ep).unwrap_err();
     assert!(why.contains("grouped GEMMs"), "{why}");
+}
+
+/// Llama 3.x rotary scaling: Megatron-LM's pretrain_gpt.py applies only Llama 3.1's (`--use-rope-scaling`
+/// with its fixed constants); another (Llama 3.2's factor 32) and YaRN on standard attention are
+/// refused in one line; the Hugging Face Trainer exports build the model from its config, which
+/// carries the scaling.
+#[test]
+fn megatron_exports_the_rotary_scaling_it_can_express_and_refuses_the_rest() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("models/configs/llama3-8b");
+    let m = Model::load(dir.to_str().unwrap()).unwrap();
+    let cluster = h100(8);
+    let req = PlanRequest::new(64, 8192);
+    let mut cx = export_context(&m, &cluster, &req);
+    assert_eq!(cx.settings.rope_scaling, None, "Llama 3.0 has none");
+    let cfg = ParallelConfig {
+        dp: 8,
+        micro_batch_size: 1,
+        num_micro_batches: 8,
+        recompute: moai_costmodel::Recompute::Full,
+        distribute_optimizer: true,
+        ..ParallelConfig::default()
+    };
+    let p = moai_compiler::plan::PlanConfig::of_config(&cfg, 32);
+    let plain = megatron_args(&p, &cx).unwrap();
+    assert!(
+        !plain
+            .iter()
+            .any(|(k, _)| k.contains("rope-scaling") || k == "--rope-type"),
+        "{plain:?}"
+    );
+    let llama31 = |factor: f64| moai_models::RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192,
+    };
+    cx.settings.rope_scaling = Some(llama31(8.0));
+    let args = megatron_args(&p, &cx).unwrap();
+    megatron_validate(&args, 8, false).unwrap();
+    assert!(
+        args.contains(&("--use-rope-scaling".to_string(), None)),
+        "{args:?}"
+    );
+    assert_eq!(args.len(), plain.len() + 1);
+    cx.settings.rope_scaling = Some(llama31(32.0));
+    let why = megatron_args(&p, &cx).unwrap_err();
+    assert!(
+        why.contains("factor 32") && why.contains("--use-rope-scaling") && !why.contains('\n'),
+        "{why}"
+    );
+    let files = engine_exports_of(Stack::Megatron, &p, &cx);
+    assert!(files.is_err());
+    // DeepSpeed and FSDP run the Hugging Face model, built from the config with its scaling.
+    let mut z3 = cfg.clone();
+    ZeroStage::Zero3.apply(&mut z3);
+    let p3 = moai_compiler::plan::PlanConfig::of_config(&z3, 32);
+    for e in [Stack::Deepspeed, Stack::Fsdp] {
+        engine_exports_of(e, &p3, &cx).unwrap();
+    }
+    cx.settings.rope_scaling = Some(moai_models::RopeScaling::Yarn {
+        factor: 4.0,
+        original_max_position_embeddings: 32768,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        mscale: 1.0,
+        mscale_all_dim: 0.0,
+    });
+    let why = megatron_args(&p, &cx).unwrap_err();
+    assert!(
+        why.contains("yarn rotary scaling on standard attention"),
+        "{why}"
+    );
+    // The validator catches a flag the export would misuse.
+    let mut bad = plain.clone();
+    bad.push(("--rotary-scaling-factor".into(), Some("8".into())));
+    assert!(megatron_validate(&bad, 8, false).is_err());
+}
+
+/// A graph's rotary base is read from its `inv_freq` table only when the whole table is plain rotary:
+/// a scaled table (Llama 3.1's low frequencies divided by 8 keep `inv_freq[1]`) leaves the base
+/// unknown, so Megatron-LM and torchtitan refuse instead of exporting unscaled rotary.
+#[test]
+fn a_graph_with_a_scaled_inv_freq_table_has_no_rotary_base() {
+    // A graph without a config, holding a rotary inv_freq table (as an ONNX export may).
+    let mut m = Model::load(
+        "llama:layers=2,hidden=64,heads=4,kv_heads=2,ffn=176,vocab=512,rope_theta=500000,eps=1e-5",
+    )
+    .unwrap();
+    m.arch = None;
+    let table = |scaled: bool| {
+        let v = (0..8)
+            .map(|i| {
+                let f = 500_000f64.powf(-(i as f64) / 8.0);
+                (if scaled && i >= 4 { f / 8.0 } else { f }) as f32
+            })
+            .collect();
+        moai_ir::Op::Constant(moai_ir::Tensor::f32(vec![8], v))
+    };
+    let id = m.graph.add(
+        table(false),
+        vec![],
+        vec![moai_ir::TensorType::new(
+            moai_ir::DType::F32,
+            moai_ir::Shape::from_consts(&[8]),
+        )],
+        moai_ir::Provenance {
+            name: "model.rotary_emb.inv_freq".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(m.settings().rope_theta, Some(500_000.0));
+    m.graph.node_mut(id).op = table(true);
+    assert_eq!(m.settings().rope_theta, None);
+}
+
+fn engine_exports_of(
+    e: Stack,
+    p: &moai_compiler::plan::PlanConfig,
+    cx: &ExportContext,
+) -> Result<Vec<(String, String)>, String> {
+    moai_compiler::export::export_files(e, p, cx)
 }
 
 /// Expert parallelism in the cost model: spreading Mixtral's experts over more ranks cuts the expert

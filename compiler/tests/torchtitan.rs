@@ -657,6 +657,37 @@ fn what_torchtitan_cannot_run_exactly_is_refused_in_one_line() {
     let mut cx2 = cx.clone();
     cx2.settings.rope_theta = None;
     refuse(&p, &cx2, "rope_theta");
+    // Rotary scaling: the llama3 flavors apply Llama 3.1's (exact for a Llama 3.1 config, said so);
+    // any other is refused. Without scaling (Llama 3.0) the TOML says the frequencies differ.
+    assert!(
+        torchtitan_toml(&p, &cx)
+            .unwrap()
+            .contains("differ from a Llama 3.0 model's")
+    );
+    let llama3 = |factor: f64| moai_models::RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192,
+    };
+    let mut cx2 = cx.clone();
+    cx2.settings.rope_scaling = Some(llama3(8.0));
+    let toml = torchtitan_toml(&p, &cx2).unwrap();
+    assert!(
+        toml.contains("as this model's config does") && !toml.contains("Llama 3.0"),
+        "{toml}"
+    );
+    cx2.settings.rope_scaling = Some(llama3(32.0));
+    refuse(&p, &cx2, "not this model's llama3 scaling (factor 32");
+    cx2.settings.rope_scaling = Some(moai_models::RopeScaling::Yarn {
+        factor: 40.0,
+        original_max_position_embeddings: 4096,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        mscale: 1.0,
+        mscale_all_dim: 1.0,
+    });
+    refuse(&p, &cx2, "YaRN scaling (factor 40)");
     // The other engines say torchtitan runs what they cannot.
     let why = moai_compiler::export::refusal(Stack::Fsdp, "x", &p, &cx);
     assert!(why.contains("--emit torchtitan"), "{why}");

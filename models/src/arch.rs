@@ -89,6 +89,57 @@ pub struct ArchConfig {
     pub moe: Option<MoeConfig>,
     /// Multi-head latent attention (DeepSeek-V2/V3); `None` for standard grouped-KV attention.
     pub mla: Option<MlaConfig>,
+    /// Scaled rotary positions (the config's `rope_scaling`); `None`: plain rotary (`rope_theta`).
+    /// Changes the rotary frequencies (and, for YaRN, the softmax scale), not shapes or FLOPs: carried
+    /// to the exports, which must reproduce it or refuse.
+    pub rope_scaling: Option<RopeScaling>,
+}
+
+/// A config's rotary-position scaling (`rope_scaling`), with the `transformers` defaults filled in.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// Llama 3.x (`rope_type: llama3`): frequencies whose wavelength exceeds
+    /// `original_max_position_embeddings / low_freq_factor` are divided by `factor`, those below
+    /// `original_max_position_embeddings / high_freq_factor` are kept, and those between interpolated.
+    Llama3 {
+        /// `factor` (Llama 3.1: 8; Llama 3.2: 32).
+        factor: f64,
+        /// `low_freq_factor` (Llama 3.1: 1).
+        low_freq_factor: f64,
+        /// `high_freq_factor` (Llama 3.1: 4).
+        high_freq_factor: f64,
+        /// `original_max_position_embeddings` (Llama 3.1: 8192).
+        original_max_position_embeddings: usize,
+    },
+    /// YaRN as DeepSeek-V2/V3 configure it (`type: yarn`): frequencies interpolated by `factor`
+    /// outside the `beta_fast`..`beta_slow` correction range, the rotary cos/sin scaled by
+    /// `mscale(factor, mscale) / mscale(factor, mscale_all_dim)` and the softmax scale by
+    /// `mscale(factor, mscale_all_dim)²`, with `mscale(s, m) = 0.1 · m · ln(s) + 1`. Defaults as in
+    /// DeepSeek's `DeepseekV3YarnRotaryEmbedding` (4096, 32, 1, 1, 0).
+    Yarn {
+        /// `factor` (DeepSeek-V2/V3: 40).
+        factor: f64,
+        /// `original_max_position_embeddings` (4096).
+        original_max_position_embeddings: usize,
+        /// `beta_fast` (32).
+        beta_fast: f64,
+        /// `beta_slow` (1).
+        beta_slow: f64,
+        /// `mscale` (DeepSeek-V3: 1.0; V2: 0.707).
+        mscale: f64,
+        /// `mscale_all_dim` (DeepSeek-V3: 1.0; V2: 0.707).
+        mscale_all_dim: f64,
+    },
+}
+
+impl RopeScaling {
+    /// The `rope_type` name `transformers` gives the scaling (`llama3`, `yarn`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RopeScaling::Llama3 { .. } => "llama3",
+            RopeScaling::Yarn { .. } => "yarn",
+        }
+    }
 }
 
 /// How a mixture-of-experts router scores experts.
@@ -467,6 +518,7 @@ mod tests {
             qk_norm: false,
             moe: None,
             mla: None,
+            rope_scaling: None,
         }
     }
 

@@ -7,8 +7,10 @@
 //! `tie_word_embeddings` (false; GPT-2: true), `max_position_embeddings`, `rope_theta`, `attention_bias`,
 //! `mlp_bias`, `sliding_window` (Mistral; Qwen2 only with `use_sliding_window`), `torch_dtype`;
 //! GPT-2: `n_inner` (4 · n_embd), `n_positions` (1024), `layer_norm_epsilon` (1e-5). `null` means absent.
+//! `rope_scaling` is carried as [`RopeScaling`] when it is Llama 3.x's (`llama3`) or, for DeepSeek, YaRN;
+//! any other scaling is refused as unmodeled.
 
-use crate::arch::{ArchConfig, Family, MlaConfig, MoeConfig, RouterScore};
+use crate::arch::{ArchConfig, Family, MlaConfig, MoeConfig, RopeScaling, RouterScore};
 use crate::error::{ErrorKind, ModelError};
 use moai_ir::DType;
 use serde_json::{Map, Value};
@@ -109,6 +111,7 @@ fn parse_inner(json: &str, name: &str) -> Result<ArchConfig, ErrorKind> {
             qk_norm: false,
             moe: None,
             mla: None,
+            rope_scaling: None,
         }
     } else {
         let hidden = c.required_int("hidden_size")?;
@@ -183,6 +186,7 @@ fn parse_inner(json: &str, name: &str) -> Result<ArchConfig, ErrorKind> {
             qk_norm: moe == Moe::Qwen3,
             moe: moe_config(&c, moe, layers)?,
             mla,
+            rope_scaling: rope_scaling(&c, moe)?,
         }
     };
     cfg.validate().map_err(|e| rename_keys(e, family))?;
@@ -291,6 +295,96 @@ fn moe_config(c: &Cfg<'_>, moe: Moe, layers: usize) -> Result<Option<MoeConfig>,
     Ok(Some(cfg))
 }
 
+/// The config's `rope_scaling` (`rope_type`, or the older `type`; `default` and `null` mean none): Llama
+/// 3.x scaling (`llama3`, its four keys required as `transformers` requires them) for the rotary
+/// families, YaRN (`yarn`) for DeepSeek with the defaults of DeepSeek's YaRN rotary embedding; any
+/// other scaling is refused as unmodeled. GPT-2 has learned positions (a `rope_scaling` key there
+/// is refused too).
+fn rope_scaling(c: &Cfg<'_>, moe: Moe) -> Result<Option<RopeScaling>, ErrorKind> {
+    let Some(v) = c.get("rope_scaling") else {
+        return Ok(None);
+    };
+    let deepseek = matches!(moe, Moe::DeepSeek { .. });
+    let unmodeled = |why: &str| ErrorKind::Unmodeled {
+        key: "rope_scaling".into(),
+        value: short(v),
+        why: why.into(),
+    };
+    let Value::Object(m) = v else {
+        return Err(Cfg::bad("rope_scaling", v, "an object"));
+    };
+    let s = Cfg(m);
+    let kind = match s.string("rope_type")? {
+        Some(k) => Some(k),
+        None => s.string("type")?,
+    };
+    let carried = if deepseek {
+        "scaled rotary positions other than YaRN; moai carries DeepSeek's YaRN (`yarn`) scaling"
+    } else {
+        "scaled rotary positions other than Llama 3.x's; moai carries `llama3` scaling (and YaRN for DeepSeek)"
+    };
+    let key = |k: &str| format!("rope_scaling.{k}");
+    let rename = |e: ErrorKind| match e {
+        ErrorKind::BadValue {
+            key: k,
+            value,
+            expected,
+        } => ErrorKind::BadValue {
+            key: key(&k),
+            value,
+            expected,
+        },
+        ErrorKind::MissingKey { key: k } => ErrorKind::MissingKey { key: key(&k) },
+        other => other,
+    };
+    let scaling = match kind {
+        None if m.is_empty() => return Ok(None),
+        Some("default") => return Ok(None),
+        Some("llama3") if !deepseek => {
+            let f = |k: &str| s.float(k)?.ok_or(ErrorKind::MissingKey { key: k.into() });
+            RopeScaling::Llama3 {
+                factor: f("factor").map_err(rename)?,
+                low_freq_factor: f("low_freq_factor").map_err(rename)?,
+                high_freq_factor: f("high_freq_factor").map_err(rename)?,
+                original_max_position_embeddings: s
+                    .required_int("original_max_position_embeddings")
+                    .map_err(rename)?,
+            }
+        }
+        Some("yarn") if deepseek => {
+            let f = |k: &str, d: f64| s.float(k).map(|x| x.unwrap_or(d)).map_err(rename);
+            // mscale_all_dim may be 0 (DeepSeek's default: no softmax rescaling).
+            let mscale_all_dim = match s.get("mscale_all_dim") {
+                None => 0.0,
+                Some(x) => x
+                    .as_f64()
+                    .filter(|x| x.is_finite() && *x >= 0.0)
+                    .ok_or_else(|| Cfg::bad(&key("mscale_all_dim"), x, "a non-negative number"))?,
+            };
+            RopeScaling::Yarn {
+                factor: s
+                    .float("factor")
+                    .and_then(|x| {
+                        x.ok_or(ErrorKind::MissingKey {
+                            key: "factor".into(),
+                        })
+                    })
+                    .map_err(rename)?,
+                original_max_position_embeddings: s
+                    .int("original_max_position_embeddings")
+                    .map_err(rename)?
+                    .unwrap_or(4096),
+                beta_fast: f("beta_fast", 32.0)?,
+                beta_slow: f("beta_slow", 1.0)?,
+                mscale: f("mscale", 1.0)?,
+                mscale_all_dim,
+            }
+        }
+        _ => return Err(unmodeled(carried)),
+    };
+    Ok(Some(scaling))
+}
+
 /// Keys of mixture-of-experts configs (Mixtral, DeepSeek, Qwen2-MoE, ...).
 const EXPERT_KEYS: &[&str] = &[
     "num_local_experts",
@@ -359,14 +453,16 @@ fn check_unmodeled(c: &Cfg<'_>, family: Family, moe: Moe) -> Result<(), ErrorKin
             ));
         }
     }
-    // DeepSeek's YaRN scaling changes rotary frequencies and the softmax scale only (not shapes or
-    // FLOPs): recorded by the config, planned as plain rotary.
+    // A rotary family's `rope_scaling` is read by `rope_scaling` (the scalings moai carries) or
+    // refused there; GPT-2 has learned positions.
     let deepseek = matches!(moe, Moe::DeepSeek { .. });
-    if let Some(v) = c.get("rope_scaling").filter(|v| active(v) && !deepseek) {
+    if family == Family::Gpt
+        && let Some(v) = c.get("rope_scaling").filter(|v| active(v))
+    {
         return Err(unmodeled(
             "rope_scaling",
             v,
-            "scaled rotary positions; moai models plain rotary positions (rope_theta)".into(),
+            "scaled rotary positions; the gpt family has learned positions".into(),
         ));
     }
     if let Some(v) = c.get("partial_rotary_factor")

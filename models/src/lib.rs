@@ -20,7 +20,8 @@ mod hf;
 mod spec;
 
 pub use arch::{
-    ArchConfig, Family, MAX_DIM, MAX_LAYERS, MAX_PARAMS, MlaConfig, MoeConfig, RouterScore,
+    ArchConfig, Family, MAX_DIM, MAX_LAYERS, MAX_PARAMS, MlaConfig, MoeConfig, RopeScaling,
+    RouterScore,
 };
 pub use build::{MAX_RANDOM_PARAMS, SYNTHETIC_LOCATION, Weights};
 pub use error::{ErrorKind, ModelError};

@@ -260,6 +260,7 @@ fn parse_inner(spec: &str) -> Result<ArchConfig, ErrorKind> {
         qk_norm: false,
         moe,
         mla: None,
+        rope_scaling: None,
     };
     cfg.validate()?;
     Ok(cfg)

@@ -3,7 +3,8 @@
 
 use moai_ir::{DType, Dim, Graph, Op, ParamData, Value};
 use moai_models::{
-    ArchConfig, Family, Weights, from_hf_config, from_hf_config_str, from_spec, looks_like_spec,
+    ArchConfig, Family, RopeScaling, Weights, from_hf_config, from_hf_config_str, from_spec,
+    looks_like_spec,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -882,10 +883,67 @@ fn activations_other_than_the_familys_are_refused() {
 }
 
 #[test]
+fn llama3_rope_scaling_is_carried_with_its_four_keys() {
+    // Llama 3.1's published config.json (meta-llama/Llama-3.1-8B).
+    let c = ArchConfig::from_hf_config_str(
+        &format!(
+            r#"{{{LLAMA},"rope_scaling":{{"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192,"rope_type":"llama3"}}}}"#
+        ),
+        "m",
+    )
+    .unwrap();
+    assert_eq!(
+        c.rope_scaling,
+        Some(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192
+        })
+    );
+    // The older `type` key, and `default` (no scaling).
+    let old = ArchConfig::from_hf_config_str(
+        &format!(
+            r#"{{{LLAMA},"rope_scaling":{{"factor":32.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192,"type":"llama3"}}}}"#
+        ),
+        "m",
+    )
+    .unwrap();
+    assert_eq!(old.rope_scaling.as_ref().map(|r| r.kind()), Some("llama3"));
+    let plain = ArchConfig::from_hf_config_str(
+        &format!(r#"{{{LLAMA},"rope_scaling":{{"rope_type":"default"}}}}"#),
+        "m",
+    )
+    .unwrap();
+    assert_eq!(plain.rope_scaling, None);
+    // transformers requires all four keys of llama3 scaling.
+    let e = refused(&format!(
+        r#"{{{LLAMA},"rope_scaling":{{"rope_type":"llama3","factor":8.0}}}}"#
+    ));
+    assert!(e.contains("rope_scaling.low_freq_factor"), "{e}");
+    let e = refused(&format!(
+        r#"{{{LLAMA},"rope_scaling":{{"rope_type":"llama3","factor":-1,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}}}}"#
+    ));
+    assert!(e.contains("rope_scaling.factor"), "{e}");
+    // GPT-2 has learned positions.
+    let e = refused(
+        r#"{"model_type":"gpt2","n_embd":64,"n_layer":2,"n_head":4,"vocab_size":100,"rope_scaling":{"rope_type":"llama3"}}"#,
+    );
+    assert!(
+        e.contains("`rope_scaling` = ") && e.contains("learned positions"),
+        "{e}"
+    );
+}
+
+#[test]
 fn rope_scaling_qk_norm_and_unsupported_biases_are_refused() {
     let cases = [
         (
-            format!(r#"{{{LLAMA},"rope_scaling":{{"rope_type":"llama3","factor":8.0}}}}"#),
+            format!(r#"{{{LLAMA},"rope_scaling":{{"rope_type":"linear","factor":2.0}}}}"#),
+            "rope_scaling",
+        ),
+        (
+            format!(r#"{{{LLAMA},"rope_scaling":{{"rope_type":"yarn","factor":4.0}}}}"#),
             "rope_scaling",
         ),
         (
@@ -1006,6 +1064,18 @@ mod moe {
             (Some(1536), 512, 128)
         );
         assert_eq!((c.head_dim, c.kv_heads, c.layers), (192, 128, 61));
+        // The config's YaRN scaling, carried to the exports.
+        assert_eq!(
+            c.rope_scaling,
+            Some(RopeScaling::Yarn {
+                factor: 40.0,
+                original_max_position_embeddings: 4096,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                mscale: 1.0,
+                mscale_all_dim: 1.0
+            })
+        );
         // DeepSeek-V3 (arXiv:2412.19437): 671B total, 37B activated per token; the weights'
         // documentation (README_WEIGHTS.md) gives the main model's activated count as 36.6B without
         // the input embedding (0.9B). The multi-token-prediction module (num_nextn_predict_layers) is
@@ -1023,6 +1093,35 @@ mod moe {
         assert_eq!(c.moe.as_ref().unwrap().dense_layers, vec![0]);
         assert_eq!(billions(c.params(), 0), 236.0);
         assert_eq!(billions(c.active_params(), 0), 21.0);
+        assert!(
+            matches!(c.rope_scaling, Some(RopeScaling::Yarn { factor, mscale, mscale_all_dim, .. })
+                if factor == 40.0 && mscale == 0.707 && mscale_all_dim == 0.707),
+            "{:?}",
+            c.rope_scaling
+        );
+        // DeepSeek's other scalings (linear, dynamic) are refused; YaRN's keys take DeepSeek's
+        // defaults.
+        let text = std::fs::read_to_string(config_path("deepseek-v2")).unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        json["rope_scaling"] = serde_json::json!({"type": "dynamic", "factor": 4.0});
+        let e = from_hf_config_str(&json.to_string(), "m")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("`rope_scaling` = ") && e.contains("YaRN"), "{e}");
+        json["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0});
+        let d = ArchConfig::from_hf_config_str(&json.to_string(), "m").unwrap();
+        assert_eq!(
+            d.rope_scaling,
+            Some(RopeScaling::Yarn {
+                factor: 4.0,
+                original_max_position_embeddings: 4096,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                mscale: 1.0,
+                mscale_all_dim: 0.0
+            })
+        );
         // Qwen1.5-MoE-A2.7B (its model card): 14.3B total, 2.7B activated.
         let c = ArchConfig::from_hf_config(&config_path("qwen1.5-moe-a2.7b")).unwrap();
         let m = c.moe.as_ref().unwrap();

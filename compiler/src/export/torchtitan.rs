@@ -19,8 +19,10 @@
 //! - cp and float8: see [`context_parallel_degree`] and [`float8_section`].
 //! - The model is one of torchtitan's registered flavors (`[model] name, flavor`): torchtitan builds
 //!   models from its flavor table, not from shapes, so a model matching none is refused. Its llama3
-//!   flavors always apply Llama 3.1 RoPE scaling (`RoPEScalingArgs` defaults, not a TOML key), so a
-//!   Llama 3.0 model trains with other rotary frequencies at the same cost; the TOML says so.
+//!   flavors always apply Llama 3.1 RoPE scaling (`RoPEScalingArgs` defaults, not a TOML key): a model
+//!   with that scaling (a Llama 3.1 config) runs exactly, one with another scaling (Llama 3.2's factor
+//!   32, YaRN) is refused, and a Llama 3.0 model (no scaling) trains with other rotary frequencies at
+//!   the same cost; the TOML says so.
 
 use super::{ExportContext, PlanDims, engine_runs};
 use crate::plan::PlanConfig;
@@ -161,8 +163,41 @@ pub fn flavor_for(cx: &ExportContext) -> Result<Flavor, String> {
         ));
     }
     let theta = s.rope_theta.ok_or(
-        "the model's rotary base (rope_theta) is unknown (an ONNX graph does not record it); pass the model's config.json or its Hugging Face directory",
+        "the model's rotary base (rope_theta) is unknown (an ONNX graph records it only as a plain rotary inv_freq table); pass the model's config.json or its Hugging Face directory",
     )?;
+    // precompute_freqs_cis always applies RoPEScalingArgs' Llama 3.1 scaling (factor 8, low 1,
+    // high 4, 8192 positions): a model with exactly that scaling (or none, see the module doc) runs.
+    match &s.rope_scaling {
+        None => {}
+        Some(moai_models::RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) if (
+            *factor,
+            *low_freq_factor,
+            *high_freq_factor,
+            *original_max_position_embeddings,
+        ) == (8.0, 1.0, 4.0, 8192) => {}
+        Some(r) => {
+            return Err(format!(
+                "torchtitan's llama3 flavors apply Llama 3.1 rotary scaling (factor 8, low_freq_factor 1, high_freq_factor 4, 8192 positions; RoPEScalingArgs, no TOML key), not this model's {}",
+                match r {
+                    moai_models::RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_max_position_embeddings,
+                    } => format!(
+                        "llama3 scaling (factor {factor}, low_freq_factor {low_freq_factor}, high_freq_factor {high_freq_factor}, {original_max_position_embeddings} positions)"
+                    ),
+                    moai_models::RopeScaling::Yarn { factor, .. } =>
+                        format!("YaRN scaling (factor {factor})"),
+                }
+            ));
+        }
+    }
     if let Some(eps) = s.norm_eps
         && (eps - 1e-5).abs() > 1e-12
     {
@@ -290,11 +325,15 @@ pub fn torchtitan_toml(plan: &PlanConfig, cx: &ExportContext) -> Result<String, 
             String::new()
         }
     );
+    let rope_note = if cx.settings.rope_scaling.is_some() {
+        "# torchtitan's llama3 flavors apply Llama 3.1 RoPE scaling (factor 8 over 8192 positions), as this model's config does.\n"
+    } else {
+        "# torchtitan's llama3 flavors always apply Llama 3.1 RoPE scaling (factor 8 over 8192 positions), which\n\
+# this TOML cannot switch off: the rotary frequencies differ from a Llama 3.0 model's, the step's cost does not.\n"
+    };
     let _ = writeln!(
         w,
-        "# Set model.hf_assets_path (tokenizer) and training.dataset to yours; everything else is the plan.\n\
-# torchtitan's llama3 flavors always apply Llama 3.1 RoPE scaling (factor 8 over 8192 positions), which\n\
-# this TOML cannot switch off: the rotary frequencies differ from a Llama 3.0 model's, the step's cost does not.\n"
+        "# Set model.hf_assets_path (tokenizer) and training.dataset to yours; everything else is the plan.\n{rope_note}"
     );
     let _ = writeln!(
         w,
