@@ -313,10 +313,8 @@ pub fn config_for(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Para
             };
             return bad(format!("--dp-shard {n}: {why}"));
         }
-        // dp_shard = dp is full sharding, the default.
-        if n == dp {
-            cfg.dp_shard = 0;
-        }
+        // A group of all of dp is full sharding, the default.
+        cfg.dp_shard = ParallelConfig::shard_group(dp, n);
     }
     crate::export::assign_engine(c.engine, cfg, cluster).map_err(PlanError::InvalidArgument)
 }

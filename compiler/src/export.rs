@@ -204,8 +204,8 @@ impl PlanDims {
             .check_dp_shard()
             .map_err(|e| format!("the plan: {e}"))?;
         config.cp = config.cp.max(1);
-        // dp_shard = dp is full sharding.
-        if config.dp_shard >= config.dp {
+        // Checked above, so a group is either hybrid sharding or full sharding (0).
+        if !config.hybrid_shard() {
             config.dp_shard = 0;
         }
         Ok(PlanDims {

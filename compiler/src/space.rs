@@ -275,7 +275,8 @@ fn dp_shards(
                     .into(),
             );
         }
-        if n == dp {
+        // A group of all of dp is full sharding.
+        if n > 0 && ParallelConfig::shard_group(dp, n) == 0 {
             return Ok(vec![0]);
         }
         if n == 0 || !dp.is_multiple_of(n) {

@@ -406,10 +406,19 @@ impl ParallelConfig {
     /// True when ZeRO / FSDP state is sharded over fewer than all `dp` ranks (`0 < dp_shard < dp`,
     /// `dp_shard` dividing `dp`, and ZeRO-1 or ZeRO-3 on).
     pub fn hybrid_shard(&self) -> bool {
-        self.dp_shard > 0
-            && self.dp_shard < self.dp
-            && self.dp.is_multiple_of(self.dp_shard)
+        let group = Self::shard_group(self.dp, self.dp_shard);
+        group > 0
+            && group < self.dp
+            && self.dp.is_multiple_of(group)
             && (self.distribute_param || self.distribute_optimizer)
+    }
+
+    /// The one reading of a requested shard group: `dp_shard` 0, or equal to `dp` (one group of every
+    /// data-parallel rank), is full sharding and reads as 0; any other value is the group as given,
+    /// for [`ParallelConfig::check_dp_shard`] to judge. [`ParallelConfig::hybrid_shard`], the search's
+    /// shard groups and the exports' reading of a plan go through it.
+    pub fn shard_group(dp: u32, dp_shard: u32) -> u32 {
+        if dp_shard == dp { 0 } else { dp_shard }
     }
 
     /// Checks `dp_shard`: 0, or a divisor of dp on a plan that shards (ZeRO-1 or ZeRO-3); one line.
@@ -891,6 +900,34 @@ pub fn mixed_profile<'a>(
 mod tests {
     use super::*;
     use crate::device::Gpu;
+
+    #[test]
+    fn a_shard_group_of_all_of_dp_is_full_sharding() {
+        assert_eq!(ParallelConfig::shard_group(8, 0), 0);
+        assert_eq!(ParallelConfig::shard_group(8, 8), 0);
+        assert_eq!(ParallelConfig::shard_group(8, 4), 4);
+        // Not a divisor: left as given, for check_dp_shard to refuse.
+        assert_eq!(ParallelConfig::shard_group(8, 16), 16);
+        let cfg = |dp_shard| ParallelConfig {
+            dp: 8,
+            dp_shard,
+            distribute_optimizer: true,
+            ..Default::default()
+        };
+        assert!(cfg(4).hybrid_shard());
+        for full in [0, 8, 16, 3] {
+            assert!(!cfg(full).hybrid_shard(), "{full}");
+        }
+        assert_eq!((cfg(8).shard_dp(), cfg(4).shard_dp()), (8, 4));
+        assert!(cfg(16).check_dp_shard().is_err());
+        assert!(
+            !ParallelConfig {
+                distribute_optimizer: false,
+                ..cfg(4)
+            }
+            .hybrid_shard()
+        );
+    }
 
     #[test]
     fn zero_bubble_and_stage_recompute_rules() {
