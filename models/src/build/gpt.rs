@@ -1,7 +1,7 @@
 //! GPT-2 / GPT-3: token and learned position embeddings, LayerNorm, fused `c_attn` split by `Slice`,
 //! GELU (tanh) MLP, biased linears; module scopes as in `transformers` (`transformer.h.N.attn.c_attn`).
 
-use super::{Builder, Init, attention, bsn, c, lm_head, split_heads};
+use super::{Builder, Init, Norm, attention, bsn, c, finish, pre_norm_layer, split_heads};
 use crate::arch::ArchConfig;
 use moai_ir::{BinaryOp, DType, Dim, Op, Shape, UnaryOp, Value};
 
@@ -45,24 +45,7 @@ pub(super) fn build(b: &mut Builder, cfg: &ArchConfig) {
     for layer in 0..cfg.layers {
         x = block(b, cfg, layer, x);
     }
-    let x = layer_norm(b, "transformer.ln_f", None, x, h, cfg.eps);
-    let logits = lm_head(b, x, wte, h, cfg.vocab, cfg.tied);
-    b.g.outputs.push(("logits".into(), logits));
-}
-
-fn layer_norm(
-    b: &mut Builder,
-    scope: &str,
-    layer: Option<usize>,
-    x: Value,
-    h: usize,
-    eps: f64,
-) -> Value {
-    b.at(scope, layer);
-    let w = b.param(&format!("{scope}.weight"), &[h], Init::Ones);
-    let bias = b.param(&format!("{scope}.bias"), &[h], Init::Zeros);
-    let dt = b.dtype;
-    b.op(Op::LayerNorm { eps }, &[x, w, bias], dt, bsn(h))
+    finish(b, cfg, Norm::Layer, "transformer.ln_f", x, wte);
 }
 
 fn block(b: &mut Builder, cfg: &ArchConfig, n: usize, x: Value) -> Value {
@@ -70,35 +53,32 @@ fn block(b: &mut Builder, cfg: &ArchConfig, n: usize, x: Value) -> Value {
     let l = Some(n);
     let p = format!("transformer.h.{n}");
     let lead = super::bs();
-
-    let hs = layer_norm(b, &format!("{p}.ln_1"), l, x, h, cfg.eps);
-    b.at(format!("{p}.attn.c_attn"), l);
-    let qkv = b.linear(hs, &lead, h, 3 * h, true);
-    b.at(format!("{p}.attn"), l);
-    let mut parts = Vec::with_capacity(3);
-    for i in 0..3 {
-        let slice = Op::Slice {
-            axis: 2,
-            start: c(i * h),
-            end: c((i + 1) * h),
-            step: 1,
-        };
-        let s = b.op(slice, &[qkv], dt, bsn(h));
-        parts.push(split_heads(b, s, heads, d));
-    }
-    let a = attention(b, parts[0], parts[1], parts[2], heads, heads, d);
-    b.at(format!("{p}.attn.c_proj"), l);
-    let o = b.linear(a, &lead, h, h, true);
-    b.at(p.clone(), l);
-    let x = b.op(Op::Binary(BinaryOp::Add), &[x, o], dt, bsn(h));
-
-    let hs = layer_norm(b, &format!("{p}.ln_2"), l, x, h, cfg.eps);
-    b.at(format!("{p}.mlp.c_fc"), l);
-    let f = b.linear(hs, &lead, h, cfg.ffn, true);
-    b.at(format!("{p}.mlp.act"), l);
-    let f = b.op(Op::Unary(UnaryOp::GeluTanh), &[f], dt, bsn(cfg.ffn));
-    b.at(format!("{p}.mlp.c_proj"), l);
-    let m = b.linear(f, &lead, cfg.ffn, h, true);
-    b.at(p, l);
-    b.op(Op::Binary(BinaryOp::Add), &[x, m], dt, bsn(h))
+    let attn = |b: &mut Builder, hs: Value| {
+        b.at(format!("{p}.attn.c_attn"), l);
+        let qkv = b.linear(hs, &lead, h, 3 * h, true);
+        b.at(format!("{p}.attn"), l);
+        let mut parts = Vec::with_capacity(3);
+        for i in 0..3 {
+            let slice = Op::Slice {
+                axis: 2,
+                start: c(i * h),
+                end: c((i + 1) * h),
+                step: 1,
+            };
+            let s = b.op(slice, &[qkv], dt, bsn(h));
+            parts.push(split_heads(b, s, heads, d));
+        }
+        let a = attention(b, parts[0], parts[1], parts[2], heads, heads, d);
+        b.at(format!("{p}.attn.c_proj"), l);
+        b.linear(a, &lead, h, h, true)
+    };
+    let mlp = |b: &mut Builder, hs: Value| {
+        b.at(format!("{p}.mlp.c_fc"), l);
+        let f = b.linear(hs, &lead, h, cfg.ffn, true);
+        b.at(format!("{p}.mlp.act"), l);
+        let f = b.op(Op::Unary(UnaryOp::GeluTanh), &[f], dt, bsn(cfg.ffn));
+        b.at(format!("{p}.mlp.c_proj"), l);
+        b.linear(f, &lead, cfg.ffn, h, true)
+    };
+    pre_norm_layer(b, cfg, Norm::Layer, &p, l, ("ln_1", "ln_2"), x, attn, mlp)
 }

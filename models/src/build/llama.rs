@@ -1,7 +1,7 @@
 //! Llama, Mistral and Qwen2: RMSNorm, rotary q/k, grouped-KV attention, SwiGLU MLP; module scopes as
 //! in `transformers` (`model.layers.N.self_attn.q_proj`, ...).
 
-use super::{Builder, Init, attention, bsn, c, lm_head, split_heads};
+use super::{Builder, Init, Norm, attention, bsn, c, finish, pre_norm_layer, split_heads};
 use crate::arch::{ArchConfig, MlaConfig, MoeConfig, RouterScore};
 use moai_ir::{BinaryOp, DType, Dim, Op, Shape, Tensor, UnaryOp, Value};
 
@@ -26,11 +26,7 @@ pub(super) fn build(b: &mut Builder, cfg: &ArchConfig) {
     for layer in 0..cfg.layers {
         x = decoder_layer(b, cfg, layer, x, &mut rot);
     }
-    b.at("model.norm", None);
-    let w = b.param("model.norm.weight", &[h], Init::Ones);
-    let x = b.op(Op::RmsNorm { eps: cfg.eps }, &[x, w], dt, bsn(h));
-    let logits = lm_head(b, x, table, h, cfg.vocab, cfg.tied);
-    b.g.outputs.push(("logits".into(), logits));
+    finish(b, cfg, Norm::Rms, "model.norm", x, table);
 }
 
 /// `cos`, `sin` of shape `[1, seq, head_dim]`, computed once from the positions `0..seq`
@@ -140,17 +136,12 @@ fn decoder_layer(
     x: Value,
     rot: &mut RotaryTables,
 ) -> Value {
-    let (h, d, dt) = (cfg.hidden, cfg.head_dim, b.dtype);
+    let (h, d) = (cfg.hidden, cfg.head_dim);
     let (heads, kv) = (cfg.heads, cfg.kv_heads);
     let l = Some(n);
     let p = format!("model.layers.{n}");
     let lead = super::bs();
-
-    b.at(format!("{p}.input_layernorm"), l);
-    let w = b.param(&format!("{p}.input_layernorm.weight"), &[h], Init::Ones);
-    let hs = b.op(Op::RmsNorm { eps: cfg.eps }, &[x, w], dt, bsn(h));
-
-    let o = match &cfg.mla {
+    let attn = |b: &mut Builder, hs: Value| match &cfg.mla {
         Some(m) => latent_attention(b, cfg, m, &p, l, hs, rot),
         None => {
             b.at(format!("{p}.self_attn.q_proj"), l);
@@ -179,23 +170,21 @@ fn decoder_layer(
             b.linear(a, &lead, heads * d, h, cfg.o_bias)
         }
     };
-    b.at(p.clone(), l);
-    let x = b.op(Op::Binary(BinaryOp::Add), &[x, o], dt, bsn(h));
-
-    b.at(format!("{p}.post_attention_layernorm"), l);
-    let w = b.param(
-        &format!("{p}.post_attention_layernorm.weight"),
-        &[h],
-        Init::Ones,
-    );
-    let hs = b.op(Op::RmsNorm { eps: cfg.eps }, &[x, w], dt, bsn(h));
-
-    let down = match &cfg.moe {
+    let mlp = |b: &mut Builder, hs: Value| match &cfg.moe {
         Some(m) if m.is_moe_layer(n) => moe_block(b, cfg, m, &p, l, hs),
         _ => swiglu(b, &format!("{p}.mlp"), l, hs, h, cfg.ffn, cfg.mlp_bias),
     };
-    b.at(p, l);
-    b.op(Op::Binary(BinaryOp::Add), &[x, down], dt, bsn(h))
+    pre_norm_layer(
+        b,
+        cfg,
+        Norm::Rms,
+        &p,
+        l,
+        ("input_layernorm", "post_attention_layernorm"),
+        x,
+        attn,
+        mlp,
+    )
 }
 
 /// A SwiGLU MLP `down(silu(gate(x)) · up(x))` in module scope `scope` (`….mlp`, `….mlp.shared_expert`).

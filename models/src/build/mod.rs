@@ -12,7 +12,9 @@ mod rng;
 
 use crate::arch::{ArchConfig, Family};
 use crate::error::{ErrorKind, ModelError};
-use moai_ir::{DType, Dim, Graph, Op, ParamData, Provenance, Shape, Tensor, TensorType, Value};
+use moai_ir::{
+    BinaryOp, DType, Dim, Graph, Op, ParamData, Provenance, Shape, Tensor, TensorType, Value,
+};
 use rng::Rng;
 
 /// The `location` of parameters that have no weights.
@@ -289,6 +291,79 @@ pub(crate) fn attention(
         vec![Dim::sym("batch"), Dim::sym("seq"), c(heads), c(d)],
     );
     b.op(Op::Reshape(Shape(bsn(heads * d))), &[t], dt, bsn(heads * d))
+}
+
+/// The normalization of a decoder family.
+#[derive(Clone, Copy)]
+pub(crate) enum Norm {
+    /// LayerNorm with weight and bias (GPT).
+    Layer,
+    /// RMSNorm with a weight (Llama-style).
+    Rms,
+}
+
+/// The normalization `kind` of `x [.., h]` in module scope `scope`, with its parameters
+/// `<scope>.weight` (ones) and, for LayerNorm, `<scope>.bias` (zeros).
+pub(crate) fn norm(
+    b: &mut Builder,
+    kind: Norm,
+    scope: &str,
+    layer: Option<usize>,
+    x: Value,
+    h: usize,
+    eps: f64,
+) -> Value {
+    b.at(scope, layer);
+    let w = b.param(&format!("{scope}.weight"), &[h], Init::Ones);
+    let dt = b.dtype;
+    match kind {
+        Norm::Layer => {
+            let bias = b.param(&format!("{scope}.bias"), &[h], Init::Zeros);
+            b.op(Op::LayerNorm { eps }, &[x, w, bias], dt, bsn(h))
+        }
+        Norm::Rms => b.op(Op::RmsNorm { eps }, &[x, w], dt, bsn(h)),
+    }
+}
+
+/// The pre-norm decoder layer every family shares, in module scope `p` (layer `l`):
+/// `x + attn(norm₁(x))`, then `+ mlp(norm₂(·))`, the norms in scopes `<p>.<norms.0>` / `<p>.<norms.1>`
+/// and the residual adds in `p`. `attn` and `mlp` add the family's sublayers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pre_norm_layer(
+    b: &mut Builder,
+    cfg: &ArchConfig,
+    kind: Norm,
+    p: &str,
+    l: Option<usize>,
+    norms: (&str, &str),
+    x: Value,
+    attn: impl FnOnce(&mut Builder, Value) -> Value,
+    mlp: impl FnOnce(&mut Builder, Value) -> Value,
+) -> Value {
+    let (h, dt) = (cfg.hidden, b.dtype);
+    let hs = norm(b, kind, &format!("{p}.{}", norms.0), l, x, h, cfg.eps);
+    let o = attn(b, hs);
+    b.at(p, l);
+    let x = b.op(Op::Binary(BinaryOp::Add), &[x, o], dt, bsn(h));
+    let hs = norm(b, kind, &format!("{p}.{}", norms.1), l, x, h, cfg.eps);
+    let m = mlp(b, hs);
+    b.at(p, l);
+    b.op(Op::Binary(BinaryOp::Add), &[x, m], dt, bsn(h))
+}
+
+/// The end every family shares: the final norm (scope `scope`), the LM head ([`lm_head`], tied to
+/// `table` when the config says so) and the graph output `logits`.
+pub(crate) fn finish(
+    b: &mut Builder,
+    cfg: &ArchConfig,
+    kind: Norm,
+    scope: &str,
+    x: Value,
+    table: Value,
+) {
+    let x = norm(b, kind, scope, None, x, cfg.hidden, cfg.eps);
+    let logits = lm_head(b, x, table, cfg.hidden, cfg.vocab, cfg.tied);
+    b.g.outputs.push(("logits".into(), logits));
 }
 
 /// The LM head: `Linear(x, lm_head.weight [hidden, vocab])`, or for tied models the embedding table
