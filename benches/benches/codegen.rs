@@ -7,16 +7,17 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use moai_ir::cost::Phase;
-use moai_ir::train::fixture::{LlamaConfig, llama};
 use moai_ir::train::{PrecisionPolicy, TrainOptions, build_training_graph};
 use moai_runtime::{
     AmdChip, Dims, KernelStyle, Target, Toolkit, compile_program, emit_program, split_graph,
 };
 
 fn programs() -> Vec<moai_ir::Graph> {
-    let mut cfg = LlamaConfig::planning(1, 4096, 32, 32, 11008, 32000);
-    cfg.dtype = moai_ir::DType::F32;
-    let fwd = llama(&cfg);
+    let fwd = moai_models::ArchConfig::from_spec(
+        "llama:layers=1,hidden=4096,heads=32,kv_heads=32,ffn=11008,vocab=32000,eps=1e-5,dtype=f32",
+    )
+    .and_then(|c| c.build())
+    .expect("the model builds");
     let tg = build_training_graph(
         &fwd,
         &TrainOptions {

@@ -591,10 +591,18 @@ mod tests {
         assert!(stage_counts(&p).is_err());
     }
 
+    /// tiny-llama's geometry, built by moai-models with seeded random weights.
+    fn tiny_llama() -> moai_ir::Graph {
+        moai_models::ArchConfig::from_spec(
+            "llama:layers=2,hidden=64,heads=4,kv_heads=2,ffn=176,vocab=512,eps=1e-6,rope_theta=10000,dtype=f32",
+        )
+        .and_then(|c| c.build_with(moai_models::Weights::Random { seed: 7, std: 0.1 }))
+        .unwrap()
+    }
+
     #[test]
     fn folded_weight_names_are_restored_from_the_module() {
-        use moai_ir::train::fixture::{LlamaConfig, llama};
-        let mut g = llama(&LlamaConfig::tiny());
+        let mut g = tiny_llama();
         let mut folded = 0;
         for id in g.node_ids().collect::<Vec<_>>() {
             if let Op::Param { name, .. } = &mut g.node_mut(id).op
@@ -620,8 +628,7 @@ mod tests {
 
     #[test]
     fn transposed_weights_become_in_out_parameters() {
-        use moai_ir::train::fixture::{LlamaConfig, llama};
-        let mut g = llama(&LlamaConfig::tiny());
+        let mut g = tiny_llama();
         // rewrite q_proj of layer 0 as the ONNX import gives external weights: Transpose(W[out, in])
         let lin = g
             .node_ids()

@@ -1,8 +1,8 @@
-//! The reference interpreter: tiny-llama logits against onnxruntime, fixture consistency, errors.
+//! The reference interpreter: tiny-llama logits against onnxruntime, built-model consistency, errors.
 
+use crate::support::tiny_llama;
 use moai_ir::interp::npy::read_npy;
 use moai_ir::interp::{Interpreter, Precision};
-use moai_ir::train::fixture::{LlamaConfig, llama};
 use moai_ir::{
     CollectiveKind, DType, Graph, IrError, Op, Provenance, Shape, Tensor, TensorType, Value,
 };
@@ -67,8 +67,8 @@ fn missing_external_weight_file_is_named() {
 }
 
 #[test]
-fn fixture_llama_is_causal_and_batch_independent() {
-    let g = llama(&LlamaConfig::tiny());
+fn built_llama_is_causal_and_batch_independent() {
+    let g = tiny_llama();
     let long = ids(2, 9, 1);
     let out = Interpreter::new(&g)
         .run(&[("input_ids", long.clone())])
@@ -93,7 +93,7 @@ fn fixture_llama_is_causal_and_batch_independent() {
 
 #[test]
 fn inputs_are_checked_against_the_graph() {
-    let g = llama(&LlamaConfig::tiny());
+    let g = tiny_llama();
     let e = Interpreter::new(&g).run(&[]).unwrap_err().to_string();
     assert!(e.contains("input_ids"), "{e}");
     let e = Interpreter::new(&g)
@@ -237,4 +237,22 @@ fn collectives_need_a_multi_rank_executor() {
     };
     let y = one_op(op, vec![Tensor::f32(vec![1], vec![2.5])], vec![f32t(&[1])]).unwrap();
     assert_eq!(y[0].to_f64_vec(), vec![2.5]);
+}
+
+#[test]
+fn built_tiny_llama_has_the_onnx_parameter_count() {
+    // models/manifest.json: tiny-llama torch_params = 158016.
+    let g = tiny_llama();
+    let total: u64 = g
+        .params()
+        .iter()
+        .map(|p| {
+            g.ty(moai_ir::Value::of(*p))
+                .shape
+                .numel()
+                .as_const()
+                .unwrap_or(0) as u64
+        })
+        .sum();
+    assert_eq!(total, 158_016);
 }

@@ -2,4 +2,6 @@
 
 mod import;
 mod interp;
+mod profile;
+mod support;
 mod train;

@@ -1,8 +1,8 @@
 //! The training graph: gradient checks, optimizer steps, FLOPs, static and peak memory.
 
+use crate::support::{planning_llama, tiny_llama};
 use moai_ir::cost::{BlockKind, Phase};
 use moai_ir::interp::{Interpreter, Precision};
-use moai_ir::train::fixture::{LlamaConfig, llama};
 use moai_ir::train::{
     Hyper, OptimizerKind, PrecisionPolicy, RecomputePolicy, TrainOptions, TrainingGraph,
     build_training_graph, build_training_graph_with, peak_memory, step_costs, step_profile,
@@ -127,11 +127,11 @@ fn gradient_check(forward: &Graph, o: TrainOptions, ids: &Tensor) -> f64 {
 }
 
 #[test]
-fn gradient_check_fixture_llama_every_parameter() {
-    let g = llama(&LlamaConfig::tiny());
+fn gradient_check_built_llama_every_parameter() {
+    let g = tiny_llama();
     let ids = token_ids(2, 7, 512);
     let w = gradient_check(&g, fp32(), &ids);
-    println!("fixture tiny llama: worst relative gradient error {w:.2e}");
+    println!("built tiny llama: worst relative gradient error {w:.2e}");
     // amp-bf16 (eager fp32 RMSNorm, casts; casts do not round in f64) and recomputation give the same gradients.
     let w = gradient_check(
         &g,
@@ -142,9 +142,7 @@ fn gradient_check_fixture_llama_every_parameter() {
         ),
         &ids,
     );
-    println!(
-        "fixture tiny llama, amp-bf16 + full recompute: worst relative gradient error {w:.2e}"
-    );
+    println!("built tiny llama, amp-bf16 + full recompute: worst relative gradient error {w:.2e}");
 }
 
 #[test]
@@ -157,7 +155,7 @@ fn gradient_check_tiny_llama_onnx_every_parameter() {
 
 #[test]
 fn recomputation_does_not_change_gradients() {
-    let g = llama(&LlamaConfig::tiny());
+    let g = tiny_llama();
     let ids = token_ids(1, 6, 512);
     let base = run64(&build_training_graph(&g, &fp32()).unwrap(), &ids, &[]);
     for r in [RecomputePolicy::Selective, RecomputePolicy::Full] {
@@ -187,7 +185,7 @@ fn recomputation_does_not_change_gradients() {
 
 #[test]
 fn adamw_step_matches_the_update_written_by_hand() {
-    let g = llama(&LlamaConfig::tiny());
+    let g = tiny_llama();
     let ids = token_ids(1, 5, 512);
     let hyper = Hyper {
         lr: 1e-2,
@@ -261,7 +259,7 @@ fn adamw_step_matches_the_update_written_by_hand() {
 
 #[test]
 fn precision_policies_place_casts_and_dtypes() {
-    let g = llama(&LlamaConfig::tiny());
+    let g = tiny_llama();
     let amp = build_training_graph(&g, &TrainOptions::default()).unwrap();
     let casts = amp
         .schedule
@@ -507,7 +505,7 @@ fn llama_350m_peak_memory_vs_h100_measurements() {
 
 #[test]
 fn recomputation_trades_memory_for_flops() {
-    let g = llama(&LlamaConfig::planning(4, 512, 8, 8, 1408, 8000));
+    let g = planning_llama(4, 512, 8, 8, 1408, 8000);
     let mut saved = Vec::new();
     for r in [
         RecomputePolicy::None,
@@ -536,7 +534,7 @@ fn recomputation_trades_memory_for_flops() {
 
 #[test]
 fn untrainable_graphs_are_rejected() {
-    let mut g = llama(&LlamaConfig::tiny());
+    let mut g = tiny_llama();
     g.buffers = g
         .params()
         .iter()

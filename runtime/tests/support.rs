@@ -207,16 +207,30 @@ pub fn norm_rel(a: &Tensor, b: &Tensor) -> f64 {
     if den == 0.0 { num } else { num / den }
 }
 
+/// tiny-llama's geometry (2 layers, hidden 64, 4 heads, 2 key/value heads, ffn 176, vocab 512), f32.
+pub fn tiny_llama_arch() -> moai_models::ArchConfig {
+    moai_models::ArchConfig::from_spec(
+        "llama:layers=2,hidden=64,heads=4,kv_heads=2,ffn=176,vocab=512,eps=1e-6,rope_theta=10000,dtype=f32",
+    )
+    .expect("tiny llama spec")
+}
+
+/// [`tiny_llama_arch`] built by moai-models with seeded random weights the interpreter runs.
+pub fn tiny_llama() -> Graph {
+    tiny_llama_arch()
+        .build_with(moai_models::Weights::Random { seed: 7, std: 0.1 })
+        .expect("tiny llama builds")
+}
+
 /// Tiny-llama's training step under `precision`, and its forward / backward / optimizer programs
 /// (the graph split by phase).
 pub fn tiny_llama_step(
     precision: moai_ir::train::PrecisionPolicy,
 ) -> (moai_ir::train::TrainingGraph, Vec<Graph>) {
     use moai_ir::cost::Phase;
-    use moai_ir::train::fixture::{LlamaConfig, llama};
     use moai_ir::train::{TrainOptions, build_training_graph};
     let tg = build_training_graph(
-        &llama(&LlamaConfig::tiny()),
+        &tiny_llama(),
         &TrainOptions {
             precision,
             ..Default::default()

@@ -4,7 +4,6 @@
 
 use crate::support::*;
 use crate::train::{ids, initial_values};
-use moai_ir::train::fixture::{LlamaConfig, llama};
 use moai_ir::train::{PrecisionPolicy, TrainOptions, build_training_graph};
 use moai_ir::{CollectiveKind, DType, Graph, Op, Tensor};
 use moai_runtime::shard::concat_tensors;
@@ -87,8 +86,8 @@ fn two_stage_tp2_amp_bf16_training_step_matches_reference() {
 }
 
 fn two_stage_tp2_step(precision: PrecisionPolicy) {
-    let cfg = LlamaConfig::tiny();
-    let fwd = llama(&cfg);
+    let cfg = tiny_llama_arch();
+    let fwd = tiny_llama();
     let opts = TrainOptions {
         precision,
         ..Default::default()
@@ -201,8 +200,8 @@ fn two_stage_tp2_step(precision: PrecisionPolicy) {
 
 #[test]
 fn sharding_errors_name_the_layer() {
-    let cfg = LlamaConfig::tiny(); // 4 heads, 2 key/value heads
-    let fwd = llama(&cfg);
+    let cfg = tiny_llama_arch(); // 4 heads, 2 key/value heads
+    let fwd = tiny_llama();
     let e = shard_tensor_parallel(&fwd, 4, 0).unwrap_err().to_string();
     assert!(
         e.contains("self_attn") && e.contains("tensor-parallel degree 4"),

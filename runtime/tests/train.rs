@@ -3,7 +3,6 @@
 
 use crate::support::*;
 use moai_ir::train::PrecisionPolicy;
-use moai_ir::train::fixture::LlamaConfig;
 use moai_ir::{Op, ParamData, Tensor};
 use moai_runtime::{CpuExecutor, Dims, KernelStyle, emit_program, run_chain};
 use std::collections::HashMap;
@@ -70,7 +69,7 @@ fn run_on_cpu(
 
 #[test]
 fn tiny_llama_training_step_matches_reference() {
-    let cfg = LlamaConfig::tiny();
+    let cfg = tiny_llama_arch();
     let (tg, parts) = tiny_llama_step(PrecisionPolicy::Fp32);
     let input = ids(2, 8, cfg.vocab, 11);
     let values = run_on_cpu(&tg.graph, &parts, &input);
@@ -116,7 +115,7 @@ fn tiny_llama_bf16_training_step_matches_reference() {
 }
 
 fn half_precision_step(policy: PrecisionPolicy) {
-    let cfg = LlamaConfig::tiny();
+    let cfg = tiny_llama_arch();
     let (tg, parts) = tiny_llama_step(policy);
     let input = ids(2, 8, cfg.vocab, 11);
     let values = run_on_cpu(&tg.graph, &parts, &input);

@@ -11,7 +11,6 @@
 mod autodiff;
 mod build;
 pub mod cost;
-pub mod fixture;
 mod memory;
 mod options;
 mod profile;
@@ -21,7 +20,7 @@ pub use build::{ParamInfo, TrainingGraph, build_training_graph, build_training_g
 pub use cost::{OpCount, node_cost, step_costs};
 pub use memory::{LayerMemory, MemoryReport, PeakBreakdown, peak_memory};
 pub use options::{Hyper, OptimizerKind, PrecisionPolicy, RecomputePolicy, TrainOptions};
-pub use profile::step_profile;
+pub use profile::{ReducedModel, reduce_layers, step_profile};
 
 /// Ignore index of the loss targets (padding and the position after the last token).
 pub const IGNORE_INDEX: i64 = -100;

@@ -1,0 +1,144 @@
+//! The training step profile: its fingerprint, layer reduction (identical decoder layers profiled
+//! once) and selective recomputation, on models built by moai-models.
+
+use crate::support::planning_llama;
+use moai_ir::cost::{BlockKind, Phase, StepProfile, TpSplit};
+use moai_ir::train::{
+    RecomputePolicy, TrainOptions, build_training_graph, peak_memory, reduce_layers, step_profile,
+};
+
+#[test]
+fn the_fingerprint_is_computed_when_built_and_follows_the_contents() {
+    let g = planning_llama(2, 256, 4, 2, 688, 1000);
+    let o = TrainOptions::default();
+    let p = step_profile(&g, &o, 2, 128).unwrap();
+    // Stored when built: a clone carries it, and a second build of the same graph agrees.
+    let f = p.fingerprint();
+    assert_eq!(p.clone().fingerprint(), f);
+    assert_eq!(step_profile(&g, &o, 2, 128).unwrap().fingerprint(), f);
+    // Other sizes, another recomputation: other contents, other fingerprints.
+    assert_ne!(step_profile(&g, &o, 4, 128).unwrap().fingerprint(), f);
+    let full = TrainOptions {
+        recompute: RecomputePolicy::Full,
+        ..TrainOptions::default()
+    };
+    assert_ne!(step_profile(&g, &full, 2, 128).unwrap().fingerprint(), f);
+    // An edited clone keeps the stale digest until refreshed; equality ignores the digest.
+    let mut q = p.clone();
+    q.blocks[1].ops[0].flops *= 2.0;
+    assert_eq!(q.fingerprint(), f);
+    q.refresh_fingerprint();
+    assert_ne!(q.fingerprint(), f);
+    assert_ne!(q, p);
+    q.blocks[1].ops[0].flops /= 2.0;
+    q.refresh_fingerprint();
+    assert_eq!(q.fingerprint(), f);
+    assert_eq!(q, p);
+    // Not serialized: a round trip compares equal and recomputes the same digest.
+    let back: StepProfile = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+    assert_eq!(back, p);
+    assert_eq!(back.fingerprint(), f);
+}
+
+#[test]
+fn identical_layers_reduce_to_one_and_profile_matches_the_full_graph() {
+    let g = planning_llama(4, 256, 4, 2, 688, 1000);
+    let red = reduce_layers(&g).unwrap();
+    // Layer 0 also holds the rotary tables' [1, 1, seq, d] views that every layer reads (made once,
+    // as the ONNX export shares them), so it is its own structure and layers 1-3 reduce to layer 1.
+    assert_eq!(red.layer_rep, vec![(0, 0), (1, 1), (2, 1), (3, 1)]);
+    assert!(red.graph.len() < g.len());
+    for r in [
+        RecomputePolicy::None,
+        RecomputePolicy::Selective,
+        RecomputePolicy::Full,
+    ] {
+        let o = TrainOptions {
+            recompute: r,
+            ..TrainOptions::default()
+        };
+        let prof = step_profile(&g, &o, 2, 128).unwrap();
+        assert_eq!(prof.blocks.len(), 6);
+        let tg = build_training_graph(&g, &o).unwrap();
+        let mem = peak_memory(&tg, 2, 128).unwrap();
+        // Middle layers: their saved activations (including their output, the next layer's input) agree.
+        for l in 1..3u32 {
+            let full = mem
+                .blocks
+                .iter()
+                .find(|b| b.block == BlockKind::Decoder(l))
+                .unwrap()
+                .saved_bytes as f64;
+            let pb = prof
+                .blocks
+                .iter()
+                .find(|b| b.kind == BlockKind::Decoder(l))
+                .unwrap();
+            assert_eq!(
+                pb.saved.tp_sharded + pb.saved.tp_replicated,
+                full,
+                "{r}: layer {l}"
+            );
+            assert_eq!(
+                pb.ops.iter().filter(|o| o.layer == Some(l)).count(),
+                pb.ops.len()
+            );
+            assert!(
+                pb.ops
+                    .iter()
+                    .any(|o| o.label.starts_with(&format!("layers.{l}.")))
+            );
+            assert!(
+                pb.boundary_bytes > 0.0
+                    && pb.transient.tp_sharded + pb.transient.tp_replicated > 0.0
+            );
+        }
+        let q = prof.blocks[1]
+            .ops
+            .iter()
+            .find(|o| o.label.contains("q_proj:Linear"))
+            .unwrap();
+        assert_eq!(q.split, TpSplit::Column);
+        let down = prof.blocks[1]
+            .ops
+            .iter()
+            .find(|o| o.label.contains("down_proj:Linear"))
+            .unwrap();
+        assert_eq!(down.split, TpSplit::Row);
+        let att = prof.blocks[1]
+            .ops
+            .iter()
+            .find(|o| o.label.ends_with(":Attention"))
+            .unwrap();
+        assert_eq!(att.split, TpSplit::Heads);
+        let head = prof.blocks.last().unwrap();
+        assert!(head.ops.iter().any(|o| o.split == TpSplit::Vocab));
+    }
+}
+
+#[test]
+fn selective_recompute_keeps_attention_inputs_only() {
+    let g = planning_llama(2, 256, 4, 4, 688, 1000);
+    let none = step_profile(&g, &TrainOptions::default(), 1, 256).unwrap();
+    let sel = step_profile(
+        &g,
+        &TrainOptions {
+            recompute: RecomputePolicy::Selective,
+            ..TrainOptions::default()
+        },
+        1,
+        256,
+    )
+    .unwrap();
+    let (a, b) = (&none.blocks[1], &sel.blocks[1]);
+    // The attention output [1, 4, 256, 64] bf16 and its f32 lse [1, 4, 256] are no longer kept.
+    assert_eq!(
+        a.saved.tp_sharded - b.saved.tp_sharded,
+        (256 * 256 * 2 + 4 * 256 * 4) as f64
+    );
+    assert!(
+        b.ops
+            .iter()
+            .any(|o| o.phase == Phase::Recompute && o.label.ends_with(":Attention"))
+    );
+}
