@@ -117,6 +117,18 @@ impl Gpu {
         }
     }
 
+    /// The architecture family: the one owner of which kinds share fitted coefficients.
+    pub fn family(self) -> Family {
+        match self {
+            Gpu::Mi250 | Gpu::Mi210 => Family::Cdna2,
+            Gpu::Mi300x | Gpu::Mi325x => Family::Cdna3,
+            Gpu::Mi355x => Family::Cdna4,
+            Gpu::A100 => Family::Ampere,
+            Gpu::H100 | Gpu::H200 => Family::Hopper,
+            Gpu::B200 => Family::Blackwell,
+        }
+    }
+
     /// True for AMD devices.
     pub fn is_amd(self) -> bool {
         matches!(
@@ -160,6 +172,65 @@ impl FromStr for Gpu {
             "mi355x" => Ok(Gpu::Mi355x),
             _ => Err(CostError::UnknownGpu(s.to_string())),
         }
+    }
+}
+
+/// A GPU architecture family: the devices whose kernels (GEMM tiles, fused attention, memory-bound
+/// kernels) are the same code on the same compute-unit design, so they reach the same *fractions* of
+/// their own maximum achievable rates (peaks, CU counts, HBM and clocks stay per device). The fit
+/// ([`crate::fit`]) ties the time coefficients per family: rows of one member inform every member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// AMD CDNA 2 (gfx90a): MI250 GCDs (and MI250X GCDs recorded as `mi250`), MI210.
+    Cdna2,
+    /// AMD CDNA 3 (gfx942): MI300X, MI325X.
+    Cdna3,
+    /// AMD CDNA 4 (gfx950): MI355X.
+    Cdna4,
+    /// NVIDIA Ampere (sm_80): A100.
+    Ampere,
+    /// NVIDIA Hopper (sm_90): H100, H200.
+    Hopper,
+    /// NVIDIA Blackwell (sm_100): B200.
+    Blackwell,
+}
+
+impl Family {
+    /// Every family, in the catalog order of its first member.
+    pub const ALL: [Family; 6] = [
+        Family::Cdna2,
+        Family::Cdna3,
+        Family::Ampere,
+        Family::Hopper,
+        Family::Blackwell,
+        Family::Cdna4,
+    ];
+
+    /// The lowercase name (`cdna2`, `hopper`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Cdna2 => "cdna2",
+            Family::Cdna3 => "cdna3",
+            Family::Cdna4 => "cdna4",
+            Family::Ampere => "ampere",
+            Family::Hopper => "hopper",
+            Family::Blackwell => "blackwell",
+        }
+    }
+
+    /// The member GPU kinds, in catalog order ([`Gpu::ALL`]).
+    pub fn members(self) -> Vec<Gpu> {
+        Gpu::ALL
+            .into_iter()
+            .filter(|g| g.family() == self)
+            .collect()
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -441,6 +512,26 @@ mod tests {
             Gpu::A100.spec().max_achievable_flops(DType::F8E4M3FN),
             Gpu::A100.spec().max_achievable_flops(DType::BF16)
         );
+    }
+
+    #[test]
+    fn families_group_one_architecture() {
+        assert_eq!(Family::Cdna2.members(), vec![Gpu::Mi250, Gpu::Mi210]);
+        assert_eq!(Family::Cdna3.members(), vec![Gpu::Mi300x, Gpu::Mi325x]);
+        assert_eq!(Family::Cdna4.members(), vec![Gpu::Mi355x]);
+        assert_eq!(Family::Hopper.members(), vec![Gpu::H100, Gpu::H200]);
+        assert_eq!(Family::Ampere.members(), vec![Gpu::A100]);
+        assert_eq!(Family::Blackwell.members(), vec![Gpu::B200]);
+        // Every kind belongs to exactly one listed family; members share vendor and FP8 support.
+        for g in Gpu::ALL {
+            let f = g.family();
+            assert_eq!(Family::ALL.iter().filter(|x| **x == f).count(), 1, "{g}");
+            for m in f.members() {
+                assert_eq!(m.is_amd(), g.is_amd(), "{g} {m}");
+                assert_eq!(m.has_fp8(), g.has_fp8(), "{g} {m}");
+            }
+        }
+        assert_eq!(Family::Cdna3.to_string(), "cdna3");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Fitting the time model's coefficients jointly over every truth row, and the allocator model.
 //!
-//! Time coefficients: per GPU kind (matmul, attention, memory fractions of the shape-dependent
-//! rates) and per software stack (host seconds per kernel, fixed seconds per step), only for kinds
-//! and stacks that have step-time samples; the rest keep their starting values ([`PRIORS`]).
+//! Time coefficients: per GPU architecture family ([`Family`]: matmul, attention, memory fractions of
+//! each device's own shape-dependent rates, one triple shared by every member of the family) and per
+//! software stack (host seconds per kernel, fixed seconds per step), only for kinds
+//! families and stacks that have step-time samples; the rest keep their starting values ([`PRIORS`]).
 //! Objective: `Σ ln(predicted / measured)²` over the samples plus a weak prior
 //! `w · Σ ln(p / p₀)²` toward the starting values (it pins coefficients the data cannot separate),
 //! minimised by cyclic coordinate search in log space within fixed bounds: a coarse scan, then
@@ -14,7 +15,7 @@
 
 use crate::cluster::Cluster;
 use crate::config::ParallelConfig;
-use crate::device::Gpu;
+use crate::device::{Family, Gpu};
 use crate::efficiency::{Allocator, EfficiencyFile, StackCoefficients};
 use crate::error::{CostError, Result};
 use crate::estimate::{PreparedProfile, ProfiledCostModel};
@@ -46,12 +47,12 @@ pub struct FitSample {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Param {
-    /// Matmul fraction of a GPU kind, bounds [0.2, 1].
-    Matmul(Gpu),
-    /// Attention fraction of a GPU kind, bounds [0.1, 1].
-    Attention(Gpu),
-    /// Memory-bound fraction of a GPU kind, bounds [0.2, 1].
-    Memory(Gpu),
+    /// Matmul fraction of every GPU kind of a family, bounds [0.2, 1].
+    Matmul(Family),
+    /// Attention fraction of every GPU kind of a family, bounds [0.1, 1].
+    Attention(Family),
+    /// Memory-bound fraction of every GPU kind of a family, bounds [0.2, 1].
+    Memory(Family),
     /// Host seconds per kernel of a stack, bounds [0.1 µs, 100 µs].
     LaunchOverhead(Stack),
     /// Fixed seconds per step of a stack, bounds [10 µs, 0.5 s].
@@ -72,9 +73,9 @@ impl Param {
     }
     fn get(self, f: &EfficiencyFile) -> f64 {
         match self {
-            Param::Matmul(g) => f.get(g).matmul,
-            Param::Attention(g) => f.get(g).attention,
-            Param::Memory(g) => f.get(g).memory,
+            Param::Matmul(g) => f.get(lead(g)).matmul,
+            Param::Attention(g) => f.get(lead(g)).attention,
+            Param::Memory(g) => f.get(lead(g)).memory,
             Param::LaunchOverhead(s) => f.stack(s).launch_overhead_s,
             Param::StepOverhead(s) => f.stack(s).step_overhead_s,
             Param::FusedBytes(s) => f.stack(s).fused_bytes,
@@ -82,14 +83,16 @@ impl Param {
     }
     fn set(self, f: &mut EfficiencyFile, v: f64) {
         match self {
-            Param::Matmul(g) | Param::Attention(g) | Param::Memory(g) => {
-                let mut e = f.get(g).clone();
-                match self {
-                    Param::Matmul(_) => e.matmul = v,
-                    Param::Attention(_) => e.attention = v,
-                    _ => e.memory = v,
+            Param::Matmul(fam) | Param::Attention(fam) | Param::Memory(fam) => {
+                for g in fam.members() {
+                    let mut e = f.get(g).clone();
+                    match self {
+                        Param::Matmul(_) => e.matmul = v,
+                        Param::Attention(_) => e.attention = v,
+                        _ => e.memory = v,
+                    }
+                    f.set(e);
                 }
-                f.set(e);
             }
             Param::LaunchOverhead(s) | Param::StepOverhead(s) | Param::FusedBytes(s) => {
                 let mut c = f.stack(s).clone();
@@ -104,7 +107,9 @@ impl Param {
     }
     fn affects(self, s: &FitSample) -> bool {
         match self {
-            Param::Matmul(g) | Param::Attention(g) | Param::Memory(g) => s.cluster.gpu == g,
+            Param::Matmul(g) | Param::Attention(g) | Param::Memory(g) => {
+                s.cluster.gpu.family() == g
+            }
             Param::LaunchOverhead(st) | Param::StepOverhead(st) | Param::FusedBytes(st) => {
                 s.config.stack == st
             }
@@ -112,7 +117,13 @@ impl Param {
     }
 }
 
-/// `(gpu, matmul, attention, memory)` starting values.
+/// The family's first member in catalog order: the entry a family coefficient is read from (every
+/// member holds the same value after [`prior_file`] and after a fit).
+fn lead(f: Family) -> Gpu {
+    f.members().first().copied().unwrap_or(Gpu::ALL[0])
+}
+
+/// `(gpu, matmul, attention, memory)` starting values (equal within a family: the fit ties them).
 pub type GpuPrior = (Gpu, f64, f64, f64);
 /// `(stack, launch_overhead_s, step_overhead_s)` starting values.
 pub type StackPrior = (Stack, f64, f64);
@@ -210,12 +221,12 @@ fn log_errors(
     Ok(sum)
 }
 
-/// The parameters the samples can inform: per GPU kind and per stack that has step-time samples.
+/// The parameters the samples can inform: per GPU family and per stack that has step-time samples.
 pub fn free_params(samples: &[FitSample]) -> Vec<Param> {
     let timed: Vec<&FitSample> = samples.iter().filter(|s| s.step_time_s.is_some()).collect();
     let mut out = Vec::new();
-    for g in Gpu::ALL {
-        if timed.iter().any(|s| s.cluster.gpu == g) {
+    for g in Family::ALL {
+        if timed.iter().any(|s| s.cluster.gpu.family() == g) {
             out.extend([Param::Matmul(g), Param::Attention(g), Param::Memory(g)]);
         }
     }
@@ -367,13 +378,27 @@ pub fn refit_prepared(
         m.dedup();
         m.len()
     };
-    for g in Gpu::ALL {
-        let n = timed(&|s| s.cluster.gpu == g);
-        if n > 0 {
-            let mut e = file.get(g).clone();
+    for fam in Family::ALL {
+        let n = timed(&|s| s.cluster.gpu.family() == fam);
+        if n == 0 {
+            continue;
+        }
+        let members = fam.members();
+        let per: Vec<String> = members
+            .iter()
+            .map(|g| format!("{g} {}", timed(&|s| s.cluster.gpu == *g)))
+            .collect();
+        for g in &members {
+            let mut e = file.get(*g).clone();
             e.source = format!(
-                "fitted jointly over the truth files ({n} step-time rows of {} models on this GPU; all rows rms log error {:.3})",
-                models(&|s| s.cluster.gpu == g),
+                "fitted jointly over the truth files, tied over the {fam} family ({}: {n} step-time rows of {} models; rows per member: {}; all rows rms log error {:.3})",
+                members
+                    .iter()
+                    .map(|m| m.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                models(&|s| s.cluster.gpu.family() == fam),
+                per.join(", "),
                 fit.rms_log_error
             );
             file.set(e);
@@ -404,6 +429,38 @@ pub fn refit_prepared(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn family_params_write_every_member() {
+        let mut f = prior_file(crate::efficiency::committed());
+        Param::Matmul(Family::Cdna3).set(&mut f, 0.55);
+        Param::Attention(Family::Hopper).set(&mut f, 0.33);
+        assert_eq!(f.get(Gpu::Mi300x).matmul, 0.55);
+        assert_eq!(f.get(Gpu::Mi325x).matmul, 0.55);
+        assert_eq!(Param::Matmul(Family::Cdna3).get(&f), 0.55);
+        assert_eq!(f.get(Gpu::H100).attention, 0.33);
+        assert_eq!(f.get(Gpu::H200).attention, 0.33);
+        // Other families keep their priors.
+        assert_eq!(f.get(Gpu::Mi355x).matmul, 0.8);
+        assert_eq!(f.get(Gpu::Mi250).matmul, 0.8);
+    }
+
+    #[test]
+    fn committed_coefficients_are_equal_within_each_family() {
+        let f = crate::efficiency::committed();
+        for fam in Family::ALL {
+            let m = fam.members();
+            for g in &m[1..] {
+                let (a, b) = (f.get(m[0]), f.get(*g));
+                assert_eq!(
+                    (a.matmul, a.attention, a.memory),
+                    (b.matmul, b.attention, b.memory),
+                    "{fam}: {} vs {g}",
+                    m[0]
+                );
+            }
+        }
+    }
 
     #[test]
     fn rounding() {

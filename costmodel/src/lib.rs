@@ -38,7 +38,7 @@ pub use blocks::BlockCost;
 pub use bounds::LowerBounds;
 pub use cluster::{Cluster, Link, Links};
 pub use config::{CpComm, ParallelConfig, Recompute, Schedule, check_tp_dims, micro_batches_for};
-pub use device::{DeviceSpec, Gpu};
+pub use device::{DeviceSpec, Family, Gpu};
 pub use efficiency::{Allocator, Efficiency, EfficiencyFile, StackCoefficients};
 pub use error::{CostError, Result};
 pub use estimate::{Breakdown, CostModel, Estimate, ProfiledCostModel, SourceNotes};

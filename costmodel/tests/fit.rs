@@ -65,3 +65,30 @@ fn fitted_coefficients_match_committed() {
         "{hint}"
     );
 }
+
+/// The committed fit costs every row as `validate` does: rows recorded with `"attention": "unfused"`
+/// (Megatron SC21, the LUMI MI250X runs without flash attention) have no fused attention kernel in
+/// their fit samples, and the flash rows keep theirs.
+#[test]
+fn fit_samples_cost_attention_as_the_rows_record_it() {
+    use moai_ir::cost::KernelClass;
+    let fused = |s: &moai_costmodel::fit::FitSample| {
+        s.profile
+            .blocks
+            .iter()
+            .flat_map(|b| &b.ops)
+            .any(|o| matches!(o.class, KernelClass::Attention { .. }))
+    };
+    for f in [
+        "truth/megatron_sc21_table1.jsonl",
+        "truth/lumi_mi250x_megatron_deepspeed.jsonl",
+        "truth/lumi_mi250x_gptneox.jsonl",
+    ] {
+        let rows = samples(f);
+        assert!(!rows.is_empty(), "{f}");
+        for s in &rows {
+            assert!(!fused(s), "{f}: {} keeps a fused attention kernel", s.name);
+        }
+    }
+    assert!(samples("truth/mi250_mosaicml.jsonl").iter().all(fused));
+}

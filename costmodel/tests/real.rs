@@ -66,14 +66,16 @@ pub fn fit_samples(rel: &str) -> Vec<FitSample> {
         .collect()
 }
 
-/// Fit samples with real profiles.
+/// Fit samples with real profiles, each row's attention as the row records it
+/// ([`TruthRow::step_profile`]: `"attention": "unfused"` rows get the materialised-score kernels, as
+/// `validate` and `cross_validate` cost them).
 pub fn real_samples(rel: &str) -> Vec<FitSample> {
     truth(rel)
         .iter()
         .map(|r| FitSample {
             name: r.name.clone(),
             model: moai_costmodel::validate::model_key(&r.model),
-            profile: real_profile(r).unwrap(),
+            profile: r.step_profile(&real_profile).unwrap(),
             cluster: r.cluster().unwrap(),
             config: r.config.clone(),
             step_time_s: r.measured_step_time(),

@@ -65,17 +65,21 @@ fn megatron_sc21_cross_validated() {
 #[test]
 fn every_other_truth_file_cross_validated() {
     let cv = cv();
-    // The target is 12% on every file. Met on llm-foundry (H100 / A100-80GB / A100-40GB);
-    // missed on torchtitan (two llama3.1-8b H100 rows 21-24% fast, the 405B row, run at a 500 W
-    // power limit, 22% fast), on the AMD files, whose GPU coefficients rest on 1-8 rows of other
-    // models (MI250: LUMI GPT-NeoX, LUMI Megatron-DeepSpeed, MosaicML; MI300X: one MI325X row,
-    // predicted from the priors alone) and on the one MoE row. Those are asserted at the level reached.
+    // The target is 12% on every file. Met on llm-foundry (H100 / A100-80GB / A100-40GB) and
+    // LUMI Megatron-DeepSpeed (10.5%); missed on torchtitan (two llama3.1-8b H100 rows 21-24% fast,
+    // the 405B row, run at a 500 W power limit, 22% fast), on the other AMD files, whose family
+    // coefficients rest on 1-8 rows of other models, and on the one MoE row. Those are asserted at the
+    // level reached. CDNA2 (MI250 GCDs): the two flash-attention files disagree — MosaicML's MPT-7B
+    // (full recompute assumed from mpt-7b.yaml) runs 23-28% faster than the other rows predict,
+    // Frontier's approximate torchtitan figure 17% slower than MosaicML's rows predict; LUMI
+    // GPT-NeoX (no flash attention, fusions off) 18% slower. CDNA3: one MI325X row, so leaving its
+    // model out leaves the family at its priors (16%).
     let reached = [
         ("/torchtitan.jsonl", 14.0),
-        ("lumi_mi250x_gptneox", 26.0),
-        ("lumi_mi250x_megatron_deepspeed", 13.5),
-        ("mi250_mosaicml", 34.0),
-        ("mi325x_primus_megatron", 50.0),
+        ("frontier_mi250x_torchtitan", 18.0),
+        ("lumi_mi250x_gptneox", 20.0),
+        ("mi250_mosaicml", 27.0),
+        ("mi325x_primus_megatron", 17.5),
         // FP8 rows (validated only, never fitted): NeMo/Megatron-Bridge's DGX-H100 FP8 recipes run
         // 42.7% faster than predicted. The FP8 gain itself is in the published range
         // (fp8::fp8_gain_on_70b_lies_in_published_range); the gap is the bf16 baseline on this stack:
