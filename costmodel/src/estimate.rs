@@ -15,6 +15,7 @@ use crate::ops::{Bucket, KERNEL_FLOOR_S, OpTimer, Source, shard};
 use crate::pipeline::{StageTimes, simulate};
 use crate::precision::MatmulPrecision;
 use crate::profile::OpProfile;
+use crate::stack::Stack;
 use moai_ir::cost::{BlockKind, KernelClass, Phase, StepProfile, TpSplit};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -260,12 +261,19 @@ impl PhaseSums {
         let kernels = (self.kernels - removed).max(0.0);
         let floors = (self.memory_kernels - removed).max(0.0);
         let gpu = self.matmul_s / eff.matmul
-            + self.attention_s / eff.attention
+            + self.attention_s / attention_coefficient(eff, sc.stack)
             + (self.memory_s + self.fusable_s * fb) / eff.memory
             + self.measured_s
             + floors * KERNEL_FLOOR_S;
         (gpu, kernels)
     }
+}
+
+/// The coefficient that divides a fused-attention kernel's base time on `eff`'s GPU under `stack`:
+/// the GPU's fitted attention coefficient (a FlashAttention-2-class kernel) times the throughput of
+/// the kernel family the stack runs there over that class ([`Stack::attention_kernel`]).
+pub fn attention_coefficient(eff: &Efficiency, stack: Stack) -> f64 {
+    eff.attention * stack.attention_kernel(eff.gpu).throughput_over_fa2()
 }
 
 /// One block's per-device sums for a given tp.
@@ -929,7 +937,9 @@ impl ProfiledCostModel {
                 let Some(attn) = attention else {
                     continue;
                 };
-                let attention_s = |s: &PhaseSums| s.context_shard(cp).attention_s / eff.attention;
+                let attention_s = |s: &PhaseSums| {
+                    s.context_shard(cp).attention_s / attention_coefficient(eff, stack)
+                };
                 let t = crate::context::block_comm(
                     cluster,
                     cfg,
