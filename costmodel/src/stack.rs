@@ -175,6 +175,22 @@ impl Stack {
         )
     }
 
+    /// Whether the training graph's mixed-precision casts inside the decoder layers run as kernels
+    /// (per micro-batch: autocast's casts of the fp32 weights and of the fp32 residual-stream
+    /// activations to bf16 before each GEMM, and the casts of their gradients back). Megatron-LM
+    /// does not run them: with `--bf16`/`--fp16` it wraps the model in `Float16Module`, which
+    /// converts the parameters to half precision once, keeps the activations (residual stream
+    /// included, `--fp32-residual-connection` off by default) in half precision, holds the fp32
+    /// master weights in the optimizer, and accumulates weight gradients straight into the fp32
+    /// `main_grad` inside the weight-gradient GEMM (`--gradient-accumulation-fusion`, on by default)
+    /// (NVIDIA/Megatron-LM `megatron/core/transformer/module.py` `Float16Module`,
+    /// `megatron/training/arguments.py`). DeepSpeed (bf16 module, but per-micro-batch fp32
+    /// gradient accumulation), FSDP's mixed precision and eager autocast run casts of this order;
+    /// they keep them.
+    pub fn runs_amp_casts(self) -> bool {
+        !matches!(self, Stack::Megatron)
+    }
+
     /// Whether the optimizer step is a fused multi-tensor kernel (Megatron/DeepSpeed FusedAdam, torch
     /// AdamW `fused=True`/`foreach`); every stack moai exports to uses one.
     pub fn fused_optimizer(self) -> bool {
