@@ -72,6 +72,8 @@ pub fn profiled(
             all.memory_kernels += s.memory_kernels;
             all.fusable_kernels += s.fusable_kernels;
             all.kernels += s.kernels;
+            all.amp_cast_s += s.amp_cast_s;
+            all.amp_cast_kernels += s.amp_cast_kernels;
         }
     }
     // A context-parallel rank does 1/cp of every phase (`crate::context`), as the estimator divides it.

@@ -226,6 +226,7 @@ impl PhaseSums {
             measured_s: self.measured_s / c,
             tp_overlap_matmul_s: self.tp_overlap_matmul_s / c,
             a2a_bytes: self.a2a_bytes / c,
+            amp_cast_s: self.amp_cast_s / c,
             ..*self
         }
     }

@@ -15,6 +15,7 @@ use crate::ops::{Bucket, KERNEL_FLOOR_S, OpTimer, Source, shard};
 use crate::pipeline::{StageTimes, simulate};
 use crate::precision::MatmulPrecision;
 use crate::profile::OpProfile;
+use crate::stack::Stack;
 use moai_ir::cost::{BlockKind, KernelClass, Phase, StepProfile, TpSplit};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -199,6 +200,13 @@ pub struct PhaseSums {
     pub a2a_bytes: f64,
     /// Mixture-of-experts all-to-alls.
     pub a2a_count: f64,
+    /// Of `memory_s`, the decoder layers' mixed-precision casts of the training graph (autocast's
+    /// per-call casts of fp32 weights and activations to bf16 and their gradients' casts back),
+    /// at the HBM peak: a stack that holds the model in bf16 does not run them
+    /// ([`Stack::runs_amp_casts`]).
+    pub amp_cast_s: f64,
+    /// Of `memory_kernels`, those casts.
+    pub amp_cast_kernels: f64,
 }
 
 impl PhaseSums {
@@ -217,6 +225,8 @@ impl PhaseSums {
         self.tp_overlap_matmul_s += o.tp_overlap_matmul_s;
         self.a2a_bytes += o.a2a_bytes;
         self.a2a_count += o.a2a_count;
+        self.amp_cast_s += o.amp_cast_s;
+        self.amp_cast_kernels += o.amp_cast_kernels;
     }
 
     /// Extra seconds of this phase's GEMMs while Transformer Engine's TP overlap reserves `sms` of
@@ -256,16 +266,28 @@ impl PhaseSums {
     /// [`crate::stack::Stack::fusion`]'s kernel fraction.
     pub fn kernel_time(&self, eff: &Efficiency, sc: &StackCoefficients) -> (f64, f64) {
         let (fb, fk) = (sc.fused_bytes, sc.stack.fusion().1);
-        let removed = self.fusable_kernels * (1.0 - fk);
+        let (cast_s, cast_kernels) = if sc.stack.runs_amp_casts() {
+            (0.0, 0.0)
+        } else {
+            (self.amp_cast_s, self.amp_cast_kernels)
+        };
+        let removed = self.fusable_kernels * (1.0 - fk) + cast_kernels;
         let kernels = (self.kernels - removed).max(0.0);
         let floors = (self.memory_kernels - removed).max(0.0);
         let gpu = self.matmul_s / eff.matmul
-            + self.attention_s / eff.attention
-            + (self.memory_s + self.fusable_s * fb) / eff.memory
+            + self.attention_s / attention_coefficient(eff, sc.stack)
+            + ((self.memory_s - cast_s).max(0.0) + self.fusable_s * fb) / eff.memory
             + self.measured_s
             + floors * KERNEL_FLOOR_S;
         (gpu, kernels)
     }
+}
+
+/// The coefficient that divides a fused-attention kernel's base time on `eff`'s GPU under `stack`:
+/// the GPU's fitted attention coefficient (a FlashAttention-2-class kernel) times the throughput of
+/// the kernel family the stack runs there over that class ([`Stack::attention_kernel`]).
+pub fn attention_coefficient(eff: &Efficiency, stack: Stack) -> f64 {
+    eff.attention * stack.attention_kernel(eff.gpu).throughput_over_fa2()
 }
 
 /// One block's per-device sums for a given tp.
@@ -612,6 +634,15 @@ impl ProfiledCostModel {
                             ps.fusable_kernels = 1.0;
                         } else {
                             ps.memory_s = k.base_s;
+                            // The graph's autocast casts inside a decoder layer (the op named
+                            // `Cast` by the training graph's labels `<scope>:Cast`).
+                            if matches!(op.class, KernelClass::Copy)
+                                && op.layer.is_some()
+                                && op.label.ends_with(":Cast")
+                            {
+                                ps.amp_cast_s = k.base_s;
+                                ps.amp_cast_kernels = 1.0;
+                            }
                         }
                     }
                 }
@@ -929,7 +960,9 @@ impl ProfiledCostModel {
                 let Some(attn) = attention else {
                     continue;
                 };
-                let attention_s = |s: &PhaseSums| s.context_shard(cp).attention_s / eff.attention;
+                let attention_s = |s: &PhaseSums| {
+                    s.context_shard(cp).attention_s / attention_coefficient(eff, stack)
+                };
                 let t = crate::context::block_comm(
                     cluster,
                     cfg,

@@ -48,5 +48,5 @@ pub use ops::Source;
 pub use precision::MatmulPrecision;
 pub use profile::OpProfile;
 pub use runtime_memory::{RuntimeMemory, runtime_memory};
-pub use stack::{OverlapSwitch, Stack};
+pub use stack::{AttentionKernel, OverlapSwitch, Stack};
 pub use validate::{TruthRow, ValidationReport, validate};

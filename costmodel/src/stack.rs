@@ -2,6 +2,7 @@
 //! communication) much closer to peak than an eager Hugging Face step, so the stack is an input of the
 //! cost model, and the engine a plan is exported to is the stack it was costed for.
 
+use crate::device::Gpu;
 use crate::error::{CostError, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -174,10 +175,76 @@ impl Stack {
         )
     }
 
+    /// Whether the training graph's mixed-precision casts inside the decoder layers run as kernels
+    /// (per micro-batch: autocast's casts of the fp32 weights and of the fp32 residual-stream
+    /// activations to bf16 before each GEMM, and the casts of their gradients back). Megatron-LM
+    /// does not run them: with `--bf16`/`--fp16` it wraps the model in `Float16Module`, which
+    /// converts the parameters to half precision once, keeps the activations (residual stream
+    /// included, `--fp32-residual-connection` off by default) in half precision, holds the fp32
+    /// master weights in the optimizer, and accumulates weight gradients straight into the fp32
+    /// `main_grad` inside the weight-gradient GEMM (`--gradient-accumulation-fusion`, on by default)
+    /// (NVIDIA/Megatron-LM `megatron/core/transformer/module.py` `Float16Module`,
+    /// `megatron/training/arguments.py`). DeepSpeed (bf16 module, but per-micro-batch fp32
+    /// gradient accumulation), FSDP's mixed precision and eager autocast run casts of this order;
+    /// they keep them.
+    pub fn runs_amp_casts(self) -> bool {
+        !matches!(self, Stack::Megatron)
+    }
+
     /// Whether the optimizer step is a fused multi-tensor kernel (Megatron/DeepSpeed FusedAdam, torch
     /// AdamW `fused=True`/`foreach`); every stack moai exports to uses one.
     pub fn fused_optimizer(self) -> bool {
         true
+    }
+}
+
+/// The fused-attention kernel family a stack runs on a GPU ([`Stack::attention_kernel`]). The
+/// attention model ([`crate::ops::attention_shape_efficiency`] and the fitted per-GPU attention
+/// coefficient) describes FlashAttention-2-class kernels, which every stack moai costs runs except
+/// one: Transformer Engine on Hopper and later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttentionKernel {
+    /// FlashAttention-2 (Dao 2023) or a kernel of its class: PyTorch SDPA's flash backend (eager,
+    /// FSDP, torchtitan), the `flash-attn` package (llm-foundry, Megatron-LM on Ampere), AMD's
+    /// CK/Triton ports on ROCm. Written for the Ampere programming model; on H100 it reaches about
+    /// 35% of the bf16 peak (FlashAttention-3 paper, Shah et al. 2024, arXiv:2407.08608, §1).
+    FlashAttention2,
+    /// A Hopper-native fused attention (warp-specialised, TMA loads, `wgmma` overlapped with the
+    /// softmax): cuDNN's flash attention, which Transformer Engine selects on Hopper and later when
+    /// both it and FlashAttention-2 apply (NVIDIA/NeMo `docs/source/nlp/nemo_megatron/
+    /// memory_optimizations.rst`, PR #9188: "Transformer Engine prefers cuDNN flash attention on
+    /// Hopper+ architectures, and Tri Dao flash attention on pre-Hopper architectures"), of the class
+    /// of FlashAttention-3.
+    HopperFused,
+}
+
+impl AttentionKernel {
+    /// Throughput relative to a FlashAttention-2-class kernel of the same shape on the same GPU: the
+    /// factor that multiplies the fitted attention coefficient. FlashAttention-3 on H100 (Shah et
+    /// al. 2024, arXiv:2407.08608, abstract and §4.1, bf16/fp16, head dim 64-256, sequence
+    /// 512-16k, causal and not): forward 1.5-2.0× FlashAttention-2, backward 1.5-1.75×, with cuDNN's
+    /// kernels of the same order in the paper's figures. A training step runs about 2.5× the
+    /// forward's attention FLOPs in backward, so the step-weighted gain is near the backward's;
+    /// 1.6 is taken (the lower half of both ranges).
+    pub fn throughput_over_fa2(self) -> f64 {
+        match self {
+            AttentionKernel::FlashAttention2 => 1.0,
+            AttentionKernel::HopperFused => 1.6,
+        }
+    }
+}
+
+impl Stack {
+    /// The fused-attention kernel family this stack runs on `gpu`: Megatron-LM (Megatron-Core with
+    /// Transformer Engine's `DotProductAttention`) runs cuDNN's fused attention on Hopper and later
+    /// NVIDIA GPUs (H100, H200, B200) and FlashAttention-2 before (A100) and on AMD GPUs (no cuDNN);
+    /// DeepSpeed, FSDP/torchtitan and eager PyTorch call PyTorch SDPA or the `flash-attn` package,
+    /// FlashAttention-2-class on every GPU.
+    pub fn attention_kernel(self, gpu: Gpu) -> AttentionKernel {
+        match (self, gpu) {
+            (Stack::Megatron, Gpu::H100 | Gpu::H200 | Gpu::B200) => AttentionKernel::HopperFused,
+            _ => AttentionKernel::FlashAttention2,
+        }
     }
 }
 
@@ -321,5 +388,34 @@ mod tests {
             }
         }
         assert_eq!(Stack::Torchtitan.costed_as(), Stack::Fsdp);
+    }
+
+    #[test]
+    fn transformer_engine_runs_hopper_fused_attention_on_hopper_only() {
+        for g in Gpu::ALL {
+            let want = matches!(g, Gpu::H100 | Gpu::H200 | Gpu::B200);
+            assert_eq!(
+                Stack::Megatron.attention_kernel(g) == AttentionKernel::HopperFused,
+                want,
+                "{g}"
+            );
+            for st in [
+                Stack::Deepspeed,
+                Stack::Fsdp,
+                Stack::Torchtitan,
+                Stack::Eager,
+            ] {
+                assert_eq!(
+                    st.attention_kernel(g),
+                    AttentionKernel::FlashAttention2,
+                    "{st} {g}"
+                );
+            }
+        }
+        // Within FlashAttention-3's published range over FlashAttention-2 (1.5-2.0x forward,
+        // 1.5-1.75x backward); the FlashAttention-2 class is the model's reference.
+        let f = AttentionKernel::HopperFused.throughput_over_fa2();
+        assert!((1.5..=1.75).contains(&f), "{f}");
+        assert_eq!(AttentionKernel::FlashAttention2.throughput_over_fa2(), 1.0);
     }
 }

@@ -49,16 +49,18 @@ fn a_cp_rank_does_a_cp_th_of_the_work_and_holds_a_cp_th_of_the_activations() {
     assert!((a4 * 4.0 / a1 - 1.0).abs() < 1e-3, "{a1} {a4}");
     assert_eq!(b1.cp_comm_s, 0.0);
     assert!(b4.cp_comm_s > 0.0);
-    // tp·cp = 32 spans 4 servers: the ring runs over the network, still hidden behind 32K-token
-    // attention, so the step time follows the compute.
+    // tp·cp = 32 spans 4 servers: the ring runs over the network behind 32K-token attention. With
+    // Transformer Engine's Hopper attention (Stack::attention_kernel, 1.6x FlashAttention-2) part of
+    // it is exposed; the rest of the step follows the compute.
     assert!(
-        four.step_time_s < 0.3 * one.step_time_s,
-        "{} vs {}",
+        four.step_time_s - b4.exposed_comm_s < 0.3 * one.step_time_s,
+        "{} ({} exposed) vs {}",
         four.step_time_s,
+        b4.exposed_comm_s,
         one.step_time_s
     );
-    // Same tokens per step, a quarter of the time per rank: throughput about 4×.
-    assert!(four.tokens_per_s > 3.5 * one.tokens_per_s);
+    // Same tokens per step, a quarter of the compute per rank: throughput over 3x.
+    assert!(four.tokens_per_s > 3.0 * one.tokens_per_s);
     let sum = b4.compute_s + b4.exposed_comm_s + b4.bubble_s + b4.optimizer_s;
     assert!((sum - four.step_time_s).abs() < 1e-9 * four.step_time_s.max(1.0));
 }

@@ -9,6 +9,7 @@ mod estimate;
 mod fit;
 mod fp8;
 mod hsdp;
+mod megatron;
 mod memory;
 mod offload;
 mod overlap;

@@ -1,0 +1,77 @@
+//! Megatron-LM's mechanisms on the training graph: the fused-attention kernel family per GPU
+//! generation and the autocast casts it does not run.
+
+use crate::real::real_profile;
+use crate::support::truth;
+use moai_costmodel::efficiency::committed;
+use moai_costmodel::estimate::PhaseSums;
+use moai_costmodel::{AttentionKernel, Gpu, ProfiledCostModel, Stack};
+
+/// The forward sums of the first decoder layer of the FlagPerf Llama-3-8B row (real training graph,
+/// tp 2 with sequence parallelism) on `gpu`.
+fn decoder_forward(gpu: Gpu) -> PhaseSums {
+    let row = truth("truth/megatron_h100_flagperf.jsonl").remove(0);
+    let profile = real_profile(&row).unwrap();
+    let prep = ProfiledCostModel::new().prepare_for(&profile, gpu, &row.config);
+    prep.blocks
+        .iter()
+        .find(|b| matches!(b.kind, moai_ir::cost::BlockKind::Decoder(_)))
+        .unwrap()
+        .forward
+}
+
+#[test]
+fn megatron_drops_the_graphs_autocast_casts_and_other_stacks_keep_them() {
+    let s = decoder_forward(Gpu::H100);
+    // The amp graph casts each linear's fp32 weight and its fp32 input to bf16.
+    assert!(s.amp_cast_kernels >= 7.0, "{}", s.amp_cast_kernels);
+    assert!(s.amp_cast_s > 0.0 && s.amp_cast_s <= s.memory_s);
+    let mut without = s;
+    without.memory_s -= s.amp_cast_s;
+    without.memory_kernels -= s.amp_cast_kernels;
+    without.kernels -= s.amp_cast_kernels;
+    without.amp_cast_s = 0.0;
+    without.amp_cast_kernels = 0.0;
+    let f = committed();
+    let eff = f.get(Gpu::H100);
+    for st in Stack::ALL {
+        let sc = f.stack(st);
+        let (t, k) = s.kernel_time(eff, sc);
+        let (t0, k0) = without.kernel_time(eff, sc);
+        if st.runs_amp_casts() {
+            assert!(t > t0 + 0.5 * s.amp_cast_s / eff.memory, "{st}");
+            assert!((k - k0 - s.amp_cast_kernels).abs() < 1e-9, "{st}");
+        } else {
+            assert_eq!(st, Stack::Megatron);
+            assert!((t - t0).abs() < 1e-12 * t0, "{st}: {t} vs {t0}");
+            assert!((k - k0).abs() < 1e-9, "{st}: {k} vs {k0}");
+        }
+    }
+}
+
+#[test]
+fn megatron_attention_runs_at_the_hopper_kernels_rate_on_h100_only() {
+    let f = committed();
+    for gpu in [Gpu::H100, Gpu::A100] {
+        let s = decoder_forward(gpu);
+        assert!(s.attention_s > 0.0);
+        let mut twice = s;
+        twice.attention_s *= 2.0;
+        let eff = f.get(gpu);
+        for st in [Stack::Megatron, Stack::Fsdp] {
+            let sc = f.stack(st);
+            let extra = twice.kernel_time(eff, sc).0 - s.kernel_time(eff, sc).0;
+            let want =
+                s.attention_s / (eff.attention * st.attention_kernel(gpu).throughput_over_fa2());
+            assert!((extra / want - 1.0).abs() < 1e-9, "{st} {gpu}");
+        }
+    }
+    assert_eq!(
+        Stack::Megatron.attention_kernel(Gpu::H100),
+        AttentionKernel::HopperFused
+    );
+    assert_eq!(
+        Stack::Megatron.attention_kernel(Gpu::A100),
+        AttentionKernel::FlashAttention2
+    );
+}
