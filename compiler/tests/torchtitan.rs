@@ -326,6 +326,10 @@ pub(crate) fn torchtitan_validate(text: &str, world: u64) -> Result<TitanRun, St
     let recompute = match st("activation_checkpoint.mode", "selective").as_str() {
         "none" => Recompute::None,
         "full" => Recompute::Full,
+        // apply_ac: selective with the "op" option is the per-op policy; an integer is every Nth layer.
+        "selective" if st("activation_checkpoint.selective_ac_option", "2") == "op" => {
+            Recompute::SelectiveOp
+        }
         m => return Err(format!("activation checkpointing {m} is not a moai mode")),
     };
     // components/quantization: the converters registered at the pinned commit; float8 linears with a
@@ -478,6 +482,21 @@ fn every_plan_kind_torchtitan_runs_is_exported_as_planned() {
                     tp: Some(1),
                     pp: Some(1),
                     recompute: vec![Recompute::Full],
+                    ..Constraints::default()
+                },
+            ),
+        ),
+        (
+            "FSDP2 over 16 ranks, per-op selective activation checkpointing",
+            titan_case(
+                16,
+                32,
+                4096,
+                Constraints {
+                    zero: Some(ZeroStage::Zero3),
+                    tp: Some(1),
+                    pp: Some(1),
+                    recompute: vec![Recompute::SelectiveOp],
                     ..Constraints::default()
                 },
             ),
