@@ -707,7 +707,7 @@ fn schedules_map_through_one_match() {
 }
 
 #[test]
-fn torchtitan_is_costed_as_the_fsdp_stack() {
+fn torchtitan_is_costed_as_the_fsdp_stack_without_its_fusion() {
     let model = llama3_8b();
     let cluster = h100(16);
     let req = PlanRequest::new(32, 4096);
@@ -722,7 +722,14 @@ fn torchtitan_is_costed_as_the_fsdp_stack() {
     let fsdp = estimate(model, &cluster, &cfg, &req).unwrap();
     cfg.stack = Stack::Torchtitan;
     let titan = estimate(model, &cluster, &cfg, &req).unwrap();
-    assert_eq!(fsdp.predicted.step_time_s, titan.predicted.step_time_s);
+    // The same overheads; without torch.compile every fusable byte moves, so only the memory-bound
+    // share is slower, by at most the FSDP stack's fitted fusion.
+    let fused = moai_costmodel::efficiency::committed()
+        .stack(Stack::Fsdp)
+        .fused_bytes;
+    assert!(fused < 1.0);
+    let (f, t) = (fsdp.predicted.step_time_s, titan.predicted.step_time_s);
+    assert!(t > f && t < f / fused, "fsdp {f} s, torchtitan {t} s");
     assert_eq!(
         fsdp.predicted.peak_memory_bytes,
         titan.predicted.peak_memory_bytes
