@@ -160,7 +160,10 @@ pub struct ConfigArgs {
     /// Micro-batch size (sequences per device per micro-batch).
     #[arg(long)]
     pub micro_batch_size: Option<u64>,
-    /// Recomputation: none, selective, full (plan: a comma list of allowed values).
+    /// Recomputation: none, selective (Megatron-LM's: the attention core), selective-op (torchtitan's
+    /// per-op policy: every second matmul and the memory-bound ops of each layer; torchtitan only),
+    /// full (plan: a comma list of allowed values; with --engine torchtitan the default list has
+    /// selective-op instead of selective).
     #[arg(long)]
     pub recompute: Option<String>,
     /// ZeRO stage: 0 (none), 1 (optimizer state sharded), 3 (parameters, gradients, optimizer sharded).
@@ -182,7 +185,7 @@ pub struct ConfigArgs {
     /// asked.
     #[arg(long, value_delimiter = ',')]
     pub offload: Vec<String>,
-    /// Recomputation per pipeline stage: a comma list with one of none, selective, full per stage
+    /// Recomputation per pipeline stage: a comma list with one of none, selective, selective-op, full per stage
     /// (e.g. full,full,none,none), or `mixed` (plan: also try full recomputation on the first k
     /// stages of pipelined candidates, which hold the most in-flight micro-batches). No export engine
     /// runs a per-stage mix yet.

@@ -239,7 +239,9 @@ pub fn config_for(c: &Constraints, cluster: &Cluster, batch: u64) -> Result<Para
         ));
     }
     if c.recompute.len() > 1 {
-        return bad("--recompute: estimate takes one value (none, selective or full)".into());
+        return bad(
+            "--recompute: estimate takes one value (none, selective, selective-op or full)".into(),
+        );
     }
     if c.schedules.len() > 1 {
         return bad(

@@ -279,6 +279,16 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
             ));
         }
     }
+    // torchtitan's per-op selective checkpointing is torchtitan's alone.
+    if engine != Stack::Torchtitan
+        && (c.recompute == Recompute::SelectiveOp
+            || c.stage_recompute.contains(&Recompute::SelectiveOp))
+    {
+        return Err(format!(
+            "{} has no per-op selective activation checkpointing (recompute selective-op); torchtitan runs it",
+            engine_title(engine)
+        ));
+    }
     match engine {
         Stack::Megatron => {
             if c.overlap_param_gather
@@ -718,7 +728,8 @@ pub fn megatron_args(
             kv(&mut a, "--recompute-num-layers", "1".into());
         }
         Recompute::Selective => kv(&mut a, "--recompute-granularity", "selective".into()),
-        Recompute::None => {}
+        // Refused by the engine check above; never reached.
+        Recompute::None | Recompute::SelectiveOp => {}
     }
     if plan.sequence_parallel {
         flag(&mut a, "--sequence-parallel");
@@ -1491,6 +1502,11 @@ mod tests {
         // A uniform list is the uniform policy.
         p.stage_recompute = vec![Recompute::Full; 4];
         assert!(megatron_args(&p, &cx).is_ok());
+        // torchtitan's per-op selective checkpointing is torchtitan's alone.
+        p.stage_recompute.clear();
+        p.recompute = Recompute::SelectiveOp;
+        let e = megatron_args(&p, &cx).unwrap_err();
+        assert!(e.contains("per-op selective") && !e.contains('\n'), "{e}");
         // Without --engine, a zero-bubble candidate is costed on the stack of its 1F1B twin; with
         // --engine megatron it is dropped.
         let cluster = Cluster::new(moai_costmodel::Gpu::H100, 32).unwrap();

@@ -360,6 +360,9 @@ pub fn enumerate(
     let recomputes: Vec<Recompute> = if let Some(first) = c.stage_recompute.first() {
         // A fixed per-stage list: `recompute` names its first stage.
         vec![*first]
+    } else if c.recompute.is_empty() && c.engine == Some(moai_costmodel::Stack::Torchtitan) {
+        // torchtitan runs its per-op selective checkpointing, not Megatron-LM's selective.
+        vec![Recompute::None, Recompute::SelectiveOp, Recompute::Full]
     } else if c.recompute.is_empty() {
         vec![Recompute::None, Recompute::Selective, Recompute::Full]
     } else {
@@ -718,6 +721,34 @@ mod tests {
             && c.dp == 32
             && c.distribute_param
             && c.recompute == Recompute::Full));
+    }
+
+    #[test]
+    fn torchtitan_searches_its_per_op_selective_checkpointing() {
+        let cluster = Cluster::from_flavor("4xLarge.2048GB", Gpu::Mi250).unwrap();
+        let policies = |engine| {
+            let c = Constraints {
+                tp: Some(1),
+                pp: Some(1),
+                zero: Some(ZeroStage::Zero3),
+                engine,
+                ..Default::default()
+            };
+            let s = enumerate(shape13b(), &cluster, 256, SEQ, &c);
+            let mut r: Vec<Recompute> = s.candidates.iter().map(|c| c.recompute).collect();
+            r.dedup();
+            r.sort_by_key(|r| r.to_string());
+            r.dedup();
+            r
+        };
+        assert_eq!(
+            policies(Some(moai_costmodel::Stack::Torchtitan)),
+            vec![Recompute::Full, Recompute::None, Recompute::SelectiveOp]
+        );
+        assert_eq!(
+            policies(None),
+            vec![Recompute::Full, Recompute::None, Recompute::Selective]
+        );
     }
 
     #[test]

@@ -136,6 +136,21 @@ impl EfficiencyFile {
             .unwrap_or(&self.stacks[0])
     }
 
+    /// The coefficients a named stack is priced with: the entry of the stack it is costed as
+    /// ([`Stack::costed_as`]), with its own fusion ([`Stack::fused_bytes`]).
+    pub fn costed(&self, stack: Stack) -> std::borrow::Cow<'_, StackCoefficients> {
+        let sc = self.stack(stack);
+        let fused_bytes = stack.fused_bytes(sc.fused_bytes);
+        if fused_bytes == sc.fused_bytes {
+            std::borrow::Cow::Borrowed(sc)
+        } else {
+            std::borrow::Cow::Owned(StackCoefficients {
+                fused_bytes,
+                ..sc.clone()
+            })
+        }
+    }
+
     /// Replaces the entry of a stack.
     pub fn set_stack(&mut self, c: StackCoefficients) {
         if let Some(e) = self.stacks.iter_mut().find(|e| e.stack == c.stack) {

@@ -811,11 +811,12 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Result<Vec<crate::blocks::BlockCost>> {
+        let sc = self.efficiencies().costed(cfg.stack);
+        let sc = sc.as_ref();
         let costed = costed_as(cfg);
         let cfg = costed.as_ref();
         let prep = self.prepared(profile, cluster.gpu, cfg);
         let eff = self.efficiency(cluster.gpu);
-        let sc = self.efficiencies().stack(cfg.stack);
         let launch = sc.launch_overhead_s;
         let sms = cfg
             .stack
@@ -848,12 +849,12 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Option<crate::bounds::LowerBounds> {
+        let sc = self.efficiencies().costed(cfg.stack);
         let costed = costed_as(cfg);
         let cfg = costed.as_ref();
         let prep = self.prepared(profile, cluster.gpu, cfg);
         let eff = self.efficiency(cluster.gpu);
-        let sc = self.efficiencies().stack(cfg.stack);
-        let mut b = crate::bounds::profiled(&prep, eff, sc, profile, cfg);
+        let mut b = crate::bounds::profiled(&prep, eff, &sc, profile, cfg);
         if self.time_only {
             // estimates without the memory part predict a zero peak
             b.peak_memory_bytes = 0.0;
@@ -904,7 +905,8 @@ impl ProfiledCostModel {
         }
         let eff = self.efficiency(cluster.gpu);
         let stack = cfg.stack;
-        let sc = self.efficiencies().stack(stack);
+        let sc = self.efficiencies().costed(named);
+        let sc = sc.as_ref();
         let launch = sc.launch_overhead_s;
         let pp = cfg.pp.max(1) as usize;
         let nv = ranges.len();

@@ -110,8 +110,9 @@ impl Param {
             Param::Matmul(g) | Param::Attention(g) | Param::Memory(g) => {
                 s.cluster.gpu.family() == g
             }
-            Param::LaunchOverhead(st) | Param::StepOverhead(st) | Param::FusedBytes(st) => {
-                s.config.stack == st
+            Param::LaunchOverhead(st) | Param::StepOverhead(st) => s.config.stack.costed_as() == st,
+            Param::FusedBytes(st) => {
+                s.config.stack.costed_as() == st && s.config.stack.fits_fusion()
             }
         }
     }
@@ -231,9 +232,13 @@ pub fn free_params(samples: &[FitSample]) -> Vec<Param> {
         }
     }
     for st in Stack::ALL {
-        if timed.iter().any(|s| s.config.stack == st) {
+        if timed.iter().any(|s| s.config.stack.costed_as() == st) {
             out.extend([Param::LaunchOverhead(st), Param::StepOverhead(st)]);
-            if st != Stack::Eager {
+            if st != Stack::Eager
+                && timed
+                    .iter()
+                    .any(|s| s.config.stack.costed_as() == st && s.config.stack.fits_fusion())
+            {
                 out.push(Param::FusedBytes(st));
             }
         }
@@ -405,12 +410,12 @@ pub fn refit_prepared(
         }
     }
     for st in Stack::ALL {
-        let n = timed(&|s| s.config.stack == st);
+        let n = timed(&|s| s.config.stack.costed_as() == st);
         if n > 0 {
             let mut c = file.stack(st).clone();
             c.source = format!(
-                "fitted jointly over the truth files ({n} step-time rows of {} models on this stack)",
-                models(&|s| s.config.stack == st)
+                "fitted jointly over the truth files ({n} step-time rows of {} models on this stack or costed as it)",
+                models(&|s| s.config.stack.costed_as() == st)
             );
             file.set_stack(c);
         }

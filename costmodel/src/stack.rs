@@ -22,8 +22,9 @@ pub enum Stack {
     /// PyTorch FSDP launched with torchrun.
     Fsdp,
     /// torchtitan (FSDP2 / HSDP, tensor and pipeline parallelism of `torch.distributed`), launched
-    /// with torchrun from a JobConfig TOML. Costed as [`Stack::Fsdp`] ([`Stack::costed_as`]): the
-    /// FSDP stack's truth rows are torchtitan runs, so they share one set of fitted coefficients.
+    /// with torchrun from a JobConfig TOML. Costed as [`Stack::Fsdp`] ([`Stack::costed_as`]): both
+    /// run PyTorch modules under FSDP, so they share the fitted launch and step overheads; without
+    /// `torch.compile` torchtitan does not fuse memory-bound ops ([`Stack::fits_fusion`]).
     Torchtitan,
     /// Eager PyTorch / Hugging Face Trainer-style loop on one device or plain DDP.
     Eager,
@@ -43,9 +44,8 @@ impl Stack {
     ];
 
     /// The stack whose mechanisms and fitted coefficients the cost model applies: torchtitan runs
-    /// the same eager modules under FSDP2 as the FSDP stack, and the FSDP stack's truth rows are
-    /// torchtitan measurements (`costmodel/data/truth/torchtitan.jsonl`), so it is costed as FSDP;
-    /// every other stack as itself.
+    /// PyTorch modules under FSDP2 as the FSDP stack does, so it is costed as FSDP (sharing its
+    /// fitted overheads; its fusion is its own, [`Stack::fused_bytes`]); every other stack as itself.
     pub fn costed_as(self) -> Stack {
         match self {
             Stack::Torchtitan => Stack::Fsdp,
@@ -66,6 +66,22 @@ impl Stack {
 }
 
 impl Stack {
+    /// Whether the memory-bound traffic of this stack follows the fitted `fused_bytes` of the stack
+    /// it is costed as ([`Stack::costed_as`]). Not torchtitan: moai exports it with
+    /// `[compile] enable = false`, and torchtitan's llama without `torch.compile` runs every norm,
+    /// rotary, activation and residual op as its own eager kernel (torchtitan fuses them only through
+    /// `torch.compile`), while the FSDP stack's fitted fraction comes from llm-foundry runs with
+    /// their own fused kernels. Its fusable bytes stay whole, as eager PyTorch's.
+    pub fn fits_fusion(self) -> bool {
+        !matches!(self, Stack::Torchtitan)
+    }
+
+    /// The fraction of fusable bytes this stack leaves, given the fitted `fused_bytes` of the stack
+    /// it is costed as: that value where [`Stack::fits_fusion`], else 1 (no fusion).
+    pub fn fused_bytes(self, fitted: f64) -> f64 {
+        if self.fits_fusion() { fitted } else { 1.0 }
+    }
+
     /// Kernel fusion of memory-bound ops (norms, elementwise, softmax): the fractions of their bytes
     /// and kernels left after fusion. The bytes fraction is the prior of the fitted per-stack
     /// `fused_bytes` coefficient (eager stays at 1); the kernel fraction is used as is. Megatron-LM fuses bias+activation (bias-GeLU / SwiGLU),
@@ -417,5 +433,13 @@ mod tests {
         let f = AttentionKernel::HopperFused.throughput_over_fa2();
         assert!((1.5..=1.75).contains(&f), "{f}");
         assert_eq!(AttentionKernel::FlashAttention2.throughput_over_fa2(), 1.0);
+    }
+
+    #[test]
+    fn torchtitan_without_compile_keeps_its_fusable_bytes() {
+        assert_eq!(Stack::Torchtitan.fused_bytes(0.7), 1.0);
+        assert_eq!(Stack::Fsdp.fused_bytes(0.7), 0.7);
+        assert!(Stack::ALL.iter().all(|s| s.fits_fusion()));
+        assert!(!Stack::Torchtitan.fits_fusion());
     }
 }

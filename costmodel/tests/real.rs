@@ -4,9 +4,9 @@
 use crate::support::truth;
 use moai_costmodel::fit::FitSample;
 use moai_costmodel::validate::TruthRow;
-use moai_costmodel::{CostError, Recompute, Result};
+use moai_costmodel::{CostError, Result};
 use moai_ir::cost::StepProfile;
-use moai_ir::train::{RecomputePolicy, TrainOptions, step_profile};
+use moai_ir::train::{TrainOptions, step_profile};
 
 /// The training graph's step profile of a truth row.
 pub fn real_profile(row: &TruthRow) -> Result<StepProfile> {
@@ -21,11 +21,8 @@ pub fn real_profile(row: &TruthRow) -> Result<StepProfile> {
             .optimizer
             .parse()
             .map_err(|e| CostError::StepProfile(format!("{e}")))?,
-        recompute: match row.config.recompute {
-            Recompute::None => RecomputePolicy::None,
-            Recompute::Selective => RecomputePolicy::Selective,
-            Recompute::Full => RecomputePolicy::Full,
-        },
+        // The same type: `Recompute` re-exports `RecomputePolicy`.
+        recompute: row.config.recompute,
     };
     step_profile(&graph, &opts, row.config.micro_batch_size as u64, row.seq)
         .map_err(|e| CostError::StepProfile(e.to_string()))

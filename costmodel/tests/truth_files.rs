@@ -110,7 +110,8 @@ fn quoted_parameter_counts_match_the_specs() {
     assert!(checked > 0, "no row quotes NumParams");
 }
 
-/// The H100 measurements of this project are eager Hugging Face steps; Megatron SC21 is Megatron.
+/// The H100 measurements of this project are eager Hugging Face steps; Megatron SC21 is Megatron;
+/// llm-foundry is FSDP; torchtitan runs without `torch.compile` are torchtitan.
 #[test]
 fn stacks_are_recorded_per_source() {
     for (file, row) in all_rows() {
@@ -118,11 +119,10 @@ fn stacks_are_recorded_per_source() {
             Some(Stack::Eager)
         } else if file.starts_with("megatron_") {
             Some(Stack::Megatron)
-        } else if file.starts_with("llmfoundry_")
-            || file.starts_with("torchtitan")
-            || file.starts_with("frontier_")
-        {
+        } else if file.starts_with("llmfoundry_") {
             Some(Stack::Fsdp)
+        } else if file.starts_with("torchtitan") || file.starts_with("frontier_") {
+            Some(Stack::Torchtitan)
         } else {
             None
         };

@@ -51,6 +51,7 @@ fn identical_layers_reduce_to_one_and_profile_matches_the_full_graph() {
     for r in [
         RecomputePolicy::None,
         RecomputePolicy::Selective,
+        RecomputePolicy::SelectiveOp,
         RecomputePolicy::Full,
     ] {
         let o = TrainOptions {
@@ -141,4 +142,56 @@ fn selective_recompute_keeps_attention_inputs_only() {
             .iter()
             .any(|o| o.phase == Phase::Recompute && o.label.ends_with(":Attention"))
     );
+}
+
+#[test]
+fn selective_op_recompute_reruns_every_second_linear_and_keeps_attention() {
+    let g = planning_llama(2, 256, 4, 2, 688, 1000);
+    let prof = |r| {
+        step_profile(
+            &g,
+            &TrainOptions {
+                recompute: r,
+                ..TrainOptions::default()
+            },
+            1,
+            256,
+        )
+        .unwrap()
+    };
+    let (none, op, full) = (
+        prof(RecomputePolicy::None),
+        prof(RecomputePolicy::SelectiveOp),
+        prof(RecomputePolicy::Full),
+    );
+    let b = &op.blocks[1];
+    let recomputed = |name: &str| {
+        b.ops
+            .iter()
+            .any(|o| o.phase == Phase::Recompute && o.label.contains(&format!("{name}:Linear")))
+    };
+    // Forward mm order q, k, v, o, gate, up, down: the 2nd, 4th and 6th are rerun.
+    for (name, again) in [
+        ("q_proj", false),
+        ("k_proj", true),
+        ("v_proj", false),
+        ("o_proj", true),
+        ("gate_proj", false),
+        ("up_proj", true),
+        ("down_proj", false),
+    ] {
+        assert_eq!(recomputed(name), again, "{name}");
+    }
+    assert!(
+        !b.ops
+            .iter()
+            .any(|o| o.phase == Phase::Recompute && o.label.ends_with(":Attention"))
+    );
+    // Norms and activations are rerun too; the other layers' policy is the same.
+    assert!(b.ops.iter().filter(|o| o.phase == Phase::Recompute).count() > 3);
+    // Keeps less than no recomputation and more than full recomputation.
+    let kept = |p: &StepProfile| p.blocks[1].saved.tp_sharded + p.blocks[1].saved.tp_replicated;
+    assert!(kept(&op) < kept(&none) && kept(&op) > kept(&full));
+    let flops = |p: &StepProfile| p.blocks[1].ops.iter().map(|o| o.flops).sum::<f64>();
+    assert!(flops(&none) < flops(&op) && flops(&op) < flops(&full));
 }

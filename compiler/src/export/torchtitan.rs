@@ -14,8 +14,10 @@
 //!   `torch.compile`, which changes the kernels the cost model assumes, so `[compile] enable = false`).
 //! - pp → `pipeline_parallel_degree`, the schedule by [`schedule_name`], the plan's exact stages as
 //!   `module_fqns_per_model_part`, `pipeline_parallel_microbatch_size` = the micro-batch size.
-//! - recomputation none / full → `[activation_checkpoint] mode`; moai's selective recomputation (the
-//!   attention core) is not torchtitan's selective AC (per-op or every-Nth-layer), so it is refused.
+//! - recomputation none / full → `[activation_checkpoint] mode`; moai's `selective-op` (torchtitan's
+//!   per-op policy) → `mode = "selective"`, `selective_ac_option = "op"`; moai's selective
+//!   recomputation (the attention core) is not torchtitan's selective AC (per-op or every-Nth-layer),
+//!   so it is refused.
 //! - cp and float8: see [`context_parallel_degree`] and [`float8_section`].
 //! - The model is one of torchtitan's registered flavors (`[model] name, flavor`): torchtitan builds
 //!   models from its flavor table, not from shapes, so a model matching none is refused. Its llama3
@@ -427,11 +429,17 @@ pub fn torchtitan_toml(plan: &PlanConfig, cx: &ExportContext) -> Result<String, 
     let mode = match d.config.recompute {
         Recompute::None => "none",
         Recompute::Full => "full",
+        Recompute::SelectiveOp => "selective",
         Recompute::Selective => {
             return Err("torchtitan's selective activation checkpointing (per-op policy or every Nth layer) is not moai's selective recomputation of the attention core".into());
         }
     };
-    let _ = writeln!(w, "[activation_checkpoint]\nmode = {}\n", quote(mode));
+    let _ = writeln!(w, "[activation_checkpoint]\nmode = {}", quote(mode));
+    if d.config.recompute == Recompute::SelectiveOp {
+        // apply_ac's per-op policy: save matmul and attention outputs, rerun every second mm.
+        let _ = writeln!(w, "selective_ac_option = {}", quote("op"));
+    }
+    let _ = writeln!(w);
     let _ = writeln!(
         w,
         "[compile]\nenable = false\ncomponents = [\"model\", \"loss\"]\n\n[checkpoint]\nenable = false\n\n[metrics]\nlog_freq = 10"

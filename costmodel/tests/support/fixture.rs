@@ -434,6 +434,9 @@ pub fn step_profile(
                 bl.attention(Phase::Recompute, b, s, spec.heads, spec.kv_heads, d, false)
             }
             Recompute::None => {}
+            Recompute::SelectiveOp => panic!(
+                "the hand-built fixture has no per-op checkpointing policy; profile selective-op from the training graph"
+            ),
         }
         layer_backward(&mut bl, spec, b, s);
         let (saved, transient) = match recompute {

@@ -5,7 +5,8 @@
 //! primitives get broadcasting-aware formulas in primitive ops. Saved values are read through
 //! [`Builder::fetch`], which applies the recomputation policy: `full` reruns a decoder layer's forward
 //! (phase [`Phase::Recompute`]) the first time its backward needs one of its values; `selective` reruns
-//! only attention.
+//! only attention; `selective-op` reruns the layer like `full` except the ops torchtitan's per-op
+//! policy saves ([`op_policy_saves`]).
 
 use super::build::{Builder, Ctx, Role};
 use super::options::RecomputePolicy;
@@ -19,6 +20,23 @@ use crate::shape::{Shape, TensorType};
 
 fn err(node: &str, what: impl std::fmt::Display) -> IrError {
     IrError::Analysis(format!("autodiff at `{node}`: {what}"))
+}
+
+/// Whether torchtitan's per-op selective activation-checkpointing policy saves the output of this
+/// forward op of a decoder layer (torchtitan `apply_ac`: `_save_list` holds `aten.mm`, the SDPA
+/// flash / efficient kernels and `reduce_scatter_tensor`; "Saves output of all compute ops, except
+/// every second mm", counting mms from 1 per layer). `matmuls` counts the layer's matmuls so far
+/// (a linear is one `aten.mm`).
+pub(super) fn op_policy_saves(op: &Op, matmuls: &mut usize) -> bool {
+    match op {
+        Op::Linear { .. } | Op::MatMul => {
+            *matmuls += 1;
+            *matmuls % 2 == 1
+        }
+        Op::Attention { .. } => true,
+        Op::Collective { kind, .. } => *kind == CollectiveKind::ReduceScatter,
+        _ => false,
+    }
 }
 
 /// Symbolic NumPy broadcast of two shapes.
@@ -248,7 +266,7 @@ impl Builder<'_> {
                 }
                 self.recomputed[&v]
             }
-            RecomputePolicy::Full => {
+            RecomputePolicy::Full | RecomputePolicy::SelectiveOp => {
                 // Only the layer's own backward reruns it; other blocks read the kept layer output.
                 let Some(l) = node.prov.layer.filter(|l| self.ctx.layer == Some(*l)) else {
                     return v;
@@ -256,11 +274,17 @@ impl Builder<'_> {
                 if !self.recomputed_layers.insert(l) {
                     return self.recomputed.get(&v).copied().unwrap_or(v);
                 }
+                let per_op = self.opts.recompute == RecomputePolicy::SelectiveOp;
+                let mut matmuls = 0usize;
                 let nodes = self.layer_nodes.get(&l).cloned().unwrap_or_default();
                 let saved = self.ctx.clone();
                 for n in nodes {
                     let nd = self.g.node(n);
                     if matches!(nd.op, Op::Param { .. } | Op::Constant(_) | Op::Input { .. }) {
+                        continue;
+                    }
+                    // Ops the per-op policy saves keep their forward output (readers use it).
+                    if per_op && op_policy_saves(&nd.op, &mut matmuls) {
                         continue;
                     }
                     let (op, ins, outs, scope) = (

@@ -45,8 +45,9 @@ pub enum OptimizerKind {
 }
 
 /// What the backward pass recomputes instead of keeping: the one recomputation vocabulary of the
-/// workspace (`moai_costmodel::Recompute` is this type). Serialized as `"none"`, `"selective"` or
-/// `"full"`; parsed from those names case-insensitively, with `false`/`true` for none/full.
+/// workspace (`moai_costmodel::Recompute` is this type). Serialized as `"none"`, `"selective"`,
+/// `"selective-op"` or `"full"`; parsed from those names case-insensitively, with `false`/`true` for
+/// none/full.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
 )]
@@ -58,6 +59,14 @@ pub enum RecomputePolicy {
     /// Recompute the attention core (Megatron's selective recomputation): only attention's inputs are
     /// kept; its output and statistics are recomputed in backward.
     Selective,
+    /// torchtitan's per-op selective activation checkpointing (`[activation_checkpoint] mode =
+    /// "selective"`, `selective_ac_option = "op"`): each decoder layer is checkpointed under a policy
+    /// that saves the outputs of attention and of every odd-numbered linear (matmul) of the layer in
+    /// forward order (1st, 3rd, ...) and of reduce-scatters, and recomputes everything else — every
+    /// second linear, norms, rotary, activations — in backward (torchtitan `apply_ac`, `_save_list`
+    /// and `_custom_policy`: "Saves output of all compute ops, except every second mm").
+    #[serde(rename = "selective-op")]
+    SelectiveOp,
     /// Keep only each decoder layer's inputs; rerun the layer's forward in backward.
     Full,
 }
@@ -137,6 +146,7 @@ impl fmt::Display for RecomputePolicy {
         f.write_str(match self {
             RecomputePolicy::None => "none",
             RecomputePolicy::Selective => "selective",
+            RecomputePolicy::SelectiveOp => "selective-op",
             RecomputePolicy::Full => "full",
         })
     }
@@ -148,9 +158,10 @@ impl FromStr for RecomputePolicy {
         match s.trim().to_ascii_lowercase().as_str() {
             "none" | "false" => Ok(RecomputePolicy::None),
             "selective" => Ok(RecomputePolicy::Selective),
+            "selective-op" => Ok(RecomputePolicy::SelectiveOp),
             "full" | "true" => Ok(RecomputePolicy::Full),
             _ => Err(IrError::Analysis(format!(
-                "unknown recompute `{s}` (expected none, selective or full)"
+                "unknown recompute `{s}` (expected none, selective, selective-op or full)"
             ))),
         }
     }
@@ -181,6 +192,14 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&RecomputePolicy::Selective).unwrap(),
             "\"selective\""
+        );
+        assert_eq!(
+            serde_json::to_string(&RecomputePolicy::SelectiveOp).unwrap(),
+            "\"selective-op\""
+        );
+        assert_eq!(
+            "Selective-Op".parse::<RecomputePolicy>().unwrap(),
+            RecomputePolicy::SelectiveOp
         );
         assert_eq!(
             serde_json::from_str::<RecomputePolicy>("\"none\"").unwrap(),
