@@ -65,6 +65,23 @@ impl Stack {
 }
 
 impl Stack {
+    /// Speed of the stack's fused attention kernel on `gpu` relative to the FlashAttention-2
+    /// kernels the device's fitted attention coefficient describes (a divisor of attention time).
+    /// Eager PyTorch calls `scaled_dot_product_attention`, whose backend order puts cuDNN's
+    /// attention first on Hopper (compute capability 9.0) when the runtime cuDNN is newer than
+    /// 9.15 (`check_prefer_cudnn_attention`, pytorch/pytorch
+    /// `aten/src/ATen/native/transformers/cuda/sdp_utils.cpp`, commit 001f694a); on Hopper
+    /// cuDNN's kernels are 1.7–2.3× faster than FlashAttention-2 for training shapes
+    /// (huggingface/transformers pull request 48163), 2 taken here. Assumed: the eager recipe's
+    /// PyTorch ships such a cuDNN. 1 everywhere else (torchtitan's H100 measurements predate the
+    /// preference; the other stacks call FlashAttention or Transformer Engine's kernels).
+    pub fn attention_speedup(self, gpu: crate::Gpu) -> f64 {
+        match (self, gpu) {
+            (Stack::Eager, crate::Gpu::H100 | crate::Gpu::H200) => 2.0,
+            _ => 1.0,
+        }
+    }
+
     /// Kernel fusion of memory-bound ops (norms, elementwise, softmax): the fractions of their bytes
     /// and kernels left after fusion. The bytes fraction is the prior of the fitted per-stack
     /// `fused_bytes` coefficient (eager stays at 1); the kernel fraction is used as is. Megatron-LM fuses bias+activation (bias-GeLU / SwiGLU),
@@ -273,6 +290,14 @@ impl FromStr for OverlapSwitch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eager_attention_on_hopper_is_cudnn() {
+        assert_eq!(Stack::Eager.attention_speedup(crate::Gpu::H100), 2.0);
+        assert_eq!(Stack::Eager.attention_speedup(crate::Gpu::A100), 1.0);
+        assert_eq!(Stack::Fsdp.attention_speedup(crate::Gpu::H100), 1.0);
+        assert_eq!(Stack::Megatron.attention_speedup(crate::Gpu::H100), 1.0);
+    }
 
     #[test]
     fn names_round_trip() {
