@@ -581,7 +581,11 @@ impl<'f> Builder<'f> {
         let x2 = slice(self, d / 2, d);
         let n2 = self.fwd1(Op::Unary(UnaryOp::Neg), vec![x2], halft.clone());
         let rot = self.fwd1(Op::Concat { axis: r - 1 }, vec![n2, x1], xt.clone());
-        let a = self.fwd1(Op::Binary(BinaryOp::Mul), vec![x, cos], outt.clone());
+        // PyTorch promotes inside the multiply; the graph's binary ops take one dtype, so the
+        // promotion is an explicit cast (as for every other mixed-dtype binary op of the graph).
+        let x_out = self.cast(x, out_dt, false);
+        let rot = self.cast(rot, out_dt, false);
+        let a = self.fwd1(Op::Binary(BinaryOp::Mul), vec![x_out, cos], outt.clone());
         let b = self.fwd1(Op::Binary(BinaryOp::Mul), vec![rot, sin], outt.clone());
         Some(self.fwd1(Op::Binary(BinaryOp::Add), vec![a, b], outt))
     }
