@@ -290,6 +290,56 @@ pub fn attention_coefficient(eff: &Efficiency, stack: Stack) -> f64 {
     eff.attention * stack.attention_kernel(eff.gpu).throughput_over_fa2()
 }
 
+/// Host launch time and device kernel time of one micro-batch's forward and backward, for the
+/// host-device pipeline bound of an unpipelined step ([`HostDevice::pipeline_s`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HostDevice {
+    /// Host seconds issuing the forward's kernels.
+    pub host_forward_s: f64,
+    /// Host seconds issuing the backward's kernels.
+    pub host_backward_s: f64,
+    /// Device seconds of the forward's kernels.
+    pub device_forward_s: f64,
+    /// Device seconds of the backward's kernels.
+    pub device_backward_s: f64,
+}
+
+impl HostDevice {
+    /// Adds a phase's host and device seconds to the backward (`backward`) or the forward.
+    pub fn add(&mut self, backward: bool, host_s: f64, device_s: f64) {
+        if backward {
+            self.host_backward_s += host_s;
+            self.device_backward_s += device_s;
+        } else {
+            self.host_forward_s += host_s;
+            self.device_forward_s += device_s;
+        }
+    }
+
+    /// Lower bound on the forward and backward of `m` micro-batches run in turn, from the
+    /// host-device pipeline. Eager PyTorch enqueues each kernel on the CUDA stream and returns
+    /// (asynchronous execution, PyTorch's "CUDA semantics" notes), so the host runs ahead of the
+    /// device and a kernel starts when both it has been issued and the kernel before it has
+    /// finished: the device finishes no earlier than the host's issue time up to any kernel plus
+    /// the device time from that kernel on. Taken at the phase boundaries (within a phase the
+    /// layers repeat, so the bound moves little inside one) for the sequence
+    /// F₁ B₁ … Fₘ Bₘ this is the largest of the host alone, the device alone, and the host up to
+    /// a forward's end with the device from the following backward on (a host-bound forward
+    /// followed by a device-bound backward, where `max(host, device)` of the whole step is too
+    /// low). Only the boundary after the first or the last forward can be the largest (the bound is
+    /// linear in the boundary's index). Seconds.
+    pub fn pipeline_s(&self, m: u32) -> f64 {
+        let m = m.max(1) as f64;
+        let (hf, hb) = (self.host_forward_s, self.host_backward_s);
+        let (df, db) = (self.device_forward_s, self.device_backward_s);
+        let host = m * (hf + hb);
+        let device = m * (df + db);
+        let first = hf + m * db + (m - 1.0) * df;
+        let last = m * hf + (m - 1.0) * hb + db;
+        host.max(device).max(first).max(last)
+    }
+}
+
 /// One block's per-device sums for a given tp.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockSums {
@@ -990,14 +1040,19 @@ impl ProfiledCostModel {
         // step; between pipeline stages every phase waits for its input, so it applies per phase.
         let whole_step_host = pp == 1;
         let mut host_s = 0.0;
+        // Per micro-batch: host seconds of the forward and backward launches, device seconds of the
+        // forward and backward kernels (pp 1 only; see the host-device pipeline below).
+        let mut host_dev = HostDevice::default();
         // SMs Transformer Engine's TP overlap takes from the GEMMs it runs beside (0 without it).
         let sms = stack.tp_overlap_sm_margin(cfg.sequence_parallel, cfg.tp_comm_overlap);
         let units = cluster.gpu.spec().compute_units;
-        let mut phase = |s: &PhaseSums| {
+        let mut phase = |s: &PhaseSums, back: bool| {
             let (gpu, kernels) = s.kernel_time(eff, sc);
             let gpu = gpu + s.sm_margin_s(eff, sms, units);
             if whole_step_host {
-                host_s += kernels * launch * m as f64;
+                let h = kernels * launch;
+                host_s += h * m as f64;
+                host_dev.add(back, h, gpu);
                 gpu
             } else {
                 gpu.max(kernels * launch)
@@ -1007,7 +1062,7 @@ impl ProfiledCostModel {
         // dispatched tokens, the next op for the combined ones).
         let mut dispatch = vec![0f64; nv];
         for v in 0..nv {
-            let (cf, cb) = (phase(&fwd[v]), phase(&bwd[v]));
+            let (cf, cb) = (phase(&fwd[v], false), phase(&bwd[v], true));
             let (tf, tb) = (tp_time(&fwd[v]), tp_time(&bwd[v]));
             comm_total[v] = tf + tb;
             // The overlapped part of a TP collective hides behind the GEMMs of the same phase.
@@ -1027,6 +1082,9 @@ impl ProfiledCostModel {
                 backward_s: cb + tb + ab,
                 weight_grad_s: w,
             });
+        }
+        if whole_step_host {
+            host_s = host_s.max(host_dev.pipeline_s(m));
         }
         // Activation offload (crate::offload): per device, each offloaded layer's copy out runs under
         // the next block's forward on the device and its copy back under that block's backward; the
@@ -1426,5 +1484,32 @@ impl ProfiledCostModel {
             p2p_s: p2p,
             device_compute_s,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HostDevice;
+
+    #[test]
+    fn host_bound_forward_then_device_bound_backward() {
+        let mut hd = HostDevice::default();
+        hd.add(false, 0.05, 0.02);
+        hd.add(true, 0.03, 0.06);
+        // max(host, device) of the whole step is 0.08; the forward's host time and the backward's
+        // device time cannot overlap.
+        assert!((hd.pipeline_s(1) - 0.11).abs() < 1e-12);
+        // Never below the host alone or the device alone.
+        let mut dev = HostDevice::default();
+        dev.add(false, 0.01, 0.05);
+        dev.add(true, 0.01, 0.1);
+        assert!((dev.pipeline_s(2) - 0.3).abs() < 1e-12);
+        let mut host = HostDevice::default();
+        host.add(false, 0.05, 0.01);
+        host.add(true, 0.05, 0.01);
+        assert!((host.pipeline_s(3) - 0.3).abs() < 1e-12);
+        // Two micro-batches: the first forward's host time, then every backward and the second
+        // forward on the device.
+        assert!((hd.pipeline_s(2) - (0.05 + 2.0 * 0.06 + 0.02)).abs() < 1e-12);
     }
 }

@@ -253,12 +253,17 @@ impl AttentionKernel {
 impl Stack {
     /// The fused-attention kernel family this stack runs on `gpu`: Megatron-LM (Megatron-Core with
     /// Transformer Engine's `DotProductAttention`) runs cuDNN's fused attention on Hopper and later
-    /// NVIDIA GPUs (H100, H200, B200) and FlashAttention-2 before (A100) and on AMD GPUs (no cuDNN);
-    /// DeepSpeed, FSDP/torchtitan and eager PyTorch call PyTorch SDPA or the `flash-attn` package,
-    /// FlashAttention-2-class on every GPU.
+    /// NVIDIA GPUs (H100, H200, B200) and FlashAttention-2 before (A100) and on AMD GPUs (no cuDNN).
+    /// Eager PyTorch calls `scaled_dot_product_attention`, whose backend order puts cuDNN's attention
+    /// first on Hopper (compute capability 9.0) when the runtime cuDNN is newer than 9.15
+    /// (`check_prefer_cudnn_attention`, pytorch/pytorch
+    /// `aten/src/ATen/native/transformers/cuda/sdp_utils.cpp`, commit 001f694a); assumed: the eager
+    /// recipe's PyTorch (2.11) ships such a cuDNN. DeepSpeed, FSDP and torchtitan (their truth rows
+    /// predate that preference or call the `flash-attn` package) stay FlashAttention-2-class.
     pub fn attention_kernel(self, gpu: Gpu) -> AttentionKernel {
         match (self, gpu) {
             (Stack::Megatron, Gpu::H100 | Gpu::H200 | Gpu::B200) => AttentionKernel::HopperFused,
+            (Stack::Eager, Gpu::H100 | Gpu::H200) => AttentionKernel::HopperFused,
             _ => AttentionKernel::FlashAttention2,
         }
     }
@@ -358,6 +363,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn eager_attention_on_hopper_is_cudnn() {
+        for g in Gpu::ALL {
+            let want = matches!(g, Gpu::H100 | Gpu::H200);
+            assert_eq!(
+                Stack::Eager.attention_kernel(g) == AttentionKernel::HopperFused,
+                want,
+                "{g}"
+            );
+        }
+    }
+
+    #[test]
     fn names_round_trip() {
         for s in Stack::NAMED {
             assert_eq!(s.name().parse::<Stack>().unwrap(), s);
@@ -415,12 +432,7 @@ mod tests {
                 want,
                 "{g}"
             );
-            for st in [
-                Stack::Deepspeed,
-                Stack::Fsdp,
-                Stack::Torchtitan,
-                Stack::Eager,
-            ] {
+            for st in [Stack::Deepspeed, Stack::Fsdp, Stack::Torchtitan] {
                 assert_eq!(
                     st.attention_kernel(g),
                     AttentionKernel::FlashAttention2,

@@ -563,3 +563,40 @@ fn llama2_13b_builds_and_profiles() {
     assert_eq!(tg.layers, 40);
     assert_eq!(prof.blocks.len(), 42);
 }
+
+/// Under autocast the rotary embedding is Hugging Face's unfused `x·cos + rotate_half(x)·sin` with fp32
+/// tables (the products promote to fp32); in fp32 training it stays the fused op.
+#[test]
+fn amp_rotary_runs_unfused_in_fp32() {
+    use moai_ir::DType;
+    use moai_ir::UnaryOp;
+    let g = llama(&LlamaConfig::planning(2, 256, 4, 2, 688, 1000));
+    let count = |tg: &TrainingGraph, f: &dyn Fn(&Op) -> bool| {
+        tg.graph
+            .node_ids()
+            .filter(|id| f(&tg.graph.node(*id).op))
+            .count()
+    };
+    let amp = build_training_graph(
+        &g,
+        &opts(
+            PrecisionPolicy::AmpBf16,
+            OptimizerKind::AdamW,
+            RecomputePolicy::None,
+        ),
+    )
+    .unwrap();
+    assert_eq!(count(&amp, &|o| matches!(o, Op::Rotary)), 0);
+    // One negation of the second half per rotated tensor (q and k) per layer.
+    let negs = count(&amp, &|o| matches!(o, Op::Unary(UnaryOp::Neg)));
+    assert!(negs >= 4, "{negs}");
+    let fp32_mul = amp.graph.node_ids().any(|id| {
+        let n = amp.graph.node(id);
+        matches!(n.op, Op::Binary(_))
+            && n.outputs[0].dtype == DType::F32
+            && n.outputs[0].shape.rank() == 4
+    });
+    assert!(fp32_mul);
+    let full = build_training_graph(&g, &fp32()).unwrap();
+    assert!(count(&full, &|o| matches!(o, Op::Rotary)) > 0);
+}

@@ -336,6 +336,12 @@ impl<'f> Builder<'f> {
         let mut outs: Vec<TensorType> = n.outputs.clone();
         let in_dt = |b: &Self, i: usize| ins.get(i).map(|v| b.g.ty(*v).dtype);
         let op = n.op.clone();
+        if let (Op::Rotary, PrecisionPolicy::AmpBf16) = (&op, pol)
+            && let Some(y) = self.eager_rotary(ins[0], ins[1], ins[2])
+        {
+            self.map.insert(Value::of(old), y);
+            return Ok(());
+        }
         if let (Op::RmsNorm { eps }, PrecisionPolicy::AmpBf16) = (&op, pol) {
             let y = self.eager_rms_norm(ins[0], ins[1], *eps);
             self.map.insert(Value::of(old), y);
@@ -532,6 +538,84 @@ impl<'f> Builder<'f> {
             vec![w, nrm],
             TensorType::new(out_dt, xt.shape),
         )
+    }
+
+    /// Rotary embedding as Hugging Face's `apply_rotary_pos_emb` runs under autocast:
+    /// `x·cos + rotate_half(x)·sin` unfused, with `rotate_half(x) = cat(-x₂, x₁)` over the two halves
+    /// of the head dimension. `cos` and `sin` come from the rotary module in the dtype of the hidden
+    /// states it is given (the embedding's output: the fp32 master weights' dtype), so the two
+    /// products promote the bf16 projection to fp32 and the attention casts it back. `None` when the
+    /// head dimension is not a known even constant (the fused op is kept).
+    fn eager_rotary(&mut self, x: Value, cos: Value, sin: Value) -> Option<Value> {
+        let xt = self.ty(x);
+        let r = xt.shape.rank();
+        let d = xt.shape.0.last()?.as_const()?;
+        if r == 0 || d < 2 || d % 2 != 0 {
+            return None;
+        }
+        let wdt = self.opts.precision.weight_dtype();
+        let out_dt = if float_rank(wdt) > float_rank(xt.dtype) {
+            wdt
+        } else {
+            xt.dtype
+        };
+        let cos = self.rotary_table(cos, out_dt);
+        let sin = self.rotary_table(sin, out_dt);
+        let outt = TensorType::new(out_dt, xt.shape.clone());
+        let mut half = xt.shape.clone();
+        half.0[r - 1] = Dim::constant(d / 2);
+        let halft = TensorType::new(xt.dtype, half);
+        let slice = |b: &mut Self, start: i64, end: i64| {
+            b.fwd1(
+                Op::Slice {
+                    axis: r - 1,
+                    start: Dim::constant(start),
+                    end: Dim::constant(end),
+                    step: 1,
+                },
+                vec![x],
+                halft.clone(),
+            )
+        };
+        let x1 = slice(self, 0, d / 2);
+        let x2 = slice(self, d / 2, d);
+        let n2 = self.fwd1(Op::Unary(UnaryOp::Neg), vec![x2], halft.clone());
+        let rot = self.fwd1(Op::Concat { axis: r - 1 }, vec![n2, x1], xt.clone());
+        // PyTorch promotes inside the multiply; the graph's binary ops take one dtype, so the
+        // promotion is an explicit cast (as for every other mixed-dtype binary op of the graph).
+        let x_out = self.cast(x, out_dt, false);
+        let rot = self.cast(rot, out_dt, false);
+        let a = self.fwd1(Op::Binary(BinaryOp::Mul), vec![x_out, cos], outt.clone());
+        let b = self.fwd1(Op::Binary(BinaryOp::Mul), vec![rot, sin], outt.clone());
+        Some(self.fwd1(Op::Binary(BinaryOp::Add), vec![a, b], outt))
+    }
+
+    /// A rotary table `v` in `dt` as the rotary module made it: through views (reshapes,
+    /// expands, transposes) and a cast to the model's dtype back to a table already in `dt`, whose
+    /// views are rebuilt (once, shared by every layer like `v`); a cast where there is none.
+    fn rotary_table(&mut self, v: Value, dt: DType) -> Value {
+        if self.ty(v).dtype == dt {
+            return v;
+        }
+        if let Some(c) = self.casts.get(&(v, dt)) {
+            return *c;
+        }
+        let n = self.g.node(v.node);
+        let (op, src) = (n.op.clone(), n.inputs.first().copied());
+        let out = match (op, src) {
+            (Op::Cast(_), Some(src)) if self.ty(src).dtype == dt => src,
+            (op @ (Op::Reshape(_) | Op::Expand(_) | Op::Transpose(_)), Some(src)) => {
+                let base = self.rotary_table(src, dt);
+                if self.ty(base).dtype != dt {
+                    return self.cast(v, dt, false);
+                }
+                let ty = TensorType::new(dt, self.ty(v).shape);
+                self.add1(op, vec![base], ty)
+            }
+            _ => return self.cast(v, dt, false),
+        };
+        self.casts.insert((v, dt), out);
+        out
     }
 
     /// Cross-entropy of the logits against the input ids shifted by one (last position ignored).
