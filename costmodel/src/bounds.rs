@@ -74,6 +74,8 @@ pub fn profiled(
             all.kernels += s.kernels;
             all.amp_cast_s += s.amp_cast_s;
             all.amp_cast_kernels += s.amp_cast_kernels;
+            all.amp_fusable_s += s.amp_fusable_s;
+            all.amp_fusable_kernels += s.amp_fusable_kernels;
         }
     }
     // A context-parallel rank does 1/cp of every phase (`crate::context`), as the estimator divides it.

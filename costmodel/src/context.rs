@@ -227,6 +227,7 @@ impl PhaseSums {
             tp_overlap_matmul_s: self.tp_overlap_matmul_s / c,
             a2a_bytes: self.a2a_bytes / c,
             amp_cast_s: self.amp_cast_s / c,
+            amp_fusable_s: self.amp_fusable_s / c,
             ..*self
         }
     }

@@ -205,8 +205,16 @@ pub struct PhaseSums {
     /// at the HBM peak: a stack that holds the model in bf16 does not run them
     /// ([`Stack::runs_amp_casts`]).
     pub amp_cast_s: f64,
-    /// Of `memory_kernels`, those casts.
+    /// Of `memory_kernels` and `fusable_kernels`, the kernels a stack without autocast does not run:
+    /// those casts and Hugging Face's unfused rotary embedding ([`moai_ir::train::cost::is_eager_rotary`]).
     pub amp_cast_kernels: f64,
+    /// Of `fusable_s`, the unfused rotary embedding's elementwise kernels (fp32 products and sum,
+    /// negation): a stack with a fused RoPE kernel (Megatron-LM's `--apply-rope-fusion`, its
+    /// default) runs one kernel instead, whose traffic (one read and one write of the bf16 q or k)
+    /// is that of the decomposition's concatenation, which is kept.
+    pub amp_fusable_s: f64,
+    /// Of `amp_cast_kernels`, those in `fusable_kernels`.
+    pub amp_fusable_kernels: f64,
 }
 
 impl PhaseSums {
@@ -227,6 +235,8 @@ impl PhaseSums {
         self.a2a_count += o.a2a_count;
         self.amp_cast_s += o.amp_cast_s;
         self.amp_cast_kernels += o.amp_cast_kernels;
+        self.amp_fusable_s += o.amp_fusable_s;
+        self.amp_fusable_kernels += o.amp_fusable_kernels;
     }
 
     /// Extra seconds of this phase's GEMMs while Transformer Engine's TP overlap reserves `sms` of
@@ -266,17 +276,23 @@ impl PhaseSums {
     /// [`crate::stack::Stack::fusion`]'s kernel fraction.
     pub fn kernel_time(&self, eff: &Efficiency, sc: &StackCoefficients) -> (f64, f64) {
         let (fb, fk) = (sc.fused_bytes, sc.stack.fusion().1);
-        let (cast_s, cast_kernels) = if sc.stack.runs_amp_casts() {
-            (0.0, 0.0)
+        let (cast_s, cast_kernels, rope_s, rope_kernels) = if sc.stack.runs_amp_casts() {
+            (0.0, 0.0, 0.0, 0.0)
         } else {
-            (self.amp_cast_s, self.amp_cast_kernels)
+            (
+                self.amp_cast_s,
+                self.amp_cast_kernels,
+                self.amp_fusable_s,
+                self.amp_fusable_kernels,
+            )
         };
-        let removed = self.fusable_kernels * (1.0 - fk) + cast_kernels;
+        let removed = (self.fusable_kernels - rope_kernels).max(0.0) * (1.0 - fk) + cast_kernels;
         let kernels = (self.kernels - removed).max(0.0);
         let floors = (self.memory_kernels - removed).max(0.0);
         let gpu = self.matmul_s / eff.matmul
             + self.attention_s / attention_coefficient(eff, sc.stack)
-            + ((self.memory_s - cast_s).max(0.0) + self.fusable_s * fb) / eff.memory
+            + ((self.memory_s - cast_s).max(0.0) + (self.fusable_s - rope_s).max(0.0) * fb)
+                / eff.memory
             + self.measured_s
             + floors * KERNEL_FLOOR_S;
         (gpu, kernels)
@@ -679,16 +695,27 @@ impl ProfiledCostModel {
                     Bucket::Memory | Bucket::Fusable => {
                         ps.gpu_s += KERNEL_FLOOR_S;
                         ps.memory_kernels = 1.0;
+                        // Hugging Face's unfused rotary embedding, but its concatenation (the
+                        // traffic of a fused RoPE kernel; see `PhaseSums::amp_fusable_s`).
+                        let eager_rope = op.layer.is_some()
+                            && moai_ir::train::cost::is_eager_rotary(&op.label)
+                            && !op.label.ends_with(":Concat");
                         if k.bucket == Bucket::Fusable {
                             ps.fusable_s = k.base_s;
                             ps.fusable_kernels = 1.0;
+                            if eager_rope {
+                                ps.amp_fusable_s = k.base_s;
+                                ps.amp_fusable_kernels = 1.0;
+                                ps.amp_cast_kernels = 1.0;
+                            }
                         } else {
                             ps.memory_s = k.base_s;
                             // The graph's autocast casts inside a decoder layer (the op named
                             // `Cast` by the training graph's labels `<scope>:Cast`).
-                            if matches!(op.class, KernelClass::Copy)
-                                && op.layer.is_some()
-                                && op.label.ends_with(":Cast")
+                            if eager_rope
+                                || (matches!(op.class, KernelClass::Copy)
+                                    && op.layer.is_some()
+                                    && op.label.ends_with(":Cast"))
                             {
                                 ps.amp_cast_s = k.base_s;
                                 ps.amp_cast_kernels = 1.0;

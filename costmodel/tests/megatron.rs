@@ -26,12 +26,19 @@ fn megatron_drops_the_graphs_autocast_casts_and_other_stacks_keep_them() {
     // The amp graph casts each linear's fp32 weight and its fp32 input to bf16.
     assert!(s.amp_cast_kernels >= 7.0, "{}", s.amp_cast_kernels);
     assert!(s.amp_cast_s > 0.0 && s.amp_cast_s <= s.memory_s);
+    // Hugging Face's unfused fp32 rotary embedding of q and k, which a fused RoPE kernel replaces.
+    assert!(s.amp_fusable_kernels >= 4.0, "{}", s.amp_fusable_kernels);
+    assert!(s.amp_fusable_s > 0.0 && s.amp_fusable_s <= s.fusable_s);
     let mut without = s;
     without.memory_s -= s.amp_cast_s;
+    without.fusable_s -= s.amp_fusable_s;
     without.memory_kernels -= s.amp_cast_kernels;
+    without.fusable_kernels -= s.amp_fusable_kernels;
     without.kernels -= s.amp_cast_kernels;
     without.amp_cast_s = 0.0;
     without.amp_cast_kernels = 0.0;
+    without.amp_fusable_s = 0.0;
+    without.amp_fusable_kernels = 0.0;
     let f = committed();
     let eff = f.get(Gpu::H100);
     for st in Stack::ALL {
@@ -40,7 +47,8 @@ fn megatron_drops_the_graphs_autocast_casts_and_other_stacks_keep_them() {
         let (t0, k0) = without.kernel_time(eff, sc);
         if st.runs_amp_casts() {
             assert!(t > t0 + 0.5 * s.amp_cast_s / eff.memory, "{st}");
-            assert!((k - k0 - s.amp_cast_kernels).abs() < 1e-9, "{st}");
+            let fused = s.amp_fusable_kernels * (1.0 - sc.stack.fusion().1);
+            assert!((k - k0 - (s.amp_cast_kernels - fused)).abs() < 1e-9, "{st}");
         } else {
             assert_eq!(st, Stack::Megatron);
             assert!((t - t0).abs() < 1e-12 * t0, "{st}: {t} vs {t0}");

@@ -547,6 +547,17 @@ impl<'f> Builder<'f> {
     /// products promote the bf16 projection to fp32 and the attention casts it back. `None` when the
     /// head dimension is not a known even constant (the fused op is kept).
     fn eager_rotary(&mut self, x: Value, cos: Value, sin: Value) -> Option<Value> {
+        // Its ops (and, through their provenance, their gradients') are scoped `<scope>/rotary`
+        // ([`cost::EAGER_ROTARY_SCOPE`]), so a stack running a fused RoPE kernel can tell them apart.
+        let scope = self.ctx.scope.clone();
+        self.ctx.scope = format!("{scope}{}", super::cost::EAGER_ROTARY_SCOPE);
+        let y = self.eager_rotary_ops(x, cos, sin);
+        self.ctx.scope = scope;
+        y
+    }
+
+    /// The ops of [`Self::eager_rotary`], in the current scope.
+    fn eager_rotary_ops(&mut self, x: Value, cos: Value, sin: Value) -> Option<Value> {
         let xt = self.ty(x);
         let r = xt.shape.rank();
         let d = xt.shape.0.last()?.as_const()?;
