@@ -4,7 +4,8 @@
 use crate::support::planning_llama;
 use moai_ir::cost::{BlockKind, Phase, StepProfile, TpSplit};
 use moai_ir::train::{
-    RecomputePolicy, TrainOptions, build_training_graph, peak_memory, reduce_layers, step_profile,
+    RecomputePolicy, TrainOptions, build_engine_training_graph, peak_memory, reduce_layers,
+    step_profile,
 };
 
 #[test]
@@ -60,7 +61,7 @@ fn identical_layers_reduce_to_one_and_profile_matches_the_full_graph() {
         };
         let prof = step_profile(&g, &o, 2, 128).unwrap();
         assert_eq!(prof.blocks.len(), 6);
-        let tg = build_training_graph(&g, &o).unwrap();
+        let tg = build_engine_training_graph(&g, &o).unwrap();
         let mem = peak_memory(&tg, 2, 128).unwrap();
         // Middle layers: their saved activations (including their output, the next layer's input) agree.
         for l in 1..3u32 {

@@ -5,7 +5,8 @@ use moai_ir::cost::{BlockKind, Phase};
 use moai_ir::interp::{Interpreter, Precision};
 use moai_ir::train::{
     Hyper, OptimizerKind, PrecisionPolicy, RecomputePolicy, TrainOptions, TrainingGraph,
-    build_training_graph, build_training_graph_with, peak_memory, step_costs, step_profile,
+    build_engine_training_graph, build_training_graph, build_training_graph_with, peak_memory,
+    step_costs, step_profile,
 };
 use moai_ir::{Graph, Op, Tensor, Value};
 use std::collections::HashMap;
@@ -362,7 +363,7 @@ fn training_flops_per_token_match_6n_plus_12lhs() {
         let g = import(&format!("{name}.onnx"));
         let c = manifest(name);
         let (mb, seq) = (2u64, 1024u64);
-        let tg = build_training_graph(&g, &TrainOptions::default()).unwrap();
+        let tg = build_engine_training_graph(&g, &TrainOptions::default()).unwrap();
         let costs = step_costs(&tg, mb, seq).unwrap();
         let tokens = (mb * seq) as f64;
         let train = (phase_flops(&costs, Phase::Forward, false)
@@ -377,7 +378,7 @@ fn training_flops_per_token_match_6n_plus_12lhs() {
         );
         assert!(err.abs() < 0.02, "{name}: {err}");
         // Full recomputation adds exactly one forward pass of the decoder layers.
-        let full = build_training_graph(
+        let full = build_engine_training_graph(
             &g,
             &opts(
                 PrecisionPolicy::AmpBf16,
@@ -399,7 +400,7 @@ fn training_flops_per_token_match_6n_plus_12lhs() {
             phase_flops(&costs, Phase::Backward, false),
             "{name}"
         );
-        // The fast profile replicates representative layers: same totals per phase as the full graph.
+        // The fast profile (built from the engine graph) replicates representative layers: same totals per phase as the full graph.
         for (o, full_costs) in [(TrainOptions::default(), &costs), (full.opts, &fc)] {
             let prof = step_profile(&g, &o, mb, seq).unwrap();
             assert_eq!(prof.blocks.len() as u64, c.layers + 2);
@@ -570,22 +571,19 @@ fn llama2_13b_builds_and_profiles() {
 fn amp_rotary_runs_unfused_in_fp32() {
     use moai_ir::DType;
     use moai_ir::UnaryOp;
-    let g = llama(&LlamaConfig::planning(2, 256, 4, 2, 688, 1000));
+    let g = planning_llama(2, 256, 4, 2, 688, 1000);
     let count = |tg: &TrainingGraph, f: &dyn Fn(&Op) -> bool| {
         tg.graph
             .node_ids()
             .filter(|id| f(&tg.graph.node(*id).op))
             .count()
     };
-    let amp = build_training_graph(
-        &g,
-        &opts(
-            PrecisionPolicy::AmpBf16,
-            OptimizerKind::AdamW,
-            RecomputePolicy::None,
-        ),
-    )
-    .unwrap();
+    let amp_opts = opts(
+        PrecisionPolicy::AmpBf16,
+        OptimizerKind::AdamW,
+        RecomputePolicy::None,
+    );
+    let amp = build_engine_training_graph(&g, &amp_opts).unwrap();
     assert_eq!(count(&amp, &|o| matches!(o, Op::Rotary)), 0);
     // One negation of the second half per rotated tensor (q and k) per layer.
     let negs = count(&amp, &|o| matches!(o, Op::Unary(UnaryOp::Neg)));
@@ -597,6 +595,13 @@ fn amp_rotary_runs_unfused_in_fp32() {
             && n.outputs[0].shape.rank() == 4
     });
     assert!(fp32_mul);
-    let full = build_training_graph(&g, &fp32()).unwrap();
+    let full = build_engine_training_graph(&g, &fp32()).unwrap();
     assert!(count(&full, &|o| matches!(o, Op::Rotary)) > 0);
+    // The step moai compiles keeps the fused rotary op under autocast too.
+    let compiled = build_training_graph(&g, &amp_opts).unwrap();
+    assert!(count(&compiled, &|o| matches!(o, Op::Rotary)) > 0);
+    assert_eq!(
+        count(&compiled, &|o| matches!(o, Op::Unary(UnaryOp::Neg))),
+        0
+    );
 }

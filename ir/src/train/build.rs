@@ -99,13 +99,32 @@ pub fn build_training_graph(forward: &Graph, opts: &TrainOptions) -> Result<Trai
     build_training_graph_with(forward, opts, &Hyper::default())
 }
 
-/// Builds the training graph with explicit optimizer hyper-parameters.
+/// Builds the training graph with explicit optimizer hyper-parameters: the step moai compiles
+/// (rotary embeddings stay one fused `Rotary` op).
 pub fn build_training_graph_with(
     forward: &Graph,
     opts: &TrainOptions,
     hyper: &Hyper,
 ) -> Result<TrainingGraph> {
+    build(forward, opts, hyper, false)
+}
+
+/// Builds the training graph as the engines' PyTorch modules run it, for costing: under autocast,
+/// Hugging Face's rotary embedding is unfused and in fp32 (`Builder::eager_rotary`, its ops scoped
+/// `<scope>/rotary`; a stack with a fused RoPE kernel costs them as that kernel). The step
+/// profiles ([`crate::train::step_profile`]) are built from it; the compiled programs are not.
+pub fn build_engine_training_graph(forward: &Graph, opts: &TrainOptions) -> Result<TrainingGraph> {
+    build(forward, opts, &Hyper::default(), true)
+}
+
+fn build(
+    forward: &Graph,
+    opts: &TrainOptions,
+    hyper: &Hyper,
+    eager_rotary: bool,
+) -> Result<TrainingGraph> {
     let mut b = Builder::new(forward, *opts);
+    b.eager_rotary = eager_rotary;
     b.copy_forward()?;
     let loss = b.add_loss()?;
     b.backward(loss)?;
@@ -161,6 +180,9 @@ pub(super) struct Builder<'f> {
     pub param_nodes: Vec<(String, NodeId)>,
     /// Gradients of new forward values.
     pub grads: HashMap<Value, Value>,
+    /// Whether autocast's rotary embedding is built unfused as Hugging Face runs it
+    /// ([`build_engine_training_graph`]).
+    pub eager_rotary: bool,
 }
 
 pub(super) fn is_low_float(d: DType) -> bool {
@@ -203,6 +225,7 @@ impl<'f> Builder<'f> {
             recomputed_layers: HashSet::new(),
             param_nodes: Vec::new(),
             grads: HashMap::new(),
+            eager_rotary: false,
         }
     }
 
@@ -336,7 +359,7 @@ impl<'f> Builder<'f> {
         let mut outs: Vec<TensorType> = n.outputs.clone();
         let in_dt = |b: &Self, i: usize| ins.get(i).map(|v| b.g.ty(*v).dtype);
         let op = n.op.clone();
-        if let (Op::Rotary, PrecisionPolicy::AmpBf16) = (&op, pol)
+        if let (Op::Rotary, PrecisionPolicy::AmpBf16, true) = (&op, pol, self.eager_rotary)
             && let Some(y) = self.eager_rotary(ins[0], ins[1], ins[2])
         {
             self.map.insert(Value::of(old), y);

@@ -16,7 +16,10 @@ mod options;
 mod profile;
 pub mod tp;
 
-pub use build::{ParamInfo, TrainingGraph, build_training_graph, build_training_graph_with};
+pub use build::{
+    ParamInfo, TrainingGraph, build_engine_training_graph, build_training_graph,
+    build_training_graph_with,
+};
 pub use cost::{OpCount, node_cost, step_costs};
 pub use memory::{LayerMemory, MemoryReport, PeakBreakdown, peak_memory};
 pub use options::{Hyper, OptimizerKind, PrecisionPolicy, RecomputePolicy, TrainOptions};

@@ -5,7 +5,7 @@
 //! that reduced model (embedding, representatives, head), and replicates each representative's records
 //! to the layers it stands for.
 
-use super::build::build_training_graph;
+use super::build::build_engine_training_graph;
 use super::cost::{env, is_free, label, node_cost};
 use super::memory::liveness;
 use super::options::{OptimizerKind, PrecisionPolicy, TrainOptions};
@@ -32,7 +32,7 @@ pub fn step_profile(
     seq: u64,
 ) -> Result<StepProfile> {
     let reduced = reduce_layers(forward)?;
-    let tg = build_training_graph(&reduced.graph, opts)?;
+    let tg = build_engine_training_graph(&reduced.graph, opts)?;
     let e = env(micro_batch, seq);
     let tpi = tp::analyze(&tg);
     let lv = liveness(&tg, micro_batch, seq)?;
