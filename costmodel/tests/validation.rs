@@ -51,9 +51,9 @@ fn h100_step_time_cross_validated() {
         .sum::<f64>()
         / rows.len() as f64;
     eprintln!("H100 llama-350m + llama-1b cross-validated step-time MAPE {mape:.1}%");
-    // The target is 8%; this commit reaches 9.0% (llama-350m 11.1%, llama-1b 7.7%): a miss,
-    // reported as such. The assertion guards the level reached.
-    assert!(mape <= 9.5, "{mape:.1}%");
+    // The target is 8%; met (5.1%: llama-1b 4.9%, llama-350m 5.6%, with eager PyTorch's
+    // host-device pipeline, cuDNN attention on Hopper and Hugging Face's fp32 rotary).
+    assert!(mape <= 8.0, "{mape:.1}%");
 }
 
 #[test]
@@ -66,30 +66,28 @@ fn megatron_sc21_cross_validated() {
 fn every_other_truth_file_cross_validated() {
     let cv = cv();
     // The target is 12% on every file. Met on llm-foundry (H100 / A100-80GB / A100-40GB),
+    // torchtitan (A100 and H100, per-op selective checkpointing, no torch.compile), Frontier,
     // LUMI Megatron-DeepSpeed, the MoE row (Mixtral-8x7B, Megatron-Core on H100) and the BF16
-    // Megatron-Core H100 rows. Missed, and asserted at the level reached (limits set from the merged
-    // fit's output): torchtitan (H100 llama3.1-8b rows and the 405B row, run at a 500 W power limit,
-    // predicted fast); the AMD files whose family coefficients rest on 1-8 rows of other models —
-    // CDNA2 (MI250 GCDs): the two flash-attention files disagree (MosaicML's MPT-7B, full recompute
-    // assumed from mpt-7b.yaml, runs faster than the other rows predict; Frontier's approximate
-    // torchtitan figure slower), LUMI GPT-NeoX (no flash attention, fusions off) slower; CDNA3: one
-    // MI325X row, so leaving its model out leaves the family at its priors.
+    // Megatron-Core H100 rows. Missed, and asserted at the level reached (cross-validated output of
+    // this commit, rounded up): the AMD files whose family coefficients rest on 1-8 rows of other
+    // models — CDNA2 (MI250 GCDs): MosaicML's MPT-7B (full recompute assumed from mpt-7b.yaml)
+    // runs faster than the other CDNA2 rows predict (20.9%), LUMI GPT-NeoX (no flash attention,
+    // fusions off) slower (18.5%); CDNA3: one MI325X row, so leaving its model out leaves the
+    // family at its priors (16.5%).
     let reached = [
-        ("/torchtitan.jsonl", 14.0),
-        ("frontier_mi250x_torchtitan", 18.0),
-        ("lumi_mi250x_gptneox", 26.0),
-        ("mi250_mosaicml", 34.0),
-        ("mi325x_primus_megatron", 17.5),
+        ("lumi_mi250x_gptneox", 20.0),
+        ("mi250_mosaicml", 23.0),
+        ("mi325x_primus_megatron", 18.0),
         // FP8 rows (validated only, never fitted): NeMo/Megatron-Bridge's DGX-H100 FP8 recipes are
-        // predicted slow with Transformer Engine's Hopper attention and without the graph's
-        // autocast casts (40.9% before both). The FP8 gain itself is in the published range
+        // predicted 20.2% slow (40.9% before Transformer Engine's Hopper attention, the dropped
+        // autocast casts and the fused RoPE). The FP8 gain itself is in the published range
         // (fp8::fp8_gain_on_70b_lies_in_published_range) and FlagPerf's FP8 rows of a fixed
         // Megatron recipe are predicted within 5% (megatron_h100_flagperf.jsonl); what NVIDIA's
         // recipes add (TP-comm overlap, fused cross-entropy, their launch settings) is not modelled.
-        ("fp8_h100_nemo", 20.0),
+        ("fp8_h100_nemo", 22.0),
         // Validation only (torchtitan FSDP + CP at 32K-256K tokens, run with Float8 linears and
-        // torch.compile, which moai does not model): 15.6-15.8%, signed errors +20% to -11%.
-        ("long_context_torchtitan", 17.0),
+        // torch.compile): 12.9%.
+        ("long_context_torchtitan", 14.0),
     ];
     let mut bad = Vec::new();
     for f in &cv.files {
