@@ -215,11 +215,34 @@ pub fn tiny_llama_arch() -> moai_models::ArchConfig {
     .expect("tiny llama spec")
 }
 
-/// [`tiny_llama_arch`] built by moai-models with seeded random weights the interpreter runs.
+/// Normwise tolerance of a bf16 training step's outputs against the reference interpreter, which
+/// rounds every bf16 result the same way: the compiled kernels accumulate in another order, and over a
+/// step's backward the differences reach about 3% of a small gradient's norm on these seeded weights
+/// (measured: 2.0-3.0e-2 amp-bf16 over seeds 1-3 and 7, 3.2e-2 pure bf16; the hand-written fixture
+/// these tests used before moai-models built their model stayed under 2e-2, the bound then).
+/// AdamW's second moments (squares of gradients) get twice this.
+pub const BF16_STEP_TOLERANCE: f64 = 4e-2;
+
+/// [`tiny_llama_arch`] built by moai-models with seeded random weights the interpreter runs
+/// (`N(0, 0.1²)` matrices, unit norms), the token embeddings at unit order (scaled to std 0.58, the
+/// spread of a uniform [-1, 1) table): small embeddings leave the residual stream to the layers'
+/// outputs and make the f32 step's elementwise comparison with f64 fragile.
 pub fn tiny_llama() -> Graph {
-    tiny_llama_arch()
+    let mut g = tiny_llama_arch()
         .build_with(moai_models::Weights::Random { seed: 7, std: 0.1 })
-        .expect("tiny llama builds")
+        .expect("tiny llama builds");
+    for id in g.params() {
+        if let moai_ir::Op::Param {
+            name,
+            data: moai_ir::ParamData::Inline(t),
+        } = &mut g.node_mut(id).op
+            && name == "model.embed_tokens.weight"
+            && let moai_ir::TensorData::F32(v) = &mut t.data
+        {
+            v.iter_mut().for_each(|x| *x *= 5.8);
+        }
+    }
+    g
 }
 
 /// Tiny-llama's training step under `precision`, and its forward / backward / optimizer programs

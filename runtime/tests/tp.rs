@@ -176,7 +176,12 @@ fn two_stage_tp2_step(precision: PrecisionPolicy) {
         let mut worst = 0.0f64;
         for ((name, _), w) in full.graph.outputs.iter().zip(&want) {
             let e = norm_rel(&got(name), w);
-            assert!(e <= 2e-2, "`{name}`: normwise relative error {e:e}");
+            let tolerance = if name.ends_with(".exp_avg_sq") {
+                2.0 * crate::support::BF16_STEP_TOLERANCE
+            } else {
+                crate::support::BF16_STEP_TOLERANCE
+            };
+            assert!(e <= tolerance, "`{name}`: normwise relative error {e:e}");
             worst = worst.max(e);
         }
         eprintln!(
