@@ -1066,9 +1066,9 @@ impl ProfiledCostModel {
         // asynchronous up to the step's synchronisation), so the host bound applies to the whole
         // step; between pipeline stages every phase waits for its input, so it applies per phase.
         let whole_step_host = pp == 1;
-        let mut host_s = 0.0;
         // Per micro-batch: host seconds of the forward and backward launches, device seconds of the
-        // forward and backward kernels (pp 1 only; see the host-device pipeline below).
+        // forward and backward kernels (pp 1 only; its host-device pipeline bound, which includes the
+        // host alone, is the step's host time).
         let mut host_dev = HostDevice::default();
         // SMs Transformer Engine's TP overlap takes from the GEMMs it runs beside (0 without it).
         let sms = stack.tp_overlap_sm_margin(cfg.sequence_parallel, cfg.tp_comm_overlap);
@@ -1077,9 +1077,7 @@ impl ProfiledCostModel {
             let (gpu, kernels) = s.kernel_time(eff, sc);
             let gpu = gpu + s.sm_margin_s(eff, sms, units);
             if whole_step_host {
-                let h = kernels * launch;
-                host_s += h * m as f64;
-                host_dev.add(back, h, gpu);
+                host_dev.add(back, kernels * launch, gpu);
                 gpu
             } else {
                 gpu.max(kernels * launch)
@@ -1110,9 +1108,11 @@ impl ProfiledCostModel {
                 weight_grad_s: w,
             });
         }
-        if whole_step_host {
-            host_s = host_s.max(host_dev.pipeline_s(m));
-        }
+        let host_s = if whole_step_host {
+            host_dev.pipeline_s(m)
+        } else {
+            0.0
+        };
         // Activation offload (crate::offload): per device, each offloaded layer's copy out runs under
         // the next block's forward on the device and its copy back under that block's backward; the
         // excess joins the layer's stage times (so the schedule sees it). Host bytes per device: the
