@@ -72,12 +72,12 @@ fn every_other_truth_file_cross_validated() {
     // this commit, rounded up): the AMD files whose family coefficients rest on 1-8 rows of other
     // models — CDNA2 (MI250 GCDs): MosaicML's MPT-7B (full recompute assumed from mpt-7b.yaml)
     // runs faster than the other CDNA2 rows predict (20.9%), LUMI GPT-NeoX (no flash attention,
-    // fusions off) slower (18.5%); CDNA3: one MI325X row, so leaving its model out leaves the
-    // family at its priors (16.5%).
+    // fusions off) slower (18.5%). The MI325X file (7.6%) meets 12% with its three FP8 rows
+    // (validated only) at 2-9%; its one BF16 row is still 16.5% slow cross-validated (leaving its
+    // model out leaves CDNA3 at the fit's priors: see `cdna3_rows_cross_validated`).
     let reached = [
         ("lumi_mi250x_gptneox", 20.0),
         ("mi250_mosaicml", 23.0),
-        ("mi325x_primus_megatron", 18.0),
         // FP8 rows (validated only, never fitted): NeMo/Megatron-Bridge's DGX-H100 FP8 recipes are
         // predicted 20.2% slow (40.9% before Transformer Engine's Hopper attention, the dropped
         // autocast casts and the fused RoPE). The FP8 gain itself is in the published range
@@ -105,6 +105,32 @@ fn every_other_truth_file_cross_validated() {
         }
     }
     assert!(bad.is_empty(), "step-time MAPE above target: {bad:?}");
+}
+
+/// CDNA3 (MI300X, MI325X) has one BF16 model among the fitted rows (Llama 3.1 70B on 64 MI325X). The
+/// FP8 Llama 3.1 8B rows of the same AMD table (1 and 8 nodes, validated only) are predicted, with their
+/// model left out, by CDNA3 coefficients fitted on that BF16 70B row alone: within 5% (-3.0%, -2.1% at
+/// this commit). The 70B rows (BF16 and FP8), left out, fall back to the fit's priors: BF16 16.5% slow,
+/// FP8 8.8% slow; the bound on them is the level reached, rounded up.
+#[test]
+fn cdna3_rows_cross_validated() {
+    let cv = cv();
+    let rows: Vec<_> = cv
+        .rows
+        .iter()
+        .filter(|r| r.file.ends_with("mi325x_primus_megatron.jsonl"))
+        .collect();
+    assert_eq!(rows.len(), 4);
+    for r in rows {
+        let (p, m) = (r.predicted["step_time_s"], r.measured["step_time_s"]);
+        let e = 100.0 * (p / m - 1.0);
+        let limit = if r.name.starts_with("llama3.1-8b") {
+            5.0
+        } else {
+            18.0
+        };
+        assert!(e.abs() <= limit, "{}: {e:+.1}% (limit {limit}%)", r.name);
+    }
 }
 
 /// In-sample (the committed coefficients) is at least as good as cross-validated overall: a sanity
