@@ -11,12 +11,18 @@
 //!   the device's maximum achievable *fp8* matmul rate (`matmul_max_achievable.csv`), scaled by the
 //!   device's fitted matmul coefficient and by [`FP8_GEMM_EFFICIENCY`]; operands move one byte per
 //!   element instead of two ([`fp8_gemm_bytes`]).
-//! - **Scaling work** (memory-bound kernels at the fitted HBM bandwidth, one kernel each): per forward
-//!   linear a cast-transpose of its input to fp8 (amax fused), per backward a cast-transpose of the
-//!   output gradient, each [`CAST_TRANSPOSE_BYTES_PER_ELEMENT`] bytes per element; per step a
-//!   cast-transpose of every fp8 weight (Transformer Engine casts weights once per step and caches
-//!   them across micro-batches) and one all-reduce of the amaxes over the data- and tensor-parallel
-//!   group.
+//! - **Scaling work** (memory-bound kernels at the fitted HBM bandwidth), one kernel per Transformer
+//!   Engine *module* ([`te_module_casts`]; Megatron-Core fuses q, k, v into one module and gate, up
+//!   into another): a row-parallel module cast-transposes its bf16 input in forward
+//!   ([`CAST_TRANSPOSE_BYTES_PER_ELEMENT`] bytes per element, amax fused); a column-parallel
+//!   `LayerNormLinear` module gets its fp8 input from the norm kernel and transposes it in backward
+//!   ([`FP8_TRANSPOSE_BYTES_PER_ELEMENT`]); every module cast-transposes its output gradient once in
+//!   backward. Per step a cast-transpose of every fp8 weight (Transformer Engine casts weights once
+//!   per step and caches them across micro-batches) and one all-reduce of the amaxes over the data-
+//!   and tensor-parallel group.
+//! - **Tensor-parallel traffic**: under sequence parallelism the all-gathers move fp8 copies (the
+//!   norm output before a column-parallel module, the output gradient before a row-parallel one's
+//!   backward GEMMs), half the bytes; the reduce-scatters stay bf16 ([`fp8_gather_saving_s`]).
 //! - **Memory**: the fp8 weight copies and their transposes ([`FP8_WEIGHT_BYTES_PER_PARAM`]) and the
 //!   scaling state (scale, inverse scale and an amax history of [`AMAX_HISTORY_LEN`] per tensor, three
 //!   tensors per linear: [`scaling_state_bytes`]); the saved inputs of the linear layers are kept in
