@@ -177,6 +177,11 @@ pub struct PhaseSums {
     pub tp_bytes: f64,
     /// Tensor-parallel collectives.
     pub tp_collectives: f64,
+    /// Of `tp_collectives`, those whose all-gather moves fp8 (one byte per element) under sequence
+    /// parallelism: in an FP8 plan Transformer Engine gathers the fp8 copy of a column-parallel
+    /// module's input and of a row-parallel module's output gradient
+    /// ([`crate::precision::fp8_gather_saving_s`]); their reduce-scatters stay bf16.
+    pub tp_fp8_gathers: f64,
     /// Compute-bound GEMM seconds at unit matmul coefficient.
     pub matmul_s: f64,
     /// Fused-attention seconds at unit attention coefficient.
@@ -223,6 +228,7 @@ impl PhaseSums {
         self.kernels += o.kernels;
         self.tp_bytes += o.tp_bytes;
         self.tp_collectives += o.tp_collectives;
+        self.tp_fp8_gathers += o.tp_fp8_gathers;
         self.matmul_s += o.matmul_s;
         self.attention_s += o.attention_s;
         self.memory_s += o.memory_s;
@@ -252,13 +258,19 @@ impl PhaseSums {
     /// Seconds of this phase's tensor-parallel collectives under `cfg`'s tp and sequence parallelism,
     /// each at its own message size ([`tp_collectives_time`]), before any overlap.
     pub fn tp_time(&self, cluster: &Cluster, cfg: &ParallelConfig) -> f64 {
-        tp_collectives_time(
+        let t = tp_collectives_time(
             cluster,
             self.tp_bytes,
             self.tp_collectives,
             cfg.tp,
             cfg.sequence_parallel,
-        )
+        );
+        if cfg.sequence_parallel && self.tp_fp8_gathers > 0.0 && self.tp_collectives > 0.0 {
+            let each = self.tp_bytes / self.tp_collectives;
+            t - self.tp_fp8_gathers * crate::precision::fp8_gather_saving_s(cluster, each, cfg.tp)
+        } else {
+            t
+        }
     }
 
     /// Seconds of this phase's mixture-of-experts all-to-alls over `ep` ranks spaced `stride` apart.
@@ -603,6 +615,9 @@ impl ProfiledCostModel {
             let wmask = crate::pipeline::weight_grad_ops(b);
             let mut vocab_reduced = false;
             let (mut fp8_weight_params, mut fp8_linears) = (0.0, 0.0);
+            // The previous fp8 GEMM's phase and input shape when it was column-parallel: the next
+            // one with the same input belongs to the same Transformer Engine module.
+            let mut fp8_module: Option<(Phase, u64, u64, u64)> = None;
             for (oi, op) in b.ops.iter().enumerate() {
                 if matches!(op.phase, Phase::Forward | Phase::Backward) {
                     model_flops += op.flops;
@@ -625,31 +640,51 @@ impl ProfiledCostModel {
                 };
                 let fp8_gemm = fp8 && crate::precision::is_fp8_gemm(b.kind, op);
                 if fp8_gemm {
-                    // Scaling casts of this GEMM (memory-bound, one kernel each): the input's
-                    // cast-transpose in forward and recomputation, the output gradient's in backward
-                    // (accounted through the forward op, one per linear); the weight's once per step.
-                    if let KernelClass::Matmul { batch, m, n, k, .. } = s.class {
-                        let cast = |elems: u64| {
-                            let base = timer.memory_time(
-                                crate::precision::CAST_TRANSPOSE_BYTES_PER_ELEMENT * elems as f64,
-                            ) * eff.memory;
+                    // Scaling casts of this GEMM, one kernel per Transformer Engine module
+                    // (memory-bound; see `precision::te_module_casts`); the weight's once per step.
+                    let key = match op.class {
+                        KernelClass::Matmul { batch, m, k, .. } => Some((op.phase, batch, m, k)),
+                        _ => None,
+                    };
+                    let same_module =
+                        op.split == TpSplit::Column && key.is_some() && key == fp8_module;
+                    fp8_module = if op.split == TpSplit::Column {
+                        key
+                    } else {
+                        None
+                    };
+                    if let Some(c) = crate::precision::te_module_casts(op, tp64, same_module) {
+                        let cast = |bytes: f64, kernels: f64| {
+                            let base = timer.memory_time(bytes) * eff.memory;
                             PhaseSums {
-                                gpu_s: base / eff.memory + KERNEL_FLOOR_S,
-                                kernels: 1.0,
+                                gpu_s: base / eff.memory + kernels * KERNEL_FLOOR_S,
+                                kernels,
                                 memory_s: base,
-                                memory_kernels: 1.0,
+                                memory_kernels: kernels,
                                 ..Default::default()
                             }
                         };
+                        let per = crate::precision::CAST_TRANSPOSE_BYTES_PER_ELEMENT;
+                        let forward = cast(c.forward_cast_elements * per, c.kernels.0);
+                        let backward = cast(
+                            c.backward_cast_elements * per
+                                + c.backward_transpose_elements
+                                    * crate::precision::FP8_TRANSPOSE_BYTES_PER_ELEMENT,
+                            c.kernels.1,
+                        );
                         match op.phase {
                             Phase::Forward => {
-                                fwd.add(&cast(batch * m * k));
-                                bwd.add(&cast(batch * m * n));
-                                fp8_weight_params += (k * n) as f64;
-                                fp8_linears += 1.0;
+                                fwd.add(&forward);
+                                bwd.add(&backward);
                             }
-                            Phase::Recompute => bwd.add(&cast(batch * m * k)),
+                            Phase::Recompute => bwd.add(&forward),
                             _ => {}
+                        }
+                        if op.phase == Phase::Forward
+                            && let KernelClass::Matmul { n, k, .. } = s.class
+                        {
+                            fp8_weight_params += (k * n) as f64;
+                            fp8_linears += 1.0;
                         }
                     }
                     if let Some(bytes) = crate::precision::fp8_gemm_bytes(&s.class) {
@@ -752,9 +787,14 @@ impl ProfiledCostModel {
                     if let Some(bytes) = out_bytes {
                         ps.tp_bytes = bytes;
                         ps.tp_collectives = 1.0;
+                        // Both gathers of an fp8 linear's pair (its input's in forward, its output
+                        // gradient's in backward) move the fp8 copy.
+                        let fp8_gathers = if fp8_gemm { 1.0 } else { 0.0 };
+                        ps.tp_fp8_gathers = fp8_gathers;
                         if op.phase == Phase::Forward {
                             bwd.tp_bytes += bytes;
                             bwd.tp_collectives += 1.0;
+                            bwd.tp_fp8_gathers += fp8_gathers;
                         }
                     }
                 }
@@ -781,6 +821,7 @@ impl ProfiledCostModel {
                             PhaseSums {
                                 tp_bytes: 0.0,
                                 tp_collectives: 0.0,
+                                tp_fp8_gathers: 0.0,
                                 ..ps
                             }
                         } else {

@@ -11,12 +11,18 @@
 //!   the device's maximum achievable *fp8* matmul rate (`matmul_max_achievable.csv`), scaled by the
 //!   device's fitted matmul coefficient and by [`FP8_GEMM_EFFICIENCY`]; operands move one byte per
 //!   element instead of two ([`fp8_gemm_bytes`]).
-//! - **Scaling work** (memory-bound kernels at the fitted HBM bandwidth, one kernel each): per forward
-//!   linear a cast-transpose of its input to fp8 (amax fused), per backward a cast-transpose of the
-//!   output gradient, each [`CAST_TRANSPOSE_BYTES_PER_ELEMENT`] bytes per element; per step a
-//!   cast-transpose of every fp8 weight (Transformer Engine casts weights once per step and caches
-//!   them across micro-batches) and one all-reduce of the amaxes over the data- and tensor-parallel
-//!   group.
+//! - **Scaling work** (memory-bound kernels at the fitted HBM bandwidth), one kernel per Transformer
+//!   Engine *module* ([`te_module_casts`]; Megatron-Core fuses q, k, v into one module and gate, up
+//!   into another): a row-parallel module cast-transposes its bf16 input in forward
+//!   ([`CAST_TRANSPOSE_BYTES_PER_ELEMENT`] bytes per element, amax fused); a column-parallel
+//!   `LayerNormLinear` module gets its fp8 input from the norm kernel and transposes it in backward
+//!   ([`FP8_TRANSPOSE_BYTES_PER_ELEMENT`]); every module cast-transposes its output gradient once in
+//!   backward. Per step a cast-transpose of every fp8 weight (Transformer Engine casts weights once
+//!   per step and caches them across micro-batches) and one all-reduce of the amaxes over the data-
+//!   and tensor-parallel group.
+//! - **Tensor-parallel traffic**: under sequence parallelism the all-gathers move fp8 copies (the
+//!   norm output before a column-parallel module, the output gradient before a row-parallel one's
+//!   backward GEMMs), half the bytes; the reduce-scatters stay bf16 ([`fp8_gather_saving_s`]).
 //! - **Memory**: the fp8 weight copies and their transposes ([`FP8_WEIGHT_BYTES_PER_PARAM`]) and the
 //!   scaling state (scale, inverse scale and an amax history of [`AMAX_HISTORY_LEN`] per tensor, three
 //!   tensors per linear: [`scaling_state_bytes`]); the saved inputs of the linear layers are kept in
@@ -34,7 +40,7 @@
 use crate::device::Gpu;
 use crate::error::{CostError, Result};
 use moai_ir::DType;
-use moai_ir::cost::{BlockKind, KernelClass, OpCost, TpSplit};
+use moai_ir::cost::{BlockKind, KernelClass, OpCost, Phase, TpSplit};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -175,6 +181,98 @@ pub fn fp8_gemm_bytes(class: &KernelClass) -> Option<f64> {
     }
 }
 
+/// Bytes per element of the transpose of an fp8 tensor (reads one byte, writes one): what a
+/// `LayerNormLinear` module runs for its weight-gradient GEMM on the fp8 input its norm kernel wrote.
+pub const FP8_TRANSPOSE_BYTES_PER_ELEMENT: f64 = 2.0;
+
+/// The scaling kernels of one fp8 GEMM of a decoder layer, as Transformer Engine's modules under
+/// Megatron-LM run them: one kernel per *module*, not per GEMM. Megatron-Core's Transformer Engine
+/// layer spec fuses the query, key and value projections into one `TELayerNormColumnParallelLinear`
+/// (`linear_qkv`) and the gate and up projections into another (`linear_fc1`); the output projection
+/// (`linear_proj`) and the down projection (`linear_fc2`) are `TERowParallelLinear`s.
+/// - A column-parallel module's input comes from its norm, whose kernel writes the fp8 copy directly
+///   (`layernorm_fwd_fp8`): no forward cast; its backward transposes that fp8 input for the
+///   weight-gradient GEMM ([`FP8_TRANSPOSE_BYTES_PER_ELEMENT`]).
+/// - A row-parallel module casts and transposes its bf16 input in one kernel (forward and
+///   recomputation; [`CAST_TRANSPOSE_BYTES_PER_ELEMENT`]).
+/// - Every module casts and transposes its output gradient once in backward, over the outputs of all
+///   its GEMMs.
+///
+/// The training graph lists the fused modules' GEMMs one by one (q, k, v; gate, up) with the same
+/// input: a column-parallel GEMM whose `(batch, m, k)` equals the previous fp8 GEMM's in the same
+/// phase belongs to the same module (`same_module`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Fp8Casts {
+    /// Elements cast and transposed in the forward (or recomputation) pass, in one kernel.
+    pub forward_cast_elements: f64,
+    /// Elements transposed (fp8 to fp8) in backward, in one kernel.
+    pub backward_transpose_elements: f64,
+    /// Elements of output gradient cast and transposed in backward, in one kernel.
+    pub backward_cast_elements: f64,
+    /// Kernels this GEMM adds: forward (or recomputation), backward.
+    pub kernels: (f64, f64),
+}
+
+/// The scaling kernels [`Fp8Casts`] one fp8 GEMM `op` (its unsharded class) adds on one of `tp`
+/// tensor-parallel ranks, given whether it joins the module of the previous fp8 GEMM (`same_module`:
+/// the previous one is column-parallel with the same `(batch, m, k)` in the same phase). A
+/// column-parallel GEMM holds the whole input (gathered under sequence parallelism) and `1/tp` of the
+/// output; a row-parallel one `1/tp` of the input and the whole output gradient. `None` for a class
+/// that is not a matmul.
+pub fn te_module_casts(op: &OpCost, tp: u64, same_module: bool) -> Option<Fp8Casts> {
+    let KernelClass::Matmul { batch, m, n, k, .. } = op.class else {
+        return None;
+    };
+    let t = tp.max(1) as f64;
+    let column = op.split == TpSplit::Column;
+    let (input, output) = if column {
+        ((batch * m * k) as f64, (batch * m * n) as f64 / t)
+    } else {
+        ((batch * m * k) as f64 / t, (batch * m * n) as f64)
+    };
+    let mut c = Fp8Casts::default();
+    match op.phase {
+        Phase::Forward => {
+            // The output gradient is cast once per module, over all its GEMMs' outputs.
+            c.backward_cast_elements = output;
+            if !same_module {
+                c.kernels.1 += 1.0;
+                if column {
+                    c.backward_transpose_elements = input;
+                    c.kernels.1 += 1.0;
+                } else {
+                    c.forward_cast_elements = input;
+                    c.kernels.0 += 1.0;
+                }
+            }
+        }
+        Phase::Recompute if !column && !same_module => {
+            c.forward_cast_elements = input;
+            c.kernels.0 += 1.0;
+        }
+        _ => {}
+    }
+    Some(c)
+}
+
+/// Seconds one sequence-parallel all-gather of a bf16 tensor of `bytes` over `tp` consecutive ranks
+/// saves when it moves the tensor's fp8 copy instead (half the bytes). Transformer Engine quantizes
+/// before it gathers: a `LayerNormLinear` under sequence parallelism gathers its norm's fp8 output
+/// (`ln_out_total = gather_along_first_dim(ln_out)` after the fp8 norm), and a module's backward
+/// casts its output gradient to fp8 before gathering it (`grad_output_preprocess`, "FP8 case with
+/// gather": NVIDIA/TransformerEngine `transformer_engine/pytorch/module/base.py` and
+/// `layernorm_linear.py`, 1.x releases). The reduce-scatters of the row-parallel outputs and of the
+/// column-parallel input gradients stay bf16.
+pub fn fp8_gather_saving_s(cluster: &crate::cluster::Cluster, bytes: f64, tp: u32) -> f64 {
+    use crate::collective::{Collective, collective_time};
+    if tp <= 1 || bytes <= 0.0 {
+        return 0.0;
+    }
+    let full = collective_time(cluster, Collective::AllGather, bytes, tp, 1);
+    let half = collective_time(cluster, Collective::AllGather, bytes / 2.0, tp, 1);
+    (full - half).max(0.0)
+}
+
 /// Rewrites a (sharded) matmul class to an 8-bit input dtype, so the GEMM model times it at the fp8
 /// rate.
 pub fn as_fp8(class: &KernelClass) -> KernelClass {
@@ -193,7 +291,6 @@ pub fn as_fp8(class: &KernelClass) -> KernelClass {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moai_ir::cost::Phase;
 
     fn op(split: TpSplit) -> OpCost {
         OpCost {
@@ -263,5 +360,82 @@ mod tests {
             }
         ));
         assert_eq!(scaling_state_bytes(1.0), 3.0 * 1026.0 * 4.0);
+    }
+
+    #[test]
+    fn scaling_casts_are_per_transformer_engine_module() {
+        let column = op(TpSplit::Column);
+        let row = op(TpSplit::Row);
+        let (input, output) = (4096.0 * 512.0, 4096.0 * 1024.0);
+        // The first GEMM of a column-parallel module: its norm writes the fp8 input (no forward
+        // kernel); backward transposes it and casts the output gradient.
+        let c = te_module_casts(&column, 1, false).unwrap();
+        assert_eq!(c.forward_cast_elements, 0.0);
+        assert_eq!(c.backward_transpose_elements, input);
+        assert_eq!(c.backward_cast_elements, output);
+        assert_eq!(c.kernels, (0.0, 2.0));
+        // A further GEMM of the same module (k after q; up after gate) adds only its output
+        // gradient's elements to the module's one cast kernel.
+        let c = te_module_casts(&column, 1, true).unwrap();
+        assert_eq!(c.backward_transpose_elements, 0.0);
+        assert_eq!(c.backward_cast_elements, output);
+        assert_eq!(c.kernels, (0.0, 0.0));
+        // A row-parallel module casts and transposes its bf16 input in forward.
+        let c = te_module_casts(&row, 1, false).unwrap();
+        assert_eq!(c.forward_cast_elements, input);
+        assert_eq!(c.backward_cast_elements, output);
+        assert_eq!(c.kernels, (1.0, 1.0));
+        // Recomputation recasts a row-parallel input only; backward ops and non-matmuls add nothing.
+        let rec = OpCost {
+            phase: Phase::Recompute,
+            ..row.clone()
+        };
+        let c = te_module_casts(&rec, 1, false).unwrap();
+        assert_eq!((c.forward_cast_elements, c.kernels), (input, (1.0, 0.0)));
+        let rec = OpCost {
+            phase: Phase::Recompute,
+            ..column.clone()
+        };
+        assert_eq!(
+            te_module_casts(&rec, 1, false).unwrap(),
+            Fp8Casts::default()
+        );
+        let back = OpCost {
+            phase: Phase::Backward,
+            ..row.clone()
+        };
+        assert_eq!(
+            te_module_casts(&back, 1, false).unwrap(),
+            Fp8Casts::default()
+        );
+        let copy = OpCost {
+            class: KernelClass::Copy,
+            ..row.clone()
+        };
+        assert!(te_module_casts(&copy, 1, false).is_none());
+        // Under tensor parallelism a column-parallel rank holds the whole input, a row-parallel
+        // rank the whole output gradient.
+        let c = te_module_casts(&column, 4, false).unwrap();
+        assert_eq!(
+            (c.backward_transpose_elements, c.backward_cast_elements),
+            (input, output / 4.0)
+        );
+        let c = te_module_casts(&row, 4, false).unwrap();
+        assert_eq!(
+            (c.forward_cast_elements, c.backward_cast_elements),
+            (input / 4.0, output)
+        );
+    }
+
+    #[test]
+    fn fp8_gathers_save_part_of_a_sequence_parallel_pair() {
+        let cluster = crate::cluster::Cluster::new(Gpu::H100, 8).unwrap();
+        let bytes = 64e6;
+        let saved = fp8_gather_saving_s(&cluster, bytes, 4);
+        let pair = crate::collective::tp_collectives_time(&cluster, bytes, 1.0, 4, true);
+        // Half an all-gather's bytes: less than the all-gather, more than nothing.
+        assert!(saved > 0.0 && saved < 0.5 * pair, "{saved} {pair}");
+        assert_eq!(fp8_gather_saving_s(&cluster, bytes, 1), 0.0);
+        assert_eq!(fp8_gather_saving_s(&cluster, 0.0, 4), 0.0);
     }
 }
