@@ -516,6 +516,87 @@ mod tests {
     }
 
     #[test]
+    fn block_efficiency_is_the_square_kernels_for_square_blocks() {
+        for (seq, causal, bwd) in [
+            (32768, true, false),
+            (32768, true, true),
+            (4096, false, false),
+            (1000, false, true),
+        ] {
+            assert_eq!(
+                block_attention_efficiency(132, 1, 32, seq, seq, 128, causal, bwd),
+                crate::ops::attention_shape_efficiency(132, 1, 32, seq, 128, causal, bwd)
+            );
+        }
+        // A half-length block: half the query tiles forward (a smaller last wave), half the
+        // iterated keys; backward the other way round.
+        let f = |q, kv, bwd| block_attention_efficiency(132, 1, 32, q, kv, 128, false, bwd);
+        assert!(f(16384, 32768, false) < f(32768, 32768, false));
+        assert!((f(16384, 32768, false) - f(32768, 16384, true) / 0.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ring_steps_cost_more_than_the_share_and_grow_with_cp() {
+        let a = CpAttention {
+            kv_heads: 8,
+            ..attn()
+        };
+        let cfg = |cp, cp_comm| ParallelConfig {
+            tp: 1,
+            cp,
+            dp: 8 / cp,
+            cp_comm,
+            ..Default::default()
+        };
+        assert!(ring_steps(&a, &cfg(1, CpComm::P2p), 132, true).is_none());
+        assert!(ring_steps(&a, &cfg(4, CpComm::A2a), 132, true).is_none());
+        let r = |cp, merge| ring_steps(&a, &cfg(cp, CpComm::P2p), 132, merge).unwrap();
+        let (r2, r4, r8) = (r(2, true), r(4, true), r(8, true));
+        // More, smaller kernels per rank as cp grows: a few percent over the whole-sequence share.
+        assert!(r2.forward_scale > 1.0 && r2.forward_scale < r4.forward_scale);
+        assert!(r4.backward_scale < r8.backward_scale && r8.backward_scale < 1.06);
+        // PyTorch's merges move bytes; without them only the kernel shapes change.
+        let steps = |x: &RingSteps| x.forward_merge_bytes + x.backward_merge_bytes;
+        assert!(steps(&r8) > 0.0 && r(8, false).forward_merge_bytes == 0.0);
+        assert_eq!(r(8, false).forward_scale, r8.forward_scale);
+        // The busiest rank of cp 2 over 65536 tokens (32768 each): the forward's output is
+        // 32768 × 4096 elements; step 0's cast and the final cast (6 bytes each), one full-query
+        // merge (38 bytes) and one key/value copy (2 × 32768 × 1024 elements, 4 bytes).
+        let a2 = CpAttention { seq: 65536, ..a };
+        let o = 32768.0 * 4096.0;
+        let fwd = ring_steps(&a2, &cfg(2, CpComm::P2p), 132, true)
+            .unwrap()
+            .forward_merge_bytes;
+        let want = o * (12.0 + 38.0) + 2.0 * 32768.0 * 1024.0 * 4.0;
+        assert!((fwd / want - 1.0).abs() < 1e-12, "{fwd} vs {want}");
+        // Without causality no load balancing: cp full blocks of the rank's tokens.
+        let nc = CpAttention { causal: false, ..a };
+        let full = ring_steps(&nc, &cfg(4, CpComm::P2p), 132, false).unwrap();
+        assert!(full.forward_scale > 1.0 && full.forward_scale < 1.03);
+    }
+
+    #[test]
+    fn ring_steps_scale_attention_and_add_fusable_traffic() {
+        let s = PhaseSums {
+            attention_s: 3.0,
+            fusable_s: 1.0,
+            kernels: 10.0,
+            memory_kernels: 4.0,
+            fusable_kernels: 2.0,
+            ..Default::default()
+        };
+        // 1 s of the 3 is a recomputed forward.
+        let r = s.with_ring_steps(1.0, 1.5, 2.0, 2e12, 5.0, 1e12);
+        assert_eq!(r.attention_s, 1.5 + 4.0);
+        assert_eq!(r.fusable_s, 3.0);
+        assert_eq!(
+            (r.kernels, r.memory_kernels, r.fusable_kernels),
+            (15.0, 9.0, 7.0)
+        );
+        assert_eq!(s.with_ring_steps(0.0, 1.0, 1.0, 0.0, 0.0, 1e12), s);
+    }
+
+    #[test]
     fn shard_divides_seconds_not_kernels() {
         let s = PhaseSums {
             gpu_s: 4.0,
