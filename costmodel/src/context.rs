@@ -7,6 +7,11 @@
 //!   covers its queries against all earlier keys, which load balancing makes `1/cp` of the whole.
 //!   So a rank's kernel seconds are the whole sequence's divided by cp ([`PhaseSums::context_shard`];
 //!   per-kernel floors and launches are not divided).
+//! - **Ring steps.** The ring's rank does not run one attention kernel over its share but cp per pass:
+//!   the causal diagonal block of its tokens and `cp − 1` non-causal blocks of half the FLOPs, each
+//!   priced at its own shape for the busiest rank; PyTorch's ring (torchtitan, FSDP scripts) also
+//!   merges the steps' outputs and accumulates the gradients in fp32, memory-bound traffic that
+//!   grows with the steps ([`RingSteps`], [`ring_steps`]).
 //! - **Ring (`p2p`).** Each attention passes the rank's key/value chunk around the ring of cp ranks in
 //!   `cp − 1` steps; a step's transfer runs under the attention of the chunk in hand (one cp-th of the
 //!   rank's attention), so only what exceeds it is exposed. Backward passes the keys/values and their
