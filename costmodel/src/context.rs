@@ -268,8 +268,9 @@ pub fn block_attention_efficiency(
 /// What the ring attention of one block costs one context-parallel rank beyond the whole
 /// sequence's attention divided by cp (the estimator's [`PhaseSums::context_shard`]), for the
 /// busiest rank. The mechanisms (PyTorch's `_templated_ring_attention` and its backward in
-/// `torch/distributed/tensor/experimental/_attention.py`, which torchtitan's context parallelism
-/// runs; Transformer Engine's `AttnFuncWithCPAndKVP2P` splits the steps the same way):
+/// `torch/distributed/tensor/experimental/_attention.py`, pytorch/pytorch read at commit 0123248a,
+/// which torchtitan's context parallelism runs; Transformer Engine's `AttnFuncWithCPAndKVP2P` splits
+/// the steps the same way):
 /// - **Step kernels.** With load balancing (rank `r` holds chunks `r` and `2·cp − 1 − r` of `2·cp`)
 ///   a rank runs cp attention kernels per pass, not one: step 0 the causal diagonal block of its
 ///   `T = seq/cp` tokens; each later step `i` a non-causal block of half the FLOPs, all `T` queries
