@@ -7,6 +7,11 @@
 //!   covers its queries against all earlier keys, which load balancing makes `1/cp` of the whole.
 //!   So a rank's kernel seconds are the whole sequence's divided by cp ([`PhaseSums::context_shard`];
 //!   per-kernel floors and launches are not divided).
+//! - **Ring steps.** The ring's rank does not run one attention kernel over its share but cp per pass:
+//!   the causal diagonal block of its tokens and `cp − 1` non-causal blocks of half the FLOPs, each
+//!   priced at its own shape for the busiest rank; PyTorch's ring (torchtitan, FSDP scripts) also
+//!   merges the steps' outputs and accumulates the gradients in fp32, memory-bound traffic that
+//!   grows with the steps ([`RingSteps`], [`ring_steps`]).
 //! - **Ring (`p2p`).** Each attention passes the rank's key/value chunk around the ring of cp ranks in
 //!   `cp − 1` steps; a step's transfer runs under the attention of the chunk in hand (one cp-th of the
 //!   rank's attention), so only what exceeds it is exposed. Backward passes the keys/values and their
@@ -41,6 +46,8 @@ pub struct CpAttention {
     pub head_dim: u64,
     /// Bytes per element of the attention's inputs.
     pub elem_bytes: u64,
+    /// Causal (decoder) attention: the ring is load balanced and its steps skip masked blocks.
+    pub causal: bool,
 }
 
 impl CpAttention {
@@ -56,7 +63,7 @@ impl CpAttention {
                 head_dim,
                 backward: false,
                 dtype,
-                ..
+                causal,
             } if op.phase == Phase::Forward => Some(CpAttention {
                 batch,
                 seq,
@@ -64,6 +71,7 @@ impl CpAttention {
                 kv_heads,
                 head_dim,
                 elem_bytes: dtype.size_bytes(),
+                causal,
             }),
             _ => None,
         }
@@ -207,6 +215,208 @@ pub fn buffer_bytes(cfg: &ParallelConfig, attn: &CpAttention) -> f64 {
     }
 }
 
+/// Whether `stack` runs PyTorch's ring attention (`torch.distributed.tensor.experimental.
+/// context_parallel`, which torchtitan and FSDP training scripts call) and so its fp32 merge
+/// traffic ([`RingSteps`]); Megatron-LM runs Transformer Engine's ring, whose output corrections
+/// are not modelled here.
+pub fn runs_pytorch_ring(stack: crate::stack::Stack) -> bool {
+    matches!(
+        stack,
+        crate::stack::Stack::Fsdp | crate::stack::Stack::Torchtitan
+    )
+}
+
+/// Fraction of the maximum achievable rate (before the device's attention coefficient, counted
+/// FLOPs `4·b·h·q·kv·d` per FLOP run) of one fused-attention kernel with `q` query rows and `kv` key
+/// rows: [`crate::ops::attention_shape_efficiency`] for a rectangular block. The forward kernel
+/// (FlashAttention-2) runs one 128-row query tile per program and iterates over the keys; its
+/// backward runs one 128-row key tile per program and iterates over the queries, so the waves count
+/// the tiles of the parallel side and the sequence term `s / (s + 128)` takes the iterated side. A
+/// causal block is square (the ring's diagonal block); for square shapes this is exactly
+/// `attention_shape_efficiency`.
+#[allow(clippy::too_many_arguments)]
+pub fn block_attention_efficiency(
+    units: u32,
+    batch: u64,
+    heads: u64,
+    q: u64,
+    kv: u64,
+    head_dim: u64,
+    causal: bool,
+    backward: bool,
+) -> f64 {
+    let units = units.max(1) as f64;
+    let (parallel, iterated) = if backward { (kv, q) } else { (q, kv) };
+    let blocks = parallel.max(1).div_ceil(128);
+    let work = if causal {
+        let n = kv.max(1).div_ceil(128);
+        (n + 1) as f64 / (2 * n) as f64
+    } else {
+        1.0
+    };
+    let tiles = (batch.max(1) * heads.max(1) * blocks) as f64 * work;
+    let waves = (tiles / units).ceil();
+    let wave = tiles / (waves * units);
+    let s = iterated.max(1) as f64;
+    let seq_eff = s / (s + 128.0);
+    let hd = head_dim.max(1) as f64;
+    let hd_eff = ((hd / (hd + 48.0)) / (128.0 / 176.0)).min(1.0);
+    let dir = if backward { 0.75 } else { 1.0 };
+    (wave * seq_eff * hd_eff * dir / work).clamp(1e-3, 2.0)
+}
+
+/// What the ring attention of one block costs one context-parallel rank beyond the whole
+/// sequence's attention divided by cp (the estimator's [`PhaseSums::context_shard`]), for the
+/// busiest rank. The mechanisms (PyTorch's `_templated_ring_attention` and its backward in
+/// `torch/distributed/tensor/experimental/_attention.py`, pytorch/pytorch read at commit 0123248a,
+/// which torchtitan's context parallelism runs; Transformer Engine's `AttnFuncWithCPAndKVP2P` splits
+/// the steps the same way):
+/// - **Step kernels.** With load balancing (rank `r` holds chunks `r` and `2·cp − 1 − r` of `2·cp`)
+///   a rank runs cp attention kernels per pass, not one: step 0 the causal diagonal block of its
+///   `T = seq/cp` tokens; each later step `i` a non-causal block of half the FLOPs, all `T` queries
+///   against the first half of the visiting keys (`i ≤ r`) or the second half of the queries against
+///   all `T` keys (`i > r`). Each is priced at its own shape ([`block_attention_efficiency`]), so the
+///   smaller kernels' last-wave idle units and the per-tile overhead of the shorter iterated side
+///   count; without causality every step is a full `T × T` block.
+/// - **Merge traffic** (`pytorch_merge`, PyTorch's implementation only): each step's output is
+///   merged into a running output and log-sum-exp in fp32 (`_SDPAMerger`, `convert_to_f32` on by
+///   default): the block output cast to fp32, `out − σ(lse_b − lse)·(out − out_b)` as three
+///   elementwise kernels over fp32 `out`, and on the half-query steps the fp32 output rebuilt by
+///   `torch.cat` (`_partial_update`); the key/value chunk is concatenated into the send buffer each
+///   step. Backward accumulates dQ, dK, dV in fp32 (zero-initialised), adds each step's bf16
+///   gradients (half of dK/dV on the `i ≤ r` steps, rebuilt by `torch.cat`; half of dQ on the
+///   others, likewise), and concatenates dK/dV in fp32 into the buffer sent to the next rank;
+///   output and gradients are cast back at the end. Counted as the bytes those eager kernels move
+///   (fusable memory-bound traffic: the stack's fusion applies as to other elementwise kernels).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RingSteps {
+    /// Busiest rank's forward attention kernel seconds over the whole-sequence share (≥ about 1).
+    pub forward_scale: f64,
+    /// The same for the backward attention kernels.
+    pub backward_scale: f64,
+    /// Bytes the forward's merge kernels move on the busiest rank, per pass.
+    pub forward_merge_bytes: f64,
+    /// Bytes the backward's accumulation kernels move on the busiest rank.
+    pub backward_merge_bytes: f64,
+    /// Merge kernels per forward pass.
+    pub forward_merge_kernels: f64,
+    /// Accumulation kernels per backward pass.
+    pub backward_merge_kernels: f64,
+}
+
+/// The ring-step costs of `attn` under `cfg` on a device with `units` SMs/CUs (see [`RingSteps`]);
+/// `None` without a ring (cp 1 or Ulysses all-to-all). `pytorch_merge`: count PyTorch's fp32
+/// merge and accumulation traffic.
+pub fn ring_steps(
+    attn: &CpAttention,
+    cfg: &ParallelConfig,
+    units: u32,
+    pytorch_merge: bool,
+) -> Option<RingSteps> {
+    let cp = cfg.cp.max(1) as u64;
+    if cp <= 1 || cfg.cp_comm != CpComm::P2p {
+        return None;
+    }
+    let tp = cfg.tp.max(1) as u64;
+    let heads = (attn.heads / tp).max(1);
+    let b = attn.batch.max(1);
+    let d = attn.head_dim.max(1);
+    let s = attn.seq.max(1);
+    let t = (s / cp).max(1);
+    let half = (t / 2).max(1);
+    // Seconds at unit rate are proportional to counted FLOPs (q·kv) over efficiency.
+    let cost = |q: u64, kv: u64, causal: bool, bwd: bool| {
+        (q * kv) as f64 / block_attention_efficiency(units, b, heads, q, kv, d, causal, bwd)
+    };
+    let whole = |bwd: bool| cost(s, s, attn.causal, bwd) / cp as f64;
+    let rank_time = |r: u64, bwd: bool| -> f64 {
+        if !attn.causal {
+            return cp as f64 * cost(t, t, false, bwd);
+        }
+        let later: f64 = (1..cp)
+            .map(|i| {
+                if i <= r {
+                    cost(t, half, false, bwd)
+                } else {
+                    cost(half, t, false, bwd)
+                }
+            })
+            .sum();
+        cost(t, t, true, bwd) + later
+    };
+    let busiest = |bwd: bool| (0..cp).map(|r| rank_time(r, bwd)).fold(0.0, f64::max);
+    let mut out = RingSteps {
+        forward_scale: busiest(false) / whole(false),
+        backward_scale: busiest(true) / whole(true),
+        ..Default::default()
+    };
+    if pytorch_merge {
+        let (e, f) = (attn.elem_bytes as f64, 4.0);
+        let o = (b * t * heads * d) as f64;
+        let kv = 2.0 * (b * t * (attn.kv_heads / tp).max(1) * d) as f64;
+        let later = (cp - 1) as f64;
+        // Forward: step 0's cast to fp32, the final cast back, the key/value send-buffer copies.
+        let f_base = 2.0 * o * (e + f) + later * kv * 2.0 * e;
+        let f_full = o * (e + 9.0 * f);
+        let f_half = o / 2.0 * (e + 9.0 * f) + o * 2.0 * f;
+        // Backward: fp32 zeros, step 0's accumulation and send copy, the key/value copies, the casts.
+        let b_base = (o + kv) * f
+            + later * kv * 2.0 * e
+            + (kv + o) * (2.0 * f + e)
+            + kv * 2.0 * f
+            + (o + kv) * (f + e);
+        let b_full = kv / 2.0 * (2.0 * f + e) + 2.0 * kv * 2.0 * f + o * (2.0 * f + e);
+        let b_half = kv * (2.0 * f + e) + kv * 2.0 * f + o / 2.0 * (2.0 * f + e) + o * 2.0 * f;
+        let per_rank = |base: f64, full: f64, part: f64| {
+            (0..cp)
+                .map(|r| {
+                    let n_full = if attn.causal { r.min(cp - 1) } else { cp - 1 } as f64;
+                    base + n_full * full + (later - n_full) * part
+                })
+                .fold(0.0, f64::max)
+        };
+        out.forward_merge_bytes = per_rank(f_base, f_full, f_half);
+        out.backward_merge_bytes = per_rank(b_base, b_full, b_half);
+        // Eager kernels: forward 2 casts + per step a copy, a cast and the merge's 5 elementwise
+        // ops; backward 3 zero fills, 3 casts and per step 5 copies or additions.
+        out.forward_merge_kernels = 2.0 + 7.0 * later;
+        out.backward_merge_kernels = 6.0 + 5.0 * (later + 1.0);
+    }
+    Some(out)
+}
+
+impl PhaseSums {
+    /// This rank's sums of one block's phase after [`PhaseSums::context_shard`] with the ring's
+    /// step costs ([`RingSteps`]) applied: `recomputed_s` of the sharded attention seconds are a
+    /// recomputed forward (scaled as the forward) and the rest `scale`d; `merge_bytes` at the
+    /// `hbm_bytes_per_s` peak join the fusable memory-bound seconds with their `merge_kernels`.
+    pub fn with_ring_steps(
+        &self,
+        recomputed_s: f64,
+        forward_scale: f64,
+        scale: f64,
+        merge_bytes: f64,
+        merge_kernels: f64,
+        hbm_bytes_per_s: f64,
+    ) -> PhaseSums {
+        let recomputed = recomputed_s.clamp(0.0, self.attention_s);
+        let merge_s = if hbm_bytes_per_s > 0.0 {
+            merge_bytes / hbm_bytes_per_s
+        } else {
+            0.0
+        };
+        PhaseSums {
+            attention_s: recomputed * forward_scale + (self.attention_s - recomputed) * scale,
+            fusable_s: self.fusable_s + merge_s,
+            gpu_s: self.gpu_s + merge_s,
+            kernels: self.kernels + merge_kernels,
+            memory_kernels: self.memory_kernels + merge_kernels,
+            fusable_kernels: self.fusable_kernels + merge_kernels,
+            ..*self
+        }
+    }
+}
+
 impl PhaseSums {
     /// One context-parallel rank's share of a phase timed for the whole sequence: every second and
     /// tensor-parallel byte divided by `cp` (see the module doc), kernel and collective counts (and
@@ -246,6 +456,7 @@ mod tests {
             kv_heads: 8,
             head_dim: 128,
             elem_bytes: 2,
+            causal: true,
         }
     }
 
@@ -308,6 +519,87 @@ mod tests {
         // Half the bytes per rank (tp 2) but over the network.
         assert!(across.forward_s > inside.forward_s / 2.0);
         assert_eq!(all_to_all_time(&c, 1e6, 1, 1), 0.0);
+    }
+
+    #[test]
+    fn block_efficiency_is_the_square_kernels_for_square_blocks() {
+        for (seq, causal, bwd) in [
+            (32768, true, false),
+            (32768, true, true),
+            (4096, false, false),
+            (1000, false, true),
+        ] {
+            assert_eq!(
+                block_attention_efficiency(132, 1, 32, seq, seq, 128, causal, bwd),
+                crate::ops::attention_shape_efficiency(132, 1, 32, seq, 128, causal, bwd)
+            );
+        }
+        // A half-length block: half the query tiles forward (a smaller last wave), half the
+        // iterated keys; backward the other way round.
+        let f = |q, kv, bwd| block_attention_efficiency(132, 1, 32, q, kv, 128, false, bwd);
+        assert!(f(16384, 32768, false) < f(32768, 32768, false));
+        assert!((f(16384, 32768, false) - f(32768, 16384, true) / 0.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ring_steps_cost_more_than_the_share_and_grow_with_cp() {
+        let a = CpAttention {
+            kv_heads: 8,
+            ..attn()
+        };
+        let cfg = |cp, cp_comm| ParallelConfig {
+            tp: 1,
+            cp,
+            dp: 8 / cp,
+            cp_comm,
+            ..Default::default()
+        };
+        assert!(ring_steps(&a, &cfg(1, CpComm::P2p), 132, true).is_none());
+        assert!(ring_steps(&a, &cfg(4, CpComm::A2a), 132, true).is_none());
+        let r = |cp, merge| ring_steps(&a, &cfg(cp, CpComm::P2p), 132, merge).unwrap();
+        let (r2, r4, r8) = (r(2, true), r(4, true), r(8, true));
+        // More, smaller kernels per rank as cp grows: a few percent over the whole-sequence share.
+        assert!(r2.forward_scale > 1.0 && r2.forward_scale < r4.forward_scale);
+        assert!(r4.backward_scale < r8.backward_scale && r8.backward_scale < 1.06);
+        // PyTorch's merges move bytes; without them only the kernel shapes change.
+        let steps = |x: &RingSteps| x.forward_merge_bytes + x.backward_merge_bytes;
+        assert!(steps(&r8) > 0.0 && r(8, false).forward_merge_bytes == 0.0);
+        assert_eq!(r(8, false).forward_scale, r8.forward_scale);
+        // The busiest rank of cp 2 over 65536 tokens (32768 each): the forward's output is
+        // 32768 × 4096 elements; step 0's cast and the final cast (6 bytes each), one full-query
+        // merge (38 bytes) and one key/value copy (2 × 32768 × 1024 elements, 4 bytes).
+        let a2 = CpAttention { seq: 65536, ..a };
+        let o = 32768.0 * 4096.0;
+        let fwd = ring_steps(&a2, &cfg(2, CpComm::P2p), 132, true)
+            .unwrap()
+            .forward_merge_bytes;
+        let want = o * (12.0 + 38.0) + 2.0 * 32768.0 * 1024.0 * 4.0;
+        assert!((fwd / want - 1.0).abs() < 1e-12, "{fwd} vs {want}");
+        // Without causality no load balancing: cp full blocks of the rank's tokens.
+        let nc = CpAttention { causal: false, ..a };
+        let full = ring_steps(&nc, &cfg(4, CpComm::P2p), 132, false).unwrap();
+        assert!(full.forward_scale > 1.0 && full.forward_scale < 1.03);
+    }
+
+    #[test]
+    fn ring_steps_scale_attention_and_add_fusable_traffic() {
+        let s = PhaseSums {
+            attention_s: 3.0,
+            fusable_s: 1.0,
+            kernels: 10.0,
+            memory_kernels: 4.0,
+            fusable_kernels: 2.0,
+            ..Default::default()
+        };
+        // 1 s of the 3 is a recomputed forward.
+        let r = s.with_ring_steps(1.0, 1.5, 2.0, 2e12, 5.0, 1e12);
+        assert_eq!(r.attention_s, 1.5 + 4.0);
+        assert_eq!(r.fusable_s, 3.0);
+        assert_eq!(
+            (r.kernels, r.memory_kernels, r.fusable_kernels),
+            (15.0, 9.0, 7.0)
+        );
+        assert_eq!(s.with_ring_steps(0.0, 1.0, 1.0, 0.0, 0.0, 1e12), s);
     }
 
     #[test]

@@ -311,6 +311,27 @@ impl PhaseSums {
     }
 }
 
+/// The attention of block `i` as context parallelism sees it, with cp > 1: read when the profile
+/// was prepared (the scan of the profile's block is the fallback for a prepared profile built
+/// without shapes).
+fn ring_attention(
+    prep: &PreparedProfile,
+    profile: &StepProfile,
+    i: usize,
+    cfg: &ParallelConfig,
+) -> Option<crate::context::CpAttention> {
+    if cfg.cp <= 1 {
+        return None;
+    }
+    match prep.shapes.get(i) {
+        Some(s) => s.attention,
+        None => profile
+            .blocks
+            .get(i)
+            .and_then(|pb| crate::memory::block_shape(pb, 1).attention),
+    }
+}
+
 /// The coefficient that divides a fused-attention kernel's base time on `eff`'s GPU under `stack`:
 /// the GPU's fitted attention coefficient (a FlashAttention-2-class kernel) times the throughput of
 /// the kernel family the stack runs there over that class ([`Stack::attention_kernel`]).
@@ -1049,8 +1070,48 @@ impl ProfiledCostModel {
                     .unwrap_or(nv - 1),
             };
             block_stage.push(v);
-            fwd[v].add(&b.forward.context_shard(cp));
-            bwd[v].add(&b.backward.context_shard(cp));
+            let (mut f, mut bw) = (b.forward.context_shard(cp), b.backward.context_shard(cp));
+            // The ring's per-step kernels and merge traffic (see `crate::context::RingSteps`).
+            if let Some(r) = ring_attention(prep, profile, i, cfg).and_then(|a| {
+                crate::context::ring_steps(
+                    &a,
+                    cfg,
+                    cluster.gpu.spec().compute_units,
+                    crate::context::runs_pytorch_ring(stack),
+                )
+            }) {
+                let hbm = cluster.gpu.spec().hbm_bytes_per_s;
+                // Recomputation that reruns attention's forward reruns its ring in backward.
+                let again = matches!(
+                    cfg.recompute,
+                    crate::config::Recompute::Full | crate::config::Recompute::Selective
+                );
+                let rerun = if again { f.attention_s } else { 0.0 };
+                let (rb, rk) = if again {
+                    (r.forward_merge_bytes, r.forward_merge_kernels)
+                } else {
+                    (0.0, 0.0)
+                };
+                let fs = r.forward_scale;
+                bw = bw.with_ring_steps(
+                    rerun,
+                    fs,
+                    r.backward_scale,
+                    r.backward_merge_bytes + rb,
+                    r.backward_merge_kernels + rk,
+                    hbm,
+                );
+                f = f.with_ring_steps(
+                    f.attention_s,
+                    fs,
+                    fs,
+                    r.forward_merge_bytes,
+                    r.forward_merge_kernels,
+                    hbm,
+                );
+            }
+            fwd[v].add(&f);
+            bwd[v].add(&bw);
             wgrad[v].add(&b.weight_grad.context_shard(cp));
             params[v] += b.params;
             let next_v = prep.blocks.get(i + 1).map(|n| match n.kind {
@@ -1069,25 +1130,22 @@ impl ProfiledCostModel {
         let mut cp_total = vec![0f64; nv];
         let mut cp_exposed = vec![(0f64, 0f64); nv];
         if cp > 1 {
-            let blocks = prep.blocks.iter().zip(&profile.blocks).zip(&block_stage);
-            for (i, ((b, pb), v)) in blocks.enumerate() {
-                // Read once when the profile was prepared (the scan is the fallback for a prepared
-                // profile built without shapes).
-                let attention = match prep.shapes.get(i) {
-                    Some(s) => s.attention,
-                    None => crate::memory::block_shape(pb, 1).attention,
-                };
-                let Some(attn) = attention else {
+            for (i, (b, v)) in prep.blocks.iter().zip(&block_stage).enumerate() {
+                let Some(attn) = ring_attention(prep, profile, i, cfg) else {
                     continue;
                 };
-                let attention_s = |s: &PhaseSums| {
-                    s.context_shard(cp).attention_s / attention_coefficient(eff, stack)
+                // Ring steps hide behind the rank's attention kernels as priced per step.
+                let (fs, bs) =
+                    crate::context::ring_steps(&attn, cfg, cluster.gpu.spec().compute_units, false)
+                        .map_or((1.0, 1.0), |r| (r.forward_scale, r.backward_scale));
+                let attention_s = |s: &PhaseSums, scale: f64| {
+                    s.context_shard(cp).attention_s * scale / attention_coefficient(eff, stack)
                 };
                 let t = crate::context::block_comm(
                     cluster,
                     cfg,
                     &attn,
-                    (attention_s(&b.forward), attention_s(&b.backward)),
+                    (attention_s(&b.forward, fs), attention_s(&b.backward, bs)),
                 );
                 cp_total[*v] += t.forward_s + t.backward_s;
                 cp_exposed[*v].0 += t.forward_exposed_s;

@@ -65,6 +65,28 @@ fn a_cp_rank_does_a_cp_th_of_the_work_and_holds_a_cp_th_of_the_activations() {
     assert!((sum - four.step_time_s).abs() < 1e-9 * four.step_time_s.max(1.0));
 }
 
+/// torchtitan's context parallelism on one 8-GPU server (its Llama 3.1 8B long-context table's
+/// cp 8 row): the ring rank runs cp attention kernels per pass (a causal diagonal block and half-size
+/// blocks) and merges them in fp32, where a Ulysses rank runs one kernel over the whole sequence
+/// for its heads; the kernels are the same FLOPs, so the ring costs a few percent more compute.
+#[test]
+fn a_ring_rank_pays_its_step_kernels_and_merges() {
+    let p = llama8b(1, 262144, Recompute::Full);
+    let cfg = |cp_comm| ParallelConfig {
+        dp: 1,
+        cp: 8,
+        cp_comm,
+        recompute: Recompute::Full,
+        distribute_param: true,
+        stack: moai_costmodel::Stack::Fsdp,
+        ..Default::default()
+    };
+    let ring = est(&p, 8, &cfg(CpComm::P2p)).breakdown.compute_s;
+    let ulysses = est(&p, 8, &cfg(CpComm::A2a)).breakdown.compute_s;
+    let extra = ring / ulysses - 1.0;
+    assert!(extra > 0.02 && extra < 0.08, "{ring} vs {ulysses}");
+}
+
 #[test]
 fn ring_traffic_is_exposed_for_short_sequences_only() {
     let cfg = |cp_comm| ParallelConfig {
