@@ -16,7 +16,7 @@ use crate::pipeline::{StageTimes, simulate};
 use crate::precision::MatmulPrecision;
 use crate::profile::OpProfile;
 use crate::stack::Stack;
-use moai_ir::cost::{BlockKind, KernelClass, Phase, StepProfile, TpSplit};
+use moai_ir::cost::{BlockKind, KernelClass, Phase, Role, StepProfile, TpSplit};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -206,7 +206,7 @@ pub struct PhaseSums {
     /// ([`Stack::runs_amp_casts`]).
     pub amp_cast_s: f64,
     /// Of `memory_kernels` and `fusable_kernels`, the kernels a stack without autocast does not run:
-    /// those casts and Hugging Face's unfused rotary embedding ([`moai_ir::train::cost::is_eager_rotary`]).
+    /// those casts and Hugging Face's unfused rotary embedding ([`moai_ir::cost::Role::EagerRotary`]).
     pub amp_cast_kernels: f64,
     /// Of `fusable_s`, the unfused rotary embedding's elementwise kernels (fp32 products and sum,
     /// negation): a stack with a fused RoPE kernel (Megatron-LM's `--apply-rope-fusion`, its
@@ -695,11 +695,12 @@ impl ProfiledCostModel {
                     Bucket::Memory | Bucket::Fusable => {
                         ps.gpu_s += KERNEL_FLOOR_S;
                         ps.memory_kernels = 1.0;
-                        // Hugging Face's unfused rotary embedding, but its concatenation (the
-                        // traffic of a fused RoPE kernel; see `PhaseSums::amp_fusable_s`).
+                        // Hugging Face's unfused rotary embedding, but its copies (the
+                        // concatenations: the traffic of a fused RoPE kernel, see
+                        // `PhaseSums::amp_fusable_s`; its casts have a cast role).
                         let eager_rope = op.layer.is_some()
-                            && moai_ir::train::cost::is_eager_rotary(&op.label)
-                            && !op.label.ends_with(":Concat");
+                            && op.role == Role::EagerRotary
+                            && !matches!(op.class, KernelClass::Copy);
                         if k.bucket == Bucket::Fusable {
                             ps.fusable_s = k.base_s;
                             ps.fusable_kernels = 1.0;
@@ -710,13 +711,8 @@ impl ProfiledCostModel {
                             }
                         } else {
                             ps.memory_s = k.base_s;
-                            // The graph's autocast casts inside a decoder layer (the op named
-                            // `Cast` by the training graph's labels `<scope>:Cast`).
-                            if eager_rope
-                                || (matches!(op.class, KernelClass::Copy)
-                                    && op.layer.is_some()
-                                    && op.label.ends_with(":Cast"))
-                            {
+                            // The training graph's casts inside a decoder layer.
+                            if eager_rope || (op.layer.is_some() && op.role.is_cast()) {
                                 ps.amp_cast_s = k.base_s;
                                 ps.amp_cast_kernels = 1.0;
                             }

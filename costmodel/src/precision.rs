@@ -193,7 +193,7 @@ pub fn as_fp8(class: &KernelClass) -> KernelClass {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moai_ir::cost::Phase;
+    use moai_ir::cost::{Phase, Role};
 
     fn op(split: TpSplit) -> OpCost {
         OpCost {
@@ -210,6 +210,7 @@ mod tests {
             layer: Some(0),
             split,
             label: "x".into(),
+            role: Role::Plain,
         }
     }
 
