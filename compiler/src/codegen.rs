@@ -596,7 +596,7 @@ mod tests {
         moai_models::ArchConfig::from_spec(
             "llama:layers=2,hidden=64,heads=4,kv_heads=2,ffn=176,vocab=512,eps=1e-6,rope_theta=10000,dtype=f32",
         )
-        .and_then(|c| c.build_with(moai_models::Weights::Random { seed: 7, std: 0.1 }))
+        .and_then(|c| c.build_with(moai_models::Weights::Random { seed: 7, std: 0.1, embedding_std: None }))
         .unwrap()
     }
 

@@ -1,8 +1,12 @@
 //! What the test modules share: the repository root, the isolated `moai-compile` runner ([`moai`],
 //! [`fails`]), the command-line builder [`Cli`] for the argument lists the tests repeat (subcommand,
-//! model, cluster, job, flags), and the library-level planning case ([`Case`], [`case`], [`h100`]).
+//! model, cluster, job, flags), the library-level planning case ([`Case`], [`case`], [`h100`]), and
+//! the constraints builders [`pin`] and [`pinned`] for the plan tables.
 
-use moai_compiler::{Cluster, Constraints, Gpu, Model, PlanRequest};
+use moai_compiler::{
+    Cluster, Constraints, Gpu, Model, PlanRequest, Recompute, Schedule, ZeroStage,
+};
+use moai_costmodel::{CpComm, MatmulPrecision, Stack};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -166,4 +170,103 @@ pub fn case(model: &'static Model, cluster: Cluster, batch: u64, c: Constraints)
 /// `n` H100s.
 pub fn h100(n: u32) -> Cluster {
     Cluster::new(Gpu::H100, n).unwrap()
+}
+
+/// No constraints, to pin what a case needs with [`Pin`]'s setters:
+/// `pin().zero(ZeroStage::Zero3).tp(2).pp(1)`.
+pub fn pin() -> Constraints {
+    Constraints::default()
+}
+
+/// Constraints pinning the ZeRO stage and the tensor- and pipeline-parallel sizes (the plan tables'
+/// usual start): `pin().zero(zero).tp(tp).pp(pp)`.
+pub fn pinned(zero: ZeroStage, tp: u32, pp: u32) -> Constraints {
+    pin().zero(zero).tp(tp).pp(pp)
+}
+
+/// Setters of [`Constraints`] for test tables: each pins one choice and keeps the others.
+pub trait Pin: Sized {
+    /// The ZeRO stage.
+    fn zero(self, z: ZeroStage) -> Self;
+    /// The tensor-parallel size.
+    fn tp(self, n: u32) -> Self;
+    /// The pipeline-parallel size.
+    fn pp(self, n: u32) -> Self;
+    /// The context-parallel size.
+    fn cp(self, n: u32) -> Self;
+    /// Context parallelism's communication.
+    fn cp_comm(self, c: CpComm) -> Self;
+    /// The one recomputation policy allowed.
+    fn recompute(self, r: Recompute) -> Self;
+    /// The one pipeline schedule allowed.
+    fn schedule(self, s: Schedule) -> Self;
+    /// Sequence parallelism on or off (`None`: either).
+    fn sequence_parallel(self, on: Option<bool>) -> Self;
+    /// The engine.
+    fn engine(self, e: Stack) -> Self;
+    /// The GEMM precision.
+    fn precision(self, p: MatmulPrecision) -> Self;
+}
+
+impl Pin for Constraints {
+    fn zero(self, z: ZeroStage) -> Self {
+        Constraints {
+            zero: Some(z),
+            ..self
+        }
+    }
+    fn tp(self, n: u32) -> Self {
+        Constraints {
+            tp: Some(n),
+            ..self
+        }
+    }
+    fn pp(self, n: u32) -> Self {
+        Constraints {
+            pp: Some(n),
+            ..self
+        }
+    }
+    fn cp(self, n: u32) -> Self {
+        Constraints {
+            cp: Some(n),
+            ..self
+        }
+    }
+    fn cp_comm(self, c: CpComm) -> Self {
+        Constraints {
+            cp_comm: Some(c),
+            ..self
+        }
+    }
+    fn recompute(self, r: Recompute) -> Self {
+        Constraints {
+            recompute: vec![r],
+            ..self
+        }
+    }
+    fn schedule(self, s: Schedule) -> Self {
+        Constraints {
+            schedules: vec![s],
+            ..self
+        }
+    }
+    fn sequence_parallel(self, on: Option<bool>) -> Self {
+        Constraints {
+            sequence_parallel: on,
+            ..self
+        }
+    }
+    fn engine(self, e: Stack) -> Self {
+        Constraints {
+            engine: Some(e),
+            ..self
+        }
+    }
+    fn precision(self, p: MatmulPrecision) -> Self {
+        Constraints {
+            precision: p,
+            ..self
+        }
+    }
 }

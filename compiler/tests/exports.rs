@@ -5,7 +5,7 @@
 //! the planner chooses is covered, and `estimate` of exactly the configuration read back from each
 //! export fits and predicts what the plan predicted.
 
-use crate::common::{Case, Cli, case, h100};
+use crate::common::{Case, Cli, Pin, case, h100, pin, pinned};
 use moai_compiler::emit::{emit_engine, engine_exports, export_context};
 use moai_compiler::export::{ExportContext, PlanDims, engine_runs, megatron_args};
 use moai_compiler::plan::PlanConfig;
@@ -1012,11 +1012,7 @@ fn zero3_with_tp_runs_on_megatron_fsdp() {
         spec_model(),
         h100(8),
         64,
-        Constraints {
-            zero: Some(ZeroStage::Zero3),
-            tp: Some(2),
-            ..Default::default()
-        },
+        pin().zero(ZeroStage::Zero3).tp(2),
     );
     let (p, written) = check_case(&c);
     assert!(p.distribute_param && p.tp == 2 && p.engine == Stack::Megatron);
@@ -1029,12 +1025,10 @@ fn zero3_data_parallel_runs_on_deepspeed_stage3_and_fsdp() {
         spec_model(),
         h100(8),
         64,
-        Constraints {
-            zero: Some(ZeroStage::Zero3),
-            tp: Some(1),
-            recompute: vec![Recompute::Full],
-            ..Default::default()
-        },
+        pin()
+            .zero(ZeroStage::Zero3)
+            .tp(1)
+            .recompute(Recompute::Full),
     );
     let (p, written) = check_case(&c);
     assert_eq!(p.engine, Stack::Deepspeed);
@@ -1055,13 +1049,11 @@ fn tp_pp_interleaved_and_sequence_parallel() {
             spec_model(),
             h100(16),
             64,
-            Constraints {
-                tp: Some(tp),
-                pp: Some(pp),
-                schedules: vec![sched],
-                sequence_parallel: Some(sp),
-                ..Default::default()
-            },
+            pin()
+                .tp(tp)
+                .pp(pp)
+                .schedule(sched)
+                .sequence_parallel(Some(sp)),
         );
         let (p, written) = check_case(&c);
         assert_eq!(
@@ -1076,17 +1068,7 @@ fn tp_pp_interleaved_and_sequence_parallel() {
 #[test]
 fn plain_dp_zero1_and_every_recompute_mode() {
     // Plain data parallelism (no ZeRO): Megatron-LM's DDP and DeepSpeed stage 0.
-    let c = case(
-        spec_model(),
-        h100(8),
-        64,
-        Constraints {
-            zero: Some(ZeroStage::Zero0),
-            tp: Some(1),
-            pp: Some(1),
-            ..Default::default()
-        },
-    );
+    let c = case(spec_model(), h100(8), 64, pinned(ZeroStage::Zero0, 1, 1));
     let (p, written) = check_case(&c);
     assert!(p.dp == 8 && !p.distribute_optimizer && !p.distribute_param);
     assert!(written.contains(&Stack::Megatron) && !written.contains(&Stack::Fsdp));
@@ -1095,13 +1077,7 @@ fn plain_dp_zero1_and_every_recompute_mode() {
             spec_model(),
             h100(8),
             64,
-            Constraints {
-                zero: Some(ZeroStage::Zero1),
-                tp: Some(1),
-                pp: Some(1),
-                recompute: vec![r],
-                ..Default::default()
-            },
+            pinned(ZeroStage::Zero1, 1, 1).recompute(r),
         );
         let (p, written) = check_case(&c);
         assert_eq!(p.recompute, r);
@@ -1122,12 +1098,7 @@ fn uneven_stages_on_a_partial_server() {
         spec_model(),
         h100(12),
         48,
-        Constraints {
-            pp: Some(3),
-            tp: Some(2),
-            schedules: vec![Schedule::OneFOneB],
-            ..Default::default()
-        },
+        pin().pp(3).tp(2).schedule(Schedule::OneFOneB),
     );
     let (p, written) = check_case(&c);
     let sizes = plan_sizes(&p, 32);
@@ -1157,15 +1128,7 @@ fn qwen2_directory_keeps_its_qkv_bias() {
         .join("models/configs/qwen2-0.5b");
     static M: OnceLock<Model> = OnceLock::new();
     let m = M.get_or_init(|| Model::load(dir.to_str().unwrap()).unwrap());
-    let c = case(
-        m,
-        h100(8),
-        64,
-        Constraints {
-            tp: Some(2),
-            ..Default::default()
-        },
-    );
+    let c = case(m, h100(8), 64, pin().tp(2));
     let (p, written) = check_case(&c);
     assert!(written.contains(&Stack::Megatron), "{p:?}");
     let cx = export_context(m, &c.cluster, &c.req);
@@ -1197,15 +1160,7 @@ fn engine_flag_restricts_the_search() {
         }),
         (Stack::Megatron, |p: &PlanConfig| p.schedule != "gpipe"),
     ] {
-        let c = case(
-            spec_model(),
-            h100(8),
-            64,
-            Constraints {
-                engine: Some(engine),
-                ..Default::default()
-            },
-        );
+        let c = case(spec_model(), h100(8), 64, pin().engine(engine));
         let (p, written) = check_case(&c);
         assert_eq!(p.engine, engine);
         assert!(check(&p), "{engine}: {p:?}");
@@ -1219,11 +1174,7 @@ fn gpipe_has_no_engine_and_says_so() {
         spec_model(),
         h100(8),
         64,
-        Constraints {
-            pp: Some(2),
-            schedules: vec![Schedule::Gpipe],
-            ..Default::default()
-        },
+        pin().pp(2).schedule(Schedule::Gpipe),
     );
     let e = plan(c.model, &c.cluster, &c.req).unwrap_err().to_string();
     assert!(e.contains("Megatron-LM has no GPipe schedule"), "{e}");

@@ -4,7 +4,7 @@
 //! moai writes exists there with a legal value, for every plan kind torchtitan runs, and the plan read
 //! back from the TOML is the plan (`exports::check_case` also estimates it and compares).
 
-use crate::common::{Case, case, h100};
+use crate::common::{Case, Pin, case, h100, pinned};
 use crate::exports::check_case;
 use moai_compiler::export::torchtitan::{flavors, schedule_name, torchtitan_toml};
 use moai_compiler::export::{ExportContext, PlanDims, engine_runs};
@@ -425,15 +425,7 @@ fn titan_case_of(
     seq: u64,
     c: Constraints,
 ) -> Case {
-    let mut r = case(
-        model,
-        h100(devices),
-        batch,
-        Constraints {
-            engine: Some(Stack::Torchtitan),
-            ..c
-        },
-    );
+    let mut r = case(model, h100(devices), batch, c.engine(Stack::Torchtitan));
     r.req.seq = seq;
     r
 }
@@ -477,13 +469,7 @@ fn every_plan_kind_torchtitan_runs_is_exported_as_planned() {
                 16,
                 32,
                 4096,
-                Constraints {
-                    zero: Some(ZeroStage::Zero3),
-                    tp: Some(1),
-                    pp: Some(1),
-                    recompute: vec![Recompute::Full],
-                    ..Constraints::default()
-                },
+                pinned(ZeroStage::Zero3, 1, 1).recompute(Recompute::Full),
             ),
         ),
         (
@@ -492,13 +478,7 @@ fn every_plan_kind_torchtitan_runs_is_exported_as_planned() {
                 16,
                 32,
                 4096,
-                Constraints {
-                    zero: Some(ZeroStage::Zero3),
-                    tp: Some(1),
-                    pp: Some(1),
-                    recompute: vec![Recompute::SelectiveOp],
-                    ..Constraints::default()
-                },
+                pinned(ZeroStage::Zero3, 1, 1).recompute(Recompute::SelectiveOp),
             ),
         ),
         (
@@ -508,13 +488,7 @@ fn every_plan_kind_torchtitan_runs_is_exported_as_planned() {
                 8,
                 64,
                 1024,
-                Constraints {
-                    zero: Some(ZeroStage::Zero0),
-                    tp: Some(1),
-                    pp: Some(1),
-                    recompute: vec![Recompute::Full],
-                    ..Constraints::default()
-                },
+                pinned(ZeroStage::Zero0, 1, 1).recompute(Recompute::Full),
             ),
         ),
         (
@@ -523,13 +497,7 @@ fn every_plan_kind_torchtitan_runs_is_exported_as_planned() {
                 16,
                 32,
                 4096,
-                Constraints {
-                    zero: Some(ZeroStage::Zero3),
-                    tp: Some(4),
-                    pp: Some(1),
-                    sequence_parallel: sp,
-                    ..Constraints::default()
-                },
+                pinned(ZeroStage::Zero3, 4, 1).sequence_parallel(sp),
             ),
         ),
         (
@@ -538,15 +506,10 @@ fn every_plan_kind_torchtitan_runs_is_exported_as_planned() {
                 16,
                 8,
                 16384,
-                Constraints {
-                    zero: Some(ZeroStage::Zero3),
-                    tp: Some(2),
-                    pp: Some(1),
-                    cp: Some(2),
-                    cp_comm: Some(moai_costmodel::CpComm::P2p),
-                    sequence_parallel: sp,
-                    ..Constraints::default()
-                },
+                pinned(ZeroStage::Zero3, 2, 1)
+                    .cp(2)
+                    .cp_comm(moai_costmodel::CpComm::P2p)
+                    .sequence_parallel(sp),
             ),
         ),
         (
@@ -555,14 +518,9 @@ fn every_plan_kind_torchtitan_runs_is_exported_as_planned() {
                 16,
                 32,
                 4096,
-                Constraints {
-                    zero: Some(ZeroStage::Zero3),
-                    tp: Some(2),
-                    pp: Some(1),
-                    sequence_parallel: sp,
-                    precision: moai_costmodel::MatmulPrecision::Fp8,
-                    ..Constraints::default()
-                },
+                pinned(ZeroStage::Zero3, 2, 1)
+                    .sequence_parallel(sp)
+                    .precision(moai_costmodel::MatmulPrecision::Fp8),
             ),
         ),
         (
@@ -571,13 +529,7 @@ fn every_plan_kind_torchtitan_runs_is_exported_as_planned() {
                 16,
                 64,
                 4096,
-                Constraints {
-                    zero: Some(ZeroStage::Zero3),
-                    tp: Some(1),
-                    pp: Some(4),
-                    schedules: vec![Schedule::OneFOneB],
-                    ..Constraints::default()
-                },
+                pinned(ZeroStage::Zero3, 1, 4).schedule(Schedule::OneFOneB),
             ),
         ),
         (
@@ -586,14 +538,9 @@ fn every_plan_kind_torchtitan_runs_is_exported_as_planned() {
                 32,
                 64,
                 4096,
-                Constraints {
-                    zero: Some(ZeroStage::Zero3),
-                    tp: Some(2),
-                    pp: Some(4),
-                    sequence_parallel: sp,
-                    schedules: vec![Schedule::Interleaved(2)],
-                    ..Constraints::default()
-                },
+                pinned(ZeroStage::Zero3, 2, 4)
+                    .sequence_parallel(sp)
+                    .schedule(Schedule::Interleaved(2)),
             ),
         ),
         (
@@ -602,13 +549,7 @@ fn every_plan_kind_torchtitan_runs_is_exported_as_planned() {
                 12,
                 48,
                 2048,
-                Constraints {
-                    zero: Some(ZeroStage::Zero3),
-                    tp: Some(1),
-                    pp: Some(3),
-                    schedules: vec![Schedule::Gpipe],
-                    ..Constraints::default()
-                },
+                pinned(ZeroStage::Zero3, 1, 3).schedule(Schedule::Gpipe),
             ),
         ),
     ];
@@ -624,14 +565,9 @@ fn plan_of(tp: u64, pp: u64, dp: u64) -> (PlanConfig, ExportContext) {
         (tp * pp * dp) as u32,
         dp * 4,
         4096,
-        Constraints {
-            zero: Some(ZeroStage::Zero3),
-            tp: Some(tp as u32),
-            pp: Some(pp as u32),
-            sequence_parallel: (tp > 1).then_some(true),
-            recompute: vec![Recompute::Full],
-            ..Constraints::default()
-        },
+        pinned(ZeroStage::Zero3, tp as u32, pp as u32)
+            .sequence_parallel((tp > 1).then_some(true))
+            .recompute(Recompute::Full),
     );
     let report = moai_compiler::plan(c.model, &c.cluster, &c.req).unwrap();
     let cx = moai_compiler::emit::export_context(c.model, &c.cluster, &c.req);

@@ -72,10 +72,10 @@ pub fn profiled(
             all.memory_kernels += s.memory_kernels;
             all.fusable_kernels += s.fusable_kernels;
             all.kernels += s.kernels;
-            all.amp_cast_s += s.amp_cast_s;
-            all.amp_cast_kernels += s.amp_cast_kernels;
-            all.amp_fusable_s += s.amp_fusable_s;
-            all.amp_fusable_kernels += s.amp_fusable_kernels;
+            all.autocast_cast_s += s.autocast_cast_s;
+            all.autocast_cast_kernels += s.autocast_cast_kernels;
+            all.eager_rotary_s += s.eager_rotary_s;
+            all.eager_rotary_kernels += s.eager_rotary_kernels;
         }
     }
     // A context-parallel rank does 1/cp of every phase (`crate::context`), as the estimator divides it.

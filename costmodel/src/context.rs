@@ -436,8 +436,8 @@ impl PhaseSums {
             measured_s: self.measured_s / c,
             tp_overlap_matmul_s: self.tp_overlap_matmul_s / c,
             a2a_bytes: self.a2a_bytes / c,
-            amp_cast_s: self.amp_cast_s / c,
-            amp_fusable_s: self.amp_fusable_s / c,
+            autocast_cast_s: self.autocast_cast_s / c,
+            eager_rotary_s: self.eager_rotary_s / c,
             ..*self
         }
     }

@@ -16,7 +16,7 @@ use crate::pipeline::{StageTimes, simulate};
 use crate::precision::MatmulPrecision;
 use crate::profile::OpProfile;
 use crate::stack::Stack;
-use moai_ir::cost::{BlockKind, KernelClass, Phase, StepProfile, TpSplit};
+use moai_ir::cost::{BlockKind, KernelClass, Phase, Role, StepProfile, TpSplit};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -205,21 +205,21 @@ pub struct PhaseSums {
     pub a2a_bytes: f64,
     /// Mixture-of-experts all-to-alls.
     pub a2a_count: f64,
-    /// Of `memory_s`, the decoder layers' mixed-precision casts of the training graph (autocast's
-    /// per-call casts of fp32 weights and activations to bf16 and their gradients' casts back),
-    /// at the HBM peak: a stack that holds the model in bf16 does not run them
-    /// ([`Stack::runs_amp_casts`]).
-    pub amp_cast_s: f64,
-    /// Of `memory_kernels` and `fusable_kernels`, the kernels a stack without autocast does not run:
-    /// those casts and Hugging Face's unfused rotary embedding ([`moai_ir::train::cost::is_eager_rotary`]).
-    pub amp_cast_kernels: f64,
-    /// Of `fusable_s`, the unfused rotary embedding's elementwise kernels (fp32 products and sum,
-    /// negation): a stack with a fused RoPE kernel (Megatron-LM's `--apply-rope-fusion`, its
-    /// default) runs one kernel instead, whose traffic (one read and one write of the bf16 q or k)
-    /// is that of the decomposition's concatenation, which is kept.
-    pub amp_fusable_s: f64,
-    /// Of `amp_cast_kernels`, those in `fusable_kernels`.
-    pub amp_fusable_kernels: f64,
+    /// Of `memory_s`, the training graph's casts inside the decoder layers ([`Role::is_cast`]:
+    /// autocast's per-call casts of fp32 weights and activations to bf16, the fp32 upcasts of the
+    /// eager modules autocast runs, and the gradients' casts back), at the HBM peak: a stack that
+    /// holds the model in bf16 does not run them ([`Stack::runs_amp_casts`]).
+    pub autocast_cast_s: f64,
+    /// Of `memory_kernels`, those casts.
+    pub autocast_cast_kernels: f64,
+    /// Of `fusable_s`, the elementwise kernels of Hugging Face's unfused rotary embedding under
+    /// autocast and of its gradient ([`Role::EagerRotary`]: fp32 products and sum, negation): a
+    /// stack with a fused RoPE kernel (Megatron-LM's `--apply-rope-fusion`, its default) runs one
+    /// kernel instead, whose traffic (one read and one write of the bf16 q or k) is that of the
+    /// decomposition's concatenation, which is kept.
+    pub eager_rotary_s: f64,
+    /// Of `fusable_kernels`, those kernels.
+    pub eager_rotary_kernels: f64,
 }
 
 impl PhaseSums {
@@ -239,10 +239,10 @@ impl PhaseSums {
         self.tp_overlap_matmul_s += o.tp_overlap_matmul_s;
         self.a2a_bytes += o.a2a_bytes;
         self.a2a_count += o.a2a_count;
-        self.amp_cast_s += o.amp_cast_s;
-        self.amp_cast_kernels += o.amp_cast_kernels;
-        self.amp_fusable_s += o.amp_fusable_s;
-        self.amp_fusable_kernels += o.amp_fusable_kernels;
+        self.autocast_cast_s += o.autocast_cast_s;
+        self.autocast_cast_kernels += o.autocast_cast_kernels;
+        self.eager_rotary_s += o.eager_rotary_s;
+        self.eager_rotary_kernels += o.eager_rotary_kernels;
     }
 
     /// Extra seconds of this phase's GEMMs while Transformer Engine's TP overlap reserves `sms` of
@@ -292,13 +292,14 @@ impl PhaseSums {
             (0.0, 0.0, 0.0, 0.0)
         } else {
             (
-                self.amp_cast_s,
-                self.amp_cast_kernels,
-                self.amp_fusable_s,
-                self.amp_fusable_kernels,
+                self.autocast_cast_s,
+                self.autocast_cast_kernels,
+                self.eager_rotary_s,
+                self.eager_rotary_kernels,
             )
         };
-        let removed = (self.fusable_kernels - rope_kernels).max(0.0) * (1.0 - fk) + cast_kernels;
+        let removed = (self.fusable_kernels - rope_kernels).max(0.0) * (1.0 - fk)
+            + (cast_kernels + rope_kernels);
         let kernels = (self.kernels - removed).max(0.0);
         let floors = (self.memory_kernels - removed).max(0.0);
         let gpu = self.matmul_s / eff.matmul
@@ -751,30 +752,22 @@ impl ProfiledCostModel {
                     Bucket::Memory | Bucket::Fusable => {
                         ps.gpu_s += KERNEL_FLOOR_S;
                         ps.memory_kernels = 1.0;
-                        // Hugging Face's unfused rotary embedding, but its concatenation (the
-                        // traffic of a fused RoPE kernel; see `PhaseSums::amp_fusable_s`).
-                        let eager_rope = op.layer.is_some()
-                            && moai_ir::train::cost::is_eager_rotary(&op.label)
-                            && !op.label.ends_with(":Concat");
                         if k.bucket == Bucket::Fusable {
                             ps.fusable_s = k.base_s;
                             ps.fusable_kernels = 1.0;
-                            if eager_rope {
-                                ps.amp_fusable_s = k.base_s;
-                                ps.amp_fusable_kernels = 1.0;
-                                ps.amp_cast_kernels = 1.0;
+                            // Hugging Face's unfused rotary embedding (its concatenations are
+                            // copies, kept in `memory_s` as the traffic of a fused RoPE kernel, see
+                            // `PhaseSums::eager_rotary_s`; its casts have a cast role).
+                            if op.layer.is_some() && op.role == Role::EagerRotary {
+                                ps.eager_rotary_s = k.base_s;
+                                ps.eager_rotary_kernels = 1.0;
                             }
                         } else {
                             ps.memory_s = k.base_s;
-                            // The graph's autocast casts inside a decoder layer (the op named
-                            // `Cast` by the training graph's labels `<scope>:Cast`).
-                            if eager_rope
-                                || (matches!(op.class, KernelClass::Copy)
-                                    && op.layer.is_some()
-                                    && op.label.ends_with(":Cast"))
-                            {
-                                ps.amp_cast_s = k.base_s;
-                                ps.amp_cast_kernels = 1.0;
+                            // The training graph's casts inside a decoder layer.
+                            if op.layer.is_some() && op.role.is_cast() {
+                                ps.autocast_cast_s = k.base_s;
+                                ps.autocast_cast_kernels = 1.0;
                             }
                         }
                     }

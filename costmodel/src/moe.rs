@@ -138,6 +138,7 @@ mod tests {
     use super::*;
     use crate::device::Gpu;
     use moai_ir::DType;
+    use moai_ir::cost::Role;
 
     fn grouped(batch: u64, m: u64, phase: Phase) -> OpCost {
         OpCost {
@@ -154,6 +155,7 @@ mod tests {
             layer: Some(0),
             split: TpSplit::Expert,
             label: "layers.0.mlp.experts:MoeExperts".into(),
+            role: Role::Plain,
         }
     }
 

@@ -252,6 +252,7 @@ pub fn unfuse_attention(profile: &mut moai_ir::cost::StepProfile) {
                 layer: op.layer,
                 split: TpSplit::Heads,
                 label: format!("{}:{tag}", op.label),
+                role: op.role,
             };
             let ew = |class: KernelClass, bytes: f64, tag: &str| OpCost {
                 class,
@@ -261,6 +262,7 @@ pub fn unfuse_attention(profile: &mut moai_ir::cost::StepProfile) {
                 layer: op.layer,
                 split: TpSplit::Heads,
                 label: format!("{}:{tag}", op.label),
+                role: op.role,
             };
             let (s, d) = (seq, head_dim);
             if !backward {
@@ -417,7 +419,7 @@ impl OpTimer<'_> {
 mod tests {
     use super::*;
     use crate::device::Gpu;
-    use moai_ir::cost::Phase;
+    use moai_ir::cost::{Phase, Role};
 
     fn mm(split: TpSplit, n: u64, k: u64) -> OpCost {
         OpCost {
@@ -434,6 +436,7 @@ mod tests {
             layer: Some(0),
             split,
             label: "x".into(),
+            role: Role::Plain,
         }
     }
 

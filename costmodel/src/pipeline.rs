@@ -754,7 +754,7 @@ mod tests {
     #[test]
     fn weight_gradient_ops_are_the_dw_gemms_and_the_table_gradient() {
         use moai_ir::DType;
-        use moai_ir::cost::{ActivationBytes, BlockKind, OpCost};
+        use moai_ir::cost::{ActivationBytes, BlockKind, OpCost, Role};
         let mm = |phase, label: &str, split, batch, m, n, k| OpCost {
             class: KernelClass::Matmul {
                 batch,
@@ -769,6 +769,7 @@ mod tests {
             layer: Some(0),
             split,
             label: label.into(),
+            role: Role::Plain,
         };
         // q_proj: 256 tokens (2 × 128) × 256 → 512.
         let ops = vec![
@@ -816,6 +817,7 @@ mod tests {
                 layer: None,
                 split: TpSplit::Vocab,
                 label: "embed:EmbeddingBackward".into(),
+                role: Role::Plain,
             },
         ];
         let b = BlockProfile {

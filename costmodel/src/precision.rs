@@ -291,6 +291,7 @@ pub fn as_fp8(class: &KernelClass) -> KernelClass {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use moai_ir::cost::{Phase, Role};
 
     fn op(split: TpSplit) -> OpCost {
         OpCost {
@@ -307,6 +308,7 @@ mod tests {
             layer: Some(0),
             split,
             label: "x".into(),
+            role: Role::Plain,
         }
     }
 

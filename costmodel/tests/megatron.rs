@@ -24,21 +24,26 @@ fn decoder_forward(gpu: Gpu) -> PhaseSums {
 fn megatron_drops_the_graphs_autocast_casts_and_other_stacks_keep_them() {
     let s = decoder_forward(Gpu::H100);
     // The amp graph casts each linear's fp32 weight and its fp32 input to bf16.
-    assert!(s.amp_cast_kernels >= 7.0, "{}", s.amp_cast_kernels);
-    assert!(s.amp_cast_s > 0.0 && s.amp_cast_s <= s.memory_s);
+    assert!(
+        s.autocast_cast_kernels >= 7.0,
+        "{}",
+        s.autocast_cast_kernels
+    );
+    assert!(s.autocast_cast_s > 0.0 && s.autocast_cast_s <= s.memory_s);
     // Hugging Face's unfused fp32 rotary embedding of q and k, which a fused RoPE kernel replaces.
-    assert!(s.amp_fusable_kernels >= 4.0, "{}", s.amp_fusable_kernels);
-    assert!(s.amp_fusable_s > 0.0 && s.amp_fusable_s <= s.fusable_s);
+    assert!(s.eager_rotary_kernels >= 4.0, "{}", s.eager_rotary_kernels);
+    assert!(s.eager_rotary_s > 0.0 && s.eager_rotary_s <= s.fusable_s);
+    let dropped_kernels = s.autocast_cast_kernels + s.eager_rotary_kernels;
     let mut without = s;
-    without.memory_s -= s.amp_cast_s;
-    without.fusable_s -= s.amp_fusable_s;
-    without.memory_kernels -= s.amp_cast_kernels;
-    without.fusable_kernels -= s.amp_fusable_kernels;
-    without.kernels -= s.amp_cast_kernels;
-    without.amp_cast_s = 0.0;
-    without.amp_cast_kernels = 0.0;
-    without.amp_fusable_s = 0.0;
-    without.amp_fusable_kernels = 0.0;
+    without.memory_s -= s.autocast_cast_s;
+    without.fusable_s -= s.eager_rotary_s;
+    without.memory_kernels -= dropped_kernels;
+    without.fusable_kernels -= s.eager_rotary_kernels;
+    without.kernels -= dropped_kernels;
+    without.autocast_cast_s = 0.0;
+    without.autocast_cast_kernels = 0.0;
+    without.eager_rotary_s = 0.0;
+    without.eager_rotary_kernels = 0.0;
     let f = committed();
     let eff = f.get(Gpu::H100);
     for st in Stack::ALL {
@@ -46,9 +51,9 @@ fn megatron_drops_the_graphs_autocast_casts_and_other_stacks_keep_them() {
         let (t, k) = s.kernel_time(eff, sc);
         let (t0, k0) = without.kernel_time(eff, sc);
         if st.runs_amp_casts() {
-            assert!(t > t0 + 0.5 * s.amp_cast_s / eff.memory, "{st}");
-            let fused = s.amp_fusable_kernels * (1.0 - sc.stack.fusion().1);
-            assert!((k - k0 - (s.amp_cast_kernels - fused)).abs() < 1e-9, "{st}");
+            assert!(t > t0 + 0.5 * s.autocast_cast_s / eff.memory, "{st}");
+            let fused = s.eager_rotary_kernels * (1.0 - sc.stack.fusion().1);
+            assert!((k - k0 - (dropped_kernels - fused)).abs() < 1e-9, "{st}");
         } else {
             assert_eq!(st, Stack::Megatron);
             assert!((t - t0).abs() < 1e-12 * t0, "{st}: {t} vs {t0}");

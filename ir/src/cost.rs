@@ -94,6 +94,51 @@ pub enum KernelClass {
     Copy,
 }
 
+/// What an op of the training graph is for, where its tensor-parallel split or its cost depends on
+/// more than its kind. Set where the training graph builds the op ([`crate::train`]'s builder: the
+/// precision policy's casts, the linear layers' backward, Hugging Face's unfused rotary embedding),
+/// kept on the node ([`crate::train::TrainingGraph::meta`]) and carried into its [`OpCost`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Anything else.
+    #[default]
+    Plain,
+    /// A linear layer's input gradient `d_x = d_y · Wᵀ`.
+    LinearDx,
+    /// A linear layer's weight gradient `d_W = xᵀ · d_y`.
+    LinearDw,
+    /// A cast of a weight to the compute dtype.
+    WeightCast,
+    /// A float cast of an activation or a gradient the training graph makes: autocast's per-call
+    /// casts to the compute dtype, the fp32 upcasts of the eager modules autocast runs (RMSNorm,
+    /// rotary embedding, the loss's logits), the model's own casts re-typed by the precision policy,
+    /// and the gradients' casts back to their forward dtype.
+    Cast,
+    /// An op of Hugging Face's unfused rotary embedding under autocast (`apply_rotary_pos_emb`:
+    /// negation, concatenation, products and sum; see `build_engine_training_graph`), or of its
+    /// gradient or recomputation: a stack with a fused RoPE kernel runs that kernel instead. The
+    /// decomposition's casts have a cast role ([`Role::is_cast`]).
+    EagerRotary,
+}
+
+impl Role {
+    /// Whether the op is a cast the training graph makes (of a weight, an activation or a gradient).
+    pub fn is_cast(self) -> bool {
+        matches!(self, Role::WeightCast | Role::Cast)
+    }
+
+    /// The role the ops differentiating a forward op of this role start with: the unfused rotary
+    /// embedding's gradient is unfused rotary too; a linear layer's backward sets its own roles, and
+    /// casts take theirs where they are made.
+    pub fn of_gradient(self) -> Role {
+        match self {
+            Role::EagerRotary => Role::EagerRotary,
+            _ => Role::Plain,
+        }
+    }
+}
+
 /// The cost of one op instance at concrete sizes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OpCost {
@@ -109,8 +154,11 @@ pub struct OpCost {
     pub layer: Option<u32>,
     /// Tensor-parallel split.
     pub split: TpSplit,
-    /// Short label (e.g. `layers.3.self_attn.q_proj`), for breakdowns.
+    /// Short label (e.g. `layers.3.self_attn.q_proj`), for breakdowns only: costing reads `role`.
     pub label: String,
+    /// What the op is for, where that changes its cost (casts, unfused rotary embedding).
+    #[serde(default)]
+    pub role: Role,
 }
 
 /// Which part of the model a block is.

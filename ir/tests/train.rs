@@ -605,3 +605,62 @@ fn amp_rotary_runs_unfused_in_fp32() {
         0
     );
 }
+
+#[test]
+fn engine_graph_roles_mark_casts_and_the_unfused_rotary() {
+    use moai_ir::cost::Role;
+    let g = planning_llama(2, 256, 4, 2, 688, 1000);
+    let amp_full = opts(
+        PrecisionPolicy::AmpBf16,
+        OptimizerKind::AdamW,
+        RecomputePolicy::Full,
+    );
+    let tg = build_engine_training_graph(&g, &amp_full).unwrap();
+    let mut rotary_phases = HashMap::new();
+    for id in &tg.schedule {
+        let (n, role) = (tg.graph.node(*id), tg.meta(*id).role);
+        // Every cast the builder makes has a cast role: weight casts read a parameter.
+        if let Op::Cast(_) = n.op {
+            let of_param = matches!(tg.graph.node(n.inputs[0].node).op, Op::Param { .. });
+            let want = if of_param {
+                Role::WeightCast
+            } else {
+                Role::Cast
+            };
+            assert_eq!(role, want, "{}", n.prov.name);
+        } else {
+            assert!(!role.is_cast(), "{}: {role:?}", n.prov.name);
+        }
+        // The unfused rotary embedding's ops (named by their scope) and only they have its role.
+        let in_rotary = n.prov.scope.ends_with("/rotary");
+        if role == Role::EagerRotary {
+            assert!(in_rotary && n.prov.layer.is_some(), "{}", n.prov.scope);
+            *rotary_phases.entry(tg.meta(*id).phase).or_insert(0) += 1;
+        } else if in_rotary {
+            assert!(role.is_cast(), "{} ({:?}): {role:?}", n.prov.scope, n.op);
+        }
+    }
+    // Forward, its gradient and its recomputation.
+    for ph in [Phase::Forward, Phase::Backward, Phase::Recompute] {
+        assert!(rotary_phases.get(&ph).copied().unwrap_or(0) >= 4, "{ph:?}");
+    }
+    // The cost records carry the role.
+    let costs = step_costs(&tg, 2, 64).unwrap();
+    let roles = |c: &[moai_ir::cost::OpCost], r: Role| c.iter().filter(|o| o.role == r).count();
+    assert!(roles(&costs, Role::EagerRotary) >= 12);
+    assert!(roles(&costs, Role::WeightCast) >= 7);
+    assert!(roles(&costs, Role::Cast) > 0);
+    let prof = step_profile(&g, &amp_full, 2, 64).unwrap();
+    let prof_ops: Vec<_> = prof.blocks.iter().flat_map(|b| b.ops.clone()).collect();
+    assert_eq!(
+        roles(&prof_ops, Role::EagerRotary),
+        roles(&costs, Role::EagerRotary)
+    );
+    // Neither the compiled step nor an fp32 engine graph has an unfused rotary embedding.
+    for tg in [
+        build_training_graph(&g, &amp_full).unwrap(),
+        build_engine_training_graph(&g, &fp32()).unwrap(),
+    ] {
+        assert!(tg.meta.iter().all(|m| m.role != Role::EagerRotary));
+    }
+}

@@ -584,13 +584,25 @@ mod weights {
     fn random_weights_are_inline_seeded_and_shaped() {
         let cfg = ArchConfig::from_spec(TINY).unwrap();
         let a = cfg
-            .build_with(Weights::Random { seed: 1, std: 0.02 })
+            .build_with(Weights::Random {
+                seed: 1,
+                std: 0.02,
+                embedding_std: None,
+            })
             .unwrap();
         let b = cfg
-            .build_with(Weights::Random { seed: 1, std: 0.02 })
+            .build_with(Weights::Random {
+                seed: 1,
+                std: 0.02,
+                embedding_std: None,
+            })
             .unwrap();
         let c = cfg
-            .build_with(Weights::Random { seed: 2, std: 0.02 })
+            .build_with(Weights::Random {
+                seed: 2,
+                std: 0.02,
+                embedding_std: None,
+            })
             .unwrap();
         let tensors = |g: &Graph| -> Vec<moai_ir::Tensor> {
             g.params()
@@ -631,6 +643,52 @@ mod weights {
     }
 
     #[test]
+    fn random_weights_take_an_embedding_spread_of_their_own() {
+        for (spec, tables) in [
+            (TINY, &["model.embed_tokens.weight"][..]),
+            (
+                "gpt:layers=2,hidden=32,heads=4,vocab=40,max_pos=16",
+                &["transformer.wte.weight", "transformer.wpe.weight"][..],
+            ),
+        ] {
+            let cfg = ArchConfig::from_spec(spec).unwrap();
+            let weights = |embedding_std| {
+                let g = cfg
+                    .build_with(Weights::Random {
+                        seed: 4,
+                        std: 0.02,
+                        embedding_std,
+                    })
+                    .unwrap();
+                g.params()
+                    .into_iter()
+                    .map(|p| match &g.node(p).op {
+                        Op::Param {
+                            name,
+                            data: ParamData::Inline(t),
+                        } => (name.clone(), t.to_f64_vec()),
+                        other => panic!("not inline: {other:?}"),
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let (plain, wide) = (weights(None), weights(Some(0.5)));
+            assert_eq!(plain.len(), wide.len());
+            for ((name, a), (_, b)) in plain.iter().zip(&wide) {
+                if tables.contains(&name.as_str()) {
+                    // The same draws at the table's own spread.
+                    for (x, y) in a.iter().zip(b) {
+                        assert!((y - x * 25.0).abs() <= 1e-5 * y.abs().max(1e-3), "{name}");
+                    }
+                    let std = (b.iter().map(|v| v * v).sum::<f64>() / b.len() as f64).sqrt();
+                    assert!((0.4..0.6).contains(&std), "{spec} {name}: std {std}");
+                } else {
+                    assert_eq!(a, b, "{spec} {name}: only the embedding tables change");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn random_weight_graphs_execute_in_the_reference_interpreter() {
         for spec in [
             TINY,
@@ -639,7 +697,11 @@ mod weights {
         ] {
             let g = ArchConfig::from_spec(spec)
                 .unwrap()
-                .build_with(Weights::Random { seed: 3, std: 0.02 })
+                .build_with(Weights::Random {
+                    seed: 3,
+                    std: 0.02,
+                    embedding_std: None,
+                })
                 .unwrap();
             let ids = moai_ir::Tensor::i64(vec![2, 5], vec![1, 2, 3, 4, 5, 39, 38, 0, 7, 7]);
             let out = moai_ir::interp::Interpreter::new(&g)
@@ -670,7 +732,11 @@ mod weights {
         let cfg =
             ArchConfig::from_spec("llama:layers=32,hidden=4096,heads=32,vocab=32000").unwrap();
         let e = cfg
-            .build_with(Weights::Random { seed: 0, std: 0.02 })
+            .build_with(Weights::Random {
+                seed: 0,
+                std: 0.02,
+                embedding_std: None,
+            })
             .unwrap_err()
             .to_string();
         assert!(
@@ -1304,7 +1370,11 @@ mod moe {
         for (name, json) in TINY_MOE {
             let g = ArchConfig::from_hf_config_str(json, name)
                 .unwrap()
-                .build_with(Weights::Random { seed: 5, std: 0.2 })
+                .build_with(Weights::Random {
+                    seed: 5,
+                    std: 0.2,
+                    embedding_std: None,
+                })
                 .unwrap();
             let ids = moai_ir::Tensor::i64(vec![2, 5], vec![1, 2, 3, 4, 5, 39, 38, 0, 7, 7]);
             let out = moai_ir::interp::Interpreter::new(&g)

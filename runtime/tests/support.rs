@@ -224,25 +224,17 @@ pub fn tiny_llama_arch() -> moai_models::ArchConfig {
 pub const BF16_STEP_TOLERANCE: f64 = 4e-2;
 
 /// [`tiny_llama_arch`] built by moai-models with seeded random weights the interpreter runs
-/// (`N(0, 0.1²)` matrices, unit norms), the token embeddings at unit order (scaled to std 0.58, the
-/// spread of a uniform [-1, 1) table): small embeddings leave the residual stream to the layers'
-/// outputs and make the f32 step's elementwise comparison with f64 fragile.
+/// (`N(0, 0.1²)` matrices, unit norms), the token embeddings at unit order (std 0.58, the spread of a
+/// uniform [-1, 1) table): small embeddings leave the residual stream to the layers' outputs and make
+/// the f32 step's elementwise comparison with f64 fragile.
 pub fn tiny_llama() -> Graph {
-    let mut g = tiny_llama_arch()
-        .build_with(moai_models::Weights::Random { seed: 7, std: 0.1 })
-        .expect("tiny llama builds");
-    for id in g.params() {
-        if let moai_ir::Op::Param {
-            name,
-            data: moai_ir::ParamData::Inline(t),
-        } = &mut g.node_mut(id).op
-            && name == "model.embed_tokens.weight"
-            && let moai_ir::TensorData::F32(v) = &mut t.data
-        {
-            v.iter_mut().for_each(|x| *x *= 5.8);
-        }
-    }
-    g
+    tiny_llama_arch()
+        .build_with(moai_models::Weights::Random {
+            seed: 7,
+            std: 0.1,
+            embedding_std: Some(0.58),
+        })
+        .expect("tiny llama builds")
 }
 
 /// Tiny-llama's training step under `precision`, and its forward / backward / optimizer programs

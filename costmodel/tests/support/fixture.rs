@@ -11,7 +11,8 @@
 use moai_costmodel::Recompute;
 use moai_ir::DType;
 use moai_ir::cost::{
-    ActivationBytes, BlockKind, BlockProfile, KernelClass, OpCost, Phase, StepProfile, TpSplit,
+    ActivationBytes, BlockKind, BlockProfile, KernelClass, OpCost, Phase, Role, StepProfile,
+    TpSplit,
 };
 
 /// Architecture of a decoder.
@@ -88,6 +89,7 @@ impl B {
             layer: self.layer,
             split,
             label: label.into(),
+            role: Role::Plain,
         });
     }
     /// A linear `[t, k] × [k, n]`: forward, or backward (dgrad, wgrad, fp32 grad accumulation).
@@ -136,6 +138,7 @@ impl B {
             layer: self.layer,
             split,
             label: label.into(),
+            role: Role::Plain,
         });
     }
     #[allow(clippy::too_many_arguments)]
@@ -169,6 +172,7 @@ impl B {
             layer: self.layer,
             split: TpSplit::Heads,
             label: "self_attn.core".into(),
+            role: Role::Plain,
         });
     }
 }
@@ -544,6 +548,7 @@ pub fn step_profile(
         layer: None,
         split: TpSplit::Replicated,
         label: "adamw".into(),
+        role: Role::Plain,
     }];
     StepProfile {
         micro_batch: b,

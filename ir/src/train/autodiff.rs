@@ -8,9 +8,9 @@
 //! only attention; `selective-op` reruns the layer like `full` except the ops torchtitan's per-op
 //! policy saves ([`op_policy_saves`]).
 
-use super::build::{Builder, Ctx, Role};
+use super::build::{Builder, Ctx};
 use super::options::RecomputePolicy;
-use crate::cost::{BlockKind, Phase};
+use crate::cost::{BlockKind, Phase, Role};
 use crate::dim::Dim;
 use crate::dtype::DType;
 use crate::error::{IrError, Result};
@@ -367,7 +367,7 @@ impl Builder<'_> {
                 layer: n.prov.layer,
                 scope: n.prov.scope.clone(),
                 origin: Some(id),
-                role: Role::Plain,
+                role: m.role.of_gradient(),
             };
             self.diff(id, &gys)?;
         }

@@ -2,7 +2,7 @@
 //! (see [`super::autodiff`]) and the optimizer updates.
 
 use super::options::{Hyper, OptimizerKind, PrecisionPolicy, TrainOptions};
-use crate::cost::{BlockKind, Phase};
+use crate::cost::{BlockKind, Phase, Role};
 use crate::dim::Dim;
 use crate::dtype::DType;
 use crate::error::{IrError, Result};
@@ -21,21 +21,8 @@ pub struct NodeMeta {
     pub block: BlockKind,
     /// The forward node this node differentiates or recomputes (itself for forward nodes).
     pub origin: Option<NodeId>,
-    /// Role of backward matmuls of a linear layer.
+    /// What the node is for (linear backward, cast, unfused rotary embedding).
     pub role: Role,
-}
-
-/// Role of a node created for a linear layer's backward.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Anything else.
-    Plain,
-    /// `d_x = d_y · Wᵀ`.
-    LinearDx,
-    /// `d_W = xᵀ · d_y`.
-    LinearDw,
-    /// A cast of a weight to the compute dtype.
-    WeightCast,
 }
 
 /// One trainable parameter of the training graph.
@@ -110,8 +97,8 @@ pub fn build_training_graph_with(
 }
 
 /// Builds the training graph as the engines' PyTorch modules run it, for costing: under autocast,
-/// Hugging Face's rotary embedding is unfused and in fp32 (`Builder::eager_rotary`, its ops scoped
-/// `<scope>/rotary`; a stack with a fused RoPE kernel costs them as that kernel). The step
+/// Hugging Face's rotary embedding is unfused and in fp32 (`Builder::eager_rotary`, its ops of role
+/// [`Role::EagerRotary`]; a stack with a fused RoPE kernel costs them as that kernel). The step
 /// profiles ([`crate::train::step_profile`]) are built from it; the compiled programs are not.
 pub fn build_engine_training_graph(forward: &Graph, opts: &TrainOptions) -> Result<TrainingGraph> {
     build(forward, opts, &Hyper::default(), true)
@@ -278,9 +265,11 @@ impl<'f> Builder<'f> {
             return *c;
         }
         let role = self.ctx.role;
-        if matches!(self.g.node(v.node).op, Op::Param { .. }) {
-            self.ctx.role = Role::WeightCast;
-        }
+        self.ctx.role = if matches!(self.g.node(v.node).op, Op::Param { .. }) {
+            Role::WeightCast
+        } else {
+            Role::Cast
+        };
         let c = self.add1(Op::Cast(dt), vec![v], TensorType::new(dt, t.shape));
         self.ctx.role = role;
         if self.requires_grad.contains(&v) {
@@ -570,12 +559,15 @@ impl<'f> Builder<'f> {
     /// products promote the bf16 projection to fp32 and the attention casts it back. `None` when the
     /// head dimension is not a known even constant (the fused op is kept).
     fn eager_rotary(&mut self, x: Value, cos: Value, sin: Value) -> Option<Value> {
-        // Its ops (and, through their provenance, their gradients') are scoped `<scope>/rotary`
-        // ([`cost::EAGER_ROTARY_SCOPE`]), so a stack running a fused RoPE kernel can tell them apart.
-        let scope = self.ctx.scope.clone();
-        self.ctx.scope = format!("{scope}{}", super::cost::EAGER_ROTARY_SCOPE);
+        // Its ops (and their gradients and recomputations) have the role `Role::EagerRotary`, so a
+        // stack running a fused RoPE kernel can cost that kernel instead; their scope
+        // `<scope>/rotary` names them in breakdowns.
+        let (scope, role) = (self.ctx.scope.clone(), self.ctx.role);
+        self.ctx.scope = format!("{scope}/rotary");
+        self.ctx.role = Role::EagerRotary;
         let y = self.eager_rotary_ops(x, cos, sin);
         self.ctx.scope = scope;
+        self.ctx.role = role;
         y
     }
 

@@ -286,19 +286,10 @@ pub fn step_costs(tg: &TrainingGraph, micro_batch: u64, seq: u64) -> Result<Vec<
             layer: n.prov.layer,
             split: tpi.split[id.index()],
             label: label(&n.prov.scope, &n.op),
+            role: m.role,
         });
     }
     Ok(out)
-}
-
-/// Scope suffix of the ops of Hugging Face's unfused rotary embedding under autocast (the training
-/// graph's `eager_rotary`: slices, negation, concatenation, fp32 casts, products and sum, and their
-/// gradients), so a stack with a fused RoPE kernel can cost that kernel instead ([`is_eager_rotary`]).
-pub const EAGER_ROTARY_SCOPE: &str = "/rotary";
-
-/// Whether an op label (see [`label`]) belongs to the unfused rotary embedding of the training graph.
-pub fn is_eager_rotary(label: &str) -> bool {
-    label.contains("/rotary:")
 }
 
 /// A short label: the scope without the leading `model.`, and the op kind.

@@ -56,6 +56,7 @@ pub fn step_profile(
             layer: n.prov.layer,
             split: tpi.split[id.index()],
             label: label(&n.prov.scope, &n.op),
+            role: m.role,
         };
         if m.phase == Phase::Optimizer {
             optimizer.push(rec);

@@ -2,8 +2,8 @@
 //! column-parallel, o/down row-parallel, attention by heads, embedding/LM head/loss by vocabulary, norms
 //! and residual adds replicated (or split by sequence parallelism).
 
-use super::build::{Role, TrainingGraph};
-use crate::cost::{Phase, TpSplit};
+use super::build::TrainingGraph;
+use crate::cost::{Phase, Role, TpSplit};
 use crate::graph::{Graph, NodeId, Value};
 use crate::op::Op;
 

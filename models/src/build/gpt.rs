@@ -11,10 +11,10 @@ pub(super) fn build(b: &mut Builder, cfg: &ArchConfig) {
     let seq = Dim::sym("seq");
     let ids = b.input_ids();
     b.at("transformer.wte", None);
-    let wte = b.param("transformer.wte.weight", &[cfg.vocab, h], Init::Normal);
+    let wte = b.param("transformer.wte.weight", &[cfg.vocab, h], Init::Embedding);
     let tok = b.op(Op::Embedding, &[wte, ids], dt, bsn(h));
     b.at("transformer.wpe", None);
-    let wpe = b.param("transformer.wpe.weight", &[cfg.max_pos, h], Init::Normal);
+    let wpe = b.param("transformer.wpe.weight", &[cfg.max_pos, h], Init::Embedding);
     b.at("transformer", None);
     let pos = b.op(
         Op::Range {

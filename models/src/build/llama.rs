@@ -10,7 +10,11 @@ pub(super) fn build(b: &mut Builder, cfg: &ArchConfig) {
     let (h, dt) = (cfg.hidden, b.dtype);
     let ids = b.input_ids();
     b.at("model.embed_tokens", None);
-    let table = b.param("model.embed_tokens.weight", &[cfg.vocab, h], Init::Normal);
+    let table = b.param(
+        "model.embed_tokens.weight",
+        &[cfg.vocab, h],
+        Init::Embedding,
+    );
     let mut x = b.op(Op::Embedding, &[table, ids], dt, bsn(h));
     // Latent attention rotates only the rotary part of each head.
     let rot_dim = cfg

@@ -28,12 +28,17 @@ pub const MAX_RANDOM_PARAMS: u64 = 1 << 26;
 pub enum Weights {
     /// No values: `External { location: "<synthetic>" }` (planning only).
     Synthetic,
-    /// Seeded random values inline: matrices and embeddings `N(0, std²)`, norm weights 1, biases 0.
+    /// Seeded random values inline: matrices `N(0, std²)`, embedding tables `N(0, embedding_std²)`
+    /// (`std` when `None`), norm weights 1, biases 0. The parameters are drawn in the same order
+    /// whatever the spreads, so changing one spread leaves every other parameter's values as they were.
     Random {
         /// PRNG seed (same seed, same weights).
         seed: u64,
         /// Standard deviation of matrix entries (Hugging Face uses 0.02).
         std: f32,
+        /// Standard deviation of the token (and learned position) embedding tables; `None` uses
+        /// `std`, as Hugging Face's initialisation does.
+        embedding_std: Option<f32>,
     },
 }
 
@@ -64,8 +69,10 @@ pub fn build(cfg: &ArchConfig, weights: Weights) -> Result<Graph, ModelError> {
 /// Initialization class of a parameter.
 #[derive(Clone, Copy)]
 pub(crate) enum Init {
-    /// Normal with the configured std (matrices, embeddings).
+    /// Normal with the configured std (matrices).
     Normal,
+    /// Normal with the configured embedding std (token and position embedding tables).
+    Embedding,
     /// All ones (norm weights).
     Ones,
     /// All zeros (biases).
@@ -171,9 +178,15 @@ impl Builder {
                 offset: 0,
                 length: numel as u64 * self.dtype.size_bytes(),
             },
-            Weights::Random { std, .. } => {
+            Weights::Random {
+                std, embedding_std, ..
+            } => {
                 let values = match init {
                     Init::Normal => (0..numel).map(|_| self.rng.normal() * std).collect(),
+                    Init::Embedding => {
+                        let std = embedding_std.unwrap_or(std);
+                        (0..numel).map(|_| self.rng.normal() * std).collect()
+                    }
                     Init::Ones => vec![1.0; numel],
                     Init::Zeros => vec![0.0; numel],
                 };
