@@ -1,8 +1,14 @@
 //! Links and clusters: how many devices, how they are grouped in servers, and the links between them.
 //!
 //! Defaults (per device, per direction):
-//! - MI250: the two GCDs of one package share 4 Infinity Fabric links, 200 GB/s (`pair`); inside a
-//!   4-package server a ring across packages is limited by single 50 GB/s links (`server`).
+//! - MI250: the two GCDs of one package share 4 Infinity Fabric links, 200 GB/s (`pair`). Across the
+//!   4 packages of a server each GCD has single 50 GB/s links, but RCCL runs several rings at once
+//!   over them: measured, an all-gather of 14 MiB per rank over the 8 GCDs of a LUMI-G node (4
+//!   MI250X; Megatron-DeepSpeed's pipeline receivers gathering a 175B activation over the TP group)
+//!   took a median 1.19 ms over 2,330 calls (DeepSpeed comms logger, spyysalo/lumi-llm-scaling
+//!   `meg-ds/experiments/175B-scaling-comms/16-node.out` @7314958; ROCm 5.2.3): 86 GB/s of bus
+//!   bandwidth. `server` is the link that reproduces it with this α-β model (5 µs per step,
+//!   efficiency 0.8): 111 GB/s per direction.
 //! - MI210: one 50 GB/s Infinity Fabric link to a bridge neighbour (`pair`); an 8-card server is two
 //!   4-card bridge hives joined over PCIe4 x16 (about 32 GB/s, `server`). Assumption: the data sheet
 //!   gives only the links, not the server topology.
@@ -125,9 +131,10 @@ impl Links {
             (mesh, mesh)
         };
         match gpu {
+            // `server`: fitted to the measured RCCL all-gather of a LUMI-G node (module docs).
             Gpu::Mi250 => Links {
                 pair: Link::new(200e9, INTRA),
-                server: Link::new(50e9, INTRA),
+                server: Link::new(111e9, INTRA),
                 network: amd_net,
             },
             Gpu::Mi210 => Links {

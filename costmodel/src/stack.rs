@@ -166,11 +166,16 @@ impl Stack {
 
     /// Whether the distributed optimizer's all-gather of the updated weights (ZeRO-1) overlaps with
     /// the next step's forward compute: Megatron-LM with `--overlap-param-gather` (`flag`), modelled
-    /// as hidden like the gradient reduce-scatter it follows; DeepSpeed's ZeRO-1/2 gathers after the
-    /// step as the same bucketed collective. Off, the gather is exposed in full.
+    /// as hidden like the gradient reduce-scatter it follows. DeepSpeed's ZeRO-1/2 never overlaps
+    /// it: `DeepSpeedZeroOptimizer.step` ends with `all_gather_dp_groups` over the updated 16-bit
+    /// partitions, after the optimizer update and before the next forward (microsoft/DeepSpeed
+    /// `deepspeed/runtime/zero/stage_1_and_2.py` @38327e0, "Gather the updated weights from
+    /// everyone"), so the gather is exposed in full. FSDP and torchtitan shard parameters (ZeRO-3)
+    /// and do not reach this path.
     pub fn overlaps_zero1_gather(self, flag: bool) -> bool {
         match self {
             Stack::Megatron => flag,
+            Stack::Deepspeed => false,
             _ => true,
         }
     }
@@ -445,6 +450,16 @@ mod tests {
         let f = AttentionKernel::HopperFused.throughput_over_fa2();
         assert!((1.5..=1.75).contains(&f), "{f}");
         assert_eq!(AttentionKernel::FlashAttention2.throughput_over_fa2(), 1.0);
+    }
+
+    #[test]
+    fn deepspeed_gathers_zero1_weights_after_the_step() {
+        // DeepSpeed's ZeRO-1/2 all-gather runs inside step(), whatever the switch says; Megatron-LM
+        // follows --overlap-param-gather.
+        for flag in [true, false] {
+            assert!(!Stack::Deepspeed.overlaps_zero1_gather(flag));
+            assert_eq!(Stack::Megatron.overlaps_zero1_gather(flag), flag);
+        }
     }
 
     #[test]
