@@ -230,7 +230,16 @@ pub enum AttentionKernel {
     /// both it and FlashAttention-2 apply (NVIDIA/NeMo `docs/source/nlp/nemo_megatron/
     /// memory_optimizations.rst`, PR #9188: "Transformer Engine prefers cuDNN flash attention on
     /// Hopper+ architectures, and Tri Dao flash attention on pre-Hopper architectures"), of the class
-    /// of FlashAttention-3.
+    /// of FlashAttention-3. The preference is older than that note: from Transformer Engine 1.2
+    /// (December 2023) `DotProductAttention` drops FlashAttention-2 on compute capability 9.0
+    /// whenever cuDNN's `F16_arbitrary_seqlen` backend applies ("Select FusedAttention on sm90 and
+    /// FlashAttention on others for performance", NVIDIA/TransformerEngine
+    /// `transformer_engine/pytorch/attention.py`, tags v1.2 and v1.3), and that backend takes
+    /// grouped-query attention from cuDNN 8.9.7 on (`nvte_get_fused_attn_backend`,
+    /// `transformer_engine/common/fused_attn/fused_attn.cpp`, same tags). Megatron-Core runs of
+    /// early 2024 with the `flash-attn` package installed (FlagPerf's Llama-3-8B on NGC
+    /// `pytorch:24.02`, cuDNN 9.0) therefore ran this kernel, not FlashAttention-2 (assumed: that
+    /// container's Transformer Engine is 1.2 or later; v1.2 is tagged two months before it).
     HopperFused,
 }
 
