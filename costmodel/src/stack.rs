@@ -82,6 +82,36 @@ impl Stack {
         if self.fits_fusion() { fitted } else { 1.0 }
     }
 
+    /// Whether this stack runs Transformer Engine's fused CUDA kernels for the memory-bound ops on
+    /// `gpu`: Megatron-LM (Megatron-Core with `--transformer-impl transformer_engine`) on Hopper and
+    /// later NVIDIA GPUs, whose norms run inside `LayerNormLinear`/`LayerNormMLP` modules, with
+    /// fused SwiGLU, RoPE and bias-dropout-add kernels: the same GPUs on which it runs Transformer
+    /// Engine's Hopper attention ([`Stack::attention_kernel`]). Megatron-LM's other truth rows run
+    /// the older TorchScript and Apex fusions (the 2021 A100 runs of SC21, Megatron-DeepSpeed on
+    /// ROCm), which LUMI's measurements show leave almost all of the traffic: switching off the
+    /// bias-GeLU, bias-dropout and layer-norm fusions each moved throughput by under 1.5%, only
+    /// the masked-softmax fusion mattered (spyysalo/lumi-llm-scaling `README.md` "Impact of fused
+    /// kernels" and `figures/kernels.png`, commit 7314958).
+    pub fn runs_te_fused_kernels(self, gpu: Gpu) -> bool {
+        matches!(
+            (self, gpu),
+            (Stack::Megatron, Gpu::H100 | Gpu::H200 | Gpu::B200)
+        )
+    }
+
+    /// The fraction of fusable bytes this stack leaves on `gpu`, given the fitted `fused_bytes` of
+    /// the stack it is costed as: where it runs Transformer Engine's fused kernels
+    /// ([`Stack::runs_te_fused_kernels`]) the stack's prior ([`Stack::fusion`], about half the
+    /// traffic, not fitted: the fitted fraction then describes the older fusions of its other
+    /// rows), else [`Stack::fused_bytes`].
+    pub fn fused_bytes_on(self, gpu: Gpu, fitted: f64) -> f64 {
+        if self.runs_te_fused_kernels(gpu) {
+            self.fusion().0
+        } else {
+            self.fused_bytes(fitted)
+        }
+    }
+
     /// Kernel fusion of memory-bound ops (norms, elementwise, softmax): the fractions of their bytes
     /// and kernels left after fusion. The bytes fraction is the prior of the fitted per-stack
     /// `fused_bytes` coefficient (eager stays at 1); the kernel fraction is used as is. Megatron-LM fuses bias+activation (bias-GeLU / SwiGLU),
@@ -454,6 +484,30 @@ mod tests {
         let f = AttentionKernel::HopperFused.throughput_over_fa2();
         assert!((1.5..=1.75).contains(&f), "{f}");
         assert_eq!(AttentionKernel::FlashAttention2.throughput_over_fa2(), 1.0);
+    }
+
+    #[test]
+    fn transformer_engine_fusion_is_megatrons_prior_on_hopper_only() {
+        for g in [Gpu::H100, Gpu::H200, Gpu::B200] {
+            assert!(Stack::Megatron.runs_te_fused_kernels(g));
+            assert_eq!(
+                Stack::Megatron.attention_kernel(g),
+                AttentionKernel::HopperFused
+            );
+            assert_eq!(
+                Stack::Megatron.fused_bytes_on(g, 0.9),
+                Stack::Megatron.fusion().0
+            );
+        }
+        for g in [Gpu::A100, Gpu::Mi250, Gpu::Mi325x] {
+            assert!(!Stack::Megatron.runs_te_fused_kernels(g));
+            assert_eq!(Stack::Megatron.fused_bytes_on(g, 0.9), 0.9);
+        }
+        for st in [Stack::Deepspeed, Stack::Fsdp, Stack::Eager] {
+            assert!(!st.runs_te_fused_kernels(Gpu::H100));
+            assert_eq!(st.fused_bytes_on(Gpu::H100, 0.7), 0.7);
+        }
+        assert_eq!(Stack::Torchtitan.fused_bytes_on(Gpu::H100, 0.7), 1.0);
     }
 
     #[test]
