@@ -284,10 +284,14 @@ impl PhaseSums {
     }
 
     /// Kernel seconds and kernels of this phase on a device with coefficients `eff`, under a stack's
-    /// fusion: fusable bytes scaled by the stack's fitted `fused_bytes`, fusable kernels by
+    /// fusion: fusable bytes scaled by the stack's fitted `fused_bytes` (its prior where it runs
+    /// Transformer Engine's fused kernels, [`crate::stack::Stack::fused_bytes_on`]), fusable kernels by
     /// [`crate::stack::Stack::fusion`]'s kernel fraction.
     pub fn kernel_time(&self, eff: &Efficiency, sc: &StackCoefficients) -> (f64, f64) {
-        let (fb, fk) = (sc.fused_bytes, sc.stack.fusion().1);
+        let (fb, fk) = (
+            sc.stack.fused_bytes_on(eff.gpu, sc.fused_bytes),
+            sc.stack.fusion().1,
+        );
         let (cast_s, cast_kernels, rope_s, rope_kernels) = if sc.stack.runs_amp_casts() {
             (0.0, 0.0, 0.0, 0.0)
         } else {

@@ -44,7 +44,7 @@ pub use error::{CostError, Result};
 pub use estimate::{Breakdown, CostModel, Estimate, ProfiledCostModel, SourceNotes};
 pub use flavor::{FlavorRow, flavors, render_flavors, render_flavors_marked};
 pub use memory::StageMemory;
-pub use ops::Source;
+pub use ops::{ATTENTION_DROPOUT_THROUGHPUT, Source};
 pub use precision::MatmulPrecision;
 pub use profile::OpProfile;
 pub use runtime_memory::{RuntimeMemory, runtime_memory};

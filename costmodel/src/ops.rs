@@ -212,6 +212,29 @@ pub struct KernelTime {
     pub source: Source,
 }
 
+/// Throughput of a fused attention kernel with in-kernel dropout relative to the same kernel
+/// without, forward and backward: Dao-AILab/flash-attention PR #2597 (FlashAttention-4 dropout,
+/// bf16, p = 0.125, head dims 64 and 128, against cuDNN 9.24's dropout kernels) measures the
+/// forward at 75-85% and the backward at 60-70% of the dropout-free throughput, with cuDNN's
+/// backward slower still; the midpoints are taken. Assumed: Hopper's cuDNN and FlashAttention-2
+/// kernels lose the same fractions (the measurements are on GB200).
+pub const ATTENTION_DROPOUT_THROUGHPUT: (f64, f64) = (0.8, 0.65);
+
+/// Cost a profile's fused attention kernels as running with in-kernel attention dropout: each
+/// forward kernel's work is divided by the forward throughput fraction and each backward kernel's
+/// by the backward one ([`ATTENTION_DROPOUT_THROUGHPUT`]); the probability itself does not change
+/// the kernels' cost (the mask is drawn for every element).
+pub fn apply_attention_dropout(profile: &mut moai_ir::cost::StepProfile) {
+    let (fwd, bwd) = ATTENTION_DROPOUT_THROUGHPUT;
+    for block in &mut profile.blocks {
+        for op in &mut block.ops {
+            if let KernelClass::Attention { backward, .. } = op.class {
+                op.flops /= if backward { bwd } else { fwd };
+            }
+        }
+    }
+}
+
 /// Rewrites a step profile's fused attention kernels as the unfused sequence Megatron-LM and eager
 /// PyTorch ran before FlashAttention: per forward, a batched `QKᵀ` GEMM writing the `s × s` scores,
 /// a fused scale-mask-softmax kernel, attention dropout, and a batched `PV` GEMM; per backward, the

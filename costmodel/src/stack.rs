@@ -82,6 +82,36 @@ impl Stack {
         if self.fits_fusion() { fitted } else { 1.0 }
     }
 
+    /// Whether this stack runs Transformer Engine's fused CUDA kernels for the memory-bound ops on
+    /// `gpu`: Megatron-LM (Megatron-Core with `--transformer-impl transformer_engine`) on Hopper and
+    /// later NVIDIA GPUs, whose norms run inside `LayerNormLinear`/`LayerNormMLP` modules, with
+    /// fused SwiGLU, RoPE and bias-dropout-add kernels: the same GPUs on which it runs Transformer
+    /// Engine's Hopper attention ([`Stack::attention_kernel`]). Megatron-LM's other truth rows run
+    /// the older TorchScript and Apex fusions (the 2021 A100 runs of SC21, Megatron-DeepSpeed on
+    /// ROCm), which LUMI's measurements show leave almost all of the traffic: switching off the
+    /// bias-GeLU, bias-dropout and layer-norm fusions each moved throughput by under 1.5%, only
+    /// the masked-softmax fusion mattered (spyysalo/lumi-llm-scaling `README.md` "Impact of fused
+    /// kernels" and `figures/kernels.png`, commit 7314958).
+    pub fn runs_te_fused_kernels(self, gpu: Gpu) -> bool {
+        matches!(
+            (self, gpu),
+            (Stack::Megatron, Gpu::H100 | Gpu::H200 | Gpu::B200)
+        )
+    }
+
+    /// The fraction of fusable bytes this stack leaves on `gpu`, given the fitted `fused_bytes` of
+    /// the stack it is costed as: where it runs Transformer Engine's fused kernels
+    /// ([`Stack::runs_te_fused_kernels`]) the stack's prior ([`Stack::fusion`], about half the
+    /// traffic, not fitted: the fitted fraction then describes the older fusions of its other
+    /// rows), else [`Stack::fused_bytes`].
+    pub fn fused_bytes_on(self, gpu: Gpu, fitted: f64) -> f64 {
+        if self.runs_te_fused_kernels(gpu) {
+            self.fusion().0
+        } else {
+            self.fused_bytes(fitted)
+        }
+    }
+
     /// Kernel fusion of memory-bound ops (norms, elementwise, softmax): the fractions of their bytes
     /// and kernels left after fusion. The bytes fraction is the prior of the fitted per-stack
     /// `fused_bytes` coefficient (eager stays at 1); the kernel fraction is used as is. Megatron-LM fuses bias+activation (bias-GeLU / SwiGLU),
@@ -235,7 +265,16 @@ pub enum AttentionKernel {
     /// both it and FlashAttention-2 apply (NVIDIA/NeMo `docs/source/nlp/nemo_megatron/
     /// memory_optimizations.rst`, PR #9188: "Transformer Engine prefers cuDNN flash attention on
     /// Hopper+ architectures, and Tri Dao flash attention on pre-Hopper architectures"), of the class
-    /// of FlashAttention-3.
+    /// of FlashAttention-3. The preference is older than that note: from Transformer Engine 1.2
+    /// (December 2023) `DotProductAttention` drops FlashAttention-2 on compute capability 9.0
+    /// whenever cuDNN's `F16_arbitrary_seqlen` backend applies ("Select FusedAttention on sm90 and
+    /// FlashAttention on others for performance", NVIDIA/TransformerEngine
+    /// `transformer_engine/pytorch/attention.py`, tags v1.2 and v1.3), and that backend takes
+    /// grouped-query attention from cuDNN 8.9.7 on (`nvte_get_fused_attn_backend`,
+    /// `transformer_engine/common/fused_attn/fused_attn.cpp`, same tags). Megatron-Core runs of
+    /// early 2024 with the `flash-attn` package installed (FlagPerf's Llama-3-8B on NGC
+    /// `pytorch:24.02`, cuDNN 9.0) therefore ran this kernel, not FlashAttention-2 (assumed: that
+    /// container's Transformer Engine is 1.2 or later; v1.2 is tagged two months before it).
     HopperFused,
 }
 
@@ -460,6 +499,30 @@ mod tests {
             assert!(!Stack::Deepspeed.overlaps_zero1_gather(flag));
             assert_eq!(Stack::Megatron.overlaps_zero1_gather(flag), flag);
         }
+    }
+
+    #[test]
+    fn transformer_engine_fusion_is_megatrons_prior_on_hopper_only() {
+        for g in [Gpu::H100, Gpu::H200, Gpu::B200] {
+            assert!(Stack::Megatron.runs_te_fused_kernels(g));
+            assert_eq!(
+                Stack::Megatron.attention_kernel(g),
+                AttentionKernel::HopperFused
+            );
+            assert_eq!(
+                Stack::Megatron.fused_bytes_on(g, 0.9),
+                Stack::Megatron.fusion().0
+            );
+        }
+        for g in [Gpu::A100, Gpu::Mi250, Gpu::Mi325x] {
+            assert!(!Stack::Megatron.runs_te_fused_kernels(g));
+            assert_eq!(Stack::Megatron.fused_bytes_on(g, 0.9), 0.9);
+        }
+        for st in [Stack::Deepspeed, Stack::Fsdp, Stack::Eager] {
+            assert!(!st.runs_te_fused_kernels(Gpu::H100));
+            assert_eq!(st.fused_bytes_on(Gpu::H100, 0.7), 0.7);
+        }
+        assert_eq!(Stack::Torchtitan.fused_bytes_on(Gpu::H100, 0.7), 1.0);
     }
 
     #[test]

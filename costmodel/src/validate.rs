@@ -98,6 +98,13 @@ pub struct TruthRow {
     /// before FlashAttention); see [`crate::ops::unfuse_attention`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention: Option<String>,
+    /// Attention dropout probability of the measured run, when it is not zero (Megatron-LM's
+    /// `--attention-dropout`, default 0.1 before Megatron-Core's Llama recipes set 0): the fused
+    /// attention kernels then draw and apply a dropout mask in-kernel and run slower
+    /// ([`crate::ops::apply_attention_dropout`]). Materialised (`unfused`) attention already carries
+    /// its dropout kernels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_dropout: Option<f64>,
     /// The measured run used something the cost model does not model (e.g. Float8 linears and
     /// `torch.compile` in torchtitan's context-parallel table): its row is validated (predicted and
     /// reported) but never fitted on, neither by the committed joint fit nor by a cross-validation fold.
@@ -112,8 +119,19 @@ impl TruthRow {
         profile_for: &dyn Fn(&TruthRow) -> Result<StepProfile>,
     ) -> Result<StepProfile> {
         let mut p = profile_for(self)?;
+        let dropout = self.attention_dropout.unwrap_or(0.0);
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(CostError::StepProfile(format!(
+                "{}: attention_dropout {dropout} outside [0, 1)",
+                self.name
+            )));
+        }
         match self.attention.as_deref() {
-            None | Some("flash") => {}
+            None | Some("flash") => {
+                if dropout > 0.0 {
+                    crate::ops::apply_attention_dropout(&mut p);
+                }
+            }
             Some("unfused") => crate::ops::unfuse_attention(&mut p),
             Some(other) => {
                 return Err(CostError::StepProfile(format!(

@@ -88,3 +88,40 @@ fn megatron_attention_runs_at_the_hopper_kernels_rate_on_h100_only() {
         AttentionKernel::FlashAttention2
     );
 }
+
+/// A row's attention dropout (the FlagPerf rows': Megatron-LM's default 0.1) divides each fused
+/// attention kernel's work by the cited throughput fraction, forward and backward, and leaves every
+/// other op alone; no dropout leaves the profile as built; a probability outside [0, 1) is an error.
+#[test]
+fn attention_dropout_slows_the_fused_attention_kernels_only() {
+    let row = truth("truth/megatron_h100_flagperf.jsonl").remove(0);
+    assert_eq!(row.attention_dropout, Some(0.1));
+    let base = real_profile(&row).unwrap();
+    let with = row.step_profile(&real_profile).unwrap();
+    let (fwd, bwd) = moai_costmodel::ATTENTION_DROPOUT_THROUGHPUT;
+    let mut seen = [false; 2];
+    for (b0, b1) in base.blocks.iter().zip(&with.blocks) {
+        assert_eq!(b0.ops.len(), b1.ops.len());
+        for (o0, o1) in b0.ops.iter().zip(&b1.ops) {
+            match o0.class {
+                moai_ir::cost::KernelClass::Attention { backward, .. } => {
+                    let f = if backward { bwd } else { fwd };
+                    assert!((o1.flops * f / o0.flops - 1.0).abs() < 1e-12);
+                    seen[usize::from(backward)] = true;
+                }
+                _ => assert_eq!(o0, o1),
+            }
+        }
+    }
+    assert_eq!(seen, [true, true]);
+    let mut none = row.clone();
+    none.attention_dropout = None;
+    assert_eq!(
+        none.step_profile(&real_profile).unwrap().blocks,
+        base.blocks
+    );
+    let mut bad = row;
+    bad.attention_dropout = Some(1.0);
+    let e = bad.step_profile(&real_profile).unwrap_err().to_string();
+    assert!(e.contains("attention_dropout"), "{e}");
+}
