@@ -48,6 +48,11 @@ pub struct StackCoefficients {
     /// Fraction of the fusable memory-bound traffic (norms, elementwise, softmax) left after the
     /// stack's kernel fusion (1 for eager PyTorch, which runs every op as its own kernel).
     pub fused_bytes: f64,
+    /// Fraction of the fusable traffic left where the stack runs Transformer Engine's fused kernels
+    /// ([`Stack::runs_te_fused_kernels`]); fitted on those rows, absent = the stack's prior
+    /// ([`Stack::fusion`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub te_fused_bytes: Option<f64>,
     /// Fitted or assumed, and from what.
     pub source: String,
 }
@@ -113,6 +118,14 @@ impl EfficiencyFile {
                 return Err(err(format!(
                     "{}: fused_bytes {} outside (0, 1]",
                     s.stack, s.fused_bytes
+                )));
+            }
+            if let Some(t) = s.te_fused_bytes
+                && !(t > 0.0 && t <= 1.0)
+            {
+                return Err(err(format!(
+                    "{}: te_fused_bytes {t} outside (0, 1]",
+                    s.stack
                 )));
             }
         }
@@ -196,6 +209,7 @@ pub fn committed() -> &'static EfficiencyFile {
                         launch_overhead_s: 1e-5,
                         step_overhead_s: 0.0,
                         fused_bytes: s.fusion().0,
+                        te_fused_bytes: None,
                         source: "fallback".into(),
                     })
                     .collect(),

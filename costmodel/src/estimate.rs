@@ -284,12 +284,13 @@ impl PhaseSums {
     }
 
     /// Kernel seconds and kernels of this phase on a device with coefficients `eff`, under a stack's
-    /// fusion: fusable bytes scaled by the stack's fitted `fused_bytes` (its prior where it runs
-    /// Transformer Engine's fused kernels, [`crate::stack::Stack::fused_bytes_on`]), fusable kernels by
+    /// fusion: fusable bytes scaled by the stack's fitted `fused_bytes` (its fitted `te_fused_bytes`
+    /// where it runs Transformer Engine's fused kernels, [`crate::stack::Stack::fused_bytes_on`]), fusable kernels by
     /// [`crate::stack::Stack::fusion`]'s kernel fraction.
     pub fn kernel_time(&self, eff: &Efficiency, sc: &StackCoefficients) -> (f64, f64) {
         let (fb, fk) = (
-            sc.stack.fused_bytes_on(eff.gpu, sc.fused_bytes),
+            sc.stack
+                .fused_bytes_on(eff.gpu, sc.fused_bytes, sc.te_fused_bytes),
             sc.stack.fusion().1,
         );
         let (cast_s, cast_kernels, rope_s, rope_kernels) = if sc.stack.runs_amp_casts() {

@@ -59,6 +59,9 @@ pub enum Param {
     StepOverhead(Stack),
     /// Fusable-traffic fraction of a (non-eager) stack, bounds [0.2, 1].
     FusedBytes(Stack),
+    /// Fusable-traffic fraction where a stack runs Transformer Engine's fused kernels, bounds
+    /// [0.2, 1].
+    TeFusedBytes(Stack),
 }
 
 impl Param {
@@ -68,7 +71,7 @@ impl Param {
             Param::Attention(_) => (0.1, 1.0),
             Param::LaunchOverhead(_) => (1e-7, 1e-4),
             Param::StepOverhead(_) => (1e-5, 0.5),
-            Param::FusedBytes(_) => (0.2, 1.0),
+            Param::FusedBytes(_) | Param::TeFusedBytes(_) => (0.2, 1.0),
         }
     }
     fn get(self, f: &EfficiencyFile) -> f64 {
@@ -79,6 +82,7 @@ impl Param {
             Param::LaunchOverhead(s) => f.stack(s).launch_overhead_s,
             Param::StepOverhead(s) => f.stack(s).step_overhead_s,
             Param::FusedBytes(s) => f.stack(s).fused_bytes,
+            Param::TeFusedBytes(s) => f.stack(s).te_fused_bytes.unwrap_or(s.fusion().0),
         }
     }
     fn set(self, f: &mut EfficiencyFile, v: f64) {
@@ -94,11 +98,15 @@ impl Param {
                     f.set(e);
                 }
             }
-            Param::LaunchOverhead(s) | Param::StepOverhead(s) | Param::FusedBytes(s) => {
+            Param::LaunchOverhead(s)
+            | Param::StepOverhead(s)
+            | Param::FusedBytes(s)
+            | Param::TeFusedBytes(s) => {
                 let mut c = f.stack(s).clone();
                 match self {
                     Param::LaunchOverhead(_) => c.launch_overhead_s = v,
                     Param::StepOverhead(_) => c.step_overhead_s = v,
+                    Param::TeFusedBytes(_) => c.te_fused_bytes = Some(v),
                     _ => c.fused_bytes = v,
                 }
                 f.set_stack(c);
@@ -112,7 +120,13 @@ impl Param {
             }
             Param::LaunchOverhead(st) | Param::StepOverhead(st) => s.config.stack.costed_as() == st,
             Param::FusedBytes(st) => {
-                s.config.stack.costed_as() == st && s.config.stack.fits_fusion()
+                s.config.stack.costed_as() == st
+                    && s.config.stack.fits_fusion()
+                    && !s.config.stack.runs_te_fused_kernels(s.cluster.gpu)
+            }
+            Param::TeFusedBytes(st) => {
+                s.config.stack.costed_as() == st
+                    && s.config.stack.runs_te_fused_kernels(s.cluster.gpu)
             }
         }
     }
@@ -176,6 +190,7 @@ pub fn prior_file(base: &EfficiencyFile) -> EfficiencyFile {
             launch_overhead_s: l,
             step_overhead_s: st,
             fused_bytes: s.fusion().0,
+            te_fused_bytes: None,
             source: "assumption (no truth rows): prior of moai_costmodel::fit::PRIORS".into(),
         });
     }
@@ -234,12 +249,10 @@ pub fn free_params(samples: &[FitSample]) -> Vec<Param> {
     for st in Stack::ALL {
         if timed.iter().any(|s| s.config.stack.costed_as() == st) {
             out.extend([Param::LaunchOverhead(st), Param::StepOverhead(st)]);
-            if st != Stack::Eager
-                && timed
-                    .iter()
-                    .any(|s| s.config.stack.costed_as() == st && s.config.stack.fits_fusion())
-            {
-                out.push(Param::FusedBytes(st));
+            for p in [Param::FusedBytes(st), Param::TeFusedBytes(st)] {
+                if st != Stack::Eager && timed.iter().any(|s| p.affects(s)) {
+                    out.push(p);
+                }
             }
         }
     }

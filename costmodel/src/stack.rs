@@ -99,14 +99,14 @@ impl Stack {
         )
     }
 
-    /// The fraction of fusable bytes this stack leaves on `gpu`, given the fitted `fused_bytes` of
+    /// The fraction of fusable bytes this stack leaves on `gpu`, given the fitted coefficients of
     /// the stack it is costed as: where it runs Transformer Engine's fused kernels
-    /// ([`Stack::runs_te_fused_kernels`]) the stack's prior ([`Stack::fusion`], about half the
-    /// traffic, not fitted: the fitted fraction then describes the older fusions of its other
-    /// rows), else [`Stack::fused_bytes`].
-    pub fn fused_bytes_on(self, gpu: Gpu, fitted: f64) -> f64 {
+    /// ([`Stack::runs_te_fused_kernels`]) the fraction fitted on those rows (`te_fitted`; the
+    /// stack's prior [`Stack::fusion`] where none is fitted), else [`Stack::fused_bytes`] of the
+    /// `fused_bytes` fitted on its other rows (the older TorchScript/Apex fusions).
+    pub fn fused_bytes_on(self, gpu: Gpu, fitted: f64, te_fitted: Option<f64>) -> f64 {
         if self.runs_te_fused_kernels(gpu) {
-            self.fusion().0
+            te_fitted.unwrap_or(self.fusion().0)
         } else {
             self.fused_bytes(fitted)
         }
@@ -510,19 +510,20 @@ mod tests {
                 AttentionKernel::HopperFused
             );
             assert_eq!(
-                Stack::Megatron.fused_bytes_on(g, 0.9),
+                Stack::Megatron.fused_bytes_on(g, 0.9, None),
                 Stack::Megatron.fusion().0
             );
+            assert_eq!(Stack::Megatron.fused_bytes_on(g, 0.9, Some(0.6)), 0.6);
         }
         for g in [Gpu::A100, Gpu::Mi250, Gpu::Mi325x] {
             assert!(!Stack::Megatron.runs_te_fused_kernels(g));
-            assert_eq!(Stack::Megatron.fused_bytes_on(g, 0.9), 0.9);
+            assert_eq!(Stack::Megatron.fused_bytes_on(g, 0.9, Some(0.6)), 0.9);
         }
         for st in [Stack::Deepspeed, Stack::Fsdp, Stack::Eager] {
             assert!(!st.runs_te_fused_kernels(Gpu::H100));
-            assert_eq!(st.fused_bytes_on(Gpu::H100, 0.7), 0.7);
+            assert_eq!(st.fused_bytes_on(Gpu::H100, 0.7, None), 0.7);
         }
-        assert_eq!(Stack::Torchtitan.fused_bytes_on(Gpu::H100, 0.7), 1.0);
+        assert_eq!(Stack::Torchtitan.fused_bytes_on(Gpu::H100, 0.7, None), 1.0);
     }
 
     #[test]

@@ -45,6 +45,10 @@ fn fitted_coefficients_match_committed() {
             (a.launch_overhead_s, b.launch_overhead_s),
             (a.step_overhead_s, b.step_overhead_s),
             (a.fused_bytes, b.fused_bytes),
+            (
+                a.te_fused_bytes.unwrap_or(1.0),
+                b.te_fused_bytes.unwrap_or(1.0),
+            ),
         ] {
             assert!(
                 (x / y - 1.0).abs() < 1e-3,
@@ -91,4 +95,25 @@ fn fit_samples_cost_attention_as_the_rows_record_it() {
         }
     }
     assert!(samples("truth/mi250_mosaicml.jsonl").iter().all(fused));
+}
+
+/// Transformer Engine's fusion fraction is fitted on the rows that run it (Megatron-LM on Hopper:
+/// FlagPerf's BF16 rows) and the older fusions' fraction on the others (SC21's A100 rows); neither
+/// reaches the other's rows.
+#[test]
+fn te_fusion_is_fitted_on_the_rows_that_run_it() {
+    use moai_costmodel::fit::{Param, free_params};
+    use moai_costmodel::Stack;
+    let hopper = samples("truth/megatron_h100_flagperf.jsonl");
+    let a100 = samples("truth/megatron_sc21_table1.jsonl");
+    assert!(!hopper.is_empty() && !a100.is_empty());
+    let h = free_params(&hopper);
+    assert!(h.contains(&Param::TeFusedBytes(Stack::Megatron)), "{h:?}");
+    assert!(!h.contains(&Param::FusedBytes(Stack::Megatron)), "{h:?}");
+    let a = free_params(&a100);
+    assert!(a.contains(&Param::FusedBytes(Stack::Megatron)), "{a:?}");
+    assert!(!a.contains(&Param::TeFusedBytes(Stack::Megatron)), "{a:?}");
+    let committed = EfficiencyFile::from_json(EFFICIENCY_JSON, "data/efficiency.json").unwrap();
+    let te = committed.stack(Stack::Megatron).te_fused_bytes;
+    assert!(te.is_some_and(|t| t > 0.2 && t < 1.0), "{te:?}");
 }
