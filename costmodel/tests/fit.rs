@@ -102,8 +102,8 @@ fn fit_samples_cost_attention_as_the_rows_record_it() {
 /// reaches the other's rows.
 #[test]
 fn te_fusion_is_fitted_on_the_rows_that_run_it() {
-    use moai_costmodel::fit::{Param, free_params};
     use moai_costmodel::Stack;
+    use moai_costmodel::fit::{Param, free_params};
     let hopper = samples("truth/megatron_h100_flagperf.jsonl");
     let a100 = samples("truth/megatron_sc21_table1.jsonl");
     assert!(!hopper.is_empty() && !a100.is_empty());
