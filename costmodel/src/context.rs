@@ -226,45 +226,6 @@ pub fn runs_pytorch_ring(stack: crate::stack::Stack) -> bool {
     )
 }
 
-/// Fraction of the maximum achievable rate (before the device's attention coefficient, counted
-/// FLOPs `4·b·h·q·kv·d` per FLOP run) of one fused-attention kernel with `q` query rows and `kv` key
-/// rows: [`crate::ops::attention_shape_efficiency`] for a rectangular block. The forward kernel
-/// (FlashAttention-2) runs one 128-row query tile per program and iterates over the keys; its
-/// backward runs one 128-row key tile per program and iterates over the queries, so the waves count
-/// the tiles of the parallel side and the sequence term `s / (s + 128)` takes the iterated side. A
-/// causal block is square (the ring's diagonal block); for square shapes this is exactly
-/// `attention_shape_efficiency`.
-#[allow(clippy::too_many_arguments)]
-pub fn block_attention_efficiency(
-    units: u32,
-    batch: u64,
-    heads: u64,
-    q: u64,
-    kv: u64,
-    head_dim: u64,
-    causal: bool,
-    backward: bool,
-) -> f64 {
-    let units = units.max(1) as f64;
-    let (parallel, iterated) = if backward { (kv, q) } else { (q, kv) };
-    let blocks = parallel.max(1).div_ceil(128);
-    let work = if causal {
-        let n = kv.max(1).div_ceil(128);
-        (n + 1) as f64 / (2 * n) as f64
-    } else {
-        1.0
-    };
-    let tiles = (batch.max(1) * heads.max(1) * blocks) as f64 * work;
-    let waves = (tiles / units).ceil();
-    let wave = tiles / (waves * units);
-    let s = iterated.max(1) as f64;
-    let seq_eff = s / (s + 128.0);
-    let hd = head_dim.max(1) as f64;
-    let hd_eff = ((hd / (hd + 48.0)) / (128.0 / 176.0)).min(1.0);
-    let dir = if backward { 0.75 } else { 1.0 };
-    (wave * seq_eff * hd_eff * dir / work).clamp(1e-3, 2.0)
-}
-
 /// What the ring attention of one block costs one context-parallel rank beyond the whole
 /// sequence's attention divided by cp (the estimator's [`PhaseSums::context_shard`]), for the
 /// busiest rank. The mechanisms (PyTorch's `_templated_ring_attention` and its backward in
@@ -326,7 +287,8 @@ pub fn ring_steps(
     let half = (t / 2).max(1);
     // Seconds at unit rate are proportional to counted FLOPs (q·kv) over efficiency.
     let cost = |q: u64, kv: u64, causal: bool, bwd: bool| {
-        (q * kv) as f64 / block_attention_efficiency(units, b, heads, q, kv, d, causal, bwd)
+        (q * kv) as f64
+            / crate::ops::block_attention_efficiency(units, b, heads, q, kv, d, causal, bwd)
     };
     let whole = |bwd: bool| cost(s, s, attn.causal, bwd) / cp as f64;
     let rank_time = |r: u64, bwd: bool| -> f64 {
@@ -530,13 +492,14 @@ mod tests {
             (1000, false, true),
         ] {
             assert_eq!(
-                block_attention_efficiency(132, 1, 32, seq, seq, 128, causal, bwd),
+                crate::ops::block_attention_efficiency(132, 1, 32, seq, seq, 128, causal, bwd),
                 crate::ops::attention_shape_efficiency(132, 1, 32, seq, 128, causal, bwd)
             );
         }
         // A half-length block: half the query tiles forward (a smaller last wave), half the
         // iterated keys; backward the other way round.
-        let f = |q, kv, bwd| block_attention_efficiency(132, 1, 32, q, kv, 128, false, bwd);
+        let f =
+            |q, kv, bwd| crate::ops::block_attention_efficiency(132, 1, 32, q, kv, 128, false, bwd);
         assert!(f(16384, 32768, false) < f(32768, 32768, false));
         assert!((f(16384, 32768, false) - f(32768, 16384, true) / 0.75).abs() < 1e-12);
     }

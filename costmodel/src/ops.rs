@@ -164,19 +164,42 @@ pub fn attention_shape_efficiency(
     causal: bool,
     backward: bool,
 ) -> f64 {
+    block_attention_efficiency(units, batch, heads, seq, seq, head_dim, causal, backward)
+}
+
+/// Fraction of the maximum achievable rate (before the device's attention coefficient, counted
+/// FLOPs `4·b·h·q·kv·d` per FLOP run) of one fused-attention kernel with `q` query rows and `kv` key
+/// rows: [`attention_shape_efficiency`] for a rectangular block (the owner of the attention kernel's
+/// shape model; a square block is `attention_shape_efficiency` itself). The forward kernel
+/// (FlashAttention-2) runs one 128-row query tile per program and iterates over the keys; its
+/// backward runs one 128-row key tile per program and iterates over the queries, so the waves count
+/// the tiles of the parallel side and the sequence term `s / (s + 128)` takes the iterated side. A
+/// causal block is square (the ring's diagonal block). Causal: the query tiles do on average
+/// `(n + 1) / 2` key blocks instead of `n`; waves count tiles weighted by their work.
+#[allow(clippy::too_many_arguments)]
+pub fn block_attention_efficiency(
+    units: u32,
+    batch: u64,
+    heads: u64,
+    q: u64,
+    kv: u64,
+    head_dim: u64,
+    causal: bool,
+    backward: bool,
+) -> f64 {
     let units = units.max(1) as f64;
-    let blocks = seq.max(1).div_ceil(128);
-    // Causal: the query tiles do on average (n + 1) / 2 key blocks instead of n; waves count tiles
-    // weighted by their work.
+    let (parallel, iterated) = if backward { (kv, q) } else { (q, kv) };
+    let blocks = parallel.max(1).div_ceil(128);
     let work = if causal {
-        (blocks + 1) as f64 / (2 * blocks) as f64
+        let n = kv.max(1).div_ceil(128);
+        (n + 1) as f64 / (2 * n) as f64
     } else {
         1.0
     };
     let tiles = (batch.max(1) * heads.max(1) * blocks) as f64 * work;
     let waves = (tiles / units).ceil();
     let wave = tiles / (waves * units);
-    let s = seq.max(1) as f64;
+    let s = iterated.max(1) as f64;
     let seq_eff = s / (s + 128.0);
     let hd = head_dim.max(1) as f64;
     let hd_eff = ((hd / (hd + 48.0)) / (128.0 / 176.0)).min(1.0);
