@@ -2,8 +2,10 @@
 //!
 //! Time coefficients: per GPU architecture family ([`Family`]: matmul, attention, memory fractions of
 //! each device's own shape-dependent rates, one triple shared by every member of the family) and per
-//! software stack (host seconds per kernel, fixed seconds per step), only for kinds
-//! families and stacks that have step-time samples; the rest keep their starting values ([`PRIORS`]).
+//! software stack (host seconds per kernel, fixed seconds per step, the fraction of fusable traffic
+//! left by its fusions: `fused_bytes`, and `te_fused_bytes` on the rows that run Transformer
+//! Engine's fused kernels), only for families and stacks that have step-time samples; the rest keep
+//! their starting values ([`PRIORS`]).
 //! Objective: `Σ ln(predicted / measured)²` over the samples plus a weak prior
 //! `w · Σ ln(p / p₀)²` toward the starting values (it pins coefficients the data cannot separate),
 //! minimised by cyclic coordinate search in log space within fixed bounds: a coarse scan, then
