@@ -1058,6 +1058,14 @@ impl ProfiledCostModel {
         let mut params = vec![0f64; nv];
         let mut boundary: f64 = 0.0;
         let mut block_stage = Vec::with_capacity(prep.blocks.len());
+        // Per block with cp > 1: its ring's attention scales (forward, backward), read again by the
+        // cp-traffic overlap below. The ring steps of the last attention seen are kept, since the
+        // decoder blocks share one attention shape.
+        let mut ring_scales: Vec<(f64, f64)> = Vec::new();
+        let mut last_ring: Option<(
+            crate::context::CpAttention,
+            Option<crate::context::RingSteps>,
+        )> = None;
         for (i, b) in prep.blocks.iter().enumerate() {
             let v = match b.kind {
                 BlockKind::Embedding => 0,
@@ -1070,14 +1078,23 @@ impl ProfiledCostModel {
             block_stage.push(v);
             let (mut f, mut bw) = (b.forward.context_shard(cp), b.backward.context_shard(cp));
             // The ring's per-step kernels and merge traffic (see `crate::context::RingSteps`).
-            if let Some(r) = ring_attention(prep, profile, i, cfg).and_then(|a| {
-                crate::context::ring_steps(
-                    &a,
-                    cfg,
-                    cluster.gpu.spec().compute_units,
-                    crate::context::runs_pytorch_ring(stack),
-                )
-            }) {
+            let steps = ring_attention(prep, profile, i, cfg).and_then(|a| match last_ring {
+                Some((seen, r)) if seen == a => r,
+                _ => {
+                    let r = crate::context::ring_steps(
+                        &a,
+                        cfg,
+                        cluster.gpu.spec().compute_units,
+                        crate::context::runs_pytorch_ring(stack),
+                    );
+                    last_ring = Some((a, r));
+                    r
+                }
+            });
+            if cp > 1 {
+                ring_scales.push(steps.map_or((1.0, 1.0), |r| (r.forward_scale, r.backward_scale)));
+            }
+            if let Some(r) = steps {
                 let hbm = cluster.gpu.spec().hbm_bytes_per_s;
                 // Recomputation that reruns attention's forward reruns its ring in backward.
                 let again = matches!(
@@ -1133,9 +1150,7 @@ impl ProfiledCostModel {
                     continue;
                 };
                 // Ring steps hide behind the rank's attention kernels as priced per step.
-                let (fs, bs) =
-                    crate::context::ring_steps(&attn, cfg, cluster.gpu.spec().compute_units, false)
-                        .map_or((1.0, 1.0), |r| (r.forward_scale, r.backward_scale));
+                let (fs, bs) = ring_scales.get(i).copied().unwrap_or((1.0, 1.0));
                 let attention_s = |s: &PhaseSums, scale: f64| {
                     s.context_shard(cp).attention_s * scale / attention_coefficient(eff, stack)
                 };
