@@ -284,15 +284,11 @@ impl PhaseSums {
     }
 
     /// Kernel seconds and kernels of this phase on a device with coefficients `eff`, under a stack's
-    /// fusion: fusable bytes scaled by the stack's fitted `fused_bytes` (its fitted `te_fused_bytes`
-    /// where it runs Transformer Engine's fused kernels, [`crate::stack::Stack::fused_bytes_on`]), fusable kernels by
+    /// fusion: fusable bytes scaled by `sc.fused_bytes` as given (the coefficients of
+    /// [`EfficiencyFile::costed`], which decided the stack's fraction on the GPU), fusable kernels by
     /// [`crate::stack::Stack::fusion`]'s kernel fraction.
     pub fn kernel_time(&self, eff: &Efficiency, sc: &StackCoefficients) -> (f64, f64) {
-        let (fb, fk) = (
-            sc.stack
-                .fused_bytes_on(eff.gpu, sc.fused_bytes, sc.te_fused_bytes),
-            sc.stack.fusion().1,
-        );
+        let (fb, fk) = (sc.fused_bytes, sc.stack.fusion().1);
         let (cast_s, cast_kernels, rope_s, rope_kernels) = if sc.stack.runs_amp_casts() {
             (0.0, 0.0, 0.0, 0.0)
         } else {
@@ -948,7 +944,7 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Result<Vec<crate::blocks::BlockCost>> {
-        let sc = self.efficiencies().costed(cfg.stack);
+        let sc = self.efficiencies().costed(cfg.stack, cluster.gpu);
         let sc = sc.as_ref();
         let costed = costed_as(cfg);
         let cfg = costed.as_ref();
@@ -986,7 +982,7 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Option<crate::bounds::LowerBounds> {
-        let sc = self.efficiencies().costed(cfg.stack);
+        let sc = self.efficiencies().costed(cfg.stack, cluster.gpu);
         let costed = costed_as(cfg);
         let cfg = costed.as_ref();
         let prep = self.prepared(profile, cluster.gpu, cfg);
@@ -1042,7 +1038,7 @@ impl ProfiledCostModel {
         }
         let eff = self.efficiency(cluster.gpu);
         let stack = cfg.stack;
-        let sc = self.efficiencies().costed(named);
+        let sc = self.efficiencies().costed(named, cluster.gpu);
         let sc = sc.as_ref();
         let launch = sc.launch_overhead_s;
         let pp = cfg.pp.max(1) as usize;
@@ -1628,7 +1624,28 @@ impl ProfiledCostModel {
 
 #[cfg(test)]
 mod tests {
-    use super::HostDevice;
+    use super::{HostDevice, PhaseSums};
+    use crate::device::Gpu;
+    use crate::stack::Stack;
+
+    #[test]
+    fn kernel_time_reads_the_resolved_fusion_fraction() {
+        // The fraction is decided by `EfficiencyFile::costed`; the kernel time applies
+        // `fused_bytes` as given, whatever Transformer Engine fraction the entry still names.
+        let f = crate::efficiency::committed();
+        let eff = f.get(Gpu::H100);
+        let s = PhaseSums {
+            fusable_s: 1e-3,
+            ..Default::default()
+        };
+        let mut sc = f.stack(Stack::Megatron).clone();
+        (sc.fused_bytes, sc.te_fused_bytes) = (0.3, Some(0.9));
+        let (t, _) = s.kernel_time(eff, &sc);
+        assert!((t - 0.3e-3 / eff.memory).abs() < 1e-15, "{t}");
+        let costed = f.costed(Stack::Megatron, Gpu::H100);
+        let (t, _) = s.kernel_time(eff, &costed);
+        assert!((t - costed.fused_bytes * 1e-3 / eff.memory).abs() < 1e-15);
+    }
 
     #[test]
     fn host_bound_forward_then_device_bound_backward() {

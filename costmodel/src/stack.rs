@@ -103,7 +103,8 @@ impl Stack {
     /// the stack it is costed as: where it runs Transformer Engine's fused kernels
     /// ([`Stack::runs_te_fused_kernels`]) the fraction fitted on those rows (`te_fitted`; the
     /// stack's prior [`Stack::fusion`] where none is fitted), else [`Stack::fused_bytes`] of the
-    /// `fused_bytes` fitted on its other rows (the older TorchScript/Apex fusions).
+    /// `fused_bytes` fitted on its other rows (the older TorchScript/Apex fusions). Decided once per
+    /// estimate, by [`crate::efficiency::EfficiencyFile::costed`].
     pub fn fused_bytes_on(self, gpu: Gpu, fitted: f64, te_fitted: Option<f64>) -> f64 {
         if self.runs_te_fused_kernels(gpu) {
             te_fitted.unwrap_or(self.fusion().0)
