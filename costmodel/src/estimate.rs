@@ -173,15 +173,21 @@ pub struct PhaseSums {
     pub gpu_s: f64,
     /// Kernels.
     pub kernels: f64,
-    /// Bytes all-reduced over the tensor-parallel group.
+    /// Bytes all-reduced over the tensor-parallel group (with sequence parallelism, reduce-scattered).
     pub tp_bytes: f64,
     /// Tensor-parallel collectives.
     pub tp_collectives: f64,
-    /// Of `tp_collectives`, those whose all-gather moves fp8 (one byte per element) under sequence
-    /// parallelism: in an FP8 plan Transformer Engine gathers the fp8 copy of a column-parallel
-    /// module's input and of a row-parallel module's output gradient
-    /// ([`crate::precision::fp8_gather_saving_s`]); their reduce-scatters stay bf16.
-    pub tp_fp8_gathers: f64,
+    /// Bytes the sequence-parallel all-gathers move, one beside each of the `tp_collectives`
+    /// reduce-scatters (read with sequence parallelism only): the tensor reduced, in bf16, or its fp8
+    /// copy (one byte per element) for the pair of an fp8 linear, because Transformer Engine
+    /// quantizes before it gathers: a `LayerNormLinear` under sequence parallelism gathers its norm's
+    /// fp8 output (`ln_out_total = gather_along_first_dim(ln_out)` after the fp8 norm), and a
+    /// module's backward casts its output gradient to fp8 before gathering it
+    /// (`grad_output_preprocess`, "FP8 case with gather": NVIDIA/TransformerEngine
+    /// `transformer_engine/pytorch/module/base.py` and `layernorm_linear.py`, 1.x releases). The
+    /// reduce-scatters of the row-parallel outputs and of the column-parallel input gradients stay
+    /// bf16.
+    pub tp_gather_bytes: f64,
     /// Compute-bound GEMM seconds at unit matmul coefficient.
     pub matmul_s: f64,
     /// Fused-attention seconds at unit attention coefficient.
@@ -228,7 +234,7 @@ impl PhaseSums {
         self.kernels += o.kernels;
         self.tp_bytes += o.tp_bytes;
         self.tp_collectives += o.tp_collectives;
-        self.tp_fp8_gathers += o.tp_fp8_gathers;
+        self.tp_gather_bytes += o.tp_gather_bytes;
         self.matmul_s += o.matmul_s;
         self.attention_s += o.attention_s;
         self.memory_s += o.memory_s;
@@ -256,21 +262,17 @@ impl PhaseSums {
     }
 
     /// Seconds of this phase's tensor-parallel collectives under `cfg`'s tp and sequence parallelism,
-    /// each at its own message size ([`tp_collectives_time`]), before any overlap.
+    /// each at its own message size ([`tp_collectives_time`]: the all-gathers at theirs,
+    /// `tp_gather_bytes`), before any overlap.
     pub fn tp_time(&self, cluster: &Cluster, cfg: &ParallelConfig) -> f64 {
-        let t = tp_collectives_time(
+        tp_collectives_time(
             cluster,
             self.tp_bytes,
+            self.tp_gather_bytes,
             self.tp_collectives,
             cfg.tp,
             cfg.sequence_parallel,
-        );
-        if cfg.sequence_parallel && self.tp_fp8_gathers > 0.0 && self.tp_collectives > 0.0 {
-            let each = self.tp_bytes / self.tp_collectives;
-            t - self.tp_fp8_gathers * crate::precision::fp8_gather_saving_s(cluster, each, cfg.tp)
-        } else {
-            t
-        }
+        )
     }
 
     /// Seconds of this phase's mixture-of-experts all-to-alls over `ep` ranks spaced `stride` apart.
@@ -781,7 +783,19 @@ impl ProfiledCostModel {
                         KernelClass::Matmul {
                             batch, m, n, dtype, ..
                         } if op.split == TpSplit::Row => {
-                            Some((batch * m * n * dtype.size_bytes()) as f64)
+                            let elements = batch * m * n;
+                            // Both all-gathers of an fp8 linear's pair (its input's in forward, its
+                            // output gradient's in backward) move the fp8 copy
+                            // (`PhaseSums::tp_gather_bytes`).
+                            let gathered = if fp8_gemm {
+                                moai_ir::DType::F8E4M3FN.size_bytes()
+                            } else {
+                                dtype.size_bytes()
+                            };
+                            Some((
+                                (elements * dtype.size_bytes()) as f64,
+                                (elements * gathered) as f64,
+                            ))
                         }
                         // One all-reduce of the block's output activation (not of the table the
                         // gather's bytes count), however many lookups the block sums.
@@ -791,25 +805,23 @@ impl ProfiledCostModel {
                                 && !vocab_reduced =>
                         {
                             vocab_reduced = true;
-                            Some(if b.boundary_bytes > 0.0 {
+                            let bytes = if b.boundary_bytes > 0.0 {
                                 b.boundary_bytes
                             } else {
                                 op.bytes / 2.0
-                            })
+                            };
+                            Some((bytes, bytes))
                         }
                         _ => None,
                     };
-                    if let Some(bytes) = out_bytes {
+                    if let Some((bytes, gathered)) = out_bytes {
                         ps.tp_bytes = bytes;
+                        ps.tp_gather_bytes = gathered;
                         ps.tp_collectives = 1.0;
-                        // Both gathers of an fp8 linear's pair (its input's in forward, its output
-                        // gradient's in backward) move the fp8 copy.
-                        let fp8_gathers = if fp8_gemm { 1.0 } else { 0.0 };
-                        ps.tp_fp8_gathers = fp8_gathers;
                         if op.phase == Phase::Forward {
                             bwd.tp_bytes += bytes;
+                            bwd.tp_gather_bytes += gathered;
                             bwd.tp_collectives += 1.0;
-                            bwd.tp_fp8_gathers += fp8_gathers;
                         }
                     }
                 }
@@ -835,8 +847,8 @@ impl ProfiledCostModel {
                         let ps = if op.phase == Phase::Backward {
                             PhaseSums {
                                 tp_bytes: 0.0,
+                                tp_gather_bytes: 0.0,
                                 tp_collectives: 0.0,
-                                tp_fp8_gathers: 0.0,
                                 ..ps
                             }
                         } else {

@@ -93,6 +93,30 @@ fn fp8_gain_on_70b_lies_in_published_range() {
 }
 
 #[test]
+fn fp8_linears_gather_half_the_bytes_they_reduce() {
+    // Under sequence parallelism Transformer Engine gathers the fp8 copy (one byte per element) of
+    // an fp8 linear's input and output gradient; every reduce-scatter, and the bf16 plan's gathers,
+    // move the bf16 tensor.
+    let profile = llama2_70b();
+    let m = ProfiledCostModel::new();
+    let b = m.prepare_with(&profile, Gpu::H100, 8, true, MatmulPrecision::Bf16);
+    let f = m.prepare_with(&profile, Gpu::H100, 8, true, MatmulPrecision::Fp8);
+    for (x, y) in b.blocks.iter().zip(&f.blocks) {
+        for (px, py) in [(&x.forward, &y.forward), (&x.backward, &y.backward)] {
+            assert_eq!(px.tp_bytes, py.tp_bytes);
+            assert_eq!(px.tp_collectives, py.tp_collectives);
+            assert_eq!(px.tp_gather_bytes, px.tp_bytes);
+            if matches!(x.kind, moai_ir::cost::BlockKind::Decoder(_)) {
+                assert!(py.tp_collectives > 0.0);
+                assert_eq!(py.tp_gather_bytes, 0.5 * py.tp_bytes);
+            } else {
+                assert_eq!(py.tp_gather_bytes, py.tp_bytes);
+            }
+        }
+    }
+}
+
+#[test]
 fn only_the_decoder_linears_change() {
     let profile = llama2_70b();
     let m = ProfiledCostModel::new();
