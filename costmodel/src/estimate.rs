@@ -446,10 +446,13 @@ pub struct PreparedProfile {
     pub roofline_ops: u64,
     /// The GEMM precision the sums were prepared for (see [`crate::precision`]).
     pub precision: MatmulPrecision,
+    /// Whether the fp8 linears were prepared as Transformer Engine modules
+    /// ([`Stack::runs_te_modules`]; false for bf16 GEMMs).
+    pub te_modules: bool,
 }
 
-/// What a prepared profile depends on: the GPU, tp, sequence parallelism, the GEMM precision, the
-/// profile's [fingerprint](moai_ir::cost::StepProfile::fingerprint) with its sizes, block count and op
+/// What a prepared profile depends on: the GPU, tp, sequence parallelism, the GEMM precision and
+/// whether fp8 linears run as Transformer Engine modules, the profile's [fingerprint](moai_ir::cost::StepProfile::fingerprint) with its sizes, block count and op
 /// count (read per call, one step per block: a profile whose blocks were added or removed after it was
 /// fingerprinted is never taken for its original) and the expert split (ep, expert_tp, routing
 /// imbalance).
@@ -457,7 +460,7 @@ type CacheKey = (
     Gpu,
     u32,
     bool,
-    MatmulPrecision,
+    (MatmulPrecision, bool),
     (u64, u64, u64, usize, usize),
     (u32, u32, u64),
 );
@@ -550,6 +553,7 @@ impl ProfiledCostModel {
                 imbalance: self.moe_imbalance(),
             },
             cfg.precision,
+            te_modules(cfg),
         )
     }
 
@@ -590,7 +594,9 @@ impl ProfiledCostModel {
 
     /// [`ProfiledCostModel::prepare`] with the GEMM precision given: under
     /// [`MatmulPrecision::Fp8`] the decoder blocks' linear GEMMs are timed at the fp8 rate and their
-    /// per-micro-batch scaling casts are added (see [`crate::precision`]).
+    /// per-micro-batch scaling casts are added (see [`crate::precision`]), as the default stack
+    /// (Megatron-LM) runs them, in Transformer Engine modules ([`Stack::runs_te_modules`];
+    /// [`ProfiledCostModel::prepare_for`] prepares for a configuration's stack).
     pub fn prepare_with(
         &self,
         profile: &StepProfile,
@@ -610,6 +616,7 @@ impl ProfiledCostModel {
                 imbalance: self.moe_imbalance(),
             },
             precision,
+            precision == MatmulPrecision::Fp8 && Stack::default().runs_te_modules(),
         )
     }
 
@@ -620,9 +627,11 @@ impl ProfiledCostModel {
         sequence_parallel: bool,
         experts: &crate::moe::ExpertSplit,
         precision: MatmulPrecision,
+        te_modules: bool,
     ) -> PreparedProfile {
         let tp = experts.tp as u32;
         let fp8 = precision == MatmulPrecision::Fp8;
+        let te_modules = fp8 && te_modules;
         let spec = gpu.spec();
         let eff = self.efficiency(gpu);
         let timer = OpTimer {
@@ -640,9 +649,10 @@ impl ProfiledCostModel {
             let wmask = crate::pipeline::weight_grad_ops(b);
             let mut vocab_reduced = false;
             let (mut fp8_weight_params, mut fp8_linears) = (0.0, 0.0);
-            // The previous fp8 GEMM's phase and input shape when it was column-parallel: the next
-            // one with the same input belongs to the same Transformer Engine module.
-            let mut fp8_module: Option<(Phase, u64, u64, u64)> = None;
+            // The phase of the previous fp8 GEMM when it was column-parallel: a column-parallel linear
+            // of role `SharedInputLinear` after it in the same phase joins its Transformer Engine
+            // module, on a stack that runs them (`Stack::runs_te_modules`).
+            let mut fp8_column: Option<Phase> = None;
             for (oi, op) in b.ops.iter().enumerate() {
                 if matches!(op.phase, Phase::Forward | Phase::Backward) {
                     model_flops += op.flops;
@@ -667,17 +677,12 @@ impl ProfiledCostModel {
                 if fp8_gemm {
                     // Scaling casts of this GEMM, one kernel per Transformer Engine module
                     // (memory-bound; see `precision::te_module_casts`); the weight's once per step.
-                    let key = match op.class {
-                        KernelClass::Matmul { batch, m, k, .. } => Some((op.phase, batch, m, k)),
-                        _ => None,
-                    };
-                    let same_module =
-                        op.split == TpSplit::Column && key.is_some() && key == fp8_module;
-                    fp8_module = if op.split == TpSplit::Column {
-                        key
-                    } else {
-                        None
-                    };
+                    let column = op.split == TpSplit::Column;
+                    let same_module = te_modules
+                        && column
+                        && op.role == Role::SharedInputLinear
+                        && fp8_column == Some(op.phase);
+                    fp8_column = column.then_some(op.phase);
                     if let Some(c) = crate::precision::te_module_casts(op, tp64, same_module) {
                         let cast = |bytes: f64, kernels: f64| {
                             let base = timer.memory_time(bytes) * eff.memory;
@@ -909,6 +914,7 @@ impl ProfiledCostModel {
             profile_ops,
             roofline_ops,
             precision,
+            te_modules,
         }
     }
 
@@ -922,7 +928,7 @@ impl ProfiledCostModel {
             gpu,
             cfg.tp,
             cfg.sequence_parallel,
-            cfg.precision,
+            (cfg.precision, te_modules(cfg)),
             (
                 profile.fingerprint(),
                 profile.micro_batch,
@@ -1008,6 +1014,11 @@ impl CostModel for ProfiledCostModel {
     }
 }
 
+/// Whether `cfg`'s fp8 linears run as Transformer Engine modules (what a profile is prepared for).
+fn te_modules(cfg: &ParallelConfig) -> bool {
+    cfg.precision == MatmulPrecision::Fp8 && cfg.stack.runs_te_modules()
+}
+
 /// The configuration as the cost model prices it when its stack is costed as another
 /// ([`crate::Stack::costed_as`]: torchtitan as FSDP), borrowed when it is priced as named.
 fn costed_as(cfg: &ParallelConfig) -> std::borrow::Cow<'_, ParallelConfig> {
@@ -1046,6 +1057,20 @@ impl ProfiledCostModel {
             return Err(CostError::InvalidConfig(format!(
                 "the profile was prepared for {} GEMMs but the configuration's precision is {} (prepare it with ProfiledCostModel::prepare_for)",
                 prep.precision, cfg.precision
+            )));
+        }
+        if prep.te_modules != te_modules(cfg) {
+            let how = |te: bool| {
+                if te {
+                    "in Transformer Engine modules"
+                } else {
+                    "per linear"
+                }
+            };
+            return Err(CostError::InvalidConfig(format!(
+                "the profile was prepared for fp8 linears cast {} but stack {named} casts them {} (prepare it with ProfiledCostModel::prepare_for)",
+                how(prep.te_modules),
+                how(te_modules(cfg))
             )));
         }
         let eff = self.efficiency(cluster.gpu);

@@ -199,9 +199,11 @@ pub const FP8_TRANSPOSE_BYTES_PER_ELEMENT: f64 = 2.0;
 /// - Every module casts and transposes its output gradient once in backward, over the outputs of all
 ///   its GEMMs.
 ///
-/// The training graph lists the fused modules' GEMMs one by one (q, k, v; gate, up) with the same
-/// input: a column-parallel GEMM whose `(batch, m, k)` equals the previous fp8 GEMM's in the same
-/// phase belongs to the same module (`same_module`).
+/// The training graph lists the fused modules' GEMMs one by one (q, k, v; gate, up) and marks those
+/// that read the input of an earlier one ([`moai_ir::cost::Role::SharedInputLinear`]): on a stack
+/// that runs Transformer Engine modules ([`crate::Stack::runs_te_modules`]) such a column-parallel
+/// GEMM right after a column-parallel fp8 GEMM of the same phase belongs to that GEMM's module
+/// (`same_module`); elsewhere every linear is its own module.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Fp8Casts {
     /// Elements cast and transposed in the forward (or recomputation) pass, in one kernel.
@@ -215,8 +217,8 @@ pub struct Fp8Casts {
 }
 
 /// The scaling kernels [`Fp8Casts`] one fp8 GEMM `op` (its unsharded class) adds on one of `tp`
-/// tensor-parallel ranks, given whether it joins the module of the previous fp8 GEMM (`same_module`:
-/// the previous one is column-parallel with the same `(batch, m, k)` in the same phase). A
+/// tensor-parallel ranks, given whether it joins the module of the previous fp8 GEMM (`same_module`,
+/// see [`Fp8Casts`]). A
 /// column-parallel GEMM holds the whole input (gathered under sequence parallelism) and `1/tp` of the
 /// output; a row-parallel one `1/tp` of the input and the whole output gradient. `None` for a class
 /// that is not a matmul.
