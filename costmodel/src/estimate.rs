@@ -452,8 +452,9 @@ pub struct PreparedProfile {
 }
 
 /// What a prepared profile depends on: the GPU, tp, sequence parallelism, the GEMM precision and
-/// whether fp8 linears run as Transformer Engine modules, the profile's [fingerprint](moai_ir::cost::StepProfile::fingerprint) with its sizes, block count and op
-/// count (read per call, one step per block: a profile whose blocks were added or removed after it was
+/// whether fp8 linears run as Transformer Engine modules, the profile's
+/// [fingerprint](moai_ir::cost::StepProfile::fingerprint) with its sizes, block count and op count
+/// (read per call, one step per block: a profile whose blocks were added or removed after it was
 /// fingerprinted is never taken for its original) and the expert split (ep, expert_tp, routing
 /// imbalance).
 type CacheKey = (
