@@ -184,7 +184,9 @@ mod tests {
         // Above the layer's kernels alone on the stack it is costed for (which may skip some of
         // the graph's kernels, as Megatron-LM skips the autocast casts).
         let f = crate::efficiency::committed();
-        let (kernels_s, _) = d.forward.kernel_time(f.get(Gpu::H100), &f.costed(tp.stack));
+        let (kernels_s, _) = d
+            .forward
+            .kernel_time(f.get(Gpu::H100), &f.costed(tp.stack, Gpu::H100));
         assert!(
             sharded.forward_s > kernels_s,
             "the all-reduces are part of the layer's time"

@@ -400,12 +400,15 @@ fn pipelined(phases: &[f64], per_rank_bytes: f64) -> f64 {
     max + (sum - max) / k
 }
 
-/// Seconds of `count` tensor-parallel collectives moving `bytes` in all over a group of `tp`
+/// Seconds of `count` tensor-parallel collectives reducing `bytes` in all over a group of `tp`
 /// consecutive ranks, each at its own message size (`bytes / count`): an all-reduce each, or with
-/// sequence parallelism the reduce-scatter and all-gather Megatron runs in its place.
+/// sequence parallelism the reduce-scatter and all-gather Megatron runs in its place, the
+/// all-gathers moving `gathered` bytes in all (`gathered / count` each: `bytes`, or less where they
+/// gather fp8 copies, [`crate::estimate::PhaseSums::tp_gather_bytes`]).
 pub fn tp_collectives_time(
     cluster: &Cluster,
     bytes: f64,
+    gathered: f64,
     count: f64,
     tp: u32,
     sequence_parallel: bool,
@@ -416,7 +419,7 @@ pub fn tp_collectives_time(
     let each = bytes / count;
     let one = if sequence_parallel {
         collective_time(cluster, Collective::ReduceScatter, each, tp, 1)
-            + collective_time(cluster, Collective::AllGather, each, tp, 1)
+            + collective_time(cluster, Collective::AllGather, gathered / count, tp, 1)
     } else {
         collective_time(cluster, Collective::AllReduce, each, tp, 1)
     };
@@ -463,6 +466,27 @@ mod tests {
         let rs = collective_time(&c, Collective::ReduceScatter, 1e9, 16, 1);
         let ag = collective_time(&c, Collective::AllGather, 1e9, 16, 1);
         assert!(rs + ag <= across * 1.05 && rs + ag >= across * 0.5);
+    }
+
+    #[test]
+    fn sequence_parallel_gathers_are_timed_at_their_own_size() {
+        let c = Cluster::new(Gpu::H100, 8).unwrap();
+        let (bytes, n) = (2.0 * 64e6, 2.0);
+        let rs = collective_time(&c, Collective::ReduceScatter, 64e6, 4, 1);
+        let ag = |b: f64| collective_time(&c, Collective::AllGather, b, 4, 1);
+        // bf16 gathers move what was reduced; fp8 gathers (one byte per element) half of it.
+        let bf16 = tp_collectives_time(&c, bytes, bytes, n, 4, true);
+        assert_eq!(bf16, n * (rs + ag(64e6)));
+        let fp8 = tp_collectives_time(&c, bytes, bytes / 2.0, n, 4, true);
+        assert_eq!(fp8, n * (rs + ag(32e6)));
+        assert!(fp8 < bf16 && fp8 > n * rs);
+        // Without sequence parallelism an all-reduce each, whatever a gather would move.
+        let ar = collective_time(&c, Collective::AllReduce, 64e6, 4, 1);
+        assert_eq!(
+            tp_collectives_time(&c, bytes, bytes / 2.0, n, 4, false),
+            n * ar
+        );
+        assert_eq!(tp_collectives_time(&c, bytes, bytes, n, 1, true), 0.0);
     }
 
     #[test]

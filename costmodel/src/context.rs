@@ -391,6 +391,7 @@ impl PhaseSums {
         PhaseSums {
             gpu_s: self.gpu_s / c,
             tp_bytes: self.tp_bytes / c,
+            tp_gather_bytes: self.tp_gather_bytes / c,
             matmul_s: self.matmul_s / c,
             attention_s: self.attention_s / c,
             memory_s: self.memory_s / c,
@@ -573,14 +574,21 @@ mod tests {
             matmul_s: 2.0,
             attention_s: 1.0,
             tp_bytes: 8.0,
+            tp_gather_bytes: 4.0,
             tp_collectives: 2.0,
             memory_kernels: 3.0,
             ..Default::default()
         };
         let r = s.context_shard(4);
         assert_eq!(
-            (r.gpu_s, r.matmul_s, r.attention_s, r.tp_bytes),
-            (1.0, 0.5, 0.25, 2.0)
+            (
+                r.gpu_s,
+                r.matmul_s,
+                r.attention_s,
+                r.tp_bytes,
+                r.tp_gather_bytes
+            ),
+            (1.0, 0.5, 0.25, 2.0, 1.0)
         );
         assert_eq!(
             (r.kernels, r.tp_collectives, r.memory_kernels),

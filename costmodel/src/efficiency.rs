@@ -46,11 +46,13 @@ pub struct StackCoefficients {
     /// Fixed seconds per optimizer step (gradient zeroing, loss synchronisation, scheduler, logging).
     pub step_overhead_s: f64,
     /// Fraction of the fusable memory-bound traffic (norms, elementwise, softmax) left after the
-    /// stack's kernel fusion (1 for eager PyTorch, which runs every op as its own kernel).
+    /// stack's kernel fusion (1 for eager PyTorch, which runs every op as its own kernel): in the file,
+    /// the fraction on the rows that do not run Transformer Engine's fused kernels; in the
+    /// coefficients [`EfficiencyFile::costed`] returns, the fraction the stack leaves on its GPU.
     pub fused_bytes: f64,
     /// Fraction of the fusable traffic left where the stack runs Transformer Engine's fused kernels
     /// ([`Stack::runs_te_fused_kernels`]); fitted on those rows, absent = the stack's prior
-    /// ([`Stack::fusion`]).
+    /// ([`Stack::fusion`]). [`EfficiencyFile::costed`] resolves it into `fused_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub te_fused_bytes: Option<f64>,
     /// Fitted or assumed, and from what.
@@ -149,16 +151,21 @@ impl EfficiencyFile {
             .unwrap_or(&self.stacks[0])
     }
 
-    /// The coefficients a named stack is priced with: the entry of the stack it is costed as
-    /// ([`Stack::costed_as`]), with its own fusion ([`Stack::fused_bytes`]).
-    pub fn costed(&self, stack: Stack) -> std::borrow::Cow<'_, StackCoefficients> {
+    /// The coefficients a named stack is priced with on `gpu`: the entry of the stack it is costed as
+    /// ([`Stack::costed_as`]) with the fraction of fusable bytes the named stack leaves there decided
+    /// once, in `fused_bytes` ([`Stack::fused_bytes_on`]: its own fusion, and the Transformer Engine
+    /// fraction `te_fused_bytes` where it runs Transformer Engine's fused kernels), and no
+    /// `te_fused_bytes` left to decide again. The estimator reads `fused_bytes` of these coefficients
+    /// as it is ([`crate::estimate::PhaseSums::kernel_time`]).
+    pub fn costed(&self, stack: Stack, gpu: Gpu) -> std::borrow::Cow<'_, StackCoefficients> {
         let sc = self.stack(stack);
-        let fused_bytes = stack.fused_bytes(sc.fused_bytes);
-        if fused_bytes == sc.fused_bytes {
+        let fused_bytes = stack.fused_bytes_on(gpu, sc.fused_bytes, sc.te_fused_bytes);
+        if fused_bytes == sc.fused_bytes && sc.te_fused_bytes.is_none() {
             std::borrow::Cow::Borrowed(sc)
         } else {
             std::borrow::Cow::Owned(StackCoefficients {
                 fused_bytes,
+                te_fused_bytes: None,
                 ..sc.clone()
             })
         }
@@ -229,6 +236,28 @@ mod tests {
         assert_eq!(f.devices.len(), Gpu::ALL.len());
         assert_eq!(f.stacks.len(), 4);
         assert_eq!(f.format_version, 2);
+    }
+
+    #[test]
+    fn costed_decides_the_fusion_fraction_once_per_stack_and_gpu() {
+        let mut f = committed().clone();
+        let mut m = f.stack(Stack::Megatron).clone();
+        (m.fused_bytes, m.te_fused_bytes) = (0.9, Some(0.6));
+        f.set_stack(m);
+        // Transformer Engine's fraction where Megatron-LM runs its fused kernels, the older fusions'
+        // elsewhere; nothing left for the estimator to decide again.
+        let h100 = f.costed(Stack::Megatron, Gpu::H100);
+        assert_eq!((h100.fused_bytes, h100.te_fused_bytes), (0.6, None));
+        let a100 = f.costed(Stack::Megatron, Gpu::A100);
+        assert_eq!((a100.fused_bytes, a100.te_fused_bytes), (0.9, None));
+        // torchtitan is priced with FSDP's overheads and its own (absent) fusion.
+        let fsdp = f.stack(Stack::Fsdp).clone();
+        assert!(fsdp.fused_bytes < 1.0);
+        let titan = f.costed(Stack::Torchtitan, Gpu::H100);
+        assert_eq!(titan.fused_bytes, 1.0);
+        assert_eq!(titan.stack, Stack::Fsdp);
+        assert_eq!(titan.launch_overhead_s, fsdp.launch_overhead_s);
+        assert_eq!(*f.costed(Stack::Fsdp, Gpu::H100), fsdp);
     }
 
     #[test]

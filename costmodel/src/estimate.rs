@@ -173,15 +173,21 @@ pub struct PhaseSums {
     pub gpu_s: f64,
     /// Kernels.
     pub kernels: f64,
-    /// Bytes all-reduced over the tensor-parallel group.
+    /// Bytes all-reduced over the tensor-parallel group (with sequence parallelism, reduce-scattered).
     pub tp_bytes: f64,
     /// Tensor-parallel collectives.
     pub tp_collectives: f64,
-    /// Of `tp_collectives`, those whose all-gather moves fp8 (one byte per element) under sequence
-    /// parallelism: in an FP8 plan Transformer Engine gathers the fp8 copy of a column-parallel
-    /// module's input and of a row-parallel module's output gradient
-    /// ([`crate::precision::fp8_gather_saving_s`]); their reduce-scatters stay bf16.
-    pub tp_fp8_gathers: f64,
+    /// Bytes the sequence-parallel all-gathers move, one beside each of the `tp_collectives`
+    /// reduce-scatters (read with sequence parallelism only): the tensor reduced, in bf16, or its fp8
+    /// copy (one byte per element) for the pair of an fp8 linear, because Transformer Engine
+    /// quantizes before it gathers: a `LayerNormLinear` under sequence parallelism gathers its norm's
+    /// fp8 output (`ln_out_total = gather_along_first_dim(ln_out)` after the fp8 norm), and a
+    /// module's backward casts its output gradient to fp8 before gathering it
+    /// (`grad_output_preprocess`, "FP8 case with gather": NVIDIA/TransformerEngine
+    /// `transformer_engine/pytorch/module/base.py` and `layernorm_linear.py`, 1.x releases). The
+    /// reduce-scatters of the row-parallel outputs and of the column-parallel input gradients stay
+    /// bf16.
+    pub tp_gather_bytes: f64,
     /// Compute-bound GEMM seconds at unit matmul coefficient.
     pub matmul_s: f64,
     /// Fused-attention seconds at unit attention coefficient.
@@ -228,7 +234,7 @@ impl PhaseSums {
         self.kernels += o.kernels;
         self.tp_bytes += o.tp_bytes;
         self.tp_collectives += o.tp_collectives;
-        self.tp_fp8_gathers += o.tp_fp8_gathers;
+        self.tp_gather_bytes += o.tp_gather_bytes;
         self.matmul_s += o.matmul_s;
         self.attention_s += o.attention_s;
         self.memory_s += o.memory_s;
@@ -256,21 +262,17 @@ impl PhaseSums {
     }
 
     /// Seconds of this phase's tensor-parallel collectives under `cfg`'s tp and sequence parallelism,
-    /// each at its own message size ([`tp_collectives_time`]), before any overlap.
+    /// each at its own message size ([`tp_collectives_time`]: the all-gathers at theirs,
+    /// `tp_gather_bytes`), before any overlap.
     pub fn tp_time(&self, cluster: &Cluster, cfg: &ParallelConfig) -> f64 {
-        let t = tp_collectives_time(
+        tp_collectives_time(
             cluster,
             self.tp_bytes,
+            self.tp_gather_bytes,
             self.tp_collectives,
             cfg.tp,
             cfg.sequence_parallel,
-        );
-        if cfg.sequence_parallel && self.tp_fp8_gathers > 0.0 && self.tp_collectives > 0.0 {
-            let each = self.tp_bytes / self.tp_collectives;
-            t - self.tp_fp8_gathers * crate::precision::fp8_gather_saving_s(cluster, each, cfg.tp)
-        } else {
-            t
-        }
+        )
     }
 
     /// Seconds of this phase's mixture-of-experts all-to-alls over `ep` ranks spaced `stride` apart.
@@ -284,15 +286,11 @@ impl PhaseSums {
     }
 
     /// Kernel seconds and kernels of this phase on a device with coefficients `eff`, under a stack's
-    /// fusion: fusable bytes scaled by the stack's fitted `fused_bytes` (its fitted `te_fused_bytes`
-    /// where it runs Transformer Engine's fused kernels, [`crate::stack::Stack::fused_bytes_on`]), fusable kernels by
+    /// fusion: fusable bytes scaled by `sc.fused_bytes` as given (the coefficients of
+    /// [`EfficiencyFile::costed`], which decided the stack's fraction on the GPU), fusable kernels by
     /// [`crate::stack::Stack::fusion`]'s kernel fraction.
     pub fn kernel_time(&self, eff: &Efficiency, sc: &StackCoefficients) -> (f64, f64) {
-        let (fb, fk) = (
-            sc.stack
-                .fused_bytes_on(eff.gpu, sc.fused_bytes, sc.te_fused_bytes),
-            sc.stack.fusion().1,
-        );
+        let (fb, fk) = (sc.fused_bytes, sc.stack.fusion().1);
         let (cast_s, cast_kernels, rope_s, rope_kernels) = if sc.stack.runs_amp_casts() {
             (0.0, 0.0, 0.0, 0.0)
         } else {
@@ -448,18 +446,22 @@ pub struct PreparedProfile {
     pub roofline_ops: u64,
     /// The GEMM precision the sums were prepared for (see [`crate::precision`]).
     pub precision: MatmulPrecision,
+    /// Whether the fp8 linears were prepared as Transformer Engine modules
+    /// ([`Stack::runs_te_modules`]; false for bf16 GEMMs).
+    pub te_modules: bool,
 }
 
-/// What a prepared profile depends on: the GPU, tp, sequence parallelism, the GEMM precision, the
-/// profile's [fingerprint](moai_ir::cost::StepProfile::fingerprint) with its sizes, block count and op
-/// count (read per call, one step per block: a profile whose blocks were added or removed after it was
+/// What a prepared profile depends on: the GPU, tp, sequence parallelism, the GEMM precision and
+/// whether fp8 linears run as Transformer Engine modules, the profile's
+/// [fingerprint](moai_ir::cost::StepProfile::fingerprint) with its sizes, block count and op count
+/// (read per call, one step per block: a profile whose blocks were added or removed after it was
 /// fingerprinted is never taken for its original) and the expert split (ep, expert_tp, routing
 /// imbalance).
 type CacheKey = (
     Gpu,
     u32,
     bool,
-    MatmulPrecision,
+    (MatmulPrecision, bool),
     (u64, u64, u64, usize, usize),
     (u32, u32, u64),
 );
@@ -552,6 +554,7 @@ impl ProfiledCostModel {
                 imbalance: self.moe_imbalance(),
             },
             cfg.precision,
+            te_modules(cfg),
         )
     }
 
@@ -592,7 +595,9 @@ impl ProfiledCostModel {
 
     /// [`ProfiledCostModel::prepare`] with the GEMM precision given: under
     /// [`MatmulPrecision::Fp8`] the decoder blocks' linear GEMMs are timed at the fp8 rate and their
-    /// per-micro-batch scaling casts are added (see [`crate::precision`]).
+    /// per-micro-batch scaling casts are added (see [`crate::precision`]), as the default stack
+    /// (Megatron-LM) runs them, in Transformer Engine modules ([`Stack::runs_te_modules`];
+    /// [`ProfiledCostModel::prepare_for`] prepares for a configuration's stack).
     pub fn prepare_with(
         &self,
         profile: &StepProfile,
@@ -612,6 +617,7 @@ impl ProfiledCostModel {
                 imbalance: self.moe_imbalance(),
             },
             precision,
+            precision == MatmulPrecision::Fp8 && Stack::default().runs_te_modules(),
         )
     }
 
@@ -622,9 +628,11 @@ impl ProfiledCostModel {
         sequence_parallel: bool,
         experts: &crate::moe::ExpertSplit,
         precision: MatmulPrecision,
+        te_modules: bool,
     ) -> PreparedProfile {
         let tp = experts.tp as u32;
         let fp8 = precision == MatmulPrecision::Fp8;
+        let te_modules = fp8 && te_modules;
         let spec = gpu.spec();
         let eff = self.efficiency(gpu);
         let timer = OpTimer {
@@ -642,9 +650,10 @@ impl ProfiledCostModel {
             let wmask = crate::pipeline::weight_grad_ops(b);
             let mut vocab_reduced = false;
             let (mut fp8_weight_params, mut fp8_linears) = (0.0, 0.0);
-            // The previous fp8 GEMM's phase and input shape when it was column-parallel: the next
-            // one with the same input belongs to the same Transformer Engine module.
-            let mut fp8_module: Option<(Phase, u64, u64, u64)> = None;
+            // The phase of the previous fp8 GEMM when it was column-parallel: a column-parallel linear
+            // of role `SharedInputLinear` after it in the same phase joins its Transformer Engine
+            // module, on a stack that runs them (`Stack::runs_te_modules`).
+            let mut fp8_column: Option<Phase> = None;
             for (oi, op) in b.ops.iter().enumerate() {
                 if matches!(op.phase, Phase::Forward | Phase::Backward) {
                     model_flops += op.flops;
@@ -669,17 +678,12 @@ impl ProfiledCostModel {
                 if fp8_gemm {
                     // Scaling casts of this GEMM, one kernel per Transformer Engine module
                     // (memory-bound; see `precision::te_module_casts`); the weight's once per step.
-                    let key = match op.class {
-                        KernelClass::Matmul { batch, m, k, .. } => Some((op.phase, batch, m, k)),
-                        _ => None,
-                    };
-                    let same_module =
-                        op.split == TpSplit::Column && key.is_some() && key == fp8_module;
-                    fp8_module = if op.split == TpSplit::Column {
-                        key
-                    } else {
-                        None
-                    };
+                    let column = op.split == TpSplit::Column;
+                    let same_module = te_modules
+                        && column
+                        && op.role == Role::SharedInputLinear
+                        && fp8_column == Some(op.phase);
+                    fp8_column = column.then_some(op.phase);
                     if let Some(c) = crate::precision::te_module_casts(op, tp64, same_module) {
                         let cast = |bytes: f64, kernels: f64| {
                             let base = timer.memory_time(bytes) * eff.memory;
@@ -785,7 +789,19 @@ impl ProfiledCostModel {
                         KernelClass::Matmul {
                             batch, m, n, dtype, ..
                         } if op.split == TpSplit::Row => {
-                            Some((batch * m * n * dtype.size_bytes()) as f64)
+                            let elements = batch * m * n;
+                            // Both all-gathers of an fp8 linear's pair (its input's in forward, its
+                            // output gradient's in backward) move the fp8 copy
+                            // (`PhaseSums::tp_gather_bytes`).
+                            let gathered = if fp8_gemm {
+                                moai_ir::DType::F8E4M3FN.size_bytes()
+                            } else {
+                                dtype.size_bytes()
+                            };
+                            Some((
+                                (elements * dtype.size_bytes()) as f64,
+                                (elements * gathered) as f64,
+                            ))
                         }
                         // One all-reduce of the block's output activation (not of the table the
                         // gather's bytes count), however many lookups the block sums.
@@ -795,25 +811,23 @@ impl ProfiledCostModel {
                                 && !vocab_reduced =>
                         {
                             vocab_reduced = true;
-                            Some(if b.boundary_bytes > 0.0 {
+                            let bytes = if b.boundary_bytes > 0.0 {
                                 b.boundary_bytes
                             } else {
                                 op.bytes / 2.0
-                            })
+                            };
+                            Some((bytes, bytes))
                         }
                         _ => None,
                     };
-                    if let Some(bytes) = out_bytes {
+                    if let Some((bytes, gathered)) = out_bytes {
                         ps.tp_bytes = bytes;
+                        ps.tp_gather_bytes = gathered;
                         ps.tp_collectives = 1.0;
-                        // Both gathers of an fp8 linear's pair (its input's in forward, its output
-                        // gradient's in backward) move the fp8 copy.
-                        let fp8_gathers = if fp8_gemm { 1.0 } else { 0.0 };
-                        ps.tp_fp8_gathers = fp8_gathers;
                         if op.phase == Phase::Forward {
                             bwd.tp_bytes += bytes;
+                            bwd.tp_gather_bytes += gathered;
                             bwd.tp_collectives += 1.0;
-                            bwd.tp_fp8_gathers += fp8_gathers;
                         }
                     }
                 }
@@ -839,8 +853,8 @@ impl ProfiledCostModel {
                         let ps = if op.phase == Phase::Backward {
                             PhaseSums {
                                 tp_bytes: 0.0,
+                                tp_gather_bytes: 0.0,
                                 tp_collectives: 0.0,
-                                tp_fp8_gathers: 0.0,
                                 ..ps
                             }
                         } else {
@@ -901,6 +915,7 @@ impl ProfiledCostModel {
             profile_ops,
             roofline_ops,
             precision,
+            te_modules,
         }
     }
 
@@ -914,7 +929,7 @@ impl ProfiledCostModel {
             gpu,
             cfg.tp,
             cfg.sequence_parallel,
-            cfg.precision,
+            (cfg.precision, te_modules(cfg)),
             (
                 profile.fingerprint(),
                 profile.micro_batch,
@@ -948,7 +963,7 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Result<Vec<crate::blocks::BlockCost>> {
-        let sc = self.efficiencies().costed(cfg.stack);
+        let sc = self.efficiencies().costed(cfg.stack, cluster.gpu);
         let sc = sc.as_ref();
         let costed = costed_as(cfg);
         let cfg = costed.as_ref();
@@ -986,7 +1001,7 @@ impl CostModel for ProfiledCostModel {
         cluster: &Cluster,
         cfg: &ParallelConfig,
     ) -> Option<crate::bounds::LowerBounds> {
-        let sc = self.efficiencies().costed(cfg.stack);
+        let sc = self.efficiencies().costed(cfg.stack, cluster.gpu);
         let costed = costed_as(cfg);
         let cfg = costed.as_ref();
         let prep = self.prepared(profile, cluster.gpu, cfg);
@@ -998,6 +1013,11 @@ impl CostModel for ProfiledCostModel {
         }
         Some(b)
     }
+}
+
+/// Whether `cfg`'s fp8 linears run as Transformer Engine modules (what a profile is prepared for).
+fn te_modules(cfg: &ParallelConfig) -> bool {
+    cfg.precision == MatmulPrecision::Fp8 && cfg.stack.runs_te_modules()
 }
 
 /// The configuration as the cost model prices it when its stack is costed as another
@@ -1040,9 +1060,23 @@ impl ProfiledCostModel {
                 prep.precision, cfg.precision
             )));
         }
+        if prep.te_modules != te_modules(cfg) {
+            let how = |te: bool| {
+                if te {
+                    "in Transformer Engine modules"
+                } else {
+                    "per linear"
+                }
+            };
+            return Err(CostError::InvalidConfig(format!(
+                "the profile was prepared for fp8 linears cast {} but stack {named} casts them {} (prepare it with ProfiledCostModel::prepare_for)",
+                how(prep.te_modules),
+                how(te_modules(cfg))
+            )));
+        }
         let eff = self.efficiency(cluster.gpu);
         let stack = cfg.stack;
-        let sc = self.efficiencies().costed(named);
+        let sc = self.efficiencies().costed(named, cluster.gpu);
         let sc = sc.as_ref();
         let launch = sc.launch_overhead_s;
         let pp = cfg.pp.max(1) as usize;
@@ -1628,7 +1662,28 @@ impl ProfiledCostModel {
 
 #[cfg(test)]
 mod tests {
-    use super::HostDevice;
+    use super::{HostDevice, PhaseSums};
+    use crate::device::Gpu;
+    use crate::stack::Stack;
+
+    #[test]
+    fn kernel_time_reads_the_resolved_fusion_fraction() {
+        // The fraction is decided by `EfficiencyFile::costed`; the kernel time applies
+        // `fused_bytes` as given, whatever Transformer Engine fraction the entry still names.
+        let f = crate::efficiency::committed();
+        let eff = f.get(Gpu::H100);
+        let s = PhaseSums {
+            fusable_s: 1e-3,
+            ..Default::default()
+        };
+        let mut sc = f.stack(Stack::Megatron).clone();
+        (sc.fused_bytes, sc.te_fused_bytes) = (0.3, Some(0.9));
+        let (t, _) = s.kernel_time(eff, &sc);
+        assert!((t - 0.3e-3 / eff.memory).abs() < 1e-15, "{t}");
+        let costed = f.costed(Stack::Megatron, Gpu::H100);
+        let (t, _) = s.kernel_time(eff, &costed);
+        assert!((t - costed.fused_bytes * 1e-3 / eff.memory).abs() < 1e-15);
+    }
 
     #[test]
     fn host_bound_forward_then_device_bound_backward() {

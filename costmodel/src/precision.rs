@@ -22,7 +22,8 @@
 //!   and tensor-parallel group.
 //! - **Tensor-parallel traffic**: under sequence parallelism the all-gathers move fp8 copies (the
 //!   norm output before a column-parallel module, the output gradient before a row-parallel one's
-//!   backward GEMMs), half the bytes; the reduce-scatters stay bf16 ([`fp8_gather_saving_s`]).
+//!   backward GEMMs), half the bytes; the reduce-scatters stay bf16
+//!   ([`crate::estimate::PhaseSums::tp_gather_bytes`]).
 //! - **Memory**: the fp8 weight copies and their transposes ([`FP8_WEIGHT_BYTES_PER_PARAM`]) and the
 //!   scaling state (scale, inverse scale and an amax history of [`AMAX_HISTORY_LEN`] per tensor, three
 //!   tensors per linear: [`scaling_state_bytes`]); the saved inputs of the linear layers are kept in
@@ -198,9 +199,11 @@ pub const FP8_TRANSPOSE_BYTES_PER_ELEMENT: f64 = 2.0;
 /// - Every module casts and transposes its output gradient once in backward, over the outputs of all
 ///   its GEMMs.
 ///
-/// The training graph lists the fused modules' GEMMs one by one (q, k, v; gate, up) with the same
-/// input: a column-parallel GEMM whose `(batch, m, k)` equals the previous fp8 GEMM's in the same
-/// phase belongs to the same module (`same_module`).
+/// The training graph lists the fused modules' GEMMs one by one (q, k, v; gate, up) and marks those
+/// that read the input of an earlier one ([`moai_ir::cost::Role::SharedInputLinear`]): on a stack
+/// that runs Transformer Engine modules ([`crate::Stack::runs_te_modules`]) such a column-parallel
+/// GEMM right after a column-parallel fp8 GEMM of the same phase belongs to that GEMM's module
+/// (`same_module`); elsewhere every linear is its own module.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Fp8Casts {
     /// Elements cast and transposed in the forward (or recomputation) pass, in one kernel.
@@ -214,8 +217,8 @@ pub struct Fp8Casts {
 }
 
 /// The scaling kernels [`Fp8Casts`] one fp8 GEMM `op` (its unsharded class) adds on one of `tp`
-/// tensor-parallel ranks, given whether it joins the module of the previous fp8 GEMM (`same_module`:
-/// the previous one is column-parallel with the same `(batch, m, k)` in the same phase). A
+/// tensor-parallel ranks, given whether it joins the module of the previous fp8 GEMM (`same_module`,
+/// see [`Fp8Casts`]). A
 /// column-parallel GEMM holds the whole input (gathered under sequence parallelism) and `1/tp` of the
 /// output; a row-parallel one `1/tp` of the input and the whole output gradient. `None` for a class
 /// that is not a matmul.
@@ -253,24 +256,6 @@ pub fn te_module_casts(op: &OpCost, tp: u64, same_module: bool) -> Option<Fp8Cas
         _ => {}
     }
     Some(c)
-}
-
-/// Seconds one sequence-parallel all-gather of a bf16 tensor of `bytes` over `tp` consecutive ranks
-/// saves when it moves the tensor's fp8 copy instead (half the bytes). Transformer Engine quantizes
-/// before it gathers: a `LayerNormLinear` under sequence parallelism gathers its norm's fp8 output
-/// (`ln_out_total = gather_along_first_dim(ln_out)` after the fp8 norm), and a module's backward
-/// casts its output gradient to fp8 before gathering it (`grad_output_preprocess`, "FP8 case with
-/// gather": NVIDIA/TransformerEngine `transformer_engine/pytorch/module/base.py` and
-/// `layernorm_linear.py`, 1.x releases). The reduce-scatters of the row-parallel outputs and of the
-/// column-parallel input gradients stay bf16.
-pub fn fp8_gather_saving_s(cluster: &crate::cluster::Cluster, bytes: f64, tp: u32) -> f64 {
-    use crate::collective::{Collective, collective_time};
-    if tp <= 1 || bytes <= 0.0 {
-        return 0.0;
-    }
-    let full = collective_time(cluster, Collective::AllGather, bytes, tp, 1);
-    let half = collective_time(cluster, Collective::AllGather, bytes / 2.0, tp, 1);
-    (full - half).max(0.0)
 }
 
 /// Rewrites a (sharded) matmul class to an 8-bit input dtype, so the GEMM model times it at the fp8
@@ -427,17 +412,5 @@ mod tests {
             (c.forward_cast_elements, c.backward_cast_elements),
             (input / 4.0, output)
         );
-    }
-
-    #[test]
-    fn fp8_gathers_save_part_of_a_sequence_parallel_pair() {
-        let cluster = crate::cluster::Cluster::new(Gpu::H100, 8).unwrap();
-        let bytes = 64e6;
-        let saved = fp8_gather_saving_s(&cluster, bytes, 4);
-        let pair = crate::collective::tp_collectives_time(&cluster, bytes, 1.0, 4, true);
-        // Half an all-gather's bytes: less than the all-gather, more than nothing.
-        assert!(saved > 0.0 && saved < 0.5 * pair, "{saved} {pair}");
-        assert_eq!(fp8_gather_saving_s(&cluster, bytes, 1), 0.0);
-        assert_eq!(fp8_gather_saving_s(&cluster, 0.0, 4), 0.0);
     }
 }

@@ -99,11 +99,23 @@ impl Stack {
         )
     }
 
+    /// Whether this stack's fp8 linear layers run as Transformer Engine modules: Megatron-LM, whose
+    /// fp8 path is Transformer Engine's (`--fp8-format` with `--transformer-impl
+    /// transformer_engine`, on NVIDIA and on ROCm's Transformer Engine port alike). Its module spec
+    /// fuses a layer's projections of one input into one module (`linear_qkv`, `linear_fc1`: the
+    /// linears of role [`moai_ir::cost::Role::SharedInputLinear`] join the module before them), and a
+    /// module runs its scaling casts once ([`crate::precision::te_module_casts`]). The other stacks
+    /// cast per linear layer (torchao's `Float8Linear` under FSDP and torchtitan).
+    pub fn runs_te_modules(self) -> bool {
+        matches!(self, Stack::Megatron)
+    }
+
     /// The fraction of fusable bytes this stack leaves on `gpu`, given the fitted coefficients of
     /// the stack it is costed as: where it runs Transformer Engine's fused kernels
     /// ([`Stack::runs_te_fused_kernels`]) the fraction fitted on those rows (`te_fitted`; the
     /// stack's prior [`Stack::fusion`] where none is fitted), else [`Stack::fused_bytes`] of the
-    /// `fused_bytes` fitted on its other rows (the older TorchScript/Apex fusions).
+    /// `fused_bytes` fitted on its other rows (the older TorchScript/Apex fusions). Decided once per
+    /// estimate, by [`crate::efficiency::EfficiencyFile::costed`].
     pub fn fused_bytes_on(self, gpu: Gpu, fitted: f64, te_fitted: Option<f64>) -> f64 {
         if self.runs_te_fused_kernels(gpu) {
             te_fitted.unwrap_or(self.fusion().0)
@@ -524,6 +536,19 @@ mod tests {
             assert_eq!(st.fused_bytes_on(Gpu::H100, 0.7, None), 0.7);
         }
         assert_eq!(Stack::Torchtitan.fused_bytes_on(Gpu::H100, 0.7, None), 1.0);
+    }
+
+    #[test]
+    fn only_megatron_runs_transformer_engine_modules() {
+        assert!(Stack::Megatron.runs_te_modules());
+        for st in [
+            Stack::Deepspeed,
+            Stack::Fsdp,
+            Stack::Torchtitan,
+            Stack::Eager,
+        ] {
+            assert!(!st.runs_te_modules(), "{st}");
+        }
     }
 
     #[test]

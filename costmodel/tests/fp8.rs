@@ -2,12 +2,13 @@
 //! published range for real FP8 recipes, only the decoder linears change precision, the memory carries
 //! the fp8 weight copies, and the FP8 truth rows are validated (never fitted).
 
+use moai_costmodel::estimate::PreparedProfile;
 use moai_costmodel::estimate::ProfiledCostModel;
 use moai_costmodel::validate::read_truth;
 use moai_costmodel::{
-    Cluster, CostModel, Gpu, MatmulPrecision, ParallelConfig, Recompute, Schedule,
+    Cluster, CostModel, Gpu, MatmulPrecision, ParallelConfig, Recompute, Schedule, Stack,
 };
-use moai_ir::cost::StepProfile;
+use moai_ir::cost::{BlockKind, Role, StepProfile};
 use moai_ir::train::{TrainOptions, step_profile};
 use std::path::PathBuf;
 
@@ -90,6 +91,92 @@ fn fp8_gain_on_70b_lies_in_published_range() {
         "{linear_params_dev:e}"
     );
     assert!(fp8.memory[0].activations_bytes < bf16.memory[0].activations_bytes);
+}
+
+#[test]
+fn fp8_linears_gather_half_the_bytes_they_reduce() {
+    // Under sequence parallelism Transformer Engine gathers the fp8 copy (one byte per element) of
+    // an fp8 linear's input and output gradient; every reduce-scatter, and the bf16 plan's gathers,
+    // move the bf16 tensor.
+    let profile = llama2_70b();
+    let m = ProfiledCostModel::new();
+    let b = m.prepare_with(&profile, Gpu::H100, 8, true, MatmulPrecision::Bf16);
+    let f = m.prepare_with(&profile, Gpu::H100, 8, true, MatmulPrecision::Fp8);
+    for (x, y) in b.blocks.iter().zip(&f.blocks) {
+        for (px, py) in [(&x.forward, &y.forward), (&x.backward, &y.backward)] {
+            assert_eq!(px.tp_bytes, py.tp_bytes);
+            assert_eq!(px.tp_collectives, py.tp_collectives);
+            assert_eq!(px.tp_gather_bytes, px.tp_bytes);
+            if matches!(x.kind, moai_ir::cost::BlockKind::Decoder(_)) {
+                assert!(py.tp_collectives > 0.0);
+                assert_eq!(py.tp_gather_bytes, 0.5 * py.tp_bytes);
+            } else {
+                assert_eq!(py.tp_gather_bytes, py.tp_bytes);
+            }
+        }
+    }
+}
+
+#[test]
+fn transformer_engine_modules_group_the_shared_input_linears_on_megatron_only() {
+    // Megatron-LM runs the fp8 linears as Transformer Engine modules: q, k and v in one, gate and
+    // up in another (the training graph marks k, v and up as reading an earlier linear's input),
+    // so a decoder layer adds 2 forward casts (the row-parallel modules' inputs) and 6 backward
+    // kernels (4 modules' gradient casts, 2 column-parallel input transposes). FSDP and
+    // torchtitan (torchao's per-linear casts) run every linear as its own: 7 gradient casts and 5
+    // transposes.
+    let profile = llama2_70b();
+    let m = ProfiledCostModel::new();
+    let cfg = |stack, precision| ParallelConfig {
+        stack,
+        ..nemo_70b(precision)
+    };
+    let bf16 = m.prepare_for(
+        &profile,
+        Gpu::H100,
+        &cfg(Stack::Megatron, MatmulPrecision::Bf16),
+    );
+    let added = |p: &PreparedProfile| {
+        let (x, y) = bf16
+            .blocks
+            .iter()
+            .zip(&p.blocks)
+            .find(|(x, _)| matches!(x.kind, BlockKind::Decoder(_)))
+            .unwrap();
+        (
+            y.forward.kernels - x.forward.kernels,
+            y.backward.kernels - x.backward.kernels,
+        )
+    };
+    let fp8 =
+        |p: &StepProfile, stack| m.prepare_for(p, Gpu::H100, &cfg(stack, MatmulPrecision::Fp8));
+    assert_eq!(added(&fp8(&profile, Stack::Megatron)), (2.0, 6.0));
+    for stack in [Stack::Fsdp, Stack::Torchtitan, Stack::Deepspeed] {
+        assert_eq!(added(&fp8(&profile, stack)), (2.0, 12.0), "{stack}");
+    }
+    // The modules follow the graph's roles, not the GEMMs' shapes: without the role Megatron's
+    // linears are their own modules too.
+    let mut plain = profile.clone();
+    for op in plain.blocks.iter_mut().flat_map(|b| b.ops.iter_mut()) {
+        if op.role == Role::SharedInputLinear {
+            op.role = Role::Plain;
+        }
+    }
+    plain.refresh_fingerprint();
+    assert_eq!(added(&fp8(&plain, Stack::Megatron)), (2.0, 12.0));
+    // A profile prepared for one stack's fp8 casts refuses a stack with the other's.
+    let cluster = Cluster::new(Gpu::H100, 64).unwrap();
+    let fsdp = fp8(&profile, Stack::Fsdp);
+    let e = m
+        .estimate_prepared(
+            &fsdp,
+            &profile,
+            &cluster,
+            &cfg(Stack::Megatron, MatmulPrecision::Fp8),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Transformer Engine modules"), "{e}");
 }
 
 #[test]

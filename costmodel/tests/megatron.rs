@@ -47,7 +47,7 @@ fn megatron_drops_the_graphs_autocast_casts_and_other_stacks_keep_them() {
     let f = committed();
     let eff = f.get(Gpu::H100);
     for st in Stack::ALL {
-        let sc = f.stack(st);
+        let sc = &*f.costed(st, Gpu::H100);
         let (t, k) = s.kernel_time(eff, sc);
         let (t0, k0) = without.kernel_time(eff, sc);
         if st.runs_amp_casts() {
@@ -72,7 +72,7 @@ fn megatron_attention_runs_at_the_hopper_kernels_rate_on_h100_only() {
         twice.attention_s *= 2.0;
         let eff = f.get(gpu);
         for st in [Stack::Megatron, Stack::Fsdp] {
-            let sc = f.stack(st);
+            let sc = &*f.costed(st, gpu);
             let extra = twice.kernel_time(eff, sc).0 - s.kernel_time(eff, sc).0;
             let want =
                 s.attention_s / (eff.attention * st.attention_kernel(gpu).throughput_over_fa2());

@@ -96,7 +96,8 @@ pub enum KernelClass {
 
 /// What an op of the training graph is for, where its tensor-parallel split or its cost depends on
 /// more than its kind. Set where the training graph builds the op ([`crate::train`]'s builder: the
-/// precision policy's casts, the linear layers' backward, Hugging Face's unfused rotary embedding),
+/// precision policy's casts, the linear layers' backward, the linear layers that share an input,
+/// Hugging Face's unfused rotary embedding),
 /// kept on the node ([`crate::train::TrainingGraph::meta`]) and carried into its [`OpCost`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -120,6 +121,12 @@ pub enum Role {
     /// gradient or recomputation: a stack with a fused RoPE kernel runs that kernel instead. The
     /// decomposition's casts have a cast role ([`Role::is_cast`]).
     EagerRotary,
+    /// A linear layer reading the same input as an earlier linear layer of the forward graph
+    /// (Llama's key and value projections after the query's, the up projection after the gate's):
+    /// an engine that fuses a layer's projections of one input into one module (Megatron-Core's
+    /// `linear_qkv` and `linear_fc1` Transformer Engine modules) runs it inside that module. Set on
+    /// the forward linear and its recomputation; its gradients have the linear's backward roles.
+    SharedInputLinear,
 }
 
 impl Role {
@@ -288,6 +295,7 @@ impl StepProfile {
             o.layer.hash(h);
             o.split.hash(h);
             o.label.hash(h);
+            o.role.hash(h);
         };
         let act = |h: &mut std::collections::hash_map::DefaultHasher, a: &ActivationBytes| {
             a.tp_sharded.to_bits().hash(h);

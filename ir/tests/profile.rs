@@ -35,6 +35,11 @@ fn the_fingerprint_is_computed_when_built_and_follows_the_contents() {
     q.refresh_fingerprint();
     assert_eq!(q.fingerprint(), f);
     assert_eq!(q, p);
+    // An op's role is part of the contents (the cost model prices some roles differently).
+    let mut r = p.clone();
+    r.blocks[1].ops[0].role = moai_ir::cost::Role::SharedInputLinear;
+    r.refresh_fingerprint();
+    assert_ne!(r.fingerprint(), f);
     // Not serialized: a round trip compares equal and recomputes the same digest.
     let back: StepProfile = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
     assert_eq!(back, p);

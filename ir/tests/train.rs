@@ -607,6 +607,59 @@ fn amp_rotary_runs_unfused_in_fp32() {
 }
 
 #[test]
+fn linears_sharing_an_input_are_marked() {
+    use moai_ir::cost::Role;
+    // Llama's k and v projections read q's input, up reads gate's: forward and recomputation.
+    let g = planning_llama(2, 256, 4, 2, 688, 1000);
+    let amp_full = opts(
+        PrecisionPolicy::AmpBf16,
+        OptimizerKind::AdamW,
+        RecomputePolicy::Full,
+    );
+    let tg = build_engine_training_graph(&g, &amp_full).unwrap();
+    let mut shared = HashMap::new();
+    for id in &tg.schedule {
+        let (n, meta) = (tg.graph.node(*id), tg.meta(*id));
+        if meta.role != Role::SharedInputLinear {
+            continue;
+        }
+        assert!(matches!(n.op, Op::Linear { .. }), "{}", n.prov.name);
+        let scope = n
+            .prov
+            .scope
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            ["k_proj", "v_proj", "up_proj"].contains(&scope.as_str()),
+            "{}",
+            n.prov.scope
+        );
+        *shared.entry(meta.phase).or_insert(0) += 1;
+    }
+    assert_eq!(shared.get(&Phase::Forward), Some(&6), "{shared:?}");
+    assert_eq!(shared.get(&Phase::Recompute), Some(&6), "{shared:?}");
+    assert_eq!(shared.get(&Phase::Backward), None);
+    let prof = step_profile(&g, &amp_full, 2, 64).unwrap();
+    let n = prof
+        .blocks
+        .iter()
+        .flat_map(|b| &b.ops)
+        .filter(|o| o.role == Role::SharedInputLinear)
+        .count();
+    assert_eq!(n, 12);
+    // GPT-2's attention is one c_attn linear; its MLP one c_fc: nothing shares an input.
+    let gpt = moai_models::ArchConfig::from_spec(
+        "gpt:layers=2,hidden=256,heads=4,ffn=1024,vocab=1000,dtype=bf16",
+    )
+    .and_then(|c| c.build())
+    .unwrap();
+    let tg = build_engine_training_graph(&gpt, &amp_full).unwrap();
+    assert!(tg.meta.iter().all(|m| m.role != Role::SharedInputLinear));
+}
+
+#[test]
 fn engine_graph_roles_mark_casts_and_the_unfused_rotary() {
     use moai_ir::cost::Role;
     let g = planning_llama(2, 256, 4, 2, 688, 1000);

@@ -92,6 +92,13 @@ impl B {
             role: Role::Plain,
         });
     }
+    /// Marks the linear just added as reading the input of the one before it (k and v after q, up
+    /// after gate), as the training graph does in forward and recomputation.
+    fn shares_input(&mut self) {
+        if let Some(op) = self.ops.last_mut() {
+            op.role = Role::SharedInputLinear;
+        }
+    }
     /// A linear `[t, k] × [k, n]`: forward, or backward (dgrad, wgrad, fp32 grad accumulation).
     fn linear(&mut self, phase: Phase, split: TpSplit, label: &str, t: u64, n: u64, k: u64) {
         if phase == Phase::Backward {
@@ -199,7 +206,9 @@ fn layer_forward(bl: &mut B, spec: &DecoderSpec, phase: Phase, b: u64, s: u64) {
     } else {
         bl.linear(phase, TpSplit::Column, "self_attn.q_proj", t, qn, h);
         bl.linear(phase, TpSplit::Column, "self_attn.k_proj", t, kvn, h);
+        bl.shares_input();
         bl.linear(phase, TpSplit::Column, "self_attn.v_proj", t, kvn, h);
+        bl.shares_input();
         bl.mem(
             phase,
             TpSplit::Heads,
@@ -233,6 +242,7 @@ fn layer_forward(bl: &mut B, spec: &DecoderSpec, phase: Phase, b: u64, s: u64) {
     } else {
         bl.linear(phase, TpSplit::Column, "mlp.gate_proj", t, f, h);
         bl.linear(phase, TpSplit::Column, "mlp.up_proj", t, f, h);
+        bl.shares_input();
         bl.mem(
             phase,
             TpSplit::Column,

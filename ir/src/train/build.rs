@@ -170,6 +170,9 @@ pub(super) struct Builder<'f> {
     /// Whether autocast's rotary embedding is built unfused as Hugging Face runs it
     /// ([`build_engine_training_graph`]).
     pub eager_rotary: bool,
+    /// Forward-graph values a copied linear layer reads as its input: a later linear reading one of
+    /// them has the role [`Role::SharedInputLinear`].
+    pub linear_inputs: HashSet<Value>,
 }
 
 pub(super) fn is_low_float(d: DType) -> bool {
@@ -213,6 +216,7 @@ impl<'f> Builder<'f> {
             param_nodes: Vec::new(),
             grads: HashMap::new(),
             eager_rotary: false,
+            linear_inputs: HashSet::new(),
         }
     }
 
@@ -391,6 +395,14 @@ impl<'f> Builder<'f> {
                 return Ok(());
             }
             Op::Linear { .. } | Op::MatMul | Op::Attention { .. } | Op::MoeExperts { .. } => {
+                // A linear reading the input an earlier one read (q, k, v; gate, up) says so, so
+                // an engine fusing them into one module can cost them as one.
+                if matches!(op, Op::Linear { .. })
+                    && let Some(x) = n.inputs.first()
+                    && !self.linear_inputs.insert(*x)
+                {
+                    self.ctx.role = Role::SharedInputLinear;
+                }
                 for (i, v) in ins.iter_mut().enumerate() {
                     if !self.g.ty(*v).dtype.is_float() {
                         continue;
