@@ -71,8 +71,8 @@ fn fitted_coefficients_match_committed() {
 }
 
 /// The committed fit costs every row as `validate` does: rows recorded with `"attention": "unfused"`
-/// (Megatron SC21, the LUMI MI250X runs without flash attention) have no fused attention kernel in
-/// their fit samples, and the flash rows keep theirs.
+/// (Megatron SC21 and Korthikanti et al., the LUMI MI250X runs without flash attention) have no
+/// fused attention kernel in their fit samples, and the flash rows keep theirs.
 #[test]
 fn fit_samples_cost_attention_as_the_rows_record_it() {
     use moai_ir::cost::KernelClass;
@@ -85,6 +85,7 @@ fn fit_samples_cost_attention_as_the_rows_record_it() {
     };
     for f in [
         "truth/megatron_sc21_table1.jsonl",
+        "truth/megatron_a100_korthikanti2022.jsonl",
         "truth/lumi_mi250x_megatron_deepspeed.jsonl",
         "truth/lumi_mi250x_gptneox.jsonl",
     ] {

@@ -66,7 +66,8 @@ fn megatron_sc21_cross_validated() {
 fn every_other_truth_file_cross_validated() {
     let cv = cv();
     // The target is 12% on every file. Met on llm-foundry (H100 / A100-80GB / A100-40GB),
-    // torchtitan (A100 and H100, per-op selective checkpointing, no torch.compile), Frontier,
+    // torchtitan (A100 and H100, per-op selective checkpointing, no torch.compile), Korthikanti et
+    // al.'s Megatron-LM A100 iterations (22B-1T, 2.8%), Frontier,
     // LUMI Megatron-DeepSpeed, the MoE row (Mixtral-8x7B, Megatron-Core on H100), the BF16
     // Megatron-Core H100 rows and the FP8 rows (validated only, never fitted: NeMo/Megatron-Bridge's
     // DGX-H100 FP8 recipes 7.6%, 17.9% before Transformer Engine's fused kernels were costed at

@@ -201,3 +201,26 @@ fn selective_op_recompute_reruns_every_second_linear_and_keeps_attention() {
     let flops = |p: &StepProfile| p.blocks[1].ops.iter().map(|o| o.flops).sum::<f64>();
     assert!(flops(&none) < flops(&op) && flops(&op) < flops(&full));
 }
+
+/// A tied LM head reads the embedding table from the embedding block; that weight is not an
+/// activation crossing the block boundary (which pipelining sends between stages per micro-batch
+/// and the vocab-parallel embedding all-reduces): the embedding block's boundary is the hidden
+/// states, as with an untied head, whatever the vocabulary.
+#[test]
+fn a_tied_head_does_not_send_the_embedding_table_across_the_boundary() {
+    let o = TrainOptions::default();
+    let boundary = |spec: &str| {
+        let g = moai_models::from_spec(spec).unwrap();
+        let p = step_profile(&g, &o, 2, 16).unwrap();
+        assert_eq!(p.blocks[0].kind, BlockKind::Embedding);
+        p.blocks[0].boundary_bytes
+    };
+    let tied = boundary("gpt:layers=2,hidden=64,heads=4,vocab=1000,max_pos=32");
+    let untied = boundary("gpt:layers=2,hidden=64,heads=4,vocab=1000,max_pos=32,tied=false");
+    let big_vocab = boundary("gpt:layers=2,hidden=64,heads=4,vocab=8000,max_pos=32");
+    assert!(tied > 0.0);
+    assert_eq!(tied, untied);
+    assert_eq!(tied, big_vocab);
+    // The hidden states of one micro-batch (2 x 16 tokens x 64), not the 1000 x 64 table.
+    assert!(tied <= (2 * 16 * 64 * 4) as f64, "{tied}");
+}

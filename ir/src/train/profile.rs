@@ -132,7 +132,9 @@ pub fn step_profile(
             };
         }
     }
-    // Boundary: bytes produced by a block's forward and read by a later block's forward.
+    // Boundary: bytes produced by a block's forward and read by a later block's forward (activations:
+    // a weight another block reads, such as a tied LM head's embedding table, is a weight of both
+    // stages, not a transfer).
     let mut boundary: HashMap<BlockKind, f64> = HashMap::new();
     let mut seen: HashSet<Value> = HashSet::new();
     for id in &tg.schedule {
@@ -144,7 +146,7 @@ pub fn step_profile(
             let pm = tg.meta(v.node);
             if pm.phase == Phase::Forward
                 && pm.block != m.block
-                && !g.node(v.node).op.is_source()
+                && !is_weight_view(g, *v)
                 && seen.insert(*v)
             {
                 let t = g.ty(*v);
@@ -411,4 +413,24 @@ pub fn reduce_layers(g: &Graph) -> Result<ReducedModel> {
         graph: out,
         layer_rep,
     })
+}
+
+/// Whether `v` is a source (parameter, input, constant) or a view or cast of one: a weight a block
+/// reads (through its bf16 cast or a tied LM head's transpose of the embedding table), never an
+/// activation that crosses a block boundary. Megatron-LM keeps a tied output layer's copy of the
+/// word embeddings on the last pipeline stage (`share_embeddings_and_output_weights`) and
+/// all-reduces their gradients with the first stage once per step; per micro-batch only the
+/// hidden states travel.
+fn is_weight_view(g: &Graph, mut v: Value) -> bool {
+    loop {
+        let n = g.node(v.node);
+        match &n.op {
+            op if op.is_source() => return true,
+            Op::Cast(_) | Op::Transpose(_) | Op::Reshape(_) => match n.inputs.first() {
+                Some(i) => v = *i,
+                None => return false,
+            },
+            _ => return false,
+        }
+    }
 }
