@@ -606,10 +606,9 @@ fn amp_rotary_runs_unfused_in_fp32() {
     );
 }
 
-#[test]
-fn linears_sharing_an_input_are_marked() {
-    use moai_ir::cost::Role;
-    // Llama's k and v projections read q's input, up reads gate's: forward and recomputation.
+/// A 2-layer planning Llama (GQA, SwiGLU) under bf16 autocast with full recomputation, and the
+/// training graph the engines run for it.
+fn small_llama_engine_graph_amp_full() -> (Graph, TrainOptions, TrainingGraph) {
     let g = planning_llama(2, 256, 4, 2, 688, 1000);
     let amp_full = opts(
         PrecisionPolicy::AmpBf16,
@@ -617,6 +616,14 @@ fn linears_sharing_an_input_are_marked() {
         RecomputePolicy::Full,
     );
     let tg = build_engine_training_graph(&g, &amp_full).unwrap();
+    (g, amp_full, tg)
+}
+
+#[test]
+fn linears_sharing_an_input_are_marked() {
+    use moai_ir::cost::Role;
+    // Llama's k and v projections read q's input, up reads gate's: forward and recomputation.
+    let (g, amp_full, tg) = small_llama_engine_graph_amp_full();
     let mut shared = HashMap::new();
     for id in &tg.schedule {
         let (n, meta) = (tg.graph.node(*id), tg.meta(*id));
@@ -662,13 +669,7 @@ fn linears_sharing_an_input_are_marked() {
 #[test]
 fn engine_graph_roles_mark_casts_and_the_unfused_rotary() {
     use moai_ir::cost::Role;
-    let g = planning_llama(2, 256, 4, 2, 688, 1000);
-    let amp_full = opts(
-        PrecisionPolicy::AmpBf16,
-        OptimizerKind::AdamW,
-        RecomputePolicy::Full,
-    );
-    let tg = build_engine_training_graph(&g, &amp_full).unwrap();
+    let (g, amp_full, tg) = small_llama_engine_graph_amp_full();
     let mut rotary_phases = HashMap::new();
     for id in &tg.schedule {
         let (n, role) = (tg.graph.node(*id), tg.meta(*id).role);
