@@ -1075,6 +1075,7 @@ impl ProfiledCostModel {
             )));
         }
         let eff = self.efficiency(cluster.gpu);
+        let spec = cluster.gpu.spec();
         let stack = cfg.stack;
         let sc = self.efficiencies().costed(named, cluster.gpu);
         let sc = sc.as_ref();
@@ -1118,7 +1119,7 @@ impl ProfiledCostModel {
                     let r = crate::context::ring_steps(
                         &a,
                         cfg,
-                        cluster.gpu.spec().compute_units,
+                        spec.compute_units,
                         crate::context::runs_pytorch_ring(stack),
                     );
                     last_ring = Some((a, r));
@@ -1129,7 +1130,7 @@ impl ProfiledCostModel {
                 ring_scales.push(steps.map_or((1.0, 1.0), |r| (r.forward_scale, r.backward_scale)));
             }
             if let Some(r) = steps {
-                let hbm = cluster.gpu.spec().hbm_bytes_per_s;
+                let hbm = spec.hbm_bytes_per_s;
                 // Recomputation that reruns attention's forward reruns its ring in backward.
                 let again = matches!(
                     cfg.recompute,
@@ -1218,7 +1219,7 @@ impl ProfiledCostModel {
         let mut host_dev = HostDevice::default();
         // SMs Transformer Engine's TP overlap takes from the GEMMs it runs beside (0 without it).
         let sms = stack.tp_overlap_sm_margin(cfg.sequence_parallel, cfg.tp_comm_overlap);
-        let units = cluster.gpu.spec().compute_units;
+        let units = spec.compute_units;
         let mut phase = |s: &PhaseSums, back: bool| {
             let (gpu, kernels) = s.kernel_time(eff, sc);
             let gpu = gpu + s.sm_margin_s(eff, sms, units);
@@ -1351,7 +1352,7 @@ impl ProfiledCostModel {
                 return 0.0;
             }
             let cast = params * crate::precision::CAST_TRANSPOSE_BYTES_PER_ELEMENT
-                / (cluster.gpu.spec().hbm_bytes_per_s * eff.memory)
+                / (spec.hbm_bytes_per_s * eff.memory)
                 + linears * KERNEL_FLOOR_S;
             let group = dpc * cfg.tp.max(1);
             let amax = if group > 1 {
@@ -1615,7 +1616,6 @@ impl ProfiledCostModel {
         let bubble_s = (step - compute_s - exposed_comm_s - opt - act_offload_s).max(0.0);
         let tokens = cfg.global_batch() as f64 * profile.seq as f64;
         let peak = memory.iter().map(|s| s.peak_bytes).fold(0.0, f64::max);
-        let spec = cluster.gpu.spec();
         let flops = prep.model_flops * m as f64 * dp as f64;
         Ok(Estimate {
             step_time_s: step,
