@@ -261,7 +261,7 @@ fn h100_over_a100_on_a_7b_model() {
 /// H100's 35-60% around its published 38-55%.
 ///
 /// The profiles carry Megatron-LM's memory for `--bf16` ([`megatron_bf16`]: fp32 gradients). The
-/// committed fit's best A100 plan is tp 4, pp 4, dp 4, no recomputation, 128 micro-batches: 0.582,
+/// committed fit's best A100 plan is tp 4, pp 4, dp 4, no recomputation, 128 micro-batches: 0.584,
 /// with 93% of the step in kernels (GEMMs at the fitted 0.89 of the 271 TFLOP/s maximum achievable
 /// rate, 77% of peak), 3.4% pipeline bubble and 3.8% exposed tensor-parallel communication. No
 /// published 70B-class A100 run uses that recipe. The same coefficients predict Korthikanti et al.'s
@@ -287,7 +287,7 @@ fn best_plan_mfu_within_published_ranges() {
     let m = ProfiledCostModel::new();
     let ranges = [
         (Gpu::H100, 0.35, 0.60),
-        // Published 43-56% for the 70B class (see above); the model predicts 0.582.
+        // Published 43-56% for the 70B class (see above); the model predicts 0.584.
         (Gpu::A100, 0.40, 0.60),
         (Gpu::Mi250, 0.25, 0.50),
         (Gpu::Mi300x, 0.20, 0.50),
