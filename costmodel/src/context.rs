@@ -11,7 +11,7 @@
 //!   the causal diagonal block of its tokens and `cp − 1` non-causal blocks of half the FLOPs, each
 //!   priced at its own shape for the busiest rank; PyTorch's ring (torchtitan, FSDP scripts) also
 //!   merges the steps' outputs and accumulates the gradients in fp32, memory-bound traffic that
-//!   grows with the steps ([`RingSteps`], [`ring_steps`]).
+//!   grows with the steps ([`RingSteps`], [`ring_steps`], [`crate::stack::Stack::runs_pytorch_ring`]).
 //! - **Ring (`p2p`).** Each attention passes the rank's key/value chunk around the ring of cp ranks in
 //!   `cp − 1` steps; a step's transfer runs under the attention of the chunk in hand (one cp-th of the
 //!   rank's attention), so only what exceeds it is exposed. Backward passes the keys/values and their
@@ -215,17 +215,6 @@ pub fn buffer_bytes(cfg: &ParallelConfig, attn: &CpAttention) -> f64 {
     }
 }
 
-/// Whether `stack` runs PyTorch's ring attention (`torch.distributed.tensor.experimental.
-/// context_parallel`, which torchtitan and FSDP training scripts call) and so its fp32 merge
-/// traffic ([`RingSteps`]); Megatron-LM runs Transformer Engine's ring, whose output corrections
-/// are not modelled here.
-pub fn runs_pytorch_ring(stack: crate::stack::Stack) -> bool {
-    matches!(
-        stack,
-        crate::stack::Stack::Fsdp | crate::stack::Stack::Torchtitan
-    )
-}
-
 /// What the ring attention of one block costs one context-parallel rank beyond the whole
 /// sequence's attention divided by cp (the estimator's [`PhaseSums::context_shard`]), for the
 /// busiest rank. The mechanisms (PyTorch's `_templated_ring_attention` and its backward in
@@ -291,22 +280,26 @@ pub fn ring_steps(
             / crate::ops::block_attention_efficiency(units, b, heads, q, kv, d, causal, bwd)
     };
     let whole = |bwd: bool| cost(s, s, attn.causal, bwd) / cp as f64;
-    let rank_time = |r: u64, bwd: bool| -> f64 {
+    // Rank r runs the diagonal block, then r steps with half the keys and cp − 1 − r with half the
+    // queries: each block shape is priced once.
+    let busiest = |bwd: bool| -> f64 {
         if !attn.causal {
             return cp as f64 * cost(t, t, false, bwd);
         }
-        let later: f64 = (1..cp)
-            .map(|i| {
-                if i <= r {
-                    cost(t, half, false, bwd)
-                } else {
-                    cost(half, t, false, bwd)
-                }
+        let (diagonal, half_keys, half_queries) = (
+            cost(t, t, true, bwd),
+            cost(t, half, false, bwd),
+            cost(half, t, false, bwd),
+        );
+        (0..cp)
+            .map(|r| {
+                let later: f64 = (1..cp)
+                    .map(|i| if i <= r { half_keys } else { half_queries })
+                    .sum();
+                diagonal + later
             })
-            .sum();
-        cost(t, t, true, bwd) + later
+            .fold(0.0, f64::max)
     };
-    let busiest = |bwd: bool| (0..cp).map(|r| rank_time(r, bwd)).fold(0.0, f64::max);
     let mut out = RingSteps {
         forward_scale: busiest(false) / whole(false),
         backward_scale: busiest(true) / whole(true),

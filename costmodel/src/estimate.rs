@@ -1120,7 +1120,7 @@ impl ProfiledCostModel {
                         &a,
                         cfg,
                         spec.compute_units,
-                        crate::context::runs_pytorch_ring(stack),
+                        stack.runs_pytorch_ring(),
                     );
                     last_ring = Some((a, r));
                     r

@@ -110,6 +110,14 @@ impl Stack {
         matches!(self, Stack::Megatron)
     }
 
+    /// Whether this stack runs PyTorch's ring attention (`torch.distributed.tensor.experimental.
+    /// context_parallel`, which torchtitan and FSDP training scripts call) and so its fp32 merge
+    /// traffic ([`crate::context::RingSteps`]); Megatron-LM runs Transformer Engine's ring, whose
+    /// output corrections are not modelled.
+    pub fn runs_pytorch_ring(self) -> bool {
+        matches!(self, Stack::Fsdp | Stack::Torchtitan)
+    }
+
     /// The fraction of fusable bytes this stack leaves on `gpu`, given the fitted coefficients of
     /// the stack it is costed as: where it runs Transformer Engine's fused kernels
     /// ([`Stack::runs_te_fused_kernels`]) the fraction fitted on those rows (`te_fitted`; the
