@@ -326,7 +326,8 @@ impl Stack {
     /// predate that preference or call the `flash-attn` package) stay FlashAttention-2-class.
     pub fn attention_kernel(self, gpu: Gpu) -> AttentionKernel {
         match (self, gpu) {
-            (Stack::Megatron, Gpu::H100 | Gpu::H200 | Gpu::B200) => AttentionKernel::HopperFused,
+            // Transformer Engine's fused kernels, its cuDNN attention among them.
+            _ if self.runs_te_fused_kernels(gpu) => AttentionKernel::HopperFused,
             (Stack::Eager, Gpu::H100 | Gpu::H200) => AttentionKernel::HopperFused,
             _ => AttentionKernel::FlashAttention2,
         }
