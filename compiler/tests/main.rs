@@ -10,6 +10,7 @@ mod exports;
 mod fp8;
 mod hsdp;
 mod interrupt;
+mod mfu;
 mod offload;
 mod overlap;
 mod partition;
