@@ -2,7 +2,7 @@
 //! communication) much closer to peak than an eager Hugging Face step, so the stack is an input of the
 //! cost model, and the engine a plan is exported to is the stack it was costed for.
 
-use crate::device::Gpu;
+use crate::device::{Family, Gpu};
 use crate::error::{CostError, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -93,10 +93,7 @@ impl Stack {
     /// the masked-softmax fusion mattered (spyysalo/lumi-llm-scaling `README.md` "Impact of fused
     /// kernels" and `figures/kernels.png`, commit 7314958).
     pub fn runs_te_fused_kernels(self, gpu: Gpu) -> bool {
-        matches!(
-            (self, gpu),
-            (Stack::Megatron, Gpu::H100 | Gpu::H200 | Gpu::B200)
-        )
+        self == Stack::Megatron && matches!(gpu.family(), Family::Hopper | Family::Blackwell)
     }
 
     /// Whether this stack's fp8 linear layers run as Transformer Engine modules: Megatron-LM, whose
@@ -328,7 +325,7 @@ impl Stack {
         match (self, gpu) {
             // Transformer Engine's fused kernels, its cuDNN attention among them.
             _ if self.runs_te_fused_kernels(gpu) => AttentionKernel::HopperFused,
-            (Stack::Eager, Gpu::H100 | Gpu::H200) => AttentionKernel::HopperFused,
+            (Stack::Eager, g) if g.family() == Family::Hopper => AttentionKernel::HopperFused,
             _ => AttentionKernel::FlashAttention2,
         }
     }

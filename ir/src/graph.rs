@@ -105,6 +105,21 @@ impl Graph {
         id
     }
 
+    /// The source node (parameter, input, constant) a value is a view of: the value's own node, or
+    /// the one behind its casts, transposes and reshapes; `None` for a computed value. A weight read
+    /// through its bf16 cast, or a tied LM head's transpose of the embedding table, is a view of
+    /// the parameter.
+    pub fn view_source(&self, mut v: Value) -> Option<NodeId> {
+        loop {
+            let n = self.node(v.node);
+            match &n.op {
+                op if op.is_source() => return Some(v.node),
+                Op::Cast(_) | Op::Transpose(_) | Op::Reshape(_) => v = *n.inputs.first()?,
+                _ => return None,
+            }
+        }
+    }
+
     /// The node with this id.
     pub fn node(&self, id: NodeId) -> &Node {
         &self.g[id]

@@ -242,13 +242,10 @@ fn dim(g: &Graph, v: Value, axis: usize) -> u64 {
         .unwrap_or(0) as u64
 }
 
-/// The parameter behind a weight input (itself, or through a `Transpose`).
+/// The parameter behind a weight input (itself, or the one it is a view of: [`Graph::view_source`]).
 fn param_behind(g: &Graph, v: Value) -> Option<NodeId> {
-    match &g.node(v.node).op {
-        Op::Param { .. } => Some(v.node),
-        Op::Transpose(_) | Op::Cast(_) => param_behind(g, g.node(v.node).inputs[0]),
-        _ => None,
-    }
+    g.view_source(v)
+        .filter(|n| matches!(g.node(*n).op, Op::Param { .. }))
 }
 
 /// Summarizes a recognized decoder model.

@@ -421,16 +421,6 @@ pub fn reduce_layers(g: &Graph) -> Result<ReducedModel> {
 /// word embeddings on the last pipeline stage (`share_embeddings_and_output_weights`) and
 /// all-reduces their gradients with the first stage once per step; per micro-batch only the
 /// hidden states travel.
-fn is_weight_view(g: &Graph, mut v: Value) -> bool {
-    loop {
-        let n = g.node(v.node);
-        match &n.op {
-            op if op.is_source() => return true,
-            Op::Cast(_) | Op::Transpose(_) | Op::Reshape(_) => match n.inputs.first() {
-                Some(i) => v = *i,
-                None => return false,
-            },
-            _ => return false,
-        }
-    }
+fn is_weight_view(g: &Graph, v: Value) -> bool {
+    g.view_source(v).is_some()
 }
