@@ -477,6 +477,7 @@ pub fn engine_runs(engine: Stack, d: &PlanDims) -> Result<(), String> {
                 // CPUOffloadPolicy (parameters, gradients, optimizer step); no key offloads activations.
                 return Err("torchtitan's config has no activation-offload key (training.enable_cpu_offload offloads FSDP parameters and gradients); Megatron-LM runs activation offload".into());
             }
+            torchtitan::runs_context_parallelism(c.cp as u64, c.cp_comm)?;
             if c.pp > 1 {
                 torchtitan::schedule_name(c.schedule)?;
             }

@@ -109,10 +109,17 @@ pub fn schedule_name(s: Schedule) -> Result<&'static str, String> {
 /// ring is its `context_parallel_rotate_method = "alltoall"` (each step passes the KV chunk on), and
 /// all-to-all (Ulysses, heads split) has no torchtitan counterpart: refused.
 pub fn context_parallel_degree(plan: &PlanConfig) -> Result<u64, String> {
-    if plan.cp > 1 && plan.cp_comm == moai_costmodel::CpComm::A2a {
+    runs_context_parallelism(plan.cp, plan.cp_comm)?;
+    Ok(plan.cp.max(1))
+}
+
+/// Whether torchtitan runs context parallelism of `cp` ranks communicating by `comm`: ring attention
+/// only (see [`context_parallel_degree`]); the error is one line.
+pub fn runs_context_parallelism(cp: u64, comm: moai_costmodel::CpComm) -> Result<(), String> {
+    if cp > 1 && comm == moai_costmodel::CpComm::A2a {
         return Err("torchtitan's context parallelism is ring attention (KV rotated between ranks); all-to-all (Ulysses) context parallelism runs on Megatron-LM".into());
     }
-    Ok(plan.cp.max(1))
+    Ok(())
 }
 
 /// What `seq_len` must divide by (torchtitan's `ParallelDims.seq_len_divisor`): tp, times 2·cp with
