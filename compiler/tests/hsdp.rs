@@ -69,22 +69,28 @@ fn zero3_case(model: &'static Model, engine: Option<Stack>, dp_shard: Option<u32
 }
 
 #[test]
-fn the_planner_shards_inside_a_server_when_the_network_is_the_wall() {
-    // Without --engine, tp is searched too: Megatron-LM's FSDP with tp 4 and shard groups of 2 (one
-    // server); a ZeRO-3 candidate DeepSpeed gets stays fully sharded (MiCS is not exported).
+fn shard_groups_inside_a_server_move_the_gathers_onto_nvlink_for_the_same_network_bytes() {
+    // Shard groups of one server (Megatron-LM's FSDP with tp 4 and groups of 2; torchtitan's and
+    // PyTorch FSDP's HSDP with groups of 8) against full sharding over the slow network. The
+    // gathers move onto NVLink and the state grows; the network bytes stay the same under
+    // amp-bf16: full sharding's hierarchical collectives send a server's share of the bf16
+    // gathers (2 + 2 bytes per parameter) and the fp32 reduce-scatter (4), the shard groups
+    // all-reduce their fp32 gradient shards across the replicas (2 × 4 over the group's 8 ranks):
+    // 1 byte per parameter per device either way. So the step times agree within 8% (the
+    // collectives' latency and ring steps), and the search may pick either (the tie this test once
+    // broke in favour of the groups came from gathers priced at the fp32 gradients' width).
     for (engine, tp) in [
-        (None, None),
-        (Some(Stack::Torchtitan), Some(1)),
-        (Some(Stack::Fsdp), Some(1)),
+        (None, 4u32),
+        (Some(Stack::Torchtitan), 1),
+        (Some(Stack::Fsdp), 1),
     ] {
-        let mut c = zero3_case(llama3_8b(), engine, None);
-        c.req.constraints.tp = tp;
+        let mut c = zero3_case(llama3_8b(), engine, Some(8 / tp));
+        c.req.constraints.tp = Some(tp);
         if engine.is_none() {
             c.req.constraints.recompute = Vec::new();
         }
         let (p, written) = check_case(&c);
         assert!(p.dp_shard > 1 && p.dp_shard < p.dp, "{engine:?}: {p:?}");
-        // One server's ranks per shard group.
         assert_eq!(p.dp_shard * p.tp, 8, "{engine:?}: {p:?}");
         assert_eq!(
             p.engine,
@@ -92,7 +98,6 @@ fn the_planner_shards_inside_a_server_when_the_network_is_the_wall() {
             "{engine:?}: {written:?}"
         );
         assert!(written.contains(&p.engine));
-        // Faster than the same search with full sharding only (--dp-shard dp), which also fits.
         let hybrid = plan(c.model, &c.cluster, &c.req).unwrap().output;
         let mut full_case = zero3_case(llama3_8b(), engine, Some(p.dp as u32));
         full_case.req.constraints = Constraints {
@@ -104,20 +109,13 @@ fn the_planner_shards_inside_a_server_when_the_network_is_the_wall() {
             .unwrap()
             .output;
         assert_eq!(full.plan.dp_shard, 0);
+        let (h, f) = (hybrid.predicted.step_time_s, full.predicted.step_time_s);
+        assert!((h / f - 1.0).abs() < 0.08, "{engine:?}: {h} vs {f}");
         assert!(
-            hybrid.predicted.step_time_s < 0.9 * full.predicted.step_time_s,
-            "{engine:?}: {} vs {}",
-            hybrid.predicted.step_time_s,
-            full.predicted.step_time_s
+            hybrid.predicted.breakdown.zero3_gather_s
+                < 0.5 * full.predicted.breakdown.zero3_gather_s
         );
-        if engine.is_some() {
-            // Same dimensions but the group: the gathers moved onto NVLink, the state grew.
-            assert!(
-                hybrid.predicted.breakdown.zero3_gather_s
-                    < 0.5 * full.predicted.breakdown.zero3_gather_s
-            );
-            assert!(hybrid.predicted.peak_memory_bytes > full.predicted.peak_memory_bytes);
-        }
+        assert!(hybrid.predicted.peak_memory_bytes > full.predicted.peak_memory_bytes);
         // plan.json names the group only when it is one.
         let json = serde_json::to_value(&hybrid.plan).unwrap();
         assert_eq!(json["dp_shard"], p.dp_shard);

@@ -491,10 +491,6 @@ impl Clone for ProfiledCostModel {
 
 const CACHE_ENTRIES: usize = 64;
 
-/// Bytes of one data-parallel gradient bucket (PyTorch DDP's default `bucket_cap_mb=25`; Megatron's
-/// buckets are of the same order): the message size of each gradient collective.
-const GRAD_BUCKET_BYTES: f64 = 25e6;
-
 /// Parameter tensors one fused multi-tensor optimizer launch updates (PyTorch's and Apex's
 /// `multi_tensor_apply` process tensor lists in chunks of this order).
 const OPTIMIZER_TENSORS_PER_LAUNCH: f64 = 48.0;
@@ -1379,18 +1375,15 @@ impl ProfiledCostModel {
                 .collect();
             let p_dev: f64 = vs.iter().map(|v| params[*v]).sum();
             let b_dev: f64 = vs.iter().map(|v| times[*v].backward_s).sum();
+            let f_dev: f64 = vs.iter().map(|v| times[*v].forward_s).sum();
             let compute_dev: f64 = vs
                 .iter()
                 .map(|v| times[*v].forward_s + times[*v].backward_s)
                 .sum();
-            let low_or_base = if profile.low_prec_param_bytes_per_param > 0.0 {
-                profile.low_prec_param_bytes_per_param
-            } else {
-                profile.static_bytes_per_param
-                    - profile.optimizer_bytes_per_param
-                    - profile.grad_bytes_per_param
-            }
-            .max(0.0);
+            // Bytes per parameter of the weights the collectives gather (ZeRO-3 before each block,
+            // ZeRO-1 after the step): the copy the forward computes with, as the memory model
+            // holds it for this stack (bf16 under amp-bf16 on every engine moai exports to).
+            let gathered = crate::memory::compute_bytes_per_param(profile, cfg);
             let grad_bytes = p_dev * profile.grad_bytes_per_param;
             let mut exposed = 0.0;
             let (mut dp_comm, mut gather_total) = (0.0, 0.0);
@@ -1428,13 +1421,6 @@ impl ProfiledCostModel {
                     // before its backward, each micro-batch; with prefetch the next block's gather
                     // runs under this block's compute. Gradients are reduce-scattered block by block
                     // during each micro-batch's backward.
-                    // Gathered bytes per parameter: the low-precision copies, else the stored
-                    // weights (same width as the gradients when the policy keeps no copy).
-                    let gathered = if low_or_base > 0.0 {
-                        low_or_base
-                    } else {
-                        profile.grad_bytes_per_param.max(2.0)
-                    };
                     let per_block = coll(Collective::AllGather, p_dev * gathered / n_blocks);
                     let gathers = 2.0 * n_blocks * per_block;
                     gather_total = m as f64 * gathers;
@@ -1467,9 +1453,11 @@ impl ProfiledCostModel {
                     };
                     exposed += m as f64 * per_mb;
                 } else {
-                    // Gradients are reduced bucket by bucket (DDP's and Megatron's gradient
-                    // buckets, about 25 MB), each bucket one collective of its own size.
-                    let buckets = (grad_bytes / GRAD_BUCKET_BYTES).ceil().max(1.0);
+                    // Gradients are reduced bucket by bucket, each bucket one collective of its
+                    // own size, of the stack's bucket size (`Stack::grad_bucket_params`).
+                    let buckets = stack
+                        .grad_bucket_params(dpc, overlap)
+                        .map_or(1.0, |b| (p_dev / b).ceil().max(1.0));
                     // ZeRO-1 (Megatron's distributed optimizer): reduce-scatter the gradients,
                     // all-gather the updated low-precision weights after the step, per bucket;
                     // with the parameter gather's overlap off (Megatron without
@@ -1477,30 +1465,35 @@ impl ProfiledCostModel {
                     // With replicas (Megatron's --num-distributed-optimizer-instances) each
                     // bucket's reduce-scatter inside the instance is followed by an all-reduce of
                     // its shard across the instances.
-                    let (sync, serial) = if cfg.distribute_optimizer {
+                    // With the gather overlapped (Megatron-LM's --overlap-param-gather), it hides
+                    // under the next step's first forward, bucket by bucket, as the forward
+                    // pre-hooks wait on it: a window of its own, after the one the gradients'
+                    // reduce-scatter hides in (the last micro-batch's backward).
+                    let (sync, serial, forward_gather) = if cfg.distribute_optimizer {
                         let rs = buckets
                             * (coll(Collective::ReduceScatter, grad_bytes / buckets)
                                 + across(grad_bytes / buckets));
-                        let ag =
-                            buckets * coll(Collective::AllGather, p_dev * low_or_base / buckets);
+                        let ag = buckets * coll(Collective::AllGather, p_dev * gathered / buckets);
                         if stack.overlaps_zero1_gather(cfg.overlap_param_gather) {
-                            (rs + ag, 0.0)
+                            (rs, 0.0, ag)
                         } else {
-                            (rs, ag)
+                            (rs, ag, 0.0)
                         }
                     } else {
                         (
                             buckets * coll(Collective::AllReduce, grad_bytes / buckets),
                             0.0,
+                            0.0,
                         )
                     };
-                    dp_comm = sync + serial;
+                    dp_comm = sync + serial + forward_gather;
                     exposed += serial
                         + if overlap {
                             exposed_after_overlap(sync, b_dev, buckets as u32)
                         } else {
                             sync
-                        };
+                        }
+                        + exposed_after_overlap(forward_gather, f_dev, buckets as u32);
                 }
             }
             let shard = if cfg.distribute_param || cfg.distribute_optimizer {
@@ -1559,7 +1552,9 @@ impl ProfiledCostModel {
                     shard_params,
                     grad_bytes,
                 );
-                let buckets = (grad_bytes / 25e6).ceil().max(1.0) as u32;
+                let buckets = (grad_bytes / crate::stack::DDP_BUCKET_BYTES)
+                    .ceil()
+                    .max(1.0) as u32;
                 exposed_after_overlap(t.download_s, b_dev, buckets) + t.cpu_step_s + t.upload_s
             } else {
                 0.0

@@ -296,17 +296,13 @@ pub struct DeviceInput<'a> {
     pub boundary_bytes: f64,
 }
 
-/// Bytes per parameter of the weights a forward reads (gathered under ZeRO-3): the low-precision
-/// copies where the policy keeps them, else the stored weights.
-pub fn gathered_bytes_per_param(profile: &StepProfile) -> f64 {
-    if profile.low_prec_param_bytes_per_param > 0.0 {
-        profile.low_prec_param_bytes_per_param
-    } else {
-        profile.static_bytes_per_param
-            - profile.optimizer_bytes_per_param
-            - profile.grad_bytes_per_param
-    }
-    .max(0.0)
+/// Bytes per parameter of the weights a forward computes with on `cfg`'s stack: what ZeRO-3
+/// gathers before each block and the distributed optimizer (ZeRO-1) gathers after the step. Under
+/// `amp-bf16` the bf16 copy (Megatron-LM's bf16 module, DeepSpeed's bf16 weights, FSDP's
+/// `param_dtype`), else the low-precision copies where the policy keeps them, else the stored
+/// weights ([`StaticBytes::compute_bytes_per_param`]).
+pub fn compute_bytes_per_param(profile: &StepProfile, cfg: &ParallelConfig) -> f64 {
+    device_static_bytes(profile, cfg, 1.0).compute_bytes_per_param
 }
 
 /// What the memory model reads off one block's ops, per device at tensor-parallel degree `tp`.

@@ -212,8 +212,11 @@ impl Stack {
     }
 
     /// Whether the distributed optimizer's all-gather of the updated weights (ZeRO-1) overlaps with
-    /// the next step's forward compute: Megatron-LM with `--overlap-param-gather` (`flag`), modelled
-    /// as hidden like the gradient reduce-scatter it follows. DeepSpeed's ZeRO-1/2 never overlaps
+    /// the next step's forward compute: Megatron-LM with `--overlap-param-gather` (`flag`), whose
+    /// forward pre-hooks wait on each bucket's gather just before the layers that use it, so the
+    /// gathers hide under the first micro-batch's forward ("asynchronous all-gathers that get
+    /// overlapped with the next forward pass", NVIDIA/Megatron-LM
+    /// `megatron/core/optimizer/distrib_optimizer.py` at core_r0.8.0). DeepSpeed's ZeRO-1/2 never overlaps
     /// it: `DeepSpeedZeroOptimizer.step` ends with `all_gather_dp_groups` over the updated 16-bit
     /// partitions, after the optimizer update and before the next forward (microsoft/DeepSpeed
     /// `deepspeed/runtime/zero/stage_1_and_2.py` @38327e0, "Gather the updated weights from
@@ -224,6 +227,24 @@ impl Stack {
             Stack::Megatron => flag,
             Stack::Deepspeed => false,
             _ => true,
+        }
+    }
+
+    /// Parameters per data-parallel gradient bucket (each bucket one reduce-scatter or all-reduce of
+    /// its own size) on `dp` data-parallel ranks, `None` for one bucket holding every gradient:
+    /// - Megatron-LM: `max(40M, 1M × dp)` parameters, larger at large dp so that the ring's chunks
+    ///   stay bandwidth-bound; one bucket with `--overlap-grad-reduce` off (`overlap`)
+    ///   (NVIDIA/Megatron-LM `megatron/core/distributed/distributed_data_parallel.py` at
+    ///   core_r0.8.0, `bucket_size` default);
+    /// - DeepSpeed: `reduce_bucket_size`, 5·10⁸ elements by default (`deepspeed/runtime/zero/config.py`);
+    /// - PyTorch DDP (eager, and the FSDP stacks' replicated parameters): `bucket_cap_mb = 25`
+    ///   ([`DDP_BUCKET_BYTES`]) of fp32 gradients.
+    pub fn grad_bucket_params(self, dp: u32, overlap: bool) -> Option<f64> {
+        match self {
+            Stack::Megatron if !overlap => None,
+            Stack::Megatron => Some(40e6f64.max(1e6 * dp as f64)),
+            Stack::Deepspeed => Some(5e8),
+            Stack::Fsdp | Stack::Torchtitan | Stack::Eager => Some(DDP_BUCKET_BYTES / 4.0),
         }
     }
 
@@ -265,6 +286,9 @@ impl Stack {
         true
     }
 }
+
+/// Bytes of one PyTorch DDP gradient bucket (`bucket_cap_mb = 25`).
+pub const DDP_BUCKET_BYTES: f64 = 25e6;
 
 /// The fused-attention kernel family a stack runs on a GPU ([`Stack::attention_kernel`]). The
 /// attention model ([`crate::ops::attention_shape_efficiency`] and the fitted per-GPU attention

@@ -168,17 +168,22 @@ fn deepspeed_zero1_weight_gather_is_exposed_after_the_step() {
         &off(&z1(Stack::Megatron), OverlapSwitch::ParamGather),
         &cluster,
     );
-    // The same collectives on both engines.
-    assert!(close(ds.breakdown.dp_comm_s, mg_on.breakdown.dp_comm_s));
-    // Exposed on DeepSpeed: what Megatron-LM hides with the switch on (the engines' compute differs
-    // a little, and with it the exposed tail of the reduce-scatter under backward: 2%).
+    // The same bytes on both engines, in buckets of each engine's size (DeepSpeed's 5·10⁸ elements,
+    // Megatron-LM's 4·10⁷ parameters, whose more numerous collectives pay more latency).
+    let scale = ds.breakdown.dp_comm_s / mg_on.breakdown.dp_comm_s;
+    assert!((0.5..=1.0).contains(&scale), "{scale}");
+    // Megatron-LM exposes the gather without --overlap-param-gather; DeepSpeed always does, on top of
+    // its last (large) gradient bucket's reduce-scatter.
     let gather = mg_off.breakdown.exposed_comm_s - mg_on.breakdown.exposed_comm_s;
-    assert!(gather > 0.25 * ds.breakdown.dp_comm_s, "{gather}");
+    assert!(gather > 0.25 * mg_on.breakdown.dp_comm_s, "{gather}");
     let ds_extra = ds.breakdown.exposed_comm_s - mg_on.breakdown.exposed_comm_s;
     assert!(
-        (ds_extra - gather).abs() <= 0.02 * gather,
-        "{ds_extra} vs {gather}"
+        ds.breakdown.exposed_comm_s >= 0.98 * scale * gather,
+        "{} vs {}",
+        ds.breakdown.exposed_comm_s,
+        scale * gather
     );
+    assert!(ds_extra > 0.0, "{ds_extra}");
     // DeepSpeed's parameter-gather switch is ZeRO-3's prefetch: it does not move the ZeRO-1 gather.
     let ds_off = run(
         &off(&z1(Stack::Deepspeed), OverlapSwitch::ParamGather),
