@@ -79,7 +79,7 @@ fn every_other_truth_file_cross_validated() {
     // checkpointing at micro-batch 4, is assumed from LLM Foundry's benchmark practice and memory:
     // see the rows' source), LUMI Megatron-DeepSpeed, Frontier and LUMI GPT-NeoX (8.9%; no flash
     // attention, fusions off). The MI325X file meets 12% with its three FP8 rows (validated only)
-    // at 2-9%; its one BF16 row is still 16.5% slow cross-validated (leaving its model out leaves
+    // at 2-9%; its one BF16 row is still 16.7% slow cross-validated (leaving its model out leaves
     // CDNA3 at the fit's priors: see `cdna3_rows_cross_validated`).
     let mut bad = Vec::new();
     for f in &cv.files {
@@ -97,9 +97,9 @@ fn every_other_truth_file_cross_validated() {
 
 /// CDNA3 (MI300X, MI325X) has one BF16 model among the fitted rows (Llama 3.1 70B on 64 MI325X). The
 /// FP8 Llama 3.1 8B rows of the same AMD table (1 and 8 nodes, validated only) are predicted, with their
-/// model left out, by CDNA3 coefficients fitted on that BF16 70B row alone: within 5% (-3.0%, -2.1% at
-/// this commit). The 70B rows (BF16 and FP8), left out, fall back to the fit's priors: BF16 16.5% slow,
-/// FP8 8.8% slow; the bound on them is the level reached, rounded up.
+/// model left out, by CDNA3 coefficients fitted on that BF16 70B row alone: within 5% (-3.1%, -2.0% at
+/// this commit). The 70B rows (BF16 and FP8), left out, fall back to the fit's priors: BF16 16.7% slow,
+/// FP8 8.3% slow; the bound on them is the level reached, rounded up.
 #[test]
 fn cdna3_rows_cross_validated() {
     let cv = cv();
