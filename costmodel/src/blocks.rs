@@ -43,12 +43,14 @@ impl BlockCost {
 }
 
 /// Per-block costs of `cfg` from a prepared profile: kernel time as the cost model computes it
-/// (`kernel_s`, host-bounded), plus the part of the tensor-parallel all-reduces at the cluster's bandwidth
-/// that the stack does not overlap (`tp_overlap`, a fraction); static bytes by [`static_bytes`]. `cfg.stages`, `pp`, the schedule and the micro-batch count are not read.
+/// (`kernel_s`, host-bounded), plus the part of the tensor-parallel collectives at the cluster's
+/// bandwidth that the stack does not overlap (`exposed_tp`: a phase, its collective seconds and
+/// whether it is a backward, as [`PhaseSums::exposed_tp_s`]); static bytes by [`static_bytes`].
+/// `cfg.stages`, `pp`, the schedule and the micro-batch count are not read.
 pub fn from_prepared(
     prep: &PreparedProfile,
     kernel_s: &dyn Fn(&PhaseSums) -> f64,
-    tp_overlap: f64,
+    exposed_tp: &dyn Fn(&PhaseSums, f64, bool) -> f64,
     profile: &StepProfile,
     cluster: &Cluster,
     cfg: &ParallelConfig,
@@ -60,21 +62,16 @@ pub fn from_prepared(
             prep.blocks.len()
         )));
     }
-    if !(0.0..=1.0).contains(&tp_overlap) {
-        return Err(CostError::InvalidConfig(format!(
-            "tensor-parallel overlap {tp_overlap} is not a fraction in [0, 1]"
-        )));
-    }
     let tp_time = |s: &PhaseSums| s.tp_time(cluster, cfg);
     // The same phase time as the estimator's: kernels (host-bounded by the caller's `kernel_s`), plus
     // the part of the tensor-parallel collectives the stack does not hide behind them.
     let cp = cfg.cp.max(1);
-    let phase = |s: &PhaseSums| {
+    let phase = |s: &PhaseSums, backward: bool| {
         // One context-parallel rank's share (`crate::context`).
         let s = &s.context_shard(cp);
         let k = kernel_s(s);
         let t = tp_time(s);
-        k + t - (tp_overlap * t).min(k) + s.a2a_time(cluster, cfg.ep, cfg.tp)
+        k + exposed_tp(s, t, backward) + s.a2a_time(cluster, cfg.ep, cfg.tp)
     };
     Ok(prep
         .blocks
@@ -83,8 +80,8 @@ pub fn from_prepared(
             let st = static_bytes(profile, cfg, b.params);
             BlockCost {
                 kind: b.kind,
-                forward_s: phase(&b.forward),
-                backward_s: phase(&b.backward),
+                forward_s: phase(&b.forward, false),
+                backward_s: phase(&b.backward, true),
                 params: b.params,
                 static_bytes: st.weights + st.persistent_grads + st.optimizer,
                 saved_bytes: b.saved_bytes / cp as f64,

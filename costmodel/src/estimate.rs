@@ -261,6 +261,33 @@ impl PhaseSums {
         self.tp_overlap_matmul_s / eff.matmul * sms as f64 / (units - sms) as f64
     }
 
+    /// Seconds of this phase's tensor-parallel collectives (`tp_s` of them in all) left on the
+    /// critical path. Without the overlap (`overlapped` false) all of them. With Transformer
+    /// Engine's userbuffers overlap each collective runs beside the GEMM it feeds or drains, and what
+    /// the phase's GEMMs (their kernel time at `eff`) cannot cover is exposed; so is, in the
+    /// forward, the last of the four chunks each reduce-scatter after the row-parallel GEMMs is
+    /// pipelined in (the `pipeline` method, `num_splits = 4`; the all-gathers' `ring_exchange` starts
+    /// on the rank's own chunk, and the backward's `bulk` overlaps run whole beside the dgrad and
+    /// wgrad GEMMs: TransformerEngine `transformer_engine/pytorch/module/base.py`,
+    /// `get_default_config`, commit d0067d0): half the forward traffic, a quarter of it exposed.
+    pub fn exposed_tp_s(
+        &self,
+        tp_s: f64,
+        eff: &Efficiency,
+        overlapped: bool,
+        backward: bool,
+    ) -> f64 {
+        if !overlapped || tp_s <= 0.0 {
+            return tp_s;
+        }
+        let floor = if backward {
+            0.0
+        } else {
+            tp_s / (2.0 * TE_PIPELINE_SPLITS)
+        };
+        (tp_s - self.matmul_s / eff.matmul).max(floor)
+    }
+
     /// Seconds of this phase's tensor-parallel collectives under `cfg`'s tp and sequence parallelism,
     /// each at its own message size ([`tp_collectives_time`]: the all-gathers at theirs,
     /// `tp_gather_bytes`), before any overlap.
@@ -490,6 +517,10 @@ impl Clone for ProfiledCostModel {
 }
 
 const CACHE_ENTRIES: usize = 64;
+
+/// Chunks Transformer Engine's `pipeline` overlap splits a row-parallel GEMM and its reduce-scatter
+/// into (`get_default_config`'s `num_splits` for that method); see [`PhaseSums::exposed_tp_s`].
+const TE_PIPELINE_SPLITS: f64 = 4.0;
 
 /// Parameter tensors one fused multi-tensor optimizer launch updates (PyTorch's and Apex's
 /// `multi_tensor_apply` process tensor lists in chunks of this order).
@@ -977,7 +1008,9 @@ impl CostModel for ProfiledCostModel {
         let overlap = cfg
             .stack
             .tp_comm_overlap(cfg.sequence_parallel, cfg.tp_comm_overlap);
-        crate::blocks::from_prepared(&prep, &kernel_s, overlap, profile, cluster, cfg)
+        let exposed_tp =
+            |s: &PhaseSums, t: f64, backward: bool| s.exposed_tp_s(t, eff, overlap, backward);
+        crate::blocks::from_prepared(&prep, &kernel_s, &exposed_tp, profile, cluster, cfg)
     }
 
     fn estimate(
@@ -1234,7 +1267,10 @@ impl ProfiledCostModel {
             let (tf, tb) = (tp_time(&fwd[v]), tp_time(&bwd[v]));
             comm_total[v] = tf + tb;
             // The overlapped part of a TP collective hides behind the GEMMs of the same phase.
-            let (tf, tb) = (tf - (hidden * tf).min(cf), tb - (hidden * tb).min(cb));
+            let (tf, tb) = (
+                fwd[v].exposed_tp_s(tf, eff, hidden, false),
+                bwd[v].exposed_tp_s(tb, eff, hidden, true),
+            );
             let (af, ab) = (
                 fwd[v].a2a_time(cluster, cfg.ep, cfg.tp),
                 bwd[v].a2a_time(cluster, cfg.ep, cfg.tp),

@@ -144,17 +144,15 @@ impl Stack {
         }
     }
 
-    /// Fraction of tensor-parallel collective time hidden behind GEMMs. Megatron-Core with Transformer
-    /// Engine overlaps the sequence-parallel all-gather / reduce-scatter with the adjacent GEMMs
-    /// (`--tp-comm-overlap`, userbuffers), which needs sequence parallelism; assumed to hide half.
-    /// With the switch off (`switch`, the configuration's `tp_comm_overlap`), without sequence
-    /// parallelism, and on the other stacks (torchtitan's async TP needs `torch.compile`, which the
-    /// export leaves off), TP collectives are on the critical path.
-    pub fn tp_comm_overlap(self, sequence_parallel: bool, switch: bool) -> f64 {
-        match self {
-            Stack::Megatron if sequence_parallel && switch => 0.5,
-            _ => 0.0,
-        }
+    /// Whether tensor-parallel collectives run beside the GEMMs they feed or drain: Megatron-Core with
+    /// Transformer Engine overlaps the sequence-parallel all-gathers and reduce-scatters with the
+    /// adjacent GEMMs (`--tp-comm-overlap`, userbuffers), which needs sequence parallelism; how much
+    /// of them that hides is [`crate::estimate::PhaseSums::exposed_tp_s`]. With the switch off
+    /// (`switch`, the configuration's `tp_comm_overlap`), without sequence parallelism, and on the
+    /// other stacks (torchtitan's async TP needs `torch.compile`, which the export leaves off), TP
+    /// collectives are on the critical path.
+    pub fn tp_comm_overlap(self, sequence_parallel: bool, switch: bool) -> bool {
+        matches!(self, Stack::Megatron) && sequence_parallel && switch
     }
 
     /// SMs Transformer Engine's TP communication overlap (Megatron `--tp-comm-overlap`) reserves for
@@ -163,9 +161,9 @@ impl Stack {
     /// qkv/fc1 dgrad and wgrad) methods `num_sm = 16` with `set_sm_margin = True`, the
     /// `ring_exchange` all-gathers 1 SM on copy engines (TransformerEngine
     /// `transformer_engine/pytorch/module/base.py`, `get_default_config`, commit d0067d0). 16 when
-    /// the overlap is on ([`Stack::tp_comm_overlap`] > 0), else 0.
+    /// the overlap is on ([`Stack::tp_comm_overlap`]), else 0.
     pub fn tp_overlap_sm_margin(self, sequence_parallel: bool, switch: bool) -> u32 {
-        if self.tp_comm_overlap(sequence_parallel, switch) > 0.0 {
+        if self.tp_comm_overlap(sequence_parallel, switch) {
             16
         } else {
             0
@@ -181,7 +179,7 @@ impl Stack {
     /// (`megatron/training/initialize.py` `_initialize_tp_communicators`). 10 when the overlap is on,
     /// else 0.
     pub fn tp_overlap_buffers(self, sequence_parallel: bool, switch: bool) -> f64 {
-        if self.tp_comm_overlap(sequence_parallel, switch) > 0.0 {
+        if self.tp_comm_overlap(sequence_parallel, switch) {
             10.0
         } else {
             0.0
@@ -475,8 +473,8 @@ mod tests {
     #[test]
     fn switches_only_change_what_the_engine_has() {
         // Off where the engine has the switch: nothing hidden; elsewhere the engine's own behaviour.
-        assert_eq!(Stack::Megatron.tp_comm_overlap(true, true), 0.5);
-        assert_eq!(Stack::Megatron.tp_comm_overlap(true, false), 0.0);
+        assert!(Stack::Megatron.tp_comm_overlap(true, true));
+        assert!(!Stack::Megatron.tp_comm_overlap(true, false));
         assert!(!Stack::Deepspeed.overlaps_grad_reduce(false));
         assert!(Stack::Fsdp.overlaps_grad_reduce(false));
         assert!(!Stack::Megatron.prefetches_params(false));

@@ -47,14 +47,17 @@ fn tp_overlap_off_exposes_the_hidden_collectives_and_frees_its_sms_and_buffers()
         run(&off(&on, OverlapSwitch::TpComm), &cluster),
     );
     let (ba, bb) = (&a.breakdown, &b.breakdown);
-    // The collectives are the same; on hid half of them behind the GEMMs (Stack::tp_comm_overlap).
+    // The collectives are the same; on hid them behind the GEMMs (PhaseSums::exposed_tp_s): here
+    // the GEMMs outlast them, so all of the backward's and seven eighths of the forward's (the last
+    // of the four chunks of each reduce-scatter stays exposed).
     assert!(close(ba.tp_comm_s, bb.tp_comm_s) && ba.tp_comm_s > 0.0);
     let hidden = bb.exposed_comm_s - ba.exposed_comm_s;
     assert!(
-        close(hidden, 0.5 * ba.tp_comm_s),
+        hidden > 0.85 * ba.tp_comm_s && hidden < ba.tp_comm_s,
         "{hidden} vs {}",
         ba.tp_comm_s
     );
+    assert!(ba.exposed_comm_s > 0.0, "{}", ba.exposed_comm_s);
     // While overlapped, the GEMMs beside the collectives ran on 132 - 16 SMs of the H100.
     let margin = ba.compute_s - bb.compute_s;
     assert!(margin > 0.0 && margin < 0.1 * bb.compute_s, "{margin}");
