@@ -29,7 +29,7 @@
 //!
 //! What the free choice picks has no published run of its own recipe: without recomputation, with
 //! deep pipelines or ZeRO-3. Its MFU can lie above every published MFU of the GPU while its hardware
-//! rate stays below what the GPU has sustained (A100 at this commit: 65.6% against the 64.2% of
+//! rate stays below what the GPU has sustained (A100 at this commit: 65.5% against the 64.2% of
 //! llm-foundry's MPT-7B, the highest published); the README's MFU paragraph gives the figures, and
 //! that comparison stays open in #11.
 
