@@ -54,7 +54,7 @@ pub struct ClusterArgs {
     /// and --gpu/--devices: MOAI_FLAVOR, else the current flavor (`moai-compile use`), else 4xLarge.2048GB.
     #[arg(long)]
     pub flavor: Option<String>,
-    /// GPU kind: mi250, mi210, mi300x, h100, a100, h200, b200, mi325x, mi355x (default mi250 with
+    /// GPU kind: mi250, mi210, mi300x, h100, a100, h200, b200, mi325x, mi355x, mi250x (default mi250 with
     /// --flavor; flavors are defined for mi250, mi210 and mi300x).
     #[arg(long)]
     pub gpu: Option<String>,

@@ -95,13 +95,13 @@ fn mismatch(asked: &str, gpu: Gpu, target: Target) -> String {
     )
 }
 
-/// The code-generation target of a GPU kind: MI250/MI210 → `rocdl:gfx90a`, MI300X/MI325X →
+/// The code-generation target of a GPU kind: MI250/MI210/MI250X → `rocdl:gfx90a`, MI300X/MI325X →
 /// `rocdl:gfx942`, A100 → `nvvm:sm_80`, H100/H200 → `nvvm:sm_90`. B200 (sm_100) and MI355X (gfx950)
 /// have no code-generation target yet: an error naming the chip (they are planned and costed, not
 /// compiled).
 pub fn target_for(gpu: Gpu) -> Result<Target> {
     Ok(match gpu {
-        Gpu::Mi250 | Gpu::Mi210 => Target::Rocdl {
+        Gpu::Mi250 | Gpu::Mi210 | Gpu::Mi250x => Target::Rocdl {
             chip: AmdChip::Gfx90a,
         },
         Gpu::Mi300x | Gpu::Mi325x => Target::Rocdl {
@@ -519,6 +519,7 @@ mod tests {
     fn targets_follow_the_gpu() {
         assert_eq!(target_for(Gpu::Mi250).unwrap().to_string(), "rocdl:gfx90a");
         assert_eq!(target_for(Gpu::Mi210).unwrap().to_string(), "rocdl:gfx90a");
+        assert_eq!(target_for(Gpu::Mi250x).unwrap().to_string(), "rocdl:gfx90a");
         assert_eq!(target_for(Gpu::Mi300x).unwrap().to_string(), "rocdl:gfx942");
         assert_eq!(target_for(Gpu::A100).unwrap().to_string(), "nvvm:sm_80");
         assert_eq!(target_for(Gpu::H100).unwrap().to_string(), "nvvm:sm_90");

@@ -453,7 +453,7 @@ pub fn resolve_cluster_quiet(a: &ClusterArgs, env: &Env) -> Result<(Cluster, Sou
             "--gpu needs --devices N (or use --flavor NAME)".into(),
         )),
         (None, None, Some(_)) => Err(CurrentError::Invalid(
-            "--devices needs --gpu K (one of mi250, mi210, mi300x, h100, a100, h200, b200, mi325x, mi355x)".into(),
+            "--devices needs --gpu K (one of mi250, mi210, mi300x, h100, a100, h200, b200, mi325x, mi355x, mi250x)".into(),
         )),
         (None, None, None) => {
             let cur = current(env)?;

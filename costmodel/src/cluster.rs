@@ -9,6 +9,8 @@
 //!   `meg-ds/experiments/175B-scaling-comms/16-node.out` @7314958; ROCm 5.2.3): 86 GB/s of bus
 //!   bandwidth. `server` is the link that reproduces it with this α-β model (5 µs per step,
 //!   efficiency 0.8): 111 GB/s per direction.
+//! - MI250X (one GCD): as MI250 (the same GCD pairs and node; LUMI-G and Frontier nodes are 4 MI250X
+//!   with 4×200 Gb/s Slingshot-11, the network default below).
 //! - MI210: one 50 GB/s Infinity Fabric link to a bridge neighbour (`pair`); an 8-card server is two
 //!   4-card bridge hives joined over PCIe4 x16 (about 32 GB/s, `server`). Assumption: the data sheet
 //!   gives only the links, not the server topology.
@@ -132,7 +134,8 @@ impl Links {
         };
         match gpu {
             // `server`: fitted to the measured RCCL all-gather of a LUMI-G node (module docs).
-            Gpu::Mi250 => Links {
+            // MI250X: the same GCD pairs, node and Slingshot network (LUMI-G is an MI250X machine).
+            Gpu::Mi250 | Gpu::Mi250x => Links {
                 pair: Link::new(200e9, INTRA),
                 server: Link::new(111e9, INTRA),
                 network: amd_net,

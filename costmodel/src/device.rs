@@ -18,8 +18,8 @@ pub const HARDWARE_PEAKS_CSV: &str = include_str!("../data/hardware_peaks.csv");
 /// (non-tensor), H100 SXM5 66.9 TFLOP/s, MI250 GCD 45.3 TFLOP/s (half of the OAM's 90.5 matrix fp32),
 /// MI210 45.3 TFLOP/s (matrix fp32), MI300X 163.4 TFLOP/s (matrix fp32), H200 66.9 TFLOP/s (the H100
 /// die), HGX B200 80 TFLOP/s (1000 W), MI325X 163.4 TFLOP/s (the MI300X die), MI355X 157.3 TFLOP/s
-/// (vector fp32, AMD MI355X datasheet).
-pub const FP32_PEAKS: [(Gpu, f64); 9] = [
+/// (vector fp32, AMD MI355X datasheet), MI250X GCD 47.9 TFLOP/s (half of the OAM's 95.7 matrix fp32).
+pub const FP32_PEAKS: [(Gpu, f64); 10] = [
     (Gpu::A100, 19.5e12),
     (Gpu::H100, 66.9e12),
     (Gpu::Mi250, 45.3e12),
@@ -29,6 +29,7 @@ pub const FP32_PEAKS: [(Gpu, f64); 9] = [
     (Gpu::B200, 80.0e12),
     (Gpu::Mi325x, 163.4e12),
     (Gpu::Mi355x, 157.3e12),
+    (Gpu::Mi250x, 47.85e12),
 ];
 
 /// Maximum achievable matmul throughput per GPU kind and dtype
@@ -83,11 +84,13 @@ pub enum Gpu {
     Mi325x,
     /// AMD Instinct MI355X (gfx950).
     Mi355x,
+    /// One GCD of an AMD Instinct MI250X (gfx90a, 110 CUs): the GPU of Frontier and LUMI-G.
+    Mi250x,
 }
 
 impl Gpu {
     /// Every kind, in catalog order.
-    pub const ALL: [Gpu; 9] = [
+    pub const ALL: [Gpu; 10] = [
         Gpu::Mi250,
         Gpu::Mi210,
         Gpu::Mi300x,
@@ -97,10 +100,12 @@ impl Gpu {
         Gpu::B200,
         Gpu::Mi325x,
         Gpu::Mi355x,
+        Gpu::Mi250x,
     ];
 
     /// The names `--gpu` accepts, comma-separated, in catalog order.
-    pub const NAMES: &'static str = "mi250, mi210, mi300x, h100, a100, h200, b200, mi325x, mi355x";
+    pub const NAMES: &'static str =
+        "mi250, mi210, mi300x, h100, a100, h200, b200, mi325x, mi355x, mi250x";
 
     /// The lowercase name used on the command line.
     pub fn name(self) -> &'static str {
@@ -114,13 +119,14 @@ impl Gpu {
             Gpu::B200 => "b200",
             Gpu::Mi325x => "mi325x",
             Gpu::Mi355x => "mi355x",
+            Gpu::Mi250x => "mi250x",
         }
     }
 
     /// The architecture family: the one owner of which kinds share fitted coefficients.
     pub fn family(self) -> Family {
         match self {
-            Gpu::Mi250 | Gpu::Mi210 => Family::Cdna2,
+            Gpu::Mi250 | Gpu::Mi210 | Gpu::Mi250x => Family::Cdna2,
             Gpu::Mi300x | Gpu::Mi325x => Family::Cdna3,
             Gpu::Mi355x => Family::Cdna4,
             Gpu::A100 => Family::Ampere,
@@ -133,7 +139,7 @@ impl Gpu {
     pub fn is_amd(self) -> bool {
         matches!(
             self,
-            Gpu::Mi250 | Gpu::Mi210 | Gpu::Mi300x | Gpu::Mi325x | Gpu::Mi355x
+            Gpu::Mi250 | Gpu::Mi210 | Gpu::Mi250x | Gpu::Mi300x | Gpu::Mi325x | Gpu::Mi355x
         )
     }
 
@@ -170,6 +176,7 @@ impl FromStr for Gpu {
             "b200" => Ok(Gpu::B200),
             "mi325x" => Ok(Gpu::Mi325x),
             "mi355x" => Ok(Gpu::Mi355x),
+            "mi250x" => Ok(Gpu::Mi250x),
             _ => Err(CostError::UnknownGpu(s.to_string())),
         }
     }
@@ -182,7 +189,7 @@ impl FromStr for Gpu {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
-    /// AMD CDNA 2 (gfx90a): MI250 GCDs (and MI250X GCDs recorded as `mi250`), MI210.
+    /// AMD CDNA 2 (gfx90a): MI250 GCDs, MI210, MI250X GCDs.
     Cdna2,
     /// AMD CDNA 3 (gfx942): MI300X, MI325X.
     Cdna3,
@@ -370,6 +377,11 @@ pub fn parse_hardware_csv(csv: &str) -> Result<Vec<DeviceSpec>> {
             Gpu::Mi325x
         } else if dev.starts_with("MI355X") {
             Gpu::Mi355x
+        } else if dev.starts_with("MI250X") {
+            if unit != "GCD" {
+                continue;
+            }
+            Gpu::Mi250x
         } else if dev.starts_with("MI250") && unit == "GCD" {
             Gpu::Mi250
         } else if dev.starts_with("MI210") {
@@ -453,6 +465,11 @@ mod tests {
         assert_eq!(Gpu::A100.spec().gpu, Gpu::A100);
         assert_eq!(Gpu::H100.spec().compute_units, 132);
         assert_eq!(Gpu::Mi300x.spec().compute_units, 304);
+        // An MI250X GCD: 110 CUs at the MI250's clock, measured (not derived) maximum matmul rate.
+        assert_eq!(Gpu::Mi250x.spec().peak_bf16_flops, 191.5e12);
+        assert_eq!(Gpu::Mi250x.spec().compute_units, 110);
+        assert_eq!(Gpu::Mi250x.spec().max_achievable_bf16_flops, 147.0e12);
+        assert_eq!(Gpu::Mi250x.spec().hbm_bytes, 64 << 30);
         for g in Gpu::ALL {
             let s = g.spec();
             assert!(s.max_achievable_bf16_flops > 0.5 * s.peak_bf16_flops);
@@ -516,7 +533,10 @@ mod tests {
 
     #[test]
     fn families_group_one_architecture() {
-        assert_eq!(Family::Cdna2.members(), vec![Gpu::Mi250, Gpu::Mi210]);
+        assert_eq!(
+            Family::Cdna2.members(),
+            vec![Gpu::Mi250, Gpu::Mi210, Gpu::Mi250x]
+        );
         assert_eq!(Family::Cdna3.members(), vec![Gpu::Mi300x, Gpu::Mi325x]);
         assert_eq!(Family::Cdna4.members(), vec![Gpu::Mi355x]);
         assert_eq!(Family::Hopper.members(), vec![Gpu::H100, Gpu::H200]);

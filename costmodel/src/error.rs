@@ -7,7 +7,7 @@ use thiserror::Error;
 pub enum CostError {
     /// A GPU kind that moai does not know.
     #[error(
-        "unknown GPU kind `{0}` (expected one of mi250, mi210, mi300x, h100, a100, h200, b200, mi325x, mi355x)"
+        "unknown GPU kind `{0}` (expected one of mi250, mi210, mi300x, h100, a100, h200, b200, mi325x, mi355x, mi250x)"
     )]
     UnknownGpu(String),
     /// A name that is not a flavor.

@@ -150,7 +150,7 @@ pub type StackPrior = (Stack, f64, f64);
 /// it; elementwise kernels about 75% of HBM peak) and `(launch, step)` overheads per stack (eager
 /// PyTorch about 15 µs of host time per op and a few ms per step for zero_grad, loss sync and
 /// logging; Megatron's fused path about 5 µs per kernel).
-pub const PRIORS: ([GpuPrior; 9], [StackPrior; 4]) = (
+pub const PRIORS: ([GpuPrior; 10], [StackPrior; 4]) = (
     [
         (Gpu::Mi250, 0.8, 0.6, 0.75),
         (Gpu::Mi210, 0.8, 0.6, 0.75),
@@ -161,6 +161,7 @@ pub const PRIORS: ([GpuPrior; 9], [StackPrior; 4]) = (
         (Gpu::B200, 0.8, 0.6, 0.75),
         (Gpu::Mi325x, 0.8, 0.6, 0.75),
         (Gpu::Mi355x, 0.8, 0.6, 0.75),
+        (Gpu::Mi250x, 0.8, 0.6, 0.75),
     ],
     [
         (Stack::Megatron, 5e-6, 5e-3),

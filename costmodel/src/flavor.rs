@@ -10,6 +10,10 @@ use crate::device::Gpu;
 use crate::error::{CostError, Result};
 use serde::Serialize;
 
+/// The GPU kinds flavors are defined for (the platform's sizes): every other kind is planned with
+/// `--gpu K --devices N`.
+pub const FLAVOR_GPUS: [Gpu; 3] = [Gpu::Mi250, Gpu::Mi210, Gpu::Mi300x];
+
 /// One flavor of the catalog.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Flavor {
@@ -30,7 +34,13 @@ impl Flavor {
         let (n, d) = match gpu {
             Gpu::Mi250 | Gpu::Mi210 => (self.gcds(), 1),
             Gpu::Mi300x => (self.gcds(), 4),
-            Gpu::H100 | Gpu::A100 | Gpu::H200 | Gpu::B200 | Gpu::Mi325x | Gpu::Mi355x => {
+            Gpu::H100
+            | Gpu::A100
+            | Gpu::H200
+            | Gpu::B200
+            | Gpu::Mi325x
+            | Gpu::Mi355x
+            | Gpu::Mi250x => {
                 return Err(CostError::NoFlavorsForGpu(gpu.name().into()));
             }
         };
@@ -177,7 +187,7 @@ pub fn flavors() -> Vec<FlavorRow> {
         .map(|f| FlavorRow {
             name: f.name,
             memory_gb: f.memory_gb,
-            mappings: [Gpu::Mi250, Gpu::Mi210, Gpu::Mi300x]
+            mappings: FLAVOR_GPUS
                 .into_iter()
                 .map(|gpu| {
                     let devices = match f.devices_fraction(gpu) {
@@ -196,8 +206,8 @@ pub fn flavors() -> Vec<FlavorRow> {
         .collect()
 }
 
-/// Renders the `moai-compile flavors [--gpu K]` table. `gpu = None` shows all AMD kinds; h100/a100
-/// are an error (no flavors).
+/// Renders the `moai-compile flavors [--gpu K]` table. `gpu = None` shows every kind of
+/// [`FLAVOR_GPUS`]; any other kind is an error (no flavors).
 pub fn render_flavors(gpu: Option<Gpu>) -> Result<String> {
     render_flavors_marked(gpu, None)
 }
@@ -208,14 +218,14 @@ pub fn render_flavors(gpu: Option<Gpu>) -> Result<String> {
 pub fn render_flavors_marked(gpu: Option<Gpu>, current: Option<&str>) -> Result<String> {
     let current = current.map(flavor).transpose()?;
     if let Some(g) = gpu
-        && !g.is_amd()
+        && !FLAVOR_GPUS.contains(&g)
     {
         return Err(CostError::NoFlavorsForGpu(g.name().into()));
     }
     let mut out = String::new();
     let kinds: Vec<Gpu> = match gpu {
         Some(g) => vec![g],
-        None => vec![Gpu::Mi250, Gpu::Mi210, Gpu::Mi300x],
+        None => FLAVOR_GPUS.to_vec(),
     };
     out.push_str(&format!("{:<18}   {:>8}", "flavor", "memory"));
     for k in &kinds {
@@ -311,6 +321,19 @@ mod tests {
         assert!(text.contains("none (1/4 device)"), "{text}");
         assert!(render_flavors(Some(Gpu::A100)).is_err());
         assert!(!text.contains('*'), "{text}");
+        // Every kind without flavors is refused in one line, AMD ones too (not a table of `none`).
+        for g in Gpu::ALL {
+            let r = render_flavors(Some(g));
+            assert_eq!(r.is_ok(), FLAVOR_GPUS.contains(&g), "{g}: {r:?}");
+            assert_eq!(
+                flavor("4xLarge.2048GB")
+                    .unwrap()
+                    .devices_fraction(g)
+                    .is_ok(),
+                FLAVOR_GPUS.contains(&g),
+                "{g}"
+            );
+        }
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub fn host_spec(gpu: Gpu) -> HostSpec {
             memory_bytes_per_s: 921.6e9,
             source: "assumption (stated default): an 8-GPU OAM server with 2 TB and 2x AMD EPYC 9004 (12 channels DDR5-4800 each: 2 x 460.8 GB/s); PCIe5 x16 per GPU (AMD datasheets)",
         },
-        Gpu::Mi250 => HostSpec {
+        Gpu::Mi250 | Gpu::Mi250x => HostSpec {
             link_bytes_per_s: 32e9,
             memory_per_server_bytes: 512 * GIB,
             memory_bytes_per_s: 204.8e9,

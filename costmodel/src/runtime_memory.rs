@@ -9,6 +9,7 @@
 //! | --- | ---: | --- |
 //! | mi250 (one GCD) | 65,520 | rocm-smi; 32 GCDs = the platform's 2,096,640 MiB for 4xLarge.2048GB |
 //! | mi210 | 65,520 | rocm-smi |
+//! | mi250x (one GCD) | 65,520 | as mi250 (the same 64 GB gfx90a GCD memory) |
 //! | mi300x | 196,592 | rocm-smi |
 //! | h100 (SXM5 80 GB HBM3) | 81,559 | nvidia-smi |
 //! | a100 (SXM4 80 GB) | 81,920 | nvidia-smi |

@@ -277,3 +277,37 @@ fn the_prepared_profile_cache_follows_the_profiles_fingerprint() {
     );
     assert_eq!(base, m.estimate(&p, &c, &cfg).unwrap());
 }
+
+/// An MI250X GCD is an MI250 GCD with 110 compute units instead of 104 and its own measured matmul
+/// asymptote: the same family coefficients, memory, links and node. The same job is faster on it, by
+/// less than the 147.0 / 138.9 ratio of the asymptotes (memory-bound kernels and communication do
+/// not speed up), and needs the same memory.
+#[test]
+fn an_mi250x_gcd_runs_the_mi250_job_faster_by_at_most_its_compute_ratio() {
+    let cfg = ParallelConfig {
+        dp: 8,
+        micro_batch_size: 1,
+        num_micro_batches: 4,
+        recompute: Recompute::Full,
+        distribute_optimizer: true,
+        ..Default::default()
+    };
+    let p = llama7b(1, Recompute::Full);
+    let on = |g: Gpu| {
+        ProfiledCostModel::new()
+            .estimate(&p, &Cluster::new(g, 8).unwrap(), &cfg)
+            .unwrap()
+    };
+    let (mi250, mi250x) = (on(Gpu::Mi250), on(Gpu::Mi250x));
+    let speedup = mi250.step_time_s / mi250x.step_time_s;
+    let compute =
+        Gpu::Mi250x.spec().max_achievable_bf16_flops / Gpu::Mi250.spec().max_achievable_bf16_flops;
+    assert!(
+        speedup > 1.0 && speedup <= compute + 1e-9,
+        "mi250 {} s, mi250x {} s: {speedup} (asymptotes {compute})",
+        mi250.step_time_s,
+        mi250x.step_time_s
+    );
+    assert_eq!(mi250.peak_memory_bytes, mi250x.peak_memory_bytes);
+    assert!(mi250x.sources.efficiency.starts_with("mi250x: "));
+}

@@ -133,8 +133,8 @@ fn stacks_are_recorded_per_source() {
 }
 
 /// Issue 11's data targets over all truth files: at least 50 rows, six architectures and four GPU
-/// kinds, one of them AMD (H100, A100, MI250 (MosaicML MI250 and LUMI/Frontier MI250X GCD runs) and
-/// MI300X (an MI325X run recorded as the nearest kind, see data/README.md)).
+/// kinds, one of them AMD (H100, A100, MI250 (MosaicML), MI250X (LUMI and Frontier GCD runs) and
+/// MI325X).
 #[test]
 fn truth_totals_meet_the_data_targets() {
     let rows = all_rows();

@@ -74,11 +74,11 @@ fn every_other_truth_file_cross_validated() {
     // DGX-H100 FP8 recipes 7.6%, 17.9% before Transformer Engine's fused kernels were costed at
     // Megatron's fusion prior on Hopper and FlagPerf's attention dropout was costed) and the
     // long-context rows (validated only: torchtitan FSDP + CP at 32K-256K tokens, ring steps costed
-    // as their own kernels), and the CDNA2 files (MI250 GCDs), whose family coefficients rest on
-    // 12 rows of 7 models: MosaicML's MPT-7B (2.1% at this commit; its recipe, no activation
-    // checkpointing at micro-batch 4, is assumed from LLM Foundry's benchmark practice and memory:
-    // see the rows' source), LUMI Megatron-DeepSpeed, Frontier and LUMI GPT-NeoX (8.9%; no flash
-    // attention, fusions off). The MI325X file meets 12% with its three FP8 rows (validated only)
+    // as their own kernels), and the CDNA2 files (MI250 and MI250X GCDs), whose family
+    // coefficients rest on 12 rows of 7 models: MosaicML's MPT-7B (3.7% at this commit; its
+    // recipe, no activation checkpointing at micro-batch 4, is assumed from LLM Foundry's
+    // benchmark practice and memory: see the rows' source), LUMI Megatron-DeepSpeed, Frontier and
+    // LUMI GPT-NeoX (9.3%; no flash attention, fusions off). The MI325X file meets 12% with its three FP8 rows (validated only)
     // at 2-9%; its one BF16 row is still 16.7% slow cross-validated (leaving its model out leaves
     // CDNA3 at the fit's priors: see `cdna3_rows_cross_validated`).
     let mut bad = Vec::new();
