@@ -134,3 +134,32 @@ fn estimate_json_has_the_design_fields() {
     assert_eq!(v["plan"]["dp"], 2);
     assert_eq!(v["cluster"]["devices"], 2);
 }
+
+#[test]
+fn mi250x_plans_by_device_count_and_has_no_flavors() {
+    // Frontier's and LUMI-G's GCD: planned with --gpu/--devices; flavors are the platform's MI250 sizes.
+    let out = Cli::estimate(SMALL)
+        .on("mi250x", 8)
+        .job(32, 128)
+        .json()
+        .run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cluster"]["gpu"], "mi250x");
+    for args in [
+        &["flavors", "--gpu", "mi250x"][..],
+        &["flavors", "--gpu", "mi325x"],
+    ] {
+        let out = moai(args);
+        assert!(!out.status.success(), "{args:?}");
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            e.lines().count() == 1 && e.contains("--devices N"),
+            "{args:?}: {e}"
+        );
+    }
+}
