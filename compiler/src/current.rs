@@ -452,9 +452,10 @@ pub fn resolve_cluster_quiet(a: &ClusterArgs, env: &Env) -> Result<(Cluster, Sou
         (None, Some(_), None) => Err(CurrentError::Invalid(
             "--gpu needs --devices N (or use --flavor NAME)".into(),
         )),
-        (None, None, Some(_)) => Err(CurrentError::Invalid(
-            "--devices needs --gpu K (one of mi250, mi210, mi300x, h100, a100, h200, b200, mi325x, mi355x, mi250x)".into(),
-        )),
+        (None, None, Some(_)) => Err(CurrentError::Invalid(format!(
+            "--devices needs --gpu K (one of {})",
+            Gpu::NAMES
+        ))),
         (None, None, None) => {
             let cur = current(env)?;
             let c = Cluster::from_flavor(&cur.flavor, cur.gpu).map_err(|e| match &cur.source {

@@ -6,9 +6,7 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum CostError {
     /// A GPU kind that moai does not know.
-    #[error(
-        "unknown GPU kind `{0}` (expected one of mi250, mi210, mi300x, h100, a100, h200, b200, mi325x, mi355x, mi250x)"
-    )]
+    #[error("unknown GPU kind `{0}` (expected one of {names})", names = crate::device::Gpu::NAMES)]
     UnknownGpu(String),
     /// A name that is not a flavor.
     #[error("unknown flavor `{name}`{}", suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
