@@ -109,7 +109,10 @@ fn best_plan_mfu_within_published_ranges() {
             "{gpu}: hardware FLOP utilisation {hfu:.3} above the highest published, {hfu_max}"
         );
         if let Some(max) = published_mfu_max(gpu) {
-            assert!(free <= max, "{gpu}: free choice MFU {free:.3} above the published {max}");
+            assert!(
+                free <= max,
+                "{gpu}: free choice MFU {free:.3} above the published {max}"
+            );
         }
     }
 }

@@ -116,11 +116,19 @@ const FA2_A100: &str = "flashattention2_a100.jsonl";
 #[test]
 fn flashattention2_a100_is_a_known_miss() {
     let cv = cv();
-    let rows: Vec<_> = cv.rows.iter().filter(|r| r.file.ends_with(FA2_A100)).collect();
+    let rows: Vec<_> = cv
+        .rows
+        .iter()
+        .filter(|r| r.file.ends_with(FA2_A100))
+        .collect();
     assert_eq!(rows.len(), 4);
     for r in rows {
         let e = 100.0 * (r.predicted["step_time_s"] / r.measured["step_time_s"] - 1.0);
-        assert!((0.0..=45.0).contains(&e), "{}: {e:+.1}% (known miss, bound 0-45%)", r.name);
+        assert!(
+            (0.0..=45.0).contains(&e),
+            "{}: {e:+.1}% (known miss, bound 0-45%)",
+            r.name
+        );
     }
     assert!(file_mape(cv, FA2_A100, "step_time") <= 34.0);
 }
