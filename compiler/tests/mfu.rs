@@ -32,11 +32,11 @@
 //!    matmul, the LM head, and attention's full `s × s` square, not halved for the causal mask):
 //!    A100 72% (the FlashAttention-2 paper, Dao 2023, arXiv 2307.08691, Table 1: GPT3-2.7B at 8k
 //!    context on 8 A100-80GB, 225 TFLOP/s per GPU, FLOPs `6·s·N + 12·L·h·s²` per sequence;
-//!    `costmodel/data/truth/flashattention2_a100.jsonl`, which moai predicts 23-42% slow, so its
-//!    A100 figures are, if anything, low).
+//!    `costmodel/data/truth/flashattention2_a100.jsonl`, which moai predicts 12-15% slow, so its
+//!    A100 figures are, if anything, low). The A100 free choice is 69.3% at this commit.
 //!
 //! What the free choice picks has no published run of its own recipe: without recomputation, with
-//! deep pipelines or ZeRO-3. On H100 its MFU (54.2% at this commit) lies above every published
+//! deep pipelines or ZeRO-3. On H100 its MFU (54.3% at this commit) lies above every published
 //! bf16 H100 MFU found (Megatron-Core's 47-49%, `megatron_h100_weak_scaling.jsonl`, predicted
 //! within 4.5%) while its hardware rate stays below what H100s have sustained; the README's MFU
 //! paragraph gives the figures, and that comparison stays open in #11.

@@ -243,12 +243,23 @@ pub struct KernelTime {
 /// kernels lose the same fractions (the measurements are on GB200).
 pub const ATTENTION_DROPOUT_THROUGHPUT: (f64, f64) = (0.8, 0.65);
 
-/// Cost a profile's fused attention kernels as running with in-kernel attention dropout: each
-/// forward kernel's work is divided by the forward throughput fraction and each backward kernel's
-/// by the backward one ([`ATTENTION_DROPOUT_THROUGHPUT`]); the probability itself does not change
-/// the kernels' cost (the mask is drawn for every element).
-pub fn apply_attention_dropout(profile: &mut moai_ir::cost::StepProfile) {
-    let (fwd, bwd) = ATTENTION_DROPOUT_THROUGHPUT;
+/// Throughput of the Triton port of the first FlashAttention that MosaicML's LLM Foundry ran as
+/// `attn_impl: triton` (`llmfoundry/models/layers/flash_attn_triton.py`, copied from HazyResearch's
+/// `flash_attn/flash_attn_triton.py`: the setting of its MPT yamls and the default of
+/// `scripts/train/benchmarking/submit_benchmarks.py` until 2024) relative to a FlashAttention-2
+/// kernel of the same shape, forward and backward, on A100: the FlashAttention-2 paper (Dao 2023,
+/// arXiv 2307.08691, §4.1, A100 80GB) measures FlashAttention-2 "around 1.3-1.5× faster than
+/// FlashAttention in Triton in the forward pass and around 2× faster in the backward pass". The
+/// midpoints, 1.4 and 2, are taken; published, not fitted. No such measurement exists for other GPUs.
+pub const TRITON_FLASH_THROUGHPUT_A100: (f64, f64) = (1.0 / 1.4, 0.5);
+
+/// Cost a profile's fused attention kernels as running at `(forward, backward)` fractions of the
+/// throughput the model prices them at: each forward kernel's work is divided by the first and
+/// each backward kernel's by the second.
+pub fn scale_attention_throughput(
+    profile: &mut moai_ir::cost::StepProfile,
+    (fwd, bwd): (f64, f64),
+) {
     for block in &mut profile.blocks {
         for op in &mut block.ops {
             if let KernelClass::Attention { backward, .. } = op.class {
@@ -256,6 +267,13 @@ pub fn apply_attention_dropout(profile: &mut moai_ir::cost::StepProfile) {
             }
         }
     }
+}
+
+/// Cost a profile's fused attention kernels as running with in-kernel attention dropout
+/// ([`ATTENTION_DROPOUT_THROUGHPUT`]; the probability itself does not change the kernels' cost:
+/// the mask is drawn for every element).
+pub fn apply_attention_dropout(profile: &mut moai_ir::cost::StepProfile) {
+    scale_attention_throughput(profile, ATTENTION_DROPOUT_THROUGHPUT);
 }
 
 /// Rewrites a step profile's fused attention kernels as the unfused sequence Megatron-LM and eager

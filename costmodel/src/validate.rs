@@ -93,9 +93,12 @@ pub struct TruthRow {
     pub measured: Measured,
     /// Where the measurement comes from.
     pub source: String,
-    /// Attention implementation of the measured run: `flash` (fused, the default) or `unfused`
-    /// (score matrix materialised: batched GEMMs, softmax and dropout kernels, as Megatron-LM ran
-    /// before FlashAttention); see [`crate::ops::unfuse_attention`].
+    /// Attention implementation of the measured run: `flash` (fused, the kernel family its stack
+    /// runs: the default), `triton` (LLM Foundry's Triton port of the first FlashAttention, which its
+    /// 2023 benchmark tables ran; A100 rows only, the one GPU its speed is published for:
+    /// [`crate::ops::TRITON_FLASH_THROUGHPUT_A100`]) or `unfused` (score matrix materialised: batched
+    /// GEMMs, softmax and dropout kernels, as Megatron-LM ran before FlashAttention); see
+    /// [`crate::ops::unfuse_attention`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention: Option<String>,
     /// Attention dropout probability of the measured run, when it is not zero (Megatron-LM's
@@ -127,7 +130,19 @@ impl TruthRow {
             )));
         }
         match self.attention.as_deref() {
-            None | Some("flash") => {
+            None | Some("flash") | Some("triton") => {
+                if self.attention.as_deref() == Some("triton") {
+                    if self.cluster.gpu.parse::<Gpu>()? != Gpu::A100 {
+                        return Err(CostError::StepProfile(format!(
+                            "{}: attention `triton` is costed on a100 only (its speed is published for A100)",
+                            self.name
+                        )));
+                    }
+                    crate::ops::scale_attention_throughput(
+                        &mut p,
+                        crate::ops::TRITON_FLASH_THROUGHPUT_A100,
+                    );
+                }
                 if dropout > 0.0 {
                     crate::ops::apply_attention_dropout(&mut p);
                 }
@@ -135,7 +150,7 @@ impl TruthRow {
             Some("unfused") => crate::ops::unfuse_attention(&mut p),
             Some(other) => {
                 return Err(CostError::StepProfile(format!(
-                    "{}: attention `{other}` (expected flash or unfused)",
+                    "{}: attention `{other}` (expected flash, triton or unfused)",
                     self.name
                 )));
             }
