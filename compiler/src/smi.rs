@@ -131,11 +131,7 @@ pub fn plan_path(p: &Path) -> PathBuf {
 pub fn device_total_mib(gpu: Gpu, memory_per_device_bytes: u64) -> (u64, String) {
     if memory_per_device_bytes == gpu.spec().hbm_bytes {
         let r = runtime_memory(gpu);
-        let unit = if matches!(gpu, Gpu::Mi250 | Gpu::Mi250x) {
-            " GCD"
-        } else {
-            ""
-        };
+        let unit = if gpu.is_gcd() { " GCD" } else { "" };
         (
             r.total_mib,
             format!(

@@ -123,6 +123,12 @@ impl Gpu {
         }
     }
 
+    /// Whether the device moai plans on is one GCD (graphics compute die) of a two-die package:
+    /// MI250 and MI250X, which the runtime (rocm-smi) lists as two devices per package.
+    pub fn is_gcd(self) -> bool {
+        matches!(self, Gpu::Mi250 | Gpu::Mi250x)
+    }
+
     /// The architecture family: the one owner of which kinds share fitted coefficients.
     pub fn family(self) -> Family {
         match self {
@@ -355,6 +361,7 @@ pub fn parse_hardware_csv(csv: &str) -> Result<Vec<DeviceSpec>> {
         col("source")?,
     );
     let mut out: Vec<Option<DeviceSpec>> = vec![None; Gpu::ALL.len()];
+    let mut previous_interconnect = String::new();
     for (i, line) in lines.enumerate() {
         let f = split_csv_line(line);
         let get = |c: usize| f.get(c).map(|s| s.trim().to_string()).unwrap_or_default();
@@ -365,36 +372,33 @@ pub fn parse_hardware_csv(csv: &str) -> Result<Vec<DeviceSpec>> {
         };
         let dev = get(c_dev).to_ascii_uppercase();
         let unit = get(c_unit).to_ascii_uppercase();
-        let gpu = if dev.starts_with("A100") {
-            Gpu::A100
-        } else if dev.starts_with("H100") {
-            Gpu::H100
-        } else if dev.starts_with("H200") {
-            Gpu::H200
-        } else if dev.starts_with("B200") {
-            Gpu::B200
-        } else if dev.starts_with("MI325X") {
-            Gpu::Mi325x
-        } else if dev.starts_with("MI355X") {
-            Gpu::Mi355x
-        } else if dev.starts_with("MI250X") {
-            if unit != "GCD" {
-                continue;
-            }
-            Gpu::Mi250x
-        } else if dev.starts_with("MI250") && unit == "GCD" {
-            Gpu::Mi250
-        } else if dev.starts_with("MI210") {
-            Gpu::Mi210
-        } else if dev.starts_with("MI300X") {
-            Gpu::Mi300x
-        } else {
+        // Longer names first: `MI250X` before `MI250`.
+        let Some(gpu) = [
+            ("A100", Gpu::A100),
+            ("H100", Gpu::H100),
+            ("H200", Gpu::H200),
+            ("B200", Gpu::B200),
+            ("MI325X", Gpu::Mi325x),
+            ("MI355X", Gpu::Mi355x),
+            ("MI250X", Gpu::Mi250x),
+            ("MI250", Gpu::Mi250),
+            ("MI210", Gpu::Mi210),
+            ("MI300X", Gpu::Mi300x),
+        ]
+        .into_iter()
+        .find(|(prefix, _)| dev.starts_with(prefix))
+        .map(|(_, g)| g) else {
             continue;
         };
         let mut interconnect = get(c_ic);
         if interconnect == "as above" {
-            // The GCD row refers to the OAM row before it.
-            interconnect = "Infinity Fabric 50 GB/s per direction per link; two GCDs of one package joined by 4 links (200 GB/s per direction)".into();
+            // A GCD row refers to its package's row before it.
+            interconnect = previous_interconnect.clone();
+        }
+        previous_interconnect = interconnect.clone();
+        // A GCD kind is costed from its GCD row; the package row only lends its interconnect.
+        if gpu.is_gcd() && unit != "GCD" {
+            continue;
         }
         let fp32 = FP32_PEAKS
             .iter()
@@ -469,6 +473,11 @@ mod tests {
         assert_eq!(Gpu::Mi250x.spec().peak_bf16_flops, 191.5e12);
         assert_eq!(Gpu::Mi250x.spec().compute_units, 110);
         assert_eq!(Gpu::Mi250x.spec().max_achievable_bf16_flops, 147.0e12);
+        // GCD rows ("as above") take their package row's interconnect.
+        for g in [Gpu::Mi250, Gpu::Mi250x] {
+            let ic = &g.spec().interconnect;
+            assert!(ic.starts_with("Infinity Fabric 50 GB/s"), "{g}: {ic}");
+        }
         assert_eq!(Gpu::Mi250x.spec().hbm_bytes, 64 << 30);
         for g in Gpu::ALL {
             let s = g.spec();
@@ -552,6 +561,16 @@ mod tests {
             }
         }
         assert_eq!(Family::Cdna3.to_string(), "cdna3");
+    }
+
+    #[test]
+    fn gcd_kinds_are_half_a_package() {
+        let gcds: Vec<Gpu> = Gpu::ALL.into_iter().filter(|g| g.is_gcd()).collect();
+        assert_eq!(gcds, [Gpu::Mi250, Gpu::Mi250x]);
+        // A GCD kind has half its package's memory: 64 of the 128 GiB.
+        for g in gcds {
+            assert_eq!(g.spec().hbm_bytes, 64 << 30, "{g}");
+        }
     }
 
     #[test]

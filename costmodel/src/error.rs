@@ -30,11 +30,14 @@ pub enum CostError {
         /// Fraction denominator.
         denominator: u64,
     },
-    /// A GPU kind for which flavors are not defined.
-    #[error(
-        "flavors are defined for mi250, mi210 and mi300x, not {0}; give --gpu {0} --devices N instead"
-    )]
-    NoFlavorsForGpu(String),
+    /// A GPU kind for which flavors are not defined ([`crate::flavor::no_flavors`] builds it).
+    #[error("flavors are defined for {flavored}, not {gpu}; give --gpu {gpu} --devices N instead")]
+    NoFlavorsForGpu {
+        /// The GPU kind asked for.
+        gpu: String,
+        /// The kinds that have flavors, as a list in words ([`crate::flavor::FLAVOR_GPUS`]).
+        flavored: String,
+    },
     /// A cluster that cannot exist.
     #[error("invalid cluster: {0}")]
     InvalidCluster(String),

@@ -14,6 +14,20 @@ use serde::Serialize;
 /// `--gpu K --devices N`.
 pub const FLAVOR_GPUS: [Gpu; 3] = [Gpu::Mi250, Gpu::Mi210, Gpu::Mi300x];
 
+/// The error for a GPU kind without flavors, naming the kinds that have them ([`FLAVOR_GPUS`]).
+pub fn no_flavors(gpu: Gpu) -> CostError {
+    let names: Vec<&str> = FLAVOR_GPUS.iter().map(|g| g.name()).collect();
+    let flavored = match names.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => "no GPU kind".to_string(),
+    };
+    CostError::NoFlavorsForGpu {
+        gpu: gpu.name().into(),
+        flavored,
+    }
+}
+
 /// One flavor of the catalog.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Flavor {
@@ -41,7 +55,7 @@ impl Flavor {
             | Gpu::Mi325x
             | Gpu::Mi355x
             | Gpu::Mi250x => {
-                return Err(CostError::NoFlavorsForGpu(gpu.name().into()));
+                return Err(no_flavors(gpu));
             }
         };
         let g = gcd(n, d);
@@ -220,7 +234,7 @@ pub fn render_flavors_marked(gpu: Option<Gpu>, current: Option<&str>) -> Result<
     if let Some(g) = gpu
         && !FLAVOR_GPUS.contains(&g)
     {
-        return Err(CostError::NoFlavorsForGpu(g.name().into()));
+        return Err(no_flavors(g));
     }
     let mut out = String::new();
     let kinds: Vec<Gpu> = match gpu {
@@ -319,7 +333,10 @@ mod tests {
         let text = render_flavors(None).unwrap();
         assert!(text.contains("32 GCDs / 16 / 4"), "{text}");
         assert!(text.contains("none (1/4 device)"), "{text}");
-        assert!(render_flavors(Some(Gpu::A100)).is_err());
+        assert_eq!(
+            render_flavors(Some(Gpu::A100)).unwrap_err().to_string(),
+            "flavors are defined for mi250, mi210 and mi300x, not a100; give --gpu a100 --devices N instead"
+        );
         assert!(!text.contains('*'), "{text}");
         // Every kind without flavors is refused in one line, AMD ones too (not a table of `none`).
         for g in Gpu::ALL {
