@@ -48,15 +48,8 @@ impl Flavor {
         let (n, d) = match gpu {
             Gpu::Mi250 | Gpu::Mi210 => (self.gcds(), 1),
             Gpu::Mi300x => (self.gcds(), 4),
-            Gpu::H100
-            | Gpu::A100
-            | Gpu::H200
-            | Gpu::B200
-            | Gpu::Mi325x
-            | Gpu::Mi355x
-            | Gpu::Mi250x => {
-                return Err(no_flavors(gpu));
-            }
+            // Every other kind: not in FLAVOR_GPUS.
+            _ => return Err(no_flavors(gpu)),
         };
         let g = gcd(n, d);
         Ok((n / g, d / g))

@@ -116,7 +116,8 @@ pub struct TruthRow {
 }
 
 impl TruthRow {
-    /// The row's step profile from `profile_for`, with attention unfused when the row says so.
+    /// The row's step profile from `profile_for`, with its attention as the row says it ran
+    /// (`attention`, `attention_dropout`).
     pub fn step_profile(
         &self,
         profile_for: &dyn Fn(&TruthRow) -> Result<StepProfile>,
@@ -129,31 +130,36 @@ impl TruthRow {
                 self.name
             )));
         }
-        match self.attention.as_deref() {
-            None | Some("flash") | Some("triton") => {
-                if self.attention.as_deref() == Some("triton") {
-                    if self.cluster.gpu.parse::<Gpu>()? != Gpu::A100 {
-                        return Err(CostError::StepProfile(format!(
-                            "{}: attention `triton` is costed on a100 only (its speed is published for A100)",
-                            self.name
-                        )));
-                    }
-                    crate::ops::scale_attention_throughput(
-                        &mut p,
-                        crate::ops::TRITON_FLASH_THROUGHPUT_A100,
-                    );
+        // Fused kernels (FlashAttention-class) run the dropout in-kernel; unfused attention already
+        // carries its dropout kernels.
+        let fused = match self.attention.as_deref() {
+            None | Some("flash") => true,
+            Some("triton") => {
+                if self.cluster.gpu.parse::<Gpu>()? != Gpu::A100 {
+                    return Err(CostError::StepProfile(format!(
+                        "{}: attention `triton` is costed on a100 only (its speed is published for A100)",
+                        self.name
+                    )));
                 }
-                if dropout > 0.0 {
-                    crate::ops::apply_attention_dropout(&mut p);
-                }
+                crate::ops::scale_attention_throughput(
+                    &mut p,
+                    crate::ops::TRITON_FLASH_THROUGHPUT_A100,
+                );
+                true
             }
-            Some("unfused") => crate::ops::unfuse_attention(&mut p),
+            Some("unfused") => {
+                crate::ops::unfuse_attention(&mut p);
+                false
+            }
             Some(other) => {
                 return Err(CostError::StepProfile(format!(
                     "{}: attention `{other}` (expected flash, triton or unfused)",
                     self.name
                 )));
             }
+        };
+        if fused && dropout > 0.0 {
+            crate::ops::apply_attention_dropout(&mut p);
         }
         Ok(p)
     }
