@@ -72,6 +72,25 @@ fn print_prediction(p: &crate::PlanOutput) {
         "breakdown: compute {:.3} s, exposed communication {:.3} s, bubble {:.3} s, optimizer {:.3} s{copies}",
         b.compute_s, b.exposed_comm_s, b.bubble_s, b.optimizer_s
     );
+    println!("{}", kernels_line(&b.kernels));
+}
+
+/// Where the critical device's kernel time goes, by kernel class (classes at zero left out).
+fn kernels_line(k: &moai_costmodel::KernelClasses) -> String {
+    let parts: Vec<String> = [
+        ("matmul", k.matmul_s),
+        ("attention", k.attention_s),
+        ("fused memory-bound", k.fused_memory_s),
+        ("other memory-bound", k.memory_s),
+        ("measured", k.measured_s),
+        ("kernel floors", k.kernel_floor_s),
+        ("TP overlap SM margin", k.tp_sm_margin_s),
+    ]
+    .iter()
+    .filter(|(_, s)| *s > 0.0)
+    .map(|(name, s)| format!("{name} {s:.3} s"))
+    .collect();
+    format!("kernels: {}", parts.join(", "))
 }
 
 /// `estimate`: one configuration's prediction, and when it does not fit, by how much and the cheapest

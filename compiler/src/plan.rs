@@ -218,6 +218,11 @@ pub struct Breakdown {
     /// The software stack the prediction assumes (`megatron`, `deepspeed`, `fsdp`, `eager`).
     #[serde(default)]
     pub stack: String,
+    /// The critical device's kernel seconds per step by kernel class (matmul, attention, fused and
+    /// other memory-bound kernels, measured kernels, per-kernel floors, TP overlap's SM margin):
+    /// where `compute_s` goes.
+    #[serde(default)]
+    pub kernels: moai_costmodel::KernelClasses,
 }
 
 /// Predictions for a configuration.

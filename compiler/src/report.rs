@@ -65,6 +65,7 @@ pub fn predicted(e: &Estimate) -> Predicted {
             offload_s: e.breakdown.offload_s,
             cp_comm_s: e.breakdown.cp_comm_s,
             moe_dispatch_s: e.breakdown.moe_dispatch_s,
+            kernels: e.breakdown.kernels,
             stack: e
                 .sources
                 .stack

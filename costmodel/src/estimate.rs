@@ -67,10 +67,74 @@ pub struct Breakdown {
     /// `exposed_comm_s`; absent (0) without expert parallelism.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub moe_dispatch_s: f64,
+    /// The critical device's kernel seconds per step by kernel class: where `compute_s` goes.
+    #[serde(default)]
+    pub kernels: KernelClasses,
 }
 
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
+}
+
+/// Kernel seconds by kernel class, at the device's fitted coefficients and after the stack's
+/// fusion. Their sum is the device's kernel time; a phase's compute is that or, where the host
+/// cannot launch kernels as fast as the device runs them, the host's launch time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KernelClasses {
+    /// Compute-bound GEMMs.
+    pub matmul_s: f64,
+    /// Fused attention (forward and backward).
+    pub attention_s: f64,
+    /// Memory-bound kernels the stack fuses (norms, elementwise, softmax and reductions), after
+    /// its fusion removed its share of their bytes.
+    pub fused_memory_s: f64,
+    /// Other memory-bound kernels (casts, gathers, copies, memory-bound GEMMs).
+    pub memory_s: f64,
+    /// Kernels timed from a measured profile.
+    pub measured_s: f64,
+    /// The per-kernel floor of every memory-bound kernel left after fusion.
+    pub kernel_floor_s: f64,
+    /// GEMMs slowed by the SMs Transformer Engine's TP communication overlap reserves.
+    pub tp_sm_margin_s: f64,
+}
+
+impl KernelClasses {
+    /// Their sum: the kernel seconds.
+    pub fn total(&self) -> f64 {
+        self.matmul_s
+            + self.attention_s
+            + self.fused_memory_s
+            + self.memory_s
+            + self.measured_s
+            + self.kernel_floor_s
+            + self.tp_sm_margin_s
+    }
+
+    /// Each class times `k`.
+    pub fn scaled(&self, k: f64) -> KernelClasses {
+        KernelClasses {
+            matmul_s: self.matmul_s * k,
+            attention_s: self.attention_s * k,
+            fused_memory_s: self.fused_memory_s * k,
+            memory_s: self.memory_s * k,
+            measured_s: self.measured_s * k,
+            kernel_floor_s: self.kernel_floor_s * k,
+            tp_sm_margin_s: self.tp_sm_margin_s * k,
+        }
+    }
+
+    /// The sum of two, class by class.
+    pub fn plus(&self, o: &KernelClasses) -> KernelClasses {
+        KernelClasses {
+            matmul_s: self.matmul_s + o.matmul_s,
+            attention_s: self.attention_s + o.attention_s,
+            fused_memory_s: self.fused_memory_s + o.fused_memory_s,
+            memory_s: self.memory_s + o.memory_s,
+            measured_s: self.measured_s + o.measured_s,
+            kernel_floor_s: self.kernel_floor_s + o.kernel_floor_s,
+            tp_sm_margin_s: self.tp_sm_margin_s + o.tp_sm_margin_s,
+        }
+    }
 }
 
 /// Which sources the prediction used.
@@ -317,6 +381,13 @@ impl PhaseSums {
     /// [`EfficiencyFile::costed`], which decided the stack's fraction on the GPU), fusable kernels by
     /// [`crate::stack::Stack::fusion`]'s kernel fraction.
     pub fn kernel_time(&self, eff: &Efficiency, sc: &StackCoefficients) -> (f64, f64) {
+        let (classes, kernels) = self.kernel_classes(eff, sc);
+        (classes.total(), kernels)
+    }
+
+    /// [`PhaseSums::kernel_time`] by kernel class (no TP SM margin: [`PhaseSums::sm_margin_s`]),
+    /// and the kernels.
+    pub fn kernel_classes(&self, eff: &Efficiency, sc: &StackCoefficients) -> (KernelClasses, f64) {
         let (fb, fk) = (sc.fused_bytes, sc.stack.fusion().1);
         let (cast_s, cast_kernels, rope_s, rope_kernels) = if sc.stack.runs_amp_casts() {
             (0.0, 0.0, 0.0, 0.0)
@@ -332,13 +403,16 @@ impl PhaseSums {
             + (cast_kernels + rope_kernels);
         let kernels = (self.kernels - removed).max(0.0);
         let floors = (self.memory_kernels - removed).max(0.0);
-        let gpu = self.matmul_s / eff.matmul
-            + self.attention_s / attention_coefficient(eff, sc.stack)
-            + ((self.memory_s - cast_s).max(0.0) + (self.fusable_s - rope_s).max(0.0) * fb)
-                / eff.memory
-            + self.measured_s
-            + floors * KERNEL_FLOOR_S;
-        (gpu, kernels)
+        let classes = KernelClasses {
+            matmul_s: self.matmul_s / eff.matmul,
+            attention_s: self.attention_s / attention_coefficient(eff, sc.stack),
+            fused_memory_s: (self.fusable_s - rope_s).max(0.0) * fb / eff.memory,
+            memory_s: (self.memory_s - cast_s).max(0.0) / eff.memory,
+            measured_s: self.measured_s,
+            kernel_floor_s: floors * KERNEL_FLOOR_S,
+            tp_sm_margin_s: 0.0,
+        };
+        (classes, kernels)
     }
 }
 
@@ -1635,6 +1709,17 @@ impl ProfiledCostModel {
             .map(|v| (compute[*v].0 + compute[*v].1) * m as f64)
             .sum::<f64>()
             .max(host_s);
+        let kernels = vs
+            .iter()
+            .map(|v| {
+                let c = |s: &PhaseSums| {
+                    let (mut k, _) = s.kernel_classes(eff, sc);
+                    k.tp_sm_margin_s = s.sm_margin_s(eff, sms, units);
+                    k
+                };
+                c(&fwd[*v]).plus(&c(&bwd[*v])).scaled(m as f64)
+            })
+            .fold(KernelClasses::default(), |a, k| a.plus(&k));
         let tp_comm_s: f64 = vs
             .iter()
             .map(|v| (comm[*v].0 + comm[*v].1) * m as f64)
@@ -1665,6 +1750,7 @@ impl ProfiledCostModel {
                 offload_s: offload_dev.get(crit).copied().unwrap_or(0.0) + act_offload_s,
                 cp_comm_s,
                 moe_dispatch_s,
+                kernels,
             },
             memory,
             sources: SourceNotes {

@@ -41,7 +41,7 @@ pub use config::{CpComm, ParallelConfig, Recompute, Schedule, check_tp_dims, mic
 pub use device::{DeviceSpec, Family, Gpu};
 pub use efficiency::{Allocator, Efficiency, EfficiencyFile, StackCoefficients};
 pub use error::{CostError, Result};
-pub use estimate::{Breakdown, CostModel, Estimate, ProfiledCostModel, SourceNotes};
+pub use estimate::{Breakdown, CostModel, Estimate, KernelClasses, ProfiledCostModel, SourceNotes};
 pub use flavor::{FlavorRow, flavors, render_flavors, render_flavors_marked};
 pub use memory::StageMemory;
 pub use ops::{ATTENTION_DROPOUT_THROUGHPUT, Source};
