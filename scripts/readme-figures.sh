@@ -37,7 +37,7 @@ plan_figures() {
 	local line
 	while IFS= read -r line; do
 		case $line in
-		"step time "* | "breakdown:"* | "engine:"* | "DOES NOT FIT"* | "wrote "*"plan.json")
+		"step time "* | "breakdown:"* | "kernels:"* | "engine:"* | "DOES NOT FIT"* | "wrote "*"plan.json")
 			printf '%s\n' "${line//"$tmp"\//}"
 			;;
 		"Chosen:"*)

@@ -311,3 +311,59 @@ fn an_mi250x_gcd_runs_the_mi250_job_faster_by_at_most_its_compute_ratio() {
     assert_eq!(mi250.peak_memory_bytes, mi250x.peak_memory_bytes);
     assert!(mi250x.sources.efficiency.starts_with("mi250x: "));
 }
+
+/// The kernel classes of the breakdown add up to the critical device's compute when the device,
+/// not the host, bounds it (a pipelined 7B step on MI250 and a tensor-parallel one with the
+/// overlap's SM margin on H100), each class is non-negative, and the JSON names them.
+#[test]
+fn kernel_classes_add_up_to_compute() {
+    let cases = [
+        (
+            Cluster::from_flavor("4xLarge.2048GB", Gpu::Mi250).unwrap(),
+            ParallelConfig {
+                dp: 16,
+                pp: 2,
+                micro_batch_size: 1,
+                num_micro_batches: 16,
+                distribute_param: true,
+                ..Default::default()
+            },
+        ),
+        (
+            Cluster::new(Gpu::H100, 8).unwrap(),
+            ParallelConfig {
+                dp: 2,
+                tp: 4,
+                micro_batch_size: 2,
+                num_micro_batches: 4,
+                sequence_parallel: true,
+                tp_comm_overlap: true,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (c, cfg) in cases {
+        let e = ProfiledCostModel::new()
+            .estimate(&llama7b(cfg.micro_batch_size as u64, Recompute::None), &c, &cfg)
+            .unwrap();
+        let k = &e.breakdown.kernels;
+        let parts = [
+            k.matmul_s,
+            k.attention_s,
+            k.fused_memory_s,
+            k.memory_s,
+            k.measured_s,
+            k.kernel_floor_s,
+            k.tp_sm_margin_s,
+        ];
+        assert!(parts.iter().all(|p| *p >= 0.0), "{k:?}");
+        assert!(k.matmul_s > k.attention_s && k.attention_s > 0.0, "{k:?}");
+        let rel = (k.total() - e.breakdown.compute_s).abs() / e.breakdown.compute_s;
+        assert!(rel < 1e-9, "{k:?} vs compute {}", e.breakdown.compute_s);
+        assert_eq!(k.tp_sm_margin_s > 0.0, cfg.tp > 1, "{k:?}");
+        let v = serde_json::to_value(&e).unwrap();
+        for name in ["matmul_s", "attention_s", "fused_memory_s", "kernel_floor_s"] {
+            assert!(v["breakdown"]["kernels"].get(name).is_some(), "{name}");
+        }
+    }
+}
