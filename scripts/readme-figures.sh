@@ -12,7 +12,7 @@
 # plans behind the fp8, offload, MoE and MFU figures) are spelled out with the flags of the tests
 # that print them. Run from the repository root; MOAI=path/to/moai-compile picks another binary.
 #
-# Left out on purpose: `validate ... --cross-validate` (about 10 minutes) and the in-sample
+# Left out on purpose: `validate ... --cross-validate` (about 5 minutes on 2 cores) and the in-sample
 # `validate` table, the test and benchmark runs, wall-clock measurements, `use` (interactive,
 # writes the config file) and `--emit hsaco` (needs the `mlir` build). Takes under a minute.
 set -euo pipefail

@@ -247,11 +247,28 @@ pub const ATTENTION_DROPOUT_THROUGHPUT: (f64, f64) = (0.8, 0.65);
 /// `attn_impl: triton` (`llmfoundry/models/layers/flash_attn_triton.py`, copied from HazyResearch's
 /// `flash_attn/flash_attn_triton.py`: the setting of its MPT yamls and the default of
 /// `scripts/train/benchmarking/submit_benchmarks.py` until 2024) relative to a FlashAttention-2
-/// kernel of the same shape, forward and backward, on A100: the FlashAttention-2 paper (Dao 2023,
-/// arXiv 2307.08691, §4.1, A100 80GB) measures FlashAttention-2 "around 1.3-1.5× faster than
+/// kernel of the same shape, forward and backward: the FlashAttention-2 paper (Dao 2023, arXiv
+/// 2307.08691, §4.1, A100 80GB) measures FlashAttention-2 "around 1.3-1.5× faster than
 /// FlashAttention in Triton in the forward pass and around 2× faster in the backward pass". The
-/// midpoints, 1.4 and 2, are taken; published, not fitted. No such measurement exists for other GPUs.
+/// midpoints, 1.4 and 2, are taken; published, not fitted.
+///
+/// Measured on A100 only; applied on Hopper too ([`triton_flash_throughput`]), because on H100
+/// both kernels run the Ampere instruction path: LLM Foundry compiled this kernel with the
+/// pre-MLIR Triton compiler (`import triton_pre_mlir as triton`; `setup.py` installs
+/// `triton-pre-mlir` from the `triton_pre_mlir_sm90` branch since mosaicml/llm-foundry commit
+/// 9c941b03d, 2023-05-31, "updt tritonpremlir to sm90 version", still at 5e85bd62d, 2024-01-06),
+/// a 2022 code base older than Triton's Hopper (`wgmma`, TMA) code generation, and
+/// FlashAttention-2 likewise uses Ampere `mma.sync` tiles on Hopper (which is why it reaches only
+/// about 35% of the H100's peak: FlashAttention-3 paper, Shah et al. 2024, arXiv:2407.08608, §1).
+/// Assumed, not measured: the two kernels keep their A100 ratio there.
 pub const TRITON_FLASH_THROUGHPUT_A100: (f64, f64) = (1.0 / 1.4, 0.5);
+
+/// [`TRITON_FLASH_THROUGHPUT_A100`] on the GPUs it is costed for, A100 and the Hopper family (see
+/// there); `None` elsewhere (no measurement, and newer or AMD GPUs run other code paths).
+pub fn triton_flash_throughput(gpu: crate::device::Gpu) -> Option<(f64, f64)> {
+    use crate::device::{Family, Gpu};
+    (gpu == Gpu::A100 || gpu.family() == Family::Hopper).then_some(TRITON_FLASH_THROUGHPUT_A100)
+}
 
 /// Cost a profile's fused attention kernels as running at `(forward, backward)` fractions of the
 /// throughput the model prices them at: each forward kernel's work is divided by the first and

@@ -95,8 +95,8 @@ pub struct TruthRow {
     pub source: String,
     /// Attention implementation of the measured run: `flash` (fused, the kernel family its stack
     /// runs: the default), `triton` (LLM Foundry's Triton port of the first FlashAttention, which its
-    /// 2023 benchmark tables ran; A100 rows only, the one GPU its speed is published for:
-    /// [`crate::ops::TRITON_FLASH_THROUGHPUT_A100`]) or `unfused` (score matrix materialised: batched
+    /// 2023 benchmark tables ran; A100 and Hopper rows only: [`crate::ops::triton_flash_throughput`])
+    /// or `unfused` (score matrix materialised: batched
     /// GEMMs, softmax and dropout kernels, as Megatron-LM ran before FlashAttention); see
     /// [`crate::ops::unfuse_attention`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,16 +135,14 @@ impl TruthRow {
         let fused = match self.attention.as_deref() {
             None | Some("flash") => true,
             Some("triton") => {
-                if self.cluster.gpu.parse::<Gpu>()? != Gpu::A100 {
+                let gpu = self.cluster.gpu.parse::<Gpu>()?;
+                let Some(speed) = crate::ops::triton_flash_throughput(gpu) else {
                     return Err(CostError::StepProfile(format!(
-                        "{}: attention `triton` is costed on a100 only (its speed is published for A100)",
+                        "{}: attention `triton` is costed on a100, h100 and h200 only (its speed is published for A100 and carried to Hopper, whose code path is the same)",
                         self.name
                     )));
-                }
-                crate::ops::scale_attention_throughput(
-                    &mut p,
-                    crate::ops::TRITON_FLASH_THROUGHPUT_A100,
-                );
+                };
+                crate::ops::scale_attention_throughput(&mut p, speed);
                 true
             }
             Some("unfused") => {
@@ -530,19 +528,29 @@ pub fn cross_validate(
         let mut models = keys.clone();
         models.sort();
         models.dedup();
-        for held in &models {
-            let train: Vec<usize> = (0..rows.len())
-                .filter(|i| {
-                    keys[*i] != *held && samples[*i].is_some() && !rows[*i].1.validation_only
-                })
-                .collect();
-            let ts: Vec<FitSample> = train.iter().filter_map(|i| samples[*i].clone()).collect();
-            let tp: Vec<_> = train.iter().filter_map(|i| preps[*i].clone()).collect();
-            let file = crate::fit::refit_prepared(base, &ts, &tp)?;
-            let model = ProfiledCostModel::with_efficiencies(file);
-            for i in (0..rows.len()).filter(|i| keys[*i] == *held) {
-                out[i] = Some(predict(&model, i));
-            }
+        // Folds are independent: each refits on its own rows, so they run in parallel and the
+        // result does not depend on the thread count.
+        use rayon::prelude::*;
+        let folds = models
+            .par_iter()
+            .map(|held| -> Result<Vec<(usize, CvRow)>> {
+                let train: Vec<usize> = (0..rows.len())
+                    .filter(|i| {
+                        keys[*i] != *held && samples[*i].is_some() && !rows[*i].1.validation_only
+                    })
+                    .collect();
+                let ts: Vec<FitSample> = train.iter().filter_map(|i| samples[*i].clone()).collect();
+                let tp: Vec<_> = train.iter().filter_map(|i| preps[*i].clone()).collect();
+                let file = crate::fit::refit_prepared(base, &ts, &tp)?;
+                let model = ProfiledCostModel::with_efficiencies(file);
+                Ok((0..rows.len())
+                    .filter(|i| keys[*i] == *held)
+                    .map(|i| (i, predict(&model, i)))
+                    .collect())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (i, row) in folds.into_iter().flatten() {
+            out[i] = Some(row);
         }
     } else {
         let model = ProfiledCostModel::with_efficiencies(base.clone());

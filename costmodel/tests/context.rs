@@ -59,8 +59,14 @@ fn a_cp_rank_does_a_cp_th_of_the_work_and_holds_a_cp_th_of_the_activations() {
         b4.exposed_comm_s,
         one.step_time_s
     );
-    // Same tokens per step, a quarter of the compute per rank: throughput over 3x.
-    assert!(four.tokens_per_s > 3.0 * one.tokens_per_s);
+    // Same tokens per step, a quarter of the compute per rank, less the ring's exposed part (about
+    // a quarter of the cp 4 step at the fitted Hopper attention rate): throughput over 2.5x.
+    assert!(
+        four.tokens_per_s > 2.5 * one.tokens_per_s,
+        "{} vs {}",
+        four.tokens_per_s,
+        one.tokens_per_s
+    );
     let sum = b4.compute_s + b4.exposed_comm_s + b4.bubble_s + b4.optimizer_s;
     assert!((sum - four.step_time_s).abs() < 1e-9 * four.step_time_s.max(1.0));
 }

@@ -12,8 +12,8 @@ fn llama7b(b: u64, r: Recompute) -> moai_ir::cost::StepProfile {
     step_profile(&spec, b, 2048, r, "bf16")
 }
 
-#[test]
-fn breakdown_adds_up_and_json_names_match_design() {
+/// A pipelined 7B job on 4xLarge.2048GB: dp 16 × pp 2, ZeRO-3, 16 micro-batches of 1.
+fn pipelined_mi250() -> (Cluster, ParallelConfig) {
     let c = Cluster::from_flavor("4xLarge.2048GB", Gpu::Mi250).unwrap();
     let cfg = ParallelConfig {
         dp: 16,
@@ -23,6 +23,12 @@ fn breakdown_adds_up_and_json_names_match_design() {
         distribute_param: true,
         ..Default::default()
     };
+    (c, cfg)
+}
+
+#[test]
+fn breakdown_adds_up_and_json_names_match_design() {
+    let (c, cfg) = pipelined_mi250();
     let e = ProfiledCostModel::new()
         .estimate(&llama7b(1, Recompute::None), &c, &cfg)
         .unwrap();
@@ -318,17 +324,7 @@ fn an_mi250x_gcd_runs_the_mi250_job_faster_by_at_most_its_compute_ratio() {
 #[test]
 fn kernel_classes_add_up_to_compute() {
     let cases = [
-        (
-            Cluster::from_flavor("4xLarge.2048GB", Gpu::Mi250).unwrap(),
-            ParallelConfig {
-                dp: 16,
-                pp: 2,
-                micro_batch_size: 1,
-                num_micro_batches: 16,
-                distribute_param: true,
-                ..Default::default()
-            },
-        ),
+        pipelined_mi250(),
         (
             Cluster::new(Gpu::H100, 8).unwrap(),
             ParallelConfig {
@@ -344,7 +340,11 @@ fn kernel_classes_add_up_to_compute() {
     ];
     for (c, cfg) in cases {
         let e = ProfiledCostModel::new()
-            .estimate(&llama7b(cfg.micro_batch_size as u64, Recompute::None), &c, &cfg)
+            .estimate(
+                &llama7b(cfg.micro_batch_size as u64, Recompute::None),
+                &c,
+                &cfg,
+            )
             .unwrap();
         let k = &e.breakdown.kernels;
         let parts = [
@@ -362,7 +362,12 @@ fn kernel_classes_add_up_to_compute() {
         assert!(rel < 1e-9, "{k:?} vs compute {}", e.breakdown.compute_s);
         assert_eq!(k.tp_sm_margin_s > 0.0, cfg.tp > 1, "{k:?}");
         let v = serde_json::to_value(&e).unwrap();
-        for name in ["matmul_s", "attention_s", "fused_memory_s", "kernel_floor_s"] {
+        for name in [
+            "matmul_s",
+            "attention_s",
+            "fused_memory_s",
+            "kernel_floor_s",
+        ] {
             assert!(v["breakdown"]["kernels"].get(name).is_some(), "{name}");
         }
     }

@@ -127,6 +127,12 @@ pub enum Role {
     /// `linear_qkv` and `linear_fc1` Transformer Engine modules) runs it inside that module. Set on
     /// the forward linear and its recomputation; its gradients have the linear's backward roles.
     SharedInputLinear,
+    /// An op of an activation function's gradient as autodiff writes it out (SiLU, GeLU and its
+    /// tanh form: the derivative's elementwise terms and the product with the incoming gradient).
+    /// Every engine moai costs runs that gradient as one kernel (PyTorch's native `silu_backward` and
+    /// `gelu_backward`, Megatron-LM's fused bias-GeLU and SwiGLU backward, Transformer Engine's
+    /// `dgelu`/`dswiglu`), and the step's cost records do so too ([`crate::train::cost::fuse_activation_grads`]).
+    ActivationGrad,
 }
 
 impl Role {

@@ -718,3 +718,68 @@ fn engine_graph_roles_mark_casts_and_the_unfused_rotary() {
         assert!(tg.meta.iter().all(|m| m.role != Role::EagerRotary));
     }
 }
+
+/// Each activation's gradient (GeLU in its tanh form here; SiLU in Llama) is one cost record per
+/// layer and backward, reading the activation's input and the incoming gradient and writing the
+/// input's gradient, with every FLOP of the ops autodiff wrote out; the graph itself keeps them.
+#[test]
+fn activation_gradients_are_one_kernel_each() {
+    use moai_ir::cost::Role;
+    use moai_ir::train::cost::node_cost;
+    for (spec, layers) in [
+        (
+            "gpt:layers=2,hidden=256,heads=4,ffn=1024,vocab=1000,dtype=bf16",
+            2,
+        ),
+        (
+            "llama:layers=3,hidden=256,heads=4,kv_heads=2,ffn=640,vocab=1000",
+            3,
+        ),
+    ] {
+        let g = moai_models::ArchConfig::from_spec(spec)
+            .and_then(|c| c.build())
+            .unwrap();
+        let o = opts(
+            PrecisionPolicy::AmpBf16,
+            OptimizerKind::AdamW,
+            RecomputePolicy::Full,
+        );
+        let tg = build_engine_training_graph(&g, &o).unwrap();
+        let env = moai_ir::train::cost::env(2, 64);
+        let (mut graph_ops, mut graph_flops) = (0, 0.0);
+        for id in &tg.schedule {
+            if tg.meta(*id).role == Role::ActivationGrad {
+                graph_ops += 1;
+                graph_flops += node_cost(&tg.graph, *id, &env).unwrap().flops;
+            }
+        }
+        assert!(graph_ops >= 5 * layers, "{spec}: {graph_ops} ops");
+        let costs = step_costs(&tg, 2, 64).unwrap();
+        let fused: Vec<_> = costs
+            .iter()
+            .filter(|c| c.role == Role::ActivationGrad)
+            .collect();
+        assert_eq!(fused.len(), layers, "{spec}");
+        let ffn = if spec.starts_with("gpt") {
+            1024.0
+        } else {
+            640.0
+        };
+        let flops: f64 = fused.iter().map(|c| c.flops).sum();
+        assert!((flops / graph_flops - 1.0).abs() < 1e-12, "{spec}");
+        for c in fused {
+            assert_eq!(c.phase, Phase::Backward);
+            assert!(c.label.ends_with(":ActivationGrad"), "{}", c.label);
+            // Three bf16 tensors of [2, 64, ffn].
+            assert_eq!(c.bytes, 3.0 * 2.0 * 64.0 * ffn * 2.0, "{spec}: {}", c.label);
+        }
+        let prof = step_profile(&g, &o, 2, 64).unwrap();
+        let n = prof
+            .blocks
+            .iter()
+            .flat_map(|b| &b.ops)
+            .filter(|c| c.role == Role::ActivationGrad)
+            .count();
+        assert_eq!(n, layers, "{spec}");
+    }
+}

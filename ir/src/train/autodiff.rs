@@ -535,8 +535,14 @@ impl Builder<'_> {
     /// `Unary`: the function's derivative times the gradient.
     fn grad_unary(&mut self, d: &Grad<'_>, u: UnaryOp) -> Result<()> {
         if d.need[0] {
-            let dx = self.unary_grad(u, d.ins[0], d.y(), d.g, d.name)?;
-            self.acc(d.ins[0], dx)?;
+            // An activation's gradient is one kernel on every engine (`Role::ActivationGrad`).
+            let role = self.ctx.role;
+            if matches!(u, UnaryOp::Silu | UnaryOp::Gelu | UnaryOp::GeluTanh) {
+                self.ctx.role = Role::ActivationGrad;
+            }
+            let dx = self.unary_grad(u, d.ins[0], d.y(), d.g, d.name);
+            self.ctx.role = role;
+            self.acc(d.ins[0], dx?)?;
         }
         Ok(())
     }

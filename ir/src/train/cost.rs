@@ -289,7 +289,43 @@ pub fn step_costs(tg: &TrainingGraph, micro_batch: u64, seq: u64) -> Result<Vec<
             role: m.role,
         });
     }
-    Ok(out)
+    Ok(fuse_activation_grads(out))
+}
+
+/// The cost records with each activation gradient ([`crate::cost::Role::ActivationGrad`]: a run of
+/// consecutive records of that role in one layer and phase) as the one kernel engines run: it reads
+/// the activation's input and the incoming gradient and writes the input's gradient, the three
+/// tensors the run's last op (the product with the incoming gradient) reads and writes, with the
+/// run's FLOPs.
+pub fn fuse_activation_grads(ops: Vec<OpCost>) -> Vec<OpCost> {
+    use crate::cost::Role;
+    let mut out: Vec<OpCost> = Vec::with_capacity(ops.len());
+    let mut run: Option<OpCost> = None;
+    for op in ops {
+        if op.role == Role::ActivationGrad {
+            match run.as_mut() {
+                Some(r) if r.layer == op.layer && r.phase == op.phase => {
+                    r.flops += op.flops;
+                    r.bytes = op.bytes;
+                    r.split = op.split;
+                }
+                _ => {
+                    out.extend(run.take());
+                    let scope = op.label.split(':').next().unwrap_or_default().to_string();
+                    run = Some(OpCost {
+                        class: KernelClass::Elementwise,
+                        label: format!("{scope}:ActivationGrad"),
+                        ..op
+                    });
+                }
+            }
+        } else {
+            out.extend(run.take());
+            out.push(op);
+        }
+    }
+    out.extend(run);
+    out
 }
 
 /// A short label: the scope without the leading `model.`, and the op kind.

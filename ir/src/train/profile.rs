@@ -64,6 +64,10 @@ pub fn step_profile(
             per_block.entry(m.block).or_default().push(rec);
         }
     }
+    let per_block: HashMap<BlockKind, Vec<OpCost>> = per_block
+        .into_iter()
+        .map(|(k, ops)| (k, super::cost::fuse_activation_grads(ops)))
+        .collect();
 
     // Saved activations, transients and boundary bytes per block of the reduced model.
     let last_fwd = tg
