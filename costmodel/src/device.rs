@@ -123,6 +123,16 @@ impl Gpu {
         }
     }
 
+    /// Kinds as a list in words, in the order given: `a`, `a and b`, `a, b and c`.
+    pub fn names_in_words(gpus: &[Gpu]) -> String {
+        let names: Vec<&str> = gpus.iter().map(|g| g.name()).collect();
+        match names.split_last() {
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+            None => "no GPU kind".to_string(),
+        }
+    }
+
     /// Whether the device moai plans on is one GCD (graphics compute die) of a two-die package:
     /// MI250 and MI250X, which the runtime (rocm-smi) lists as two devices per package.
     pub fn is_gcd(self) -> bool {

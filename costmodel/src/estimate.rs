@@ -99,41 +99,47 @@ pub struct KernelClasses {
 }
 
 impl KernelClasses {
+    /// The classes in field order.
+    fn parts(&self) -> [f64; 7] {
+        [
+            self.matmul_s,
+            self.attention_s,
+            self.fused_memory_s,
+            self.memory_s,
+            self.measured_s,
+            self.kernel_floor_s,
+            self.tp_sm_margin_s,
+        ]
+    }
+
+    /// Class by class, `f` of this and `o`.
+    fn zip(&self, o: &KernelClasses, f: impl Fn(f64, f64) -> f64) -> KernelClasses {
+        let (a, b) = (self.parts(), o.parts());
+        let c = |i: usize| f(a[i], b[i]);
+        KernelClasses {
+            matmul_s: c(0),
+            attention_s: c(1),
+            fused_memory_s: c(2),
+            memory_s: c(3),
+            measured_s: c(4),
+            kernel_floor_s: c(5),
+            tp_sm_margin_s: c(6),
+        }
+    }
+
     /// Their sum: the kernel seconds.
     pub fn total(&self) -> f64 {
-        self.matmul_s
-            + self.attention_s
-            + self.fused_memory_s
-            + self.memory_s
-            + self.measured_s
-            + self.kernel_floor_s
-            + self.tp_sm_margin_s
+        self.parts().iter().sum()
     }
 
     /// Each class times `k`.
     pub fn scaled(&self, k: f64) -> KernelClasses {
-        KernelClasses {
-            matmul_s: self.matmul_s * k,
-            attention_s: self.attention_s * k,
-            fused_memory_s: self.fused_memory_s * k,
-            memory_s: self.memory_s * k,
-            measured_s: self.measured_s * k,
-            kernel_floor_s: self.kernel_floor_s * k,
-            tp_sm_margin_s: self.tp_sm_margin_s * k,
-        }
+        self.zip(self, |a, _| a * k)
     }
 
     /// The sum of two, class by class.
     pub fn plus(&self, o: &KernelClasses) -> KernelClasses {
-        KernelClasses {
-            matmul_s: self.matmul_s + o.matmul_s,
-            attention_s: self.attention_s + o.attention_s,
-            fused_memory_s: self.fused_memory_s + o.fused_memory_s,
-            memory_s: self.memory_s + o.memory_s,
-            measured_s: self.measured_s + o.measured_s,
-            kernel_floor_s: self.kernel_floor_s + o.kernel_floor_s,
-            tp_sm_margin_s: self.tp_sm_margin_s + o.tp_sm_margin_s,
-        }
+        self.zip(o, |a, b| a + b)
     }
 }
 
@@ -1323,21 +1329,27 @@ impl ProfiledCostModel {
         // SMs Transformer Engine's TP overlap takes from the GEMMs it runs beside (0 without it).
         let sms = stack.tp_overlap_sm_margin(cfg.sequence_parallel, cfg.tp_comm_overlap);
         let units = spec.compute_units;
+        // A phase's compute seconds (host-bounded) and its kernel seconds by class.
         let mut phase = |s: &PhaseSums, back: bool| {
-            let (gpu, kernels) = s.kernel_time(eff, sc);
-            let gpu = gpu + s.sm_margin_s(eff, sms, units);
-            if whole_step_host {
+            let (mut classes, kernels) = s.kernel_classes(eff, sc);
+            classes.tp_sm_margin_s = s.sm_margin_s(eff, sms, units);
+            let gpu = classes.total();
+            let t = if whole_step_host {
                 host_dev.add(back, kernels * launch, gpu);
                 gpu
             } else {
                 gpu.max(kernels * launch)
-            }
+            };
+            (t, classes)
         };
+        // Per virtual stage: one micro-batch's forward plus backward kernel seconds by class.
+        let mut stage_classes = vec![KernelClasses::default(); nv];
         // Mixture-of-experts all-to-alls: on the critical path (the expert GEMMs wait for the
         // dispatched tokens, the next op for the combined ones).
         let mut dispatch = vec![0f64; nv];
         for v in 0..nv {
-            let (cf, cb) = (phase(&fwd[v], false), phase(&bwd[v], true));
+            let ((cf, kf), (cb, kb)) = (phase(&fwd[v], false), phase(&bwd[v], true));
+            stage_classes[v] = kf.plus(&kb);
             let (tf, tb) = (tp_time(&fwd[v]), tp_time(&bwd[v]));
             comm_total[v] = tf + tb;
             // The overlapped part of a TP collective hides behind the GEMMs of the same phase.
@@ -1711,15 +1723,8 @@ impl ProfiledCostModel {
             .max(host_s);
         let kernels = vs
             .iter()
-            .map(|v| {
-                let c = |s: &PhaseSums| {
-                    let (mut k, _) = s.kernel_classes(eff, sc);
-                    k.tp_sm_margin_s = s.sm_margin_s(eff, sms, units);
-                    k
-                };
-                c(&fwd[*v]).plus(&c(&bwd[*v])).scaled(m as f64)
-            })
-            .fold(KernelClasses::default(), |a, k| a.plus(&k));
+            .fold(KernelClasses::default(), |a, v| a.plus(&stage_classes[*v]))
+            .scaled(m as f64);
         let tp_comm_s: f64 = vs
             .iter()
             .map(|v| (comm[*v].0 + comm[*v].1) * m as f64)

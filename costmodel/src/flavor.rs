@@ -16,15 +16,9 @@ pub const FLAVOR_GPUS: [Gpu; 3] = [Gpu::Mi250, Gpu::Mi210, Gpu::Mi300x];
 
 /// The error for a GPU kind without flavors, naming the kinds that have them ([`FLAVOR_GPUS`]).
 pub fn no_flavors(gpu: Gpu) -> CostError {
-    let names: Vec<&str> = FLAVOR_GPUS.iter().map(|g| g.name()).collect();
-    let flavored = match names.split_last() {
-        Some((last, [])) => last.to_string(),
-        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
-        None => "no GPU kind".to_string(),
-    };
     CostError::NoFlavorsForGpu {
         gpu: gpu.name().into(),
-        flavored,
+        flavored: Gpu::names_in_words(&FLAVOR_GPUS),
     }
 }
 

@@ -263,11 +263,20 @@ pub const ATTENTION_DROPOUT_THROUGHPUT: (f64, f64) = (0.8, 0.65);
 /// Assumed, not measured: the two kernels keep their A100 ratio there.
 pub const TRITON_FLASH_THROUGHPUT_A100: (f64, f64) = (1.0 / 1.4, 0.5);
 
-/// [`TRITON_FLASH_THROUGHPUT_A100`] on the GPUs it is costed for, A100 and the Hopper family (see
-/// there); `None` elsewhere (no measurement, and newer or AMD GPUs run other code paths).
+/// The GPUs [`TRITON_FLASH_THROUGHPUT_A100`] is costed on: A100, where it was measured, and the
+/// Hopper family (H100, H200), where both kernels run the same instruction path (see there).
+pub const TRITON_FLASH_GPUS: [crate::device::Gpu; 3] = [
+    crate::device::Gpu::A100,
+    crate::device::Gpu::H100,
+    crate::device::Gpu::H200,
+];
+
+/// [`TRITON_FLASH_THROUGHPUT_A100`] on [`TRITON_FLASH_GPUS`]; `None` elsewhere (no measurement,
+/// and newer or AMD GPUs run other code paths).
 pub fn triton_flash_throughput(gpu: crate::device::Gpu) -> Option<(f64, f64)> {
-    use crate::device::{Family, Gpu};
-    (gpu == Gpu::A100 || gpu.family() == Family::Hopper).then_some(TRITON_FLASH_THROUGHPUT_A100)
+    TRITON_FLASH_GPUS
+        .contains(&gpu)
+        .then_some(TRITON_FLASH_THROUGHPUT_A100)
 }
 
 /// Cost a profile's fused attention kernels as running at `(forward, backward)` fractions of the
@@ -589,5 +598,14 @@ mod tests {
         assert!(c > 1.8 * full && c < 2.0 * full, "{c} vs {full}");
         assert!(f(2048, 64, false, false) < f(2048, 128, false, false));
         assert!(f(2048, 128, false, true) < f(2048, 128, false, false));
+    }
+
+    #[test]
+    fn triton_attention_is_costed_on_a100_and_every_hopper_kind() {
+        use crate::device::{Family, Gpu};
+        for g in Gpu::ALL {
+            let want = g == Gpu::A100 || g.family() == Family::Hopper;
+            assert_eq!(super::triton_flash_throughput(g).is_some(), want, "{g}");
+        }
     }
 }

@@ -138,8 +138,9 @@ impl TruthRow {
                 let gpu = self.cluster.gpu.parse::<Gpu>()?;
                 let Some(speed) = crate::ops::triton_flash_throughput(gpu) else {
                     return Err(CostError::StepProfile(format!(
-                        "{}: attention `triton` is costed on a100, h100 and h200 only (its speed is published for A100 and carried to Hopper, whose code path is the same)",
-                        self.name
+                        "{}: attention `triton` is costed on {} only (its speed is published for A100 and carried to Hopper, whose code path is the same)",
+                        self.name,
+                        Gpu::names_in_words(&crate::ops::TRITON_FLASH_GPUS)
                     )));
                 };
                 crate::ops::scale_attention_throughput(&mut p, speed);

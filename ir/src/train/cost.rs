@@ -272,28 +272,37 @@ pub fn step_costs(tg: &TrainingGraph, micro_batch: u64, seq: u64) -> Result<Vec<
     let tpi = tp::analyze(tg);
     let mut out = Vec::new();
     for id in &tg.schedule {
-        let n = tg.graph.node(*id);
-        if is_free(&n.op) {
-            continue;
+        if !is_free(&tg.graph.node(*id).op) {
+            out.push(op_record(tg, &tpi, *id, &e)?);
         }
-        let c = node_cost(&tg.graph, *id, &e)?;
-        let m = tg.meta(*id);
-        out.push(OpCost {
-            class: c.class,
-            flops: c.flops,
-            bytes: c.bytes,
-            phase: m.phase,
-            layer: n.prov.layer,
-            split: tpi.split[id.index()],
-            label: label(&n.prov.scope, &n.op),
-            role: m.role,
-        });
     }
     Ok(fuse_activation_grads(out))
 }
 
+/// The cost record of one kernel-running node of the training graph (`tpi`: its TP analysis).
+pub(crate) fn op_record(
+    tg: &TrainingGraph,
+    tpi: &tp::TpInfo,
+    id: NodeId,
+    env: &dyn Fn(&str) -> Option<i64>,
+) -> Result<OpCost> {
+    let n = tg.graph.node(id);
+    let c = node_cost(&tg.graph, id, env)?;
+    let m = tg.meta(id);
+    Ok(OpCost {
+        class: c.class,
+        flops: c.flops,
+        bytes: c.bytes,
+        phase: m.phase,
+        layer: n.prov.layer,
+        split: tpi.split[id.index()],
+        label: label(&n.prov.scope, &n.op),
+        role: m.role,
+    })
+}
+
 /// The cost records with each activation gradient ([`crate::cost::Role::ActivationGrad`]: a run of
-/// consecutive records of that role in one layer and phase) as the one kernel engines run: it reads
+/// consecutive records of that role in one layer, phase and scope) as the one kernel engines run: it reads
 /// the activation's input and the incoming gradient and writes the input's gradient, the three
 /// tensors the run's last op (the product with the incoming gradient) reads and writes, with the
 /// run's FLOPs.
@@ -303,18 +312,23 @@ pub fn fuse_activation_grads(ops: Vec<OpCost>) -> Vec<OpCost> {
     let mut run: Option<OpCost> = None;
     for op in ops {
         if op.role == Role::ActivationGrad {
+            let scope = op.label.split(':').next().unwrap_or_default();
             match run.as_mut() {
-                Some(r) if r.layer == op.layer && r.phase == op.phase => {
+                Some(r)
+                    if r.layer == op.layer
+                        && r.phase == op.phase
+                        && r.label.split(':').next() == Some(scope) =>
+                {
                     r.flops += op.flops;
                     r.bytes = op.bytes;
                     r.split = op.split;
                 }
                 _ => {
                     out.extend(run.take());
-                    let scope = op.label.split(':').next().unwrap_or_default().to_string();
+                    let label = format!("{scope}:ActivationGrad");
                     run = Some(OpCost {
                         class: KernelClass::Elementwise,
-                        label: format!("{scope}:ActivationGrad"),
+                        label,
                         ..op
                     });
                 }

@@ -6,7 +6,7 @@
 //! to the layers it stands for.
 
 use super::build::build_engine_training_graph;
-use super::cost::{env, is_free, label, node_cost};
+use super::cost::{env, is_free, op_record};
 use super::memory::liveness;
 use super::options::{OptimizerKind, PrecisionPolicy, TrainOptions};
 use super::tp::{self, linear_class};
@@ -42,22 +42,11 @@ pub fn step_profile(
     let mut per_block: HashMap<BlockKind, Vec<OpCost>> = HashMap::new();
     let mut optimizer: Vec<OpCost> = Vec::new();
     for id in &tg.schedule {
-        let n = g.node(*id);
-        if is_free(&n.op) {
+        if is_free(&g.node(*id).op) {
             continue;
         }
-        let c = node_cost(g, *id, &e)?;
+        let rec = op_record(&tg, &tpi, *id, &e)?;
         let m = tg.meta(*id);
-        let rec = OpCost {
-            class: c.class,
-            flops: c.flops,
-            bytes: c.bytes,
-            phase: m.phase,
-            layer: n.prov.layer,
-            split: tpi.split[id.index()],
-            label: label(&n.prov.scope, &n.op),
-            role: m.role,
-        };
         if m.phase == Phase::Optimizer {
             optimizer.push(rec);
         } else {
