@@ -54,9 +54,8 @@ pub struct ClusterArgs {
     /// and --gpu/--devices: MOAI_FLAVOR, else the current flavor (`moai-compile use`), else 4xLarge.2048GB.
     #[arg(long)]
     pub flavor: Option<String>,
-    /// GPU kind: mi250, mi210, mi300x, h100, a100, h200, b200, mi325x, mi355x, mi250x (default mi250 with
-    /// --flavor; flavors are defined for mi250, mi210 and mi300x).
-    #[arg(long)]
+    /// GPU kind (the list is `Gpu::NAMES`; default mi250 with --flavor).
+    #[arg(long, help = gpu_help())]
     pub gpu: Option<String>,
     /// Number of devices (with --gpu, instead of --flavor).
     #[arg(long)]
@@ -292,6 +291,14 @@ impl ConfigArgs {
 
 /// `--offload LIST`: whether the optimizer is offloaded, and the activation offload
 /// (`activations` or `activations=N`, N at least 1); anything else is refused in one line.
+/// `--gpu`'s help: the kinds from the one list of them ([`moai_costmodel::Gpu::NAMES`]).
+fn gpu_help() -> String {
+    format!(
+        "GPU kind: {} (default mi250 with --flavor; flavors are defined for mi250, mi210 and mi300x)",
+        moai_costmodel::Gpu::NAMES
+    )
+}
+
 fn parse_offload(list: &[String]) -> Result<(bool, ActivationOffload)> {
     let mut optimizer = false;
     let mut activations = ActivationOffload::Off;

@@ -108,7 +108,7 @@ pub fn target_for(gpu: Gpu) -> Result<Target> {
             chip: AmdChip::Gfx942,
         },
         Gpu::A100 => Target::Nvvm { sm: NvSm::Sm80 },
-        Gpu::H100 | Gpu::H200 => Target::Nvvm { sm: NvSm::Sm90 },
+        Gpu::H100 | Gpu::H200 | Gpu::H100Hbm2e => Target::Nvvm { sm: NvSm::Sm90 },
         Gpu::B200 | Gpu::Mi355x => {
             let chip = if gpu == Gpu::B200 { "sm_100" } else { "gfx950" };
             return Err(PlanError::InvalidArgument(format!(

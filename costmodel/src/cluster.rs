@@ -174,8 +174,10 @@ impl Links {
                     network: nic400,
                 }
             }
-            // H200: H100's NVLink 4 / NVSwitch fabric (same links, same measured NCCL curves).
-            Gpu::H100 | Gpu::H200 => {
+            // H200: H100's NVLink 4 / NVSwitch fabric (same links, same measured NCCL curves). The
+            // HBM2e H100 of Meta's Grand Teton: 8 GPUs on NVLink 4 and 400 Gb/s RDMA per GPU
+            // (torchtitan's benchmark hardware notes).
+            Gpu::H100 | Gpu::H200 | Gpu::H100Hbm2e => {
                 let nv = Link::new(450e9, INTRA).with_class(LinkClass::NvLink4NvSwitch);
                 Links {
                     pair: nv,

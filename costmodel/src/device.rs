@@ -18,8 +18,9 @@ pub const HARDWARE_PEAKS_CSV: &str = include_str!("../data/hardware_peaks.csv");
 /// (non-tensor), H100 SXM5 66.9 TFLOP/s, MI250 GCD 45.3 TFLOP/s (half of the OAM's 90.5 matrix fp32),
 /// MI210 45.3 TFLOP/s (matrix fp32), MI300X 163.4 TFLOP/s (matrix fp32), H200 66.9 TFLOP/s (the H100
 /// die), HGX B200 80 TFLOP/s (1000 W), MI325X 163.4 TFLOP/s (the MI300X die), MI355X 157.3 TFLOP/s
-/// (vector fp32, AMD MI355X datasheet), MI250X GCD 47.9 TFLOP/s (half of the OAM's 95.7 matrix fp32).
-pub const FP32_PEAKS: [(Gpu, f64); 10] = [
+/// (vector fp32, AMD MI355X datasheet), MI250X GCD 47.9 TFLOP/s (half of the OAM's 95.7 matrix fp32),
+/// H100 SXM5 HBM2e 66.9 TFLOP/s (the H100 die; its power limit is costed as a sustained clock).
+pub const FP32_PEAKS: [(Gpu, f64); 11] = [
     (Gpu::A100, 19.5e12),
     (Gpu::H100, 66.9e12),
     (Gpu::Mi250, 45.3e12),
@@ -30,6 +31,7 @@ pub const FP32_PEAKS: [(Gpu, f64); 10] = [
     (Gpu::Mi325x, 163.4e12),
     (Gpu::Mi355x, 157.3e12),
     (Gpu::Mi250x, 47.85e12),
+    (Gpu::H100Hbm2e, 66.9e12),
 ];
 
 /// Maximum achievable matmul throughput per GPU kind and dtype
@@ -86,11 +88,17 @@ pub enum Gpu {
     Mi355x,
     /// One GCD of an AMD Instinct MI250X (gfx90a, 110 CUs): the GPU of Frontier and LUMI-G.
     Mi250x,
+    /// NVIDIA H100 SXM5 with 96 GB HBM2e (2.4 TB/s) at a 500 W power limit: the H100 of Meta's
+    /// Grand Teton servers, on which PyTorch's torchtitan benchmarks ran. The same die as
+    /// [`Gpu::H100`]; the power limit lowers its sustained clock under tensor-core load
+    /// ([`Gpu::sustained_clock_bounds`]).
+    #[serde(rename = "h100-hbm2e")]
+    H100Hbm2e,
 }
 
 impl Gpu {
     /// Every kind, in catalog order.
-    pub const ALL: [Gpu; 10] = [
+    pub const ALL: [Gpu; 11] = [
         Gpu::Mi250,
         Gpu::Mi210,
         Gpu::Mi300x,
@@ -101,11 +109,12 @@ impl Gpu {
         Gpu::Mi325x,
         Gpu::Mi355x,
         Gpu::Mi250x,
+        Gpu::H100Hbm2e,
     ];
 
     /// The names `--gpu` accepts, comma-separated, in catalog order.
     pub const NAMES: &'static str =
-        "mi250, mi210, mi300x, h100, a100, h200, b200, mi325x, mi355x, mi250x";
+        "mi250, mi210, mi300x, h100, a100, h200, b200, mi325x, mi355x, mi250x, h100-hbm2e";
 
     /// The lowercase name used on the command line.
     pub fn name(self) -> &'static str {
@@ -120,6 +129,7 @@ impl Gpu {
             Gpu::Mi325x => "mi325x",
             Gpu::Mi355x => "mi355x",
             Gpu::Mi250x => "mi250x",
+            Gpu::H100Hbm2e => "h100-hbm2e",
         }
     }
 
@@ -146,8 +156,29 @@ impl Gpu {
             Gpu::Mi300x | Gpu::Mi325x => Family::Cdna3,
             Gpu::Mi355x => Family::Cdna4,
             Gpu::A100 => Family::Ampere,
-            Gpu::H100 | Gpu::H200 => Family::Hopper,
+            Gpu::H100 | Gpu::H200 | Gpu::H100Hbm2e => Family::Hopper,
             Gpu::B200 => Family::Blackwell,
+        }
+    }
+
+    /// The sustained tensor-core clock of a kind that runs below its die's rated power, as a
+    /// fraction of the clock its maximum achievable matmul rate was measured at (the same die at
+    /// full power): `None` for kinds that run at their rated power. Compute-bound kernels (GEMMs,
+    /// fused attention) run at this fraction; memory-bound kernels keep the HBM's rate.
+    pub fn sustained_clock_bounds(self) -> Option<SustainedClock> {
+        match self {
+            Gpu::H100Hbm2e => Some(SustainedClock {
+                // torchtitan benchmarks/llama3_h100_202412_torchtitan.md, footnote 2: "HBM2e-based
+                // SXM H100 with lower TDP, the actual peak TFLOPs number is between SXM and NVL".
+                // H100 NVL: 1,671 TFLOPS bf16 with sparsity (NVIDIA H100 datasheet), 835.5 dense,
+                // over the SXM's 989.4.
+                lo: 835.5 / 989.4,
+                hi: 1.0,
+                // Dynamic power ∝ f·V² with V ∝ f on the DVFS curve: f ∝ P^(1/3) at 500 of 700 W,
+                // static power neglected (the highest clock the cap allows).
+                prior: (500.0_f64 / 700.0).cbrt(),
+            }),
+            _ => None,
         }
     }
 
@@ -193,6 +224,7 @@ impl FromStr for Gpu {
             "mi325x" => Ok(Gpu::Mi325x),
             "mi355x" => Ok(Gpu::Mi355x),
             "mi250x" => Ok(Gpu::Mi250x),
+            "h100-hbm2e" => Ok(Gpu::H100Hbm2e),
             _ => Err(CostError::UnknownGpu(s.to_string())),
         }
     }
@@ -255,6 +287,19 @@ impl fmt::Display for Family {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// Where the sustained clock of a power-limited GPU kind may lie (fractions of the full-power
+/// clock) and its prior centre ([`Gpu::sustained_clock_bounds`]); the fit places it
+/// ([`crate::fit`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SustainedClock {
+    /// Lowest fraction the sources allow.
+    pub lo: f64,
+    /// Highest fraction (1: the full-power clock).
+    pub hi: f64,
+    /// Prior centre of the fit.
+    pub prior: f64,
 }
 
 /// Peak figures of one device.
@@ -385,6 +430,7 @@ pub fn parse_hardware_csv(csv: &str) -> Result<Vec<DeviceSpec>> {
         // Longer names first: `MI250X` before `MI250`.
         let Some(gpu) = [
             ("A100", Gpu::A100),
+            ("H100 SXM5 96GB HBM2E", Gpu::H100Hbm2e),
             ("H100", Gpu::H100),
             ("H200", Gpu::H200),
             ("B200", Gpu::B200),
@@ -516,7 +562,8 @@ mod tests {
                 Gpu::H200,
                 Gpu::B200,
                 Gpu::Mi325x,
-                Gpu::Mi355x
+                Gpu::Mi355x,
+                Gpu::H100Hbm2e
             ]
         );
         let h200 = Gpu::H200.spec();
@@ -550,6 +597,36 @@ mod tests {
         );
     }
 
+    /// The Grand Teton H100: the H100 die and its nominal peaks, its own memory (96 GB HBM2e at
+    /// 2.4 TB/s), the same maximum achievable matmul rates (measured at full power), and the only
+    /// kind with a sustained clock below full power, bounded by the H100 NVL's peak.
+    #[test]
+    fn power_limited_h100_is_the_h100_die_with_hbm2e() {
+        let (gt, h100) = (Gpu::H100Hbm2e.spec(), Gpu::H100.spec());
+        assert_eq!(gt.gpu, Gpu::H100Hbm2e);
+        assert_eq!(gt.peak_bf16_flops, h100.peak_bf16_flops);
+        assert_eq!(gt.peak_fp8_flops, h100.peak_fp8_flops);
+        assert_eq!(gt.compute_units, h100.compute_units);
+        assert_eq!(gt.max_achievable_bf16_flops, h100.max_achievable_bf16_flops);
+        assert_eq!(gt.max_achievable_fp8_flops, h100.max_achievable_fp8_flops);
+        assert_eq!(gt.hbm_bytes, 96 << 30);
+        assert_eq!(gt.hbm_bytes_per_s, 2.4e12);
+        assert_eq!(Gpu::H100Hbm2e.family(), Family::Hopper);
+        assert_eq!("h100-hbm2e".parse::<Gpu>().unwrap(), Gpu::H100Hbm2e);
+        assert_eq!(
+            serde_json::to_string(&Gpu::H100Hbm2e).unwrap(),
+            "\"h100-hbm2e\""
+        );
+        let limited: Vec<Gpu> = Gpu::ALL
+            .into_iter()
+            .filter(|g| g.sustained_clock_bounds().is_some())
+            .collect();
+        assert_eq!(limited, vec![Gpu::H100Hbm2e]);
+        let c = Gpu::H100Hbm2e.sustained_clock_bounds().unwrap();
+        assert!((c.lo - 0.8445).abs() < 1e-4 && c.hi == 1.0, "{c:?}");
+        assert!(c.lo < c.prior && c.prior < c.hi, "{c:?}");
+    }
+
     #[test]
     fn families_group_one_architecture() {
         assert_eq!(
@@ -558,7 +635,10 @@ mod tests {
         );
         assert_eq!(Family::Cdna3.members(), vec![Gpu::Mi300x, Gpu::Mi325x]);
         assert_eq!(Family::Cdna4.members(), vec![Gpu::Mi355x]);
-        assert_eq!(Family::Hopper.members(), vec![Gpu::H100, Gpu::H200]);
+        assert_eq!(
+            Family::Hopper.members(),
+            vec![Gpu::H100, Gpu::H200, Gpu::H100Hbm2e]
+        );
         assert_eq!(Family::Ampere.members(), vec![Gpu::A100]);
         assert_eq!(Family::Blackwell.members(), vec![Gpu::B200]);
         // Every kind belongs to exactly one listed family; members share vendor and FP8 support.

@@ -31,6 +31,11 @@ pub struct Efficiency {
     pub attention: f64,
     /// Memory-bound kernels' bandwidth as a fraction of the HBM peak.
     pub memory: f64,
+    /// Sustained tensor-core clock of a power-limited kind as a fraction of the full-power clock
+    /// ([`Gpu::sustained_clock_bounds`]); 1 for the others. `matmul` and `attention` above already
+    /// include it (they are the family's fractions times this clock).
+    #[serde(default = "full_clock", skip_serializing_if = "is_full_clock")]
+    pub clock: f64,
     /// Fitted or assumed, and from what.
     pub source: String,
 }
@@ -57,6 +62,14 @@ pub struct StackCoefficients {
     pub te_fused_bytes: Option<f64>,
     /// Fitted or assumed, and from what.
     pub source: String,
+}
+
+fn full_clock() -> f64 {
+    1.0
+}
+
+fn is_full_clock(c: &f64) -> bool {
+    *c == 1.0
 }
 
 /// The memory model's fitted coefficients (the file's `allocator` section); see
@@ -103,6 +116,7 @@ impl EfficiencyFile {
                 ("matmul", e.matmul),
                 ("attention", e.attention),
                 ("memory", e.memory),
+                ("clock", e.clock),
             ] {
                 if !(v > 0.0 && v <= 1.0) {
                     return Err(err(format!(
@@ -110,6 +124,18 @@ impl EfficiencyFile {
                         e.gpu
                     )));
                 }
+            }
+        }
+        for e in &f.devices {
+            let (lo, hi) = e
+                .gpu
+                .sustained_clock_bounds()
+                .map_or((1.0, 1.0), |c| (c.lo, c.hi));
+            if !(e.clock >= lo && e.clock <= hi) {
+                return Err(err(format!(
+                    "{}: clock {} outside [{lo:.4}, {hi}] (the sustained clock of a power-limited kind; 1 elsewhere)",
+                    e.gpu, e.clock
+                )));
             }
         }
         for s in &f.stacks {
@@ -206,6 +232,7 @@ pub fn committed() -> &'static EfficiencyFile {
                         matmul: 0.8,
                         attention: 0.6,
                         memory: 0.7,
+                        clock: 1.0,
                         source: "fallback".into(),
                     })
                     .collect(),
@@ -258,6 +285,29 @@ mod tests {
         assert_eq!(titan.stack, Stack::Fsdp);
         assert_eq!(titan.launch_overhead_s, fsdp.launch_overhead_s);
         assert_eq!(*f.costed(Stack::Fsdp, Gpu::H100), fsdp);
+    }
+
+    #[test]
+    fn clock_only_where_the_power_is_limited_and_within_its_bounds() {
+        let f = committed().clone();
+        let at = |g: Gpu, c: f64| {
+            let mut f = f.clone();
+            f.devices.iter_mut().find(|e| e.gpu == g).unwrap().clock = c;
+            EfficiencyFile::from_json(&serde_json::to_string(&f).unwrap(), "x")
+        };
+        let lo = Gpu::H100Hbm2e.sustained_clock_bounds().unwrap().lo;
+        at(Gpu::H100Hbm2e, lo).unwrap();
+        at(Gpu::H100Hbm2e, 1.0).unwrap();
+        for (g, c) in [(Gpu::H100Hbm2e, 0.5), (Gpu::H100, 0.9), (Gpu::A100, 1.1)] {
+            let e = at(g, c).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{g}: clock")) && e.contains("outside"),
+                "{e}"
+            );
+        }
+        // Written only where it is not 1.
+        let text = serde_json::to_string(&f).unwrap();
+        assert_eq!(text.matches("\"clock\"").count(), 1);
     }
 
     #[test]

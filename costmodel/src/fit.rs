@@ -64,6 +64,9 @@ pub enum Param {
     /// Fusable-traffic fraction where a stack runs Transformer Engine's fused kernels, bounds
     /// [0.2, 1].
     TeFusedBytes(Stack),
+    /// Sustained clock of a power-limited GPU kind, within its
+    /// [`Gpu::sustained_clock_bounds`]: scales that kind's matmul and attention fractions.
+    Clock(Gpu),
 }
 
 impl Param {
@@ -74,6 +77,9 @@ impl Param {
             Param::LaunchOverhead(_) => (1e-7, 1e-4),
             Param::StepOverhead(_) => (1e-5, 0.5),
             Param::FusedBytes(_) | Param::TeFusedBytes(_) => (0.2, 1.0),
+            Param::Clock(g) => g
+                .sustained_clock_bounds()
+                .map_or((1.0, 1.0), |c| (c.lo, c.hi)),
         }
     }
     fn get(self, f: &EfficiencyFile) -> f64 {
@@ -85,21 +91,24 @@ impl Param {
             Param::StepOverhead(s) => f.stack(s).step_overhead_s,
             Param::FusedBytes(s) => f.stack(s).fused_bytes,
             Param::TeFusedBytes(s) => f.stack(s).te_fused_bytes.unwrap_or(s.fusion().0),
+            Param::Clock(g) => f.get(g).clock,
         }
     }
     fn set(self, f: &mut EfficiencyFile, v: f64) {
         match self {
             Param::Matmul(fam) | Param::Attention(fam) | Param::Memory(fam) => {
+                // A power-limited member runs the compute-bound fractions at its sustained clock.
                 for g in fam.members() {
                     let mut e = f.get(g).clone();
                     match self {
-                        Param::Matmul(_) => e.matmul = v,
-                        Param::Attention(_) => e.attention = v,
+                        Param::Matmul(_) => e.matmul = round_sig(v * e.clock, 4),
+                        Param::Attention(_) => e.attention = round_sig(v * e.clock, 4),
                         _ => e.memory = v,
                     }
                     f.set(e);
                 }
             }
+            Param::Clock(g) => set_clock(f, g, v),
             Param::LaunchOverhead(s)
             | Param::StepOverhead(s)
             | Param::FusedBytes(s)
@@ -130,12 +139,25 @@ impl Param {
                 s.config.stack.costed_as() == st
                     && s.config.stack.runs_te_fused_kernels(s.cluster.gpu)
             }
+            Param::Clock(g) => s.cluster.gpu == g,
         }
     }
 }
 
+/// Sets a power-limited kind's sustained clock: its matmul and attention fractions become its
+/// family's (read from the family's lead, which runs at full power) times the clock.
+fn set_clock(f: &mut EfficiencyFile, g: Gpu, clock: f64) {
+    let family = f.get(lead(g.family())).clone();
+    let mut e = f.get(g).clone();
+    e.clock = clock;
+    e.matmul = round_sig(family.matmul * clock, 4);
+    e.attention = round_sig(family.attention * clock, 4);
+    f.set(e);
+}
+
 /// The family's first member in catalog order: the entry a family coefficient is read from (every
-/// member holds the same value after [`prior_file`] and after a fit).
+/// member holds the same value after [`prior_file`] and after a fit, a power-limited member times its
+/// sustained clock).
 fn lead(f: Family) -> Gpu {
     f.members().first().copied().unwrap_or(Gpu::ALL[0])
 }
@@ -150,7 +172,7 @@ pub type StackPrior = (Stack, f64, f64);
 /// it; elementwise kernels about 75% of HBM peak) and `(launch, step)` overheads per stack (eager
 /// PyTorch about 15 µs of host time per op and a few ms per step for zero_grad, loss sync and
 /// logging; Megatron's fused path about 5 µs per kernel).
-pub const PRIORS: ([GpuPrior; 10], [StackPrior; 4]) = (
+pub const PRIORS: ([GpuPrior; 11], [StackPrior; 4]) = (
     [
         (Gpu::Mi250, 0.8, 0.6, 0.75),
         (Gpu::Mi210, 0.8, 0.6, 0.75),
@@ -162,6 +184,7 @@ pub const PRIORS: ([GpuPrior; 10], [StackPrior; 4]) = (
         (Gpu::Mi325x, 0.8, 0.6, 0.75),
         (Gpu::Mi355x, 0.8, 0.6, 0.75),
         (Gpu::Mi250x, 0.8, 0.6, 0.75),
+        (Gpu::H100Hbm2e, 0.8, 0.6, 0.75),
     ],
     [
         (Stack::Megatron, 5e-6, 5e-3),
@@ -183,9 +206,14 @@ pub fn prior_file(base: &EfficiencyFile) -> EfficiencyFile {
     for (g, m, a, mem) in PRIORS.0 {
         let mut e = f.get(g).clone();
         e.gpu = g;
-        (e.matmul, e.attention, e.memory) = (m, a, mem);
+        (e.matmul, e.attention, e.memory, e.clock) = (m, a, mem, 1.0);
         e.source = "assumption (no truth rows): prior of moai_costmodel::fit::PRIORS".into();
         f.set(e);
+    }
+    for g in Gpu::ALL {
+        if let Some(c) = g.sustained_clock_bounds() {
+            set_clock(&mut f, g, c.prior);
+        }
     }
     for (s, l, st) in PRIORS.1 {
         f.set_stack(StackCoefficients {
@@ -247,6 +275,11 @@ pub fn free_params(samples: &[FitSample]) -> Vec<Param> {
     for g in Family::ALL {
         if timed.iter().any(|s| s.cluster.gpu.family() == g) {
             out.extend([Param::Matmul(g), Param::Attention(g), Param::Memory(g)]);
+        }
+    }
+    for g in Gpu::ALL {
+        if g.sustained_clock_bounds().is_some() && timed.iter().any(|s| s.cluster.gpu == g) {
+            out.push(Param::Clock(g));
         }
     }
     for st in Stack::ALL {
@@ -422,6 +455,16 @@ pub fn refit_prepared(
                 per.join(", "),
                 fit.rms_log_error
             );
+            if let Some(c) = g.sustained_clock_bounds() {
+                e.source.push_str(&format!(
+                    "; matmul and attention are the family's times this kind's sustained clock {}, fitted within [{:.4}, {}] on its {} rows (prior {:.4}: Gpu::sustained_clock_bounds)",
+                    e.clock,
+                    c.lo,
+                    c.hi,
+                    timed(&|s| s.cluster.gpu == *g),
+                    c.prior
+                ));
+            }
             file.set(e);
         }
     }
@@ -473,6 +516,20 @@ mod tests {
             let m = fam.members();
             for g in &m[1..] {
                 let (a, b) = (f.get(m[0]), f.get(*g));
+                if g.sustained_clock_bounds().is_some() {
+                    // A power-limited member: the compute fractions times its clock (rounded to 4
+                    // digits), the memory fraction the family's.
+                    let near = |x: f64, y: f64| (x - y).abs() <= 5e-4 * y;
+                    assert!(
+                        near(b.matmul, a.matmul * b.clock)
+                            && near(b.attention, a.attention * b.clock)
+                            && b.memory == a.memory,
+                        "{fam}: {} vs {g} at clock {}",
+                        m[0],
+                        b.clock
+                    );
+                    continue;
+                }
                 assert_eq!(
                     (a.matmul, a.attention, a.memory),
                     (b.matmul, b.attention, b.memory),

@@ -86,11 +86,11 @@ pub fn host_spec(gpu: Gpu) -> HostSpec {
             memory_bytes_per_s: 409.6e9,
             source: "NVIDIA DGX A100 datasheet: 1 TB system memory, 2x AMD EPYC 7742 (8 channels DDR4-3200 each: 2 x 204.8 GB/s); PCIe4 x16",
         },
-        Gpu::H100 | Gpu::H200 => HostSpec {
+        Gpu::H100 | Gpu::H200 | Gpu::H100Hbm2e => HostSpec {
             link_bytes_per_s: 64e9,
             memory_per_server_bytes: 2048 * GIB,
             memory_bytes_per_s: 614.4e9,
-            source: "NVIDIA DGX H100/H200 datasheets: 2 TB system memory, 2x Intel Xeon Platinum 8480C (8 channels DDR5-4800 each: 2 x 307.2 GB/s); PCIe5 x16",
+            source: "NVIDIA DGX H100/H200 datasheets: 2 TB system memory, 2x Intel Xeon Platinum 8480C (8 channels DDR5-4800 each: 2 x 307.2 GB/s); PCIe5 x16 (assumed the same for Grand Teton's HBM2e H100 servers: no published host figures)",
         },
         Gpu::B200 => HostSpec {
             link_bytes_per_s: 64e9,

@@ -264,11 +264,13 @@ pub const ATTENTION_DROPOUT_THROUGHPUT: (f64, f64) = (0.8, 0.65);
 pub const TRITON_FLASH_THROUGHPUT_A100: (f64, f64) = (1.0 / 1.4, 0.5);
 
 /// The GPUs [`TRITON_FLASH_THROUGHPUT_A100`] is costed on: A100, where it was measured, and the
-/// Hopper family (H100, H200), where both kernels run the same instruction path (see there).
-pub const TRITON_FLASH_GPUS: [crate::device::Gpu; 3] = [
+/// Hopper family (H100, H200, the HBM2e H100), where both kernels run the same instruction path
+/// (see there).
+pub const TRITON_FLASH_GPUS: [crate::device::Gpu; 4] = [
     crate::device::Gpu::A100,
     crate::device::Gpu::H100,
     crate::device::Gpu::H200,
+    crate::device::Gpu::H100Hbm2e,
 ];
 
 /// [`TRITON_FLASH_THROUGHPUT_A100`] on [`TRITON_FLASH_GPUS`]; `None` elsewhere (no measurement,

@@ -449,7 +449,7 @@ mod tests {
     #[test]
     fn eager_attention_on_hopper_is_cudnn() {
         for g in Gpu::ALL {
-            let want = matches!(g, Gpu::H100 | Gpu::H200);
+            let want = matches!(g, Gpu::H100 | Gpu::H200 | Gpu::H100Hbm2e);
             assert_eq!(
                 Stack::Eager.attention_kernel(g) == AttentionKernel::HopperFused,
                 want,
@@ -510,7 +510,7 @@ mod tests {
     #[test]
     fn transformer_engine_runs_hopper_fused_attention_on_hopper_only() {
         for g in Gpu::ALL {
-            let want = matches!(g, Gpu::H100 | Gpu::H200 | Gpu::B200);
+            let want = matches!(g, Gpu::H100 | Gpu::H200 | Gpu::H100Hbm2e | Gpu::B200);
             assert_eq!(
                 Stack::Megatron.attention_kernel(g) == AttentionKernel::HopperFused,
                 want,

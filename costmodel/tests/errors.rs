@@ -24,7 +24,7 @@ fn err(cluster: &Cluster, cfg: ParallelConfig) -> String {
 fn unknown_gpu_and_flavor() {
     assert_eq!(
         "v100".parse::<Gpu>().unwrap_err().to_string(),
-        "unknown GPU kind `v100` (expected one of mi250, mi210, mi300x, h100, a100, h200, b200, mi325x, mi355x, mi250x)"
+        "unknown GPU kind `v100` (expected one of mi250, mi210, mi300x, h100, a100, h200, b200, mi325x, mi355x, mi250x, h100-hbm2e)"
     );
     let e = Cluster::from_flavor("4xlarge", Gpu::Mi250)
         .unwrap_err()

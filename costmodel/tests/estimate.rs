@@ -318,6 +318,46 @@ fn an_mi250x_gcd_runs_the_mi250_job_faster_by_at_most_its_compute_ratio() {
     assert!(mi250x.sources.efficiency.starts_with("mi250x: "));
 }
 
+/// The power-limited HBM2e H100 (Grand Teton) is the H100 die with a lower sustained clock and
+/// slower memory: the same job takes longer on it, by at least its compute slowdown (1 / the fitted
+/// clock) and at most its memory slowdown (3.35 / 2.4 TB/s), since the step mixes the two; the fitted
+/// clock lies within the bounds the sources allow.
+#[test]
+fn a_power_limited_h100_is_slower_by_its_clock_and_its_memory() {
+    let cfg = ParallelConfig {
+        dp: 8,
+        micro_batch_size: 1,
+        num_micro_batches: 1,
+        recompute: Recompute::Full,
+        distribute_param: true,
+        ..Default::default()
+    };
+    let p = llama7b(1, Recompute::Full);
+    let on = |g: Gpu| {
+        ProfiledCostModel::new()
+            .estimate(&p, &Cluster::new(g, 8).unwrap(), &cfg)
+            .unwrap()
+    };
+    let (full, limited) = (on(Gpu::H100), on(Gpu::H100Hbm2e));
+    let slowdown = limited.step_time_s / full.step_time_s;
+    let eff = moai_costmodel::efficiency::committed();
+    let clock = eff.get(Gpu::H100Hbm2e).clock;
+    let bounds = Gpu::H100Hbm2e.sustained_clock_bounds().unwrap();
+    assert!(bounds.lo <= clock && clock < 1.0, "clock {clock}");
+    // The kind's matmul and attention fractions are the family's times its clock.
+    let h100 = eff.get(Gpu::H100);
+    assert!((eff.get(Gpu::H100Hbm2e).matmul / h100.matmul - clock).abs() < 1e-3);
+    assert!((eff.get(Gpu::H100Hbm2e).attention / h100.attention - clock).abs() < 1e-3);
+    let memory = Gpu::H100.spec().hbm_bytes_per_s / Gpu::H100Hbm2e.spec().hbm_bytes_per_s;
+    assert!(
+        slowdown >= 1.0 / clock - 1e-3 && slowdown <= memory + 1e-9,
+        "h100 {} s, h100-hbm2e {} s: {slowdown} (compute {}, memory {memory})",
+        full.step_time_s,
+        limited.step_time_s,
+        1.0 / clock
+    );
+}
+
 /// The kernel classes of the breakdown add up to the critical device's compute when the device,
 /// not the host, bounds it (a pipelined 7B step on MI250 and a tensor-parallel one with the
 /// overlap's SM margin on H100), each class is non-negative, and the JSON names them.

@@ -53,7 +53,7 @@ fn h100_step_time_cross_validated() {
     let rows = rows_of(cv, "h100_llama");
     let mape = rows.iter().map(|r| step_error_pct(r).abs()).sum::<f64>() / rows.len() as f64;
     eprintln!("H100 llama-350m + llama-1b cross-validated step-time MAPE {mape:.1}%");
-    // The issue's target is 8%; met (6.0%: llama-1b 6.1%, llama-350m 5.7%, with eager PyTorch's
+    // The issue's target is 8%; met (5.3%: llama-1b 4.7%, llama-350m 6.5%, with eager PyTorch's
     // host-device pipeline, cuDNN attention on Hopper and Hugging Face's fp32 rotary).
     assert!(mape <= 8.0, "{mape:.1}%");
 }
@@ -87,7 +87,7 @@ fn every_other_truth_file_cross_validated() {
     // are costed as the one kernel every engine runs (6.7%; 13.7% before).
     //
     // Not met, and excluded here only because `long_context_is_a_known_miss` holds it to the
-    // level reached: the long-context rows (validated only), predicted 13-41% fast.
+    // level reached: the long-context rows (validated only; 15.5%), cp 4 and 8 predicted 24-30% fast.
     let mut bad = Vec::new();
     for f in &cv.files {
         if f.file.contains("h100_llama")
@@ -109,15 +109,16 @@ fn every_other_truth_file_cross_validated() {
 /// 8 H100, Float8 linears and `torch.compile`), validated only.
 const LONG_CONTEXT: &str = "long_context_torchtitan.jsonl";
 
-/// Issue 11's 12% target is not met on [`LONG_CONTEXT`]: every row is predicted fast (at this
-/// commit -13.5% and -15.7% at cp 1 and 2, -37% and -41% at cp 4 and 8; 26.9% cross-validated).
-/// They ran on the 500 W, 96 GB HBM2e H100s of Meta's Grand Teton servers, which moai costs as the
-/// 700 W, 80 GB HBM3 SXM part (torchtitan's H100 rows on the same servers are predicted 14-18% fast
-/// too, while NVIDIA's DGX H100 rows are within 3.5%), with Float8 and `torch.compile`, which moai
-/// does not model, and with PyTorch's ring attention at cp 4 and 8 beyond the model's ring steps.
-/// The miss grew from 11.7% when LLM Foundry's H100 rows were costed with the Triton attention they
-/// ran: the H100 attention fraction no longer absorbs that slower kernel. This test holds the miss
-/// to the level reached, rounded, and fails if any row turns slow.
+/// Issue 11's 12% target is not met on [`LONG_CONTEXT`] (15.5% cross-validated at this commit). The
+/// rows ran on the 500 W, 96 GB HBM2e H100s of Meta's Grand Teton servers, now costed as that part
+/// (`h100-hbm2e`: its memory bandwidth, and its power limit as a sustained clock fitted on the three
+/// torchtitan rows of the same servers). At cp 1 and 2 they are predicted within 8% (+3.2%, +5.0%;
+/// -13.5% and -15.7% when costed as the 700 W SXM part), blind: validated only, Float8 and
+/// `torch.compile` included. At cp 4 and 8 they are 24-30% fast: from cp 2 to cp 4 the measured step
+/// grows 2.37× where the per-rank attention work only doubles (tokens per rank, chunk size and
+/// memory are the same at every cp), so something beyond the modelled ring steps slows PyTorch's
+/// ring at four ranks and more; a profile would say what. This test holds the rows to the level
+/// reached, rounded, and fails if a cp 4/8 row turns slow or a cp 1/2 row leaves 8%.
 #[test]
 fn long_context_is_a_known_miss() {
     let cv = cv();
@@ -125,13 +126,39 @@ fn long_context_is_a_known_miss() {
     assert_eq!(rows.len(), 4);
     for r in rows {
         let e = step_error_pct(r);
+        let small_ring = r.name.contains(" cp1 ") || r.name.contains(" cp2 ");
+        let (lo, hi) = if small_ring {
+            (-8.0, 8.0)
+        } else {
+            (-35.0, 0.0)
+        };
         assert!(
-            (-45.0..=0.0).contains(&e),
-            "{}: {e:+.1}% (known miss, bound -45-0%)",
+            (lo..=hi).contains(&e),
+            "{}: {e:+.1}% (bound {lo}..{hi}%)",
             r.name
         );
     }
-    assert!(file_mape(cv, LONG_CONTEXT, "step_time") <= 28.0);
+    assert!(file_mape(cv, LONG_CONTEXT, "step_time") <= 17.0);
+}
+
+/// The same torchtitan job (Llama 3.1 8B, FSDP2, selective activation checkpointing, no
+/// `torch.compile`) on the full-power 80 GB HBM3 H100 (AWS p5) and on the 500 W HBM2e H100 (Meta's
+/// Grand Teton) ran 18-21% apart per GPU; costed as two kinds of device, both are predicted within
+/// 8% cross-validated.
+#[test]
+fn torchtitan_h100_rows_on_both_parts_cross_validated() {
+    let cv = cv();
+    let mut seen = 0;
+    for r in rows_of(cv, "torchtitan")
+        .into_iter()
+        .filter(|r| r.name.starts_with("llama3.1-8b fsdp") && !r.name.contains(" cp"))
+        .filter(|r| !r.name.contains("compile") && r.name.contains("h100"))
+    {
+        let e = step_error_pct(r);
+        assert!(e.abs() <= 8.0, "{}: {e:+.1}%", r.name);
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
 }
 
 /// CDNA3 (MI300X, MI325X) has one BF16 model among the fitted rows (Llama 3.1 70B on 64 MI325X). The
@@ -240,6 +267,9 @@ fn triton_attention_is_costed_on_a100_and_hopper_only() {
         let mut other = row.clone();
         other.cluster.gpu = gpu.into();
         let e = other.step_profile(&profile_for).unwrap_err().to_string();
-        assert!(e.contains("a100, h100 and h200 only"), "{gpu}: {e}");
+        assert!(
+            e.contains("a100, h100, h200 and h100-hbm2e only"),
+            "{gpu}: {e}"
+        );
     }
 }
