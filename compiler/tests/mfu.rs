@@ -40,7 +40,7 @@
 //!      FLOP count is moai's (12·L·h²·(1 + groups/heads + s/h) + 18·L·ffn·h + 6·V·h per token):
 //!      Llama 3.1 8B on 8 H100, 59.99%. The like-for-like figure is the same recipes' Llama 3.1
 //!      70B on 64 H100 (TP 4, PP 4 with 5 virtual stages, CP 2, no recomputation, the plan the
-//!      free choice here resembles): 54.5%. The H100 free choice is 52.9% at this commit, and moai
+//!      free choice here resembles): 54.5%. The H100 free choice is 53.0% at this commit, and moai
 //!      predicts that 70B row 2.4-3.2% slow (cross-validated: its model left out of the fit).
 
 use moai_compiler::{Cluster, Gpu, Model, PlanRequest, Recompute, plan};
