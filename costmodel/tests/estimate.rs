@@ -284,6 +284,22 @@ fn the_prepared_profile_cache_follows_the_profiles_fingerprint() {
     assert_eq!(base, m.estimate(&p, &c, &cfg).unwrap());
 }
 
+/// The same 7B job (micro-batch 1, full recomputation) estimated under `cfg` on 8 devices of `a` and
+/// of `b`.
+fn llama7b_on_8_of_each(
+    cfg: &ParallelConfig,
+    a: Gpu,
+    b: Gpu,
+) -> (moai_costmodel::Estimate, moai_costmodel::Estimate) {
+    let p = llama7b(1, Recompute::Full);
+    let on = |g: Gpu| {
+        ProfiledCostModel::new()
+            .estimate(&p, &Cluster::new(g, 8).unwrap(), cfg)
+            .unwrap()
+    };
+    (on(a), on(b))
+}
+
 /// An MI250X GCD is an MI250 GCD with 110 compute units instead of 104 and its own measured matmul
 /// asymptote: the same family coefficients, memory, links and node. The same job is faster on it, by
 /// less than the 147.0 / 138.9 ratio of the asymptotes (memory-bound kernels and communication do
@@ -298,13 +314,7 @@ fn an_mi250x_gcd_runs_the_mi250_job_faster_by_at_most_its_compute_ratio() {
         distribute_optimizer: true,
         ..Default::default()
     };
-    let p = llama7b(1, Recompute::Full);
-    let on = |g: Gpu| {
-        ProfiledCostModel::new()
-            .estimate(&p, &Cluster::new(g, 8).unwrap(), &cfg)
-            .unwrap()
-    };
-    let (mi250, mi250x) = (on(Gpu::Mi250), on(Gpu::Mi250x));
+    let (mi250, mi250x) = llama7b_on_8_of_each(&cfg, Gpu::Mi250, Gpu::Mi250x);
     let speedup = mi250.step_time_s / mi250x.step_time_s;
     let compute =
         Gpu::Mi250x.spec().max_achievable_bf16_flops / Gpu::Mi250.spec().max_achievable_bf16_flops;
@@ -332,13 +342,7 @@ fn a_power_limited_h100_is_slower_by_its_clock_and_its_memory() {
         distribute_param: true,
         ..Default::default()
     };
-    let p = llama7b(1, Recompute::Full);
-    let on = |g: Gpu| {
-        ProfiledCostModel::new()
-            .estimate(&p, &Cluster::new(g, 8).unwrap(), &cfg)
-            .unwrap()
-    };
-    let (full, limited) = (on(Gpu::H100), on(Gpu::H100Hbm2e));
+    let (full, limited) = llama7b_on_8_of_each(&cfg, Gpu::H100, Gpu::H100Hbm2e);
     let slowdown = limited.step_time_s / full.step_time_s;
     let eff = moai_costmodel::efficiency::committed();
     let clock = eff.get(Gpu::H100Hbm2e).clock;
