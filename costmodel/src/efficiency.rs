@@ -220,7 +220,10 @@ impl EfficiencyFile {
 pub fn committed() -> &'static EfficiencyFile {
     static FILE: OnceLock<EfficiencyFile> = OnceLock::new();
     FILE.get_or_init(|| {
-        EfficiencyFile::from_json(EFFICIENCY_JSON, "data/efficiency.json").unwrap_or_else(|_| {
+        EfficiencyFile::from_json(EFFICIENCY_JSON, "data/efficiency.json").unwrap_or_else(|e| {
+            tracing::error!(
+                "the embedded coefficients do not parse ({e}); predictions use fallback coefficients (a packaging bug: please report it)"
+            );
             EfficiencyFile {
                 // Unreachable with the shipped file (a unit test parses it); keep a usable fallback.
                 format_version: 2,

@@ -64,7 +64,14 @@ pub fn parse_runtime_memory(text: &str) -> Option<Vec<RuntimeMemory>> {
 fn table() -> &'static [RuntimeMemory] {
     static TABLE: OnceLock<Vec<RuntimeMemory>> = OnceLock::new();
     // The embedded table is part of the build; a malformed one is caught by the tests below.
-    TABLE.get_or_init(|| parse_runtime_memory(RUNTIME_MEMORY_CSV).unwrap_or_default())
+    TABLE.get_or_init(|| {
+        parse_runtime_memory(RUNTIME_MEMORY_CSV).unwrap_or_else(|| {
+            tracing::error!(
+                "the embedded runtime-memory table does not parse; device memory falls back to the data sheets (a packaging bug: please report it)"
+            );
+            Vec::new()
+        })
+    })
 }
 
 /// The runtime-reported total memory of one device of `gpu`. Falls back to the data sheet's HBM size

@@ -113,7 +113,7 @@ const LONG_CONTEXT: &str = "long_context_torchtitan.jsonl";
 /// rows ran on the 500 W, 96 GB HBM2e H100s of Meta's Grand Teton servers, now costed as that part
 /// (`h100-hbm2e`: its memory bandwidth, and its power limit as a sustained clock fitted on the three
 /// torchtitan rows of the same servers). At cp 1 and 2 they are predicted within 8% (+3.2%, +5.0%;
-/// -13.5% and -15.7% when costed as the 700 W SXM part), blind: validated only, Float8 and
+/// -15.7% and -13.5% when costed as the 700 W SXM part), blind: validated only, Float8 and
 /// `torch.compile` included. At cp 4 and 8 they are 24-30% fast: from cp 2 to cp 4 the measured step
 /// grows 2.37× where the per-rank attention work only doubles (tokens per rank, chunk size and
 /// memory are the same at every cp), so something beyond the modelled ring steps slows PyTorch's
