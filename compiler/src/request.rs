@@ -472,7 +472,8 @@ impl PlanRequest {
         }
     }
     /// [`PlanRequest::validate`], then the job against the cluster it runs on: `--precision fp8` needs a
-    /// GPU with FP8 matrix units (H100, H200, B200, MI300X, MI325X, MI355X); elsewhere one line says so.
+    /// GPU with FP8 matrix units (H100 and the HBM2e H100, H200, B200, MI300X, MI325X, MI355X);
+    /// elsewhere one line says so.
     pub fn validate_for(&self, cluster: &Cluster) -> Result<()> {
         self.validate()?;
         check_precision(self.constraints.precision, cluster.gpu)
