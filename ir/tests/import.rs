@@ -568,3 +568,24 @@ fn inspect_report_has_the_documented_shape() {
     // Longer sequences cost more attention FLOPs per token.
     assert!(inspect(&imp, 4096).unwrap().model.flops_per_token > got);
 }
+
+/// `Unsqueeze` with a repeated axis (found by fuzzing: it panicked in `Vec::insert`) is a one-line
+/// error, not a panic.
+#[test]
+fn unsqueeze_with_repeated_axes_is_an_error() {
+    let mut axes = TensorProto::new();
+    axes.name = "axes".into();
+    axes.data_type = 7;
+    axes.dims = vec![2];
+    axes.int64_data = vec![2, 2];
+    let m = model(
+        vec![node("Unsqueeze", "u", &["x", "axes"], &["y"])],
+        vec![value_info("x", 1, &["4"])],
+        vec![value_info("y", 1, &["4", "1", "1"])],
+        vec![axes],
+        20,
+    );
+    let dir = temp_dir("unsqueeze");
+    let e = import_err(&write(&dir, "unsqueeze.onnx", &m));
+    assert!(e.contains("repeat an axis"), "{e}");
+}

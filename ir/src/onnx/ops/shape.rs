@@ -316,7 +316,16 @@ pub(crate) fn unsqueeze(cx: &mut Ctx, node: &NodeProto) -> Result<Outs, String> 
         .map(|a| norm_axis(*a, r))
         .collect::<Result<_, _>>()?;
     axes.sort();
+    if axes.windows(2).any(|w| w[0] == w[1]) {
+        return Err(format!(
+            "Unsqueeze axes {axes:?} repeat an axis (ONNX requires them unique)"
+        ));
+    }
     for a in axes {
+        // Unique axes in [0, r) sorted ascending always fit; kept as a check, not a panic.
+        if a > dims.len() {
+            return Err(format!("Unsqueeze axis {a} is out of range for rank {r}"));
+        }
         dims.insert(a, Dim::constant(1));
     }
     Ok(vec![reshape_to(cx, x, dims)?])
