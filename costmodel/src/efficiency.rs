@@ -116,7 +116,6 @@ impl EfficiencyFile {
                 ("matmul", e.matmul),
                 ("attention", e.attention),
                 ("memory", e.memory),
-                ("clock", e.clock),
             ] {
                 if !(v > 0.0 && v <= 1.0) {
                     return Err(err(format!(
@@ -125,8 +124,6 @@ impl EfficiencyFile {
                     )));
                 }
             }
-        }
-        for e in &f.devices {
             let (lo, hi) = e
                 .gpu
                 .sustained_clock_bounds()
