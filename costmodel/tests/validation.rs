@@ -86,13 +86,16 @@ fn every_other_truth_file_cross_validated() {
     // The FlashAttention-2 paper's A100 rows (validated only) meet it since activation gradients
     // are costed as the one kernel every engine runs (6.7%; 13.7% before).
     //
-    // Not met, and excluded here only because `long_context_is_a_known_miss` holds it to the
-    // level reached: the long-context rows (validated only; 15.5%), cp 4 and 8 predicted 24-30% fast.
+    // Not met, and excluded here only because `long_context_is_a_known_miss` and
+    // `long_sequence_megatron_is_a_known_miss` hold them to the level reached: the long-context
+    // rows (validated only; 15.5%), cp 4 and 8 predicted 24-30% fast, and NeMo's Llama 2 7B
+    // long-sequence rows (validated only), 16K tokens and longer predicted 10-38% fast.
     let mut bad = Vec::new();
     for f in &cv.files {
         if f.file.contains("h100_llama")
             || f.file.contains("megatron_sc21")
             || f.file.ends_with(LONG_CONTEXT)
+            || f.file.ends_with(LONG_SEQUENCE_MEGATRON)
         {
             continue;
         }
@@ -139,6 +142,36 @@ fn long_context_is_a_known_miss() {
         );
     }
     assert!(file_mape(cv, LONG_CONTEXT, "step_time") <= 17.0);
+}
+
+/// NeMo's long-sequence table (Llama 2 7B, Megatron-Core with Transformer Engine, FP8 linears, on
+/// DGX H100 at 4K-1M tokens with context parallelism up to 32), validated only.
+const LONG_SEQUENCE_MEGATRON: &str = "nemo_long_sequence_h100.jsonl";
+
+/// Issue 11's 12% target is not met on [`LONG_SEQUENCE_MEGATRON`] (see the README's validation
+/// section). The table holds the attention FLOPs per GPU per step fixed (4M tokens per step, GPUs in
+/// proportion to the sequence) while the dense FLOPs per GPU fall as 1/seq, so the step-time error
+/// of each row measures attention: at 4K and 8K tokens (attention a tenth of the step) moai is within
+/// 4%; from 16K on it is fast, by 10% at 16K (no context parallelism) and 21-38% from 32K to 1M
+/// (cp 2-32): the rows' attention took 1.35-1.63x the seconds of moai's cuDNN-class (Hopper-native)
+/// kernel, the throughput of its FlashAttention-2 class. The test holds the rows to the level reached,
+/// rounded, and fails if the short rows leave 8%, a long row turns slow, or the file gets worse.
+#[test]
+fn long_sequence_megatron_is_a_known_miss() {
+    let cv = cv();
+    let rows = rows_of(cv, LONG_SEQUENCE_MEGATRON);
+    assert_eq!(rows.len(), 9);
+    for r in rows {
+        let e = step_error_pct(r);
+        let short = r.name.contains(" seq4k ") || r.name.contains(" seq8k ");
+        let (lo, hi) = if short { (-8.0, 8.0) } else { (-40.0, 0.0) };
+        assert!(
+            (lo..=hi).contains(&e),
+            "{}: {e:+.1}% (bound {lo}..{hi}%)",
+            r.name
+        );
+    }
+    assert!(file_mape(cv, LONG_SEQUENCE_MEGATRON, "step_time") <= 24.0);
 }
 
 /// The same torchtitan job (Llama 3.1 8B, FSDP2, selective activation checkpointing, no
