@@ -118,6 +118,7 @@ pub fn estimate(a: EstimateArgs) -> Result<()> {
             .map_err(crate::error::PlanError::InvalidArgument)?;
     }
     let out = crate::estimate(&model, &cluster, &cfg, &req)?;
+    warn_known_misses(&req);
     if a.job.json {
         return print_json(&out);
     }
@@ -282,6 +283,7 @@ pub fn sweep(a: SweepArgs, cancel: &CancelToken) -> Result<()> {
     req.validate()?;
     let model = Model::load(&a.model)?;
     let rows = crate::sweep::sweep(&model, &flavors, gpu, &req)?;
+    warn_known_misses(&req);
     print!("{}", crate::sweep::table(&rows));
     if let Some(p) = &a.plot {
         std::fs::write(p, crate::sweep::plot_svg(&rows))
@@ -321,6 +323,13 @@ impl Progress for Bar {
     }
     fn finish(&self) {
         self.0.finish_and_clear();
+    }
+}
+
+/// Says, on stderr, where the predictions for this job are known to miss published runs.
+fn warn_known_misses(req: &crate::request::PlanRequest) {
+    for w in moai_costmodel::known_misses::for_job(req.seq) {
+        tracing::warn!("{w}");
     }
 }
 
@@ -370,6 +379,7 @@ pub fn plan(a: PlanArgs, cancel: &CancelToken) -> Result<()> {
     };
     tracing::info!("Configuration for parallelism is selected.");
     tracing::info!("{}", report.output.plan.summary_line());
+    warn_known_misses(&req);
     if let Some(out) = &a.out {
         crate::emit::write_outputs(out, &model, &cluster, &req, &report, &emits)
             .map_err(|e| e.context(format!("writing into {}", out.display())))?;

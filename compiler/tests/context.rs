@@ -187,3 +187,26 @@ fn smi_shows_a_cp_plan() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A long-sequence job is told on stderr that its predictions are known to be fast (the
+/// long-sequence truth files miss by 10-38%), in one line; an 8K job is not.
+#[test]
+fn long_sequences_warn_that_predictions_are_fast() {
+    let warns = |seq: u64| -> Vec<String> {
+        let out = Cli::estimate(&llama3_path())
+            .on("h100", 64)
+            .job(16, seq)
+            .flag("--tp", 4)
+            .run();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.contains("known to be fast"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(warns(8192).is_empty());
+    let w = warns(32768);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with("[warn] --seq-len 32768: ") && w[0].contains("README: Long context"));
+}

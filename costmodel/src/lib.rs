@@ -23,6 +23,7 @@ mod error;
 pub mod estimate;
 pub mod fit;
 pub mod flavor;
+pub mod known_misses;
 pub mod memory;
 pub mod moe;
 pub mod offload;
