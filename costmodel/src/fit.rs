@@ -101,8 +101,8 @@ impl Param {
                 for g in fam.members() {
                     let mut e = f.get(g).clone();
                     match self {
-                        Param::Matmul(_) => e.matmul = round_sig(v * e.clock, 4),
-                        Param::Attention(_) => e.attention = round_sig(v * e.clock, 4),
+                        Param::Matmul(_) => e.matmul = clocked(v, e.clock),
+                        Param::Attention(_) => e.attention = clocked(v, e.clock),
                         _ => e.memory = v,
                     }
                     f.set(e);
@@ -150,9 +150,15 @@ fn set_clock(f: &mut EfficiencyFile, g: Gpu, clock: f64) {
     let family = f.get(lead(g.family())).clone();
     let mut e = f.get(g).clone();
     e.clock = clock;
-    e.matmul = round_sig(family.matmul * clock, 4);
-    e.attention = round_sig(family.attention * clock, 4);
+    e.matmul = clocked(family.matmul, clock);
+    e.attention = clocked(family.attention, clock);
     f.set(e);
+}
+
+/// A compute-bound fraction of the family (`fraction`) as a member at sustained `clock` runs it,
+/// rounded as the committed file stores it.
+fn clocked(fraction: f64, clock: f64) -> f64 {
+    round_sig(fraction * clock, 4)
 }
 
 /// The family's first member in catalog order: the entry a family coefficient is read from (every
