@@ -124,24 +124,34 @@ const LONG_CONTEXT: &str = "long_context_torchtitan.jsonl";
 /// reached, rounded, and fails if a cp 4/8 row turns slow or a cp 1/2 row leaves 8%.
 #[test]
 fn long_context_is_a_known_miss() {
+    let small_ring = |name: &str| name.contains(" cp1 ") || name.contains(" cp2 ");
+    hold_known_miss(LONG_CONTEXT, 4, small_ring, (-35.0, 0.0), 17.0);
+}
+
+/// Holds a known miss at the level reached: `file` has `rows` rows; those `near` picks are within
+/// ±8% cross-validated, the others within `far` (percent, signed: negative is predicted fast); the
+/// file's step-time MAPE is at most `mape`.
+fn hold_known_miss(
+    file: &str,
+    rows: usize,
+    near: impl Fn(&str) -> bool,
+    far: (f64, f64),
+    mape: f64,
+) {
     let cv = cv();
-    let rows = rows_of(cv, LONG_CONTEXT);
-    assert_eq!(rows.len(), 4);
-    for r in rows {
+    let of_file = rows_of(cv, file);
+    assert_eq!(of_file.len(), rows);
+    for r in of_file {
         let e = step_error_pct(r);
-        let small_ring = r.name.contains(" cp1 ") || r.name.contains(" cp2 ");
-        let (lo, hi) = if small_ring {
-            (-8.0, 8.0)
-        } else {
-            (-35.0, 0.0)
-        };
+        let (lo, hi) = if near(&r.name) { (-8.0, 8.0) } else { far };
         assert!(
             (lo..=hi).contains(&e),
             "{}: {e:+.1}% (bound {lo}..{hi}%)",
             r.name
         );
     }
-    assert!(file_mape(cv, LONG_CONTEXT, "step_time") <= 17.0);
+    let m = file_mape(cv, file, "step_time");
+    assert!(m <= mape, "{file}: {m:.1}% > {mape}%");
 }
 
 /// NeMo's long-sequence table (Llama 2 7B, Megatron-Core with Transformer Engine, FP8 linears, on
@@ -158,20 +168,8 @@ const LONG_SEQUENCE_MEGATRON: &str = "nemo_long_sequence_h100.jsonl";
 /// rounded, and fails if the short rows leave 8%, a long row turns slow, or the file gets worse.
 #[test]
 fn long_sequence_megatron_is_a_known_miss() {
-    let cv = cv();
-    let rows = rows_of(cv, LONG_SEQUENCE_MEGATRON);
-    assert_eq!(rows.len(), 9);
-    for r in rows {
-        let e = step_error_pct(r);
-        let short = r.name.contains(" seq4k ") || r.name.contains(" seq8k ");
-        let (lo, hi) = if short { (-8.0, 8.0) } else { (-40.0, 0.0) };
-        assert!(
-            (lo..=hi).contains(&e),
-            "{}: {e:+.1}% (bound {lo}..{hi}%)",
-            r.name
-        );
-    }
-    assert!(file_mape(cv, LONG_SEQUENCE_MEGATRON, "step_time") <= 24.0);
+    let short = |name: &str| name.contains(" seq4k ") || name.contains(" seq8k ");
+    hold_known_miss(LONG_SEQUENCE_MEGATRON, 9, short, (-40.0, 0.0), 24.0);
 }
 
 /// The same torchtitan job (Llama 3.1 8B, FSDP2, selective activation checkpointing, no
