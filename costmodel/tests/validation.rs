@@ -88,7 +88,8 @@ fn every_other_truth_file_cross_validated() {
     //
     // Not met, and excluded here only because `long_context_is_a_known_miss` and
     // `long_sequence_megatron_is_a_known_miss` hold them to the level reached: the long-context
-    // rows (validated only; 15.5%), cp 4 and 8 predicted 24-30% fast, and NeMo's Llama 2 7B
+    // rows (validated only; 17.1%), rings of 4 and 8 ranks (and of 2 across hosts) predicted 18-33%
+    // fast, and NeMo's Llama 2 7B
     // long-sequence rows (validated only), 16K tokens and longer predicted 10-38% fast.
     let mut bad = Vec::new();
     for f in &cv.files {
@@ -109,10 +110,11 @@ fn every_other_truth_file_cross_validated() {
 }
 
 /// torchtitan's long-context rows (Llama 3.1 8B, FSDP2 + context parallelism at 32K-256K tokens on
-/// 8 H100, Float8 linears and `torch.compile`), validated only.
+/// 8 H100; Llama 3.1 405B, FSDP2 + TP 8 + PP 8 + context parallelism on 512 H100; Float8 linears and
+/// `torch.compile`), validated only.
 const LONG_CONTEXT: &str = "long_context_torchtitan.jsonl";
 
-/// Issue 11's 12% target is not met on [`LONG_CONTEXT`] (15.5% cross-validated at this commit). The
+/// Issue 11's 12% target is not met on [`LONG_CONTEXT`] (17.1% cross-validated at this commit). The
 /// rows ran on the 500 W, 96 GB HBM2e H100s of Meta's Grand Teton servers, now costed as that part
 /// (`h100-hbm2e`: its memory bandwidth, and its power limit as a sustained clock fitted on the three
 /// torchtitan rows of the same servers). At cp 1 and 2 they are predicted within 8% (+3.2%, +5.0%;
@@ -120,12 +122,16 @@ const LONG_CONTEXT: &str = "long_context_torchtitan.jsonl";
 /// `torch.compile` included. At cp 4 and 8 they are 24-30% fast: from cp 2 to cp 4 the measured step
 /// grows 2.37× where the per-rank attention work only doubles (tokens per rank, chunk size and
 /// memory are the same at every cp), so something beyond the modelled ring steps slows PyTorch's
-/// ring at four ranks and more; a profile would say what. This test holds the rows to the level
-/// reached, rounded, and fails if a cp 4/8 row turns slow or a cp 1/2 row leaves 8%.
+/// ring at four ranks and more; a profile would say what. The 405B rows (TP 8 inside each host, so
+/// every ring hop crosses hosts) show the same from cp 2 on: +2.2% at cp 1, then 18-33% fast. This
+/// test holds the rows to the level reached, rounded, and fails if a ring row turns slow or an 8B
+/// cp 1/2 row or the 405B cp 1 row leaves 8%.
 #[test]
 fn long_context_is_a_known_miss() {
-    let small_ring = |name: &str| name.contains(" cp1 ") || name.contains(" cp2 ");
-    hold_known_miss(LONG_CONTEXT, 4, small_ring, (-35.0, 0.0), 17.0);
+    let near = |name: &str| {
+        name.contains(" cp1 ") || (name.starts_with("llama3.1-8b") && name.contains(" cp2 "))
+    };
+    hold_known_miss(LONG_CONTEXT, 8, near, (-35.0, 0.0), 18.0);
 }
 
 /// Holds a known miss at the level reached: `file` has `rows` rows; those `near` picks are within
