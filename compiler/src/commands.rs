@@ -118,7 +118,7 @@ pub fn estimate(a: EstimateArgs) -> Result<()> {
             .map_err(crate::error::PlanError::InvalidArgument)?;
     }
     let out = crate::estimate(&model, &cluster, &cfg, &req)?;
-    warn_known_misses(&req);
+    warn_known_misses(&out.predicted.known_misses);
     if a.job.json {
         return print_json(&out);
     }
@@ -283,7 +283,7 @@ pub fn sweep(a: SweepArgs, cancel: &CancelToken) -> Result<()> {
     req.validate()?;
     let model = Model::load(&a.model)?;
     let rows = crate::sweep::sweep(&model, &flavors, gpu, &req)?;
-    warn_known_misses(&req);
+    warn_known_misses(&moai_costmodel::known_misses::for_job(req.seq));
     print!("{}", crate::sweep::table(&rows));
     if let Some(p) = &a.plot {
         std::fs::write(p, crate::sweep::plot_svg(&rows))
@@ -327,8 +327,8 @@ impl Progress for Bar {
 }
 
 /// Says, on stderr, where the predictions for this job are known to miss published runs.
-fn warn_known_misses(req: &crate::request::PlanRequest) {
-    for w in moai_costmodel::known_misses::for_job(req.seq) {
+fn warn_known_misses(misses: &[String]) {
+    for w in misses {
         tracing::warn!("{w}");
     }
 }
@@ -379,7 +379,7 @@ pub fn plan(a: PlanArgs, cancel: &CancelToken) -> Result<()> {
     };
     tracing::info!("Configuration for parallelism is selected.");
     tracing::info!("{}", report.output.plan.summary_line());
-    warn_known_misses(&req);
+    warn_known_misses(&report.output.predicted.known_misses);
     if let Some(out) = &a.out {
         crate::emit::write_outputs(out, &model, &cluster, &req, &report, &emits)
             .map_err(|e| e.context(format!("writing into {}", out.display())))?;

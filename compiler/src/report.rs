@@ -47,9 +47,10 @@ pub fn cluster_info(c: &Cluster) -> ClusterInfo {
     }
 }
 
-/// The predicted part of the output.
-pub fn predicted(e: &Estimate) -> Predicted {
+/// The predicted part of the output, for a job of `seq` tokens per sequence.
+pub fn predicted(e: &Estimate, seq: u64) -> Predicted {
     Predicted {
+        known_misses: moai_costmodel::known_misses::for_job(seq),
         step_time_s: e.step_time_s,
         tokens_per_s: e.tokens_per_s,
         peak_memory_bytes: e.peak_memory_bytes,
@@ -95,12 +96,13 @@ pub fn predicted(e: &Estimate) -> Predicted {
     }
 }
 
-/// The output object of one evaluated candidate.
+/// The output object of one evaluated candidate of a job of `seq` tokens per sequence.
 pub fn output_of(
     model: &Model,
     cluster: &Cluster,
     ev: &Evaluated,
     search: Option<SearchInfo>,
+    seq: u64,
 ) -> Option<PlanOutput> {
     let e = ev.estimate()?;
     Some(PlanOutput {
@@ -108,7 +110,7 @@ pub fn output_of(
         cluster: cluster_info(cluster),
         search,
         plan: PlanConfig::of_config(&ev.config, model.summary.layers as u32),
-        predicted: predicted(e),
+        predicted: predicted(e, seq),
         fits: matches!(ev.outcome, crate::search::Outcome::Feasible(_)),
     })
 }
@@ -117,7 +119,7 @@ pub fn output_of(
 pub fn build_report(
     model: &Model,
     cluster: &Cluster,
-    _req: &PlanRequest,
+    req: &PlanRequest,
     result: SearchResult,
 ) -> PlanReport {
     let feasible = result.ranking.len() as u64;
@@ -135,14 +137,14 @@ pub fn build_report(
         costed: result.costed,
     };
     let best = &result.evaluated[result.best];
-    let output =
-        output_of(model, cluster, best, Some(info)).expect("the best candidate was costed");
+    let output = output_of(model, cluster, best, Some(info), req.seq)
+        .expect("the best candidate was costed");
     let alternatives: Vec<PlanOutput> = result
         .ranking
         .iter()
         .skip(1)
         .take(crate::search::RANKED - 1)
-        .filter_map(|&i| output_of(model, cluster, &result.evaluated[i], None))
+        .filter_map(|&i| output_of(model, cluster, &result.evaluated[i], None, req.seq))
         .collect();
     let mut explanation = explain(
         &output,

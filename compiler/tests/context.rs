@@ -188,8 +188,9 @@ fn smi_shows_a_cp_plan() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A long-sequence job is told on stderr that its predictions are known to be fast (the
-/// long-sequence truth files miss by 10-38%), in one line; an 8K job is not.
+/// A long-sequence job is told on stderr, and in its JSON's `predicted.known_misses`, that its
+/// predictions are known to be fast (the long-sequence truth files miss by 10-38%), in one line; an
+/// 8K job is not.
 #[test]
 fn long_sequences_warn_that_predictions_are_fast() {
     let warns = |seq: u64| -> Vec<String> {
@@ -209,4 +210,18 @@ fn long_sequences_warn_that_predictions_are_fast() {
     let w = warns(32768);
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].starts_with("[warn] --seq-len 32768: ") && w[0].contains("README: Long context"));
+    // The JSON carries the same line for library users and scripts, and omits the field when none applies.
+    let json = |seq: u64| {
+        Cli::estimate(&llama3_path())
+            .on("h100", 64)
+            .job(16, seq)
+            .flag("--tp", 4)
+            .json()
+            .ok_json()
+    };
+    assert!(json(8192)["predicted"].get("known_misses").is_none());
+    let v = json(32768);
+    let m = v["predicted"]["known_misses"].as_array().unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!(format!("[warn] {}", m[0].as_str().unwrap()), w[0]);
 }
