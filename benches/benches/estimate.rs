@@ -17,6 +17,14 @@ fn bench_estimate(c: &mut Criterion) {
     let cluster = Cluster::from_flavor("4xLarge.2048GB", Gpu::Mi250).expect("flavor");
     let model = ProfiledCostModel::new();
     let mut group = c.benchmark_group("estimate");
+    let dp4_tp2_pp4 = ParallelConfig {
+        dp: 4,
+        tp: 2,
+        pp: 4,
+        micro_batch_size: 1,
+        num_micro_batches: 16,
+        ..Default::default()
+    };
     let configs = [
         (
             "llama7b_dp32",
@@ -38,15 +46,12 @@ fn bench_estimate(c: &mut Criterion) {
                 ..Default::default()
             },
         ),
+        ("llama7b_dp4_tp2_pp4_m16", dp4_tp2_pp4.clone()),
         (
-            "llama7b_dp4_tp2_pp4_m16",
+            "llama7b_dp4_tp2_pp4_m16_interleaved4",
             ParallelConfig {
-                dp: 4,
-                tp: 2,
-                pp: 4,
-                micro_batch_size: 1,
-                num_micro_batches: 16,
-                ..Default::default()
+                schedule: moai_costmodel::Schedule::Interleaved(4),
+                ..dp4_tp2_pp4
             },
         ),
     ];

@@ -437,3 +437,37 @@ fn the_weight_gradient_pass_is_one_dw_gemm_per_linear_layer() {
         }
     }
 }
+
+/// Under Megatron's interleaved schedule each model chunk holds only the micro-batches it has in
+/// flight at the device's peak: the last device's last chunk (the LM head's) holds one, not the
+/// device's whole in-flight count. NVIDIA's published GPT-3 175B recipe on 128 H100 (TP 4, PP 8,
+/// VP 12, micro-batch 1, no recomputation; `nemo_dgxc_h100_bf16.jsonl`) ran on 80 GB devices; charging
+/// the head's chunk for every in-flight chunk-micro-batch put its last stage at 100 GiB.
+#[test]
+fn the_interleaved_last_stage_holds_one_micro_batch_of_the_head() {
+    let v = Cli::estimate("gpt:layers=96,hidden=12288,heads=96,vocab=50688")
+        .on("h100", 128)
+        .job(256, 2048)
+        .flag("--dp", 4)
+        .flag("--tp", 4)
+        .flag("--pp", 8)
+        .flag("--micro-batch-size", 1)
+        .flag("--recompute", "none")
+        .flag("--zero", 1)
+        .switch("--sequence-parallel")
+        .flag("--schedule", "interleaved:12")
+        .flag("--engine", "megatron")
+        .json()
+        .ok_json();
+    assert_eq!(v["fits"], true);
+    let stages = v["predicted"]["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 8);
+    let gib = |s: &serde_json::Value, k: &str| s[k].as_f64().unwrap() / (1u64 << 30) as f64;
+    for s in stages {
+        assert!(gib(s, "peak_bytes") < 76.0, "{s}");
+    }
+    // The first device holds the most chunk-micro-batches (its warm-up is longest); the last, with
+    // the head, is no heavier.
+    let (first, last) = (&stages[0], &stages[7]);
+    assert!(gib(last, "activations_bytes") <= gib(first, "activations_bytes"));
+}

@@ -39,30 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from profile_ops import timed  # the same median-of-CUDA-events timer as the op profiler
+
 BACKENDS = {
     "flash2": SDPBackend.FLASH_ATTENTION,
     "cudnn": SDPBackend.CUDNN_ATTENTION,
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
 }
 HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
-
-
-def timed(fn, warmup=2, iters=5):
-    """Median seconds of fn() measured with device events."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    times.sort()
-    return max(times[len(times) // 2], 1e-7)
 
 
 def executed_flops(q, kv, causal, heads=HEADS, d=HEAD_DIM):
@@ -80,10 +64,10 @@ def measure(backend, q_len, kv_len, causal, repeat_kv):
     gqa = {} if kvh == HEADS else {"enable_gqa": True}
     try:
         with sdpa_kernel([BACKENDS[backend]]):
-            fwd = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, **gqa))
+            fwd = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, **gqa), 2, 5)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, **gqa)
             grad = torch.randn_like(out)
-            bwd = timed(lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True))
+            bwd = timed(lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True), 2, 5)
         return {"forward_s": fwd, "backward_s": bwd}
     except RuntimeError as e:  # a backend that does not take this shape says why
         return {"error": str(e).splitlines()[0][:300]}

@@ -617,9 +617,11 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
             saved.get(v).copied().unwrap_or(0.0)
         })
     } else if cfg.schedule.chunks() > 1 {
-        // Interleaved: in-flight counts chunk-micro-batches; charge the device's largest chunk.
-        let per_chunk = vs.iter().map(|v| saved[*v]).fold(0.0, f64::max);
-        per_chunk * inflight(0)
+        // Interleaved: each chunk counts the micro-batches it holds at the peak (the LM head's chunk
+        // on the last device holds one, not the device's whole in-flight count).
+        crate::pipeline::interleaved_peak_live_bytes(cfg.pp, d, m, cfg.schedule.chunks(), &|v| {
+            saved.get(v).copied().unwrap_or(0.0)
+        })
     } else {
         vs.iter()
             .map(|v| saved[*v] * inflight(*v) / vs.len().max(1) as f64)

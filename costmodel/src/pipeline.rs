@@ -329,6 +329,52 @@ pub fn peak_live_bytes(
     peak
 }
 
+/// [`peak_live_bytes`] for Megatron's interleaved schedule with `chunks` model chunks per device,
+/// without building the order: device `d`'s virtual stages are `c·pp + d`, forward `k` runs chunk
+/// `(k / pp) mod chunks` and backward `k` chunk `chunks − 1 − (k / pp) mod chunks` (Megatron-Core's
+/// `get_model_chunk_id`); warm-up forwards then (forward, backward) pairs, whose live bytes repeat
+/// with period `pp·chunks` (every window of that many forwards or backwards covers each chunk `pp`
+/// times), so one period bounds the peak. O(chunks + pp·chunks), no allocation. With equal chunks it
+/// is [`crate::memory::in_flight`] chunk-micro-batches; with unequal ones (the LM head on the last
+/// device's last chunk, the embedding on the first device's first) each chunk counts only the
+/// micro-batches it holds at the peak: the last chunk of the last device holds one.
+pub fn interleaved_peak_live_bytes(
+    pp: u32,
+    device: u32,
+    micro_batches: u32,
+    chunks: u32,
+    bytes_of: &dyn Fn(usize) -> f64,
+) -> f64 {
+    let (pp, v) = (pp.max(1) as usize, chunks.max(1) as usize);
+    let d = (device as usize).min(pp - 1);
+    let total = micro_batches.max(1) as usize * v;
+    let period = pp * v;
+    let size = |c: usize| bytes_of(c * pp + d);
+    let fwd = |k: usize| size((k / pp) % v);
+    let bwd = |k: usize| size(v - 1 - (k / pp) % v);
+    let warm = ((pp - d - 1) * 2 + (v - 1) * pp).min(total);
+    // Forwards 0..n: each full period holds every chunk pp times, the remainder the first groups.
+    let forwarded = |n: usize| -> f64 {
+        (0..v)
+            .map(|c| {
+                let extra = (n % period).saturating_sub(c * pp).min(pp);
+                size(c) * ((n / period) * pp + extra) as f64
+            })
+            .sum()
+    };
+    if warm == total {
+        return forwarded(total);
+    }
+    // After the first steady forward; then each pair adds forward warm + j + 1, frees backward j.
+    let mut live = forwarded(warm + 1);
+    let mut peak = live;
+    for j in 0..(total - warm - 1).min(period) {
+        live += fwd(warm + j + 1) - bwd(j);
+        peak = peak.max(live);
+    }
+    peak
+}
+
 /// Marks the weight-gradient ops of a block: each weight-stationary forward matmul's `dW = xᵀ · dy`
 /// (a backward matmul of the same layer scope whose output has the weight's shape and whose
 /// contraction runs over the forward's rows), and the embedding's table gradient (a backward gather).
@@ -737,6 +783,36 @@ mod tests {
                 .iter()
                 .all(|(p, _, _)| matches!(p, Pass::Forward | Pass::Backward))
         );
+    }
+
+    #[test]
+    fn interleaved_peak_matches_the_order() {
+        // Unequal chunk sizes (a heavy last virtual stage, a light first one, the rest varied), every
+        // device, micro-batch counts below, at and above pp, multiples of pp or not.
+        for pp in [2u32, 3, 4, 8] {
+            for v in [2u32, 3, 5] {
+                let nv = (pp * v) as usize;
+                let bytes = |s: usize| -> f64 {
+                    if s == nv - 1 {
+                        40.0
+                    } else if s == 0 {
+                        0.5
+                    } else {
+                        1.0 + (s % 3) as f64 * 0.25
+                    }
+                };
+                for m in [1u32, 2, pp, pp + 1, 2 * pp, 3 * pp + 2, 16] {
+                    for d in 0..pp {
+                        let want = peak_live_bytes(Schedule::Interleaved(v), pp, d, m, &bytes);
+                        let got = interleaved_peak_live_bytes(pp, d, m, v, &bytes);
+                        assert!(
+                            (want - got).abs() < 1e-9,
+                            "pp {pp} v {v} m {m} d {d}: {got} vs order {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
