@@ -13,8 +13,8 @@
 # that print them. Run from the repository root; MOAI=path/to/moai-compile picks another binary.
 #
 # Left out on purpose: `validate ... --cross-validate` (about 5 minutes on 2 cores) and the in-sample
-# `validate` table, the test and benchmark runs, wall-clock measurements, `use` (interactive,
-# writes the config file) and `--emit hsaco` (needs the `mlir` build). Takes under a minute.
+# `validate` table over all files (one file's rows are printed for the long-sequence figures), the
+# test and benchmark runs, wall-clock measurements, `use` (interactive, writes the config file) and `--emit hsaco` (needs the `mlir` build). Takes under a minute.
 set -euo pipefail
 
 # A relative MOAI given by the caller is relative to the caller's directory.
@@ -185,3 +185,31 @@ printf '## moai-compile plan %s --gpu a100 --devices 64 --batch-size 512 --seq-l
 # --- Long context: Llama-3-8B at 131,072 tokens on 64 H100 ------------------------------------
 run plan_figures $L8B --gpu h100 --devices 64 --batch-size 16 --seq-len 131072
 run plan_figures $L8B --gpu h100 --devices 64 --batch-size 16 --seq-len 131072 --cp 1
+
+# --- Long context: NeMo's Llama 2 7B long-sequence rows (nemo_long_sequence_h100.jsonl) --------
+# The `kernels:` line gives moai's attention seconds per step, the same in every row of the table;
+# with `validate`'s predicted and measured step times they give the README's per-row attention factors.
+nemo7b='llama:layers=32,hidden=4096,heads=32,kv_heads=32,ffn=11008,vocab=32000'
+nemo=(--gpu h100 --precision fp8 --micro-batch-size 1 --recompute none --zero 1 --engine megatron --overlap tp-comm=off)
+run plan_figures estimate "$nemo7b" "${nemo[@]}" --devices 4 --batch-size 1024 --seq-len 4096 --dp 4 --tp 1 --pp 1
+run plan_figures estimate "$nemo7b" "${nemo[@]}" --devices 1024 --batch-size 4 --seq-len 1048576 --dp 4 --tp 8 --pp 1 --cp 32 --sequence-parallel
+printf '## moai-compile validate costmodel/data/truth/nemo_long_sequence_h100.jsonl  (step times)\n'
+"$MOAI" validate costmodel/data/truth/nemo_long_sequence_h100.jsonl 2>/dev/null | grep -E 'step_time_s|MAPE' || printf 'FAILED: validate\n'
+
+# The torchtitan paper's 405B 4D rows at cp 2 and 8 (long_context_torchtitan.jsonl, costed on the FSDP
+# stack; the CLI takes these configurations with --engine torchtitan, the same attention kernel): the
+# attention seconds and the 1F1B bubble behind the README's factors for those rows.
+t405=(llama:layers=126,hidden=16384,heads=128,kv_heads=8,ffn=53248,vocab=128256,rope_theta=500000 --gpu h100-hbm2e
+	--devices 512 --precision fp8 --tp 8 --pp 8 --micro-batch-size 1 --recompute full --zero 3 --sequence-parallel
+	--schedule 1f1b --engine torchtitan)
+run plan_figures estimate "${t405[@]}" --batch-size 32 --seq-len 65536 --dp 4 --cp 2
+run plan_figures estimate "${t405[@]}" --batch-size 8 --seq-len 262144 --dp 1 --cp 8
+printf '## moai-compile validate costmodel/data/truth/long_context_torchtitan.jsonl  (step times)\n'
+"$MOAI" validate costmodel/data/truth/long_context_torchtitan.jsonl 2>/dev/null | grep -E 'step_time_s|MAPE' || printf 'FAILED: validate\n'
+
+# --- Interleaved memory: NVIDIA's GPT-3 175B recipe, peak per pipeline stage (GiB) -------------
+gpt175=(gpt:layers=96,hidden=12288,heads=96,vocab=50688 --gpu h100 --devices 128 --batch-size 256 --seq-len 2048
+	--dp 4 --tp 4 --pp 8 --micro-batch-size 1 --recompute none --zero 1 --sequence-parallel --schedule interleaved:12 --engine megatron)
+printf '## moai-compile estimate %s --json  (stage peaks, GiB)\n' "${gpt175[*]}"
+"$MOAI" estimate "${gpt175[@]}" --json 2>/dev/null | grep -oE '"peak_bytes": ?[0-9]+' |
+	awk -F: '{ printf "%.1f ", $2 / 1073741824 } END { print "" }' || printf 'FAILED: --json\n'
