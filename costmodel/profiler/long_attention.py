@@ -30,8 +30,6 @@ This script has not been run in the session that wrote it (no GPU there).
 """
 
 import argparse
-import datetime
-import json
 import subprocess
 import sys
 
@@ -39,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from profile_ops import timed  # the same median-of-CUDA-events timer as the op profiler
+from profile_ops import provenance_record, timed, write_json  # shared with the op profiler
 
 BACKENDS = {
     "flash2": SDPBackend.FLASH_ATTENTION,
@@ -100,15 +98,13 @@ def rows(quick):
     return out
 
 
-def provenance():
-    lib = {"torch": torch.__version__, "cuda": torch.version.cuda or "unknown",
-           "cudnn": str(torch.backends.cudnn.version())}
+def power_limit():
+    """The GPU's power limit as nvidia-smi reports it (the power-limited H100s run slower)."""
     try:
-        tool = ["nvidia-smi", "--query-gpu=driver_version,power.limit", "--format=csv,noheader"]
-        driver = subprocess.run(tool, capture_output=True, text=True, timeout=10).stdout.strip()
+        tool = ["nvidia-smi", "--query-gpu=power.limit", "--format=csv,noheader"]
+        return subprocess.run(tool, capture_output=True, text=True, timeout=10).stdout.strip()
     except Exception:  # noqa: BLE001 - provenance is best effort
-        driver = "unknown"
-    return lib, driver
+        return "unknown"
 
 
 def main():
@@ -118,18 +114,11 @@ def main():
     args = ap.parse_args()
     if not torch.cuda.is_available() or torch.version.hip:
         sys.exit("long_attention.py: needs an NVIDIA GPU visible to PyTorch")
-    lib, driver = provenance()
-    out = {
-        "device_name": torch.cuda.get_device_name(0),
-        "kernel_library": lib,
-        "driver_and_power_limit": driver,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-        "command": " ".join(["python"] + sys.argv),
-        "rows": rows(args.quick),
-    }
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {args.out}", file=sys.stderr)
+    out = provenance_record()
+    out["kernel_library"]["attention"] = "torch.nn.functional.scaled_dot_product_attention, one backend per row"
+    out["power_limit"] = power_limit()
+    out["rows"] = rows(args.quick)
+    write_json(args.out, out)
 
 
 if __name__ == "__main__":

@@ -152,6 +152,25 @@ def provenance():
     return lib, driver
 
 
+def provenance_record():
+    """The provenance fields every measurement file of this directory starts with."""
+    lib, driver = provenance()
+    return {
+        "device_name": torch.cuda.get_device_name(0),
+        "kernel_library": lib,
+        "driver": driver,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "command": " ".join(["python"] + sys.argv),
+    }
+
+
+def write_json(path, out):
+    """Writes a measurement file and says so on stderr."""
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", required=True, choices=["mi250", "mi210", "mi300x", "h100", "a100"])
@@ -161,22 +180,15 @@ def main():
     if not torch.cuda.is_available():
         sys.exit("profile_ops.py: no CUDA or ROCm device visible to PyTorch")
     torch.backends.cuda.matmul.allow_tf32 = False
-    lib, driver = provenance()
     out = {
         "format_version": 1,
         "gpu": args.gpu,
-        "device_name": torch.cuda.get_device_name(0),
-        "kernel_library": lib,
-        "driver": driver,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-        "command": " ".join(["python"] + sys.argv),
+        **provenance_record(),
         "matmul": matmul_tables(args.quick),
         "attention": attention_tables(args.quick),
         "memory_bound": memory_tables(args.quick),
     }
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_json(args.out, out)
 
 
 if __name__ == "__main__":

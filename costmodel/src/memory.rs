@@ -151,8 +151,17 @@ pub fn in_flight(schedule: Schedule, pp: u32, device: u32, micro_batches: u32) -
     let d = device.min(pp - 1);
     match schedule {
         Schedule::Gpipe => m,
-        Schedule::OneFOneB => (pp - d).min(m),
-        Schedule::Interleaved(v) => ((pp - d - 1) * 2 + (v.max(1) - 1) * pp + 1).min(m * v.max(1)),
+        // Megatron's order: its warm-up forwards and the first steady one.
+        Schedule::OneFOneB | Schedule::Interleaved(_) => {
+            let total = (m * schedule.chunks()) as usize;
+            let warm = crate::pipeline::megatron_warmup(
+                pp as usize,
+                d as usize,
+                schedule.chunks() as usize,
+                total,
+            );
+            (warm + 1).min(total) as u32
+        }
         Schedule::ZeroBubbleH1 => pp.min(m),
         Schedule::ZeroBubbleV if m >= 2 * pp => 2 * pp,
         Schedule::ZeroBubbleV => crate::pipeline::peak_in_flight(schedule, pp, d, m),

@@ -215,8 +215,7 @@ fn device_order(schedule: Schedule, pp: usize, d: usize, m: usize) -> Vec<Task> 
     let v = schedule.chunks() as usize;
     let total = m * v;
     let map = |k: usize, forward: bool| {
-        let group = (k / pp) % v;
-        let chunk = if forward { group } else { v - 1 - group };
+        let chunk = megatron_chunk(k, pp, v, forward);
         let mb = (k / (pp * v)) * pp + k % pp;
         task(
             if forward {
@@ -235,11 +234,7 @@ fn device_order(schedule: Schedule, pp: usize, d: usize, m: usize) -> Vec<Task> 
             out.extend((0..m).map(|j| task(Pass::Backward, d, j)));
         }
         Schedule::OneFOneB | Schedule::Interleaved(_) => {
-            let warm = if v == 1 {
-                (pp - d - 1).min(m)
-            } else {
-                ((pp - d - 1) * 2 + (v - 1) * pp).min(total)
-            };
+            let warm = megatron_warmup(pp, d, v, total);
             out.extend((0..warm).map(|k| map(k, true)));
             for i in 0..total - warm {
                 out.push(map(warm + i, true));
@@ -251,6 +246,24 @@ fn device_order(schedule: Schedule, pp: usize, d: usize, m: usize) -> Vec<Task> 
         Schedule::ZeroBubbleV => out = zbv_order(pp, d, m),
     }
     out
+}
+
+/// Megatron-Core's model chunk of a device's `k`-th forward (or backward) under `chunks` chunks per
+/// device (`get_model_chunk_id`): groups of `pp` micro-batches per chunk, forwards from the first
+/// chunk, backwards from the last.
+fn megatron_chunk(k: usize, pp: usize, chunks: usize, forward: bool) -> usize {
+    let group = (k / pp) % chunks;
+    if forward { group } else { chunks - 1 - group }
+}
+
+/// Warm-up forwards of device `d` before its first backward in Megatron's 1F1B (`chunks` 1) and
+/// interleaved schedules, at most `total` (the device's forwards).
+pub(crate) fn megatron_warmup(pp: usize, d: usize, chunks: usize, total: usize) -> usize {
+    if chunks == 1 {
+        (pp - d - 1).min(total)
+    } else {
+        ((pp - d - 1) * 2 + (chunks - 1) * pp).min(total)
+    }
 }
 
 /// The order in which device `device` runs its passes under `schedule`: (pass, virtual stage in layer
@@ -350,9 +363,9 @@ pub fn interleaved_peak_live_bytes(
     let total = micro_batches.max(1) as usize * v;
     let period = pp * v;
     let size = |c: usize| bytes_of(c * pp + d);
-    let fwd = |k: usize| size((k / pp) % v);
-    let bwd = |k: usize| size(v - 1 - (k / pp) % v);
-    let warm = ((pp - d - 1) * 2 + (v - 1) * pp).min(total);
+    let fwd = |k: usize| size(megatron_chunk(k, pp, v, true));
+    let bwd = |k: usize| size(megatron_chunk(k, pp, v, false));
+    let warm = megatron_warmup(pp, d, v, total);
     // Forwards 0..n: each full period holds every chunk pp times, the remainder the first groups.
     let forwarded = |n: usize| -> f64 {
         (0..v)
