@@ -43,7 +43,9 @@ use crate::error::{CostError, Result};
 use crate::estimate::{CostModel, PreparedProfile, ProfiledCostModel};
 use crate::fit::{FitSample, round_sig};
 use crate::stack::Stack;
-use moai_ir::cost::{BlockKind, BlockProfile, KernelClass, Phase, StepProfile, TpSplit};
+use moai_ir::cost::{
+    BlockKind, BlockProfile, KernelClass, LossKernel, Phase, StepProfile, TpSplit,
+};
 use serde::{Deserialize, Serialize};
 
 /// The moment of the step at which a device's memory peaks.
@@ -84,8 +86,9 @@ pub struct StageMemory {
     /// When the peak occurs.
     #[serde(default)]
     pub peak_phase: PeakPhase,
-    /// Logit elements whose loss buffers are live at the peak (0 when the peak is elsewhere or the
-    /// device does not hold the LM head); the fitted `loss_bytes_per_logit` multiplies it.
+    /// Logit elements whose fitted loss buffers are live at the peak (0 when the peak is elsewhere,
+    /// the device does not hold the LM head, or the loss is not the fitted kind: [`loss_buffers`]);
+    /// the fitted `loss_bytes_per_logit` multiplies it.
     #[serde(default)]
     pub loss_logits: f64,
 }
@@ -117,6 +120,47 @@ impl Default for MemoryCoefficients {
 /// Prior of [`MemoryCoefficients::loss_bytes_per_logit`]: bf16 logits (2 bytes) kept by the model's
 /// output plus their fp32 upcast (4 bytes) in the Hugging Face loss.
 pub const HF_LOSS_BYTES_PER_LOGIT: f64 = 6.0;
+
+/// Loss-buffer bytes per logit element live beyond what the training graph saves, at the end of
+/// forward and during backward, for one stack and loss kernel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossBuffers {
+    /// At the end of forward.
+    pub forward: f64,
+    /// During the loss's backward.
+    pub backward: f64,
+    /// Given by the fitted [`MemoryCoefficients::loss_bytes_per_logit`].
+    pub fitted: bool,
+}
+
+/// The owner of which loss buffers a step holds: Megatron-LM's fused vocab-parallel cross entropy
+/// ([`MEGATRON_LOSS_BYTES_PER_LOGIT`], whatever the model's loss); a fused kernel over the bf16 logits
+/// ([`LossKernel::FusedBf16`]: the graph's saved bf16 logits are all at the end of forward, and its
+/// backward adds the bf16 gradient, [`FUSED_LOSS_BACKWARD_BYTES_PER_LOGIT`]); otherwise the fitted
+/// Hugging Face-style loss of an fp32 upcast.
+pub fn loss_buffers(stack: Stack, loss: LossKernel, coef: &MemoryCoefficients) -> LossBuffers {
+    match (stack, loss) {
+        (Stack::Megatron, _) => LossBuffers {
+            forward: MEGATRON_LOSS_BYTES_PER_LOGIT,
+            backward: MEGATRON_LOSS_BYTES_PER_LOGIT,
+            fitted: false,
+        },
+        (_, LossKernel::FusedBf16) => LossBuffers {
+            forward: 0.0,
+            backward: FUSED_LOSS_BACKWARD_BYTES_PER_LOGIT,
+            fitted: false,
+        },
+        (_, LossKernel::Fp32Upcast) => LossBuffers {
+            forward: coef.loss_bytes_per_logit,
+            backward: coef.loss_bytes_per_logit,
+            fitted: true,
+        },
+    }
+}
+
+/// The bf16 gradient a fused cross-entropy kernel's backward writes beside the saved bf16 logits
+/// (flash-attn's `xentropy` with `inplace_backward` off, its default).
+pub const FUSED_LOSS_BACKWARD_BYTES_PER_LOGIT: f64 = 2.0;
 
 /// Megatron-LM's vocab-parallel cross entropy upcasts the bf16 logits to fp32 and computes the
 /// softmax in place in that buffer (the saved probabilities): only the bf16 logits (2 bytes) are
@@ -549,7 +593,6 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     let vs: Vec<usize> = (0..nv).filter(|v| on_device(*v)).collect();
     let st0 = static_bytes(profile, cfg, 1.0);
     let recompute = cfg.recompute_of_device(d as usize);
-    let megatron = cfg.stack == Stack::Megatron;
     // Where the graph's saved bf16 weight copies are weights of the stack instead: bf16 stored
     // weights (Megatron, DeepSpeed) or per-layer gathers (ZeRO-3 / FSDP full shard).
     let copies_elsewhere = !st0.autocast_copies;
@@ -638,12 +681,10 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     }
     .max(0.0);
     let acts = round_block(acts, tensors * inflight(0)) + window;
-    let loss_coef = if megatron {
-        MEGATRON_LOSS_BYTES_PER_LOGIT
-    } else {
-        coef.loss_bytes_per_logit
-    };
-    let loss = loss_coef * logits;
+    let buffers = loss_buffers(cfg.stack, profile.loss, coef);
+    let (loss, loss_b) = (buffers.forward * logits, buffers.backward * logits);
+    // Logits the fitted coefficient multiplies (none where the loss is not the fitted kind).
+    let fitted_logits = if buffers.fitted { logits } else { 0.0 };
     let block_trans = vs.iter().map(|v| transient[*v]).fold(0.0, f64::max);
     let mut fixed_trans = coef.workspace_bytes.max(0.0);
     if cfg.distribute_param && dp > 1 {
@@ -694,7 +735,7 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     };
     let resident = st.weights + st.persistent_grads + st.optimizer;
     let forward = resident + copies_f + acts + loss + fixed_trans;
-    let backward = resident + copies_b + acts + block_trans.max(loss) + fixed_trans;
+    let backward = resident + copies_b + acts + block_trans.max(loss_b) + fixed_trans;
     let optimizer = st.weights + st.grads + st.optimizer + st.optimizer_temp + coef.workspace_bytes;
     let mk = |phase, weights, grads, activations, transients, loss_logits| StageMemory {
         stage: d,
@@ -717,13 +758,17 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
             0.0,
         )
     } else if backward > forward {
-        let loss_live = if loss >= block_trans { logits } else { 0.0 };
+        let loss_live = if loss_b >= block_trans {
+            fitted_logits
+        } else {
+            0.0
+        };
         mk(
             PeakPhase::Backward,
             st.weights + copies_b,
             st.persistent_grads,
             acts,
-            block_trans.max(loss) + fixed_trans,
+            block_trans.max(loss_b) + fixed_trans,
             loss_live,
         )
     } else {
@@ -733,7 +778,7 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
             st.persistent_grads,
             acts,
             loss + fixed_trans,
-            logits,
+            fitted_logits,
         )
     }
 }
@@ -777,17 +822,8 @@ pub fn fit_memory_with(samples: &[FitSample], base: &EfficiencyFile) -> Result<M
                 .iter()
                 .max_by(|a, b| a.peak_bytes.total_cmp(&b.peak_bytes))
                 .ok_or_else(|| CostError::Fit(format!("{}: no memory breakdown", s.name)))?;
-            let fitted_part = if s.config.stack == Stack::Megatron {
-                coef.workspace_bytes
-            } else {
-                coef.loss_bytes_per_logit * dev.loss_logits + coef.workspace_bytes
-            };
-            let x = if s.config.stack == Stack::Megatron {
-                0.0
-            } else {
-                dev.loss_logits
-            };
-            pts.push((x, meas - (dev.peak_bytes - fitted_part)));
+            let fitted_part = coef.loss_bytes_per_logit * dev.loss_logits + coef.workspace_bytes;
+            pts.push((dev.loss_logits, meas - (dev.peak_bytes - fitted_part)));
         }
         let k = pts.len() as f64;
         let (sx, sy) = pts.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
@@ -881,6 +917,7 @@ mod tests {
             low_prec_param_bytes_per_param: 0.0,
             optimizer_bytes_per_param: 12.0,
             grad_bytes_per_param: 4.0,
+            loss: Default::default(),
             fingerprint: Default::default(),
         }
     }

@@ -5,7 +5,7 @@ use crate::device::DeviceSpec;
 use crate::efficiency::Efficiency;
 use crate::profile::{MemoryKind, OpProfile};
 use moai_ir::DType;
-use moai_ir::cost::{KernelClass, OpCost, TpSplit};
+use moai_ir::cost::{BlockKind, KernelClass, LossKernel, OpCost, Phase, StepProfile, TpSplit};
 use serde::{Deserialize, Serialize};
 
 /// Where a predicted time came from.
@@ -376,6 +376,73 @@ pub fn unfuse_attention(profile: &mut moai_ir::cost::StepProfile) {
     profile.refresh_fingerprint();
 }
 
+/// Bytes per logit element of a fused softmax-cross-entropy kernel over bf16 logits, forward and
+/// backward (flash-attn's `csrc/xentropy/xentropy_kernel.cu`, Apex's kernels, read at flash-attn
+/// v1.0.9): the forward reads each row twice (a max reduction, then a sum of exponentials) and
+/// writes one loss per row; the backward reads the row once and writes its bf16 gradient.
+pub const FUSED_XENTROPY_BYTES_PER_LOGIT: (f64, f64) = (4.0, 4.0);
+
+/// Rewrites a profile's loss as a fused cross-entropy kernel over the bf16 logits
+/// ([`LossKernel::FusedBf16`]), as LLM Foundry's MPT ran it (`loss_fn: fused_crossentropy`, its
+/// default): the head's casts of the logits to fp32 and of their gradient back (the copies moving 6
+/// bytes per logit) are gone, its cross-entropy kernels move [`FUSED_XENTROPY_BYTES_PER_LOGIT`], and
+/// it saves the bf16 logits for backward instead of their fp32 copy (2 bytes per logit less, on the
+/// tensor-parallel side the LM head's matmul is on); its backward temporary is the bf16 gradient.
+/// Returns false, leaving the profile as it was, when the profile has no fp32-upcast loss to fuse.
+pub fn fuse_cross_entropy(profile: &mut StepProfile) -> bool {
+    if profile.loss != LossKernel::Fp32Upcast {
+        return false;
+    }
+    let Some(head) = profile
+        .blocks
+        .iter_mut()
+        .find(|b| b.kind == BlockKind::Head)
+    else {
+        return false;
+    };
+    // The LM head's logits per micro-batch, and whether tensor parallelism splits them.
+    let Some((logits, vocab_split)) = head.ops.iter().find_map(|op| match op.class {
+        KernelClass::Matmul { batch, m, n, .. } if op.phase == Phase::Forward => {
+            Some(((batch.max(1) * m * n) as f64, op.split == TpSplit::Vocab))
+        }
+        _ => None,
+    }) else {
+        return false;
+    };
+    let cast = |op: &OpCost| {
+        op.class == KernelClass::Copy && (op.bytes - 6.0 * logits).abs() <= 1e-6 * op.bytes
+    };
+    if logits <= 0.0
+        || !head
+            .ops
+            .iter()
+            .any(|op| cast(op) && op.phase == Phase::Forward)
+    {
+        return false;
+    }
+    head.ops.retain(|op| !cast(op));
+    let (forward, backward) = FUSED_XENTROPY_BYTES_PER_LOGIT;
+    for op in &mut head.ops {
+        if op.class == KernelClass::Reduce && op.split == TpSplit::Vocab {
+            op.bytes = if op.phase == Phase::Backward {
+                backward
+            } else {
+                forward
+            } * logits;
+        }
+    }
+    let saved = if vocab_split {
+        &mut head.saved.tp_sharded
+    } else {
+        &mut head.saved.tp_replicated
+    };
+    *saved = (*saved - 2.0 * logits).max(0.0);
+    head.transient.tp_sharded = 2.0 * logits;
+    profile.loss = LossKernel::FusedBf16;
+    profile.refresh_fingerprint();
+    true
+}
+
 /// Times single kernels on one device.
 #[derive(Clone, Debug)]
 pub struct OpTimer<'a> {
@@ -530,6 +597,82 @@ mod tests {
             label: "x".into(),
             role: Role::Plain,
         }
+    }
+
+    /// A profile whose only block is an LM head over `4096 × 1000` logits with the training graph's
+    /// fp32-upcast loss.
+    fn head_profile() -> StepProfile {
+        let logits = 4096.0 * 1000.0;
+        let op = |class, bytes, phase| OpCost {
+            class,
+            flops: 0.0,
+            bytes,
+            phase,
+            layer: None,
+            split: TpSplit::Vocab,
+            label: "loss".into(),
+            role: Role::Plain,
+        };
+        StepProfile {
+            micro_batch: 1,
+            seq: 4096,
+            blocks: vec![moai_ir::cost::BlockProfile {
+                kind: BlockKind::Head,
+                ops: vec![
+                    mm(TpSplit::Vocab, 1000, 64),
+                    op(KernelClass::Copy, 6.0 * logits, Phase::Forward),
+                    op(KernelClass::Reduce, 8.0 * logits, Phase::Forward),
+                    op(KernelClass::Reduce, 10.0 * logits, Phase::Backward),
+                ],
+                params: 64_000,
+                tp_sharded_params: 64_000,
+                expert_params: 0,
+                saved: moai_ir::cost::ActivationBytes {
+                    tp_sharded: 4.0 * logits,
+                    tp_replicated: 0.0,
+                },
+                transient: Default::default(),
+                boundary_bytes: 0.0,
+            }],
+            optimizer: vec![],
+            static_bytes_per_param: 16.0,
+            low_prec_param_bytes_per_param: 0.0,
+            optimizer_bytes_per_param: 12.0,
+            grad_bytes_per_param: 4.0,
+            loss: LossKernel::Fp32Upcast,
+            fingerprint: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_fused_loss_drops_the_upcast_once() {
+        let logits = 4096.0 * 1000.0;
+        let mut p = head_profile();
+        let before = p.fingerprint();
+        assert!(fuse_cross_entropy(&mut p));
+        assert_eq!(p.loss, LossKernel::FusedBf16);
+        assert_ne!(p.fingerprint(), before);
+        let head = &p.blocks[0];
+        assert_eq!(head.ops.len(), 3);
+        assert!(head.ops.iter().all(|o| o.class != KernelClass::Copy));
+        let reduce: Vec<f64> = head
+            .ops
+            .iter()
+            .filter(|o| o.class == KernelClass::Reduce)
+            .map(|o| o.bytes)
+            .collect();
+        assert_eq!(reduce, vec![4.0 * logits, 4.0 * logits]);
+        assert_eq!(head.saved.tp_sharded, 2.0 * logits);
+        assert_eq!(head.transient.tp_sharded, 2.0 * logits);
+        // A second fusion, or a profile without a head, leaves the profile alone.
+        let fused = p.clone();
+        assert!(!fuse_cross_entropy(&mut p));
+        assert_eq!(p, fused);
+        let mut headless = head_profile();
+        headless.blocks[0].kind = BlockKind::Embedding;
+        let copy = headless.clone();
+        assert!(!fuse_cross_entropy(&mut headless));
+        assert_eq!(headless, copy);
     }
 
     #[test]

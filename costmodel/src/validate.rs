@@ -108,6 +108,12 @@ pub struct TruthRow {
     /// its dropout kernels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention_dropout: Option<f64>,
+    /// Loss kernel of the measured run, when its model code does not compute the loss the way the
+    /// training graph does (PyTorch's cross-entropy over an fp32 upcast, the default): `fused`
+    /// (flash-attn's fused cross-entropy over the bf16 logits, LLM Foundry's default `loss_fn`); see
+    /// [`crate::ops::fuse_cross_entropy`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<String>,
     /// The measured run used something the cost model does not model (e.g. Float8 linears and
     /// `torch.compile` in torchtitan's context-parallel table): its row is validated (predicted and
     /// reported) but never fitted on, neither by the committed joint fit nor by a cross-validation fold.
@@ -116,8 +122,8 @@ pub struct TruthRow {
 }
 
 impl TruthRow {
-    /// The row's step profile from `profile_for`, with its attention as the row says it ran
-    /// (`attention`, `attention_dropout`).
+    /// The row's step profile from `profile_for`, with its attention and loss as the row says they
+    /// ran (`attention`, `attention_dropout`, `loss`).
     pub fn step_profile(
         &self,
         profile_for: &dyn Fn(&TruthRow) -> Result<StepProfile>,
@@ -159,6 +165,23 @@ impl TruthRow {
         };
         if fused && dropout > 0.0 {
             crate::ops::apply_attention_dropout(&mut p);
+        }
+        match self.loss.as_deref() {
+            None | Some("torch") => {}
+            Some("fused") => {
+                if !crate::ops::fuse_cross_entropy(&mut p) {
+                    return Err(CostError::StepProfile(format!(
+                        "{}: loss `fused`: the model's profile has no fp32 cross-entropy over LM-head logits to fuse",
+                        self.name
+                    )));
+                }
+            }
+            Some(other) => {
+                return Err(CostError::StepProfile(format!(
+                    "{}: loss `{other}` (expected torch or fused)",
+                    self.name
+                )));
+            }
         }
         Ok(p)
     }

@@ -287,9 +287,9 @@ fn tiny_batches_peak_at_the_optimizer_step() {
 /// Every published or measured run in the truth files ran, so its configuration fits its devices.
 /// moai's peak memory says so for all but the rows listed here, the level reached (the test prints
 /// them: `cargo test --release -p moai-costmodel --test main memory::configurations_that_ran --
-/// --nocapture`): twelve of LLM Foundry's runs (1-15% over; its default loss, flash-attn's fused
-/// cross-entropy over bf16 logits, is not modelled), torchtitan's Llama 2 13B without checkpointing
-/// on A100 (22% over, not explained), NeMo's Llama 2 7B FP8
+/// --nocapture`): seven of LLM Foundry's runs (0-9% over, with its fused cross-entropy over the
+/// bf16 logits modelled, `"loss": "fused"`; twelve were 1-15% over with PyTorch's fp32 loss),
+/// torchtitan's Llama 2 13B without checkpointing on A100 (22% over, not explained), NeMo's Llama 2 7B FP8
 /// at 4K tokens on 4 GPUs (4% over; recompute and Apex's optimizer buffers not published), and the
 /// 405B DGX Cloud recipe on 576 GPUs (interleaved, VP 7, 3% over). Megatron-LM's other interleaved
 /// recipes (GPT-3 175B at VP 12, Llama 3 70B at VP 5) fit since each model chunk counts only its own
@@ -324,7 +324,7 @@ fn configurations_that_ran_fit_their_devices() {
         over.len()
     );
     assert!(
-        over.len() <= 15,
+        over.len() <= 10,
         "{} rows predicted over their devices: {over:?}",
         over.len()
     );

@@ -310,3 +310,84 @@ fn triton_attention_is_costed_on_a100_and_hopper_only() {
         );
     }
 }
+
+/// `"loss": "fused"` (LLM Foundry's default flash-attn cross-entropy over the bf16 logits): the head
+/// loses its two 6-byte-per-logit casts, its cross-entropy kernels move 4 bytes per logit each way,
+/// it saves the bf16 logits (2 bytes per logit less than the fp32 copy), and nothing outside the
+/// head changes; the peak memory of an FSDP run falls, the step gets no slower, and Megatron-LM's
+/// own loss ignores it. A tied LM head (the MPT rows) and an untied one (Llama) both fuse; unknown
+/// loss names are refused.
+#[test]
+fn fused_cross_entropy_rewrites_the_head_only() {
+    use moai_costmodel::{CostModel, ProfiledCostModel, Stack};
+    use moai_ir::cost::{BlockKind, KernelClass, LossKernel, Phase};
+    let model = ProfiledCostModel::with_efficiencies(committed().clone());
+    let mpt = crate::support::truth("truth/llmfoundry_a100_80gb.jsonl")
+        .into_iter()
+        .find(|r| r.name == "mpt-13b s16384 n8 a100-80gb")
+        .expect("the MPT-13B 16K row");
+    let mut llama = crate::support::truth("truth/h100_llama1b.jsonl").remove(0);
+    llama.loss = Some("fused".into());
+    for row in [mpt, llama] {
+        let mut torch_row = row.clone();
+        torch_row.loss = None;
+        let (fused, torch) = (
+            row.step_profile(&profile_for).unwrap(),
+            torch_row.step_profile(&profile_for).unwrap(),
+        );
+        assert_eq!(
+            (fused.loss, torch.loss),
+            (LossKernel::FusedBf16, LossKernel::Fp32Upcast)
+        );
+        let n = fused.blocks.len();
+        assert_eq!(fused.blocks[..n - 1], torch.blocks[..n - 1], "{}", row.name);
+        let (fh, th) = (&fused.blocks[n - 1], &torch.blocks[n - 1]);
+        assert_eq!(fh.kind, BlockKind::Head);
+        let logits = fh
+            .ops
+            .iter()
+            .find_map(|o| match o.class {
+                KernelClass::Matmul { batch, m, n, .. } if o.phase == Phase::Forward => {
+                    Some((batch.max(1) * m * n) as f64)
+                }
+                _ => None,
+            })
+            .unwrap();
+        let copies = |ops: &[moai_ir::cost::OpCost]| {
+            ops.iter()
+                .filter(|o| o.class == KernelClass::Copy && o.bytes == 6.0 * logits)
+                .count()
+        };
+        assert!(copies(&th.ops) >= 1, "{}", row.name);
+        assert_eq!(copies(&fh.ops), 0, "{}", row.name);
+        assert_eq!(fh.ops.len() + copies(&th.ops), th.ops.len());
+        for o in fh
+            .ops
+            .iter()
+            .filter(|o| o.class == KernelClass::Reduce && o.bytes > logits)
+        {
+            assert_eq!(o.bytes, 4.0 * logits, "{}: {}", row.name, o.label);
+        }
+        let saved = |b: &moai_ir::cost::BlockProfile| b.saved.tp_sharded + b.saved.tp_replicated;
+        assert_eq!(saved(th) - saved(fh), 2.0 * logits, "{}", row.name);
+        let c = row.cluster().unwrap();
+        let mut cfg = row.config.clone();
+        let (ef, et) = (
+            model.estimate(&fused, &c, &cfg).unwrap(),
+            model.estimate(&torch, &c, &cfg).unwrap(),
+        );
+        assert!(ef.peak_memory_bytes < et.peak_memory_bytes, "{}", row.name);
+        assert!(ef.step_time_s <= et.step_time_s, "{}", row.name);
+        // Megatron-LM computes its own vocab-parallel loss: only the saved logits differ.
+        cfg.stack = Stack::Megatron;
+        let (mf, mt) = (
+            model.estimate(&fused, &c, &cfg).unwrap(),
+            model.estimate(&torch, &c, &cfg).unwrap(),
+        );
+        assert!(mf.peak_memory_bytes <= mt.peak_memory_bytes, "{}", row.name);
+    }
+    let mut bogus = crate::support::truth("truth/h100_llama1b.jsonl").remove(0);
+    bogus.loss = Some("liger".into());
+    let e = bogus.step_profile(&profile_for).unwrap_err().to_string();
+    assert!(e.contains("loss `liger` (expected torch or fused)"), "{e}");
+}

@@ -233,6 +233,22 @@ pub struct BlockProfile {
     pub boundary_bytes: f64,
 }
 
+/// How a step's loss runs over the LM head's logits: part of the model's code (LLM Foundry's MPT picks
+/// its loss function in the model class), so it travels with the profile rather than the stack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKernel {
+    /// PyTorch's cross-entropy over an fp32 copy of the bf16 logits, as Hugging Face models and
+    /// torchtitan compute it (`logits.float()`): the graph as the training-graph builder makes it,
+    /// which saves the fp32 logits for backward.
+    #[default]
+    Fp32Upcast,
+    /// A fused softmax-cross-entropy kernel over the bf16 logits (flash-attn's `xentropy`,
+    /// `flash_attn.losses.cross_entropy.CrossEntropyLoss`, the default `loss_fn` of LLM Foundry's
+    /// MPT): no fp32 copy; the kernel saves the bf16 logits and its backward writes a bf16 gradient.
+    FusedBf16,
+}
+
 /// Per-block costs of one training step for one micro-batch at concrete sizes, produced by the training
 /// graph and consumed by the cost model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -255,6 +271,10 @@ pub struct StepProfile {
     pub optimizer_bytes_per_param: f64,
     /// Of those, bytes per parameter of gradients.
     pub grad_bytes_per_param: f64,
+    /// How the loss runs over the head's logits: the training graph builds an fp32 upcast; a model
+    /// whose code calls a fused cross-entropy kernel instead is rewritten to [`LossKernel::FusedBf16`].
+    #[serde(default)]
+    pub loss: LossKernel,
     /// A digest of everything above, computed once (see [`StepProfile::fingerprint`]); not
     /// serialized and ignored by `==`.
     #[serde(skip)]
@@ -336,6 +356,7 @@ impl StepProfile {
         ] {
             x.to_bits().hash(&mut h);
         }
+        self.loss.hash(&mut h);
         h.finish()
     }
 }

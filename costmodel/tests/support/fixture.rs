@@ -569,6 +569,7 @@ pub fn step_profile(
         low_prec_param_bytes_per_param: if half { 2.0 } else { 0.0 },
         optimizer_bytes_per_param: if half { 12.0 } else { 8.0 },
         grad_bytes_per_param: if half { 2.0 } else { 4.0 },
+        loss: Default::default(),
         fingerprint: Default::default(),
     }
 }

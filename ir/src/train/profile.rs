@@ -10,7 +10,9 @@ use super::cost::{env, is_free, op_record};
 use super::memory::liveness;
 use super::options::{OptimizerKind, PrecisionPolicy, TrainOptions};
 use super::tp::{self, linear_class};
-use crate::cost::{ActivationBytes, BlockKind, BlockProfile, OpCost, Phase, StepProfile, TpSplit};
+use crate::cost::{
+    ActivationBytes, BlockKind, BlockProfile, LossKernel, OpCost, Phase, StepProfile, TpSplit,
+};
 use crate::error::{IrError, Result};
 use crate::graph::{Graph, NodeId, Value};
 use crate::op::Op;
@@ -225,6 +227,8 @@ pub fn step_profile(
         low_prec_param_bytes_per_param: low,
         optimizer_bytes_per_param: opt,
         grad_bytes_per_param: grad,
+        // The builder upcasts the logits to fp32 before the cross-entropy.
+        loss: LossKernel::Fp32Upcast,
         fingerprint: Default::default(),
     };
     // Once, here, rather than on the cost model's every call.

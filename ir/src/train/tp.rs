@@ -50,13 +50,14 @@ pub fn linear_class(weight_name: &str) -> TpSplit {
     }
 }
 
-/// The parameter behind a value (through casts).
+/// The parameter behind a value (through casts and transposes: a tied LM head multiplies by the
+/// embedding table transposed, and splits by vocabulary as the table does).
 pub fn param_name(g: &Graph, mut v: Value) -> Option<&str> {
     loop {
         let n = g.node(v.node);
         match &n.op {
             Op::Param { name, .. } => return Some(name),
-            Op::Cast(_) => v = n.inputs[0],
+            Op::Cast(_) | Op::Transpose(_) => v = n.inputs[0],
             _ => return None,
         }
     }
