@@ -287,7 +287,7 @@ fn tiny_batches_peak_at_the_optimizer_step() {
 /// Every published or measured run in the truth files ran, so its configuration fits its devices.
 /// moai's peak memory says so for all but the rows listed here, the level reached (the test prints
 /// them: `cargo test --release -p moai-costmodel --test main memory::configurations_that_ran --
-/// --nocapture`): seven of LLM Foundry's runs (0-9% over, with its fused cross-entropy over the
+/// --nocapture`): seven of LLM Foundry's runs (0-8% over, with its fused cross-entropy over the
 /// bf16 logits modelled, `"loss": "fused"`; twelve were 1-15% over with PyTorch's fp32 loss),
 /// torchtitan's Llama 2 13B without checkpointing on A100 (22% over, not explained), NeMo's Llama 2 7B FP8
 /// at 4K tokens on 4 GPUs (4% over; recompute and Apex's optimizer buffers not published), and the
