@@ -5,7 +5,9 @@ use crate::device::DeviceSpec;
 use crate::efficiency::Efficiency;
 use crate::profile::{MemoryKind, OpProfile};
 use moai_ir::DType;
-use moai_ir::cost::{BlockKind, KernelClass, LossKernel, OpCost, Phase, StepProfile, TpSplit};
+use moai_ir::cost::{
+    BlockKind, BlockProfile, KernelClass, LossKernel, OpCost, Phase, StepProfile, TpSplit,
+};
 use serde::{Deserialize, Serialize};
 
 /// Where a predicted time came from.
@@ -400,13 +402,7 @@ pub fn fuse_cross_entropy(profile: &mut StepProfile) -> bool {
     else {
         return false;
     };
-    // The LM head's logits per micro-batch, and whether tensor parallelism splits them.
-    let Some((logits, vocab_split)) = head.ops.iter().find_map(|op| match op.class {
-        KernelClass::Matmul { batch, m, n, .. } if op.phase == Phase::Forward => {
-            Some(((batch.max(1) * m * n) as f64, op.split == TpSplit::Vocab))
-        }
-        _ => None,
-    }) else {
+    let Some((logits, vocab_split)) = head_logits(head) else {
         return false;
     };
     let cast = |op: &OpCost| {
@@ -439,6 +435,68 @@ pub fn fuse_cross_entropy(profile: &mut StepProfile) -> bool {
     *saved = (*saved - 2.0 * logits).max(0.0);
     head.transient.tp_sharded = 2.0 * logits;
     profile.loss = LossKernel::FusedBf16;
+    profile.refresh_fingerprint();
+    true
+}
+
+/// The LM head's logits per micro-batch (its forward matmul's output elements) and whether tensor
+/// parallelism splits them by vocabulary.
+fn head_logits(head: &BlockProfile) -> Option<(f64, bool)> {
+    head.ops.iter().find_map(|op| match op.class {
+        KernelClass::Matmul { batch, m, n, .. } if op.phase == Phase::Forward => {
+            Some(((batch.max(1) * m * n) as f64, op.split == TpSplit::Vocab))
+        }
+        _ => None,
+    })
+}
+
+/// Bytes per logit element of one forward-only PyTorch cross-entropy over bf16 logits under
+/// autocast, which runs it in fp32: the cast of the logits (2 read, 4 written) and the log-softmax
+/// (4 read, 4 written); the loss gathers one element per row.
+pub const TORCH_METRIC_CROSS_ENTROPY_BYTES_PER_LOGIT: (f64, f64) = (6.0, 8.0);
+
+/// Adds `n` forward-only cross-entropies over the LM head's logits to every micro-batch: what a
+/// trainer computes for its training metrics. Composer (the trainer LLM Foundry runs; composer
+/// v0.16.4 `Trainer._train_microbatch` → `_eval_train_metrics`, after each micro-batch's backward,
+/// under `torch.no_grad` and the precision context) updates every train metric of the model, and
+/// LLM Foundry's MPT has two by default (`use_train_metrics: true`): `LanguageCrossEntropy` and
+/// `LanguagePerplexity`, each its own `torch.nn.CrossEntropyLoss` over the bf16 logits
+/// (`composer/metrics/nlp.py`). Each adds a cast and a log-softmax kernel
+/// ([`TORCH_METRIC_CROSS_ENTROPY_BYTES_PER_LOGIT`]) to the head's forward; their fp32 buffers live
+/// after backward, when the activations are gone, so they do not move the peak and are not
+/// counted there. Returns false, leaving the profile as it was, when it has no LM head.
+pub fn add_metric_cross_entropies(profile: &mut StepProfile, n: u32) -> bool {
+    let Some(head) = profile
+        .blocks
+        .iter_mut()
+        .find(|b| b.kind == BlockKind::Head)
+    else {
+        return false;
+    };
+    let Some((logits, _)) = head_logits(head) else {
+        return false;
+    };
+    let (cast, log_softmax) = TORCH_METRIC_CROSS_ENTROPY_BYTES_PER_LOGIT;
+    let op = |class: KernelClass, bytes, label: &str| OpCost {
+        flops: if class == KernelClass::Reduce {
+            5.0 * logits
+        } else {
+            0.0
+        },
+        class,
+        bytes: bytes * logits,
+        phase: Phase::Forward,
+        layer: None,
+        split: TpSplit::Vocab,
+        label: label.into(),
+        role: moai_ir::cost::Role::Plain,
+    };
+    for _ in 0..n {
+        head.ops
+            .push(op(KernelClass::Copy, cast, "metric.logits.float"));
+        head.ops
+            .push(op(KernelClass::Reduce, log_softmax, "metric.cross_entropy"));
+    }
     profile.refresh_fingerprint();
     true
 }

@@ -114,6 +114,11 @@ pub struct TruthRow {
     /// [`crate::ops::fuse_cross_entropy`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<String>,
+    /// Forward-only cross-entropies over the logits the run's trainer computed per micro-batch for
+    /// its training metrics (LLM Foundry under Composer: 2, its `LanguageCrossEntropy` and
+    /// `LanguagePerplexity`); see [`crate::ops::add_metric_cross_entropies`]. At most 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_cross_entropies: Option<u32>,
     /// The measured run used something the cost model does not model (e.g. Float8 linears and
     /// `torch.compile` in torchtitan's context-parallel table): its row is validated (predicted and
     /// reported) but never fitted on, neither by the committed joint fit nor by a cross-validation fold.
@@ -122,8 +127,8 @@ pub struct TruthRow {
 }
 
 impl TruthRow {
-    /// The row's step profile from `profile_for`, with its attention and loss as the row says they
-    /// ran (`attention`, `attention_dropout`, `loss`).
+    /// The row's step profile from `profile_for`, with its attention, loss and metric kernels as the
+    /// row says they ran (`attention`, `attention_dropout`, `loss`, `metric_cross_entropies`).
     pub fn step_profile(
         &self,
         profile_for: &dyn Fn(&TruthRow) -> Result<StepProfile>,
@@ -179,6 +184,23 @@ impl TruthRow {
             Some(other) => {
                 return Err(CostError::StepProfile(format!(
                     "{}: loss `{other}` (expected torch or fused)",
+                    self.name
+                )));
+            }
+        }
+        match self.metric_cross_entropies {
+            None | Some(0) => {}
+            Some(n @ 1..=8) => {
+                if !crate::ops::add_metric_cross_entropies(&mut p, n) {
+                    return Err(CostError::StepProfile(format!(
+                        "{}: metric_cross_entropies {n}: the model's profile has no LM head",
+                        self.name
+                    )));
+                }
+            }
+            Some(n) => {
+                return Err(CostError::StepProfile(format!(
+                    "{}: metric_cross_entropies {n} (at most 8)",
                     self.name
                 )));
             }

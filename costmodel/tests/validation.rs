@@ -328,7 +328,9 @@ fn fused_cross_entropy_rewrites_the_head_only() {
         .expect("the MPT-13B 16K row");
     let mut llama = crate::support::truth("truth/h100_llama1b.jsonl").remove(0);
     llama.loss = Some("fused".into());
-    for row in [mpt, llama] {
+    for mut row in [mpt, llama] {
+        // The loss alone (the metrics' kernels are the next test's).
+        row.metric_cross_entropies = None;
         let mut torch_row = row.clone();
         torch_row.loss = None;
         let (fused, torch) = (
@@ -390,4 +392,63 @@ fn fused_cross_entropy_rewrites_the_head_only() {
     bogus.loss = Some("liger".into());
     let e = bogus.step_profile(&profile_for).unwrap_err().to_string();
     assert!(e.contains("loss `liger` (expected torch or fused)"), "{e}");
+}
+
+/// `"metric_cross_entropies": 2` (Composer's two training metrics, `LanguageCrossEntropy` and
+/// `LanguagePerplexity`, each a forward-only PyTorch cross-entropy over the logits after every
+/// micro-batch): the head gains a cast and a log-softmax kernel per metric, 6 and 8 bytes per logit,
+/// nothing else changes, the step gets slower and the peak moves by the allocator's rounding only;
+/// more than 8 is refused.
+#[test]
+fn metric_cross_entropies_add_forward_kernels_to_the_head() {
+    use moai_costmodel::{CostModel, ProfiledCostModel};
+    use moai_ir::cost::{BlockKind, KernelClass, Phase};
+    let model = ProfiledCostModel::with_efficiencies(committed().clone());
+    let row = crate::support::truth("truth/llmfoundry_h100.jsonl")
+        .into_iter()
+        .find(|r| r.metric_cross_entropies == Some(2))
+        .expect("an LLM Foundry row with its metrics");
+    let mut bare = row.clone();
+    bare.metric_cross_entropies = None;
+    let (with, without) = (
+        row.step_profile(&profile_for).unwrap(),
+        bare.step_profile(&profile_for).unwrap(),
+    );
+    let n = with.blocks.len();
+    assert_eq!(with.blocks[..n - 1], without.blocks[..n - 1]);
+    let (hw, ho) = (&with.blocks[n - 1], &without.blocks[n - 1]);
+    assert_eq!(hw.kind, BlockKind::Head);
+    assert_eq!(hw.ops[..ho.ops.len()], ho.ops[..]);
+    let added = &hw.ops[ho.ops.len()..];
+    assert_eq!(added.len(), 4);
+    let logits = ho
+        .ops
+        .iter()
+        .find_map(|o| match o.class {
+            KernelClass::Matmul { batch, m, n, .. } if o.phase == Phase::Forward => {
+                Some((batch.max(1) * m * n) as f64)
+            }
+            _ => None,
+        })
+        .unwrap();
+    for pair in added.chunks(2) {
+        assert_eq!(pair[0].class, KernelClass::Copy);
+        assert_eq!(pair[0].bytes, 6.0 * logits);
+        assert_eq!(pair[1].class, KernelClass::Reduce);
+        assert_eq!(pair[1].bytes, 8.0 * logits);
+        assert!(pair.iter().all(|o| o.phase == Phase::Forward));
+    }
+    assert_eq!(hw.saved, ho.saved);
+    let c = row.cluster().unwrap();
+    let (ew, eo) = (
+        model.estimate(&with, &c, &row.config).unwrap(),
+        model.estimate(&without, &c, &row.config).unwrap(),
+    );
+    assert!(ew.step_time_s > eo.step_time_s);
+    // The peak moves only by the allocator rounding the memory model applies per forward op.
+    assert!(ew.peak_memory_bytes.abs_diff(eo.peak_memory_bytes) <= 4096);
+    let mut absurd = row.clone();
+    absurd.metric_cross_entropies = Some(9);
+    let e = absurd.step_profile(&profile_for).unwrap_err().to_string();
+    assert!(e.contains("metric_cross_entropies 9 (at most 8)"), "{e}");
 }
