@@ -395,14 +395,7 @@ pub fn fuse_cross_entropy(profile: &mut StepProfile) -> bool {
     if profile.loss != LossKernel::Fp32Upcast {
         return false;
     }
-    let Some(head) = profile
-        .blocks
-        .iter_mut()
-        .find(|b| b.kind == BlockKind::Head)
-    else {
-        return false;
-    };
-    let Some((logits, vocab_split)) = head_logits(head) else {
+    let Some((head, logits, vocab_split)) = lm_head(profile) else {
         return false;
     };
     let cast = |op: &OpCost| {
@@ -439,15 +432,20 @@ pub fn fuse_cross_entropy(profile: &mut StepProfile) -> bool {
     true
 }
 
-/// The LM head's logits per micro-batch (its forward matmul's output elements) and whether tensor
-/// parallelism splits them by vocabulary.
-fn head_logits(head: &BlockProfile) -> Option<(f64, bool)> {
-    head.ops.iter().find_map(|op| match op.class {
+/// The profile's LM-head block, its logits per micro-batch (the forward matmul's output elements)
+/// and whether tensor parallelism splits them by vocabulary.
+fn lm_head(profile: &mut StepProfile) -> Option<(&mut BlockProfile, f64, bool)> {
+    let head = profile
+        .blocks
+        .iter_mut()
+        .find(|b| b.kind == BlockKind::Head)?;
+    let (logits, vocab_split) = head.ops.iter().find_map(|op| match op.class {
         KernelClass::Matmul { batch, m, n, .. } if op.phase == Phase::Forward => {
             Some(((batch.max(1) * m * n) as f64, op.split == TpSplit::Vocab))
         }
         _ => None,
-    })
+    })?;
+    Some((head, logits, vocab_split))
 }
 
 /// Bytes per logit element of one forward-only PyTorch cross-entropy over bf16 logits under
@@ -466,14 +464,7 @@ pub const TORCH_METRIC_CROSS_ENTROPY_BYTES_PER_LOGIT: (f64, f64) = (6.0, 8.0);
 /// after backward, when the activations are gone, so they do not move the peak and are not
 /// counted there. Returns false, leaving the profile as it was, when it has no LM head.
 pub fn add_metric_cross_entropies(profile: &mut StepProfile, n: u32) -> bool {
-    let Some(head) = profile
-        .blocks
-        .iter_mut()
-        .find(|b| b.kind == BlockKind::Head)
-    else {
-        return false;
-    };
-    let Some((logits, _)) = head_logits(head) else {
+    let Some((head, logits, _)) = lm_head(profile) else {
         return false;
     };
     let (cast, log_softmax) = TORCH_METRIC_CROSS_ENTROPY_BYTES_PER_LOGIT;

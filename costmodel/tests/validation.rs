@@ -311,6 +311,20 @@ fn triton_attention_is_costed_on_a100_and_hopper_only() {
     }
 }
 
+/// The logits per micro-batch of an LM-head block: its forward matmul's output elements.
+fn head_logits(head: &moai_ir::cost::BlockProfile) -> f64 {
+    use moai_ir::cost::{KernelClass, Phase};
+    head.ops
+        .iter()
+        .find_map(|o| match o.class {
+            KernelClass::Matmul { batch, m, n, .. } if o.phase == Phase::Forward => {
+                Some((batch.max(1) * m * n) as f64)
+            }
+            _ => None,
+        })
+        .expect("an LM head's forward matmul")
+}
+
 /// `"loss": "fused"` (LLM Foundry's default flash-attn cross-entropy over the bf16 logits): the head
 /// loses its two 6-byte-per-logit casts, its cross-entropy kernels move 4 bytes per logit each way,
 /// it saves the bf16 logits (2 bytes per logit less than the fp32 copy), and nothing outside the
@@ -320,7 +334,7 @@ fn triton_attention_is_costed_on_a100_and_hopper_only() {
 #[test]
 fn fused_cross_entropy_rewrites_the_head_only() {
     use moai_costmodel::{CostModel, ProfiledCostModel, Stack};
-    use moai_ir::cost::{BlockKind, KernelClass, LossKernel, Phase};
+    use moai_ir::cost::{BlockKind, KernelClass, LossKernel};
     let model = ProfiledCostModel::with_efficiencies(committed().clone());
     let mpt = crate::support::truth("truth/llmfoundry_a100_80gb.jsonl")
         .into_iter()
@@ -345,16 +359,7 @@ fn fused_cross_entropy_rewrites_the_head_only() {
         assert_eq!(fused.blocks[..n - 1], torch.blocks[..n - 1], "{}", row.name);
         let (fh, th) = (&fused.blocks[n - 1], &torch.blocks[n - 1]);
         assert_eq!(fh.kind, BlockKind::Head);
-        let logits = fh
-            .ops
-            .iter()
-            .find_map(|o| match o.class {
-                KernelClass::Matmul { batch, m, n, .. } if o.phase == Phase::Forward => {
-                    Some((batch.max(1) * m * n) as f64)
-                }
-                _ => None,
-            })
-            .unwrap();
+        let logits = head_logits(fh);
         let copies = |ops: &[moai_ir::cost::OpCost]| {
             ops.iter()
                 .filter(|o| o.class == KernelClass::Copy && o.bytes == 6.0 * logits)
@@ -421,16 +426,7 @@ fn metric_cross_entropies_add_forward_kernels_to_the_head() {
     assert_eq!(hw.ops[..ho.ops.len()], ho.ops[..]);
     let added = &hw.ops[ho.ops.len()..];
     assert_eq!(added.len(), 4);
-    let logits = ho
-        .ops
-        .iter()
-        .find_map(|o| match o.class {
-            KernelClass::Matmul { batch, m, n, .. } if o.phase == Phase::Forward => {
-                Some((batch.max(1) * m * n) as f64)
-            }
-            _ => None,
-        })
-        .unwrap();
+    let logits = head_logits(ho);
     for pair in added.chunks(2) {
         assert_eq!(pair[0].class, KernelClass::Copy);
         assert_eq!(pair[0].bytes, 6.0 * logits);
