@@ -25,6 +25,7 @@ fn bench(c: &mut Criterion) {
         precision: PrecisionPolicy::AmpBf16,
         optimizer: OptimizerKind::AdamW,
         recompute: RecomputePolicy::None,
+        bf16_weight_copies: false,
     };
     let full = TrainOptions {
         recompute: RecomputePolicy::Full,

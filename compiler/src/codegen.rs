@@ -368,6 +368,7 @@ pub fn compile_plan(
         precision,
         optimizer: req.optimizer,
         recompute: plan.recompute,
+        ..crate::search::train_options(req, plan.recompute)
     };
     let dims: Dims = [
         ("batch".to_string(), plan.micro_batch_size as i64),

@@ -108,12 +108,16 @@ pub struct SearchResult {
     pub bounds: Arc<WorkBounds>,
 }
 
-/// Training options for one recomputation policy.
+/// Training options for one recomputation policy, as the export engines run the step: each of
+/// them computes on bf16 copies of the weights ([`moai_costmodel::Stack::computes_on_weight_copies`];
+/// eager PyTorch, the one stack that does not, is no engine), so one profile serves every candidate
+/// whatever its engine.
 pub fn train_options(req: &PlanRequest, r: Recompute) -> TrainOptions {
     TrainOptions {
         precision: req.precision,
         optimizer: req.optimizer,
         recompute: r,
+        bf16_weight_copies: true,
     }
 }
 

@@ -4,8 +4,6 @@
 
 use crate::error::{PlanError, Result};
 use crate::model::Model;
-use crate::request::PlanRequest;
-use crate::search::train_options;
 use moai_costmodel::CostError;
 use moai_costmodel::validate::{CrossValidation, TruthRow, cross_validate, read_truth};
 use std::collections::HashMap;
@@ -86,18 +84,9 @@ impl ProfileLoader {
                 m
             }
         };
-        let mut req = PlanRequest::new(row.batch, row.seq);
-        req.precision = row
-            .precision
-            .parse()
-            .map_err(|e| CostError::StepProfile(format!("{}: precision: {e}", row.name)))?;
-        req.optimizer = row
-            .optimizer
-            .parse()
-            .map_err(|e| CostError::StepProfile(format!("{}: optimizer: {e}", row.name)))?;
         moai_ir::train::step_profile(
             &model.graph,
-            &train_options(&req, row.config.recompute),
+            &row.train_options()?,
             row.config.micro_batch_size as u64,
             row.seq,
         )

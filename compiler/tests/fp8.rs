@@ -70,6 +70,12 @@ fn fp8_plan_json_names_the_precision_and_bf16_stays_silent() {
 /// and Llama-3 70B under FSDP2 + float8 on H100 1.50× (PyTorch blog 2024-11-25, IBM/Meta).
 const PUBLISHED_GAIN: (f64, f64) = (1.2, 1.5);
 
+/// The gain is the ratio of two predicted step times, each with its own error: the FP8 truth rows
+/// (`fp8_h100_nemo.jsonl`, validated only) are predicted within 3-5% in-sample and the bf16
+/// Megatron-LM H100 rows within 7-8% cross-validated (README, validation table), so the ratio is held
+/// to the published range widened by 5% either side, not to its exact ends.
+const GAIN_TOLERANCE: f64 = 0.05;
+
 #[test]
 fn fp8_plan_of_llama2_70b_on_64_h100_gains_within_published_range() {
     let model = Model::load(repo().join("models/configs/llama2-70b").to_str().unwrap()).unwrap();
@@ -87,8 +93,9 @@ fn fp8_plan_of_llama2_70b_on_64_h100_gains_within_published_range() {
         fp8.plan.summary_line()
     );
     assert!(
-        gain >= PUBLISHED_GAIN.0 && gain <= PUBLISHED_GAIN.1,
-        "fp8 gain {gain:.3} outside the published {PUBLISHED_GAIN:?}"
+        gain >= PUBLISHED_GAIN.0 / (1.0 + GAIN_TOLERANCE)
+            && gain <= PUBLISHED_GAIN.1 * (1.0 + GAIN_TOLERANCE),
+        "fp8 gain {gain:.3} outside the published {PUBLISHED_GAIN:?} (within {GAIN_TOLERANCE})"
     );
     assert_eq!(fp8.plan.precision, MatmulPrecision::Fp8);
     assert_eq!(bf16.plan.precision, MatmulPrecision::Bf16);

@@ -83,15 +83,18 @@ fn zb_h1_has_a_smaller_bubble_than_1f1b_for_the_same_plan() {
         "every stage has a W part: {:?}",
         e.stage_times
     );
-    // The simulated bubble follows the paper's formula for these stage times.
+    // The simulated bubble follows the paper's formula for these stage times, on a pipeline of equal
+    // stages (the formula's assumption: here the last stage also runs the LM head and is heavier) with
+    // free transfers.
     let st = e.stage_times[1];
     let (f, w) = (st.forward_s, st.weight_grad_s);
     let b = st.backward_s - w;
-    let sim = |s| moai_costmodel::pipeline::simulate(s, &e.stage_times, 4, 8, e.p2p_s).unwrap();
+    let equal = vec![st; 4];
+    let sim = |s| moai_costmodel::pipeline::simulate(s, &equal, 4, 8, 0.0).unwrap();
     let ratio = sim(Schedule::ZeroBubbleH1).bubble_s / sim(Schedule::OneFOneB).bubble_s;
     let paper = (f + b - w) / (f + b + w);
     assert!(
-        (ratio - paper).abs() < 0.1 * paper,
+        (ratio - paper).abs() < 1e-3 * paper,
         "{ratio} vs the paper's {paper}"
     );
     let ev = plan_timeline(&cfg, &e).expect("timeline");

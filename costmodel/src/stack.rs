@@ -278,6 +278,21 @@ impl Stack {
         !matches!(self, Stack::Megatron)
     }
 
+    /// Whether an `amp-bf16` step on this stack computes on bf16 copies of the fp32 master weights
+    /// (`moai_ir::train::TrainOptions::bf16_weight_copies`), so that its activations, residual
+    /// stream and checkpointed layer inputs are bf16: Megatron-LM's `Float16Module` (bf16 parameters,
+    /// fp32 master weights in the optimizer, `--fp32-residual-connection` off by default), DeepSpeed's
+    /// bf16 engine (the module converted to bf16, fp32 master weights in the optimizer), FSDP's
+    /// mixed precision (`MixedPrecision(param_dtype=torch.bfloat16)`: Composer's `DEFAULT` and
+    /// `PURE`, `composer/distributed/mosaic_fsdp_utils.py` `get_mixed_precision`, mosaicml/composer
+    /// v0.16.4) and torchtitan's FSDP2 (`MixedPrecisionPolicy(param_dtype=torch.bfloat16,
+    /// reduce_dtype=torch.float32)`, its default `mixed_precision_param = "bfloat16"`). Eager
+    /// PyTorch under `torch.autocast` keeps the fp32 weights and casts only at matmuls, so its
+    /// embedding, norms and residual stream stay fp32.
+    pub fn computes_on_weight_copies(self) -> bool {
+        !matches!(self, Stack::Eager)
+    }
+
     /// Whether the optimizer step is a fused multi-tensor kernel (Megatron/DeepSpeed FusedAdam, torch
     /// AdamW `fused=True`/`foreach`); every stack moai exports to uses one.
     pub fn fused_optimizer(self) -> bool {

@@ -127,6 +127,22 @@ pub struct TruthRow {
 }
 
 impl TruthRow {
+    /// The training options the row's run used: its precision policy and optimizer, its
+    /// recomputation, and bf16 weight copies where its stack computes on them
+    /// ([`crate::Stack::computes_on_weight_copies`]).
+    pub fn train_options(&self) -> Result<moai_ir::train::TrainOptions> {
+        let bad = |what: &str, e: moai_ir::IrError| {
+            CostError::StepProfile(format!("{}: {what}: {e}", self.name))
+        };
+        Ok(moai_ir::train::TrainOptions {
+            precision: self.precision.parse().map_err(|e| bad("precision", e))?,
+            optimizer: self.optimizer.parse().map_err(|e| bad("optimizer", e))?,
+            // The same type: `Recompute` re-exports `RecomputePolicy`.
+            recompute: self.config.recompute,
+            bf16_weight_copies: self.config.stack.computes_on_weight_copies(),
+        })
+    }
+
     /// The row's step profile from `profile_for`, with its attention, loss and metric kernels as the
     /// row says they ran (`attention`, `attention_dropout`, `loss`, `metric_cross_entropies`).
     pub fn step_profile(

@@ -28,6 +28,8 @@ fn llama2_70b() -> StepProfile {
         precision: "amp-bf16".parse().unwrap(),
         optimizer: "adamw".parse().unwrap(),
         recompute: Recompute::None,
+        // As the Megatron-LM stack these rows run on computes.
+        bf16_weight_copies: true,
     };
     step_profile(&graph, &opts, 1, 4096).unwrap()
 }

@@ -287,13 +287,15 @@ fn tiny_batches_peak_at_the_optimizer_step() {
 /// Every published or measured run in the truth files ran, so its configuration fits its devices.
 /// moai's peak memory says so for all but the rows listed here, the level reached (the test prints
 /// them: `cargo test --release -p moai-costmodel --test main memory::configurations_that_ran --
-/// --nocapture`): seven of LLM Foundry's runs (0-8% over, with its fused cross-entropy over the
-/// bf16 logits modelled, `"loss": "fused"`; twelve were 1-15% over with PyTorch's fp32 loss),
-/// torchtitan's Llama 2 13B without checkpointing on A100 (22% over, not explained), NeMo's Llama 2 7B FP8
-/// at 4K tokens on 4 GPUs (4% over; recompute and Apex's optimizer buffers not published), and the
-/// 405B DGX Cloud recipe on 576 GPUs (interleaved, VP 7, 3% over). Megatron-LM's other interleaved
-/// recipes (GPT-3 175B at VP 12, Llama 3 70B at VP 5) fit since each model chunk counts only its own
-/// in-flight micro-batches (up to 25% over before); no interleaved recipe may be 5% over.
+/// --nocapture`): torchtitan's Llama 2 13B without checkpointing on A100 (2% over; 22% before the
+/// engines' bf16 weight copies were modelled), NeMo's Llama 2 7B FP8 at 4K tokens on 4 GPUs (4% over;
+/// recompute and Apex's optimizer buffers not published), and the 405B DGX Cloud recipe on 576 GPUs
+/// (interleaved, VP 7, 2% over). LLM Foundry's runs all fit since the engines compute on bf16 copies
+/// of the weights (`TrainOptions::bf16_weight_copies`: bf16 residual stream and checkpointed layer
+/// inputs); seven were 0-8% over when the FSDP stack's activations were autocast's fp32. Megatron-LM's
+/// other interleaved recipes (GPT-3 175B at VP 12, Llama 3 70B at VP 5) fit since each model chunk
+/// counts only its own in-flight micro-batches (up to 25% over before); no interleaved recipe may be
+/// 5% over.
 #[test]
 fn configurations_that_ran_fit_their_devices() {
     let model =
@@ -324,7 +326,7 @@ fn configurations_that_ran_fit_their_devices() {
         over.len()
     );
     assert!(
-        over.len() <= 10,
+        over.len() <= 3,
         "{} rows predicted over their devices: {over:?}",
         over.len()
     );

@@ -6,24 +6,13 @@ use moai_costmodel::fit::FitSample;
 use moai_costmodel::validate::TruthRow;
 use moai_costmodel::{CostError, Result};
 use moai_ir::cost::StepProfile;
-use moai_ir::train::{TrainOptions, step_profile};
+use moai_ir::train::step_profile;
 
 /// The training graph's step profile of a truth row.
 pub fn real_profile(row: &TruthRow) -> Result<StepProfile> {
     let graph =
         moai_models::from_spec(&row.model).map_err(|e| CostError::StepProfile(e.to_string()))?;
-    let opts = TrainOptions {
-        precision: row
-            .precision
-            .parse()
-            .map_err(|e| CostError::StepProfile(format!("{e}")))?,
-        optimizer: row
-            .optimizer
-            .parse()
-            .map_err(|e| CostError::StepProfile(format!("{e}")))?,
-        // The same type: `Recompute` re-exports `RecomputePolicy`.
-        recompute: row.config.recompute,
-    };
+    let opts = row.train_options()?;
     step_profile(&graph, &opts, row.config.micro_batch_size as u64, row.seq)
         .map_err(|e| CostError::StepProfile(e.to_string()))
 }

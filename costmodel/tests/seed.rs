@@ -24,6 +24,8 @@ fn llama2_13b_on_4xlarge_mi250() {
         for mb in [1u32, 2, 4] {
             let opts = TrainOptions {
                 recompute: policy,
+                // As every export engine computes (the product's profiles).
+                bf16_weight_copies: true,
                 ..Default::default()
             };
             let profile = step_profile(&graph, &opts, mb as u64, seq).unwrap();

@@ -54,14 +54,17 @@ fn identical_layers_reduce_to_one_and_profile_matches_the_full_graph() {
     // as the ONNX export shares them), so it is its own structure and layers 1-3 reduce to layer 1.
     assert_eq!(red.layer_rep, vec![(0, 0), (1, 1), (2, 1), (3, 1)]);
     assert!(red.graph.len() < g.len());
-    for r in [
+    let policies = [
         RecomputePolicy::None,
         RecomputePolicy::Selective,
         RecomputePolicy::SelectiveOp,
         RecomputePolicy::Full,
-    ] {
+    ];
+    // Under autocast and on bf16 weight copies (whose last layer's output the head does not keep).
+    for (r, copies) in policies.into_iter().flat_map(|r| [(r, false), (r, true)]) {
         let o = TrainOptions {
             recompute: r,
+            bf16_weight_copies: copies,
             ..TrainOptions::default()
         };
         let prof = step_profile(&g, &o, 2, 128).unwrap();
@@ -84,7 +87,7 @@ fn identical_layers_reduce_to_one_and_profile_matches_the_full_graph() {
             assert_eq!(
                 pb.saved.tp_sharded + pb.saved.tp_replicated,
                 full,
-                "{r}: layer {l}"
+                "{r} (copies {copies}): layer {l}"
             );
             assert_eq!(
                 pb.ops.iter().filter(|o| o.layer == Some(l)).count(),
@@ -267,4 +270,81 @@ fn weights_read_through_a_transpose_split_as_their_layer() {
         forward_matmuls(&p, |k| *k == BlockKind::Head),
         vec![TpSplit::Vocab]
     );
+}
+
+/// An `amp-bf16` step computing on bf16 weight copies (as the training engines do) keeps a bf16
+/// residual stream: under full recomputation a middle decoder layer saves its output (the next
+/// layer's checkpointed input) at 2 bytes per element, not autocast's fp32 4 (the reduced profile's
+/// representative layer counts it though the head, not a layer, reads it); no activation is fp32 except inside the norms; the bytes per parameter
+/// (fp32 master weights, gradients, moments) are autocast's, and the copy of each weight is made once.
+#[test]
+fn weight_copies_keep_the_residual_stream_in_bf16() {
+    let g = planning_llama(4, 256, 4, 2, 688, 1000);
+    let (mb, seq) = (2u64, 128u64);
+    let full = |copies: bool| {
+        let o = TrainOptions {
+            recompute: RecomputePolicy::Full,
+            bf16_weight_copies: copies,
+            ..TrainOptions::default()
+        };
+        step_profile(&g, &o, mb, seq).unwrap()
+    };
+    let saved = |p: &StepProfile| {
+        let b = p
+            .blocks
+            .iter()
+            .find(|b| b.kind == BlockKind::Decoder(1))
+            .unwrap();
+        b.saved.tp_sharded + b.saved.tp_replicated
+    };
+    let (autocast, copies) = (full(false), full(true));
+    let input = (mb * seq * 256) as f64;
+    assert_eq!(saved(&autocast), 4.0 * input);
+    assert_eq!(saved(&copies), 2.0 * input);
+    assert_eq!(
+        autocast.static_bytes_per_param,
+        copies.static_bytes_per_param
+    );
+    assert_eq!(autocast.grad_bytes_per_param, copies.grad_bytes_per_param);
+    // One bf16 copy per weight of a layer (7 linears, 2 norms), whatever its number of uses.
+    let weight_casts = |p: &StepProfile| {
+        p.blocks
+            .iter()
+            .find(|b| b.kind == BlockKind::Decoder(1))
+            .unwrap()
+            .ops
+            .iter()
+            .filter(|o| o.phase == Phase::Forward && o.role == moai_ir::cost::Role::WeightCast)
+            .count()
+    };
+    assert_eq!(weight_casts(&copies), 9);
+    // Without recomputation the layer saves less than under autocast (bf16 adds and norm outputs).
+    let none = |copies: bool| {
+        let o = TrainOptions {
+            bf16_weight_copies: copies,
+            ..TrainOptions::default()
+        };
+        saved(&step_profile(&g, &o, mb, seq).unwrap())
+    };
+    assert!(
+        none(true) < none(false),
+        "{} vs {}",
+        none(true),
+        none(false)
+    );
+    // Other policies ignore the switch.
+    for p in [
+        moai_ir::train::PrecisionPolicy::Bf16,
+        moai_ir::train::PrecisionPolicy::Fp32,
+    ] {
+        let o = |c| TrainOptions {
+            precision: p,
+            bf16_weight_copies: c,
+            ..TrainOptions::default()
+        };
+        assert_eq!(
+            step_profile(&g, &o(true), mb, seq).unwrap(),
+            step_profile(&g, &o(false), mb, seq).unwrap()
+        );
+    }
 }

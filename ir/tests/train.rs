@@ -27,6 +27,7 @@ fn opts(p: PrecisionPolicy, o: OptimizerKind, r: RecomputePolicy) -> TrainOption
         precision: p,
         optimizer: o,
         recompute: r,
+        bf16_weight_copies: false,
     }
 }
 

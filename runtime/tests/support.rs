@@ -242,16 +242,19 @@ pub fn tiny_llama() -> Graph {
 pub fn tiny_llama_step(
     precision: moai_ir::train::PrecisionPolicy,
 ) -> (moai_ir::train::TrainingGraph, Vec<Graph>) {
+    tiny_llama_step_with(&moai_ir::train::TrainOptions {
+        precision,
+        ..Default::default()
+    })
+}
+
+/// Tiny-llama's training step under `opts`, split as [`tiny_llama_step`].
+pub fn tiny_llama_step_with(
+    opts: &moai_ir::train::TrainOptions,
+) -> (moai_ir::train::TrainingGraph, Vec<Graph>) {
     use moai_ir::cost::Phase;
-    use moai_ir::train::{TrainOptions, build_training_graph};
-    let tg = build_training_graph(
-        &tiny_llama(),
-        &TrainOptions {
-            precision,
-            ..Default::default()
-        },
-    )
-    .expect("training graph");
+    use moai_ir::train::build_training_graph;
+    let tg = build_training_graph(&tiny_llama(), opts).expect("training graph");
     let part = |id| match tg.meta(id).phase {
         Phase::Forward => 0,
         Phase::Backward | Phase::Recompute => 1,

@@ -2,7 +2,7 @@
 //! against the reference interpreter on the whole training graph.
 
 use crate::support::*;
-use moai_ir::train::PrecisionPolicy;
+use moai_ir::train::{PrecisionPolicy, TrainOptions};
 use moai_ir::{Op, ParamData, Tensor};
 use moai_runtime::{CpuExecutor, Dims, KernelStyle, emit_program, run_chain};
 use std::collections::HashMap;
@@ -100,23 +100,49 @@ fn tiny_llama_training_step_matches_reference() {
     );
 }
 
-/// The same step under bf16 mixed precision (bf16 compute, fp32 master weights and optimizer state), as
-/// the planner's plans train: normwise within bf16 rounding of the reference interpreter, which rounds
-/// every bf16 result the same way.
+/// The same step under bf16 mixed precision as eager autocast runs it (bf16 matmuls over fp32 master
+/// weights, fp32 residual stream, fp32 optimizer state): normwise within bf16 rounding of the reference
+/// interpreter, which rounds every bf16 result the same way.
 #[test]
 fn tiny_llama_amp_bf16_training_step_matches_reference() {
-    half_precision_step(PrecisionPolicy::AmpBf16);
+    half_precision_step(&TrainOptions {
+        precision: PrecisionPolicy::AmpBf16,
+        ..Default::default()
+    });
+}
+
+/// bf16 mixed precision as the planner's plans train it (every export engine computes on bf16 copies
+/// of the fp32 master weights: bf16 residual stream, fp32 master weights, gradients and moments).
+#[test]
+fn tiny_llama_amp_bf16_on_weight_copies_training_step_matches_reference() {
+    half_precision_step(&TrainOptions {
+        precision: PrecisionPolicy::AmpBf16,
+        bf16_weight_copies: true,
+        ..Default::default()
+    });
 }
 
 /// Pure bf16 (bf16 weights, gradients and compute; fp32 optimizer moments).
 #[test]
 fn tiny_llama_bf16_training_step_matches_reference() {
-    half_precision_step(PrecisionPolicy::Bf16);
+    half_precision_step(&TrainOptions {
+        precision: PrecisionPolicy::Bf16,
+        ..Default::default()
+    });
 }
 
-fn half_precision_step(policy: PrecisionPolicy) {
+fn half_precision_step(opts: &TrainOptions) {
     let cfg = tiny_llama_arch();
-    let (tg, parts) = tiny_llama_step(policy);
+    let policy = format!(
+        "{}{}",
+        opts.precision,
+        if opts.reads_weight_copies() {
+            " (weight copies)"
+        } else {
+            ""
+        }
+    );
+    let (tg, parts) = tiny_llama_step_with(opts);
     let input = ids(2, 8, cfg.vocab, 11);
     let values = run_on_cpu(&tg.graph, &parts, &input);
     let want = reference(&tg.graph, &[("input_ids", input)]);

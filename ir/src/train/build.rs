@@ -349,6 +349,18 @@ impl<'f> Builder<'f> {
         let n = self.fwd.node(old);
         let pol = self.opts.precision;
         let cdt = pol.compute_dtype();
+        if self.opts.reads_weight_copies() {
+            // Every op reads the weight's bf16 copy (cast once per forward and shared by its uses),
+            // as the engine's bf16 module or gathered bf16 parameters hand it out.
+            for v in ins.iter_mut() {
+                if matches!(self.g.node(v.node).op, Op::Param { .. })
+                    && self.requires_grad.contains(v)
+                    && self.g.ty(*v).dtype == DType::F32
+                {
+                    *v = self.cast(*v, cdt, false);
+                }
+            }
+        }
         let mut outs: Vec<TensorType> = n.outputs.clone();
         let in_dt = |b: &Self, i: usize| ins.get(i).map(|v| b.g.ty(*v).dtype);
         let op = n.op.clone();
@@ -591,7 +603,13 @@ impl<'f> Builder<'f> {
         if r == 0 || d < 2 || d % 2 != 0 {
             return None;
         }
-        let wdt = self.opts.precision.weight_dtype();
+        // The dtype of the hidden states the rotary module is given: the weights' the model computes
+        // with (the embedding's output).
+        let wdt = if self.opts.reads_weight_copies() {
+            self.opts.precision.compute_dtype()
+        } else {
+            self.opts.precision.weight_dtype()
+        };
         let out_dt = if float_rank(wdt) > float_rank(xt.dtype) {
             wdt
         } else {

@@ -80,6 +80,21 @@ pub struct TrainOptions {
     pub optimizer: OptimizerKind,
     /// Recomputation policy.
     pub recompute: RecomputePolicy,
+    /// Under `amp-bf16`: the step computes on bf16 copies of the fp32 master weights, as the
+    /// training engines run mixed precision (Megatron-LM's `Float16Module`, DeepSpeed's bf16
+    /// weights, FSDP's `param_dtype`), so every op reads a weight's bf16 copy and the activations,
+    /// the residual stream and the checkpointed layer inputs are bf16. `false` (the default) is
+    /// eager PyTorch's `torch.autocast` over fp32 weights: only matmuls and attention compute in
+    /// bf16, the embedding, norms and residual stream stay fp32. Other policies ignore it.
+    pub bf16_weight_copies: bool,
+}
+
+impl TrainOptions {
+    /// Whether the step reads bf16 copies of fp32 weights ([`TrainOptions::bf16_weight_copies`]
+    /// under `amp-bf16`).
+    pub fn reads_weight_copies(&self) -> bool {
+        self.bf16_weight_copies && self.precision == PrecisionPolicy::AmpBf16
+    }
 }
 
 /// Optimizer hyper-parameters (PyTorch defaults, `step` 1).

@@ -8,7 +8,7 @@
 use super::build::build_engine_training_graph;
 use super::cost::{env, is_free, op_record};
 use super::memory::liveness;
-use super::options::{OptimizerKind, PrecisionPolicy, TrainOptions};
+use super::options::{OptimizerKind, PrecisionPolicy, RecomputePolicy, TrainOptions};
 use super::tp::{self, linear_class};
 use crate::cost::{
     ActivationBytes, BlockKind, BlockProfile, LossKernel, OpCost, Phase, StepProfile, TpSplit,
@@ -72,6 +72,7 @@ pub fn step_profile(
         .map(|p| lv.root.get(&p.grad).copied().unwrap_or(p.grad))
         .collect();
     let mut saved: HashMap<BlockKind, ActivationBytes> = HashMap::new();
+    let mut kept: HashSet<Value> = HashSet::new();
     let mut temps: Vec<(usize, usize, u64, bool)> = Vec::new();
     for b in &lv.buffers {
         let id = b.root.node;
@@ -81,6 +82,7 @@ pub fn step_profile(
         }
         let sh = tpi.sharded[id.index()];
         if m.phase == Phase::Forward && b.start <= last_fwd && b.end > last_fwd {
+            kept.insert(b.root);
             let a = saved.entry(m.block).or_default();
             if sh {
                 a.tp_sharded += b.bytes as f64;
@@ -131,6 +133,8 @@ pub fn step_profile(
     // a weight another block reads, such as a tied LM head's embedding table, is a weight of both
     // stages, not a transfer).
     let mut boundary: HashMap<BlockKind, f64> = HashMap::new();
+    // Of those, the bytes no saved activation holds.
+    let mut handed_not_kept: HashMap<BlockKind, f64> = HashMap::new();
     let mut seen: HashSet<Value> = HashSet::new();
     for id in &tg.schedule {
         let m = tg.meta(*id);
@@ -148,6 +152,9 @@ pub fn step_profile(
                 let bytes = t.shape.numel().eval(&e).unwrap_or(0).max(0) as f64
                     * t.dtype.size_bytes() as f64;
                 *boundary.entry(pm.block).or_default() += bytes;
+                if !kept.contains(&lv.root.get(v).copied().unwrap_or(*v)) {
+                    *handed_not_kept.entry(pm.block).or_default() += bytes;
+                }
             }
         }
     }
@@ -176,9 +183,35 @@ pub fn step_profile(
         }
     }
 
+    // Where layers are checkpointed (full recomputation, torchtitan's per-op policy) a decoder layer's
+    // output is the next layer's checkpointed input, kept until that layer's backward. The reduced
+    // graph's last decoder layer hands its output to the head instead, which does not recompute and,
+    // where its norm reads an upcast copy (a bf16 residual stream), does not keep it: where that layer
+    // represents a layer with a successor, it keeps what it hands on and nothing else holds, as that
+    // layer does.
+    let last_layer = reduced.layer_rep.last().map(|(l, _)| *l);
+    let last_rep = reduced.layer_rep.iter().map(|(_, r)| *r).max();
+    let checkpointed = |l: u32, r: u32, mut a: ActivationBytes| {
+        if matches!(
+            opts.recompute,
+            RecomputePolicy::Full | RecomputePolicy::SelectiveOp
+        ) && Some(r) == last_rep
+            && Some(l) != last_layer
+        {
+            a.tp_replicated += handed_not_kept
+                .get(&BlockKind::Decoder(r))
+                .copied()
+                .unwrap_or(0.0);
+        }
+        a
+    };
     // Assemble: embedding, every decoder layer (from its representative), head.
     let mut blocks = Vec::with_capacity(reduced.layer_rep.len() + 2);
     let make = |kind: BlockKind, src: BlockKind, relabel: Option<(u32, u32)>| -> BlockProfile {
+        let mut kept = saved.get(&src).cloned().unwrap_or_default();
+        if let (BlockKind::Decoder(l), BlockKind::Decoder(r)) = (kind, src) {
+            kept = checkpointed(l, r, kept);
+        }
         let ops = per_block
             .get(&src)
             .map(|v| v.iter().map(|o| relayer(o, relabel)).collect())
@@ -190,7 +223,7 @@ pub fn step_profile(
             params: p,
             tp_sharded_params: ps,
             expert_params: pe,
-            saved: saved.get(&src).cloned().unwrap_or_default(),
+            saved: kept,
             transient: transient.get(&src).cloned().unwrap_or_default(),
             boundary_bytes: boundary.get(&src).copied().unwrap_or(0.0),
         }
