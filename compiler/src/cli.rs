@@ -84,9 +84,11 @@ pub struct JobArgs {
     /// Sequence length in tokens (1 to 2^24).
     #[arg(long, default_value_t = 1024)]
     pub seq_len: u64,
-    /// Precision: amp-bf16, bf16, fp32, or fp8 (amp-bf16 with FP8 GEMMs in the decoder layers'
-    /// linears, per-tensor scaling as Transformer Engine runs it; GPUs with FP8 matrix units only:
-    /// h100, h200, b200, mi300x, mi325x, mi355x). The search plans fp8 only when asked for it here.
+    /// Precision: amp-bf16 (fp32 master weights, gradients and optimizer state; the step computes on
+    /// bf16 copies of the weights, as every export engine runs it), bf16, fp32, or fp8 (amp-bf16 with
+    /// FP8 GEMMs in the decoder layers' linears, per-tensor scaling as Transformer Engine runs it; GPUs
+    /// with FP8 matrix units only: h100, h200, b200, mi300x, mi325x, mi355x). The search plans fp8
+    /// only when asked for it here.
     #[arg(long, default_value = "amp-bf16")]
     pub precision: String,
     /// Optimizer: adamw, sgd.

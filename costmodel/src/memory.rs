@@ -21,7 +21,9 @@
 //! state (ZeRO's (2 + 2 + K)Ψ); FSDP and eager PyTorch keep fp32 weights that are themselves the master
 //! copy, fp32 gradients and two fp32 moments (16 bytes).
 //!
-//! Activations: the training graph's liveness (`moai_ir::cost::BlockProfile::saved`) with the bf16
+//! Activations: the training graph's liveness (`moai_ir::cost::BlockProfile::saved`), built as the
+//! stack computes (`Stack::computes_on_weight_copies`: on bf16 weight copies, so a bf16 residual stream
+//! and bf16 checkpointed layer inputs, for every stack but eager autocast), with the bf16
 //! weight copies split out (they are weights, counted once however many micro-batches are in flight,
 //! and absent where the stack keeps bf16 weights or gathers them per layer). For the Megatron stack the
 //! decoder layers use Korthikanti et al.'s layout instead ("Reducing Activation Recomputation in Large
