@@ -211,7 +211,15 @@ fn selective_op_recompute_reruns_every_second_linear_and_keeps_attention() {
 /// states, as with an untied head, whatever the vocabulary.
 #[test]
 fn a_tied_head_does_not_send_the_embedding_table_across_the_boundary() {
-    let o = TrainOptions::default();
+    for copies in [false, true] {
+        tied_head_boundary(TrainOptions {
+            bf16_weight_copies: copies,
+            ..TrainOptions::default()
+        });
+    }
+}
+
+fn tied_head_boundary(o: TrainOptions) {
     let boundary = |spec: &str| {
         let g = moai_models::from_spec(spec).unwrap();
         let p = step_profile(&g, &o, 2, 16).unwrap();
@@ -235,7 +243,16 @@ fn a_tied_head_does_not_send_the_embedding_table_across_the_boundary() {
 /// GEMMs (llama2-13b from ONNX at tp 2: 16.1 s of matmuls per step instead of 8.3 s).
 #[test]
 fn weights_read_through_a_transpose_split_as_their_layer() {
-    let o = TrainOptions::default();
+    // Under autocast and on bf16 weight copies (a cast between the weight and its transpose).
+    for copies in [false, true] {
+        transposed_weights_split(TrainOptions {
+            bf16_weight_copies: copies,
+            ..TrainOptions::default()
+        });
+    }
+}
+
+fn transposed_weights_split(o: TrainOptions) {
     let forward_matmuls = |p: &StepProfile, kind: fn(&BlockKind) -> bool| -> Vec<TpSplit> {
         p.blocks
             .iter()
@@ -275,8 +292,9 @@ fn weights_read_through_a_transpose_split_as_their_layer() {
 /// An `amp-bf16` step computing on bf16 weight copies (as the training engines do) keeps a bf16
 /// residual stream: under full recomputation a middle decoder layer saves its output (the next
 /// layer's checkpointed input) at 2 bytes per element, not autocast's fp32 4 (the reduced profile's
-/// representative layer counts it though the head, not a layer, reads it); no activation is fp32 except inside the norms; the bytes per parameter
-/// (fp32 master weights, gradients, moments) are autocast's, and the copy of each weight is made once.
+/// representative layer counts it though the head, not a layer, reads it); without recomputation a
+/// layer saves less than under autocast; the bytes per parameter (fp32 master weights, gradients,
+/// moments) are autocast's, and the copy of each weight is made once.
 #[test]
 fn weight_copies_keep_the_residual_stream_in_bf16() {
     let g = planning_llama(4, 256, 4, 2, 688, 1000);
