@@ -397,6 +397,17 @@ impl ParallelConfig {
         }
     }
 
+    /// Whether each pipeline stage gathers its sharded weights once per step and keeps them, and its
+    /// gradients, unsharded until the step's last backward
+    /// ([`crate::Stack::keeps_pipelined_stage_unsharded`]): ZeRO-3 over more than one rank, a
+    /// pipeline, and a stack that runs it so.
+    pub fn keeps_stage_unsharded(&self) -> bool {
+        self.distribute_param
+            && self.pp > 1
+            && self.shard_dp().max(1) * self.cp.max(1) > 1
+            && self.stack.keeps_pipelined_stage_unsharded()
+    }
+
     /// The replicas of each shard group, `dp / shard_dp` (1 without hybrid sharding); their gradients
     /// are all-reduced across them.
     pub fn dp_replicas(&self) -> u32 {

@@ -1538,7 +1538,21 @@ impl ProfiledCostModel {
                         0.0
                     }
                 };
-                if cfg.distribute_param {
+                if cfg.keeps_stage_unsharded() {
+                    // A pipelined stage that keeps its weights unsharded
+                    // (`ParallelConfig::keeps_stage_unsharded`): each block is gathered once per
+                    // step, before the first micro-batch's forward, prefetched under the previous
+                    // block's; the gradients are reduce-scattered once, block by block, after the
+                    // last micro-batch's backward, when the stage has nothing left to compute.
+                    let per_block = coll(Collective::AllGather, p_dev * gathered / n_blocks);
+                    let gathers = n_blocks * per_block;
+                    gather_total = gathers;
+                    let rs = n_blocks
+                        * (coll(Collective::ReduceScatter, grad_bytes / n_blocks)
+                            + across(grad_bytes / n_blocks));
+                    dp_comm = rs;
+                    exposed += per_block + (gathers - per_block - f_dev).max(0.0) + rs;
+                } else if cfg.distribute_param {
                     // ZeRO-3: every block's weights are all-gathered before its forward and again
                     // before its backward, each micro-batch; with prefetch the next block's gather
                     // runs under this block's compute. Gradients are reduce-scattered block by block

@@ -621,7 +621,10 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
         if !on_device(v) {
             continue;
         }
-        if cfg.precision == crate::precision::MatmulPrecision::Fp8 {
+        // Transformer Engine caches each fp8 weight (and its transpose) for the step and keeps its
+        // delayed-scaling state; torchao's `Float8Linear` (FSDP, torchtitan; `tensorwise`, dynamic
+        // scales) casts the weight at each GEMM and keeps neither.
+        if cfg.precision == crate::precision::MatmulPrecision::Fp8 && cfg.stack.runs_te_modules() {
             fp8_bytes += b.fp8_weight_params * crate::precision::FP8_WEIGHT_BYTES_PER_PARAM
                 + crate::precision::scaling_state_bytes(b.fp8_linears);
         }
@@ -689,7 +692,20 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     let fitted_logits = if buffers.fitted { logits } else { 0.0 };
     let block_trans = vs.iter().map(|v| transient[*v]).fold(0.0, f64::max);
     let mut fixed_trans = coef.workspace_bytes.max(0.0);
-    if cfg.distribute_param && dp > 1 {
+    // A pipelined stage that keeps its weights unsharded (PyTorch's pipelining with FSDP2 stages,
+    // `ParallelConfig::keeps_stage_unsharded`) holds all of them in compute precision from the first
+    // forward to the last backward, and its unsharded gradients in the reduce dtype (the stack's
+    // gradient bytes) from the first backward on: both at the forward and backward peaks of the
+    // steady state, neither at the optimizer step (the last backward reshards and reduce-scatters).
+    let (unsharded_w, unsharded_g) = if cfg.keeps_stage_unsharded() {
+        (
+            p_dev * st.compute_bytes_per_param,
+            p_dev * profile.grad_bytes_per_param.max(0.0),
+        )
+    } else {
+        (0.0, 0.0)
+    };
+    if cfg.distribute_param && dp > 1 && !cfg.keeps_stage_unsharded() {
         // The layer being computed and the prefetched next one, gathered in compute precision;
         // with the engine's prefetch switched off (`overlap_param_gather`), only the layer computed.
         let blk = vs.iter().map(|v| largest[*v]).fold(0.0, f64::max);
@@ -735,7 +751,7 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     } else {
         (copies_all, copies_saved)
     };
-    let resident = st.weights + st.persistent_grads + st.optimizer;
+    let resident = st.weights + st.persistent_grads + st.optimizer + unsharded_w + unsharded_g;
     let forward = resident + copies_f + acts + loss + fixed_trans;
     let backward = resident + copies_b + acts + block_trans.max(loss_b) + fixed_trans;
     let optimizer = st.weights + st.grads + st.optimizer + st.optimizer_temp + coef.workspace_bytes;
@@ -767,8 +783,8 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
         };
         mk(
             PeakPhase::Backward,
-            st.weights + copies_b,
-            st.persistent_grads,
+            st.weights + unsharded_w + copies_b,
+            st.persistent_grads + unsharded_g,
             acts,
             block_trans.max(loss_b) + fixed_trans,
             loss_live,
@@ -776,8 +792,8 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     } else {
         mk(
             PeakPhase::Forward,
-            st.weights + copies_f,
-            st.persistent_grads,
+            st.weights + unsharded_w + copies_f,
+            st.persistent_grads + unsharded_g,
             acts,
             loss + fixed_trans,
             fitted_logits,

@@ -116,7 +116,8 @@ impl FromStr for MatmulPrecision {
 pub const CAST_TRANSPOSE_BYTES_PER_ELEMENT: f64 = 4.0;
 
 /// Device bytes per fp8 weight element held through the step: the fp8 copy and its transpose
-/// (Transformer Engine caches both across the micro-batches of a step).
+/// (Transformer Engine caches both across the micro-batches of a step; torchao's per-GEMM casts keep
+/// none, [`crate::memory::device_memory`]).
 pub const FP8_WEIGHT_BYTES_PER_PARAM: f64 = 2.0;
 
 /// Length of the amax history of delayed scaling (Megatron-LM's `--fp8-amax-history-len` that moai

@@ -209,6 +209,23 @@ impl Stack {
         }
     }
 
+    /// Whether a fully sharded (ZeRO-3) pipeline stage of this stack gathers its weights once per
+    /// step and keeps them, and its gradients, unsharded until the step's last backward: PyTorch's
+    /// pipelining with FSDP2 stages, as torchtitan runs it. torchtitan shards every block with
+    /// `reshard_after_forward=False` when pipeline parallelism is on ("to avoid per-microbatch
+    /// all-gathers", `apply_fsdp`, pytorch/torchtitan 9dec370 `torchtitan/parallelisms/
+    /// parallelize_llama.py`), and the schedule runs every backward with
+    /// `set_reshard_after_backward(False)` and `set_requires_gradient_sync(False)`, calling FSDP's
+    /// post-backward (one reduce-scatter per block) only after the last micro-batch's
+    /// (`backward_maybe_with_nosync`, pytorch/pytorch `torch/distributed/pipelining/stage.py`).
+    /// Meanwhile the unsharded gradients accumulate in the reduce dtype (FSDP2's
+    /// `FSDPParam.to_accumulated_grad_if_needed`: fp32 under torchtitan's default
+    /// `mixed_precision_reduce = "float32"`). Megatron-LM and DeepSpeed do not pipeline ZeRO-3
+    /// stages here (their exports refuse it).
+    pub fn keeps_pipelined_stage_unsharded(self) -> bool {
+        self.costed_as() == Stack::Fsdp
+    }
+
     /// Whether the distributed optimizer's all-gather of the updated weights (ZeRO-1) overlaps with
     /// the next step's forward compute: Megatron-LM with `--overlap-param-gather` (`flag`), whose
     /// forward pre-hooks wait on each bucket's gather just before the layers that use it, so the

@@ -331,3 +331,59 @@ fn configurations_that_ran_fit_their_devices() {
         over.len()
     );
 }
+
+/// A fully sharded pipeline stage on torchtitan (PyTorch's pipelining with FSDP2 stages) gathers its
+/// weights once per step and keeps them, and its fp32-accumulated gradients, unsharded until the last
+/// micro-batch's backward (`Stack::keeps_pipelined_stage_unsharded`): its memory holds the stage's
+/// bf16 weights and fp32 gradients whole, and its ZeRO-3 traffic does not grow with the micro-batches.
+/// Megatron-LM's ZeRO-3 (not pipelined by its export) and unpipelined FSDP keep the per-layer gathers.
+#[test]
+fn a_pipelined_fsdp2_stage_keeps_its_weights_and_gradients_unsharded() {
+    let cluster = Cluster::new(Gpu::H100, 64).unwrap();
+    let p = llama13b(1, RecomputePolicy::Full);
+    let m = ProfiledCostModel::new();
+    let cfg = |stack, pp: u32, micro: u32| ParallelConfig {
+        dp: 64 / (pp * 2),
+        tp: 2,
+        pp,
+        sequence_parallel: true,
+        micro_batch_size: 1,
+        num_micro_batches: micro,
+        recompute: Recompute::Full,
+        distribute_param: true,
+        distribute_low_prec_param: true,
+        distribute_optimizer: true,
+        schedule: Schedule::OneFOneB,
+        stack,
+        ..Default::default()
+    };
+    let e = |stack, pp, micro| m.estimate(&p, &cluster, &cfg(stack, pp, micro)).unwrap();
+    let (tt, mg) = (e(Stack::Torchtitan, 4, 8), e(Stack::Megatron, 4, 8));
+    check_adds_up(&tt);
+    check_adds_up(&mg);
+    // Stage 1 (no embedding, no head): its share of the 40 layers' weights over tp 2.
+    let params = p
+        .blocks
+        .iter()
+        .filter(|b| matches!(b.kind, moai_ir::cost::BlockKind::Decoder(l) if (10..20).contains(&l)))
+        .map(|b| b.params as f64)
+        .sum::<f64>()
+        / 2.0;
+    let s = &tt.memory[1];
+    let sharded = 4.0 * params / 8.0;
+    assert!(
+        (s.weights_bytes - sharded - 2.0 * params).abs() < 0.02 * params,
+        "weights {} vs {} sharded + {} unsharded bf16",
+        s.weights_bytes,
+        sharded,
+        2.0 * params
+    );
+    assert!(s.grads_bytes >= 4.0 * params, "{s:?}");
+    assert!(mg.memory[1].weights_bytes < s.weights_bytes - params);
+    // Gathered once and reduce-scattered once per step, whatever the micro-batches.
+    let more = e(Stack::Torchtitan, 4, 16);
+    assert_eq!(tt.breakdown.zero3_gather_s, more.breakdown.zero3_gather_s);
+    assert_eq!(tt.breakdown.dp_comm_s, more.breakdown.dp_comm_s);
+    let unpiped = (e(Stack::Torchtitan, 1, 8), e(Stack::Torchtitan, 1, 16));
+    assert!(unpiped.1.breakdown.zero3_gather_s > 1.9 * unpiped.0.breakdown.zero3_gather_s);
+}
