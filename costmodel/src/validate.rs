@@ -747,6 +747,43 @@ mod tests {
     const ROW: &str = r#"{"name":"r","model":"llama:layers=2,hidden=64,heads=4,vocab=100","cluster":{"gpu":"h100","devices":1},"batch":4,"seq":16,"config":{"micro_batch_size":4},"measured":{"step_time_s":0.1},"source":"t"}"#;
 
     #[test]
+    fn a_rows_training_options_follow_its_stack() {
+        let with = |config: &str, precision: &str| -> Result<moai_ir::train::TrainOptions> {
+            let row: TruthRow =
+                serde_json::from_str(&ROW.replace(r#""micro_batch_size":4"#, config).replace(
+                    r#""batch":4"#,
+                    &format!(r#""batch":4,"precision":"{precision}""#),
+                ))
+                .unwrap();
+            row.train_options()
+        };
+        // Every engine computes on bf16 weight copies; eager autocast does not.
+        for (stack, copies) in [
+            ("megatron", true),
+            ("deepspeed", true),
+            ("fsdp", true),
+            ("torchtitan", true),
+            ("eager", false),
+        ] {
+            let o = with(
+                &format!(r#""micro_batch_size":4,"recompute":"full","stack":"{stack}""#),
+                "amp-bf16",
+            )
+            .unwrap();
+            assert_eq!(o.bf16_weight_copies, copies, "{stack}");
+            assert_eq!(o.reads_weight_copies(), copies, "{stack}");
+            assert_eq!(o.recompute, crate::config::Recompute::Full);
+        }
+        // Other precisions ignore the switch; a bad one names the row in one line.
+        let o = with(r#""micro_batch_size":4,"stack":"fsdp""#, "bf16").unwrap();
+        assert!(!o.reads_weight_copies());
+        let e = with(r#""micro_batch_size":4"#, "fp16")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("r: precision") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
     fn a_row_may_state_its_network() {
         let row: TruthRow = serde_json::from_str(&ROW.replace(
             r#""devices":1}"#,
