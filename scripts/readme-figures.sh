@@ -198,12 +198,23 @@ printf '## moai-compile validate costmodel/data/truth/nemo_long_sequence_h100.js
 
 # The torchtitan paper's 405B 4D rows at cp 2 and 8 (long_context_torchtitan.jsonl, costed on the FSDP
 # stack; the CLI takes these configurations with --engine torchtitan, the same attention kernel): the
-# attention seconds and the 1F1B bubble behind the README's factors for those rows.
+# attention seconds and the 1F1B bubble behind the README's factors for those rows, and (cp 1 and 4
+# too) the peaks the README sets beside the reserved memory the paper reports.
 t405=(llama:layers=126,hidden=16384,heads=128,kv_heads=8,ffn=53248,vocab=128256,rope_theta=500000 --gpu h100-hbm2e
 	--devices 512 --precision fp8 --tp 8 --pp 8 --micro-batch-size 1 --recompute full --zero 3 --sequence-parallel
 	--schedule 1f1b --engine torchtitan)
 run plan_figures estimate "${t405[@]}" --batch-size 32 --seq-len 65536 --dp 4 --cp 2
 run plan_figures estimate "${t405[@]}" --batch-size 8 --seq-len 262144 --dp 1 --cp 8
+run plan_figures estimate "${t405[@]}" --batch-size 64 --seq-len 32768 --dp 8 --cp 1
+run plan_figures estimate "${t405[@]}" --batch-size 16 --seq-len 131072 --dp 2 --cp 4
+
+# --- Mixed precision as the engine runs it: MPT-13B at 16K on 8 A100 (LLM Foundry's recipe), the
+# activations of one device under full recomputation (GiB)
+mpt13=("gpt:layers=40,hidden=5120,heads=40,vocab=50368,seq=16384" --gpu a100 --devices 8 --batch-size 72
+	--seq-len 16384 --dp 8 --tp 1 --pp 1 --micro-batch-size 3 --recompute full --zero 3 --engine fsdp)
+printf '## moai-compile estimate %s --json  (activations of stage 0, GiB)\n' "${mpt13[*]}"
+"$MOAI" estimate "${mpt13[@]}" --json 2>/dev/null | grep -oE '"activations_bytes": ?[0-9.e+]+' | head -1 |
+	awk -F: '{ printf "%.1f\n", $2 / 1073741824 }' || printf 'FAILED: --json\n'
 printf '## moai-compile validate costmodel/data/truth/long_context_torchtitan.jsonl  (step times)\n'
 "$MOAI" validate costmodel/data/truth/long_context_torchtitan.jsonl 2>/dev/null | grep -E 'step_time_s|MAPE' || printf 'FAILED: validate\n'
 

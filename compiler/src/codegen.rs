@@ -366,8 +366,6 @@ pub fn compile_plan(
     let (precision, fallback) = kernel_precision(req.precision);
     let opts = TrainOptions {
         precision,
-        optimizer: req.optimizer,
-        recompute: plan.recompute,
         ..crate::search::train_options(req, plan.recompute)
     };
     let dims: Dims = [

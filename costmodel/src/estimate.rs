@@ -1538,56 +1538,56 @@ impl ProfiledCostModel {
                         0.0
                     }
                 };
-                if cfg.keeps_stage_unsharded() {
-                    // A pipelined stage that keeps its weights unsharded
-                    // (`ParallelConfig::keeps_stage_unsharded`): each block is gathered once per
-                    // step, before the first micro-batch's forward, prefetched under the previous
-                    // block's; the gradients are reduce-scattered once, block by block, after the
-                    // last micro-batch's backward, when the stage has nothing left to compute.
-                    let per_block = coll(Collective::AllGather, p_dev * gathered / n_blocks);
-                    let gathers = n_blocks * per_block;
-                    gather_total = gathers;
-                    let rs = n_blocks
-                        * (coll(Collective::ReduceScatter, grad_bytes / n_blocks)
-                            + across(grad_bytes / n_blocks));
-                    dp_comm = rs;
-                    exposed += per_block + (gathers - per_block - f_dev).max(0.0) + rs;
-                } else if cfg.distribute_param {
-                    // ZeRO-3: every block's weights are all-gathered before its forward and again
-                    // before its backward, each micro-batch; with prefetch the next block's gather
-                    // runs under this block's compute. Gradients are reduce-scattered block by block
-                    // during each micro-batch's backward.
-                    let per_block = coll(Collective::AllGather, p_dev * gathered / n_blocks);
-                    let gathers = 2.0 * n_blocks * per_block;
-                    gather_total = m as f64 * gathers;
-                    // One reduce-scatter per block (its own message size); under hybrid sharding
+                if cfg.distribute_param {
+                    // ZeRO-3: one all-gather per block (in compute precision) and one
+                    // reduce-scatter per block (its own message size); under hybrid sharding
                     // followed by the block's all-reduce across replicas (FSDP2's HSDP and
                     // Megatron-FSDP reduce every block's gradients this way), the same traffic.
+                    let per_block = coll(Collective::AllGather, p_dev * gathered / n_blocks);
                     let rs = n_blocks
                         * (coll(Collective::ReduceScatter, grad_bytes / n_blocks)
                             + across(grad_bytes / n_blocks));
-                    let rs_last = rs / n_blocks;
-                    dp_comm = m as f64 * rs;
-                    // Per micro-batch. Gathers and reduce-scatters share the same links, so with
-                    // prefetch they hide together under the micro-batch's compute: exposed are the
-                    // first gather, the last block's reduce-scatter and whatever traffic exceeds
-                    // the compute.
-                    let per_mb = match (stack.prefetches_params(cfg.overlap_param_gather), overlap)
-                    {
-                        (true, true) => {
-                            per_block
-                                + rs_last
-                                + (gathers + rs - per_block - rs_last - compute_dev).max(0.0)
-                        }
-                        (true, false) => {
-                            per_block + (gathers - per_block - compute_dev).max(0.0) + rs
-                        }
-                        (false, true) => {
-                            gathers + exposed_after_overlap(rs, b_dev, n_blocks as u32)
-                        }
-                        (false, false) => gathers + rs,
-                    };
-                    exposed += m as f64 * per_mb;
+                    if cfg.keeps_stage_unsharded() {
+                        // A pipelined stage that keeps its weights unsharded
+                        // (`ParallelConfig::keeps_stage_unsharded`): each block is gathered once per
+                        // step, before the first micro-batch's forward, prefetched under the previous
+                        // block's; the gradients are reduce-scattered once, after the last
+                        // micro-batch's backward, when the stage has nothing left to compute.
+                        let gathers = n_blocks * per_block;
+                        gather_total = gathers;
+                        dp_comm = rs;
+                        exposed += per_block + (gathers - per_block - f_dev).max(0.0) + rs;
+                    } else {
+                        // Every block's weights are all-gathered before its forward and again
+                        // before its backward, each micro-batch; with prefetch the next block's gather
+                        // runs under this block's compute. Gradients are reduce-scattered block by block
+                        // during each micro-batch's backward.
+                        let gathers = 2.0 * n_blocks * per_block;
+                        gather_total = m as f64 * gathers;
+                        let rs_last = rs / n_blocks;
+                        dp_comm = m as f64 * rs;
+                        // Per micro-batch. Gathers and reduce-scatters share the same links, so with
+                        // prefetch they hide together under the micro-batch's compute: exposed are the
+                        // first gather, the last block's reduce-scatter and whatever traffic exceeds
+                        // the compute.
+                        let per_mb =
+                            match (stack.prefetches_params(cfg.overlap_param_gather), overlap) {
+                                (true, true) => {
+                                    per_block
+                                        + rs_last
+                                        + (gathers + rs - per_block - rs_last - compute_dev)
+                                            .max(0.0)
+                                }
+                                (true, false) => {
+                                    per_block + (gathers - per_block - compute_dev).max(0.0) + rs
+                                }
+                                (false, true) => {
+                                    gathers + exposed_after_overlap(rs, b_dev, n_blocks as u32)
+                                }
+                                (false, false) => gathers + rs,
+                            };
+                        exposed += m as f64 * per_mb;
+                    }
                 } else {
                     // Gradients are reduced bucket by bucket, each bucket one collective of its
                     // own size, of the stack's bucket size (`Stack::grad_bucket_params`).

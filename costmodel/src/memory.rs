@@ -697,7 +697,8 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     // forward to the last backward, and its unsharded gradients in the reduce dtype (the stack's
     // gradient bytes) from the first backward on: both at the forward and backward peaks of the
     // steady state, neither at the optimizer step (the last backward reshards and reduce-scatters).
-    let (unsharded_w, unsharded_g) = if cfg.keeps_stage_unsharded() {
+    let unsharded = cfg.keeps_stage_unsharded();
+    let (unsharded_w, unsharded_g) = if unsharded {
         (
             p_dev * st.compute_bytes_per_param,
             p_dev * profile.grad_bytes_per_param.max(0.0),
@@ -705,7 +706,7 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
     } else {
         (0.0, 0.0)
     };
-    if cfg.distribute_param && dp > 1 && !cfg.keeps_stage_unsharded() {
+    if cfg.distribute_param && dp > 1 && !unsharded {
         // The layer being computed and the prefetched next one, gathered in compute precision;
         // with the engine's prefetch switched off (`overlap_param_gather`), only the layer computed.
         let blk = vs.iter().map(|v| largest[*v]).fold(0.0, f64::max);

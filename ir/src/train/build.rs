@@ -605,11 +605,7 @@ impl<'f> Builder<'f> {
         }
         // The dtype of the hidden states the rotary module is given: the weights' the model computes
         // with (the embedding's output).
-        let wdt = if self.opts.reads_weight_copies() {
-            self.opts.precision.compute_dtype()
-        } else {
-            self.opts.precision.weight_dtype()
-        };
+        let wdt = self.opts.read_weight_dtype();
         let out_dt = if float_rank(wdt) > float_rank(xt.dtype) {
             wdt
         } else {

@@ -95,6 +95,16 @@ impl TrainOptions {
     pub fn reads_weight_copies(&self) -> bool {
         self.bf16_weight_copies && self.precision == PrecisionPolicy::AmpBf16
     }
+
+    /// Dtype of the weights the forward's ops read: the bf16 copies where the step reads them, else
+    /// the stored weights.
+    pub fn read_weight_dtype(&self) -> DType {
+        if self.reads_weight_copies() {
+            self.precision.compute_dtype()
+        } else {
+            self.precision.weight_dtype()
+        }
+    }
 }
 
 /// Optimizer hyper-parameters (PyTorch defaults, `step` 1).

@@ -72,7 +72,7 @@ pub fn step_profile(
         .map(|p| lv.root.get(&p.grad).copied().unwrap_or(p.grad))
         .collect();
     let mut saved: HashMap<BlockKind, ActivationBytes> = HashMap::new();
-    let mut kept: HashSet<Value> = HashSet::new();
+    let mut kept_roots: HashSet<Value> = HashSet::new();
     let mut temps: Vec<(usize, usize, u64, bool)> = Vec::new();
     for b in &lv.buffers {
         let id = b.root.node;
@@ -82,7 +82,7 @@ pub fn step_profile(
         }
         let sh = tpi.sharded[id.index()];
         if m.phase == Phase::Forward && b.start <= last_fwd && b.end > last_fwd {
-            kept.insert(b.root);
+            kept_roots.insert(b.root);
             let a = saved.entry(m.block).or_default();
             if sh {
                 a.tp_sharded += b.bytes as f64;
@@ -152,7 +152,7 @@ pub fn step_profile(
                 let bytes = t.shape.numel().eval(&e).unwrap_or(0).max(0) as f64
                     * t.dtype.size_bytes() as f64;
                 *boundary.entry(pm.block).or_default() += bytes;
-                if !kept.contains(&lv.root.get(v).copied().unwrap_or(*v)) {
+                if !kept_roots.contains(&lv.root.get(v).copied().unwrap_or(*v)) {
                     *handed_not_kept.entry(pm.block).or_default() += bytes;
                 }
             }
