@@ -1,7 +1,9 @@
 //! Training-graph construction for llama2-13b (40 layers): the full training graph (forward, backward,
-//! optimizer) and the fast per-block step profile the planner calls per candidate.
+//! optimizer) and the fast per-block step profile the planner calls per candidate, on bf16 weight
+//! copies as the export engines run the step.
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use moai_costmodel::Stack;
 use moai_ir::train::{
     OptimizerKind, PrecisionPolicy, RecomputePolicy, TrainOptions, build_training_graph,
     peak_memory, step_profile,
@@ -21,12 +23,12 @@ fn model() -> moai_ir::Graph {
 
 fn bench(c: &mut Criterion) {
     let g = model();
-    let amp = TrainOptions {
-        precision: PrecisionPolicy::AmpBf16,
-        optimizer: OptimizerKind::AdamW,
-        recompute: RecomputePolicy::None,
-        bf16_weight_copies: false,
-    };
+    // As the export engines run the step (bf16 weight copies), the options the planner builds.
+    let amp = Stack::default().train_options(
+        PrecisionPolicy::AmpBf16,
+        OptimizerKind::AdamW,
+        RecomputePolicy::None,
+    );
     let full = TrainOptions {
         recompute: RecomputePolicy::Full,
         ..amp

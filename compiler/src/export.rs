@@ -1345,6 +1345,32 @@ mod tests {
     use super::*;
     use crate::plan::StageInfo;
 
+    /// The planner builds one step profile per candidate shape whatever its engine
+    /// (`search::train_options`), which holds only while every engine runs the same options.
+    #[test]
+    fn every_export_engine_runs_the_same_training_options() {
+        use moai_ir::train::{OptimizerKind, PrecisionPolicy, RecomputePolicy};
+        for precision in [
+            PrecisionPolicy::AmpBf16,
+            PrecisionPolicy::Bf16,
+            PrecisionPolicy::Fp32,
+        ] {
+            let of =
+                |s: Stack| s.train_options(precision, OptimizerKind::AdamW, RecomputePolicy::Full);
+            let first = of(ALL_EXPORT_ENGINES[0]);
+            for engine in ALL_EXPORT_ENGINES {
+                assert_eq!(of(engine), first, "{engine} {precision}");
+            }
+            // Eager autocast is no engine, and runs other options under amp-bf16.
+            if precision == PrecisionPolicy::AmpBf16 {
+                assert_ne!(
+                    of(Stack::Eager).reads_weight_copies(),
+                    first.reads_weight_copies()
+                );
+            }
+        }
+    }
+
     pub(crate) fn sample() -> (PlanConfig, ExportContext) {
         (
             PlanConfig::of_config(

@@ -108,17 +108,13 @@ pub struct SearchResult {
     pub bounds: Arc<WorkBounds>,
 }
 
-/// Training options for one recomputation policy, as the export engines run the step: each of
-/// them computes on bf16 copies of the weights ([`moai_costmodel::Stack::computes_on_weight_copies`];
-/// eager PyTorch, the one stack that does not, is no engine), so one profile serves every candidate
-/// whatever its engine.
+/// Training options for one recomputation policy, as the export engines run the step
+/// ([`moai_costmodel::Stack::train_options`]). Every engine runs the same options (each computes on
+/// bf16 copies of the weights; eager PyTorch, the one stack that does not, is no engine), so one
+/// profile serves every candidate whatever its engine; a test holds the engines to that.
 pub fn train_options(req: &PlanRequest, r: Recompute) -> TrainOptions {
-    TrainOptions {
-        precision: req.precision,
-        optimizer: req.optimizer,
-        recompute: r,
-        bf16_weight_copies: true,
-    }
+    let [first, ..] = crate::export::ALL_EXPORT_ENGINES;
+    first.train_options(req.precision, req.optimizer, r)
 }
 
 /// Profiles of the model for every (micro-batch size, recomputation) a set of candidates needs.

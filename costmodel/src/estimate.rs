@@ -1498,140 +1498,36 @@ impl ProfiledCostModel {
             let p_dev: f64 = vs.iter().map(|v| params[*v]).sum();
             let b_dev: f64 = vs.iter().map(|v| times[*v].backward_s).sum();
             let f_dev: f64 = vs.iter().map(|v| times[*v].forward_s).sum();
-            let compute_dev: f64 = vs
-                .iter()
-                .map(|v| times[*v].forward_s + times[*v].backward_s)
-                .sum();
             // Bytes per parameter of the weights the collectives gather (ZeRO-3 before each block,
             // ZeRO-1 after the step): the copy the forward computes with, as the memory model
             // holds it for this stack (bf16 under amp-bf16 on every engine moai exports to).
             let gathered = crate::memory::compute_bytes_per_param(profile, cfg);
             let grad_bytes = p_dev * profile.grad_bytes_per_param;
-            let mut exposed = 0.0;
-            let (mut dp_comm, mut gather_total) = (0.0, 0.0);
-            let overlap = stack.overlaps_grad_reduce(cfg.overlap_grad_reduce);
             let n_blocks = block_stage
                 .iter()
                 .filter(|v| cfg.schedule.device_of(**v, pp) == d)
                 .count()
                 .max(1) as f64;
-            if dpc > 1 {
-                // ZeRO's collectives run over one shard group: all dp·cp ranks, or under hybrid
-                // sharding the dp_shard·cp contiguous ranks of a group (`tp` apart, as the
-                // dp·cp group); without sharding `coll` is the plain dp·cp gradient reduction.
-                let shard_ranks = cfg.shard_dp().max(1) * cp;
-                let replicas = cfg.dp_replicas().max(1);
-                let coll = |kind, bytes| collective_time(cluster, kind, bytes, shard_ranks, cfg.tp);
-                // Hybrid sharding: a shard group's reduce-scattered gradients (1/shard_ranks of the
-                // bytes) are all-reduced across the replicas, the same shard of every group, which
-                // lie shard_ranks·tp ranks apart (inter-server when a group fills its servers).
-                let across = |bytes: f64| {
-                    if replicas > 1 {
-                        collective_time(
-                            cluster,
-                            Collective::AllReduce,
-                            bytes / shard_ranks as f64,
-                            replicas,
-                            shard_ranks * cfg.tp,
-                        )
-                    } else {
-                        0.0
-                    }
-                };
-                if cfg.distribute_param {
-                    // ZeRO-3: one all-gather per block (in compute precision) and one
-                    // reduce-scatter per block (its own message size); under hybrid sharding
-                    // followed by the block's all-reduce across replicas (FSDP2's HSDP and
-                    // Megatron-FSDP reduce every block's gradients this way), the same traffic.
-                    let per_block = coll(Collective::AllGather, p_dev * gathered / n_blocks);
-                    let rs = n_blocks
-                        * (coll(Collective::ReduceScatter, grad_bytes / n_blocks)
-                            + across(grad_bytes / n_blocks));
-                    if cfg.keeps_stage_unsharded() {
-                        // A pipelined stage that keeps its weights unsharded
-                        // (`ParallelConfig::keeps_stage_unsharded`): each block is gathered once per
-                        // step, before the first micro-batch's forward, prefetched under the previous
-                        // block's; the gradients are reduce-scattered once, after the last
-                        // micro-batch's backward, when the stage has nothing left to compute.
-                        let gathers = n_blocks * per_block;
-                        gather_total = gathers;
-                        dp_comm = rs;
-                        exposed += per_block + (gathers - per_block - f_dev).max(0.0) + rs;
-                    } else {
-                        // Every block's weights are all-gathered before its forward and again
-                        // before its backward, each micro-batch; with prefetch the next block's gather
-                        // runs under this block's compute. Gradients are reduce-scattered block by block
-                        // during each micro-batch's backward.
-                        let gathers = 2.0 * n_blocks * per_block;
-                        gather_total = m as f64 * gathers;
-                        let rs_last = rs / n_blocks;
-                        dp_comm = m as f64 * rs;
-                        // Per micro-batch. Gathers and reduce-scatters share the same links, so with
-                        // prefetch they hide together under the micro-batch's compute: exposed are the
-                        // first gather, the last block's reduce-scatter and whatever traffic exceeds
-                        // the compute.
-                        let per_mb =
-                            match (stack.prefetches_params(cfg.overlap_param_gather), overlap) {
-                                (true, true) => {
-                                    per_block
-                                        + rs_last
-                                        + (gathers + rs - per_block - rs_last - compute_dev)
-                                            .max(0.0)
-                                }
-                                (true, false) => {
-                                    per_block + (gathers - per_block - compute_dev).max(0.0) + rs
-                                }
-                                (false, true) => {
-                                    gathers + exposed_after_overlap(rs, b_dev, n_blocks as u32)
-                                }
-                                (false, false) => gathers + rs,
-                            };
-                        exposed += m as f64 * per_mb;
-                    }
-                } else {
-                    // Gradients are reduced bucket by bucket, each bucket one collective of its
-                    // own size, of the stack's bucket size (`Stack::grad_bucket_params`).
-                    let buckets = stack
-                        .grad_bucket_params(dpc, overlap)
-                        .map_or(1.0, |b| (p_dev / b).ceil().max(1.0));
-                    // ZeRO-1 (Megatron's distributed optimizer): reduce-scatter the gradients,
-                    // all-gather the updated low-precision weights after the step, per bucket;
-                    // with the parameter gather's overlap off (Megatron without
-                    // --overlap-param-gather) that all-gather is on the critical path.
-                    // With replicas (Megatron's --num-distributed-optimizer-instances) each
-                    // bucket's reduce-scatter inside the instance is followed by an all-reduce of
-                    // its shard across the instances.
-                    // With the gather overlapped (Megatron-LM's --overlap-param-gather), it hides
-                    // under the next step's first forward, bucket by bucket, as the forward
-                    // pre-hooks wait on it: a window of its own, after the one the gradients'
-                    // reduce-scatter hides in (the last micro-batch's backward).
-                    let (sync, serial, forward_gather) = if cfg.distribute_optimizer {
-                        let rs = buckets
-                            * (coll(Collective::ReduceScatter, grad_bytes / buckets)
-                                + across(grad_bytes / buckets));
-                        let ag = buckets * coll(Collective::AllGather, p_dev * gathered / buckets);
-                        if stack.overlaps_zero1_gather(cfg.overlap_param_gather) {
-                            (rs, 0.0, ag)
-                        } else {
-                            (rs, ag, 0.0)
-                        }
-                    } else {
-                        (
-                            buckets * coll(Collective::AllReduce, grad_bytes / buckets),
-                            0.0,
-                            0.0,
-                        )
-                    };
-                    dp_comm = sync + serial + forward_gather;
-                    exposed += serial
-                        + if overlap {
-                            exposed_after_overlap(sync, b_dev, buckets as u32)
-                        } else {
-                            sync
-                        }
-                        + exposed_after_overlap(forward_gather, f_dev, buckets as u32);
-                }
-            }
+            let dp_traffic = if dpc > 1 {
+                crate::data_parallel::traffic(
+                    cluster,
+                    cfg,
+                    stack,
+                    &crate::data_parallel::DeviceWork {
+                        params: p_dev,
+                        gathered_bytes_per_param: gathered,
+                        grad_bytes,
+                        blocks: n_blocks,
+                        forward_s: f_dev,
+                        backward_s: b_dev,
+                        micro_batches: m as f64,
+                    },
+                )
+            } else {
+                crate::data_parallel::DpTraffic::default()
+            };
+            let exposed = dp_traffic.exposed_s;
+            let (dp_comm, gather_total) = (dp_traffic.comm_s, dp_traffic.gather_s);
             let shard = if cfg.distribute_param || cfg.distribute_optimizer {
                 (cfg.shard_dp().max(1) * cp) as f64
             } else {

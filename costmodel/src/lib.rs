@@ -17,6 +17,7 @@ pub mod cluster;
 mod collective;
 pub mod config;
 mod context;
+mod data_parallel;
 mod device;
 pub mod efficiency;
 mod error;

@@ -621,10 +621,9 @@ pub fn device_memory(input: &DeviceInput, coef: &MemoryCoefficients) -> StageMem
         if !on_device(v) {
             continue;
         }
-        // Transformer Engine caches each fp8 weight (and its transpose) for the step and keeps its
-        // delayed-scaling state; torchao's `Float8Linear` (FSDP, torchtitan; `tensorwise`, dynamic
-        // scales) casts the weight at each GEMM and keeps neither.
-        if cfg.precision == crate::precision::MatmulPrecision::Fp8 && cfg.stack.runs_te_modules() {
+        // The fp8 weight copies and scaling state the stack keeps through the step.
+        if cfg.precision == crate::precision::MatmulPrecision::Fp8 && cfg.stack.caches_fp8_weights()
+        {
             fp8_bytes += b.fp8_weight_params * crate::precision::FP8_WEIGHT_BYTES_PER_PARAM
                 + crate::precision::scaling_state_bytes(b.fp8_linears);
         }

@@ -310,6 +310,33 @@ impl Stack {
         !matches!(self, Stack::Eager)
     }
 
+    /// The training options a step on this stack runs with `precision`, `optimizer` and
+    /// `recompute`: bf16 weight copies where the stack computes on them
+    /// ([`Stack::computes_on_weight_copies`]). Truth rows, the planner and code generation build
+    /// their options here.
+    pub fn train_options(
+        self,
+        precision: moai_ir::train::PrecisionPolicy,
+        optimizer: moai_ir::train::OptimizerKind,
+        recompute: moai_ir::train::RecomputePolicy,
+    ) -> moai_ir::train::TrainOptions {
+        moai_ir::train::TrainOptions {
+            precision,
+            optimizer,
+            recompute,
+            bf16_weight_copies: self.computes_on_weight_copies(),
+        }
+    }
+
+    /// Whether this stack's fp8 linears keep an fp8 copy of each weight (and of its transpose)
+    /// for the whole step, with per-tensor delayed-scaling state: Transformer Engine's modules
+    /// (Megatron-LM) cast a weight once per step and cache it. torchao's `Float8Linear` (FSDP,
+    /// torchtitan; `tensorwise` dynamic scaling) casts the weight at each GEMM and keeps neither;
+    /// DeepSpeed runs no fp8 path of its own.
+    pub fn caches_fp8_weights(self) -> bool {
+        matches!(self, Stack::Megatron)
+    }
+
     /// Whether the optimizer step is a fused multi-tensor kernel (Megatron/DeepSpeed FusedAdam, torch
     /// AdamW `fused=True`/`foreach`); every stack moai exports to uses one.
     pub fn fused_optimizer(self) -> bool {

@@ -134,13 +134,12 @@ impl TruthRow {
         let bad = |what: &str, e: moai_ir::IrError| {
             CostError::StepProfile(format!("{}: {what}: {e}", self.name))
         };
-        Ok(moai_ir::train::TrainOptions {
-            precision: self.precision.parse().map_err(|e| bad("precision", e))?,
-            optimizer: self.optimizer.parse().map_err(|e| bad("optimizer", e))?,
+        Ok(self.config.stack.train_options(
+            self.precision.parse().map_err(|e| bad("precision", e))?,
+            self.optimizer.parse().map_err(|e| bad("optimizer", e))?,
             // The same type: `Recompute` re-exports `RecomputePolicy`.
-            recompute: self.config.recompute,
-            bf16_weight_copies: self.config.stack.computes_on_weight_copies(),
-        })
+            self.config.recompute,
+        ))
     }
 
     /// The row's step profile from `profile_for`, with its attention, loss and metric kernels as the

@@ -3,6 +3,7 @@
 
 use moai_costmodel::{
     Cluster, CostModel, Estimate, Gpu, ParallelConfig, ProfiledCostModel, Recompute, Schedule,
+    Stack,
 };
 use moai_ir::train::{RecomputePolicy, TrainOptions, step_profile};
 
@@ -22,12 +23,9 @@ fn llama2_13b_on_4xlarge_mi250() {
         (Recompute::Full, RecomputePolicy::Full),
     ] {
         for mb in [1u32, 2, 4] {
-            let opts = TrainOptions {
-                recompute: policy,
-                // As every export engine computes (the product's profiles).
-                bf16_weight_copies: true,
-                ..Default::default()
-            };
+            let d = TrainOptions::default();
+            // As the seed job's stack (the default, Megatron-LM) runs the step.
+            let opts = Stack::default().train_options(d.precision, d.optimizer, policy);
             let profile = step_profile(&graph, &opts, mb as u64, seq).unwrap();
             for tp in [1u32, 2, 4, 8] {
                 for pp in [1u32, 2, 4, 8] {
