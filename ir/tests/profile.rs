@@ -5,7 +5,7 @@ use crate::support::planning_llama;
 use moai_ir::cost::{BlockKind, Phase, StepProfile, TpSplit};
 use moai_ir::train::{
     RecomputePolicy, TrainOptions, build_engine_training_graph, peak_memory, reduce_layers,
-    step_profile,
+    step_profile, unreduced_step_profile,
 };
 
 #[test]
@@ -52,7 +52,7 @@ fn identical_layers_reduce_to_one_and_profile_matches_the_full_graph() {
     let red = reduce_layers(&g).unwrap();
     // Layer 0 also holds the rotary tables' [1, 1, seq, d] views that every layer reads (made once,
     // as the ONNX export shares them), so it is its own structure and layers 1-3 reduce to layer 1.
-    assert_eq!(red.layer_rep, vec![(0, 0), (1, 1), (2, 1), (3, 1)]);
+    assert_eq!(red.layer_rep, vec![(0, 0), (1, 1), (2, 1), (3, 2)]);
     assert!(red.graph.len() < g.len());
     let policies = [
         RecomputePolicy::None,
@@ -123,6 +123,104 @@ fn identical_layers_reduce_to_one_and_profile_matches_the_full_graph() {
         assert_eq!(att.split, TpSplit::Heads);
         let head = prof.blocks.last().unwrap();
         assert!(head.ops.iter().any(|o| o.split == TpSplit::Vocab));
+    }
+}
+
+/// Asserts that the reduced profile is the unreduced one: every block (its ops, saved, transient
+/// and boundary bytes) and the optimizer's records (as a set: the reduced profile lists them by
+/// representative).
+fn assert_same_profile(reduced: &StepProfile, whole: &StepProfile, what: &str) {
+    assert_eq!(reduced.blocks.len(), whole.blocks.len(), "{what}");
+    for (a, b) in reduced.blocks.iter().zip(&whole.blocks) {
+        assert_eq!(a, b, "{what}: {:?}", a.kind);
+    }
+    let sorted = |p: &StepProfile| {
+        let mut v: Vec<String> = p.optimizer.iter().map(|o| format!("{o:?}")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(reduced), sorted(whole), "{what}: optimizer");
+    assert_eq!(reduced.static_bytes_per_param, whole.static_bytes_per_param);
+}
+
+const POLICIES: [RecomputePolicy; 4] = [
+    RecomputePolicy::None,
+    RecomputePolicy::Selective,
+    RecomputePolicy::SelectiveOp,
+    RecomputePolicy::Full,
+];
+
+/// Layers of several structures in any order (here Qwen2-MoE with a dense MLP in layer 2 of 6,
+/// `mlp_only_layers`): the reduced model is the prefix of layers up to one standing for the last, so
+/// every kept layer hands its output on to a decoder layer or, for the last, to the head, and its
+/// weights reach the loss. Its profile is the whole model's under every recomputation, on weight
+/// copies and under autocast.
+#[test]
+fn layers_of_mixed_structure_reduce_to_a_prefix_and_match_the_full_graph() {
+    let json = r#"{"model_type": "qwen2_moe", "hidden_size": 256, "intermediate_size": 512,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 6,
+        "vocab_size": 1000, "num_experts": 4, "num_experts_per_tok": 2,
+        "moe_intermediate_size": 128, "shared_expert_intermediate_size": 256,
+        "mlp_only_layers": [2], "decoder_sparse_step": 1, "torch_dtype": "bfloat16"}"#;
+    let g = moai_models::from_hf_config_str(json, "mixed").unwrap();
+    let red = reduce_layers(&g).unwrap();
+    // Layer 0 is its own structure (it makes the rotary tables), 1 the first MoE layer, 2 the dense
+    // one; the prefix ends at 3, the first MoE layer after them all, which stands for the last.
+    assert_eq!(
+        red.layer_rep,
+        vec![(0, 0), (1, 1), (2, 2), (3, 1), (4, 1), (5, 3)]
+    );
+    assert!(red.graph.len() < g.len());
+    for (r, copies) in POLICIES.into_iter().flat_map(|r| [(r, false), (r, true)]) {
+        let o = TrainOptions {
+            recompute: r,
+            bf16_weight_copies: copies,
+            ..TrainOptions::default()
+        };
+        let what = format!("{r} (copies {copies})");
+        assert_same_profile(
+            &step_profile(&g, &o, 2, 128).unwrap(),
+            &unreduced_step_profile(&g, &o, 2, 128).unwrap(),
+            &what,
+        );
+    }
+}
+
+/// The bundled Llama-2-13B export (the README's main job): its weights reach the linears through
+/// ONNX `Transpose` nodes, which the training graph computes at their first reader, so each
+/// layer's weight gradients are transients of that layer's backward, not buffers held to the end of
+/// the step. Its reduced profile (three of forty layers) is the whole model's, at the main job's
+/// micro-batch, on weight copies and under autocast.
+#[test]
+fn the_llama2_13b_export_reduces_to_its_whole_profile() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/llama2-13b.onnx");
+    let g = moai_ir::onnx::import(&path).unwrap().graph;
+    assert_eq!(reduce_layers(&g).unwrap().layer_rep[39], (39, 2));
+    for (r, copies) in [
+        (RecomputePolicy::None, true),
+        (RecomputePolicy::Full, true),
+        (RecomputePolicy::Selective, false),
+    ] {
+        let o = TrainOptions {
+            recompute: r,
+            bf16_weight_copies: copies,
+            ..TrainOptions::default()
+        };
+        let reduced = step_profile(&g, &o, 8, 1024).unwrap();
+        let whole = unreduced_step_profile(&g, &o, 8, 1024).unwrap();
+        assert_same_profile(&reduced, &whole, &format!("{r} (copies {copies})"));
+        // No layer's backward holds the later layers' weight gradients: the middle layers' transient
+        // peaks agree (a 13B layer's bf16 weight gradients alone are 0.63 GB).
+        let transient = |l: usize| {
+            let t = &whole.blocks[l + 1].transient;
+            t.tp_sharded + t.tp_replicated
+        };
+        assert_eq!(transient(10), transient(30), "{r} (copies {copies})");
+        // The untied LM head's weight (and its transpose, and under weight copies its cast) is the
+        // head's, on the last pipeline stage, not the embedding's.
+        let reads_lm_head =
+            |b: &moai_ir::cost::BlockProfile| b.ops.iter().any(|o| o.label.starts_with("lm_head:"));
+        assert!(!reads_lm_head(&whole.blocks[0]) && reads_lm_head(whole.blocks.last().unwrap()));
     }
 }
 

@@ -305,7 +305,8 @@ impl<'f> Builder<'f> {
 
     /// Copies the forward graph, re-typed by the precision policy.
     fn copy_forward(&mut self) -> Result<()> {
-        let order = self.fwd.topo_order();
+        let trainable: HashSet<NodeId> = self.fwd.params().into_iter().collect();
+        let (order, reader) = weights_at_first_use(self.fwd, &trainable);
         // Non-layer nodes downstream of a decoder layer belong to the head.
         let mut layer_desc: HashSet<NodeId> = HashSet::new();
         for id in &order {
@@ -317,12 +318,13 @@ impl<'f> Builder<'f> {
                 layer_desc.insert(*id);
             }
         }
-        let trainable: HashSet<NodeId> = self.fwd.params().into_iter().collect();
         for old in order {
             let n = self.fwd.node(old);
             self.ctx = Ctx {
                 phase: Phase::Forward,
-                block: self.block_of(old, &layer_desc),
+                // A weight's view belongs to the block that reads it (an untied LM head's
+                // transpose to the head, whichever pipeline stage holds it).
+                block: self.block_of(reader.get(&old).copied().unwrap_or(old), &layer_desc),
                 layer: n.prov.layer,
                 scope: n.prov.scope.clone(),
                 origin: None,
@@ -859,4 +861,59 @@ fn phase_tag(p: Phase) -> &'static str {
         Phase::Recompute => "recompute",
         Phase::Optimizer => "opt",
     }
+}
+
+/// The forward graph's topological order with every view of a trainable weight (its transposes,
+/// reshapes and casts, [`Graph::view_source`]) moved to just before its first reader, as eager
+/// PyTorch computes `F.linear`'s weight operand at the call. Backward runs in reverse order, so the
+/// view's backward (the transpose or cast of the weight's gradient into the parameter's) follows
+/// its reader's weight-gradient GEMM at once, and that gradient is a transient of the layer, not a
+/// buffer alive from the layer's backward to the end of the step. Also returns, for each view, the
+/// first node that reads it other than a view.
+fn weights_at_first_use(
+    fwd: &Graph,
+    trainable: &HashSet<NodeId>,
+) -> (Vec<NodeId>, HashMap<NodeId, NodeId>) {
+    let is_view = |id: NodeId| {
+        !fwd.node(id).op.is_source()
+            && fwd
+                .view_source(Value::of(id))
+                .is_some_and(|s| trainable.contains(&s))
+    };
+    let topo = fwd.topo_order();
+    let mut order = Vec::with_capacity(topo.len());
+    let mut placed: HashSet<NodeId> = HashSet::new();
+    let mut reader: HashMap<NodeId, NodeId> = HashMap::new();
+    for id in &topo {
+        if is_view(*id) {
+            continue;
+        }
+        // The views this node reads, innermost first (a view reads a source or another view).
+        let mut chain: Vec<NodeId> = Vec::new();
+        for v in &fwd.node(*id).inputs {
+            let mut n = v.node;
+            let mut inner = Vec::new();
+            while is_view(n) && !placed.contains(&n) {
+                inner.push(n);
+                n = fwd.node(n).inputs[0].node;
+            }
+            chain.extend(inner.into_iter().rev());
+        }
+        for n in chain {
+            if placed.insert(n) {
+                order.push(n);
+                reader.insert(n, *id);
+            }
+        }
+        order.push(*id);
+    }
+    // Views nothing reads (a graph output), where topological order had them.
+    if order.len() < topo.len() {
+        let rest: Vec<NodeId> = topo
+            .into_iter()
+            .filter(|id| is_view(*id) && !placed.contains(id))
+            .collect();
+        order.extend(rest);
+    }
+    (order, reader)
 }

@@ -23,7 +23,7 @@ pub use build::{
 pub use cost::{OpCount, node_cost, step_costs};
 pub use memory::{LayerMemory, MemoryReport, PeakBreakdown, peak_memory};
 pub use options::{Hyper, OptimizerKind, PrecisionPolicy, RecomputePolicy, TrainOptions};
-pub use profile::{ReducedModel, reduce_layers, step_profile};
+pub use profile::{ReducedModel, reduce_layers, step_profile, unreduced_step_profile};
 
 /// Ignore index of the loss targets (padding and the position after the last token).
 pub const IGNORE_INDEX: i64 = -100;

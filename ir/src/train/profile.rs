@@ -8,7 +8,7 @@
 use super::build::build_engine_training_graph;
 use super::cost::{env, is_free, op_record};
 use super::memory::liveness;
-use super::options::{OptimizerKind, PrecisionPolicy, RecomputePolicy, TrainOptions};
+use super::options::{OptimizerKind, PrecisionPolicy, TrainOptions};
 use super::tp::{self, linear_class};
 use crate::cost::{
     ActivationBytes, BlockKind, BlockProfile, LossKernel, OpCost, Phase, StepProfile, TpSplit,
@@ -33,7 +33,36 @@ pub fn step_profile(
     micro_batch: u64,
     seq: u64,
 ) -> Result<StepProfile> {
-    let reduced = reduce_layers(forward)?;
+    profile_of(reduce_layers(forward)?, opts, micro_batch, seq)
+}
+
+/// [`step_profile`] without the layer reduction: every layer profiled from its own training graph.
+/// Slow (the whole model's training graph); the reference the reduced profile is tested against.
+pub fn unreduced_step_profile(
+    forward: &Graph,
+    opts: &TrainOptions,
+    micro_batch: u64,
+    seq: u64,
+) -> Result<StepProfile> {
+    let layers: BTreeMap<u32, u32> = forward
+        .node_ids()
+        .filter_map(|n| forward.node(n).prov.layer)
+        .map(|l| (l, l))
+        .collect();
+    let whole = ReducedModel {
+        graph: forward.clone(),
+        layer_rep: layers.into_iter().collect(),
+    };
+    profile_of(whole, opts, micro_batch, seq)
+}
+
+/// The profile of `reduced`, each of its representatives' records standing for its layers.
+fn profile_of(
+    reduced: ReducedModel,
+    opts: &TrainOptions,
+    micro_batch: u64,
+    seq: u64,
+) -> Result<StepProfile> {
     let tg = build_engine_training_graph(&reduced.graph, opts)?;
     let e = env(micro_batch, seq);
     let tpi = tp::analyze(&tg);
@@ -72,7 +101,6 @@ pub fn step_profile(
         .map(|p| lv.root.get(&p.grad).copied().unwrap_or(p.grad))
         .collect();
     let mut saved: HashMap<BlockKind, ActivationBytes> = HashMap::new();
-    let mut kept_roots: HashSet<Value> = HashSet::new();
     let mut temps: Vec<(usize, usize, u64, bool)> = Vec::new();
     for b in &lv.buffers {
         let id = b.root.node;
@@ -82,7 +110,6 @@ pub fn step_profile(
         }
         let sh = tpi.sharded[id.index()];
         if m.phase == Phase::Forward && b.start <= last_fwd && b.end > last_fwd {
-            kept_roots.insert(b.root);
             let a = saved.entry(m.block).or_default();
             if sh {
                 a.tp_sharded += b.bytes as f64;
@@ -133,8 +160,6 @@ pub fn step_profile(
     // a weight another block reads, such as a tied LM head's embedding table, is a weight of both
     // stages, not a transfer).
     let mut boundary: HashMap<BlockKind, f64> = HashMap::new();
-    // Of those, the bytes no saved activation holds.
-    let mut handed_not_kept: HashMap<BlockKind, f64> = HashMap::new();
     let mut seen: HashSet<Value> = HashSet::new();
     for id in &tg.schedule {
         let m = tg.meta(*id);
@@ -152,9 +177,6 @@ pub fn step_profile(
                 let bytes = t.shape.numel().eval(&e).unwrap_or(0).max(0) as f64
                     * t.dtype.size_bytes() as f64;
                 *boundary.entry(pm.block).or_default() += bytes;
-                if !kept_roots.contains(&lv.root.get(v).copied().unwrap_or(*v)) {
-                    *handed_not_kept.entry(pm.block).or_default() += bytes;
-                }
             }
         }
     }
@@ -183,35 +205,9 @@ pub fn step_profile(
         }
     }
 
-    // Where layers are checkpointed (full recomputation, torchtitan's per-op policy) a decoder layer's
-    // output is the next layer's checkpointed input, kept until that layer's backward. The reduced
-    // graph's last decoder layer hands its output to the head instead, which does not recompute and,
-    // where its norm reads an upcast copy (a bf16 residual stream), does not keep it: where that layer
-    // represents a layer with a successor, it keeps what it hands on and nothing else holds, as that
-    // layer does.
-    let last_layer = reduced.layer_rep.last().map(|(l, _)| *l);
-    let last_rep = reduced.layer_rep.iter().map(|(_, r)| *r).max();
-    let checkpointed = |l: u32, r: u32, mut a: ActivationBytes| {
-        if matches!(
-            opts.recompute,
-            RecomputePolicy::Full | RecomputePolicy::SelectiveOp
-        ) && Some(r) == last_rep
-            && Some(l) != last_layer
-        {
-            a.tp_replicated += handed_not_kept
-                .get(&BlockKind::Decoder(r))
-                .copied()
-                .unwrap_or(0.0);
-        }
-        a
-    };
     // Assemble: embedding, every decoder layer (from its representative), head.
     let mut blocks = Vec::with_capacity(reduced.layer_rep.len() + 2);
     let make = |kind: BlockKind, src: BlockKind, relabel: Option<(u32, u32)>| -> BlockProfile {
-        let mut kept = saved.get(&src).cloned().unwrap_or_default();
-        if let (BlockKind::Decoder(l), BlockKind::Decoder(r)) = (kind, src) {
-            kept = checkpointed(l, r, kept);
-        }
         let ops = per_block
             .get(&src)
             .map(|v| v.iter().map(|o| relayer(o, relabel)).collect())
@@ -223,7 +219,7 @@ pub fn step_profile(
             params: p,
             tp_sharded_params: ps,
             expert_params: pe,
-            saved: kept,
+            saved: saved.get(&src).cloned().unwrap_or_default(),
             transient: transient.get(&src).cloned().unwrap_or_default(),
             boundary_bytes: boundary.get(&src).copied().unwrap_or(0.0),
         }
@@ -364,26 +360,49 @@ pub fn reduce_layers(g: &Graph) -> Result<ReducedModel> {
         sig.insert(*l, h.finish());
         ext_out.insert(*l, ext);
     }
-    let mut rep_of_sig: HashMap<u64, u32> = HashMap::new();
-    let mut layer_rep = Vec::new();
-    for (l, s) in &sig {
-        let r = *rep_of_sig.entry(*s).or_insert(*l);
-        layer_rep.push((*l, r));
-    }
-    let rep: HashMap<u32, u32> = layer_rep.iter().copied().collect();
-    if rep.iter().all(|(l, r)| l == r) {
+    let Some((&last, &last_sig)) = sig.iter().next_back() else {
         return Ok(ReducedModel {
             graph: g.clone(),
-            layer_rep,
+            layer_rep: Vec::new(),
+        });
+    };
+    // The kept layers are a prefix of the model, 0..=k, so that each kept layer hands its output on
+    // to what the layers it stands for hand theirs to: every layer but the last stands for the first
+    // layer of its structure, which lies before k (its successor in the prefix is a decoder layer,
+    // which checkpoints or keeps the hand-over as the real successor does); the last stands for k,
+    // a layer of its structure whose output the head reads. A contiguous prefix also leaves no kept
+    // layer without a successor (whose weights would not reach the loss), whatever the order of the
+    // structures.
+    let mut first: HashMap<u64, u32> = HashMap::new();
+    for (l, s) in sig.range(..last) {
+        first.entry(*s).or_insert(*l);
+    }
+    let after_firsts = first.values().max().map_or(0, |f| f + 1);
+    let k = sig
+        .range(after_firsts..)
+        .find(|(_, s)| **s == last_sig)
+        .map_or(last, |(l, _)| *l);
+    if k == last {
+        return Ok(ReducedModel {
+            graph: g.clone(),
+            layer_rep: sig.keys().map(|l| (*l, *l)).collect(),
         });
     }
+    let stands_for = |l: u32, s: u64| if l == last { k } else { first[&s] };
+    let layer_rep: Vec<(u32, u32)> = sig.iter().map(|(l, s)| (*l, stands_for(*l, *s))).collect();
+    // The prefix is kept whole; every layer past it is dropped, its outputs standing for its
+    // representative's.
+    let rep: BTreeMap<u32, u32> = sig
+        .iter()
+        .map(|(l, s)| (*l, if *l <= k { *l } else { stands_for(*l, *s) }))
+        .collect();
     // Copy kept nodes; map dropped layers' external outputs onto their representative's.
     let mut out = Graph::new(g.name.clone());
     out.source_dir = g.source_dir.clone();
     out.buffers = g.buffers.clone();
     // A dropped layer's external outputs stand for its representative's, position by position.
     let mut alias: HashMap<Value, Value> = HashMap::new();
-    for (l, r) in &layer_rep {
+    for (l, r) in &rep {
         if l == r {
             continue;
         }
