@@ -120,7 +120,7 @@ pub fn estimate_with(
         cluster: cluster_info(cluster),
         search: None,
         plan: PlanConfig::of_config(config, s.layers as u32),
-        predicted: predicted(&e, req.seq),
+        predicted: predicted(&e, req.seq, config),
         fits: e.peak_memory_bytes as f64 <= usable_memory(cluster, req),
     })
 }

@@ -283,7 +283,11 @@ pub fn sweep(a: SweepArgs, cancel: &CancelToken) -> Result<()> {
     req.validate()?;
     let model = Model::load(&a.model)?;
     let rows = crate::sweep::sweep(&model, &flavors, gpu, &req)?;
-    warn_known_misses(&moai_costmodel::known_misses::for_job(req.seq));
+    // Each flavor's best plan's, once each.
+    let mut misses: Vec<String> = rows.iter().flat_map(|r| r.known_misses.clone()).collect();
+    misses.sort();
+    misses.dedup();
+    warn_known_misses(&misses);
     print!("{}", crate::sweep::table(&rows));
     if let Some(p) = &a.plot {
         std::fs::write(p, crate::sweep::plot_svg(&rows))

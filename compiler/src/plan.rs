@@ -242,8 +242,8 @@ pub struct Predicted {
     /// time, what `moai-compile smi` shows per device.
     #[serde(default)]
     pub stages: Vec<StagePrediction>,
-    /// Where predictions for a job like this one are known to miss published runs, one line each
-    /// (`moai_costmodel::known_misses`; absent when none applies). The CLI also prints them on stderr.
+    /// Where predictions for a plan like this one are known to miss published runs, one line each
+    /// (`moai_costmodel::known_misses::for_plan`; absent when none applies). The CLI also prints them on stderr.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub known_misses: Vec<String>,
 }

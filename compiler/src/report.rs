@@ -8,7 +8,7 @@ use crate::plan::{
 };
 use crate::request::PlanRequest;
 use crate::search::{Evaluated, SearchResult};
-use moai_costmodel::{Cluster, Estimate};
+use moai_costmodel::{Cluster, Estimate, ParallelConfig};
 use std::collections::BTreeMap;
 
 /// The planner's full answer.
@@ -47,10 +47,10 @@ pub fn cluster_info(c: &Cluster) -> ClusterInfo {
     }
 }
 
-/// The predicted part of the output, for a job of `seq` tokens per sequence.
-pub fn predicted(e: &Estimate, seq: u64) -> Predicted {
+/// The predicted part of the output of plan `cfg`, for a job of `seq` tokens per sequence.
+pub fn predicted(e: &Estimate, seq: u64, cfg: &ParallelConfig) -> Predicted {
     Predicted {
-        known_misses: moai_costmodel::known_misses::for_job(seq),
+        known_misses: moai_costmodel::known_misses::for_plan(seq, cfg),
         step_time_s: e.step_time_s,
         tokens_per_s: e.tokens_per_s,
         peak_memory_bytes: e.peak_memory_bytes,
@@ -110,7 +110,7 @@ pub fn output_of(
         cluster: cluster_info(cluster),
         search,
         plan: PlanConfig::of_config(&ev.config, model.summary.layers as u32),
-        predicted: predicted(e, seq),
+        predicted: predicted(e, seq, &ev.config),
         fits: matches!(ev.outcome, crate::search::Outcome::Feasible(_)),
     })
 }

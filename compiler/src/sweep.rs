@@ -16,6 +16,8 @@ pub struct SweepRow {
     pub devices: u64,
     /// Plan summary, tokens/s, step seconds, peak bytes, MFU; `Err(reason)` when nothing fits.
     pub best: std::result::Result<(String, f64, f64, u64, f64), String>,
+    /// The known misses of the best plan (`moai_costmodel::known_misses`).
+    pub known_misses: Vec<String>,
 }
 
 /// Expands `A..B` (inclusive, catalog order) or a comma list into flavor names; errors name the flavor.
@@ -76,6 +78,7 @@ pub fn sweep(
                     flavor: f.clone(),
                     devices: 0,
                     best: Err(e.to_string()),
+                    known_misses: Vec::new(),
                 });
                 continue;
             }
@@ -100,12 +103,15 @@ pub fn sweep(
                 flavor: f.clone(),
                 devices: cluster.devices as u64,
                 best: Err(why),
+                known_misses: Vec::new(),
             });
             continue;
         }
+        let mut known_misses = Vec::new();
         let best = match crate::plan(model, &cluster, &flavor_req) {
             Ok(r) => {
                 let p = &r.output.predicted;
+                known_misses.clone_from(&p.known_misses);
                 Ok((
                     r.output.plan.summary_line(),
                     p.tokens_per_s,
@@ -123,6 +129,7 @@ pub fn sweep(
             flavor: f.clone(),
             devices: cluster.devices as u64,
             best,
+            known_misses,
         });
     }
     Ok(rows)
@@ -247,12 +254,14 @@ mod tests {
             flavor: "f".into(),
             devices: d,
             best: Ok((String::new(), t, 1.0, 0, 0.5)),
+            known_misses: Vec::new(),
         };
         let rows = vec![
             SweepRow {
                 flavor: "x".into(),
                 devices: 4,
                 best: Err("nothing fits".into()),
+                known_misses: Vec::new(),
             },
             row(8, 800.0),
             row(16, 1200.0),

@@ -71,7 +71,7 @@ fn fp8_plan_json_names_the_precision_and_bf16_stays_silent() {
 const PUBLISHED_GAIN: (f64, f64) = (1.2, 1.5);
 
 /// The gain is the ratio of two predicted step times, each with its own error: the FP8 truth rows
-/// (`fp8_h100_nemo.jsonl`, validated only) are predicted at 3.4% mean error (one row 10%) and the
+/// (`fp8_h100_nemo.jsonl`, validated only) are predicted at 5.8% mean error (one row 10%) and the
 /// bf16 Megatron-LM H100 rows at 7-8% cross-validated (README, validation table), so the ratio is held
 /// to the published range widened by 5% either side, not to its exact ends.
 const GAIN_TOLERANCE: f64 = 0.05;

@@ -383,10 +383,11 @@ impl AttentionKernel {
     /// 512-16k, causal and not): forward 1.5-2.0× FlashAttention-2, backward 1.5-1.75×, with cuDNN's
     /// kernels of the same order in the paper's figures. A training step runs about 2.5× the
     /// forward's attention FLOPs in backward, so the step-weighted gain is near the backward's;
-    /// 1.6 is taken (the lower half of both ranges). Not borne out at long sequences: NeMo 24.03's
-    /// long-sequence runs (`truth/nemo_long_sequence_h100.jsonl`, validated only) spent 1.35× (16K
-    /// tokens) to 1.6× (32K–1M) the attention seconds this factor gives, FlashAttention-2's
-    /// throughput; the CLI warns on such jobs ([`crate::known_misses`]).
+    /// 1.6 is taken (the lower half of both ranges). Transformer Engine's own measurement with
+    /// cuDNN 9.0 and flash-attn 2.4.2 on H100 PCIe (NVIDIA/TransformerEngine
+    /// `docs/examples/attention/attention.ipynb`, June 2024, fwd+bwd) gives 1.31-1.59×. NeMo's
+    /// launcher switched cuDNN attention off from 24.01 to 24.07 (`NVTE_FUSED_ATTN=0`), so the
+    /// NeMo rows of that period are marked `attention: flash2` and run at 1.0.
     pub fn throughput_over_fa2(self) -> f64 {
         match self {
             AttentionKernel::FlashAttention2 => 1.0,

@@ -94,7 +94,9 @@ pub struct TruthRow {
     /// Where the measurement comes from.
     pub source: String,
     /// Attention implementation of the measured run: `flash` (fused, the kernel family its stack
-    /// runs: the default), `triton` (LLM Foundry's Triton port of the first FlashAttention, which its
+    /// runs: the default), `flash2` (the `flash-attn` package's FlashAttention-2 where the stack
+    /// would run a faster kernel: Transformer Engine on Hopper with its cuDNN attention switched
+    /// off, `NVTE_FUSED_ATTN=0`; [`crate::Stack::attention_kernel`]), `triton` (LLM Foundry's Triton port of the first FlashAttention, which its
     /// 2023 benchmark tables ran; A100 and Hopper rows only: [`crate::ops::triton_flash_throughput`])
     /// or `unfused` (score matrix materialised: batched
     /// GEMMs, softmax and dropout kernels, as Megatron-LM ran before FlashAttention); see
@@ -172,13 +174,25 @@ impl TruthRow {
                 crate::ops::scale_attention_throughput(&mut p, speed);
                 true
             }
+            Some("flash2") => {
+                // The flash-attn package's FlashAttention-2 where the stack would run a faster
+                // kernel (Transformer Engine with cuDNN attention switched off).
+                let gpu = self.cluster.gpu.parse::<Gpu>()?;
+                let over_fa2 = self
+                    .config
+                    .stack
+                    .attention_kernel(gpu)
+                    .throughput_over_fa2();
+                crate::ops::scale_attention_throughput(&mut p, (1.0 / over_fa2, 1.0 / over_fa2));
+                true
+            }
             Some("unfused") => {
                 crate::ops::unfuse_attention(&mut p);
                 false
             }
             Some(other) => {
                 return Err(CostError::StepProfile(format!(
-                    "{}: attention `{other}` (expected flash, triton or unfused)",
+                    "{}: attention `{other}` (expected flash, flash2, triton or unfused)",
                     self.name
                 )));
             }
