@@ -196,10 +196,10 @@ run plan_figures estimate "$nemo7b" "${nemo[@]}" --devices 1024 --batch-size 4 -
 printf '## moai-compile validate costmodel/data/truth/nemo_long_sequence_h100.jsonl  (step times)\n'
 "$MOAI" validate costmodel/data/truth/nemo_long_sequence_h100.jsonl 2>/dev/null | grep -E 'step_time_s|MAPE' || printf 'FAILED: validate\n'
 
-# The torchtitan paper's 405B 4D rows at cp 2 and 8 (long_context_torchtitan.jsonl, costed on the FSDP
-# stack; the CLI takes these configurations with --engine torchtitan, the same attention kernel): the
-# attention seconds and the 1F1B bubble behind the README's factors for those rows, and (cp 1 and 4
-# too) the peaks the README sets beside the reserved memory the paper reports.
+# The torchtitan paper's 405B 4D rows at cp 1, 2, 4 and 8 (long_context_torchtitan.jsonl, costed on the
+# FSDP stack; the CLI takes these configurations with --engine torchtitan, the same attention kernel and
+# ring, but run as the export runs it, without torch.compile, so its ring transfers overlap where the
+# compiled rows' do not): the peaks the README sets beside the reserved memory the paper reports.
 t405=(llama:layers=126,hidden=16384,heads=128,kv_heads=8,ffn=53248,vocab=128256,rope_theta=500000 --gpu h100-hbm2e
 	--devices 512 --precision fp8 --tp 8 --pp 8 --micro-batch-size 1 --recompute full --zero 3 --sequence-parallel
 	--schedule 1f1b --engine torchtitan)

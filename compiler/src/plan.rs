@@ -420,6 +420,8 @@ impl PlanConfig {
             overlap_grad_reduce: self.overlap_grad_reduce,
             overlap_param_gather: self.overlap_param_gather,
             tp_comm_overlap: self.tp_comm_overlap,
+            // Every export engine overlaps its ring; only truth rows of compiled runs turn it off.
+            cp_comm_overlap: true,
             stack: self.engine,
             ep: narrow("ep", self.ep)?,
             expert_tp: narrow("expert_tp", self.expert_tp)?,
@@ -529,6 +531,7 @@ mod tests {
             overlap_grad_reduce: false,
             overlap_param_gather: false,
             tp_comm_overlap: false,
+            cp_comm_overlap: true,
             stack: Stack::Deepspeed,
             ep: 8,
             expert_tp: 2,

@@ -188,10 +188,10 @@ fn smi_shows_a_cp_plan() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A plan whose ring attention runs on PyTorch's context parallelism (torchtitan) is told on stderr,
-/// and in its JSON's `predicted.known_misses`, that its predictions are known to be fast
-/// (torchtitan's long-context rows at cp 4 and 8 miss by 13-39%), in one line; the same job without
-/// context parallelism, or on Megatron-LM's ring, is not.
+/// A plan whose ring attention runs on PyTorch's context parallelism (torchtitan) over 4 ranks or
+/// more is told on stderr, and in its JSON's `predicted.known_misses`, that its predictions are known
+/// to be fast (torchtitan's Llama 3.1 8B rows at cp 4 and 8 on one host took 24-31% longer), in one
+/// line; the same job without context parallelism, with a ring of 2, or on Megatron-LM's ring, is not.
 #[test]
 fn pytorch_ring_plans_warn_that_predictions_are_fast() {
     let run = |engine: &str, cp: u32| {
@@ -218,6 +218,7 @@ fn pytorch_ring_plans_warn_that_predictions_are_fast() {
             .collect()
     };
     assert!(warns("torchtitan", 1).is_empty());
+    assert!(warns("torchtitan", 2).is_empty());
     assert!(warns("megatron", 4).is_empty());
     let w = warns("torchtitan", 4);
     assert_eq!(w.len(), 1, "{w:?}");

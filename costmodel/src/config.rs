@@ -247,6 +247,15 @@ pub struct ParallelConfig {
     /// `--tp-comm-overlap`, which needs sequence parallelism); `false` leaves them exposed.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub tp_comm_overlap: bool,
+    /// The context-parallel ring's collectives wait where their result is first used, so they run
+    /// under the attention in hand (every engine moai exports to). `false` models a step compiled
+    /// with `torch.compile`: traced functional collectives are waited right where they are issued
+    /// (`_maybe_wrap_tensor` in `torch/distributed/_functional_collectives.py`) and Inductor's
+    /// compute/communication reordering is off by default (`reorder_for_compute_comm_overlap`), so
+    /// every ring transfer is on the critical path. Set by truth rows of compiled runs; no export
+    /// engine runs it (torchtitan's export leaves compile off).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub cp_comm_overlap: bool,
     /// The software stack the configuration runs on (and is exported to); see [`crate::Stack`].
     #[serde(default)]
     pub stack: crate::stack::Stack,
@@ -340,6 +349,7 @@ impl Default for ParallelConfig {
             overlap_grad_reduce: true,
             overlap_param_gather: true,
             tp_comm_overlap: true,
+            cp_comm_overlap: true,
             stack: crate::stack::Stack::Megatron,
             ep: 1,
             expert_tp: 1,

@@ -16,6 +16,10 @@
 //!   `cp − 1` steps; a step's transfer runs under the attention of the chunk in hand (one cp-th of the
 //!   rank's attention), so only what exceeds it is exposed. Backward passes the keys/values and their
 //!   gradients (twice the bytes). Full recomputation runs the forward ring again in backward.
+//!   PyTorch's ring moves other bytes at other times ([`pytorch_ring`]): keys and values at the query
+//!   heads' width, all-gathered once per pass, and fp32 key/value gradients passed after every step;
+//!   a compiled step waits for each transfer where it is issued
+//!   ([`ParallelConfig::cp_comm_overlap`]).
 //! - **All-to-all (`a2a`, Ulysses).** Queries, keys and values are exchanged from sequence-sharded to
 //!   head-sharded before attention and the output back after it: 4 all-to-alls per layer in forward and
 //!   4 in backward, on the critical path.
@@ -80,9 +84,21 @@ impl CpAttention {
     /// Bytes of one rank's key and value chunk (`seq/cp` tokens, the KV heads of one tensor-parallel
     /// rank): what one ring step sends.
     pub fn kv_chunk_bytes(&self, tp: u32, cp: u32) -> f64 {
+        self.chunk_bytes(self.kv_heads, tp, cp)
+    }
+
+    /// Bytes of one rank's key and value chunk as PyTorch's ring holds them: at the query heads'
+    /// width. SDPA's flash backend takes as many key/value heads as query heads, so a grouped-query
+    /// model repeats its key/value heads before attention (torchtitan's `repeat_kv`, Hugging Face's
+    /// `repeat_kv` in its SDPA path), and the ring moves and accumulates the repeated tensors.
+    pub fn pytorch_chunk_bytes(&self, tp: u32, cp: u32) -> f64 {
+        self.chunk_bytes(self.heads.max(self.kv_heads), tp, cp)
+    }
+
+    fn chunk_bytes(&self, heads: u64, tp: u32, cp: u32) -> f64 {
         let tokens = self.batch as f64 * self.seq as f64 / cp.max(1) as f64;
         2.0 * tokens
-            * (self.kv_heads as f64 / tp.max(1) as f64)
+            * (heads as f64 / tp.max(1) as f64)
             * self.head_dim as f64
             * self.elem_bytes as f64
     }
@@ -158,26 +174,21 @@ pub fn block_comm(
     let tp = cfg.tp.max(1);
     let steps = (cp - 1) as f64;
     match cfg.cp_comm {
+        CpComm::P2p if cfg.stack.runs_pytorch_ring() => {
+            pytorch_ring(cluster, cfg, attn, attention_s)
+        }
         CpComm::P2p => {
             let kv = attn.kv_chunk_bytes(tp, cp);
             let f_step = ring_step_time(cluster, kv, cp, tp);
             let b_step = ring_step_time(cluster, 2.0 * kv, cp, tp);
-            let per = |s: f64| s / cp as f64;
-            let (af, ab) = attention_s;
-            // Full recomputation runs the forward ring again during backward, under the recomputed
-            // forward attention (part of the backward seconds).
-            let again = if cfg.recompute == Recompute::Full {
-                1.0
-            } else {
-                0.0
-            };
-            let ab_only = (ab - again * af).max(0.0);
+            let c = RingCover::of(cfg, attention_s);
+            let forward_exposed = c.exposed(f_step, c.forward_s);
             CpTraffic {
                 forward_s: steps * f_step,
-                backward_s: steps * (b_step + again * f_step),
-                forward_exposed_s: steps * (f_step - per(af)).max(0.0),
+                backward_s: steps * (b_step + c.again * f_step),
+                forward_exposed_s: steps * forward_exposed,
                 backward_exposed_s: steps
-                    * ((b_step - per(ab_only)).max(0.0) + again * (f_step - per(af)).max(0.0)),
+                    * (c.exposed(b_step, c.backward_s) + c.again * forward_exposed),
             }
         }
         CpComm::A2a => {
@@ -197,6 +208,86 @@ pub fn block_comm(
                 forward_exposed_s: t,
                 backward_exposed_s: t + again,
             }
+        }
+    }
+}
+
+/// PyTorch's ring (`_templated_ring_attention` and its backward in
+/// `torch/distributed/tensor/experimental/_attention.py`, read at commit 0123248a, with torchtitan's
+/// default `allgather` rotation) on one rank, one block and micro-batch:
+/// - keys and values travel at the query heads' width ([`CpAttention::pytorch_chunk_bytes`]);
+/// - **forward:** one all-gather of every rank's chunk, issued before the diagonal step and waited
+///   at the first later step, so only its excess over the diagonal step (`1/cp` of the rank's
+///   attention) is exposed;
+/// - **backward:** the same all-gather again, then after each of the cp steps the fp32 key/value
+///   gradient buffer goes to the next rank (`all_to_all_single`), waited after the next step's
+///   kernels; the last is waited at once, with nothing left to hide it;
+/// - full recomputation reruns the forward's all-gather inside backward;
+/// - with `cp_comm_overlap` off (a compiled step, see [`ParallelConfig::cp_comm_overlap`]) every
+///   transfer is waited where it is issued, on the critical path.
+pub fn pytorch_ring(
+    cluster: &Cluster,
+    cfg: &ParallelConfig,
+    attn: &CpAttention,
+    attention_s: (f64, f64),
+) -> CpTraffic {
+    let cp = cfg.cp.max(1);
+    let tp = cfg.tp.max(1);
+    let n = cp as f64;
+    let chunk = attn.pytorch_chunk_bytes(tp, cp);
+    let gather = collective_time(cluster, Collective::AllGather, chunk * n, cp, tp);
+    let grads = ring_step_time(cluster, chunk * 4.0 / attn.elem_bytes.max(1) as f64, cp, tp);
+    let c = RingCover::of(cfg, attention_s);
+    let forward_exposed_s = c.exposed(gather, c.forward_s);
+    CpTraffic {
+        forward_s: gather,
+        backward_s: (1.0 + c.again) * gather + n * grads,
+        forward_exposed_s,
+        backward_exposed_s: c.again * forward_exposed_s
+            + c.exposed(gather, c.backward_s)
+            + (n - 1.0) * c.exposed(grads, c.backward_s)
+            + grads,
+    }
+}
+
+/// What a ring transfer can hide behind on one rank: the attention of one step (a cp-th of the
+/// rank's forward, and of its backward without the recomputed forward), when the implementation
+/// waits for the transfer where its result is first used (`cp_comm_overlap`).
+struct RingCover {
+    /// 1 when full recomputation reruns the forward ring inside backward, else 0.
+    again: f64,
+    /// Attention seconds of one forward step.
+    forward_s: f64,
+    /// Attention seconds of one backward step.
+    backward_s: f64,
+    /// Transfers wait where their result is first used (else where they are issued).
+    overlap: bool,
+}
+
+impl RingCover {
+    fn of(cfg: &ParallelConfig, (af, ab): (f64, f64)) -> RingCover {
+        let n = cfg.cp.max(1) as f64;
+        // Full recomputation runs the forward ring again during backward, under the recomputed
+        // forward attention (part of the backward seconds).
+        let again = if cfg.recompute == Recompute::Full {
+            1.0
+        } else {
+            0.0
+        };
+        RingCover {
+            again,
+            forward_s: af / n,
+            backward_s: (ab - again * af).max(0.0) / n,
+            overlap: cfg.cp_comm_overlap,
+        }
+    }
+
+    /// The exposed part of a transfer of `t` seconds under `under` seconds of attention.
+    fn exposed(&self, t: f64, under: f64) -> f64 {
+        if self.overlap {
+            (t - under).max(0.0)
+        } else {
+            t
         }
     }
 }
@@ -308,7 +399,8 @@ pub fn ring_steps(
     if pytorch_merge {
         let (e, f) = (attn.elem_bytes as f64, 4.0);
         let o = (b * t * heads * d) as f64;
-        let kv = 2.0 * (b * t * (attn.kv_heads / tp).max(1) * d) as f64;
+        // PyTorch's ring holds keys, values and their gradients at the query heads' width.
+        let kv = 2.0 * (b * t * (attn.heads.max(attn.kv_heads) / tp).max(1) * d) as f64;
         let later = (cp - 1) as f64;
         // Forward: step 0's cast to fp32, the final cast back, the key/value send-buffer copies.
         let f_base = 2.0 * o * (e + f) + later * kv * 2.0 * e;
@@ -456,6 +548,67 @@ mod tests {
     }
 
     #[test]
+    fn pytorch_ring_moves_repeated_heads_and_hides_only_behind_the_step_in_hand() {
+        use crate::Stack;
+        let c = Cluster::new(Gpu::H100, 8).unwrap();
+        let a = CpAttention {
+            kv_heads: 8,
+            ..attn()
+        };
+        // 16384 tokens per rank × 2 (k, v) × 32 query heads × 128 × 2 bytes: 4× the GQA chunk.
+        assert_eq!(a.pytorch_chunk_bytes(1, 8), 4.0 * a.kv_chunk_bytes(1, 8));
+        assert_eq!(
+            a.pytorch_chunk_bytes(1, 8),
+            16384.0 * 2.0 * 32.0 * 128.0 * 2.0
+        );
+        let cfg = |stack, overlap| ParallelConfig {
+            dp: 1,
+            tp: 1,
+            cp: 8,
+            recompute: Recompute::Full,
+            stack,
+            cp_comm_overlap: overlap,
+            ..Default::default()
+        };
+        let chunk = a.pytorch_chunk_bytes(1, 8);
+        let gather = collective_time(&c, Collective::AllGather, 8.0 * chunk, 8, 1);
+        let grads = ring_step_time(&c, 2.0 * chunk, 8, 1);
+        // Long attention: the all-gathers hide behind the diagonal steps; only the last key/value
+        // gradient exchange, waited once the steps are done, is exposed.
+        let eager = block_comm(&c, &cfg(Stack::Torchtitan, true), &a, (100.0, 300.0));
+        assert_eq!(eager.forward_s, gather);
+        assert!((eager.backward_s - (2.0 * gather + 8.0 * grads)).abs() < 1e-12);
+        assert_eq!(eager.forward_exposed_s, 0.0);
+        assert!((eager.backward_exposed_s - grads).abs() < 1e-15);
+        // Compiled (collectives waited where issued): every transfer is exposed.
+        let compiled = block_comm(&c, &cfg(Stack::Fsdp, false), &a, (100.0, 300.0));
+        assert_eq!(compiled.forward_exposed_s, compiled.forward_s);
+        assert!((compiled.backward_exposed_s - compiled.backward_s).abs() < 1e-12);
+        // Short attention: the all-gather's excess over the diagonal step shows even in eager.
+        let short = block_comm(
+            &c,
+            &cfg(Stack::Torchtitan, true),
+            &a,
+            (8.0 * gather / 2.0, 0.0),
+        );
+        assert!((short.forward_exposed_s - gather / 2.0).abs() < 1e-15);
+        // Transformer Engine's ring (Megatron-LM) moves the grouped heads step by step, and the
+        // overlap switch is the only thing a compiled step changes for PyTorch's ring.
+        let te = block_comm(&c, &cfg(Stack::Megatron, true), &a, (100.0, 300.0));
+        assert_eq!(
+            te.forward_s,
+            7.0 * ring_step_time(&c, a.kv_chunk_bytes(1, 8), 8, 1)
+        );
+        let compiled_tt = block_comm(&c, &cfg(Stack::Torchtitan, false), &a, (100.0, 300.0));
+        assert_eq!(compiled_tt, compiled);
+        // The switch means the same for Transformer Engine's ring: nothing hidden.
+        let te_off = block_comm(&c, &cfg(Stack::Megatron, false), &a, (100.0, 300.0));
+        assert_eq!(te.forward_exposed_s, 0.0);
+        assert_eq!(te_off.forward_exposed_s, te_off.forward_s);
+        assert!((te_off.backward_exposed_s - te_off.backward_s).abs() < 1e-15);
+    }
+
+    #[test]
     fn all_to_all_is_exposed_and_grows_across_servers() {
         let c = Cluster::new(Gpu::H100, 64).unwrap();
         let mut cfg = ParallelConfig {
@@ -524,13 +677,14 @@ mod tests {
         assert_eq!(r(8, false).forward_scale, r8.forward_scale);
         // The busiest rank of cp 2 over 65536 tokens (32768 each): the forward's output is
         // 32768 × 4096 elements; step 0's cast and the final cast (6 bytes each), one full-query
-        // merge (38 bytes) and one key/value copy (2 × 32768 × 1024 elements, 4 bytes).
+        // merge (38 bytes) and one key/value copy (2 × 32768 × 4096 elements, the 8 key/value
+        // heads repeated to the 32 query heads, 4 bytes).
         let a2 = CpAttention { seq: 65536, ..a };
         let o = 32768.0 * 4096.0;
         let fwd = ring_steps(&a2, &cfg(2, CpComm::P2p), 132, true)
             .unwrap()
             .forward_merge_bytes;
-        let want = o * (12.0 + 38.0) + 2.0 * 32768.0 * 1024.0 * 4.0;
+        let want = o * (12.0 + 38.0) + 2.0 * 32768.0 * 4096.0 * 4.0;
         assert!((fwd / want - 1.0).abs() < 1e-12, "{fwd} vs {want}");
         // Without causality no load balancing: cp full blocks of the rank's tokens.
         let nc = CpAttention { causal: false, ..a };

@@ -1,21 +1,22 @@
 //! Where the predictions are known to miss published measurements, said at run time to whoever
 //! plans or estimates such a job. Each miss names the truth file that shows it; the test
-//! `long_context_is_a_known_miss` (`costmodel/tests/validation.rs`) holds that file at the level
-//! stated here, so a change that moves it must update both.
+//! `long_context_rows_within_12_percent` (`costmodel/tests/validation.rs`) holds that file at the
+//! level stated here, so a change that moves it must update both.
 
 use crate::config::{CpComm, ParallelConfig};
 
 /// The one-line warnings that apply to a plan `cfg` of `seq` tokens per sequence (none for most
-/// plans). Today one: ring attention over PyTorch's context parallelism (torchtitan, FSDP training
-/// scripts) is known to run slower than predicted: torchtitan's long-context rows
-/// (`truth/long_context_torchtitan.jsonl`) are within 8% at cp 1 and 2 on one host and 13-28% fast
-/// at cp 4 and 8, and across hosts from cp 2.
+/// plans). Today one: ring attention of 4 ranks or more over PyTorch's context parallelism
+/// (torchtitan, FSDP training scripts) is known to run slower than predicted: torchtitan's Llama 3.1
+/// 8B rows at cp 4 and 8 on one host (`truth/long_context_torchtitan.jsonl`) took 24-31% longer per
+/// step than predicted, while its cp 1 and 2 rows and its 405B rows (cp 2-8 across hosts) are within
+/// 10%.
 pub fn for_plan(seq: u64, cfg: &ParallelConfig) -> Vec<String> {
     let mut out = Vec::new();
-    if cfg.cp > 1 && cfg.cp_comm == CpComm::P2p && cfg.stack.runs_pytorch_ring() {
+    if cfg.cp >= 4 && cfg.cp_comm == CpComm::P2p && cfg.stack.runs_pytorch_ring() {
         out.push(format!(
-            "--seq-len {seq} with cp {} on {}: PyTorch's ring attention is known to be slower than predicted: \
-             torchtitan's Llama 3.1 runs with context parallelism 4 and 8 (and 2-8 across hosts) took 13-39% \
+            "--seq-len {seq} with cp {} on {}: PyTorch's ring attention of 4 ranks or more is known to be slower than \
+             predicted: torchtitan's Llama 3.1 8B runs with context parallelism 4 and 8 on one host took 24-31% \
              longer per step than predicted (README: Long context)",
             cfg.cp, cfg.stack
         ));
@@ -37,6 +38,7 @@ mod tests {
             ..Default::default()
         };
         assert!(for_plan(131_072, &cfg(1, Stack::Torchtitan, CpComm::P2p)).is_empty());
+        assert!(for_plan(131_072, &cfg(2, Stack::Torchtitan, CpComm::P2p)).is_empty());
         assert!(for_plan(131_072, &cfg(4, Stack::Megatron, CpComm::P2p)).is_empty());
         assert!(for_plan(131_072, &cfg(4, Stack::Torchtitan, CpComm::A2a)).is_empty());
         for stack in [Stack::Torchtitan, Stack::Fsdp] {

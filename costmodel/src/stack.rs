@@ -109,8 +109,10 @@ impl Stack {
 
     /// Whether this stack runs PyTorch's ring attention (`torch.distributed.tensor.experimental.
     /// context_parallel`, which torchtitan and FSDP training scripts call) and so its fp32 merge
-    /// traffic ([`crate::context::RingSteps`]); Megatron-LM runs Transformer Engine's ring, whose
-    /// output corrections are not modelled.
+    /// traffic ([`crate::context::RingSteps`]) and its transfers (keys and values at the query heads'
+    /// width, all-gathered once per pass; fp32 gradients after every step:
+    /// [`crate::context::pytorch_ring`]); Megatron-LM runs Transformer Engine's ring, whose output
+    /// corrections are not modelled.
     pub fn runs_pytorch_ring(self) -> bool {
         matches!(self, Stack::Fsdp | Stack::Torchtitan)
     }

@@ -73,8 +73,10 @@ fn a_cp_rank_does_a_cp_th_of_the_work_and_holds_a_cp_th_of_the_activations() {
 
 /// torchtitan's context parallelism on one 8-GPU server (its Llama 3.1 8B long-context table's
 /// cp 8 row): the ring rank runs cp attention kernels per pass (a causal diagonal block and half-size
-/// blocks) and merges them in fp32, where a Ulysses rank runs one kernel over the whole sequence
-/// for its heads; the kernels are the same FLOPs, so the ring costs a few percent more compute.
+/// blocks) and merges them in fp32, accumulating the key/value gradients in fp32 at the query heads'
+/// width (the model repeats its 8 key/value heads to 32 for SDPA), where a Ulysses rank runs one
+/// kernel over the whole sequence for its heads; the kernels are the same FLOPs, so the ring costs
+/// its merge traffic more compute (about 10%).
 #[test]
 fn a_ring_rank_pays_its_step_kernels_and_merges() {
     let p = llama8b(1, 262144, Recompute::Full);
@@ -90,7 +92,7 @@ fn a_ring_rank_pays_its_step_kernels_and_merges() {
     let ring = est(&p, 8, &cfg(CpComm::P2p)).breakdown.compute_s;
     let ulysses = est(&p, 8, &cfg(CpComm::A2a)).breakdown.compute_s;
     let extra = ring / ulysses - 1.0;
-    assert!(extra > 0.02 && extra < 0.08, "{ring} vs {ulysses}");
+    assert!(extra > 0.05 && extra < 0.13, "{ring} vs {ulysses}");
 }
 
 #[test]

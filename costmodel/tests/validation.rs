@@ -90,15 +90,13 @@ fn every_other_truth_file_cross_validated() {
     // FlashAttention-2 their launcher ran (`attention: flash2`; 22.2% before, 16K tokens and more
     // predicted 13-36% fast): see `nemo_long_sequence_rows_within_8_percent`.
     //
-    // Not met, and excluded here only because `long_context_is_a_known_miss` holds it to the level
-    // reached: the long-context rows (validated only; 15.0%), rings of 4 and 8 ranks (and of 2
-    // across hosts) predicted 13-28% fast.
+    // torchtitan's long-context rows (validated only) meet it since PyTorch's ring is costed with
+    // the bytes it moves (keys and values at the query heads' width, fp32 gradients, one all-gather
+    // per pass) and their compiled step's waits at issue (15.0% before): see
+    // `long_context_rows_within_12_percent`, which also holds the two rows still 20-24% fast.
     let mut bad = Vec::new();
     for f in &cv.files {
-        if f.file.contains("h100_llama")
-            || f.file.contains("megatron_sc21")
-            || f.file.ends_with(LONG_CONTEXT)
-        {
+        if f.file.contains("h100_llama") || f.file.contains("megatron_sc21") {
             continue;
         }
         if let Some(m) = f.mape.get("step_time")
@@ -115,34 +113,43 @@ fn every_other_truth_file_cross_validated() {
 /// `torch.compile`), validated only.
 const LONG_CONTEXT: &str = "long_context_torchtitan.jsonl";
 
-/// Issue 11's 12% target is not met on [`LONG_CONTEXT`] (15.0% cross-validated at this commit). The
-/// rows ran on the 500 W, 96 GB HBM2e H100s of Meta's Grand Teton servers, now costed as that part
+/// The rows ran on the 500 W, 96 GB HBM2e H100s of Meta's Grand Teton servers, costed as that part
 /// (`h100-hbm2e`: its memory bandwidth, and its power limit as a sustained clock fitted on the three
-/// torchtitan rows of the same servers). At cp 1 and 2 they are predicted within 8% (+0.8%, +4.6%
-/// cross-validated; -15.7% and -13.5% when costed as the 700 W SXM part, before the engines' bf16
-/// weight copies), blind: validated only, Float8 and `torch.compile` included. At cp 4 and 8 they are
-/// 24-28% fast: from cp 2 to cp 4 the measured step
-/// grows 2.37× where the per-rank attention work only doubles (tokens per rank, chunk size and
-/// memory are the same at every cp), so something beyond the modelled ring steps slows PyTorch's
-/// ring at four ranks and more; a profile would say what. The 405B rows (TP 8 inside each host, so
-/// every ring hop crosses hosts) show the same from cp 2 on: +7.9% at cp 1, then 13-28% fast. This
-/// test holds the rows to the level reached, rounded, and fails if a ring row turns slow or an 8B
-/// cp 1/2 row or the 405B cp 1 row leaves 8%.
+/// torchtitan rows of the same servers), blind: validated only, Float8 and `torch.compile` included.
+/// PyTorch's ring is costed with what it moves (keys and values repeated to the query heads, fp32
+/// key/value gradients after every step, one all-gather of the keys and values per pass) and, since
+/// the runs compiled each block with the ring inside, with every transfer waited where it is issued
+/// (`cp_comm_overlap: false`). That brings the 405B rows, whose rings cross hosts, from 13-28% fast
+/// to within 8%, and the file from 15.0% to 9.0%. Still missed: the 8B rings of 4 and 8 ranks inside
+/// one host, 20-24% fast. From cp 2 to cp 4 the measured step grows 2.37× where the per-rank
+/// attention work only doubles (tokens per rank, chunk size and memory are the same at every cp) and
+/// the host's NVLink moves the ring's bytes in a few percent of the step, so something beyond the
+/// modelled ring slows PyTorch's ring of four ranks or more on one host; a profile would say what.
+/// This test holds every other row within ±10% cross-validated, those two within -30..-10% (fails
+/// if they turn slow or further off), and the file within 10%.
 #[test]
-fn long_context_is_a_known_miss() {
-    let near = |name: &str| {
-        name.contains(" cp1 ") || (name.starts_with("llama3.1-8b") && name.contains(" cp2 "))
+fn long_context_rows_within_12_percent() {
+    let in_host_ring = |name: &str| {
+        name.starts_with("llama3.1-8b") && (name.contains(" cp4 ") || name.contains(" cp8 "))
     };
-    hold_known_miss(LONG_CONTEXT, 8, near, (-35.0, 0.0), 16.0);
+    hold_known_miss(
+        LONG_CONTEXT,
+        8,
+        |name| !in_host_ring(name),
+        10.0,
+        (-30.0, -10.0),
+        10.0,
+    );
 }
 
 /// Holds a file at the level reached (a known miss, or a file that meets its target): `file` has
-/// `rows` rows; those `near` picks are within ±8% cross-validated, the others within `far` (percent,
-/// signed: negative is predicted fast); the file's step-time MAPE is at most `mape`.
+/// `rows` rows; those `near` picks are within ±`near_pct` cross-validated, the others within `far`
+/// (percent, signed: negative is predicted fast); the file's step-time MAPE is at most `mape`.
 fn hold_known_miss(
     file: &str,
     rows: usize,
     near: impl Fn(&str) -> bool,
+    near_pct: f64,
     far: (f64, f64),
     mape: f64,
 ) {
@@ -151,7 +158,11 @@ fn hold_known_miss(
     assert_eq!(of_file.len(), rows);
     for r in of_file {
         let e = step_error_pct(r);
-        let (lo, hi) = if near(&r.name) { (-8.0, 8.0) } else { far };
+        let (lo, hi) = if near(&r.name) {
+            (-near_pct, near_pct)
+        } else {
+            far
+        };
         assert!(
             (lo..=hi).contains(&e),
             "{}: {e:+.1}% (bound {lo}..{hi}%)",
@@ -175,7 +186,7 @@ const LONG_SEQUENCE_MEGATRON: &str = "nemo_long_sequence_h100.jsonl";
 /// within 8% cross-validated (+0.8 to +5.6% at this commit), flat from 4K to 1M tokens.
 #[test]
 fn nemo_long_sequence_rows_within_8_percent() {
-    hold_known_miss(LONG_SEQUENCE_MEGATRON, 9, |_| true, (-8.0, 8.0), 6.0);
+    hold_known_miss(LONG_SEQUENCE_MEGATRON, 9, |_| true, 8.0, (-8.0, 8.0), 6.0);
 }
 
 /// The same torchtitan job (Llama 3.1 8B, FSDP2, selective activation checkpointing, no
